@@ -1,0 +1,112 @@
+//! PID 1 of zvm's test and demo initramfs.
+//!
+//! Mounts the basic file systems, reports that userspace was reached (console marker and
+//! the boot-timer device), optionally runs a system-call self-check or a shell, then
+//! reboots, which ends the VM under zvm (exit code 0).
+//!
+//! Kernel command line switches: `zvm.mode=marker|syscalls|shell`.
+
+mod syscalls;
+
+use std::ffi::CString;
+use std::io::Write;
+
+/// Guest physical address of zvm's boot-timer device.
+const BOOT_TIMER_ADDR: libc::off_t = 0xd000_0000;
+/// The byte that tells the boot timer "userspace reached".
+const BOOT_TIMER_MAGIC: u8 = 123;
+
+fn say(msg: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "zvm-guest: {msg}");
+    let _ = out.flush();
+}
+
+fn mount(source: &str, target: &str, fstype: &str) {
+    let _ = std::fs::create_dir_all(target);
+    let (Ok(s), Ok(t), Ok(f)) = (CString::new(source), CString::new(target), CString::new(fstype)) else {
+        return;
+    };
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        say(&format!("mount {fstype} on {target} failed: {}", std::io::Error::last_os_error()));
+    }
+}
+
+/// Writes the magic byte to the boot-timer device through /dev/mem.
+fn signal_boot_timer() -> Result<(), String> {
+    let path = c"/dev/mem";
+    // SAFETY: plain open/mmap/munmap/close on our own descriptors and mapping.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_SYNC);
+        if fd < 0 {
+            return Err(format!("open /dev/mem: {}", std::io::Error::last_os_error()));
+        }
+        let page = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, BOOT_TIMER_ADDR);
+        libc::close(fd);
+        if page == libc::MAP_FAILED {
+            return Err(format!("mmap boot timer: {}", std::io::Error::last_os_error()));
+        }
+        std::ptr::write_volatile(page as *mut u8, BOOT_TIMER_MAGIC);
+        libc::munmap(page, 4096);
+    }
+    Ok(())
+}
+
+fn cmdline_mode() -> String {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("zvm.mode="))
+        .unwrap_or("marker")
+        .to_string()
+}
+
+fn cpus_online() -> i64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }
+}
+
+fn end_vm() -> ! {
+    // SAFETY: sync and reboot have no memory-safety preconditions; we are PID 1.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    say("reboot failed");
+    loop {
+        std::thread::park();
+    }
+}
+
+fn main() {
+    mount("proc", "/proc", "proc");
+    mount("sysfs", "/sys", "sysfs");
+    mount("devtmpfs", "/dev", "devtmpfs");
+    mount("tmpfs", "/tmp", "tmpfs");
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    say(&format!("userspace reached: init is pid {pid}, {} cpus online", cpus_online()));
+    match signal_boot_timer() {
+        Ok(()) => say("boot timer written"),
+        Err(e) => say(&format!("boot timer not written: {e}")),
+    }
+    let mode = cmdline_mode();
+    match mode.as_str() {
+        "syscalls" => match syscalls::run_check() {
+            Ok(n) => say(&format!("syscall check passed: {n} system calls")),
+            Err(e) => say(&format!("syscall check FAILED: {e}")),
+        },
+        "shell" => {
+            let sh = c"/bin/sh";
+            let argv = [sh.as_ptr(), std::ptr::null()];
+            // SAFETY: argv is NUL-terminated and outlives the call.
+            unsafe { libc::execv(sh.as_ptr(), argv.as_ptr()) };
+            say(&format!("cannot run /bin/sh: {}", std::io::Error::last_os_error()));
+        }
+        _ => {}
+    }
+    say("powering off");
+    end_vm();
+}

@@ -1,0 +1,1 @@
+//! Runs OCI containers inside zvm micro-VMs (see issue #7). Not built yet.

@@ -1,0 +1,6 @@
+//! x86_64 specifics: descriptor tables, boot register state, CPUID, MP table.
+
+pub mod cpuid;
+pub mod gdt;
+pub mod mptable;
+pub mod regs;

@@ -1,0 +1,227 @@
+//! A running micro-VM: its vCPU threads and the VMM event loop thread that watches them.
+//!
+//! The loop (thread `zvm_vmm`) waits on an epoll set: vCPU reports, the i8042 reset line,
+//! an external stop request and, for a stdio console, standard input. It decides the VM's
+//! [`VmOutcome`], stops the remaining vCPUs (stop flag + kick signal) and joins them.
+
+use crate::devices::boot_timer::{BootTime, BootTimeRecord};
+use crate::devices::serial::SerialDevice;
+use crate::seccomp::{self, ThreadKind};
+use crate::vcpu::{VcpuError, VcpuEvent, VcpuOutcome};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The guest powered off.
+    Poweroff,
+    /// The guest rebooted (i8042 reset or KVM reset event); zvm ends the VM.
+    Reboot,
+    /// Every vCPU halted (only without an in-kernel irqchip: tiny test guests).
+    Halted,
+    /// Stopped on request (a signal to zvm, or [`StopHandle::request_stop`]).
+    Stopped,
+    /// A vCPU failed: triple fault, KVM internal error, ...
+    Failed(VcpuError),
+    /// The VMM itself failed (event loop, seccomp).
+    VmmFailed(String),
+}
+
+impl VmOutcome {
+    /// Whether the guest ended the VM itself, cleanly.
+    pub fn is_clean(&self) -> bool {
+        matches!(self, VmOutcome::Poweroff | VmOutcome::Reboot | VmOutcome::Halted)
+    }
+}
+
+/// Asks a running VM to stop; cheap to clone, usable from a signal-safe context via its fd.
+#[derive(Debug)]
+pub struct StopHandle(EventFd);
+
+impl StopHandle {
+    /// Requests the stop. The VM ends with [`VmOutcome::Stopped`].
+    pub fn request_stop(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+
+    /// The raw eventfd, for signal handlers that may only call write(2).
+    pub fn raw_fd(&self) -> i32 {
+        self.0.as_raw_fd()
+    }
+}
+
+/// What the VMM loop needs to run.
+pub(crate) struct VmmLoop {
+    pub vcpu_threads: Vec<JoinHandle<()>>,
+    pub vcpu_events: Receiver<VcpuEvent>,
+    pub vcpu_wake: EventFd,
+    pub reset_evt: EventFd,
+    pub stop_evt: EventFd,
+    pub stop_flag: Arc<AtomicBool>,
+    pub console_input: Option<Arc<Mutex<SerialDevice>>>,
+    pub seccomp: bool,
+    /// Kept open until every vCPU thread has been joined.
+    pub vm: kvm_ioctls::VmFd,
+}
+
+/// A micro-VM whose vCPUs are running.
+#[derive(Debug)]
+pub struct RunningVm {
+    vmm_thread: JoinHandle<VmOutcome>,
+    stop_evt: EventFd,
+    boot_time: BootTimeRecord,
+    started: Instant,
+}
+
+/// Signal used to kick vCPU threads out of KVM_RUN.
+pub(crate) fn kick_signal() -> i32 {
+    libc::SIGRTMIN()
+}
+
+const TOKEN_VCPU: u64 = 1;
+const TOKEN_RESET: u64 = 2;
+const TOKEN_STOP: u64 = 3;
+const TOKEN_STDIN: u64 = 4;
+
+impl RunningVm {
+    pub(crate) fn start(vmm: VmmLoop, boot_time: BootTimeRecord) -> std::io::Result<RunningVm> {
+        let stop_evt = vmm.stop_evt.try_clone()?;
+        let vmm_thread = std::thread::Builder::new().name("zvm_vmm".into()).spawn(move || vmm.run())?;
+        Ok(RunningVm { vmm_thread, stop_evt, boot_time, started: Instant::now() })
+    }
+
+    /// A handle that stops this VM from another thread.
+    pub fn stop_handle(&self) -> std::io::Result<StopHandle> {
+        Ok(StopHandle(self.stop_evt.try_clone()?))
+    }
+
+    /// The boot time the guest reported through the boot-timer device, if it did.
+    pub fn boot_time(&self) -> Option<BootTime> {
+        *self.boot_time.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the VM to end.
+    pub fn wait(self) -> VmOutcome {
+        let outcome = self
+            .vmm_thread
+            .join()
+            .unwrap_or_else(|_| VmOutcome::VmmFailed("the VMM thread panicked".into()));
+        tracing::debug!("VM ran for {:?}", self.started.elapsed());
+        outcome
+    }
+
+    /// Waits for the VM to end and also returns the reported boot time.
+    pub fn wait_with_boot_time(self) -> (VmOutcome, Option<BootTime>) {
+        let record = self.boot_time.clone();
+        let outcome = self.wait();
+        let boot_time = *record.lock().unwrap_or_else(|p| p.into_inner());
+        (outcome, boot_time)
+    }
+}
+
+impl VmmLoop {
+    fn run(mut self) -> VmOutcome {
+        if let Err(e) = seccomp::install(ThreadKind::Vmm, self.seccomp) {
+            let outcome = VmOutcome::VmmFailed(e.to_string());
+            self.stop_vcpus();
+            return outcome;
+        }
+        let outcome = self.wait_for_outcome().unwrap_or_else(|e| VmOutcome::VmmFailed(format!("event loop: {e}")));
+        self.stop_vcpus();
+        drop(self.vm);
+        outcome
+    }
+
+    fn wait_for_outcome(&mut self) -> std::io::Result<VmOutcome> {
+        let epoll = Epoll::new()?;
+        let add = |fd: i32, token: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
+        add(self.vcpu_wake.as_raw_fd(), TOKEN_VCPU)?;
+        add(self.reset_evt.as_raw_fd(), TOKEN_RESET)?;
+        add(self.stop_evt.as_raw_fd(), TOKEN_STOP)?;
+        let mut stdin_open = self.console_input.is_some() && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
+        let mut running = self.vcpu_threads.len();
+        let mut events = vec![EpollEvent::default(); 8];
+        loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for event in &events[..n] {
+                match event.data() {
+                    TOKEN_VCPU => {
+                        let _ = self.vcpu_wake.read();
+                        while let Ok(VcpuEvent { index, outcome }) = self.vcpu_events.try_recv() {
+                            running = running.saturating_sub(1);
+                            match outcome {
+                                VcpuOutcome::Poweroff => return Ok(VmOutcome::Poweroff),
+                                VcpuOutcome::Reboot => return Ok(VmOutcome::Reboot),
+                                VcpuOutcome::Failed(e) => return Ok(VmOutcome::Failed(e)),
+                                VcpuOutcome::Halted | VcpuOutcome::Stopped => {
+                                    tracing::debug!("vCPU {index} halted, {running} still running");
+                                    if running == 0 {
+                                        return Ok(VmOutcome::Halted);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    TOKEN_RESET => return Ok(VmOutcome::Reboot),
+                    TOKEN_STOP => return Ok(VmOutcome::Stopped),
+                    TOKEN_STDIN if stdin_open => {
+                        if !self.forward_stdin() {
+                            stdin_open = false;
+                            let _ = epoll.ctl(ControlOperation::Delete, libc::STDIN_FILENO, EpollEvent::default());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Moves available stdin bytes into the UART; false on end of input.
+    fn forward_stdin(&self) -> bool {
+        let mut buf = [0u8; 64];
+        // SAFETY: reading into our own buffer from fd 0.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return false;
+        }
+        if let Some(serial) = &self.console_input {
+            let mut serial = serial.lock().unwrap_or_else(|p| p.into_inner());
+            serial.enqueue_input(&buf[..n as usize]);
+        }
+        true
+    }
+
+    /// Stops every vCPU thread: sets the flag, kicks them out of KVM_RUN until they have
+    /// all ended (or a deadline passes), then joins them.
+    fn stop_vcpus(&mut self) {
+        self.stop_flag.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.vcpu_threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            for thread in self.vcpu_threads.iter().filter(|t| !t.is_finished()) {
+                if let Err(e) = thread.kill(kick_signal()) {
+                    tracing::debug!("kick failed: {e}");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for thread in self.vcpu_threads.drain(..) {
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::warn!("a vCPU thread did not stop in time; leaving it");
+            }
+        }
+    }
+}

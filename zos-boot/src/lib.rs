@@ -1,0 +1,1 @@
+//! The stateless node boot image and node daemon (see issue #8). Not built yet.

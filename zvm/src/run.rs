@@ -1,0 +1,158 @@
+//! `zvm run`: flags -> [`vmm::VmResources`] -> [`vmm::build_microvm`] -> exit code.
+
+use crate::terminal::RawTerminal;
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Instant;
+use vmm::builder::BuildOptions;
+use vmm::host::KvmFlavour;
+use vmm::resources::{parse_mem_size_mib, BootSource, ConsoleConfig, CpuTemplate, MachineConfig, DEFAULT_BOOT_ARGS};
+use vmm::{VmOutcome, VmResources};
+
+/// Flags of `zvm run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Guest kernel: an uncompressed ELF vmlinux (booted through its PVH entry) or a
+    /// bzImage. `zvm kernel path` builds one.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initramfs / initrd to load.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (replaces the default).
+    #[arg(long, default_value = DEFAULT_BOOT_ARGS)]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u64,
+    /// Guest memory, e.g. 256M or 1G (a bare number is MiB).
+    #[arg(long, default_value = "256M")]
+    memory: String,
+    /// Where the serial console goes: stdio, off, or file:PATH.
+    #[arg(long, default_value = "stdio")]
+    console: String,
+    /// Prefix each console line with the time since zvm started.
+    #[arg(long)]
+    console_timestamps: bool,
+    /// CPUID template: auto (pvm on KVM PVM hosts), none, or pvm.
+    #[arg(long, default_value = "auto")]
+    cpu_template: String,
+    /// Seccomp filters on zvm's threads: on, or off (debugging only).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    seccomp: String,
+    /// Print what zvm detects about the host and the VM it builds.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+impl RunArgs {
+    fn resources(&self) -> Result<VmResources, String> {
+        let vcpu_count = u8::try_from(self.cpus).map_err(|_| format!("at most {} vCPUs are supported (cpus was {})", vmm::resources::MAX_VCPUS, self.cpus))?;
+        let resources = VmResources {
+            boot_source: BootSource {
+                kernel_image_path: self.kernel.clone(),
+                boot_args: Some(self.cmdline.clone()),
+                initrd_path: self.initrd.clone(),
+            },
+            machine_config: MachineConfig {
+                vcpu_count,
+                mem_size_mib: parse_mem_size_mib(&self.memory).map_err(|e| e.to_string())?,
+                cpu_template: self.cpu_template.parse::<CpuTemplate>().map_err(|e| e.to_string())?,
+            },
+            console: self.console.parse::<ConsoleConfig>().map_err(|e| e.to_string())?,
+            console_timestamps: self.console_timestamps,
+            seccomp: self.seccomp == "on",
+        };
+        resources.validate().map_err(|e| e.to_string())?;
+        Ok(resources)
+    }
+}
+
+/// The stop eventfd of the running VM, for the signal handler.
+static STOP_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    let fd = STOP_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) of 8 bytes from a local to an eventfd: async-signal-safe.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+fn install_stop_signals(fd: i32) {
+    STOP_FD.store(fd, Ordering::Relaxed);
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installing a handler that only performs an async-signal-safe write.
+        unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Runs `zvm run`.
+pub fn run(args: RunArgs, process_start: Instant) -> ExitCode {
+    let resources = match args.resources() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("zvm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let flavour = KvmFlavour::detect();
+    if args.verbose {
+        eprintln!("zvm: host KVM flavour: {}", flavour.describe());
+        if !flavour.stock_guest_userspace_works() {
+            eprintln!("zvm: this is a KVM PVM host: the pvm CPU template is used, and a stock guest kernel will not run userspace (SYSCALL does not enter guest kernel mode); zvm's test kernel (`zvm kernel path`) carries a workaround");
+        }
+        eprintln!("zvm: {} vCPUs, {} MiB, kernel {}", resources.machine_config.vcpu_count, resources.machine_config.mem_size_mib, resources.boot_source.kernel_image_path.display());
+    }
+    let opts = BuildOptions { process_start, irqchip: true };
+    let vm = match vmm::build_microvm(&resources, opts) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("zvm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let raw = (resources.console == ConsoleConfig::Stdio).then(RawTerminal::enable).flatten();
+    if let Ok(stop) = vm.stop_handle() {
+        install_stop_signals(stop.raw_fd());
+        std::mem::forget(stop);
+    }
+    let (outcome, boot_time) = vm.wait_with_boot_time();
+    drop(raw);
+    if let Some(t) = boot_time {
+        eprintln!(
+            "zvm: guest reached userspace {:.1} ms after process start ({:.1} ms after VM build start)",
+            t.since_process_start.as_secs_f64() * 1e3,
+            t.since_build_start.as_secs_f64() * 1e3
+        );
+    }
+    match outcome {
+        VmOutcome::Poweroff => {
+            eprintln!("zvm: guest powered off");
+            ExitCode::SUCCESS
+        }
+        VmOutcome::Reboot => {
+            eprintln!("zvm: guest rebooted; VM ended");
+            ExitCode::SUCCESS
+        }
+        VmOutcome::Halted => {
+            eprintln!("zvm: all vCPUs halted; VM ended");
+            ExitCode::SUCCESS
+        }
+        VmOutcome::Stopped => {
+            eprintln!("zvm: stopped by signal");
+            ExitCode::from(130)
+        }
+        VmOutcome::Failed(e) => {
+            eprintln!("zvm: VM failed: {e}");
+            ExitCode::from(1)
+        }
+        VmOutcome::VmmFailed(e) => {
+            eprintln!("zvm: VMM failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
