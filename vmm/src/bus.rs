@@ -39,13 +39,18 @@ impl<S> BusRange<S> {
         BusRange { base, len, space: PhantomData }
     }
 
-    /// One past the last address, saturating at `u64::MAX`.
-    pub fn end(&self) -> u64 {
-        self.base.saturating_add(self.len)
+    /// The last address inside the range, saturating at `u64::MAX`.
+    pub fn last(&self) -> u64 {
+        self.base.saturating_add(self.len.saturating_sub(1))
+    }
+
+    /// Whether `addr` lies inside the range.
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.base && addr <= self.last()
     }
 
     fn overlaps(&self, other: &Self) -> bool {
-        self.base < other.end() && other.base < self.end()
+        self.base <= other.last() && other.base <= self.last()
     }
 }
 
@@ -126,7 +131,7 @@ impl<S> Bus<S> {
     /// The device holding `addr` and the offset of `addr` inside its range.
     fn resolve(&self, addr: u64) -> Option<(u64, &SharedDevice)> {
         let (_, (range, device)) = self.devices.range(..=addr).next_back()?;
-        (addr < range.end()).then(|| (addr - range.base, device))
+        range.contains(addr).then(|| (addr - range.base, device))
     }
 
     /// Dispatches a read; returns false (and fills `data` with 0xff) when no device is there.

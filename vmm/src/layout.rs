@@ -1,7 +1,7 @@
 //! The x86_64 guest physical memory layout zvm uses.
 //!
 //! ```text
-//! 0x0000_0500  GDT                      0x0000_9000  PML4, PDPT, PD (identity map, 1 GiB)
+//! 0x0000_0500  GDT                      0x0000_9000  PML4, PDPT, 4 PDs (identity map, 4 GiB)
 //! 0x0000_6000  PVH start info, modlist  0x0002_0000  kernel command line
 //! 0x0000_7000  zero page / PVH memmap   0x0009_fc00  MP table (EBDA), up to 1 MiB reserved
 //! 0x0010_0000  high memory: kernel, then RAM up to the MMIO gap, initrd at its top
@@ -26,7 +26,7 @@ pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 pub const PML4_START: u64 = 0x9000;
 /// Page directory pointer table.
 pub const PDPTE_START: u64 = 0xa000;
-/// Page directory (512 x 2 MiB pages).
+/// First of four page directories (512 x 2 MiB pages each), up to 0xf000.
 pub const PDE_START: u64 = 0xb000;
 /// Kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;

@@ -113,7 +113,8 @@ pub fn boot_sregs(mut sregs: kvm_sregs, entry: BootEntry) -> kvm_sregs {
     sregs
 }
 
-/// Writes the boot GDT and the identity page tables (first GiB, 2 MiB pages).
+/// Writes the boot GDT and the identity page tables: the first 4 GiB (RAM below the
+/// gap and the MMIO gap itself) in 2 MiB pages, four page directories.
 pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
     let err = |what| move |source| RegsError::Memory { what, source };
     for (i, entry) in BOOT_GDT.iter().enumerate() {
@@ -121,12 +122,19 @@ pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
     }
     mem.write_obj(0u64, GuestAddress(IDT_START)).map_err(err("IDT"))?;
     mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START)).map_err(err("PML4"))?;
-    mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START)).map_err(err("PDPT"))?;
-    for i in 0..512u64 {
-        mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_START + i * 8)).map_err(err("PD"))?;
+    for gib in 0..IDENTITY_MAPPED_GIB {
+        let pd = PDE_START + gib * 0x1000;
+        mem.write_obj(pd | 0x03, GuestAddress(PDPTE_START + gib * 8)).map_err(err("PDPT"))?;
+        for i in 0..512u64 {
+            let addr = (gib << 30) | (i << 21);
+            mem.write_obj(addr | 0x83, GuestAddress(pd + i * 8)).map_err(err("PD"))?;
+        }
     }
     Ok(())
 }
+
+/// How much the boot page tables identity-map.
+pub const IDENTITY_MAPPED_GIB: u64 = 4;
 
 /// Puts `vcpu` at the kernel entry: registers, special registers, FPU.
 pub fn set_boot_state(vcpu: &VcpuFd, entry: BootEntry) -> Result<(), RegsError> {
@@ -245,13 +253,16 @@ mod tests {
     }
 
     #[test]
-    fn identity_map_covers_the_first_gigabyte() {
+    fn identity_map_covers_ram_and_the_mmio_gap() {
         let mem = crate::memory::create_guest_memory(64 << 20).expect("mem");
         write_boot_tables(&mem).expect("tables");
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).expect("read");
         assert_eq!(pml4 & !0xfff, PDPTE_START);
         let last: u64 = mem.read_obj(GuestAddress(PDE_START + 511 * 8)).expect("read");
         assert_eq!(last, (511 << 21) | 0x83);
+        // The MMIO gap (boot timer, APIC) is mapped too: 0xd000_0000 is in the fourth GiB.
+        let gap: u64 = mem.read_obj(GuestAddress(PDE_START + 3 * 0x1000 + 128 * 8)).expect("read");
+        assert_eq!(gap, 0xd000_0000 | 0x83);
         let gdt: u64 = mem.read_obj(GuestAddress(GDT_START + 16)).expect("read");
         assert_eq!(gdt, BOOT_GDT[2]);
     }
