@@ -33,8 +33,9 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "lib", "usr", "share", "config", "return", "static", "const", "void", "int", "struct", "the", "of", "and",
-    "error", "value", "function", "if", "else", "for", "while", "include", "define", "package", "version",
+    "lib", "usr", "share", "config", "return", "static", "const", "void", "int", "struct", "the",
+    "of", "and", "error", "value", "function", "if", "else", "for", "while", "include", "define",
+    "package", "version",
 ];
 
 /// Content resembling a rootfs: text-like (compressible) or binary-like (random with some structure).
@@ -72,7 +73,11 @@ fn generate(root: &Path, total: u64) -> (u64, u64) {
         }
     }
     // ~30% of bytes in small files, ~30% medium, ~40% large
-    let budgets = [(total * 3 / 10, 512u64, 64 * 1024u64), (total * 3 / 10, 64 * 1024, 1 << 20), (total * 4 / 10, 4 << 20, 24 << 20)];
+    let budgets = [
+        (total * 3 / 10, 512u64, 64 * 1024u64),
+        (total * 3 / 10, 64 * 1024, 1 << 20),
+        (total * 4 / 10, 4 << 20, 24 << 20),
+    ];
     for (budget, lo, hi) in budgets {
         let mut used = 0;
         while used < budget {
@@ -110,20 +115,37 @@ fn rm(p: &Path) {
 
 fn main() {
     // cargo bench passes --bench; ignore arguments
-    let mib: u64 = std::env::var("FLIST_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    let base: PathBuf = std::env::var_os("FLIST_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let mib: u64 = std::env::var("FLIST_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let base: PathBuf =
+        std::env::var_os("FLIST_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
     for tool in ["tar", "zstd"] {
-        let ok = Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+        let ok = Command::new(tool)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
         if !ok {
-            eprintln!("{tool} is not installed (Debian: apt-get install -y {tool}); cannot compare");
+            eprintln!(
+                "{tool} is not installed (Debian: apt-get install -y {tool}); cannot compare"
+            );
             std::process::exit(1);
         }
     }
-    let work = tempfile::Builder::new().prefix("flist-bench-").tempdir_in(&base).unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("flist-bench-")
+        .tempdir_in(&base)
+        .unwrap();
     let w = work.path();
     let src = w.join("src");
     let (bytes, files) = generate(&src, mib << 20);
-    println!("tree: {files} files, {:.1} MiB, in {}", bytes as f64 / (1 << 20) as f64, w.display());
+    println!(
+        "tree: {files} files, {:.1} MiB, in {}",
+        bytes as f64 / (1 << 20) as f64,
+        w.display()
+    );
     let _ = sh("sync");
 
     let store = w.join("store");
@@ -136,7 +158,10 @@ fn main() {
     let stats = pack(&src, &fl, &opts).unwrap();
     let t_pack = t.elapsed();
     let store_mib = dir_size(&store) as f64 / (1 << 20) as f64;
-    println!("pack: {} blocks ({} unique), store {store_mib:.1} MiB", stats.blocks, stats.unique_blocks);
+    println!(
+        "pack: {} blocks ({} unique), store {store_mib:.1} MiB",
+        stats.blocks, stats.unique_blocks
+    );
 
     let cache = w.join("cache");
     let out = w.join("out");
@@ -150,10 +175,18 @@ fn main() {
     rm(&out);
 
     let tar = w.join("tree.tar.zst");
-    let t_tar_c = sh(&format!("tar -C '{}' -cf - . | zstd -q -c > '{}'", src.display(), tar.display()));
+    let t_tar_c = sh(&format!(
+        "tar -C '{}' -cf - . | zstd -q -c > '{}'",
+        src.display(),
+        tar.display()
+    ));
     let tar_mib = std::fs::metadata(&tar).unwrap().len() as f64 / (1 << 20) as f64;
     std::fs::create_dir_all(&out).unwrap();
-    let t_tar_x = sh(&format!("zstd -q -d -c '{}' | tar -C '{}' -xf -", tar.display(), out.display()));
+    let t_tar_x = sh(&format!(
+        "zstd -q -d -c '{}' | tar -C '{}' -xf -",
+        tar.display(),
+        out.display()
+    ));
     rm(&out);
 
     println!();
@@ -165,14 +198,27 @@ fn main() {
         ("tar -c | zstd", t_tar_c),
         ("zstd -d | tar -x", t_tar_x),
     ] {
-        println!("{name:<34} {:>9.2} {:>10.1}", d.as_secs_f64(), mibps(bytes, d));
+        println!(
+            "{name:<34} {:>9.2} {:>10.1}",
+            d.as_secs_f64(),
+            mibps(bytes, d)
+        );
     }
     println!();
     println!("sizes: store {store_mib:.1} MiB, tar.zst {tar_mib:.1} MiB");
     let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64() * 100.0;
-    println!("pack vs tar -c | zstd:          {:6.1}% of tar speed", ratio(t_pack, t_tar_c));
-    println!("unpack cold vs zstd -d | tar -x: {:6.1}% of tar speed", ratio(t_cold, t_tar_x));
-    println!("unpack warm vs zstd -d | tar -x: {:6.1}% of tar speed (goal >= 50%)", ratio(t_warm, t_tar_x));
+    println!(
+        "pack vs tar -c | zstd:          {:6.1}% of tar speed",
+        ratio(t_pack, t_tar_c)
+    );
+    println!(
+        "unpack cold vs zstd -d | tar -x: {:6.1}% of tar speed",
+        ratio(t_cold, t_tar_x)
+    );
+    println!(
+        "unpack warm vs zstd -d | tar -x: {:6.1}% of tar speed (goal >= 50%)",
+        ratio(t_warm, t_tar_x)
+    );
 }
 
 fn dir_size(p: &Path) -> u64 {

@@ -1,6 +1,6 @@
 //! Command-line front end, embeddable as `zvm flist ...`.
 //!
-//! ```ignore
+//! ```text
 //! #[derive(clap::Subcommand)]
 //! enum Cmd { #[command(subcommand)] Flist(flist_fetcher::cli::FlistCommand) }
 //! // ...
@@ -110,7 +110,7 @@ pub fn run(cmd: FlistCommand) -> Result<(), Error> {
                 stores,
                 tags,
                 strip_password: !no_strip_password,
-                jobs: jobs.unwrap_or_else(parallel::default_jobs),
+                jobs: jobs.unwrap_or_else(parallel::default_pack_jobs),
                 progress: true,
             };
             let s = pack::pack(&dir, &output, &opts)?;
@@ -201,12 +201,23 @@ mod tests {
     #[test]
     fn parses_pack() {
         let cli = Cli::try_parse_from([
-            "x", "pack", "--store", "00-7f=dir:///a", "--store", "dir:///b", "-o", "o.fl", "--tag",
-            "version=1", "src",
+            "x",
+            "pack",
+            "--store",
+            "00-7f=dir:///a",
+            "--store",
+            "dir:///b",
+            "-o",
+            "o.fl",
+            "--tag",
+            "version=1",
+            "src",
         ])
         .unwrap();
         match cli.cmd {
-            FlistCommand::Pack { stores, tags, dir, .. } => {
+            FlistCommand::Pack {
+                stores, tags, dir, ..
+            } => {
                 assert_eq!(stores.len(), 2);
                 assert_eq!(tags, vec![("version".to_string(), "1".to_string())]);
                 assert_eq!(dir, PathBuf::from("src"));
@@ -214,14 +225,23 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["x", "pack", "-o", "o.fl", "src"]).is_err());
-        assert!(Cli::try_parse_from(["x", "pack", "-s", "dir:///a", "-o", "o", "--tag", "=v", "s"]).is_err());
+        assert!(Cli::try_parse_from([
+            "x", "pack", "-s", "dir:///a", "-o", "o", "--tag", "=v", "s"
+        ])
+        .is_err());
     }
 
     #[test]
     fn parses_image_and_unpack() {
-        let cli = Cli::try_parse_from(["x", "image", "a.fl", "d.img", "--size", "1G", "--cache", "c"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "x", "image", "a.fl", "d.img", "--size", "1G", "--cache", "c",
+        ])
+        .unwrap();
         assert!(matches!(cli.cmd, FlistCommand::Image { size, .. } if size == 1 << 30));
-        assert!(Cli::try_parse_from(["x", "image", "a.fl", "d.img", "--size", "lots", "--cache", "c"]).is_err());
+        assert!(Cli::try_parse_from([
+            "x", "image", "a.fl", "d.img", "--size", "lots", "--cache", "c"
+        ])
+        .is_err());
         let cli = Cli::try_parse_from(["x", "unpack", "--cache", "c", "a.fl", "t"]).unwrap();
         assert!(matches!(cli.cmd, FlistCommand::Unpack { .. }));
     }

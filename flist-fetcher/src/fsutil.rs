@@ -75,7 +75,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("p");
         mknod(&fifo, libc::S_IFIFO | 0o600, 0).unwrap();
-        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
         let link = dir.path().join("l");
         std::os::unix::fs::symlink("does-not-exist", &link).unwrap();
         set_mtime_nofollow(&link, 1_000_000).unwrap();

@@ -82,7 +82,10 @@ pub struct ImageOptions {
 pub fn parse_size(s: &str) -> Result<u64, Error> {
     let bad = || Error::BadSize(s.to_string());
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let m: u64 = match c.to_ascii_uppercase() {
@@ -109,7 +112,11 @@ pub fn parse_size(s: &str) -> Result<u64, Error> {
 
 fn find_mkfs() -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("mkfs.ext4")).collect())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("mkfs.ext4"))
+                .collect()
+        })
         .unwrap_or_default();
     candidates.push("/usr/sbin/mkfs.ext4".into());
     candidates.push("/sbin/mkfs.ext4".into());

@@ -54,14 +54,24 @@ impl fmt::Display for Summary {
             writeln!(f, "  (none)")?;
         }
         for r in &self.routes {
-            writeln!(f, "  {:02x}-{:02x} {}", r.start, r.end, r.url)?;
+            let url = crate::store::strip_password(&r.url);
+            writeln!(f, "  {:02x}-{:02x} {url}", r.start, r.end)?;
         }
         writeln!(f, "files:       {}", self.files)?;
         writeln!(f, "directories: {}", self.dirs)?;
         writeln!(f, "symlinks:    {}", self.symlinks)?;
         writeln!(f, "special:     {}", self.specials)?;
-        writeln!(f, "total size:  {} ({})", self.total_size, human(self.total_size))?;
-        write!(f, "blocks:      {} ({} unique)", self.blocks, self.unique_blocks)
+        writeln!(
+            f,
+            "total size:  {} ({})",
+            self.total_size,
+            human(self.total_size)
+        )?;
+        write!(
+            f,
+            "blocks:      {} ({} unique)",
+            self.blocks, self.unique_blocks
+        )
     }
 }
 

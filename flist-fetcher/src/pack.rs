@@ -6,8 +6,8 @@ use crate::parallel;
 use crate::store::{self, Router};
 use std::collections::{HashSet, VecDeque};
 use std::fs::{File, Metadata};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use tracing::{debug, info};
@@ -62,7 +62,7 @@ pub enum Error {
         index: usize,
         /// underlying error
         #[source]
-        source: store::Error,
+        source: Box<store::Error>,
     },
     /// A tag is malformed.
     #[error("invalid tag `{0}`: expected KEY=VALUE with a non-empty key")]
@@ -90,7 +90,7 @@ impl Default for PackOptions {
             stores: Vec::new(),
             tags: Vec::new(),
             strip_password: true,
-            jobs: parallel::default_jobs(),
+            jobs: parallel::default_pack_jobs(),
             progress: false,
         }
     }
@@ -171,10 +171,13 @@ pub fn pack(source: &Path, output: &Path, opts: &PackOptions) -> Result<PackStat
         writer.route(&route)?;
     }
     // never pack our own output
-    let skip: Vec<PathBuf> = [std::path::absolute(output).ok(), std::path::absolute(writer.tmp_path()).ok()]
-        .into_iter()
-        .flatten()
-        .collect();
+    let skip: Vec<PathBuf> = [
+        std::path::absolute(output).ok(),
+        std::path::absolute(writer.tmp_path()).ok(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
 
     let mut stats = PackStats::default();
     let mut files: Vec<FileJob> = Vec::new();
@@ -228,7 +231,11 @@ pub fn pack(source: &Path, output: &Path, opts: &PackOptions) -> Result<PackStat
             }
         }
     }
-    info!(files = stats.files, bytes = stats.bytes, "tree scanned, uploading blocks");
+    info!(
+        files = stats.files,
+        bytes = stats.bytes,
+        "tree scanned, uploading blocks"
+    );
 
     // One work unit per block, so large files are spread over all workers.
     let mut work: Vec<(usize, usize)> = Vec::with_capacity(units);
@@ -264,12 +271,15 @@ pub fn pack(source: &Path, output: &Path, opts: &PackOptions) -> Result<PackStat
             index: bi,
             source,
         })?;
-        let fresh = uploaded.lock().map(|mut u| u.insert(blk.id)).unwrap_or(true);
+        let fresh = uploaded
+            .lock()
+            .map(|mut u| u.insert(blk.id))
+            .unwrap_or(true);
         if fresh {
             router.set(&blk.id, &ct).map_err(|source| Error::Upload {
                 path: f.path.clone(),
                 index: bi,
-                source,
+                source: Box::new(source),
             })?;
         } else {
             debug!(id = %blk.hex_id(), "duplicate block");
@@ -284,7 +294,9 @@ pub fn pack(source: &Path, output: &Path, opts: &PackOptions) -> Result<PackStat
     for f in &files {
         let n = f.size.div_ceil(BLOCK_SIZE as u64) as usize;
         for slot in &results[f.first_unit..f.first_unit + n] {
-            let blk = slot.get().ok_or_else(|| Error::FileChanged(f.path.clone()))?;
+            let blk = slot
+                .get()
+                .ok_or_else(|| Error::FileChanged(f.path.clone()))?;
             writer.block(f.ino, blk)?;
             unique.insert(blk.id);
             stats.blocks += 1;

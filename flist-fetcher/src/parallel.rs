@@ -12,6 +12,12 @@ pub fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from)
 }
 
+/// Default number of pack workers: each encodes and uploads blocks, so a few
+/// more than the cores keeps remote stores busy.
+pub fn default_pack_jobs() -> usize {
+    default_jobs().max(8)
+}
+
 /// Runs `f` on every item with at most `jobs` threads. Stops handing out work
 /// after the first error, and returns that error.
 pub fn for_each<T, E, F>(items: &[T], jobs: usize, f: F) -> Result<(), E>

@@ -196,7 +196,10 @@ impl Tree {
         let root = root.ok_or_else(|| Error::BadRoot("missing".into()))?;
         let root_node = &inodes[root];
         if Kind::from_mode(root_node.mode) != Some(Kind::Dir) {
-            return Err(Error::BadRoot(format!("mode {:#o} is not a directory", root_node.mode)));
+            return Err(Error::BadRoot(format!(
+                "mode {:#o} is not a directory",
+                root_node.mode
+            )));
         }
         let mut entries = vec![Entry {
             inode: root_node.clone(),
@@ -225,10 +228,11 @@ impl Tree {
                     if !seen.insert(node.name.as_str()) {
                         return Err(Error::Duplicate(child_path));
                     }
-                    let child_kind = Kind::from_mode(node.mode).ok_or_else(|| Error::UnknownType {
-                        path: child_path.clone(),
-                        mode: node.mode,
-                    })?;
+                    let child_kind =
+                        Kind::from_mode(node.mode).ok_or_else(|| Error::UnknownType {
+                            path: child_path.clone(),
+                            mode: node.mode,
+                        })?;
                     if child_kind == Kind::Symlink {
                         match node.data.as_deref() {
                             None | Some([]) => {
@@ -276,7 +280,10 @@ impl Tree {
         blocks.retain(|ino, _| {
             let keep = files.contains(ino);
             if !keep {
-                warn!(ino, "ignoring blocks of an inode that is not a regular file");
+                warn!(
+                    ino,
+                    "ignoring blocks of an inode that is not a regular file"
+                );
             }
             keep
         });

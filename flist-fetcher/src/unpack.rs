@@ -62,7 +62,7 @@ pub enum Error {
         index: usize,
         /// underlying error
         #[source]
-        source: cache::Error,
+        source: Box<cache::Error>,
     },
     /// A file's blocks do not add up to its recorded size.
     #[error("{path}: blocks hold {actual} bytes but the flist records {expected}")]
@@ -195,7 +195,7 @@ impl Ctx<'_> {
                 .map_err(|source| Error::Block {
                     path: entry.path.clone(),
                     index,
-                    source,
+                    source: Box::new(source),
                 })?;
             file.write_all(&plain).map_err(io_at(&dest))?;
             written += plain.len() as u64;
@@ -210,7 +210,8 @@ impl Ctx<'_> {
         }
         let node = &entry.inode;
         if self.owners {
-            std::os::unix::fs::fchown(&file, Some(node.uid), Some(node.gid)).map_err(io_at(&dest))?;
+            std::os::unix::fs::fchown(&file, Some(node.uid), Some(node.gid))
+                .map_err(io_at(&dest))?;
         }
         // after chown, which clears set-id bits
         file.set_permissions(Permissions::from_mode(node.mode & 0o7777))
@@ -253,7 +254,8 @@ impl Ctx<'_> {
             Kind::Dir | Kind::File => return Ok(true),
         }
         if self.owners {
-            std::os::unix::fs::lchown(&path, Some(node.uid), Some(node.gid)).map_err(io_at(&path))?;
+            std::os::unix::fs::lchown(&path, Some(node.uid), Some(node.gid))
+                .map_err(io_at(&path))?;
         }
         if entry.kind != Kind::Symlink {
             std::fs::set_permissions(&path, Permissions::from_mode(node.mode & 0o7777))
@@ -277,7 +279,8 @@ impl Ctx<'_> {
             .map_err(io_at(&path))?;
         let node = &entry.inode;
         if self.owners {
-            std::os::unix::fs::fchown(&dir, Some(node.uid), Some(node.gid)).map_err(io_at(&path))?;
+            std::os::unix::fs::fchown(&dir, Some(node.uid), Some(node.gid))
+                .map_err(io_at(&path))?;
         }
         dir.set_permissions(Permissions::from_mode(node.mode & 0o7777))
             .map_err(io_at(&path))?;
@@ -307,17 +310,21 @@ pub fn prefetch(
     }
     info!(blocks = missing.len(), "fetching blocks");
     let bar = parallel::count_bar(progress, missing.len() as u64, "fetching");
-    parallel::for_each(&missing, jobs, |_, (entry, index, block)| -> Result<(), Error> {
-        cache
-            .ensure(router, &block.id)
-            .map_err(|source| Error::Block {
-                path: entry.path.clone(),
-                index: *index,
-                source,
-            })?;
-        bar.inc(1);
-        Ok(())
-    })?;
+    parallel::for_each(
+        &missing,
+        jobs,
+        |_, (entry, index, block)| -> Result<(), Error> {
+            cache
+                .ensure(router, &block.id)
+                .map_err(|source| Error::Block {
+                    path: entry.path.clone(),
+                    index: *index,
+                    source: Box::new(source),
+                })?;
+            bar.inc(1);
+            Ok(())
+        },
+    )?;
     bar.finish_and_clear();
     Ok(missing.len() as u64)
 }
@@ -353,7 +360,11 @@ pub fn unpack_tree(
         paths: tree.entries.iter().map(|e| e.path.as_path()).collect(),
     };
 
-    for entry in tree.entries.iter().filter(|e| e.kind == Kind::Dir && e.parent.is_some()) {
+    for entry in tree
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::Dir && e.parent.is_some())
+    {
         let path = target.join(&entry.path);
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -361,12 +372,18 @@ pub fn unpack_tree(
             .map_err(io_at(&path))?;
     }
 
-    let mut files: Vec<&Entry> = tree.entries.iter().filter(|e| e.kind == Kind::File).collect();
+    let mut files: Vec<&Entry> = tree
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::File)
+        .collect();
     // largest first, for better load balance
     files.sort_by_key(|e| std::cmp::Reverse(e.inode.size));
     let total: u64 = files.iter().map(|e| e.inode.size).sum();
     let bar = parallel::bytes_bar(opts.progress, total, "writing");
-    parallel::for_each(&files, opts.jobs, |_, entry| ctx.write_file(entry, &bar).map(|_| ()))?;
+    parallel::for_each(&files, opts.jobs, |_, entry| {
+        ctx.write_file(entry, &bar).map(|_| ())
+    })?;
     bar.finish_and_clear();
     stats.files = files.len() as u64;
     stats.bytes = total;

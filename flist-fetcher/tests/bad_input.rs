@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use flist_fetcher::meta::{Inode, Route, Writer};
-use flist_fetcher::{inspect, pack, pack::Error as PackError, store, unpack, unpack::Error as UnpackError};
+use flist_fetcher::{
+    inspect, pack, pack::Error as PackError, store, unpack, unpack::Error as UnpackError,
+};
 use flist_fetcher::{PackOptions, UnpackOptions};
 use std::path::{Path, PathBuf};
 
@@ -36,7 +38,9 @@ fn fixture() -> Fixture {
 fn blocks_of(fl: &Path, name: &str) -> Vec<[u8; 32]> {
     let c = rusqlite::Connection::open(fl).unwrap();
     let mut st = c
-        .prepare("SELECT id FROM block JOIN inode USING (ino) WHERE inode.name = ? ORDER BY block.rowid")
+        .prepare(
+            "SELECT id FROM block JOIN inode USING (ino) WHERE inode.name = ? ORDER BY block.rowid",
+        )
         .unwrap();
     st.query_map([name], |r| r.get::<_, Vec<u8>>(0))
         .unwrap()
@@ -79,22 +83,37 @@ fn unknown_store_scheme() {
         ..PackOptions::default()
     };
     let e = pack(&f.tmp.path().join("src"), &out, &opts).unwrap_err();
-    assert!(matches!(e, PackError::Store(store::Error::UnknownScheme { .. })), "{e}");
+    assert!(
+        matches!(e, PackError::Store(store::Error::UnknownScheme { .. })),
+        "{e}"
+    );
     assert!(e.to_string().contains("unknown store scheme `s3`"), "{e}");
     assert!(!out.exists());
 
     let bad = f.tmp.path().join("bad.fl");
     std::fs::copy(&f.fl, &bad).unwrap();
     let c = rusqlite::Connection::open(&bad).unwrap();
-    c.execute("UPDATE route SET url = 'ftp://example.org/x'", []).unwrap();
+    c.execute("UPDATE route SET url = 'ftp://example.org/x'", [])
+        .unwrap();
     drop(c);
-    let e = unpack(&bad, &f.tmp.path().join("t"), &UnpackOptions::new(&f.tmp.path().join("c"))).unwrap_err();
-    assert!(matches!(e, UnpackError::Store(store::Error::UnknownScheme { .. })), "{e}");
+    let e = unpack(
+        &bad,
+        &f.tmp.path().join("t"),
+        &UnpackOptions::new(&f.tmp.path().join("c")),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, UnpackError::Store(store::Error::UnknownScheme { .. })),
+        "{e}"
+    );
 
     let e = pack(
         &f.tmp.path().join("src"),
         &out,
-        &PackOptions { stores: vec![], ..PackOptions::default() },
+        &PackOptions {
+            stores: vec![],
+            ..PackOptions::default()
+        },
     )
     .unwrap_err();
     assert!(matches!(e, PackError::NoStore), "{e}");
@@ -122,14 +141,24 @@ fn unreachable_store() {
     let bad = f.tmp.path().join("bad.fl");
     std::fs::copy(&f.fl, &bad).unwrap();
     let c = rusqlite::Connection::open(&bad).unwrap();
-    c.execute("UPDATE route SET url = ?", [format!("http://127.0.0.1:{port}/blocks")]).unwrap();
+    c.execute(
+        "UPDATE route SET url = ?",
+        [format!("http://127.0.0.1:{port}/blocks")],
+    )
+    .unwrap();
     drop(c);
     let target = f.tmp.path().join("t");
     let e = unpack(&bad, &target, &UnpackOptions::new(&f.tmp.path().join("c"))).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, UnpackError::Block { .. }), "{msg}");
-    assert!(msg.contains("unreachable") && msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
-    assert!(msg.contains("d/big") || msg.contains("small"), "names the file: {msg}");
+    assert!(
+        msg.contains("unreachable") && msg.contains(&format!("127.0.0.1:{port}")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("d/big") || msg.contains("small"),
+        "names the file: {msg}"
+    );
 }
 
 #[test]
@@ -148,7 +177,11 @@ fn corrupt_block_in_store() {
     assert!(msg.contains("d/big") && msg.contains("block 1"), "{msg}");
     assert!(msg.contains("corrupt"), "{msg}");
     assert!(!target.join("d/big").exists());
-    assert!(!cache.join(&hex(&ids[1])[..2]).join(&hex(&ids[1])[2..4]).join(hex(&ids[1])).exists());
+    assert!(!cache
+        .join(&hex(&ids[1])[..2])
+        .join(&hex(&ids[1])[2..4])
+        .join(hex(&ids[1]))
+        .exists());
     assert_no_leftovers(&target);
 
     // a missing object is a clear not-found error
@@ -177,8 +210,15 @@ fn corrupt_cache_entry_is_refetched() {
     std::fs::write(entry(&ids[2]), &b).unwrap();
     let t2 = f.tmp.path().join("t2");
     unpack(&f.fl, &t2, &UnpackOptions::new(&cache)).unwrap();
-    assert_eq!(std::fs::read(t2.join("d/big")).unwrap(), noise(2 * BLOCK + 100, 5));
-    assert_eq!(std::fs::read(entry(&ids[0])).unwrap(), good0, "entry repaired");
+    assert_eq!(
+        std::fs::read(t2.join("d/big")).unwrap(),
+        noise(2 * BLOCK + 100, 5)
+    );
+    assert_eq!(
+        std::fs::read(entry(&ids[0])).unwrap(),
+        good0,
+        "entry repaired"
+    );
 }
 
 #[test]
@@ -195,7 +235,10 @@ fn failure_mid_file_leaves_no_partial_file() {
     let target = f.tmp.path().join("t2");
     let e = unpack(&f.fl, &target, &UnpackOptions::new(&cache)).unwrap_err();
     assert!(matches!(e, UnpackError::Block { index: 2, .. }), "{e}");
-    assert!(!target.join("d/big").exists(), "no half-written file under the final name");
+    assert!(
+        !target.join("d/big").exists(),
+        "no half-written file under the final name"
+    );
     assert_no_leftovers(&target);
 }
 
@@ -213,17 +256,24 @@ fn wrong_key_and_wrong_size_are_caught() {
     drop(c);
     let target = f.tmp.path().join("t");
     let e = unpack(&bad, &target, &UnpackOptions::new(&f.tmp.path().join("c"))).unwrap_err();
-    assert!(e.to_string().contains("small") && e.to_string().contains("decryption failed"), "{e}");
+    assert!(
+        e.to_string().contains("small") && e.to_string().contains("decryption failed"),
+        "{e}"
+    );
     assert!(!target.join("small").exists());
 
     let bad = f.tmp.path().join("size.fl");
     std::fs::copy(&f.fl, &bad).unwrap();
     let c = rusqlite::Connection::open(&bad).unwrap();
-    c.execute("UPDATE inode SET size = 3 WHERE name = 'small'", []).unwrap();
+    c.execute("UPDATE inode SET size = 3 WHERE name = 'small'", [])
+        .unwrap();
     drop(c);
     let target = f.tmp.path().join("t2");
     let e = unpack(&bad, &target, &UnpackOptions::new(&f.tmp.path().join("c"))).unwrap_err();
-    assert!(matches!(e, UnpackError::SizeMismatch { expected: 3, .. }), "{e}");
+    assert!(
+        matches!(e, UnpackError::SizeMismatch { expected: 3, .. }),
+        "{e}"
+    );
     assert!(!target.join("small").exists());
     assert_no_leftovers(&target);
 }
@@ -247,7 +297,12 @@ fn unpack_crafted(dir: &Path, nodes: &[Inode]) -> (UnpackError, PathBuf) {
     for n in nodes {
         w.inode(n).unwrap();
     }
-    w.route(&Route { start: 0, end: 255, url: format!("dir://{}", dir.join("store").display()) }).unwrap();
+    w.route(&Route {
+        start: 0,
+        end: 255,
+        url: format!("dir://{}", dir.join("store").display()),
+    })
+    .unwrap();
     w.finish().unwrap();
     let target = dir.join("jail/target");
     let _ = std::fs::remove_dir_all(dir.join("jail"));
@@ -263,15 +318,28 @@ fn metadata_cannot_escape_target() {
     const F: u32 = libc::S_IFREG | 0o644;
     const L: u32 = libc::S_IFLNK | 0o777;
     let cases: Vec<(&str, Vec<Inode>)> = vec![
-        ("dotdot", vec![node(1, "..", D, None), node(2, "escaped", F, None)]),
+        (
+            "dotdot",
+            vec![node(1, "..", D, None), node(2, "escaped", F, None)],
+        ),
         ("slash", vec![node(1, "../escaped", F, None)]),
         ("absolute", vec![node(1, "/tmp/escaped", F, None)]),
         ("dot", vec![node(1, ".", D, None)]),
         ("empty", vec![node(1, "", F, None)]),
         // a symlink to outside, then a child "through" it
-        ("symlink parent", vec![node(1, "l", L, Some(b"../..")), node(2, "escaped", F, None)]),
+        (
+            "symlink parent",
+            vec![node(1, "l", L, Some(b"../..")), node(2, "escaped", F, None)],
+        ),
         // the same name twice: a symlink, then a directory with children
-        ("shadowing", vec![node(1, "x", L, Some(b"../..")), node(1, "x", D, None), node(3, "escaped", F, None)]),
+        (
+            "shadowing",
+            vec![
+                node(1, "x", L, Some(b"../..")),
+                node(1, "x", D, None),
+                node(3, "escaped", F, None),
+            ],
+        ),
         ("cycle", vec![node(3, "a", D, None), node(2, "b", D, None)]),
     ];
     for (what, nodes) in cases {
@@ -288,7 +356,10 @@ fn metadata_cannot_escape_target() {
     w.finish().unwrap();
     let target = dir.join("ok");
     unpack(&fl, &target, &UnpackOptions::new(&dir.join("cache"))).unwrap();
-    assert_eq!(std::fs::read_link(target.join("etc-link")).unwrap(), PathBuf::from("/etc"));
+    assert_eq!(
+        std::fs::read_link(target.join("etc-link")).unwrap(),
+        PathBuf::from("/etc")
+    );
 }
 
 #[test]

@@ -9,9 +9,29 @@ use flist_fetcher::{pack, PackOptions, UnpackOptions};
 use std::path::Path;
 use std::process::Command;
 
+/// An e2fsprogs tool, also when /usr/sbin is not on PATH (non-root users).
+fn tool(name: &str) -> Command {
+    for dir in ["/usr/sbin", "/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return Command::new(p);
+        }
+    }
+    Command::new(name)
+}
+
 fn debugfs(img: &Path, request: &str) -> Vec<u8> {
-    let out = Command::new("debugfs").arg("-R").arg(request).arg(img).output().expect("debugfs (e2fsprogs) is needed");
-    assert!(out.status.success(), "debugfs {request}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = tool("debugfs")
+        .arg("-R")
+        .arg(request)
+        .arg(img)
+        .output()
+        .expect("debugfs (e2fsprogs) is needed");
+    assert!(
+        out.status.success(),
+        "debugfs {request}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -35,18 +55,35 @@ fn ext4_image_from_flist() {
     image(&fl, &img, &iopts).unwrap();
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 << 20);
 
-    let fsck = Command::new("e2fsck").args(["-f", "-n"]).arg(&img).output().unwrap();
-    assert!(fsck.status.success(), "e2fsck: {}", String::from_utf8_lossy(&fsck.stdout));
+    let fsck = tool("e2fsck")
+        .args(["-f", "-n"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 
-    assert_eq!(debugfs(&img, "cat /a/big"), std::fs::read(src.join("a/big")).unwrap());
-    assert_eq!(debugfs(&img, "cat /block+1"), std::fs::read(src.join("block+1")).unwrap());
+    assert_eq!(
+        debugfs(&img, "cat /a/big"),
+        std::fs::read(src.join("a/big")).unwrap()
+    );
+    assert_eq!(
+        debugfs(&img, "cat /block+1"),
+        std::fs::read(src.join("block+1")).unwrap()
+    );
     let stat = String::from_utf8_lossy(&debugfs(&img, "stat /setuid")).to_string();
     assert!(stat.contains("Mode:  04755"), "{stat}");
     let link = String::from_utf8_lossy(&debugfs(&img, "stat /link-abs")).to_string();
     assert!(link.contains("/etc/passwd"), "{link}");
     if is_root() {
         let one = String::from_utf8_lossy(&debugfs(&img, "stat /one")).to_string();
-        assert!(one.contains("User:  1234") && one.contains("Group:  5678"), "{one}");
+        assert!(
+            one.contains("User:  1234") && one.contains("Group:  5678"),
+            "{one}"
+        );
     }
     // the staging directory is gone, only the image remains next to it
     let names: Vec<_> = std::fs::read_dir(tmp.path())

@@ -61,11 +61,22 @@ fn known_answers_match_python() {
         ("mixed200000", mixed_block(200_000)),
     ];
     for (name, plain) in vectors {
-        let get = |field: &str| fx.get(&format!("{name}.{field}")).unwrap_or_else(|| panic!("{name}.{field} missing"));
-        assert_eq!(plain.len().to_string(), *get("len"), "{name}: plaintext generator differs");
+        let get = |field: &str| {
+            fx.get(&format!("{name}.{field}"))
+                .unwrap_or_else(|| panic!("{name}.{field} missing"))
+        };
+        assert_eq!(
+            plain.len().to_string(),
+            *get("len"),
+            "{name}: plaintext generator differs"
+        );
         let (blk, ct) = block::encrypt(&plain).unwrap();
         assert_eq!(blk.key, hash32(get("key")), "{name}: key");
-        assert_eq!(ct.len().to_string(), *get("ct_len"), "{name}: ciphertext length");
+        assert_eq!(
+            ct.len().to_string(),
+            *get("ct_len"),
+            "{name}: ciphertext length"
+        );
         assert_eq!(blk.id, hash32(get("id")), "{name}: id");
         if let Some(ct_hex) = fx.get(&format!("{name}.ct")) {
             let py_ct = from_hex(ct_hex).unwrap();

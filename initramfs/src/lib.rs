@@ -188,6 +188,16 @@ pub fn pack(entries: &[Entry]) -> Result<Vec<u8>, InitramfsError> {
     Ok(cpio.finish()?.finish()?)
 }
 
+/// Packs `entries` into an uncompressed newc archive. Linux takes it as is; it boots
+/// faster where the guest kernel's own code is slow (no inflate at boot).
+pub fn pack_uncompressed(entries: &[Entry]) -> Result<Vec<u8>, InitramfsError> {
+    let mut cpio = CpioWriter::new(Vec::new());
+    for entry in entries {
+        cpio.add(entry)?;
+    }
+    Ok(cpio.finish()?)
+}
+
 /// Packs the directory `root` into a gzip-compressed newc archive at `out`.
 pub fn pack_dir(root: &Path, out: &Path) -> Result<(), InitramfsError> {
     let bytes = pack(&entries_from_dir(root)?)?;

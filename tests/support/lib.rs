@@ -1,1 +1,156 @@
+//! Helpers for tests that boot real guests: the guest kernel (built once per machine
+//! from Debian's linux-source), the static guest init, initramfs images, and a boot
+//! runner that captures the console and enforces a time limit.
 
+use initramfs::Entry;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use vmm::builder::BuildOptions;
+use vmm::devices::boot_timer::BootTime;
+use vmm::devices::serial::ConsoleSink;
+use vmm::{VmOutcome, VmResources};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Runs a build script that prints a path as its last stdout line.
+fn path_from_script(script: &Path) -> PathBuf {
+    let out = Command::new("bash").arg(script).output().expect("run build script");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{} failed:\n{stderr}", script.display());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(stdout.lines().last().expect("a path on the last line").trim());
+    assert!(path.is_file(), "{} printed {} which is not a file", script.display(), path.display());
+    path
+}
+
+/// The project's guest kernel (vmlinux), built on first use and cached per machine.
+pub fn guest_kernel() -> PathBuf {
+    static KERNEL: OnceLock<PathBuf> = OnceLock::new();
+    KERNEL.get_or_init(|| path_from_script(&repo_root().join("guest-kernel/build.sh"))).clone()
+}
+
+/// The static guest init binary.
+pub fn guest_init() -> PathBuf {
+    static INIT: OnceLock<PathBuf> = OnceLock::new();
+    INIT.get_or_init(|| path_from_script(&repo_root().join("guest/build.sh"))).clone()
+}
+
+/// A scratch directory for this test run's images.
+pub fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("zvm-test-images-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn base_entries() -> Vec<Entry> {
+    let init = std::fs::read(guest_init()).expect("read guest init");
+    let mut entries: Vec<Entry> = ["dev", "proc", "sys", "tmp", "bin", "sbin", "etc"]
+        .iter()
+        .map(|d| Entry::Dir { path: (*d).into(), mode: 0o755 })
+        .collect();
+    entries.push(Entry::CharDev { path: "dev/console".into(), mode: 0o600, major: 5, minor: 1 });
+    entries.push(Entry::File { path: "init".into(), mode: 0o755, data: init });
+    entries
+}
+
+/// The test initramfs: the static init alone (uncompressed newc).
+pub fn test_initramfs() -> PathBuf {
+    let path = scratch_dir().join("test-initramfs.cpio");
+    let bytes = initramfs::pack_uncompressed(&base_entries()).expect("pack");
+    std::fs::write(&path, bytes).expect("write initramfs");
+    path
+}
+
+/// The busybox variant: Debian's busybox-static as /bin/busybox with its applets linked,
+/// and `script` as /zvm-test.sh (run by the init with `zvm.mode=script`).
+pub fn busybox_initramfs(script: &str) -> PathBuf {
+    let busybox = Path::new("/bin/busybox");
+    assert!(busybox.is_file(), "busybox-static is not installed (apt-get install busybox-static); .ci/run installs it");
+    let mut entries = base_entries();
+    entries.push(Entry::File { path: "bin/busybox".into(), mode: 0o755, data: std::fs::read(busybox).expect("read busybox") });
+    let applets = Command::new(busybox).arg("--list").output().expect("busybox --list");
+    for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
+        entries.push(Entry::Symlink { path: format!("bin/{applet}"), target: "busybox".into() });
+    }
+    entries.push(Entry::File { path: "zvm-test.sh".into(), mode: 0o755, data: script.as_bytes().to_vec() });
+    let path = scratch_dir().join("busybox-initramfs.cpio");
+    std::fs::write(&path, initramfs::pack_uncompressed(&entries).expect("pack")).expect("write");
+    path
+}
+
+/// A console sink that keeps everything the guest printed.
+#[derive(Clone, Default)]
+pub struct CapturedConsole(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CapturedConsole {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedConsole {
+    /// The console output so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+/// What a boot produced.
+#[derive(Debug)]
+pub struct Boot {
+    /// How the VM ended.
+    pub outcome: VmOutcome,
+    /// Everything on the serial console.
+    pub console: String,
+    /// The boot-timer report, if the guest wrote it.
+    pub boot_time: Option<BootTime>,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl Boot {
+    /// Asserts the console contains `needle`, showing the console tail otherwise.
+    pub fn expect_console(&self, needle: &str) {
+        assert!(self.console.contains(needle), "console lacks {needle:?}; outcome {:?}; console tail:\n{}", self.outcome, tail(&self.console));
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Boots `resources` with the console captured, stopping the VM after `limit`. Uses the
+/// same steps as `build_microvm`, with the console going to memory.
+pub fn boot(resources: &VmResources, limit: Duration) -> Boot {
+    let start = Instant::now();
+    let console = CapturedConsole::default();
+    let sink = ConsoleSink::Writer(Box::new(console.clone()));
+    let vm = vmm::builder::build_microvm_with_console(resources, BuildOptions::default(), sink, false).expect("start VM");
+    let stop = vm.stop_handle().expect("stop handle");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done_flag = done.clone();
+    std::thread::spawn(move || {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if done_flag.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = stop.request_stop();
+    });
+    let (outcome, boot_time) = vm.wait_with_boot_time();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    Boot { outcome, console: console.text(), boot_time, elapsed: start.elapsed() }
+}

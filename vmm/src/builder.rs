@@ -306,9 +306,6 @@ impl MicrovmBuilder {
 /// Builds and starts the micro-VM `resources` describe. The boot order: memory and
 /// irqchip, legacy devices, kernel and boot tables, vCPUs.
 pub fn build_microvm(resources: &VmResources, opts: BuildOptions) -> Result<RunningVm, BuildError> {
-    resources.validate()?;
-    let mc = &resources.machine_config;
-    let mut builder = MicrovmBuilder::new(mc.mem_size_mib, mc.vcpu_count, mc.cpu_template, resources.seccomp, opts)?;
     let (sink, input) = match &resources.console {
         ConsoleConfig::Stdio => (ConsoleSink::Stdout, true),
         ConsoleConfig::File(path) => {
@@ -317,6 +314,15 @@ pub fn build_microvm(resources: &VmResources, opts: BuildOptions) -> Result<Runn
         }
         ConsoleConfig::Off => (ConsoleSink::Off, false),
     };
+    build_microvm_with_console(resources, opts, sink, input)
+}
+
+/// Like [`build_microvm`], with the console going to `sink` instead of where
+/// `resources.console` says (embedders and tests capture it); `input` forwards stdin.
+pub fn build_microvm_with_console(resources: &VmResources, opts: BuildOptions, sink: ConsoleSink, input: bool) -> Result<RunningVm, BuildError> {
+    resources.validate()?;
+    let mc = &resources.machine_config;
+    let mut builder = MicrovmBuilder::new(mc.mem_size_mib, mc.vcpu_count, mc.cpu_template, resources.seccomp, opts)?;
     builder.attach_serial(sink, resources.console_timestamps, input)?;
     builder.attach_i8042()?;
     builder.attach_boot_timer()?;

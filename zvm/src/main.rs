@@ -37,6 +37,12 @@ enum Command {
         #[command(subcommand)]
         command: kernel::KernelCommand,
     },
+    /// Content-addressed image lists (ThreeFold rfs `.fl` format): pack, inspect, unpack,
+    /// make a disk image.
+    Flist {
+        #[command(subcommand)]
+        command: flist_fetcher::cli::FlistCommand,
+    },
     /// Pack a directory into a gzip-compressed newc cpio initramfs.
     Initramfs {
         /// Directory whose contents become the root of the initramfs.
@@ -71,6 +77,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Kernel { command } => kernel::run(command),
+        Command::Flist { command } => match flist_fetcher::cli::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("zvm: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Initramfs { dir, output } => match initramfs::pack_dir(&dir, &output) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -70,8 +70,14 @@ impl DirStore {
 
     fn candidates(&self, id: &Hash) -> [PathBuf; 2] {
         match self.layout {
-            Layout::Flat => [self.object_path(id, Layout::Flat), self.object_path(id, Layout::Nested)],
-            Layout::Nested => [self.object_path(id, Layout::Nested), self.object_path(id, Layout::Flat)],
+            Layout::Flat => [
+                self.object_path(id, Layout::Flat),
+                self.object_path(id, Layout::Nested),
+            ],
+            Layout::Nested => [
+                self.object_path(id, Layout::Nested),
+                self.object_path(id, Layout::Flat),
+            ],
         }
     }
 
@@ -152,7 +158,8 @@ mod tests {
     #[test]
     fn nested_layout_and_repair() {
         let dir = tempfile::tempdir().unwrap();
-        let parsed = StoreUrl::parse(&format!("dir://{}?layout=nested", dir.path().display())).unwrap();
+        let parsed =
+            StoreUrl::parse(&format!("dir://{}?layout=nested", dir.path().display())).unwrap();
         let store = DirStore::from_url("x", &parsed).unwrap();
         let data = b"xyz".to_vec();
         let id = block::hash(&data);

@@ -98,7 +98,10 @@ impl HttpStore {
 impl Store for HttpStore {
     fn get(&self, id: &Hash) -> Result<Vec<u8>, Error> {
         let hex = to_hex(id);
-        for url in [format!("{}/{}/{hex}", self.base, &hex[..2]), format!("{}/{hex}", self.base)] {
+        for url in [
+            format!("{}/{}/{hex}", self.base, &hex[..2]),
+            format!("{}/{hex}", self.base),
+        ] {
             if let Outcome::Found(data) = self.fetch(&url)? {
                 return Ok(data);
             }

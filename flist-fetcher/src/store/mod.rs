@@ -135,7 +135,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Unreachable { .. } | Error::Io { .. } | Error::Protocol { .. } | Error::Corrupt { .. }
+            Error::Unreachable { .. }
+                | Error::Io { .. }
+                | Error::Protocol { .. }
+                | Error::Corrupt { .. }
         )
     }
 }
@@ -176,7 +179,10 @@ pub fn parse_spec(spec: &str) -> Result<(u8, u8, String), Error> {
         reason: reason.to_string(),
     };
     let b = spec.as_bytes();
-    if b.len() > 6 && b[2] == b'-' && b[5] == b'=' && b[..2].iter().chain(&b[3..5]).all(u8::is_ascii_hexdigit)
+    if b.len() > 6
+        && b[2] == b'-'
+        && b[5] == b'='
+        && b[..2].iter().chain(&b[3..5]).all(u8::is_ascii_hexdigit)
     {
         let start = u8::from_str_radix(&spec[..2], 16).map_err(|_| invalid("bad range start"))?;
         let end = u8::from_str_radix(&spec[3..5], 16).map_err(|_| invalid("bad range end"))?;
@@ -384,21 +390,33 @@ mod tests {
     #[test]
     fn specs() {
         assert_eq!(parse_spec("dir:///a").unwrap(), (0, 255, "dir:///a".into()));
-        assert_eq!(parse_spec("00-7f=dir:///a").unwrap(), (0, 0x7f, "dir:///a".into()));
+        assert_eq!(
+            parse_spec("00-7f=dir:///a").unwrap(),
+            (0, 0x7f, "dir:///a".into())
+        );
         assert!(parse_spec("80-10=dir:///a").is_err());
         assert!(parse_spec("").is_err());
     }
 
     #[test]
     fn unknown_scheme() {
-        assert!(matches!(open("s3://bucket/x"), Err(Error::UnknownScheme { .. })));
+        assert!(matches!(
+            open("s3://bucket/x"),
+            Err(Error::UnknownScheme { .. })
+        ));
         assert!(matches!(open("nonsense"), Err(Error::InvalidUrl { .. })));
     }
 
     #[test]
     fn routing_and_verification() {
-        let low = Arc::new(Mem { name: "mem://low".into(), ..Mem::default() });
-        let all = Arc::new(Mem { name: "mem://all".into(), ..Mem::default() });
+        let low = Arc::new(Mem {
+            name: "mem://low".into(),
+            ..Mem::default()
+        });
+        let all = Arc::new(Mem {
+            name: "mem://all".into(),
+            ..Mem::default()
+        });
         let mut r = Router::new().with_attempts(1);
         r.add(0x00, 0x7f, low.clone());
         r.add(0x00, 0xff, all.clone());

@@ -102,17 +102,23 @@ impl ZdbStore {
                     }
                 }
                 let s = found.ok_or_else(|| {
-                    self.unreachable(last.map_or_else(|| "no address".to_string(), |e| e.to_string()))
+                    self.unreachable(
+                        last.map_or_else(|| "no address".to_string(), |e| e.to_string()),
+                    )
                 })?;
                 let _ = s.set_nodelay(true);
-                s.set_read_timeout(Some(TIMEOUT)).map_err(|e| self.unreachable(e))?;
-                s.set_write_timeout(Some(TIMEOUT)).map_err(|e| self.unreachable(e))?;
+                s.set_read_timeout(Some(TIMEOUT))
+                    .map_err(|e| self.unreachable(e))?;
+                s.set_write_timeout(Some(TIMEOUT))
+                    .map_err(|e| self.unreachable(e))?;
                 Box::new(s)
             }
             Addr::Unix(p) => {
                 let s = UnixStream::connect(p).map_err(|e| self.unreachable(e))?;
-                s.set_read_timeout(Some(TIMEOUT)).map_err(|e| self.unreachable(e))?;
-                s.set_write_timeout(Some(TIMEOUT)).map_err(|e| self.unreachable(e))?;
+                s.set_read_timeout(Some(TIMEOUT))
+                    .map_err(|e| self.unreachable(e))?;
+                s.set_write_timeout(Some(TIMEOUT))
+                    .map_err(|e| self.unreachable(e))?;
                 Box::new(s)
             }
         };
@@ -257,7 +263,9 @@ fn read_reply(r: &mut impl BufRead, depth: usize) -> Result<Reply, ReplyError> {
             }
             let n = usize::try_from(n).map_err(|_| ReplyError::Malformed("bulk length".into()))?;
             if n > MAX_BULK {
-                return Err(ReplyError::Malformed(format!("bulk of {n} bytes is too large")));
+                return Err(ReplyError::Malformed(format!(
+                    "bulk of {n} bytes is too large"
+                )));
             }
             let mut data = vec![0u8; n + 2];
             r.read_exact(&mut data).map_err(ReplyError::Io)?;
@@ -281,7 +289,9 @@ fn read_reply(r: &mut impl BufRead, depth: usize) -> Result<Reply, ReplyError> {
                 .collect::<Result<_, _>>()
                 .map(Reply::Array)
         }
-        _ => Err(ReplyError::Malformed(format!("unknown reply type `{kind}`"))),
+        _ => Err(ReplyError::Malformed(format!(
+            "unknown reply type `{kind}`"
+        ))),
     }
 }
 
@@ -299,7 +309,10 @@ mod tests {
         assert_eq!(parse(b"+OK\r\n").ok(), Some(Reply::Simple("OK".into())));
         assert_eq!(parse(b":1\r\n").ok(), Some(Reply::Int(1)));
         assert_eq!(parse(b"$-1\r\n").ok(), Some(Reply::Bulk(None)));
-        assert_eq!(parse(b"$3\r\na\r\n\r\n").ok(), Some(Reply::Bulk(Some(b"a\r\n".to_vec()))));
+        assert_eq!(
+            parse(b"$3\r\na\r\n\r\n").ok(),
+            Some(Reply::Bulk(Some(b"a\r\n".to_vec())))
+        );
         assert_eq!(
             parse(b"*2\r\n:1\r\n$0\r\n\r\n").ok(),
             Some(Reply::Array(vec![Reply::Int(1), Reply::Bulk(Some(vec![]))]))

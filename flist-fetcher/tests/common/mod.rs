@@ -38,13 +38,29 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 fn mknod(path: &Path, mode: u32, dev: u64) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     let rc = unsafe { libc::mknod(c.as_ptr(), mode, dev) };
-    assert_eq!(rc, 0, "mknod {}: {}", path.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 fn set_mtime(path: &Path, secs: i64) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let ts = libc::timespec { tv_sec: secs, tv_nsec: 0 };
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [ts, ts].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let ts = libc::timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            [ts, ts].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     assert_eq!(rc, 0, "utimensat {}", path.display());
 }
 
@@ -73,7 +89,11 @@ pub fn sample_tree(base: &Path) -> PathBuf {
     write(&root.join("a/big"), &big, 0o755);
     write(&root.join("a/b/big-head"), &big[..BLOCK + 10], 0o644); // shares its first block
     write(&root.join("zeros"), &vec![0u8; 2 * BLOCK], 0o644); // 2 identical blocks
-    write(&root.join("text"), &b"the quick brown fox\n".repeat(10_000), 0o444);
+    write(
+        &root.join("text"),
+        &b"the quick brown fox\n".repeat(10_000),
+        0o444,
+    );
     write(&root.join("setuid"), b"#!/bin/sh\n", 0o4755);
     write(&root.join("setgid"), b"#!/bin/sh\n", 0o2711);
     if is_root() {
@@ -87,16 +107,36 @@ pub fn sample_tree(base: &Path) -> PathBuf {
     std::os::unix::fs::symlink("a/b", root.join("link-dir")).unwrap();
     mknod(&root.join("fifo"), libc::S_IFIFO | 0o620, 0);
     if is_root() {
-        mknod(&root.join("null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3));
-        for (p, uid, gid) in [("one", 1234, 5678), ("a/big", 0, 42), ("link-rel", 77, 88), ("a/b", 1000, 1001), ("fifo", 5, 6)] {
+        mknod(
+            &root.join("null"),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(1, 3),
+        );
+        for (p, uid, gid) in [
+            ("one", 1234, 5678),
+            ("a/big", 0, 42),
+            ("link-rel", 77, 88),
+            ("a/b", 1000, 1001),
+            ("fifo", 5, 6),
+        ] {
             std::os::unix::fs::lchown(root.join(p), Some(uid), Some(gid)).unwrap();
         }
     }
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
     // mtimes last, deepest first, so creating children does not disturb them
-    for (i, p) in ["a/b/c/empty", "a/b/c", "link-rel", "a/dangling", "fifo", "zero", "a/big", "ro/inner/file", "ro/inner"]
-        .iter()
-        .enumerate()
+    for (i, p) in [
+        "a/b/c/empty",
+        "a/b/c",
+        "link-rel",
+        "a/dangling",
+        "fifo",
+        "zero",
+        "a/big",
+        "ro/inner/file",
+        "ro/inner",
+    ]
+    .iter()
+    .enumerate()
     {
         set_mtime(&root.join(p), 1_000_000_000 + i as i64 * 1000);
     }
@@ -153,7 +193,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
                 mtime: Some(m.mtime()),
                 content: m.is_file().then(|| std::fs::read(&full).unwrap()),
                 link: m.is_symlink().then(|| std::fs::read_link(&full).unwrap()),
-                rdev: if kind == libc::S_IFCHR || kind == libc::S_IFBLK { m.rdev() } else { 0 },
+                rdev: if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
+                    m.rdev()
+                } else {
+                    0
+                },
             };
             if m.is_dir() {
                 stack.push(rel.clone());
@@ -188,13 +232,18 @@ pub fn find_names(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if e.file_name().to_string_lossy().contains(needle) {
                 out.push(p.clone());
             }
-            if std::fs::symlink_metadata(&p).map(|m| m.is_dir()).unwrap_or(false) {
+            if std::fs::symlink_metadata(&p)
+                .map(|m| m.is_dir())
+                .unwrap_or(false)
+            {
                 stack.push(p);
             }
         }
@@ -206,7 +255,7 @@ pub fn find_names(dir: &Path, needle: &str) -> Vec<PathBuf> {
 pub fn store_objects(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = find_names(dir, "")
         .into_iter()
-        .filter(|p| p.is_file() && p.file_name().map_or(false, |n| n.len() == 64))
+        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n.len() == 64))
         .collect();
     v.sort();
     v
@@ -232,7 +281,11 @@ pub fn serve_dir(root: PathBuf) -> HttpServer {
             std::thread::spawn(move || handle(stream, &root, &r, &nf));
         }
     });
-    HttpServer { url, requests, not_found }
+    HttpServer {
+        url,
+        requests,
+        not_found,
+    }
 }
 
 fn handle(stream: TcpStream, root: &Path, requests: &AtomicUsize, not_found: &AtomicUsize) {
@@ -249,17 +302,32 @@ fn handle(stream: TcpStream, root: &Path, requests: &AtomicUsize, not_found: &At
         }
     }
     requests.fetch_add(1, Ordering::SeqCst);
-    let path = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+    let path = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .trim_start_matches('/')
+        .to_string();
     let mut stream = stream;
-    let body = if path.split('/').any(|c| c == "..") { None } else { std::fs::read(root.join(&path)).ok() };
+    let body = if path.split('/').any(|c| c == "..") {
+        None
+    } else {
+        std::fs::read(root.join(&path)).ok()
+    };
     match body {
         Some(b) => {
-            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len());
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                b.len()
+            );
             let _ = stream.write_all(&b);
         }
         None => {
             not_found.fetch_add(1, Ordering::SeqCst);
-            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = stream.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
         }
     }
     let _ = stream.flush();
@@ -281,7 +349,10 @@ impl Drop for Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let found = Command::new("redis-server").arg("--version").stdout(Stdio::null()).status();
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status();
         if !matches!(found, Ok(s) if s.success()) {
             panic!(
                 "redis-server is not installed, so the zdb store test cannot run. \
@@ -289,16 +360,33 @@ impl Redis {
             );
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let redis = Redis { port, child, _dir: dir };
+        let redis = Redis {
+            port,
+            child,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
@@ -308,7 +396,10 @@ impl Redis {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         redis

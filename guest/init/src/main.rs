@@ -4,7 +4,8 @@
 //! the boot-timer device), optionally runs a system-call self-check or a shell, then
 //! reboots, which ends the VM under zvm (exit code 0).
 //!
-//! Kernel command line switches: `zvm.mode=marker|syscalls|shell`.
+//! Kernel command line switches: `zvm.mode=marker|syscalls|shell|script`; `script` runs
+//! `/bin/sh /zvm-test.sh` (a busybox initramfs) and powers off when it ends.
 
 mod syscalls;
 
@@ -80,6 +81,16 @@ fn end_vm() -> ! {
     }
 }
 
+/// Runs `/bin/sh /zvm-test.sh` and returns its exit status.
+fn run_script() -> Result<i32, String> {
+    let status = std::process::Command::new("/bin/sh")
+        .arg("/zvm-test.sh")
+        .env("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
+        .status()
+        .map_err(|e| e.to_string())?;
+    Ok(status.code().unwrap_or(-1))
+}
+
 fn main() {
     mount("proc", "/proc", "proc");
     mount("sysfs", "/sys", "sysfs");
@@ -105,6 +116,10 @@ fn main() {
             unsafe { libc::execv(sh.as_ptr(), argv.as_ptr()) };
             say(&format!("cannot run /bin/sh: {}", std::io::Error::last_os_error()));
         }
+        "script" => match run_script() {
+            Ok(code) => say(&format!("script exited with {code}")),
+            Err(e) => say(&format!("script could not run: {e}")),
+        },
         _ => {}
     }
     say("powering off");

@@ -1,0 +1,76 @@
+//! Boots the project's guest kernel under zvm, the way a user does, and checks what the
+//! guest kernel and the guest's userspace report. Boots are slow on KVM PVM hosts (tens
+//! of seconds of emulated kernel code each), so each boot checks many things at once.
+
+use std::time::Duration;
+use vmm::resources::DEFAULT_BOOT_ARGS;
+use vmm::{VmOutcome, VmResources};
+use zvm_integration_tests::{boot, busybox_initramfs, guest_kernel, test_initramfs};
+
+/// Upper bound for one boot here; a VMX host needs a fraction of a second.
+const BOOT_LIMIT: Duration = Duration::from_secs(600);
+
+fn resources(cpus: u8, initrd: std::path::PathBuf, extra_args: &str) -> VmResources {
+    let mut r = VmResources::new(guest_kernel());
+    r.boot_source.initrd_path = Some(initrd);
+    r.boot_source.boot_args = Some(format!("{DEFAULT_BOOT_ARGS} {extra_args}"));
+    r.machine_config.vcpu_count = cpus;
+    r.machine_config.mem_size_mib = 256;
+    r
+}
+
+#[test]
+fn one_vcpu_boots_to_userspace_and_system_calls_work() {
+    let r = resources(1, test_initramfs(), "zvm.mode=syscalls zvm.check=one-vcpu");
+    let b = boot(&r, BOOT_LIMIT);
+    eprintln!("one-vCPU boot took {:?}, boot timer {:?}", b.elapsed, b.boot_time);
+    // The kernel's own milestones.
+    b.expect_console("Linux version 6.1");
+    b.expect_console("-zvm");
+    b.expect_console("Kernel command line: console=ttyS0 reboot=k panic=1 nomodule zvm.mode=syscalls zvm.check=one-vcpu");
+    b.expect_console("Unpacking initramfs");
+    b.expect_console("Run /init as init process");
+    // The guest's userspace, through the system-call path.
+    b.expect_console("zvm-guest: userspace reached: init is pid 1, 1 cpus online");
+    b.expect_console("zvm-guest: boot timer written");
+    b.expect_console("zvm-guest: syscall check passed: ");
+    assert!(!b.console.contains("FAILED"), "{}", b.console);
+    let time = b.boot_time.expect("the guest wrote the boot-timer device");
+    assert!(time.since_build_start <= b.elapsed);
+    assert_eq!(b.outcome, VmOutcome::Reboot, "the guest ended the VM itself");
+}
+
+#[test]
+fn two_vcpus_boot_and_a_busybox_shell_runs() {
+    let script = "echo \"shell: $(nproc) cpus, kernel $(uname -r)\"\nls /bin/busybox && echo shell-ok\n";
+    let r = resources(2, busybox_initramfs(script), "zvm.mode=script");
+    let b = boot(&r, BOOT_LIMIT);
+    eprintln!("two-vCPU boot took {:?}", b.elapsed);
+    b.expect_console("smp: Brought up 1 node, 2 CPUs");
+    b.expect_console("Run /init as init process");
+    b.expect_console("zvm-guest: userspace reached: init is pid 1, 2 cpus online");
+    b.expect_console("shell: 2 cpus, kernel 6.1");
+    b.expect_console("shell-ok");
+    b.expect_console("zvm-guest: script exited with 0");
+    assert_eq!(b.outcome, VmOutcome::Reboot);
+}
+
+#[test]
+fn a_corrupt_kernel_is_refused_with_a_clear_error() {
+    let kernel = std::fs::read(guest_kernel()).expect("kernel");
+    let dir = zvm_integration_tests::scratch_dir();
+    // A vmlinux cut short: the ELF header promises segments the file does not hold.
+    let truncated = dir.join("truncated-vmlinux");
+    std::fs::write(&truncated, &kernel[..64 * 1024]).expect("write");
+    let mut r = VmResources::new(&truncated);
+    r.console = vmm::ConsoleConfig::Off;
+    let err = vmm::build_microvm(&r, Default::default()).expect_err("truncated kernel");
+    let text = err.to_string();
+    assert!(text.contains("could not be loaded as ELF vmlinux"), "{text}");
+    // Random bytes: not a kernel at all.
+    let garbage = dir.join("garbage-kernel");
+    std::fs::write(&garbage, vec![0x5a; 1 << 20]).expect("write");
+    let r = VmResources { boot_source: vmm::resources::BootSource { kernel_image_path: garbage, boot_args: None, initrd_path: None }, ..r };
+    let text = vmm::build_microvm(&r, Default::default()).expect_err("garbage").to_string();
+    assert!(text.contains("is not a kernel"), "{text}");
+}

@@ -1,0 +1,111 @@
+//! The `zvm` command line: help, doctor, and bad input giving one clear line and exit 2.
+
+use std::process::{Command, Output};
+
+fn zvm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zvm")).args(args).output().expect("run zvm")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts exit code 2 and a single `zvm: ...` error line containing `needle`.
+fn expect_usage_error(args: &[&str], needle: &str) {
+    let out = zvm(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "args {args:?}: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one error line for {args:?}, got:\n{err}");
+    assert!(lines[0].starts_with("zvm: ") && lines[0].contains(needle), "args {args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn kernel_file(bytes: &[u8]) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(f.path(), bytes).expect("write");
+    f
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let out = zvm(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["run", "doctor", "kernel", "initramfs", "flist"] {
+        assert!(text.contains(word), "help mentions {word}: {text}");
+    }
+    let run_help = String::from_utf8_lossy(&zvm(&["run", "--help"]).stdout).into_owned();
+    for flag in ["--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--console", "--console-timestamps", "--seccomp"] {
+        assert!(run_help.contains(flag), "run --help mentions {flag}");
+    }
+}
+
+#[test]
+fn doctor_reports_the_kvm_flavour() {
+    let out = zvm(&["doctor"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for key in ["kvm flavour", "KVM_CAP_IRQCHIP", "stock guest userspace", "default cpu template"] {
+        assert!(text.contains(key), "doctor reports {key}:\n{text}");
+    }
+}
+
+#[test]
+fn missing_kernel_is_one_line_and_exit_2() {
+    expect_usage_error(&["run", "--kernel", "/nonexistent/vmlinux"], "kernel '/nonexistent/vmlinux' cannot be read");
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel_is_refused() {
+    let f = kernel_file(&[0x5a; 8192]);
+    let path = f.path().to_str().expect("utf8");
+    expect_usage_error(&["run", "--kernel", path, "--console", "off"], "is not a kernel");
+}
+
+#[test]
+fn bad_machine_settings_are_refused() {
+    let f = kernel_file(b"\x7fELF not really");
+    let k = f.path().to_str().expect("utf8");
+    expect_usage_error(&["run", "--kernel", k, "--cpus", "0"], "at least one vCPU");
+    expect_usage_error(&["run", "--kernel", k, "--cpus", "300"], "at most 32 vCPUs");
+    expect_usage_error(&["run", "--kernel", k, "--memory", "8M"], "too small");
+    expect_usage_error(&["run", "--kernel", k, "--memory", "100000G"], "more than this host");
+    expect_usage_error(&["run", "--kernel", k, "--memory", "lots"], "invalid memory size");
+    expect_usage_error(&["run", "--kernel", k, "--console", "tty"], "invalid console");
+    expect_usage_error(&["run", "--kernel", k, "--cpu-template", "t2"], "invalid CPU template");
+    expect_usage_error(&["run", "--kernel", k, "--initrd", "/nonexistent/initrd"], "initrd '/nonexistent/initrd'");
+}
+
+#[test]
+fn unknown_flags_exit_2() {
+    let out = zvm(&["run", "--bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn initramfs_packs_a_directory() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("init"), b"#!/bin/sh\n").expect("write");
+    let out_path = dir.path().join("out.cpio.gz");
+    let out = zvm(&["initramfs", dir.path().to_str().expect("utf8"), "-o", out_path.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(&out_path).expect("archive");
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip");
+    expect_usage_error(&["initramfs", "/nonexistent/dir", "-o", "/tmp/x.cpio.gz"], "cannot read '/nonexistent/dir'");
+}
+
+#[test]
+fn flist_commands_are_reachable_and_refuse_bad_input() {
+    let out = zvm(&["flist", "--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for sub in ["pack", "inspect", "unpack", "image"] {
+        assert!(text.contains(sub), "flist help mentions {sub}: {text}");
+    }
+    let bogus = kernel_file(b"SQLite format 3\0 but cut short");
+    let out = zvm(&["flist", "inspect", bogus.path().to_str().expect("utf8")]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(err.starts_with("zvm: ") && !err.contains("panicked"), "{err}");
+}
