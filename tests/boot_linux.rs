@@ -74,3 +74,37 @@ fn a_corrupt_kernel_is_refused_with_a_clear_error() {
     let text = vmm::build_microvm(&r, Default::default()).expect_err("garbage").to_string();
     assert!(text.contains("is not a kernel"), "{text}");
 }
+
+#[test]
+fn a_bzimage_is_entered_through_the_64_bit_boot_protocol() {
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm::arch::regs::BootEntry;
+    use vmm::builder::{BuildOptions, MicrovmBuilder};
+    use vmm::devices::serial::ConsoleSink;
+    // The build script leaves the bzImage beside the vmlinux.
+    let bzimage = guest_kernel().with_file_name("bzImage");
+    let initrd = test_initramfs();
+    let r = resources(1, initrd.clone(), "zvm.mode=marker");
+    let r = VmResources { boot_source: vmm::resources::BootSource { kernel_image_path: bzimage, ..r.boot_source }, ..r };
+    let mut builder = MicrovmBuilder::new(256, 1, Default::default(), true, BuildOptions::default()).expect("VM");
+    builder.attach_serial(ConsoleSink::Off, false, false).expect("serial");
+    builder.attach_i8042().expect("i8042");
+    let entry = builder.load_kernel(&r).expect("bzImage loads");
+    let BootEntry::Linux64 { entry, zero_page } = entry else { panic!("bzImage must use the 64-bit protocol, got {entry:?}") };
+    assert_eq!(entry, 0x10_0200, "64-bit entry is 0x200 past the protected-mode kernel");
+    let mem = builder.memory();
+    let read_u32 = |off: u64| mem.read_obj::<u32>(GuestAddress(zero_page + off)).expect("zero page");
+    assert_eq!(read_u32(0x202), 0x5372_6448, "setup header copied from the image ('HdrS')");
+    assert_eq!(read_u32(0x228), vmm::layout::CMDLINE_START as u32, "cmd_line_ptr");
+    let ramdisk_size = read_u32(0x21c);
+    assert_eq!(u64::from(ramdisk_size), std::fs::metadata(&initrd).expect("initrd").len());
+    assert!(mem.read_obj::<u8>(GuestAddress(zero_page + 0x1e8)).expect("e820 entries") >= 2);
+    // Let the decompressor run for a while: it must neither fault nor stop the VM.
+    let vm = builder.start(BootEntry::Linux64 { entry, zero_page }).expect("start");
+    let stop = vm.stop_handle().expect("stop");
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(15));
+        let _ = stop.request_stop();
+    });
+    assert_eq!(vm.wait(), VmOutcome::Stopped, "the bzImage decompressor ran without a fault");
+}
