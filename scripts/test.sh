@@ -10,4 +10,6 @@ if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
 fi
 echo "zvm: guest kernel: $(bash guest-kernel/build.sh)" >&2
 echo "zvm: guest init: $(bash guest/build.sh)" >&2
+# The boot tests drive the zvm binary itself.
+cargo build -p zvm 2>&1
 cargo test --workspace --no-fail-fast 2>&1

@@ -5,7 +5,7 @@
 use std::time::Duration;
 use vmm::resources::DEFAULT_BOOT_ARGS;
 use vmm::{VmOutcome, VmResources};
-use zvm_integration_tests::{boot, busybox_initramfs, guest_kernel, test_initramfs};
+use zvm_integration_tests::{boot, busybox_initramfs, guest_kernel, run_zvm, test_initramfs};
 
 /// Upper bound for one boot here; a VMX host needs a fraction of a second.
 const BOOT_LIMIT: Duration = Duration::from_secs(600);
@@ -41,18 +41,35 @@ fn one_vcpu_boots_to_userspace_and_system_calls_work() {
 }
 
 #[test]
-fn two_vcpus_boot_and_a_busybox_shell_runs() {
+fn zvm_run_boots_two_vcpus_into_a_busybox_shell() {
+    // Through the `zvm` command, as a user runs it: console on stdout, zvm's report on
+    // stderr, exit code 0 when the guest ends the VM.
     let script = "echo \"shell: $(nproc) cpus, kernel $(uname -r)\"\nls /bin/busybox && echo shell-ok\n";
-    let r = resources(2, busybox_initramfs(script), "zvm.mode=script");
-    let b = boot(&r, BOOT_LIMIT);
-    eprintln!("two-vCPU boot took {:?}", b.elapsed);
-    b.expect_console("smp: Brought up 1 node, 2 CPUs");
-    b.expect_console("Run /init as init process");
-    b.expect_console("zvm-guest: userspace reached: init is pid 1, 2 cpus online");
-    b.expect_console("shell: 2 cpus, kernel 6.1");
-    b.expect_console("shell-ok");
-    b.expect_console("zvm-guest: script exited with 0");
-    assert_eq!(b.outcome, VmOutcome::Reboot);
+    let initrd = busybox_initramfs(script);
+    let kernel = guest_kernel();
+    let cmdline = format!("{DEFAULT_BOOT_ARGS} zvm.mode=script");
+    let args = [
+        "run", "--kernel", kernel.to_str().expect("utf8"), "--initrd", initrd.to_str().expect("utf8"),
+        "--cpus", "2", "--memory", "256M", "--cmdline", &cmdline, "--console-timestamps", "--verbose",
+    ];
+    let run = run_zvm(&args, BOOT_LIMIT);
+    let console = &run.stdout;
+    let show = || format!("exit {:?}\nstderr:\n{}\nconsole tail:\n{}", run.code, run.stderr, console.lines().rev().take(30).collect::<Vec<_>>().join("\n"));
+    for needle in [
+        "smp: Brought up 1 node, 2 CPUs",
+        "Run /init as init process",
+        "zvm-guest: userspace reached: init is pid 1, 2 cpus online",
+        "shell: 2 cpus, kernel 6.1",
+        "shell-ok",
+        "zvm-guest: script exited with 0",
+    ] {
+        assert!(console.contains(needle), "console lacks {needle:?}: {}", show());
+    }
+    assert!(console.lines().all(|l| l.starts_with("[zvm +")), "every console line is timestamped: {}", show());
+    assert!(run.stderr.contains("KVM flavour") || run.stderr.contains("host KVM flavour"), "{}", show());
+    assert!(run.stderr.contains("zvm: guest reached userspace "), "zvm reports the boot time: {}", show());
+    assert!(run.stderr.contains("zvm: guest rebooted; VM ended"), "{}", show());
+    assert_eq!(run.code, Some(0), "{}", show());
 }
 
 #[test]

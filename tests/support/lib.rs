@@ -154,3 +154,65 @@ pub fn boot(resources: &VmResources, limit: Duration) -> Boot {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     Boot { outcome, console: console.text(), boot_time, elapsed: start.elapsed() }
 }
+
+/// The `zvm` binary of this build (`cargo test --workspace` builds it for zvm's own CLI
+/// tests; `scripts/test.sh` builds it first).
+pub fn zvm_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/zvm
+    let path = exe.parent().and_then(Path::parent).map(|d| d.join("zvm")).expect("target dir");
+    assert!(path.is_file(), "{} is missing: build it with `cargo build -p zvm` (scripts/test.sh does)", path.display());
+    path
+}
+
+/// What a `zvm` process produced.
+#[derive(Debug)]
+pub struct ZvmRun {
+    /// Exit code (None if killed).
+    pub code: Option<i32>,
+    /// The guest console (zvm's stdout).
+    pub stdout: String,
+    /// zvm's own messages.
+    pub stderr: String,
+}
+
+/// Runs the `zvm` binary with `args`, killing it after `limit`.
+pub fn run_zvm(args: &[&str], limit: Duration) -> ZvmRun {
+    use std::process::Stdio;
+    let mut child = Command::new(zvm_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zvm");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait zvm") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    ZvmRun {
+        code: status.and_then(|s| s.code()),
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
