@@ -109,3 +109,15 @@ fn flist_commands_are_reachable_and_refuse_bad_input() {
     let err = stderr(&out);
     assert!(err.starts_with("zvm: ") && !err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn kernel_path_prints_the_cached_vmlinux_last() {
+    // Builds the guest kernel on first use (scripts/test.sh builds it before the tests).
+    let out = zvm(&["kernel", "path"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().expect("a path");
+    assert!(last.ends_with("/vmlinux"), "{stdout}");
+    let head = std::fs::read(last).expect("vmlinux exists");
+    assert_eq!(&head[..4], b"\x7fELF");
+}
