@@ -2,7 +2,7 @@
 # Installs the Debian packages zvm's build, tests, demo and benchmarks need, if missing.
 # Everything comes from Debian's archive; nothing else is downloaded.
 set -euo pipefail
-pkgs=(linux-source bc bison flex libelf-dev libssl-dev xz-utils cpio busybox-static
+pkgs=(linux-source bc bison flex libelf-dev libssl-dev xz-utils cpio busybox-static curl
       e2fsprogs redis-server zstd qemu-system-x86 build-essential)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -10,16 +10,20 @@ use crate::bus::{BusError, BusRange, MmioBus, PioBus};
 use crate::devices::boot_timer::{BootTimeRecord, BootTimerDevice};
 use crate::devices::i8042::I8042Device;
 use crate::devices::serial::{ConsoleSink, SerialDevice};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::{MmioTransport, MMIO_SLOT_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{VirtioDevice, VirtioError};
 use crate::devices::EventFdTrigger;
 use crate::host::KvmFlavour;
 use crate::layout;
 use crate::loader::{self, LoaderError};
 use crate::memory::{create_guest_memory, MemoryError};
-use crate::resources::{ConsoleConfig, CpuTemplate, ResourcesError, VmResources};
+use crate::resources::{ConsoleConfig, CpuTemplate, DriveConfig, ResourcesError, VmResources};
 use crate::vcpu::Vcpu;
-use crate::vm::{kick_signal, RunningVm, VmmLoop};
+use crate::vm::{kick_signal, EventHandler, RunningVm, VmmLoop};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
@@ -55,6 +59,20 @@ pub enum BuildError {
     /// Device placement.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A virtio device could not be set up.
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
+    /// A disk could not be opened.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// Every device IRQ is taken.
+    #[error("no IRQ left for another virtio device (IRQs {first} to {last} are taken)")]
+    NoFreeIrq {
+        /// First device IRQ.
+        first: u32,
+        /// Last device IRQ.
+        last: u32,
+    },
     /// Console file, eventfds, threads.
     #[error("cannot {what}: {source}")]
     Io {
@@ -106,6 +124,24 @@ pub struct MicrovmBuilder {
     console_input: bool,
     reset_evt: EventFd,
     boot_time: BootTimeRecord,
+    /// Next free virtio-mmio slot and IRQ.
+    next_virtio_addr: u64,
+    next_irq: u32,
+    /// Block devices attached so far (the next one is `/dev/vd` + letter).
+    block_count: usize,
+    /// Device parameters for the kernel command line, appended by `load_kernel`.
+    device_args: Vec<String>,
+    /// Queue notification handlers for the VMM loop.
+    handlers: Vec<EventHandler>,
+}
+
+/// Where a virtio-mmio device was placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioSlot {
+    /// Base of its MMIO page.
+    pub addr: u64,
+    /// Its IRQ line.
+    pub irq: u32,
 }
 
 impl std::fmt::Debug for MicrovmBuilder {
@@ -169,6 +205,11 @@ impl MicrovmBuilder {
             console_input: false,
             reset_evt: EventFd::new(EFD_NONBLOCK).map_err(io_err("create the reset eventfd"))?,
             boot_time: BootTimeRecord::default(),
+            next_virtio_addr: layout::VIRTIO_MMIO_START,
+            next_irq: layout::IRQ_DEVICE_BASE,
+            block_count: 0,
+            device_args: Vec::new(),
+            handlers: Vec::new(),
         })
     }
 
@@ -206,6 +247,58 @@ impl MicrovmBuilder {
         Ok(())
     }
 
+    /// `device` on the next virtio-mmio page (4 KiB from [`layout::VIRTIO_MMIO_START`])
+    /// with the next device IRQ: its queue eventfds become KVM ioeventfds on QueueNotify
+    /// and VMM-loop handlers, its interrupt an irqfd, and the kernel command line gets
+    /// `virtio_mmio.device=4K@ADDR:IRQ`. Must come before [`Self::load_kernel`].
+    pub fn attach_virtio_mmio(&mut self, device: Box<dyn VirtioDevice>) -> Result<VirtioSlot, BuildError> {
+        if self.next_irq > layout::IRQ_MAX {
+            return Err(BuildError::NoFreeIrq { first: layout::IRQ_DEVICE_BASE, last: layout::IRQ_MAX });
+        }
+        let slot = VirtioSlot { addr: self.next_virtio_addr, irq: self.next_irq };
+        let transport = MmioTransport::new(self.mem.clone(), device)?;
+        let notify = IoEventAddress::Mmio(slot.addr + QUEUE_NOTIFY_OFFSET);
+        let mut evts = Vec::with_capacity(transport.queue_evts().len());
+        for (index, evt) in transport.queue_evts().iter().enumerate() {
+            self.vm.register_ioevent(evt, &notify, index as u32).map_err(kvm_err("register a virtio queue ioeventfd"))?;
+            evts.push(evt.try_clone().map_err(io_err("clone a virtio queue eventfd"))?);
+        }
+        if self.opts.irqchip {
+            self.vm.register_irqfd(transport.interrupt_evt(), slot.irq).map_err(kvm_err("register a virtio irqfd"))?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio.insert(BusRange::new(slot.addr, MMIO_SLOT_SIZE), transport.clone())?;
+        for (index, evt) in evts.into_iter().enumerate() {
+            let transport = transport.clone();
+            let on_event = Box::new(move || transport.lock().unwrap_or_else(|p| p.into_inner()).process_queue(index));
+            self.handlers.push(EventHandler { evt, on_event });
+        }
+        self.device_args.push(format!("virtio_mmio.device=4K@{:#x}:{}", slot.addr, slot.irq));
+        self.next_virtio_addr += MMIO_SLOT_SIZE;
+        self.next_irq += 1;
+        Ok(slot)
+    }
+
+    /// A virtio-blk device for `drive`. Drives appear in the guest as `/dev/vda`,
+    /// `/dev/vdb`, ... in attach order; a root device adds `root=/dev/vdX ro|rw`.
+    pub fn attach_drive(&mut self, drive: &DriveConfig) -> Result<VirtioSlot, BuildError> {
+        let block = Block::open(&drive.path_on_host, drive.is_read_only, &drive.drive_id)?;
+        tracing::debug!("drive {}: {} sectors, read_only={}", drive.drive_id, block.capacity(), drive.is_read_only);
+        let slot = self.attach_virtio_mmio(Box::new(block))?;
+        if drive.is_root_device {
+            let letter = char::from(b'a' + (self.block_count % 26) as u8);
+            let mode = if drive.is_read_only { "ro" } else { "rw" };
+            self.device_args.push(format!("root=/dev/vd{letter} {mode}"));
+        }
+        self.block_count += 1;
+        Ok(slot)
+    }
+
+    /// A virtio-rng device.
+    pub fn attach_entropy(&mut self) -> Result<VirtioSlot, BuildError> {
+        self.attach_virtio_mmio(Box::new(Rng::new()))
+    }
+
     /// Loads kernel, initrd and command line; writes boot info, boot tables and MP table.
     pub fn load_kernel(&mut self, resources: &VmResources) -> Result<BootEntry, BuildError> {
         let boot = &resources.boot_source;
@@ -215,10 +308,11 @@ impl MicrovmBuilder {
             Some(path) => Some(loader::load_initrd(&self.mem, path, &kernel, self.mem_size)?),
             None => None,
         };
-        let mut args = resources.boot_args().to_string();
+        let mut extra = self.device_args.clone();
         if self.template == CpuTemplate::Pvm {
-            args = format!("{args} {}", cpuid::PVM_KERNEL_ARGS);
+            extra.push(cpuid::PVM_KERNEL_ARGS.to_string());
         }
+        let args = with_kernel_args(resources.boot_args(), &extra);
         let cmdline = loader::build_cmdline(&args)?;
         let len = loader::write_cmdline(&self.mem, &cmdline)?;
         let entry = loader::write_boot_info(&self.mem, &kernel, initrd, len, self.mem_size)?;
@@ -296,6 +390,7 @@ impl MicrovmBuilder {
             stop_flag,
             console_input: if self.console_input { self.serial.clone() } else { None },
             seccomp: self.seccomp,
+            handlers: self.handlers,
             vm: self.vm,
         };
         tracing::debug!("VM built in {:?}", self.build_start.elapsed());
@@ -303,8 +398,24 @@ impl MicrovmBuilder {
     }
 }
 
+/// `args` with `extra` appended: before a `--` that starts init's arguments, if any.
+fn with_kernel_args(args: &str, extra: &[String]) -> String {
+    if extra.is_empty() {
+        return args.to_string();
+    }
+    let extra = extra.join(" ");
+    let bytes = args.as_bytes();
+    let separator = args.match_indices("--").map(|(i, _)| i).find(|&i| {
+        (i == 0 || bytes[i - 1].is_ascii_whitespace()) && bytes.get(i + 2).is_none_or(|b| b.is_ascii_whitespace())
+    });
+    match separator {
+        Some(i) => format!("{}{extra} {}", &args[..i], &args[i..]).trim().to_string(),
+        None => format!("{} {extra}", args.trim_end()).trim().to_string(),
+    }
+}
+
 /// Builds and starts the micro-VM `resources` describe. The boot order: memory and
-/// irqchip, legacy devices, kernel and boot tables, vCPUs.
+/// irqchip, legacy devices, virtio devices, kernel and boot tables, vCPUs.
 pub fn build_microvm(resources: &VmResources, opts: BuildOptions) -> Result<RunningVm, BuildError> {
     let (sink, input) = match &resources.console {
         ConsoleConfig::Stdio => (ConsoleSink::Stdout, true),
@@ -326,6 +437,69 @@ pub fn build_microvm_with_console(resources: &VmResources, opts: BuildOptions, s
     builder.attach_serial(sink, resources.console_timestamps, input)?;
     builder.attach_i8042()?;
     builder.attach_boot_timer()?;
+    for drive in resources.drives_in_attach_order() {
+        builder.attach_drive(drive)?;
+    }
+    if resources.entropy.is_some() {
+        builder.attach_entropy()?;
+    }
     let entry = builder.load_kernel(resources)?;
     builder.start(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtio_devices_get_slots_irqs_and_command_line_args() {
+        let disk = tempfile::NamedTempFile::new().expect("disk");
+        disk.as_file().set_len(1 << 20).expect("size");
+        let mut b = MicrovmBuilder::new(64, 1, CpuTemplate::None, true, BuildOptions::default()).expect("VM");
+        let drive = |id: &str, root| DriveConfig {
+            drive_id: id.into(),
+            path_on_host: disk.path().into(),
+            is_root_device: root,
+            is_read_only: true,
+        };
+        let first = b.attach_drive(&drive("data", false)).expect("drive");
+        let second = b.attach_drive(&drive("root", true)).expect("drive");
+        let rng = b.attach_entropy().expect("rng");
+        assert_eq!(first, VirtioSlot { addr: 0xd000_1000, irq: 5 });
+        assert_eq!(second, VirtioSlot { addr: 0xd000_2000, irq: 6 });
+        assert_eq!(rng, VirtioSlot { addr: 0xd000_3000, irq: 7 });
+        assert_eq!(
+            b.device_args,
+            [
+                "virtio_mmio.device=4K@0xd0001000:5",
+                "virtio_mmio.device=4K@0xd0002000:6",
+                "root=/dev/vdb ro",
+                "virtio_mmio.device=4K@0xd0003000:7"
+            ]
+        );
+        assert_eq!(b.handlers.len(), 3, "one queue each");
+        while b.next_irq <= layout::IRQ_MAX {
+            b.attach_entropy().expect("rng");
+        }
+        assert!(matches!(b.attach_entropy(), Err(BuildError::NoFreeIrq { .. })));
+        let missing = DriveConfig { path_on_host: "/nonexistent/disk.img".into(), ..drive("x", false) };
+        assert!(matches!(b.attach_drive(&missing), Err(BuildError::Block(_))));
+    }
+
+    #[test]
+    fn device_args_go_before_init_args() {
+        let extra = ["virtio_mmio.device=4K@0xd0001000:5".to_string(), "root=/dev/vda ro".to_string()];
+        assert_eq!(with_kernel_args("console=ttyS0", &[]), "console=ttyS0");
+        assert_eq!(
+            with_kernel_args("console=ttyS0 panic=1", &extra),
+            "console=ttyS0 panic=1 virtio_mmio.device=4K@0xd0001000:5 root=/dev/vda ro"
+        );
+        assert_eq!(
+            with_kernel_args("console=ttyS0 -- init --verbose", &extra[1..]),
+            "console=ttyS0 root=/dev/vda ro -- init --verbose"
+        );
+        assert_eq!(with_kernel_args("-- x", &extra[1..]), "root=/dev/vda ro -- x");
+        assert_eq!(with_kernel_args("a --b", &extra[1..]), "a --b root=/dev/vda ro");
+        assert_eq!(with_kernel_args("", &extra[1..]), "root=/dev/vda ro");
+    }
 }

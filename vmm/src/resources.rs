@@ -12,6 +12,10 @@ pub const MIN_MEM_MIB: u64 = 32;
 pub const MAX_VCPUS: u8 = 32;
 /// The default kernel command line (replaced, not extended, by a user's `boot_args`).
 pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 nomodule";
+/// The most drives one VM gets (each takes one of the IRQs the IOAPIC routes).
+pub const MAX_DRIVES: usize = 16;
+/// Command-line bytes zvm may append per virtio device (`virtio_mmio.device=4K@0x...:N`).
+const CMDLINE_BYTES_PER_DEVICE: usize = 40;
 
 /// Errors in a VM description. Each message is one line a user can act on.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,6 +66,23 @@ pub enum ResourcesError {
     /// A CPU template name that does not parse.
     #[error("invalid CPU template '{0}': use auto, none or pvm")]
     BadCpuTemplate(String),
+    /// A drive id that is empty or has characters other than ASCII letters, digits, `_`, `-`.
+    #[error("invalid drive id '{0}': use letters, digits, '_' or '-'")]
+    BadDriveId(String),
+    /// Two drives with one id.
+    #[error("drive id '{0}' is used twice")]
+    DuplicateDriveId(String),
+    /// More than one drive marked as the root device.
+    #[error("drives '{0}' and '{1}' are both the root device; only one can be")]
+    MultipleRootDevices(String, String),
+    /// Too many drives.
+    #[error("at most {max} drives are supported ({count} given)")]
+    TooManyDrives {
+        /// Drives given.
+        count: usize,
+        /// Limit.
+        max: usize,
+    },
     /// A command line longer than the kernel accepts.
     #[error("the kernel command line is {len} bytes; the limit is {max}")]
     CmdlineTooLong {
@@ -157,6 +178,28 @@ impl std::str::FromStr for ConsoleConfig {
     }
 }
 
+/// A virtio block device (an entry of Firecracker's `drives`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// Unique name; the guest reads its first 20 bytes as the disk serial
+    /// (`/dev/disk/by-id/virtio-<id>`).
+    pub drive_id: String,
+    /// Disk image file or block device on the host.
+    pub path_on_host: PathBuf,
+    /// Boot from this drive: it is attached first (`/dev/vda`) and the command line gets
+    /// `root=/dev/vda` (`ro` when read-only, `rw` otherwise).
+    pub is_root_device: bool,
+    /// The guest sees a read-only disk and zvm refuses writes.
+    #[serde(default)]
+    pub is_read_only: bool,
+}
+
+/// A virtio entropy device (Firecracker's `entropy`); it has no options yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyConfig {}
+
 /// Everything needed to build one micro-VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -175,6 +218,12 @@ pub struct VmResources {
     /// Install seccomp filters on every thread (only ever off for debugging).
     #[serde(default = "default_true")]
     pub seccomp: bool,
+    /// Block devices; the root device (if any) is attached first.
+    #[serde(default)]
+    pub drives: Vec<DriveConfig>,
+    /// A virtio-rng device feeding the guest's entropy pool.
+    #[serde(default)]
+    pub entropy: Option<EntropyConfig>,
 }
 
 fn default_true() -> bool {
@@ -194,6 +243,8 @@ impl VmResources {
             console: ConsoleConfig::default(),
             console_timestamps: false,
             seccomp: true,
+            drives: Vec::new(),
+            entropy: None,
         }
     }
 
@@ -226,13 +277,47 @@ impl VmResources {
         if let Some(initrd) = &self.boot_source.initrd_path {
             check_file("initrd", initrd)?;
         }
+        self.validate_drives()?;
         let len = self.boot_args().len();
         // Room is kept for the parameters zvm appends for its devices.
-        let max = crate::layout::CMDLINE_MAX_SIZE - 512;
+        let devices = self.drives.len() + usize::from(self.entropy.is_some());
+        let max = crate::layout::CMDLINE_MAX_SIZE - 512 - devices * CMDLINE_BYTES_PER_DEVICE;
         if len > max {
             return Err(ResourcesError::CmdlineTooLong { len, max });
         }
         Ok(())
+    }
+
+    fn validate_drives(&self) -> Result<(), ResourcesError> {
+        if self.drives.len() > MAX_DRIVES {
+            return Err(ResourcesError::TooManyDrives { count: self.drives.len(), max: MAX_DRIVES });
+        }
+        let mut root: Option<&str> = None;
+        for (i, drive) in self.drives.iter().enumerate() {
+            let id = &drive.drive_id;
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(ResourcesError::BadDriveId(id.clone()));
+            }
+            if self.drives[..i].iter().any(|d| &d.drive_id == id) {
+                return Err(ResourcesError::DuplicateDriveId(id.clone()));
+            }
+            if drive.is_root_device {
+                if let Some(first) = root {
+                    return Err(ResourcesError::MultipleRootDevices(first.to_string(), id.clone()));
+                }
+                root = Some(id);
+            }
+            check_disk(&drive.path_on_host)?;
+        }
+        Ok(())
+    }
+
+    /// The drives in the order they are attached: the root device first, then the rest
+    /// as given. The n-th is `/dev/vd` + the n-th letter in the guest.
+    pub fn drives_in_attach_order(&self) -> Vec<&DriveConfig> {
+        let mut drives: Vec<&DriveConfig> = self.drives.iter().collect();
+        drives.sort_by_key(|d| !d.is_root_device);
+        drives
     }
 }
 
@@ -246,6 +331,17 @@ fn check_file(what: &'static str, path: &Path) -> Result<(), ResourcesError> {
         return Err(bad("is empty".into()));
     }
     Ok(())
+}
+
+/// A disk must be a non-empty regular file or a block device.
+fn check_disk(path: &Path) -> Result<(), ResourcesError> {
+    use std::os::unix::fs::FileTypeExt;
+    let bad = |problem: String| ResourcesError::BadFile { what: "drive", path: path.to_path_buf(), problem };
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
+    if meta.file_type().is_block_device() {
+        return Ok(());
+    }
+    check_file("drive", path)
 }
 
 /// Parses a memory size into MiB: `256`, `256M`, `256MiB`, `1G`, `1GiB`, `524288K`.
@@ -344,6 +440,55 @@ mod tests {
         assert_eq!(r.machine_config.vcpu_count, 2);
         assert!(r.seccomp);
         let bad = r#"{"boot-source":{"kernel_image_path":"/k","bogus":1}}"#;
+        assert!(serde_json::from_str::<VmResources>(bad).is_err());
+    }
+
+    fn drive(id: &str, path: &Path, root: bool) -> DriveConfig {
+        DriveConfig { drive_id: id.into(), path_on_host: path.into(), is_root_device: root, is_read_only: false }
+    }
+
+    #[test]
+    fn drives_are_validated() {
+        let (disk, mut r) = with_kernel();
+        r.drives = vec![drive("rootfs", disk.path(), true), drive("data_1", disk.path(), false)];
+        assert_eq!(r.validate(), Ok(()));
+        r.drives[1].drive_id = "rootfs".into();
+        assert_eq!(r.validate(), Err(ResourcesError::DuplicateDriveId("rootfs".into())));
+        r.drives[1].drive_id = "bad id".into();
+        assert_eq!(r.validate(), Err(ResourcesError::BadDriveId("bad id".into())));
+        r.drives[1].drive_id = String::new();
+        assert!(matches!(r.validate(), Err(ResourcesError::BadDriveId(_))));
+        r.drives[1] = drive("data", disk.path(), true);
+        assert_eq!(r.validate(), Err(ResourcesError::MultipleRootDevices("rootfs".into(), "data".into())));
+        r.drives[1] = drive("data", Path::new("/nonexistent/disk.img"), false);
+        let err = r.validate().expect_err("missing disk");
+        assert!(err.to_string().starts_with("drive '/nonexistent/disk.img' cannot be read"), "{err}");
+        r.drives = (0..=MAX_DRIVES).map(|i| drive(&format!("d{i}"), disk.path(), false)).collect();
+        assert!(matches!(r.validate(), Err(ResourcesError::TooManyDrives { .. })));
+    }
+
+    #[test]
+    fn root_drive_is_attached_first() {
+        let (disk, mut r) = with_kernel();
+        r.drives = vec![drive("a", disk.path(), false), drive("root", disk.path(), true), drive("b", disk.path(), false)];
+        let order: Vec<&str> = r.drives_in_attach_order().iter().map(|d| d.drive_id.as_str()).collect();
+        assert_eq!(order, ["root", "a", "b"]);
+    }
+
+    #[test]
+    fn drives_and_entropy_parse_from_json() {
+        let json = r#"{"boot-source":{"kernel_image_path":"/k"},
+            "drives":[{"drive_id":"rootfs","path_on_host":"/r.img","is_root_device":true,"is_read_only":true}],
+            "entropy":{}}"#;
+        let r: VmResources = serde_json::from_str(json).expect("valid");
+        assert_eq!(r.drives.len(), 1);
+        assert!(r.drives[0].is_read_only && r.drives[0].is_root_device);
+        assert_eq!(r.entropy, Some(EntropyConfig {}));
+        let bare: VmResources = serde_json::from_str(r#"{"boot-source":{"kernel_image_path":"/k"}}"#).expect("valid");
+        assert!(bare.drives.is_empty() && bare.entropy.is_none());
+        let bad = r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"a","path_on_host":"/a","is_root_device":false,"cache":"x"}]}"#;
+        assert!(serde_json::from_str::<VmResources>(bad).is_err());
+        let bad = r#"{"boot-source":{"kernel_image_path":"/k"},"entropy":{"rate_limiter":{}}}"#;
         assert!(serde_json::from_str::<VmResources>(bad).is_err());
     }
 

@@ -27,8 +27,10 @@ pub enum SeccompError {
 pub enum ThreadKind {
     /// Runs one vCPU: KVM_RUN and the device accesses of its exits.
     Vcpu,
-    /// The VMM event loop: console input, exit events, stopping vCPUs.
+    /// The VMM event loop: console input, exit events, stopping vCPUs, virtio queues.
     Vmm,
+    /// The HTTP API server loop: accepts connections on its Unix socket and serves them.
+    Api,
 }
 
 /// System calls every zvm thread makes: memory, locks, time, signals, exit, logging.
@@ -77,7 +79,35 @@ fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String
             rules.insert(libc::SYS_ioctl, vec![SeccompRule::new(vec![cond]).map_err(|e| e.to_string())?]);
         }
         ThreadKind::Vmm => {
-            for nr in [libc::SYS_epoll_create1, libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_epoll_ctl] {
+            // The loop also serves virtio queues: disk I/O (pread64/pwrite64, fsync or
+            // fdatasync) and entropy (getrandom, in COMMON); malloc grows this thread's
+            // arena heap with mprotect.
+            for nr in [
+                libc::SYS_epoll_create1,
+                libc::SYS_epoll_wait,
+                libc::SYS_epoll_pwait,
+                libc::SYS_epoll_ctl,
+                libc::SYS_pread64,
+                libc::SYS_pwrite64,
+                libc::SYS_fdatasync,
+                libc::SYS_mprotect,
+            ] {
+                rules.insert(nr, Vec::new());
+            }
+        }
+        ThreadKind::Api => {
+            // The listener, epoll and stop eventfd are made before the filter; the loop
+            // accepts (accept4 with SOCK_NONBLOCK, so no fcntl/ioctl), reads with read(2)
+            // and writes with send(MSG_NOSIGNAL), i.e. sendto(2). malloc grows a thread
+            // arena's heap with mprotect.
+            for nr in [
+                libc::SYS_epoll_wait,
+                libc::SYS_epoll_pwait,
+                libc::SYS_epoll_ctl,
+                libc::SYS_accept4,
+                libc::SYS_sendto,
+                libc::SYS_mprotect,
+            ] {
                 rules.insert(nr, Vec::new());
             }
         }
@@ -164,7 +194,7 @@ mod tests {
 
     #[test]
     fn filters_compile_for_every_thread_kind() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Vmm] {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Vmm, ThreadKind::Api] {
             let program = filter_for(kind).expect("filter");
             assert!(program.len() > COMMON.len(), "{kind:?} filter has a rule per call");
         }

@@ -1,8 +1,10 @@
 //! A running micro-VM: its vCPU threads and the VMM event loop thread that watches them.
 //!
 //! The loop (thread `zvm_vmm`) waits on an epoll set: vCPU reports, the i8042 reset line,
-//! an external stop request and, for a stdio console, standard input. It decides the VM's
-//! [`VmOutcome`], stops the remaining vCPUs (stop flag + kick signal) and joins them.
+//! an external stop request, for a stdio console standard input, and the eventfds of
+//! device [`EventHandler`]s (virtio queue notifications, whose I/O therefore runs on this
+//! thread). It decides the VM's [`VmOutcome`], stops the remaining vCPUs (stop flag + kick
+//! signal) and joins them.
 
 use crate::devices::boot_timer::{BootTime, BootTimeRecord};
 use crate::devices::serial::SerialDevice;
@@ -58,6 +60,20 @@ impl StopHandle {
     }
 }
 
+/// Device work the VMM loop does when an eventfd fires (e.g. a virtio queue notification).
+pub struct EventHandler {
+    /// Polled by the loop, and read (reset) before `on_event` runs.
+    pub evt: EventFd,
+    /// The work; runs on the VMM thread, under its seccomp filter.
+    pub on_event: Box<dyn FnMut() + Send>,
+}
+
+impl std::fmt::Debug for EventHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EventHandler(fd {})", self.evt.as_raw_fd())
+    }
+}
+
 /// What the VMM loop needs to run.
 pub(crate) struct VmmLoop {
     pub vcpu_threads: Vec<JoinHandle<()>>,
@@ -68,6 +84,8 @@ pub(crate) struct VmmLoop {
     pub stop_flag: Arc<AtomicBool>,
     pub console_input: Option<Arc<Mutex<SerialDevice>>>,
     pub seccomp: bool,
+    /// Device event handlers.
+    pub handlers: Vec<EventHandler>,
     /// Kept open until every vCPU thread has been joined.
     pub vm: kvm_ioctls::VmFd,
 }
@@ -90,6 +108,8 @@ const TOKEN_VCPU: u64 = 1;
 const TOKEN_RESET: u64 = 2;
 const TOKEN_STOP: u64 = 3;
 const TOKEN_STDIN: u64 = 4;
+/// Tokens from here on are device event handlers, by index.
+const TOKEN_HANDLER_BASE: u64 = 16;
 
 impl RunningVm {
     pub(crate) fn start(vmm: VmmLoop, boot_time: BootTimeRecord) -> std::io::Result<RunningVm> {
@@ -147,8 +167,11 @@ impl VmmLoop {
         add(self.reset_evt.as_raw_fd(), TOKEN_RESET)?;
         add(self.stop_evt.as_raw_fd(), TOKEN_STOP)?;
         let mut stdin_open = self.console_input.is_some() && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
+        for (index, handler) in self.handlers.iter().enumerate() {
+            add(handler.evt.as_raw_fd(), TOKEN_HANDLER_BASE + index as u64)?;
+        }
         let mut running = self.vcpu_threads.len();
-        let mut events = vec![EpollEvent::default(); 8];
+        let mut events = vec![EpollEvent::default(); 16];
         loop {
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -180,6 +203,15 @@ impl VmmLoop {
                         if !self.forward_stdin() {
                             stdin_open = false;
                             let _ = epoll.ctl(ControlOperation::Delete, libc::STDIN_FILENO, EpollEvent::default());
+                        }
+                    }
+                    token if token >= TOKEN_HANDLER_BASE => {
+                        let index = usize::try_from(token - TOKEN_HANDLER_BASE).unwrap_or(usize::MAX);
+                        if let Some(handler) = self.handlers.get_mut(index) {
+                            // Reset the counter first: a notification arriving while the
+                            // handler runs fires the eventfd again.
+                            let _ = handler.evt.read();
+                            (handler.on_event)();
                         }
                     }
                     _ => {}

@@ -2,6 +2,7 @@
 
 mod kernel;
 mod run;
+mod specs;
 mod terminal;
 
 use clap::{Parser, Subcommand};

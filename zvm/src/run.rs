@@ -42,6 +42,13 @@ pub struct RunArgs {
     /// Seccomp filters on zvm's threads: on, or off (debugging only).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     seccomp: String,
+    /// A virtio block device: `path=FILE[,readonly=on|off][,id=NAME][,root=on]`; repeat
+    /// for several disks. `root=on` boots from it (`root=/dev/vda`).
+    #[arg(long = "disk", value_name = "SPEC")]
+    disks: Vec<String>,
+    /// A virtio entropy device backed by the host's getrandom (the guest's /dev/hwrng).
+    #[arg(long)]
+    rng: bool,
     /// Print what zvm detects about the host and the VM it builds.
     #[arg(long, short)]
     verbose: bool,
@@ -64,6 +71,8 @@ impl RunArgs {
             console: self.console.parse::<ConsoleConfig>().map_err(|e| e.to_string())?,
             console_timestamps: self.console_timestamps,
             seccomp: self.seccomp == "on",
+            drives: self.disks.iter().enumerate().map(|(i, spec)| crate::specs::parse_disk(spec, i)).collect::<Result<_, _>>()?,
+            entropy: self.rng.then(Default::default),
         };
         resources.validate().map_err(|e| e.to_string())?;
         Ok(resources)

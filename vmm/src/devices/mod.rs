@@ -3,6 +3,7 @@
 pub mod boot_timer;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 use std::io;
 use vmm_sys_util::eventfd::EventFd;

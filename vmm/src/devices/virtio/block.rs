@@ -1,0 +1,351 @@
+//! virtio-blk: a disk image (or block device) on the host as `/dev/vdX` in the guest.
+//!
+//! One request queue; requests are served synchronously with pread/pwrite/fsync on the
+//! thread that handles the queue notification (the VMM loop). Read-only disks advertise
+//! VIRTIO_BLK_F_RO and the host refuses writes whatever the guest negotiated.
+
+pub mod request;
+
+use super::{read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use request::{Disk, MAX_DATA_BYTES, MAX_DESCRIPTORS, SECTOR_SIZE};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+/// VIRTIO_BLK_F_SIZE_MAX: config `size_max` bounds each data segment.
+pub const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
+/// VIRTIO_BLK_F_SEG_MAX: config `seg_max` bounds the data segments per request.
+pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+/// VIRTIO_BLK_F_RO: the disk is read-only.
+pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+/// VIRTIO_BLK_F_BLK_SIZE: config `blk_size` is the logical block size.
+pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+/// VIRTIO_BLK_F_FLUSH: the device handles VIRTIO_BLK_T_FLUSH.
+pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+
+/// Size of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest data segment the driver may use (`size_max`): one page.
+pub const SIZE_MAX: u32 = 4096;
+/// Data segments per request (`seg_max`): a request with its header and status
+/// descriptors fits the queue, and `SEG_MAX * SIZE_MAX` fits [`MAX_DATA_BYTES`].
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Logical block size reported to the guest.
+pub const BLK_SIZE: u32 = SECTOR_SIZE as u32;
+
+const _: () = assert!(SEG_MAX as u64 * SIZE_MAX as u64 <= MAX_DATA_BYTES);
+const _: () = assert!(SEG_MAX as usize + 2 <= MAX_DESCRIPTORS);
+
+/// Length of the configuration space zvm fills: capacity, size_max, seg_max, geometry, blk_size.
+const CONFIG_BYTES: usize = 24;
+
+/// Errors opening a disk.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The image could not be opened or sized.
+    #[error("cannot open disk '{path}': {source}")]
+    Open {
+        /// The path given.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+/// Where a virtio-blk device's sectors live.
+pub trait BlockBackend: Send {
+    /// Fills `buf` from byte `offset`; a short read is an error.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes all of `buf` at byte `offset`.
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// Makes earlier writes durable.
+    fn flush(&mut self) -> io::Result<()>;
+    /// Size in bytes.
+    fn len(&self) -> u64;
+    /// Whether the backend holds no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A disk image file or host block device, accessed with pread/pwrite/fsync.
+#[derive(Debug)]
+pub struct FileBackend {
+    file: File,
+    len: u64,
+}
+
+impl FileBackend {
+    /// Opens `path` for reading, and for writing unless `read_only`.
+    pub fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
+        let err = |source| BlockError::Open { path: path.to_path_buf(), source };
+        let mut file = OpenOptions::new().read(true).write(!read_only).open(path).map_err(err)?;
+        // Seeking to the end sizes block devices as well as files.
+        let len = file.seek(SeekFrom::End(0)).map_err(err)?;
+        Ok(FileBackend { file, len })
+    }
+}
+
+impl BlockBackend for FileBackend {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// A virtio-blk device.
+#[derive(Debug)]
+pub struct Block {
+    disk: Disk,
+    features: u64,
+    config: [u8; CONFIG_BYTES],
+    active: Option<ActiveQueues>,
+}
+
+impl Block {
+    /// A device serving `backend`; `id` (the drive id) is what GET_ID returns, cut to 20 bytes.
+    pub fn new(backend: Box<dyn BlockBackend>, read_only: bool, id: &str) -> Self {
+        let disk = Disk::new(backend, read_only, id);
+        let mut features = VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_SIZE_MAX | VIRTIO_BLK_F_BLK_SIZE;
+        if read_only {
+            features |= VIRTIO_BLK_F_RO;
+        }
+        let mut config = [0u8; CONFIG_BYTES];
+        config[0..8].copy_from_slice(&disk.capacity().to_le_bytes());
+        config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        config[20..24].copy_from_slice(&BLK_SIZE.to_le_bytes());
+        Block { disk, features, config, active: None }
+    }
+
+    /// A device serving the image at `path`.
+    pub fn open(path: &Path, read_only: bool, id: &str) -> Result<Self, BlockError> {
+        let backend = FileBackend::open(path, read_only)?;
+        Ok(Block::new(Box::new(backend), read_only, id))
+    }
+
+    /// The disk size in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.capacity()
+    }
+
+    /// Whether the device refuses writes.
+    pub fn read_only(&self) -> bool {
+        self.disk.read_only
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), VirtioError> {
+        self.active = Some(ActiveQueues::new(mem, queues, interrupt, 1)?);
+        tracing::debug!("virtio-blk activated: {} sectors, read_only={}", self.capacity(), self.disk.read_only);
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: usize) {
+        let disk = &mut self.disk;
+        if let Some(active) = &mut self.active {
+            active.drain(index, |mem, chain| disk.handle(mem, chain));
+        }
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
+
+/// A disk in memory, for tests.
+#[cfg(test)]
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MemBackend {
+    pub data: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    pub flushes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub fail: bool,
+}
+
+#[cfg(test)]
+impl MemBackend {
+    pub fn with_len(len: usize) -> Self {
+        let data = (0..len).map(|i| (i / 512) as u8 ^ (i as u8)).collect();
+        MemBackend { data: std::sync::Arc::new(std::sync::Mutex::new(data)), ..Default::default() }
+    }
+
+    pub fn bytes(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        self.data.lock().expect("data")[range].to_vec()
+    }
+}
+
+#[cfg(test)]
+impl BlockBackend for MemBackend {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if self.fail {
+            return Err(io::Error::other("injected failure"));
+        }
+        let data = self.data.lock().expect("data");
+        let start = offset as usize;
+        buf.copy_from_slice(data.get(start..start + buf.len()).ok_or(io::ErrorKind::UnexpectedEof)?);
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        if self.fail {
+            return Err(io::Error::other("injected failure"));
+        }
+        let mut data = self.data.lock().expect("data");
+        let start = offset as usize;
+        data.get_mut(start..start + buf.len()).ok_or(io::ErrorKind::UnexpectedEof)?.copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.data.lock().expect("data").len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+    use super::*;
+    use crate::devices::virtio::test_utils::*;
+    use std::io::Write;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn header(kind: u32, sector: u64) -> [u8; 16] {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn features_and_config_describe_the_disk() {
+        let rw = Block::new(Box::new(MemBackend::with_len(8 * 512 + 100)), false, "root");
+        assert_eq!(rw.device_type(), TYPE_BLOCK);
+        assert_eq!(rw.capacity(), 8, "a partial last sector is not addressable");
+        let f = rw.features();
+        for bit in [VIRTIO_F_VERSION_1, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_BLK_SIZE] {
+            assert_ne!(f & bit, 0, "{bit:#x}");
+        }
+        assert_eq!(f & VIRTIO_BLK_F_RO, 0);
+        let mut cap = [0u8; 8];
+        rw.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 8);
+        let mut word = [0u8; 4];
+        rw.read_config(12, &mut word);
+        assert_eq!(u32::from_le_bytes(word), SEG_MAX);
+        rw.read_config(20, &mut word);
+        assert_eq!(u32::from_le_bytes(word), 512);
+        rw.read_config(0x400, &mut word);
+        assert_eq!(word, [0; 4]);
+        let ro = Block::new(Box::new(MemBackend::with_len(512)), true, "ro");
+        assert_ne!(ro.features() & VIRTIO_BLK_F_RO, 0);
+        assert!(ro.read_only());
+    }
+
+    #[test]
+    fn activated_device_serves_its_queue_and_interrupts() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, MOCK_QUEUE_SIZE);
+        let backend = MemBackend::with_len(64 * 512);
+        let mut blk = Block::new(Box::new(backend.clone()), false, "d");
+        mem.write_slice(&header(VIRTIO_BLK_T_IN, 3), GuestAddress(DATA)).expect("hdr");
+        mem.write_slice(&header(VIRTIO_BLK_T_OUT, 5), GuestAddress(DATA + 0x100)).expect("hdr");
+        mem.write_slice(&[0xab; 512], GuestAddress(DATA + 0x2000)).expect("data");
+        mock.add_desc_chains(
+            &[
+                linked(DATA, 16, F_NEXT, 1),
+                linked(DATA + 0x1000, 512, F_NEXT | F_WRITE, 2),
+                linked(DATA + 0x1800, 1, F_WRITE, 0),
+                linked(DATA + 0x100, 16, F_NEXT, 4),
+                linked(DATA + 0x2000, 512, F_NEXT, 5),
+                linked(DATA + 0x2800, 1, F_WRITE, 0),
+            ],
+            0,
+        )
+        .expect("chains");
+        let irq = Interrupt::new().expect("irq");
+        blk.process_queue(0); // not active yet: nothing happens
+        assert_eq!(used_idx(&mem, &mock), 0);
+        blk.activate(mem.clone(), vec![ready_queue(&mock)], irq.clone()).expect("activate");
+        blk.process_queue(0);
+        assert_eq!(used_idx(&mem, &mock), 2);
+        assert_eq!(used_entry(&mem, &mock, 0), (0, 513));
+        assert_eq!(used_entry(&mem, &mock, 1), (3, 1));
+        assert_eq!(byte_at(&mem, DATA + 0x1800), VIRTIO_BLK_S_OK);
+        assert_eq!(byte_at(&mem, DATA + 0x2800), VIRTIO_BLK_S_OK);
+        let mut read = vec![0u8; 512];
+        mem.read_slice(&mut read, GuestAddress(DATA + 0x1000)).expect("read");
+        assert_eq!(read, backend.bytes(3 * 512..4 * 512));
+        assert_eq!(backend.bytes(5 * 512..6 * 512), vec![0xab; 512]);
+        assert_eq!(irq.status(), crate::devices::virtio::INT_USED_RING);
+        assert_eq!(irq.eventfd().read().expect("interrupt raised"), 1);
+        blk.process_queue(7); // a queue that does not exist is ignored
+        blk.reset();
+        blk.process_queue(0);
+        assert_eq!(used_idx(&mem, &mock), 2);
+    }
+
+    #[test]
+    fn activation_needs_exactly_one_queue() {
+        let mut blk = Block::new(Box::new(MemBackend::with_len(512)), false, "d");
+        let err = blk.activate(memory(), Vec::new(), Interrupt::new().expect("irq")).expect_err("no queue");
+        assert!(matches!(err, VirtioError::QueueCount { expected: 1, got: 0 }), "{err}");
+    }
+
+    #[test]
+    fn file_backend_reads_writes_and_flushes() {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        f.write_all(&[7u8; 4096]).expect("write");
+        let mut rw = FileBackend::open(f.path(), false).expect("open");
+        assert_eq!(rw.len(), 4096);
+        rw.write_at(512, &[1, 2, 3]).expect("pwrite");
+        rw.flush().expect("fsync");
+        let mut buf = [0u8; 4];
+        rw.read_at(511, &mut buf).expect("pread");
+        assert_eq!(buf, [7, 1, 2, 3]);
+        assert!(rw.read_at(4094, &mut buf).is_err(), "a short read is an error");
+        let mut ro = FileBackend::open(f.path(), true).expect("open ro");
+        assert!(ro.write_at(0, &[0]).is_err(), "opened read-only");
+        let err = FileBackend::open(Path::new("/nonexistent/disk.img"), true).expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
+        let blk = Block::open(f.path(), true, "a-very-long-drive-identifier-string").expect("block");
+        assert_eq!(blk.capacity(), 8);
+        assert_eq!(&blk.disk.id, b"a-very-long-drive-id");
+    }
+}

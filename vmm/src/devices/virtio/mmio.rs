@@ -1,0 +1,557 @@
+//! The virtio-mmio transport (virtio 1.2, section 4.2; MMIO version 2, modern only).
+//!
+//! [`MmioTransport`] is the register file a guest driver programs: identification,
+//! feature negotiation, queue setup, status, interrupts and the device configuration at
+//! 0x100. It sits on the MMIO bus and is reached from vCPU threads. When the driver sets
+//! DRIVER_OK it activates the device with copies of the queues it set up.
+//!
+//! Queue notifications: each queue has an eventfd that the builder registers with KVM as
+//! an ioeventfd on QueueNotify (matching the queue index), so notifications normally never
+//! leave the kernel; a write that does reach [`BusDevice::write`] signals the same eventfd.
+//! Whoever polls the eventfds (the VMM loop) calls [`MmioTransport::process_queue`].
+
+use super::{status, Interrupt, VirtioDevice, VirtioError, INT_CONFIG, VIRTIO_F_VERSION_1};
+use crate::bus::BusDevice;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// "virt" in little endian.
+pub const MMIO_MAGIC: u32 = 0x7472_6976;
+/// The modern (virtio 1.x) register layout.
+pub const MMIO_VERSION: u32 = 2;
+/// Vendor id zvm reports.
+pub const VENDOR_ID: u32 = 0;
+/// Bytes of MMIO space each device gets.
+pub const MMIO_SLOT_SIZE: u64 = 0x1000;
+/// Offset of the QueueNotify register, where ioeventfds are registered.
+pub const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+/// Offset of the device configuration space.
+pub const CONFIG_OFFSET: u64 = 0x100;
+
+// Register offsets.
+const MAGIC: u64 = 0x00;
+const VERSION: u64 = 0x04;
+const DEVICE_ID: u64 = 0x08;
+const VENDOR: u64 = 0x0c;
+const DEVICE_FEATURES: u64 = 0x10;
+const DEVICE_FEATURES_SEL: u64 = 0x14;
+const DRIVER_FEATURES: u64 = 0x20;
+const DRIVER_FEATURES_SEL: u64 = 0x24;
+const QUEUE_SEL: u64 = 0x30;
+const QUEUE_NUM_MAX: u64 = 0x34;
+const QUEUE_NUM: u64 = 0x38;
+const QUEUE_READY: u64 = 0x44;
+const INTERRUPT_STATUS: u64 = 0x60;
+const INTERRUPT_ACK: u64 = 0x64;
+const STATUS: u64 = 0x70;
+const QUEUE_DESC_LOW: u64 = 0x80;
+const QUEUE_DESC_HIGH: u64 = 0x84;
+const QUEUE_DRIVER_LOW: u64 = 0x90;
+const QUEUE_DRIVER_HIGH: u64 = 0x94;
+const QUEUE_DEVICE_LOW: u64 = 0xa0;
+const QUEUE_DEVICE_HIGH: u64 = 0xa4;
+const CONFIG_GENERATION: u64 = 0xfc;
+
+/// A virtio device behind its MMIO register file.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Interrupt,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    status: u32,
+    activated: bool,
+}
+
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MmioTransport(type {}, status {:#x})", self.device.device_type(), self.status)
+    }
+}
+
+impl MmioTransport {
+    /// Wraps `device`, whose buffers live in `mem`: creates its queues, their notification
+    /// eventfds and its interrupt.
+    pub fn new(mem: GuestMemoryMmap, device: Box<dyn VirtioDevice>) -> Result<Self, VirtioError> {
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for &size in device.queue_max_sizes() {
+            queues.push(Queue::new(size).map_err(|_| VirtioError::QueueSize(size))?);
+            queue_evts.push(EventFd::new(EFD_NONBLOCK).map_err(|source| VirtioError::EventFd { what: "queue notification", source })?);
+        }
+        Ok(MmioTransport {
+            device,
+            mem,
+            interrupt: Interrupt::new()?,
+            queues,
+            queue_evts,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            status: 0,
+            activated: false,
+        })
+    }
+
+    /// One notification eventfd per queue, in queue order: register each as an ioeventfd
+    /// on QueueNotify with its index as the data match, and poll them.
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    /// The interrupt eventfd: register it with KVM as the device's irqfd.
+    pub fn interrupt_evt(&self) -> &EventFd {
+        self.interrupt.eventfd()
+    }
+
+    /// Whether the driver has started the device.
+    pub fn is_activated(&self) -> bool {
+        self.activated
+    }
+
+    /// Lets the device process queue `index` (its eventfd fired); ignored until activation.
+    pub fn process_queue(&mut self, index: usize) {
+        if self.activated {
+            self.device.process_queue(index);
+        }
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Queue registers may change after FEATURES_OK and before DRIVER_OK (or FAILED).
+    fn queue_setup_allowed(&self) -> bool {
+        self.status & status::FEATURES_OK != 0 && self.status & (status::DRIVER_OK | status::FAILED) == 0
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        let queue = self.queues.get(self.queue_sel as usize);
+        match offset {
+            MAGIC => MMIO_MAGIC,
+            VERSION => MMIO_VERSION,
+            DEVICE_ID => self.device.device_type(),
+            VENDOR => VENDOR_ID,
+            DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
+            QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
+            INTERRUPT_STATUS => self.interrupt.status(),
+            STATUS => self.status,
+            // The configuration never changes behind the driver's back.
+            CONFIG_GENERATION => 0,
+            _ => {
+                tracing::debug!("virtio-mmio: read of write-only or unknown register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            DRIVER_FEATURES => {
+                if self.status & status::DRIVER == 0 || self.status & status::FEATURES_OK != 0 {
+                    tracing::debug!("virtio-mmio: driver features written outside negotiation");
+                    return;
+                }
+                match self.driver_features_sel {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value),
+                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32),
+                    sel => tracing::debug!("virtio-mmio: driver features word {sel} ignored"),
+                }
+            }
+            QUEUE_SEL => self.queue_sel = value,
+            QUEUE_NOTIFY => self.notify(value),
+            INTERRUPT_ACK => self.interrupt.ack(value),
+            STATUS => self.set_status(value),
+            QUEUE_NUM | QUEUE_READY | QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_DRIVER_LOW | QUEUE_DRIVER_HIGH
+            | QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH => self.write_queue_register(offset, value),
+            _ => tracing::debug!("virtio-mmio: write of read-only or unknown register {offset:#x}"),
+        }
+    }
+
+    fn write_queue_register(&mut self, offset: u64, value: u32) {
+        if !self.queue_setup_allowed() {
+            tracing::debug!("virtio-mmio: queue register {offset:#x} written outside queue setup");
+            return;
+        }
+        let Some(q) = self.selected_queue() else {
+            tracing::debug!("virtio-mmio: queue register {offset:#x} written for a queue that does not exist");
+            return;
+        };
+        match offset {
+            // virtio-queue ignores (and logs) sizes that are zero, too big or not a power of two.
+            QUEUE_NUM => q.set_size(value as u16),
+            QUEUE_READY => q.set_ready(value == 1),
+            QUEUE_DESC_LOW => q.set_desc_table_address(Some(value), None),
+            QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(value)),
+            QUEUE_DRIVER_LOW => q.set_avail_ring_address(Some(value), None),
+            QUEUE_DRIVER_HIGH => q.set_avail_ring_address(None, Some(value)),
+            QUEUE_DEVICE_LOW => q.set_used_ring_address(Some(value), None),
+            QUEUE_DEVICE_HIGH => q.set_used_ring_address(None, Some(value)),
+            _ => {}
+        }
+        if offset == QUEUE_NUM && u32::from(q.size()) != value {
+            tracing::debug!("virtio-mmio: queue size {value} refused");
+        }
+    }
+
+    fn notify(&self, value: u32) {
+        match self.queue_evts.get(value as usize) {
+            Some(evt) => {
+                if let Err(e) = evt.write(1) {
+                    tracing::warn!("virtio-mmio: cannot signal queue {value}: {e}");
+                }
+            }
+            None => tracing::debug!("virtio-mmio: notification for queue {value}, which does not exist"),
+        }
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let old = self.status;
+        if value & old != old {
+            tracing::debug!("virtio-mmio: status {old:#x} -> {value:#x} clears bits without a reset; ignored");
+            return;
+        }
+        let mut new = value;
+        let added = new & !old;
+        if added & status::FEATURES_OK != 0 && !self.features_acceptable() {
+            tracing::warn!("virtio-mmio: driver features {:#x} refused (offered {:#x})", self.driver_features, self.device.features());
+            new &= !status::FEATURES_OK;
+        }
+        if added & status::DRIVER_OK != 0 && !self.activated {
+            if new & status::FEATURES_OK == 0 {
+                tracing::warn!("virtio-mmio: DRIVER_OK without FEATURES_OK");
+                new |= status::DEVICE_NEEDS_RESET;
+            } else if let Err(e) = self.activate() {
+                tracing::warn!("virtio-mmio: cannot activate device type {}: {e}", self.device.device_type());
+                new |= status::DEVICE_NEEDS_RESET;
+                self.status = new;
+                self.interrupt.signal(INT_CONFIG);
+                return;
+            }
+        }
+        self.status = new;
+    }
+
+    fn features_acceptable(&self) -> bool {
+        let offered = self.device.features();
+        self.driver_features & !offered == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
+    }
+
+    fn activate(&mut self) -> Result<(), VirtioError> {
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (index, q) in self.queues.iter().enumerate() {
+            if q.ready() && !q.is_valid(&self.mem) {
+                return Err(VirtioError::BadQueue { index, reason: "its rings are not in guest memory".into() });
+            }
+            queues.push(Queue::try_from(q.state()).map_err(|e| VirtioError::BadQueue { index, reason: e.to_string() })?);
+        }
+        self.device.activate(self.mem.clone(), queues, self.interrupt.clone())?;
+        self.activated = true;
+        // Buffers made available before DRIVER_OK: look at every queue once.
+        for evt in &self.queue_evts {
+            if let Err(e) = evt.write(1) {
+                tracing::warn!("virtio-mmio: cannot signal a queue after activation: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            self.device.reset();
+        }
+        self.activated = false;
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.queue_sel = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.status = 0;
+        self.interrupt.clear();
+    }
+}
+
+const QUEUE_NOTIFY: u64 = QUEUE_NOTIFY_OFFSET;
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_OFFSET {
+            self.device.read_config(offset - CONFIG_OFFSET, data);
+            return;
+        }
+        if data.len() != 4 || offset & 3 != 0 {
+            tracing::debug!("virtio-mmio: {}-byte read at {offset:#x} ignored", data.len());
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_OFFSET {
+            self.device.write_config(offset - CONFIG_OFFSET, data);
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            tracing::debug!("virtio-mmio: {}-byte write at {offset:#x} ignored", data.len());
+            return;
+        };
+        if offset & 3 != 0 {
+            tracing::debug!("virtio-mmio: unaligned write at {offset:#x} ignored");
+            return;
+        }
+        self.write_register(offset, u32::from_le_bytes(bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::memory;
+    use crate::devices::virtio::{INT_USED_RING, TYPE_BLOCK};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Debug, Default)]
+    struct Log {
+        activated: Vec<Vec<(u16, bool, u64)>>,
+        processed: Vec<usize>,
+        resets: usize,
+        config_writes: Vec<(u64, Vec<u8>)>,
+    }
+
+    struct Dummy {
+        log: Arc<Mutex<Log>>,
+        interrupt: Option<Interrupt>,
+    }
+
+    const FEATURES: u64 = VIRTIO_F_VERSION_1 | 0b101;
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            TYPE_BLOCK
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 8]
+        }
+        fn features(&self) -> u64 {
+            FEATURES
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            self.log.lock().expect("log").config_writes.push((offset, data.to_vec()));
+        }
+        fn activate(&mut self, _mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), VirtioError> {
+            let qs = queues.iter().map(|q| (q.size(), q.ready(), q.desc_table())).collect();
+            self.log.lock().expect("log").activated.push(qs);
+            self.interrupt = Some(interrupt);
+            Ok(())
+        }
+        fn process_queue(&mut self, index: usize) {
+            self.log.lock().expect("log").processed.push(index);
+            if let Some(irq) = &self.interrupt {
+                irq.signal_used_queue();
+            }
+        }
+        fn reset(&mut self) {
+            self.log.lock().expect("log").resets += 1;
+            self.interrupt = None;
+        }
+    }
+
+    fn transport() -> (MmioTransport, Arc<Mutex<Log>>) {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let dev = Dummy { log: log.clone(), interrupt: None };
+        (MmioTransport::new(memory(), Box::new(dev)).expect("transport"), log)
+    }
+
+    fn rd(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        t.read(offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn wr(t: &mut MmioTransport, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    /// Negotiates `features` and returns the status the device kept.
+    fn negotiate(t: &mut MmioTransport, features: u64) -> u32 {
+        wr(t, STATUS, status::ACKNOWLEDGE);
+        wr(t, STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        wr(t, DRIVER_FEATURES_SEL, 0);
+        wr(t, DRIVER_FEATURES, features as u32);
+        wr(t, DRIVER_FEATURES_SEL, 1);
+        wr(t, DRIVER_FEATURES, (features >> 32) as u32);
+        wr(t, STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        rd(t, STATUS)
+    }
+
+    fn setup_queue(t: &mut MmioTransport, index: u32, size: u32, base: u64) {
+        wr(t, QUEUE_SEL, index);
+        wr(t, QUEUE_NUM, size);
+        wr(t, QUEUE_DESC_LOW, base as u32);
+        wr(t, QUEUE_DESC_HIGH, (base >> 32) as u32);
+        wr(t, QUEUE_DRIVER_LOW, (base + 0x1000) as u32);
+        wr(t, QUEUE_DRIVER_HIGH, 0);
+        wr(t, QUEUE_DEVICE_LOW, (base + 0x2000) as u32);
+        wr(t, QUEUE_DEVICE_HIGH, 0);
+        wr(t, QUEUE_READY, 1);
+    }
+
+    const ALL: u32 = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+
+    #[test]
+    fn identification_registers() {
+        let (mut t, _) = transport();
+        assert_eq!(rd(&mut t, MAGIC), 0x7472_6976);
+        assert_eq!(rd(&mut t, VERSION), 2);
+        assert_eq!(rd(&mut t, DEVICE_ID), TYPE_BLOCK);
+        assert_eq!(rd(&mut t, VENDOR), VENDOR_ID);
+        assert_eq!(rd(&mut t, CONFIG_GENERATION), 0);
+        let mut byte = [0xffu8; 1];
+        t.read(MAGIC, &mut byte);
+        assert_eq!(byte, [0], "registers only answer 32-bit reads");
+        t.read(CONFIG_OFFSET + 3, &mut byte);
+        assert_eq!(byte, [3], "config space takes any width, offset from 0x100");
+        t.write(CONFIG_OFFSET + 1, &[9, 9]);
+    }
+
+    #[test]
+    fn feature_negotiation() {
+        let (mut t, log) = transport();
+        wr(&mut t, DEVICE_FEATURES_SEL, 0);
+        assert_eq!(rd(&mut t, DEVICE_FEATURES), 0b101);
+        wr(&mut t, DEVICE_FEATURES_SEL, 1);
+        assert_eq!(rd(&mut t, DEVICE_FEATURES), 1, "VERSION_1 is bit 32");
+        wr(&mut t, DEVICE_FEATURES_SEL, 2);
+        assert_eq!(rd(&mut t, DEVICE_FEATURES), 0);
+        assert_eq!(negotiate(&mut t, FEATURES | 0b10) & status::FEATURES_OK, 0, "a feature not offered");
+        wr(&mut t, STATUS, 0);
+        assert_eq!(negotiate(&mut t, 0b1) & status::FEATURES_OK, 0, "legacy driver without VERSION_1");
+        wr(&mut t, STATUS, 0);
+        assert_ne!(negotiate(&mut t, VIRTIO_F_VERSION_1 | 1) & status::FEATURES_OK, 0);
+        wr(&mut t, DRIVER_FEATURES, 0);
+        assert_eq!(t.driver_features, VIRTIO_F_VERSION_1 | 1, "features are frozen after FEATURES_OK");
+        t.write(CONFIG_OFFSET + 1, &[9, 9]);
+        assert_eq!(log.lock().expect("log").config_writes, vec![(1, vec![9, 9])]);
+    }
+
+    #[test]
+    fn queue_setup_and_activation() {
+        let (mut t, log) = transport();
+        wr(&mut t, QUEUE_SEL, 0);
+        wr(&mut t, QUEUE_NUM, 8);
+        assert_eq!(t.queues[0].size(), 16, "queue registers are locked before FEATURES_OK");
+        negotiate(&mut t, FEATURES);
+        wr(&mut t, QUEUE_SEL, 1);
+        assert_eq!(rd(&mut t, QUEUE_NUM_MAX), 8);
+        wr(&mut t, QUEUE_SEL, 2);
+        assert_eq!(rd(&mut t, QUEUE_NUM_MAX), 0, "no third queue");
+        wr(&mut t, QUEUE_READY, 1);
+        setup_queue(&mut t, 0, 4, 0x1_0000);
+        assert_eq!(rd(&mut t, QUEUE_READY), 1);
+        wr(&mut t, QUEUE_SEL, 1);
+        wr(&mut t, QUEUE_NUM, 6);
+        assert_eq!(t.queues[1].size(), 8, "not a power of two: refused");
+        t.process_queue(0);
+        assert!(log.lock().expect("log").processed.is_empty(), "not active yet");
+        wr(&mut t, STATUS, ALL);
+        assert_eq!(rd(&mut t, STATUS), ALL);
+        assert!(t.is_activated());
+        assert_eq!(log.lock().expect("log").activated, vec![vec![(4, true, 0x1_0000), (8, false, 0)]]);
+        for evt in t.queue_evts() {
+            assert_eq!(evt.read().expect("queues are kicked on activation"), 1);
+        }
+        setup_queue(&mut t, 0, 2, 0x2_0000);
+        assert_eq!(t.queues[0].size(), 4, "locked after DRIVER_OK");
+        t.process_queue(1);
+        assert_eq!(log.lock().expect("log").processed, vec![1]);
+    }
+
+    #[test]
+    fn queue_outside_memory_is_not_activated() {
+        let (mut t, log) = transport();
+        negotiate(&mut t, FEATURES);
+        setup_queue(&mut t, 0, 16, 0x7fff_0000);
+        wr(&mut t, STATUS, ALL);
+        assert!(!t.is_activated());
+        assert_ne!(rd(&mut t, STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), INT_CONFIG);
+        assert!(log.lock().expect("log").activated.is_empty());
+        let (mut t, _) = transport();
+        wr(&mut t, STATUS, status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK);
+        assert!(!t.is_activated(), "DRIVER_OK without FEATURES_OK");
+    }
+
+    #[test]
+    fn writing_zero_to_status_resets() {
+        let (mut t, log) = transport();
+        negotiate(&mut t, FEATURES);
+        setup_queue(&mut t, 0, 4, 0x1_0000);
+        wr(&mut t, STATUS, ALL);
+        t.process_queue(0);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), INT_USED_RING);
+        wr(&mut t, STATUS, status::ACKNOWLEDGE);
+        assert_eq!(rd(&mut t, STATUS), ALL, "clearing bits needs a reset");
+        wr(&mut t, STATUS, 0);
+        assert_eq!(rd(&mut t, STATUS), 0);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), 0);
+        assert!(!t.is_activated());
+        assert_eq!(log.lock().expect("log").resets, 1);
+        wr(&mut t, QUEUE_SEL, 0);
+        assert_eq!(rd(&mut t, QUEUE_READY), 0);
+        assert_eq!(t.queues[0].size(), 16);
+        assert_eq!(t.driver_features, 0);
+        t.process_queue(0);
+        assert_eq!(log.lock().expect("log").processed, vec![0], "inactive again");
+        negotiate(&mut t, FEATURES);
+        setup_queue(&mut t, 0, 4, 0x1_0000);
+        wr(&mut t, STATUS, ALL);
+        assert_eq!(log.lock().expect("log").activated.len(), 2, "can be activated again");
+    }
+
+    #[test]
+    fn notify_signals_the_queue_eventfd() {
+        let (mut t, _) = transport();
+        wr(&mut t, QUEUE_NOTIFY_OFFSET, 1);
+        assert_eq!(t.queue_evts()[1].read().expect("queue 1 signalled"), 1);
+        assert!(t.queue_evts()[0].read().is_err(), "queue 0 untouched");
+        wr(&mut t, QUEUE_NOTIFY_OFFSET, 7);
+        wr(&mut t, QUEUE_NOTIFY_OFFSET, u32::MAX);
+        assert!(t.queue_evts().iter().all(|e| e.read().is_err()), "unknown queues ignored");
+    }
+
+    #[test]
+    fn interrupt_status_and_ack() {
+        let (mut t, _) = transport();
+        negotiate(&mut t, FEATURES);
+        setup_queue(&mut t, 0, 4, 0x1_0000);
+        wr(&mut t, STATUS, ALL);
+        t.process_queue(0);
+        assert_eq!(t.interrupt_evt().read().expect("irqfd written"), 1);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), INT_USED_RING);
+        wr(&mut t, INTERRUPT_ACK, INT_USED_RING);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), 0);
+    }
+}

@@ -1,0 +1,255 @@
+//! Virtio devices (virtio 1.x, modern only) on the virtio-mmio transport.
+//!
+//! A device implements [`VirtioDevice`]: its type, features, configuration space and what
+//! it does with the buffers on its queues. [`mmio::MmioTransport`] wraps a device in the
+//! MMIO register file the guest driver programs; on DRIVER_OK it hands the device copies
+//! of the queues the driver set up, the guest memory and an [`Interrupt`].
+//!
+//! Queue notifications reach the device as eventfds (KVM ioeventfds on the QueueNotify
+//! register) that the VMM event loop polls; it then calls
+//! [`mmio::MmioTransport::process_queue`] on its own thread, so device I/O never runs on
+//! a vCPU thread. The request parsing itself is pure and runs on mock queues in tests.
+
+pub mod block;
+pub mod mmio;
+pub mod rng;
+#[cfg(test)]
+pub(crate) mod test_utils;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Feature bit VIRTIO_F_VERSION_1: the device follows virtio 1.x (no legacy interface).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Device type of a block device.
+pub const TYPE_BLOCK: u32 = 2;
+/// Device type of an entropy source.
+pub const TYPE_RNG: u32 = 4;
+
+/// Device status bits the driver writes (virtio 1.2, section 2.1).
+pub mod status {
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The guest has a driver for it.
+    pub const DRIVER: u32 = 2;
+    /// The driver is ready: the device may use its queues.
+    pub const DRIVER_OK: u32 = 4;
+    /// The driver accepted the negotiated features.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    /// The driver gave up on the device.
+    pub const FAILED: u32 = 128;
+}
+
+/// Interrupt status bit: the device put buffers on a used ring.
+pub const INT_USED_RING: u32 = 1;
+/// Interrupt status bit: the configuration (or the device status) changed.
+pub const INT_CONFIG: u32 = 2;
+
+/// Errors setting up or activating a virtio device.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    /// A device asked for a queue size virtio-queue refuses (zero, too large, not a power of two).
+    #[error("invalid virtio queue size {0}")]
+    QueueSize(u16),
+    /// An eventfd could not be created.
+    #[error("cannot create the {what} eventfd: {source}")]
+    EventFd {
+        /// Which eventfd.
+        what: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The driver set up a queue the device cannot use.
+    #[error("virtio queue {index} is not usable: {reason}")]
+    BadQueue {
+        /// Queue index.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Activation was given the wrong number of queues.
+    #[error("the device has {expected} queues but was activated with {got}")]
+    QueueCount {
+        /// Queues the device has.
+        expected: usize,
+        /// Queues it was given.
+        got: usize,
+    },
+}
+
+/// A virtio device model: what the transport needs to know, and what it does with buffers.
+pub trait VirtioDevice: Send {
+    /// The virtio device type ([`TYPE_BLOCK`], [`TYPE_RNG`], ...).
+    fn device_type(&self) -> u32;
+    /// The maximum size of each queue (powers of two); the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The feature bits the device offers (including [`VIRTIO_F_VERSION_1`]).
+    fn features(&self) -> u64;
+    /// Reads `data.len()` bytes of the device configuration space at `offset`.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space; devices without writable fields ignore it.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        tracing::debug!("virtio device type {}: ignoring a {}-byte config write at {offset:#x}", self.device_type(), data.len());
+    }
+    /// Starts the device with the queues the driver set up, as the transport validated them.
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), VirtioError>;
+    /// Handles a notification on queue `index`: processes the buffers available there.
+    fn process_queue(&mut self, index: usize);
+    /// Returns the device to its state before activation (the driver wrote 0 to Status).
+    fn reset(&mut self);
+}
+
+/// A device's interrupt: the MMIO InterruptStatus bits and the irqfd that raises the line.
+/// Cheap to clone; the transport and the activated device share one.
+#[derive(Debug, Clone)]
+pub struct Interrupt(Arc<InterruptState>);
+
+#[derive(Debug)]
+struct InterruptState {
+    status: AtomicU32,
+    evt: EventFd,
+}
+
+impl Interrupt {
+    /// A new interrupt with a fresh (non-blocking) eventfd and no status bits set.
+    pub fn new() -> Result<Self, VirtioError> {
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(|source| VirtioError::EventFd { what: "interrupt", source })?;
+        Ok(Interrupt(Arc::new(InterruptState { status: AtomicU32::new(0), evt })))
+    }
+
+    /// The eventfd to register with KVM as the device's irqfd.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.0.evt
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.0.status.load(Ordering::Acquire)
+    }
+
+    /// Sets `bits` in InterruptStatus and raises the interrupt line.
+    pub fn signal(&self, bits: u32) {
+        self.0.status.fetch_or(bits, Ordering::AcqRel);
+        if let Err(e) = self.0.evt.write(1) {
+            tracing::warn!("cannot raise a virtio interrupt: {e}");
+        }
+    }
+
+    /// Tells the driver buffers were used.
+    pub fn signal_used_queue(&self) {
+        self.signal(INT_USED_RING);
+    }
+
+    /// Clears `bits` (the driver wrote InterruptACK).
+    pub fn ack(&self, bits: u32) {
+        self.0.status.fetch_and(!bits, Ordering::AcqRel);
+    }
+
+    /// Clears every status bit (device reset).
+    pub fn clear(&self) {
+        self.0.status.store(0, Ordering::Release);
+    }
+}
+
+/// What an activated device works with: guest memory, its queues and its interrupt.
+#[derive(Debug)]
+pub struct ActiveQueues {
+    /// Guest memory the buffers live in.
+    pub mem: GuestMemoryMmap,
+    /// The queues, in the device's order.
+    pub queues: Vec<Queue>,
+    /// Raised after buffers are used.
+    pub interrupt: Interrupt,
+}
+
+impl ActiveQueues {
+    /// Checks that `queues` matches the device's queue count and wraps the activation.
+    pub fn new(mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Interrupt, expected: usize) -> Result<Self, VirtioError> {
+        if queues.len() != expected {
+            return Err(VirtioError::QueueCount { expected, got: queues.len() });
+        }
+        Ok(ActiveQueues { mem, queues, interrupt })
+    }
+
+    /// Takes the chains available on queue `index` (one batch, read once, so a guest cannot
+    /// keep the caller busy forever), hands each to `handle` with the guest memory, which
+    /// returns the number of bytes it wrote into the chain, puts them on the used ring and
+    /// interrupts the guest once. Buffers the driver adds later come with a new notification.
+    pub fn drain<F>(&mut self, index: usize, mut handle: F)
+    where
+        F: FnMut(&GuestMemoryMmap, DescriptorChain<&GuestMemoryMmap>) -> u32,
+    {
+        let Some(queue) = self.queues.get_mut(index) else {
+            tracing::warn!("virtio: notification for queue {index}, which does not exist");
+            return;
+        };
+        if !queue.ready() {
+            return;
+        }
+        let chains: Vec<_> = match queue.iter(&self.mem) {
+            Ok(iter) => iter.collect(),
+            Err(e) => {
+                tracing::warn!("virtio queue {index}: cannot read the available ring: {e}");
+                return;
+            }
+        };
+        let mut used = 0usize;
+        for chain in chains {
+            let head = chain.head_index();
+            let len = handle(&self.mem, chain);
+            match queue.add_used(&self.mem, head, len) {
+                Ok(()) => used += 1,
+                Err(e) => tracing::warn!("virtio queue {index}: cannot return descriptor {head}: {e}"),
+            }
+        }
+        if used > 0 && queue.needs_notification(&self.mem).unwrap_or(true) {
+            self.interrupt.signal_used_queue();
+        }
+    }
+}
+
+/// Copies the part of `config` at `offset` into `data`; bytes beyond the end read as zero.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else { return };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_are_bounded_and_zero_filled() {
+        let config = [1u8, 2, 3, 4];
+        let mut data = [0xffu8; 4];
+        read_config_bytes(&config, 2, &mut data);
+        assert_eq!(data, [3, 4, 0, 0]);
+        read_config_bytes(&config, 100, &mut data);
+        assert_eq!(data, [0; 4]);
+        read_config_bytes(&config, u64::MAX, &mut data);
+        assert_eq!(data, [0; 4]);
+    }
+
+    #[test]
+    fn interrupt_status_is_set_signalled_and_acked() {
+        let irq = Interrupt::new().expect("interrupt");
+        irq.signal_used_queue();
+        irq.signal(INT_CONFIG);
+        assert_eq!(irq.status(), INT_USED_RING | INT_CONFIG);
+        assert_eq!(irq.eventfd().read().expect("eventfd written"), 2);
+        irq.ack(INT_USED_RING);
+        assert_eq!(irq.status(), INT_CONFIG);
+        irq.clear();
+        assert_eq!(irq.status(), 0);
+    }
+}
