@@ -5,7 +5,7 @@
 use std::time::Duration;
 use vmm::resources::DEFAULT_BOOT_ARGS;
 use vmm::{VmOutcome, VmResources};
-use zvm_integration_tests::{boot, busybox_initramfs, guest_kernel, run_zvm, test_initramfs};
+use zvm_integration_tests::{boot, busybox_initramfs, ext4_image, guest_kernel, read_from_ext4, run_zvm, test_initramfs};
 
 /// Upper bound for one boot here; a VMX host needs a fraction of a second.
 const BOOT_LIMIT: Duration = Duration::from_secs(600);
@@ -40,36 +40,71 @@ fn one_vcpu_boots_to_userspace_and_system_calls_work() {
     assert_eq!(b.outcome, VmOutcome::Reboot, "the guest ended the VM itself");
 }
 
+/// The guest half of the device checks, run by busybox's sh inside the VM.
+const DEVICE_SCRIPT: &str = r#"
+echo "shell: $(nproc) cpus, kernel $(uname -r)"
+ls /bin/busybox && echo shell-ok
+mkdir -p /mnt/rw /mnt/ro
+mount -t ext4 /dev/vda /mnt/rw && echo "rw disk says: $(cat /mnt/rw/hello.txt)"
+echo written-by-guest > /mnt/rw/from-guest.txt && sync && umount /mnt/rw && echo rw-disk-written
+mount -t ext4 -o ro /dev/vdb /mnt/ro && echo "ro disk says: $(cat /mnt/ro/hello.txt)"
+umount /mnt/ro
+if dd if=/dev/zero of=/dev/vdb bs=512 count=1 conv=fsync 2>/dev/null; then echo ro-disk-write-succeeded; else echo ro-disk-write-refused; fi
+echo "hwrng: $(cat /sys/devices/virtual/misc/hw_random/rng_current)"
+echo "hwrng-bytes: $(head -c 32 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
+"#;
+
 #[test]
-fn zvm_run_boots_two_vcpus_into_a_busybox_shell() {
+fn zvm_run_boots_two_vcpus_with_disks_and_rng() {
     // Through the `zvm` command, as a user runs it: console on stdout, zvm's report on
-    // stderr, exit code 0 when the guest ends the VM.
-    let script = "echo \"shell: $(nproc) cpus, kernel $(uname -r)\"\nls /bin/busybox && echo shell-ok\n";
-    let initrd = busybox_initramfs(script);
+    // stderr, exit code 0 when the guest ends the VM. One boot checks SMP, a busybox
+    // shell, a read-write and a read-only virtio disk, and the virtio entropy device.
+    let dir = zvm_integration_tests::scratch_dir();
+    let rw = dir.join("rw.ext4");
+    let ro = dir.join("ro.ext4");
+    ext4_image(&rw, 16, &[("hello.txt", "hello from the host (rw)")]);
+    ext4_image(&ro, 16, &[("hello.txt", "hello from the host (ro)")]);
+    let ro_before = std::fs::read(&ro).expect("ro image");
+    let initrd = busybox_initramfs(DEVICE_SCRIPT);
     let kernel = guest_kernel();
     let cmdline = format!("{DEFAULT_BOOT_ARGS} zvm.mode=script");
+    let rw_disk = format!("path={},id=rootless", rw.display());
+    let ro_disk = format!("path={},readonly=on", ro.display());
     let args = [
         "run", "--kernel", kernel.to_str().expect("utf8"), "--initrd", initrd.to_str().expect("utf8"),
         "--cpus", "2", "--memory", "256M", "--cmdline", &cmdline, "--console-timestamps", "--verbose",
+        "--disk", &rw_disk, "--disk", &ro_disk, "--rng",
     ];
     let run = run_zvm(&args, BOOT_LIMIT);
     let console = &run.stdout;
-    let show = || format!("exit {:?}\nstderr:\n{}\nconsole tail:\n{}", run.code, run.stderr, console.lines().rev().take(30).collect::<Vec<_>>().join("\n"));
+    let show = || format!("exit {:?}\nstderr:\n{}\nconsole tail:\n{}", run.code, run.stderr, console.lines().rev().take(40).collect::<Vec<_>>().join("\n"));
     for needle in [
         "smp: Brought up 1 node, 2 CPUs",
+        "virtio_blk virtio0: [vda]",
+        "virtio_blk virtio1: [vdb]",
         "Run /init as init process",
         "zvm-guest: userspace reached: init is pid 1, 2 cpus online",
         "shell: 2 cpus, kernel 6.1",
         "shell-ok",
+        "rw disk says: hello from the host (rw)",
+        "rw-disk-written",
+        "ro disk says: hello from the host (ro)",
+        "ro-disk-write-refused",
+        "hwrng: virtio_rng.0",
         "zvm-guest: script exited with 0",
     ] {
         assert!(console.contains(needle), "console lacks {needle:?}: {}", show());
     }
+    let random = console.lines().find_map(|l| l.split("hwrng-bytes: ").nth(1)).expect("random bytes line");
+    assert_eq!(random.trim().len(), 64, "32 bytes from /dev/hwrng: {random}");
     assert!(console.lines().all(|l| l.starts_with("[zvm +")), "every console line is timestamped: {}", show());
-    assert!(run.stderr.contains("KVM flavour") || run.stderr.contains("host KVM flavour"), "{}", show());
+    assert!(run.stderr.contains("host KVM flavour"), "{}", show());
     assert!(run.stderr.contains("zvm: guest reached userspace "), "zvm reports the boot time: {}", show());
     assert!(run.stderr.contains("zvm: guest rebooted; VM ended"), "{}", show());
     assert_eq!(run.code, Some(0), "{}", show());
+    // After the VM: the guest's write is in the image; the read-only image is untouched.
+    assert_eq!(read_from_ext4(&rw, "from-guest.txt").trim(), "written-by-guest");
+    assert!(std::fs::read(&ro).expect("ro image") == ro_before, "the read-only image changed");
 }
 
 #[test]

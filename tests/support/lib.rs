@@ -216,3 +216,33 @@ pub fn run_zvm(args: &[&str], limit: Duration) -> ZvmRun {
         stderr: err_reader.join().unwrap_or_default(),
     }
 }
+
+/// Makes an ext4 image of `size_mib` MiB at `path` holding `files` (name, contents), with
+/// Debian's mkfs.ext4 (e2fsprogs).
+pub fn ext4_image(path: &Path, size_mib: u64, files: &[(&str, &str)]) {
+    let content = path.with_extension("content");
+    let _ = std::fs::remove_dir_all(&content);
+    std::fs::create_dir_all(&content).expect("content dir");
+    for (name, text) in files {
+        std::fs::write(content.join(name), text).expect("write content");
+    }
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&content)
+        .arg(path)
+        .arg(format!("{size_mib}M"))
+        .output()
+        .expect("mkfs.ext4 (apt-get install e2fsprogs)");
+    assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Reads a file out of an ext4 image with debugfs (no mount needed).
+pub fn read_from_ext4(image: &Path, name: &str) -> String {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat /{name}"))
+        .arg(image)
+        .output()
+        .expect("debugfs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -20,11 +20,10 @@ use crate::layout;
 use crate::loader::{self, LoaderError};
 use crate::memory::{create_guest_memory, MemoryError};
 use crate::resources::{ConsoleConfig, CpuTemplate, DriveConfig, ResourcesError, VmResources};
-use crate::vcpu::Vcpu;
+use crate::vcpu::{Vcpu, VcpuControl};
 use crate::vm::{kick_signal, EventHandler, RunningVm, VmmLoop};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -345,7 +344,7 @@ impl MicrovmBuilder {
         let supported = self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("read supported CPUID"))?;
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
-        let stop_flag = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(VcpuControl::default());
         let (events_tx, events_rx) = std::sync::mpsc::channel();
         let wake = EventFd::new(EFD_NONBLOCK).map_err(io_err("create the vCPU eventfd"))?;
         let mut vcpus = Vec::with_capacity(usize::from(self.vcpu_count));
@@ -373,7 +372,7 @@ impl MicrovmBuilder {
         }
         let mut threads = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
-            let (stop, events, seccomp) = (stop_flag.clone(), events_tx.clone(), self.seccomp);
+            let (stop, events, seccomp) = (control.clone(), events_tx.clone(), self.seccomp);
             let wake = wake.try_clone().map_err(io_err("clone the vCPU eventfd"))?;
             let thread = std::thread::Builder::new()
                 .name(format!("zvm_vcpu{}", vcpu.index))
@@ -387,7 +386,8 @@ impl MicrovmBuilder {
             vcpu_wake: wake,
             reset_evt: self.reset_evt,
             stop_evt: EventFd::new(EFD_NONBLOCK).map_err(io_err("create the stop eventfd"))?,
-            stop_flag,
+            control,
+            pause_evt: EventFd::new(EFD_NONBLOCK).map_err(io_err("create the pause eventfd"))?,
             console_input: if self.console_input { self.serial.clone() } else { None },
             seccomp: self.seccomp,
             handlers: self.handlers,

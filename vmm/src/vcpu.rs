@@ -10,9 +10,94 @@ use crate::seccomp::{self, ThreadKind};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
+
+/// Stop and pause requests shared by the VMM and its vCPU threads.
+///
+/// A request only takes effect when a vCPU is outside KVM_RUN, so the VMM kicks the vCPU
+/// threads (a signal makes KVM_RUN return EINTR) after making one.
+#[derive(Debug, Default)]
+pub struct VcpuControl {
+    stop: AtomicBool,
+    pause: Mutex<PauseState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PauseState {
+    requested: bool,
+    parked: usize,
+}
+
+impl VcpuControl {
+    fn state(&self) -> MutexGuard<'_, PauseState> {
+        self.pause.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks every vCPU to stop (also releases paused ones).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _state = self.state();
+        self.changed.notify_all();
+    }
+
+    /// Whether a stop was requested.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Asks every vCPU to park at its next exit.
+    pub fn request_pause(&self) {
+        self.state().requested = true;
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        self.state().requested = false;
+        self.changed.notify_all();
+    }
+
+    /// Whether a pause is requested.
+    pub fn pause_requested(&self) -> bool {
+        self.state().requested
+    }
+
+    /// How many vCPUs are parked now.
+    pub fn parked(&self) -> usize {
+        self.state().parked
+    }
+
+    /// Parks the calling vCPU thread while a pause is requested (and no stop).
+    fn park_if_paused(&self) {
+        let mut state = self.state();
+        if !state.requested {
+            return;
+        }
+        state.parked += 1;
+        self.changed.notify_all();
+        while state.requested && !self.stop_requested() {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.parked -= 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits until `count` vCPUs are parked; false after `timeout`.
+    pub fn wait_parked(&self, count: usize, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = self.state();
+        while state.parked < count {
+            let now = std::time::Instant::now();
+            if now >= deadline || self.stop_requested() {
+                return false;
+            }
+            state = self.changed.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
+    }
+}
 
 /// Why a vCPU stopped with an error.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -176,11 +261,13 @@ impl Vcpu {
         }
     }
 
-    /// Runs the guest until it stops or `stop` is set (after a kick signal).
-    pub fn run(&mut self, stop: &AtomicBool) -> VcpuOutcome {
+    /// Runs the guest until it stops or a stop is requested through `control` (after a
+    /// kick signal); parks while a pause is requested.
+    pub fn run(&mut self, control: &VcpuControl) -> VcpuOutcome {
         let index = self.index;
         loop {
-            if stop.load(Ordering::Acquire) {
+            control.park_if_paused();
+            if control.stop_requested() {
                 return VcpuOutcome::Stopped;
             }
             let exit = match self.fd.run() {
@@ -243,9 +330,9 @@ impl Vcpu {
 
     /// Thread body: installs the vCPU seccomp filter, runs, reports the outcome on
     /// `events` and wakes the VMM loop through `wake`.
-    pub fn thread_main(mut self, stop: Arc<AtomicBool>, seccomp_on: bool, events: Sender<VcpuEvent>, wake: EventFd) {
+    pub fn thread_main(mut self, control: Arc<VcpuControl>, seccomp_on: bool, events: Sender<VcpuEvent>, wake: EventFd) {
         let outcome = match seccomp::install(ThreadKind::Vcpu, seccomp_on) {
-            Ok(()) => self.run(&stop),
+            Ok(()) => self.run(&control),
             Err(e) => VcpuOutcome::Failed(VcpuError::Setup { index: self.index, reason: e.to_string() }),
         };
         tracing::debug!("vCPU {} ended: {outcome:?}", self.index);
@@ -260,6 +347,31 @@ impl Vcpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pause_parks_until_resume_and_stop_releases() {
+        let control = Arc::new(VcpuControl::default());
+        control.request_pause();
+        let c = control.clone();
+        let parked = std::thread::spawn(move || {
+            c.park_if_paused();
+            c.stop_requested()
+        });
+        assert!(control.wait_parked(1, std::time::Duration::from_secs(5)), "the thread parked");
+        assert_eq!(control.parked(), 1);
+        control.resume();
+        assert!(!parked.join().expect("join"), "resumed, not stopped");
+        control.request_pause();
+        let c = control.clone();
+        let stopped = std::thread::spawn(move || {
+            c.park_if_paused();
+            c.stop_requested()
+        });
+        assert!(control.wait_parked(1, std::time::Duration::from_secs(5)));
+        control.request_stop();
+        assert!(stopped.join().expect("join"), "a stop releases a parked vCPU");
+        assert!(!control.wait_parked(2, std::time::Duration::from_millis(10)));
+    }
 
     #[test]
     fn internal_error_suberrors_have_names() {

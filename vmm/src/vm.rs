@@ -9,9 +9,8 @@
 use crate::devices::boot_timer::{BootTime, BootTimeRecord};
 use crate::devices::serial::SerialDevice;
 use crate::seccomp::{self, ThreadKind};
-use crate::vcpu::{VcpuError, VcpuEvent, VcpuOutcome};
+use crate::vcpu::{VcpuControl, VcpuError, VcpuEvent, VcpuOutcome};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -43,6 +42,11 @@ impl VmOutcome {
         matches!(self, VmOutcome::Poweroff | VmOutcome::Reboot | VmOutcome::Halted)
     }
 }
+
+/// A pause that could not be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot pause the VM: {0}")]
+pub struct PauseError(pub String);
 
 /// Asks a running VM to stop; cheap to clone, usable from a signal-safe context via its fd.
 #[derive(Debug)]
@@ -81,7 +85,9 @@ pub(crate) struct VmmLoop {
     pub vcpu_wake: EventFd,
     pub reset_evt: EventFd,
     pub stop_evt: EventFd,
-    pub stop_flag: Arc<AtomicBool>,
+    pub control: Arc<VcpuControl>,
+    /// Written by [`RunningVm::pause`]: the loop kicks the vCPUs until they park.
+    pub pause_evt: EventFd,
     pub console_input: Option<Arc<Mutex<SerialDevice>>>,
     pub seccomp: bool,
     /// Device event handlers.
@@ -95,6 +101,9 @@ pub(crate) struct VmmLoop {
 pub struct RunningVm {
     vmm_thread: JoinHandle<VmOutcome>,
     stop_evt: EventFd,
+    pause_evt: EventFd,
+    control: Arc<VcpuControl>,
+    vcpu_count: usize,
     boot_time: BootTimeRecord,
     started: Instant,
 }
@@ -108,14 +117,40 @@ const TOKEN_VCPU: u64 = 1;
 const TOKEN_RESET: u64 = 2;
 const TOKEN_STOP: u64 = 3;
 const TOKEN_STDIN: u64 = 4;
+const TOKEN_PAUSE: u64 = 5;
 /// Tokens from here on are device event handlers, by index.
 const TOKEN_HANDLER_BASE: u64 = 16;
 
 impl RunningVm {
     pub(crate) fn start(vmm: VmmLoop, boot_time: BootTimeRecord) -> std::io::Result<RunningVm> {
         let stop_evt = vmm.stop_evt.try_clone()?;
+        let pause_evt = vmm.pause_evt.try_clone()?;
+        let control = vmm.control.clone();
+        let vcpu_count = vmm.vcpu_threads.len();
         let vmm_thread = std::thread::Builder::new().name("zvm_vmm".into()).spawn(move || vmm.run())?;
-        Ok(RunningVm { vmm_thread, stop_evt, boot_time, started: Instant::now() })
+        Ok(RunningVm { vmm_thread, stop_evt, pause_evt, control, vcpu_count, started: Instant::now(), boot_time })
+    }
+
+    /// Pauses every vCPU; returns once all are parked. Errors if the VM is ending or the
+    /// vCPUs did not park within a few seconds (the VM keeps running then).
+    pub fn pause(&self) -> Result<(), PauseError> {
+        self.control.request_pause();
+        self.pause_evt.write(1).map_err(|e| PauseError(format!("cannot reach the VMM thread: {e}")))?;
+        if self.control.wait_parked(self.vcpu_count, Duration::from_secs(5)) {
+            return Ok(());
+        }
+        self.control.resume();
+        Err(PauseError("the vCPUs did not pause in time".into()))
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) {
+        self.control.resume();
+    }
+
+    /// Whether the vCPUs are paused (or being paused).
+    pub fn is_paused(&self) -> bool {
+        self.control.pause_requested()
     }
 
     /// A handle that stops this VM from another thread.
@@ -166,6 +201,7 @@ impl VmmLoop {
         add(self.vcpu_wake.as_raw_fd(), TOKEN_VCPU)?;
         add(self.reset_evt.as_raw_fd(), TOKEN_RESET)?;
         add(self.stop_evt.as_raw_fd(), TOKEN_STOP)?;
+        add(self.pause_evt.as_raw_fd(), TOKEN_PAUSE)?;
         let mut stdin_open = self.console_input.is_some() && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
         for (index, handler) in self.handlers.iter().enumerate() {
             add(handler.evt.as_raw_fd(), TOKEN_HANDLER_BASE + index as u64)?;
@@ -199,6 +235,10 @@ impl VmmLoop {
                     }
                     TOKEN_RESET => return Ok(VmOutcome::Reboot),
                     TOKEN_STOP => return Ok(VmOutcome::Stopped),
+                    TOKEN_PAUSE => {
+                        let _ = self.pause_evt.read();
+                        self.kick_until_parked();
+                    }
                     TOKEN_STDIN if stdin_open => {
                         if !self.forward_stdin() {
                             stdin_open = false;
@@ -235,10 +275,23 @@ impl VmmLoop {
         true
     }
 
+    /// Kicks the running vCPUs out of KVM_RUN until all of them parked for a pause (or a
+    /// deadline passes; the pause then fails and is withdrawn by its requester).
+    fn kick_until_parked(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let live = || self.vcpu_threads.iter().filter(|t| !t.is_finished()).count();
+        while self.control.pause_requested() && self.control.parked() < live() && Instant::now() < deadline {
+            for thread in self.vcpu_threads.iter().filter(|t| !t.is_finished()) {
+                let _ = thread.kill(kick_signal());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Stops every vCPU thread: sets the flag, kicks them out of KVM_RUN until they have
     /// all ended (or a deadline passes), then joins them.
     fn stop_vcpus(&mut self) {
-        self.stop_flag.store(true, Ordering::Release);
+        self.control.request_stop();
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.vcpu_threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
             for thread in self.vcpu_threads.iter().filter(|t| !t.is_finished()) {

@@ -204,3 +204,25 @@ fn a_stop_request_ends_a_spinning_guest() {
     let (outcome, _, _) = TinyGuest::new(vec![0xeb, 0xfe]).run(Duration::from_millis(300));
     assert_eq!(outcome, VmOutcome::Stopped);
 }
+
+#[test]
+fn pause_stops_guest_progress_and_resume_restarts_it() {
+    // An endless loop printing 'p': while paused the console must not grow.
+    let code = vec![0x66, 0xba, 0xf8, 0x03, 0xb0, b'p', 0xee, 0xeb, 0xfb];
+    let (vm, console) = TinyGuest::new(code).start();
+    let len = || console.0.lock().expect("console").len();
+    std::thread::sleep(Duration::from_millis(100));
+    vm.pause().expect("pause");
+    assert!(vm.is_paused());
+    let at_pause = len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(len(), at_pause, "no guest progress while paused");
+    vm.resume();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while len() == at_pause && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(len() > at_pause, "the guest runs again after resume");
+    vm.stop_handle().expect("stop").request_stop().expect("stop");
+    assert_eq!(vm.wait(), VmOutcome::Stopped);
+}
