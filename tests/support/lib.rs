@@ -3,15 +3,10 @@
 //! runner that captures the console and enforces a time limit.
 
 use initramfs::Entry;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use vmm::builder::BuildOptions;
-use vmm::devices::boot_timer::BootTime;
-use vmm::devices::serial::ConsoleSink;
-use vmm::{VmOutcome, VmResources};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -82,77 +77,6 @@ pub fn busybox_initramfs(script: &str) -> PathBuf {
     let path = scratch_dir().join("busybox-initramfs.cpio");
     std::fs::write(&path, initramfs::pack_uncompressed(&entries).expect("pack")).expect("write");
     path
-}
-
-/// A console sink that keeps everything the guest printed.
-#[derive(Clone, Default)]
-pub struct CapturedConsole(Arc<Mutex<Vec<u8>>>);
-
-impl Write for CapturedConsole {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl CapturedConsole {
-    /// The console output so far.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
-    }
-}
-
-/// What a boot produced.
-#[derive(Debug)]
-pub struct Boot {
-    /// How the VM ended.
-    pub outcome: VmOutcome,
-    /// Everything on the serial console.
-    pub console: String,
-    /// The boot-timer report, if the guest wrote it.
-    pub boot_time: Option<BootTime>,
-    /// Wall time of the whole run.
-    pub elapsed: Duration,
-}
-
-impl Boot {
-    /// Asserts the console contains `needle`, showing the console tail otherwise.
-    pub fn expect_console(&self, needle: &str) {
-        assert!(self.console.contains(needle), "console lacks {needle:?}; outcome {:?}; console tail:\n{}", self.outcome, tail(&self.console));
-    }
-}
-
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// Boots `resources` with the console captured, stopping the VM after `limit`. Uses the
-/// same steps as `build_microvm`, with the console going to memory.
-pub fn boot(resources: &VmResources, limit: Duration) -> Boot {
-    let start = Instant::now();
-    let console = CapturedConsole::default();
-    let sink = ConsoleSink::Writer(Box::new(console.clone()));
-    let vm = vmm::builder::build_microvm_with_console(resources, BuildOptions::default(), sink, false).expect("start VM");
-    let stop = vm.stop_handle().expect("stop handle");
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let done_flag = done.clone();
-    std::thread::spawn(move || {
-        let until = Instant::now() + limit;
-        while Instant::now() < until {
-            if done_flag.load(std::sync::atomic::Ordering::Relaxed) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let _ = stop.request_stop();
-    });
-    let (outcome, boot_time) = vm.wait_with_boot_time();
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    Boot { outcome, console: console.text(), boot_time, elapsed: start.elapsed() }
 }
 
 /// The `zvm` binary of this build (`cargo test --workspace` builds it for zvm's own CLI
@@ -245,4 +169,39 @@ pub fn read_from_ext4(image: &Path, name: &str) -> String {
         .output()
         .expect("debugfs");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A minimal HTTP/1.1 client over a Unix socket, for driving `zvm --api-sock`.
+pub mod api_client {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    /// Waits until `path` accepts connections (or panics after `limit`).
+    pub fn wait_for_socket(path: &Path, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while UnixStream::connect(path).is_err() {
+            assert!(Instant::now() < deadline, "{} never accepted a connection", path.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends one request on a fresh connection; returns (status, body).
+    pub fn request(path: &Path, method: &str, uri: &str, body: Option<&str>) -> (u16, String) {
+        let mut stream = UnixStream::connect(path).expect("connect to the API socket");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let body = body.unwrap_or("");
+        let req = format!(
+            "{method} {uri} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(req.as_bytes()).expect("send");
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
 }

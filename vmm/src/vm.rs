@@ -48,6 +48,38 @@ impl VmOutcome {
 #[error("cannot pause the VM: {0}")]
 pub struct PauseError(pub String);
 
+/// Pauses and resumes a running VM's vCPUs from any thread.
+#[derive(Debug)]
+pub struct PauseHandle {
+    control: Arc<VcpuControl>,
+    pause_evt: EventFd,
+    vcpu_count: usize,
+}
+
+impl PauseHandle {
+    /// Pauses every vCPU; returns once all are parked. Errors if the VM is ending or the
+    /// vCPUs did not park within a few seconds (the VM keeps running then).
+    pub fn pause(&self) -> Result<(), PauseError> {
+        self.control.request_pause();
+        self.pause_evt.write(1).map_err(|e| PauseError(format!("cannot reach the VMM thread: {e}")))?;
+        if self.control.wait_parked(self.vcpu_count, Duration::from_secs(5)) {
+            return Ok(());
+        }
+        self.control.resume();
+        Err(PauseError("the vCPUs did not pause in time".into()))
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) {
+        self.control.resume();
+    }
+
+    /// Whether the vCPUs are paused (or being paused).
+    pub fn is_paused(&self) -> bool {
+        self.control.pause_requested()
+    }
+}
+
 /// Asks a running VM to stop; cheap to clone, usable from a signal-safe context via its fd.
 #[derive(Debug)]
 pub struct StopHandle(EventFd);
@@ -131,16 +163,14 @@ impl RunningVm {
         Ok(RunningVm { vmm_thread, stop_evt, pause_evt, control, vcpu_count, started: Instant::now(), boot_time })
     }
 
-    /// Pauses every vCPU; returns once all are parked. Errors if the VM is ending or the
-    /// vCPUs did not park within a few seconds (the VM keeps running then).
+    /// A handle that pauses and resumes this VM's vCPUs from another thread.
+    pub fn pause_handle(&self) -> std::io::Result<PauseHandle> {
+        Ok(PauseHandle { control: self.control.clone(), pause_evt: self.pause_evt.try_clone()?, vcpu_count: self.vcpu_count })
+    }
+
+    /// Pauses every vCPU; see [`PauseHandle::pause`].
     pub fn pause(&self) -> Result<(), PauseError> {
-        self.control.request_pause();
-        self.pause_evt.write(1).map_err(|e| PauseError(format!("cannot reach the VMM thread: {e}")))?;
-        if self.control.wait_parked(self.vcpu_count, Duration::from_secs(5)) {
-            return Ok(());
-        }
-        self.control.resume();
-        Err(PauseError("the vCPUs did not pause in time".into()))
+        self.pause_handle().map_err(|e| PauseError(e.to_string()))?.pause()
     }
 
     /// Lets paused vCPUs run again.

@@ -1,5 +1,6 @@
 //! `zvm`: run micro-VMs from the command line.
 
+mod api;
 mod kernel;
 mod run;
 mod specs;
@@ -18,8 +19,24 @@ struct Cli {
     /// Log level for zvm's own messages (error, warn, info, debug, trace).
     #[arg(long, global = true, default_value = "info", env = "ZVM_LOG")]
     log_level: String,
+    /// Serve Firecracker's REST API on this Unix socket and run one VM, configured through
+    /// it (`PUT /boot-source`, `/machine-config`, `/drives/{id}`, ..., `PUT /actions`).
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<std::path::PathBuf>,
+    /// Configure the VM from a Firecracker-style JSON file and boot it at once.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<std::path::PathBuf>,
+    /// With --config-file: serve no API.
+    #[arg(long, requires = "config_file", conflicts_with = "api_sock")]
+    no_api: bool,
+    /// Instance id reported by `GET /`.
+    #[arg(long, default_value = "anonymous-instance")]
+    id: String,
+    /// In API/config-file mode: seccomp filters on zvm's threads (on, or off to debug).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    seccomp_level: String,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,16 +80,22 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .without_time()
-        .init();
-    match cli.command {
+    let set_log_level = init_logging(&cli.log_level);
+    let Some(command) = cli.command else {
+        if cli.api_sock.is_none() && cli.config_file.is_none() {
+            eprintln!("zvm: give a command (see zvm --help), or --api-sock PATH / --config-file FILE");
+            return ExitCode::from(2);
+        }
+        let args = api::VmmModeArgs {
+            api_sock: cli.api_sock,
+            config_file: cli.config_file,
+            id: cli.id,
+            seccomp: cli.seccomp_level == "on",
+            set_log_level,
+        };
+        return api::serve(args, process_start);
+    };
+    match command {
         Command::Run(args) => run::run(args, process_start),
         Command::Doctor => {
             print!("{}", vmm::host::HostReport::probe().render());
@@ -94,4 +117,23 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Sets up logging to stderr at `level`; returns the function that changes the level later.
+fn init_logging(level: &str) -> api::SetLogLevel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt_layer = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time();
+    tracing_subscriber::registry().with(filter).with(fmt_layer).init();
+    Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log level '{level}': {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }

@@ -91,7 +91,7 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
     }
 }
 
-fn install_stop_signals(fd: i32) {
+pub(crate) fn install_stop_signals(fd: i32) {
     STOP_FD.store(fd, Ordering::Relaxed);
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: installing a handler that only performs an async-signal-safe write.
@@ -131,6 +131,12 @@ pub fn run(args: RunArgs, process_start: Instant) -> ExitCode {
     }
     let (outcome, boot_time) = vm.wait_with_boot_time();
     drop(raw);
+    report_outcome(&outcome, boot_time)
+}
+
+/// Prints how the VM ended (and the guest's boot time) and maps it to zvm's exit code:
+/// 0 when the guest ended the VM, 130 when stopped by a signal, 1 on failure.
+pub(crate) fn report_outcome(outcome: &VmOutcome, boot_time: Option<vmm::devices::boot_timer::BootTime>) -> ExitCode {
     if let Some(t) = boot_time {
         eprintln!(
             "zvm: guest reached userspace {:.1} ms after process start ({:.1} ms after VM build start)",

@@ -1,0 +1,287 @@
+//! zvm as a Firecracker-style VMM process: `zvm --api-sock PATH` serves the REST API on a
+//! Unix socket; `zvm --config-file vm.json [--no-api]` configures (and boots) from a file.
+//!
+//! The API thread (`zvm_api`, seccomp-filtered) only parses requests; each one is handed
+//! over a channel to this process's main thread, which owns the configuration and the VM
+//! and answers. When the VM ends, the process exits with `zvm run`'s exit codes.
+
+mod config_file;
+mod metrics;
+mod state;
+
+use crate::run::{install_stop_signals, report_outcome};
+use api_server::model::{ActionType, InstanceInfo, InstanceState, LogLevel, VmState};
+use api_server::{ApiRequest, ApiResponse, ApiServer, ApiServerConfig, ControllerError, StatusCode, VmmController};
+use metrics::Metrics;
+use state::PendingConfig;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::time::{Duration, Instant};
+use vmm::builder::BuildOptions;
+use vmm::devices::boot_timer::BootTime;
+use vmm::vm::{PauseHandle, StopHandle};
+use vmm::VmOutcome;
+
+/// How the process changes its own log level (`PUT /logger`).
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String>>;
+
+/// Options of VMM mode.
+pub struct VmmModeArgs {
+    /// Socket to serve the API on (none with `--no-api`).
+    pub api_sock: Option<PathBuf>,
+    /// Configuration file to apply, then boot.
+    pub config_file: Option<PathBuf>,
+    /// Instance id reported by `GET /`.
+    pub id: String,
+    /// Seccomp on zvm's threads.
+    pub seccomp: bool,
+    /// Changes the log level.
+    pub set_log_level: SetLogLevel,
+}
+
+enum Message {
+    Api(ApiRequest, SyncSender<Result<ApiResponse, ControllerError>>),
+    VmEnded(VmOutcome, Option<BootTime>),
+}
+
+/// The API thread's side: forwards each request to the main thread and waits.
+struct Bridge(Sender<Message>);
+
+impl VmmController for Bridge {
+    fn handle(&mut self, request: ApiRequest) -> Result<ApiResponse, ControllerError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let gone = || ControllerError::with_status(StatusCode::INTERNAL_SERVER_ERROR, "the VMM is shutting down");
+        self.0.send(Message::Api(request, tx)).map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())?
+    }
+}
+
+struct Running {
+    pause: PauseHandle,
+    _stop: StopHandle,
+}
+
+struct Monitor {
+    id: String,
+    seccomp: bool,
+    config: PendingConfig,
+    running: Option<Running>,
+    metrics: Metrics,
+    set_log_level: SetLogLevel,
+    process_start: Instant,
+    events: Sender<Message>,
+}
+
+fn refuse(message: impl Into<String>) -> ControllerError {
+    ControllerError::new(message)
+}
+
+impl Monitor {
+    fn state(&self) -> InstanceState {
+        match &self.running {
+            None => InstanceState::NotStarted,
+            Some(r) if r.pause.is_paused() => InstanceState::Paused,
+            Some(_) => InstanceState::Running,
+        }
+    }
+
+    fn before_boot(&self, what: &str) -> Result<(), ControllerError> {
+        match self.running {
+            None => Ok(()),
+            Some(_) => Err(refuse(format!("{what} is not allowed after InstanceStart"))),
+        }
+    }
+
+    fn handle(&mut self, request: ApiRequest) -> Result<ApiResponse, ControllerError> {
+        self.metrics.requests += 1;
+        let json = |v: serde_json::Value| Ok(ApiResponse::Json(v));
+        match request {
+            ApiRequest::GetInstanceInfo => {
+                let info = InstanceInfo { id: self.id.clone(), state: self.state(), vmm_version: env!("CARGO_PKG_VERSION").into(), app_name: "zvm".into() };
+                json(serde_json::to_value(info).unwrap_or_default())
+            }
+            ApiRequest::GetVmConfig => json(self.config.to_json()),
+            ApiRequest::GetMachineConfig => json(serde_json::to_value(&self.config.machine).unwrap_or_default()),
+            ApiRequest::PutBootSource(b) => {
+                self.before_boot("PUT /boot-source")?;
+                state::check_readable("kernel", &b.kernel_image_path)?;
+                if let Some(initrd) = &b.initrd_path {
+                    state::check_readable("initrd", initrd)?;
+                }
+                self.config.boot_source = Some(b);
+                Ok(ApiResponse::Empty)
+            }
+            ApiRequest::PutMachineConfig(m) => {
+                self.before_boot("PUT /machine-config")?;
+                self.config.put_machine(m).map(|()| ApiResponse::Empty)
+            }
+            ApiRequest::PatchMachineConfig(u) => {
+                self.before_boot("PATCH /machine-config")?;
+                self.config.patch_machine(u).map(|()| ApiResponse::Empty)
+            }
+            ApiRequest::PutDrive(d) => {
+                self.before_boot("PUT /drives")?;
+                self.config.put_drive(d).map(|()| ApiResponse::Empty)
+            }
+            ApiRequest::PatchDrive(u) => {
+                self.before_boot("PATCH /drives (hot swapping a backing file)")?;
+                self.config.patch_drive(u).map(|()| ApiResponse::Empty)
+            }
+            ApiRequest::PutEntropy(e) => {
+                self.before_boot("PUT /entropy")?;
+                if e.rate_limiter.is_some() {
+                    return Err(refuse("entropy rate limiters are not supported yet"));
+                }
+                self.config.entropy = true;
+                Ok(ApiResponse::Empty)
+            }
+            ApiRequest::PutNetworkInterface(_) | ApiRequest::PatchNetworkInterface(_) => {
+                Err(refuse("network interfaces are not supported by this zvm build yet"))
+            }
+            ApiRequest::PutVsock(_) => Err(refuse("vsock is not supported by this zvm build yet")),
+            ApiRequest::PutLogger(l) => self.put_logger(l),
+            ApiRequest::PutMetrics(m) => {
+                self.metrics.set_path(PathBuf::from(m.metrics_path)).map_err(refuse)?;
+                Ok(ApiResponse::Empty)
+            }
+            ApiRequest::Action(ActionType::InstanceStart) => self.start(),
+            ApiRequest::Action(ActionType::FlushMetrics) => {
+                self.metrics.flush(self.state()).map_err(refuse)?;
+                Ok(ApiResponse::Empty)
+            }
+            ApiRequest::Action(ActionType::SendCtrlAltDel) => {
+                Err(refuse("SendCtrlAltDel is not supported yet: zvm's i8042 has no keyboard; reboot the guest from inside"))
+            }
+            ApiRequest::PatchVm(state) => self.patch_vm(state),
+        }
+    }
+
+    fn put_logger(&mut self, l: api_server::model::Logger) -> Result<ApiResponse, ControllerError> {
+        if l.log_path.is_some() || l.module.is_some() {
+            return Err(refuse("zvm logs to its standard error; log_path and module are not supported"));
+        }
+        if let Some(level) = l.level {
+            let filter = match level {
+                LogLevel::Error => "error",
+                LogLevel::Warning => "warn",
+                LogLevel::Info => "info",
+                LogLevel::Debug => "debug",
+                LogLevel::Trace => "trace",
+                LogLevel::Off => "off",
+            };
+            (self.set_log_level)(filter).map_err(refuse)?;
+        }
+        Ok(ApiResponse::Empty)
+    }
+
+    fn start(&mut self) -> Result<ApiResponse, ControllerError> {
+        self.before_boot("InstanceStart")?;
+        let mut resources = self.config.to_resources()?;
+        resources.seccomp = self.seccomp;
+        let opts = BuildOptions { process_start: self.process_start, irqchip: true };
+        let vm = vmm::build_microvm(&resources, opts).map_err(|e| refuse(format!("cannot start the VM: {e}")))?;
+        let internal = |e: std::io::Error| ControllerError::with_status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        let pause = vm.pause_handle().map_err(internal)?;
+        let stop = vm.stop_handle().map_err(internal)?;
+        install_stop_signals(stop.raw_fd());
+        let events = self.events.clone();
+        std::thread::Builder::new()
+            .name("zvm_wait".into())
+            .spawn(move || {
+                let (outcome, boot_time) = vm.wait_with_boot_time();
+                let _ = events.send(Message::VmEnded(outcome, boot_time));
+            })
+            .map_err(internal)?;
+        self.running = Some(Running { pause, _stop: stop });
+        self.metrics.started = Some(Instant::now());
+        Ok(ApiResponse::Empty)
+    }
+
+    fn patch_vm(&mut self, state: VmState) -> Result<ApiResponse, ControllerError> {
+        let running = self.running.as_ref().ok_or_else(|| refuse("the VM is not started yet"))?;
+        match state {
+            VmState::Paused => running.pause.pause().map_err(|e| refuse(e.to_string()))?,
+            VmState::Resumed => running.pause.resume(),
+        }
+        Ok(ApiResponse::Empty)
+    }
+}
+
+/// Runs VMM mode until the VM ends (or, without a VM, until the process is signalled).
+pub fn serve(args: VmmModeArgs, process_start: Instant) -> ExitCode {
+    let (tx, rx): (Sender<Message>, Receiver<Message>) = mpsc::channel();
+    let mut monitor = Monitor {
+        id: args.id,
+        seccomp: args.seccomp,
+        config: PendingConfig::default(),
+        running: None,
+        metrics: Metrics::default(),
+        set_log_level: args.set_log_level,
+        process_start,
+        events: tx.clone(),
+    };
+    if let Some(path) = &args.config_file {
+        let requests = match config_file::requests_from_file(path) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("zvm: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        for request in requests {
+            if let Err(e) = monitor.handle(request) {
+                eprintln!("zvm: config file {}: {}", path.display(), e.message);
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let server = match &args.api_sock {
+        Some(sock) => {
+            let mut config = ApiServerConfig::new(sock);
+            config.seccomp = args.seccomp;
+            match ApiServer::start(config, Bridge(tx.clone())) {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    eprintln!("zvm: cannot serve the API on {}: {e}", sock.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => None,
+    };
+    drop(tx);
+    let code = main_loop(&mut monitor, &rx);
+    if let Some(server) = server {
+        let _ = server.stop();
+    }
+    code
+}
+
+fn main_loop(monitor: &mut Monitor, rx: &Receiver<Message>) -> ExitCode {
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Message::Api(request, reply)) => {
+                let answer = monitor.handle(request);
+                let _ = reply.send(answer);
+            }
+            Ok(Message::VmEnded(outcome, boot_time)) => {
+                monitor.metrics.boot_time = boot_time;
+                monitor.running = None;
+                if let Err(e) = monitor.metrics.flush(InstanceState::NotStarted) {
+                    tracing::warn!("final metrics flush failed: {e}");
+                }
+                return report_outcome(&outcome, boot_time);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = monitor.metrics.flush(monitor.state()) {
+                    tracing::warn!("periodic metrics flush failed: {e}");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                eprintln!("zvm: nothing to do: no API socket and no VM");
+                return ExitCode::from(2);
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The pre-boot configuration the API and config files build up, and its translation into
+//! one validated [`VmResources`] for `build_microvm`.
+
+use api_server::model::{self, BootSource, Drive, DriveUpdate, MachineConfig, MachineConfigUpdate};
+use api_server::ControllerError;
+use std::path::PathBuf;
+use vmm::resources::{self, DriveConfig, EntropyConfig};
+use vmm::VmResources;
+
+/// What a client configured before `InstanceStart`, in Firecracker's vocabulary.
+#[derive(Debug, Clone)]
+pub struct PendingConfig {
+    /// `PUT /boot-source`.
+    pub boot_source: Option<BootSource>,
+    /// `PUT|PATCH /machine-config`.
+    pub machine: MachineConfig,
+    /// `PUT /drives/{id}`, in the order first put.
+    pub drives: Vec<Drive>,
+    /// `PUT /entropy`.
+    pub entropy: bool,
+}
+
+impl Default for PendingConfig {
+    fn default() -> Self {
+        PendingConfig {
+            boot_source: None,
+            machine: MachineConfig { vcpu_count: 1, mem_size_mib: 128, smt: false, track_dirty_pages: false, cpu_template: None, huge_pages: None },
+            drives: Vec::new(),
+            entropy: false,
+        }
+    }
+}
+
+fn refuse(message: impl Into<String>) -> ControllerError {
+    ControllerError::new(message)
+}
+
+impl PendingConfig {
+    /// `PUT /machine-config`: settings zvm does not have are refused, not ignored.
+    pub fn put_machine(&mut self, m: MachineConfig) -> Result<(), ControllerError> {
+        check_machine(&m)?;
+        self.machine = m;
+        Ok(())
+    }
+
+    /// `PATCH /machine-config`.
+    pub fn patch_machine(&mut self, u: MachineConfigUpdate) -> Result<(), ControllerError> {
+        let mut m = self.machine.clone();
+        if let Some(v) = u.vcpu_count {
+            m.vcpu_count = v;
+        }
+        if let Some(v) = u.mem_size_mib {
+            m.mem_size_mib = v;
+        }
+        if let Some(v) = u.smt {
+            m.smt = v;
+        }
+        if let Some(v) = u.track_dirty_pages {
+            m.track_dirty_pages = v;
+        }
+        if u.cpu_template.is_some() {
+            m.cpu_template = u.cpu_template;
+        }
+        self.put_machine(m)
+    }
+
+    /// `PUT /drives/{id}`: adds or replaces the drive with that id.
+    pub fn put_drive(&mut self, d: Drive) -> Result<(), ControllerError> {
+        if d.partuuid.is_some() {
+            return Err(refuse("partuuid is not supported; zvm boots root=/dev/vda from the root device"));
+        }
+        if d.rate_limiter.is_some() {
+            return Err(refuse("drive rate limiters are not supported yet"));
+        }
+        match self.drives.iter_mut().find(|x| x.drive_id == d.drive_id) {
+            Some(existing) => *existing = d,
+            None => self.drives.push(d),
+        }
+        Ok(())
+    }
+
+    /// `PATCH /drives/{id}` before boot.
+    pub fn patch_drive(&mut self, u: DriveUpdate) -> Result<(), ControllerError> {
+        let drive = self
+            .drives
+            .iter_mut()
+            .find(|x| x.drive_id == u.drive_id)
+            .ok_or_else(|| refuse(format!("no drive '{}' to update", u.drive_id)))?;
+        if u.rate_limiter.is_some() {
+            return Err(refuse("drive rate limiters are not supported yet"));
+        }
+        if let Some(path) = u.path_on_host {
+            drive.path_on_host = path;
+        }
+        Ok(())
+    }
+
+    /// The configuration as `GET /vm/config` shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let full = model::FullVmConfig {
+            boot_source: self.boot_source.clone(),
+            drives: self.drives.clone(),
+            machine_config: Some(self.machine.clone()),
+            ..Default::default()
+        };
+        let mut value = serde_json::to_value(full).unwrap_or(serde_json::Value::Null);
+        if let Some(map) = value.as_object_mut() {
+            if self.entropy {
+                map.insert("entropy".into(), serde_json::json!({}));
+            }
+        }
+        value
+    }
+
+    /// The validated resources to build, with the console on stdio.
+    pub fn to_resources(&self) -> Result<VmResources, ControllerError> {
+        let boot = self.boot_source.as_ref().ok_or_else(|| refuse("InstanceStart needs a boot source: PUT /boot-source first"))?;
+        let mut r = VmResources::new(PathBuf::from(&boot.kernel_image_path));
+        r.boot_source.boot_args = boot.boot_args.clone();
+        r.boot_source.initrd_path = boot.initrd_path.as_ref().map(PathBuf::from);
+        r.machine_config.vcpu_count = self.machine.vcpu_count;
+        r.machine_config.mem_size_mib = self.machine.mem_size_mib;
+        r.drives = self
+            .drives
+            .iter()
+            .map(|d| DriveConfig {
+                drive_id: d.drive_id.clone(),
+                path_on_host: PathBuf::from(&d.path_on_host),
+                is_root_device: d.is_root_device,
+                is_read_only: d.is_read_only,
+            })
+            .collect();
+        r.entropy = self.entropy.then(EntropyConfig::default);
+        r.validate().map_err(|e| refuse(e.to_string()))?;
+        Ok(r)
+    }
+}
+
+/// Refuses a path that is not a readable regular file, as Firecracker does at PUT time.
+pub fn check_readable(what: &str, path: &str) -> Result<(), ControllerError> {
+    match std::fs::File::open(path).and_then(|f| f.metadata()) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(refuse(format!("{what} '{path}' is not a regular file"))),
+        Err(e) => Err(refuse(format!("{what} '{path}' cannot be read: {e}"))),
+    }
+}
+
+fn check_machine(m: &MachineConfig) -> Result<(), ControllerError> {
+    if m.smt {
+        return Err(refuse("smt is not supported: zvm gives each vCPU its own core"));
+    }
+    if m.huge_pages.is_some_and(|h| h != model::HugePages::None) {
+        return Err(refuse("huge pages are not supported yet"));
+    }
+    if m.cpu_template.is_some_and(|t| t != model::CpuTemplate::None) {
+        return Err(refuse("Firecracker's CPU templates are not supported; zvm picks its own (none, or pvm on KVM PVM hosts)"));
+    }
+    if m.vcpu_count == 0 || m.vcpu_count > resources::MAX_VCPUS {
+        return Err(refuse(format!("vcpu_count must be 1..={}", resources::MAX_VCPUS)));
+    }
+    if m.mem_size_mib < resources::MIN_MEM_MIB {
+        return Err(refuse(format!("mem_size_mib must be at least {}", resources::MIN_MEM_MIB)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drive(id: &str, path: &str) -> Drive {
+        serde_json::from_value(serde_json::json!({"drive_id": id, "path_on_host": path, "is_root_device": false})).expect("drive")
+    }
+
+    #[test]
+    fn start_needs_a_boot_source_and_valid_files() {
+        let mut c = PendingConfig::default();
+        assert!(c.to_resources().expect_err("no boot source").message.contains("PUT /boot-source"));
+        c.boot_source = Some(BootSource { kernel_image_path: "/nonexistent/vmlinux".into(), boot_args: None, initrd_path: None });
+        assert!(c.to_resources().expect_err("missing kernel").message.contains("cannot be read"));
+    }
+
+    #[test]
+    fn unsupported_machine_settings_are_refused() {
+        let mut c = PendingConfig::default();
+        let mut m = c.machine.clone();
+        m.smt = true;
+        assert!(c.put_machine(m).is_err());
+        let patch = MachineConfigUpdate { vcpu_count: Some(0), ..Default::default() };
+        assert!(c.patch_machine(patch).is_err());
+        let patch = MachineConfigUpdate { mem_size_mib: Some(512), vcpu_count: Some(2), ..Default::default() };
+        c.patch_machine(patch).expect("valid patch");
+        assert_eq!((c.machine.vcpu_count, c.machine.mem_size_mib), (2, 512));
+    }
+
+    #[test]
+    fn drives_are_replaced_by_id_and_patched() {
+        let mut c = PendingConfig::default();
+        c.put_drive(drive("a", "/one")).expect("put");
+        c.put_drive(drive("b", "/two")).expect("put");
+        c.put_drive(drive("a", "/three")).expect("replace");
+        assert_eq!(c.drives.iter().map(|d| d.path_on_host.as_str()).collect::<Vec<_>>(), ["/three", "/two"]);
+        c.patch_drive(DriveUpdate { drive_id: "b".into(), path_on_host: Some("/four".into()), rate_limiter: None }).expect("patch");
+        assert_eq!(c.drives[1].path_on_host, "/four");
+        assert!(c.patch_drive(DriveUpdate { drive_id: "zz".into(), path_on_host: None, rate_limiter: None }).is_err());
+        let json = c.to_json();
+        assert_eq!(json["drives"][0]["drive_id"], "a");
+        assert_eq!(json["machine-config"]["vcpu_count"], 1);
+    }
+}
