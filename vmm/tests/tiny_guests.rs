@@ -1,8 +1,9 @@
 //! Tiny hand-assembled guests run through zvm's real VM builder, buses and vCPU loop.
 //! Each runs in milliseconds, even on hosts where a Linux boot takes a minute.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::Console;
 use std::time::Duration;
 use vmm::builder::{BuildOptions, MicrovmBuilder};
 use vmm::devices::serial::ConsoleSink;
@@ -25,24 +26,7 @@ fn print(text: &[u8]) -> Vec<u8> {
 /// Reboot through the i8042: `mov al, 0xfe; out 0x64, al`, then `hlt`.
 const RESET: [u8; 5] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4];
 
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
 
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("console").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Console {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("console")).into_owned()
-    }
-}
 
 struct TinyGuest {
     vcpus: u8,

@@ -2,8 +2,9 @@
 //! ioeventfds and the VMM loop, with seccomp on: register reads, feature negotiation,
 //! queue setup, DRIVER_OK, a notification, and the used ring filled by the VMM thread.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::Console;
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::builder::{BuildOptions, MicrovmBuilder};
@@ -20,18 +21,6 @@ const BUF: u64 = 0x20_3000;
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("console").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Just enough x86-64 machine code. `rcx` holds the device base, `dx` the COM1 port.
 #[derive(Default)]
