@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the guest programs as static binaries and prints the path of the init binary.
+# Builds the guest programs (init, zvm-vsock-tool) as static binaries and prints the
+# path of the init binary; the other programs land in the same directory.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 target=x86_64-unknown-linux-gnu

@@ -12,14 +12,16 @@ use crate::devices::i8042::I8042Device;
 use crate::devices::serial::{ConsoleSink, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_SLOT_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::{parse_mac, tap::Tap, Net, NetError};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevice, VirtioError};
 use crate::devices::EventFdTrigger;
 use crate::host::KvmFlavour;
 use crate::layout;
 use crate::loader::{self, LoaderError};
 use crate::memory::{create_guest_memory, MemoryError};
-use crate::resources::{ConsoleConfig, CpuTemplate, DriveConfig, ResourcesError, VmResources};
+use crate::resources::{ConsoleConfig, CpuTemplate, DriveConfig, NetConfig, ResourcesError, VmResources, VsockConfig};
 use crate::vcpu::{Vcpu, VcpuControl};
 use crate::vm::{kick_signal, EventHandler, RunningVm, VmmLoop};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -64,6 +66,17 @@ pub enum BuildError {
     /// A disk could not be opened.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// A network interface could not be set up.
+    #[error("network interface '{id}': {source}")]
+    Net {
+        /// The interface id.
+        id: String,
+        /// Cause.
+        source: NetError,
+    },
+    /// The vsock device could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// Every device IRQ is taken.
     #[error("no IRQ left for another virtio device (IRQs {first} to {last} are taken)")]
     NoFreeIrq {
@@ -272,6 +285,21 @@ impl MicrovmBuilder {
             let on_event = Box::new(move || transport.lock().unwrap_or_else(|p| p.into_inner()).process_queue(index));
             self.handlers.push(EventHandler { evt, on_event });
         }
+        let host_fd = transport.lock().unwrap_or_else(|p| p.into_inner()).host_event_fd();
+        if let Some(fd) = host_fd {
+            // The loop polls a duplicate and reads 8 bytes from it before the handler runs:
+            // that clears a timerfd and fails harmlessly on the device's epoll fd.
+            // SAFETY: dup of a descriptor the device keeps open; the result is checked.
+            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+            if dup < 0 {
+                return Err(BuildError::Io { what: "duplicate a device event fd", source: std::io::Error::last_os_error() });
+            }
+            // SAFETY: `dup` is a new descriptor owned by nobody else.
+            let evt = unsafe { <EventFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+            let transport = transport.clone();
+            let on_event = Box::new(move || transport.lock().unwrap_or_else(|p| p.into_inner()).process_host_event());
+            self.handlers.push(EventHandler { evt, on_event });
+        }
         self.device_args.push(format!("virtio_mmio.device=4K@{:#x}:{}", slot.addr, slot.irq));
         self.next_virtio_addr += MMIO_SLOT_SIZE;
         self.next_irq += 1;
@@ -281,7 +309,10 @@ impl MicrovmBuilder {
     /// A virtio-blk device for `drive`. Drives appear in the guest as `/dev/vda`,
     /// `/dev/vdb`, ... in attach order; a root device adds `root=/dev/vdX ro|rw`.
     pub fn attach_drive(&mut self, drive: &DriveConfig) -> Result<VirtioSlot, BuildError> {
-        let block = Block::open(&drive.path_on_host, drive.is_read_only, &drive.drive_id)?;
+        let mut block = Block::open(&drive.path_on_host, drive.is_read_only, &drive.drive_id)?;
+        if let Some(limit) = &drive.rate_limiter {
+            block = block.with_rate_limiter(limit)?;
+        }
         tracing::debug!("drive {}: {} sectors, read_only={}", drive.drive_id, block.capacity(), drive.is_read_only);
         let slot = self.attach_virtio_mmio(Box::new(block))?;
         if drive.is_root_device {
@@ -293,9 +324,27 @@ impl MicrovmBuilder {
         Ok(slot)
     }
 
+    /// A virtio-net device on the host tap `net.host_dev_name` (opened, or created when
+    /// it does not exist and zvm may create it; a created tap lasts as long as zvm).
+    pub fn attach_net(&mut self, net: &NetConfig) -> Result<VirtioSlot, BuildError> {
+        let err = |source: NetError| BuildError::Net { id: net.iface_id.clone(), source };
+        let mac = net.guest_mac.as_deref().map(parse_mac).transpose().map_err(err)?;
+        let tap = Tap::open(&net.host_dev_name).map_err(|e| err(e.into()))?;
+        tracing::debug!("network interface {}: tap {}", net.iface_id, tap.name());
+        let device = Net::new(&net.iface_id, Box::new(tap), mac, net.rx_rate_limiter.as_ref(), net.tx_rate_limiter.as_ref()).map_err(err)?;
+        self.attach_virtio_mmio(Box::new(device))
+    }
+
     /// A virtio-rng device.
     pub fn attach_entropy(&mut self) -> Result<VirtioSlot, BuildError> {
         self.attach_virtio_mmio(Box::new(Rng::new()))
+    }
+
+    /// A virtio-vsock device for `vsock`: listens on its `uds_path` (replacing a stale
+    /// socket there); the VMM loop polls its host sockets.
+    pub fn attach_vsock(&mut self, vsock: &VsockConfig) -> Result<VirtioSlot, BuildError> {
+        let device = Vsock::new(u64::from(vsock.guest_cid), &vsock.uds_path)?;
+        self.attach_virtio_mmio(Box::new(device))
     }
 
     /// Loads kernel, initrd and command line; writes boot info, boot tables and MP table.
@@ -440,8 +489,14 @@ pub fn build_microvm_with_console(resources: &VmResources, opts: BuildOptions, s
     for drive in resources.drives_in_attach_order() {
         builder.attach_drive(drive)?;
     }
+    for net in &resources.net {
+        builder.attach_net(net)?;
+    }
     if resources.entropy.is_some() {
         builder.attach_entropy()?;
+    }
+    if let Some(vsock) = &resources.vsock {
+        builder.attach_vsock(vsock)?;
     }
     let entry = builder.load_kernel(resources)?;
     builder.start(entry)
@@ -461,6 +516,7 @@ mod tests {
             path_on_host: disk.path().into(),
             is_root_device: root,
             is_read_only: true,
+            rate_limiter: None,
         };
         let first = b.attach_drive(&drive("data", false)).expect("drive");
         let second = b.attach_drive(&drive("root", true)).expect("drive");
@@ -484,6 +540,19 @@ mod tests {
         assert!(matches!(b.attach_entropy(), Err(BuildError::NoFreeIrq { .. })));
         let missing = DriveConfig { path_on_host: "/nonexistent/disk.img".into(), ..drive("x", false) };
         assert!(matches!(b.attach_drive(&missing), Err(BuildError::Block(_))));
+    }
+
+    #[test]
+    fn vsock_is_attached_with_its_host_event_handler() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut b = MicrovmBuilder::new(64, 1, CpuTemplate::None, true, BuildOptions::default()).expect("VM");
+        let cfg = VsockConfig { guest_cid: 3, uds_path: dir.path().join("v.sock") };
+        let slot = b.attach_vsock(&cfg).expect("vsock");
+        assert_eq!(slot, VirtioSlot { addr: 0xd000_1000, irq: 5 });
+        assert_eq!(b.handlers.len(), 4, "three queues and the host sockets");
+        assert!(dir.path().join("v.sock").exists(), "listening");
+        let bad = VsockConfig { guest_cid: 1, ..cfg };
+        assert!(matches!(b.attach_vsock(&bad), Err(BuildError::Vsock(_))));
     }
 
     #[test]

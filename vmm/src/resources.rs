@@ -3,6 +3,7 @@
 //! Every front end (the `zvm run` flags, and later a config file or the API) produces one
 //! [`VmResources`]; [`VmResources::validate`] checks it once; [`crate::build_microvm`] takes it.
 
+use crate::rate_limiter::RateLimiterConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,8 @@ pub const MAX_VCPUS: u8 = 32;
 pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 nomodule";
 /// The most drives one VM gets (each takes one of the IRQs the IOAPIC routes).
 pub const MAX_DRIVES: usize = 16;
+/// The most network interfaces one VM gets.
+pub const MAX_NET_INTERFACES: usize = 8;
 /// Command-line bytes zvm may append per virtio device (`virtio_mmio.device=4K@0x...:N`).
 const CMDLINE_BYTES_PER_DEVICE: usize = 40;
 
@@ -82,6 +85,41 @@ pub enum ResourcesError {
         count: usize,
         /// Limit.
         max: usize,
+    },
+    /// A network interface id that is empty or has characters other than ASCII letters,
+    /// digits, `_`, `-`, `.`.
+    #[error("invalid network interface id '{0}': use letters, digits, '_', '-' or '.'")]
+    BadNetId(String),
+    /// Two network interfaces with one id.
+    #[error("network interface id '{0}' is used twice")]
+    DuplicateNetId(String),
+    /// A guest MAC that does not parse.
+    #[error("invalid MAC address '{0}': use six hex bytes like 02:00:00:00:00:01")]
+    BadMac(String),
+    /// A tap name that is empty, longer than 15 bytes or has `/`, whitespace or NUL.
+    #[error("invalid tap name '{0}': 1 to 15 characters, no '/', ':' or whitespace")]
+    BadTapName(String),
+    /// Two network interfaces on one tap.
+    #[error("tap '{0}' is used by two network interfaces")]
+    DuplicateTap(String),
+    /// Too many network interfaces.
+    #[error("at most {max} network interfaces are supported ({count} given)")]
+    TooManyNetInterfaces {
+        /// Interfaces given.
+        count: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A vsock CID below 3 (0-2 are reserved).
+    #[error("invalid vsock guest_cid {0}: it must be at least 3")]
+    BadVsockCid(u32),
+    /// A vsock socket path that cannot be created.
+    #[error("vsock uds_path '{path}' {problem}")]
+    BadVsockPath {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
     },
     /// A command line longer than the kernel accepts.
     #[error("the kernel command line is {len} bytes; the limit is {max}")]
@@ -193,12 +231,47 @@ pub struct DriveConfig {
     /// The guest sees a read-only disk and zvm refuses writes.
     #[serde(default)]
     pub is_read_only: bool,
+    /// Limits on the disk's bandwidth and request rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// A virtio entropy device (Firecracker's `entropy`); it has no options yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntropyConfig {}
+
+/// A virtio-net device on a host tap (an entry of Firecracker's `network-interfaces`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Unique name of the interface.
+    pub iface_id: String,
+    /// The host tap device; created (for zvm's lifetime) if it does not exist and zvm
+    /// has CAP_NET_ADMIN.
+    pub host_dev_name: String,
+    /// The guest's MAC address (`02:00:00:00:00:01`); the guest picks one if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    /// Limits on what the guest receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits on what the guest sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// A virtio-vsock device (Firecracker's `vsock`): guest `AF_VSOCK` streams reach host Unix
+/// sockets at `uds_path` (host-initiated, with `CONNECT <port>`) and `<uds_path>_<port>`
+/// (guest-initiated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's CID (3 or more).
+    pub guest_cid: u32,
+    /// Where zvm listens; a stale socket there is replaced.
+    pub uds_path: PathBuf,
+}
 
 /// Everything needed to build one micro-VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +297,12 @@ pub struct VmResources {
     /// A virtio-rng device feeding the guest's entropy pool.
     #[serde(default)]
     pub entropy: Option<EntropyConfig>,
+    /// Network interfaces, attached in order after the drives.
+    #[serde(default, rename = "network-interfaces")]
+    pub net: Vec<NetConfig>,
+    /// A virtio-vsock device.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
 }
 
 fn default_true() -> bool {
@@ -245,6 +324,8 @@ impl VmResources {
             seccomp: true,
             drives: Vec::new(),
             entropy: None,
+            net: Vec::new(),
+            vsock: None,
         }
     }
 
@@ -278,9 +359,11 @@ impl VmResources {
             check_file("initrd", initrd)?;
         }
         self.validate_drives()?;
+        self.validate_net()?;
+        self.validate_vsock()?;
         let len = self.boot_args().len();
         // Room is kept for the parameters zvm appends for its devices.
-        let devices = self.drives.len() + usize::from(self.entropy.is_some());
+        let devices = self.drives.len() + usize::from(self.entropy.is_some()) + self.net.len() + usize::from(self.vsock.is_some());
         let max = crate::layout::CMDLINE_MAX_SIZE - 512 - devices * CMDLINE_BYTES_PER_DEVICE;
         if len > max {
             return Err(ResourcesError::CmdlineTooLong { len, max });
@@ -312,12 +395,59 @@ impl VmResources {
         Ok(())
     }
 
+    fn validate_net(&self) -> Result<(), ResourcesError> {
+        if self.net.len() > MAX_NET_INTERFACES {
+            return Err(ResourcesError::TooManyNetInterfaces { count: self.net.len(), max: MAX_NET_INTERFACES });
+        }
+        for (i, net) in self.net.iter().enumerate() {
+            let id = &net.iface_id;
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+                return Err(ResourcesError::BadNetId(id.clone()));
+            }
+            if self.net[..i].iter().any(|n| &n.iface_id == id) {
+                return Err(ResourcesError::DuplicateNetId(id.clone()));
+            }
+            let tap = &net.host_dev_name;
+            if tap.is_empty() || tap.len() > 15 || tap.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0') {
+                return Err(ResourcesError::BadTapName(tap.clone()));
+            }
+            if self.net[..i].iter().any(|n| &n.host_dev_name == tap) {
+                return Err(ResourcesError::DuplicateTap(tap.clone()));
+            }
+            if let Some(mac) = &net.guest_mac {
+                crate::devices::virtio::net::parse_mac(mac).map_err(|_| ResourcesError::BadMac(mac.clone()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The drives in the order they are attached: the root device first, then the rest
     /// as given. The n-th is `/dev/vd` + the n-th letter in the guest.
     pub fn drives_in_attach_order(&self) -> Vec<&DriveConfig> {
         let mut drives: Vec<&DriveConfig> = self.drives.iter().collect();
         drives.sort_by_key(|d| !d.is_root_device);
         drives
+    }
+}
+
+impl VmResources {
+    fn validate_vsock(&self) -> Result<(), ResourcesError> {
+        let Some(vsock) = &self.vsock else { return Ok(()) };
+        if vsock.guest_cid < 3 {
+            return Err(ResourcesError::BadVsockCid(vsock.guest_cid));
+        }
+        let bad = |problem: &str| ResourcesError::BadVsockPath { path: vsock.uds_path.clone(), problem: problem.into() };
+        if vsock.uds_path.file_name().is_none() {
+            return Err(bad("does not name a file"));
+        }
+        let dir = match vsock.uds_path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(bad("is in a directory that does not exist"));
+        }
+        Ok(())
     }
 }
 
@@ -444,7 +574,7 @@ mod tests {
     }
 
     fn drive(id: &str, path: &Path, root: bool) -> DriveConfig {
-        DriveConfig { drive_id: id.into(), path_on_host: path.into(), is_root_device: root, is_read_only: false }
+        DriveConfig { drive_id: id.into(), path_on_host: path.into(), is_root_device: root, is_read_only: false, rate_limiter: None }
     }
 
     #[test]
@@ -490,6 +620,67 @@ mod tests {
         assert!(serde_json::from_str::<VmResources>(bad).is_err());
         let bad = r#"{"boot-source":{"kernel_image_path":"/k"},"entropy":{"rate_limiter":{}}}"#;
         assert!(serde_json::from_str::<VmResources>(bad).is_err());
+    }
+
+    fn net(id: &str, tap: &str, mac: Option<&str>) -> NetConfig {
+        NetConfig { iface_id: id.into(), host_dev_name: tap.into(), guest_mac: mac.map(Into::into), rx_rate_limiter: None, tx_rate_limiter: None }
+    }
+
+    #[test]
+    fn network_interfaces_are_validated() {
+        let (_f, mut r) = with_kernel();
+        r.net = vec![net("eth0", "tap0", Some("02:00:00:00:00:01")), net("eth1", "tap-fifteen-chr", None)];
+        assert_eq!(r.validate(), Ok(()));
+        r.net[1].iface_id = "eth0".into();
+        assert_eq!(r.validate(), Err(ResourcesError::DuplicateNetId("eth0".into())));
+        r.net[1].iface_id = "eth 1".into();
+        assert_eq!(r.validate(), Err(ResourcesError::BadNetId("eth 1".into())));
+        r.net[1] = net("eth1", "tap-sixteen-chrs", None);
+        assert_eq!(r.validate(), Err(ResourcesError::BadTapName("tap-sixteen-chrs".into())));
+        r.net[1] = net("eth1", "", None);
+        assert!(matches!(r.validate(), Err(ResourcesError::BadTapName(_))));
+        r.net[1] = net("eth1", "tap0", None);
+        assert_eq!(r.validate(), Err(ResourcesError::DuplicateTap("tap0".into())));
+        r.net[1] = net("eth1", "tap1", Some("02:00:00:00:01"));
+        assert_eq!(r.validate(), Err(ResourcesError::BadMac("02:00:00:00:01".into())));
+        r.net = (0..=MAX_NET_INTERFACES).map(|i| net(&format!("e{i}"), &format!("t{i}"), None)).collect();
+        assert!(matches!(r.validate(), Err(ResourcesError::TooManyNetInterfaces { .. })));
+    }
+
+    #[test]
+    fn network_interfaces_and_rate_limiters_parse_from_json() {
+        let json = r#"{"boot-source":{"kernel_image_path":"/k"},
+            "drives":[{"drive_id":"d","path_on_host":"/d","is_root_device":false,
+                       "rate_limiter":{"bandwidth":{"size":1000,"refill_time":100}}}],
+            "network-interfaces":[{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"02:00:00:00:00:01",
+                       "rx_rate_limiter":{"ops":{"size":10,"one_time_burst":5,"refill_time":1000}}}]}"#;
+        let r: VmResources = serde_json::from_str(json).expect("valid");
+        let bw = r.drives[0].rate_limiter.and_then(|l| l.bandwidth).expect("bandwidth");
+        assert_eq!((bw.size, bw.one_time_burst, bw.refill_time), (1000, None, 100));
+        assert_eq!(r.net[0].host_dev_name, "tap0");
+        assert_eq!(r.net[0].rx_rate_limiter.and_then(|l| l.ops).and_then(|o| o.one_time_burst), Some(5));
+        assert!(r.net[0].tx_rate_limiter.is_none());
+        let back: VmResources = serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("round trip");
+        assert_eq!(back, r);
+        let bad = r#"{"boot-source":{"kernel_image_path":"/k"},"network-interfaces":[{"iface_id":"e","host_dev_name":"t","mtu":9000}]}"#;
+        assert!(serde_json::from_str::<VmResources>(bad).is_err());
+    }
+
+    #[test]
+    fn vsock_is_parsed_and_validated() {
+        let (_f, mut r) = with_kernel();
+        let dir = tempfile::tempdir().expect("dir");
+        let json = format!(r#"{{"boot-source":{{"kernel_image_path":"/k"}},"vsock":{{"guest_cid":3,"uds_path":"{}/v.sock"}}}}"#, dir.path().display());
+        let parsed: VmResources = serde_json::from_str(&json).expect("valid");
+        let vsock = parsed.vsock.expect("vsock");
+        assert_eq!((vsock.guest_cid, vsock.uds_path.clone()), (3, dir.path().join("v.sock")));
+        assert!(serde_json::from_str::<VmResources>(r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":3,"uds_path":"/v","x":1}}"#).is_err());
+        r.vsock = Some(vsock);
+        assert_eq!(r.validate(), Ok(()));
+        r.vsock = Some(VsockConfig { guest_cid: 2, uds_path: dir.path().join("v.sock") });
+        assert_eq!(r.validate(), Err(ResourcesError::BadVsockCid(2)));
+        r.vsock = Some(VsockConfig { guest_cid: 3, uds_path: "/nonexistent/dir/v.sock".into() });
+        assert!(matches!(r.validate(), Err(ResourcesError::BadVsockPath { .. })));
     }
 
     #[test]

@@ -91,9 +91,24 @@ fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String
                 libc::SYS_pwrite64,
                 libc::SYS_fdatasync,
                 libc::SYS_mprotect,
+                // Rate limiters re-arm their timerfds.
+                libc::SYS_timerfd_settime,
             ] {
                 rules.insert(nr, Vec::new());
             }
+            // virtio-net sets the tap offloads the driver accepted: ioctl(TUNSETOFFLOAD) only.
+            let offload = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, crate::devices::virtio::net::tap::TUNSETOFFLOAD)
+                .map_err(|e| e.to_string())?;
+            rules.insert(libc::SYS_ioctl, vec![SeccompRule::new(vec![offload]).map_err(|e| e.to_string())?]);
+            // virtio-vsock's host sockets: accept4 (SOCK_NONBLOCK) on the listener, a
+            // non-blocking socket(AF_UNIX) + connect for guest-initiated connections,
+            // recv/send (recvfrom/sendto) and shutdown on connections.
+            for nr in [libc::SYS_accept4, libc::SYS_connect, libc::SYS_recvfrom, libc::SYS_sendto, libc::SYS_shutdown] {
+                rules.insert(nr, Vec::new());
+            }
+            let unix = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::AF_UNIX as u64)
+                .map_err(|e| e.to_string())?;
+            rules.insert(libc::SYS_socket, vec![SeccompRule::new(vec![unix]).map_err(|e| e.to_string())?]);
         }
         ThreadKind::Api => {
             // The listener, epoll and stop eventfd are made before the filter; the loop

@@ -152,7 +152,7 @@ fn block_requests_are_served_by_the_vmm_thread() {
     let disk = tempfile::NamedTempFile::new().expect("disk");
     let image: Vec<u8> = (0..4 * 512).map(|i| (i / 512) as u8 + 1).collect();
     std::fs::write(disk.path(), &image).expect("image");
-    let drive = DriveConfig { drive_id: "d".into(), path_on_host: disk.path().into(), is_root_device: true, is_read_only: false };
+    let drive = DriveConfig { drive_id: "d".into(), path_on_host: disk.path().into(), is_root_device: true, is_read_only: false, rate_limiter: None };
     let header = |mem: &GuestMemoryMmap, at: u64, kind: u32, sector: u64| {
         mem.write_obj(kind, GuestAddress(at)).expect("hdr");
         mem.write_obj(sector, GuestAddress(at + 8)).expect("hdr");

@@ -46,9 +46,17 @@ pub struct RunArgs {
     /// for several disks. `root=on` boots from it (`root=/dev/vda`).
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
+    /// A virtio-net interface on a host tap: `tap=NAME[,mac=02:..][,id=NAME]`; repeat for
+    /// several. The tap is created (for zvm's lifetime) if it does not exist and zvm may.
+    #[arg(long = "net", value_name = "SPEC")]
+    nets: Vec<String>,
     /// A virtio entropy device backed by the host's getrandom (the guest's /dev/hwrng).
     #[arg(long)]
     rng: bool,
+    /// A virtio-vsock device: `cid=N,uds=PATH` (N >= 3). Host clients connect to PATH and
+    /// send `CONNECT <port>\n`; guest connections to host port P reach `PATH_P`.
+    #[arg(long, value_name = "SPEC")]
+    vsock: Option<String>,
     /// Print what zvm detects about the host and the VM it builds.
     #[arg(long, short)]
     verbose: bool,
@@ -73,6 +81,8 @@ impl RunArgs {
             seccomp: self.seccomp == "on",
             drives: self.disks.iter().enumerate().map(|(i, spec)| crate::specs::parse_disk(spec, i)).collect::<Result<_, _>>()?,
             entropy: self.rng.then(Default::default),
+            net: self.nets.iter().enumerate().map(|(i, spec)| crate::specs::parse_net(spec, i)).collect::<Result<_, _>>()?,
+            vsock: self.vsock.as_deref().map(crate::specs::parse_vsock).transpose()?,
         };
         resources.validate().map_err(|e| e.to_string())?;
         Ok(resources)
@@ -131,6 +141,9 @@ pub fn run(args: RunArgs, process_start: Instant) -> ExitCode {
     }
     let (outcome, boot_time) = vm.wait_with_boot_time();
     drop(raw);
+    if let Some(vsock) = &resources.vsock {
+        vmm::devices::virtio::vsock::remove_socket(&vsock.uds_path);
+    }
     report_outcome(&outcome, boot_time)
 }
 

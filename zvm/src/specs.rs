@@ -1,7 +1,7 @@
 //! Parsers for the `key=value,...` device specs of `zvm run`.
 
 use std::path::PathBuf;
-use vmm::resources::DriveConfig;
+use vmm::resources::{DriveConfig, NetConfig, VsockConfig};
 
 /// Parses a `--disk` spec: `path=FILE[,readonly=on|off][,id=NAME][,root=on|off]`.
 /// Disks without an id are named `disk<index>`.
@@ -28,6 +28,57 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<DriveConfig, String> {
         path_on_host,
         is_root_device: root,
         is_read_only: read_only,
+        rate_limiter: None,
+    })
+}
+
+/// Parses a `--net` spec: `tap=NAME[,mac=02:..][,id=NAME]`. Interfaces without an id are
+/// named `eth<index>`.
+pub fn parse_net(spec: &str, index: usize) -> Result<NetConfig, String> {
+    let mut tap = None;
+    let mut mac = None;
+    let mut id = None;
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("invalid net '{spec}': '{part}' is not key=value"))?;
+        match key {
+            "tap" => tap = Some(value.to_string()),
+            "mac" => mac = Some(value.to_string()),
+            "id" => id = Some(value.to_string()),
+            other => return Err(format!("invalid net '{spec}': unknown key '{other}' (use tap, mac, id)")),
+        }
+    }
+    let host_dev_name = tap.ok_or_else(|| format!("invalid net '{spec}': tap=NAME is required"))?;
+    Ok(NetConfig {
+        iface_id: id.unwrap_or_else(|| format!("eth{index}")),
+        host_dev_name,
+        guest_mac: mac,
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
+    })
+}
+
+/// Parses a `--vsock` spec: `cid=N,uds=PATH` (Firecracker's `guest_cid` and `uds_path`
+/// are accepted as key names too).
+pub fn parse_vsock(spec: &str) -> Result<VsockConfig, String> {
+    let mut cid = None;
+    let mut uds = None;
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("invalid vsock '{spec}': '{part}' is not key=value"))?;
+        match key {
+            "cid" | "guest_cid" => {
+                cid = Some(value.parse::<u32>().map_err(|_| format!("invalid vsock '{spec}': cid must be a number, not '{value}'"))?)
+            }
+            "uds" | "uds_path" if !value.is_empty() => uds = Some(PathBuf::from(value)),
+            other => return Err(format!("invalid vsock '{spec}': unknown or empty key '{other}' (use cid, uds)")),
+        }
+    }
+    Ok(VsockConfig {
+        guest_cid: cid.ok_or_else(|| format!("invalid vsock '{spec}': cid=N is required"))?,
+        uds_path: uds.ok_or_else(|| format!("invalid vsock '{spec}': uds=PATH is required"))?,
     })
 }
 
@@ -56,10 +107,35 @@ mod tests {
     }
 
     #[test]
+    fn net_specs() {
+        let n = parse_net("tap=tap0,mac=02:00:00:00:00:05,id=uplink", 0).expect("valid");
+        assert_eq!((n.host_dev_name.as_str(), n.guest_mac.as_deref(), n.iface_id.as_str()), ("tap0", Some("02:00:00:00:00:05"), "uplink"));
+        let n = parse_net("tap=zt1", 2).expect("valid");
+        assert_eq!((n.iface_id.as_str(), n.guest_mac), ("eth2", None));
+        assert!(parse_net("mac=02:00:00:00:00:01", 0).expect_err("no tap").contains("tap=NAME is required"));
+        assert!(parse_net("tap=t,mtu=9000", 0).expect_err("unknown").contains("unknown key 'mtu'"));
+        assert!(parse_net("tap0", 0).expect_err("not kv").contains("not key=value"));
+    }
+
+    #[test]
     fn bad_disk_specs_say_what_is_wrong() {
         assert!(parse_disk("readonly=on", 0).expect_err("no path").contains("path=FILE is required"));
         assert!(parse_disk("path=/a,readonly=maybe", 0).expect_err("bad bool").contains("on or off"));
         assert!(parse_disk("path=/a,cache=none", 0).expect_err("unknown").contains("unknown key 'cache'"));
         assert!(parse_disk("/a.img", 0).expect_err("not kv").contains("not key=value"));
+    }
+
+    #[test]
+    fn vsock_specs_parse() {
+        let v = parse_vsock("cid=3,uds=/run/v.sock").expect("valid");
+        assert_eq!((v.guest_cid, v.uds_path), (3, PathBuf::from("/run/v.sock")));
+        let v = parse_vsock("guest_cid=42,uds_path=v.sock").expect("firecracker names");
+        assert_eq!((v.guest_cid, v.uds_path), (42, PathBuf::from("v.sock")));
+        assert!(parse_vsock("uds=/v.sock").expect_err("no cid").contains("cid=N is required"));
+        assert!(parse_vsock("cid=3").expect_err("no uds").contains("uds=PATH is required"));
+        assert!(parse_vsock("cid=x,uds=/v").expect_err("bad cid").contains("must be a number"));
+        assert!(parse_vsock("cid=3,uds=/v,port=1").expect_err("unknown").contains("unknown or empty key 'port'"));
+        assert!(parse_vsock("cid=3,uds=").expect_err("empty").contains("'uds'"));
+        assert!(parse_vsock("3").expect_err("not kv").contains("not key=value"));
     }
 }

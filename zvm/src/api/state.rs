@@ -128,6 +128,7 @@ impl PendingConfig {
                 path_on_host: PathBuf::from(&d.path_on_host),
                 is_root_device: d.is_root_device,
                 is_read_only: d.is_read_only,
+                rate_limiter: None,
             })
             .collect();
         r.entropy = self.entropy.then(EntropyConfig::default);

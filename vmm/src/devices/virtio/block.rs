@@ -7,12 +7,13 @@
 pub mod request;
 
 use super::{read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use request::{Disk, MAX_DATA_BYTES, MAX_DESCRIPTORS, SECTOR_SIZE};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 /// VIRTIO_BLK_F_SIZE_MAX: config `size_max` bounds each data segment.
@@ -53,6 +54,9 @@ pub enum BlockError {
         /// Cause.
         source: io::Error,
     },
+    /// The rate limiter could not be made.
+    #[error(transparent)]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 /// Where a virtio-blk device's sectors live.
@@ -114,6 +118,7 @@ pub struct Block {
     features: u64,
     config: [u8; CONFIG_BYTES],
     active: Option<ActiveQueues>,
+    rate_limiter: Option<RateLimiter>,
 }
 
 impl Block {
@@ -129,7 +134,42 @@ impl Block {
         config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[20..24].copy_from_slice(&BLK_SIZE.to_le_bytes());
-        Block { disk, features, config, active: None }
+        Block { disk, features, config, active: None, rate_limiter: None }
+    }
+
+    /// Limits the device's bandwidth and request rate: requests wait on the queue while
+    /// the limiter is short of tokens, and are served when its timer fires.
+    pub fn with_rate_limiter(mut self, config: &RateLimiterConfig) -> Result<Self, BlockError> {
+        self.rate_limiter = Some(RateLimiter::new(config)?);
+        Ok(self)
+    }
+
+    /// Serves requests one at a time while the rate limiter lets them through.
+    fn process_limited(&mut self) {
+        let (Some(active), Some(limiter)) = (&mut self.active, &mut self.rate_limiter) else { return };
+        let Some(queue) = active.queues.first_mut() else { return };
+        if !queue.ready() {
+            return;
+        }
+        let mut used = 0;
+        for _ in 0..usize::from(QUEUE_SIZE) * 2 {
+            let Some(chain) = queue.pop_descriptor_chain(&active.mem) else { break };
+            // The data bytes: everything but the 16-byte header and the status byte.
+            let bytes = chain.clone().map(|d| u64::from(d.len())).sum::<u64>().saturating_sub(17);
+            if !limiter.consume_request(bytes) {
+                queue.go_to_previous_position();
+                break;
+            }
+            let head = chain.head_index();
+            let len = self.disk.handle(&active.mem, chain);
+            match queue.add_used(&active.mem, head, len) {
+                Ok(()) => used += 1,
+                Err(e) => tracing::warn!("virtio-blk: cannot return descriptor {head}: {e}"),
+            }
+        }
+        if used > 0 && queue.needs_notification(&active.mem).unwrap_or(true) {
+            active.interrupt.signal_used_queue();
+        }
     }
 
     /// A device serving the image at `path`.
@@ -173,9 +213,23 @@ impl VirtioDevice for Block {
     }
 
     fn process_queue(&mut self, index: usize) {
+        if self.rate_limiter.is_some() && index == 0 {
+            self.process_limited();
+            return;
+        }
         let disk = &mut self.disk;
         if let Some(active) = &mut self.active {
             active.drain(index, |mem, chain| disk.handle(mem, chain));
+        }
+    }
+
+    fn host_event_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.rate_limiter.as_ref().map(RateLimiter::timer_fd)
+    }
+
+    fn process_host_event(&mut self) {
+        if self.rate_limiter.as_mut().is_some_and(RateLimiter::on_timer) {
+            self.process_limited();
         }
     }
 
@@ -319,6 +373,42 @@ mod tests {
         blk.reset();
         blk.process_queue(0);
         assert_eq!(used_idx(&mem, &mock), 2);
+    }
+
+    #[test]
+    fn rate_limited_requests_wait_for_the_timer() {
+        use crate::rate_limiter::TokenBucketConfig;
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, MOCK_QUEUE_SIZE);
+        let backend = MemBackend::with_len(64 * 512);
+        let ops = TokenBucketConfig { size: 1, one_time_burst: None, refill_time: 20 };
+        let limit = RateLimiterConfig { bandwidth: None, ops: Some(ops) };
+        let mut blk = Block::new(Box::new(backend), false, "d").with_rate_limiter(&limit).expect("limiter");
+        let fd = blk.host_event_fd().expect("timer fd");
+        for (i, at) in [DATA, DATA + 0x100].into_iter().enumerate() {
+            mem.write_slice(&header(VIRTIO_BLK_T_IN, i as u64), GuestAddress(at)).expect("hdr");
+        }
+        mock.add_desc_chains(
+            &[
+                linked(DATA, 16, F_NEXT, 1),
+                linked(DATA + 0x1000, 512, F_NEXT | F_WRITE, 2),
+                linked(DATA + 0x1800, 1, F_WRITE, 0),
+                linked(DATA + 0x100, 16, F_NEXT, 4),
+                linked(DATA + 0x2000, 512, F_NEXT | F_WRITE, 5),
+                linked(DATA + 0x2800, 1, F_WRITE, 0),
+            ],
+            0,
+        )
+        .expect("chains");
+        blk.activate(mem.clone(), vec![ready_queue(&mock)], Interrupt::new().expect("irq")).expect("activate");
+        blk.process_queue(0);
+        assert_eq!(used_idx(&mem, &mock), 1, "one request per 20 ms");
+        let mut pfd = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
+        // SAFETY: polling one valid pollfd.
+        assert_eq!(unsafe { libc::poll(pfd.as_mut_ptr(), 1, 2000) }, 1, "the timer fires");
+        blk.process_host_event();
+        assert_eq!(used_idx(&mem, &mock), 2, "served after the timer");
+        assert_eq!(used_entry(&mem, &mock, 1), (3, 513));
     }
 
     #[test]

@@ -122,6 +122,17 @@ impl MmioTransport {
         }
     }
 
+    /// The device's extra host fd to poll, if it has one ([`VirtioDevice::host_event_fd`]).
+    pub fn host_event_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.host_event_fd()
+    }
+
+    /// Lets the device handle its host fd becoming readable, active or not (a device
+    /// that was reset may have to stop polling something).
+    pub fn process_host_event(&mut self) {
+        self.device.process_host_event();
+    }
+
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         self.queues.get_mut(self.queue_sel as usize)
     }
@@ -262,6 +273,7 @@ impl MmioTransport {
             }
             queues.push(Queue::try_from(q.state()).map_err(|e| VirtioError::BadQueue { index, reason: e.to_string() })?);
         }
+        self.device.ack_features(self.driver_features);
         self.device.activate(self.mem.clone(), queues, self.interrupt.clone())?;
         self.activated = true;
         // Buffers made available before DRIVER_OK: look at every queue once.

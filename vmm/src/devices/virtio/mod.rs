@@ -12,7 +12,9 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
+pub mod vsock;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
@@ -25,6 +27,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// Feature bit VIRTIO_F_VERSION_1: the device follows virtio 1.x (no legacy interface).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
+/// Device type of a network card.
+pub const TYPE_NET: u32 = 1;
 /// Device type of a block device.
 pub const TYPE_BLOCK: u32 = 2;
 /// Device type of an entropy source.
@@ -97,6 +101,20 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         tracing::debug!("virtio device type {}: ignoring a {}-byte config write at {offset:#x}", self.device_type(), data.len());
     }
+    /// The features the driver accepted (a subset of [`Self::features`]); called before
+    /// [`Self::activate`]. Devices whose behaviour does not depend on them ignore it.
+    fn ack_features(&mut self, _features: u64) {}
+    /// A host fd (timer, tap, the device's own epoll set) the VMM loop polls besides the
+    /// queue notifications; when it is readable the loop calls [`Self::process_host_event`].
+    /// The loop first reads 8 bytes from it (which clears a timerfd or an eventfd and
+    /// fails harmlessly on an epoll fd). Fixed for the device's lifetime.
+    fn host_event_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// Handles [`Self::host_event_fd`] becoming readable; also called while the device is
+    /// not active. Runs on the VMM thread, while `activate` and `reset` run on a vCPU
+    /// thread (whose seccomp filter allows only KVM ioctls): host-side setup belongs here.
+    fn process_host_event(&mut self) {}
     /// Starts the device with the queues the driver set up, as the transport validated them.
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), VirtioError>;
     /// Handles a notification on queue `index`: processes the buffers available there.

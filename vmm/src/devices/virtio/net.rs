@@ -1,0 +1,476 @@
+//! virtio-net: an Ethernet interface for the guest, backed by a host tap device.
+//!
+//! Two queues: receive (0) and transmit (1). Every buffer starts with the 12-byte
+//! `virtio_net_hdr_v1`; the tap is opened with the same header size, so headers (checksum
+//! and segmentation offload requests) pass through unchanged in both directions.
+//!
+//! TX: each chain (header + frame, device-readable) is gathered into one buffer and
+//! written to the tap. RX: when the tap is readable, one frame is read and written into
+//! one chain of device-writable buffers (no VIRTIO_NET_F_MRG_RXBUF). A frame that finds
+//! no buffer waits in the device, which stops watching the tap until the driver adds
+//! buffers (its rx queue notification). Optional rate limiters throttle either direction;
+//! a throttled direction resumes when its limiter's timer fires.
+//!
+//! The device polls the tap and its timers through its own epoll set, which the VMM loop
+//! watches as the device's host event fd. Nothing from the guest is trusted: bad chains
+//! are logged and returned with length 0, and sizes are bounded by [`MAX_BUFFER_LEN`].
+
+pub mod tap;
+
+use super::{read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_NET, VIRTIO_F_VERSION_1};
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestMemoryError, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+/// VIRTIO_NET_F_CSUM: the device takes frames with partial checksums.
+pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
+/// VIRTIO_NET_F_GUEST_CSUM: the driver takes frames with partial checksums.
+pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+/// VIRTIO_NET_F_MAC: the config space holds the MAC address.
+pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// VIRTIO_NET_F_GUEST_TSO4: the driver takes TCPv4 GSO frames.
+pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
+/// VIRTIO_NET_F_GUEST_TSO6: the driver takes TCPv6 GSO frames.
+pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
+/// VIRTIO_NET_F_GUEST_UFO: the driver takes UFO frames (not offered).
+pub const VIRTIO_NET_F_GUEST_UFO: u64 = 1 << 10;
+/// VIRTIO_NET_F_HOST_TSO4: the device takes TCPv4 GSO frames.
+pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
+/// VIRTIO_NET_F_HOST_TSO6: the device takes TCPv6 GSO frames.
+pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
+/// VIRTIO_NET_F_STATUS: the config space holds the link status.
+pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+/// Link status bit: up.
+pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+
+/// Length of `virtio_net_hdr_v1`.
+pub const VNET_HDR_LEN: usize = 12;
+/// Largest header plus frame either direction moves (64 KiB GSO frame, Ethernet and VLAN
+/// headers, vnet header), as in Firecracker.
+pub const MAX_BUFFER_LEN: usize = 65562;
+/// Receive queue index.
+pub const RX_QUEUE: usize = 0;
+/// Transmit queue index.
+pub const TX_QUEUE: usize = 1;
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most frames one event moves per direction before returning to the event loop.
+const MAX_FRAMES_PER_EVENT: usize = 2 * QUEUE_SIZE as usize;
+/// Config space: mac[6], status u16, max_virtqueue_pairs u16.
+const CONFIG_BYTES: usize = 10;
+
+const TOKEN_TAP: u64 = 0;
+const TOKEN_RX_TIMER: u64 = 1;
+const TOKEN_TX_TIMER: u64 = 2;
+
+/// Errors creating a network device, or handling one of its chains (logged).
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The tap could not be opened.
+    #[error(transparent)]
+    Tap(#[from] tap::TapError),
+    /// A rate limiter could not be made.
+    #[error(transparent)]
+    RateLimiter(#[from] RateLimiterError),
+    /// The device's epoll set could not be made.
+    #[error("net device epoll: {0}")]
+    Epoll(io::Error),
+    /// A MAC address that does not parse.
+    #[error("invalid MAC address '{0}': use six hex bytes like 02:00:00:00:00:01")]
+    BadMac(String),
+    /// A device-writable buffer in a TX chain, or a device-readable one in an RX chain.
+    #[error("a {0} chain has a descriptor in the wrong direction")]
+    WrongDirection(&'static str),
+    /// The chain was cut short: a descriptor loop, or an invalid next index.
+    #[error("the descriptor chain does not end (loop or invalid next descriptor)")]
+    Unterminated,
+    /// A TX chain shorter than the vnet header.
+    #[error("the TX chain has {0} bytes, less than the {VNET_HDR_LEN}-byte header")]
+    ShortFrame(usize),
+    /// A chain larger than [`MAX_BUFFER_LEN`].
+    #[error("the TX chain exceeds {MAX_BUFFER_LEN} bytes")]
+    TooLarge,
+    /// An RX chain too small for the frame.
+    #[error("the RX chain holds {room} bytes; the frame needs {need}")]
+    NoRoom {
+        /// Bytes the chain holds.
+        room: u64,
+        /// Bytes of header and frame.
+        need: usize,
+    },
+    /// A buffer outside guest memory.
+    #[error("guest memory: {0}")]
+    Memory(#[from] GuestMemoryError),
+}
+
+/// Where frames go to and come from.
+pub trait NetBackend: Send {
+    /// Reads one frame (with its vnet header) into `buf`; `WouldBlock` when there is none.
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes one frame (with its vnet header).
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Tells the backend which guest features were accepted (offloads).
+    fn set_offload(&mut self, _acked: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// An fd that is readable when [`Self::read_frame`] has a frame.
+    fn poll_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], NetError> {
+    let bad = || NetError::BadMac(text.to_string());
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// Gathers a TX chain (vnet header + frame) into `buf`; returns its length.
+pub fn read_tx_chain<I: IntoIterator<Item = Descriptor>>(mem: &GuestMemoryMmap, chain: I, buf: &mut [u8]) -> Result<usize, NetError> {
+    let mut len = 0usize;
+    let mut more = false;
+    for desc in chain {
+        more = desc.has_next();
+        if desc.is_write_only() {
+            return Err(NetError::WrongDirection("TX"));
+        }
+        let n = desc.len() as usize;
+        let dst = buf.get_mut(len..len.saturating_add(n)).ok_or(NetError::TooLarge)?;
+        mem.read_slice(dst, desc.addr())?;
+        len += n;
+    }
+    if more {
+        // The iterator stopped before the chain ended.
+        return Err(NetError::Unterminated);
+    }
+    if len < VNET_HDR_LEN {
+        return Err(NetError::ShortFrame(len));
+    }
+    Ok(len)
+}
+
+/// Scatters `frame` (vnet header + frame) into an RX chain; returns the bytes written.
+/// The chain is checked whole first, so a bad chain gets nothing.
+pub fn write_rx_chain<I: IntoIterator<Item = Descriptor>>(mem: &GuestMemoryMmap, chain: I, frame: &[u8]) -> Result<u32, NetError> {
+    let mut segments = Vec::new();
+    let mut room = 0u64;
+    let mut more = false;
+    for desc in chain {
+        more = desc.has_next();
+        if !desc.is_write_only() {
+            return Err(NetError::WrongDirection("RX"));
+        }
+        if room < frame.len() as u64 {
+            segments.push((desc.addr(), desc.len() as usize));
+        }
+        room += u64::from(desc.len());
+    }
+    if more {
+        return Err(NetError::Unterminated);
+    }
+    if room < frame.len() as u64 {
+        return Err(NetError::NoRoom { room, need: frame.len() });
+    }
+    let mut done = 0usize;
+    for (addr, len) in segments {
+        let n = len.min(frame.len() - done);
+        mem.write_slice(&frame[done..done + n], addr)?;
+        done += n;
+    }
+    Ok(done as u32)
+}
+
+/// A virtio-net device.
+pub struct Net {
+    id: String,
+    backend: Box<dyn NetBackend>,
+    features: u64,
+    acked: u64,
+    config: [u8; CONFIG_BYTES],
+    active: Option<ActiveQueues>,
+    /// A frame read from the backend that found no buffer yet (`rx_len` > 0).
+    rx_buf: Vec<u8>,
+    rx_len: usize,
+    tx_buf: Vec<u8>,
+    rx_limiter: Option<RateLimiter>,
+    tx_limiter: Option<RateLimiter>,
+    epoll: Epoll,
+    /// Whether the backend fd is in the epoll set with EPOLLIN.
+    watching_backend: bool,
+    /// Activation happened (on a vCPU thread): offloads and polling are set up on the
+    /// VMM thread, at the first event after it.
+    setup_pending: bool,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Net({}, active={})", self.id, self.active.is_some())
+    }
+}
+
+impl Net {
+    /// A device for interface `id` over `backend`; `mac` goes into the config space.
+    pub fn new(
+        id: &str,
+        backend: Box<dyn NetBackend>,
+        mac: Option<[u8; 6]>,
+        rx_limit: Option<&RateLimiterConfig>,
+        tx_limit: Option<&RateLimiterConfig>,
+    ) -> Result<Self, NetError> {
+        let mut features = VIRTIO_F_VERSION_1
+            | VIRTIO_NET_F_CSUM
+            | VIRTIO_NET_F_GUEST_CSUM
+            | VIRTIO_NET_F_GUEST_TSO4
+            | VIRTIO_NET_F_GUEST_TSO6
+            | VIRTIO_NET_F_HOST_TSO4
+            | VIRTIO_NET_F_HOST_TSO6
+            | VIRTIO_NET_F_STATUS;
+        let mut config = [0u8; CONFIG_BYTES];
+        if let Some(mac) = mac {
+            features |= VIRTIO_NET_F_MAC;
+            config[..6].copy_from_slice(&mac);
+        }
+        config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        let epoll = Epoll::new().map_err(NetError::Epoll)?;
+        let rx_limiter = rx_limit.map(RateLimiter::new).transpose()?;
+        let tx_limiter = tx_limit.map(RateLimiter::new).transpose()?;
+        for (limiter, token) in [(&rx_limiter, TOKEN_RX_TIMER), (&tx_limiter, TOKEN_TX_TIMER)] {
+            if let Some(l) = limiter {
+                epoll.ctl(ControlOperation::Add, l.timer_fd(), EpollEvent::new(EventSet::IN, token)).map_err(NetError::Epoll)?;
+            }
+        }
+        Ok(Net {
+            id: id.to_string(),
+            backend,
+            features,
+            acked: 0,
+            config,
+            active: None,
+            rx_buf: vec![0; MAX_BUFFER_LEN],
+            rx_len: 0,
+            tx_buf: vec![0; MAX_BUFFER_LEN],
+            rx_limiter,
+            tx_limiter,
+            epoll,
+            watching_backend: false,
+            setup_pending: false,
+        })
+    }
+
+    /// Whether a received frame waits for a guest buffer.
+    pub fn rx_deferred(&self) -> bool {
+        self.rx_len > 0
+    }
+
+    /// Starts or stops watching the backend for frames.
+    fn watch_backend(&mut self, on: bool) {
+        let Some(fd) = self.backend.poll_fd() else { return };
+        if on == self.watching_backend {
+            return;
+        }
+        let (op, events) = if on { (ControlOperation::Add, EventSet::IN) } else { (ControlOperation::Delete, EventSet::empty()) };
+        match self.epoll.ctl(op, fd, EpollEvent::new(events, TOKEN_TAP)) {
+            Ok(()) => self.watching_backend = on,
+            Err(e) => tracing::warn!("virtio-net {}: cannot {} the tap: {e}", self.id, if on { "watch" } else { "unwatch" }),
+        }
+    }
+
+    /// Finishes an activation (on the VMM thread, whose seccomp filter allows the calls):
+    /// sets the tap offloads and starts polling it; after a reset, stops polling it.
+    fn sync_backend(&mut self) {
+        if self.active.is_none() {
+            self.watch_backend(false);
+            return;
+        }
+        if std::mem::take(&mut self.setup_pending) {
+            if let Err(e) = self.backend.set_offload(self.acked) {
+                tracing::warn!("virtio-net {}: cannot set tap offloads: {e}", self.id);
+            }
+            self.watch_backend(true);
+        }
+    }
+
+    /// Moves frames from the backend into RX buffers until one side runs out.
+    fn process_rx(&mut self) {
+        let Some(active) = &mut self.active else { return };
+        let Some(queue) = active.queues.get_mut(RX_QUEUE) else { return };
+        if !queue.ready() {
+            return;
+        }
+        let mut used = 0;
+        let mut watch = true;
+        for _ in 0..MAX_FRAMES_PER_EVENT {
+            if self.rx_len == 0 {
+                match self.backend.read_frame(&mut self.rx_buf) {
+                    Ok(n) if n >= VNET_HDR_LEN => {
+                        self.rx_len = n;
+                        // num_buffers: always one without MRG_RXBUF.
+                        self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+                    }
+                    Ok(n) => {
+                        tracing::debug!("virtio-net {}: dropping a {n}-byte read from the tap", self.id);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::warn!("virtio-net {}: tap read failed: {e}", self.id);
+                        break;
+                    }
+                }
+            }
+            let Some(chain) = queue.pop_descriptor_chain(&active.mem) else {
+                tracing::trace!("virtio-net {}: no RX buffer; frame deferred", self.id);
+                watch = false;
+                break;
+            };
+            if let Some(limiter) = &mut self.rx_limiter {
+                if !limiter.consume_request(self.rx_len as u64) {
+                    queue.go_to_previous_position();
+                    watch = false;
+                    break;
+                }
+            }
+            let head = chain.head_index();
+            let len = write_rx_chain(&active.mem, chain, &self.rx_buf[..self.rx_len]).unwrap_or_else(|e| {
+                tracing::warn!("virtio-net {}: RX chain {head}: {e}; frame dropped", self.id);
+                0
+            });
+            self.rx_len = 0;
+            match queue.add_used(&active.mem, head, len) {
+                Ok(()) => used += 1,
+                Err(e) => tracing::warn!("virtio-net {}: cannot return RX descriptor {head}: {e}", self.id),
+            }
+        }
+        if used > 0 && queue.needs_notification(&active.mem).unwrap_or(true) {
+            active.interrupt.signal_used_queue();
+        }
+        self.watch_backend(watch);
+    }
+
+    /// Sends the frames the driver queued for transmission.
+    fn process_tx(&mut self) {
+        let Some(active) = &mut self.active else { return };
+        let Some(queue) = active.queues.get_mut(TX_QUEUE) else { return };
+        if !queue.ready() {
+            return;
+        }
+        let mut used = 0;
+        for _ in 0..MAX_FRAMES_PER_EVENT {
+            let Some(chain) = queue.pop_descriptor_chain(&active.mem) else { break };
+            let head = chain.head_index();
+            match read_tx_chain(&active.mem, chain, &mut self.tx_buf) {
+                Ok(len) => {
+                    if let Some(limiter) = &mut self.tx_limiter {
+                        if !limiter.consume_request(len as u64) {
+                            queue.go_to_previous_position();
+                            break;
+                        }
+                    }
+                    if let Err(e) = self.backend.write_frame(&self.tx_buf[..len]) {
+                        tracing::debug!("virtio-net {}: tap write of {len} bytes failed: {e}; frame dropped", self.id);
+                    }
+                }
+                Err(e) => tracing::warn!("virtio-net {}: TX chain {head}: {e}; dropped", self.id),
+            }
+            match queue.add_used(&active.mem, head, 0) {
+                Ok(()) => used += 1,
+                Err(e) => tracing::warn!("virtio-net {}: cannot return TX descriptor {head}: {e}", self.id),
+            }
+        }
+        if used > 0 && queue.needs_notification(&active.mem).unwrap_or(true) {
+            active.interrupt.signal_used_queue();
+        }
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features & self.features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), VirtioError> {
+        self.active = Some(ActiveQueues::new(mem, queues, interrupt, 2)?);
+        self.setup_pending = true;
+        tracing::debug!("virtio-net {} activated, features {:#x}", self.id, self.acked);
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: usize) {
+        self.sync_backend();
+        match index {
+            RX_QUEUE => self.process_rx(),
+            TX_QUEUE => self.process_tx(),
+            _ => tracing::warn!("virtio-net {}: notification for queue {index}, which does not exist", self.id),
+        }
+    }
+
+    fn host_event_fd(&self) -> Option<RawFd> {
+        Some(self.epoll.as_raw_fd())
+    }
+
+    fn process_host_event(&mut self) {
+        self.sync_backend();
+        let mut events = [EpollEvent::default(); 4];
+        let n = match self.epoll.wait(0, &mut events) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("virtio-net {}: epoll_wait: {e}", self.id);
+                return;
+            }
+        };
+        for event in &events[..n] {
+            match event.data() {
+                TOKEN_TAP => self.process_rx(),
+                TOKEN_RX_TIMER if self.rx_limiter.as_mut().is_some_and(RateLimiter::on_timer) => self.process_rx(),
+                TOKEN_TX_TIMER if self.tx_limiter.as_mut().is_some_and(RateLimiter::on_timer) => self.process_tx(),
+                _ => {}
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        // Runs on a vCPU thread: the tap stops being polled at the next event.
+        self.setup_pending = false;
+        self.active = None;
+        self.rx_len = 0;
+        self.acked = 0;
+    }
+}
+
+#[cfg(test)]
+#[path = "net/tests.rs"]
+mod tests;

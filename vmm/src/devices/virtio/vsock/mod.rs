@@ -1,0 +1,197 @@
+//! virtio-vsock: guest `AF_VSOCK` stream sockets connected to host Unix sockets, in
+//! Firecracker's model (see [`muxer`] for the host side's protocol).
+//!
+//! Three queues: RX (packets for the guest), TX (packets from the guest) and an event
+//! queue zvm never uses (it does not migrate, so it never sends a transport reset). The
+//! configuration space is the guest's CID (`u64`). The device is a thin shell: the packet
+//! codec lives in [`packet`], the protocol state machine in [`muxer`] and [`conn`].
+//!
+//! Two things wake the device, both on the VMM thread: queue notifications and host socket
+//! readiness, reported by the muxer's epoll fd ([`VirtioDevice::host_event_fd`]), which
+//! the VMM loop polls besides the queue eventfds.
+
+pub mod conn;
+pub mod muxer;
+pub mod packet;
+#[cfg(test)]
+mod tests;
+
+use super::{read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1};
+use muxer::{MuxerError, VsockMuxer};
+use packet::{read_packet, rx_payload_room, write_packet, HDR_SIZE};
+use std::os::fd::RawFd;
+use std::path::Path;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+/// Device type of a socket device.
+pub const TYPE_VSOCK: u32 = 19;
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Index of the RX queue.
+pub const RX_QUEUE: usize = 0;
+/// Index of the TX queue.
+pub const TX_QUEUE: usize = 1;
+/// Index of the event queue.
+pub const EVENT_QUEUE: usize = 2;
+/// The lowest CID a guest may have (0-2 are reserved).
+pub const MIN_GUEST_CID: u64 = 3;
+
+/// Errors creating a vsock device.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// A reserved CID.
+    #[error("invalid vsock guest CID {0}: it must be at least {MIN_GUEST_CID}")]
+    BadCid(u64),
+    /// The host side could not be set up.
+    #[error(transparent)]
+    Muxer(#[from] MuxerError),
+}
+
+/// Removes the vsock listener socket at `path` once the VM has ended (only if it is a
+/// socket). Call it from an unfiltered thread: the VMM thread's seccomp filter has no
+/// unlink, which is why the device does not do it when dropped.
+pub fn remove_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::debug!("vsock: cannot remove {}: {e}", path.display());
+        }
+    }
+}
+
+/// The muxer and, once the driver started the device, its queues.
+#[derive(Debug)]
+struct Inner {
+    muxer: VsockMuxer,
+    active: Option<ActiveQueues>,
+}
+
+impl Inner {
+    /// Moves the guest's TX packets into the muxer, then answers on RX.
+    fn process_tx(&mut self) {
+        let Some(active) = &mut self.active else { return };
+        let muxer = &mut self.muxer;
+        active.drain(TX_QUEUE, |mem, chain| {
+            match read_packet(mem, chain) {
+                Ok(pkt) => muxer.send_pkt(pkt),
+                Err(e) => tracing::debug!("vsock: dropping a malformed TX packet: {e}"),
+            }
+            0
+        });
+        self.process_rx();
+    }
+
+    /// Fills RX buffers while the muxer has packets for the guest.
+    fn process_rx(&mut self) {
+        let Some(ActiveQueues { mem, queues, interrupt }) = &mut self.active else { return };
+        let Some(queue) = queues.get_mut(RX_QUEUE) else { return };
+        if !queue.ready() {
+            return;
+        }
+        let mut used = 0usize;
+        while self.muxer.has_rx() {
+            let Some(chain) = queue.pop_descriptor_chain(&*mem) else { break };
+            let head = chain.head_index();
+            let descs: Vec<Descriptor> = chain.collect();
+            let writable: usize = descs.iter().filter(|d| d.is_write_only()).map(|d| d.len() as usize).sum();
+            let len = if writable < HDR_SIZE {
+                tracing::debug!("vsock: RX buffer of {writable} bytes cannot hold a header; returned empty");
+                0
+            } else {
+                let Some(pkt) = self.muxer.recv_pkt(rx_payload_room(descs.iter().copied())) else {
+                    queue.go_to_previous_position();
+                    break;
+                };
+                write_packet(mem, descs.iter().copied(), &pkt).unwrap_or_else(|e| {
+                    tracing::debug!("vsock: cannot deliver a packet: {e}");
+                    0
+                })
+            };
+            match queue.add_used(&*mem, head, len) {
+                Ok(()) => used += 1,
+                Err(e) => tracing::warn!("vsock: cannot return RX descriptor {head}: {e}"),
+            }
+        }
+        if used > 0 && queue.needs_notification(&*mem).unwrap_or(true) {
+            interrupt.signal_used_queue();
+        }
+    }
+}
+
+/// A virtio-vsock device.
+#[derive(Debug)]
+pub struct Vsock {
+    guest_cid: u64,
+    inner: Inner,
+}
+
+impl Vsock {
+    /// A device for a guest with CID `guest_cid`, listening on `uds_path`.
+    pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
+        if !(MIN_GUEST_CID..=u64::from(u32::MAX)).contains(&guest_cid) {
+            return Err(VsockError::BadCid(guest_cid));
+        }
+        let muxer = VsockMuxer::new(guest_cid, uds_path)?;
+        Ok(Vsock { guest_cid, inner: Inner { muxer, active: None } })
+    }
+
+    /// The guest's CID.
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; 3]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
+    }
+
+    fn host_event_fd(&self) -> Option<RawFd> {
+        Some(self.inner.muxer.epoll_fd())
+    }
+
+    fn process_host_event(&mut self) {
+        self.inner.muxer.process_host_events();
+        self.inner.process_rx();
+    }
+
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), VirtioError> {
+        let inner = &mut self.inner;
+        inner.active = Some(ActiveQueues::new(mem, queues, interrupt, 3)?);
+        tracing::debug!("virtio-vsock activated: guest CID {}", self.guest_cid);
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: usize) {
+        let inner = &mut self.inner;
+        // The first notifications come right after activation, on the VMM thread.
+        inner.muxer.arm();
+        match index {
+            RX_QUEUE => inner.process_rx(),
+            TX_QUEUE => inner.process_tx(),
+            // Event buffers stay with the device: zvm sends no events.
+            EVENT_QUEUE => {}
+            other => tracing::debug!("vsock: notification for queue {other}, which does not exist"),
+        }
+    }
+
+    fn reset(&mut self) {
+        let inner = &mut self.inner;
+        inner.active = None;
+        inner.muxer.clear();
+    }
+}
