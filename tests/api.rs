@@ -67,7 +67,11 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
     assert!(fault["fault_message"].as_str().unwrap_or("").contains("bogus"), "{fault}");
     assert_eq!(zvm.call("PUT", "/machine-config", Some(r#"{"vcpu_count": 1, "mem_size_mib": "#)).0, 400, "truncated JSON");
     assert_eq!(zvm.call("PUT", "/machine-config", Some(r#"{"vcpu_count": 1, "mem_size_mib": 128, "smt": true}"#)).0, 400);
-    assert_eq!(zvm.call("PUT", "/network-interfaces/eth0", Some(r#"{"iface_id": "eth0", "host_dev_name": "tap0"}"#)).0, 400);
+    assert_eq!(zvm.call("PUT", "/network-interfaces/eth0", Some(r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:00:00:00:00:01"}"#)).0, 204);
+    assert_eq!(zvm.call("PUT", "/network-interfaces/eth1", Some(r#"{"iface_id": "eth1", "host_dev_name": "tap1", "guest_mac": "not-a-mac"}"#)).0, 400);
+    let vsock = serde_json::json!({"guest_cid": 3, "uds_path": scratch_dir().join("api-config.vsock")}).to_string();
+    assert_eq!(zvm.call("PUT", "/vsock", Some(&vsock)).0, 204);
+    assert_eq!(zvm.call("PUT", "/vsock", Some(r#"{"guest_cid": 2, "uds_path": "/tmp/x.sock"}"#)).0, 400, "CID 2 is the host");
     assert_eq!(zvm.call("GET", "/nowhere", None).0, 404);
     assert_eq!(zvm.call("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0, 400, "nothing to pause before start");
 
@@ -82,6 +86,8 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
     assert_eq!(config["drives"][0]["drive_id"], "data");
     assert_eq!(config["machine-config"]["mem_size_mib"], 512);
     assert!(config.get("entropy").is_some(), "{config}");
+    assert_eq!(config["network-interfaces"][0]["host_dev_name"], "tap0");
+    assert_eq!(config["vsock"]["guest_cid"], 3);
     // Still serving after all of that.
     assert_eq!(zvm.call("GET", "/", None).0, 200);
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use vmm::resources::DEFAULT_BOOT_ARGS;
 use vmm::{VmOutcome, VmResources};
 
-use zvm_integration_tests::{busybox_initramfs, ext4_image, guest_kernel, read_from_ext4, run_zvm, test_initramfs};
+use zvm_integration_tests::{busybox_initramfs, ext4_image, guest_kernel, read_from_ext4, run_zvm, run_zvm_in, test_initramfs, NetNs};
 
 /// Upper bound for one boot here; a VMX host needs a fraction of a second.
 const BOOT_LIMIT: Duration = Duration::from_secs(600);
@@ -59,6 +59,8 @@ fn config_file_boot_reaches_userspace_and_system_calls_work() {
 
 /// The guest half of the device checks, run by busybox's sh inside the VM.
 const DEVICE_SCRIPT: &str = r#"
+# Keep kernel messages off the console from here on, so they cannot split these lines.
+dmesg -n 1
 echo "shell: $(nproc) cpus, kernel $(uname -r)"
 ls /bin/busybox && echo shell-ok
 mkdir -p /mnt/rw /mnt/ro
@@ -68,14 +70,23 @@ mount -t ext4 -o ro /dev/vdb /mnt/ro && echo "ro disk says: $(cat /mnt/ro/hello.
 umount /mnt/ro
 if dd if=/dev/zero of=/dev/vdb bs=512 count=1 conv=fsync 2>/dev/null; then echo ro-disk-write-succeeded; else echo ro-disk-write-refused; fi
 echo "hwrng: $(cat /sys/devices/virtual/misc/hw_random/rng_current)"
-echo "hwrng-bytes: $(head -c 32 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
+echo "hwrng-count: $(head -c 32 /dev/hwrng | wc -c)"
+ip link set lo up
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && echo net-up
+echo "tcp-reply: $(zvm-vsock-tool tcp-send 10.0.2.1:7777 ping-over-tap)"
+timeout 120 zvm-vsock-tool echo-server 5000 &
+echo "vsock-reply: $(zvm-vsock-tool send 2 6000 ping-from-guest)"
+wait
+echo vsock-echo-server-done
 "#;
 
 #[test]
-fn zvm_run_boots_two_vcpus_with_disks_and_rng() {
+fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
     // Through the `zvm` command, as a user runs it: console on stdout, zvm's report on
     // stderr, exit code 0 when the guest ends the VM. One boot checks SMP, a busybox
-    // shell, a read-write and a read-only virtio disk, and the virtio entropy device.
+    // shell, a read-write and a read-only virtio disk, the virtio entropy device, a
+    // virtio-net interface on a tap in a network namespace the test owns, and vsock in
+    // both directions.
     let dir = zvm_integration_tests::scratch_dir();
     let rw = dir.join("rw.ext4");
     let ro = dir.join("ro.ext4");
@@ -87,12 +98,41 @@ fn zvm_run_boots_two_vcpus_with_disks_and_rng() {
     let cmdline = format!("{DEFAULT_BOOT_ARGS} zvm.mode=script");
     let rw_disk = format!("path={},id=rootless", rw.display());
     let ro_disk = format!("path={},readonly=on", ro.display());
+
+    // The network: a tap in a namespace of our own, a TCP echo peer on its host side.
+    let ns = NetNs::new("boot");
+    ns.exec(&["ip", "tuntap", "add", "dev", "zvmtap0", "mode", "tap", "vnet_hdr"]);
+    ns.exec(&["ip", "addr", "add", "10.0.2.1/24", "dev", "zvmtap0"]);
+    ns.exec(&["ip", "link", "set", "zvmtap0", "up"]);
+    let tcp_peer = ns.spawn(|| {
+        let listener = std::net::TcpListener::bind("10.0.2.1:7777").expect("bind in the namespace");
+        let (mut conn, from) = listener.accept().expect("the guest connects");
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut conn, &mut got).expect("read");
+        std::io::Write::write_all(&mut conn, format!("echo:{got}").as_bytes()).expect("reply");
+        (got, from.ip().to_string())
+    });
+
+    // vsock: the guest connects to host port 6000 (<uds>_6000); the host connects to the
+    // guest's port 5000 through the CONNECT handshake on <uds>.
+    let uds = dir.join("vsock.sock");
+    let host_listener = std::os::unix::net::UnixListener::bind(format!("{}_6000", uds.display())).expect("bind uds_6000");
+    let vsock_in = std::thread::spawn(move || {
+        let (mut conn, _) = host_listener.accept().expect("the guest connects over vsock");
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut conn, &mut got).expect("read");
+        std::io::Write::write_all(&mut conn, format!("host-echo:{got}").as_bytes()).expect("reply");
+        got
+    });
+    let uds_for_client = uds.clone();
+    let vsock_out = std::thread::spawn(move || host_connects_to_guest(&uds_for_client, 5000));
+    let vsock = format!("cid=3,uds={}", uds.display());
     let args = [
         "run", "--kernel", kernel.to_str().expect("utf8"), "--initrd", initrd.to_str().expect("utf8"),
         "--cpus", "2", "--memory", "256M", "--cmdline", &cmdline, "--console-timestamps", "--verbose",
-        "--disk", &rw_disk, "--disk", &ro_disk, "--rng",
+        "--disk", &rw_disk, "--disk", &ro_disk, "--rng", "--net", "tap=zvmtap0,mac=02:00:00:00:00:05", "--vsock", &vsock,
     ];
-    let run = run_zvm(&args, BOOT_LIMIT);
+    let run = run_zvm_in(Some(&ns), &args, BOOT_LIMIT);
     let console = &run.stdout;
     let show = || format!("exit {:?}\nstderr:\n{}\nconsole tail:\n{}", run.code, run.stderr, console.lines().rev().take(40).collect::<Vec<_>>().join("\n"));
     for needle in [
@@ -108,12 +148,15 @@ fn zvm_run_boots_two_vcpus_with_disks_and_rng() {
         "ro disk says: hello from the host (ro)",
         "ro-disk-write-refused",
         "hwrng: virtio_rng.0",
+        "hwrng-count: 32",
+        "net-up",
+        "tcp-reply: echo:ping-over-tap",
+        "vsock-reply: host-echo:ping-from-guest",
+        "vsock-echo-server-done",
         "zvm-guest: script exited with 0",
     ] {
         assert!(console.contains(needle), "console lacks {needle:?}: {}", show());
     }
-    let random = console.lines().find_map(|l| l.split("hwrng-bytes: ").nth(1)).expect("random bytes line");
-    assert_eq!(random.trim().len(), 64, "32 bytes from /dev/hwrng: {random}");
     assert!(console.lines().all(|l| l.starts_with("[zvm +")), "every console line is timestamped: {}", show());
     assert!(run.stderr.contains("host KVM flavour"), "{}", show());
     assert!(run.stderr.contains("zvm: guest reached userspace "), "zvm reports the boot time: {}", show());
@@ -122,6 +165,35 @@ fn zvm_run_boots_two_vcpus_with_disks_and_rng() {
     // After the VM: the guest's write is in the image; the read-only image is untouched.
     assert_eq!(read_from_ext4(&rw, "from-guest.txt").trim(), "written-by-guest");
     assert!(std::fs::read(&ro).expect("ro image") == ro_before, "the read-only image changed");
+    let (tcp_got, tcp_from) = tcp_peer.join().expect("tcp peer");
+    assert_eq!((tcp_got.as_str(), tcp_from.as_str()), ("ping-over-tap", "10.0.2.15"));
+    assert_eq!(vsock_in.join().expect("vsock listener"), "ping-from-guest");
+    assert_eq!(vsock_out.join().expect("vsock client"), "ping-from-host", "the guest echoed over vsock");
+}
+
+/// Connects to the guest's vsock `port` through zvm's `CONNECT` handshake, retrying until
+/// the guest listens; sends a message and returns the guest's echo.
+fn host_connects_to_guest(uds: &std::path::Path, port: u32) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let deadline = std::time::Instant::now() + BOOT_LIMIT;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let Ok(mut conn) = std::os::unix::net::UnixStream::connect(uds) else { continue };
+        if conn.write_all(format!("CONNECT {port}\n").as_bytes()).is_err() {
+            continue;
+        }
+        let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_err() || !line.starts_with("OK ") {
+            continue; // the guest is not listening yet: zvm closed the connection
+        }
+        conn.write_all(b"ping-from-host").expect("send over vsock");
+        conn.shutdown(std::net::Shutdown::Write).expect("half-close");
+        let mut echo = String::new();
+        reader.read_to_string(&mut echo).expect("read the echo");
+        return echo;
+    }
+    String::from("never connected")
 }
 
 #[test]

@@ -74,6 +74,8 @@ pub fn busybox_initramfs(script: &str) -> PathBuf {
         entries.push(Entry::Symlink { path: format!("bin/{applet}"), target: "busybox".into() });
     }
     entries.push(Entry::File { path: "zvm-test.sh".into(), mode: 0o755, data: script.as_bytes().to_vec() });
+    let tool = guest_init().with_file_name("zvm-vsock-tool");
+    entries.push(Entry::File { path: "bin/zvm-vsock-tool".into(), mode: 0o755, data: std::fs::read(&tool).expect("guest vsock tool (guest/build.sh)") });
     let path = scratch_dir().join("busybox-initramfs.cpio");
     std::fs::write(&path, initramfs::pack_uncompressed(&entries).expect("pack")).expect("write");
     path
@@ -102,8 +104,21 @@ pub struct ZvmRun {
 
 /// Runs the `zvm` binary with `args`, killing it after `limit`.
 pub fn run_zvm(args: &[&str], limit: Duration) -> ZvmRun {
+    run_zvm_in(None, args, limit)
+}
+
+/// Like [`run_zvm`], inside network namespace `netns` when given.
+pub fn run_zvm_in(netns: Option<&NetNs>, args: &[&str], limit: Duration) -> ZvmRun {
     use std::process::Stdio;
-    let mut child = Command::new(zvm_binary())
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name]).arg(zvm_binary());
+            c
+        }
+        None => Command::new(zvm_binary()),
+    };
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -203,5 +218,54 @@ pub mod api_client {
         let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         (status, body)
+    }
+}
+
+/// A network namespace the test owns, deleted on drop.
+#[derive(Debug)]
+pub struct NetNs {
+    /// Its name (under /var/run/netns).
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates `zvm<tag>-<pid>` with loopback up.
+    pub fn new(tag: &str) -> NetNs {
+        let name = format!("zvm{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let ns = NetNs { name };
+        ns.ip(&["netns", "add", &ns.name]);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("ip (iproute2)");
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs a command inside the namespace and asserts it succeeded.
+    pub fn exec(&self, cmd: &[&str]) {
+        let mut args = vec!["netns", "exec", self.name.as_str()];
+        args.extend_from_slice(cmd);
+        self.ip(&args);
+    }
+
+    /// Runs `f` on a thread that has entered the namespace (for host-side peers).
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open the netns");
+            // SAFETY: setns on this thread with a valid namespace fd.
+            let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }

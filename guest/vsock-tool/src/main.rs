@@ -4,6 +4,11 @@
 //!   echoes everything it receives until end of input.
 //! - `zvm-vsock-tool send CID PORT TEXT`: connects to CID:PORT, sends TEXT, shuts down its
 //!   sending side, prints everything it reads back until end of input.
+//! - `zvm-vsock-tool tcp-send IP:PORT TEXT`: the same over TCP.
+//! - `zvm-vsock-tool blk-bench DEV SIZE_MIB` and `tcp-bench send|recv IP:PORT SIZE_MIB`:
+//!   the throughput benchmarks of `zvm-bench` (see bench.rs).
+
+mod bench;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -120,6 +125,19 @@ fn send(cid: u32, port: u32, text: &str) -> io::Result<()> {
     out.flush()
 }
 
+/// Sends `text` over TCP to `addr`, half-closes, prints the reply (the network test).
+fn tcp_send(addr: &str, text: &str) -> io::Result<()> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    stream.write_all(text.as_bytes())?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    println!("{reply}");
+    Ok(())
+}
+
 fn number(text: &str, what: &str) -> Result<u32, String> {
     text.parse().map_err(|_| format!("invalid {what} '{text}'"))
 }
@@ -129,7 +147,14 @@ fn run(args: &[String]) -> Result<(), String> {
     match args.as_slice() {
         ["echo-server", port] => echo_server(number(port, "port")?).map_err(|e| e.to_string()),
         ["send", cid, port, text] => send(number(cid, "CID")?, number(port, "port")?, text).map_err(|e| e.to_string()),
-        _ => Err("usage: zvm-vsock-tool echo-server PORT | send CID PORT TEXT".into()),
+        ["tcp-send", addr, text] => tcp_send(addr, text).map_err(|e| e.to_string()),
+        ["blk-bench", dev, size] => bench::blk_bench(dev, number(size, "size")? as usize).map_err(|e| e.to_string()),
+        ["tcp-bench", dir, addr, size] => {
+            bench::tcp_bench(dir, addr, number(size, "size")? as usize).map_err(|e| e.to_string())
+        }
+        _ => Err("usage: zvm-vsock-tool echo-server PORT | send CID PORT TEXT | tcp-send IP:PORT TEXT \
+                  | blk-bench DEV SIZE_MIB | tcp-bench send|recv IP:PORT SIZE_MIB"
+            .into()),
     }
 }
 

@@ -136,10 +136,20 @@ impl Monitor {
                 self.config.entropy = true;
                 Ok(ApiResponse::Empty)
             }
-            ApiRequest::PutNetworkInterface(_) | ApiRequest::PatchNetworkInterface(_) => {
-                Err(refuse("network interfaces are not supported by this zvm build yet"))
+            ApiRequest::PutNetworkInterface(n) => {
+                self.before_boot("PUT /network-interfaces")?;
+                self.config.put_net(n);
+                Ok(ApiResponse::Empty)
             }
-            ApiRequest::PutVsock(_) => Err(refuse("vsock is not supported by this zvm build yet")),
+            ApiRequest::PatchNetworkInterface(u) => {
+                self.before_boot("PATCH /network-interfaces (changing rate limiters of a running VM)")?;
+                self.config.patch_net(u).map(|()| ApiResponse::Empty)
+            }
+            ApiRequest::PutVsock(v) => {
+                self.before_boot("PUT /vsock")?;
+                self.config.vsock = Some(v);
+                Ok(ApiResponse::Empty)
+            }
             ApiRequest::PutLogger(l) => self.put_logger(l),
             ApiRequest::PutMetrics(m) => {
                 self.metrics.set_path(PathBuf::from(m.metrics_path)).map_err(refuse)?;
@@ -267,6 +277,9 @@ fn main_loop(monitor: &mut Monitor, rx: &Receiver<Message>) -> ExitCode {
             }
             Ok(Message::VmEnded(outcome, boot_time)) => {
                 monitor.metrics.boot_time = boot_time;
+                if let Some(vsock) = &monitor.config.vsock {
+                    vmm::devices::virtio::vsock::remove_socket(std::path::Path::new(&vsock.uds_path));
+                }
                 monitor.running = None;
                 if let Err(e) = monitor.metrics.flush(InstanceState::NotStarted) {
                     tracing::warn!("final metrics flush failed: {e}");

@@ -1,10 +1,11 @@
 //! The pre-boot configuration the API and config files build up, and its translation into
 //! one validated [`VmResources`] for `build_microvm`.
 
-use api_server::model::{self, BootSource, Drive, DriveUpdate, MachineConfig, MachineConfigUpdate};
+use api_server::model::{self, BootSource, Drive, DriveUpdate, MachineConfig, MachineConfigUpdate, NetworkInterface, NetworkInterfaceUpdate, Vsock};
 use api_server::ControllerError;
 use std::path::PathBuf;
-use vmm::resources::{self, DriveConfig, EntropyConfig};
+use vmm::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+use vmm::resources::{self, DriveConfig, EntropyConfig, NetConfig, VsockConfig};
 use vmm::VmResources;
 
 /// What a client configured before `InstanceStart`, in Firecracker's vocabulary.
@@ -18,6 +19,10 @@ pub struct PendingConfig {
     pub drives: Vec<Drive>,
     /// `PUT /entropy`.
     pub entropy: bool,
+    /// `PUT /network-interfaces/{id}`, in the order first put.
+    pub net: Vec<NetworkInterface>,
+    /// `PUT /vsock`.
+    pub vsock: Option<Vsock>,
 }
 
 impl Default for PendingConfig {
@@ -27,6 +32,8 @@ impl Default for PendingConfig {
             machine: MachineConfig { vcpu_count: 1, mem_size_mib: 128, smt: false, track_dirty_pages: false, cpu_template: None, huge_pages: None },
             drives: Vec::new(),
             entropy: false,
+            net: Vec::new(),
+            vsock: None,
         }
     }
 }
@@ -69,9 +76,6 @@ impl PendingConfig {
         if d.partuuid.is_some() {
             return Err(refuse("partuuid is not supported; zvm boots root=/dev/vda from the root device"));
         }
-        if d.rate_limiter.is_some() {
-            return Err(refuse("drive rate limiters are not supported yet"));
-        }
         match self.drives.iter_mut().find(|x| x.drive_id == d.drive_id) {
             Some(existing) => *existing = d,
             None => self.drives.push(d),
@@ -86,11 +90,35 @@ impl PendingConfig {
             .iter_mut()
             .find(|x| x.drive_id == u.drive_id)
             .ok_or_else(|| refuse(format!("no drive '{}' to update", u.drive_id)))?;
-        if u.rate_limiter.is_some() {
-            return Err(refuse("drive rate limiters are not supported yet"));
-        }
         if let Some(path) = u.path_on_host {
             drive.path_on_host = path;
+        }
+        if u.rate_limiter.is_some() {
+            drive.rate_limiter = u.rate_limiter;
+        }
+        Ok(())
+    }
+
+    /// `PUT /network-interfaces/{id}`: adds or replaces the interface with that id.
+    pub fn put_net(&mut self, n: NetworkInterface) {
+        match self.net.iter_mut().find(|x| x.iface_id == n.iface_id) {
+            Some(existing) => *existing = n,
+            None => self.net.push(n),
+        }
+    }
+
+    /// `PATCH /network-interfaces/{id}` before boot: new rate limiters.
+    pub fn patch_net(&mut self, u: NetworkInterfaceUpdate) -> Result<(), ControllerError> {
+        let iface = self
+            .net
+            .iter_mut()
+            .find(|x| x.iface_id == u.iface_id)
+            .ok_or_else(|| refuse(format!("no network interface '{}' to update", u.iface_id)))?;
+        if u.rx_rate_limiter.is_some() {
+            iface.rx_rate_limiter = u.rx_rate_limiter;
+        }
+        if u.tx_rate_limiter.is_some() {
+            iface.tx_rate_limiter = u.tx_rate_limiter;
         }
         Ok(())
     }
@@ -101,6 +129,8 @@ impl PendingConfig {
             boot_source: self.boot_source.clone(),
             drives: self.drives.clone(),
             machine_config: Some(self.machine.clone()),
+            network_interfaces: self.net.clone(),
+            vsock: self.vsock.clone(),
             ..Default::default()
         };
         let mut value = serde_json::to_value(full).unwrap_or(serde_json::Value::Null);
@@ -128,13 +158,31 @@ impl PendingConfig {
                 path_on_host: PathBuf::from(&d.path_on_host),
                 is_root_device: d.is_root_device,
                 is_read_only: d.is_read_only,
-                rate_limiter: None,
+                rate_limiter: d.rate_limiter.as_ref().map(limiter),
             })
             .collect();
         r.entropy = self.entropy.then(EntropyConfig::default);
+        r.net = self
+            .net
+            .iter()
+            .map(|n| NetConfig {
+                iface_id: n.iface_id.clone(),
+                host_dev_name: n.host_dev_name.clone(),
+                guest_mac: n.guest_mac.clone(),
+                rx_rate_limiter: n.rx_rate_limiter.as_ref().map(limiter),
+                tx_rate_limiter: n.tx_rate_limiter.as_ref().map(limiter),
+            })
+            .collect();
+        r.vsock = self.vsock.as_ref().map(|v| VsockConfig { guest_cid: v.guest_cid, uds_path: PathBuf::from(&v.uds_path) });
         r.validate().map_err(|e| refuse(e.to_string()))?;
         Ok(r)
     }
+}
+
+/// The API's rate limiter object as the VMM's configuration (the same JSON shape).
+fn limiter(r: &model::RateLimiter) -> RateLimiterConfig {
+    let bucket = |b: &model::TokenBucket| TokenBucketConfig { size: b.size, one_time_burst: b.one_time_burst, refill_time: b.refill_time };
+    RateLimiterConfig { bandwidth: r.bandwidth.as_ref().map(bucket), ops: r.ops.as_ref().map(bucket) }
 }
 
 /// Refuses a path that is not a readable regular file, as Firecracker does at PUT time.
@@ -192,6 +240,31 @@ mod tests {
         let patch = MachineConfigUpdate { mem_size_mib: Some(512), vcpu_count: Some(2), ..Default::default() };
         c.patch_machine(patch).expect("valid patch");
         assert_eq!((c.machine.vcpu_count, c.machine.mem_size_mib), (2, 512));
+    }
+
+    #[test]
+    fn network_vsock_and_rate_limiters_reach_the_resources() {
+        let dir = tempfile::tempdir().expect("dir");
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"kernel").expect("kernel");
+        let mut c = PendingConfig::default();
+        c.boot_source = Some(BootSource { kernel_image_path: kernel.display().to_string(), boot_args: None, initrd_path: None });
+        let iface: NetworkInterface = serde_json::from_value(serde_json::json!({
+            "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:00:00:00:00:01",
+            "tx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}
+        }))
+        .expect("iface");
+        c.put_net(iface);
+        let update = NetworkInterfaceUpdate { iface_id: "eth0".into(), rx_rate_limiter: Some(model::RateLimiter::default()), tx_rate_limiter: None };
+        c.patch_net(update).expect("patch");
+        assert!(c.patch_net(NetworkInterfaceUpdate { iface_id: "eth9".into(), rx_rate_limiter: None, tx_rate_limiter: None }).is_err());
+        c.vsock = Some(serde_json::from_value(serde_json::json!({"guest_cid": 3, "uds_path": dir.path().join("v.sock")})).expect("vsock"));
+        let r = c.to_resources().expect("valid");
+        assert_eq!(r.net[0].host_dev_name, "tap0");
+        assert_eq!(r.net[0].tx_rate_limiter.and_then(|l| l.bandwidth).map(|b| b.size), Some(1000));
+        assert!(r.net[0].rx_rate_limiter.is_some());
+        assert_eq!(r.vsock.as_ref().map(|v| v.guest_cid), Some(3));
+        assert_eq!(c.to_json()["network-interfaces"][0]["iface_id"], "eth0");
     }
 
     #[test]
