@@ -44,6 +44,14 @@ pub enum BenchError {
     /// Packing the initramfs failed.
     #[error("cannot pack the initramfs: {0}")]
     Initramfs(#[from] initramfs::InitramfsError),
+    /// Setting up the network namespace (or a socket in it) failed.
+    #[error("{command} failed: {reason}")]
+    Netns {
+        /// The command or step.
+        command: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Writing the JSON results failed.
     #[error("cannot encode the results: {0}")]
     Json(#[from] serde_json::Error),

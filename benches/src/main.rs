@@ -2,11 +2,16 @@
 //!
 //! `boot` boots the project's guest kernel and init under both VMMs, interleaved, and
 //! times the console; `overhead` boots a 17-byte PVH "kernel" to time the VMMs' own
-//! start-up; `all` runs both. See benches/README.md for the method.
+//! start-up; `block` and `net` measure virtio-blk and virtio-net throughput inside the
+//! guest and the VMM's host CPU per MiB; `all` runs them all. See benches/README.md.
 
+mod block;
 mod boot;
+mod devices;
 mod error;
 mod measure;
+mod net;
+mod netns;
 mod overhead;
 mod smaps;
 mod vmms;
@@ -33,7 +38,11 @@ enum Cmd {
     Boot(BootArgs),
     /// Time from process start to the first guest instruction's output (tiny PVH guest).
     Overhead(OverheadArgs),
-    /// Run `boot`, then `overhead`.
+    /// Sequential and random O_DIRECT I/O on a virtio-blk disk, measured in the guest.
+    Block(BlockArgs),
+    /// TCP throughput both ways over virtio-net on a tap, measured in the guest.
+    Net(NetArgs),
+    /// Run `boot`, `overhead`, `block` and `net`.
     All(AllArgs),
 }
 
@@ -92,6 +101,40 @@ struct OverheadArgs {
 }
 
 #[derive(Debug, Args)]
+struct BlockArgs {
+    /// Runs per VMM.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// MiB written and read sequentially (the image is twice as large).
+    #[arg(long, default_value_t = 64)]
+    size_mib: u64,
+    /// Time limit of one run (boot included), seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct NetArgs {
+    /// Runs per VMM.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// MiB sent each way.
+    #[arg(long, default_value_t = 32)]
+    size_mib: u64,
+    /// Time limit of one run (boot included), seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
 struct AllArgs {
     /// Boot runs per VMM.
     #[arg(long, default_value_t = 3)]
@@ -105,6 +148,18 @@ struct AllArgs {
     /// Time limit of one overhead run, seconds.
     #[arg(long, default_value_t = 60)]
     overhead_timeout: u64,
+    /// Block and network runs per VMM.
+    #[arg(long, default_value_t = 1)]
+    device_runs: usize,
+    /// Time limit of one block or network run, seconds.
+    #[arg(long, default_value_t = 600)]
+    device_timeout: u64,
+    /// MiB of sequential block I/O.
+    #[arg(long, default_value_t = 64)]
+    block_size_mib: u64,
+    /// MiB of TCP each way.
+    #[arg(long, default_value_t = 32)]
+    net_size_mib: u64,
     #[command(flatten)]
     guest: GuestArgs,
     #[command(flatten)]
@@ -124,11 +179,11 @@ fn find_zvm(given: Option<&Path>) -> Result<PathBuf> {
     }
     let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("zvm")));
     let in_repo = boot::repo_root().join("target/release/zvm");
-    beside
-        .into_iter()
-        .chain([in_repo.clone()])
-        .find(|p| p.is_file())
-        .ok_or(BenchError::Missing { what: "zvm binary", path: in_repo, hint })
+    beside.into_iter().chain([in_repo.clone()]).find(|p| p.is_file()).ok_or(BenchError::Missing {
+        what: "zvm binary",
+        path: in_repo,
+        hint,
+    })
 }
 
 fn launcher(common: &Common) -> Result<Launcher> {
@@ -139,6 +194,15 @@ fn boot_config(runs: usize, timeout: u64, guest: &GuestArgs) -> boot::BootConfig
     boot::BootConfig {
         runs,
         cpus: guest.cpus,
+        kernel: guest.kernel.clone(),
+        init: guest.init.clone(),
+        timeout: Duration::from_secs(timeout),
+    }
+}
+
+fn device_config(runs: usize, timeout: u64, guest: &GuestArgs) -> devices::DeviceConfig {
+    devices::DeviceConfig {
+        runs,
         kernel: guest.kernel.clone(),
         init: guest.init.clone(),
         timeout: Duration::from_secs(timeout),
@@ -176,14 +240,33 @@ fn execute(cli: Cli) -> Result<usize> {
             write_json(a.common.json.as_deref(), &serde_json::json!({"overhead": report.to_json()}))?;
             Ok(report.failures)
         }
+        Cmd::Block(a) => {
+            let report =
+                block::run(&launcher(&a.common)?, &device_config(a.runs, a.timeout, &a.guest), a.size_mib, dir.path())?;
+            write_json(a.common.json.as_deref(), &serde_json::json!({"block": report.to_json()}))?;
+            Ok(report.failures)
+        }
+        Cmd::Net(a) => {
+            let report =
+                net::run(&launcher(&a.common)?, &device_config(a.runs, a.timeout, &a.guest), a.size_mib, dir.path())?;
+            write_json(a.common.json.as_deref(), &serde_json::json!({"net": report.to_json()}))?;
+            Ok(report.failures)
+        }
         Cmd::All(a) => {
             let l = launcher(&a.common)?;
             let b = boot::run(&l, &boot_config(a.boot_runs, a.boot_timeout, &a.guest), dir.path())?;
             println!();
-            let cfg = overhead::OverheadConfig { runs: a.overhead_runs, timeout: Duration::from_secs(a.overhead_timeout) };
+            let cfg =
+                overhead::OverheadConfig { runs: a.overhead_runs, timeout: Duration::from_secs(a.overhead_timeout) };
             let o = overhead::run(&l, &cfg, dir.path())?;
-            write_json(a.common.json.as_deref(), &serde_json::json!({"boot": b.to_json(), "overhead": o.to_json()}))?;
-            Ok(b.failures + o.failures)
+            println!();
+            let dc = device_config(a.device_runs, a.device_timeout, &a.guest);
+            let k = block::run(&l, &dc, a.block_size_mib, dir.path())?;
+            println!();
+            let n = net::run(&l, &dc, a.net_size_mib, dir.path())?;
+            let json = serde_json::json!({"boot": b.to_json(), "overhead": o.to_json(), "block": k.to_json(), "net": n.to_json()});
+            write_json(a.common.json.as_deref(), &json)?;
+            Ok(b.failures + o.failures + k.failures + n.failures)
         }
     }
 }
@@ -216,5 +299,11 @@ mod tests {
         let cli = Cli::parse_from(["zvm-bench", "overhead"]);
         let Cmd::Overhead(a) = cli.command else { panic!("overhead expected") };
         assert_eq!(a.runs, 10);
+        let cli = Cli::parse_from(["zvm-bench", "block"]);
+        let Cmd::Block(a) = cli.command else { panic!("block expected") };
+        assert_eq!((a.runs, a.size_mib), (1, 64));
+        let cli = Cli::parse_from(["zvm-bench", "net"]);
+        let Cmd::Net(a) = cli.command else { panic!("net expected") };
+        assert_eq!((a.runs, a.size_mib), (1, 32));
     }
 }

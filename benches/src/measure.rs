@@ -44,12 +44,7 @@ impl<T> RunOutput<T> {
     pub fn tail(&self, n: usize) -> String {
         let start = self.lines.len().saturating_sub(n);
         let console: Vec<&str> = self.lines[start..].iter().map(|(_, l)| l.as_str()).collect();
-        format!(
-            "ended {:?}; console tail:\n{}\nstderr:\n{}",
-            self.ending,
-            console.join("\n"),
-            self.stderr.trim_end()
-        )
+        format!("ended {:?}; console tail:\n{}\nstderr:\n{}", self.ending, console.join("\n"), self.stderr.trim_end())
     }
 }
 
@@ -180,6 +175,32 @@ fn finish(child: &mut Child, timed_out: bool) -> Ending {
 /// calls `sample(pid)` when the marker `watch.sample_at` appears. Kills the process once
 /// every marker has been seen or the time limit passes, and always waits for it.
 pub fn run_watched<T>(cmd: &mut Command, watch: &Watch<'_>, mut sample: impl FnMut(u32) -> T) -> Result<RunOutput<T>> {
+    let mut sampled = None;
+    let out = run_inner(cmd, watch, |i, pid| {
+        if watch.sample_at == Some(i) {
+            sampled = Some(sample(pid));
+        }
+    })?;
+    Ok(RunOutput { marks: out.marks, sample: sampled, lines: out.lines, stderr: out.stderr, ending: out.ending })
+}
+
+/// Like [`run_watched`], but calls `sample(pid)` at every marker (`watch.sample_at` is
+/// ignored); the samples are in marker order, `None` for markers never seen.
+pub fn run_watched_each<T>(
+    cmd: &mut Command,
+    watch: &Watch<'_>,
+    mut sample: impl FnMut(u32) -> T,
+) -> Result<RunOutput<Vec<Option<T>>>> {
+    let mut samples: Vec<Option<T>> = (0..watch.markers.len()).map(|_| None).collect();
+    let out = run_inner(cmd, watch, |i, pid| {
+        if let Some(slot) = samples.get_mut(i) {
+            *slot = Some(sample(pid));
+        }
+    })?;
+    Ok(RunOutput { marks: out.marks, sample: Some(samples), lines: out.lines, stderr: out.stderr, ending: out.ending })
+}
+
+fn run_inner(cmd: &mut Command, watch: &Watch<'_>, mut on_marker: impl FnMut(usize, u32)) -> Result<RunOutput<()>> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
@@ -198,16 +219,13 @@ pub fn run_watched<T>(cmd: &mut Command, watch: &Watch<'_>, mut sample: impl FnM
     let stderr = drain(stderr);
 
     let mut marks: Vec<Option<Duration>> = vec![None; watch.markers.len()];
-    let mut sampled = None;
     let deadline = start + watch.timeout;
     let mut timed_out = false;
     while marks.iter().any(Option::is_none) {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(Event::Marker(i, at)) => {
-                if watch.sample_at == Some(i) {
-                    sampled = Some(sample(pid));
-                }
+                on_marker(i, pid);
                 marks[i] = Some(at - start);
             }
             Ok(Event::Eof) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -220,7 +238,7 @@ pub fn run_watched<T>(cmd: &mut Command, watch: &Watch<'_>, mut sample: impl FnM
     let ending = finish(&mut child, timed_out);
     let lines = reader.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
-    Ok(RunOutput { marks, sample: sampled, lines, stderr, ending })
+    Ok(RunOutput { marks, sample: None, lines, stderr, ending })
 }
 
 /// The median of `values` (mean of the two middle values for an even count); `None` when

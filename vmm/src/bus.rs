@@ -198,7 +198,7 @@ mod tests {
         let mut data = [0u8; 1];
         assert!(bus.read(0x3fd, &mut data));
         assert_eq!(data, [5]);
-        assert!(bus.write(0x3f8, &[b'a']));
+        assert!(bus.write(0x3f8, b"a"));
         assert_eq!(rec.lock().expect("lock").writes, vec![(0, vec![b'a'])]);
     }
 

@@ -269,11 +269,9 @@ impl VmmLoop {
                         let _ = self.pause_evt.read();
                         self.kick_until_parked();
                     }
-                    TOKEN_STDIN if stdin_open => {
-                        if !self.forward_stdin() {
-                            stdin_open = false;
-                            let _ = epoll.ctl(ControlOperation::Delete, libc::STDIN_FILENO, EpollEvent::default());
-                        }
+                    TOKEN_STDIN if stdin_open && !self.forward_stdin() => {
+                        stdin_open = false;
+                        let _ = epoll.ctl(ControlOperation::Delete, libc::STDIN_FILENO, EpollEvent::default());
                     }
                     token if token >= TOKEN_HANDLER_BASE => {
                         let index = usize::try_from(token - TOKEN_HANDLER_BASE).unwrap_or(usize::MAX);

@@ -247,8 +247,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let kernel = dir.path().join("vmlinux");
         std::fs::write(&kernel, b"kernel").expect("kernel");
-        let mut c = PendingConfig::default();
-        c.boot_source = Some(BootSource { kernel_image_path: kernel.display().to_string(), boot_args: None, initrd_path: None });
+        let mut c = PendingConfig {
+            boot_source: Some(BootSource { kernel_image_path: kernel.display().to_string(), boot_args: None, initrd_path: None }),
+            ..Default::default()
+        };
         let iface: NetworkInterface = serde_json::from_value(serde_json::json!({
             "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:00:00:00:00:01",
             "tx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}
