@@ -77,17 +77,24 @@ pub fn initramfs_entries(init: Vec<u8>) -> Vec<Entry> {
     entries
 }
 
-/// Builds or finds the kernel and writes the uncompressed initramfs into `dir`.
-pub fn prepare_guest(cfg: &BootConfig, dir: &Path) -> Result<GuestSpec> {
+/// The given kernel and guest init, or the project's own (built on first use by
+/// `guest-kernel/build.sh` and `guest/build.sh`).
+pub fn kernel_and_init(kernel: Option<&PathBuf>, init: Option<&PathBuf>) -> Result<(PathBuf, PathBuf)> {
     let root = repo_root();
-    let kernel = match &cfg.kernel {
+    let kernel = match kernel {
         Some(k) => k.clone(),
         None => path_from_script(&root.join("guest-kernel/build.sh"))?,
     };
-    let init = match &cfg.init {
+    let init = match init {
         Some(i) => i.clone(),
         None => path_from_script(&root.join("guest/build.sh"))?,
     };
+    Ok((kernel, init))
+}
+
+/// Builds or finds the kernel and writes the uncompressed initramfs into `dir`.
+pub fn prepare_guest(cfg: &BootConfig, dir: &Path) -> Result<GuestSpec> {
+    let (kernel, init) = kernel_and_init(cfg.kernel.as_ref(), cfg.init.as_ref())?;
     let init_bytes = std::fs::read(&init).map_err(crate::error::io_err("read", &init))?;
     let image = initramfs::pack_uncompressed(&initramfs_entries(init_bytes))?;
     let initrd = dir.join("bench-initramfs.cpio");

@@ -2,7 +2,7 @@
 //! the VMM command lines with a disk and a tap-backed NIC inside a network namespace,
 //! and host CPU time of the VMM process between console markers.
 
-use crate::boot::{initramfs_entries, path_from_script, repo_root, CMDLINE};
+use crate::boot::{initramfs_entries, CMDLINE};
 use crate::error::{io_err, Result};
 use crate::measure::{run_watched_each, Ending, RunOutput, Watch};
 use crate::netns::{NetNs, GUEST_MAC};
@@ -57,15 +57,7 @@ pub fn busybox_initramfs(init: &Path, script: &str) -> Result<Vec<u8>> {
 
 /// Builds (or finds) the kernel and init and writes the initramfs running `script`.
 pub fn prepare(cfg: &DeviceConfig, script: &str, dir: &Path, name: &str) -> Result<GuestSpec> {
-    let root = repo_root();
-    let kernel = match &cfg.kernel {
-        Some(k) => k.clone(),
-        None => path_from_script(&root.join("guest-kernel/build.sh"))?,
-    };
-    let init = match &cfg.init {
-        Some(i) => i.clone(),
-        None => path_from_script(&root.join("guest/build.sh"))?,
-    };
+    let (kernel, init) = crate::boot::kernel_and_init(cfg.kernel.as_ref(), cfg.init.as_ref())?;
     let initrd = dir.join(name);
     std::fs::write(&initrd, busybox_initramfs(&init, script)?).map_err(io_err("write", &initrd))?;
     Ok(GuestSpec {
