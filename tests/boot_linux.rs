@@ -134,7 +134,7 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
     ];
     let run = run_zvm_in(Some(&ns), &args, BOOT_LIMIT);
     let console = &run.stdout;
-    let show = || format!("exit {:?}\nstderr:\n{}\nconsole tail:\n{}", run.code, run.stderr, console.lines().rev().take(40).collect::<Vec<_>>().join("\n"));
+    let show = || format!("exit {:?}\nstderr:\n{}\nconsole tail:\n{}", run.code, run.stderr, console.lines().rev().take(120).collect::<Vec<_>>().join("\n"));
     for needle in [
         "smp: Brought up 1 node, 2 CPUs",
         "virtio_blk virtio0: [vda]",

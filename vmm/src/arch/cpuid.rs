@@ -65,8 +65,13 @@ const PVM_HIDDEN: &[Feature] = &[
 /// host's values), so the CPUID edits above cannot hide anything there; the kernel is
 /// told to clear the same features itself. On VMX/SVM hosts the CPUID edits suffice and
 /// the `pvm` template is not chosen by default.
-pub const PVM_KERNEL_ARGS: &str =
-    "clearcpuid=xsave,cx16,popcnt,smap,smep,fsgsbase,rdrand,rdseed,invpcid,pcid,rdpid noxsave nosmap nosmep nopcid noinvpcid nofsgsbase";
+///
+/// The same native CPUID makes guest userspace believe AVX state is saved (OSXSAVE), while
+/// the guest kernel, without XSAVE, only preserves SSE state across context switches: the
+/// last parameter reaches init's environment and keeps glibc's string functions off AVX.
+pub const PVM_KERNEL_ARGS: &str = "clearcpuid=xsave,cx16,popcnt,smap,smep,fsgsbase,rdrand,rdseed,invpcid,pcid,rdpid \
+     noxsave nosmap nosmep nopcid noinvpcid nofsgsbase \
+     GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-AVX_Fast_Unaligned_Load";
 
 /// Features hidden from every guest: nested virtualization.
 const ALWAYS_HIDDEN: &[Feature] = &[
