@@ -69,8 +69,10 @@ const PVM_HIDDEN: &[Feature] = &[
 /// The same native CPUID makes guest userspace believe AVX state is saved (OSXSAVE), while
 /// the guest kernel, without XSAVE, only preserves SSE state across context switches: the
 /// last parameter reaches init's environment and keeps glibc's string functions off AVX.
+/// Emulated guest kernel code is slow enough on a loaded host for RCU's stall detector to
+/// fire (and its NMI backtraces to stall the guest further), so stall warnings are off.
 pub const PVM_KERNEL_ARGS: &str = "clearcpuid=xsave,cx16,popcnt,smap,smep,fsgsbase,rdrand,rdseed,invpcid,pcid,rdpid \
-     noxsave nosmap nosmep nopcid noinvpcid nofsgsbase \
+     noxsave nosmap nosmep nopcid noinvpcid nofsgsbase rcupdate.rcu_cpu_stall_suppress=1 \
      GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-AVX_Fast_Unaligned_Load";
 
 /// Features hidden from every guest: nested virtualization.
