@@ -154,30 +154,10 @@ impl MachineConfigUpdate {
     }
 }
 
-/// One token bucket of a rate limiter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenBucket {
-    /// Bucket size, in bytes or operations.
-    pub size: u64,
-    /// An initial burst allowed on top of `size`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub one_time_burst: Option<u64>,
-    /// Milliseconds to refill the bucket from empty.
-    pub refill_time: u64,
-}
-
-/// A rate limiter: a bandwidth bucket and an operations bucket.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimiter {
-    /// Bytes per refill period.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bandwidth: Option<TokenBucket>,
-    /// Operations per refill period.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ops: Option<TokenBucket>,
-}
+/// Rate limiters and their token buckets: the VMM's own configuration types, which
+/// already follow Firecracker's JSON (`bandwidth`/`ops`, `size`, `one_time_burst`,
+/// `refill_time`; unknown fields refused).
+pub use vmm::rate_limiter::{RateLimiterConfig as RateLimiter, TokenBucketConfig as TokenBucket};
 
 /// Block device cache policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,6 @@
 use api_server::model::{self, BootSource, Drive, DriveUpdate, MachineConfig, MachineConfigUpdate, NetworkInterface, NetworkInterfaceUpdate, Vsock};
 use api_server::ControllerError;
 use std::path::PathBuf;
-use vmm::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 use vmm::resources::{self, DriveConfig, EntropyConfig, NetConfig, VsockConfig};
 use vmm::VmResources;
 
@@ -158,7 +157,7 @@ impl PendingConfig {
                 path_on_host: PathBuf::from(&d.path_on_host),
                 is_root_device: d.is_root_device,
                 is_read_only: d.is_read_only,
-                rate_limiter: d.rate_limiter.as_ref().map(limiter),
+                rate_limiter: d.rate_limiter,
             })
             .collect();
         r.entropy = self.entropy.then(EntropyConfig::default);
@@ -169,20 +168,14 @@ impl PendingConfig {
                 iface_id: n.iface_id.clone(),
                 host_dev_name: n.host_dev_name.clone(),
                 guest_mac: n.guest_mac.clone(),
-                rx_rate_limiter: n.rx_rate_limiter.as_ref().map(limiter),
-                tx_rate_limiter: n.tx_rate_limiter.as_ref().map(limiter),
+                rx_rate_limiter: n.rx_rate_limiter,
+                tx_rate_limiter: n.tx_rate_limiter,
             })
             .collect();
         r.vsock = self.vsock.as_ref().map(|v| VsockConfig { guest_cid: v.guest_cid, uds_path: PathBuf::from(&v.uds_path) });
         r.validate().map_err(|e| refuse(e.to_string()))?;
         Ok(r)
     }
-}
-
-/// The API's rate limiter object as the VMM's configuration (the same JSON shape).
-fn limiter(r: &model::RateLimiter) -> RateLimiterConfig {
-    let bucket = |b: &model::TokenBucket| TokenBucketConfig { size: b.size, one_time_burst: b.one_time_burst, refill_time: b.refill_time };
-    RateLimiterConfig { bandwidth: r.bandwidth.as_ref().map(bucket), ops: r.ops.as_ref().map(bucket) }
 }
 
 /// Refuses a path that is not a readable regular file, as Firecracker does at PUT time.
