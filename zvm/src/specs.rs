@@ -10,10 +10,7 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<DriveConfig, String> {
     let mut read_only = false;
     let mut root = false;
     let mut id = None;
-    for part in spec.split(',').filter(|p| !p.is_empty()) {
-        let (key, value) = part
-            .split_once('=')
-            .ok_or_else(|| format!("invalid disk '{spec}': '{part}' is not key=value"))?;
+    for (key, value) in key_values("disk", spec)? {
         match key {
             "path" => path = Some(PathBuf::from(value)),
             "readonly" | "ro" => read_only = on_off(spec, key, value)?,
@@ -38,10 +35,7 @@ pub fn parse_net(spec: &str, index: usize) -> Result<NetConfig, String> {
     let mut tap = None;
     let mut mac = None;
     let mut id = None;
-    for part in spec.split(',').filter(|p| !p.is_empty()) {
-        let (key, value) = part
-            .split_once('=')
-            .ok_or_else(|| format!("invalid net '{spec}': '{part}' is not key=value"))?;
+    for (key, value) in key_values("net", spec)? {
         match key {
             "tap" => tap = Some(value.to_string()),
             "mac" => mac = Some(value.to_string()),
@@ -64,10 +58,7 @@ pub fn parse_net(spec: &str, index: usize) -> Result<NetConfig, String> {
 pub fn parse_vsock(spec: &str) -> Result<VsockConfig, String> {
     let mut cid = None;
     let mut uds = None;
-    for part in spec.split(',').filter(|p| !p.is_empty()) {
-        let (key, value) = part
-            .split_once('=')
-            .ok_or_else(|| format!("invalid vsock '{spec}': '{part}' is not key=value"))?;
+    for (key, value) in key_values("vsock", spec)? {
         match key {
             "cid" | "guest_cid" => {
                 cid = Some(value.parse::<u32>().map_err(|_| format!("invalid vsock '{spec}': cid must be a number, not '{value}'"))?)
@@ -80,6 +71,15 @@ pub fn parse_vsock(spec: &str) -> Result<VsockConfig, String> {
         guest_cid: cid.ok_or_else(|| format!("invalid vsock '{spec}': cid=N is required"))?,
         uds_path: uds.ok_or_else(|| format!("invalid vsock '{spec}': uds=PATH is required"))?,
     })
+}
+
+/// The `key=value` pairs of a comma-separated `kind` spec, in order; empty parts are
+/// skipped, a part without `=` is an error.
+fn key_values<'a>(kind: &str, spec: &'a str) -> Result<Vec<(&'a str, &'a str)>, String> {
+    spec.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|part| part.split_once('=').ok_or_else(|| format!("invalid {kind} '{spec}': '{part}' is not key=value")))
+        .collect()
 }
 
 fn on_off(spec: &str, key: &str, value: &str) -> Result<bool, String> {
