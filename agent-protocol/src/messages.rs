@@ -1,0 +1,309 @@
+//! The messages carried in frames.
+
+use std::fmt;
+
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{ProtocolError, Result, PROTOCOL_VERSION};
+
+/// First frame each way: who is speaking and which protocol version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// Free-form name of the sender (e.g. `"zvm-oci-agent 0.1.0"`), for error messages.
+    pub name: String,
+}
+
+impl Hello {
+    /// Our hello, with [`PROTOCOL_VERSION`].
+    pub fn new(name: &str) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Refuses a peer whose version differs from ours.
+    pub fn check(&self) -> Result<()> {
+        if self.version == PROTOCOL_VERSION {
+            Ok(())
+        } else {
+            Err(ProtocolError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: self.version,
+                peer: self.name.clone(),
+            })
+        }
+    }
+}
+
+/// A request from the host; answered by exactly one [`AgentMessage::Response`] with the same id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the host; echoed in the response.
+    pub id: u64,
+    /// What to do.
+    pub body: RequestBody,
+}
+
+/// Where the container's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rootfs {
+    /// A block device the agent mounts (read-only when `spec.root.readonly`).
+    BlockDevice {
+        /// Device path in the guest, e.g. `/dev/vda`.
+        device: String,
+        /// Filesystem type, e.g. `ext4`.
+        fstype: String,
+    },
+    /// An existing directory (host tests).
+    Directory {
+        /// Absolute path of the directory.
+        path: String,
+    },
+}
+
+/// The operations the host asks of the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestBody {
+    /// Sets the container up to "created": its process is forked into its namespaces, configured
+    /// and waits for [`RequestBody::Start`]. Answer: [`ResponseBody::Created`].
+    Create {
+        /// The bundle's config.json.
+        spec: Box<oci_spec::runtime::Spec>,
+        /// The root filesystem.
+        rootfs: Rootfs,
+        /// Give the process a pty (its output arrives as stream `init`, fd 1).
+        terminal: bool,
+    },
+    /// Releases the created process: it execs `spec.process.args`. Answer: [`ResponseBody::Done`].
+    Start,
+    /// Runs a second process in the container's namespaces and cgroup; its output and exit
+    /// arrive as events on stream `exec_id`. Answer: [`ResponseBody::Started`].
+    Exec {
+        /// Stream name of the new process (unique, not `"init"`).
+        exec_id: String,
+        /// What to run.
+        process: Box<oci_spec::runtime::Process>,
+    },
+    /// Sends `signal` to the process of `stream` (`"init"` or an exec id); with `all`, to every
+    /// process of the container. Answer: [`ResponseBody::Done`].
+    Signal {
+        /// `"init"` or an exec id.
+        stream: String,
+        /// Signal number.
+        signal: i32,
+        /// Signal all the container's processes.
+        all: bool,
+    },
+    /// Writes to the stdin of a stream's process. Answer: [`ResponseBody::Done`].
+    Stdin {
+        /// `"init"` or an exec id.
+        stream: String,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// Closes the stdin of a stream's process. Answer: [`ResponseBody::Done`].
+    CloseStdin {
+        /// `"init"` or an exec id.
+        stream: String,
+    },
+    /// Resizes a stream's pty. Answer: [`ResponseBody::Done`].
+    ResizeTerminal {
+        /// `"init"` or an exec id.
+        stream: String,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Answer: [`ResponseBody::State`].
+    State,
+    /// Answer: [`ResponseBody::Pids`].
+    Ps,
+    /// Syncs, unmounts and powers the VM off (a host-process agent just exits). Answer:
+    /// [`ResponseBody::Done`], sent before the power-off.
+    Shutdown,
+}
+
+/// Lifecycle state of the container in the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStatus {
+    /// Forked and configured, waiting for Start.
+    Created,
+    /// Started and not yet exited.
+    Running,
+    /// The init process has exited.
+    Stopped,
+}
+
+impl fmt::Display for ContainerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+        })
+    }
+}
+
+/// Successful answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseBody {
+    /// Done; nothing to report.
+    Done,
+    /// Answer to Create: the container's init process (guest pid).
+    Created {
+        /// Guest pid of the init process.
+        pid: i32,
+    },
+    /// Answer to Exec: the new process (guest pid).
+    Started {
+        /// Guest pid of the exec'd process.
+        pid: i32,
+    },
+    /// Answer to State.
+    State {
+        /// Lifecycle state.
+        status: ContainerStatus,
+        /// Guest pid of the init process, while it exists.
+        pid: Option<i32>,
+        /// How the init process ended, once stopped.
+        exit: Option<ExitStatus>,
+    },
+    /// Answer to Ps: guest pids of the container's processes.
+    Pids {
+        /// The pids.
+        pids: Vec<i32>,
+    },
+}
+
+/// Everything the agent sends after its hello.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// The answer to request `id`: a body, or an error message.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// The outcome.
+        result: std::result::Result<ResponseBody, String>,
+    },
+    /// Something happened in the container.
+    Event(Event),
+}
+
+/// Unsolicited news from the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// A process wrote to stdout (fd 1) or stderr (fd 2); a pty's output is fd 1.
+    Output {
+        /// `"init"` or an exec id.
+        stream: String,
+        /// 1 or 2.
+        fd: u8,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// A process ended. Sent after the last Output of that stream.
+    Exited {
+        /// `"init"` or an exec id.
+        stream: String,
+        /// How it ended.
+        status: ExitStatus,
+    },
+}
+
+/// How a process ended: exit code, or the signal that killed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code, when the process exited.
+    pub code: Option<i32>,
+    /// Signal number, when a signal killed the process.
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    /// A normal exit with `code`.
+    pub fn exited(code: i32) -> Self {
+        Self {
+            code: Some(code),
+            signal: None,
+        }
+    }
+
+    /// Death by `signal`.
+    pub fn signaled(signal: i32) -> Self {
+        Self {
+            code: None,
+            signal: Some(signal),
+        }
+    }
+
+    /// The status a shell reports: the exit code, or 128 + signal (255 when neither is known).
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => 128 + sig,
+            (None, None) => 255,
+        }
+    }
+}
+
+/// Raw bytes, serialised as a standard base64 string.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({:?})", String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Self(v)
+    }
+}
+
+impl From<&[u8]> for Bytes {
+    fn from(v: &[u8]) -> Self {
+        Self(v.to_vec())
+    }
+}
+
+impl From<&str> for Bytes {
+    fn from(v: &str) -> Self {
+        Self(v.as_bytes().to_vec())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(Bytes)
+            .map_err(serde::de::Error::custom)
+    }
+}

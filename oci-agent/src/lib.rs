@@ -1,0 +1,1 @@
+//! zvm's guest agent (work in progress).
