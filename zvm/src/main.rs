@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: flist_fetcher::cli::FlistCommand,
     },
+    /// The node: the daemon that runs deployments of micro-VMs from flists.
+    Node {
+        #[command(subcommand)]
+        command: zos_boot::cli::NodeCommand,
+    },
     /// Pack a directory into a gzip-compressed newc cpio initramfs.
     Initramfs {
         /// Directory whose contents become the root of the initramfs.
@@ -109,6 +114,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Node { command } => zos_boot::cli::run(command),
         Command::Initramfs { dir, output } => match initramfs::pack_dir(&dir, &output) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

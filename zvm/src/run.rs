@@ -15,9 +15,34 @@ use vmm::{VmOutcome, VmResources};
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Guest kernel: an uncompressed ELF vmlinux (booted through its PVH entry) or a
-    /// bzImage. `zvm kernel path` builds one.
-    #[arg(long)]
-    kernel: PathBuf,
+    /// bzImage. `zvm kernel path` builds one. With --flist: the kernel for container and
+    /// raw-image flists (default: $ZVM_KERNEL or the project's build).
+    #[arg(long, required_unless_present = "flist")]
+    kernel: Option<PathBuf>,
+    /// Boot an flist (a `.fl` path or http(s) URL): a VM image (/boot/vmlinuz, optional
+    /// /boot/initrd.img), a raw disk (/image.raw), or a container root filesystem whose
+    /// --entrypoint runs as the guest's init.
+    #[arg(long, value_name = "PATH_OR_URL")]
+    flist: Option<String>,
+    /// With --flist: the container's command (shell-like words).
+    #[arg(long, requires = "flist")]
+    entrypoint: Option<String>,
+    /// With --flist: an environment variable of the container; repeatable.
+    #[arg(long = "env", value_name = "K=V", requires = "flist")]
+    envs: Vec<String>,
+    /// With --flist: block and flist cache (default ~/.cache/zvm/flist).
+    #[arg(long, value_name = "DIR", requires = "flist")]
+    flist_cache: Option<PathBuf>,
+    /// With --flist: keep the unpacked flist and root disk here, reused on the next run
+    /// (default: a temporary directory removed afterwards).
+    #[arg(long, value_name = "DIR", requires = "flist")]
+    flist_work: Option<PathBuf>,
+    /// With --flist: root disk size in bytes for a container flist.
+    #[arg(long, value_name = "BYTES", requires = "flist")]
+    root_size: Option<u64>,
+    /// Arguments appended to the kernel command line.
+    #[arg(long, value_name = "ARGS")]
+    append: Option<String>,
     /// Initramfs / initrd to load.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -63,11 +88,34 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    fn resources(&self) -> Result<VmResources, String> {
+    /// Fetches and prepares the flist (see [`zos_boot::flist_vm`]) and points `resources` at it.
+    fn apply_flist(&self, flist: &str, work_dir: &std::path::Path, resources: &mut VmResources) -> Result<(), String> {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+        let mut env = Vec::new();
+        for kv in &self.envs {
+            let (k, v) = kv.split_once('=').ok_or_else(|| format!("invalid --env '{kv}': expected K=V"))?;
+            env.push((k.to_string(), v.to_string()));
+        }
+        let opts = zos_boot::flist_vm::FlistBootOptions {
+            flist: flist.to_string(),
+            cache_dir: self.flist_cache.clone().unwrap_or_else(|| home.join(".cache/zvm/flist")),
+            work_dir: work_dir.to_path_buf(),
+            entrypoint: self.entrypoint.clone(),
+            env,
+            root_size: self.root_size,
+            kernel: self.kernel.clone(),
+        };
+        let plan = zos_boot::flist_vm::prepare(&opts).map_err(|e| e.to_string())?;
+        tracing::info!(kind = ?plan.kind, kernel = %plan.kernel.display(), "booting flist {flist}");
+        plan.apply(resources);
+        Ok(())
+    }
+
+    fn resources(&self, flist_work: &std::path::Path) -> Result<VmResources, String> {
         let vcpu_count = u8::try_from(self.cpus).map_err(|_| format!("at most {} vCPUs are supported (cpus was {})", vmm::resources::MAX_VCPUS, self.cpus))?;
         let resources = VmResources {
             boot_source: BootSource {
-                kernel_image_path: self.kernel.clone(),
+                kernel_image_path: self.kernel.clone().unwrap_or_default(),
                 boot_args: Some(self.cmdline.clone()),
                 initrd_path: self.initrd.clone(),
             },
@@ -84,6 +132,13 @@ impl RunArgs {
             net: self.nets.iter().enumerate().map(|(i, spec)| crate::specs::parse_net(spec, i)).collect::<Result<_, _>>()?,
             vsock: self.vsock.as_deref().map(crate::specs::parse_vsock).transpose()?,
         };
+        let mut resources = resources;
+        if let Some(flist) = &self.flist {
+            self.apply_flist(flist, flist_work, &mut resources)?;
+        }
+        if let Some(extra) = &self.append {
+            resources.boot_source.boot_args = Some(format!("{} {extra}", resources.boot_args()));
+        }
         resources.validate().map_err(|e| e.to_string())?;
         Ok(resources)
     }
@@ -111,7 +166,18 @@ pub(crate) fn install_stop_signals(fd: i32) {
 
 /// Runs `zvm run`.
 pub fn run(args: RunArgs, process_start: Instant) -> ExitCode {
-    let resources = match args.resources() {
+    // A --flist without --flist-work unpacks into a temporary directory, removed at the end.
+    let temp_work = (args.flist.is_some() && args.flist_work.is_none()).then(|| std::env::temp_dir().join(format!("zvm-flist-{}", std::process::id())));
+    let flist_work = args.flist_work.clone().or_else(|| temp_work.clone()).unwrap_or_default();
+    let code = run_with(args, process_start, &flist_work);
+    if let Some(dir) = temp_work {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    code
+}
+
+fn run_with(args: RunArgs, process_start: Instant, flist_work: &std::path::Path) -> ExitCode {
+    let resources = match args.resources(flist_work) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("zvm: {e}");

@@ -1,0 +1,293 @@
+//! From an flist to a bootable VM: the logic shared by `zvm run --flist` and the node
+//! daemon's workload processes.
+//!
+//! [`prepare`] fetches the flist (a local `.fl` file or an http(s) URL; blocks go through
+//! flist-fetcher's cache) and decides how to boot it:
+//! - a **VM image** flist holds `/boot/vmlinuz` (and optionally `/boot/initrd.img`): that
+//!   kernel boots, with the unpacked flist's initrd;
+//! - a **raw image** flist holds `/image.raw`: the project's kernel boots with that image
+//!   as its root disk;
+//! - anything else is a **container** flist: its tree becomes an ext4 root disk and the
+//!   project's kernel boots it with the entrypoint as the guest's init, `env` as its
+//!   environment (see [`cmdline::init_args`]). When an image from `zvm flist from-oci` carries
+//!   `/.zvm/image-config.json`, its entrypoint and environment are the defaults.
+//!
+//! The result is a [`BootPlan`] that [`BootPlan::apply`] turns into [`vmm::VmResources`].
+
+pub mod cmdline;
+mod fetch;
+
+pub use fetch::{check_reachable, fetch_flist};
+
+use flist_fetcher::meta::Reader;
+use flist_fetcher::tree::{Kind, Tree};
+use std::path::{Path, PathBuf};
+use vmm::resources::{DriveConfig, VmResources};
+
+/// Errors of the flist-to-VM logic.
+#[derive(Debug, thiserror::Error)]
+pub enum FlistVmError {
+    /// The flist (file or URL) cannot be had.
+    #[error("flist `{flist}` is not reachable: {reason}")]
+    Unreachable {
+        /// The flist as given.
+        flist: String,
+        /// Why.
+        reason: String,
+    },
+    /// Reading, fetching or unpacking the flist failed.
+    #[error("flist `{flist}`: {source}")]
+    Flist {
+        /// The flist as given.
+        flist: String,
+        /// The flist-fetcher error.
+        #[source]
+        source: flist_fetcher::Error,
+    },
+    /// Local file trouble.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A container flist without anything to run.
+    #[error("container flist `{0}` has no entrypoint: give one (--entrypoint / \"entrypoint\")")]
+    NoEntrypoint(String),
+    /// The entrypoint or environment cannot be handed to the guest.
+    #[error("entrypoint: {0}")]
+    Cmdline(#[from] cmdline::CmdlineError),
+    /// The project's guest kernel was not found.
+    #[error("no guest kernel: give --kernel, set ZVM_KERNEL, or build it with `zvm kernel path`")]
+    NoKernel,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FlistVmError + '_ {
+    move |source| FlistVmError::Io { path: path.to_path_buf(), source }
+}
+
+/// What kind of flist this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlistKind {
+    /// `/boot/vmlinuz` (+ `/boot/initrd.img`).
+    VmImage,
+    /// `/image.raw`.
+    RawImage,
+    /// A root filesystem to run a command in.
+    Container,
+}
+
+/// Inputs of [`prepare`].
+#[derive(Debug, Clone)]
+pub struct FlistBootOptions {
+    /// A `.fl` path or an http(s) URL.
+    pub flist: String,
+    /// Cache directory (blocks and downloaded flists).
+    pub cache_dir: PathBuf,
+    /// Directory for this VM's unpacked files and root disk (kept across restarts).
+    pub work_dir: PathBuf,
+    /// Container entrypoint (overrides the image's).
+    pub entrypoint: Option<String>,
+    /// Container environment (added to the image's).
+    pub env: Vec<(String, String)>,
+    /// Root disk size for container flists (default: content * 1.5 + 64 MiB).
+    pub root_size: Option<u64>,
+    /// The project's kernel (for container and raw-image flists); located when `None`.
+    pub kernel: Option<PathBuf>,
+}
+
+/// How to boot the VM an flist describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootPlan {
+    /// The flist's kind.
+    pub kind: FlistKind,
+    /// Kernel to boot.
+    pub kernel: PathBuf,
+    /// Initrd, if any.
+    pub initrd: Option<PathBuf>,
+    /// Root disk (attached first, `root=/dev/vda rw`).
+    pub root_disk: Option<PathBuf>,
+    /// Kernel arguments to append (init, environment).
+    pub extra_args: String,
+}
+
+impl BootPlan {
+    /// Points `resources` at this plan's kernel, initrd and root disk and appends its
+    /// arguments to the command line.
+    pub fn apply(&self, resources: &mut VmResources) {
+        resources.boot_source.kernel_image_path = self.kernel.clone();
+        resources.boot_source.initrd_path = self.initrd.clone();
+        if !self.extra_args.is_empty() {
+            let base = resources.boot_args().to_string();
+            resources.boot_source.boot_args = Some(format!("{base} {}", self.extra_args));
+        }
+        if let Some(disk) = &self.root_disk {
+            resources.drives.retain(|d| !d.is_root_device);
+            resources.drives.insert(
+                0,
+                DriveConfig { drive_id: "root".into(), path_on_host: disk.clone(), is_root_device: true, is_read_only: false, rate_limiter: None },
+            );
+        }
+    }
+}
+
+/// Finds the project's guest kernel: `explicit`, `$ZVM_KERNEL`, `vmlinux` next to the
+/// running program, or the newest build under `~/.cache/zvm/kernel/`.
+pub fn locate_kernel(explicit: Option<&Path>) -> Result<PathBuf, FlistVmError> {
+    if let Some(p) = explicit {
+        return if p.is_file() { Ok(p.to_path_buf()) } else { Err(FlistVmError::Io { path: p.to_path_buf(), source: std::io::ErrorKind::NotFound.into() }) };
+    }
+    if let Some(p) = std::env::var_os("ZVM_KERNEL").map(PathBuf::from).filter(|p| p.is_file()) {
+        return Ok(p);
+    }
+    if let Some(p) = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("vmlinux"))).filter(|p| p.is_file()) {
+        return Ok(p);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let builds = std::fs::read_dir(home.join(".cache/zvm/kernel")).map_err(|_| FlistVmError::NoKernel)?;
+    builds
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("vmlinux"))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+        .ok_or(FlistVmError::NoKernel)
+}
+
+/// Classifies a loaded flist tree.
+pub fn classify(tree: &Tree) -> FlistKind {
+    let has = |path: &str| tree.entries.iter().any(|e| e.path == Path::new(path) && e.kind == Kind::File);
+    if has("boot/vmlinuz") {
+        FlistKind::VmImage
+    } else if has("image.raw") {
+        FlistKind::RawImage
+    } else {
+        FlistKind::Container
+    }
+}
+
+/// Fetches the flist and prepares its files under `work_dir`; see the module docs.
+pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
+    let flist_err = |source: flist_fetcher::Error| FlistVmError::Flist { flist: opts.flist.clone(), source };
+    std::fs::create_dir_all(&opts.work_dir).map_err(io(&opts.work_dir))?;
+    let fl = fetch_flist(&opts.flist, &opts.cache_dir)?;
+    let reader = Reader::open(&fl).map_err(|e| flist_err(e.into()))?;
+    let tree = Tree::load(&reader).map_err(|e| flist_err(e.into()))?;
+    let kind = classify(&tree);
+    let blocks = opts.cache_dir.join("blocks");
+    let mut unpack = flist_fetcher::UnpackOptions::new(&blocks);
+    unpack.owners = Some(false);
+    match kind {
+        FlistKind::VmImage | FlistKind::RawImage => {
+            let root = opts.work_dir.join("flist");
+            let done = opts.work_dir.join("flist.done");
+            if !done.exists() {
+                let _ = std::fs::remove_dir_all(&root);
+                tracing::info!(flist = %opts.flist, dir = %root.display(), "unpacking VM image flist");
+                flist_fetcher::unpack(&fl, &root, &unpack).map_err(|e| flist_err(e.into()))?;
+                std::fs::write(&done, b"").map_err(io(&done))?;
+            }
+            if kind == FlistKind::VmImage {
+                let initrd = Some(root.join("boot/initrd.img")).filter(|p| p.is_file());
+                Ok(BootPlan { kind, kernel: root.join("boot/vmlinuz"), initrd, root_disk: None, extra_args: String::new() })
+            } else {
+                let kernel = locate_kernel(opts.kernel.as_deref())?;
+                Ok(BootPlan { kind, kernel, initrd: None, root_disk: Some(root.join("image.raw")), extra_args: String::new() })
+            }
+        }
+        FlistKind::Container => {
+            let kernel = locate_kernel(opts.kernel.as_deref())?;
+            let image_config = image_config(&tree, &fl, &opts.work_dir, &unpack);
+            let argv = match &opts.entrypoint {
+                Some(e) => cmdline::split_words(e)?,
+                None => image_config.argv.clone(),
+            };
+            if argv.is_empty() {
+                return Err(FlistVmError::NoEntrypoint(opts.flist.clone()));
+            }
+            let mut env = image_config.env;
+            for (k, v) in &opts.env {
+                env.retain(|(key, _)| key != k);
+                env.push((k.clone(), v.clone()));
+            }
+            let extra_args = cmdline::init_args(&argv, &env)?;
+            let disk = opts.work_dir.join("root.ext4");
+            let done = opts.work_dir.join("root.ext4.done");
+            if !done.exists() {
+                let content: u64 = tree.entries.iter().map(|e| e.inode.size).sum();
+                let size = opts.root_size.unwrap_or(content + content / 2 + (64 << 20));
+                tracing::info!(flist = %opts.flist, disk = %disk.display(), size, "building the root disk");
+                let image_opts = flist_fetcher::ImageOptions { size, label: "rootfs".into(), unpack: unpack.clone() };
+                flist_fetcher::image(&fl, &disk, &image_opts).map_err(|e| flist_err(e.into()))?;
+                std::fs::write(&done, b"").map_err(io(&done))?;
+            }
+            Ok(BootPlan { kind, kernel, initrd: None, root_disk: Some(disk), extra_args })
+        }
+    }
+}
+
+/// Defaults a container image brings (`/.zvm/image-config.json`, written by
+/// `zvm flist from-oci`): its command and environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ImageConfig {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+fn image_config(tree: &Tree, fl: &Path, work_dir: &Path, unpack: &flist_fetcher::UnpackOptions) -> ImageConfig {
+    if !tree.entries.iter().any(|e| e.path == Path::new(".zvm/image-config.json")) {
+        return ImageConfig::default();
+    }
+    let dir = work_dir.join("image-config");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = flist_fetcher::unpack(fl, &dir, unpack).ok().and_then(|_| std::fs::read(dir.join(".zvm/image-config.json")).ok());
+    let _ = std::fs::remove_dir_all(&dir);
+    text.map(|t| parse_image_config(&t)).unwrap_or_default()
+}
+
+/// Reads an OCI-style image config leniently: `Entrypoint` + `Cmd` and `Env` at the top
+/// level or under `config` (either case).
+fn parse_image_config(bytes: &[u8]) -> ImageConfig {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else { return ImageConfig::default() };
+    let cfg = value.get("config").or_else(|| value.get("Config")).unwrap_or(&value);
+    let list = |names: &[&str]| -> Vec<String> {
+        names
+            .iter()
+            .find_map(|n| cfg.get(*n))
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    let mut argv = list(&["Entrypoint", "entrypoint"]);
+    argv.extend(list(&["Cmd", "cmd"]));
+    let env = list(&["Env", "env"]).into_iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect();
+    ImageConfig { argv, env }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_config_is_read_leniently() {
+        let c = parse_image_config(br#"{"config":{"Entrypoint":["/bin/app"],"Cmd":["--x"],"Env":["PATH=/bin","A=b=c"]}}"#);
+        assert_eq!(c.argv, ["/bin/app", "--x"]);
+        assert_eq!(c.env, [("PATH".to_string(), "/bin".to_string()), ("A".to_string(), "b=c".to_string())]);
+        assert_eq!(parse_image_config(b"not json"), ImageConfig::default());
+        assert_eq!(parse_image_config(br#"{"cmd":["sh"]}"#).argv, ["sh"]);
+    }
+
+    #[test]
+    fn a_plan_sets_kernel_disk_and_arguments() {
+        let mut r = VmResources::new("/old");
+        let plan = BootPlan { kind: FlistKind::Container, kernel: "/k".into(), initrd: None, root_disk: Some("/d/root.ext4".into()), extra_args: "init=/bin/sh".into() };
+        plan.apply(&mut r);
+        assert_eq!(r.boot_source.kernel_image_path, PathBuf::from("/k"));
+        assert!(r.boot_args().ends_with(" init=/bin/sh"), "{}", r.boot_args());
+        assert!(r.drives[0].is_root_device);
+        assert_eq!(r.drives[0].path_on_host, PathBuf::from("/d/root.ext4"));
+    }
+}
