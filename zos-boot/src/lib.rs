@@ -5,4 +5,5 @@
 pub mod bytesize;
 pub mod cli;
 pub mod flist_vm;
+pub mod image;
 pub mod node;

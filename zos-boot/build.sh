@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds the static zvm for the node image (x86_64-unknown-linux-gnu, +crt-static) and the
+# guest programs (guest/build.sh, which includes the service manager zvm-init), then
+# prints the path of the static zvm as the last line; zvm-init is in the same directory.
+#
+# The static zvm is a release build without LTO (it is rebuilt whenever zvm changes, and
+# LTO over the whole of zvm takes many minutes on a small machine), stripped.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+target=x86_64-unknown-linux-gnu
+bash "$repo/guest/build.sh" >/dev/null
+CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_STRIP=symbols \
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
+  --manifest-path "$repo/zvm/Cargo.toml" --bin zvm --target "$target" --target-dir "$repo/guest/target" >&2
+echo "$repo/guest/target/$target/release/zvm"

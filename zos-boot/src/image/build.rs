@@ -1,0 +1,336 @@
+//! Builds the bootable pair: `DIR/vmlinux` and `DIR/initramfs.cpio.gz` (gzip newc cpio,
+//! made with the project's `initramfs` crate).
+//!
+//! The initramfs holds only what the node needs: `/sbin/init` (the service manager,
+//! zvm-init), `/usr/bin/zvm` (static; the node daemon and its helpers live in it), the
+//! services in `/etc/zinit/`, and mkfs.ext4 with the shared libraries and dynamic loader
+//! it needs (to format the cache disk on first boot).
+
+use super::boot::{API_SOCK, STATE_DIR};
+use super::ImageError;
+use initramfs::Entry;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Inputs of an image build.
+#[derive(Debug, Clone)]
+pub struct ImageInputs {
+    /// The guest kernel (vmlinux).
+    pub kernel: PathBuf,
+    /// A statically linked zvm.
+    pub zvm: PathBuf,
+    /// The static service manager (zvm-init).
+    pub init: PathBuf,
+    /// mke2fs on this host (copied with its libraries).
+    pub mkfs: PathBuf,
+}
+
+/// What was built.
+#[derive(Debug, Clone)]
+pub struct ImageOutput {
+    /// `DIR/vmlinux`.
+    pub kernel: PathBuf,
+    /// `DIR/initramfs.cpio.gz`.
+    pub initramfs: PathBuf,
+    /// Paths inside the initramfs (files and links), for a listing.
+    pub files: Vec<String>,
+}
+
+/// The services of the node image: (file name, YAML).
+pub fn services() -> Vec<(&'static str, String)> {
+    vec![
+        ("storage.yaml", "# Formats the cache disk on first boot, mounts it, loads or creates the node identity.\nexec: /usr/bin/zvm node prepare\noneshot: true\n".to_string()),
+        (
+            "node.yaml",
+            format!(
+                "# The node daemon; `launch` adds the flags of the zos.api kernel setting.\nexec: /usr/bin/zvm node launch --state-dir {STATE_DIR} --api-sock {API_SOCK}\ntest: /usr/bin/zvm node report --check --api-sock {API_SOCK}\nafter: [storage]\n"
+            ),
+        ),
+        ("report.yaml", format!("# Prints /health and /capacity once the daemon is up.\nexec: /usr/bin/zvm node report --api-sock {API_SOCK}\noneshot: true\nafter: [node]\n")),
+    ]
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ImageError> {
+    std::fs::read(path).map_err(|source| ImageError::Io {
+        what: format!("read {}", path.display()),
+        source,
+    })
+}
+
+/// Whether an ELF file has no program interpreter (is statically linked).
+pub fn is_static_elf(bytes: &[u8]) -> Result<bool, String> {
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
+        return Err("not an ELF file".into());
+    }
+    if bytes[4] != 2 || bytes[5] != 1 {
+        return Err("not a 64-bit little-endian ELF file".into());
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(bytes[32..40].try_into().map_err(|_| "short header")?) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    for i in 0..phnum {
+        let at = phoff
+            .checked_add(i * phentsize)
+            .ok_or("bad program headers")?;
+        let p_type = bytes.get(at..at + 4).ok_or("truncated program headers")?;
+        if u32::from_le_bytes([p_type[0], p_type[1], p_type[2], p_type[3]]) == 3 {
+            return Ok(false); // PT_INTERP
+        }
+    }
+    Ok(true)
+}
+
+/// The shared libraries `ldd` lists for `binary`, with the dynamic loader.
+pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(|source| ImageError::Io {
+            what: "run ldd".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ImageError::Input(format!(
+            "ldd {} failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Parses `ldd` output: `libx.so => /path (0x..)` and `/lib64/ld-linux... (0x..)` lines.
+pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            let p = PathBuf::from(p);
+            if !libs.contains(&p) {
+                libs.push(p);
+            }
+        }
+    }
+    libs
+}
+
+fn archive_path(p: &Path) -> String {
+    p.to_string_lossy().trim_start_matches('/').to_string()
+}
+
+/// Adds `dir` and its parents as directory entries (once each).
+fn add_dirs(entries: &mut Vec<Entry>, dir: &str) {
+    let mut so_far = String::new();
+    for part in dir.split('/').filter(|p| !p.is_empty()) {
+        if !so_far.is_empty() {
+            so_far.push('/');
+        }
+        so_far.push_str(part);
+        if !entries
+            .iter()
+            .any(|e| matches!(e, Entry::Dir { path, .. } if *path == so_far))
+        {
+            entries.push(Entry::Dir {
+                path: so_far.clone(),
+                mode: 0o755,
+            });
+        }
+    }
+}
+
+fn add_file(entries: &mut Vec<Entry>, path: &str, mode: u32, data: Vec<u8>) {
+    if let Some((dir, _)) = path.rsplit_once('/') {
+        add_dirs(entries, dir);
+    }
+    entries.push(Entry::File {
+        path: path.to_string(),
+        mode,
+        data,
+    });
+}
+
+/// The initramfs entries of the node image.
+pub fn entries(inputs: &ImageInputs) -> Result<Vec<Entry>, ImageError> {
+    let zvm = read(&inputs.zvm)?;
+    match is_static_elf(&zvm) {
+        Ok(true) => {}
+        Ok(false) => return Err(ImageError::Input(format!("{} is dynamically linked; the image needs a static zvm (bash zos-boot/build.sh builds one)", inputs.zvm.display()))),
+        Err(e) => return Err(ImageError::Input(format!("{}: {e}", inputs.zvm.display()))),
+    }
+    let init = read(&inputs.init)?;
+    match is_static_elf(&init) {
+        Ok(true) => {}
+        Ok(false) => return Err(ImageError::Input(format!("{} is dynamically linked; the service manager must be static (guest/build.sh builds it)", inputs.init.display()))),
+        Err(e) => return Err(ImageError::Input(format!("{}: {e}", inputs.init.display()))),
+    }
+    let mut entries = Vec::new();
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "root",
+        "var/cache/zos",
+        "etc/zinit",
+        "usr/bin",
+        "sbin",
+    ] {
+        add_dirs(&mut entries, dir);
+    }
+    entries.push(Entry::CharDev {
+        path: "dev/console".into(),
+        mode: 0o600,
+        major: 5,
+        minor: 1,
+    });
+    entries.push(Entry::CharDev {
+        path: "dev/null".into(),
+        mode: 0o666,
+        major: 1,
+        minor: 3,
+    });
+    add_file(&mut entries, "sbin/init", 0o755, init);
+    entries.push(Entry::Symlink {
+        path: "init".into(),
+        target: "/sbin/init".into(),
+    });
+    add_file(&mut entries, "usr/bin/zvm", 0o755, zvm);
+    for (name, yaml) in services() {
+        add_file(
+            &mut entries,
+            &format!("etc/zinit/{name}"),
+            0o644,
+            yaml.into_bytes(),
+        );
+    }
+    // mkfs.ext4: mke2fs picks the file system type from its name.
+    add_file(&mut entries, "sbin/mke2fs", 0o755, read(&inputs.mkfs)?);
+    entries.push(Entry::Symlink {
+        path: "sbin/mkfs.ext4".into(),
+        target: "mke2fs".into(),
+    });
+    for lib in shared_libraries(&inputs.mkfs)? {
+        add_file(&mut entries, &archive_path(&lib), 0o755, read(&lib)?);
+    }
+    if let Ok(conf) = std::fs::read("/etc/mke2fs.conf") {
+        add_file(&mut entries, "etc/mke2fs.conf", 0o644, conf);
+    }
+    Ok(entries)
+}
+
+/// Builds `out/vmlinux` and `out/initramfs.cpio.gz`.
+pub fn build(inputs: &ImageInputs, out: &Path) -> Result<ImageOutput, ImageError> {
+    let kernel_bytes = read(&inputs.kernel)?;
+    if kernel_bytes.get(..4) != Some(b"\x7fELF") {
+        return Err(ImageError::Input(format!(
+            "{} is not an ELF vmlinux",
+            inputs.kernel.display()
+        )));
+    }
+    let entries = entries(inputs)?;
+    let packed = initramfs::pack(&entries)
+        .map_err(|e| ImageError::Input(format!("pack the initramfs: {e}")))?;
+    std::fs::create_dir_all(out).map_err(|source| ImageError::Io {
+        what: format!("create {}", out.display()),
+        source,
+    })?;
+    let write = |name: &str, bytes: &[u8]| -> Result<PathBuf, ImageError> {
+        let path = out.join(name);
+        let tmp = out.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|source| ImageError::Io {
+                what: format!("write {}", path.display()),
+                source,
+            })?;
+        Ok(path)
+    };
+    let kernel = write("vmlinux", &kernel_bytes)?;
+    let initramfs = write("initramfs.cpio.gz", &packed)?;
+    let files = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::File { path, .. } | Entry::Symlink { path, .. } => Some(format!("/{path}")),
+            _ => None,
+        })
+        .collect();
+    Ok(ImageOutput {
+        kernel,
+        initramfs,
+        files,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibext2fs.so.2 => /lib/x86_64-linux-gnu/libext2fs.so.2 (0x00007f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n\tlibmissing.so => not found\n";
+        let libs = parse_ldd(text);
+        assert_eq!(
+            libs,
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libext2fs.so.2"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+    }
+
+    #[test]
+    fn static_elf_detection() {
+        let sh = std::fs::read("/bin/sh").unwrap();
+        assert_eq!(is_static_elf(&sh), Ok(false));
+        assert!(is_static_elf(b"#!/bin/sh\n").is_err());
+        assert!(is_static_elf(&[0x7f, b'E', b'L', b'F', 2, 1, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn services_parse_as_the_service_manager_expects() {
+        let names: Vec<_> = services().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["storage.yaml", "node.yaml", "report.yaml"]);
+        let node = &services()[1].1;
+        assert!(
+            node.contains("after: [storage]")
+                && node.contains("test: /usr/bin/zvm node report --check")
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let dynamic = ImageInputs {
+            kernel: "/bin/sh".into(),
+            zvm: "/bin/sh".into(),
+            init: "/bin/sh".into(),
+            mkfs: "/bin/sh".into(),
+        };
+        let e = entries(&dynamic).unwrap_err().to_string();
+        assert!(
+            e.contains("dynamically linked") && e.contains("zos-boot/build.sh"),
+            "{e}"
+        );
+        let missing = ImageInputs {
+            zvm: dir.path().join("nope"),
+            ..dynamic.clone()
+        };
+        assert!(entries(&missing).unwrap_err().to_string().contains("nope"));
+        std::fs::write(dir.path().join("k"), b"not a kernel").unwrap();
+        let bad_kernel = ImageInputs {
+            kernel: dir.path().join("k"),
+            ..dynamic
+        };
+        assert!(build(&bad_kernel, dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("not an ELF vmlinux"));
+    }
+}
