@@ -1,0 +1,414 @@
+//! The agent's event loop: one poll(2) over the listener or the host connection, a signalfd
+//! (SIGCHLD, SIGTERM, SIGINT) and the container's stdio; reads and writes in 64 KiB chunks.
+
+mod cgroup;
+mod container;
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use agent_protocol::{
+    encode_frame, AgentMessage, FrameDecoder, Hello, ProtocolError, Request, RequestBody,
+    ResponseBody,
+};
+
+pub use container::ROOTFS_MOUNT;
+use container::{exit_status, Container};
+
+use crate::fdio;
+use crate::sys::check;
+use crate::transport::Transport;
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Root of the cgroup v2 hierarchy (`/sys/fs/cgroup`).
+    pub cgroup_root: PathBuf,
+    /// Leave the loop when the host connection ends (host tests); inside the VM the agent waits
+    /// for the next connection.
+    pub exit_on_disconnect: bool,
+    /// Name sent in our Hello.
+    pub name: String,
+}
+
+/// Errors that end the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A system call of the loop failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The step.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The host asked for Shutdown.
+    Shutdown,
+    /// SIGTERM or SIGINT (in the VM: the VMM's Ctrl-Alt-Del).
+    Signal(i32),
+    /// The host connection closed (with `exit_on_disconnect`).
+    Disconnected,
+}
+
+struct Conn {
+    fd: OwnedFd,
+    decoder: FrameDecoder,
+    greeted: bool,
+}
+
+/// The agent: a transport, at most one connection and at most one container.
+pub struct Agent<T: Transport> {
+    cfg: AgentConfig,
+    transport: T,
+    conn: Option<Conn>,
+    container: Option<Container>,
+    sigfd: OwnedFd,
+    outbox: Vec<AgentMessage>,
+}
+
+/// Blocks SIGCHLD, SIGTERM, SIGINT and returns a signalfd for them.
+fn signal_fd() -> io::Result<OwnedFd> {
+    // SAFETY: building a signal set and creating a signalfd for it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, s);
+        }
+        check(libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()).into())?;
+        let fd = check(libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK).into())?;
+        Ok(OwnedFd::from_raw_fd(fd as RawFd))
+    }
+}
+
+enum Slot {
+    Listener,
+    Conn,
+    Signals,
+    Output(usize, usize),
+    Stdin(usize),
+}
+
+impl<T: Transport> Agent<T> {
+    /// An agent serving `transport`. Blocks the signals it handles.
+    pub fn new(cfg: AgentConfig, transport: T) -> Result<Self, AgentError> {
+        let sigfd = signal_fd().map_err(|source| AgentError::Io {
+            what: "signalfd",
+            source,
+        })?;
+        Ok(Self {
+            cfg,
+            transport,
+            conn: None,
+            container: None,
+            sigfd,
+            outbox: Vec::new(),
+        })
+    }
+
+    /// Runs until Shutdown, a terminating signal, or (host mode) the end of the connection.
+    /// The container is killed and cleaned up before this returns.
+    pub fn run(&mut self) -> Result<Exit, AgentError> {
+        tracing::info!("agent listening on {}", self.transport.describe());
+        let exit = loop {
+            if let Some(exit) = self.turn()? {
+                break exit;
+            }
+        };
+        let mut out = Vec::new();
+        if let Some(c) = &mut self.container {
+            c.kill_all(&mut out);
+            c.cleanup();
+        }
+        self.container = None;
+        self.outbox.extend(out);
+        self.flush();
+        Ok(exit)
+    }
+
+    /// One poll and everything it reported.
+    fn turn(&mut self) -> Result<Option<Exit>, AgentError> {
+        let mut fds = Vec::new();
+        let mut slots = Vec::new();
+        let mut add = |fd: RawFd, events: i16, slot: Slot| {
+            fds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+            slots.push(slot);
+        };
+        match &self.conn {
+            Some(c) => add(c.fd.as_raw_fd(), libc::POLLIN, Slot::Conn),
+            None => add(self.transport.listen_fd(), libc::POLLIN, Slot::Listener),
+        }
+        add(self.sigfd.as_raw_fd(), libc::POLLIN, Slot::Signals);
+        if let Some(c) = &self.container {
+            for (pi, p) in c.procs.iter().enumerate() {
+                for (oi, (_, fd)) in p.outputs.iter().enumerate() {
+                    add(fd.as_raw_fd(), libc::POLLIN, Slot::Output(pi, oi));
+                }
+                if let (Some(fd), false) = (&p.stdin, p.stdin_buf.is_empty()) {
+                    add(fd.as_raw_fd(), libc::POLLOUT, Slot::Stdin(pi));
+                }
+            }
+        }
+        // SAFETY: `fds` is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(None);
+            }
+            return Err(AgentError::Io {
+                what: "poll",
+                source: e,
+            });
+        }
+        let mut exit = None;
+        // Outputs first (highest index first, so removals keep lower indices valid), then exits,
+        // so a process's last output precedes its Exited event.
+        let ready: Vec<(usize, i16)> = fds
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.revents != 0)
+            .map(|(i, f)| (i, f.revents))
+            .collect();
+        for &(i, _) in ready.iter().rev() {
+            let Some(c) = &mut self.container else { break };
+            match slots[i] {
+                Slot::Output(pi, oi) => {
+                    c.procs[pi].read_output(oi, &mut self.outbox);
+                }
+                Slot::Stdin(pi) => c.procs[pi].flush_stdin(),
+                _ => {}
+            }
+        }
+        for &(i, _) in &ready {
+            match slots[i] {
+                Slot::Signals => exit = self.on_signals(),
+                Slot::Listener => self.accept(),
+                _ => {}
+            }
+        }
+        self.flush();
+        for &(i, _) in &ready {
+            if let Slot::Conn = slots[i] {
+                if let Some(e) = self.on_conn_readable() {
+                    exit = exit.or(Some(e));
+                }
+            }
+        }
+        self.flush();
+        Ok(exit)
+    }
+
+    fn accept(&mut self) {
+        match self.transport.accept() {
+            Ok(fd) => {
+                tracing::info!("host connected");
+                let hello = Hello::new(&self.cfg.name);
+                self.conn = Some(Conn {
+                    fd,
+                    decoder: FrameDecoder::new(),
+                    greeted: false,
+                });
+                match encode_frame(&hello) {
+                    Ok(frame) => self.send_raw(&frame),
+                    Err(e) => tracing::error!("encode hello: {e}"),
+                }
+            }
+            Err(e) => tracing::warn!("accept: {e}"),
+        }
+    }
+
+    fn send_raw(&mut self, frame: &[u8]) {
+        if let Some(c) = &self.conn {
+            if let Err(e) = fdio::write_all(c.fd.as_raw_fd(), frame) {
+                tracing::warn!("host connection write failed: {e}");
+                self.conn = None;
+            }
+        }
+    }
+
+    /// Sends everything queued, in one write when possible.
+    fn flush(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let msgs = std::mem::take(&mut self.outbox);
+        if self.conn.as_ref().is_none_or(|c| !c.greeted) {
+            tracing::debug!("no host connected: {} messages dropped", msgs.len());
+            return;
+        }
+        let mut buf = Vec::new();
+        for m in &msgs {
+            match encode_frame(m) {
+                Ok(f) => buf.extend_from_slice(&f),
+                Err(e) => tracing::error!("cannot encode a message: {e}"),
+            }
+        }
+        self.send_raw(&buf);
+    }
+
+    fn on_signals(&mut self) -> Option<Exit> {
+        // SAFETY: signalfd_siginfo is plain data; the buffer holds up to 16 of them.
+        let mut infos: [libc::signalfd_siginfo; 16] = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reading into the array's bytes.
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(infos.as_mut_ptr().cast::<u8>(), size * infos.len())
+        };
+        let n = fdio::read(self.sigfd.as_raw_fd(), buf).unwrap_or(0) / size;
+        let mut exit = None;
+        for info in &infos[..n] {
+            let sig = info.ssi_signo as i32;
+            if sig == libc::SIGTERM || sig == libc::SIGINT {
+                tracing::info!("signal {sig}: shutting down");
+                exit = Some(Exit::Signal(sig));
+            }
+        }
+        self.reap();
+        exit
+    }
+
+    /// Collects every ended child.
+    fn reap(&mut self) {
+        loop {
+            let mut st = 0;
+            // SAFETY: waitpid on any child without blocking.
+            let pid = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            if let Some(c) = &mut self.container {
+                c.reaped(pid, exit_status(st), &mut self.outbox);
+            }
+        }
+    }
+
+    fn on_conn_readable(&mut self) -> Option<Exit> {
+        let Some(c) = &mut self.conn else { return None };
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = match fdio::read(c.fd.as_raw_fd(), &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("host connection read failed: {e}");
+                0
+            }
+        };
+        if n == 0 {
+            if let Err(e) = c.decoder.finish() {
+                tracing::warn!("host connection: {e}");
+            }
+            tracing::info!("host disconnected");
+            self.conn = None;
+            return self.cfg.exit_on_disconnect.then_some(Exit::Disconnected);
+        }
+        c.decoder.push(&buf[..n]);
+        loop {
+            let Some(c) = &mut self.conn else { return None };
+            if !c.greeted {
+                match c.decoder.next_frame::<Hello>() {
+                    Ok(None) => return None,
+                    Ok(Some(h)) => match h.check() {
+                        Ok(()) => c.greeted = true,
+                        Err(e) => return self.drop_conn(&e),
+                    },
+                    Err(e) => return self.drop_conn(&e),
+                }
+                continue;
+            }
+            let value = match c.decoder.next_frame::<serde_json::Value>() {
+                Ok(None) => return None,
+                Ok(Some(v)) => v,
+                Err(e) => return self.drop_conn(&e),
+            };
+            let exit = self.on_frame(value);
+            self.flush();
+            if exit.is_some() {
+                return exit;
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, e: &ProtocolError) -> Option<Exit> {
+        tracing::error!("host connection dropped: {e}");
+        self.conn = None;
+        self.cfg.exit_on_disconnect.then_some(Exit::Disconnected)
+    }
+
+    /// One request: answer it (a malformed one too, when it has an id).
+    fn on_frame(&mut self, value: serde_json::Value) -> Option<Exit> {
+        let id = value.get("id").and_then(|v| v.as_u64());
+        let req: Request = match serde_json::from_value(value) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("bad request: {e}");
+                if let Some(id) = id {
+                    self.outbox.push(AgentMessage::Response {
+                        id,
+                        result: Err(format!("bad request: {e}")),
+                    });
+                }
+                return None;
+            }
+        };
+        let shutdown = matches!(req.body, RequestBody::Shutdown);
+        let result = self.handle(req.body);
+        if let Err(e) = &result {
+            tracing::warn!("request {id:?} failed: {e}");
+        }
+        self.outbox
+            .push(AgentMessage::Response { id: req.id, result });
+        shutdown.then_some(Exit::Shutdown)
+    }
+
+    fn container(&mut self) -> Result<&mut Container, String> {
+        self.container
+            .as_mut()
+            .ok_or_else(|| "no container has been created".to_string())
+    }
+
+    fn handle(&mut self, body: RequestBody) -> Result<ResponseBody, String> {
+        match body {
+            RequestBody::Create {
+                spec,
+                rootfs,
+                terminal,
+            } => {
+                if self.container.is_some() {
+                    return Err("a container already exists in this agent".into());
+                }
+                let c = Container::create(&spec, &rootfs, terminal, &self.cfg.cgroup_root)?;
+                let pid = c.init_pid;
+                tracing::info!("container created, init pid {pid}");
+                self.container = Some(c);
+                Ok(ResponseBody::Created { pid })
+            }
+            RequestBody::Start => self.container()?.start(),
+            RequestBody::Exec { exec_id, process } => self.container()?.exec(&exec_id, &process),
+            RequestBody::Signal {
+                stream,
+                signal,
+                all,
+            } => self.container()?.signal(&stream, signal, all),
+            RequestBody::Stdin { stream, data } => self.container()?.stdin(&stream, &data, false),
+            RequestBody::CloseStdin { stream } => self.container()?.stdin(&stream, &[], true),
+            RequestBody::ResizeTerminal { stream, rows, cols } => {
+                self.container()?.resize(&stream, rows, cols)
+            }
+            RequestBody::State => Ok(self.container()?.state()),
+            RequestBody::Ps => Ok(ResponseBody::Pids {
+                pids: self.container()?.pids(),
+            }),
+            RequestBody::Shutdown => Ok(ResponseBody::Done),
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! Creating the container's processes: the init process (cloned into new namespaces, set up,
+//! then parked until Start) and exec'd processes (joining the init process's namespaces).
+//!
+//! Parent and child talk over a close-on-exec "report" pipe: the child writes `R` when it is
+//! ready to exec, or `E<message>` when a step failed; a successful execve closes the pipe, so the
+//! parent reads end-of-file. The init process then waits on a "start" pipe for one byte.
+//! The agent is single-threaded, so the children may allocate freely before exec.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use crate::fdio::{self, pipe, set_nonblocking};
+use crate::plan::{ContainerPlan, NamespacePlan, ProcessPlan};
+use crate::setup::{apply_process, setup_container, SetupContext};
+use crate::sys::{check, LinuxSys, Sys};
+
+/// Why a process could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// A system call in the agent failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The step.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// The child reported a failed setup step or exec.
+    #[error("{0}")]
+    Child(String),
+    /// The child ended without reporting.
+    #[error("the container process ended during setup")]
+    Died,
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
+    move |source| SpawnError::Io { what, source }
+}
+
+/// The agent's side of a process's stdio.
+#[derive(Debug)]
+pub enum ChildIo {
+    /// Pipes: the agent writes stdin, reads stdout and stderr (all non-blocking).
+    Pipes {
+        /// Write end of the process's stdin.
+        stdin: OwnedFd,
+        /// Read end of its stdout.
+        stdout: OwnedFd,
+        /// Read end of its stderr.
+        stderr: OwnedFd,
+    },
+    /// A pty: the agent reads and writes the master (non-blocking).
+    Pty {
+        /// The master side.
+        master: OwnedFd,
+    },
+}
+
+/// The child's side of its stdio.
+enum ChildEnds {
+    Pipes {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    Pty {
+        slave: OwnedFd,
+    },
+}
+
+fn make_io(p: &ProcessPlan) -> Result<(ChildIo, ChildEnds, Option<PathBuf>), SpawnError> {
+    if p.terminal {
+        let (master, slave, path) = fdio::openpty().map_err(io_err("open a pty"))?;
+        set_nonblocking(&master).map_err(io_err("pty"))?;
+        if let Some((rows, cols)) = p.console_size {
+            fdio::set_winsize(master.as_raw_fd(), rows, cols)
+                .map_err(io_err("set the pty size"))?;
+        }
+        return Ok((
+            ChildIo::Pty { master },
+            ChildEnds::Pty { slave },
+            Some(path),
+        ));
+    }
+    let (in_r, in_w) = pipe().map_err(io_err("stdin pipe"))?;
+    let (out_r, out_w) = pipe().map_err(io_err("stdout pipe"))?;
+    let (err_r, err_w) = pipe().map_err(io_err("stderr pipe"))?;
+    for fd in [&in_w, &out_r, &err_r] {
+        set_nonblocking(fd).map_err(io_err("stdio pipe"))?;
+    }
+    Ok((
+        ChildIo::Pipes {
+            stdin: in_w,
+            stdout: out_r,
+            stderr: err_r,
+        },
+        ChildEnds::Pipes {
+            stdin: in_r,
+            stdout: out_w,
+            stderr: err_w,
+        },
+        None,
+    ))
+}
+
+impl ChildIo {
+    fn raw_fds(&self) -> Vec<RawFd> {
+        match self {
+            ChildIo::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => vec![stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
+            ChildIo::Pty { master } => vec![master.as_raw_fd()],
+        }
+    }
+}
+
+/// A process just created, with the agent's ends of its pipes.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its pid in the agent's pid namespace.
+    pub pid: i32,
+    /// Its stdio.
+    pub io: ChildIo,
+}
+
+/// The container's init process, set up and waiting for Start.
+#[derive(Debug)]
+pub struct ParkedInit {
+    /// The process.
+    pub spawned: Spawned,
+    start: OwnedFd,
+    report: OwnedFd,
+}
+
+/// fork(2) through clone(2), creating the namespaces in `flags`.
+fn clone_fork(flags: i32) -> io::Result<i32> {
+    // SAFETY: clone without CLONE_VM and without a new stack behaves like fork: the child runs
+    // on a copy of this (single-threaded) process.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    check(rc).map(|p| p as i32)
+}
+
+/// In the child: default signal state, new session, stdio on 0/1/2.
+fn child_stdio(ends: &ChildEnds) -> io::Result<()> {
+    // SAFETY: signal-mask and session calls with valid arguments; dup2 onto 0..2.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::setsid();
+        let fds = match ends {
+            ChildEnds::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
+            ChildEnds::Pty { slave } => {
+                check(libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0).into())?;
+                [slave.as_raw_fd(); 3]
+            }
+        };
+        for (target, fd) in fds.into_iter().enumerate() {
+            check(libc::dup2(fd, target as RawFd).into())?;
+        }
+    }
+    Ok(())
+}
+
+fn report_error(report: RawFd, msg: &str) {
+    let mut buf = Vec::with_capacity(msg.len() + 1);
+    buf.push(b'E');
+    // Keep it within PIPE_BUF so the write is atomic.
+    buf.extend_from_slice(&msg.as_bytes()[..msg.len().min(4000)]);
+    let _ = fdio::write_all(report, &buf);
+}
+
+/// Runs `body` in the child and ends the process: execve on success, exit 1 and an `E` report
+/// on failure. Never returns, even on a panic.
+fn run_child(
+    report: RawFd,
+    args: &[CString],
+    env: &[CString],
+    body: impl FnOnce() -> Result<CString, String>,
+) -> ! {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    let code = match outcome {
+        Ok(Ok(exe)) => {
+            let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+            argv.push(std::ptr::null());
+            let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+            envp.push(std::ptr::null());
+            // SAFETY: NUL-terminated strings and null-terminated pointer arrays, alive here.
+            unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            let e = io::Error::last_os_error();
+            report_error(report, &format!("exec {:?}: {e}", exe.to_string_lossy()));
+            127
+        }
+        Ok(Err(msg)) => {
+            report_error(report, &msg);
+            1
+        }
+        Err(_) => {
+            report_error(report, "container setup panicked");
+            126
+        }
+    };
+    // SAFETY: ending the child without running the parent's exit handlers.
+    unsafe { libc::_exit(code) }
+}
+
+enum Report {
+    Ready,
+    Failed(String),
+    Eof,
+}
+
+fn read_report(fd: &OwnedFd) -> io::Result<Report> {
+    let mut buf = [0u8; 4096];
+    let n = fdio::read(fd.as_raw_fd(), &mut buf)?;
+    Ok(match n {
+        0 => Report::Eof,
+        _ if buf[0] == b'R' => Report::Ready,
+        _ => Report::Failed(String::from_utf8_lossy(&buf[1..n]).into_owned()),
+    })
+}
+
+/// Blocks until `pid` is gone (it is exiting after a failed setup).
+fn reap(pid: i32) {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+/// Clones the container's init process into its namespaces, lets it set everything up and
+/// returns once it waits for Start (or with the step that failed).
+pub fn spawn_init(
+    plan: &ContainerPlan,
+    cgroup_procs: Option<PathBuf>,
+) -> Result<ParkedInit, SpawnError> {
+    let (io, ends, console) = make_io(&plan.process)?;
+    let (report_r, report_w) = pipe().map_err(io_err("report pipe"))?;
+    let (start_r, start_w) = pipe().map_err(io_err("start pipe"))?;
+    let ctx = SetupContext {
+        cgroup_procs,
+        console,
+    };
+    let pid =
+        clone_fork(plan.namespaces.clone_flags).map_err(io_err("clone the container process"))?;
+    if pid == 0 {
+        let mut close = io.raw_fds();
+        close.extend([report_r.as_raw_fd(), start_w.as_raw_fd()]);
+        let (report, start) = (report_w.as_raw_fd(), start_r.as_raw_fd());
+        run_child(report, &plan.process.args, &plan.process.env, || {
+            for fd in close {
+                // SAFETY: closing the parent's ends in this copy of the process.
+                unsafe { libc::close(fd) };
+            }
+            child_stdio(&ends).map_err(|e| format!("set up stdio: {e}"))?;
+            drop(ends);
+            let exe = setup_container(&mut LinuxSys, plan, &ctx).map_err(|e| e.to_string())?;
+            fdio::write_all(report, b"R").map_err(|e| e.to_string())?;
+            let mut b = [0u8; 1];
+            match fdio::read(start, &mut b) {
+                Ok(1) => Ok(exe),
+                // The agent gave up on this container.
+                // SAFETY: plain exit of the child.
+                _ => unsafe { libc::_exit(1) },
+            }
+        });
+    }
+    drop((ends, report_w, start_r));
+    if let Some(score) = plan.process.oom_score_adj {
+        let _ = LinuxSys.write_file(
+            Path::new(&format!("/proc/{pid}/oom_score_adj")),
+            score.to_string().as_bytes(),
+        );
+    }
+    match read_report(&report_r) {
+        Ok(Report::Ready) => Ok(ParkedInit {
+            spawned: Spawned { pid, io },
+            start: start_w,
+            report: report_r,
+        }),
+        Ok(Report::Failed(msg)) => {
+            reap(pid);
+            Err(SpawnError::Child(msg))
+        }
+        Ok(Report::Eof) | Err(_) => {
+            reap(pid);
+            Err(SpawnError::Died)
+        }
+    }
+}
+
+impl ParkedInit {
+    /// Lets the process exec; returns once execve succeeded or with its error (the process then
+    /// exits with 127 and is reaped by the caller's loop).
+    pub fn start(self) -> Result<Spawned, (Spawned, String)> {
+        if let Err(e) = fdio::write_all(self.start.as_raw_fd(), b"S") {
+            return Err((self.spawned, format!("release the container process: {e}")));
+        }
+        drop(self.start);
+        match read_report(&self.report) {
+            Ok(Report::Eof) => Ok(self.spawned),
+            Ok(Report::Failed(msg)) => Err((self.spawned, msg)),
+            Ok(Report::Ready) => Err((
+                self.spawned,
+                "unexpected report from the container process".into(),
+            )),
+            Err(e) => Err((self.spawned, format!("read the container's report: {e}"))),
+        }
+    }
+}
+
+/// `(CLONE_NEW* flag, /proc/<pid>/ns name)` in the order exec'd processes join them; the mount
+/// namespace last, since it changes what /proc is.
+const JOIN_ORDER: [(i32, &str); 5] = [
+    (libc::CLONE_NEWCGROUP, "cgroup"),
+    (libc::CLONE_NEWIPC, "ipc"),
+    (libc::CLONE_NEWUTS, "uts"),
+    (libc::CLONE_NEWNET, "net"),
+    (libc::CLONE_NEWNS, "mnt"),
+];
+
+/// Starts a second process in the namespaces of `init_pid` (and its cgroup). Returns once it
+/// has exec'd, or with the step that failed.
+pub fn spawn_exec(
+    init_pid: i32,
+    ns: &NamespacePlan,
+    process: &ProcessPlan,
+    cgroup_procs: Option<PathBuf>,
+) -> Result<Spawned, SpawnError> {
+    let (io, ends, _) = make_io(process)?;
+    let (report_r, report_w) = pipe().map_err(io_err("report pipe"))?;
+    // Children of the agent land in the container's pid namespace while pid_for_children
+    // points there; the agent itself stays where it is.
+    let pidns = if ns.has(libc::CLONE_NEWPID) {
+        let own = Path::new("/proc/self/ns/pid");
+        let theirs = PathBuf::from(format!("/proc/{init_pid}/ns/pid"));
+        let own = std::fs::File::open(own).map_err(io_err("open own pid namespace"))?;
+        LinuxSys
+            .setns(&theirs, libc::CLONE_NEWPID)
+            .map_err(io_err("enter the container's pid namespace"))?;
+        Some(own)
+    } else {
+        None
+    };
+    let forked = clone_fork(0);
+    if let Some(own) = &pidns {
+        if !matches!(forked, Ok(0)) {
+            // SAFETY: setns on an open namespace descriptor.
+            let rc = unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWPID) };
+            if rc != 0 {
+                tracing::error!(
+                    "cannot return to the agent's pid namespace: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    let pid = forked.map_err(io_err("fork the exec process"))?;
+    if pid == 0 {
+        let mut close = io.raw_fds();
+        close.push(report_r.as_raw_fd());
+        let report = report_w.as_raw_fd();
+        run_child(report, &process.args, &process.env, || {
+            for fd in close {
+                // SAFETY: closing the parent's ends in this copy of the process.
+                unsafe { libc::close(fd) };
+            }
+            child_stdio(&ends).map_err(|e| format!("set up stdio: {e}"))?;
+            drop(ends);
+            let sys = &mut LinuxSys;
+            if let Some(procs) = &cgroup_procs {
+                sys.write_file(procs, b"0")
+                    .map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+            }
+            for (flag, name) in JOIN_ORDER {
+                if ns.has(flag) {
+                    let path = PathBuf::from(format!("/proc/{init_pid}/ns/{name}"));
+                    sys.setns(&path, flag)
+                        .map_err(|e| format!("join the container's {name} namespace: {e}"))?;
+                }
+            }
+            apply_process(sys, process).map_err(|e| e.to_string())
+        });
+    }
+    drop((ends, report_w));
+    if let Some(score) = process.oom_score_adj {
+        let _ = LinuxSys.write_file(
+            Path::new(&format!("/proc/{pid}/oom_score_adj")),
+            score.to_string().as_bytes(),
+        );
+    }
+    match read_report(&report_r) {
+        Ok(Report::Eof) => Ok(Spawned { pid, io }),
+        Ok(Report::Failed(msg)) => {
+            reap(pid);
+            Err(SpawnError::Child(msg))
+        }
+        Ok(Report::Ready) | Err(_) => {
+            reap(pid);
+            Err(SpawnError::Died)
+        }
+    }
+}

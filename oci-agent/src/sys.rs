@@ -1,0 +1,438 @@
+//! The system calls the container setup makes, behind a trait so the setup sequence can be
+//! tested with a recording double; [`LinuxSys`] makes the real calls.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// What a path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File,
+    /// Anything else (device, socket, fifo).
+    Other,
+}
+
+/// The system calls used by `setup`. Paths are absolute in the caller's current view.
+pub trait Sys {
+    /// mount(2).
+    fn mount(
+        &mut self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: u64,
+        data: Option<&str>,
+    ) -> io::Result<()>;
+    /// umount2(2).
+    fn umount(&mut self, target: &Path, flags: i32) -> io::Result<()>;
+    /// stat(2), following symlinks; `None` when the path does not exist.
+    fn kind(&mut self, path: &Path) -> io::Result<Option<FileKind>>;
+    /// `path` inside `root`, symlinks resolved without leaving `root`.
+    fn resolve(&mut self, root: &Path, path: &Path) -> io::Result<PathBuf>;
+    /// mkdir -p.
+    fn mkdir_all(&mut self, path: &Path) -> io::Result<()>;
+    /// Creates an empty file if nothing exists at `path` (bind-mount target).
+    fn create_file(&mut self, path: &Path) -> io::Result<()>;
+    /// mknod(2).
+    fn mknod(&mut self, path: &Path, mode: u32, dev: u64) -> io::Result<()>;
+    /// chown(2).
+    fn chown(&mut self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
+    /// symlink(2): `link` points to `target`.
+    fn symlink(&mut self, target: &Path, link: &Path) -> io::Result<()>;
+    /// pivot_root(2).
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> io::Result<()>;
+    /// chroot(2).
+    fn chroot(&mut self, path: &Path) -> io::Result<()>;
+    /// chdir(2).
+    fn chdir(&mut self, path: &Path) -> io::Result<()>;
+    /// Writes `data` to an existing file (cgroup, /proc/sys).
+    fn write_file(&mut self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// sethostname(2).
+    fn sethostname(&mut self, name: &str) -> io::Result<()>;
+    /// setdomainname(2).
+    fn setdomainname(&mut self, name: &str) -> io::Result<()>;
+    /// unshare(2).
+    fn unshare(&mut self, flags: i32) -> io::Result<()>;
+    /// setns(2) into the namespace file at `path`.
+    fn setns(&mut self, path: &Path, flag: i32) -> io::Result<()>;
+    /// setrlimit(2).
+    fn setrlimit(&mut self, resource: u32, soft: u64, hard: u64) -> io::Result<()>;
+    /// umask(2).
+    fn umask(&mut self, mask: u32);
+    /// prctl(PR_SET_NO_NEW_PRIVS).
+    fn set_no_new_privs(&mut self) -> io::Result<()>;
+    /// prctl(PR_CAPBSET_DROP).
+    fn cap_drop_bound(&mut self, cap: u32) -> io::Result<()>;
+    /// prctl(PR_SET_KEEPCAPS).
+    fn set_keep_caps(&mut self, keep: bool) -> io::Result<()>;
+    /// setgroups(2).
+    fn setgroups(&mut self, gids: &[u32]) -> io::Result<()>;
+    /// setresgid(2) with all three ids.
+    fn setresgid(&mut self, gid: u32) -> io::Result<()>;
+    /// setresuid(2) with all three ids.
+    fn setresuid(&mut self, uid: u32) -> io::Result<()>;
+    /// capset(2), version 3.
+    fn capset(&mut self, effective: u64, permitted: u64, inheritable: u64) -> io::Result<()>;
+    /// prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE).
+    fn cap_ambient_raise(&mut self, cap: u32) -> io::Result<()>;
+    /// Whether `path` is a regular file the process may execute.
+    fn is_executable(&mut self, path: &Path) -> bool;
+    /// Brings the loopback interface of the current network namespace up.
+    fn loopback_up(&mut self) -> io::Result<()>;
+}
+
+/// Converts a path for a system call.
+pub fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "string contains a NUL byte"))
+}
+
+/// Turns a -1 return into the errno error.
+pub fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// The real system calls.
+#[derive(Debug, Default)]
+pub struct LinuxSys;
+
+const MAX_SYMLINKS: usize = 40;
+
+impl Sys for LinuxSys {
+    fn mount(
+        &mut self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: u64,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        let source = source.map(cpath).transpose()?;
+        let target = cpath(target)?;
+        let fstype = fstype.map(cstr).transpose()?;
+        let data = data.map(cstr).transpose()?;
+        let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+        // SAFETY: all pointers are NUL-terminated strings or null, alive for the call.
+        let rc = unsafe {
+            libc::mount(
+                ptr(&source),
+                target.as_ptr(),
+                ptr(&fstype),
+                flags,
+                ptr(&data).cast(),
+            )
+        };
+        check(rc.into()).map(drop)
+    }
+
+    fn umount(&mut self, target: &Path, flags: i32) -> io::Result<()> {
+        let target = cpath(target)?;
+        // SAFETY: valid C string.
+        check(unsafe { libc::umount2(target.as_ptr(), flags) }.into()).map(drop)
+    }
+
+    fn kind(&mut self, path: &Path) -> io::Result<Option<FileKind>> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => Ok(Some(FileKind::Dir)),
+            Ok(m) if m.is_file() => Ok(Some(FileKind::File)),
+            Ok(_) => Ok(Some(FileKind::Other)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn resolve(&mut self, root: &Path, path: &Path) -> io::Result<PathBuf> {
+        resolve_in_root(root, path)
+    }
+
+    fn mkdir_all(&mut self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn create_file(&mut self, path: &Path) -> io::Result<()> {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn mknod(&mut self, path: &Path, mode: u32, dev: u64) -> io::Result<()> {
+        let p = cpath(path)?;
+        // SAFETY: valid C string.
+        check(unsafe { libc::mknod(p.as_ptr(), mode, dev) }.into()).map(drop)
+    }
+
+    fn chown(&mut self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+    }
+
+    fn symlink(&mut self, target: &Path, link: &Path) -> io::Result<()> {
+        std::os::unix::fs::symlink(target, link)
+    }
+
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> io::Result<()> {
+        let (n, o) = (cpath(new_root)?, cpath(put_old)?);
+        // SAFETY: valid C strings.
+        check(unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) }).map(drop)
+    }
+
+    fn chroot(&mut self, path: &Path) -> io::Result<()> {
+        std::os::unix::fs::chroot(path)
+    }
+
+    fn chdir(&mut self, path: &Path) -> io::Result<()> {
+        std::env::set_current_dir(path)
+    }
+
+    fn write_file(&mut self, path: &Path, data: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .write_all(data)
+    }
+
+    fn sethostname(&mut self, name: &str) -> io::Result<()> {
+        // SAFETY: pointer and length of a live buffer.
+        check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }.into()).map(drop)
+    }
+
+    fn setdomainname(&mut self, name: &str) -> io::Result<()> {
+        // SAFETY: pointer and length of a live buffer.
+        check(unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) }.into()).map(drop)
+    }
+
+    fn unshare(&mut self, flags: i32) -> io::Result<()> {
+        // SAFETY: plain syscall.
+        check(unsafe { libc::unshare(flags) }.into()).map(drop)
+    }
+
+    fn setns(&mut self, path: &Path, flag: i32) -> io::Result<()> {
+        let f = std::fs::File::open(path)?;
+        // SAFETY: `f` is an open descriptor.
+        check(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), flag) }.into()).map(drop)
+    }
+
+    fn setrlimit(&mut self, resource: u32, soft: u64, hard: u64) -> io::Result<()> {
+        let lim = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: valid rlimit struct; resource numbers come from the plan.
+        check(unsafe { libc::setrlimit(resource as _, &lim) }.into()).map(drop)
+    }
+
+    fn umask(&mut self, mask: u32) {
+        // SAFETY: plain syscall.
+        unsafe { libc::umask(mask) };
+    }
+
+    fn set_no_new_privs(&mut self) -> io::Result<()> {
+        // SAFETY: prctl with integer arguments.
+        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }.into()).map(drop)
+    }
+
+    fn cap_drop_bound(&mut self, cap: u32) -> io::Result<()> {
+        // SAFETY: prctl with integer arguments.
+        check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) }.into())
+            .map(drop)
+    }
+
+    fn set_keep_caps(&mut self, keep: bool) -> io::Result<()> {
+        // SAFETY: prctl with integer arguments.
+        check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, keep as libc::c_ulong, 0, 0, 0) }.into())
+            .map(drop)
+    }
+
+    fn setgroups(&mut self, gids: &[u32]) -> io::Result<()> {
+        // SAFETY: pointer and length of a live slice. The raw syscall sets the groups of this
+        // thread only, which is the whole process here (the setup runs single-threaded).
+        check(unsafe { libc::syscall(libc::SYS_setgroups, gids.len(), gids.as_ptr()) }).map(drop)
+    }
+
+    fn setresgid(&mut self, gid: u32) -> io::Result<()> {
+        // SAFETY: plain syscall (raw, so glibc does not try to sync other threads: there are none).
+        check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) }).map(drop)
+    }
+
+    fn setresuid(&mut self, uid: u32) -> io::Result<()> {
+        // SAFETY: plain syscall, as above.
+        check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
+    }
+
+    fn capset(&mut self, effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const VERSION_3: u32 = 0x2008_0522;
+        let header = Header {
+            version: VERSION_3,
+            pid: 0,
+        };
+        let half = |v: u64, hi: bool| if hi { (v >> 32) as u32 } else { v as u32 };
+        let data = [false, true].map(|hi| Data {
+            effective: half(effective, hi),
+            permitted: half(permitted, hi),
+            inheritable: half(inheritable, hi),
+        });
+        // SAFETY: header and two data structs laid out as the kernel's v3 ABI.
+        check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) }).map(drop)
+    }
+
+    fn cap_ambient_raise(&mut self, cap: u32) -> io::Result<()> {
+        // SAFETY: prctl with integer arguments.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE,
+                cap as libc::c_ulong,
+                0,
+                0,
+            )
+        };
+        check(rc.into()).map(drop)
+    }
+
+    fn is_executable(&mut self, path: &Path) -> bool {
+        let Ok(p) = cpath(path) else { return false };
+        // SAFETY: valid C string; zeroed stat is a valid out buffer.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::stat(p.as_ptr(), &mut st) == 0
+                && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                && libc::access(p.as_ptr(), libc::X_OK) == 0
+        }
+    }
+
+    fn loopback_up(&mut self) -> io::Result<()> {
+        // SAFETY: socket/ioctl/close on our own descriptor with a zeroed, NUL-terminated ifreq.
+        unsafe {
+            let fd = check(
+                libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0).into(),
+            )? as i32;
+            let mut req: libc::ifreq = std::mem::zeroed();
+            for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+                *d = *s as libc::c_char;
+            }
+            req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            let rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+            libc::close(fd);
+            check(rc.into()).map(drop)
+        }
+    }
+}
+
+/// Joins `path` onto `root` following symlinks the way the container would see them: absolute
+/// link targets and `..` are taken relative to `root` and never leave it. Components that do not
+/// exist yet are appended as they are.
+pub fn resolve_in_root(root: &Path, path: &Path) -> io::Result<PathBuf> {
+    let mut pending: Vec<PathBuf> = path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(PathBuf::from(n)),
+            Component::ParentDir => Some(PathBuf::from("..")),
+            _ => None,
+        })
+        .collect();
+    let mut parts: Vec<PathBuf> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == Path::new("..") {
+            parts.pop();
+            continue;
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&parts);
+        candidate.push(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("too many symlinks under {}", path.display()),
+                    ));
+                }
+                let target = std::fs::read_link(&candidate)?;
+                if target.is_absolute() {
+                    parts.clear();
+                }
+                let comps: Vec<_> = target
+                    .components()
+                    .filter_map(|c| match c {
+                        Component::Normal(n) => Some(PathBuf::from(n)),
+                        Component::ParentDir => Some(PathBuf::from("..")),
+                        _ => None,
+                    })
+                    .collect();
+                pending.extend(comps.into_iter().rev());
+            }
+            _ => parts.push(part),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(parts);
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_stays_inside_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib", root.join("lib")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc", root.join("escape")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert_eq!(
+            resolve_in_root(root, Path::new("/lib/x")).unwrap(),
+            root.join("usr/lib/x")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/escape/passwd")).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/../../a/./b")).unwrap(),
+            root.join("a/b")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/")).unwrap(),
+            root.to_path_buf()
+        );
+        assert!(resolve_in_root(root, Path::new("/loop/x")).is_err());
+    }
+}
