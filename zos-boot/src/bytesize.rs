@@ -35,7 +35,9 @@ impl ByteSize {
         let t = text.trim();
         let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (number, unit) = t.split_at(end);
-        let n: u64 = number.parse().map_err(|_| SizeError::Invalid(text.to_string()))?;
+        let n: u64 = number
+            .parse()
+            .map_err(|_| SizeError::Invalid(text.to_string()))?;
         let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" | "kib" => 1 << 10,
@@ -44,7 +46,9 @@ impl ByteSize {
             "t" | "tb" | "tib" => 1 << 40,
             _ => return Err(SizeError::Invalid(text.to_string())),
         };
-        n.checked_mul(factor).map(ByteSize).ok_or_else(|| SizeError::TooLarge(text.to_string()))
+        n.checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| SizeError::TooLarge(text.to_string()))
     }
 }
 
@@ -79,10 +83,14 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom(format!("size {v} is negative")))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("size {v} is negative")))
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<ByteSize, E> {
-                Err(E::custom(format!("size {v} is not a whole number of bytes")))
+                Err(E::custom(format!(
+                    "size {v} is not a whole number of bytes"
+                )))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 ByteSize::parse(v).map_err(E::custom)
@@ -102,9 +110,15 @@ mod tests {
         assert_eq!(ByteSize::parse("512M").unwrap(), ByteSize(512 * MIB));
         assert_eq!(ByteSize::parse("2GiB").unwrap(), ByteSize(2 * GIB));
         assert_eq!(ByteSize::parse(" 4k ").unwrap(), ByteSize(4096));
-        assert!(matches!(ByteSize::parse("12 parsecs"), Err(SizeError::Invalid(_))));
+        assert!(matches!(
+            ByteSize::parse("12 parsecs"),
+            Err(SizeError::Invalid(_))
+        ));
         assert!(matches!(ByteSize::parse(""), Err(SizeError::Invalid(_))));
-        assert!(matches!(ByteSize::parse("99999999999T"), Err(SizeError::TooLarge(_))));
+        assert!(matches!(
+            ByteSize::parse("99999999999T"),
+            Err(SizeError::TooLarge(_))
+        ));
     }
 
     #[test]

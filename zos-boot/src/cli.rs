@@ -95,9 +95,20 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("zvm: state directory {}: {e}", args.state_dir.display());
         return ExitCode::from(2);
     }
-    let state_dir = args.state_dir.canonicalize().unwrap_or(args.state_dir.clone());
-    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| state_dir.join("cache"));
-    let runner = ProcessRunner { zvm, cache_dir, kernel: args.kernel.clone(), networks: args.networks.clone() };
+    let state_dir = args
+        .state_dir
+        .canonicalize()
+        .unwrap_or(args.state_dir.clone());
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| state_dir.join("cache"));
+    let runner = ProcessRunner {
+        zvm,
+        cache_dir,
+        kernel: args.kernel.clone(),
+        networks: args.networks.clone(),
+    };
     let cfg = NodeConfig {
         state_dir,
         runner: Arc::new(runner),
@@ -107,12 +118,21 @@ fn serve(args: ServeArgs) -> ExitCode {
         restart: RestartLimits::default(),
         stop_grace: Duration::from_secs(args.stop_grace),
     };
-    let listeners = Listeners { api_sock: args.api_sock, tcp: args.listen, token: args.token, allow_remote: args.allow_remote };
+    let listeners = Listeners {
+        api_sock: args.api_sock,
+        tcp: args.listen,
+        token: args.token,
+        allow_remote: args.allow_remote,
+    };
     if let Err(e) = listeners.check() {
         eprintln!("zvm: {e}");
         return ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("zvm: cannot start the async runtime: {e}");

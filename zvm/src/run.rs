@@ -137,7 +137,7 @@ impl RunArgs {
             self.apply_flist(flist, flist_work, &mut resources)?;
         }
         if let Some(extra) = &self.append {
-            resources.boot_source.boot_args = Some(format!("{} {extra}", resources.boot_args()));
+            resources.boot_source.boot_args = Some(zos_boot::flist_vm::cmdline::append_args(resources.boot_args(), extra));
         }
         resources.validate().map_err(|e| e.to_string())?;
         Ok(resources)

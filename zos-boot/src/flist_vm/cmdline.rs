@@ -85,7 +85,11 @@ pub fn kernel_word(word: &str) -> Result<String, CmdlineError> {
     if word.contains('"') || word.chars().any(|c| c.is_control()) {
         return Err(CmdlineError::Unrepresentable(word.to_string()));
     }
-    Ok(if word.is_empty() || word.contains(char::is_whitespace) { format!("\"{word}\"") } else { word.to_string() })
+    Ok(if word.is_empty() || word.contains(char::is_whitespace) {
+        format!("\"{word}\"")
+    } else {
+        word.to_string()
+    })
 }
 
 /// Kernel arguments that make `argv` the guest's PID 1 with `env` as its environment:
@@ -110,6 +114,20 @@ pub fn init_args(argv: &[String], env: &[(String, String)]) -> Result<String, Cm
     Ok(out)
 }
 
+/// Appends kernel arguments to `cmdline`, before its `--` (the words after `--` belong to
+/// init).
+pub fn append_args(cmdline: &str, extra: &str) -> String {
+    let extra = extra.trim();
+    if extra.is_empty() {
+        return cmdline.to_string();
+    }
+    match cmdline.split_once(" -- ") {
+        Some((kernel, init)) => format!("{kernel} {extra} -- {init}"),
+        None if cmdline.ends_with(" --") => format!("{} {extra} --", &cmdline[..cmdline.len() - 3]),
+        None => format!("{cmdline} {extra}"),
+    }
+}
+
 /// An address for the guest's kernel IP autoconfiguration (`ip=` of Linux's IP_PNP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestAddress {
@@ -123,9 +141,17 @@ pub struct GuestAddress {
 
 /// `ip=<client>::<gw>:<netmask>::<device>:off` for interface `eth<index>`.
 pub fn ip_arg(addr: &GuestAddress, index: usize) -> String {
-    let mask = if addr.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(addr.prefix.min(32))) };
+    let mask = if addr.prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(addr.prefix.min(32)))
+    };
     let gw = addr.gateway.map(|g| g.to_string()).unwrap_or_default();
-    format!("ip={}::{gw}:{}::eth{index}:off", addr.ip, Ipv4Addr::from(mask))
+    format!(
+        "ip={}::{gw}:{}::eth{index}:off",
+        addr.ip,
+        Ipv4Addr::from(mask)
+    )
 }
 
 #[cfg(test)]
@@ -138,7 +164,10 @@ mod tests {
 
     #[test]
     fn splits_like_a_shell() {
-        assert_eq!(w("/bin/sh -c 'echo hi there'"), ["/bin/sh", "-c", "echo hi there"]);
+        assert_eq!(
+            w("/bin/sh -c 'echo hi there'"),
+            ["/bin/sh", "-c", "echo hi there"]
+        );
         assert_eq!(w(r#"a "b \"c\"" d\ e ''"#), ["a", r#"b "c""#, "d e", ""]);
         assert_eq!(w("  "), Vec::<String>::new());
         assert_eq!(split_words("'open"), Err(CmdlineError::Unterminated('\'')));
@@ -150,17 +179,45 @@ mod tests {
     fn init_arguments_for_the_kernel() {
         let argv = w("/bin/sh -c 'echo hi'");
         let env = vec![("MODE".to_string(), "a b".to_string())];
-        assert_eq!(init_args(&argv, &env).unwrap(), r#"init=/bin/sh MODE="a b" -- -c "echo hi""#);
+        assert_eq!(
+            init_args(&argv, &env).unwrap(),
+            r#"init=/bin/sh MODE="a b" -- -c "echo hi""#
+        );
         assert_eq!(init_args(&w("/sbin/init"), &[]).unwrap(), "init=/sbin/init");
         assert_eq!(init_args(&[], &[]), Err(CmdlineError::Empty));
-        assert!(matches!(init_args(&w(r#"/bin/echo 'say "x"'"#), &[]), Err(CmdlineError::Unrepresentable(_))));
+        assert!(matches!(
+            init_args(&w(r#"/bin/echo 'say "x"'"#), &[]),
+            Err(CmdlineError::Unrepresentable(_))
+        ));
+    }
+
+    #[test]
+    fn appended_arguments_stay_before_init_arguments() {
+        assert_eq!(
+            append_args("console=ttyS0 init=/bin/sh -- -c x", "ip=1"),
+            "console=ttyS0 init=/bin/sh ip=1 -- -c x"
+        );
+        assert_eq!(append_args("console=ttyS0", "ip=1"), "console=ttyS0 ip=1");
+        assert_eq!(append_args("a --", "b"), "a b --");
+        assert_eq!(append_args("a", "  "), "a");
     }
 
     #[test]
     fn ip_autoconfiguration_argument() {
-        let a = GuestAddress { ip: "10.20.0.5".parse().unwrap(), prefix: 24, gateway: Some("10.20.0.1".parse().unwrap()) };
-        assert_eq!(ip_arg(&a, 0), "ip=10.20.0.5::10.20.0.1:255.255.255.0::eth0:off");
-        let b = GuestAddress { ip: "192.168.1.9".parse().unwrap(), prefix: 16, gateway: None };
+        let a = GuestAddress {
+            ip: "10.20.0.5".parse().unwrap(),
+            prefix: 24,
+            gateway: Some("10.20.0.1".parse().unwrap()),
+        };
+        assert_eq!(
+            ip_arg(&a, 0),
+            "ip=10.20.0.5::10.20.0.1:255.255.255.0::eth0:off"
+        );
+        let b = GuestAddress {
+            ip: "192.168.1.9".parse().unwrap(),
+            prefix: 16,
+            gateway: None,
+        };
         assert_eq!(ip_arg(&b, 1), "ip=192.168.1.9:::255.255.0.0::eth1:off");
     }
 }

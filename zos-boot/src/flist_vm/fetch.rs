@@ -21,7 +21,10 @@ fn agent() -> ureq::Agent {
 }
 
 fn unreachable(flist: &str, reason: impl Into<String>) -> FlistVmError {
-    FlistVmError::Unreachable { flist: flist.to_string(), reason: reason.into() }
+    FlistVmError::Unreachable {
+        flist: flist.to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// Checks that an flist can be had: a local file exists, or a URL answers 200 to HEAD
@@ -43,7 +46,10 @@ pub fn check_reachable(flist: &str) -> Result<(), FlistVmError> {
     };
     match agent.get(flist).call() {
         Ok(resp) if resp.status().as_u16() == 200 => Ok(()),
-        Ok(resp) => Err(unreachable(flist, format!("HTTP status {} (HEAD: {status})", resp.status().as_u16()))),
+        Ok(resp) => Err(unreachable(
+            flist,
+            format!("HTTP status {} (HEAD: {status})", resp.status().as_u16()),
+        )),
         Err(e) => Err(unreachable(flist, e.to_string())),
     }
 }
@@ -56,18 +62,35 @@ pub fn fetch_flist(flist: &str, cache_dir: &Path) -> Result<PathBuf, FlistVmErro
         return Ok(PathBuf::from(flist));
     }
     let dir = cache_dir.join("flists");
-    std::fs::create_dir_all(&dir).map_err(|source| FlistVmError::Io { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| FlistVmError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let hash = url_digest(flist);
     let target = dir.join(format!("{hash}.fl"));
-    let mut resp = agent().get(flist).call().map_err(|e| unreachable(flist, e.to_string()))?;
+    let mut resp = agent()
+        .get(flist)
+        .call()
+        .map_err(|e| unreachable(flist, e.to_string()))?;
     let code = resp.status().as_u16();
     if code != 200 {
         return Err(unreachable(flist, format!("HTTP status {code}")));
     }
-    let body = resp.body_mut().with_config().limit(MAX_FLIST_BYTES).read_to_vec().map_err(|e| unreachable(flist, e.to_string()))?;
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(MAX_FLIST_BYTES)
+        .read_to_vec()
+        .map_err(|e| unreachable(flist, e.to_string()))?;
     let tmp = dir.join(format!(".{hash}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, &body).map_err(|source| FlistVmError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, &target).map_err(|source| FlistVmError::Io { path: target.clone(), source })?;
+    std::fs::write(&tmp, &body).map_err(|source| FlistVmError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, &target).map_err(|source| FlistVmError::Io {
+        path: target.clone(),
+        source,
+    })?;
     Ok(target)
 }
 
@@ -101,6 +124,10 @@ mod tests {
     fn a_dead_url_is_unreachable() {
         // Port 1 on loopback: connection refused at once.
         let e = check_reachable("http://127.0.0.1:1/x.fl").unwrap_err();
-        assert!(e.to_string().contains("http://127.0.0.1:1/x.fl` is not reachable"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("http://127.0.0.1:1/x.fl` is not reachable"),
+            "{e}"
+        );
     }
 }

@@ -42,7 +42,7 @@ pub enum FlistVmError {
         flist: String,
         /// The flist-fetcher error.
         #[source]
-        source: flist_fetcher::Error,
+        source: Box<flist_fetcher::Error>,
     },
     /// Local file trouble.
     #[error("{path}: {source}")]
@@ -65,7 +65,10 @@ pub enum FlistVmError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FlistVmError + '_ {
-    move |source| FlistVmError::Io { path: path.to_path_buf(), source }
+    move |source| FlistVmError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What kind of flist this is.
@@ -122,13 +125,19 @@ impl BootPlan {
         resources.boot_source.initrd_path = self.initrd.clone();
         if !self.extra_args.is_empty() {
             let base = resources.boot_args().to_string();
-            resources.boot_source.boot_args = Some(format!("{base} {}", self.extra_args));
+            resources.boot_source.boot_args = Some(cmdline::append_args(&base, &self.extra_args));
         }
         if let Some(disk) = &self.root_disk {
             resources.drives.retain(|d| !d.is_root_device);
             resources.drives.insert(
                 0,
-                DriveConfig { drive_id: "root".into(), path_on_host: disk.clone(), is_root_device: true, is_read_only: false, rate_limiter: None },
+                DriveConfig {
+                    drive_id: "root".into(),
+                    path_on_host: disk.clone(),
+                    is_root_device: true,
+                    is_read_only: false,
+                    rate_limiter: None,
+                },
             );
         }
     }
@@ -138,16 +147,33 @@ impl BootPlan {
 /// running program, or the newest build under `~/.cache/zvm/kernel/`.
 pub fn locate_kernel(explicit: Option<&Path>) -> Result<PathBuf, FlistVmError> {
     if let Some(p) = explicit {
-        return if p.is_file() { Ok(p.to_path_buf()) } else { Err(FlistVmError::Io { path: p.to_path_buf(), source: std::io::ErrorKind::NotFound.into() }) };
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(FlistVmError::Io {
+                path: p.to_path_buf(),
+                source: std::io::ErrorKind::NotFound.into(),
+            })
+        };
     }
-    if let Some(p) = std::env::var_os("ZVM_KERNEL").map(PathBuf::from).filter(|p| p.is_file()) {
+    if let Some(p) = std::env::var_os("ZVM_KERNEL")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
         return Ok(p);
     }
-    if let Some(p) = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("vmlinux"))).filter(|p| p.is_file()) {
+    if let Some(p) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("vmlinux")))
+        .filter(|p| p.is_file())
+    {
         return Ok(p);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
-    let builds = std::fs::read_dir(home.join(".cache/zvm/kernel")).map_err(|_| FlistVmError::NoKernel)?;
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    let builds =
+        std::fs::read_dir(home.join(".cache/zvm/kernel")).map_err(|_| FlistVmError::NoKernel)?;
     builds
         .filter_map(|e| e.ok())
         .map(|e| e.path().join("vmlinux"))
@@ -159,7 +185,11 @@ pub fn locate_kernel(explicit: Option<&Path>) -> Result<PathBuf, FlistVmError> {
 
 /// Classifies a loaded flist tree.
 pub fn classify(tree: &Tree) -> FlistKind {
-    let has = |path: &str| tree.entries.iter().any(|e| e.path == Path::new(path) && e.kind == Kind::File);
+    let has = |path: &str| {
+        tree.entries
+            .iter()
+            .any(|e| e.path == Path::new(path) && e.kind == Kind::File)
+    };
     if has("boot/vmlinuz") {
         FlistKind::VmImage
     } else if has("image.raw") {
@@ -171,15 +201,17 @@ pub fn classify(tree: &Tree) -> FlistKind {
 
 /// Fetches the flist and prepares its files under `work_dir`; see the module docs.
 pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
-    let flist_err = |source: flist_fetcher::Error| FlistVmError::Flist { flist: opts.flist.clone(), source };
+    let flist_err = |source: flist_fetcher::Error| FlistVmError::Flist {
+        flist: opts.flist.clone(),
+        source: Box::new(source),
+    };
     std::fs::create_dir_all(&opts.work_dir).map_err(io(&opts.work_dir))?;
     let fl = fetch_flist(&opts.flist, &opts.cache_dir)?;
     let reader = Reader::open(&fl).map_err(|e| flist_err(e.into()))?;
     let tree = Tree::load(&reader).map_err(|e| flist_err(e.into()))?;
     let kind = classify(&tree);
     let blocks = opts.cache_dir.join("blocks");
-    let mut unpack = flist_fetcher::UnpackOptions::new(&blocks);
-    unpack.owners = Some(false);
+    let unpack = flist_fetcher::UnpackOptions::new(&blocks);
     match kind {
         FlistKind::VmImage | FlistKind::RawImage => {
             let root = opts.work_dir.join("flist");
@@ -192,10 +224,22 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
             }
             if kind == FlistKind::VmImage {
                 let initrd = Some(root.join("boot/initrd.img")).filter(|p| p.is_file());
-                Ok(BootPlan { kind, kernel: root.join("boot/vmlinuz"), initrd, root_disk: None, extra_args: String::new() })
+                Ok(BootPlan {
+                    kind,
+                    kernel: root.join("boot/vmlinuz"),
+                    initrd,
+                    root_disk: None,
+                    extra_args: String::new(),
+                })
             } else {
                 let kernel = locate_kernel(opts.kernel.as_deref())?;
-                Ok(BootPlan { kind, kernel, initrd: None, root_disk: Some(root.join("image.raw")), extra_args: String::new() })
+                Ok(BootPlan {
+                    kind,
+                    kernel,
+                    initrd: None,
+                    root_disk: Some(root.join("image.raw")),
+                    extra_args: String::new(),
+                })
             }
         }
         FlistKind::Container => {
@@ -218,13 +262,26 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
             let done = opts.work_dir.join("root.ext4.done");
             if !done.exists() {
                 let content: u64 = tree.entries.iter().map(|e| e.inode.size).sum();
-                let size = opts.root_size.unwrap_or(content + content / 2 + (64 << 20));
+                let size = opts
+                    .root_size
+                    .unwrap_or(content + content / 2 + (64 << 20))
+                    .next_multiple_of(1 << 20);
                 tracing::info!(flist = %opts.flist, disk = %disk.display(), size, "building the root disk");
-                let image_opts = flist_fetcher::ImageOptions { size, label: "rootfs".into(), unpack: unpack.clone() };
+                let image_opts = flist_fetcher::ImageOptions {
+                    size,
+                    label: "rootfs".into(),
+                    unpack: unpack.clone(),
+                };
                 flist_fetcher::image(&fl, &disk, &image_opts).map_err(|e| flist_err(e.into()))?;
                 std::fs::write(&done, b"").map_err(io(&done))?;
             }
-            Ok(BootPlan { kind, kernel, initrd: None, root_disk: Some(disk), extra_args })
+            Ok(BootPlan {
+                kind,
+                kernel,
+                initrd: None,
+                root_disk: Some(disk),
+                extra_args,
+            })
         }
     }
 }
@@ -237,13 +294,24 @@ struct ImageConfig {
     env: Vec<(String, String)>,
 }
 
-fn image_config(tree: &Tree, fl: &Path, work_dir: &Path, unpack: &flist_fetcher::UnpackOptions) -> ImageConfig {
-    if !tree.entries.iter().any(|e| e.path == Path::new(".zvm/image-config.json")) {
+fn image_config(
+    tree: &Tree,
+    fl: &Path,
+    work_dir: &Path,
+    unpack: &flist_fetcher::UnpackOptions,
+) -> ImageConfig {
+    if !tree
+        .entries
+        .iter()
+        .any(|e| e.path == Path::new(".zvm/image-config.json"))
+    {
         return ImageConfig::default();
     }
     let dir = work_dir.join("image-config");
     let _ = std::fs::remove_dir_all(&dir);
-    let text = flist_fetcher::unpack(fl, &dir, unpack).ok().and_then(|_| std::fs::read(dir.join(".zvm/image-config.json")).ok());
+    let text = flist_fetcher::unpack(fl, &dir, unpack)
+        .ok()
+        .and_then(|_| std::fs::read(dir.join(".zvm/image-config.json")).ok());
     let _ = std::fs::remove_dir_all(&dir);
     text.map(|t| parse_image_config(&t)).unwrap_or_default()
 }
@@ -251,19 +319,34 @@ fn image_config(tree: &Tree, fl: &Path, work_dir: &Path, unpack: &flist_fetcher:
 /// Reads an OCI-style image config leniently: `Entrypoint` + `Cmd` and `Env` at the top
 /// level or under `config` (either case).
 fn parse_image_config(bytes: &[u8]) -> ImageConfig {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else { return ImageConfig::default() };
-    let cfg = value.get("config").or_else(|| value.get("Config")).unwrap_or(&value);
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return ImageConfig::default();
+    };
+    let cfg = value
+        .get("config")
+        .or_else(|| value.get("Config"))
+        .unwrap_or(&value);
     let list = |names: &[&str]| -> Vec<String> {
         names
             .iter()
             .find_map(|n| cfg.get(*n))
             .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let mut argv = list(&["Entrypoint", "entrypoint"]);
     argv.extend(list(&["Cmd", "cmd"]));
-    let env = list(&["Env", "env"]).into_iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect();
+    let env = list(&["Env", "env"])
+        .into_iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
     ImageConfig { argv, env }
 }
 
@@ -273,9 +356,17 @@ mod tests {
 
     #[test]
     fn image_config_is_read_leniently() {
-        let c = parse_image_config(br#"{"config":{"Entrypoint":["/bin/app"],"Cmd":["--x"],"Env":["PATH=/bin","A=b=c"]}}"#);
+        let c = parse_image_config(
+            br#"{"config":{"Entrypoint":["/bin/app"],"Cmd":["--x"],"Env":["PATH=/bin","A=b=c"]}}"#,
+        );
         assert_eq!(c.argv, ["/bin/app", "--x"]);
-        assert_eq!(c.env, [("PATH".to_string(), "/bin".to_string()), ("A".to_string(), "b=c".to_string())]);
+        assert_eq!(
+            c.env,
+            [
+                ("PATH".to_string(), "/bin".to_string()),
+                ("A".to_string(), "b=c".to_string())
+            ]
+        );
         assert_eq!(parse_image_config(b"not json"), ImageConfig::default());
         assert_eq!(parse_image_config(br#"{"cmd":["sh"]}"#).argv, ["sh"]);
     }
@@ -283,10 +374,20 @@ mod tests {
     #[test]
     fn a_plan_sets_kernel_disk_and_arguments() {
         let mut r = VmResources::new("/old");
-        let plan = BootPlan { kind: FlistKind::Container, kernel: "/k".into(), initrd: None, root_disk: Some("/d/root.ext4".into()), extra_args: "init=/bin/sh".into() };
+        let plan = BootPlan {
+            kind: FlistKind::Container,
+            kernel: "/k".into(),
+            initrd: None,
+            root_disk: Some("/d/root.ext4".into()),
+            extra_args: "init=/bin/sh".into(),
+        };
         plan.apply(&mut r);
         assert_eq!(r.boot_source.kernel_image_path, PathBuf::from("/k"));
-        assert!(r.boot_args().ends_with(" init=/bin/sh"), "{}", r.boot_args());
+        assert!(
+            r.boot_args().ends_with(" init=/bin/sh"),
+            "{}",
+            r.boot_args()
+        );
         assert!(r.drives[0].is_root_device);
         assert_eq!(r.drives[0].path_on_host, PathBuf::from("/d/root.ext4"));
     }

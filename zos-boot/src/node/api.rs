@@ -37,11 +37,16 @@ impl From<NodeError> for ApiError {
         let status = match &e {
             NodeError::Invalid(_) | NodeError::Unreachable(_) => StatusCode::BAD_REQUEST,
             NodeError::Network(NetError::OutOfRange { .. }) => StatusCode::BAD_REQUEST,
-            NodeError::Exists(_) | NodeError::Overcommit { .. } | NodeError::Network(_) => StatusCode::CONFLICT,
+            NodeError::Exists(_) | NodeError::Overcommit { .. } | NodeError::Network(_) => {
+                StatusCode::CONFLICT
+            }
             NodeError::NotFound(_) => StatusCode::NOT_FOUND,
             NodeError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError { status, message: e.to_string() }
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -55,11 +60,19 @@ fn body_error(rejection: BytesRejection) -> ApiError {
     ApiError { status, message }
 }
 
-async fn create(State(node): State<Node>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn create(
+    State(node): State<Node>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
     let view = node.create(&body).await?;
     let location = format!("/deployments/{}", view.name);
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view)).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response())
 }
 
 async fn list(State(node): State<Node>) -> Response {
@@ -67,7 +80,9 @@ async fn list(State(node): State<Node>) -> Response {
 }
 
 async fn show(State(node): State<Node>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    node.view(&name, true).map(|v| Json(v).into_response()).ok_or_else(|| NodeError::NotFound(name).into())
+    node.view(&name, true)
+        .map(|v| Json(v).into_response())
+        .ok_or_else(|| NodeError::NotFound(name).into())
 }
 
 async fn delete(State(node): State<Node>, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -79,20 +94,35 @@ async fn capacity(State(node): State<Node>) -> Response {
     let node2 = node.clone();
     match tokio::task::spawn_blocking(move || node2.capacity()).await {
         Ok(c) => Json(c).into_response(),
-        Err(e) => ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() }.into_response(),
+        Err(e) => ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: e.to_string(),
+        }
+        .into_response(),
     }
 }
 
 async fn health(State(node): State<Node>) -> Response {
-    Json(json!({ "status": "ok", "deployments": node.len(), "version": env!("CARGO_PKG_VERSION") })).into_response()
+    Json(json!({ "status": "ok", "deployments": node.len(), "version": env!("CARGO_PKG_VERSION") }))
+        .into_response()
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError { status: StatusCode::NOT_FOUND, message: format!("no such endpoint: {} {}", req.method(), req.uri().path()) }
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no such endpoint: {} {}", req.method(), req.uri().path()),
+    }
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {
-    ApiError { status: StatusCode::METHOD_NOT_ALLOWED, message: format!("method {} is not allowed on {}", req.method(), req.uri().path()) }
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!(
+            "method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    }
 }
 
 /// The API routes over `node`.
@@ -109,12 +139,23 @@ pub fn router(node: Node) -> Router {
 }
 
 async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => next.run(req).await,
         _ => {
-            let mut resp = ApiError { status: StatusCode::UNAUTHORIZED, message: "missing or wrong bearer token".into() }.into_response();
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            let mut resp = ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                message: "missing or wrong bearer token".into(),
+            }
+            .into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
             resp
         }
     }
@@ -126,5 +167,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The routes behind a bearer token (for TCP).
 pub fn router_with_token(node: Node, token: String) -> Router {
-    router(node).layer(middleware::from_fn_with_state(Arc::new(token), require_token))
+    router(node).layer(middleware::from_fn_with_state(
+        Arc::new(token),
+        require_token,
+    ))
 }

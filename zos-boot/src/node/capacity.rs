@@ -42,7 +42,10 @@ pub struct Capacity {
 impl Capacity {
     /// Memory still free for deployments.
     pub fn free_memory(&self) -> u64 {
-        self.total.memory.saturating_sub(self.reserved.memory).saturating_sub(self.used.memory)
+        self.total
+            .memory
+            .saturating_sub(self.reserved.memory)
+            .saturating_sub(self.used.memory)
     }
 }
 
@@ -53,15 +56,26 @@ pub fn kvm_status() -> KvmStatus {
         return KvmStatus { usable: false, reason: Some("/dev/kvm does not exist: no KVM on this machine (no hardware virtualization, or no nested virtualization inside a VM)".into()) };
     }
     match vmm::host::HostReport::probe().api_version {
-        Ok(12) => KvmStatus { usable: true, reason: None },
-        Ok(v) => KvmStatus { usable: false, reason: Some(format!("/dev/kvm speaks KVM API version {v}, not 12")) },
-        Err(e) => KvmStatus { usable: false, reason: Some(e) },
+        Ok(12) => KvmStatus {
+            usable: true,
+            reason: None,
+        },
+        Ok(v) => KvmStatus {
+            usable: false,
+            reason: Some(format!("/dev/kvm speaks KVM API version {v}, not 12")),
+        },
+        Err(e) => KvmStatus {
+            usable: false,
+            reason: Some(e),
+        },
     }
 }
 
 /// Host CPUs.
 pub fn host_cpus() -> u64 {
-    std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1)
 }
 
 /// Host memory in bytes.
@@ -71,7 +85,9 @@ pub fn host_memory() -> u64 {
 
 /// Size of the filesystem holding `dir`, in bytes.
 pub fn disk_total(dir: &Path) -> u64 {
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return 0 };
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return 0;
+    };
     // SAFETY: statvfs fills the zeroed struct we own from a valid C string.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -105,10 +121,23 @@ mod tests {
     #[test]
     fn free_memory_never_underflows() {
         let c = Capacity {
-            total: Amounts { cpu: 2, memory: 1000, disk: 0 },
-            reserved: Amounts { memory: 600, ..Default::default() },
-            used: Amounts { memory: 600, ..Default::default() },
-            kvm: KvmStatus { usable: true, reason: None },
+            total: Amounts {
+                cpu: 2,
+                memory: 1000,
+                disk: 0,
+            },
+            reserved: Amounts {
+                memory: 600,
+                ..Default::default()
+            },
+            used: Amounts {
+                memory: 600,
+                ..Default::default()
+            },
+            kvm: KvmStatus {
+                usable: true,
+                reason: None,
+            },
         };
         assert_eq!(c.free_memory(), 0);
     }

@@ -73,7 +73,10 @@ pub struct NodeConfig {
 
 impl std::fmt::Debug for NodeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeConfig").field("state_dir", &self.state_dir).field("networks", &self.networks).finish_non_exhaustive()
+        f.debug_struct("NodeConfig")
+            .field("state_dir", &self.state_dir)
+            .field("networks", &self.networks)
+            .finish_non_exhaustive()
     }
 }
 
@@ -127,12 +130,17 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("state_dir", &self.inner.cfg.state_dir).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("state_dir", &self.inner.cfg.state_dir)
+            .finish_non_exhaustive()
     }
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Node {
@@ -140,13 +148,25 @@ impl Node {
     /// running is re-adopted, one that is gone is started again; failed and exited ones are
     /// kept as they are. Must be called inside a tokio runtime.
     pub fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
-        std::fs::create_dir_all(cfg.state_dir.join("vms")).map_err(|source| StoreError::Io { path: cfg.state_dir.join("vms"), source })?;
+        std::fs::create_dir_all(cfg.state_dir.join("vms")).map_err(|source| StoreError::Io {
+            path: cfg.state_dir.join("vms"),
+            source,
+        })?;
         let store = Store::open(&cfg.state_dir)?;
         let records = store.load_all()?;
-        let node = Node { inner: Arc::new(Inner { cfg, store, deployments: Mutex::new(BTreeMap::new()) }) };
+        let node = Node {
+            inner: Arc::new(Inner {
+                cfg,
+                store,
+                deployments: Mutex::new(BTreeMap::new()),
+            }),
+        };
         for mut record in records {
             let name = record.spec.name.clone();
-            let active = !matches!(record.state, DeploymentState::Failed | DeploymentState::Exited);
+            let active = !matches!(
+                record.state,
+                DeploymentState::Failed | DeploymentState::Exited
+            );
             if active {
                 // Running again only once adopted or restarted.
                 record.state = DeploymentState::Pending;
@@ -158,14 +178,25 @@ impl Node {
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
-        self.inner.deployments.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .deployments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds an entry and, when `run`, its supervisor.
     fn insert(&self, record: DeploymentRecord, run: bool) {
         let name = record.spec.name.clone();
         let (stop, stop_rx) = watch::channel(false);
-        self.lock().insert(name.clone(), Entry { record, pid: None, stop, task: None });
+        self.lock().insert(
+            name.clone(),
+            Entry {
+                record,
+                pid: None,
+                stop,
+                task: None,
+            },
+        );
         if run {
             let task = tokio::spawn(supervisor::supervise(self.clone(), name.clone(), stop_rx));
             if let Some(e) = self.lock().get_mut(&name) {
@@ -180,9 +211,15 @@ impl Node {
     }
 
     /// Changes a deployment's record and persists it; `false` if it is gone.
-    pub(super) fn update(&self, name: &str, f: impl FnOnce(&mut DeploymentRecord, &mut Option<u32>)) -> bool {
+    pub(super) fn update(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut DeploymentRecord, &mut Option<u32>),
+    ) -> bool {
         let mut map = self.lock();
-        let Some(entry) = map.get_mut(name) else { return false };
+        let Some(entry) = map.get_mut(name) else {
+            return false;
+        };
         f(&mut entry.record, &mut entry.pid);
         if let Err(e) = self.inner.store.save(&entry.record) {
             tracing::error!(deployment = %name, "cannot persist: {e}");
@@ -198,7 +235,13 @@ impl Node {
     /// Validates, admits and persists a deployment, then starts it in the background.
     pub async fn create(&self, body: &[u8]) -> Result<DeploymentView, NodeError> {
         let spec = WorkloadSpec::from_json(body)?;
-        let networks: Vec<String> = self.inner.cfg.networks.iter().map(|n| n.name.clone()).collect();
+        let networks: Vec<String> = self
+            .inner
+            .cfg
+            .networks
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
         spec.validate(&networks)?;
         if self.lock().contains_key(&spec.name) {
             return Err(NodeError::Exists(spec.name));
@@ -220,18 +263,48 @@ impl Node {
                 name: spec.name,
                 needed_mib: needed >> 20,
                 free_mib: capacity.free_memory() >> 20,
-                offered_mib: capacity.total.memory.saturating_sub(capacity.reserved.memory) >> 20,
+                offered_mib: capacity
+                    .total
+                    .memory
+                    .saturating_sub(capacity.reserved.memory)
+                    >> 20,
             });
         }
         let mut addresses = Vec::new();
         for (i, nic) in spec.network.interfaces.iter().enumerate() {
-            let Some(net) = self.inner.cfg.networks.iter().find(|n| n.name == nic.network) else { continue };
-            let taken: Vec<Ipv4Addr> =
-                map.values().flat_map(|e| e.record.addresses.iter()).chain(addresses.iter()).filter(|a: &&Address| a.network == net.name).map(|a| a.ip).collect();
+            let Some(net) = self
+                .inner
+                .cfg
+                .networks
+                .iter()
+                .find(|n| n.name == nic.network)
+            else {
+                continue;
+            };
+            let taken: Vec<Ipv4Addr> = map
+                .values()
+                .flat_map(|e| e.record.addresses.iter())
+                .chain(addresses.iter())
+                .filter(|a: &&Address| a.network == net.name)
+                .map(|a| a.ip)
+                .collect();
             let ip = net.allocate(nic.ip, &taken)?;
-            addresses.push(Address { network: net.name.clone(), ip, prefix: net.prefix, gateway: net.gateway(), tap: network::tap_name(&spec.name, i) });
+            addresses.push(Address {
+                network: net.name.clone(),
+                ip,
+                prefix: net.prefix,
+                gateway: net.gateway(),
+                tap: network::tap_name(&spec.name, i),
+            });
         }
-        let record = DeploymentRecord { spec, created_at: now_secs(), state: DeploymentState::Pending, restarts: 0, addresses, error: None };
+        let record = DeploymentRecord {
+            spec,
+            created_at: now_secs(),
+            state: DeploymentState::Pending,
+            restarts: 0,
+            addresses,
+            error: None,
+        };
         self.inner.store.save(&record)?;
         let name = record.spec.name.clone();
         drop(map);
@@ -270,7 +343,10 @@ impl Node {
 
     /// Stops a deployment's VM, then removes its record, files and disks.
     pub async fn delete(&self, name: &str) -> Result<(), NodeError> {
-        let entry = self.lock().remove(name).ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        let entry = self
+            .lock()
+            .remove(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
         let _ = entry.stop.send(true);
         if let Some(task) = entry.task {
             let _ = task.await;
@@ -306,18 +382,31 @@ impl Node {
     pub fn capacity(&self) -> Capacity {
         let cfg = &self.inner.cfg;
         let total_mem = cfg.memory_total.unwrap_or_else(capacity::host_memory);
-        let reserved_mem = cfg.memory_reserved.unwrap_or_else(|| capacity::default_reserved_memory(total_mem));
+        let reserved_mem = cfg
+            .memory_reserved
+            .unwrap_or_else(|| capacity::default_reserved_memory(total_mem));
         let mut used = Amounts::default();
         for e in self.lock().values() {
-            if !matches!(e.record.state, DeploymentState::Failed | DeploymentState::Exited) {
+            if !matches!(
+                e.record.state,
+                DeploymentState::Failed | DeploymentState::Exited
+            ) {
                 used.cpu += u64::from(e.record.spec.compute.cpu);
                 used.memory += e.record.spec.compute.memory.0;
             }
             used.disk += e.record.spec.disk_bytes();
         }
         Capacity {
-            total: Amounts { cpu: capacity::host_cpus(), memory: total_mem, disk: capacity::disk_total(&cfg.state_dir) },
-            reserved: Amounts { cpu: 0, memory: reserved_mem, disk: 0 },
+            total: Amounts {
+                cpu: capacity::host_cpus(),
+                memory: total_mem,
+                disk: capacity::disk_total(&cfg.state_dir),
+            },
+            reserved: Amounts {
+                cpu: 0,
+                memory: reserved_mem,
+                disk: 0,
+            },
             used,
             kvm: capacity::kvm_status(),
         }
@@ -337,7 +426,9 @@ impl Node {
 /// The last [`CONSOLE_TAIL_BYTES`] of a console log, lossily decoded.
 pub fn console_tail(path: &std::path::Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL_BYTES)));
     let mut buf = Vec::new();

@@ -83,9 +83,15 @@ impl Listeners {
 }
 
 fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
-    let err = |source| ServeError::Listen { what: format!("API socket {}", path.display()), source };
+    let err = |source| ServeError::Listen {
+        what: format!("API socket {}", path.display()),
+        source,
+    };
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another daemon is serving this socket")));
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another daemon is serving this socket",
+        )));
     }
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
@@ -100,7 +106,14 @@ pub async fn serve(cfg: NodeConfig, listeners: Listeners) -> Result<(), ServeErr
     listeners.check()?;
     let unix = bind_unix(&listeners.api_sock)?;
     let tcp = match listeners.tcp {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { what: format!("TCP {addr}"), source })?),
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    what: format!("TCP {addr}"),
+                    source,
+                })?,
+        ),
         None => None,
     };
     let node = Node::start(cfg)?;
@@ -109,13 +122,21 @@ pub async fn serve(cfg: NodeConfig, listeners: Listeners) -> Result<(), ServeErr
     let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|q| *q).await;
     };
-    let unix_task = tokio::spawn(axum::serve(unix, api::router(node.clone())).with_graceful_shutdown(shutdown(quit_rx.clone())).into_future());
+    let unix_task = tokio::spawn(
+        axum::serve(unix, api::router(node.clone()))
+            .with_graceful_shutdown(shutdown(quit_rx.clone()))
+            .into_future(),
+    );
     let tcp_task = tcp.map(|listener| {
         let app = match &listeners.token {
             Some(t) if !t.is_empty() => api::router_with_token(node.clone(), t.clone()),
             _ => api::router(node.clone()),
         };
-        tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown(quit_rx.clone())).into_future())
+        tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown(quit_rx.clone()))
+                .into_future(),
+        )
     });
     wait_for_signal().await;
     tracing::info!("shutting down; VMs keep running");
@@ -131,7 +152,10 @@ pub async fn serve(cfg: NodeConfig, listeners: Listeners) -> Result<(), ServeErr
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -80,7 +80,11 @@ impl NetworkDef {
             return Err(bad());
         }
         let mask = u32::MAX << (32 - u32::from(prefix));
-        Ok(NetworkDef { name: name.to_string(), addr: Ipv4Addr::from(u32::from(addr) & mask), prefix })
+        Ok(NetworkDef {
+            name: name.to_string(),
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        })
     }
 
     /// The bridge device (at most 15 characters).
@@ -108,38 +112,65 @@ impl NetworkDef {
     /// Whether `ip` may be given to a guest.
     pub fn usable(&self, ip: Ipv4Addr) -> bool {
         let v = u32::from(ip);
-        v & self.mask() == u32::from(self.addr) && v > u32::from(self.gateway()) && v < self.broadcast()
+        v & self.mask() == u32::from(self.addr)
+            && v > u32::from(self.gateway())
+            && v < self.broadcast()
     }
 
     /// Picks `wanted` (checked) or the lowest free address, given the `taken` ones.
-    pub fn allocate(&self, wanted: Option<Ipv4Addr>, taken: &[Ipv4Addr]) -> Result<Ipv4Addr, NetError> {
+    pub fn allocate(
+        &self,
+        wanted: Option<Ipv4Addr>,
+        taken: &[Ipv4Addr],
+    ) -> Result<Ipv4Addr, NetError> {
         if let Some(ip) = wanted {
             if !self.usable(ip) {
-                return Err(NetError::OutOfRange { ip, network: self.name.clone(), range: self.range() });
+                return Err(NetError::OutOfRange {
+                    ip,
+                    network: self.name.clone(),
+                    range: self.range(),
+                });
             }
             if taken.contains(&ip) {
-                return Err(NetError::Taken { ip, network: self.name.clone() });
+                return Err(NetError::Taken {
+                    ip,
+                    network: self.name.clone(),
+                });
             }
             return Ok(ip);
         }
-        (u32::from(self.gateway()) + 1..self.broadcast()).map(Ipv4Addr::from).find(|ip| !taken.contains(ip)).ok_or_else(|| NetError::Exhausted(self.name.clone()))
+        (u32::from(self.gateway()) + 1..self.broadcast())
+            .map(Ipv4Addr::from)
+            .find(|ip| !taken.contains(ip))
+            .ok_or_else(|| NetError::Exhausted(self.name.clone()))
     }
 }
 
 fn ip(args: &[&str]) -> Result<(), NetError> {
-    let fail = |reason: String| NetError::Command { args: args.join(" "), reason };
-    let out = Command::new("ip").args(args).output().map_err(|e| fail(e.to_string()))?;
+    let fail = |reason: String| NetError::Command {
+        args: args.join(" "),
+        reason,
+    };
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| fail(e.to_string()))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+        Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
 }
 
 /// Whether link `name` exists in this thread's network namespace (asked with `ip`, not
 /// /sys, which shows the namespace sysfs was mounted in).
 fn link_exists(name: &str) -> bool {
-    Command::new("ip").args(["link", "show", "dev", name]).output().is_ok_and(|o| o.status.success())
+    Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Creates the network's bridge if needed, with the gateway address, and brings it up.
@@ -148,7 +179,13 @@ pub fn ensure_bridge(net: &NetworkDef) -> Result<String, NetError> {
     if !link_exists(&br) {
         ip(&["link", "add", &br, "type", "bridge"])?;
     }
-    ip(&["addr", "replace", &format!("{}/{}", net.gateway(), net.prefix), "dev", &br])?;
+    ip(&[
+        "addr",
+        "replace",
+        &format!("{}/{}", net.gateway(), net.prefix),
+        "dev",
+        &br,
+    ])?;
     ip(&["link", "set", &br, "up"])?;
     Ok(br)
 }
@@ -180,19 +217,43 @@ mod tests {
         assert_eq!(n.gateway(), Ipv4Addr::new(10, 20, 0, 1));
         assert!(n.bridge().len() <= 15 && n.bridge().starts_with("zvmbr-"));
         assert!(tap_name("a-very-long-deployment-name", 3).len() <= 15);
-        for bad in ["lan", "lan=10.0.0.0", "lan=10.0.0.0/31", "lan=300.0.0.0/24", "../x=10.0.0.0/24"] {
+        for bad in [
+            "lan",
+            "lan=10.0.0.0",
+            "lan=10.0.0.0/31",
+            "lan=300.0.0.0/24",
+            "../x=10.0.0.0/24",
+        ] {
             assert!(NetworkDef::parse(bad).is_err(), "{bad}");
         }
         let first = n.allocate(None, &[]).unwrap();
         assert_eq!(first, Ipv4Addr::new(10, 20, 0, 2));
-        assert_eq!(n.allocate(None, &[first]).unwrap(), Ipv4Addr::new(10, 20, 0, 3));
-        assert_eq!(n.allocate(Some(first), &[first]), Err(NetError::Taken { ip: first, network: "lan".into() }));
+        assert_eq!(
+            n.allocate(None, &[first]).unwrap(),
+            Ipv4Addr::new(10, 20, 0, 3)
+        );
+        assert_eq!(
+            n.allocate(Some(first), &[first]),
+            Err(NetError::Taken {
+                ip: first,
+                network: "lan".into()
+            })
+        );
         for ip in ["10.20.0.1", "10.20.0.0", "10.20.0.255", "10.21.0.5"] {
-            assert!(matches!(n.allocate(Some(ip.parse().unwrap()), &[]), Err(NetError::OutOfRange { .. })), "{ip}");
+            assert!(
+                matches!(
+                    n.allocate(Some(ip.parse().unwrap()), &[]),
+                    Err(NetError::OutOfRange { .. })
+                ),
+                "{ip}"
+            );
         }
         let small = NetworkDef::parse("s=192.168.9.0/30").unwrap();
         let only = small.allocate(None, &[]).unwrap();
-        assert_eq!(small.allocate(None, &[only]), Err(NetError::Exhausted("s".into())));
+        assert_eq!(
+            small.allocate(None, &[only]),
+            Err(NetError::Exhausted("s".into()))
+        );
     }
 
     /// Creates a bridge and a tap inside a network namespace this test makes.
@@ -210,16 +271,25 @@ mod tests {
         let result = std::thread::spawn(move || {
             let file = std::fs::File::open(&path).unwrap();
             // SAFETY: setns on this thread with a valid namespace fd.
-            assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) }, 0);
+            assert_eq!(
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) },
+                0
+            );
             let net = NetworkDef::parse("lan=10.77.0.0/24").unwrap();
             let br = ensure_bridge(&net).unwrap();
             assert_eq!(ensure_bridge(&net).unwrap(), br, "idempotent");
             let tap = tap_name("web", 0);
             ensure_tap(&tap, &br).unwrap();
             ensure_tap(&tap, &br).unwrap();
-            let show = Command::new("ip").args(["-o", "link", "show", &tap]).output().unwrap();
+            let show = Command::new("ip")
+                .args(["-o", "link", "show", &tap])
+                .output()
+                .unwrap();
             let show = String::from_utf8_lossy(&show.stdout).to_string();
-            let addr = Command::new("ip").args(["-o", "-4", "addr", "show", &br]).output().unwrap();
+            let addr = Command::new("ip")
+                .args(["-o", "-4", "addr", "show", &br])
+                .output()
+                .unwrap();
             let addr = String::from_utf8_lossy(&addr.stdout).to_string();
             delete_tap(&tap).unwrap();
             delete_tap(&tap).unwrap();
@@ -228,7 +298,13 @@ mod tests {
         .join();
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         let (show, addr, tap_left) = result.unwrap();
-        assert!(show.contains(&format!("master {}", NetworkDef::parse("lan=10.77.0.0/24").unwrap().bridge())), "{show}");
+        assert!(
+            show.contains(&format!(
+                "master {}",
+                NetworkDef::parse("lan=10.77.0.0/24").unwrap().bridge()
+            )),
+            "{show}"
+        );
         assert!(addr.contains("10.77.0.1/24"), "{addr}");
         assert!(!tap_left);
     }

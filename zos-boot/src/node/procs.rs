@@ -41,7 +41,10 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// Whether `pid` is alive and not a zombie.
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).is_some_and(|state| state != "Z" && state != "X"),
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
 }
@@ -49,25 +52,37 @@ fn alive(pid: u32) -> bool {
 /// Whether `/proc/<pid>/cmdline` contains `marker` as one of its arguments (or part of one).
 pub fn cmdline_has(pid: u32, marker: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| raw.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(marker)))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .any(|arg| String::from_utf8_lossy(arg).contains(marker))
+        })
         .unwrap_or(false)
 }
 
 impl PidRecord {
     /// Records `pid` now (reads its start time).
     pub fn of(pid: u32, marker: &str) -> PidRecord {
-        PidRecord { pid, start_time: start_time(pid).unwrap_or(0), marker: marker.to_string() }
+        PidRecord {
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            marker: marker.to_string(),
+        }
     }
 
     /// Whether the recorded process still runs: same pid, same start time, marker in its
     /// command line, not a zombie.
     pub fn is_running(&self) -> bool {
-        alive(self.pid) && start_time(self.pid) == Some(self.start_time) && cmdline_has(self.pid, &self.marker)
+        alive(self.pid)
+            && start_time(self.pid) == Some(self.start_time)
+            && cmdline_has(self.pid, &self.marker)
     }
 
     /// Writes the record to `path` (atomically).
     pub fn save(&self, path: &Path) -> Result<(), ProcError> {
-        let io = |source| ProcError::Io { path: path.to_path_buf(), source };
+        let io = |source| ProcError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let tmp = path.with_extension("tmp");
         let bytes = serde_json::to_vec(self).map_err(|e| io(std::io::Error::other(e)))?;
         std::fs::write(&tmp, bytes).map_err(io)?;
@@ -85,7 +100,9 @@ pub fn signal(record: &PidRecord, signal: i32) -> bool {
     if !record.is_running() {
         return false;
     }
-    let Ok(pid) = i32::try_from(record.pid) else { return false };
+    let Ok(pid) = i32::try_from(record.pid) else {
+        return false;
+    };
     // SAFETY: kill(2) with a pid we just verified; no memory is involved.
     unsafe { libc::kill(pid, signal) == 0 }
 }
@@ -96,13 +113,24 @@ mod tests {
 
     #[test]
     fn a_live_process_is_recognised_by_marker_and_start_time() {
-        let mut child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
         let rec = PidRecord::of(child.id(), "1000");
         assert!(rec.is_running());
         // Same pid, other marker: not ours (a reused pid).
-        assert!(!PidRecord { marker: "zvm-node-x".into(), ..rec.clone() }.is_running());
+        assert!(!PidRecord {
+            marker: "zvm-node-x".into(),
+            ..rec.clone()
+        }
+        .is_running());
         // Same pid and marker but another start time: a reused pid too.
-        assert!(!PidRecord { start_time: rec.start_time + 1, ..rec.clone() }.is_running());
+        assert!(!PidRecord {
+            start_time: rec.start_time + 1,
+            ..rec.clone()
+        }
+        .is_running());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vm.pid");
         rec.save(&path).unwrap();

@@ -20,7 +20,12 @@ pub struct RestartLimits {
 impl Default for RestartLimits {
     /// 4 restarts in 2 minutes, back-off 1 s, 2 s, 4 s, 8 s.
     fn default() -> Self {
-        RestartLimits { max_restarts: 4, window: Duration::from_secs(120), backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(30) }
+        RestartLimits {
+            max_restarts: 4,
+            window: Duration::from_secs(120),
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
     }
 }
 
@@ -43,7 +48,10 @@ pub struct RestartTracker {
 impl RestartTracker {
     /// A tracker with no restarts yet.
     pub fn new(limits: RestartLimits) -> Self {
-        RestartTracker { limits, recent: VecDeque::new() }
+        RestartTracker {
+            limits,
+            recent: VecDeque::new(),
+        }
     }
 
     /// Records a crash at `now` and decides.
@@ -59,7 +67,11 @@ impl RestartTracker {
             return Decision::GiveUp;
         }
         let exp = u32::try_from(self.recent.len()).unwrap_or(u32::MAX).min(16);
-        let delay = self.limits.backoff.saturating_mul(1 << exp).min(self.limits.max_backoff);
+        let delay = self
+            .limits
+            .backoff
+            .saturating_mul(1 << exp)
+            .min(self.limits.max_backoff);
         self.recent.push_back(now);
         Decision::RestartAfter(delay)
     }
@@ -87,11 +99,19 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..20u64 {
             // one crash every 31 s: never 5 within 120 s
-            assert!(matches!(t.on_crash(t0 + Duration::from_secs(31 * i)), Decision::RestartAfter(_)), "crash {i}");
+            assert!(
+                matches!(
+                    t.on_crash(t0 + Duration::from_secs(31 * i)),
+                    Decision::RestartAfter(_)
+                ),
+                "crash {i}"
+            );
         }
         // but four quick ones after that exhaust the window again
         let t1 = t0 + Duration::from_secs(31 * 20);
-        let results: Vec<_> = (0..4).map(|i| t.on_crash(t1 + Duration::from_secs(i))).collect();
+        let results: Vec<_> = (0..4)
+            .map(|i| t.on_crash(t1 + Duration::from_secs(i)))
+            .collect();
         assert_eq!(results.last(), Some(&Decision::GiveUp), "{results:?}");
     }
 }

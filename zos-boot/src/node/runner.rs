@@ -32,7 +32,13 @@ impl VmPaths {
     /// The paths of deployment `name` under `state_dir`.
     pub fn new(state_dir: &Path, name: &str) -> VmPaths {
         let dir = state_dir.join("vms").join(name);
-        VmPaths { console: dir.join("console.log"), pid_file: dir.join("vm.pid"), disks: dir.join("disks"), work: dir.join("work"), dir }
+        VmPaths {
+            console: dir.join("console.log"),
+            pid_file: dir.join("vm.pid"),
+            disks: dir.join("disks"),
+            work: dir.join("work"),
+            dir,
+        }
     }
 }
 
@@ -64,7 +70,11 @@ pub trait WorkloadRunner: Send + Sync + 'static {
     /// creates disk files (blocking; idempotent).
     fn prepare(&self, record: &DeploymentRecord, paths: &VmPaths) -> Result<(), String>;
     /// Starts the VM.
-    fn start(&self, record: &DeploymentRecord, paths: &VmPaths) -> Result<Box<dyn VmInstance>, String>;
+    fn start(
+        &self,
+        record: &DeploymentRecord,
+        paths: &VmPaths,
+    ) -> Result<Box<dyn VmInstance>, String>;
     /// Takes over a VM an earlier daemon left running, if it still runs.
     fn adopt(&self, record: &DeploymentRecord, paths: &VmPaths) -> Option<Box<dyn VmInstance>>;
     /// Releases what the VM held on the host (taps); its files are removed by the node.
@@ -93,7 +103,11 @@ impl ProcessRunner {
             cache_dir: self.cache_dir.clone(),
             work_dir: paths.work.clone(),
             entrypoint: spec.entrypoint.clone(),
-            env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             root_size: spec.size.map(|s| s.0),
             kernel: self.kernel.clone(),
         }
@@ -131,14 +145,29 @@ impl ProcessRunner {
             args.extend(["--root-size".into(), size.0.to_string()]);
         }
         for disk in &spec.disks {
-            args.extend(["--disk".into(), format!("path={},id={}", path_str(&paths.disks.join(format!("{}.img", disk.name))), disk.name)]);
+            args.extend([
+                "--disk".into(),
+                format!(
+                    "path={},id={}",
+                    path_str(&paths.disks.join(format!("{}.img", disk.name))),
+                    disk.name
+                ),
+            ]);
         }
         let mut append = Vec::new();
         for (i, addr) in record.addresses.iter().enumerate() {
             args.extend(["--net".into(), format!("tap={},id=eth{i}", addr.tap)]);
-            let guest = cmdline::GuestAddress { ip: addr.ip, prefix: addr.prefix, gateway: Some(addr.gateway) };
+            let guest = cmdline::GuestAddress {
+                ip: addr.ip,
+                prefix: addr.prefix,
+                gateway: Some(addr.gateway),
+            };
             // Linux configures one interface from `ip=`; the others are announced.
-            append.push(if i == 0 { cmdline::ip_arg(&guest, i) } else { format!("zvm.ip.eth{i}={}/{}", addr.ip, addr.prefix) });
+            append.push(if i == 0 {
+                cmdline::ip_arg(&guest, i)
+            } else {
+                format!("zvm.ip.eth{i}={}/{}", addr.ip, addr.prefix)
+            });
         }
         for disk in &spec.disks {
             append.push(format!("zvm.mount.{}={}", disk.name, disk.mountpoint));
@@ -163,25 +192,51 @@ impl WorkloadRunner for ProcessRunner {
     }
 
     fn prepare(&self, record: &DeploymentRecord, paths: &VmPaths) -> Result<(), String> {
-        std::fs::create_dir_all(&paths.disks).map_err(|e| format!("{}: {e}", paths.disks.display()))?;
+        std::fs::create_dir_all(&paths.disks)
+            .map_err(|e| format!("{}: {e}", paths.disks.display()))?;
         for disk in &record.spec.disks {
             let path = paths.disks.join(format!("{}.img", disk.name));
-            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
             if len < disk.size.0 {
-                file.set_len(disk.size.0).map_err(|e| format!("{}: {e}", path.display()))?;
+                file.set_len(disk.size.0)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
             }
         }
-        flist_vm::prepare(&self.boot_options(record, paths)).map(|_| ()).map_err(|e| e.to_string())
+        flist_vm::prepare(&self.boot_options(record, paths))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
-    fn start(&self, record: &DeploymentRecord, paths: &VmPaths) -> Result<Box<dyn VmInstance>, String> {
+    fn start(
+        &self,
+        record: &DeploymentRecord,
+        paths: &VmPaths,
+    ) -> Result<Box<dyn VmInstance>, String> {
         for addr in &record.addresses {
-            let net = self.networks.iter().find(|n| n.name == addr.network).ok_or_else(|| format!("network `{}` is no longer served by this node", addr.network))?;
+            let net = self
+                .networks
+                .iter()
+                .find(|n| n.name == addr.network)
+                .ok_or_else(|| {
+                    format!(
+                        "network `{}` is no longer served by this node",
+                        addr.network
+                    )
+                })?;
             let bridge = network::ensure_bridge(net).map_err(|e| e.to_string())?;
             network::ensure_tap(&addr.tap, &bridge).map_err(|e| e.to_string())?;
         }
-        let console = std::fs::OpenOptions::new().create(true).append(true).open(&paths.console).map_err(|e| format!("{}: {e}", paths.console.display()))?;
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&paths.console)
+            .map_err(|e| format!("{}: {e}", paths.console.display()))?;
         let console2 = console.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = tokio::process::Command::new(&self.zvm);
         cmd.args(self.command_args(record, paths))
@@ -190,7 +245,9 @@ impl WorkloadRunner for ProcessRunner {
             .stderr(console2)
             .process_group(0)
             .kill_on_drop(false);
-        let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", self.zvm.display()))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.zvm.display()))?;
         let pid = child.id().ok_or("the VM process ended at once")?;
         let rec = PidRecord::of(pid, &path_str(&paths.work));
         rec.save(&paths.pid_file).map_err(|e| e.to_string())?;
@@ -199,7 +256,8 @@ impl WorkloadRunner for ProcessRunner {
 
     fn adopt(&self, _record: &DeploymentRecord, paths: &VmPaths) -> Option<Box<dyn VmInstance>> {
         let rec = PidRecord::load(&paths.pid_file)?;
-        (rec.marker == path_str(&paths.work) && rec.is_running()).then(|| Box::new(AdoptedVm { rec }) as Box<dyn VmInstance>)
+        (rec.marker == path_str(&paths.work) && rec.is_running())
+            .then(|| Box::new(AdoptedVm { rec }) as Box<dyn VmInstance>)
     }
 
     fn cleanup(&self, record: &DeploymentRecord, _paths: &VmPaths) {
@@ -249,7 +307,10 @@ impl VmInstance for ChildVm {
                     unsafe { libc::kill(pid, libc::SIGTERM) };
                 }
             }
-            if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+            if tokio::time::timeout(grace, self.child.wait())
+                .await
+                .is_err()
+            {
                 let _ = self.child.start_kill();
                 let _ = self.child.wait().await;
             }
@@ -274,7 +335,9 @@ impl VmInstance for AdoptedVm {
             while self.rec.is_running() {
                 tokio::time::sleep(POLL).await;
             }
-            VmExit::Failure("adopted VM process ended (its exit status is not known to this daemon)".into())
+            VmExit::Failure(
+                "adopted VM process ended (its exit status is not known to this daemon)".into(),
+            )
         })
     }
 

@@ -39,7 +39,10 @@ pub enum SpecError {
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
-    SpecError::Invalid { field: field.into(), reason: reason.into() }
+    SpecError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// A workload: one micro-VM booted from an flist.
@@ -123,10 +126,19 @@ pub fn check_name(field: &str, name: &str) -> Result<(), SpecError> {
         return Err(invalid(field, format!("longer than {MAX_NAME} characters")));
     }
     if name.starts_with('.') || name.starts_with('-') {
-        return Err(invalid(field, format!("`{name}` must not start with '.' or '-'")));
+        return Err(invalid(
+            field,
+            format!("`{name}` must not start with '.' or '-'"),
+        ));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
-        return Err(invalid(field, format!("`{name}` contains {c:?}; use letters, digits, '-', '_' and '.'")));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(invalid(
+            field,
+            format!("`{name}` contains {c:?}; use letters, digits, '-', '_' and '.'"),
+        ));
     }
     Ok(())
 }
@@ -157,69 +169,125 @@ impl WorkloadSpec {
         check_text("flist", &self.flist, 4096)?;
         let max_cpus = u32::from(vmm::resources::MAX_VCPUS);
         if self.compute.cpu < 1 || self.compute.cpu > max_cpus {
-            return Err(invalid("compute.cpu", format!("{} is out of range: give 1 to {max_cpus} vCPUs", self.compute.cpu)));
+            return Err(invalid(
+                "compute.cpu",
+                format!(
+                    "{} is out of range: give 1 to {max_cpus} vCPUs",
+                    self.compute.cpu
+                ),
+            ));
         }
         let mem = self.compute.memory.0;
         if mem < MIN_MEMORY {
-            return Err(invalid("compute.memory", format!("{} is below the minimum of 256 MiB", self.compute.memory)));
+            return Err(invalid(
+                "compute.memory",
+                format!("{} is below the minimum of 256 MiB", self.compute.memory),
+            ));
         }
         if mem % MIB != 0 {
-            return Err(invalid("compute.memory", format!("{mem} bytes is not a whole number of MiB")));
+            return Err(invalid(
+                "compute.memory",
+                format!("{mem} bytes is not a whole number of MiB"),
+            ));
         }
         if mem > MAX_DISK {
-            return Err(invalid("compute.memory", format!("{} is absurdly large", self.compute.memory)));
+            return Err(invalid(
+                "compute.memory",
+                format!("{} is absurdly large", self.compute.memory),
+            ));
         }
         if let Some(size) = self.size {
             if size.0 < 16 * MIB || size.0 > MAX_DISK {
-                return Err(invalid("size", format!("{size} is out of range (16 MiB to 16 TiB)")));
+                return Err(invalid(
+                    "size",
+                    format!("{size} is out of range (16 MiB to 16 TiB)"),
+                ));
             }
         }
         let max_disks = vmm::resources::MAX_DRIVES - 1;
         if self.disks.len() > max_disks {
-            return Err(invalid("disks", format!("{} disks given; at most {max_disks}", self.disks.len())));
+            return Err(invalid(
+                "disks",
+                format!("{} disks given; at most {max_disks}", self.disks.len()),
+            ));
         }
         let mut disk_names = HashSet::new();
         for (i, disk) in self.disks.iter().enumerate() {
             let field = format!("disks[{i}]");
             check_name(&format!("{field}.name"), &disk.name)?;
             if disk.name == "root" {
-                return Err(invalid(format!("{field}.name"), "`root` is reserved for the root disk"));
+                return Err(invalid(
+                    format!("{field}.name"),
+                    "`root` is reserved for the root disk",
+                ));
             }
             if !disk_names.insert(disk.name.as_str()) {
-                return Err(invalid(format!("{field}.name"), format!("`{}` is used by another disk", disk.name)));
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("`{}` is used by another disk", disk.name),
+                ));
             }
             if disk.size.0 < MIN_DISK || disk.size.0 > MAX_DISK {
-                return Err(invalid(format!("{field}.size"), format!("{} is out of range (1 MiB to 16 TiB)", disk.size)));
+                return Err(invalid(
+                    format!("{field}.size"),
+                    format!("{} is out of range (1 MiB to 16 TiB)", disk.size),
+                ));
             }
             if !disk.mountpoint.starts_with('/') {
-                return Err(invalid(format!("{field}.mountpoint"), format!("`{}` is not an absolute path", disk.mountpoint)));
+                return Err(invalid(
+                    format!("{field}.mountpoint"),
+                    format!("`{}` is not an absolute path", disk.mountpoint),
+                ));
             }
             check_text(&format!("{field}.mountpoint"), &disk.mountpoint, 4096)?;
         }
         let max_nics = vmm::resources::MAX_NET_INTERFACES;
         if self.network.interfaces.len() > max_nics {
-            return Err(invalid("network.interfaces", format!("{} interfaces given; at most {max_nics}", self.network.interfaces.len())));
+            return Err(invalid(
+                "network.interfaces",
+                format!(
+                    "{} interfaces given; at most {max_nics}",
+                    self.network.interfaces.len()
+                ),
+            ));
         }
         let mut ips = HashSet::new();
         for (i, nic) in self.network.interfaces.iter().enumerate() {
             let field = format!("network.interfaces[{i}]");
             if !networks.iter().any(|n| n == &nic.network) {
-                let known = if networks.is_empty() { "none".to_string() } else { networks.join(", ") };
-                return Err(invalid(format!("{field}.network"), format!("unknown network `{}` (this node serves: {known})", nic.network)));
+                let known = if networks.is_empty() {
+                    "none".to_string()
+                } else {
+                    networks.join(", ")
+                };
+                return Err(invalid(
+                    format!("{field}.network"),
+                    format!(
+                        "unknown network `{}` (this node serves: {known})",
+                        nic.network
+                    ),
+                ));
             }
             if let Some(ip) = nic.ip {
                 if !ips.insert(ip) {
-                    return Err(invalid(format!("{field}.ip"), format!("{ip} is given twice")));
+                    return Err(invalid(
+                        format!("{field}.ip"),
+                        format!("{ip} is given twice"),
+                    ));
                 }
             }
         }
         if let Some(entrypoint) = &self.entrypoint {
             check_text("entrypoint", entrypoint, 4096)?;
-            crate::flist_vm::cmdline::split_words(entrypoint).map_err(|e| invalid("entrypoint", e.to_string()))?;
+            crate::flist_vm::cmdline::split_words(entrypoint)
+                .map_err(|e| invalid("entrypoint", e.to_string()))?;
         }
         for (key, value) in &self.env {
             if key.is_empty() || key.contains('=') {
-                return Err(invalid("env", format!("`{key}` is not a valid variable name")));
+                return Err(invalid(
+                    "env",
+                    format!("`{key}` is not a valid variable name"),
+                ));
             }
             check_text(&format!("env.{key}"), key, 256)?;
             check_text(&format!("env.{key}"), value, 4096)?;
@@ -246,7 +314,13 @@ mod tests {
     use super::*;
 
     pub(crate) fn spec(name: &str) -> WorkloadSpec {
-        WorkloadSpec::from_json(format!(r#"{{"name":"{name}","flist":"fake://run","compute":{{"cpu":1,"memory":"256M"}}}}"#).as_bytes()).unwrap()
+        WorkloadSpec::from_json(
+            format!(
+                r#"{{"name":"{name}","flist":"fake://run","compute":{{"cpu":1,"memory":"256M"}}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
     }
 
     fn err(s: &WorkloadSpec) -> String {
@@ -260,17 +334,32 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_wrong_types_are_refused() {
-        let e = WorkloadSpec::from_json(br#"{"name":"a","flist":"x","compute":{"cpu":1,"memory":268435456},"gpu":1}"#).unwrap_err();
+        let e = WorkloadSpec::from_json(
+            br#"{"name":"a","flist":"x","compute":{"cpu":1,"memory":268435456},"gpu":1}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("unknown field `gpu`"), "{e}");
-        let e = WorkloadSpec::from_json(br#"{"name":"a","flist":"x","compute":{"cpu":"one","memory":1}}"#).unwrap_err();
+        let e = WorkloadSpec::from_json(
+            br#"{"name":"a","flist":"x","compute":{"cpu":"one","memory":1}}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("invalid type"), "{e}");
-        let e = WorkloadSpec::from_json(br#"{"name":"a","compute":{"cpu":1,"memory":1}}"#).unwrap_err();
+        let e =
+            WorkloadSpec::from_json(br#"{"name":"a","compute":{"cpu":1,"memory":1}}"#).unwrap_err();
         assert!(e.to_string().contains("missing field `flist`"), "{e}");
     }
 
     #[test]
     fn names_must_be_safe_file_names() {
-        for bad in ["", "../etc", "a/b", ".hidden", "-x", "sp ace", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "../etc",
+            "a/b",
+            ".hidden",
+            "-x",
+            "sp ace",
+            &"x".repeat(65),
+        ] {
             let mut s = spec("ok");
             s.name = bad.to_string();
             assert!(err(&s).starts_with("name:"), "{bad:?} accepted");
@@ -281,10 +370,18 @@ mod tests {
     fn compute_limits() {
         let mut s = spec("a");
         s.compute.cpu = 0;
-        assert!(err(&s).contains("compute.cpu: 0 is out of range"), "{}", err(&s));
+        assert!(
+            err(&s).contains("compute.cpu: 0 is out of range"),
+            "{}",
+            err(&s)
+        );
         s.compute.cpu = 1;
         s.compute.memory = ByteSize(255 * MIB);
-        assert!(err(&s).contains("compute.memory: 255 MiB is below the minimum of 256 MiB"), "{}", err(&s));
+        assert!(
+            err(&s).contains("compute.memory: 255 MiB is below the minimum of 256 MiB"),
+            "{}",
+            err(&s)
+        );
         s.compute.memory = ByteSize(256 * MIB + 1);
         assert!(err(&s).contains("not a whole number of MiB"), "{}", err(&s));
     }
@@ -292,9 +389,17 @@ mod tests {
     #[test]
     fn disks_are_checked() {
         let mut s = spec("a");
-        let disk = |name: &str, size: u64, mp: &str| DiskSpec { name: name.into(), size: ByteSize(size), mountpoint: mp.into() };
+        let disk = |name: &str, size: u64, mp: &str| DiskSpec {
+            name: name.into(),
+            size: ByteSize(size),
+            mountpoint: mp.into(),
+        };
         s.disks = vec![disk("data", MIB, "/data"), disk("data", MIB, "/data2")];
-        assert!(err(&s).contains("disks[1].name: `data` is used by another disk"), "{}", err(&s));
+        assert!(
+            err(&s).contains("disks[1].name: `data` is used by another disk"),
+            "{}",
+            err(&s)
+        );
         s.disks = vec![disk("data", 0, "/data")];
         assert!(err(&s).contains("disks[0].size"), "{}", err(&s));
         s.disks = vec![disk("data", MIB, "data")];
@@ -308,9 +413,19 @@ mod tests {
     #[test]
     fn networks_env_and_arguments_are_checked() {
         let mut s = spec("a");
-        s.network.interfaces = vec![InterfaceSpec { network: "wan".into(), ip: None }];
-        assert!(err(&s).contains("unknown network `wan` (this node serves: lan)"), "{}", err(&s));
-        s.network.interfaces = vec![InterfaceSpec { network: "lan".into(), ip: None }];
+        s.network.interfaces = vec![InterfaceSpec {
+            network: "wan".into(),
+            ip: None,
+        }];
+        assert!(
+            err(&s).contains("unknown network `wan` (this node serves: lan)"),
+            "{}",
+            err(&s)
+        );
+        s.network.interfaces = vec![InterfaceSpec {
+            network: "lan".into(),
+            ip: None,
+        }];
         s.validate(&["lan".into()]).unwrap();
         s.env.insert("A=B".into(), "x".into());
         assert!(err(&s).contains("not a valid variable name"), "{}", err(&s));

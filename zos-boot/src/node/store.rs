@@ -88,7 +88,10 @@ pub struct Store {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Store {
@@ -106,7 +109,10 @@ impl Store {
     /// Writes `record` atomically.
     pub fn save(&self, record: &DeploymentRecord) -> Result<(), StoreError> {
         let name = &record.spec.name;
-        let bytes = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Encode { name: name.clone(), source })?;
+        let bytes = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Encode {
+            name: name.clone(),
+            source,
+        })?;
         let target = self.path(name);
         let tmp = self.dir.join(format!(".{name}.json.tmp"));
         let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
@@ -118,7 +124,9 @@ impl Store {
     }
 
     fn sync_dir(&self) -> Result<(), StoreError> {
-        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
     }
 
     /// Deletes the record of `name` (absent is fine).
@@ -137,16 +145,26 @@ impl Store {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
             let path = entry.map_err(io(&self.dir))?.path();
-            let Some(file) = path.file_name().and_then(|f| f.to_str()) else { continue };
+            let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+                continue;
+            };
             if file.starts_with('.') && file.ends_with(".tmp") {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            let Some(stem) = file.strip_suffix(".json") else { continue };
-            let parsed = std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<DeploymentRecord>(&b).map_err(|e| e.to_string()));
+            let Some(stem) = file.strip_suffix(".json") else {
+                continue;
+            };
+            let parsed = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    serde_json::from_slice::<DeploymentRecord>(&b).map_err(|e| e.to_string())
+                });
             match parsed {
                 Ok(record) if record.spec.name == stem => out.push(record),
-                Ok(record) => tracing::error!(file = %path.display(), name = %record.spec.name, "deployment file name does not match its record; ignored"),
+                Ok(record) => {
+                    tracing::error!(file = %path.display(), name = %record.spec.name, "deployment file name does not match its record; ignored")
+                }
                 Err(e) => {
                     tracing::error!(file = %path.display(), "corrupt deployment record ({e}); moved aside");
                     let _ = std::fs::rename(&path, path.with_extension("corrupt"));
@@ -163,8 +181,19 @@ mod tests {
     use super::*;
 
     fn record(name: &str) -> DeploymentRecord {
-        let spec = WorkloadSpec::from_json(format!(r#"{{"name":"{name}","flist":"x.fl","compute":{{"cpu":1,"memory":"256M"}}}}"#).as_bytes()).unwrap();
-        DeploymentRecord { spec, created_at: 1, state: DeploymentState::Pending, restarts: 0, addresses: vec![], error: None }
+        let spec = WorkloadSpec::from_json(
+            format!(r#"{{"name":"{name}","flist":"x.fl","compute":{{"cpu":1,"memory":"256M"}}}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        DeploymentRecord {
+            spec,
+            created_at: 1,
+            state: DeploymentState::Pending,
+            restarts: 0,
+            addresses: vec![],
+            error: None,
+        }
     }
 
     #[test]
@@ -183,7 +212,9 @@ mod tests {
         store.remove("a").unwrap();
         store.remove("a").unwrap();
         assert_eq!(store.load_all().unwrap(), vec![record("b")]);
-        assert!(std::fs::read_dir(dir.path().join("deployments")).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+        assert!(std::fs::read_dir(dir.path().join("deployments"))
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
     }
 
     #[test]

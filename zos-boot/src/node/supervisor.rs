@@ -16,7 +16,10 @@ enum Wake<T> {
     Detached,
 }
 
-async fn or_stop<T>(fut: impl std::future::Future<Output = T>, stop: &mut watch::Receiver<bool>) -> Wake<T> {
+async fn or_stop<T>(
+    fut: impl std::future::Future<Output = T>,
+    stop: &mut watch::Receiver<bool>,
+) -> Wake<T> {
     if *stop.borrow() {
         return Wake::Stop;
     }
@@ -30,7 +33,13 @@ async fn or_stop<T>(fut: impl std::future::Future<Output = T>, stop: &mut watch:
     }
 }
 
-fn set_state(node: &Node, name: &str, state: DeploymentState, error: Option<String>, pid: Option<u32>) {
+fn set_state(
+    node: &Node,
+    name: &str,
+    state: DeploymentState,
+    error: Option<String>,
+    pid: Option<u32>,
+) {
     node.update(name, |r, p| {
         r.state = state;
         if error.is_some() || state == DeploymentState::Running {
@@ -42,11 +51,19 @@ fn set_state(node: &Node, name: &str, state: DeploymentState, error: Option<Stri
 
 /// Supervises deployment `name` until it is deleted, fails, exits, or the node detaches.
 pub(super) async fn supervise(node: Node, name: String, mut stop: watch::Receiver<bool>) {
-    let Some(record) = node.record(&name) else { return };
+    let Some(record) = node.record(&name) else {
+        return;
+    };
     let runner = node.inner.cfg.runner.clone();
     let paths = node.paths(&name);
     if let Err(e) = std::fs::create_dir_all(&paths.dir) {
-        set_state(&node, &name, DeploymentState::Failed, Some(format!("{}: {e}", paths.dir.display())), None);
+        set_state(
+            &node,
+            &name,
+            DeploymentState::Failed,
+            Some(format!("{}: {e}", paths.dir.display())),
+            None,
+        );
         return;
     }
     let mut instance: Option<Box<dyn VmInstance>> = runner.adopt(&record, &paths);
@@ -54,7 +71,12 @@ pub(super) async fn supervise(node: Node, name: String, mut stop: watch::Receive
         tracing::info!(deployment = %name, pid = ?vm.pid(), "re-adopted a running VM");
     } else {
         let (r, rec, p) = (runner.clone(), record.clone(), paths.clone());
-        match or_stop(tokio::task::spawn_blocking(move || r.prepare(&rec, &p)), &mut stop).await {
+        match or_stop(
+            tokio::task::spawn_blocking(move || r.prepare(&rec, &p)),
+            &mut stop,
+        )
+        .await
+        {
             Wake::Done(Ok(Ok(()))) => {}
             Wake::Done(Ok(Err(e))) => {
                 tracing::error!(deployment = %name, "preparing failed: {e}");
@@ -62,7 +84,13 @@ pub(super) async fn supervise(node: Node, name: String, mut stop: watch::Receive
                 return;
             }
             Wake::Done(Err(e)) => {
-                set_state(&node, &name, DeploymentState::Failed, Some(e.to_string()), None);
+                set_state(
+                    &node,
+                    &name,
+                    DeploymentState::Failed,
+                    Some(e.to_string()),
+                    None,
+                );
                 return;
             }
             Wake::Stop | Wake::Detached => return,
@@ -73,7 +101,9 @@ pub(super) async fn supervise(node: Node, name: String, mut stop: watch::Receive
         let mut vm = match instance.take() {
             Some(vm) => vm,
             None => {
-                let Some(record) = node.record(&name) else { return };
+                let Some(record) = node.record(&name) else {
+                    return;
+                };
                 match runner.start(&record, &paths) {
                     Ok(vm) => vm,
                     Err(e) => {
@@ -112,12 +142,22 @@ pub(super) async fn supervise(node: Node, name: String, mut stop: watch::Receive
 }
 
 /// Applies the restart policy after a crash; `false` when supervision ends.
-async fn after_crash(node: &Node, name: &str, tracker: &mut RestartTracker, why: String, stop: &mut watch::Receiver<bool>) -> bool {
+async fn after_crash(
+    node: &Node,
+    name: &str,
+    tracker: &mut RestartTracker,
+    why: String,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
     match tracker.on_crash(std::time::Instant::now()) {
         Decision::GiveUp => {
             let limits = node.inner.cfg.restart;
             tracing::error!(deployment = %name, "crashed too often; marked failed");
-            let msg = format!("{why}; restarted {} times within {} s, giving up", limits.max_restarts, limits.window.as_secs());
+            let msg = format!(
+                "{why}; restarted {} times within {} s, giving up",
+                limits.max_restarts,
+                limits.window.as_secs()
+            );
             set_state(node, name, DeploymentState::Failed, Some(msg), None);
             false
         }
@@ -128,7 +168,10 @@ async fn after_crash(node: &Node, name: &str, tracker: &mut RestartTracker, why:
                 r.error = Some(why);
                 *p = None;
             });
-            matches!(or_stop(tokio::time::sleep(delay), stop).await, Wake::Done(()))
+            matches!(
+                or_stop(tokio::time::sleep(delay), stop).await,
+                Wake::Done(())
+            )
         }
     }
 }

@@ -30,7 +30,11 @@ impl World {
         self.starts.lock().unwrap().get(name).copied().unwrap_or(0)
     }
     fn running(&self, name: &str) -> bool {
-        self.vms.lock().unwrap().get(name).is_some_and(|tx| tx.borrow().is_none())
+        self.vms
+            .lock()
+            .unwrap()
+            .get(name)
+            .is_some_and(|tx| tx.borrow().is_none())
     }
     /// The VM dies behind the node's back (e.g. while the daemon is down).
     fn kill(&self, name: &str) {
@@ -68,7 +72,9 @@ impl VmInstance for FakeVm {
 impl WorkloadRunner for FakeRunner {
     fn check_flist(&self, flist: &str) -> Result<(), String> {
         if flist == "fake://unreachable" {
-            Err(format!("flist `{flist}` is not reachable: connection refused"))
+            Err(format!(
+                "flist `{flist}` is not reachable: connection refused"
+            ))
         } else {
             Ok(())
         }
@@ -80,10 +86,24 @@ impl WorkloadRunner for FakeRunner {
         }
         Ok(())
     }
-    fn start(&self, record: &DeploymentRecord, paths: &VmPaths) -> Result<Box<dyn VmInstance>, String> {
+    fn start(
+        &self,
+        record: &DeploymentRecord,
+        paths: &VmPaths,
+    ) -> Result<Box<dyn VmInstance>, String> {
         let name = record.spec.name.clone();
-        *self.0.starts.lock().unwrap().entry(name.clone()).or_default() += 1;
-        std::fs::write(&paths.console, format!("booting {name}\nhello from {name}\n")).map_err(|e| e.to_string())?;
+        *self
+            .0
+            .starts
+            .lock()
+            .unwrap()
+            .entry(name.clone())
+            .or_default() += 1;
+        std::fs::write(
+            &paths.console,
+            format!("booting {name}\nhello from {name}\n"),
+        )
+        .map_err(|e| e.to_string())?;
         let exit = match record.spec.flist.as_str() {
             "fake://crash" => Some(VmExit::Failure("exit code 1".into())),
             "fake://exit" => Some(VmExit::Success),
@@ -91,16 +111,28 @@ impl WorkloadRunner for FakeRunner {
         };
         let (tx, rx) = watch::channel(exit);
         self.0.vms.lock().unwrap().insert(name.clone(), tx);
-        Ok(Box::new(FakeVm { rx, name, world: self.0.clone() }))
+        Ok(Box::new(FakeVm {
+            rx,
+            name,
+            world: self.0.clone(),
+        }))
     }
     fn adopt(&self, record: &DeploymentRecord, _paths: &VmPaths) -> Option<Box<dyn VmInstance>> {
         let name = record.spec.name.clone();
         let vms = self.0.vms.lock().unwrap();
         let tx = vms.get(&name).filter(|tx| tx.borrow().is_none())?;
-        Some(Box::new(FakeVm { rx: tx.subscribe(), name, world: self.0.clone() }))
+        Some(Box::new(FakeVm {
+            rx: tx.subscribe(),
+            name,
+            world: self.0.clone(),
+        }))
     }
     fn cleanup(&self, record: &DeploymentRecord, _paths: &VmPaths) {
-        self.0.cleaned.lock().unwrap().push(record.spec.name.clone());
+        self.0
+            .cleaned
+            .lock()
+            .unwrap()
+            .push(record.spec.name.clone());
     }
 }
 
@@ -111,7 +143,11 @@ fn config(dir: &Path, world: &Arc<World>) -> NodeConfig {
         networks: vec![NetworkDef::parse("lan=10.9.0.0/24").unwrap()],
         memory_total: Some(2048 * MIB),
         memory_reserved: Some(512 * MIB),
-        restart: RestartLimits { backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(5), ..RestartLimits::default() },
+        restart: RestartLimits {
+            backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            ..RestartLimits::default()
+        },
         stop_grace: Duration::from_millis(50),
     }
 }
@@ -129,11 +165,17 @@ async fn wait_state(node: &Node, name: &str, state: DeploymentState) {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!("{name} never reached {state:?}: {:?}", node.view(name, false));
+    panic!(
+        "{name} never reached {state:?}: {:?}",
+        node.view(name, false)
+    );
 }
 
 fn persisted(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir.join("deployments")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("deployments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }
@@ -145,17 +187,38 @@ async fn bad_specs_are_refused_with_clear_errors_and_nothing_persisted() {
     let node = Node::start(config(dir.path(), &world)).unwrap();
     let cases = [
         ("{", "spec: EOF while parsing"),
-        (r#"{"name":"a","flist":"fake://run","compute":{"cpu":1,"memory":"256M"},"extra":1}"#, "unknown field `extra`"),
-        (&spec("a", "fake://run", "128M"), "compute.memory: 128 MiB is below the minimum of 256 MiB"),
-        (&spec("../a", "fake://run", "256M"), "name: `../a` must not start with '.'"),
-        (&spec("a/b", "fake://run", "256M"), "name: `a/b` contains '/'"),
+        (
+            r#"{"name":"a","flist":"fake://run","compute":{"cpu":1,"memory":"256M"},"extra":1}"#,
+            "unknown field `extra`",
+        ),
+        (
+            &spec("a", "fake://run", "128M"),
+            "compute.memory: 128 MiB is below the minimum of 256 MiB",
+        ),
+        (
+            &spec("../a", "fake://run", "256M"),
+            "name: `../a` must not start with '.'",
+        ),
+        (
+            &spec("a/b", "fake://run", "256M"),
+            "name: `a/b` contains '/'",
+        ),
         (&spec("a", "fake://unreachable", "256M"), "is not reachable"),
-        (r#"{"name":"a","flist":"fake://run","compute":{"cpu":0,"memory":"256M"}}"#, "compute.cpu: 0 is out of range"),
-        (r#"{"name":"a","flist":"fake://run","compute":{"cpu":1,"memory":"256M"},"network":{"interfaces":[{"network":"wan"}]}}"#, "unknown network `wan`"),
+        (
+            r#"{"name":"a","flist":"fake://run","compute":{"cpu":0,"memory":"256M"}}"#,
+            "compute.cpu: 0 is out of range",
+        ),
+        (
+            r#"{"name":"a","flist":"fake://run","compute":{"cpu":1,"memory":"256M"},"network":{"interfaces":[{"network":"wan"}]}}"#,
+            "unknown network `wan`",
+        ),
     ];
     for (body, want) in cases {
         let e = node.create(body.as_bytes()).await.unwrap_err();
-        assert!(matches!(e, NodeError::Invalid(_) | NodeError::Unreachable(_)), "{e:?}");
+        assert!(
+            matches!(e, NodeError::Invalid(_) | NodeError::Unreachable(_)),
+            "{e:?}"
+        );
         assert!(e.to_string().contains(want), "{body}: `{e}` lacks `{want}`");
     }
     assert!(persisted(dir.path()).is_empty());
@@ -168,19 +231,38 @@ async fn overcommit_and_duplicates_are_refused() {
     let world = Arc::new(World::default());
     // 2048 MiB total, 512 reserved: 1536 MiB offered.
     let node = Node::start(config(dir.path(), &world)).unwrap();
-    node.create(spec("a", "fake://run", "1G").as_bytes()).await.unwrap();
-    let e = node.create(spec("a", "fake://run", "256M").as_bytes()).await.unwrap_err();
+    node.create(spec("a", "fake://run", "1G").as_bytes())
+        .await
+        .unwrap();
+    let e = node
+        .create(spec("a", "fake://run", "256M").as_bytes())
+        .await
+        .unwrap_err();
     assert_eq!(e.to_string(), "a deployment named `a` already exists");
-    let e = node.create(spec("b", "fake://run", "1G").as_bytes()).await.unwrap_err();
-    assert_eq!(e.to_string(), "not enough memory: `b` needs 1024 MiB but only 512 MiB of the node's 1536 MiB are free");
-    node.create(spec("c", "fake://run", "512M").as_bytes()).await.unwrap();
-    assert!(matches!(node.create(spec("d", "fake://run", "256M").as_bytes()).await, Err(NodeError::Overcommit { .. })));
+    let e = node
+        .create(spec("b", "fake://run", "1G").as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "not enough memory: `b` needs 1024 MiB but only 512 MiB of the node's 1536 MiB are free"
+    );
+    node.create(spec("c", "fake://run", "512M").as_bytes())
+        .await
+        .unwrap();
+    assert!(matches!(
+        node.create(spec("d", "fake://run", "256M").as_bytes())
+            .await,
+        Err(NodeError::Overcommit { .. })
+    ));
     let cap = node.capacity();
     assert_eq!(cap.used.memory, 1536 * MIB);
     assert_eq!(cap.used.cpu, 2);
     assert_eq!(persisted(dir.path()), ["a.json", "c.json"]);
     node.delete("a").await.unwrap();
-    node.create(spec("b", "fake://run", "1G").as_bytes()).await.unwrap();
+    node.create(spec("b", "fake://run", "1G").as_bytes())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -188,17 +270,39 @@ async fn addresses_come_from_the_network_range() {
     let dir = tempfile::tempdir().unwrap();
     let world = Arc::new(World::default());
     let node = Node::start(config(dir.path(), &world)).unwrap();
-    let with_net = |name: &str, ip: &str| format!(r#"{{"name":"{name}","flist":"fake://run","compute":{{"cpu":1,"memory":"256M"}},"network":{{"interfaces":[{{"network":"lan"{ip}}}]}}}}"#);
+    let with_net = |name: &str, ip: &str| {
+        format!(
+            r#"{{"name":"{name}","flist":"fake://run","compute":{{"cpu":1,"memory":"256M"}},"network":{{"interfaces":[{{"network":"lan"{ip}}}]}}}}"#
+        )
+    };
     let a = node.create(with_net("a", "").as_bytes()).await.unwrap();
     assert_eq!(a.ip, Some("10.9.0.2".parse().unwrap()));
-    assert_eq!(a.addresses[0].gateway, "10.9.0.1".parse::<std::net::Ipv4Addr>().unwrap());
-    let b = node.create(with_net("b", r#","ip":"10.9.0.50""#).as_bytes()).await.unwrap();
+    assert_eq!(
+        a.addresses[0].gateway,
+        "10.9.0.1".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+    let b = node
+        .create(with_net("b", r#","ip":"10.9.0.50""#).as_bytes())
+        .await
+        .unwrap();
     assert_eq!(b.ip, Some("10.9.0.50".parse().unwrap()));
-    let e = node.create(with_net("c", r#","ip":"10.9.0.2""#).as_bytes()).await.unwrap_err();
-    assert_eq!(e.to_string(), "network: 10.9.0.2 is already used in network `lan`");
-    let e = node.create(with_net("c", r#","ip":"10.8.0.2""#).as_bytes()).await.unwrap_err();
+    let e = node
+        .create(with_net("c", r#","ip":"10.9.0.2""#).as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "network: 10.9.0.2 is already used in network `lan`"
+    );
+    let e = node
+        .create(with_net("c", r#","ip":"10.8.0.2""#).as_bytes())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("not a usable guest address"), "{e}");
-    assert_eq!(node.create(with_net("c", "").as_bytes()).await.unwrap().ip, Some("10.9.0.3".parse().unwrap()));
+    assert_eq!(
+        node.create(with_net("c", "").as_bytes()).await.unwrap().ip,
+        Some("10.9.0.3".parse().unwrap())
+    );
 }
 
 #[tokio::test]
@@ -207,10 +311,14 @@ async fn reconcile_after_a_daemon_restart_loses_and_duplicates_nothing() {
     let world = Arc::new(World::default());
     let node = Node::start(config(dir.path(), &world)).unwrap();
     for name in ["a", "b", "c"] {
-        node.create(spec(name, "fake://run", "256M").as_bytes()).await.unwrap();
+        node.create(spec(name, "fake://run", "256M").as_bytes())
+            .await
+            .unwrap();
         wait_state(&node, name, DeploymentState::Running).await;
     }
-    node.create(spec("gone", "fake://prepare-fails", "256M").as_bytes()).await.unwrap();
+    node.create(spec("gone", "fake://prepare-fails", "256M").as_bytes())
+        .await
+        .unwrap();
     wait_state(&node, "gone", DeploymentState::Failed).await;
     // The daemon dies; its VMs keep running.
     node.detach();
@@ -218,9 +326,16 @@ async fn reconcile_after_a_daemon_restart_loses_and_duplicates_nothing() {
     let node = Node::start(config(dir.path(), &world)).unwrap();
     for name in ["a", "b", "c"] {
         wait_state(&node, name, DeploymentState::Running).await;
-        assert_eq!(world.starts(name), 1, "{name} was started again instead of re-adopted");
+        assert_eq!(
+            world.starts(name),
+            1,
+            "{name} was started again instead of re-adopted"
+        );
     }
-    assert_eq!(node.view("gone", false).unwrap().state, DeploymentState::Failed);
+    assert_eq!(
+        node.view("gone", false).unwrap().state,
+        DeploymentState::Failed
+    );
     assert_eq!(node.len(), 4);
     // Down again; meanwhile VM b dies (as on a node reboot).
     node.detach();
@@ -235,9 +350,21 @@ async fn reconcile_after_a_daemon_restart_loses_and_duplicates_nothing() {
     }
     wait_state(&node, "b", DeploymentState::Running).await;
     assert!(world.running("b"));
-    assert_eq!((world.starts("a"), world.starts("b"), world.starts("c")), (1, 2, 1));
-    assert_eq!(node.list().iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["a", "b", "c", "gone"]);
-    assert_eq!(persisted(dir.path()), ["a.json", "b.json", "c.json", "gone.json"]);
+    assert_eq!(
+        (world.starts("a"), world.starts("b"), world.starts("c")),
+        (1, 2, 1)
+    );
+    assert_eq!(
+        node.list()
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b", "c", "gone"]
+    );
+    assert_eq!(
+        persisted(dir.path()),
+        ["a.json", "b.json", "c.json", "gone.json"]
+    );
 }
 
 #[tokio::test]
@@ -245,19 +372,27 @@ async fn a_crashing_vm_is_restarted_four_times_then_failed() {
     let dir = tempfile::tempdir().unwrap();
     let world = Arc::new(World::default());
     let node = Node::start(config(dir.path(), &world)).unwrap();
-    node.create(spec("bad", "fake://crash", "256M").as_bytes()).await.unwrap();
+    node.create(spec("bad", "fake://crash", "256M").as_bytes())
+        .await
+        .unwrap();
     wait_state(&node, "bad", DeploymentState::Failed).await;
     let v = node.view("bad", true).unwrap();
     assert_eq!(v.restarts, 4);
     assert_eq!(world.starts("bad"), 5);
     let err = v.error.unwrap();
-    assert!(err.contains("exit code 1; restarted 4 times within 120 s, giving up"), "{err}");
+    assert!(
+        err.contains("exit code 1; restarted 4 times within 120 s, giving up"),
+        "{err}"
+    );
     assert!(v.console_tail.unwrap().contains("hello from bad"));
     // Failed is persisted and survives a restart without new starts; its memory is free.
     node.detach();
     drop(node);
     let node = Node::start(config(dir.path(), &world)).unwrap();
-    assert_eq!(node.view("bad", false).unwrap().state, DeploymentState::Failed);
+    assert_eq!(
+        node.view("bad", false).unwrap().state,
+        DeploymentState::Failed
+    );
     assert_eq!(node.capacity().used.memory, 0);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(world.starts("bad"), 5);
@@ -268,7 +403,9 @@ async fn a_vm_that_powers_off_is_exited_not_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let world = Arc::new(World::default());
     let node = Node::start(config(dir.path(), &world)).unwrap();
-    node.create(spec("job", "fake://exit", "256M").as_bytes()).await.unwrap();
+    node.create(spec("job", "fake://exit", "256M").as_bytes())
+        .await
+        .unwrap();
     wait_state(&node, "job", DeploymentState::Exited).await;
     assert_eq!(node.view("job", false).unwrap().restarts, 0);
     assert_eq!(world.starts("job"), 1);
@@ -279,7 +416,9 @@ async fn delete_stops_the_vm_and_removes_its_files() {
     let dir = tempfile::tempdir().unwrap();
     let world = Arc::new(World::default());
     let node = Node::start(config(dir.path(), &world)).unwrap();
-    node.create(spec("a", "fake://run", "256M").as_bytes()).await.unwrap();
+    node.create(spec("a", "fake://run", "256M").as_bytes())
+        .await
+        .unwrap();
     wait_state(&node, "a", DeploymentState::Running).await;
     let paths = node.paths("a");
     assert!(paths.console.exists());
@@ -288,7 +427,10 @@ async fn delete_stops_the_vm_and_removes_its_files() {
     assert!(!paths.dir.exists());
     assert!(persisted(dir.path()).is_empty());
     assert_eq!(*world.cleaned.lock().unwrap(), ["a"]);
-    assert!(matches!(node.delete("a").await, Err(NodeError::NotFound(_))));
+    assert!(matches!(
+        node.delete("a").await,
+        Err(NodeError::NotFound(_))
+    ));
     // A deleted deployment does not come back after a restart.
     node.detach();
     drop(node);
@@ -300,145 +442,13 @@ async fn a_deployment_deleted_while_preparing_is_never_started() {
     let dir = tempfile::tempdir().unwrap();
     let world = Arc::new(World::default());
     let node = Node::start(config(dir.path(), &world)).unwrap();
-    node.create(spec("a", "fake://run", "256M").as_bytes()).await.unwrap();
+    node.create(spec("a", "fake://run", "256M").as_bytes())
+        .await
+        .unwrap();
     node.delete("a").await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!world.running("a"));
     assert_eq!(node.len(), 0);
 }
 
-mod http {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// Sends raw bytes, half-closing when `eof` (as a client that gives up does), and
-    /// returns (status, JSON body).
-    async fn raw(sock: &Path, request: &[u8], eof: bool) -> (u16, serde_json::Value) {
-        let mut s = tokio::net::UnixStream::connect(sock).await.unwrap();
-        s.write_all(request).await.unwrap();
-        if eof {
-            s.shutdown().await.unwrap();
-        }
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.unwrap();
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
-    }
-
-    async fn req(sock: &Path, method: &str, uri: &str, body: &str) -> (u16, serde_json::Value) {
-        let r = format!("{method} {uri} HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-        raw(sock, r.as_bytes(), false).await
-    }
-
-    async fn serve(dir: &Path, world: &Arc<World>) -> (Node, std::path::PathBuf) {
-        let node = Node::start(config(dir, world)).unwrap();
-        let sock = dir.join("api.sock");
-        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
-        tokio::spawn(axum::serve(listener, api::router(node.clone())).into_future());
-        (node, sock)
-    }
-
-    use std::future::IntoFuture;
-
-    #[tokio::test]
-    async fn status_codes_and_json_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let world = Arc::new(World::default());
-        let (node, sock) = serve(dir.path(), &world).await;
-        let (code, body) = req(&sock, "POST", "/deployments", &spec("web", "fake://run", "256M")).await;
-        assert_eq!(code, 202, "{body}");
-        assert_eq!(body["name"], "web");
-        wait_state(&node, "web", DeploymentState::Running).await;
-        let (code, body) = req(&sock, "GET", "/deployments/web", "").await;
-        assert_eq!(code, 200);
-        assert_eq!(body["state"], "running");
-        assert_eq!(body["restarts"], 0);
-        assert!(body["console_tail"].as_str().unwrap().contains("hello from web"), "{body}");
-        let (code, body) = req(&sock, "GET", "/deployments", "").await;
-        assert_eq!((code, body["deployments"].as_array().unwrap().len()), (200, 1));
-        let (code, body) = req(&sock, "POST", "/deployments", &spec("web", "fake://run", "256M")).await;
-        assert_eq!(code, 409);
-        assert!(body["error"].as_str().unwrap().contains("already exists"));
-        let (code, body) = req(&sock, "POST", "/deployments", &spec("big", "fake://run", "4G")).await;
-        assert_eq!(code, 409);
-        assert!(body["error"].as_str().unwrap().starts_with("not enough memory"), "{body}");
-        let (code, body) = req(&sock, "POST", "/deployments", &spec("small", "fake://run", "1M")).await;
-        assert_eq!(code, 400);
-        assert!(body["error"].as_str().unwrap().contains("compute.memory"), "{body}");
-        let (code, body) = req(&sock, "POST", "/deployments", "not json").await;
-        assert_eq!(code, 400);
-        assert!(body["error"].is_string());
-        let (code, _) = req(&sock, "GET", "/capacity", "").await;
-        assert_eq!(code, 200);
-        let (code, body) = req(&sock, "GET", "/health", "").await;
-        assert_eq!((code, body["status"].as_str()), (200, Some("ok")));
-        let (code, body) = req(&sock, "GET", "/nothing", "").await;
-        assert_eq!(code, 404);
-        assert!(body["error"].is_string());
-        let (code, body) = req(&sock, "PUT", "/deployments/web", "").await;
-        assert_eq!(code, 405);
-        assert!(body["error"].is_string());
-        let (code, body) = req(&sock, "DELETE", "/deployments/web", "").await;
-        assert_eq!((code, body["deleted"].as_str()), (200, Some("web")));
-        let (code, body) = req(&sock, "GET", "/deployments/web", "").await;
-        assert_eq!(code, 404);
-        assert_eq!(body["error"], "no deployment named `web`");
-        let (code, _) = req(&sock, "DELETE", "/deployments/web", "").await;
-        assert_eq!(code, 404);
-    }
-
-    #[tokio::test]
-    async fn truncated_and_oversized_requests() {
-        let dir = tempfile::tempdir().unwrap();
-        let world = Arc::new(World::default());
-        let (node, sock) = serve(dir.path(), &world).await;
-        // Promises 200 bytes, sends 20, then closes its side.
-        let truncated = b"POST /deployments HTTP/1.1\r\nHost: n\r\nContent-Length: 200\r\n\r\n{\"name\":\"x\",\"flist\"";
-        let (code, body) = raw(&sock, truncated, true).await;
-        assert_eq!(code, 400, "{body}");
-        assert!(body["error"].as_str().unwrap().contains("cannot read the request body"), "{body}");
-        let big = format!(r#"{{"name":"x","flist":"fake://run","compute":{{"cpu":1,"memory":"256M"}},"kernel_args":"{}"}}"#, "a".repeat(api::MAX_BODY));
-        let (code, body) = req(&sock, "POST", "/deployments", &big).await;
-        assert_eq!(code, 413);
-        assert!(body["error"].as_str().unwrap().contains("too large"), "{body}");
-        // Garbage that is not HTTP at all gets no deployment either.
-        let _ = raw(&sock, b"\x00\x01garbage\r\n\r\n", true).await;
-        assert_eq!(node.len(), 0);
-        assert!(persisted(dir.path()).is_empty());
-    }
-
-    #[tokio::test]
-    async fn tcp_needs_the_bearer_token() {
-        let dir = tempfile::tempdir().unwrap();
-        let world = Arc::new(World::default());
-        let node = Node::start(config(dir.path(), &world)).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(axum::serve(listener, api::router_with_token(node, "s3cret".into())).into_future());
-        let get = |auth: &'static str| async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET /health HTTP/1.1\r\nHost: n\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await.unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out.split_whitespace().nth(1).unwrap().to_string()
-        };
-        assert_eq!(get("").await, "401");
-        assert_eq!(get("Authorization: Bearer wrong\r\n").await, "401");
-        assert_eq!(get("Authorization: Bearer s3cret\r\n").await, "200");
-    }
-
-    #[test]
-    fn remote_listening_needs_a_flag_and_a_token() {
-        use crate::node::Listeners;
-        let l = |tcp: &str, token: Option<&str>, allow_remote| Listeners { api_sock: "/x".into(), tcp: Some(tcp.parse().unwrap()), token: token.map(str::to_string), allow_remote };
-        l("127.0.0.1:8080", None, false).check().unwrap();
-        l("[::1]:8080", None, false).check().unwrap();
-        let e = l("0.0.0.0:8080", Some("t"), false).check().unwrap_err();
-        assert!(e.to_string().contains("--allow-remote"), "{e}");
-        let e = l("0.0.0.0:8080", None, true).check().unwrap_err();
-        assert!(e.to_string().contains("bearer --token is required"), "{e}");
-        l("0.0.0.0:8080", Some("t"), true).check().unwrap();
-    }
-}
+mod http;

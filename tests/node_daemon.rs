@@ -1,0 +1,310 @@
+//! The node daemon on the host (issue #8): `zvm node serve` with a temporary state
+//! directory deploys a container flist that this test packs from a tiny static rootfs
+//! (busybox) and serves over HTTP; the workload's output shows in the console tail; the
+//! deployment is deleted; a second one survives a `kill -9` of the daemon and is
+//! re-adopted (same VM process, not restarted, not duplicated) by the next daemon.
+//! One real guest boot; the second VM is only checked as a process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use zvm_integration_tests::api_client::{request, wait_for_socket};
+use zvm_integration_tests::{guest_kernel, zvm_binary};
+
+/// Serves the files of `root` over HTTP/1.0 (GET and HEAD) on a loopback port.
+fn serve_dir(root: PathBuf) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h == "\r\n" {
+                        break;
+                    }
+                }
+                let mut parts = line.split_whitespace();
+                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+                let file = root.join(path.trim_start_matches('/'));
+                let resp = match std::fs::read(&file) {
+                    Ok(body) if !path.contains("..") => {
+                        let mut r =
+                            format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                                .into_bytes();
+                        if method == "GET" {
+                            r.extend_from_slice(&body);
+                        }
+                        r
+                    }
+                    _ => b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                };
+                let _ = stream.write_all(&resp);
+            });
+        }
+    });
+    port
+}
+
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn start(state: &Path, sock: &Path, log: &Path) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log");
+        let child = Command::new(zvm_binary())
+            .args(["node", "serve", "--stop-grace", "5", "--state-dir"])
+            .arg(state)
+            .arg("--api-sock")
+            .arg(sock)
+            .arg("--kernel")
+            .arg(guest_kernel())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start zvm node serve");
+        wait_for_socket(sock, Duration::from_secs(60));
+        Daemon { child }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn proc_alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            != Some("Z")
+    })
+}
+
+/// Polls `GET /deployments/{name}` until `done` holds (limit only against hangs).
+fn wait_for(
+    sock: &Path,
+    name: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (code, body) = request(sock, "GET", &format!("/deployments/{name}"), None);
+        assert_eq!(code, 200, "{body}");
+        let v = json(&body);
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {what} never happened; last view: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
+    let kvm_ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !kvm_ok || !root || !Path::new("/bin/busybox").is_file() {
+        eprintln!("skipped: needs /dev/kvm (usable: {kvm_ok}), root (for root-owned files in the root disk: {root}) and busybox-static");
+        return;
+    }
+    let tmp = std::env::temp_dir().join(format!("zvm-node-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (rootfs, www, state, sock, log) = (
+        tmp.join("rootfs"),
+        tmp.join("www"),
+        tmp.join("state"),
+        tmp.join("node.sock"),
+        tmp.join("daemon.log"),
+    );
+    std::fs::create_dir_all(rootfs.join("bin")).expect("rootfs");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox");
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).expect("symlink");
+    let store = format!("dir://{}", www.join("store").display());
+    let out = Command::new(zvm_binary())
+        .args(["flist", "pack", "-s", &store, "-o"])
+        .arg(www.join("tiny.fl"))
+        .arg(&rootfs)
+        .output()
+        .expect("zvm flist pack");
+    assert!(
+        out.status.success(),
+        "pack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = serve_dir(www.clone());
+    let flist = format!("http://127.0.0.1:{port}/tiny.fl");
+
+    let daemon = Daemon::start(&state, &sock, &log);
+    let (code, body) = request(&sock, "GET", "/health", None);
+    assert_eq!(
+        (code, json(&body)["status"].as_str()),
+        (200, Some("ok")),
+        "{body}"
+    );
+    let (code, body) = request(&sock, "GET", "/capacity", None);
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["kvm"]["usable"], true, "{body}");
+
+    // Refused with clear errors.
+    let deploy = |name: &str, memory: &str, flist: &str| {
+        format!(
+            r#"{{"name":"{name}","flist":"{flist}","compute":{{"cpu":1,"memory":"{memory}"}},"entrypoint":"/bin/sh -c 'echo NODE-MARKER-$MODE; while true; do sleep 1000; done'","env":{{"MODE":"{name}"}}}}"#
+        )
+    };
+    let (code, body) = request(
+        &sock,
+        "POST",
+        "/deployments",
+        Some(&deploy("x", "64M", &flist)),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("compute.memory: 64 MiB is below the minimum of 256 MiB"),
+        "{body}"
+    );
+    let (code, body) = request(
+        &sock,
+        "POST",
+        "/deployments",
+        Some(&deploy(
+            "x",
+            "256M",
+            &format!("http://127.0.0.1:{port}/missing.fl"),
+        )),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("is not reachable"),
+        "{body}"
+    );
+    let (code, body) = request(
+        &sock,
+        "POST",
+        "/deployments",
+        Some(&deploy("x", "4T", &flist)),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("not enough memory: `x` needs 4194304 MiB"),
+        "{body}"
+    );
+
+    // One real boot: the entrypoint's output reaches the console tail.
+    let (code, body) = request(
+        &sock,
+        "POST",
+        "/deployments",
+        Some(&deploy("hello", "256M", &flist)),
+    );
+    assert_eq!(code, 202, "{body}");
+    let v = wait_for(
+        &sock,
+        "hello",
+        Duration::from_secs(900),
+        "the marker on the console",
+        |v| {
+            assert_ne!(v["state"], "failed", "{v:#}");
+            v["console_tail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("NODE-MARKER-hello")
+        },
+    );
+    assert_eq!(v["state"], "running", "{v:#}");
+    assert_eq!(v["restarts"], 0);
+    let pid = v["pid"].as_u64().expect("pid");
+    assert!(proc_alive(pid));
+    let (code, body) = request(&sock, "DELETE", "/deployments/hello", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(!proc_alive(pid), "VM process {pid} still runs after DELETE");
+    assert!(!state.join("vms/hello").exists());
+    assert_eq!(request(&sock, "GET", "/deployments/hello", None).0, 404);
+
+    // Deploy again, kill the daemon, start it again: re-adopted, not duplicated.
+    let (code, body) = request(
+        &sock,
+        "POST",
+        "/deployments",
+        Some(&deploy("again", "256M", &flist)),
+    );
+    assert_eq!(code, 202, "{body}");
+    let v = wait_for(
+        &sock,
+        "again",
+        Duration::from_secs(300),
+        "a running VM process",
+        |v| v["state"] == "running" && v["pid"].is_u64(),
+    );
+    let pid = v["pid"].as_u64().expect("pid");
+    daemon.kill();
+    assert!(proc_alive(pid), "the VM died with the daemon");
+    let daemon = Daemon::start(&state, &sock, &log);
+    let v = wait_for(
+        &sock,
+        "again",
+        Duration::from_secs(60),
+        "re-adoption",
+        |v| v["state"] == "running",
+    );
+    assert_eq!(v["pid"].as_u64(), Some(pid), "not re-adopted: {v:#}");
+    assert_eq!(v["restarts"], 0);
+    let (_, body) = request(&sock, "GET", "/deployments", None);
+    let names: Vec<String> = json(&body)["deployments"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|d| d["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(names, ["again"]);
+    let vms: Vec<_> = std::fs::read_dir(state.join("vms")).expect("vms").collect();
+    assert_eq!(vms.len(), 1);
+    let (code, _) = request(&sock, "DELETE", "/deployments/again", None);
+    assert_eq!(code, 200);
+    assert!(!proc_alive(pid));
+    daemon.kill();
+    let mut daemon_log = String::new();
+    let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut daemon_log));
+    eprintln!("daemon log:\n{daemon_log}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
