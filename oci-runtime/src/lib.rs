@@ -1,1 +1,3 @@
 //! Runs OCI containers inside zvm micro-VMs (see issue #7). Not built yet.
+
+pub mod sandbox;

@@ -1,0 +1,396 @@
+//! The host end of the agent connection: reaching the agent through the VM's vsock socket,
+//! the handshake, and one reader thread that hands responses to the requests waiting for
+//! them and events to the stream they belong to.
+
+use agent_protocol::{handshake, read_frame, write_frame, AgentMessage, Event, ProtocolError, Request, RequestBody, ResponseBody, INIT_STREAM};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Errors talking to the guest agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent did not accept a connection before the deadline (or the VM ended first).
+    #[error("the guest agent did not answer on vsock port {port} within {waited:?} ({reason}); last console lines:\n{console_tail}")]
+    Unreachable {
+        /// The vsock port.
+        port: u32,
+        /// How long we tried.
+        waited: Duration,
+        /// Why we stopped.
+        reason: String,
+        /// The end of the guest console.
+        console_tail: String,
+    },
+    /// The agent answered a request with an error.
+    #[error("the guest agent refused {request}: {message}")]
+    Refused {
+        /// The request ("Create", "Start", ...).
+        request: &'static str,
+        /// The agent's message.
+        message: String,
+    },
+    /// The agent answered with a response of the wrong kind.
+    #[error("the guest agent answered {request} with {answer:?}")]
+    Unexpected {
+        /// The request.
+        request: &'static str,
+        /// What came back.
+        answer: ResponseBody,
+    },
+    /// The agent did not answer in time.
+    #[error("the guest agent did not answer {request} within {after:?}")]
+    Timeout {
+        /// The request.
+        request: &'static str,
+        /// The time limit.
+        after: Duration,
+    },
+    /// The connection is gone.
+    #[error("the guest agent connection was lost: {0}")]
+    Lost(String),
+    /// Framing, JSON or version mismatch.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Name of a request, for messages.
+pub(crate) fn request_name(body: &RequestBody) -> &'static str {
+    match body {
+        RequestBody::Create { .. } => "Create",
+        RequestBody::Start => "Start",
+        RequestBody::Exec { .. } => "Exec",
+        RequestBody::Signal { .. } => "Signal",
+        RequestBody::Stdin { .. } => "Stdin",
+        RequestBody::CloseStdin { .. } => "CloseStdin",
+        RequestBody::ResizeTerminal { .. } => "ResizeTerminal",
+        RequestBody::State => "State",
+        RequestBody::Ps => "Ps",
+        RequestBody::Shutdown => "Shutdown",
+    }
+}
+
+/// Opens one host-initiated vsock connection to `port` through the VM's Unix socket
+/// (`CONNECT <port>\n`, answered `OK <host port>\n`). Fails when nobody listens yet.
+pub(crate) fn vsock_connect(uds: &Path, port: u32, timeout: Duration) -> std::io::Result<UnixStream> {
+    let mut stream = super::unix::connect(uds)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut line = Vec::with_capacity(32);
+    let mut byte = [0u8; 1];
+    while line.len() < 64 {
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection reset (nobody listens on the port yet)"));
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line);
+    if !line.starts_with("OK ") {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unexpected vsock answer {line:?}")));
+    }
+    stream.set_read_timeout(None)?;
+    Ok(stream)
+}
+
+/// Retries [`vsock_connect`] until it succeeds, `deadline` passes or `gone()` says the VM
+/// ended (with why); then does the protocol handshake.
+pub(crate) fn wait_for_agent(uds: &Path, port: u32, deadline: Instant, console_log: &Path, gone: &dyn Fn() -> Option<String>) -> Result<UnixStream, AgentError> {
+    let start = Instant::now();
+    let unreachable = |reason: String| AgentError::Unreachable { port, waited: start.elapsed(), reason, console_tail: console_tail(console_log, 20) };
+    let mut last = String::from("never tried");
+    loop {
+        if let Some(why) = gone() {
+            return Err(unreachable(format!("the VM ended: {why}")));
+        }
+        if Instant::now() >= deadline {
+            return Err(unreachable(format!("last attempt: {last}")));
+        }
+        match vsock_connect(uds, port, Duration::from_secs(10)) {
+            Ok(mut stream) => {
+                stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| AgentError::Lost(e.to_string()))?;
+                let hello = handshake(&mut stream, "zvm-sandbox")?;
+                tracing::debug!("agent connected: {} (protocol {})", hello.name, hello.version);
+                stream.set_read_timeout(None).map_err(|e| AgentError::Lost(e.to_string()))?;
+                return Ok(stream);
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The last `lines` lines of the guest console (or a note that it is empty or unreadable).
+pub(crate) fn console_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) if !bytes.is_empty() => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Ok(_) => format!("({} is empty)", path.display()),
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// What the reader thread tells the owner of the init stream.
+#[derive(Debug)]
+pub(crate) enum Notice {
+    /// An event of the init stream.
+    Init(Event),
+    /// The connection ended (with why).
+    Lost(String),
+}
+
+type Pending = HashMap<u64, SyncSender<Result<ResponseBody, String>>>;
+
+/// A live agent connection shared by the sandbox's threads.
+#[derive(Debug)]
+pub(crate) struct AgentConn {
+    writer: Mutex<UnixStream>,
+    next_id: AtomicU64,
+    /// Requests waiting for their response; None once the connection is gone.
+    pending: Arc<Mutex<Option<Pending>>>,
+    /// Receivers of the events of exec streams.
+    streams: Arc<Mutex<HashMap<String, Sender<Event>>>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl AgentConn {
+    /// Takes over a connection that has done its handshake: starts the reader thread, which
+    /// hands init-stream events and the end of the connection to `init`.
+    pub(crate) fn start(stream: UnixStream, init: impl Fn(Notice) + Send + 'static) -> std::io::Result<Arc<AgentConn>> {
+        let reader = stream.try_clone()?;
+        let conn = Arc::new(AgentConn {
+            writer: Mutex::new(stream),
+            next_id: AtomicU64::new(1),
+            pending: Arc::new(Mutex::new(Some(HashMap::new()))),
+            streams: Arc::new(Mutex::new(HashMap::new())),
+            lost: Arc::new(Mutex::new(None)),
+        });
+        let (pending, streams, lost) = (conn.pending.clone(), conn.streams.clone(), conn.lost.clone());
+        std::thread::Builder::new().name("zvm_agent_rx".into()).spawn(move || {
+            let why = read_loop(reader, &pending, &streams, &init);
+            tracing::debug!("agent connection ended: {why}");
+            *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+            pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+            streams.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            init(Notice::Lost(why));
+        })?;
+        Ok(conn)
+    }
+
+    /// Sends `body` and waits up to `timeout` for its response.
+    pub(crate) fn request(&self, body: RequestBody, timeout: Duration) -> Result<ResponseBody, AgentError> {
+        let name = request_name(&body);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::sync_channel(1);
+        match self.pending.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(pending) => pending.insert(id, tx),
+            None => return Err(AgentError::Lost(self.lost_reason())),
+        };
+        let sent = write_frame(&mut *self.writer.lock().unwrap_or_else(|p| p.into_inner()), &Request { id, body });
+        if let Err(e) = sent {
+            self.forget(id);
+            return Err(e.into());
+        }
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(message)) => Err(AgentError::Refused { request: name, message }),
+            Err(RecvTimeoutError::Timeout) => {
+                self.forget(id);
+                Err(AgentError::Timeout { request: name, after: timeout })
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(AgentError::Lost(self.lost_reason())),
+        }
+    }
+
+    /// Like [`Self::request`], for requests answered `Done`.
+    pub(crate) fn request_done(&self, body: RequestBody, timeout: Duration) -> Result<(), AgentError> {
+        let name = request_name(&body);
+        match self.request(body, timeout)? {
+            ResponseBody::Done => Ok(()),
+            answer => Err(AgentError::Unexpected { request: name, answer }),
+        }
+    }
+
+    /// Routes the events of `stream` to the returned receiver (until [`Self::unsubscribe`]
+    /// or the end of the connection, which disconnects it).
+    pub(crate) fn subscribe(&self, stream: &str) -> Receiver<Event> {
+        let (tx, rx) = mpsc::channel();
+        if self.lost.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            self.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(stream.to_string(), tx);
+        }
+        rx
+    }
+
+    /// Stops routing the events of `stream`.
+    pub(crate) fn unsubscribe(&self, stream: &str) {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(stream);
+    }
+
+    fn forget(&self, id: u64) {
+        if let Some(pending) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            pending.remove(&id);
+        }
+    }
+
+    fn lost_reason(&self) -> String {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "closed".into())
+    }
+}
+
+fn read_loop(mut reader: UnixStream, pending: &Mutex<Option<Pending>>, streams: &Mutex<HashMap<String, Sender<Event>>>, init: &dyn Fn(Notice)) -> String {
+    loop {
+        let msg: AgentMessage = match read_frame(&mut reader) {
+            Ok(m) => m,
+            Err(ProtocolError::Closed) => return "the agent closed the connection".into(),
+            Err(e) => return e.to_string(),
+        };
+        match msg {
+            AgentMessage::Response { id, result } => {
+                let waiter = pending.lock().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|p| p.remove(&id));
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(result);
+                    }
+                    None => tracing::debug!("agent response to unknown or abandoned request {id}"),
+                }
+            }
+            AgentMessage::Event(event) => {
+                let stream = match &event {
+                    Event::Output { stream, .. } | Event::Exited { stream, .. } => stream.clone(),
+                };
+                if stream == INIT_STREAM {
+                    init(Notice::Init(event));
+                    continue;
+                }
+                let exited = matches!(event, Event::Exited { .. });
+                let mut streams = streams.lock().unwrap_or_else(|p| p.into_inner());
+                match streams.get(&stream) {
+                    Some(tx) => {
+                        if tx.send(event).is_err() || exited {
+                            streams.remove(&stream);
+                        }
+                    }
+                    None => tracing::debug!("agent event for unknown stream {stream:?}"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod tests {
+    use super::*;
+    use agent_protocol::{Bytes, ExitStatus, Hello};
+    use std::os::unix::net::UnixListener;
+
+    /// The agent end of a socketpair after the handshake, and the host's [`AgentConn`].
+    pub(crate) fn pair() -> (UnixStream, Arc<AgentConn>, Receiver<Notice>) {
+        let (mut host, mut agent) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            handshake(&mut agent, "fake-agent").unwrap();
+            agent
+        });
+        handshake(&mut host, "host").unwrap();
+        let agent = t.join().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let conn = AgentConn::start(host, move |n| {
+            let _ = tx.send(n);
+        })
+        .unwrap();
+        (agent, conn, rx)
+    }
+
+    fn reply(agent: &mut UnixStream, result: Result<ResponseBody, String>) -> RequestBody {
+        let req: Request = read_frame(agent).unwrap();
+        write_frame(agent, &AgentMessage::Response { id: req.id, result }).unwrap();
+        req.body
+    }
+
+    #[test]
+    fn responses_reach_their_requests_and_events_their_streams() {
+        let (mut agent, conn, init) = pair();
+        let exec = conn.subscribe("exec-1");
+        let c = conn.clone();
+        let t = std::thread::spawn(move || c.request(RequestBody::Ps, Duration::from_secs(5)));
+        assert_eq!(reply(&mut agent, Ok(ResponseBody::Pids { pids: vec![1, 7] })), RequestBody::Ps);
+        assert_eq!(t.join().unwrap().unwrap(), ResponseBody::Pids { pids: vec![1, 7] });
+
+        let out = |stream: &str| AgentMessage::Event(Event::Output { stream: stream.into(), fd: 1, data: Bytes::from("hi") });
+        write_frame(&mut agent, &out("init")).unwrap();
+        write_frame(&mut agent, &out("exec-1")).unwrap();
+        write_frame(&mut agent, &out("nobody")).unwrap();
+        write_frame(&mut agent, &AgentMessage::Event(Event::Exited { stream: "exec-1".into(), status: ExitStatus::exited(3) })).unwrap();
+        assert!(matches!(init.recv().unwrap(), Notice::Init(Event::Output { .. })));
+        assert!(matches!(exec.recv().unwrap(), Event::Output { .. }));
+        assert!(matches!(exec.recv().unwrap(), Event::Exited { .. }));
+
+        let c = conn.clone();
+        let t = std::thread::spawn(move || c.request_done(RequestBody::Start, Duration::from_secs(5)));
+        reply(&mut agent, Err("no such process".into()));
+        let err = t.join().unwrap().unwrap_err().to_string();
+        assert_eq!(err, "the guest agent refused Start: no such process");
+    }
+
+    #[test]
+    fn a_lost_connection_fails_waiting_and_later_requests() {
+        let (agent, conn, init) = pair();
+        let c = conn.clone();
+        let t = std::thread::spawn(move || c.request(RequestBody::State, Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(50));
+        drop(agent);
+        assert!(matches!(t.join().unwrap(), Err(AgentError::Lost(_))));
+        assert!(matches!(init.recv().unwrap(), Notice::Lost(_)));
+        assert!(matches!(conn.request(RequestBody::State, Duration::from_secs(1)), Err(AgentError::Lost(_))));
+        assert!(conn.subscribe("exec-2").recv().is_err(), "disconnected at once");
+    }
+
+    #[test]
+    fn a_silent_agent_times_out() {
+        let (_agent, conn, _init) = pair();
+        let err = conn.request(RequestBody::State, Duration::from_millis(100)).unwrap_err();
+        assert_eq!(err.to_string(), "the guest agent did not answer State within 100ms");
+    }
+
+    #[test]
+    fn vsock_connect_speaks_the_connect_line_and_retries_until_listening() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let console = dir.path().join("console.log");
+        std::fs::write(&console, "line1\nline2\nboot stuck\n").unwrap();
+        // Nothing listening: a clear error with the console tail.
+        let err = wait_for_agent(&uds, 1024, Instant::now() + Duration::from_millis(700), &console, &|| None).unwrap_err().to_string();
+        assert!(err.contains("did not answer on vsock port 1024") && err.ends_with("line1\nline2\nboot stuck"), "{err}");
+        let err = wait_for_agent(&uds, 1024, Instant::now() + Duration::from_secs(60), &console, &|| Some("guest panicked".into())).unwrap_err().to_string();
+        assert!(err.contains("the VM ended: guest panicked"), "{err}");
+
+        // A fake VMM socket: resets the first client (agent not listening yet), accepts the second.
+        let listener = UnixListener::bind(&uds).unwrap();
+        let t = std::thread::spawn(move || {
+            let mut buf = [0u8; 13];
+            let (mut first, _) = listener.accept().unwrap();
+            first.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"CONNECT 1024\n");
+            drop(first);
+            let (mut second, _) = listener.accept().unwrap();
+            second.read_exact(&mut buf).unwrap();
+            second.write_all(b"OK 1073741824\n").unwrap();
+            write_frame(&mut second, &Hello::new("fake")).unwrap();
+            let hello: Hello = read_frame(&mut second).unwrap();
+            hello.name
+        });
+        let stream = wait_for_agent(&uds, 1024, Instant::now() + Duration::from_secs(30), &console, &|| None).unwrap();
+        assert_eq!(t.join().unwrap(), "zvm-sandbox");
+        drop(stream);
+    }
+}

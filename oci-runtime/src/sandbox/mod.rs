@@ -1,0 +1,146 @@
+//! The VM behind a container, host side.
+//!
+//! Every container runs in its own micro-VM. [`create`] starts a *sandbox process* (detached,
+//! in its own session) through [`SandboxConfig::launcher`]; that process runs
+//! [`sandbox_main`]:
+//!
+//! 1. turns the bundle's rootfs directory into an ext4 image (`mkfs.ext4 -d`) and the guest
+//!    agent (`zvm-oci-agent`) into an initramfs whose `/init` it is;
+//! 2. boots the project's guest kernel with `vmm` as a library: the image as virtio-blk
+//!    (read-only when `root.readonly`), virtio-vsock, an entropy device, the serial console to
+//!    `console.log`, vCPUs and memory from `linux.resources` ([`vm_size`]);
+//! 3. connects to the agent over vsock (retrying until it listens), sends `Create`, and tells
+//!    the waiting [`create`] call the outcome through a pipe;
+//! 4. serves [`SandboxClient`] requests on `sandbox.sock` (start, kill, status, exec, ps),
+//!    relays the container's stdio to the stdin/stdout/stderr it inherited (or a pty sent to
+//!    the console socket when `process.terminal`), forwards the signals it receives;
+//! 5. when the container's process exits: records the exit status in `exit.json`, asks the
+//!    agent to shut down, stops the VM and exits with the container's exit status.
+//!
+//! Files in the container directory: [`CONFIG_FILE`], [`CONTROL_SOCKET`], [`VSOCK_SOCKET`],
+//! [`CONSOLE_LOG`], [`EXIT_FILE`], [`ROOTFS_IMAGE`], [`INITRAMFS_FILE`], [`LOG_FILE`].
+//! The control protocol on `sandbox.sock` is described in the `control` module.
+
+mod agent;
+mod artifacts;
+mod control;
+mod daemon;
+mod disk;
+mod launch;
+mod pty;
+mod server;
+mod stdio;
+mod unix;
+mod vmconfig;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
+
+pub use agent::AgentError;
+pub use artifacts::{GuestArtifacts, AGENT_BINARY, AGENT_ENV, KERNEL_ENV, KERNEL_FILE};
+pub use control::{recorded_exit, ControlReply, ControlRequest, ExecIo, SandboxClient, SandboxStatus};
+pub use daemon::sandbox_main;
+pub use disk::{make_initramfs, make_rootfs_image, ImageError};
+pub use launch::{create, READY_FD_ENV};
+pub use vmconfig::{vm_resources, vm_size, TranslateError, VmFiles, VmSize, ANNOTATION_MEMORY_MIB, ANNOTATION_VCPUS};
+
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// The sandbox's copy of its [`SandboxConfig`] (written by [`create`]).
+pub const CONFIG_FILE: &str = "sandbox.json";
+/// The control socket [`SandboxClient`] connects to.
+pub const CONTROL_SOCKET: &str = "sandbox.sock";
+/// The VM's vsock Unix socket (host side of the agent connection).
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// The guest's serial console.
+pub const CONSOLE_LOG: &str = "console.log";
+/// The container's exit status, written when its process ends ([`recorded_exit`]).
+pub const EXIT_FILE: &str = "exit.json";
+/// The rootfs as an ext4 image.
+pub const ROOTFS_IMAGE: &str = "rootfs.ext4";
+/// The initramfs holding the agent as `/init`.
+pub const INITRAMFS_FILE: &str = "initramfs.cpio";
+/// The sandbox process's own notes (boot, agent, shutdown), one line each.
+pub const LOG_FILE: &str = "sandbox.log";
+
+/// Everything the sandbox process needs to run one container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxConfig {
+    /// Container id.
+    pub id: String,
+    /// Absolute path of the bundle.
+    pub bundle: PathBuf,
+    /// The bundle's config.json, already validated by the cli layer.
+    pub spec: oci_spec::runtime::Spec,
+    /// `<root>/<id>/`; exists; the sandbox's files go here.
+    pub container_dir: PathBuf,
+    /// Where to send the pty master when `process.terminal` is true.
+    pub console_socket: Option<PathBuf>,
+    /// Guest kernel and agent.
+    pub artifacts: GuestArtifacts,
+    /// Program and arguments that run [`sandbox_main`] in a new process; the container
+    /// directory is appended (zvm-runc: `[exe, "__sandbox"]`, zvm: `[exe, "oci", "__sandbox"]`).
+    pub launcher: Vec<OsString>,
+}
+
+/// Errors of the sandbox layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The guest kernel or agent could not be found.
+    #[error("no guest {what} found: {detail}; set {env} to its path")]
+    MissingArtifact {
+        /// "kernel" or "agent".
+        what: &'static str,
+        /// The environment variable that names it.
+        env: &'static str,
+        /// Where it was looked for, or what is wrong with the given path.
+        detail: String,
+    },
+    /// A file or socket operation failed.
+    #[error("cannot {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The spec cannot be turned into a VM.
+    #[error(transparent)]
+    Translate(#[from] TranslateError),
+    /// The rootfs image or initramfs could not be made.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The VM could not be built.
+    #[error("cannot boot the VM: {0}")]
+    Vm(#[from] vmm::BuildError),
+    /// Talking to the guest agent failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The sandbox process reported a failure (or died) while creating the container.
+    #[error("{0}")]
+    Sandbox(String),
+    /// No sandbox process serves this container (it has exited, or never started).
+    #[error("no sandbox is running for {dir} ({reason})")]
+    NotRunning {
+        /// The container directory.
+        dir: PathBuf,
+        /// Why the control socket could not be reached.
+        reason: String,
+    },
+    /// The sandbox refused a request (e.g. start when not created).
+    #[error("{0}")]
+    Refused(String),
+    /// The control connection broke or carried something unexpected.
+    #[error("sandbox control connection: {0}")]
+    Control(String),
+}
+
+impl SandboxError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+        let what = what.into();
+        move |source| SandboxError::Io { what, source }
+    }
+}

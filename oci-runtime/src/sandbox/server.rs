@@ -1,0 +1,213 @@
+//! The sandbox side of the control socket: one thread per client, each request turned into
+//! agent requests (the protocol is described in the `control` module).
+
+use super::agent::AgentConn;
+use super::control::{ControlReply, ControlRequest, SandboxStatus};
+use agent_protocol::{read_frame, write_frame, Event, ProtocolError, RequestBody, ResponseBody, INIT_STREAM};
+use oci_spec::runtime::Process;
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Time limit of an ordinary agent request (guest syscalls are slow here: be generous).
+pub(crate) const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// State shared by the sandbox's threads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The agent connection.
+    pub agent: Arc<AgentConn>,
+    /// The container's state as the sandbox knows it.
+    pub phase: Mutex<SandboxStatus>,
+    next_exec: AtomicU64,
+}
+
+impl Shared {
+    /// State for a container just created in the guest.
+    pub(crate) fn new(agent: Arc<AgentConn>) -> Arc<Shared> {
+        Arc::new(Shared { agent, phase: Mutex::new(SandboxStatus::Created), next_exec: AtomicU64::new(1) })
+    }
+
+    /// The current state.
+    pub(crate) fn phase(&self) -> SandboxStatus {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the state.
+    pub(crate) fn set_phase(&self, status: SandboxStatus) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+}
+
+/// Serves `listener` on a background thread.
+pub(crate) fn serve(listener: UnixListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("zvm_control".into()).spawn(move || {
+        for client in listener.incoming() {
+            match client {
+                Ok(stream) => {
+                    let shared = shared.clone();
+                    let spawned = std::thread::Builder::new().name("zvm_client".into()).spawn(move || handle_client(stream, &shared));
+                    if let Err(e) = spawned {
+                        tracing::warn!("cannot serve a control client: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!("control socket accept: {e}"),
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn error(message: impl Into<String>) -> ControlReply {
+    ControlReply::Error { message: message.into() }
+}
+
+fn describe(status: SandboxStatus) -> &'static str {
+    match status {
+        SandboxStatus::Created => "created",
+        SandboxStatus::Running => "running",
+        SandboxStatus::Stopped { .. } => "stopped",
+    }
+}
+
+/// Answers one client's requests until it hangs up (an exec takes over the connection).
+pub(crate) fn handle_client(mut stream: UnixStream, shared: &Shared) {
+    loop {
+        let req: ControlRequest = match read_frame(&mut stream) {
+            Ok(r) => r,
+            Err(ProtocolError::Closed) => return,
+            Err(e) => {
+                let _ = write_frame(&mut stream, &error(format!("bad control request: {e}")));
+                return;
+            }
+        };
+        let reply = match req {
+            ControlRequest::Exec { process } => {
+                run_exec(stream, shared, *process);
+                return;
+            }
+            other => answer(shared, other),
+        };
+        if write_frame(&mut stream, &reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn answer(shared: &Shared, req: ControlRequest) -> ControlReply {
+    let agent = &shared.agent;
+    match req {
+        ControlRequest::Status => ControlReply::Status { status: shared.phase() },
+        ControlRequest::Start => {
+            let phase = shared.phase();
+            if phase != SandboxStatus::Created {
+                return error(format!("cannot start a container that is {}", describe(phase)));
+            }
+            match agent.request_done(RequestBody::Start, AGENT_TIMEOUT) {
+                Ok(()) => {
+                    let mut p = shared.phase.lock().unwrap_or_else(|p| p.into_inner());
+                    if *p == SandboxStatus::Created {
+                        *p = SandboxStatus::Running;
+                    }
+                    ControlReply::Ok
+                }
+                Err(e) => error(e.to_string()),
+            }
+        }
+        ControlRequest::Kill { signal, all } => {
+            if let SandboxStatus::Stopped { .. } = shared.phase() {
+                return error("cannot signal a container that is stopped");
+            }
+            match agent.request_done(RequestBody::Signal { stream: INIT_STREAM.into(), signal, all }, AGENT_TIMEOUT) {
+                Ok(()) => ControlReply::Ok,
+                Err(e) => error(e.to_string()),
+            }
+        }
+        ControlRequest::Ps => match agent.request(RequestBody::Ps, AGENT_TIMEOUT) {
+            Ok(ResponseBody::Pids { pids }) => ControlReply::Pids { pids },
+            Ok(other) => error(format!("unexpected agent answer {other:?}")),
+            Err(e) => error(e.to_string()),
+        },
+        ControlRequest::Stdin { .. } | ControlRequest::CloseStdin | ControlRequest::Resize { .. } => error("no exec'd process on this connection"),
+        ControlRequest::Exec { .. } => error("exec is handled by its own connection"),
+    }
+}
+
+/// Runs an exec'd process and relays its stdio over `stream` until it exits.
+fn run_exec(mut stream: UnixStream, shared: &Shared, process: Process) {
+    let phase = shared.phase();
+    if phase != SandboxStatus::Running {
+        let _ = write_frame(&mut stream, &error(format!("cannot exec in a container that is {}", describe(phase))));
+        return;
+    }
+    let exec_id = format!("exec-{}", shared.next_exec.fetch_add(1, Ordering::Relaxed));
+    let agent = shared.agent.clone();
+    let events = agent.subscribe(&exec_id);
+    let started = agent.request(RequestBody::Exec { exec_id: exec_id.clone(), process: Box::new(process) }, AGENT_TIMEOUT);
+    let reply = match started {
+        Ok(ResponseBody::Started { pid }) => ControlReply::ExecStarted { pid },
+        Ok(other) => error(format!("unexpected agent answer {other:?}")),
+        Err(e) => error(e.to_string()),
+    };
+    let ok = matches!(reply, ControlReply::ExecStarted { .. });
+    if write_frame(&mut stream, &reply).is_err() || !ok {
+        agent.unsubscribe(&exec_id);
+        return;
+    }
+    if let Ok(mut from_client) = stream.try_clone() {
+        let (agent, id) = (agent.clone(), exec_id.clone());
+        let spawned = std::thread::Builder::new().name("zvm_exec_in".into()).spawn(move || relay_client_input(&mut from_client, &agent, &id));
+        if let Err(e) = spawned {
+            tracing::warn!("cannot relay exec stdin: {e}");
+        }
+    }
+    let mut client_gone = false;
+    let end = loop {
+        let Ok(event) = events.recv() else {
+            break error("the guest agent connection was lost");
+        };
+        match event {
+            Event::Output { fd, data, .. } => {
+                if !client_gone && write_frame(&mut stream, &ControlReply::Output { fd, data }).is_err() {
+                    tracing::debug!("exec client {exec_id} left; its output is dropped");
+                    client_gone = true;
+                }
+            }
+            Event::Exited { status, .. } => break ControlReply::Exited { code: status.shell_code() },
+        }
+    };
+    agent.unsubscribe(&exec_id);
+    if !client_gone {
+        let _ = write_frame(&mut stream, &end);
+    }
+    // Ends the input relay's read and tells the client we are done.
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+fn relay_client_input(stream: &mut UnixStream, agent: &AgentConn, exec_id: &str) {
+    let mut closed = false;
+    loop {
+        let body = match read_frame::<_, ControlRequest>(stream) {
+            Ok(ControlRequest::Stdin { data }) => RequestBody::Stdin { stream: exec_id.into(), data },
+            Ok(ControlRequest::CloseStdin) => {
+                closed = true;
+                RequestBody::CloseStdin { stream: exec_id.into() }
+            }
+            Ok(ControlRequest::Resize { rows, cols }) => RequestBody::ResizeTerminal { stream: exec_id.into(), rows, cols },
+            Ok(other) => {
+                tracing::debug!("ignoring {other:?} during exec {exec_id}");
+                continue;
+            }
+            Err(_) => break,
+        };
+        if let Err(e) = agent.request_done(body, AGENT_TIMEOUT) {
+            tracing::debug!("exec {exec_id} input: {e}");
+            break;
+        }
+    }
+    if !closed {
+        let _ = agent.request_done(RequestBody::CloseStdin { stream: exec_id.into() }, AGENT_TIMEOUT);
+    }
+}
