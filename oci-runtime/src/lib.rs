@@ -1,3 +1,4 @@
 //! Runs OCI containers inside zvm micro-VMs (see issue #7). Not built yet.
 
+pub mod image;
 pub mod sandbox;

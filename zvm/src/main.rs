@@ -59,7 +59,7 @@ enum Command {
     /// make a disk image.
     Flist {
         #[command(subcommand)]
-        command: flist_fetcher::cli::FlistCommand,
+        command: FlistCommand,
     },
     /// The node: the daemon that runs deployments of micro-VMs from flists.
     Node {
@@ -74,6 +74,26 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+}
+
+/// `zvm flist ...`: flist-fetcher's commands, plus `from-oci` which needs oci-runtime (and
+/// flist-fetcher must not depend on it).
+#[derive(Debug, Subcommand)]
+enum FlistCommand {
+    #[command(flatten)]
+    Fetcher(flist_fetcher::cli::FlistCommand),
+    /// Make an flist from an OCI image layout; the image's entrypoint, env, cwd and user go
+    /// into the flist as /.zvm/image-config.json.
+    FromOci(oci_runtime::image::cli::FromOciArgs),
+}
+
+fn run_flist(command: FlistCommand) -> Result<(), String> {
+    match command {
+        FlistCommand::Fetcher(c) => flist_fetcher::cli::run(c).map_err(|e| e.to_string()),
+        FlistCommand::FromOci(a) => {
+            oci_runtime::image::cli::run_from_oci(&a).map_err(|e| e.to_string())
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -107,7 +127,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Kernel { command } => kernel::run(command),
-        Command::Flist { command } => match flist_fetcher::cli::run(command) {
+        Command::Flist { command } => match run_flist(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("zvm: {e}");
