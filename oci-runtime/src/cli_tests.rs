@@ -1,0 +1,128 @@
+//! Unit tests of the command line: parsing, version text, tables.
+use super::*;
+use clap::{CommandFactory, Parser};
+
+#[derive(Debug, Parser)]
+#[command(name = "zvm-runc", disable_version_flag = true)]
+struct TestCli {
+    #[command(flatten)]
+    args: OciArgs,
+}
+
+fn parse(argv: &[&str]) -> OciArgs {
+    TestCli::try_parse_from(std::iter::once("zvm-runc").chain(argv.iter().copied()))
+        .unwrap()
+        .args
+}
+
+#[test]
+fn runc_style_command_lines_parse() {
+    TestCli::command().debug_assert();
+    let a = parse(&[
+        "--root",
+        "/r",
+        "--log",
+        "/l",
+        "--log-format",
+        "json",
+        "--systemd-cgroup",
+        "create",
+        "--bundle",
+        "/b",
+        "--pid-file",
+        "/p",
+        "c1",
+    ]);
+    assert_eq!(
+        (a.root.as_path(), a.log.as_deref(), a.log_format),
+        (Path::new("/r"), Some(Path::new("/l")), LogFormat::Json)
+    );
+    let Some(OciCommand::Create(c)) = a.command else {
+        panic!()
+    };
+    assert_eq!(
+        (c.bundle.as_deref(), c.pid_file.as_deref(), c.id.as_str()),
+        (Some(Path::new("/b")), Some(Path::new("/p")), "c1")
+    );
+    let a = parse(&["kill", "--all", "c1", "KILL"]);
+    assert!(
+        matches!(a.command, Some(OciCommand::Kill { all: true, ref signal, .. }) if signal == "KILL")
+    );
+    assert_eq!(a.root, Path::new(DEFAULT_ROOT));
+    let a = parse(&["kill", "c1"]);
+    assert!(matches!(a.command, Some(OciCommand::Kill { ref signal, .. }) if signal == "SIGTERM"));
+    let a = parse(&["exec", "-e", "A=1", "--cwd", "/tmp", "c1", "ls", "-l", "/"]);
+    let Some(OciCommand::Exec(e)) = a.command else {
+        panic!()
+    };
+    assert_eq!(e.command, vec!["ls", "-l", "/"]);
+    assert_eq!(e.env, vec!["A=1"]);
+    let a = parse(&["run", "-d", "-b", "/b", "r1"]);
+    assert!(matches!(
+        a.command,
+        Some(OciCommand::Run(RunArgs { detach: true, .. }))
+    ));
+    assert!(matches!(
+        parse(&["delete", "-f", "x"]).command,
+        Some(OciCommand::Delete { force: true, .. })
+    ));
+    assert!(matches!(
+        parse(&["list", "-q"]).command,
+        Some(OciCommand::List { quiet: true, .. })
+    ));
+    assert!(matches!(
+        parse(&["ps", "--format", "json", "x"]).command,
+        Some(OciCommand::Ps {
+            format: Format::Json,
+            ..
+        })
+    ));
+    assert!(parse(&["--version"]).version);
+    assert!(TestCli::try_parse_from(["zvm-runc", "--log-format", "xml", "list"]).is_err());
+}
+
+#[test]
+fn version_has_three_lines() {
+    let text = version_text("zvm-runc");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        lines[0],
+        format!("zvm-runc version {}", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(lines[1].starts_with("commit: ") && lines[1].len() > 8);
+    assert!(lines[2].starts_with("spec: 1."));
+}
+
+#[test]
+fn users_parse() {
+    assert_eq!(parse_user("1000").unwrap(), (1000, 0));
+    assert_eq!(parse_user("1:2").unwrap(), (1, 2));
+    assert!(parse_user("root").is_err());
+}
+
+#[test]
+fn list_table_aligns_columns() {
+    let v = StateView {
+        oci_version: "1.1.0".into(),
+        id: "c1".into(),
+        pid: 42,
+        status: oci_spec::runtime::ContainerState::Running,
+        bundle: "/b".into(),
+        rootfs: "/b/rootfs".into(),
+        created: "2026-01-01T00:00:00.000000000Z".into(),
+        owner: "root".into(),
+        annotations: Default::default(),
+    };
+    let t = list_table(&[v]);
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(
+        lines[0].starts_with("ID          PID         STATUS      BUNDLE"),
+        "{t}"
+    );
+    assert!(
+        lines[1].starts_with("c1          42          running     /b"),
+        "{t}"
+    );
+    assert_eq!(lines[0].find("CREATED"), lines[1].find("2026"));
+}

@@ -1,0 +1,517 @@
+//! Unit tests of the lifecycle with a scripted fake backend; hooks are shell scripts that
+//! append to the same log the fake backend writes, so the log shows the order of everything.
+
+use super::*;
+use crate::cli::exec_process;
+use std::io::Write;
+use std::sync::Mutex;
+
+/// A backend that only logs calls and keeps a status; its "container process" is the test
+/// process itself (always alive).
+struct Fake {
+    log: PathBuf,
+    status: Mutex<BackendStatus>,
+    exit: i32,
+}
+
+impl Fake {
+    fn new(log: &Path) -> Arc<Fake> {
+        Arc::new(Fake {
+            log: log.to_path_buf(),
+            status: Mutex::new(BackendStatus::Created),
+            exit: 3,
+        })
+    }
+    fn note(&self, what: &str) {
+        let mut f = std::fs::File::options()
+            .append(true)
+            .create(true)
+            .open(&self.log)
+            .unwrap();
+        writeln!(f, "backend {what}").unwrap();
+    }
+    fn set(&self, s: BackendStatus) {
+        *self.status.lock().unwrap() = s;
+    }
+}
+
+impl ContainerBackend for Fake {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn create(&self, _c: &ContainerRef<'_>, _o: &CreateOptions) -> Result<i32, BackendError> {
+        self.note("create");
+        self.set(BackendStatus::Created);
+        Ok(std::process::id() as i32)
+    }
+    fn start(&self, _c: &ContainerRef<'_>) -> Result<(), BackendError> {
+        self.note("start");
+        self.set(BackendStatus::Running);
+        Ok(())
+    }
+    fn kill(&self, _c: &ContainerRef<'_>, signal: i32, all: bool) -> Result<(), BackendError> {
+        self.note(&format!("kill {signal} {all}"));
+        if signal == libc::SIGKILL {
+            self.set(BackendStatus::Stopped(Some(137)));
+        }
+        Ok(())
+    }
+    fn status(&self, _c: &ContainerRef<'_>) -> Result<BackendStatus, BackendError> {
+        Ok(*self.status.lock().unwrap())
+    }
+    fn exec(
+        &self,
+        _c: &ContainerRef<'_>,
+        req: &ExecRequest<'_>,
+    ) -> Result<ExecOutcome, BackendError> {
+        self.note(&format!("exec {:?}", req.process.args()));
+        Ok(ExecOutcome::Exited(5))
+    }
+    fn ps(&self, _c: &ContainerRef<'_>) -> Result<Vec<i32>, BackendError> {
+        Ok(vec![1, 7])
+    }
+    fn wait(&self, _c: &ContainerRef<'_>) -> Result<Option<i32>, BackendError> {
+        self.note("wait");
+        self.set(BackendStatus::Stopped(Some(self.exit)));
+        Ok(Some(self.exit))
+    }
+    fn delete(&self, _c: &ContainerRef<'_>) -> Result<(), BackendError> {
+        self.note("delete");
+        Ok(())
+    }
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    bundle: PathBuf,
+    log: PathBuf,
+    fake: Arc<Fake>,
+    rt: Runtime,
+}
+
+fn write_config(bundle: &Path, hooks: &str, extra_process: &str) {
+    let config = format!(
+        r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"hooks":{hooks},
+            "annotations":{{"org.example.k":"v"}},
+            "process":{{"user":{{"uid":0,"gid":0}},"args":["/bin/true"],"cwd":"/","env":["A=1","PATH=/bin"]{extra_process}}}}}"#
+    );
+    std::fs::write(bundle.join("config.json"), config).unwrap();
+}
+
+/// A bundle whose config has `hooks` (JSON) and `extra` process fields.
+fn env_with(hooks: &str, extra_process: &str) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("bundle");
+    std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    write_config(&bundle, hooks, extra_process);
+    let log = tmp.path().join("log");
+    let fake = Fake::new(&log);
+    let rt = Runtime::with_backend(&tmp.path().join("root"), fake.clone()).unwrap();
+    Env {
+        _tmp: tmp,
+        bundle,
+        log,
+        fake,
+        rt,
+    }
+}
+
+fn env() -> Env {
+    env_with("{}", "")
+}
+
+impl Env {
+    fn req(&self) -> CreateRequest {
+        CreateRequest {
+            bundle: self.bundle.clone(),
+            detached: true,
+            ..Default::default()
+        }
+    }
+    fn log(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+    /// A hook entry running a script that logs its kind, argv[1] and its stdin's status field.
+    fn hook(&self, kind: &str, exit: i32) -> String {
+        let script = self.bundle.join(format!("{kind}.sh"));
+        let body = format!(
+            "#!/bin/sh\nstate=$(cat)\nstatus=$(echo \"$state\" | sed 's/.*\"status\":\"\\([a-z]*\\)\".*/\\1/')\n\
+             echo \"hook {kind} $status\" >> {log}\necho \"$state\" > {dir}/{kind}.json\nexit {exit}\n",
+            log = self.log.display(),
+            dir = self.bundle.display()
+        );
+        std::fs::write(&script, body).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        format!(r#"{{"path":"{}"}}"#, script.display())
+    }
+}
+
+/// A bundle with one hook of each kind; `failing` exits 1.
+fn env_all_hooks(failing: Option<&str>) -> Env {
+    let e = env();
+    let kinds = [
+        "prestart",
+        "createRuntime",
+        "createContainer",
+        "startContainer",
+        "poststart",
+        "poststop",
+    ];
+    let hooks: Vec<String> = kinds
+        .iter()
+        .map(|k| {
+            format!(
+                r#""{k}":[{}]"#,
+                e.hook(k, if Some(*k) == failing { 1 } else { 0 })
+            )
+        })
+        .collect();
+    write_config(&e.bundle, &format!("{{{}}}", hooks.join(",")), "");
+    e
+}
+
+#[test]
+fn create_start_kill_delete_transitions_and_state() {
+    let e = env();
+    let rec = e.rt.create("c1", &e.req()).unwrap();
+    assert_eq!(rec.status, ContainerState::Created);
+    let st = e.rt.state("c1").unwrap();
+    assert_eq!(st.status, ContainerState::Created);
+    assert_eq!(st.pid, std::process::id() as i32);
+    assert_eq!(st.bundle, std::fs::canonicalize(&e.bundle).unwrap());
+    assert_eq!(st.rootfs, st.bundle.join("rootfs"));
+    assert_eq!(st.oci_version, OCI_VERSION);
+    assert_eq!(
+        st.annotations.get("org.example.k").map(String::as_str),
+        Some("v")
+    );
+    let json: serde_json::Value = serde_json::to_value(&st).unwrap();
+    for key in [
+        "ociVersion",
+        "id",
+        "pid",
+        "status",
+        "bundle",
+        "rootfs",
+        "created",
+        "owner",
+        "annotations",
+    ] {
+        assert!(json.get(key).is_some(), "state JSON lacks {key}: {json}");
+    }
+    assert_eq!(json["status"], "created");
+
+    e.rt.kill("c1", libc::SIGUSR1, false).unwrap();
+    e.rt.start("c1").unwrap();
+    assert_eq!(e.rt.state("c1").unwrap().status, ContainerState::Running);
+    let err = e.rt.start("c1").unwrap_err();
+    assert!(
+        matches!(err, LifecycleError::WrongState { op: "start", .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("container c1 is running: start needs a created container"),
+        "{err}"
+    );
+    let err = e.rt.delete("c1", false).unwrap_err();
+    assert!(matches!(err, LifecycleError::NotStopped { .. }), "{err}");
+    assert!(err.to_string().contains("use --force"), "{err}");
+    e.rt.kill("c1", libc::SIGTERM, true).unwrap();
+    assert_eq!(e.rt.ps("c1").unwrap(), vec![1, 7]);
+
+    // The process ends: stopped, pid 0; kill, start, ps and exec are refused.
+    e.fake.set(BackendStatus::Stopped(Some(0)));
+    let st = e.rt.state("c1").unwrap();
+    assert_eq!((st.status, st.pid), (ContainerState::Stopped, 0));
+    let err = e.rt.kill("c1", 15, false).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("kill needs a created or running container"),
+        "{err}"
+    );
+    assert!(matches!(
+        e.rt.start("c1"),
+        Err(LifecycleError::WrongState { .. })
+    ));
+    assert!(matches!(
+        e.rt.ps("c1"),
+        Err(LifecycleError::WrongState { .. })
+    ));
+    let p = exec_process(
+        &e.rt.process_of("c1").unwrap(),
+        &["ls".into()],
+        &[],
+        None,
+        false,
+    );
+    let req = ExecRequest {
+        process: &p,
+        console_socket: None,
+        detach: false,
+        pid_file: None,
+    };
+    assert!(matches!(
+        e.rt.exec("c1", &req),
+        Err(LifecycleError::WrongState { op: "exec", .. })
+    ));
+
+    e.rt.delete("c1", false).unwrap();
+    assert!(matches!(
+        e.rt.state("c1"),
+        Err(LifecycleError::State(StateError::NotFound(_)))
+    ));
+    assert_eq!(
+        e.log(),
+        vec![
+            "backend create",
+            "backend kill 10 false",
+            "backend start",
+            "backend kill 15 true",
+            "backend delete"
+        ]
+    );
+}
+
+#[test]
+fn list_exec_and_errors_for_unknown_ids() {
+    let e = env();
+    e.rt.create("b", &e.req()).unwrap();
+    e.rt.create("a", &e.req()).unwrap();
+    let ids: Vec<String> = e.rt.list().unwrap().into_iter().map(|v| v.id).collect();
+    assert_eq!(ids, vec!["a", "b"]);
+    assert!(!e.rt.list().unwrap()[0].owner.is_empty());
+    let p = exec_process(
+        &e.rt.process_of("a").unwrap(),
+        &["ls".into()],
+        &[],
+        None,
+        false,
+    );
+    let req = ExecRequest {
+        process: &p,
+        console_socket: None,
+        detach: false,
+        pid_file: None,
+    };
+    assert_eq!(e.rt.exec("a", &req).unwrap(), ExecOutcome::Exited(5));
+    for r in [
+        e.rt.start("zz").err(),
+        e.rt.kill("zz", 9, false).err(),
+        e.rt.state("zz").err(),
+        e.rt.delete("zz", false).err(),
+    ] {
+        let err = r.unwrap();
+        assert!(
+            err.to_string().contains("container zz does not exist"),
+            "{err}"
+        );
+    }
+    e.rt.delete("zz", true).unwrap();
+    let err = e.rt.create("a", &e.req()).unwrap_err();
+    assert!(
+        err.to_string().contains("container a already exists"),
+        "{err}"
+    );
+    let err = e.rt.create("../x", &e.req()).unwrap_err();
+    assert!(err.to_string().contains("invalid container id"), "{err}");
+}
+
+#[test]
+fn a_bad_bundle_leaves_nothing_behind() {
+    let e = env();
+    std::fs::remove_file(e.bundle.join("config.json")).unwrap();
+    let err = e.rt.create("c", &e.req()).unwrap_err();
+    assert!(
+        matches!(err, LifecycleError::Bundle(BundleError::MissingConfig(_))),
+        "{err}"
+    );
+    assert!(e.rt.store().ids().unwrap().is_empty());
+    assert!(!e.rt.store().root().join("c").exists());
+}
+
+#[test]
+fn terminal_and_console_socket_must_agree() {
+    let e = env_with("{}", r#","terminal":true"#);
+    let err = e.rt.create("c", &e.req()).unwrap_err();
+    assert!(err.to_string().contains("no --console-socket"), "{err}");
+    let e = env();
+    let req = CreateRequest {
+        console_socket: Some("/tmp/x.sock".into()),
+        ..e.req()
+    };
+    let err = e.rt.create("c", &req).unwrap_err();
+    assert!(err.to_string().contains("needs process.terminal"), "{err}");
+    assert!(e.log().is_empty(), "nothing reached the backend");
+}
+
+#[test]
+fn hooks_run_in_spec_order_with_the_state_on_stdin() {
+    let e = env_all_hooks(None);
+    let pid_file = e.bundle.join("pid");
+    let req = CreateRequest {
+        pid_file: Some(pid_file.clone()),
+        ..e.req()
+    };
+    e.rt.create("h", &req).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        std::process::id().to_string()
+    );
+    e.rt.start("h").unwrap();
+    e.fake.set(BackendStatus::Stopped(Some(0)));
+    e.rt.delete("h", false).unwrap();
+    assert_eq!(
+        e.log(),
+        vec![
+            "backend create",
+            "hook prestart creating",
+            "hook createRuntime creating",
+            "hook createContainer creating",
+            "hook startContainer created",
+            "backend start",
+            "hook poststart running",
+            "backend delete",
+            "hook poststop stopped",
+        ]
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(e.bundle.join("createRuntime.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["id"], "h");
+    assert_eq!(state["ociVersion"], OCI_VERSION);
+    assert_eq!(state["pid"], std::process::id());
+    assert_eq!(
+        state["bundle"],
+        std::fs::canonicalize(&e.bundle)
+            .unwrap()
+            .display()
+            .to_string()
+    );
+    assert_eq!(state["annotations"]["org.example.k"], "v");
+    let stopped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(e.bundle.join("poststop.json")).unwrap())
+            .unwrap();
+    assert!(
+        stopped.get("pid").is_none(),
+        "a stopped state has no pid: {stopped}"
+    );
+}
+
+#[test]
+fn a_failing_create_hook_destroys_the_container() {
+    let e = env_all_hooks(Some("createRuntime"));
+    let err = e.rt.create("h", &e.req()).unwrap_err();
+    assert!(
+        matches!(err, LifecycleError::Hook(HookError::Failed { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("createRuntime hook"), "{err}");
+    assert!(matches!(
+        e.rt.state("h"),
+        Err(LifecycleError::State(StateError::NotFound(_)))
+    ));
+    assert_eq!(
+        e.log(),
+        vec![
+            "backend create",
+            "hook prestart creating",
+            "hook createRuntime creating",
+            "backend kill 9 true",
+            "backend delete",
+            "hook poststop stopped",
+        ]
+    );
+}
+
+#[test]
+fn a_failing_start_hook_stops_the_container_and_fails_start() {
+    let e = env_all_hooks(Some("startContainer"));
+    e.rt.create("h", &e.req()).unwrap();
+    let err = e.rt.start("h").unwrap_err();
+    assert!(err.to_string().contains("startContainer hook"), "{err}");
+    assert_eq!(e.rt.state("h").unwrap().status, ContainerState::Stopped);
+    assert!(!e.log().contains(&"backend start".to_string()));
+    e.rt.delete("h", false).unwrap();
+}
+
+#[test]
+fn a_failing_poststart_hook_only_warns() {
+    let e = env_all_hooks(Some("poststart"));
+    e.rt.create("h", &e.req()).unwrap();
+    e.rt.start("h").unwrap();
+    assert_eq!(e.rt.state("h").unwrap().status, ContainerState::Running);
+    e.rt.delete("h", true).unwrap();
+}
+
+#[test]
+fn force_delete_kills_a_running_container() {
+    let e = env();
+    e.rt.create("c", &e.req()).unwrap();
+    e.rt.start("c").unwrap();
+    e.rt.delete("c", true).unwrap();
+    assert_eq!(
+        e.log(),
+        vec![
+            "backend create",
+            "backend start",
+            "backend kill 9 true",
+            "backend delete"
+        ]
+    );
+    assert!(e.rt.store().ids().unwrap().is_empty());
+}
+
+#[test]
+fn run_waits_returns_the_exit_status_and_deletes() {
+    let e = env();
+    let req = CreateRequest {
+        detached: false,
+        ..e.req()
+    };
+    assert_eq!(e.rt.run("r", &req).unwrap(), 3);
+    assert_eq!(
+        e.log(),
+        vec![
+            "backend create",
+            "backend start",
+            "backend wait",
+            "backend delete"
+        ]
+    );
+    assert!(e.rt.store().ids().unwrap().is_empty());
+    let req = CreateRequest {
+        detached: true,
+        ..e.req()
+    };
+    assert_eq!(e.rt.run("d", &req).unwrap(), 0);
+    assert_eq!(e.rt.state("d").unwrap().status, ContainerState::Running);
+}
+
+#[test]
+fn exec_process_merges_env_cwd_and_tty() {
+    let base = oci_spec::runtime::ProcessBuilder::default()
+        .args(vec!["sh".to_string()])
+        .env(vec!["A=1".to_string(), "B=2".to_string()])
+        .cwd("/")
+        .terminal(true)
+        .build()
+        .unwrap();
+    let p = exec_process(
+        &base,
+        &["ls".into(), "-l".into()],
+        &["B=3".into(), "C=4".into()],
+        Some(Path::new("/tmp")),
+        false,
+    );
+    assert_eq!(p.args().as_deref().unwrap(), &["ls", "-l"]);
+    assert_eq!(p.env().as_deref().unwrap(), &["A=1", "B=3", "C=4"]);
+    assert_eq!(p.cwd(), Path::new("/tmp"));
+    assert_eq!(p.terminal(), Some(false));
+}
