@@ -11,6 +11,7 @@ mod devices;
 mod error;
 mod measure;
 mod net;
+mod node;
 mod netns;
 mod overhead;
 mod smaps;
@@ -42,6 +43,9 @@ enum Cmd {
     Block(BlockArgs),
     /// TCP throughput both ways over virtio-net on a tap, measured in the guest.
     Net(NetArgs),
+    /// Node image boot (zvm node image) to the node daemon being ready, first and later
+    /// boot, beside the plain guest-init boot.
+    Node(NodeArgs),
     /// Run `boot`, `overhead`, `block` and `net`.
     All(AllArgs),
 }
@@ -128,6 +132,23 @@ struct NetArgs {
     /// Time limit of one run (boot included), seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Runs (each: first boot, later boot, plain boot).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Time limit of one boot, seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+    /// Static zvm for the image (default: zos-boot/build.sh).
+    #[arg(long)]
+    static_zvm: Option<PathBuf>,
     #[command(flatten)]
     guest: GuestArgs,
     #[command(flatten)]
@@ -250,6 +271,18 @@ fn execute(cli: Cli) -> Result<usize> {
             let report =
                 net::run(&launcher(&a.common)?, &device_config(a.runs, a.timeout, &a.guest), a.size_mib, dir.path())?;
             write_json(a.common.json.as_deref(), &serde_json::json!({"net": report.to_json()}))?;
+            Ok(report.failures)
+        }
+        Cmd::Node(a) => {
+            let cfg = node::NodeConfig {
+                runs: a.runs,
+                kernel: a.guest.kernel.clone(),
+                init: a.guest.init.clone(),
+                static_zvm: a.static_zvm.clone(),
+                timeout: Duration::from_secs(a.timeout),
+            };
+            let report = node::run(&launcher(&a.common)?, &cfg, dir.path())?;
+            write_json(a.common.json.as_deref(), &serde_json::json!({"node": report.to_json()}))?;
             Ok(report.failures)
         }
         Cmd::All(a) => {
