@@ -5,6 +5,7 @@
 //! [`backend::ContainerBackend`] (a micro-VM per container, or a host-process test double),
 //! with the [`state`] directory, [`hooks`] and [`bundle`] checks.
 
+pub mod image;
 pub mod sandbox;
 pub mod backend;
 pub mod bundle;
