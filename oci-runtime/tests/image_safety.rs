@@ -186,3 +186,36 @@ fn modes_owners_times_and_devices() {
         assert_eq!(u.stats.skipped, 1);
     }
 }
+
+#[test]
+fn without_root_devices_are_skipped_and_owners_left() {
+    // What an unprivileged caller gets (decided by ApplyOptions::for_current_user()).
+    let t = tempfile::tempdir().unwrap();
+    let root = oci_runtime::image::fs::RootDir::open(t.path()).unwrap();
+    let tar = Tar::new()
+        .device("null", tar::EntryType::Char, 1, 3)
+        .device("sda", tar::EntryType::Block, 8, 0)
+        .device("pipe", tar::EntryType::Fifo, 0, 0)
+        .file_with("owned", b"x", 0o644, 4321, 4321, 1_600_000_000)
+        .finish();
+    let opts = oci_runtime::image::layer::ApplyOptions {
+        chown: false,
+        mknod: false,
+    };
+    let s = oci_runtime::image::layer::apply(
+        &root,
+        &tar[..],
+        oci_runtime::image::layer::Compression::None,
+        opts,
+    )
+    .unwrap();
+    assert_eq!((s.skipped, s.specials, s.files), (2, 1, 1));
+    assert!(!t.path().join("null").exists() && !t.path().join("sda").exists());
+    assert!(std::fs::symlink_metadata(t.path().join("pipe"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    // SAFETY: no preconditions.
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(std::fs::metadata(t.path().join("owned")).unwrap().uid(), me);
+}
