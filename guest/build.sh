@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the guest programs (init, zvm-vsock-tool, zvm-init) as static binaries and prints the
-# path of the init binary; the other programs land in the same directory.
+# Builds the guest programs (init, zvm-vsock-tool, zvm-init, zvm-oci-agent) as static binaries
+# and prints the path of the init binary (always the last line); the other programs land in the
+# same directory, e.g. target/x86_64-unknown-linux-gnu/release/zvm-oci-agent (the OCI guest
+# agent, a host workspace crate built in target/host-ws and copied there).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 target=x86_64-unknown-linux-gnu
@@ -10,4 +12,8 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
 # lands beside the init.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
   --manifest-path "$here/../service-manager/Cargo.toml" --target "$target" --target-dir "$here/target" >&2
+# zvm-oci-agent, PID 1 of OCI container VMs (host workspace crate oci-agent/).
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p oci-agent \
+  --manifest-path "$here/../Cargo.toml" --target "$target" --target-dir "$here/target/host-ws" >&2
+cp -f "$here/target/host-ws/$target/release/zvm-oci-agent" "$here/target/$target/release/zvm-oci-agent"
 echo "$here/target/$target/release/zvm-guest-init"
