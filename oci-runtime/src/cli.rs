@@ -118,6 +118,14 @@ pub enum OciCommand {
     },
     /// Print what this runtime supports, as JSON.
     Features,
+    /// Internal: the sandbox process of one container (started by `create`; runs its VM).
+    #[command(name = "__sandbox", hide = true)]
+    Sandbox {
+        /// The container's state directory.
+        container_dir: PathBuf,
+    },
+    /// Make a bundle (rootfs/ + config.json) from an OCI image layout directory.
+    Unpack(crate::image::cli::UnpackArgs),
 }
 
 /// Output formats of `ps` and `list`.
@@ -223,6 +231,9 @@ pub enum CliError {
         /// Cause.
         source: std::io::Error,
     },
+    /// `unpack` failed.
+    #[error(transparent)]
+    Image(#[from] crate::image::Error),
     /// `exec --process` is not a valid process object.
     #[error("{path} is not a valid OCI process: {source}")]
     ProcessFile {
@@ -264,6 +275,10 @@ pub fn run(args: OciArgs, name: &str, launcher: Vec<OsString>) -> ExitCode {
         eprintln!("{name}: give a command (see {name} --help)");
         return ExitCode::from(2);
     };
+    if let OciCommand::Sandbox { container_dir } = &command {
+        // Before anything starts a thread: the sandbox sets up its own signal handling.
+        return crate::sandbox::sandbox_main(container_dir);
+    }
     let guard = match crate::logging::init(args.log.as_deref(), args.log_format, args.debug) {
         Ok(g) => g,
         Err(e) => {
@@ -373,6 +388,10 @@ fn dispatch(
                 .map_err(|e| CliError::Usage(e.to_string()))?;
             println!("{text}");
         }
+        OciCommand::Sandbox { container_dir } => {
+            return Ok(crate::sandbox::sandbox_main(&container_dir))
+        }
+        OciCommand::Unpack(a) => crate::image::cli::run_unpack(&a)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,20 @@
-//! The real backend: every container is a micro-VM run by a sandbox process.
+//! The real backend: every container is a micro-VM run by its sandbox process
+//! ([`crate::sandbox`]). The sandbox process is `state.pid`; commands reach it through its
+//! control socket in the container directory.
 
 use super::{
     BackendError, BackendStatus, ContainerBackend, ContainerRef, CreateOptions, ExecOutcome,
     ExecRequest,
 };
+use crate::sandbox::{
+    self, GuestArtifacts, SandboxClient, SandboxConfig, SandboxError, SandboxStatus,
+};
 use std::ffi::OsString;
+use std::time::Duration;
+
+/// How long `delete` waits for a stopped container's sandbox process to finish shutting the
+/// VM down before its files are removed.
+const SANDBOX_EXIT_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs each container in its own micro-VM through the sandbox module.
 #[derive(Debug, Clone)]
@@ -20,41 +30,119 @@ impl VmBackend {
     }
 }
 
-fn not_yet() -> BackendError {
-    BackendError::Unsupported("the VM backend is not built yet".into())
+fn err(e: SandboxError) -> BackendError {
+    BackendError::Sandbox(e.to_string())
+}
+
+fn client(c: &ContainerRef<'_>) -> Result<SandboxClient, BackendError> {
+    SandboxClient::connect(c.dir).map_err(err)
 }
 
 impl ContainerBackend for VmBackend {
     fn name(&self) -> &'static str {
         "vm"
     }
-    fn create(&self, _c: &ContainerRef<'_>, _opts: &CreateOptions) -> Result<i32, BackendError> {
-        let _ = &self.launcher;
-        Err(not_yet())
+
+    fn create(&self, c: &ContainerRef<'_>, opts: &CreateOptions) -> Result<i32, BackendError> {
+        let artifacts = GuestArtifacts::locate().map_err(err)?;
+        let cfg = SandboxConfig {
+            id: c.id.to_string(),
+            bundle: c.bundle.to_path_buf(),
+            spec: c.spec.clone(),
+            container_dir: c.dir.to_path_buf(),
+            console_socket: opts.console_socket.clone(),
+            artifacts,
+            launcher: self.launcher.clone(),
+        };
+        let pid = sandbox::create(&cfg).map_err(err)?;
+        i32::try_from(pid)
+            .map_err(|_| BackendError::Sandbox(format!("sandbox pid {pid} out of range")))
     }
-    fn start(&self, _c: &ContainerRef<'_>) -> Result<(), BackendError> {
-        Err(not_yet())
+
+    fn start(&self, c: &ContainerRef<'_>) -> Result<(), BackendError> {
+        client(c)?.start().map_err(err)
     }
-    fn kill(&self, _c: &ContainerRef<'_>, _signal: i32, _all: bool) -> Result<(), BackendError> {
-        Err(not_yet())
+
+    fn kill(&self, c: &ContainerRef<'_>, signal: i32, all: bool) -> Result<(), BackendError> {
+        match client(c).and_then(|mut cl| cl.kill(signal, all).map_err(err)) {
+            Ok(()) => Ok(()),
+            // A sandbox that cannot be reached (still booting, or stuck) dies with the VM.
+            Err(e) if signal == libc::SIGKILL => match c.pid {
+                Some(pid) if crate::host::process_alive(pid, c.pid_start_time) => {
+                    tracing::debug!("{e}; killing sandbox process {pid}");
+                    // SAFETY: kill(2) on the sandbox process, checked alive with its start time.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    Ok(())
+                }
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
-    fn status(&self, _c: &ContainerRef<'_>) -> Result<BackendStatus, BackendError> {
-        Err(not_yet())
+
+    fn status(&self, c: &ContainerRef<'_>) -> Result<BackendStatus, BackendError> {
+        match SandboxClient::connect(c.dir).and_then(|mut cl| cl.status()) {
+            Ok(SandboxStatus::Created) => Ok(BackendStatus::Created),
+            Ok(SandboxStatus::Running) => Ok(BackendStatus::Running),
+            Ok(SandboxStatus::Stopped { exit }) => Ok(BackendStatus::Stopped(Some(exit))),
+            Err(e) => match sandbox::recorded_exit(c.dir) {
+                Some(exit) => Ok(BackendStatus::Stopped(Some(exit))),
+                None => Err(err(e)),
+            },
+        }
     }
+
     fn exec(
         &self,
-        _c: &ContainerRef<'_>,
-        _req: &ExecRequest<'_>,
+        c: &ContainerRef<'_>,
+        req: &ExecRequest<'_>,
     ) -> Result<ExecOutcome, BackendError> {
-        Err(not_yet())
+        if req.detach {
+            return Err(BackendError::Unsupported(
+                "exec --detach is not supported by the VM backend: the process's stdio is relayed by this command"
+                    .into(),
+            ));
+        }
+        if req.pid_file.is_some() {
+            tracing::warn!("exec --pid-file: not written, the process runs in the container's VM");
+        }
+        let code = client(c)?
+            .exec(req.process, req.console_socket)
+            .map_err(err)?;
+        Ok(ExecOutcome::Exited(code))
     }
-    fn ps(&self, _c: &ContainerRef<'_>) -> Result<Vec<i32>, BackendError> {
-        Err(not_yet())
+
+    fn ps(&self, c: &ContainerRef<'_>) -> Result<Vec<i32>, BackendError> {
+        client(c)?.ps().map_err(err)
     }
-    fn wait(&self, _c: &ContainerRef<'_>) -> Result<Option<i32>, BackendError> {
-        Err(not_yet())
+
+    fn wait(&self, c: &ContainerRef<'_>) -> Result<Option<i32>, BackendError> {
+        let Some(pid) = c.pid else {
+            return Ok(sandbox::recorded_exit(c.dir));
+        };
+        let mut forward = |sig: i32| {
+            if let Err(e) = client(c).and_then(|mut cl| cl.kill(sig, false).map_err(err)) {
+                tracing::debug!("forwarding signal {sig}: {e}");
+            }
+        };
+        // The sandbox process exits with the container's status; the recorded status covers a
+        // sandbox that is not our child.
+        let status = super::wait_pid(pid, c.pid_start_time, &mut forward);
+        Ok(sandbox::recorded_exit(c.dir).or(status))
     }
-    fn delete(&self, _c: &ContainerRef<'_>) -> Result<(), BackendError> {
+
+    fn delete(&self, c: &ContainerRef<'_>) -> Result<(), BackendError> {
+        if let Some(pid) = c.pid {
+            if !super::wait_gone(pid, c.pid_start_time, SANDBOX_EXIT_WAIT) {
+                tracing::warn!(
+                    "sandbox process {pid} of {} is still running; killing it",
+                    c.id
+                );
+                // SAFETY: kill(2) on the sandbox process, checked alive with its start time.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                super::wait_gone(pid, c.pid_start_time, SANDBOX_EXIT_WAIT);
+            }
+        }
         Ok(())
     }
 }
