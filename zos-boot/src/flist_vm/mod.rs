@@ -8,13 +8,18 @@
 //! - a **raw image** flist holds `/image.raw`: the project's kernel boots with that image
 //!   as its root disk;
 //! - anything else is a **container** flist: its tree becomes an ext4 root disk and the
-//!   project's kernel boots it with the entrypoint as the guest's init, `env` as its
-//!   environment (see [`cmdline::init_args`]). When an image from `zvm flist from-oci` carries
-//!   `/.zvm/image-config.json`, its entrypoint and environment are the defaults.
+//!   project's kernel boots it with the project's service manager as PID 1 running the
+//!   entrypoint with `env` (see [`container`]). When an image from `zvm flist from-oci`
+//!   carries `/.zvm/image-config.json`, its entrypoint, environment and working directory
+//!   are the defaults.
+//!
+//! The OCI guest agent path (oci-runtime's sandbox) is not used yet: its API cannot carry
+//! the extra disks, taps and kernel arguments a deployment has.
 //!
 //! The result is a [`BootPlan`] that [`BootPlan::apply`] turns into [`vmm::VmResources`].
 
 pub mod cmdline;
+pub mod container;
 mod fetch;
 
 pub use fetch::{check_reachable, fetch_flist};
@@ -59,6 +64,12 @@ pub enum FlistVmError {
     /// The entrypoint or environment cannot be handed to the guest.
     #[error("entrypoint: {0}")]
     Cmdline(#[from] cmdline::CmdlineError),
+    /// The service manager for container flists was not found.
+    #[error("no zvm-init for container flists: build it with guest/build.sh, or set ZVM_INIT")]
+    NoServiceManager,
+    /// Making the root disk failed.
+    #[error("mkfs.ext4: {0}")]
+    Mkfs(String),
     /// The project's guest kernel was not found.
     #[error("no guest kernel: give --kernel, set ZVM_KERNEL, or build it with `zvm kernel path`")]
     NoKernel,
@@ -257,24 +268,34 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
                 env.retain(|(key, _)| key != k);
                 env.push((k.clone(), v.clone()));
             }
-            let extra_args = cmdline::init_args(&argv, &env)?;
+            let cwd = image_config.cwd.as_deref().unwrap_or("/");
+            let service = container::service_yaml(&argv, &env, cwd)?;
             let disk = opts.work_dir.join("root.ext4");
+            // The marker holds the service it was built with: a new entrypoint rebuilds.
             let done = opts.work_dir.join("root.ext4.done");
-            if !done.exists() {
+            if std::fs::read_to_string(&done).ok().as_deref() != Some(service.as_str()) {
                 let content: u64 = tree.entries.iter().map(|e| e.inode.size).sum();
                 let size = opts
                     .root_size
                     .unwrap_or(content + content / 2 + (64 << 20))
                     .next_multiple_of(1 << 20);
                 tracing::info!(flist = %opts.flist, disk = %disk.display(), size, "building the root disk");
-                let image_opts = flist_fetcher::ImageOptions {
-                    size,
-                    label: "rootfs".into(),
-                    unpack: unpack.clone(),
-                };
-                flist_fetcher::image(&fl, &disk, &image_opts).map_err(|e| flist_err(e.into()))?;
-                std::fs::write(&done, b"").map_err(io(&done))?;
+                let staging = opts.work_dir.join("rootfs.staging");
+                let _ = std::fs::remove_dir_all(&staging);
+                flist_fetcher::unpack::unpack_tree(
+                    &tree,
+                    &cache(&unpack)?,
+                    &router(&reader)?,
+                    &staging,
+                    &unpack,
+                )
+                .map_err(|e| flist_err(e.into()))?;
+                let built = container::build_root_disk(&staging, &disk, size, &service);
+                let _ = std::fs::remove_dir_all(&staging);
+                built?;
+                std::fs::write(&done, &service).map_err(io(&done))?;
             }
+            let extra_args = container::init_args();
             Ok(BootPlan {
                 kind,
                 kernel,
@@ -286,12 +307,29 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
     }
 }
 
+fn cache(unpack: &flist_fetcher::UnpackOptions) -> Result<flist_fetcher::Cache, FlistVmError> {
+    flist_fetcher::Cache::new(&unpack.cache).map_err(|e| FlistVmError::Io {
+        path: unpack.cache.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+fn router(reader: &Reader) -> Result<flist_fetcher::Router, FlistVmError> {
+    let fail = |e: String| FlistVmError::Unreachable {
+        flist: reader.path().display().to_string(),
+        reason: format!("its stores: {e}"),
+    };
+    let routes = reader.routes().map_err(|e| fail(e.to_string()))?;
+    flist_fetcher::Router::from_routes(&routes).map_err(|e| fail(e.to_string()))
+}
+
 /// Defaults a container image brings (`/.zvm/image-config.json`, written by
 /// `zvm flist from-oci`): its command and environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct ImageConfig {
     argv: Vec<String>,
     env: Vec<(String, String)>,
+    cwd: Option<String>,
 }
 
 fn image_config(
@@ -347,7 +385,13 @@ fn parse_image_config(bytes: &[u8]) -> ImageConfig {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect();
-    ImageConfig { argv, env }
+    let cwd = ["WorkingDir", "workingDir", "cwd"]
+        .iter()
+        .find_map(|n| cfg.get(*n))
+        .and_then(|v| v.as_str())
+        .filter(|s| s.starts_with('/'))
+        .map(str::to_string);
+    ImageConfig { argv, env, cwd }
 }
 
 #[cfg(test)]
