@@ -360,8 +360,11 @@ fn parse_image_config(bytes: &[u8]) -> ImageConfig {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
         return ImageConfig::default();
     };
+    // `zvm flist from-oci` writes {"process": {"args", "env", "cwd", ...}, ...}; an image's
+    // own config ({"config": {"Entrypoint", "Cmd", "Env", "WorkingDir"}}) is read too.
     let cfg = value
-        .get("config")
+        .get("process")
+        .or_else(|| value.get("config"))
         .or_else(|| value.get("Config"))
         .unwrap_or(&value);
     let list = |names: &[&str]| -> Vec<String> {
@@ -376,16 +379,19 @@ fn parse_image_config(bytes: &[u8]) -> ImageConfig {
             })
             .unwrap_or_default()
     };
-    let mut argv = list(&["Entrypoint", "entrypoint"]);
-    argv.extend(list(&["Cmd", "cmd"]));
-    let env = list(&["Env", "env"])
+    let mut argv = list(&["args"]);
+    if argv.is_empty() {
+        argv = list(&["Entrypoint", "entrypoint"]);
+        argv.extend(list(&["Cmd", "cmd"]));
+    }
+    let env = list(&["env", "Env"])
         .into_iter()
         .filter_map(|kv| {
             kv.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect();
-    let cwd = ["WorkingDir", "workingDir", "cwd"]
+    let cwd = ["cwd", "WorkingDir", "workingDir"]
         .iter()
         .find_map(|n| cfg.get(*n))
         .and_then(|v| v.as_str())
@@ -412,6 +418,10 @@ mod tests {
             ]
         );
         assert_eq!(parse_image_config(b"not json"), ImageConfig::default());
+        let z = parse_image_config(br#"{"schema":1,"process":{"args":["/bin/app","-v"],"env":["PATH=/bin"],"cwd":"/srv","uid":0}}"#);
+        assert_eq!(z.argv, ["/bin/app", "-v"]);
+        assert_eq!(z.env, [("PATH".to_string(), "/bin".to_string())]);
+        assert_eq!(z.cwd.as_deref(), Some("/srv"));
         assert_eq!(parse_image_config(br#"{"cmd":["sh"]}"#).argv, ["sh"]);
     }
 

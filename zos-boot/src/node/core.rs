@@ -252,22 +252,22 @@ impl Node {
             .await
             .map_err(|e| NodeError::Unreachable(e.to_string()))?
             .map_err(|e| NodeError::Unreachable(format!("flist: {e}")))?;
-        let capacity = self.capacity();
+        let (total_mem, reserved_mem) = self.memory_limits();
         let map = self.lock();
         if map.contains_key(&spec.name) {
             return Err(NodeError::Exists(spec.name));
         }
+        // Used memory is summed under the same lock the new entry is inserted with, so
+        // concurrent requests cannot overcommit together.
+        let offered = total_mem.saturating_sub(reserved_mem);
+        let free = offered.saturating_sub(used(&map).memory);
         let needed = spec.compute.memory.0;
-        if needed > capacity.free_memory() {
+        if needed > free {
             return Err(NodeError::Overcommit {
                 name: spec.name,
                 needed_mib: needed >> 20,
-                free_mib: capacity.free_memory() >> 20,
-                offered_mib: capacity
-                    .total
-                    .memory
-                    .saturating_sub(capacity.reserved.memory)
-                    >> 20,
+                free_mib: free >> 20,
+                offered_mib: offered >> 20,
             });
         }
         let mut addresses = Vec::new();
@@ -378,24 +378,21 @@ impl Node {
         }
     }
 
-    /// Total, reserved and used resources, and /dev/kvm.
-    pub fn capacity(&self) -> Capacity {
+    /// Host memory and the node's reserve, in bytes.
+    fn memory_limits(&self) -> (u64, u64) {
         let cfg = &self.inner.cfg;
         let total_mem = cfg.memory_total.unwrap_or_else(capacity::host_memory);
         let reserved_mem = cfg
             .memory_reserved
             .unwrap_or_else(|| capacity::default_reserved_memory(total_mem));
-        let mut used = Amounts::default();
-        for e in self.lock().values() {
-            if !matches!(
-                e.record.state,
-                DeploymentState::Failed | DeploymentState::Exited
-            ) {
-                used.cpu += u64::from(e.record.spec.compute.cpu);
-                used.memory += e.record.spec.compute.memory.0;
-            }
-            used.disk += e.record.spec.disk_bytes();
-        }
+        (total_mem, reserved_mem)
+    }
+
+    /// Total, reserved and used resources, and /dev/kvm.
+    pub fn capacity(&self) -> Capacity {
+        let cfg = &self.inner.cfg;
+        let (total_mem, reserved_mem) = self.memory_limits();
+        let used = used(&self.lock());
         Capacity {
             total: Amounts {
                 cpu: capacity::host_cpus(),
@@ -421,6 +418,22 @@ impl Node {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// What the deployments take: memory and vCPUs of those not failed or exited, disk of all.
+fn used(map: &BTreeMap<String, Entry>) -> Amounts {
+    let mut used = Amounts::default();
+    for e in map.values() {
+        if !matches!(
+            e.record.state,
+            DeploymentState::Failed | DeploymentState::Exited
+        ) {
+            used.cpu += u64::from(e.record.spec.compute.cpu);
+            used.memory += e.record.spec.compute.memory.0;
+        }
+        used.disk += e.record.spec.disk_bytes();
+    }
+    used
 }
 
 /// The last [`CONSOLE_TAIL_BYTES`] of a console log, lossily decoded.
