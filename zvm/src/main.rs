@@ -66,6 +66,9 @@ enum Command {
         #[command(subcommand)]
         command: zos_boot::cli::NodeCommand,
     },
+    /// OCI containers, each in its own micro-VM, with runc's command line (also installed
+    /// as `zvm-runc`): create, start, state, kill, delete, run, exec, ps, list, spec, features.
+    Oci(oci_runtime::cli::OciArgs),
     /// Pack a directory into a gzip-compressed newc cpio initramfs.
     Initramfs {
         /// Directory whose contents become the root of the initramfs.
@@ -135,6 +138,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Node { command } => zos_boot::cli::run(command),
+        Command::Oci(args) => {
+            oci_runtime::cli::run(args, "zvm oci", oci_runtime::cli::self_launcher(&["oci", "__sandbox"]))
+        }
         Command::Initramfs { dir, output } => match initramfs::pack_dir(&dir, &output) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
