@@ -8,7 +8,7 @@ use crate::arch::mptable::{write_mptable, MptableError};
 use crate::arch::regs::{self, BootEntry, RegsError};
 use crate::bus::{BusError, BusRange, MmioBus, PioBus};
 use crate::devices::boot_timer::{BootTimeRecord, BootTimerDevice};
-use crate::devices::i8042::I8042Device;
+use crate::devices::i8042::{self, I8042Device, KBD_IRQ};
 use crate::devices::serial::{ConsoleSink, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_SLOT_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -21,9 +21,10 @@ use crate::host::KvmFlavour;
 use crate::layout;
 use crate::loader::{self, LoaderError};
 use crate::memory::{create_guest_memory, MemoryError};
+use crate::metrics::{DeviceMetrics, VmMetrics};
 use crate::resources::{ConsoleConfig, CpuTemplate, DriveConfig, NetConfig, ResourcesError, VmResources, VsockConfig};
 use crate::vcpu::{Vcpu, VcpuControl};
-use crate::vm::{kick_signal, EventHandler, RunningVm, VmmLoop};
+use crate::vm::{kick_signal, EventHandler, RunningVm, VmHandles, VmmLoop};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use std::sync::{Arc, Mutex, Once};
@@ -145,6 +146,10 @@ pub struct MicrovmBuilder {
     device_args: Vec<String>,
     /// Queue notification handlers for the VMM loop.
     handlers: Vec<EventHandler>,
+    /// The VM's counters.
+    metrics: Arc<VmMetrics>,
+    /// The i8042, for Ctrl-Alt-Del.
+    i8042: Option<Arc<Mutex<I8042Device>>>,
 }
 
 /// Where a virtio-mmio device was placed.
@@ -201,6 +206,9 @@ impl MicrovmBuilder {
             other => other,
         };
         tracing::debug!("KVM flavour: {}; CPU template {template:?}", KvmFlavour::detect().describe());
+        let boot_time = BootTimeRecord::default();
+        let metrics = Arc::new(VmMetrics::default());
+        metrics.set_boot_time_record(boot_time.clone());
         Ok(MicrovmBuilder {
             kvm,
             vm,
@@ -216,12 +224,14 @@ impl MicrovmBuilder {
             serial: None,
             console_input: false,
             reset_evt: EventFd::new(EFD_NONBLOCK).map_err(io_err("create the reset eventfd"))?,
-            boot_time: BootTimeRecord::default(),
+            boot_time,
             next_virtio_addr: layout::VIRTIO_MMIO_START,
             next_irq: layout::IRQ_DEVICE_BASE,
             block_count: 0,
             device_args: Vec::new(),
             handlers: Vec::new(),
+            metrics,
+            i8042: None,
         })
     }
 
@@ -244,11 +254,17 @@ impl MicrovmBuilder {
         Ok(())
     }
 
-    /// The i8042 controller, so that a guest reboot ends the VM.
+    /// The i8042 controller and its keyboard on ports 0x60-0x64 and IRQ 1: a guest reboot
+    /// through it ends the VM, and [`RunningVm::keyboard`] presses Ctrl-Alt-Del.
     pub fn attach_i8042(&mut self) -> Result<(), BuildError> {
         let evt = self.reset_evt.try_clone().map_err(io_err("clone the reset eventfd"))?;
-        let dev = Arc::new(Mutex::new(I8042Device::new(evt)));
-        self.pio.insert(BusRange::new(u64::from(layout::I8042_PORT), 5), dev)?;
+        let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("create the keyboard eventfd"))?;
+        if self.opts.irqchip {
+            self.vm.register_irqfd(&irq, KBD_IRQ).map_err(kvm_err("register the keyboard irqfd"))?;
+        }
+        let dev = Arc::new(Mutex::new(I8042Device::new(evt, irq)));
+        self.pio.insert(BusRange::new(u64::from(layout::I8042_PORT), 5), dev.clone())?;
+        self.i8042 = Some(dev);
         Ok(())
     }
 
@@ -314,6 +330,7 @@ impl MicrovmBuilder {
             block = block.with_rate_limiter(limit)?;
         }
         tracing::debug!("drive {}: {} sectors, read_only={}", drive.drive_id, block.capacity(), drive.is_read_only);
+        self.metrics.register(&drive.drive_id, DeviceMetrics::Block(block.metrics()));
         let slot = self.attach_virtio_mmio(Box::new(block))?;
         if drive.is_root_device {
             let letter = char::from(b'a' + (self.block_count % 26) as u8);
@@ -332,18 +349,22 @@ impl MicrovmBuilder {
         let tap = Tap::open(&net.host_dev_name).map_err(|e| err(e.into()))?;
         tracing::debug!("network interface {}: tap {}", net.iface_id, tap.name());
         let device = Net::new(&net.iface_id, Box::new(tap), mac, net.rx_rate_limiter.as_ref(), net.tx_rate_limiter.as_ref()).map_err(err)?;
+        self.metrics.register(&net.iface_id, DeviceMetrics::Net(device.metrics()));
         self.attach_virtio_mmio(Box::new(device))
     }
 
     /// A virtio-rng device.
     pub fn attach_entropy(&mut self) -> Result<VirtioSlot, BuildError> {
-        self.attach_virtio_mmio(Box::new(Rng::new()))
+        let rng = Rng::new();
+        self.metrics.register("rng", DeviceMetrics::Rng(rng.metrics()));
+        self.attach_virtio_mmio(Box::new(rng))
     }
 
     /// A virtio-vsock device for `vsock`: listens on its `uds_path` (replacing a stale
     /// socket there); the VMM loop polls its host sockets.
     pub fn attach_vsock(&mut self, vsock: &VsockConfig) -> Result<VirtioSlot, BuildError> {
         let device = Vsock::new(u64::from(vsock.guest_cid), &vsock.uds_path)?;
+        self.metrics.register("vsock", DeviceMetrics::Vsock(device.metrics()));
         self.attach_virtio_mmio(Box::new(device))
     }
 
@@ -356,16 +377,25 @@ impl MicrovmBuilder {
             Some(path) => Some(loader::load_initrd(&self.mem, path, &kernel, self.mem_size)?),
             None => None,
         };
-        let mut extra = self.device_args.clone();
-        if self.template == CpuTemplate::Pvm {
-            extra.push(cpuid::PVM_KERNEL_ARGS.to_string());
-        }
-        let args = with_kernel_args(resources.boot_args(), &extra);
+        let args = with_kernel_args(resources.boot_args(), &self.extra_kernel_args(resources.boot_args()));
         let cmdline = loader::build_cmdline(&args)?;
         let len = loader::write_cmdline(&self.mem, &cmdline)?;
         let entry = loader::write_boot_info(&self.mem, &kernel, initrd, len, self.mem_size)?;
         self.attach_boot_tables()?;
         Ok(entry)
+    }
+
+    /// What zvm adds to the guest's command line `args`: device parameters, the i8042
+    /// switches the guest did not set itself, and the CPU template's parameters.
+    fn extra_kernel_args(&self, args: &str) -> Vec<String> {
+        let mut extra = self.device_args.clone();
+        if self.i8042.is_some() {
+            extra.extend(i8042::missing_linux_args(args));
+        }
+        if self.template == CpuTemplate::Pvm {
+            extra.push(cpuid::PVM_KERNEL_ARGS.to_string());
+        }
+        extra
     }
 
     /// Loads raw 64-bit code at `addr` (tiny test guests): entered in long mode.
@@ -417,7 +447,8 @@ impl MicrovmBuilder {
                 // Application processors wait for INIT/SIPI from the guest.
                 regs::set_boot_state(&fd, entry)?;
             }
-            vcpus.push(Vcpu { index, fd, pio: pio.clone(), mmio: mmio.clone(), mem: self.mem.clone() });
+            let (pio, mmio, mem, metrics) = (pio.clone(), mmio.clone(), self.mem.clone(), self.metrics.vcpu());
+            vcpus.push(Vcpu { index, fd, pio, mmio, mem, metrics });
         }
         let mut threads = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
@@ -443,7 +474,8 @@ impl MicrovmBuilder {
             vm: self.vm,
         };
         tracing::debug!("VM built in {:?}", self.build_start.elapsed());
-        RunningVm::start(vmm, self.boot_time).map_err(io_err("start the VMM thread"))
+        let handles = VmHandles { boot_time: self.boot_time, metrics: self.metrics, i8042: self.i8042 };
+        RunningVm::start(vmm, handles).map_err(io_err("start the VMM thread"))
     }
 }
 

@@ -16,6 +16,7 @@ pub mod host;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod metrics;
 pub mod rate_limiter;
 pub mod resources;
 pub mod seccomp;

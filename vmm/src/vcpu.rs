@@ -6,6 +6,7 @@
 //! the instruction at RIP.
 
 use crate::bus::{MmioBus, PioBus};
+use crate::metrics::VcpuMetrics;
 use crate::seccomp::{self, ThreadKind};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -204,6 +205,8 @@ pub struct Vcpu {
     pub mmio: Arc<MmioBus>,
     /// Guest memory, for reading instruction bytes when reporting errors.
     pub mem: GuestMemoryMmap,
+    /// Exit counters (shared by all vCPUs of the VM).
+    pub metrics: Arc<VcpuMetrics>,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -264,7 +267,16 @@ impl Vcpu {
     /// Runs the guest until it stops or a stop is requested through `control` (after a
     /// kick signal); parks while a pause is requested.
     pub fn run(&mut self, control: &VcpuControl) -> VcpuOutcome {
+        let outcome = self.run_loop(control);
+        if matches!(outcome, VcpuOutcome::Failed(_)) {
+            self.metrics.failures.inc();
+        }
+        outcome
+    }
+
+    fn run_loop(&mut self, control: &VcpuControl) -> VcpuOutcome {
         let index = self.index;
+        let metrics = self.metrics.clone();
         loop {
             control.park_if_paused();
             if control.stop_requested() {
@@ -272,28 +284,42 @@ impl Vcpu {
             }
             let exit = match self.fd.run() {
                 Ok(exit) => exit,
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    metrics.exit_intr.inc();
+                    continue;
+                }
                 Err(e) => return VcpuOutcome::Failed(VcpuError::Run { index, errno: e.to_string() }),
             };
             match exit {
                 VcpuExit::IoIn(port, data) => {
+                    metrics.exit_io_in.inc();
                     self.pio.read(u64::from(port), data);
                 }
                 VcpuExit::IoOut(port, data) => {
+                    metrics.exit_io_out.inc();
                     self.pio.write(u64::from(port), data);
                 }
                 VcpuExit::MmioRead(addr, data) => {
+                    metrics.exit_mmio_read.inc();
                     self.mmio.read(addr, data);
                 }
                 VcpuExit::MmioWrite(addr, data) => {
+                    metrics.exit_mmio_write.inc();
                     self.mmio.write(addr, data);
                 }
-                VcpuExit::Hlt => return VcpuOutcome::Halted,
-                VcpuExit::Intr => continue,
+                VcpuExit::Hlt => {
+                    metrics.exit_hlt.inc();
+                    return VcpuOutcome::Halted;
+                }
+                VcpuExit::Intr => {
+                    metrics.exit_intr.inc();
+                    continue;
+                }
                 VcpuExit::Shutdown => {
                     return VcpuOutcome::Failed(VcpuError::TripleFault { index, regs: self.register_dump() });
                 }
                 VcpuExit::SystemEvent(kind, _) => {
+                    metrics.exit_system_event.inc();
                     return match kind {
                         KVM_SYSTEM_EVENT_SHUTDOWN => VcpuOutcome::Poweroff,
                         KVM_SYSTEM_EVENT_RESET => VcpuOutcome::Reboot,
@@ -371,6 +397,29 @@ mod tests {
         control.request_stop();
         assert!(stopped.join().expect("join"), "a stop releases a parked vCPU");
         assert!(!control.wait_parked(2, std::time::Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn exits_are_counted_by_kind() {
+        use crate::builder::{BuildOptions, MicrovmBuilder};
+        use crate::resources::CpuTemplate;
+        let opts = BuildOptions { irqchip: false, ..Default::default() };
+        let mut b = MicrovmBuilder::new(64, 1, CpuTemplate::Auto, true, opts).expect("VM");
+        b.attach_boot_timer().expect("boot timer");
+        // out 0x80, al (twice); in al, 0x80; mov rbx, 0xd000_0000 (the boot timer);
+        // mov [rbx], al; mov al, [rbx]; hlt.
+        let mut code = vec![0xe6, 0x80, 0xe6, 0x80, 0xe4, 0x80, 0x48, 0xbb];
+        code.extend(0xd000_0000u64.to_le_bytes());
+        code.extend([0x88, 0x03, 0x8a, 0x03, 0xf4]);
+        let entry = b.load_raw_code(&code, 0x10_0000).expect("load");
+        let vm = b.start(entry).expect("start");
+        let metrics = vm.metrics();
+        assert_eq!(vm.wait(), crate::VmOutcome::Halted);
+        let m = metrics.vcpu().totals();
+        let count = |name: &str| m[name].as_u64().unwrap_or(u64::MAX);
+        assert_eq!((count("exit_io_out"), count("exit_io_in")), (2, 1), "{m:?}");
+        assert_eq!((count("exit_mmio_write"), count("exit_mmio_read")), (1, 1), "{m:?}");
+        assert_eq!((count("exit_hlt"), count("failures")), (1, 0), "{m:?}");
     }
 
     #[test]

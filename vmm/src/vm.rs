@@ -7,7 +7,9 @@
 //! signal) and joins them.
 
 use crate::devices::boot_timer::{BootTime, BootTimeRecord};
+use crate::devices::i8042::{I8042Device, I8042Error};
 use crate::devices::serial::SerialDevice;
+use crate::metrics::VmMetrics;
 use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{VcpuControl, VcpuError, VcpuEvent, VcpuOutcome};
 use std::os::fd::AsRawFd;
@@ -96,6 +98,18 @@ impl StopHandle {
     }
 }
 
+/// Presses keys on a running VM's keyboard (the i8042) from any thread.
+#[derive(Debug, Clone)]
+pub struct KeyboardHandle(Arc<Mutex<I8042Device>>);
+
+impl KeyboardHandle {
+    /// Presses and releases Ctrl-Alt-Del. A Linux guest with the i8042 keyboard driver
+    /// then reboots, or signals its init (SIGINT) if init took over Ctrl-Alt-Del.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), I8042Error> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).queue_ctrl_alt_del()
+    }
+}
+
 /// Device work the VMM loop does when an eventfd fires (e.g. a virtio queue notification).
 pub struct EventHandler {
     /// Polled by the loop, and read (reset) before `on_event` runs.
@@ -128,6 +142,13 @@ pub(crate) struct VmmLoop {
     pub vm: kvm_ioctls::VmFd,
 }
 
+/// What a running VM shares with its embedder besides the VMM loop.
+pub(crate) struct VmHandles {
+    pub boot_time: BootTimeRecord,
+    pub metrics: Arc<VmMetrics>,
+    pub i8042: Option<Arc<Mutex<I8042Device>>>,
+}
+
 /// A micro-VM whose vCPUs are running.
 #[derive(Debug)]
 pub struct RunningVm {
@@ -137,6 +158,8 @@ pub struct RunningVm {
     control: Arc<VcpuControl>,
     vcpu_count: usize,
     boot_time: BootTimeRecord,
+    metrics: Arc<VmMetrics>,
+    i8042: Option<Arc<Mutex<I8042Device>>>,
     started: Instant,
 }
 
@@ -154,13 +177,24 @@ const TOKEN_PAUSE: u64 = 5;
 const TOKEN_HANDLER_BASE: u64 = 16;
 
 impl RunningVm {
-    pub(crate) fn start(vmm: VmmLoop, boot_time: BootTimeRecord) -> std::io::Result<RunningVm> {
+    pub(crate) fn start(vmm: VmmLoop, handles: VmHandles) -> std::io::Result<RunningVm> {
         let stop_evt = vmm.stop_evt.try_clone()?;
         let pause_evt = vmm.pause_evt.try_clone()?;
         let control = vmm.control.clone();
         let vcpu_count = vmm.vcpu_threads.len();
         let vmm_thread = std::thread::Builder::new().name("zvm_vmm".into()).spawn(move || vmm.run())?;
-        Ok(RunningVm { vmm_thread, stop_evt, pause_evt, control, vcpu_count, started: Instant::now(), boot_time })
+        let VmHandles { boot_time, metrics, i8042 } = handles;
+        Ok(RunningVm { vmm_thread, stop_evt, pause_evt, control, vcpu_count, started: Instant::now(), boot_time, metrics, i8042 })
+    }
+
+    /// The VM's keyboard, if it has an i8042.
+    pub fn keyboard(&self) -> Option<KeyboardHandle> {
+        self.i8042.clone().map(KeyboardHandle)
+    }
+
+    /// The VM's counters: vCPU exits, devices, boot time.
+    pub fn metrics(&self) -> Arc<VmMetrics> {
+        self.metrics.clone()
     }
 
     /// A handle that pauses and resumes this VM's vCPUs from another thread.

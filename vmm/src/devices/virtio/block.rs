@@ -7,12 +7,14 @@
 pub mod request;
 
 use super::{read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use crate::metrics::BlockMetrics;
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use request::{Disk, MAX_DATA_BYTES, MAX_DESCRIPTORS, SECTOR_SIZE};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -158,6 +160,7 @@ impl Block {
             let bytes = chain.clone().map(|d| u64::from(d.len())).sum::<u64>().saturating_sub(17);
             if !limiter.consume_request(bytes) {
                 queue.go_to_previous_position();
+                self.disk.metrics.rate_limiter_throttled.inc();
                 break;
             }
             let head = chain.head_index();
@@ -176,6 +179,11 @@ impl Block {
     pub fn open(path: &Path, read_only: bool, id: &str) -> Result<Self, BlockError> {
         let backend = FileBackend::open(path, read_only)?;
         Ok(Block::new(Box::new(backend), read_only, id))
+    }
+
+    /// The device's counters.
+    pub fn metrics(&self) -> Arc<BlockMetrics> {
+        self.disk.metrics.clone()
     }
 
     /// The disk size in 512-byte sectors.
@@ -369,6 +377,9 @@ mod tests {
         assert_eq!(backend.bytes(5 * 512..6 * 512), vec![0xab; 512]);
         assert_eq!(irq.status(), crate::devices::virtio::INT_USED_RING);
         assert_eq!(irq.eventfd().read().expect("interrupt raised"), 1);
+        let m = blk.metrics().totals();
+        assert_eq!((m["read_count"].as_u64(), m["write_count"].as_u64()), (Some(1), Some(1)));
+        assert_eq!((m["read_bytes"].as_u64(), m["write_bytes"].as_u64()), (Some(512), Some(512)));
         blk.process_queue(7); // a queue that does not exist is ignored
         blk.reset();
         blk.process_queue(0);
@@ -403,6 +414,7 @@ mod tests {
         blk.activate(mem.clone(), vec![ready_queue(&mock)], Interrupt::new().expect("irq")).expect("activate");
         blk.process_queue(0);
         assert_eq!(used_idx(&mem, &mock), 1, "one request per 20 ms");
+        assert_eq!(blk.metrics().rate_limiter_throttled.get(), 1);
         let mut pfd = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
         // SAFETY: polling one valid pollfd.
         assert_eq!(unsafe { libc::poll(pfd.as_mut_ptr(), 1, 2000) }, 1, "the timer fires");

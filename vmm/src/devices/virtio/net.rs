@@ -18,9 +18,11 @@
 pub mod tap;
 
 use super::{read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_NET, VIRTIO_F_VERSION_1};
+use crate::metrics::NetMetrics;
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryError, GuestMemoryMmap};
@@ -216,6 +218,7 @@ pub struct Net {
     /// Activation happened (on a vCPU thread): offloads and polling are set up on the
     /// VMM thread, at the first event after it.
     setup_pending: bool,
+    metrics: Arc<NetMetrics>,
 }
 
 impl std::fmt::Debug for Net {
@@ -271,7 +274,13 @@ impl Net {
             epoll,
             watching_backend: false,
             setup_pending: false,
+            metrics: Arc::default(),
         })
+    }
+
+    /// The device's counters.
+    pub fn metrics(&self) -> Arc<NetMetrics> {
+        self.metrics.clone()
     }
 
     /// Whether a received frame waits for a guest buffer.
@@ -344,15 +353,24 @@ impl Net {
             if let Some(limiter) = &mut self.rx_limiter {
                 if !limiter.consume_request(self.rx_len as u64) {
                     queue.go_to_previous_position();
+                    self.metrics.rx_rate_limiter_throttled.inc();
                     watch = false;
                     break;
                 }
             }
             let head = chain.head_index();
-            let len = write_rx_chain(&active.mem, chain, &self.rx_buf[..self.rx_len]).unwrap_or_else(|e| {
-                tracing::warn!("virtio-net {}: RX chain {head}: {e}; frame dropped", self.id);
-                0
-            });
+            let len = match write_rx_chain(&active.mem, chain, &self.rx_buf[..self.rx_len]) {
+                Ok(len) => {
+                    self.metrics.rx_packets.inc();
+                    self.metrics.rx_bytes.add(u64::from(len));
+                    len
+                }
+                Err(e) => {
+                    tracing::warn!("virtio-net {}: RX chain {head}: {e}; frame dropped", self.id);
+                    self.metrics.dropped.inc();
+                    0
+                }
+            };
             self.rx_len = 0;
             match queue.add_used(&active.mem, head, len) {
                 Ok(()) => used += 1,
@@ -381,14 +399,25 @@ impl Net {
                     if let Some(limiter) = &mut self.tx_limiter {
                         if !limiter.consume_request(len as u64) {
                             queue.go_to_previous_position();
+                            self.metrics.tx_rate_limiter_throttled.inc();
                             break;
                         }
                     }
-                    if let Err(e) = self.backend.write_frame(&self.tx_buf[..len]) {
-                        tracing::debug!("virtio-net {}: tap write of {len} bytes failed: {e}; frame dropped", self.id);
+                    match self.backend.write_frame(&self.tx_buf[..len]) {
+                        Ok(()) => {
+                            self.metrics.tx_packets.inc();
+                            self.metrics.tx_bytes.add(len as u64);
+                        }
+                        Err(e) => {
+                            tracing::debug!("virtio-net {}: tap write of {len} bytes failed: {e}; frame dropped", self.id);
+                            self.metrics.dropped.inc();
+                        }
                     }
                 }
-                Err(e) => tracing::warn!("virtio-net {}: TX chain {head}: {e}; dropped", self.id),
+                Err(e) => {
+                    tracing::warn!("virtio-net {}: TX chain {head}: {e}; dropped", self.id);
+                    self.metrics.dropped.inc();
+                }
             }
             match queue.add_used(&active.mem, head, 0) {
                 Ok(()) => used += 1,

@@ -5,7 +5,9 @@
 //! unbounded work.
 
 use super::{ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_RNG, VIRTIO_F_VERSION_1};
+use crate::metrics::RngMetrics;
 use std::io;
+use std::sync::Arc;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
@@ -21,12 +23,18 @@ const CHUNK: usize = 4096;
 #[derive(Debug, Default)]
 pub struct Rng {
     active: Option<ActiveQueues>,
+    metrics: Arc<RngMetrics>,
 }
 
 impl Rng {
     /// A new, inactive device.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The device's counters.
+    pub fn metrics(&self) -> Arc<RngMetrics> {
+        self.metrics.clone()
     }
 }
 
@@ -112,8 +120,14 @@ impl VirtioDevice for Rng {
     }
 
     fn process_queue(&mut self, index: usize) {
+        let metrics = &self.metrics;
         if let Some(active) = &mut self.active {
-            active.drain(index, |mem, chain| fill_chain(mem, chain));
+            active.drain(index, |mem, chain| {
+                let n = fill_chain(mem, chain);
+                metrics.requests.inc();
+                metrics.bytes.add(u64::from(n));
+                n
+            });
         }
     }
 
@@ -173,6 +187,7 @@ mod tests {
         assert_eq!(used_idx(&mem, &mock), 2);
         assert_eq!(used_entry(&mem, &mock, 0), (0, 32));
         assert_eq!(used_entry(&mem, &mock, 1), (1, 0), "a chain with no writable buffer is returned empty");
+        assert_eq!((rng.metrics().requests.get(), rng.metrics().bytes.get()), (2, 32));
         assert_eq!(irq.eventfd().read().expect("interrupt"), 1);
     }
 }

@@ -11,6 +11,8 @@
 //! answered with VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP.
 
 use super::BlockBackend;
+use crate::metrics::BlockMetrics;
+use std::sync::Arc;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
@@ -212,6 +214,8 @@ pub struct Disk {
     /// Bounce buffer of [`MAX_DATA_BYTES`], allocated once, where the disk is created,
     /// so that serving requests allocates nothing.
     buf: Vec<u8>,
+    /// Requests and bytes served.
+    pub metrics: Arc<BlockMetrics>,
 }
 
 impl std::fmt::Debug for Disk {
@@ -226,7 +230,7 @@ impl Disk {
         let mut id_bytes = [0u8; ID_BYTES];
         let n = id.len().min(ID_BYTES);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
-        Disk { backend, read_only, id: id_bytes, buf: vec![0u8; MAX_DATA_BYTES as usize] }
+        Disk { backend, read_only, id: id_bytes, buf: vec![0u8; MAX_DATA_BYTES as usize], metrics: Arc::default() }
     }
 
     /// The disk size in sectors (a partial last sector is not addressable).
@@ -241,12 +245,14 @@ impl Disk {
             Ok(parts) => parts,
             Err(e) => {
                 tracing::warn!("virtio-blk: dropping a malformed request: {e}");
+                self.metrics.failures.inc();
                 return 0;
             }
         };
         let (status, written) = match self.serve(mem, &parts) {
             Ok(written) => (VIRTIO_BLK_S_OK, written),
             Err(e) => {
+                self.metrics.failures.inc();
                 match &e {
                     RequestError::Backend(_) => tracing::error!("virtio-blk: {e}"),
                     _ => tracing::debug!("virtio-blk: refusing a request: {e}"),
@@ -287,6 +293,8 @@ impl Disk {
                 let buf = &mut self.buf[..in_bytes as usize];
                 self.backend.read_at(offset, buf)?;
                 parts.writable.write(mem, 0, buf)?;
+                self.metrics.read_count.inc();
+                self.metrics.read_bytes.add(in_bytes);
                 Ok(in_bytes)
             }
             VIRTIO_BLK_T_OUT => {
@@ -298,10 +306,13 @@ impl Disk {
                 let buf = &mut self.buf[..out_bytes as usize];
                 parts.readable.read(mem, HEADER_BYTES, buf)?;
                 self.backend.write_at(offset, buf)?;
+                self.metrics.write_count.inc();
+                self.metrics.write_bytes.add(out_bytes);
                 Ok(0)
             }
             VIRTIO_BLK_T_FLUSH => {
                 self.backend.flush()?;
+                self.metrics.flush_count.inc();
                 Ok(0)
             }
             VIRTIO_BLK_T_GET_ID => {
@@ -526,5 +537,20 @@ mod tests {
         assert_eq!(f.run(VIRTIO_BLK_T_FLUSH, 0, &[hdr(), desc(MEM_SIZE + 0x1000, 1, F_WRITE)]), 0, "status outside memory");
         assert_eq!(f.run(VIRTIO_BLK_T_FLUSH, 0, &[desc(u64::MAX, 16, 0), status()]), 1);
         assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "header outside memory");
+    }
+
+    #[test]
+    fn counters_follow_served_requests() {
+        let mut f = Fixture::new(false);
+        f.run(VIRTIO_BLK_T_IN, 2, &[hdr(), desc(BUF, 1024, F_WRITE), status()]);
+        f.run(VIRTIO_BLK_T_OUT, 5, &[hdr(), desc(BUF, 512, 0), status()]);
+        f.run(VIRTIO_BLK_T_FLUSH, 0, &[hdr(), status()]);
+        f.run(VIRTIO_BLK_T_IN, 64, &[hdr(), desc(BUF, 512, F_WRITE), status()]);
+        f.run(VIRTIO_BLK_T_OUT, 0, &[hdr(), desc(BUF, 512, 0)]);
+        let m = f.disk.metrics.totals();
+        assert_eq!((m["read_count"].as_u64(), m["read_bytes"].as_u64()), (Some(1), Some(1024)));
+        assert_eq!((m["write_count"].as_u64(), m["write_bytes"].as_u64()), (Some(1), Some(512)));
+        assert_eq!(m["flush_count"], 1);
+        assert_eq!(m["failures"], 2, "out of range, and no status byte");
     }
 }

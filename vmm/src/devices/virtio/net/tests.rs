@@ -101,6 +101,8 @@ fn tx_gathers_the_chain_and_writes_one_frame() {
     assert_eq!(used_idx(&mem, &r.txq), 1);
     assert_eq!(used_entry(&mem, &r.txq, 0), (0, 0));
     assert_eq!(r.irq.eventfd().read().expect("interrupt"), 1);
+    let m = r.net.metrics().totals();
+    assert_eq!((m["tx_packets"].as_u64(), m["tx_bytes"].as_u64()), (Some(1), Some(74)));
 }
 
 #[test]
@@ -126,6 +128,8 @@ fn malformed_tx_chains_are_returned_and_dropped() {
     for n in 0..5 {
         assert_eq!(used_entry(&mem, &r.txq, n).1, 0);
     }
+    assert_eq!(r.net.metrics().dropped.get(), 5);
+    assert_eq!(r.net.metrics().tx_packets.get(), 0);
 }
 
 #[test]
@@ -144,6 +148,8 @@ fn rx_writes_the_frame_with_its_header_into_one_chain() {
     assert_eq!(got, expected, "num_buffers is 1");
     assert!(!r.net.rx_deferred());
     assert_eq!(r.irq.eventfd().read().expect("interrupt"), 1);
+    let m = r.net.metrics().totals();
+    assert_eq!((m["rx_packets"].as_u64(), m["rx_bytes"].as_u64()), (Some(1), Some(1514)));
 }
 
 #[test]
@@ -188,6 +194,7 @@ fn bad_rx_chains_get_nothing_and_drop_the_frame() {
     }
     assert_eq!(guest(&mem, DATA + 0x1000, 50), vec![0; 50], "nothing partial");
     assert!(!r.net.rx_deferred());
+    assert_eq!((r.net.metrics().dropped.get(), r.net.metrics().rx_packets.get()), (3, 0));
 }
 
 #[test]
@@ -201,6 +208,7 @@ fn tx_rate_limiter_throttles_and_resumes() {
     assert_eq!(used_idx(&mem, &r.txq), 1, "the second chain stays on the queue");
     r.net.process_queue(TX_QUEUE);
     assert_eq!(r.backend.tx.lock().expect("tx").len(), 1, "still throttled");
+    assert_eq!(r.net.metrics().tx_rate_limiter_throttled.get(), 2);
     if let Some(l) = r.net.tx_limiter.as_mut() {
         l.unblock();
         l.replenish(1, crate::rate_limiter::TokenType::Ops);

@@ -17,10 +17,12 @@ pub mod packet;
 mod tests;
 
 use super::{read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1};
+use crate::metrics::VsockMetrics;
 use muxer::{MuxerError, VsockMuxer};
-use packet::{read_packet, rx_payload_room, write_packet, HDR_SIZE};
+use packet::{op, read_packet, rx_payload_room, write_packet, Packet, HDR_SIZE};
 use std::os::fd::RawFd;
 use std::path::Path;
+use std::sync::Arc;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -66,6 +68,16 @@ pub fn remove_socket(path: &Path) {
 struct Inner {
     muxer: VsockMuxer,
     active: Option<ActiveQueues>,
+    metrics: Arc<VsockMetrics>,
+}
+
+/// Counts connections set up and reset by a packet in either direction.
+fn count_connection(metrics: &VsockMetrics, pkt: &Packet) {
+    match pkt.hdr.op {
+        op::RESPONSE => metrics.conns_added.inc(),
+        op::RST => metrics.conns_reset.inc(),
+        _ => {}
+    }
 }
 
 impl Inner {
@@ -73,9 +85,15 @@ impl Inner {
     fn process_tx(&mut self) {
         let Some(active) = &mut self.active else { return };
         let muxer = &mut self.muxer;
+        let metrics = &self.metrics;
         active.drain(TX_QUEUE, |mem, chain| {
             match read_packet(mem, chain) {
-                Ok(pkt) => muxer.send_pkt(pkt),
+                Ok(pkt) => {
+                    metrics.tx_packets.inc();
+                    metrics.tx_bytes.add(pkt.payload.len() as u64);
+                    count_connection(metrics, &pkt);
+                    muxer.send_pkt(pkt);
+                }
                 Err(e) => tracing::debug!("vsock: dropping a malformed TX packet: {e}"),
             }
             0
@@ -104,10 +122,18 @@ impl Inner {
                     queue.go_to_previous_position();
                     break;
                 };
-                write_packet(mem, descs.iter().copied(), &pkt).unwrap_or_else(|e| {
-                    tracing::debug!("vsock: cannot deliver a packet: {e}");
-                    0
-                })
+                match write_packet(mem, descs.iter().copied(), &pkt) {
+                    Ok(len) => {
+                        self.metrics.rx_packets.inc();
+                        self.metrics.rx_bytes.add(pkt.payload.len() as u64);
+                        count_connection(&self.metrics, &pkt);
+                        len
+                    }
+                    Err(e) => {
+                        tracing::debug!("vsock: cannot deliver a packet: {e}");
+                        0
+                    }
+                }
             };
             match queue.add_used(&*mem, head, len) {
                 Ok(()) => used += 1,
@@ -134,7 +160,12 @@ impl Vsock {
             return Err(VsockError::BadCid(guest_cid));
         }
         let muxer = VsockMuxer::new(guest_cid, uds_path)?;
-        Ok(Vsock { guest_cid, inner: Inner { muxer, active: None } })
+        Ok(Vsock { guest_cid, inner: Inner { muxer, active: None, metrics: Arc::default() } })
+    }
+
+    /// The device's counters.
+    pub fn metrics(&self) -> Arc<VsockMetrics> {
+        self.inner.metrics.clone()
     }
 
     /// The guest's CID.

@@ -291,6 +291,9 @@ fn device_moves_packets_between_queues_and_sockets() {
     let rst = rx_hdr(&mem, DATA + 0x2000);
     assert_eq!((rst.op, rst.src_port, rst.dst_port), (op::RST, 81, 11));
     assert!(irq.eventfd().read().expect("interrupt") >= 1);
+    let m = dev.metrics().totals();
+    assert_eq!((m["tx_packets"].as_u64(), m["rx_packets"].as_u64()), (Some(2), Some(2)), "the short header is not a packet");
+    assert_eq!((m["conns_added"].as_u64(), m["conns_reset"].as_u64()), (Some(1), Some(1)));
     dev.process_queue(EVENT_QUEUE);
     dev.process_queue(7);
     dev.process_host_event();
