@@ -4,8 +4,14 @@
 //! the boot-timer device), optionally runs a system-call self-check or a shell, then
 //! reboots, which ends the VM under zvm (exit code 0).
 //!
-//! Kernel command line switches: `zvm.mode=marker|syscalls|shell|script`; `script` runs
-//! `/bin/sh /zvm-test.sh` (a busybox initramfs) and powers off when it ends.
+//! Kernel command line switches: `zvm.mode=marker|syscalls|shell|script|wait`; `script`
+//! runs `/bin/sh /zvm-test.sh` (a busybox initramfs) and powers off when it ends; `wait`
+//! sleeps until Ctrl-Alt-Del.
+//!
+//! Ctrl-Alt-Del (the VMM's `SendCtrlAltDel`, through the i8042 keyboard): init turns the
+//! kernel's own Ctrl-Alt-Del reboot off (`reboot(LINUX_REBOOT_CMD_CAD_OFF)`), so the
+//! kernel sends it SIGINT instead; init then prints a marker, syncs and reboots, which
+//! ends the VM under zvm (exit code 0).
 
 mod syscalls;
 
@@ -55,6 +61,43 @@ fn signal_boot_timer() -> Result<(), String> {
     Ok(())
 }
 
+/// The SIGINT handler: Ctrl-Alt-Del was pressed. Only async-signal-safe calls.
+extern "C" fn on_ctrl_alt_del(_: libc::c_int) {
+    const MSG: &[u8] = b"zvm-guest: ctrl-alt-del, shutting down\n";
+    // SAFETY: write, sync and reboot are async-signal-safe system calls on our own data.
+    unsafe {
+        libc::write(libc::STDOUT_FILENO, MSG.as_ptr().cast(), MSG.len());
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+}
+
+/// Makes Ctrl-Alt-Del reach init as SIGINT, and shut the VM down cleanly then.
+fn take_over_ctrl_alt_del() {
+    // SAFETY: installing a handler that only makes async-signal-safe calls; reboot with
+    // RB_DISABLE_CAD only changes what the kernel does on Ctrl-Alt-Del.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_ctrl_alt_del as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut()) != 0 {
+            say(&format!("cannot handle SIGINT: {}", std::io::Error::last_os_error()));
+        }
+        if libc::reboot(libc::RB_DISABLE_CAD) != 0 {
+            say(&format!("cannot take over ctrl-alt-del: {}", std::io::Error::last_os_error()));
+        }
+    }
+}
+
+/// Sleeps (one system call at a time) until a signal handler ends the VM.
+fn wait_for_ctrl_alt_del() -> ! {
+    say("waiting for ctrl-alt-del");
+    loop {
+        // SAFETY: pause has no preconditions.
+        unsafe { libc::pause() };
+    }
+}
+
 fn cmdline_mode() -> String {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     cmdline
@@ -92,6 +135,7 @@ fn run_script() -> Result<i32, String> {
 }
 
 fn main() {
+    take_over_ctrl_alt_del();
     mount("proc", "/proc", "proc");
     mount("sysfs", "/sys", "sysfs");
     mount("devtmpfs", "/dev", "devtmpfs");
@@ -120,6 +164,7 @@ fn main() {
             Ok(code) => say(&format!("script exited with {code}")),
             Err(e) => say(&format!("script could not run: {e}")),
         },
+        "wait" => wait_for_ctrl_alt_del(),
         _ => {}
     }
     say("powering off");
