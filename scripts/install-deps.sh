@@ -3,7 +3,7 @@
 # Everything comes from Debian's archive; nothing else is downloaded.
 set -euo pipefail
 pkgs=(linux-source bc bison flex libelf-dev libssl-dev xz-utils cpio busybox-static curl
-      e2fsprogs redis-server zstd qemu-system-x86 build-essential iproute2)
+      e2fsprogs redis-server zstd runc qemu-system-x86 build-essential iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

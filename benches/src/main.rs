@@ -12,6 +12,7 @@ mod error;
 mod measure;
 mod net;
 mod node;
+mod oci;
 mod netns;
 mod overhead;
 mod smaps;
@@ -46,6 +47,9 @@ enum Cmd {
     /// Node image boot (zvm node image) to the node daemon being ready, first and later
     /// boot, beside the plain guest-init boot.
     Node(NodeArgs),
+    /// OCI runtime lifecycle (create + start + wait + delete of /bin/true) under zvm-runc
+    /// and runc, same run.
+    Oci(OciArgs),
     /// Run `boot`, `overhead`, `block` and `net`.
     All(AllArgs),
 }
@@ -187,6 +191,40 @@ struct AllArgs {
     common: Common,
 }
 
+#[derive(Debug, Args)]
+struct OciArgs {
+    /// Runs per runtime (with the VM backend each zvm-runc run boots a VM).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// The zvm-runc binary (default: beside this program, else target/release/zvm-runc).
+    #[arg(long)]
+    zvm_runc: Option<PathBuf>,
+    /// The runc binary.
+    #[arg(long, default_value = "runc")]
+    runc: PathBuf,
+    /// zvm-runc backend: vm, or host-process (the test double: no VM, to check the harness).
+    #[arg(long, default_value = "vm")]
+    backend: String,
+    /// busybox-static for the rootfs.
+    #[arg(long, default_value = "/bin/busybox")]
+    busybox: PathBuf,
+    /// Time limit of one command or wait, seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Finds zvm-runc: the one given, else beside this program, else target/release/zvm-runc.
+fn find_zvm_runc(given: Option<&Path>) -> PathBuf {
+    if let Some(path) = given {
+        return path.to_path_buf();
+    }
+    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("zvm-runc")));
+    beside.filter(|p| p.is_file()).unwrap_or_else(|| boot::repo_root().join("target/release/zvm-runc"))
+}
+
 /// Finds the zvm binary: the one given, else `zvm` beside this program (same target
 /// directory), else the workspace's target/release/zvm.
 fn find_zvm(given: Option<&Path>) -> Result<PathBuf> {
@@ -271,6 +309,19 @@ fn execute(cli: Cli) -> Result<usize> {
             let report =
                 net::run(&launcher(&a.common)?, &device_config(a.runs, a.timeout, &a.guest), a.size_mib, dir.path())?;
             write_json(a.common.json.as_deref(), &serde_json::json!({"net": report.to_json()}))?;
+            Ok(report.failures)
+        }
+        Cmd::Oci(a) => {
+            let cfg = oci::OciConfig {
+                runs: a.runs,
+                zvm_runc: find_zvm_runc(a.zvm_runc.as_deref()),
+                runc: a.runc.clone(),
+                backend: a.backend.clone(),
+                timeout: Duration::from_secs(a.timeout),
+                busybox: a.busybox.clone(),
+            };
+            let report = oci::run(&cfg, dir.path())?;
+            write_json(a.json.as_deref(), &serde_json::json!({"oci": report.to_json()}))?;
             Ok(report.failures)
         }
         Cmd::Node(a) => {
