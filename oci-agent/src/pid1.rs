@@ -101,13 +101,16 @@ pub fn boot() {
     unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
 }
 
-/// Syncs and powers the VM off. Never returns.
+/// Syncs and ends the VM. Never returns.
+///
+/// Reboot rather than power-off: without ACPI, a guest power-off only halts the CPUs, which
+/// leaves the VMM running; zvm ends the VM on a reboot (`reboot=k`, through the i8042).
 pub fn power_off() -> ! {
     // SAFETY: sync and reboot have no memory-safety preconditions; we are PID 1.
     unsafe {
         libc::sync();
-        libc::reboot(libc::RB_POWER_OFF);
         libc::reboot(libc::RB_AUTOBOOT);
+        libc::reboot(libc::RB_POWER_OFF);
     }
     loop {
         // SAFETY: pause(2) just waits.

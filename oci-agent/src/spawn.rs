@@ -105,19 +105,6 @@ fn make_io(p: &ProcessPlan) -> Result<(ChildIo, ChildEnds, Option<PathBuf>), Spa
     ))
 }
 
-impl ChildIo {
-    fn raw_fds(&self) -> Vec<RawFd> {
-        match self {
-            ChildIo::Pipes {
-                stdin,
-                stdout,
-                stderr,
-            } => vec![stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
-            ChildIo::Pty { master } => vec![master.as_raw_fd()],
-        }
-    }
-}
-
 /// A process just created, with the agent's ends of its pipes.
 #[derive(Debug)]
 pub struct Spawned {
@@ -261,16 +248,12 @@ pub fn spawn_init(
     let pid =
         clone_fork(plan.namespaces.clone_flags).map_err(io_err("clone the container process"))?;
     if pid == 0 {
-        let mut close = io.raw_fds();
-        close.extend([report_r.as_raw_fd(), start_w.as_raw_fd()]);
+        // The parent's ends are close-on-exec; closing them here would only cost system calls.
         let (report, start) = (report_w.as_raw_fd(), start_r.as_raw_fd());
         run_child(report, &plan.process.args, &plan.process.env, || {
-            for fd in close {
-                // SAFETY: closing the parent's ends in this copy of the process.
-                unsafe { libc::close(fd) };
-            }
             child_stdio(&ends).map_err(|e| format!("set up stdio: {e}"))?;
-            drop(ends);
+            // The originals are close-on-exec: no need to spend system calls closing them.
+            std::mem::forget(ends);
             let exe = setup_container(&mut LinuxSys, plan, &ctx).map_err(|e| e.to_string())?;
             fdio::write_all(report, b"R").map_err(|e| e.to_string())?;
             let mut b = [0u8; 1];
@@ -374,16 +357,11 @@ pub fn spawn_exec(
     }
     let pid = forked.map_err(io_err("fork the exec process"))?;
     if pid == 0 {
-        let mut close = io.raw_fds();
-        close.push(report_r.as_raw_fd());
         let report = report_w.as_raw_fd();
         run_child(report, &process.args, &process.env, || {
-            for fd in close {
-                // SAFETY: closing the parent's ends in this copy of the process.
-                unsafe { libc::close(fd) };
-            }
             child_stdio(&ends).map_err(|e| format!("set up stdio: {e}"))?;
-            drop(ends);
+            // The originals are close-on-exec: no need to spend system calls closing them.
+            std::mem::forget(ends);
             let sys = &mut LinuxSys;
             if let Some(procs) = &cgroup_procs {
                 sys.write_file(procs, b"0")

@@ -160,7 +160,23 @@ impl Sys for LinuxSys {
     }
 
     fn mkdir_all(&mut self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(path)
+        // One mkdir when the directory (or something else: the mount then reports it) exists,
+        // instead of std's mkdir + stat: system calls are expensive in the VM.
+        match std::fs::create_dir(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match path.parent() {
+                Some(parent) if parent != path => {
+                    self.mkdir_all(parent)?;
+                    match std::fs::create_dir(path) {
+                        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+                        _ => Ok(()),
+                    }
+                }
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     fn create_file(&mut self, path: &Path) -> io::Result<()> {

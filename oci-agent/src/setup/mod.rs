@@ -159,14 +159,26 @@ fn do_mount<S: Sys>(sys: &mut S, root: &Path, m: &MountPlan) -> Result<(), Setup
     Ok(())
 }
 
-fn make_device<S: Sys>(sys: &mut S, root: &Path, d: &DevicePlan) -> Result<(), SetupError> {
-    let target = step(sys.resolve(root, &d.path), || {
-        format!("resolve {}", d.path.display())
-    })?;
+fn make_device<S: Sys>(
+    sys: &mut S,
+    root: &Path,
+    d: &DevicePlan,
+    fresh_dev: bool,
+) -> Result<(), SetupError> {
     let what = || format!("create device {}", d.path.display());
-    if let Some(parent) = target.parent() {
-        step(sys.mkdir_all(parent), what)?;
-    }
+    // Directly under a /dev the setup just mounted: no symlinks to resolve, no directory to make.
+    let direct = fresh_dev && d.path.parent() == Some(Path::new("/dev"));
+    let target = if direct {
+        root.join(d.path.strip_prefix("/").unwrap_or(&d.path))
+    } else {
+        let target = step(sys.resolve(root, &d.path), || {
+            format!("resolve {}", d.path.display())
+        })?;
+        if let Some(parent) = target.parent() {
+            step(sys.mkdir_all(parent), what)?;
+        }
+        target
+    };
     let dev = libc::makedev(d.major as u32, d.minor as u32);
     match sys.mknod(&target, d.kind | d.mode, dev) {
         Ok(()) => {}
@@ -221,7 +233,7 @@ pub fn prepare_rootfs<S: Sys>(
         do_mount(sys, root, m)?;
     }
     for d in &plan.devices {
-        make_device(sys, root, d)?;
+        make_device(sys, root, d, plan.dev_symlinks)?;
     }
     if plan.dev_symlinks {
         let links = [
