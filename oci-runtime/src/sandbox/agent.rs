@@ -2,7 +2,10 @@
 //! the handshake, and one reader thread that hands responses to the requests waiting for
 //! them and events to the stream they belong to.
 
-use agent_protocol::{handshake, read_frame, write_frame, AgentMessage, Event, ProtocolError, Request, RequestBody, ResponseBody, INIT_STREAM};
+use agent_protocol::{
+    handshake, read_frame, write_frame, AgentMessage, Event, ProtocolError, Request, RequestBody,
+    ResponseBody, INIT_STREAM,
+};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -77,7 +80,11 @@ pub(crate) fn request_name(body: &RequestBody) -> &'static str {
 
 /// Opens one host-initiated vsock connection to `port` through the VM's Unix socket
 /// (`CONNECT <port>\n`, answered `OK <host port>\n`). Fails when nobody listens yet.
-pub(crate) fn vsock_connect(uds: &Path, port: u32, timeout: Duration) -> std::io::Result<UnixStream> {
+pub(crate) fn vsock_connect(
+    uds: &Path,
+    port: u32,
+    timeout: Duration,
+) -> std::io::Result<UnixStream> {
     let mut stream = super::unix::connect(uds)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
@@ -85,7 +92,10 @@ pub(crate) fn vsock_connect(uds: &Path, port: u32, timeout: Duration) -> std::io
     let mut byte = [0u8; 1];
     while line.len() < 64 {
         if stream.read(&mut byte)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection reset (nobody listens on the port yet)"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection reset (nobody listens on the port yet)",
+            ));
         }
         if byte[0] == b'\n' {
             break;
@@ -94,7 +104,10 @@ pub(crate) fn vsock_connect(uds: &Path, port: u32, timeout: Duration) -> std::io
     }
     let line = String::from_utf8_lossy(&line);
     if !line.starts_with("OK ") {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unexpected vsock answer {line:?}")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("unexpected vsock answer {line:?}"),
+        ));
     }
     stream.set_read_timeout(None)?;
     Ok(stream)
@@ -102,9 +115,20 @@ pub(crate) fn vsock_connect(uds: &Path, port: u32, timeout: Duration) -> std::io
 
 /// Retries [`vsock_connect`] until it succeeds, `deadline` passes or `gone()` says the VM
 /// ended (with why); then does the protocol handshake.
-pub(crate) fn wait_for_agent(uds: &Path, port: u32, deadline: Instant, console_log: &Path, gone: &dyn Fn() -> Option<String>) -> Result<UnixStream, AgentError> {
+pub(crate) fn wait_for_agent(
+    uds: &Path,
+    port: u32,
+    deadline: Instant,
+    console_log: &Path,
+    gone: &dyn Fn() -> Option<String>,
+) -> Result<UnixStream, AgentError> {
     let start = Instant::now();
-    let unreachable = |reason: String| AgentError::Unreachable { port, waited: start.elapsed(), reason, console_tail: console_tail(console_log, 20) };
+    let unreachable = |reason: String| AgentError::Unreachable {
+        port,
+        waited: start.elapsed(),
+        reason,
+        console_tail: console_tail(console_log, 20),
+    };
     let mut last = String::from("never tried");
     loop {
         if let Some(why) = gone() {
@@ -115,10 +139,18 @@ pub(crate) fn wait_for_agent(uds: &Path, port: u32, deadline: Instant, console_l
         }
         match vsock_connect(uds, port, Duration::from_secs(10)) {
             Ok(mut stream) => {
-                stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| AgentError::Lost(e.to_string()))?;
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(120)))
+                    .map_err(|e| AgentError::Lost(e.to_string()))?;
                 let hello = handshake(&mut stream, "zvm-sandbox")?;
-                tracing::debug!("agent connected: {} (protocol {})", hello.name, hello.version);
-                stream.set_read_timeout(None).map_err(|e| AgentError::Lost(e.to_string()))?;
+                tracing::debug!(
+                    "agent connected: {} (protocol {})",
+                    hello.name,
+                    hello.version
+                );
+                stream
+                    .set_read_timeout(None)
+                    .map_err(|e| AgentError::Lost(e.to_string()))?;
                 return Ok(stream);
             }
             Err(e) => last = e.to_string(),
@@ -166,7 +198,10 @@ pub(crate) struct AgentConn {
 impl AgentConn {
     /// Takes over a connection that has done its handshake: starts the reader thread, which
     /// hands init-stream events and the end of the connection to `init`.
-    pub(crate) fn start(stream: UnixStream, init: impl Fn(Notice) + Send + 'static) -> std::io::Result<Arc<AgentConn>> {
+    pub(crate) fn start(
+        stream: UnixStream,
+        init: impl Fn(Notice) + Send + 'static,
+    ) -> std::io::Result<Arc<AgentConn>> {
         let reader = stream.try_clone()?;
         let conn = Arc::new(AgentConn {
             writer: Mutex::new(stream),
@@ -175,49 +210,80 @@ impl AgentConn {
             streams: Arc::new(Mutex::new(HashMap::new())),
             lost: Arc::new(Mutex::new(None)),
         });
-        let (pending, streams, lost) = (conn.pending.clone(), conn.streams.clone(), conn.lost.clone());
-        std::thread::Builder::new().name("zvm_agent_rx".into()).spawn(move || {
-            let why = read_loop(reader, &pending, &streams, &init);
-            tracing::debug!("agent connection ended: {why}");
-            *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
-            pending.lock().unwrap_or_else(|p| p.into_inner()).take();
-            streams.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            init(Notice::Lost(why));
-        })?;
+        let (pending, streams, lost) = (
+            conn.pending.clone(),
+            conn.streams.clone(),
+            conn.lost.clone(),
+        );
+        std::thread::Builder::new()
+            .name("zvm_agent_rx".into())
+            .spawn(move || {
+                let why = read_loop(reader, &pending, &streams, &init);
+                tracing::debug!("agent connection ended: {why}");
+                *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+                pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+                streams.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                init(Notice::Lost(why));
+            })?;
         Ok(conn)
     }
 
     /// Sends `body` and waits up to `timeout` for its response.
-    pub(crate) fn request(&self, body: RequestBody, timeout: Duration) -> Result<ResponseBody, AgentError> {
+    pub(crate) fn request(
+        &self,
+        body: RequestBody,
+        timeout: Duration,
+    ) -> Result<ResponseBody, AgentError> {
         let name = request_name(&body);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
-        match self.pending.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        match self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             Some(pending) => pending.insert(id, tx),
             None => return Err(AgentError::Lost(self.lost_reason())),
         };
-        let sent = write_frame(&mut *self.writer.lock().unwrap_or_else(|p| p.into_inner()), &Request { id, body });
+        let sent = write_frame(
+            &mut *self.writer.lock().unwrap_or_else(|p| p.into_inner()),
+            &Request { id, body },
+        );
         if let Err(e) = sent {
             self.forget(id);
             return Err(e.into());
         }
         match rx.recv_timeout(timeout) {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(message)) => Err(AgentError::Refused { request: name, message }),
+            Ok(Err(message)) => Err(AgentError::Refused {
+                request: name,
+                message,
+            }),
             Err(RecvTimeoutError::Timeout) => {
                 self.forget(id);
-                Err(AgentError::Timeout { request: name, after: timeout })
+                Err(AgentError::Timeout {
+                    request: name,
+                    after: timeout,
+                })
             }
             Err(RecvTimeoutError::Disconnected) => Err(AgentError::Lost(self.lost_reason())),
         }
     }
 
     /// Like [`Self::request`], for requests answered `Done`.
-    pub(crate) fn request_done(&self, body: RequestBody, timeout: Duration) -> Result<(), AgentError> {
+    pub(crate) fn request_done(
+        &self,
+        body: RequestBody,
+        timeout: Duration,
+    ) -> Result<(), AgentError> {
         let name = request_name(&body);
         match self.request(body, timeout)? {
             ResponseBody::Done => Ok(()),
-            answer => Err(AgentError::Unexpected { request: name, answer }),
+            answer => Err(AgentError::Unexpected {
+                request: name,
+                answer,
+            }),
         }
     }
 
@@ -225,29 +291,54 @@ impl AgentConn {
     /// or the end of the connection, which disconnects it).
     pub(crate) fn subscribe(&self, stream: &str) -> Receiver<Event> {
         let (tx, rx) = mpsc::channel();
-        if self.lost.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
-            self.streams.lock().unwrap_or_else(|p| p.into_inner()).insert(stream.to_string(), tx);
+        if self
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            self.streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(stream.to_string(), tx);
         }
         rx
     }
 
     /// Stops routing the events of `stream`.
     pub(crate) fn unsubscribe(&self, stream: &str) {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(stream);
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(stream);
     }
 
     fn forget(&self, id: u64) {
-        if let Some(pending) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(pending) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             pending.remove(&id);
         }
     }
 
     fn lost_reason(&self) -> String {
-        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "closed".into())
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "closed".into())
     }
 }
 
-fn read_loop(mut reader: UnixStream, pending: &Mutex<Option<Pending>>, streams: &Mutex<HashMap<String, Sender<Event>>>, init: &dyn Fn(Notice)) -> String {
+fn read_loop(
+    mut reader: UnixStream,
+    pending: &Mutex<Option<Pending>>,
+    streams: &Mutex<HashMap<String, Sender<Event>>>,
+    init: &dyn Fn(Notice),
+) -> String {
     loop {
         let msg: AgentMessage = match read_frame(&mut reader) {
             Ok(m) => m,
@@ -256,7 +347,11 @@ fn read_loop(mut reader: UnixStream, pending: &Mutex<Option<Pending>>, streams: 
         };
         match msg {
             AgentMessage::Response { id, result } => {
-                let waiter = pending.lock().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|p| p.remove(&id));
+                let waiter = pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                    .and_then(|p| p.remove(&id));
                 match waiter {
                     Some(tx) => {
                         let _ = tx.send(result);
@@ -323,20 +418,43 @@ pub(crate) mod tests {
         let exec = conn.subscribe("exec-1");
         let c = conn.clone();
         let t = std::thread::spawn(move || c.request(RequestBody::Ps, Duration::from_secs(5)));
-        assert_eq!(reply(&mut agent, Ok(ResponseBody::Pids { pids: vec![1, 7] })), RequestBody::Ps);
-        assert_eq!(t.join().unwrap().unwrap(), ResponseBody::Pids { pids: vec![1, 7] });
+        assert_eq!(
+            reply(&mut agent, Ok(ResponseBody::Pids { pids: vec![1, 7] })),
+            RequestBody::Ps
+        );
+        assert_eq!(
+            t.join().unwrap().unwrap(),
+            ResponseBody::Pids { pids: vec![1, 7] }
+        );
 
-        let out = |stream: &str| AgentMessage::Event(Event::Output { stream: stream.into(), fd: 1, data: Bytes::from("hi") });
+        let out = |stream: &str| {
+            AgentMessage::Event(Event::Output {
+                stream: stream.into(),
+                fd: 1,
+                data: Bytes::from("hi"),
+            })
+        };
         write_frame(&mut agent, &out("init")).unwrap();
         write_frame(&mut agent, &out("exec-1")).unwrap();
         write_frame(&mut agent, &out("nobody")).unwrap();
-        write_frame(&mut agent, &AgentMessage::Event(Event::Exited { stream: "exec-1".into(), status: ExitStatus::exited(3) })).unwrap();
-        assert!(matches!(init.recv().unwrap(), Notice::Init(Event::Output { .. })));
+        write_frame(
+            &mut agent,
+            &AgentMessage::Event(Event::Exited {
+                stream: "exec-1".into(),
+                status: ExitStatus::exited(3),
+            }),
+        )
+        .unwrap();
+        assert!(matches!(
+            init.recv().unwrap(),
+            Notice::Init(Event::Output { .. })
+        ));
         assert!(matches!(exec.recv().unwrap(), Event::Output { .. }));
         assert!(matches!(exec.recv().unwrap(), Event::Exited { .. }));
 
         let c = conn.clone();
-        let t = std::thread::spawn(move || c.request_done(RequestBody::Start, Duration::from_secs(5)));
+        let t =
+            std::thread::spawn(move || c.request_done(RequestBody::Start, Duration::from_secs(5)));
         reply(&mut agent, Err("no such process".into()));
         let err = t.join().unwrap().unwrap_err().to_string();
         assert_eq!(err, "the guest agent refused Start: no such process");
@@ -351,15 +469,26 @@ pub(crate) mod tests {
         drop(agent);
         assert!(matches!(t.join().unwrap(), Err(AgentError::Lost(_))));
         assert!(matches!(init.recv().unwrap(), Notice::Lost(_)));
-        assert!(matches!(conn.request(RequestBody::State, Duration::from_secs(1)), Err(AgentError::Lost(_))));
-        assert!(conn.subscribe("exec-2").recv().is_err(), "disconnected at once");
+        assert!(matches!(
+            conn.request(RequestBody::State, Duration::from_secs(1)),
+            Err(AgentError::Lost(_))
+        ));
+        assert!(
+            conn.subscribe("exec-2").recv().is_err(),
+            "disconnected at once"
+        );
     }
 
     #[test]
     fn a_silent_agent_times_out() {
         let (_agent, conn, _init) = pair();
-        let err = conn.request(RequestBody::State, Duration::from_millis(100)).unwrap_err();
-        assert_eq!(err.to_string(), "the guest agent did not answer State within 100ms");
+        let err = conn
+            .request(RequestBody::State, Duration::from_millis(100))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the guest agent did not answer State within 100ms"
+        );
     }
 
     #[test]
@@ -369,9 +498,29 @@ pub(crate) mod tests {
         let console = dir.path().join("console.log");
         std::fs::write(&console, "line1\nline2\nboot stuck\n").unwrap();
         // Nothing listening: a clear error with the console tail.
-        let err = wait_for_agent(&uds, 1024, Instant::now() + Duration::from_millis(700), &console, &|| None).unwrap_err().to_string();
-        assert!(err.contains("did not answer on vsock port 1024") && err.ends_with("line1\nline2\nboot stuck"), "{err}");
-        let err = wait_for_agent(&uds, 1024, Instant::now() + Duration::from_secs(60), &console, &|| Some("guest panicked".into())).unwrap_err().to_string();
+        let err = wait_for_agent(
+            &uds,
+            1024,
+            Instant::now() + Duration::from_millis(700),
+            &console,
+            &|| None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("did not answer on vsock port 1024")
+                && err.ends_with("line1\nline2\nboot stuck"),
+            "{err}"
+        );
+        let err = wait_for_agent(
+            &uds,
+            1024,
+            Instant::now() + Duration::from_secs(60),
+            &console,
+            &|| Some("guest panicked".into()),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("the VM ended: guest panicked"), "{err}");
 
         // A fake VMM socket: resets the first client (agent not listening yet), accepts the second.
@@ -389,7 +538,14 @@ pub(crate) mod tests {
             let hello: Hello = read_frame(&mut second).unwrap();
             hello.name
         });
-        let stream = wait_for_agent(&uds, 1024, Instant::now() + Duration::from_secs(30), &console, &|| None).unwrap();
+        let stream = wait_for_agent(
+            &uds,
+            1024,
+            Instant::now() + Duration::from_secs(30),
+            &console,
+            &|| None,
+        )
+        .unwrap();
         assert_eq!(t.join().unwrap(), "zvm-sandbox");
         drop(stream);
     }

@@ -42,8 +42,12 @@ impl GuestArtifacts {
     /// `$ZVM_CACHE_DIR`, `$XDG_CACHE_HOME/zvm` or `~/.cache/zvm`; the agent that
     /// guest/build.sh built in this source tree).
     pub fn locate() -> Result<Self, SandboxError> {
-        let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf));
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf);
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf));
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_path_buf);
         let triple = "x86_64-unknown-linux-gnu/release";
         let search = Search {
             kernel_env: std::env::var_os(KERNEL_ENV),
@@ -51,7 +55,12 @@ impl GuestArtifacts {
             exe_dir,
             kernel_cache: cache_root().map(|c| c.join("kernel")),
             agent_builds: repo
-                .map(|r| vec![r.join("guest/target").join(triple), r.join("target").join(triple)])
+                .map(|r| {
+                    vec![
+                        r.join("guest/target").join(triple),
+                        r.join("target").join(triple),
+                    ]
+                })
                 .unwrap_or_default(),
         };
         search.locate()
@@ -59,8 +68,20 @@ impl GuestArtifacts {
 
     /// Checks that both files exist and are non-empty regular files.
     pub fn check(&self) -> Result<(), SandboxError> {
-        check_file(&self.kernel).map_err(|detail| missing("kernel", KERNEL_ENV, format!("{}: {detail}", self.kernel.display())))?;
-        check_file(&self.agent).map_err(|detail| missing("agent", AGENT_ENV, format!("{}: {detail}", self.agent.display())))?;
+        check_file(&self.kernel).map_err(|detail| {
+            missing(
+                "kernel",
+                KERNEL_ENV,
+                format!("{}: {detail}", self.kernel.display()),
+            )
+        })?;
+        check_file(&self.agent).map_err(|detail| {
+            missing(
+                "agent",
+                AGENT_ENV,
+                format!("{}: {detail}", self.agent.display()),
+            )
+        })?;
         Ok(())
     }
 }
@@ -100,7 +121,13 @@ impl Search {
     fn kernel(&self) -> Result<PathBuf, SandboxError> {
         if let Some(path) = &self.kernel_env {
             let path = PathBuf::from(path);
-            check_file(&path).map_err(|e| missing("kernel", KERNEL_ENV, format!("{KERNEL_ENV}={}: {e}", path.display())))?;
+            check_file(&path).map_err(|e| {
+                missing(
+                    "kernel",
+                    KERNEL_ENV,
+                    format!("{KERNEL_ENV}={}: {e}", path.display()),
+                )
+            })?;
             return Ok(path);
         }
         let mut looked = Vec::new();
@@ -117,13 +144,26 @@ impl Search {
             }
             looked.push(format!("{}/*/{KERNEL_FILE}", cache.display()));
         }
-        Err(missing("kernel", KERNEL_ENV, format!("looked in {} (`zvm kernel path` builds one)", looked.join(", "))))
+        Err(missing(
+            "kernel",
+            KERNEL_ENV,
+            format!(
+                "looked in {} (`zvm kernel path` builds one)",
+                looked.join(", ")
+            ),
+        ))
     }
 
     fn agent(&self) -> Result<PathBuf, SandboxError> {
         if let Some(path) = &self.agent_env {
             let path = PathBuf::from(path);
-            check_file(&path).map_err(|e| missing("agent", AGENT_ENV, format!("{AGENT_ENV}={}: {e}", path.display())))?;
+            check_file(&path).map_err(|e| {
+                missing(
+                    "agent",
+                    AGENT_ENV,
+                    format!("{AGENT_ENV}={}: {e}", path.display()),
+                )
+            })?;
             return Ok(path);
         }
         let mut looked = Vec::new();
@@ -134,7 +174,14 @@ impl Search {
             }
             looked.push(path.display().to_string());
         }
-        Err(missing("agent", AGENT_ENV, format!("looked for {} (guest/build.sh builds it)", looked.join(", "))))
+        Err(missing(
+            "agent",
+            AGENT_ENV,
+            format!(
+                "looked for {} (guest/build.sh builds it)",
+                looked.join(", ")
+            ),
+        ))
     }
 }
 
@@ -169,14 +216,39 @@ mod tests {
         file(&k);
         file(&a);
         file(&dir.path().join("exe/vmlinux"));
-        let search = Search { kernel_env: Some(k.clone().into()), agent_env: Some(a.clone().into()), exe_dir: Some(dir.path().join("exe")), ..Default::default() };
-        assert_eq!(search.locate().unwrap(), GuestArtifacts { kernel: k, agent: a });
+        let search = Search {
+            kernel_env: Some(k.clone().into()),
+            agent_env: Some(a.clone().into()),
+            exe_dir: Some(dir.path().join("exe")),
+            ..Default::default()
+        };
+        assert_eq!(
+            search.locate().unwrap(),
+            GuestArtifacts {
+                kernel: k,
+                agent: a
+            }
+        );
 
-        let search = Search { kernel_env: Some("/nonexistent/vmlinux".into()), ..Default::default() };
+        let search = Search {
+            kernel_env: Some("/nonexistent/vmlinux".into()),
+            ..Default::default()
+        };
         let err = search.locate().unwrap_err().to_string();
-        assert!(err.contains("ZVM_KERNEL=/nonexistent/vmlinux") && err.ends_with("set ZVM_KERNEL to its path"), "{err}");
-        let search = Search { kernel_env: Some(dir.path().into()), ..Default::default() };
-        assert!(search.locate().unwrap_err().to_string().contains("not a regular file"));
+        assert!(
+            err.contains("ZVM_KERNEL=/nonexistent/vmlinux")
+                && err.ends_with("set ZVM_KERNEL to its path"),
+            "{err}"
+        );
+        let search = Search {
+            kernel_env: Some(dir.path().into()),
+            ..Default::default()
+        };
+        assert!(search
+            .locate()
+            .unwrap_err()
+            .to_string()
+            .contains("not a regular file"));
     }
 
     #[test]
@@ -185,24 +257,47 @@ mod tests {
         let exe = dir.path().join("bin");
         let cache = dir.path().join("cache/kernel");
         let build = dir.path().join("guest/target");
-        let mut search = Search { exe_dir: Some(exe.clone()), kernel_cache: Some(cache.clone()), agent_builds: vec![build.clone()], ..Default::default() };
+        let mut search = Search {
+            exe_dir: Some(exe.clone()),
+            kernel_cache: Some(cache.clone()),
+            agent_builds: vec![build.clone()],
+            ..Default::default()
+        };
 
         let err = search.locate().unwrap_err().to_string();
-        assert!(err.starts_with("no guest kernel found") && err.contains("set ZVM_KERNEL"), "{err}");
+        assert!(
+            err.starts_with("no guest kernel found") && err.contains("set ZVM_KERNEL"),
+            "{err}"
+        );
         file(&cache.join("old/vmlinux"));
         std::thread::sleep(std::time::Duration::from_millis(20));
         file(&cache.join("new/vmlinux"));
         std::fs::create_dir_all(cache.join("build.partial")).unwrap();
         let err = search.locate().unwrap_err().to_string();
-        assert!(err.starts_with("no guest agent found") && err.contains("set ZVM_OCI_AGENT"), "{err}");
+        assert!(
+            err.starts_with("no guest agent found") && err.contains("set ZVM_OCI_AGENT"),
+            "{err}"
+        );
         file(&build.join(AGENT_BINARY));
         let found = search.locate().unwrap();
-        assert_eq!(found, GuestArtifacts { kernel: cache.join("new/vmlinux"), agent: build.join(AGENT_BINARY) });
+        assert_eq!(
+            found,
+            GuestArtifacts {
+                kernel: cache.join("new/vmlinux"),
+                agent: build.join(AGENT_BINARY)
+            }
+        );
 
         file(&exe.join(KERNEL_FILE));
         file(&exe.join(AGENT_BINARY));
         search.agent_env = None;
-        assert_eq!(search.locate().unwrap(), GuestArtifacts { kernel: exe.join(KERNEL_FILE), agent: exe.join(AGENT_BINARY) });
+        assert_eq!(
+            search.locate().unwrap(),
+            GuestArtifacts {
+                kernel: exe.join(KERNEL_FILE),
+                agent: exe.join(AGENT_BINARY)
+            }
+        );
     }
 
     #[test]
@@ -210,13 +305,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty");
         std::fs::write(&empty, b"").unwrap();
-        let a = GuestArtifacts { kernel: empty.clone(), agent: empty };
+        let a = GuestArtifacts {
+            kernel: empty.clone(),
+            agent: empty,
+        };
         let err = a.check().unwrap_err().to_string();
-        assert!(err.contains("empty file") && err.contains("ZVM_KERNEL"), "{err}");
+        assert!(
+            err.contains("empty file") && err.contains("ZVM_KERNEL"),
+            "{err}"
+        );
         let k = dir.path().join("k");
         file(&k);
-        let a = GuestArtifacts { kernel: k, agent: dir.path().join("missing") };
+        let a = GuestArtifacts {
+            kernel: k,
+            agent: dir.path().join("missing"),
+        };
         let err = a.check().unwrap_err().to_string();
-        assert!(err.starts_with("no guest agent found") && err.contains("ZVM_OCI_AGENT"), "{err}");
+        assert!(
+            err.starts_with("no guest agent found") && err.contains("ZVM_OCI_AGENT"),
+            "{err}"
+        );
     }
 }

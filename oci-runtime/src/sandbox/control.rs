@@ -166,7 +166,10 @@ impl SandboxClient {
     /// sandbox serves it (see [`recorded_exit`] for one that has exited).
     pub fn connect(container_dir: &Path) -> Result<Self, SandboxError> {
         let path = container_dir.join(CONTROL_SOCKET);
-        let stream = unix::connect(&path).map_err(|e| SandboxError::NotRunning { dir: container_dir.to_path_buf(), reason: e.to_string() })?;
+        let stream = unix::connect(&path).map_err(|e| SandboxError::NotRunning {
+            dir: container_dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         Ok(SandboxClient { stream })
     }
 
@@ -219,34 +222,66 @@ impl SandboxClient {
     /// Runs `process` in the container with the caller's stdin/stdout/stderr (or, when
     /// `process.terminal` and `console_socket` are given, a pty whose master goes to the
     /// console socket) and returns its exit status (exit code, or 128 + signal).
-    pub fn exec(&mut self, process: &Process, console_socket: Option<&Path>) -> Result<i32, SandboxError> {
+    pub fn exec(
+        &mut self,
+        process: &Process,
+        console_socket: Option<&Path>,
+    ) -> Result<i32, SandboxError> {
         if process.terminal().unwrap_or(false) {
             if let Some(socket) = console_socket {
                 let pty = super::pty::open_pty().map_err(SandboxError::io("open a pty"))?;
-                super::pty::send_fd(socket, pty.master.as_fd(), "/dev/ptmx").map_err(SandboxError::io(format!("send the pty to {}", socket.display())))?;
-                let reader = pty.slave.try_clone().map_err(SandboxError::io("clone the pty"))?;
-                let writer = pty.slave.try_clone().map_err(SandboxError::io("clone the pty"))?;
-                return self.exec_with(process, ExecIo { stdin: Box::new(reader), stdout: Box::new(writer), stderr: Box::new(pty.slave) });
+                super::pty::send_fd(socket, pty.master.as_fd(), "/dev/ptmx").map_err(
+                    SandboxError::io(format!("send the pty to {}", socket.display())),
+                )?;
+                let reader = pty
+                    .slave
+                    .try_clone()
+                    .map_err(SandboxError::io("clone the pty"))?;
+                let writer = pty
+                    .slave
+                    .try_clone()
+                    .map_err(SandboxError::io("clone the pty"))?;
+                return self.exec_with(
+                    process,
+                    ExecIo {
+                        stdin: Box::new(reader),
+                        stdout: Box::new(writer),
+                        stderr: Box::new(pty.slave),
+                    },
+                );
             }
         }
-        let io = ExecIo { stdin: Box::new(std::io::stdin()), stdout: Box::new(std::io::stdout()), stderr: Box::new(std::io::stderr()) };
+        let io = ExecIo {
+            stdin: Box::new(std::io::stdin()),
+            stdout: Box::new(std::io::stdout()),
+            stderr: Box::new(std::io::stderr()),
+        };
         self.exec_with(process, io)
     }
 
     /// Like [`Self::exec`] with the given stdio.
     pub fn exec_with(&mut self, process: &Process, mut io: ExecIo) -> Result<i32, SandboxError> {
-        match self.call(&ControlRequest::Exec { process: Box::new(process.clone()) })? {
-            ControlReply::ExecStarted { pid } => tracing::debug!("exec'd process runs as guest pid {pid}"),
+        match self.call(&ControlRequest::Exec {
+            process: Box::new(process.clone()),
+        })? {
+            ControlReply::ExecStarted { pid } => {
+                tracing::debug!("exec'd process runs as guest pid {pid}")
+            }
             other => return Err(SandboxError::Control(format!("unexpected reply {other:?}"))),
         }
-        let mut to_sandbox = self.stream.try_clone().map_err(SandboxError::io("clone the control socket"))?;
+        let mut to_sandbox = self
+            .stream
+            .try_clone()
+            .map_err(SandboxError::io("clone the control socket"))?;
         let mut stdin = io.stdin;
         std::thread::Builder::new()
             .name("zvm_exec_stdin".into())
             .spawn(move || {
                 super::stdio::pump(&mut stdin, |chunk| {
                     let msg = match chunk {
-                        Some(data) => ControlRequest::Stdin { data: Bytes::from(data) },
+                        Some(data) => ControlRequest::Stdin {
+                            data: Bytes::from(data),
+                        },
                         None => ControlRequest::CloseStdin,
                     };
                     write_frame(&mut to_sandbox, &msg).is_ok()
@@ -256,7 +291,11 @@ impl SandboxClient {
         loop {
             match read_frame(&mut self.stream).map_err(control_err)? {
                 ControlReply::Output { fd, data } => {
-                    let out = if fd == FD_STDERR { &mut io.stderr } else { &mut io.stdout };
+                    let out = if fd == FD_STDERR {
+                        &mut io.stderr
+                    } else {
+                        &mut io.stdout
+                    };
                     // A caller that closed its output does not stop the process.
                     if out.write_all(&data).and_then(|()| out.flush()).is_err() {
                         tracing::debug!("exec output on fd {fd} dropped: the caller closed it");
@@ -264,7 +303,11 @@ impl SandboxClient {
                 }
                 ControlReply::Exited { code } => return Ok(code),
                 ControlReply::Error { message } => return Err(SandboxError::Refused(message)),
-                other => return Err(SandboxError::Control(format!("unexpected message {other:?} during exec"))),
+                other => {
+                    return Err(SandboxError::Control(format!(
+                        "unexpected message {other:?} during exec"
+                    )))
+                }
             }
         }
     }
@@ -278,12 +321,37 @@ mod tests {
     #[test]
     fn wire_format_is_the_documented_json() {
         assert_eq!(json(&ControlRequest::Start), r#"{"op":"start"}"#);
-        assert_eq!(json(&ControlRequest::Kill { signal: 15, all: false }), r#"{"op":"kill","signal":15,"all":false}"#);
-        assert_eq!(json(&ControlRequest::Stdin { data: Bytes::from("hi") }), r#"{"op":"stdin","data":"aGk="}"#);
-        assert_eq!(json(&ControlReply::Status { status: SandboxStatus::Stopped { exit: 143 } }), r#"{"reply":"status","status":{"state":"stopped","exit":143}}"#);
-        assert_eq!(json(&ControlReply::ExecStarted { pid: 42 }), r#"{"reply":"exec_started","pid":42}"#);
-        assert_eq!(json(&ControlReply::Error { message: "no".into() }), r#"{"reply":"error","message":"no"}"#);
-        let back: ControlRequest = serde_json::from_str(r#"{"op":"resize","rows":24,"cols":80}"#).unwrap();
+        assert_eq!(
+            json(&ControlRequest::Kill {
+                signal: 15,
+                all: false
+            }),
+            r#"{"op":"kill","signal":15,"all":false}"#
+        );
+        assert_eq!(
+            json(&ControlRequest::Stdin {
+                data: Bytes::from("hi")
+            }),
+            r#"{"op":"stdin","data":"aGk="}"#
+        );
+        assert_eq!(
+            json(&ControlReply::Status {
+                status: SandboxStatus::Stopped { exit: 143 }
+            }),
+            r#"{"reply":"status","status":{"state":"stopped","exit":143}}"#
+        );
+        assert_eq!(
+            json(&ControlReply::ExecStarted { pid: 42 }),
+            r#"{"reply":"exec_started","pid":42}"#
+        );
+        assert_eq!(
+            json(&ControlReply::Error {
+                message: "no".into()
+            }),
+            r#"{"reply":"error","message":"no"}"#
+        );
+        let back: ControlRequest =
+            serde_json::from_str(r#"{"op":"resize","rows":24,"cols":80}"#).unwrap();
         assert_eq!(back, ControlRequest::Resize { rows: 24, cols: 80 });
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"reboot"}"#).is_err());
     }
@@ -296,8 +364,15 @@ mod tests {
     fn recorded_exit_reads_exit_json() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(recorded_exit(dir.path()), None);
-        let record = ExitRecord { exit: 143, status: ExitStatus::signaled(15) };
-        std::fs::write(dir.path().join(EXIT_FILE), serde_json::to_string(&record).unwrap()).unwrap();
+        let record = ExitRecord {
+            exit: 143,
+            status: ExitStatus::signaled(15),
+        };
+        std::fs::write(
+            dir.path().join(EXIT_FILE),
+            serde_json::to_string(&record).unwrap(),
+        )
+        .unwrap();
         assert_eq!(recorded_exit(dir.path()), Some(143));
         std::fs::write(dir.path().join(EXIT_FILE), "{garbage").unwrap();
         assert_eq!(recorded_exit(dir.path()), None);
@@ -308,6 +383,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = SandboxClient::connect(dir.path()).unwrap_err();
         assert!(matches!(err, SandboxError::NotRunning { .. }), "{err}");
-        assert!(err.to_string().starts_with("no sandbox is running for"), "{err}");
+        assert!(
+            err.to_string().starts_with("no sandbox is running for"),
+            "{err}"
+        );
     }
 }

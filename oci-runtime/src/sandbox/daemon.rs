@@ -8,8 +8,13 @@ use super::server::{self, Shared, AGENT_TIMEOUT};
 use super::stdio::{pump, OutputSink};
 use super::vmconfig::{vm_resources, vm_size, VmFiles, ROOTFS_DEVICE};
 use super::{disk, pty, unix, SandboxConfig, SandboxError};
-use super::{CONFIG_FILE, CONSOLE_LOG, CONTROL_SOCKET, EXIT_FILE, INITRAMFS_FILE, LOG_FILE, ROOTFS_IMAGE, VSOCK_SOCKET};
-use agent_protocol::{Bytes, Event, ExitStatus, RequestBody, ResponseBody, Rootfs, AGENT_VSOCK_PORT, INIT_STREAM};
+use super::{
+    CONFIG_FILE, CONSOLE_LOG, CONTROL_SOCKET, EXIT_FILE, INITRAMFS_FILE, LOG_FILE, ROOTFS_IMAGE,
+    VSOCK_SOCKET,
+};
+use agent_protocol::{
+    Bytes, Event, ExitStatus, RequestBody, ResponseBody, Rootfs, AGENT_VSOCK_PORT, INIT_STREAM,
+};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -25,8 +30,9 @@ use vmm::vm::StopHandle;
 const AGENT_DEADLINE: Duration = Duration::from_secs(300);
 /// How long the agent has to create the container.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a VM has to power itself off after Shutdown before it is stopped.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a VM has to end by itself after the agent acknowledged Shutdown (it has synced
+/// by then) before the sandbox stops it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// What the sandbox's main loop waits for.
 #[derive(Debug)]
@@ -61,7 +67,8 @@ pub fn sandbox_main(container_dir: &Path) -> ExitCode {
     }
 }
 
-/// The sandbox's notes in `sandbox.log` (also logged with tracing).
+/// The sandbox's notes in `sandbox.log` (also logged with tracing at debug level: the
+/// sandbox's stderr is the container's).
 pub(crate) struct Notes {
     file: Mutex<Option<File>>,
     start: Instant,
@@ -69,12 +76,19 @@ pub(crate) struct Notes {
 
 impl Notes {
     fn open(path: &Path) -> Notes {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).ok();
-        Notes { file: Mutex::new(file), start: Instant::now() }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok();
+        Notes {
+            file: Mutex::new(file),
+            start: Instant::now(),
+        }
     }
 
     pub(crate) fn note(&self, msg: &str) {
-        tracing::info!("{msg}");
+        tracing::debug!("{msg}");
         if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             let _ = writeln!(f, "[{:8.3}] {msg}", self.start.elapsed().as_secs_f64());
         }
@@ -116,44 +130,109 @@ impl Drop for VmGuard {
 }
 
 fn rootfs_dir(cfg: &SandboxConfig) -> Result<PathBuf, SandboxError> {
-    let root = cfg.spec.root().as_ref().ok_or_else(|| SandboxError::Sandbox("config.json has no root".into()))?;
-    Ok(if root.path().is_absolute() { root.path().clone() } else { cfg.bundle.join(root.path()) })
+    let root = cfg
+        .spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| SandboxError::Sandbox("config.json has no root".into()))?;
+    Ok(if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        cfg.bundle.join(root.path())
+    })
 }
 
 fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError> {
-    let text = std::fs::read(dir.join(CONFIG_FILE)).map_err(SandboxError::io(format!("read {}", dir.join(CONFIG_FILE).display())))?;
-    let cfg: SandboxConfig = serde_json::from_slice(&text).map_err(|e| SandboxError::Sandbox(format!("bad {CONFIG_FILE}: {e}")))?;
+    let text = std::fs::read(dir.join(CONFIG_FILE)).map_err(SandboxError::io(format!(
+        "read {}",
+        dir.join(CONFIG_FILE).display()
+    )))?;
+    let cfg: SandboxConfig = serde_json::from_slice(&text)
+        .map_err(|e| SandboxError::Sandbox(format!("bad {CONFIG_FILE}: {e}")))?;
     // Before any thread starts, so that every thread has them blocked.
-    let signals = unix::signalfd(unix::FORWARDED_SIGNALS).map_err(SandboxError::io("block signals"))?;
+    let signals =
+        unix::signalfd(unix::FORWARDED_SIGNALS).map_err(SandboxError::io("block signals"))?;
     cfg.artifacts.check()?;
     let size = vm_size(&cfg.spec)?;
-    let readonly = cfg.spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
-    let terminal = cfg.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    let readonly = cfg
+        .spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    let terminal = cfg
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
     let rootfs = rootfs_dir(&cfg)?;
-    let (image, initramfs, console) = (dir.join(ROOTFS_IMAGE), dir.join(INITRAMFS_FILE), dir.join(CONSOLE_LOG));
+    let (image, initramfs, console) = (
+        dir.join(ROOTFS_IMAGE),
+        dir.join(INITRAMFS_FILE),
+        dir.join(CONSOLE_LOG),
+    );
     disk::make_rootfs_image(&rootfs, &image)?;
     disk::make_initramfs(&cfg.artifacts.agent, &initramfs)?;
-    notes.note(&format!("container {}: {} vCPUs, {} MiB, rootfs {} ({})", cfg.id, size.vcpus, size.memory_mib, rootfs.display(), if readonly { "read-only" } else { "read-write" }));
+    notes.note(&format!(
+        "container {}: {} vCPUs, {} MiB, rootfs {} ({})",
+        cfg.id,
+        size.vcpus,
+        size.memory_mib,
+        rootfs.display(),
+        if readonly { "read-only" } else { "read-write" }
+    ));
 
-    let vsock = unix::SocketPath::new(&dir.join(VSOCK_SOCKET)).map_err(SandboxError::io("place the vsock socket"))?;
-    let files = VmFiles { kernel: &cfg.artifacts.kernel, initramfs: &initramfs, rootfs_image: &image, console_log: &console, vsock: vsock.path() };
-    let vm = vmm::build_microvm(&vm_resources(size, files, readonly), BuildOptions::default())?;
+    let vsock = unix::SocketPath::new(&dir.join(VSOCK_SOCKET))
+        .map_err(SandboxError::io("place the vsock socket"))?;
+    let files = VmFiles {
+        kernel: &cfg.artifacts.kernel,
+        initramfs: &initramfs,
+        rootfs_image: &image,
+        console_log: &console,
+        vsock: vsock.path(),
+    };
+    let vm = vmm::build_microvm(
+        &vm_resources(size, files, readonly),
+        BuildOptions::default(),
+    )?;
     let (tx, rx) = mpsc::channel::<MainEvent>();
     let guard = watch_vm(vm, tx.clone())?;
     notes.note("VM started; waiting for the agent");
 
-    let stream = wait_for_agent(vsock.path(), AGENT_VSOCK_PORT, Instant::now() + AGENT_DEADLINE, &console, &|| guard.ended())?;
+    let stream = wait_for_agent(
+        vsock.path(),
+        AGENT_VSOCK_PORT,
+        Instant::now() + AGENT_DEADLINE,
+        &console,
+        &|| guard.ended(),
+    )?;
     let agent_tx = tx.clone();
     let agent = AgentConn::start(stream, move |n| {
         let _ = agent_tx.send(MainEvent::Agent(n));
     })
     .map_err(SandboxError::io("start the agent reader"))?;
     notes.note("agent connected");
-    let rootfs_spec = Rootfs::BlockDevice { device: ROOTFS_DEVICE.into(), fstype: "ext4".into() };
-    let create = RequestBody::Create { spec: Box::new(cfg.spec.clone()), rootfs: rootfs_spec, terminal };
+    let rootfs_spec = Rootfs::BlockDevice {
+        device: ROOTFS_DEVICE.into(),
+        fstype: "ext4".into(),
+    };
+    let create = RequestBody::Create {
+        spec: Box::new(cfg.spec.clone()),
+        rootfs: rootfs_spec,
+        terminal,
+    };
     match agent.request(create, CREATE_TIMEOUT) {
-        Ok(ResponseBody::Created { pid }) => notes.note(&format!("container created (guest pid {pid})")),
-        Ok(answer) => return Err(AgentError::Unexpected { request: "Create", answer }.into()),
+        Ok(ResponseBody::Created { pid }) => {
+            notes.note(&format!("container created (guest pid {pid})"))
+        }
+        Ok(answer) => {
+            return Err(AgentError::Unexpected {
+                request: "Create",
+                answer,
+            }
+            .into())
+        }
         Err(e) => {
             let _ = agent.request_done(RequestBody::Shutdown, Duration::from_secs(10));
             return Err(e.into());
@@ -161,8 +240,10 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     }
 
     let shared = Shared::new(agent.clone());
-    let listener = unix::bind(&dir.join(CONTROL_SOCKET)).map_err(SandboxError::io("bind the control socket"))?;
-    server::serve(listener, shared.clone()).map_err(SandboxError::io("start the control server"))?;
+    let listener = unix::bind(&dir.join(CONTROL_SOCKET))
+        .map_err(SandboxError::io("bind the control socket"))?;
+    server::serve(listener, shared.clone())
+        .map_err(SandboxError::io("start the control server"))?;
     let (sink, tty) = connect_stdio(&cfg, terminal, &agent)?;
     let signal_tx = tx.clone();
     std::thread::Builder::new()
@@ -184,7 +265,10 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
         Err(why) => {
             notes.note(why);
             eprintln!("zvm sandbox: {why}");
-            ExitStatus { code: None, signal: None }
+            ExitStatus {
+                code: None,
+                signal: None,
+            }
         }
     };
     let exit = status.shell_code();
@@ -206,7 +290,9 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
 
 /// Waits for the VM on its own thread: the main loop hears when it ends.
 fn watch_vm(vm: vmm::RunningVm, tx: Sender<MainEvent>) -> Result<VmGuard, SandboxError> {
-    let stop = vm.stop_handle().map_err(SandboxError::io("get the VM's stop handle"))?;
+    let stop = vm
+        .stop_handle()
+        .map_err(SandboxError::io("get the VM's stop handle"))?;
     let ended = Arc::new(Mutex::new(None));
     let (done_tx, done) = mpsc::sync_channel(1);
     let flag = ended.clone();
@@ -225,30 +311,47 @@ fn watch_vm(vm: vmm::RunningVm, tx: Sender<MainEvent>) -> Result<VmGuard, Sandbo
 
 /// Wires the container's stdio: a pty sent to the console socket when `terminal` (and one
 /// is given), else the stdin/stdout/stderr this process inherited. Starts the input relay.
-fn connect_stdio(cfg: &SandboxConfig, terminal: bool, agent: &Arc<AgentConn>) -> Result<(OutputSink, Option<File>), SandboxError> {
-    let (mut input, sink, tty): (Box<dyn std::io::Read + Send>, OutputSink, Option<File>) = match (&cfg.console_socket, terminal) {
-        (Some(socket), true) => {
-            let pty = pty::open_pty().map_err(SandboxError::io("open a pty"))?;
-            pty::send_fd(socket, pty.master.as_fd(), "/dev/ptmx").map_err(SandboxError::io(format!("send the pty to the console socket {}", socket.display())))?;
-            if let Err(e) = pty::set_controlling_terminal(pty.slave.as_raw_fd()) {
-                tracing::debug!("no controlling terminal (no resize events): {e}");
+fn connect_stdio(
+    cfg: &SandboxConfig,
+    terminal: bool,
+    agent: &Arc<AgentConn>,
+) -> Result<(OutputSink, Option<File>), SandboxError> {
+    let (mut input, sink, tty): (Box<dyn std::io::Read + Send>, OutputSink, Option<File>) =
+        match (&cfg.console_socket, terminal) {
+            (Some(socket), true) => {
+                let pty = pty::open_pty().map_err(SandboxError::io("open a pty"))?;
+                pty::send_fd(socket, pty.master.as_fd(), "/dev/ptmx").map_err(SandboxError::io(
+                    format!("send the pty to the console socket {}", socket.display()),
+                ))?;
+                if let Err(e) = pty::set_controlling_terminal(pty.slave.as_raw_fd()) {
+                    tracing::debug!("no controlling terminal (no resize events): {e}");
+                }
+                let clone = |f: &File| f.try_clone().map_err(SandboxError::io("clone the pty"));
+                let sink = OutputSink {
+                    stdout: Box::new(clone(&pty.slave)?),
+                    stderr: Box::new(clone(&pty.slave)?),
+                };
+                (Box::new(clone(&pty.slave)?), sink, Some(pty.slave))
             }
-            let clone = |f: &File| f.try_clone().map_err(SandboxError::io("clone the pty"));
-            let sink = OutputSink { stdout: Box::new(clone(&pty.slave)?), stderr: Box::new(clone(&pty.slave)?) };
-            (Box::new(clone(&pty.slave)?), sink, Some(pty.slave))
-        }
-        _ => {
-            // SAFETY: dup of fd 0, owned by the new File; an invalid fd 0 gives an error.
-            let stdin = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
-            let input: Box<dyn std::io::Read + Send> = if stdin < 0 {
-                Box::new(std::io::empty())
-            } else {
-                // SAFETY: a new descriptor owned by nobody else.
-                Box::new(File::from(unsafe { OwnedFd::from_raw_fd(stdin) }))
-            };
-            (input, OutputSink { stdout: Box::new(std::io::stdout()), stderr: Box::new(std::io::stderr()) }, None)
-        }
-    };
+            _ => {
+                // SAFETY: dup of fd 0, owned by the new File; an invalid fd 0 gives an error.
+                let stdin = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+                let input: Box<dyn std::io::Read + Send> = if stdin < 0 {
+                    Box::new(std::io::empty())
+                } else {
+                    // SAFETY: a new descriptor owned by nobody else.
+                    Box::new(File::from(unsafe { OwnedFd::from_raw_fd(stdin) }))
+                };
+                (
+                    input,
+                    OutputSink {
+                        stdout: Box::new(std::io::stdout()),
+                        stderr: Box::new(std::io::stderr()),
+                    },
+                    None,
+                )
+            }
+        };
     if let Some(t) = &tty {
         resize(agent, t);
     }
@@ -258,10 +361,18 @@ fn connect_stdio(cfg: &SandboxConfig, terminal: bool, agent: &Arc<AgentConn>) ->
         .spawn(move || {
             pump(&mut input, |chunk| {
                 let body = match chunk {
-                    Some(data) => RequestBody::Stdin { stream: INIT_STREAM.into(), data: Bytes::from(data) },
-                    None => RequestBody::CloseStdin { stream: INIT_STREAM.into() },
+                    Some(data) => RequestBody::Stdin {
+                        stream: INIT_STREAM.into(),
+                        data: Bytes::from(data),
+                    },
+                    None => RequestBody::CloseStdin {
+                        stream: INIT_STREAM.into(),
+                    },
                 };
-                agent.request_done(body, AGENT_TIMEOUT).map_err(|e| tracing::debug!("container stdin: {e}")).is_ok()
+                agent
+                    .request_done(body, AGENT_TIMEOUT)
+                    .map_err(|e| tracing::debug!("container stdin: {e}"))
+                    .is_ok()
             })
         })
         .map_err(SandboxError::io("start the stdin relay"))?;
@@ -271,13 +382,27 @@ fn connect_stdio(cfg: &SandboxConfig, terminal: bool, agent: &Arc<AgentConn>) ->
 fn resize(agent: &Arc<AgentConn>, tty: &File) {
     if let Some((rows, cols)) = pty::window_size(tty.as_raw_fd()) {
         let agent = agent.clone();
-        std::thread::spawn(move || agent.request_done(RequestBody::ResizeTerminal { stream: INIT_STREAM.into(), rows, cols }, AGENT_TIMEOUT));
+        std::thread::spawn(move || {
+            agent.request_done(
+                RequestBody::ResizeTerminal {
+                    stream: INIT_STREAM.into(),
+                    rows,
+                    cols,
+                },
+                AGENT_TIMEOUT,
+            )
+        });
     }
 }
 
 /// The main loop: relays the container's output, forwards signals, and returns how the
 /// container's process ended (or why the sandbox lost it).
-pub(crate) fn supervise(rx: &Receiver<MainEvent>, shared: &Shared, mut sink: OutputSink, tty: Option<&File>) -> Result<ExitStatus, String> {
+pub(crate) fn supervise(
+    rx: &Receiver<MainEvent>,
+    shared: &Shared,
+    mut sink: OutputSink,
+    tty: Option<&File>,
+) -> Result<ExitStatus, String> {
     loop {
         let Ok(event) = rx.recv() else {
             return Err("every event source of the sandbox ended".into());
@@ -285,8 +410,14 @@ pub(crate) fn supervise(rx: &Receiver<MainEvent>, shared: &Shared, mut sink: Out
         match event {
             MainEvent::Agent(Notice::Init(Event::Output { fd, data, .. })) => sink.write(fd, &data),
             MainEvent::Agent(Notice::Init(Event::Exited { status, .. })) => return Ok(status),
-            MainEvent::Agent(Notice::Lost(why)) => return Err(format!("lost the guest agent: {why}")),
-            MainEvent::VmEnded(how) => return Err(format!("the VM ended before the container's process: {how}")),
+            MainEvent::Agent(Notice::Lost(why)) => {
+                return Err(format!("lost the guest agent: {why}"))
+            }
+            MainEvent::VmEnded(how) => {
+                return Err(format!(
+                    "the VM ended before the container's process: {how}"
+                ))
+            }
             MainEvent::Signal(libc::SIGWINCH) => {
                 if let Some(t) = tty {
                     resize(&shared.agent, t);
@@ -296,7 +427,11 @@ pub(crate) fn supervise(rx: &Receiver<MainEvent>, shared: &Shared, mut sink: Out
                 tracing::debug!("forwarding {} to the container", unix::signal_name(sig));
                 let agent = shared.agent.clone();
                 std::thread::spawn(move || {
-                    let body = RequestBody::Signal { stream: INIT_STREAM.into(), signal: sig, all: false };
+                    let body = RequestBody::Signal {
+                        stream: INIT_STREAM.into(),
+                        signal: sig,
+                        all: false,
+                    };
                     if let Err(e) = agent.request_done(body, AGENT_TIMEOUT) {
                         tracing::warn!("cannot forward {}: {e}", unix::signal_name(sig));
                     }

@@ -52,10 +52,19 @@ pub fn tree_size(root: &Path) -> Result<u64, ImageError> {
     let mut total = 0u64;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let read = |source| ImageError::Read { path: dir.clone(), source };
+        let read = |source| ImageError::Read {
+            path: dir.clone(),
+            source,
+        };
         for entry in std::fs::read_dir(&dir).map_err(read)? {
-            let entry = entry.map_err(|source| ImageError::Read { path: dir.clone(), source })?;
-            let meta = entry.metadata().map_err(|source| ImageError::Read { path: entry.path(), source })?;
+            let entry = entry.map_err(|source| ImageError::Read {
+                path: dir.clone(),
+                source,
+            })?;
+            let meta = entry.metadata().map_err(|source| ImageError::Read {
+                path: entry.path(),
+                source,
+            })?;
             total = total.saturating_add(meta.len().div_ceil(4096) * 4096 + 256);
             if meta.is_dir() {
                 stack.push(entry.path());
@@ -102,18 +111,38 @@ pub fn make_rootfs_image(rootfs: &Path, image: &Path) -> Result<(), ImageError> 
 /// The initramfs entries for `agent`: `/init` and the mount points it needs, with
 /// `/dev/console` so the kernel gives init a console.
 pub fn initramfs_entries(agent: Vec<u8>) -> Vec<Entry> {
-    let mut entries: Vec<Entry> = ["dev", "proc", "sys", "run", "tmp"].iter().map(|d| Entry::Dir { path: (*d).into(), mode: 0o755 }).collect();
-    entries.push(Entry::CharDev { path: "dev/console".into(), mode: 0o600, major: 5, minor: 1 });
-    entries.push(Entry::File { path: "init".into(), mode: 0o755, data: agent });
+    let mut entries: Vec<Entry> = ["dev", "proc", "sys", "run", "tmp"]
+        .iter()
+        .map(|d| Entry::Dir {
+            path: (*d).into(),
+            mode: 0o755,
+        })
+        .collect();
+    entries.push(Entry::CharDev {
+        path: "dev/console".into(),
+        mode: 0o600,
+        major: 5,
+        minor: 1,
+    });
+    entries.push(Entry::File {
+        path: "init".into(),
+        mode: 0o755,
+        data: agent,
+    });
     entries
 }
 
 /// Writes an uncompressed initramfs to `out` holding `agent` as `/init` (uncompressed:
 /// decompressing costs more than reading under an emulated guest kernel).
 pub fn make_initramfs(agent: &Path, out: &Path) -> Result<(), ImageError> {
-    let err = |detail: String| ImageError::Initramfs { path: out.to_path_buf(), detail };
-    let data = std::fs::read(agent).map_err(|e| err(format!("cannot read the agent {}: {e}", agent.display())))?;
-    let bytes = initramfs::pack_uncompressed(&initramfs_entries(data)).map_err(|e| err(e.to_string()))?;
+    let err = |detail: String| ImageError::Initramfs {
+        path: out.to_path_buf(),
+        detail,
+    };
+    let data = std::fs::read(agent)
+        .map_err(|e| err(format!("cannot read the agent {}: {e}", agent.display())))?;
+    let bytes =
+        initramfs::pack_uncompressed(&initramfs_entries(data)).map_err(|e| err(e.to_string()))?;
     std::fs::write(out, bytes).map_err(|e| err(e.to_string()))
 }
 
@@ -139,7 +168,11 @@ mod tests {
         std::os::unix::fs::symlink("/nonexistent", dir.path().join("l")).unwrap();
         let size = tree_size(dir.path()).unwrap();
         // a: 2 blocks; d: its directory blocks; b: none; l: one (counted, if stored inline); 4 inodes.
-        let dir_len = std::fs::metadata(dir.path().join("d")).unwrap().len().div_ceil(4096) * 4096;
+        let dir_len = std::fs::metadata(dir.path().join("d"))
+            .unwrap()
+            .len()
+            .div_ceil(4096)
+            * 4096;
         assert_eq!(size, 8192 + dir_len + 4096 + 4 * 256);
         assert_eq!(image_size_mib(0), IMAGE_MARGIN_MIB);
         assert_eq!(image_size_mib(8 << 20), 10 + IMAGE_MARGIN_MIB);
@@ -157,8 +190,15 @@ mod tests {
         let image = dir.path().join("rootfs.ext4");
         std::fs::write(&image, b"stale").unwrap();
         make_rootfs_image(&rootfs, &image).unwrap();
-        assert_eq!(std::fs::metadata(&image).unwrap().len(), image_size_mib(tree_size(&rootfs).unwrap()) << 20);
-        let out = Command::new("debugfs").args(["-R", "cat /etc/hostname"]).arg(&image).output().unwrap();
+        assert_eq!(
+            std::fs::metadata(&image).unwrap().len(),
+            image_size_mib(tree_size(&rootfs).unwrap()) << 20
+        );
+        let out = Command::new("debugfs")
+            .args(["-R", "cat /etc/hostname"])
+            .arg(&image)
+            .output()
+            .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "box\n");
     }
 
@@ -166,13 +206,19 @@ mod tests {
     fn missing_rootfs_and_mkfs_failure_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let err = make_rootfs_image(&dir.path().join("nope"), &dir.path().join("i")).unwrap_err();
-        assert!(err.to_string().ends_with("nope is not a directory"), "{err}");
+        assert!(
+            err.to_string().ends_with("nope is not a directory"),
+            "{err}"
+        );
         if !have_mkfs() {
             return;
         }
         let err = make_rootfs_image(dir.path(), &dir.path().join("missing-dir/img")).unwrap_err();
         assert!(matches!(err, ImageError::Mkfs { .. }), "{err}");
-        assert!(err.to_string().starts_with("mkfs.ext4 could not make"), "{err}");
+        assert!(
+            err.to_string().starts_with("mkfs.ext4 could not make"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -186,7 +232,9 @@ mod tests {
         assert!(bytes.starts_with(b"070701"), "newc, uncompressed");
         let find = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
         assert!(find(b"init\0") && find(b"\x7fELF-agent") && find(b"dev/console\0"));
-        let err = make_initramfs(&dir.path().join("missing"), &out).unwrap_err().to_string();
+        let err = make_initramfs(&dir.path().join("missing"), &out)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cannot read the agent"), "{err}");
     }
 }

@@ -35,7 +35,10 @@ pub(crate) struct Ready(Option<File>);
 impl Ready {
     /// Takes the fd named by [`READY_FD_ENV`] (making it close-on-exec).
     pub(crate) fn from_env() -> Ready {
-        let fd = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse::<RawFd>().ok()).filter(|fd| *fd > 2);
+        let fd = std::env::var(READY_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<RawFd>().ok())
+            .filter(|fd| *fd > 2);
         let Some(fd) = fd else { return Ready(None) };
         if unix::set_cloexec(fd, true).is_err() {
             return Ready(None);
@@ -59,12 +62,18 @@ impl Ready {
 
     /// Reports success.
     pub(crate) fn ok(&mut self) {
-        self.send(&Report { ok: true, error: None });
+        self.send(&Report {
+            ok: true,
+            error: None,
+        });
     }
 
     /// Reports a failure.
     pub(crate) fn fail(&mut self, error: &str) {
-        self.send(&Report { ok: false, error: Some(error.to_string()) });
+        self.send(&Report {
+            ok: false,
+            error: Some(error.to_string()),
+        });
     }
 }
 
@@ -76,18 +85,28 @@ impl Ready {
 pub fn create(cfg: &SandboxConfig) -> Result<u32, SandboxError> {
     cfg.artifacts.check()?;
     let Some((program, args)) = cfg.launcher.split_first() else {
-        return Err(SandboxError::Sandbox("the sandbox launcher is empty".into()));
+        return Err(SandboxError::Sandbox(
+            "the sandbox launcher is empty".into(),
+        ));
     };
     let dir = &cfg.container_dir;
-    let json = serde_json::to_vec_pretty(cfg).map_err(|e| SandboxError::Sandbox(format!("cannot encode the sandbox config: {e}")))?;
-    std::fs::write(dir.join(CONFIG_FILE), json).map_err(SandboxError::io(format!("write {}", dir.join(CONFIG_FILE).display())))?;
+    let json = serde_json::to_vec_pretty(cfg)
+        .map_err(|e| SandboxError::Sandbox(format!("cannot encode the sandbox config: {e}")))?;
+    std::fs::write(dir.join(CONFIG_FILE), json).map_err(SandboxError::io(format!(
+        "write {}",
+        dir.join(CONFIG_FILE).display()
+    )))?;
     for stale in [EXIT_FILE, CONTROL_SOCKET] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
-    let (mut report, write_end) = unix::pipe().map_err(SandboxError::io("create the ready pipe"))?;
+    let (mut report, write_end) =
+        unix::pipe().map_err(SandboxError::io("create the ready pipe"))?;
     let write_fd = write_end.as_raw_fd();
     let mut command = Command::new(program);
-    command.args(args).arg(dir).env(READY_FD_ENV, READY_FD.to_string());
+    command
+        .args(args)
+        .arg(dir)
+        .env(READY_FD_ENV, READY_FD.to_string());
     // SAFETY: the closure only makes async-signal-safe calls (setsid, dup2, fcntl).
     unsafe {
         command.pre_exec(move || {
@@ -105,23 +124,34 @@ pub fn create(cfg: &SandboxConfig) -> Result<u32, SandboxError> {
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(SandboxError::io(format!("start the sandbox process {}", program.to_string_lossy())))?;
+    let mut child = command.spawn().map_err(SandboxError::io(format!(
+        "start the sandbox process {}",
+        program.to_string_lossy()
+    )))?;
     drop(write_end);
     let log = dir.join(LOG_FILE);
     match read_report(&mut report, Instant::now() + REPORT_DEADLINE) {
         Ok(Some(Report { ok: true, .. })) => Ok(child.id()),
         Ok(Some(Report { error, .. })) => {
             reap(&mut child);
-            Err(SandboxError::Sandbox(error.unwrap_or_else(|| "the sandbox failed without saying why".into())))
+            Err(SandboxError::Sandbox(error.unwrap_or_else(|| {
+                "the sandbox failed without saying why".into()
+            })))
         }
         Ok(None) => {
             let status = reap(&mut child);
-            Err(SandboxError::Sandbox(format!("the sandbox process ended ({status}) before the container was created; see {}", log.display())))
+            Err(SandboxError::Sandbox(format!(
+                "the sandbox process ended ({status}) before the container was created; see {}",
+                log.display()
+            )))
         }
         Err(e) => {
             let _ = child.kill();
             reap(&mut child);
-            Err(SandboxError::Sandbox(format!("no word from the sandbox process: {e}; see {}", log.display())))
+            Err(SandboxError::Sandbox(format!(
+                "no word from the sandbox process: {e}; see {}",
+                log.display()
+            )))
         }
     }
 }
@@ -135,7 +165,10 @@ fn reap(child: &mut Child) -> String {
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Ok(None) => {
                 let _ = child.kill();
-                return child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                return child
+                    .wait()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string());
             }
             Err(e) => return e.to_string(),
         }
@@ -148,14 +181,23 @@ fn read_report(pipe: &mut File, deadline: Instant) -> std::io::Result<Option<Rep
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(end) = buf.iter().position(|b| *b == b'\n') {
-            let report = serde_json::from_slice(&buf[..end]).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad report: {e}")))?;
+            let report = serde_json::from_slice(&buf[..end]).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad report: {e}"))
+            })?;
             return Ok(Some(report));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("nothing within {REPORT_DEADLINE:?}")));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("nothing within {REPORT_DEADLINE:?}"),
+            ));
         }
-        let mut pfd = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ms = left.as_millis().min(60_000) as libc::c_int;
         // SAFETY: one valid pollfd.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -175,7 +217,10 @@ fn read_report(pipe: &mut File, deadline: Instant) -> std::io::Result<Option<Rep
         }
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > 1 << 20 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "report too long"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "report too long",
+            ));
         }
     }
 }
@@ -195,7 +240,10 @@ mod tests {
             spec: oci_spec::runtime::Spec::default(),
             container_dir: dir.to_path_buf(),
             console_socket: None,
-            artifacts: GuestArtifacts { kernel: art.clone(), agent: art },
+            artifacts: GuestArtifacts {
+                kernel: art.clone(),
+                agent: art,
+            },
             launcher: launcher.iter().map(Into::into).collect(),
         }
     }
@@ -208,7 +256,10 @@ mod tests {
     #[test]
     fn success_returns_the_pid_of_a_process_in_its_own_session() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = sh(dir.path(), r#"test "$ZVM_SANDBOX_READY_FD" = 3 && test -f "$1/sandbox.json" && ps -o sid= -p $$ > "$1/sid"; echo '{"ok":true}' >&3; exec 3>&-; sleep 0.2"#);
+        let cfg = sh(
+            dir.path(),
+            r#"test "$ZVM_SANDBOX_READY_FD" = 3 && test -f "$1/sandbox.json" && ps -o sid= -p $$ > "$1/sid"; echo '{"ok":true}' >&3; exec 3>&-; sleep 0.2"#,
+        );
         let pid = create(&cfg).unwrap();
         let sid = loop {
             let text = std::fs::read_to_string(dir.path().join("sid")).unwrap_or_default();
@@ -217,18 +268,29 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        assert_eq!(sid.trim(), pid.to_string(), "setsid: the sandbox leads its session");
-        let saved: SandboxConfig = serde_json::from_slice(&std::fs::read(dir.path().join(CONFIG_FILE)).unwrap()).unwrap();
+        assert_eq!(
+            sid.trim(),
+            pid.to_string(),
+            "setsid: the sandbox leads its session"
+        );
+        let saved: SandboxConfig =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CONFIG_FILE)).unwrap()).unwrap();
         assert_eq!(saved.id, "c1");
         // SAFETY: waiting for our own child.
         let mut status = 0;
-        assert_eq!(unsafe { libc::waitpid(pid as i32, &mut status, 0) }, pid as i32);
+        assert_eq!(
+            unsafe { libc::waitpid(pid as i32, &mut status, 0) },
+            pid as i32
+        );
     }
 
     #[test]
     fn a_reported_failure_becomes_the_error() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = sh(dir.path(), r#"echo '{"ok":false,"error":"the guest agent refused Create: bad spec"}' >&3; exit 1"#);
+        let cfg = sh(
+            dir.path(),
+            r#"echo '{"ok":false,"error":"the guest agent refused Create: bad spec"}' >&3; exit 1"#,
+        );
         let err = create(&cfg).unwrap_err().to_string();
         assert_eq!(err, "the guest agent refused Create: bad spec");
     }
@@ -237,9 +299,18 @@ mod tests {
     fn a_sandbox_dying_silently_is_an_error_pointing_at_its_log() {
         let dir = tempfile::tempdir().unwrap();
         let err = create(&sh(dir.path(), "exit 7")).unwrap_err().to_string();
-        assert!(err.contains("ended (exit status: 7) before the container was created") && err.ends_with("sandbox.log"), "{err}");
-        let err = create(&config(dir.path(), &["/nonexistent/zvm"])).unwrap_err().to_string();
-        assert!(err.starts_with("cannot start the sandbox process /nonexistent/zvm"), "{err}");
+        assert!(
+            err.contains("ended (exit status: 7) before the container was created")
+                && err.ends_with("sandbox.log"),
+            "{err}"
+        );
+        let err = create(&config(dir.path(), &["/nonexistent/zvm"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot start the sandbox process /nonexistent/zvm"),
+            "{err}"
+        );
         let err = create(&config(dir.path(), &[])).unwrap_err().to_string();
         assert_eq!(err, "the sandbox launcher is empty");
         let mut cfg = config(dir.path(), &["true"]);

@@ -39,11 +39,15 @@ mod tests;
 
 pub use agent::AgentError;
 pub use artifacts::{GuestArtifacts, AGENT_BINARY, AGENT_ENV, KERNEL_ENV, KERNEL_FILE};
-pub use control::{recorded_exit, ControlReply, ControlRequest, ExecIo, SandboxClient, SandboxStatus};
+pub use control::{
+    recorded_exit, ControlReply, ControlRequest, ExecIo, SandboxClient, SandboxStatus,
+};
 pub use daemon::sandbox_main;
 pub use disk::{make_initramfs, make_rootfs_image, ImageError};
 pub use launch::{create, READY_FD_ENV};
-pub use vmconfig::{vm_resources, vm_size, TranslateError, VmFiles, VmSize, ANNOTATION_MEMORY_MIB, ANNOTATION_VCPUS};
+pub use vmconfig::{
+    vm_resources, vm_size, TranslateError, VmFiles, VmSize, ANNOTATION_MEMORY_MIB, ANNOTATION_VCPUS,
+};
 
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;

@@ -20,7 +20,15 @@ pub(crate) struct Pty {
 pub(crate) fn open_pty() -> io::Result<Pty> {
     let (mut master, mut slave): (RawFd, RawFd) = (-1, -1);
     // SAFETY: openpty writes two descriptors; name, termios and winsize may be null.
-    let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -76,7 +84,10 @@ pub(crate) fn send_fd(socket: &Path, fd: BorrowedFd<'_>, name: &str) -> io::Resu
     if payload.is_empty() {
         payload.push(0);
     }
-    let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() };
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: payload.len(),
+    };
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
     let mut control = vec![0u8; space];
@@ -107,7 +118,10 @@ pub(crate) fn send_fd(socket: &Path, fd: BorrowedFd<'_>, name: &str) -> io::Resu
 #[cfg(test)]
 pub(crate) fn recv_fd(stream: &std::os::unix::net::UnixStream) -> io::Result<(OwnedFd, String)> {
     let mut buf = vec![0u8; 4096];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // SAFETY: as in send_fd.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
     let mut control = vec![0u8; space];
@@ -131,7 +145,10 @@ pub(crate) fn recv_fd(stream: &std::os::unix::net::UnixStream) -> io::Result<(Ow
         std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>())
     };
     // SAFETY: SCM_RIGHTS gave us a new descriptor.
-    Ok((unsafe { OwnedFd::from_raw_fd(fd) }, String::from_utf8_lossy(&buf[..n as usize]).into_owned()))
+    Ok((
+        unsafe { OwnedFd::from_raw_fd(fd) },
+        String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
+    ))
 }
 
 #[cfg(test)]
@@ -161,9 +178,22 @@ mod tests {
         master.read_exact(&mut out).unwrap();
         assert_eq!(&out, b"x\n", "raw: no NL -> CRNL, no echo");
         // SAFETY: TIOCSWINSZ on our own master with a valid winsize.
-        let ws = libc::winsize { ws_row: 40, ws_col: 120, ws_xpixel: 0, ws_ypixel: 0 };
-        assert_eq!(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) }, 0);
+        let ws = libc::winsize {
+            ws_row: 40,
+            ws_col: 120,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        assert_eq!(
+            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+            0
+        );
         assert_eq!(window_size(slave.as_raw_fd()), Some((40, 120)));
-        assert!(send_fd(&dir.path().join("missing.sock"), std::os::fd::AsFd::as_fd(&master), "x").is_err());
+        assert!(send_fd(
+            &dir.path().join("missing.sock"),
+            std::os::fd::AsFd::as_fd(&master),
+            "x"
+        )
+        .is_err());
     }
 }

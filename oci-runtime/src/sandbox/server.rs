@@ -3,7 +3,9 @@
 
 use super::agent::AgentConn;
 use super::control::{ControlReply, ControlRequest, SandboxStatus};
-use agent_protocol::{read_frame, write_frame, Event, ProtocolError, RequestBody, ResponseBody, INIT_STREAM};
+use agent_protocol::{
+    read_frame, write_frame, Event, ProtocolError, RequestBody, ResponseBody, INIT_STREAM,
+};
 use oci_spec::runtime::Process;
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -27,7 +29,11 @@ pub(crate) struct Shared {
 impl Shared {
     /// State for a container just created in the guest.
     pub(crate) fn new(agent: Arc<AgentConn>) -> Arc<Shared> {
-        Arc::new(Shared { agent, phase: Mutex::new(SandboxStatus::Created), next_exec: AtomicU64::new(1) })
+        Arc::new(Shared {
+            agent,
+            phase: Mutex::new(SandboxStatus::Created),
+            next_exec: AtomicU64::new(1),
+        })
     }
 
     /// The current state.
@@ -43,25 +49,31 @@ impl Shared {
 
 /// Serves `listener` on a background thread.
 pub(crate) fn serve(listener: UnixListener, shared: Arc<Shared>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("zvm_control".into()).spawn(move || {
-        for client in listener.incoming() {
-            match client {
-                Ok(stream) => {
-                    let shared = shared.clone();
-                    let spawned = std::thread::Builder::new().name("zvm_client".into()).spawn(move || handle_client(stream, &shared));
-                    if let Err(e) = spawned {
-                        tracing::warn!("cannot serve a control client: {e}");
+    std::thread::Builder::new()
+        .name("zvm_control".into())
+        .spawn(move || {
+            for client in listener.incoming() {
+                match client {
+                    Ok(stream) => {
+                        let shared = shared.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("zvm_client".into())
+                            .spawn(move || handle_client(stream, &shared));
+                        if let Err(e) = spawned {
+                            tracing::warn!("cannot serve a control client: {e}");
+                        }
                     }
+                    Err(e) => tracing::debug!("control socket accept: {e}"),
                 }
-                Err(e) => tracing::debug!("control socket accept: {e}"),
             }
-        }
-    })?;
+        })?;
     Ok(())
 }
 
 fn error(message: impl Into<String>) -> ControlReply {
-    ControlReply::Error { message: message.into() }
+    ControlReply::Error {
+        message: message.into(),
+    }
 }
 
 fn describe(status: SandboxStatus) -> &'static str {
@@ -99,11 +111,16 @@ pub(crate) fn handle_client(mut stream: UnixStream, shared: &Shared) {
 fn answer(shared: &Shared, req: ControlRequest) -> ControlReply {
     let agent = &shared.agent;
     match req {
-        ControlRequest::Status => ControlReply::Status { status: shared.phase() },
+        ControlRequest::Status => ControlReply::Status {
+            status: shared.phase(),
+        },
         ControlRequest::Start => {
             let phase = shared.phase();
             if phase != SandboxStatus::Created {
-                return error(format!("cannot start a container that is {}", describe(phase)));
+                return error(format!(
+                    "cannot start a container that is {}",
+                    describe(phase)
+                ));
             }
             match agent.request_done(RequestBody::Start, AGENT_TIMEOUT) {
                 Ok(()) => {
@@ -120,7 +137,14 @@ fn answer(shared: &Shared, req: ControlRequest) -> ControlReply {
             if let SandboxStatus::Stopped { .. } = shared.phase() {
                 return error("cannot signal a container that is stopped");
             }
-            match agent.request_done(RequestBody::Signal { stream: INIT_STREAM.into(), signal, all }, AGENT_TIMEOUT) {
+            match agent.request_done(
+                RequestBody::Signal {
+                    stream: INIT_STREAM.into(),
+                    signal,
+                    all,
+                },
+                AGENT_TIMEOUT,
+            ) {
                 Ok(()) => ControlReply::Ok,
                 Err(e) => error(e.to_string()),
             }
@@ -130,7 +154,9 @@ fn answer(shared: &Shared, req: ControlRequest) -> ControlReply {
             Ok(other) => error(format!("unexpected agent answer {other:?}")),
             Err(e) => error(e.to_string()),
         },
-        ControlRequest::Stdin { .. } | ControlRequest::CloseStdin | ControlRequest::Resize { .. } => error("no exec'd process on this connection"),
+        ControlRequest::Stdin { .. }
+        | ControlRequest::CloseStdin
+        | ControlRequest::Resize { .. } => error("no exec'd process on this connection"),
         ControlRequest::Exec { .. } => error("exec is handled by its own connection"),
     }
 }
@@ -139,13 +165,25 @@ fn answer(shared: &Shared, req: ControlRequest) -> ControlReply {
 fn run_exec(mut stream: UnixStream, shared: &Shared, process: Process) {
     let phase = shared.phase();
     if phase != SandboxStatus::Running {
-        let _ = write_frame(&mut stream, &error(format!("cannot exec in a container that is {}", describe(phase))));
+        let _ = write_frame(
+            &mut stream,
+            &error(format!(
+                "cannot exec in a container that is {}",
+                describe(phase)
+            )),
+        );
         return;
     }
     let exec_id = format!("exec-{}", shared.next_exec.fetch_add(1, Ordering::Relaxed));
     let agent = shared.agent.clone();
     let events = agent.subscribe(&exec_id);
-    let started = agent.request(RequestBody::Exec { exec_id: exec_id.clone(), process: Box::new(process) }, AGENT_TIMEOUT);
+    let started = agent.request(
+        RequestBody::Exec {
+            exec_id: exec_id.clone(),
+            process: Box::new(process),
+        },
+        AGENT_TIMEOUT,
+    );
     let reply = match started {
         Ok(ResponseBody::Started { pid }) => ControlReply::ExecStarted { pid },
         Ok(other) => error(format!("unexpected agent answer {other:?}")),
@@ -158,7 +196,9 @@ fn run_exec(mut stream: UnixStream, shared: &Shared, process: Process) {
     }
     if let Ok(mut from_client) = stream.try_clone() {
         let (agent, id) = (agent.clone(), exec_id.clone());
-        let spawned = std::thread::Builder::new().name("zvm_exec_in".into()).spawn(move || relay_client_input(&mut from_client, &agent, &id));
+        let spawned = std::thread::Builder::new()
+            .name("zvm_exec_in".into())
+            .spawn(move || relay_client_input(&mut from_client, &agent, &id));
         if let Err(e) = spawned {
             tracing::warn!("cannot relay exec stdin: {e}");
         }
@@ -170,12 +210,18 @@ fn run_exec(mut stream: UnixStream, shared: &Shared, process: Process) {
         };
         match event {
             Event::Output { fd, data, .. } => {
-                if !client_gone && write_frame(&mut stream, &ControlReply::Output { fd, data }).is_err() {
+                if !client_gone
+                    && write_frame(&mut stream, &ControlReply::Output { fd, data }).is_err()
+                {
                     tracing::debug!("exec client {exec_id} left; its output is dropped");
                     client_gone = true;
                 }
             }
-            Event::Exited { status, .. } => break ControlReply::Exited { code: status.shell_code() },
+            Event::Exited { status, .. } => {
+                break ControlReply::Exited {
+                    code: status.shell_code(),
+                }
+            }
         }
     };
     agent.unsubscribe(&exec_id);
@@ -190,12 +236,21 @@ fn relay_client_input(stream: &mut UnixStream, agent: &AgentConn, exec_id: &str)
     let mut closed = false;
     loop {
         let body = match read_frame::<_, ControlRequest>(stream) {
-            Ok(ControlRequest::Stdin { data }) => RequestBody::Stdin { stream: exec_id.into(), data },
+            Ok(ControlRequest::Stdin { data }) => RequestBody::Stdin {
+                stream: exec_id.into(),
+                data,
+            },
             Ok(ControlRequest::CloseStdin) => {
                 closed = true;
-                RequestBody::CloseStdin { stream: exec_id.into() }
+                RequestBody::CloseStdin {
+                    stream: exec_id.into(),
+                }
             }
-            Ok(ControlRequest::Resize { rows, cols }) => RequestBody::ResizeTerminal { stream: exec_id.into(), rows, cols },
+            Ok(ControlRequest::Resize { rows, cols }) => RequestBody::ResizeTerminal {
+                stream: exec_id.into(),
+                rows,
+                cols,
+            },
             Ok(other) => {
                 tracing::debug!("ignoring {other:?} during exec {exec_id}");
                 continue;
@@ -208,6 +263,11 @@ fn relay_client_input(stream: &mut UnixStream, agent: &AgentConn, exec_id: &str)
         }
     }
     if !closed {
-        let _ = agent.request_done(RequestBody::CloseStdin { stream: exec_id.into() }, AGENT_TIMEOUT);
+        let _ = agent.request_done(
+            RequestBody::CloseStdin {
+                stream: exec_id.into(),
+            },
+            AGENT_TIMEOUT,
+        );
     }
 }

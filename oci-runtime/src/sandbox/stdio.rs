@@ -42,7 +42,11 @@ impl OutputSink {
     /// Writes `data` to stdout or stderr by `fd`. A reader that went away is not an error
     /// for the container: the bytes are dropped.
     pub(crate) fn write(&mut self, fd: u8, data: &[u8]) {
-        let out = if fd == FD_STDERR { &mut self.stderr } else { &mut self.stdout };
+        let out = if fd == FD_STDERR {
+            &mut self.stderr
+        } else {
+            &mut self.stdout
+        };
         if let Err(e) = out.write_all(data).and_then(|()| out.flush()) {
             tracing::debug!("output on fd {fd} dropped: {e}");
         }
@@ -117,7 +121,10 @@ pub(crate) mod tests {
     #[test]
     fn output_goes_to_its_descriptor_and_a_closed_reader_is_ignored() {
         let (out, err) = (Shared::default(), Shared::default());
-        let mut sink = OutputSink { stdout: Box::new(out.clone()), stderr: Box::new(err.clone()) };
+        let mut sink = OutputSink {
+            stdout: Box::new(out.clone()),
+            stderr: Box::new(err.clone()),
+        };
         sink.write(1, b"to out ");
         sink.write(2, b"to err");
         sink.write(1, b"again");
@@ -125,7 +132,10 @@ pub(crate) mod tests {
         assert_eq!(err.text(), "to err");
         let (r, w) = super::super::unix::pipe().unwrap();
         drop(r);
-        let mut sink = OutputSink { stdout: Box::new(w), stderr: Box::new(std::io::sink()) };
+        let mut sink = OutputSink {
+            stdout: Box::new(w),
+            stderr: Box::new(std::io::sink()),
+        };
         sink.write(1, b"nobody reads this");
     }
 }

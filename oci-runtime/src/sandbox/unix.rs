@@ -21,17 +21,29 @@ impl SocketPath {
     /// Resolves `path` (opening its directory when the path is too long for `sun_path`).
     pub(crate) fn new(path: &Path) -> io::Result<SocketPath> {
         if path.as_os_str().len() <= SUN_PATH_MAX {
-            return Ok(SocketPath { path: path.to_path_buf(), _dir: None });
+            return Ok(SocketPath {
+                path: path.to_path_buf(),
+                _dir: None,
+            });
         }
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a socket path", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a socket path", path.display()),
+            ));
         };
         let dir = File::open(dir)?;
         let short = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
         if short.as_os_str().len() > SUN_PATH_MAX {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("socket name of {} is too long", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("socket name of {} is too long", path.display()),
+            ));
         }
-        Ok(SocketPath { path: short, _dir: Some(dir) })
+        Ok(SocketPath {
+            path: short,
+            _dir: Some(dir),
+        })
     }
 
     /// The path to hand to bind/connect (valid while `self` lives).
@@ -69,7 +81,11 @@ pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     if flags < 0 {
         return Err(io::Error::last_os_error());
     }
-    let flags = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
     // SAFETY: as above.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
         return Err(io::Error::last_os_error());
@@ -127,7 +143,13 @@ pub(crate) fn read_signal(fd: &OwnedFd) -> io::Result<i32> {
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
     loop {
         // SAFETY: reading at most `size` bytes into `info`.
-        let n = unsafe { libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
         if n == size as isize {
             return Ok(info.ssi_signo as i32);
         }
@@ -135,7 +157,11 @@ pub(crate) fn read_signal(fd: &OwnedFd) -> io::Result<i32> {
         if n < 0 && err.kind() == io::ErrorKind::Interrupted {
             continue;
         }
-        return Err(if n < 0 { err } else { io::Error::new(io::ErrorKind::UnexpectedEof, "short signalfd read") });
+        return Err(if n < 0 {
+            err
+        } else {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "short signalfd read")
+        });
     }
 }
 
@@ -188,7 +214,10 @@ mod tests {
         assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
         set_cloexec(r.as_raw_fd(), false).unwrap();
         // SAFETY: as above.
-        assert_eq!(unsafe { libc::fcntl(r.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
+        assert_eq!(
+            unsafe { libc::fcntl(r.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC,
+            0
+        );
         w.write_all(b"x").unwrap();
         drop(w);
         let mut s = String::new();

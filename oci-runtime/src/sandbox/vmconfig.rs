@@ -8,7 +8,10 @@
 
 use oci_spec::runtime::Spec;
 use std::path::Path;
-use vmm::resources::{BootSource, ConsoleConfig, CpuTemplate, DriveConfig, EntropyConfig, MachineConfig, VsockConfig, DEFAULT_BOOT_ARGS, MAX_VCPUS};
+use vmm::resources::{
+    BootSource, ConsoleConfig, CpuTemplate, DriveConfig, EntropyConfig, MachineConfig, VsockConfig,
+    DEFAULT_BOOT_ARGS, MAX_VCPUS,
+};
 use vmm::VmResources;
 
 /// Annotation giving the VM's vCPU count (1 to 32).
@@ -63,35 +66,60 @@ pub fn vm_size(spec: &Spec) -> Result<VmSize, TranslateError> {
     let cpu = resources.and_then(|r| r.cpu().as_ref());
     let mut vcpus = DEFAULT_VCPUS;
     if let Some(cpu) = cpu {
-        let period = cpu.period().filter(|p| *p > 0).unwrap_or(DEFAULT_CPU_PERIOD_US);
+        let period = cpu
+            .period()
+            .filter(|p| *p > 0)
+            .unwrap_or(DEFAULT_CPU_PERIOD_US);
         match cpu.quota() {
             Some(quota) if quota > 0 => vcpus = clamp_vcpus((quota as u64).div_ceil(period)),
             _ => {
                 if let Some(list) = cpu.cpus().as_deref().filter(|s| !s.trim().is_empty()) {
-                    vcpus = clamp_vcpus(cpuset_count(list).ok_or_else(|| TranslateError::BadCpuset(list.to_string()))?);
+                    vcpus = clamp_vcpus(
+                        cpuset_count(list)
+                            .ok_or_else(|| TranslateError::BadCpuset(list.to_string()))?,
+                    );
                 }
             }
         }
     }
-    let limit = resources.and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()).filter(|l| *l > 0);
+    let limit = resources
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0);
     let mut memory_mib = match limit {
         Some(bytes) => ((bytes as u64).div_ceil(1 << 20) + GUEST_OVERHEAD_MIB).max(MIN_MEMORY_MIB),
         None => DEFAULT_MEMORY_MIB,
     };
     if let Some(annotations) = spec.annotations() {
         if let Some(value) = annotations.get(ANNOTATION_VCPUS) {
-            let bad = |reason: String| TranslateError::BadAnnotation { key: ANNOTATION_VCPUS, value: value.clone(), reason };
-            let n: u64 = value.trim().parse().map_err(|_| bad("not a whole number".into()))?;
+            let bad = |reason: String| TranslateError::BadAnnotation {
+                key: ANNOTATION_VCPUS,
+                value: value.clone(),
+                reason,
+            };
+            let n: u64 = value
+                .trim()
+                .parse()
+                .map_err(|_| bad("not a whole number".into()))?;
             if n == 0 || n > u64::from(MAX_VCPUS) {
                 return Err(bad(format!("a VM has 1 to {MAX_VCPUS} vCPUs")));
             }
             vcpus = n as u8;
         }
         if let Some(value) = annotations.get(ANNOTATION_MEMORY_MIB) {
-            let bad = |reason: String| TranslateError::BadAnnotation { key: ANNOTATION_MEMORY_MIB, value: value.clone(), reason };
-            let n: u64 = value.trim().parse().map_err(|_| bad("not a whole number of MiB".into()))?;
+            let bad = |reason: String| TranslateError::BadAnnotation {
+                key: ANNOTATION_MEMORY_MIB,
+                value: value.clone(),
+                reason,
+            };
+            let n: u64 = value
+                .trim()
+                .parse()
+                .map_err(|_| bad("not a whole number of MiB".into()))?;
             if n < MIN_MEMORY_MIB {
-                return Err(bad(format!("a container VM needs at least {MIN_MEMORY_MIB} MiB")));
+                return Err(bad(format!(
+                    "a container VM needs at least {MIN_MEMORY_MIB} MiB"
+                )));
             }
             memory_mib = n;
         }
@@ -152,7 +180,11 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
             boot_args: Some(DEFAULT_BOOT_ARGS.to_string()),
             initrd_path: Some(files.initramfs.to_path_buf()),
         },
-        machine_config: MachineConfig { vcpu_count: size.vcpus, mem_size_mib: size.memory_mib, cpu_template: CpuTemplate::Auto },
+        machine_config: MachineConfig {
+            vcpu_count: size.vcpus,
+            mem_size_mib: size.memory_mib,
+            cpu_template: CpuTemplate::Auto,
+        },
         console: ConsoleConfig::File(files.console_log.to_path_buf()),
         console_timestamps: false,
         seccomp: true,
@@ -165,7 +197,10 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
         }],
         entropy: Some(EntropyConfig {}),
         net: Vec::new(),
-        vsock: Some(VsockConfig { guest_cid: GUEST_CID, uds_path: files.vsock.to_path_buf() }),
+        vsock: Some(VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: files.vsock.to_path_buf(),
+        }),
     }
 }
 
@@ -176,10 +211,16 @@ pub(crate) const ROOTFS_DEVICE: &str = "/dev/vda";
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::{LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, SpecBuilder};
+    use oci_spec::runtime::{
+        LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, SpecBuilder,
+    };
     use std::collections::HashMap;
 
-    fn spec(cpu: Option<(Option<i64>, Option<u64>, Option<&str>)>, mem: Option<i64>, annotations: &[(&str, &str)]) -> Spec {
+    fn spec(
+        cpu: Option<(Option<i64>, Option<u64>, Option<&str>)>,
+        mem: Option<i64>,
+        annotations: &[(&str, &str)],
+    ) -> Spec {
         let mut res = LinuxResourcesBuilder::default();
         if let Some((quota, period, cpus)) = cpu {
             let mut c = LinuxCpuBuilder::default();
@@ -197,9 +238,19 @@ mod tests {
         if let Some(m) = mem {
             res = res.memory(LinuxMemoryBuilder::default().limit(m).build().unwrap());
         }
-        let linux = LinuxBuilder::default().resources(res.build().unwrap()).build().unwrap();
-        let ann: HashMap<String, String> = annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        SpecBuilder::default().linux(linux).annotations(ann).build().unwrap()
+        let linux = LinuxBuilder::default()
+            .resources(res.build().unwrap())
+            .build()
+            .unwrap();
+        let ann: HashMap<String, String> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        SpecBuilder::default()
+            .linux(linux)
+            .annotations(ann)
+            .build()
+            .unwrap()
     }
 
     fn size(vcpus: u8, memory_mib: u64) -> VmSize {
@@ -216,20 +267,78 @@ mod tests {
 
     #[test]
     fn cpu_quota_over_period_rounds_up() {
-        assert_eq!(vm_size(&spec(Some((Some(200_000), Some(100_000), None)), None, &[])).unwrap().vcpus, 2);
-        assert_eq!(vm_size(&spec(Some((Some(150_000), Some(100_000), None)), None, &[])).unwrap().vcpus, 2);
-        assert_eq!(vm_size(&spec(Some((Some(50_000), Some(100_000), None)), None, &[])).unwrap().vcpus, 1);
-        assert_eq!(vm_size(&spec(Some((Some(300_000), None, None)), None, &[])).unwrap().vcpus, 3, "default period");
-        assert_eq!(vm_size(&spec(Some((Some(-1), Some(100_000), None)), None, &[])).unwrap().vcpus, 1, "unlimited");
-        assert_eq!(vm_size(&spec(Some((Some(100_000), Some(0), Some("0-7"))), None, &[])).unwrap().vcpus, 1, "zero period");
-        assert_eq!(vm_size(&spec(Some((Some(i64::MAX), Some(1), None)), None, &[])).unwrap().vcpus, MAX_VCPUS, "clamped");
+        assert_eq!(
+            vm_size(&spec(Some((Some(200_000), Some(100_000), None)), None, &[]))
+                .unwrap()
+                .vcpus,
+            2
+        );
+        assert_eq!(
+            vm_size(&spec(Some((Some(150_000), Some(100_000), None)), None, &[]))
+                .unwrap()
+                .vcpus,
+            2
+        );
+        assert_eq!(
+            vm_size(&spec(Some((Some(50_000), Some(100_000), None)), None, &[]))
+                .unwrap()
+                .vcpus,
+            1
+        );
+        assert_eq!(
+            vm_size(&spec(Some((Some(300_000), None, None)), None, &[]))
+                .unwrap()
+                .vcpus,
+            3,
+            "default period"
+        );
+        assert_eq!(
+            vm_size(&spec(Some((Some(-1), Some(100_000), None)), None, &[]))
+                .unwrap()
+                .vcpus,
+            1,
+            "unlimited"
+        );
+        assert_eq!(
+            vm_size(&spec(
+                Some((Some(100_000), Some(0), Some("0-7"))),
+                None,
+                &[]
+            ))
+            .unwrap()
+            .vcpus,
+            1,
+            "zero period"
+        );
+        assert_eq!(
+            vm_size(&spec(Some((Some(i64::MAX), Some(1), None)), None, &[]))
+                .unwrap()
+                .vcpus,
+            MAX_VCPUS,
+            "clamped"
+        );
     }
 
     #[test]
     fn cpuset_counts_when_there_is_no_quota() {
-        assert_eq!(vm_size(&spec(Some((None, None, Some("0-3"))), None, &[])).unwrap().vcpus, 4);
-        assert_eq!(vm_size(&spec(Some((None, None, Some("0,2, 4-5"))), None, &[])).unwrap().vcpus, 4);
-        assert_eq!(vm_size(&spec(Some((None, None, Some(""))), None, &[])).unwrap().vcpus, 1);
+        assert_eq!(
+            vm_size(&spec(Some((None, None, Some("0-3"))), None, &[]))
+                .unwrap()
+                .vcpus,
+            4
+        );
+        assert_eq!(
+            vm_size(&spec(Some((None, None, Some("0,2, 4-5"))), None, &[]))
+                .unwrap()
+                .vcpus,
+            4
+        );
+        assert_eq!(
+            vm_size(&spec(Some((None, None, Some(""))), None, &[]))
+                .unwrap()
+                .vcpus,
+            1
+        );
         for bad in ["a", "3-1", "1-", "1,,2"] {
             let err = vm_size(&spec(Some((None, None, Some(bad))), None, &[])).unwrap_err();
             assert_eq!(err, TranslateError::BadCpuset(bad.into()));
@@ -238,16 +347,41 @@ mod tests {
 
     #[test]
     fn memory_limit_plus_overhead_with_a_floor() {
-        assert_eq!(vm_size(&spec(None, Some(512 << 20), &[])).unwrap().memory_mib, 512 + GUEST_OVERHEAD_MIB);
-        assert_eq!(vm_size(&spec(None, Some((256 << 20) + 1), &[])).unwrap().memory_mib, 257 + GUEST_OVERHEAD_MIB);
-        assert_eq!(vm_size(&spec(None, Some(16 << 20), &[])).unwrap().memory_mib, MIN_MEMORY_MIB);
-        assert_eq!(vm_size(&spec(None, Some(-1), &[])).unwrap().memory_mib, DEFAULT_MEMORY_MIB);
-        assert_eq!(vm_size(&spec(None, Some(0), &[])).unwrap().memory_mib, DEFAULT_MEMORY_MIB);
+        assert_eq!(
+            vm_size(&spec(None, Some(512 << 20), &[]))
+                .unwrap()
+                .memory_mib,
+            512 + GUEST_OVERHEAD_MIB
+        );
+        assert_eq!(
+            vm_size(&spec(None, Some((256 << 20) + 1), &[]))
+                .unwrap()
+                .memory_mib,
+            257 + GUEST_OVERHEAD_MIB
+        );
+        assert_eq!(
+            vm_size(&spec(None, Some(16 << 20), &[]))
+                .unwrap()
+                .memory_mib,
+            MIN_MEMORY_MIB
+        );
+        assert_eq!(
+            vm_size(&spec(None, Some(-1), &[])).unwrap().memory_mib,
+            DEFAULT_MEMORY_MIB
+        );
+        assert_eq!(
+            vm_size(&spec(None, Some(0), &[])).unwrap().memory_mib,
+            DEFAULT_MEMORY_MIB
+        );
     }
 
     #[test]
     fn annotations_override_exactly() {
-        let s = spec(Some((Some(400_000), Some(100_000), None)), Some(1 << 30), &[("zvm.vcpus", "2"), ("zvm.memory_mib", " 384 ")]);
+        let s = spec(
+            Some((Some(400_000), Some(100_000), None)),
+            Some(1 << 30),
+            &[("zvm.vcpus", "2"), ("zvm.memory_mib", " 384 ")],
+        );
         assert_eq!(vm_size(&s).unwrap(), size(2, 384));
     }
 
@@ -261,15 +395,27 @@ mod tests {
             ("zvm.memory_mib", "1G", "not a whole number of MiB"),
             ("zvm.memory_mib", "64", "at least 128 MiB"),
         ] {
-            let err = vm_size(&spec(None, None, &[(key, value)])).unwrap_err().to_string();
-            assert!(err.starts_with(&format!("annotation {key}={value:?} is not valid")) && err.contains(reason), "{err}");
+            let err = vm_size(&spec(None, None, &[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("annotation {key}={value:?} is not valid"))
+                    && err.contains(reason),
+                "{err}"
+            );
         }
     }
 
     #[test]
     fn resources_describe_the_container_vm() {
         let p = Path::new;
-        let files = VmFiles { kernel: p("/k"), initramfs: p("/d/i.cpio"), rootfs_image: p("/d/r.ext4"), console_log: p("/d/c.log"), vsock: p("/d/v.sock") };
+        let files = VmFiles {
+            kernel: p("/k"),
+            initramfs: p("/d/i.cpio"),
+            rootfs_image: p("/d/r.ext4"),
+            console_log: p("/d/c.log"),
+            vsock: p("/d/v.sock"),
+        };
         let r = vm_resources(size(2, 300), files, true);
         assert_eq!(r.machine_config.vcpu_count, 2);
         assert_eq!(r.machine_config.mem_size_mib, 300);
@@ -279,7 +425,13 @@ mod tests {
         assert!(r.drives[0].is_read_only && !r.drives[0].is_root_device);
         assert_eq!(r.drives[0].path_on_host, p("/d/r.ext4"));
         assert!(r.entropy.is_some());
-        assert_eq!(r.vsock, Some(VsockConfig { guest_cid: 3, uds_path: "/d/v.sock".into() }));
+        assert_eq!(
+            r.vsock,
+            Some(VsockConfig {
+                guest_cid: 3,
+                uds_path: "/d/v.sock".into()
+            })
+        );
         assert!(!vm_resources(size(1, 128), files, false).drives[0].is_read_only);
     }
 }
