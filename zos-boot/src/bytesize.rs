@@ -101,6 +101,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -155,6 +155,7 @@ pub fn ip_arg(addr: &GuestAddress, index: usize) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

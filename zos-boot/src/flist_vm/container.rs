@@ -132,6 +132,7 @@ pub fn build_root_disk(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -401,6 +401,7 @@ fn parse_image_config(bytes: &[u8]) -> ImageConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

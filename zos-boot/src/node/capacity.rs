@@ -103,6 +103,7 @@ pub fn default_reserved_memory(total: u64) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

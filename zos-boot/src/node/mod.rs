@@ -22,6 +22,7 @@ pub mod spec;
 pub mod store;
 mod supervisor;
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
 
 pub use self::core::{Node, NodeConfig, NodeError};

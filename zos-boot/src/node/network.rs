@@ -207,6 +207,7 @@ pub fn delete_tap(tap: &str) -> Result<(), NetError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

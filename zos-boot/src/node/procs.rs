@@ -108,6 +108,7 @@ pub fn signal(record: &PidRecord, signal: i32) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

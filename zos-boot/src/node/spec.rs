@@ -310,6 +310,7 @@ impl WorkloadSpec {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
