@@ -355,3 +355,82 @@ impl VmInstance for AdoptedVm {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::node::spec::WorkloadSpec;
+    use crate::node::store::{Address, DeploymentState};
+
+    #[test]
+    fn the_vm_command_carries_the_whole_spec() {
+        let spec = WorkloadSpec::from_json(
+            br#"{"name":"web","flist":"http://hub/web.fl","compute":{"cpu":2,"memory":"512M"},"size":"1G",
+                "disks":[{"name":"data","size":"1G","mountpoint":"/data"}],
+                "network":{"interfaces":[{"network":"lan"},{"network":"lan"}]},
+                "entrypoint":"/bin/web --port 80","env":{"A":"b c"},"kernel_args":"quiet"}"#,
+        )
+        .unwrap();
+        let addr = |ip: &str, tap: &str| Address {
+            network: "lan".into(),
+            ip: ip.parse().unwrap(),
+            prefix: 24,
+            gateway: "10.0.0.1".parse().unwrap(),
+            tap: tap.into(),
+        };
+        let record = DeploymentRecord {
+            spec,
+            created_at: 0,
+            state: DeploymentState::Pending,
+            restarts: 0,
+            addresses: vec![addr("10.0.0.2", "t0"), addr("10.0.0.3", "t1")],
+            error: None,
+        };
+        let runner = ProcessRunner {
+            zvm: "/zvm".into(),
+            cache_dir: "/c".into(),
+            kernel: Some("/k".into()),
+            networks: vec![],
+        };
+        let paths = VmPaths::new(Path::new("/s"), "web");
+        let args = runner.command_args(&record, &paths).join(" ");
+        let want = "run --flist http://hub/web.fl --flist-cache /c --flist-work /s/vms/web/work --cpus 2 --memory 512M \
+            --console stdio --kernel /k --entrypoint /bin/web --port 80 --env A=b c --root-size 1073741824 \
+            --disk path=/s/vms/web/disks/data.img,id=data --net tap=t0,id=eth0 --net tap=t1,id=eth1 \
+            --append ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off zvm.ip.eth1=10.0.0.3/24 zvm.mount.data=/data quiet";
+        assert_eq!(args, want);
+    }
+
+    #[test]
+    fn prepare_makes_sparse_disks() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = WorkloadSpec::from_json(br#"{"name":"d","flist":"/nonexistent.fl","compute":{"cpu":1,"memory":"256M"},"disks":[{"name":"data","size":"1G","mountpoint":"/d"}]}"#).unwrap();
+        let record = DeploymentRecord {
+            spec,
+            created_at: 0,
+            state: DeploymentState::Pending,
+            restarts: 0,
+            addresses: vec![],
+            error: None,
+        };
+        let runner = ProcessRunner {
+            zvm: "/zvm".into(),
+            cache_dir: dir.path().join("c"),
+            kernel: None,
+            networks: vec![],
+        };
+        let paths = VmPaths::new(dir.path(), "d");
+        // The flist is missing, so preparing fails after the disks are made.
+        let e = runner.prepare(&record, &paths).unwrap_err();
+        assert!(e.contains("is not reachable"), "{e}");
+        let meta = std::fs::metadata(paths.disks.join("data.img")).unwrap();
+        assert_eq!(meta.len(), 1 << 30);
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "not sparse: {} blocks",
+            meta.blocks()
+        );
+    }
+}
