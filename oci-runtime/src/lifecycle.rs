@@ -9,8 +9,9 @@
 //! process and the backend, never trusted from the record alone.
 //!
 //! Hooks (see [`crate::hooks`]) run on the host: `prestart`, `createRuntime` and
-//! `createContainer` at the end of `create` (state `creating`; a failure destroys the
-//! container, runs `poststop` and fails `create`), `startContainer` in `start` before the
+//! `createContainer` at the end of `create`, once the container's environment exists (state
+//! `created`, as state.md defines it after lifecycle step 2 and as the runtime-tools suite
+//! checks; a failure destroys the container, runs `poststop` and fails `create`), `startContainer` in `start` before the
 //! program runs (state `created`; a failure kills the container, which is then `stopped`, and
 //! fails `start`), `poststart` after it runs (state `running`; failures warn), `poststop` in
 //! `delete` after the container is destroyed (state `stopped`; failures warn).
@@ -287,7 +288,7 @@ impl Runtime {
         c.rec.pid_start_time = ProcStat::read(pid).map(|s| s.start_time);
         let finish = (|| -> Result<(), LifecycleError> {
             lock.save(&c.rec)?;
-            let state = hook_state(&c.rec, ContainerState::Creating);
+            let state = hook_state(&c.rec, ContainerState::Created);
             let hooks = c.spec.hooks().as_ref();
             for kind in [
                 HookKind::Prestart,

@@ -370,9 +370,9 @@ fn hooks_run_in_spec_order_with_the_state_on_stdin() {
         e.log(),
         vec![
             "backend create",
-            "hook prestart creating",
-            "hook createRuntime creating",
-            "hook createContainer creating",
+            "hook prestart created",
+            "hook createRuntime created",
+            "hook createContainer created",
             "hook startContainer created",
             "backend start",
             "hook poststart running",
@@ -421,8 +421,8 @@ fn a_failing_create_hook_destroys_the_container() {
         e.log(),
         vec![
             "backend create",
-            "hook prestart creating",
-            "hook createRuntime creating",
+            "hook prestart created",
+            "hook createRuntime created",
             "backend kill 9 true",
             "backend delete",
             "hook poststop stopped",

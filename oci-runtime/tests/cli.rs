@@ -330,7 +330,7 @@ fn hooks_get_the_state_on_stdin() {
         let s = read(k);
         assert_eq!(
             (s["id"].as_str(), s["status"].as_str()),
-            (Some("h"), Some("creating")),
+            (Some("h"), Some("created")),
             "{k}: {s}"
         );
         assert_eq!(s["pid"], pid, "{k}");
@@ -459,4 +459,27 @@ fn spec_features_version_and_json_logs() {
     assert_eq!(line["level"], "error");
     assert_eq!(line["msg"], "container nope does not exist");
     assert!(r.stderr.contains("container nope does not exist"));
+}
+
+#[test]
+fn a_rootfs_with_the_program_runs_chrooted() {
+    // SAFETY: geteuid(2) cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let busybox = Path::new("/bin/busybox");
+    if !root || !busybox.is_file() {
+        eprintln!("skipped: needs root and /bin/busybox (busybox-static) for a chroot rootfs");
+        return;
+    }
+    let e = Env::new();
+    let b = e.bundle("b", "echo in > /output; pwd > /cwd", "{}");
+    let bin = b.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", bin.join("sh")).unwrap();
+    let config = std::fs::read_to_string(b.join("config.json")).unwrap();
+    std::fs::write(b.join("config.json"), config.replace(r#""cwd":"/""#, r#""cwd":"/work""#)).unwrap();
+    let r = e.runc(&["run", "-b", b.to_str().unwrap(), "chr"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(b.join("rootfs/output")).unwrap(), "in\n");
+    assert_eq!(std::fs::read_to_string(b.join("rootfs/cwd")).unwrap(), "/work\n");
 }

@@ -1,13 +1,19 @@
 //! **Test double, not a container runtime**: runs the container's process directly on the
-//! host, in a new session, without namespaces, rootfs change, user switch or limits.
+//! host, in a new session, without namespaces, user switch, limits or any other isolation.
 //! Selected with `ZVM_RUNC_BACKEND=host-process`; it exists so that the lifecycle, hooks and
 //! command line can be tested fast and without a VM. Never use it for untrusted code.
 //!
 //! Like runc, `create` forks the container process, which blocks opening `exec.fifo` in the
 //! container directory for writing; `start` opens the fifo for reading, which releases it to
-//! `execve` the program. The program is looked up on the host (`PATH` from `process.env`), and
-//! runs in `<rootfs>/<process.cwd>` with exactly `process.env`. While the fifo exists the
-//! container is "created"; after `start` it is "running".
+//! `execve` the program with exactly `process.env`. While the fifo exists the container is
+//! "created"; after `start` it is "running".
+//!
+//! Where the program runs: when this runs as root and the rootfs holds the program (`PATH`
+//! from `process.env`), the process is `chroot`ed into the rootfs and runs in `process.cwd`
+//! there, so that paths mean what they mean in the container (a busybox rootfs, the
+//! runtime-tools suite; /dev/null, /dev/zero and /dev/urandom are made in the rootfs when
+//! missing, since nothing is mounted); otherwise (an empty rootfs, as in this crate's tests) the program is
+//! looked up on the host and runs in `<rootfs>/<process.cwd>`.
 
 use super::{
     BackendError, BackendStatus, ContainerBackend, ContainerRef, CreateOptions, ExecOutcome,
@@ -17,6 +23,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 /// The fifo the created process waits on.
@@ -74,6 +81,92 @@ fn host_cwd(c: &ContainerRef<'_>, cwd: &Path) -> Result<PathBuf, BackendError> {
     Ok(dir)
 }
 
+/// Where a process runs: the program and working directory as `execve` and `chdir` see
+/// them, and the root to `chroot` into first, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Placement {
+    program: PathBuf,
+    cwd: PathBuf,
+    chroot: Option<PathBuf>,
+}
+
+/// When running as root and the rootfs holds the program, the process runs chrooted into
+/// the rootfs (so absolute paths mean what they mean in the container); otherwise it runs
+/// on the host, in `<rootfs>/<cwd>`.
+fn place(
+    c: &ContainerRef<'_>,
+    args: &[String],
+    env: &[String],
+    cwd: &Path,
+) -> Result<Placement, BackendError> {
+    let program = args.first().map(String::as_str).unwrap_or("");
+    let host_dir = host_cwd(c, cwd)?;
+    // SAFETY: geteuid(2) cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && !program.is_empty() {
+        if let Some(inside) = resolve_in_rootfs(c.rootfs, program, env) {
+            add_dev_nodes(c.rootfs);
+            return Ok(Placement {
+                program: inside,
+                cwd: cwd.to_path_buf(),
+                chroot: Some(c.rootfs.to_path_buf()),
+            });
+        }
+    }
+    Ok(Placement {
+        program: resolve_program(program, env)?,
+        cwd: host_dir,
+        chroot: None,
+    })
+}
+
+/// Character devices a chrooted process expects (busybox `sh` opens /dev/null for
+/// background jobs); made in the rootfs's /dev when missing, since this double mounts nothing.
+fn add_dev_nodes(rootfs: &Path) {
+    let dev = rootfs.join("dev");
+    if std::fs::create_dir_all(&dev).is_err() {
+        return;
+    }
+    for (name, minor) in [("null", 3), ("zero", 5), ("urandom", 9)] {
+        let path = dev.join(name);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            continue;
+        }
+        let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: mknod(2) on a NUL-terminated path.
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, minor)) };
+    }
+}
+
+/// `program` looked up inside `rootfs` (`PATH` from `env`); the path as seen inside.
+fn resolve_in_rootfs(rootfs: &Path, program: &str, env: &[String]) -> Option<PathBuf> {
+    let inside = |p: &Path| rootfs.join(p.strip_prefix("/").unwrap_or(p));
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![Path::new("/").join(program)]
+    } else {
+        let path = env
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        path.split(':')
+            .filter(|d| d.starts_with('/'))
+            .map(|d| Path::new(d).join(program))
+            .collect()
+    };
+    candidates.into_iter().find(|p| {
+        let Ok(meta) = std::fs::symlink_metadata(inside(p)) else {
+            return false;
+        };
+        // A symlink inside the rootfs may point anywhere in it; trust it (busybox applets).
+        meta.file_type().is_symlink()
+            || (meta.is_file()
+                && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0)
+    })
+}
+
 fn cstring(bytes: &[u8], what: &str) -> Result<CString, BackendError> {
     CString::new(bytes).map_err(|_| BackendError::Exec {
         program: what.to_string(),
@@ -89,6 +182,7 @@ struct ChildPlan {
     envp: Vec<CString>,
     fifo: CString,
     cwd: CString,
+    chroot: Option<CString>,
     pty_slave: Option<OwnedFd>,
 }
 
@@ -136,6 +230,13 @@ impl ChildPlan {
                 libc::_exit(126);
             }
             libc::write(fd, b"0".as_ptr().cast(), 1);
+            if let Some(root) = &self.chroot {
+                if libc::chroot(root.as_ptr()) != 0 {
+                    let msg = b"zvm-runc host-process: chroot failed\n";
+                    libc::write(2, msg.as_ptr().cast(), msg.len());
+                    libc::_exit(127);
+                }
+            }
             libc::chdir(self.cwd.as_ptr());
             libc::execve(self.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
             let msg = b"zvm-runc host-process: execve failed\n";
@@ -158,8 +259,7 @@ impl ContainerBackend for HostProcessBackend {
             .ok_or_else(|| BackendError::Unsupported("no process".into()))?;
         let args = process.args().as_deref().unwrap_or(&[]);
         let env = process.env().as_deref().unwrap_or(&[]);
-        let program = resolve_program(args.first().map(String::as_str).unwrap_or(""), env)?;
-        let cwd = host_cwd(c, process.cwd())?;
+        let placed = place(c, args, env, process.cwd())?;
         let fifo = c.dir.join(EXEC_FIFO);
         let fifo_c = cstring(fifo.as_os_str().as_bytes(), "fifo path")?;
         // SAFETY: mkfifo(3) on a NUL-terminated path.
@@ -179,8 +279,8 @@ impl ContainerBackend for HostProcessBackend {
             };
         let plan = ChildPlan {
             program: cstring(
-                program.as_os_str().as_bytes(),
-                &program.display().to_string(),
+                placed.program.as_os_str().as_bytes(),
+                &placed.program.display().to_string(),
             )?,
             argv: args
                 .iter()
@@ -191,7 +291,12 @@ impl ContainerBackend for HostProcessBackend {
                 .map(|e| cstring(e.as_bytes(), e))
                 .collect::<Result<_, _>>()?,
             fifo: fifo_c,
-            cwd: cstring(cwd.as_os_str().as_bytes(), "cwd")?,
+            cwd: cstring(placed.cwd.as_os_str().as_bytes(), "cwd")?,
+            chroot: placed
+                .chroot
+                .as_ref()
+                .map(|r| cstring(r.as_os_str().as_bytes(), "rootfs"))
+                .transpose()?,
             pty_slave,
         };
         // SAFETY: the child runs only ChildPlan::exec, which makes async-signal-safe calls.
@@ -289,11 +394,28 @@ impl ContainerBackend for HostProcessBackend {
         }
         let args = req.process.args().as_deref().unwrap_or(&[]);
         let env = req.process.env().as_deref().unwrap_or(&[]);
-        let program = resolve_program(args.first().map(String::as_str).unwrap_or(""), env)?;
+        let placed = place(c, args, env, req.process.cwd())?;
+        let program = placed.program.clone();
         let mut cmd = std::process::Command::new(&program);
-        cmd.args(args.iter().skip(1))
-            .env_clear()
-            .current_dir(host_cwd(c, req.process.cwd())?);
+        cmd.args(args.iter().skip(1)).env_clear();
+        match &placed.chroot {
+            None => {
+                cmd.current_dir(&placed.cwd);
+            }
+            Some(root) => {
+                let root = cstring(root.as_os_str().as_bytes(), "rootfs")?;
+                let cwd = cstring(placed.cwd.as_os_str().as_bytes(), "cwd")?;
+                // SAFETY: the closure only calls chroot(2) and chdir(2) in the child.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::chroot(root.as_ptr()) != 0 || libc::chdir(cwd.as_ptr()) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
+        }
         for (k, v) in env.iter().filter_map(|e| e.split_once('=')) {
             cmd.env(k, v);
         }
