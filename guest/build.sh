@@ -10,7 +10,7 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
   --manifest-path "$here/Cargo.toml" --target "$target" >&2
 # zvm-init, the node image's service manager (a host workspace crate, service-manager/),
 # lands beside the init.
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
+CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
   --manifest-path "$here/../service-manager/Cargo.toml" --target "$target" --target-dir "$here/target" >&2
 # zvm-oci-agent, PID 1 of OCI container VMs (host workspace crate oci-agent/).
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p oci-agent \

@@ -23,6 +23,32 @@ pub struct ImageInputs {
     pub init: PathBuf,
     /// mke2fs on this host (copied with its libraries).
     pub mkfs: PathBuf,
+    /// gzip level of the initramfs, 0 (stored: no inflate work at boot) to 9.
+    pub gzip_level: u32,
+}
+
+/// The default gzip level.
+pub const DEFAULT_GZIP_LEVEL: u32 = 6;
+
+/// Packs `entries` as a gzip-compressed newc archive at `level` (0-9).
+pub fn pack_gzip(entries: &[Entry], level: u32) -> Result<Vec<u8>, ImageError> {
+    if level > 9 {
+        return Err(ImageError::Input(format!(
+            "gzip level {level} is not in 0-9"
+        )));
+    }
+    let pack_err = |e: std::io::Error| ImageError::Io {
+        what: "pack the initramfs".into(),
+        source: e,
+    };
+    let mut cpio = initramfs::CpioWriter::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::new(level),
+    ));
+    for entry in entries {
+        cpio.add(entry).map_err(pack_err)?;
+    }
+    cpio.finish().and_then(|gz| gz.finish()).map_err(pack_err)
 }
 
 /// What was built.
@@ -233,8 +259,7 @@ pub fn build(inputs: &ImageInputs, out: &Path) -> Result<ImageOutput, ImageError
         )));
     }
     let entries = entries(inputs)?;
-    let packed = initramfs::pack(&entries)
-        .map_err(|e| ImageError::Input(format!("pack the initramfs: {e}")))?;
+    let packed = pack_gzip(&entries, inputs.gzip_level)?;
     std::fs::create_dir_all(out).map_err(|source| ImageError::Io {
         what: format!("create {}", out.display()),
         source,
@@ -305,6 +330,32 @@ mod tests {
     }
 
     #[test]
+    fn gzip_levels() {
+        let entries = vec![Entry::File {
+            path: "big".into(),
+            mode: 0o644,
+            data: vec![7u8; 1 << 20],
+        }];
+        let stored = pack_gzip(&entries, 0).unwrap();
+        let packed = pack_gzip(&entries, 9).unwrap();
+        assert_eq!(&stored[..2], b"\x1f\x8b");
+        assert!(
+            stored.len() > 1 << 20 && packed.len() < 64 << 10,
+            "{} {}",
+            stored.len(),
+            packed.len()
+        );
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&stored[..]), &mut out)
+            .unwrap();
+        assert_eq!(out, initramfs::pack_uncompressed(&entries).unwrap());
+        assert!(pack_gzip(&entries, 10)
+            .unwrap_err()
+            .to_string()
+            .contains("not in 0-9"));
+    }
+
+    #[test]
     fn bad_inputs_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let dynamic = ImageInputs {
@@ -312,6 +363,7 @@ mod tests {
             zvm: "/bin/sh".into(),
             init: "/bin/sh".into(),
             mkfs: "/bin/sh".into(),
+            gzip_level: DEFAULT_GZIP_LEVEL,
         };
         let e = entries(&dynamic).unwrap_err().to_string();
         assert!(

@@ -30,6 +30,10 @@ pub struct ImageArgs {
     /// mke2fs to copy into the image with its libraries (default: /sbin/mke2fs).
     #[arg(long, value_name = "PATH")]
     pub mkfs: Option<PathBuf>,
+    /// gzip level of the initramfs: 1-9, or 0 for stored blocks (a larger file, but no
+    /// inflate work at boot: much faster where the guest kernel's code is emulated).
+    #[arg(long, default_value_t = build::DEFAULT_GZIP_LEVEL, value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub gzip_level: u32,
 }
 
 /// Flags of `zvm node prepare`.
@@ -128,6 +132,7 @@ fn build_image(args: ImageArgs) -> Result<build::ImageOutput, ImageError> {
             zvm,
             init,
             mkfs,
+            gzip_level: args.gzip_level,
         },
         &args.output,
     )
