@@ -61,6 +61,9 @@ fn main() -> ExitCode {
         cgroup_root: cli.cgroup_root.clone(),
         exit_on_disconnect: cli.unix_socket.is_some(),
         name: format!("zvm-oci-agent {}", env!("CARGO_PKG_VERSION")),
+        default_env: std::env::var("GLIBC_TUNABLES")
+            .map(|v| vec![format!("GLIBC_TUNABLES={v}")])
+            .unwrap_or_default(),
     };
     let result = match &cli.unix_socket {
         Some(path) => UnixTransport::bind(path)

@@ -59,7 +59,10 @@ fn env_cwd_and_user_take_effect() {
     require_namespaces!();
     let mut a = Agent::start();
     let s = spec("user", |v| {
-        sh(v, r#"echo "foo=$FOO"; pwd; id -u; id -g; id -G"#);
+        sh(
+            v,
+            r#"echo "foo=$FOO"; pwd; id -u; id -g; id -G; echo "tunables=$GLIBC_TUNABLES""#,
+        );
         v["process"]["env"] = serde_json::json!(["PATH=/bin", "FOO=bar baz"]);
         v["process"]["cwd"] = "/home/user".into();
         v["process"]["user"] =
@@ -76,6 +79,8 @@ fn env_cwd_and_user_take_effect() {
     let mut groups: Vec<&str> = lines[4].split_whitespace().collect();
     groups.sort();
     assert_eq!(groups, ["10", "1001", "20"]);
+    // The agent's GLIBC_TUNABLES (zvm's PVM workaround) reaches the container.
+    assert_eq!(lines[5], "tunables=zvm.test=1");
     a.shutdown();
 }
 
@@ -316,12 +321,23 @@ fn terminal_gives_a_pty_with_size() {
     })
     .unwrap();
     let out = a.wait(INIT_STREAM);
-    assert_eq!(
-        out.stdout.replace('\r', ""),
-        "is-a-tty\nconsole\n\n50 120\n",
-        "{out:?}"
-    );
+    // The pty echoes the newline we typed whenever it arrives: ignore empty lines.
+    let lines: Vec<&str> = out
+        .stdout
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(lines, ["is-a-tty", "console", "50 120"], "{out:?}");
     // Pipes have no terminal to resize.
+    let err = a
+        .request(RequestBody::ResizeTerminal {
+            stream: "nope".into(),
+            rows: 1,
+            cols: 1,
+        })
+        .unwrap_err();
+    assert!(err.contains("no running process"), "{err}");
     a.shutdown();
 }
 

@@ -9,7 +9,7 @@ use agent_protocol::{
     AgentMessage, Bytes, ContainerStatus, Event, ExitStatus, ResponseBody, Rootfs, INIT_STREAM,
 };
 
-use super::cgroup;
+use super::{cgroup, AgentConfig};
 use crate::fdio;
 use crate::plan::{plan_container, process::plan_process, ContainerPlan};
 use crate::spawn::{spawn_exec, spawn_init, ChildIo, ParkedInit, Spawned};
@@ -140,6 +140,8 @@ pub struct Container {
     pub cgroup_dir: Option<PathBuf>,
     /// The cgroup v2 root.
     pub cgroup_root: PathBuf,
+    /// Environment defaults added to every process (see [`AgentConfig::default_env`]).
+    pub default_env: Vec<String>,
     /// The root filesystem mount the agent made (block devices).
     pub mounted: Option<PathBuf>,
     /// Lifecycle state.
@@ -187,8 +189,9 @@ impl Container {
         spec: &Spec,
         rootfs: &Rootfs,
         terminal: bool,
-        cgroup_root: &Path,
+        cfg: &AgentConfig,
     ) -> Result<Self, String> {
+        let cgroup_root = cfg.cgroup_root.as_path();
         let readonly = spec
             .root()
             .as_ref()
@@ -203,7 +206,10 @@ impl Container {
             }
         };
         let plan = match plan_container(spec, &root, terminal) {
-            Ok(p) => p,
+            Ok(mut p) => {
+                p.process.add_default_env(&cfg.default_env);
+                p
+            }
             Err(e) => {
                 undo_mount(&mounted);
                 return Err(e.to_string());
@@ -226,6 +232,7 @@ impl Container {
                 plan,
                 cgroup_dir,
                 cgroup_root: cgroup_root.to_path_buf(),
+                default_env: cfg.default_env.clone(),
                 mounted,
                 status: ContainerStatus::Created,
                 parked: Some(parked),
@@ -275,7 +282,8 @@ impl Container {
                 "exec id {exec_id:?} is empty, reserved or already used"
             ));
         }
-        let plan = plan_process(process, None).map_err(|e| e.to_string())?;
+        let mut plan = plan_process(process, None).map_err(|e| e.to_string())?;
+        plan.add_default_env(&self.default_env);
         let procs_file = self.cgroup_dir.as_ref().map(|d| d.join("cgroup.procs"));
         let s = spawn_exec(self.init_pid, &self.plan.namespaces, &plan, procs_file)
             .map_err(|e| format!("exec: {e}"))?;

@@ -30,6 +30,10 @@ pub struct AgentConfig {
     pub exit_on_disconnect: bool,
     /// Name sent in our Hello.
     pub name: String,
+    /// `KEY=value` entries added to every container process whose environment lacks the key.
+    /// zvm's PVM template hands init `GLIBC_TUNABLES` (keeping glibc off AVX, whose state that
+    /// guest kernel cannot save); container processes need it as much as the agent does.
+    pub default_env: Vec<String>,
 }
 
 /// Errors that end the agent.
@@ -386,7 +390,7 @@ impl<T: Transport> Agent<T> {
                 if self.container.is_some() {
                     return Err("a container already exists in this agent".into());
                 }
-                let c = Container::create(&spec, &rootfs, terminal, &self.cfg.cgroup_root)?;
+                let c = Container::create(&spec, &rootfs, terminal, &self.cfg)?;
                 let pid = c.init_pid;
                 tracing::info!("container created, init pid {pid}");
                 self.container = Some(c);

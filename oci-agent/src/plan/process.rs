@@ -162,6 +162,29 @@ pub fn plan_process(p: &Process, terminal: Option<bool>) -> Result<ProcessPlan, 
     })
 }
 
+impl ProcessPlan {
+    /// Appends `KEY=value` entries whose key the environment does not set yet (the agent's
+    /// platform defaults, e.g. the PVM host's GLIBC_TUNABLES).
+    pub fn add_default_env(&mut self, defaults: &[String]) {
+        for entry in defaults {
+            let Some((key, _)) = entry.split_once('=') else {
+                continue;
+            };
+            let prefix = format!("{key}=");
+            if self
+                .env
+                .iter()
+                .any(|e| e.as_bytes().starts_with(prefix.as_bytes()))
+            {
+                continue;
+            }
+            if let Ok(c) = CString::new(entry.as_str()) {
+                self.env.push(c);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -204,6 +227,20 @@ mod tests {
             r#"{"args": ["x"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "consoleSize": {"height": 30, "width": 90}}"#,
         );
         assert_eq!(plan_process(&p, None).unwrap().console_size, Some((30, 90)));
+    }
+
+    #[test]
+    fn default_env_does_not_override() {
+        let mut plan = plan_process(
+            &process(
+                r#"{"args": ["x"], "env": ["A=1"], "cwd": "/", "user": {"uid": 0, "gid": 0}}"#,
+            ),
+            None,
+        )
+        .unwrap();
+        plan.add_default_env(&["A=2".into(), "B=3".into(), "junk".into()]);
+        let env: Vec<_> = plan.env.iter().map(|e| e.to_str().unwrap()).collect();
+        assert_eq!(env, ["A=1", "B=3"]);
     }
 
     #[test]

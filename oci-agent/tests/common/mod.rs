@@ -151,6 +151,8 @@ impl Agent {
             .arg("--cgroup-root")
             .arg(cgroup2_root())
             .env("ZVM_AGENT_LOG", "debug")
+            // As zvm's PVM template hands it to init; glibc ignores unknown tunables.
+            .env("GLIBC_TUNABLES", "zvm.test=1")
             .spawn()
             .unwrap();
         let begin = Instant::now();
