@@ -3,7 +3,8 @@
 //! This crate knows nothing about KVM: it parses and validates requests ([`http`],
 //! [`routes`], [`model`]) into typed [`ApiRequest`]s, hands each to a [`VmmController`],
 //! and writes the answer back. [`ApiServer`] serves many connections on one thread
-//! (`zvm_api`) with a non-blocking epoll loop, under its own seccomp filter.
+//! (`zvm_api`) with a non-blocking epoll loop, under its own seccomp filter. [`client`] is
+//! the other side: one request per connection, for `zvm api` and tests.
 //!
 //! ```no_run
 //! use api_server::{ApiRequest, ApiResponse, ApiServer, ApiServerConfig, ControllerError, VmmController};
@@ -24,6 +25,7 @@
 //! # Ok::<(), api_server::ServerError>(())
 //! ```
 
+pub mod client;
 pub mod controller;
 pub mod http;
 pub mod model;

@@ -66,6 +66,9 @@ enum Command {
         #[command(subcommand)]
         command: zos_boot::cli::NodeCommand,
     },
+    /// Send one request to a running zvm's API socket and print the answer: the status
+    /// on standard error, the body on standard output; exit 1 on a 4xx/5xx answer.
+    Api(api::client::ApiArgs),
     /// OCI containers, each in its own micro-VM, with runc's command line (also installed
     /// as `zvm-runc`): create, start, state, kill, delete, run, exec, ps, list, spec, features.
     Oci(oci_runtime::cli::OciArgs),
@@ -108,7 +111,7 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    let set_log_level = init_logging(&cli.log_level);
+    let logging = api::logger::Logging::init(&cli.log_level);
     let Some(command) = cli.command else {
         if cli.api_sock.is_none() && cli.config_file.is_none() {
             eprintln!("zvm: give a command (see zvm --help), or --api-sock PATH / --config-file FILE");
@@ -119,7 +122,7 @@ fn main() -> ExitCode {
             config_file: cli.config_file,
             id: cli.id,
             seccomp: cli.seccomp_level == "on",
-            set_log_level,
+            logging,
         };
         return api::serve(args, process_start);
     };
@@ -138,6 +141,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Node { command } => zos_boot::cli::run(command),
+        Command::Api(args) => api::client::run(args),
         Command::Oci(args) => {
             oci_runtime::cli::run(args, "zvm oci", oci_runtime::cli::self_launcher(&["oci", "__sandbox"]))
         }
@@ -149,23 +153,4 @@ fn main() -> ExitCode {
             }
         },
     }
-}
-
-/// Sets up logging to stderr at `level`; returns the function that changes the level later.
-fn init_logging(level: &str) -> api::SetLogLevel {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{fmt, reload, EnvFilter};
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = reload::Layer::new(filter);
-    let fmt_layer = fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .without_time();
-    tracing_subscriber::registry().with(filter).with(fmt_layer).init();
-    Box::new(move |level: &str| {
-        let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log level '{level}': {e}"))?;
-        handle.reload(filter).map_err(|e| e.to_string())
-    })
 }

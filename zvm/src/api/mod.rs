@@ -5,26 +5,26 @@
 //! over a channel to this process's main thread, which owns the configuration and the VM
 //! and answers. When the VM ends, the process exits with `zvm run`'s exit codes.
 
+pub mod client;
 mod config_file;
+pub mod logger;
 mod metrics;
 mod state;
 
 use crate::run::{install_stop_signals, report_outcome};
-use api_server::model::{ActionType, InstanceInfo, InstanceState, LogLevel, VmState};
+use api_server::model::{ActionType, InstanceInfo, InstanceState, VmState};
 use api_server::{ApiRequest, ApiResponse, ApiServer, ApiServerConfig, ControllerError, StatusCode, VmmController};
-use metrics::Metrics;
+use logger::Logging;
+use metrics::{Metrics, FLUSH_INTERVAL};
 use state::PendingConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use vmm::builder::BuildOptions;
 use vmm::devices::boot_timer::BootTime;
-use vmm::vm::{PauseHandle, StopHandle};
+use vmm::vm::{KeyboardHandle, PauseHandle, StopHandle};
 use vmm::VmOutcome;
-
-/// How the process changes its own log level (`PUT /logger`).
-pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String>>;
 
 /// Options of VMM mode.
 pub struct VmmModeArgs {
@@ -36,8 +36,8 @@ pub struct VmmModeArgs {
     pub id: String,
     /// Seccomp on zvm's threads.
     pub seccomp: bool,
-    /// Changes the log level.
-    pub set_log_level: SetLogLevel,
+    /// zvm's logging, reconfigured by `PUT /logger`.
+    pub logging: Logging,
 }
 
 enum Message {
@@ -59,6 +59,7 @@ impl VmmController for Bridge {
 
 struct Running {
     pause: PauseHandle,
+    keyboard: Option<KeyboardHandle>,
     _stop: StopHandle,
 }
 
@@ -68,7 +69,7 @@ struct Monitor {
     config: PendingConfig,
     running: Option<Running>,
     metrics: Metrics,
-    set_log_level: SetLogLevel,
+    logging: Logging,
     process_start: Instant,
     events: Sender<Message>,
 }
@@ -94,7 +95,15 @@ impl Monitor {
     }
 
     fn handle(&mut self, request: ApiRequest) -> Result<ApiResponse, ControllerError> {
-        self.metrics.requests += 1;
+        self.metrics.requests.inc();
+        let answer = self.answer(request);
+        if answer.is_err() {
+            self.metrics.refused.inc();
+        }
+        answer
+    }
+
+    fn answer(&mut self, request: ApiRequest) -> Result<ApiResponse, ControllerError> {
         let json = |v: serde_json::Value| Ok(ApiResponse::Json(v));
         match request {
             ApiRequest::GetInstanceInfo => {
@@ -150,7 +159,10 @@ impl Monitor {
                 self.config.vsock = Some(v);
                 Ok(ApiResponse::Empty)
             }
-            ApiRequest::PutLogger(l) => self.put_logger(l),
+            ApiRequest::PutLogger(l) => {
+                self.logging.configure(&l).map_err(|e| refuse(e.to_string()))?;
+                Ok(ApiResponse::Empty)
+            }
             ApiRequest::PutMetrics(m) => {
                 self.metrics.set_path(PathBuf::from(m.metrics_path)).map_err(refuse)?;
                 Ok(ApiResponse::Empty)
@@ -160,28 +172,15 @@ impl Monitor {
                 self.metrics.flush(self.state()).map_err(refuse)?;
                 Ok(ApiResponse::Empty)
             }
-            ApiRequest::Action(ActionType::SendCtrlAltDel) => {
-                Err(refuse("SendCtrlAltDel is not supported yet: zvm's i8042 has no keyboard; reboot the guest from inside"))
-            }
+            ApiRequest::Action(ActionType::SendCtrlAltDel) => self.send_ctrl_alt_del(),
             ApiRequest::PatchVm(state) => self.patch_vm(state),
         }
     }
 
-    fn put_logger(&mut self, l: api_server::model::Logger) -> Result<ApiResponse, ControllerError> {
-        if l.log_path.is_some() || l.module.is_some() {
-            return Err(refuse("zvm logs to its standard error; log_path and module are not supported"));
-        }
-        if let Some(level) = l.level {
-            let filter = match level {
-                LogLevel::Error => "error",
-                LogLevel::Warning => "warn",
-                LogLevel::Info => "info",
-                LogLevel::Debug => "debug",
-                LogLevel::Trace => "trace",
-                LogLevel::Off => "off",
-            };
-            (self.set_log_level)(filter).map_err(refuse)?;
-        }
+    fn send_ctrl_alt_del(&mut self) -> Result<ApiResponse, ControllerError> {
+        let running = self.running.as_ref().ok_or_else(|| refuse("SendCtrlAltDel needs a running VM: send InstanceStart first"))?;
+        let keyboard = running.keyboard.as_ref().ok_or_else(|| refuse("the VM has no i8042 keyboard"))?;
+        keyboard.send_ctrl_alt_del().map_err(|e| refuse(format!("cannot send Ctrl-Alt-Del: {e}")))?;
         Ok(ApiResponse::Empty)
     }
 
@@ -194,6 +193,8 @@ impl Monitor {
         let internal = |e: std::io::Error| ControllerError::with_status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
         let pause = vm.pause_handle().map_err(internal)?;
         let stop = vm.stop_handle().map_err(internal)?;
+        let keyboard = vm.keyboard();
+        self.metrics.vm = Some(vm.metrics());
         install_stop_signals(stop.raw_fd());
         let events = self.events.clone();
         std::thread::Builder::new()
@@ -203,7 +204,7 @@ impl Monitor {
                 let _ = events.send(Message::VmEnded(outcome, boot_time));
             })
             .map_err(internal)?;
-        self.running = Some(Running { pause, _stop: stop });
+        self.running = Some(Running { pause, keyboard, _stop: stop });
         self.metrics.started = Some(Instant::now());
         Ok(ApiResponse::Empty)
     }
@@ -227,7 +228,7 @@ pub fn serve(args: VmmModeArgs, process_start: Instant) -> ExitCode {
         config: PendingConfig::default(),
         running: None,
         metrics: Metrics::default(),
-        set_log_level: args.set_log_level,
+        logging: args.logging,
         process_start,
         events: tx.clone(),
     };
@@ -269,14 +270,14 @@ pub fn serve(args: VmmModeArgs, process_start: Instant) -> ExitCode {
 }
 
 fn main_loop(monitor: &mut Monitor, rx: &Receiver<Message>) -> ExitCode {
+    let mut next_flush = Instant::now() + FLUSH_INTERVAL;
     loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
+        match rx.recv_timeout(next_flush.saturating_duration_since(Instant::now())) {
             Ok(Message::Api(request, reply)) => {
                 let answer = monitor.handle(request);
                 let _ = reply.send(answer);
             }
             Ok(Message::VmEnded(outcome, boot_time)) => {
-                monitor.metrics.boot_time = boot_time;
                 if let Some(vsock) = &monitor.config.vsock {
                     vmm::devices::virtio::vsock::remove_socket(std::path::Path::new(&vsock.uds_path));
                 }
@@ -287,6 +288,7 @@ fn main_loop(monitor: &mut Monitor, rx: &Receiver<Message>) -> ExitCode {
                 return report_outcome(&outcome, boot_time);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                next_flush = Instant::now() + FLUSH_INTERVAL;
                 if let Err(e) = monitor.metrics.flush(monitor.state()) {
                     tracing::warn!("periodic metrics flush failed: {e}");
                 }

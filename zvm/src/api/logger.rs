@@ -1,0 +1,240 @@
+//! zvm's log output (`tracing`): standard error by default; `PUT /logger` (and a config
+//! file's `logger` section) moves it to a file or named pipe and sets its level, module
+//! filter and line prefixes, as Firecracker's logger does.
+
+use api_server::model::{LogLevel, Logger};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+/// Errors configuring the logger.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggerError {
+    /// The log file or pipe could not be opened.
+    #[error("cannot open log file {path}: {source}")]
+    Open {
+        /// The path given.
+        path: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A module name or level the filter does not take.
+    #[error("invalid log filter '{filter}': {reason}")]
+    Filter {
+        /// The filter built from the request.
+        filter: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// Where log lines go: standard error until a log path is set.
+#[derive(Debug, Clone, Default)]
+struct Sink(Arc<Mutex<Option<File>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut *self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(file) => file.write(buf),
+            None => io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Sink {
+    type Writer = Sink;
+
+    fn make_writer(&'a self) -> Sink {
+        self.clone()
+    }
+}
+
+/// The line format: `[LEVEL ][file:line: ]message`, the prefixes switchable at run time.
+#[derive(Debug, Clone)]
+struct LineFormat {
+    show_level: Arc<AtomicBool>,
+    show_origin: Arc<AtomicBool>,
+    /// Colour the level (standard error on a terminal only).
+    colour: Arc<AtomicBool>,
+}
+
+fn level_colour(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "\x1b[31m",
+        Level::WARN => "\x1b[33m",
+        Level::INFO => "\x1b[32m",
+        Level::DEBUG => "\x1b[34m",
+        Level::TRACE => "\x1b[35m",
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+        let meta = event.metadata();
+        if self.show_level.load(Ordering::Relaxed) {
+            let level = *meta.level();
+            if self.colour.load(Ordering::Relaxed) {
+                write!(writer, "{}{level:>5}\x1b[0m ", level_colour(level))?;
+            } else {
+                write!(writer, "{level:>5} ")?;
+            }
+        }
+        if self.show_origin.load(Ordering::Relaxed) {
+            write!(writer, "{}:{}: ", meta.file().unwrap_or("?"), meta.line().unwrap_or(0))?;
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// zvm's logging, reconfigurable while it runs.
+pub struct Logging {
+    filter: reload::Handle<EnvFilter, Registry>,
+    level: String,
+    module: Option<String>,
+    format: LineFormat,
+    sink: Sink,
+    stderr_is_terminal: bool,
+}
+
+impl std::fmt::Debug for Logging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Logging(level {}, module {:?})", self.level, self.module)
+    }
+}
+
+/// Opens a log or metrics destination for appending without blocking: a regular file is
+/// created if missing; a named pipe is opened read-write so that opening never waits for a
+/// reader, and a full pipe drops lines instead of stalling zvm.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).append(true).create(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)
+}
+
+fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Error => "error",
+        LogLevel::Warning => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+        LogLevel::Trace => "trace",
+        LogLevel::Off => "off",
+    }
+}
+
+impl Logging {
+    /// Installs the global subscriber: standard error, `level` (an `EnvFilter` directive,
+    /// `info` if it does not parse), levels shown, origins not.
+    pub fn init(level: &str) -> Logging {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let (filter, handle) = reload::Layer::new(EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
+        let stderr_is_terminal = io::IsTerminal::is_terminal(&io::stderr());
+        let format = LineFormat {
+            show_level: Arc::new(AtomicBool::new(true)),
+            show_origin: Arc::new(AtomicBool::new(false)),
+            colour: Arc::new(AtomicBool::new(stderr_is_terminal)),
+        };
+        let sink = Sink::default();
+        let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(sink.clone()).event_format(format.clone());
+        tracing_subscriber::registry().with(filter).with(layer).init();
+        Logging { filter: handle, level: level.to_string(), module: None, format, sink, stderr_is_terminal }
+    }
+
+    /// Applies a `PUT /logger` request. Nothing changes if any part of it is refused.
+    pub fn configure(&mut self, request: &Logger) -> Result<(), LoggerError> {
+        let file = match &request.log_path {
+            Some(path) => Some(open_append(Path::new(path)).map_err(|source| LoggerError::Open { path: path.clone(), source })?),
+            None => None,
+        };
+        let level = request.level.map_or_else(|| self.level.clone(), |l| level_name(l).to_string());
+        let module = request.module.clone().or_else(|| self.module.clone());
+        if let Some(m) = &module {
+            if !is_module_path(m) {
+                return Err(LoggerError::Filter { filter: m.clone(), reason: "a module is a Rust path such as vmm::devices".into() });
+            }
+        }
+        let directive = filter_directive(&level, module.as_deref());
+        let filter =
+            EnvFilter::try_new(&directive).map_err(|e| LoggerError::Filter { filter: directive.clone(), reason: e.to_string() })?;
+        self.filter.reload(filter).map_err(|e| LoggerError::Filter { filter: directive, reason: e.to_string() })?;
+        self.level = level;
+        self.module = module;
+        if let Some(show) = request.show_level {
+            self.format.show_level.store(show, Ordering::Relaxed);
+        }
+        if let Some(show) = request.show_log_origin {
+            self.format.show_origin.store(show, Ordering::Relaxed);
+        }
+        let mut sink = self.sink.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(file) = file {
+            *sink = Some(file);
+        }
+        self.format.colour.store(self.stderr_is_terminal && sink.is_none(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Whether `module` looks like a Rust module path (`crate::module::...`).
+fn is_module_path(module: &str) -> bool {
+    !module.is_empty() && module.split("::").all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+}
+
+/// The filter for `level`, restricted to `module` (a module path prefix such as
+/// `vmm::devices`) when one is given.
+fn filter_directive(level: &str, module: Option<&str>) -> String {
+    match module {
+        Some(module) => format!("off,{module}={level}"),
+        None => level.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_and_levels() {
+        assert_eq!(filter_directive("debug", None), "debug");
+        assert_eq!(filter_directive("warn", Some("vmm::devices")), "off,vmm::devices=warn");
+        assert_eq!(level_name(LogLevel::Warning), "warn");
+        assert!(EnvFilter::try_new(filter_directive("info", Some("vmm::vm"))).is_ok());
+        assert!(is_module_path("vmm::devices::i8042") && is_module_path("api_server"));
+        for bad in ["", "a b", "vmm::", "::vmm", "vmm=debug", "a,b"] {
+            assert!(!is_module_path(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn destinations_open_without_blocking() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("log");
+        let mut f = open_append(&file).expect("created");
+        f.write_all(b"one\n").expect("write");
+        let mut f = open_append(&file).expect("reopened");
+        f.write_all(b"two\n").expect("write");
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "one\ntwo\n", "appended");
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().expect("utf8")).expect("cstr");
+        // SAFETY: mkfifo on a path in our temporary directory.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut pipe = open_append(&fifo).expect("a pipe without a reader opens at once");
+        pipe.write_all(b"line\n").expect("buffered in the pipe");
+        assert!(open_append(Path::new("/nonexistent/dir/log")).is_err());
+    }
+}
