@@ -1,8 +1,11 @@
 //! `zvm --api-sock`: Firecracker's REST API served by a real zvm process, first without a
-//! guest, then driving a Linux boot from configuration to exit.
+//! guest (configuration, logger, the `zvm api` client), then driving one Linux boot from
+//! configuration through pause, resume and Ctrl-Alt-Del to exit.
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmm::resources::DEFAULT_BOOT_ARGS;
 use zvm_integration_tests::api_client::{request, wait_for_socket};
@@ -93,58 +96,171 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
 }
 
 #[test]
-fn api_drives_a_linux_boot_with_pause_and_resume() {
+fn logger_moves_zvm_log_to_a_file_with_level_and_origin() {
+    let zvm = ZvmProcess::start("api-logger");
+    let log = scratch_dir().join("api-logger.log");
+    let _ = std::fs::remove_file(&log);
+    let body = serde_json::json!({"log_path": log, "level": "Debug", "show_level": true, "show_log_origin": true}).to_string();
+    assert_eq!(zvm.call("PUT", "/logger", Some(&body)).0, 204);
+    assert_eq!(zvm.call("GET", "/machine-config", None).0, 200);
+    let text = std::fs::read_to_string(&log).expect("log file written");
+    let line = text.lines().find(|l| l.contains("API request") && l.contains("GetMachineConfig")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.starts_with("DEBUG "), "the level is shown: {line}");
+    assert!(line.contains("routes.rs:"), "the origin is shown: {line}");
+
+    let body = serde_json::json!({"level": "Warning", "show_level": false}).to_string();
+    assert_eq!(zvm.call("PUT", "/logger", Some(&body)).0, 204);
+    let before = std::fs::read_to_string(&log).expect("log").len();
+    assert_eq!(zvm.call("GET", "/machine-config", None).0, 200);
+    assert_eq!(std::fs::read_to_string(&log).expect("log").len(), before, "debug lines are filtered out now");
+
+    let (status, fault) = zvm.call("PUT", "/logger", Some(r#"{"log_path": "/nonexistent/dir/zvm.log"}"#));
+    assert_eq!(status, 400);
+    assert!(fault["fault_message"].as_str().unwrap_or("").contains("/nonexistent/dir/zvm.log"), "{fault}");
+    assert_eq!(zvm.call("PUT", "/logger", Some(r#"{"level": "Loud"}"#)).0, 400, "unknown level");
+    assert_eq!(zvm.call("PUT", "/logger", Some(r#"{"module": "a b"}"#)).0, 400, "not a module path");
+    assert_eq!(zvm.call("PUT", "/logger", Some(r#"{"module": "api_server", "level": "Debug"}"#)).0, 204);
+    assert_eq!(zvm.call("GET", "/", None).0, 200, "still serving");
+}
+
+#[test]
+fn zvm_api_client_prints_status_and_body_and_fails_on_errors() {
+    let zvm = ZvmProcess::start("api-client");
+    let sock = zvm.sock.to_str().expect("utf8");
+    let run = |args: &[&str]| Command::new(zvm_binary()).arg("api").arg(sock).args(args).output().expect("run zvm api");
+    let out = run(&["GET", "/"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 200 OK"));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the body is JSON");
+    assert_eq!(info["state"], "Not started");
+
+    let out = run(&["PUT", "/machine-config", r#"{"vcpu_count": 2, "mem_size_mib": 256}"#]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 204 No Content"));
+    assert!(out.stdout.is_empty(), "no body");
+    assert_eq!(zvm.call("GET", "/machine-config", None).1["vcpu_count"], 2, "the request took effect");
+
+    let out = run(&["PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#]);
+    assert_eq!(out.status.code(), Some(1), "a 400 answer");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 400"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("InstanceStart"), "the fault says what to do first");
+
+    let out = Command::new(zvm_binary()).args(["api", "/nonexistent/zvm.sock", "GET", "/"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
+
+/// A guest console read as it arrives.
+struct ConsoleReader(Arc<Mutex<String>>);
+
+impl ConsoleReader {
+    fn start(child: &mut Child) -> ConsoleReader {
+        let text = Arc::new(Mutex::new(String::new()));
+        let mut out = child.stdout.take().expect("stdout");
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("console").push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        ConsoleReader(text)
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().expect("console").clone()
+    }
+
+    fn wait_for(&self, marker: &str, zvm: &mut ZvmProcess, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.text().contains(marker) {
+            if let Some(status) = zvm.child.try_wait().expect("wait") {
+                panic!("zvm exited ({status}) before {marker:?}:\n{}", self.text());
+            }
+            assert!(Instant::now() < deadline, "no {marker:?} in time:\n{}", self.text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn sum(lines: &[serde_json::Value], group: &str, counter: &str) -> u64 {
+    lines.iter().filter_map(|l| l[group][counter].as_u64()).sum()
+}
+
+#[test]
+fn api_drives_a_linux_boot_through_pause_resume_and_ctrl_alt_del() {
     let mut zvm = ZvmProcess::start("api-boot");
+    let console = ConsoleReader::start(&mut zvm.child);
     let metrics = scratch_dir().join("api-boot.metrics");
     let _ = std::fs::remove_file(&metrics);
     let boot = serde_json::json!({
         "kernel_image_path": guest_kernel(),
         "initrd_path": test_initramfs(),
-        "boot_args": format!("{DEFAULT_BOOT_ARGS} zvm.mode=marker"),
+        "boot_args": format!("{DEFAULT_BOOT_ARGS} zvm.mode=wait"),
     });
     assert_eq!(zvm.call("PUT", "/boot-source", Some(&boot.to_string())).0, 204);
     assert_eq!(zvm.call("PUT", "/machine-config", Some(r#"{"vcpu_count": 1, "mem_size_mib": 256}"#)).0, 204);
+    let disk = scratch_dir().join("api-boot-disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk");
+    let drive = serde_json::json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false, "is_read_only": true});
+    assert_eq!(zvm.call("PUT", "/drives/data", Some(&drive.to_string())).0, 204);
     let metrics_body = serde_json::json!({"metrics_path": metrics}).to_string();
     assert_eq!(zvm.call("PUT", "/metrics", Some(&metrics_body)).0, 204);
+    let (status, fault) = zvm.call("PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#));
+    assert_eq!(status, 400, "no VM to send keys to yet");
+    assert!(fault["fault_message"].as_str().unwrap_or("").contains("InstanceStart"), "{fault}");
     assert_eq!(zvm.call("PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)).0, 204);
     assert_eq!(zvm.call("GET", "/", None).1["state"], "Running");
     assert_eq!(zvm.call("PUT", "/boot-source", Some(&boot.to_string())).0, 400, "no reconfiguration after start");
     assert_eq!(zvm.call("PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)).0, 400, "only one start");
 
+    // The guest's init reaches userspace and waits for Ctrl-Alt-Del.
+    console.wait_for("zvm-guest: waiting for ctrl-alt-del", &mut zvm, Duration::from_secs(900));
     assert_eq!(zvm.call("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0, 204);
     assert_eq!(zvm.call("GET", "/", None).1["state"], "Paused");
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(zvm.call("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0, 204);
     assert_eq!(zvm.call("GET", "/", None).1["state"], "Running");
     assert_eq!(zvm.call("PUT", "/actions", Some(r#"{"action_type": "FlushMetrics"}"#)).0, 204);
 
-    // The guest boots, reaches userspace and reboots; zvm then exits 0.
-    let deadline = Instant::now() + Duration::from_secs(600);
+    // Ctrl-Alt-Del: the keyboard driver makes the kernel signal init, which shuts down.
+    assert_eq!(zvm.call("PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#)).0, 204);
+    let deadline = Instant::now() + Duration::from_secs(300);
     let status = loop {
         if let Some(status) = zvm.child.try_wait().expect("wait") {
             break status;
         }
-        assert!(Instant::now() < deadline, "the API-started guest did not finish");
+        assert!(Instant::now() < deadline, "the guest did not shut down after Ctrl-Alt-Del:\n{}", console.text());
         std::thread::sleep(Duration::from_millis(200));
     };
-    let mut console = String::new();
     let mut errors = String::new();
-    if let Some(mut out) = zvm.child.stdout.take() {
-        let _ = std::io::Read::read_to_string(&mut out, &mut console);
-    }
     if let Some(mut err) = zvm.child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut err, &mut errors);
+        let _ = err.read_to_string(&mut errors);
     }
-    assert!(console.contains("zvm-guest: userspace reached"), "{errors}\n{console}");
+    std::thread::sleep(Duration::from_millis(200));
+    let text = console.text();
+    assert!(text.contains("i8042.dumbkbd"), "zvm added the i8042 switches:\n{text}");
+    assert!(text.contains("zvm-guest: ctrl-alt-del, shutting down"), "{errors}\n{text}");
     assert!(errors.contains("zvm: guest rebooted; VM ended"), "{errors}");
     assert_eq!(status.code(), Some(0), "{errors}");
+
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
         .expect("metrics written")
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     assert!(lines.len() >= 2, "FlushMetrics and the final flush: {lines:?}");
-    assert!(lines[0]["api_server"]["requests"].as_u64().unwrap_or(0) >= 5);
-    assert!(lines.last().map(|l| l["vmm"]["boot_time_us"].as_u64().is_some()).unwrap_or(false), "{lines:?}");
+    let booted = |l: &&serde_json::Value| l["vmm"]["state"] == "Running" && l["vmm"]["boot_time_us"].as_u64().is_some();
+    assert!(lines.iter().any(|l| booted(&l)), "a line while running shows the guest's boot time: {lines:?}");
+    // Counters are increases since the previous line, so they add up over the lines.
+    assert!(sum(&lines, "api_server", "requests") >= 14, "{lines:?}");
+    assert!(sum(&lines, "api_server", "refused") >= 3, "{lines:?}");
+    assert!(sum(&lines, "vcpu", "exit_io_out") > 0, "serial output is port I/O: {lines:?}");
+    assert!(sum(&lines, "vcpu", "exit_mmio_write") > 0, "virtio and the boot timer are MMIO: {lines:?}");
+    assert!(sum(&lines, "block_data", "read_bytes") > 0, "the kernel read the partition table: {lines:?}");
+    assert_eq!(sum(&lines, "block_data", "write_count"), 0, "a read-only disk");
     assert!(!zvm.sock.exists(), "the API socket is removed when zvm exits");
 }
