@@ -81,6 +81,31 @@ pub fn busybox_initramfs(script: &str) -> PathBuf {
     path
 }
 
+/// The static OCI guest agent (`zvm-oci-agent`), built by guest/build.sh beside the init.
+pub fn oci_agent() -> PathBuf {
+    let path = guest_init().with_file_name("zvm-oci-agent");
+    assert!(path.is_file(), "{} is missing: guest/build.sh builds it", path.display());
+    path
+}
+
+/// A container rootfs in `dir`: Debian's busybox-static as /bin/busybox with its applets
+/// linked in /bin, plus the empty directories `dirs` (mount points, working directories).
+pub fn busybox_rootfs(dir: &Path, dirs: &[&str]) {
+    let busybox = Path::new("/bin/busybox");
+    assert!(busybox.is_file(), "busybox-static is not installed (apt-get install busybox-static); .ci/run installs it");
+    std::fs::create_dir_all(dir.join("bin")).expect("rootfs/bin");
+    std::fs::copy(busybox, dir.join("bin/busybox")).expect("copy busybox");
+    let applets = Command::new(busybox).arg("--list").output().expect("busybox --list");
+    for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
+        let link = dir.join("bin").join(applet);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("busybox", &link).expect("applet symlink");
+    }
+    for d in dirs {
+        std::fs::create_dir_all(dir.join(d.trim_start_matches('/'))).expect("rootfs dir");
+    }
+}
+
 /// The `zvm` binary of this build (`cargo test --workspace` builds it for zvm's own CLI
 /// tests; `scripts/test.sh` builds it first).
 pub fn zvm_binary() -> PathBuf {

@@ -9,7 +9,7 @@ use super::stdio::{pump, OutputSink};
 use super::vmconfig::{vm_resources, vm_size, VmFiles, ROOTFS_DEVICE};
 use super::{disk, pty, unix, SandboxConfig, SandboxError};
 use super::{
-    CONFIG_FILE, CONSOLE_LOG, CONTROL_SOCKET, EXIT_FILE, INITRAMFS_FILE, LOG_FILE, ROOTFS_IMAGE,
+    AGENT_IMAGE, CONFIG_FILE, CONSOLE_LOG, CONTROL_SOCKET, EXIT_FILE, LOG_FILE, ROOTFS_IMAGE,
     VSOCK_SOCKET,
 };
 use agent_protocol::{
@@ -26,10 +26,11 @@ use std::time::{Duration, Instant};
 use vmm::builder::BuildOptions;
 use vmm::vm::StopHandle;
 
-/// How long the agent has to start listening (boots take 50-60 s here, minutes when busy).
-const AGENT_DEADLINE: Duration = Duration::from_secs(300);
+/// How long the agent has to start listening (boots take 50-60 s here, several minutes
+/// when the machine is busy).
+pub(crate) const AGENT_DEADLINE: Duration = Duration::from_secs(360);
 /// How long the agent has to create the container.
-const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a VM has to end by itself after the agent acknowledged Shutdown (it has synced
 /// by then) before the sandbox stops it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -167,13 +168,13 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
         .and_then(|p| p.terminal())
         .unwrap_or(false);
     let rootfs = rootfs_dir(&cfg)?;
-    let (image, initramfs, console) = (
+    let (image, agent_image, console) = (
         dir.join(ROOTFS_IMAGE),
-        dir.join(INITRAMFS_FILE),
+        dir.join(AGENT_IMAGE),
         dir.join(CONSOLE_LOG),
     );
     disk::make_rootfs_image(&rootfs, &image)?;
-    disk::make_initramfs(&cfg.artifacts.agent, &initramfs)?;
+    disk::make_agent_image(&cfg.artifacts.agent, &dir.join("agent-root"), &agent_image)?;
     notes.note(&format!(
         "container {}: {} vCPUs, {} MiB, rootfs {} ({})",
         cfg.id,
@@ -187,7 +188,7 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
         .map_err(SandboxError::io("place the vsock socket"))?;
     let files = VmFiles {
         kernel: &cfg.artifacts.kernel,
-        initramfs: &initramfs,
+        agent_image: &agent_image,
         rootfs_image: &image,
         console_log: &console,
         vsock: vsock.path(),

@@ -17,8 +17,11 @@ use std::time::{Duration, Instant};
 pub const READY_FD_ENV: &str = "ZVM_SANDBOX_READY_FD";
 /// The fd the report pipe gets in the sandbox process.
 const READY_FD: RawFd = 3;
-/// Longest wait for the sandbox's report: its own agent deadline (5 min) plus image making.
-const REPORT_DEADLINE: Duration = Duration::from_secs(420);
+/// Longest wait for the sandbox's report: its own deadlines for the agent and for Create,
+/// plus a minute for making the images (the sandbox reports its own timeouts first).
+const REPORT_DEADLINE: Duration = Duration::from_secs(
+    super::daemon::AGENT_DEADLINE.as_secs() + super::daemon::CREATE_TIMEOUT.as_secs() + 60,
+);
 
 /// The line the sandbox writes on the ready pipe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,9 +5,12 @@
 //! [`sandbox_main`]:
 //!
 //! 1. turns the bundle's rootfs directory into an ext4 image (`mkfs.ext4 -d`) and the guest
-//!    agent (`zvm-oci-agent`) into an initramfs whose `/init` it is;
-//! 2. boots the project's guest kernel with `vmm` as a library: the image as virtio-blk
-//!    (read-only when `root.readonly`), virtio-vsock, an entropy device, the serial console to
+//!    agent (`zvm-oci-agent`) into a small ext4 boot disk whose `/init` it is (booting from a
+//!    disk reads the agent's pages as they are used; an initramfs would first be copied whole
+//!    by emulated kernel code);
+//! 2. boots the project's guest kernel with `vmm` as a library: the agent's disk as the root
+//!    device, the rootfs image as a second virtio-blk disk (read-only when `root.readonly`),
+//!    virtio-vsock, an entropy device, the serial console to
 //!    `console.log`, vCPUs and memory from `linux.resources` ([`vm_size`]);
 //! 3. connects to the agent over vsock (retrying until it listens), sends `Create`, and tells
 //!    the waiting [`create`] call the outcome through a pipe;
@@ -18,7 +21,7 @@
 //!    agent to shut down, stops the VM and exits with the container's exit status.
 //!
 //! Files in the container directory: [`CONFIG_FILE`], [`CONTROL_SOCKET`], [`VSOCK_SOCKET`],
-//! [`CONSOLE_LOG`], [`EXIT_FILE`], [`ROOTFS_IMAGE`], [`INITRAMFS_FILE`], [`LOG_FILE`].
+//! [`CONSOLE_LOG`], [`EXIT_FILE`], [`ROOTFS_IMAGE`], [`AGENT_IMAGE`], [`LOG_FILE`].
 //! The control protocol on `sandbox.sock` is described in the `control` module.
 
 mod agent;
@@ -43,10 +46,11 @@ pub use control::{
     recorded_exit, ControlReply, ControlRequest, ExecIo, SandboxClient, SandboxStatus,
 };
 pub use daemon::sandbox_main;
-pub use disk::{make_initramfs, make_rootfs_image, ImageError};
+pub use disk::{make_agent_image, make_rootfs_image, ImageError};
 pub use launch::{create, READY_FD_ENV};
 pub use vmconfig::{
-    vm_resources, vm_size, TranslateError, VmFiles, VmSize, ANNOTATION_MEMORY_MIB, ANNOTATION_VCPUS,
+    vm_resources, vm_size, TranslateError, VmFiles, VmSize, AGENT_BOOT_ARGS, ANNOTATION_MEMORY_MIB,
+    ANNOTATION_VCPUS, ROOTFS_DEVICE,
 };
 
 use serde::{Deserialize, Serialize};
@@ -65,8 +69,8 @@ pub const CONSOLE_LOG: &str = "console.log";
 pub const EXIT_FILE: &str = "exit.json";
 /// The rootfs as an ext4 image.
 pub const ROOTFS_IMAGE: &str = "rootfs.ext4";
-/// The initramfs holding the agent as `/init`.
-pub const INITRAMFS_FILE: &str = "initramfs.cpio";
+/// The agent's boot disk (ext4, `/init` is the agent).
+pub const AGENT_IMAGE: &str = "agent.ext4";
 /// The sandbox process's own notes (boot, agent, shutdown), one line each.
 pub const LOG_FILE: &str = "sandbox.log";
 
@@ -114,7 +118,7 @@ pub enum SandboxError {
     /// The spec cannot be turned into a VM.
     #[error(transparent)]
     Translate(#[from] TranslateError),
-    /// The rootfs image or initramfs could not be made.
+    /// The rootfs image or the agent's disk could not be made.
     #[error(transparent)]
     Image(#[from] ImageError),
     /// The VM could not be built.

@@ -32,6 +32,8 @@ const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
 pub(crate) const GUEST_CID: u32 = 3;
 /// Drive id of the rootfs image.
 pub(crate) const ROOTFS_DRIVE_ID: &str = "rootfs";
+/// Drive id of the agent's boot disk.
+pub(crate) const AGENT_DRIVE_ID: &str = "agent";
 
 /// Errors turning a spec into a VM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -160,8 +162,8 @@ fn cpuset_count(list: &str) -> Option<u64> {
 pub struct VmFiles<'a> {
     /// Guest kernel.
     pub kernel: &'a Path,
-    /// Initramfs with the agent as `/init`.
-    pub initramfs: &'a Path,
+    /// The agent's boot disk ([`super::make_agent_image`]).
+    pub agent_image: &'a Path,
     /// The rootfs ext4 image.
     pub rootfs_image: &'a Path,
     /// Where the serial console goes.
@@ -170,15 +172,16 @@ pub struct VmFiles<'a> {
     pub vsock: &'a Path,
 }
 
-/// The VM description for a container: `size`, the agent initramfs, the rootfs image as the
-/// first virtio-blk disk (`/dev/vda`, read-only when `readonly`; not a boot root device, the
-/// agent mounts it), an entropy device, vsock with [`GUEST_CID`], the console to a file.
+/// The VM description for a container: `size`; the agent's disk as the read-only root
+/// device (`/dev/vda`, booted with `rootfstype=ext4 init=/init`); the rootfs image as the
+/// second virtio-blk disk ([`ROOTFS_DEVICE`], read-only when `readonly`; the agent mounts
+/// it); an entropy device; vsock with [`GUEST_CID`]; the console to a file.
 pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResources {
     VmResources {
         boot_source: BootSource {
             kernel_image_path: files.kernel.to_path_buf(),
-            boot_args: Some(DEFAULT_BOOT_ARGS.to_string()),
-            initrd_path: Some(files.initramfs.to_path_buf()),
+            boot_args: Some(format!("{DEFAULT_BOOT_ARGS} {AGENT_BOOT_ARGS}")),
+            initrd_path: None,
         },
         machine_config: MachineConfig {
             vcpu_count: size.vcpus,
@@ -188,13 +191,22 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
         console: ConsoleConfig::File(files.console_log.to_path_buf()),
         console_timestamps: false,
         seccomp: true,
-        drives: vec![DriveConfig {
-            drive_id: ROOTFS_DRIVE_ID.into(),
-            path_on_host: files.rootfs_image.to_path_buf(),
-            is_root_device: false,
-            is_read_only: readonly,
-            rate_limiter: None,
-        }],
+        drives: vec![
+            DriveConfig {
+                drive_id: AGENT_DRIVE_ID.into(),
+                path_on_host: files.agent_image.to_path_buf(),
+                is_root_device: true,
+                is_read_only: true,
+                rate_limiter: None,
+            },
+            DriveConfig {
+                drive_id: ROOTFS_DRIVE_ID.into(),
+                path_on_host: files.rootfs_image.to_path_buf(),
+                is_root_device: false,
+                is_read_only: readonly,
+                rate_limiter: None,
+            },
+        ],
         entropy: Some(EntropyConfig {}),
         net: Vec::new(),
         vsock: Some(VsockConfig {
@@ -204,8 +216,10 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
     }
 }
 
-/// The guest device the rootfs image appears as.
-pub(crate) const ROOTFS_DEVICE: &str = "/dev/vda";
+/// The guest device the rootfs image appears as (the agent's disk is `/dev/vda`).
+pub const ROOTFS_DEVICE: &str = "/dev/vdb";
+/// Kernel arguments that boot the agent from its disk (vmm adds `root=/dev/vda ro`).
+pub const AGENT_BOOT_ARGS: &str = "rootfstype=ext4 init=/init";
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -411,7 +425,7 @@ mod tests {
         let p = Path::new;
         let files = VmFiles {
             kernel: p("/k"),
-            initramfs: p("/d/i.cpio"),
+            agent_image: p("/d/a.ext4"),
             rootfs_image: p("/d/r.ext4"),
             console_log: p("/d/c.log"),
             vsock: p("/d/v.sock"),
@@ -419,11 +433,27 @@ mod tests {
         let r = vm_resources(size(2, 300), files, true);
         assert_eq!(r.machine_config.vcpu_count, 2);
         assert_eq!(r.machine_config.mem_size_mib, 300);
-        assert_eq!(r.boot_source.initrd_path.as_deref(), Some(p("/d/i.cpio")));
+        assert_eq!(r.boot_source.initrd_path, None);
+        assert_eq!(
+            r.boot_args(),
+            "console=ttyS0 reboot=k panic=1 nomodule rootfstype=ext4 init=/init"
+        );
         assert_eq!(r.console, ConsoleConfig::File("/d/c.log".into()));
-        assert_eq!(r.drives.len(), 1);
-        assert!(r.drives[0].is_read_only && !r.drives[0].is_root_device);
-        assert_eq!(r.drives[0].path_on_host, p("/d/r.ext4"));
+        assert_eq!(r.drives.len(), 2);
+        let order: Vec<&str> = r
+            .drives_in_attach_order()
+            .iter()
+            .map(|d| d.drive_id.as_str())
+            .collect();
+        assert_eq!(
+            order,
+            ["agent", "rootfs"],
+            "the agent's disk is /dev/vda, the rootfs /dev/vdb"
+        );
+        assert!(r.drives[0].is_root_device && r.drives[0].is_read_only);
+        assert_eq!(r.drives[0].path_on_host, p("/d/a.ext4"));
+        assert!(r.drives[1].is_read_only && !r.drives[1].is_root_device);
+        assert_eq!(r.drives[1].path_on_host, p("/d/r.ext4"));
         assert!(r.entropy.is_some());
         assert_eq!(
             r.vsock,
@@ -432,6 +462,6 @@ mod tests {
                 uds_path: "/d/v.sock".into()
             })
         );
-        assert!(!vm_resources(size(1, 128), files, false).drives[0].is_read_only);
+        assert!(!vm_resources(size(1, 128), files, false).drives[1].is_read_only);
     }
 }
