@@ -5,9 +5,9 @@
 //! duplicated) by the next daemon. One real guest boot; the second VM is only checked as a
 //! process.
 //!
-//! The flist is a VM image (the project's guest kernel as /boot/vmlinuz, a busybox
-//! initramfs as /boot/initrd.img whose script prints the marker): the container path
-//! through the OCI guest agent was not ready when this test was written.
+//! The flist is a container root filesystem (a static busybox as /bin/sh): the daemon's VM
+//! process builds its root disk and boots the project's kernel with zvm-init (from
+//! guest/build.sh) as PID 1 running the entrypoint with its environment.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use zvm_integration_tests::api_client::{request, wait_for_socket};
-use zvm_integration_tests::{busybox_initramfs, guest_kernel, zvm_binary};
+use zvm_integration_tests::{guest_init, guest_kernel, zvm_binary};
 
 /// Serves the files of `root` over HTTP/1.0 (GET and HEAD) on a loopback port.
 fn serve_dir(root: PathBuf) -> u16 {
@@ -130,7 +130,7 @@ fn wait_for(
 }
 
 #[test]
-fn node_daemon_deploys_an_flist_and_reconciles_after_a_kill() {
+fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     let kvm_ok = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -151,11 +151,19 @@ fn node_daemon_deploys_an_flist_and_reconciles_after_a_kill() {
         tmp.join("node.sock"),
         tmp.join("daemon.log"),
     );
-    std::fs::create_dir_all(rootfs.join("boot")).expect("rootfs");
+    // guest/build.sh also builds zvm-init, PID 1 of container flists.
+    let init_dir = guest_init()
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("guest build dir");
+    assert!(
+        init_dir.join("zvm-init").is_file(),
+        "guest/build.sh did not build zvm-init"
+    );
+    std::fs::create_dir_all(rootfs.join("bin")).expect("rootfs");
     std::fs::create_dir_all(&www).expect("www");
-    std::fs::copy(guest_kernel(), rootfs.join("boot/vmlinuz")).expect("kernel");
-    let script = "echo NODE-MARKER-$(echo hello); while true; do sleep 1000; done\n";
-    std::fs::copy(busybox_initramfs(script), rootfs.join("boot/initrd.img")).expect("initrd");
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox");
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).expect("symlink");
     let store = format!("dir://{}", www.join("store").display());
     let out = Command::new(zvm_binary())
         .args(["flist", "pack", "-s", &store, "-o"])
@@ -185,7 +193,7 @@ fn node_daemon_deploys_an_flist_and_reconciles_after_a_kill() {
     // Refused with clear errors.
     let deploy = |name: &str, memory: &str, flist: &str| {
         format!(
-            r#"{{"name":"{name}","flist":"{flist}","compute":{{"cpu":1,"memory":"{memory}"}},"kernel_args":"zvm.mode=script"}}"#
+            r#"{{"name":"{name}","flist":"{flist}","compute":{{"cpu":1,"memory":"{memory}"}},"entrypoint":"/bin/sh -c 'echo NODE-MARKER-$MODE; while true; do sleep 1000; done'","env":{{"MODE":"{name}"}}}}"#
         )
     };
     let (code, body) = request(
