@@ -31,9 +31,9 @@ use vmm::vm::StopHandle;
 pub(crate) const AGENT_DEADLINE: Duration = Duration::from_secs(360);
 /// How long the agent has to create the container.
 pub(crate) const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a VM has to end by itself after the agent acknowledged Shutdown (it has synced
-/// by then) before the sandbox stops it.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a VM has to end by itself (the agent unmounts, syncs and reboots) after the
+/// agent acknowledged Shutdown, before the sandbox stops it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// What the sandbox's main loop waits for.
 #[derive(Debug)]
@@ -108,12 +108,18 @@ impl VmGuard {
         self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Waits up to `grace` for the VM to end by itself, then stops it.
-    fn finish(&self, grace: Duration) {
-        if self.ended().is_none() && self.done.recv_timeout(grace).is_ok() {
-            return;
+    /// Waits up to `grace` for the VM to end by itself, then stops it; says which.
+    fn finish(&self, grace: Duration) -> String {
+        let start = Instant::now();
+        if self.ended().is_none() && self.done.recv_timeout(grace).is_err() {
+            self.stop_now();
+            return format!("VM stopped: it did not end by itself within {grace:?}");
         }
-        self.stop_now();
+        format!(
+            "VM ended by itself after {:.1} s: {}",
+            start.elapsed().as_secs_f64(),
+            self.ended().unwrap_or_default()
+        )
     }
 
     fn stop_now(&self) {
@@ -280,12 +286,12 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
         if let Err(e) = agent.request_done(RequestBody::Shutdown, Duration::from_secs(30)) {
             notes.note(&format!("shutdown: {e}"));
         }
-        guard.finish(SHUTDOWN_GRACE);
+        notes.note(&guard.finish(SHUTDOWN_GRACE));
     }
     drop(guard);
     let _ = std::fs::remove_file(dir.join(CONTROL_SOCKET));
     let _ = std::fs::remove_file(dir.join(VSOCK_SOCKET));
-    notes.note(&format!("VM ended; exiting with {exit}"));
+    notes.note(&format!("exiting with {exit}"));
     Ok((exit & 0xff) as u8)
 }
 
