@@ -196,7 +196,7 @@ pub struct ExecArgs {
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(short, long, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// User as UID[:GID].
+    /// User as `UID[:GID]`.
     #[arg(short, long, value_name = "UID[:GID]")]
     pub user: Option<String>,
     /// Container id.
