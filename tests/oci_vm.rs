@@ -383,4 +383,5 @@ fn create_without_a_usable_kernel_names_the_variable_to_set() {
         err.contains("no guest kernel found") && err.contains("ZVM_KERNEL"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(&base);
 }
