@@ -118,6 +118,14 @@ mod tests {
             .arg("1000")
             .spawn()
             .unwrap();
+        // spawn() returns once exec has begun; the kernel sets the new command line a
+        // moment later, so wait until /proc shows it.
+        for _ in 0..200 {
+            if cmdline_has(child.id(), "1000") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let rec = PidRecord::of(child.id(), "1000");
         assert!(rec.is_running());
         // Same pid, other marker: not ours (a reused pid).
