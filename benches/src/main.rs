@@ -3,8 +3,10 @@
 //! `boot` boots the project's guest kernel and init under both VMMs, interleaved, and
 //! times the console; `overhead` boots a 17-byte PVH "kernel" to time the VMMs' own
 //! start-up; `block` and `net` measure virtio-blk and virtio-net throughput inside the
-//! guest and the VMM's host CPU per MiB; `all` runs them all. See benches/README.md.
+//! guest and the VMM's host CPU per MiB; `api` times `zvm --api-sock` start-up and an
+//! API-driven boot against `zvm run`; `all` runs them all. See benches/README.md.
 
+mod api;
 mod block;
 mod boot;
 mod devices;
@@ -50,7 +52,10 @@ enum Cmd {
     /// OCI runtime lifecycle (create + start + wait + delete of /bin/true) under zvm-runc
     /// and runc, same run.
     Oci(OciArgs),
-    /// Run `boot`, `overhead`, `block` and `net`.
+    /// `zvm --api-sock`: spawn to the first API answer (and its CPU time), and
+    /// InstanceStart to the guest marker beside `zvm run`'s spawn to the marker.
+    Api(ApiArgs),
+    /// Run `boot`, `overhead`, `block`, `net` and `api`.
     All(AllArgs),
 }
 
@@ -160,6 +165,23 @@ struct NodeArgs {
 }
 
 #[derive(Debug, Args)]
+struct ApiArgs {
+    /// Runs that only time the API's start-up.
+    #[arg(long, default_value_t = 20)]
+    ready_runs: usize,
+    /// Boots per mode (API-driven and `zvm run`).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Time limit of one boot, seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
 struct AllArgs {
     /// Boot runs per VMM.
     #[arg(long, default_value_t = 3)]
@@ -185,6 +207,12 @@ struct AllArgs {
     /// MiB of TCP each way.
     #[arg(long, default_value_t = 32)]
     net_size_mib: u64,
+    /// API start-up runs.
+    #[arg(long, default_value_t = 20)]
+    api_ready_runs: usize,
+    /// API-driven boots (and as many `zvm run` boots).
+    #[arg(long, default_value_t = 1)]
+    api_runs: usize,
     #[command(flatten)]
     guest: GuestArgs,
     #[command(flatten)]
@@ -336,6 +364,12 @@ fn execute(cli: Cli) -> Result<usize> {
             write_json(a.common.json.as_deref(), &serde_json::json!({"node": report.to_json()}))?;
             Ok(report.failures)
         }
+        Cmd::Api(a) => {
+            let cfg = api::ApiConfig { ready_runs: a.ready_runs, boot: boot_config(a.runs, a.timeout, &a.guest) };
+            let report = api::run(&launcher(&a.common)?, &cfg, dir.path())?;
+            write_json(a.common.json.as_deref(), &serde_json::json!({"api": report.to_json()}))?;
+            Ok(report.failures)
+        }
         Cmd::All(a) => {
             let l = launcher(&a.common)?;
             let b = boot::run(&l, &boot_config(a.boot_runs, a.boot_timeout, &a.guest), dir.path())?;
@@ -348,9 +382,12 @@ fn execute(cli: Cli) -> Result<usize> {
             let k = block::run(&l, &dc, a.block_size_mib, dir.path())?;
             println!();
             let n = net::run(&l, &dc, a.net_size_mib, dir.path())?;
-            let json = serde_json::json!({"boot": b.to_json(), "overhead": o.to_json(), "block": k.to_json(), "net": n.to_json()});
+            println!();
+            let ac = api::ApiConfig { ready_runs: a.api_ready_runs, boot: boot_config(a.api_runs, a.boot_timeout, &a.guest) };
+            let p = api::run(&l, &ac, dir.path())?;
+            let json = serde_json::json!({"boot": b.to_json(), "overhead": o.to_json(), "block": k.to_json(), "net": n.to_json(), "api": p.to_json()});
             write_json(a.common.json.as_deref(), &json)?;
-            Ok(b.failures + o.failures + k.failures + n.failures)
+            Ok(b.failures + o.failures + k.failures + n.failures + p.failures)
         }
     }
 }
@@ -389,5 +426,8 @@ mod tests {
         let cli = Cli::parse_from(["zvm-bench", "net"]);
         let Cmd::Net(a) = cli.command else { panic!("net expected") };
         assert_eq!((a.runs, a.size_mib), (1, 32));
+        let cli = Cli::parse_from(["zvm-bench", "api"]);
+        let Cmd::Api(a) = cli.command else { panic!("api expected") };
+        assert_eq!((a.ready_runs, a.runs, a.timeout), (20, 1, 600));
     }
 }
