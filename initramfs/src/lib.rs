@@ -87,7 +87,19 @@ impl<W: Write> CpioWriter<W> {
     fn header(&mut self, name: &str, mode: u32, size: usize, rdev: (u32, u32)) -> io::Result<()> {
         let namesize = name.len() + 1;
         let fields = [
-            self.ino, mode, 0, 0, 1, 0, size as u32, 0, 0, rdev.0, rdev.1, namesize as u32, 0,
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            size as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            namesize as u32,
+            0,
         ];
         self.ino += 1;
         let mut header = String::from("070701");
@@ -119,9 +131,12 @@ impl<W: Write> CpioWriter<W> {
                 self.out.write_all(target.as_bytes())?;
                 self.pad(target.len())
             }
-            Entry::CharDev { path, mode, major, minor } => {
-                self.header(path, S_IFCHR | (mode & 0o7777), 0, (*major, *minor))
-            }
+            Entry::CharDev {
+                path,
+                mode,
+                major,
+                minor,
+            } => self.header(path, S_IFCHR | (mode & 0o7777), 0, (*major, *minor)),
         }
     }
 
@@ -140,32 +155,53 @@ pub fn entries_from_dir(root: &Path) -> Result<Vec<Entry>, InitramfsError> {
 }
 
 fn read(path: &Path) -> impl Fn(io::Error) -> InitramfsError + '_ {
-    move |source| InitramfsError::Read { path: path.to_path_buf(), source }
+    move |source| InitramfsError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn walk(root: &Path, dir: &Path, entries: &mut Vec<Entry>) -> Result<(), InitramfsError> {
-    let mut children: Vec<_> = fs::read_dir(dir).map_err(read(dir))?.collect::<Result<_, _>>().map_err(read(dir))?;
+    let mut children: Vec<_> = fs::read_dir(dir)
+        .map_err(read(dir))?
+        .collect::<Result<_, _>>()
+        .map_err(read(dir))?;
     children.sort_by_key(|e| e.file_name());
     for child in children {
         let path = child.path();
         let rel = path.strip_prefix(root).unwrap_or(&path);
-        let name = rel.to_str().ok_or_else(|| InitramfsError::BadName(path.clone()))?.to_string();
+        let name = rel
+            .to_str()
+            .ok_or_else(|| InitramfsError::BadName(path.clone()))?
+            .to_string();
         let meta = fs::symlink_metadata(&path).map_err(read(&path))?;
         let mode = meta.permissions().mode();
         if meta.file_type().is_symlink() {
             let target = fs::read_link(&path).map_err(read(&path))?;
-            let target = target.to_str().ok_or_else(|| InitramfsError::BadName(path.clone()))?.to_string();
+            let target = target
+                .to_str()
+                .ok_or_else(|| InitramfsError::BadName(path.clone()))?
+                .to_string();
             entries.push(Entry::Symlink { path: name, target });
         } else if meta.is_dir() {
             entries.push(Entry::Dir { path: name, mode });
             walk(root, &path, entries)?;
         } else if meta.is_file() {
             let data = fs::read(&path).map_err(read(&path))?;
-            entries.push(Entry::File { path: name, mode, data });
+            entries.push(Entry::File {
+                path: name,
+                mode,
+                data,
+            });
         } else if std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()) {
             let rdev = meta.rdev();
             let (major, minor) = (libc_major(rdev), libc_minor(rdev));
-            entries.push(Entry::CharDev { path: name, mode, major, minor });
+            entries.push(Entry::CharDev {
+                path: name,
+                mode,
+                major,
+                minor,
+            });
         }
     }
     Ok(())
@@ -205,6 +241,31 @@ pub fn pack_dir(root: &Path, out: &Path) -> Result<(), InitramfsError> {
     Ok(())
 }
 
+/// Whether an ELF file has no program interpreter (is statically linked), so it can run in
+/// a guest that has no shared libraries. Errors say why the bytes are not a 64-bit
+/// little-endian ELF file.
+pub fn is_static_elf(bytes: &[u8]) -> Result<bool, String> {
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
+        return Err("not an ELF file".into());
+    }
+    if bytes[4] != 2 || bytes[5] != 1 {
+        return Err("not a 64-bit little-endian ELF file".into());
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(bytes[32..40].try_into().map_err(|_| "short header")?) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    for i in 0..phnum {
+        let at = phoff
+            .checked_add(i * phentsize)
+            .ok_or("bad program headers")?;
+        let p_type = bytes.get(at..at + 4).ok_or("truncated program headers")?;
+        if u32::from_le_bytes([p_type[0], p_type[1], p_type[2], p_type[3]]) == 3 {
+            return Ok(false); // PT_INTERP
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,16 +273,29 @@ mod tests {
 
     fn unpacked(archive: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(archive).read_to_end(&mut out).expect("gunzip");
+        flate2::read::GzDecoder::new(archive)
+            .read_to_end(&mut out)
+            .expect("gunzip");
         out
     }
 
     #[test]
     fn header_fields_and_alignment_follow_newc() {
-        let archive = pack(&[Entry::File { path: "init".into(), mode: 0o755, data: b"abc".to_vec() }]).expect("pack");
+        let archive = pack(&[Entry::File {
+            path: "init".into(),
+            mode: 0o755,
+            data: b"abc".to_vec(),
+        }])
+        .expect("pack");
         let raw = unpacked(&archive);
         assert_eq!(&raw[..6], b"070701");
-        let field = |i: usize| u32::from_str_radix(std::str::from_utf8(&raw[6 + 8 * i..14 + 8 * i]).expect("hex"), 16).expect("hex");
+        let field = |i: usize| {
+            u32::from_str_radix(
+                std::str::from_utf8(&raw[6 + 8 * i..14 + 8 * i]).expect("hex"),
+                16,
+            )
+            .expect("hex")
+        };
         assert_eq!(field(1), S_IFREG | 0o755, "mode");
         assert_eq!(field(6), 3, "filesize");
         assert_eq!(field(11), 5, "namesize includes the NUL");
@@ -243,7 +317,9 @@ mod tests {
         assert_eq!(entries.len(), 3);
         assert!(matches!(&entries[0], Entry::Dir { path, .. } if path == "bin"));
         assert!(matches!(&entries[1], Entry::File { path, .. } if path == "bin/tool"));
-        assert!(matches!(&entries[2], Entry::Symlink { path, target } if path == "init" && target == "bin/tool"));
+        assert!(
+            matches!(&entries[2], Entry::Symlink { path, target } if path == "init" && target == "bin/tool")
+        );
         let out = dir.path().join("out.cpio.gz");
         pack_dir(dir.path(), &out).expect("pack");
         // Debian's cpio, when present, reads what we wrote.
@@ -254,13 +330,20 @@ mod tests {
                 .output()
                 .expect("cpio");
             let text = String::from_utf8_lossy(&listing.stdout);
-            assert_eq!(text.lines().collect::<Vec<_>>(), vec!["bin", "bin/tool", "init"]);
+            assert_eq!(
+                text.lines().collect::<Vec<_>>(),
+                vec!["bin", "bin/tool", "init"]
+            );
         }
     }
 
     #[test]
     fn missing_directory_is_a_clear_error() {
         let err = entries_from_dir(Path::new("/nonexistent/dir")).expect_err("missing");
-        assert!(err.to_string().starts_with("cannot read '/nonexistent/dir'"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot read '/nonexistent/dir'"),
+            "{err}"
+        );
     }
 }

@@ -100,6 +100,10 @@ fn cache_root() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/zvm"))
 }
 
+fn is_static(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| initramfs::is_static_elf(&bytes) == Ok(true))
+}
+
 fn check_file(path: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     if !meta.is_file() {
@@ -169,7 +173,9 @@ impl Search {
         let mut looked = Vec::new();
         for dir in self.exe_dir.iter().chain(&self.agent_builds) {
             let path = dir.join(AGENT_BINARY);
-            if check_file(&path).is_ok() {
+            // The agent runs as the guest's PID 1 with no shared libraries: skip a
+            // dynamically linked build (cargo's host build lands next to zvm in target/).
+            if check_file(&path).is_ok() && is_static(&path) {
                 return Ok(path);
             }
             looked.push(path.display().to_string());
@@ -251,6 +257,22 @@ mod tests {
             .contains("not a regular file"));
     }
 
+    /// Writes a minimal 64-bit ELF header with one program header: PT_INTERP (a dynamically
+    /// linked program) or PT_LOAD (a static one).
+    fn elf(path: &Path, dynamic: bool) {
+        let mut bytes = vec![0u8; 64 + 56];
+        bytes[..4].copy_from_slice(b"\x7fELF");
+        bytes[4] = 2; // 64-bit
+        bytes[5] = 1; // little-endian
+        bytes[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        bytes[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        bytes[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        let p_type: u32 = if dynamic { 3 } else { 1 };
+        bytes[64..68].copy_from_slice(&p_type.to_le_bytes());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
     #[test]
     fn files_next_to_the_executable_then_build_outputs() {
         let dir = tempfile::tempdir().unwrap();
@@ -278,7 +300,7 @@ mod tests {
             err.starts_with("no guest agent found") && err.contains("set ZVM_OCI_AGENT"),
             "{err}"
         );
-        file(&build.join(AGENT_BINARY));
+        elf(&build.join(AGENT_BINARY), false);
         let found = search.locate().unwrap();
         assert_eq!(
             found,
@@ -289,7 +311,10 @@ mod tests {
         );
 
         file(&exe.join(KERNEL_FILE));
-        file(&exe.join(AGENT_BINARY));
+        // A dynamically linked agent next to the executable (cargo's host build) is skipped.
+        elf(&exe.join(AGENT_BINARY), true);
+        assert_eq!(search.locate().unwrap().agent, build.join(AGENT_BINARY));
+        elf(&exe.join(AGENT_BINARY), false);
         search.agent_env = None;
         assert_eq!(
             search.locate().unwrap(),

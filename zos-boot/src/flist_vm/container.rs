@@ -20,7 +20,7 @@ pub fn init_args() -> String {
 }
 
 /// Finds the static `zvm-init`: `$ZVM_INIT`, next to the running program, or the build
-/// output of guest/build.sh in this source tree.
+/// output of guest/build.sh in this source tree; the first statically linked one wins.
 pub fn locate_service_manager() -> Result<PathBuf, FlistVmError> {
     let candidates = [
         std::env::var_os("ZVM_INIT").map(PathBuf::from),
@@ -35,7 +35,9 @@ pub fn locate_service_manager() -> Result<PathBuf, FlistVmError> {
     candidates
         .into_iter()
         .flatten()
-        .find(|p| p.is_file())
+        // A dynamically linked build (e.g. cargo's host build in target/) cannot run in
+        // the guest, which has no shared libraries.
+        .find(|p| std::fs::read(p).is_ok_and(|b| initramfs::is_static_elf(&b) == Ok(true)))
         .ok_or(FlistVmError::NoServiceManager)
 }
 

@@ -83,28 +83,7 @@ fn read(path: &Path) -> Result<Vec<u8>, ImageError> {
     })
 }
 
-/// Whether an ELF file has no program interpreter (is statically linked).
-pub fn is_static_elf(bytes: &[u8]) -> Result<bool, String> {
-    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
-        return Err("not an ELF file".into());
-    }
-    if bytes[4] != 2 || bytes[5] != 1 {
-        return Err("not a 64-bit little-endian ELF file".into());
-    }
-    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(bytes[32..40].try_into().map_err(|_| "short header")?) as usize;
-    let (phentsize, phnum) = (u16_at(54), u16_at(56));
-    for i in 0..phnum {
-        let at = phoff
-            .checked_add(i * phentsize)
-            .ok_or("bad program headers")?;
-        let p_type = bytes.get(at..at + 4).ok_or("truncated program headers")?;
-        if u32::from_le_bytes([p_type[0], p_type[1], p_type[2], p_type[3]]) == 3 {
-            return Ok(false); // PT_INTERP
-        }
-    }
-    Ok(true)
-}
+pub use initramfs::is_static_elf;
 
 /// The shared libraries `ldd` lists for `binary`, with the dynamic loader.
 pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
