@@ -123,6 +123,32 @@ fn wait_for_file(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Waits (up to 10 s) until no live process has `needle` in its command line.
+fn assert_no_process_mentions(needle: &Path) {
+    let needle = needle.to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<i64> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i64>().ok())
+            .filter(|&pid| alive(pid))
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                    .unwrap_or(false)
+            })
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes {left:?} still mention {needle}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
@@ -356,6 +382,8 @@ fn hooks_get_the_state_on_stdin() {
         "createRuntime hook /bin/sh failed (exit status 1): denied",
     );
     e.fails(&["state", "x"], "does not exist");
+    // ... and no container process is left waiting for a start that will never come.
+    assert_no_process_mentions(&b);
     // A hook past its timeout is killed and fails create.
     let slow = r#"{"prestart":[{"path":"/bin/sleep","args":["sleep","30"],"timeout":1}]}"#;
     let b = e.bundle("slow", "exec sleep 60", slow);
@@ -363,6 +391,7 @@ fn hooks_get_the_state_on_stdin() {
         &["create", "-b", b.to_str().unwrap(), "y"],
         "timed out after 1 s",
     );
+    assert_no_process_mentions(&b);
 }
 
 #[test]
@@ -477,9 +506,19 @@ fn a_rootfs_with_the_program_runs_chrooted() {
     std::fs::copy(busybox, bin.join("busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", bin.join("sh")).unwrap();
     let config = std::fs::read_to_string(b.join("config.json")).unwrap();
-    std::fs::write(b.join("config.json"), config.replace(r#""cwd":"/""#, r#""cwd":"/work""#)).unwrap();
+    std::fs::write(
+        b.join("config.json"),
+        config.replace(r#""cwd":"/""#, r#""cwd":"/work""#),
+    )
+    .unwrap();
     let r = e.runc(&["run", "-b", b.to_str().unwrap(), "chr"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(std::fs::read_to_string(b.join("rootfs/output")).unwrap(), "in\n");
-    assert_eq!(std::fs::read_to_string(b.join("rootfs/cwd")).unwrap(), "/work\n");
+    assert_eq!(
+        std::fs::read_to_string(b.join("rootfs/output")).unwrap(),
+        "in\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.join("rootfs/cwd")).unwrap(),
+        "/work\n"
+    );
 }

@@ -361,14 +361,19 @@ impl ContainerBackend for HostProcessBackend {
             .pid
             .filter(|&p| p > 0)
             .ok_or_else(|| BackendError::Unsupported("container has no process".into()))?;
-        let target = if all { -pid } else { pid };
-        // SAFETY: kill(2); the container process leads its own session and process group.
-        if unsafe { libc::kill(target, signal) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                return Err(BackendError::io(format!("send signal {signal} to {pid}"))(
-                    e,
-                ));
+        // With `all`, the process group the container process leads, and the process itself
+        // too: right after create it may not have called setsid yet, and then the group does
+        // not exist.
+        let targets: &[i32] = if all { &[-pid, pid] } else { &[pid] };
+        for &target in targets {
+            // SAFETY: kill(2) on the container process or the group it leads.
+            if unsafe { libc::kill(target, signal) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(BackendError::io(format!(
+                        "send signal {signal} to {target}"
+                    ))(e));
+                }
             }
         }
         Ok(())
