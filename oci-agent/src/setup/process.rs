@@ -86,9 +86,10 @@ pub fn apply_process<S: Sys>(sys: &mut S, p: &ProcessPlan) -> Result<CString, Se
         )?;
         for cap in 0..=LAST_CAP {
             if caps.ambient & (1 << cap) != 0 {
-                step(sys.cap_ambient_raise(cap), || {
-                    format!("raise ambient capability {cap}")
-                })?;
+                // As runc: an ambient capability the process may not hold (it must be in
+                // both the permitted and inheritable sets, which runc's default spec does
+                // not give a non-root user) is left out rather than failing the container.
+                let _ = sys.cap_ambient_raise(cap);
             }
         }
     }
