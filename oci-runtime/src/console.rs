@@ -1,7 +1,7 @@
 //! `--console-socket`: a pty whose master is sent, as runc does, over a Unix socket with
 //! `SCM_RIGHTS` (the payload is the pty's name).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -43,45 +43,16 @@ fn pty_name(fd: RawFd) -> String {
         .into_owned()
 }
 
-/// Connects to the Unix socket at `socket` and sends `fd` with `SCM_RIGHTS`.
-pub fn send_fd(socket: &Path, fd: RawFd) -> std::io::Result<()> {
-    let stream = UnixStream::connect(socket)?;
-    let name = pty_name(fd);
-    let payload = if name.is_empty() {
-        b"pty".to_vec()
+/// Connects to the Unix socket at `socket` and sends `fd` with `SCM_RIGHTS`, the pty's name
+/// as the payload (the sandbox's sender, [`crate::sandbox::pty::send_fd`], does the work).
+pub fn send_fd(socket: &Path, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let name = pty_name(fd.as_raw_fd());
+    let name = if name.is_empty() {
+        "pty".to_string()
     } else {
-        name.into_bytes()
+        name
     };
-    let mut iov = libc::iovec {
-        iov_base: payload.as_ptr() as *mut libc::c_void,
-        iov_len: payload.len(),
-    };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: the control buffer holds one cmsg of CMSG_SPACE(sizeof fd) bytes.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::copy_nonoverlapping(
-            &fd as *const RawFd as *const u8,
-            libc::CMSG_DATA(cmsg),
-            std::mem::size_of::<RawFd>(),
-        );
-    }
-    // SAFETY: sendmsg(2) with the message built above.
-    if unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, 0) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sandbox::pty::send_fd(socket, fd, &name)
 }
 
 /// Receives one descriptor sent with [`send_fd`] (the console-socket peer's side; used by
@@ -148,7 +119,7 @@ mod tests {
             let (stream, _) = listener.accept().unwrap();
             recv_fd(&stream).unwrap()
         });
-        send_fd(&path, master.as_raw_fd()).unwrap();
+        send_fd(&path, std::os::fd::AsFd::as_fd(&master)).unwrap();
         let (received, name) = receiver.join().unwrap();
         assert!(name.starts_with("/dev/pts/"), "{name}");
         // What is written on the slave comes out of the received master.
@@ -158,6 +129,10 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = m.read(&mut buf).unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).contains("hello"));
-        assert!(send_fd(&dir.path().join("nobody.sock"), master.as_raw_fd()).is_err());
+        assert!(send_fd(
+            &dir.path().join("nobody.sock"),
+            std::os::fd::AsFd::as_fd(&master)
+        )
+        .is_err());
     }
 }

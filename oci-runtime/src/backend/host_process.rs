@@ -309,7 +309,7 @@ impl ContainerBackend for HostProcessBackend {
         }
         drop(plan);
         if let (Some(master), Some(socket)) = (pty_master, &opts.console_socket) {
-            if let Err(e) = crate::console::send_fd(socket, master.as_raw_fd()) {
+            if let Err(e) = crate::console::send_fd(socket, std::os::fd::AsFd::as_fd(&master)) {
                 // SAFETY: kill(2) on the child we just forked.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 super::wait_gone(pid, None, std::time::Duration::from_secs(5));

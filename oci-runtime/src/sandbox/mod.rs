@@ -30,7 +30,7 @@ mod control;
 mod daemon;
 mod disk;
 mod launch;
-mod pty;
+pub(crate) mod pty;
 mod server;
 mod stdio;
 mod unix;

@@ -114,43 +114,6 @@ pub(crate) fn send_fd(socket: &Path, fd: BorrowedFd<'_>, name: &str) -> io::Resu
     Ok(())
 }
 
-/// Receives one descriptor sent by [`send_fd`] (the console-socket side, for tests).
-#[cfg(test)]
-pub(crate) fn recv_fd(stream: &std::os::unix::net::UnixStream) -> io::Result<(OwnedFd, String)> {
-    let mut buf = vec![0u8; 4096];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: as in send_fd.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: plain data.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: buffers live across the call.
-    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel filled msg; CMSG_FIRSTHDR checks the length.
-    let fd = unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
-            return Err(io::Error::other("no descriptor received"));
-        }
-        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>())
-    };
-    // SAFETY: SCM_RIGHTS gave us a new descriptor.
-    Ok((
-        unsafe { OwnedFd::from_raw_fd(fd) },
-        String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
-    ))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -165,7 +128,7 @@ mod tests {
         let pty = open_pty().unwrap();
         send_fd(&sock, std::os::fd::AsFd::as_fd(&pty.master), "/dev/ptmx").unwrap();
         let (conn, _) = listener.accept().unwrap();
-        let (master, name) = recv_fd(&conn).unwrap();
+        let (master, name) = crate::console::recv_fd(&conn).unwrap();
         assert_eq!(name, "/dev/ptmx");
         let mut master = File::from(master);
         let mut slave = pty.slave;
