@@ -6,8 +6,9 @@
 //! process.
 //!
 //! The flist is a container root filesystem (a static busybox as /bin/sh): the daemon's VM
-//! process builds its root disk and boots the project's kernel with zvm-init (from
-//! guest/build.sh) as PID 1 running the entrypoint with its environment.
+//! process builds its root disk and boots the project's kernel with the OCI guest agent
+//! (from guest/build.sh) as PID 1, which runs the entrypoint with its environment, the
+//! deployment's name as host name and its data disk (formatted by the node) mounted.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -151,14 +152,14 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
         tmp.join("node.sock"),
         tmp.join("daemon.log"),
     );
-    // guest/build.sh also builds zvm-init, PID 1 of container flists.
-    let init_dir = guest_init()
+    // guest/build.sh also builds zvm-oci-agent, PID 1 of container flists.
+    let guest_dir = guest_init()
         .parent()
         .map(Path::to_path_buf)
         .expect("guest build dir");
     assert!(
-        init_dir.join("zvm-init").is_file(),
-        "guest/build.sh did not build zvm-init"
+        guest_dir.join("zvm-oci-agent").is_file(),
+        "guest/build.sh did not build zvm-oci-agent"
     );
     std::fs::create_dir_all(rootfs.join("bin")).expect("rootfs");
     std::fs::create_dir_all(&www).expect("www");
@@ -246,13 +247,12 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     // Note: on this PVM host guests sometimes stall for minutes right after "NET: Registered
     // PF_NETLINK" (seen with plain `zvm run` too, at 256 and 512 MiB); the limit below is
     // generous for that reason.
-    // One real boot: the entrypoint's output reaches the console tail.
-    let (code, body) = request(
-        &sock,
-        "POST",
-        "/deployments",
-        Some(&deploy("hello", "256M", &flist)),
+    // One real boot: the entrypoint's output reaches the console tail; it runs with the
+    // deployment's name as host name and sees its disk mounted.
+    let hello = format!(
+        r#"{{"name":"hello","flist":"{flist}","compute":{{"cpu":1,"memory":"256M"}},"disks":[{{"name":"data","size":"64M","mountpoint":"/data"}}],"entrypoint":"/bin/sh -c 'echo NODE-MARKER-$MODE; grep -q \" /data ext4 \" /proc/mounts && echo DATA-MOUNTED-$(hostname); while true; do sleep 1000; done'","env":{{"MODE":"hello"}}}}"#
     );
+    let (code, body) = request(&sock, "POST", "/deployments", Some(&hello));
     assert_eq!(code, 202, "{body}");
     let v = wait_for(
         &sock,
@@ -269,6 +269,9 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     );
     assert_eq!(v["state"], "running", "{v:#}");
     assert_eq!(v["restarts"], 0);
+    let v = wait_for(&sock, "hello", Duration::from_secs(60), "the disk check", |v| {
+        v["console_tail"].as_str().unwrap_or("").contains("DATA-MOUNTED-hello")
+    });
     let pid = v["pid"].as_u64().expect("pid");
     assert!(proc_alive(pid));
     let (code, body) = request(&sock, "DELETE", "/deployments/hello", None);

@@ -9,6 +9,7 @@
 mod api;
 mod block;
 mod boot;
+mod deploy;
 mod devices;
 mod error;
 mod measure;
@@ -49,6 +50,9 @@ enum Cmd {
     /// Node image boot (zvm node image) to the node daemon being ready, first and later
     /// boot, beside the plain guest-init boot.
     Node(NodeArgs),
+    /// Node daemon: deploy of a container flist to its output, cold and warm flist cache,
+    /// beside the plain boot under QEMU and zvm.
+    Deploy(DeployArgs),
     /// OCI runtime lifecycle (create + start + wait + delete of /bin/true) under zvm-runc
     /// and runc, same run.
     Oci(OciArgs),
@@ -158,6 +162,23 @@ struct NodeArgs {
     /// Static zvm for the image (default: zos-boot/build.sh).
     #[arg(long)]
     static_zvm: Option<PathBuf>,
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct DeployArgs {
+    /// Runs (each: cold deploy, warm deploy, plain boot under QEMU and zvm).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Time limit of one deployment or boot, seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+    /// busybox-static for the container's root file system.
+    #[arg(long, default_value = "/bin/busybox")]
+    busybox: PathBuf,
     #[command(flatten)]
     guest: GuestArgs,
     #[command(flatten)]
@@ -362,6 +383,17 @@ fn execute(cli: Cli) -> Result<usize> {
             };
             let report = node::run(&launcher(&a.common)?, &cfg, dir.path())?;
             write_json(a.common.json.as_deref(), &serde_json::json!({"node": report.to_json()}))?;
+            Ok(report.failures)
+        }
+        Cmd::Deploy(a) => {
+            let cfg = deploy::DeployConfig {
+                runs: a.runs,
+                guest: boot_config(1, a.timeout, &a.guest),
+                busybox: a.busybox.clone(),
+                timeout: Duration::from_secs(a.timeout),
+            };
+            let report = deploy::run(&launcher(&a.common)?, &cfg, dir.path())?;
+            write_json(a.common.json.as_deref(), &serde_json::json!({"deploy": report.to_json()}))?;
             Ok(report.failures)
         }
         Cmd::Api(a) => {

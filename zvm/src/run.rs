@@ -4,7 +4,11 @@ use crate::terminal::RawTerminal;
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, Ordering};
+use agent_protocol::ExitStatus;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 use vmm::builder::BuildOptions;
 use vmm::host::KvmFlavour;
@@ -21,7 +25,8 @@ pub struct RunArgs {
     kernel: Option<PathBuf>,
     /// Boot an flist (a `.fl` path or http(s) URL): a VM image (/boot/vmlinuz, optional
     /// /boot/initrd.img), a raw disk (/image.raw), or a container root filesystem whose
-    /// --entrypoint runs as the guest's init.
+    /// --entrypoint the guest agent runs (its output on stdout/stderr, zvm's exit status
+    /// is its exit status).
     #[arg(long, value_name = "PATH_OR_URL")]
     flist: Option<String>,
     /// With --flist: the container's command (shell-like words).
@@ -40,6 +45,9 @@ pub struct RunArgs {
     /// With --flist: root disk size in bytes for a container flist.
     #[arg(long, value_name = "BYTES", requires = "flist")]
     root_size: Option<u64>,
+    /// With --flist: the container's host name (default: the flist's name).
+    #[arg(long, requires = "flist")]
+    hostname: Option<String>,
     /// Arguments appended to the kernel command line.
     #[arg(long, value_name = "ARGS")]
     append: Option<String>,
@@ -67,8 +75,9 @@ pub struct RunArgs {
     /// Seccomp filters on zvm's threads: on, or off (debugging only).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     seccomp: String,
-    /// A virtio block device: `path=FILE[,readonly=on|off][,id=NAME][,root=on]`; repeat
-    /// for several disks. `root=on` boots from it (`root=/dev/vda`).
+    /// A virtio block device: `path=FILE[,readonly=on|off][,id=NAME][,root=on][,mount=PATH]`;
+    /// repeat for several disks. `root=on` boots from it (`root=/dev/vda`); with a container
+    /// flist, `mount=PATH` mounts it (ext4) at PATH in the container.
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
     /// A virtio-net interface on a host tap: `tap=NAME[,mac=02:..][,id=NAME]`; repeat for
@@ -88,8 +97,9 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// Fetches and prepares the flist (see [`zos_boot::flist_vm`]) and points `resources` at it.
-    fn apply_flist(&self, flist: &str, work_dir: &std::path::Path, resources: &mut VmResources) -> Result<(), String> {
+    /// Fetches and prepares the flist (see [`zos_boot::flist_vm`]) and points `resources` at
+    /// it; for a container flist, returns what to run through the guest agent.
+    fn apply_flist(&self, flist: &str, work_dir: &std::path::Path, resources: &mut VmResources) -> Result<Option<ContainerRun>, String> {
         let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
         let mut env = Vec::new();
         for kv in &self.envs {
@@ -104,14 +114,32 @@ impl RunArgs {
             env,
             root_size: self.root_size,
             kernel: self.kernel.clone(),
+            hostname: self.hostname.clone(),
         };
         let plan = zos_boot::flist_vm::prepare(&opts).map_err(|e| e.to_string())?;
         tracing::info!(kind = ?plan.kind, kernel = %plan.kernel.display(), "booting flist {flist}");
         plan.apply(resources);
-        Ok(())
+        let Some(boot) = &plan.container else {
+            return Ok(None);
+        };
+        let mut mounts = Vec::new();
+        for (i, spec) in self.disks.iter().enumerate() {
+            if let (drive, Some(mountpoint)) = crate::specs::parse_disk_mount(spec, i)? {
+                mounts.push(zos_boot::flist_vm::container::DiskMount { drive_id: drive.drive_id, mountpoint });
+            }
+        }
+        // A terminal on our stdin gives the container a pty (an interactive shell works).
+        let terminal = std::io::stdin().is_terminal();
+        let spec = zos_boot::flist_vm::container::container_spec(boot, &resources.drives, &mounts, terminal).map_err(|e| e.to_string())?;
+        // The container's stdin is ours; the serial console only shows the guest's messages.
+        if resources.console == ConsoleConfig::Stdio {
+            resources.console = ConsoleConfig::File(PathBuf::from("/proc/self/fd/1"));
+        }
+        let vsock_uds = resources.vsock.as_ref().map(|v| v.uds_path.clone()).unwrap_or_else(|| boot.vsock_uds.clone());
+        Ok(Some(ContainerRun { spec, vsock_uds, terminal }))
     }
 
-    fn resources(&self, flist_work: &std::path::Path) -> Result<VmResources, String> {
+    fn resources(&self, flist_work: &std::path::Path) -> Result<(VmResources, Option<ContainerRun>), String> {
         let vcpu_count = u8::try_from(self.cpus).map_err(|_| format!("at most {} vCPUs are supported (cpus was {})", vmm::resources::MAX_VCPUS, self.cpus))?;
         let resources = VmResources {
             boot_source: BootSource {
@@ -133,14 +161,44 @@ impl RunArgs {
             vsock: self.vsock.as_deref().map(crate::specs::parse_vsock).transpose()?,
         };
         let mut resources = resources;
+        let mut container = None;
         if let Some(flist) = &self.flist {
-            self.apply_flist(flist, flist_work, &mut resources)?;
+            container = self.apply_flist(flist, flist_work, &mut resources)?;
         }
         if let Some(extra) = &self.append {
             resources.boot_source.boot_args = Some(zos_boot::flist_vm::cmdline::append_args(resources.boot_args(), extra));
         }
         resources.validate().map_err(|e| e.to_string())?;
-        Ok(resources)
+        Ok((resources, container))
+    }
+}
+
+/// A container flist's process, run through the guest agent once the VM is up.
+struct ContainerRun {
+    spec: oci_spec::runtime::Spec,
+    vsock_uds: PathBuf,
+    terminal: bool,
+}
+
+impl ContainerRun {
+    /// Runs the process on a thread of its own; on failure the VM is stopped. The thread's
+    /// result is the process's exit status.
+    fn spawn(self, vm: &vmm::RunningVm, vm_ended: Arc<AtomicBool>) -> Result<JoinHandle<Result<ExitStatus, String>>, String> {
+        let stop = vm.stop_handle().map_err(|e| format!("cannot get the VM's stop handle: {e}"))?;
+        let uds = self.vsock_uds;
+        let spec = self.spec;
+        std::thread::Builder::new()
+            .name("zvm_container".into())
+            .spawn(move || {
+                let run = oci_runtime::sandbox::AttachedRun { vsock_uds: &uds, console_log: None, spec, rootfs_device: oci_runtime::sandbox::ROOTFS_DEVICE.into() };
+                let gone = || vm_ended.load(Ordering::Relaxed).then(|| "the VM ended".to_string());
+                let result = oci_runtime::sandbox::run_attached(run, &gone).map_err(|e| e.to_string());
+                if result.is_err() {
+                    let _ = stop.request_stop();
+                }
+                result
+            })
+            .map_err(|e| format!("cannot start the container thread: {e}"))
     }
 }
 
@@ -177,7 +235,7 @@ pub fn run(args: RunArgs, process_start: Instant) -> ExitCode {
 }
 
 fn run_with(args: RunArgs, process_start: Instant, flist_work: &std::path::Path) -> ExitCode {
-    let resources = match args.resources(flist_work) {
+    let (resources, container) = match args.resources(flist_work) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("zvm: {e}");
@@ -200,17 +258,50 @@ fn run_with(args: RunArgs, process_start: Instant, flist_work: &std::path::Path)
             return ExitCode::from(2);
         }
     };
-    let raw = (resources.console == ConsoleConfig::Stdio).then(RawTerminal::enable).flatten();
+    let interactive = container.as_ref().map_or(resources.console == ConsoleConfig::Stdio, |c| c.terminal);
+    let raw = interactive.then(RawTerminal::enable).flatten();
     if let Ok(stop) = vm.stop_handle() {
         install_stop_signals(stop.raw_fd());
         std::mem::forget(stop);
     }
+    let vm_ended = Arc::new(AtomicBool::new(false));
+    let container = match container.map(|c| c.spawn(&vm, vm_ended.clone())).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("zvm: {e}");
+            let _ = vm.stop_handle().and_then(|s| s.request_stop());
+            None
+        }
+    };
     let (outcome, boot_time) = vm.wait_with_boot_time();
+    vm_ended.store(true, Ordering::Relaxed);
+    let container = container.map(|thread| thread.join().unwrap_or_else(|_| Err("the container thread panicked".into())));
     drop(raw);
     if let Some(vsock) = &resources.vsock {
         vmm::devices::virtio::vsock::remove_socket(&vsock.uds_path);
     }
-    report_outcome(&outcome, boot_time)
+    let code = report_outcome(&outcome, boot_time);
+    match container {
+        None => code,
+        Some(Ok(status)) => {
+            let shell = status.shell_code();
+            eprintln!("zvm: the container's process {}", describe_status(&status));
+            ExitCode::from(u8::try_from(shell).unwrap_or(255))
+        }
+        Some(Err(e)) => {
+            eprintln!("zvm: the container did not run to its end: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// "exited with status N" or "was killed by signal N".
+fn describe_status(status: &ExitStatus) -> String {
+    match (status.code, status.signal) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        (None, None) => "ended (how is not known)".into(),
+    }
 }
 
 /// Prints how the VM ended (and the guest's boot time) and maps it to zvm's exit code:

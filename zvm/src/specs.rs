@@ -3,9 +3,16 @@
 use std::path::PathBuf;
 use vmm::resources::{DriveConfig, NetConfig, VsockConfig};
 
-/// Parses a `--disk` spec: `path=FILE[,readonly=on|off][,id=NAME][,root=on|off]`.
+/// Parses a `--disk` spec: `path=FILE[,readonly=on|off][,id=NAME][,root=on|off][,mount=PATH]`.
 /// Disks without an id are named `disk<index>`.
 pub fn parse_disk(spec: &str, index: usize) -> Result<DriveConfig, String> {
+    parse_disk_mount(spec, index).map(|(drive, _)| drive)
+}
+
+/// Like [`parse_disk`], also returning the `mount=PATH` where a container flist's
+/// entrypoint finds the disk (an ext4 file system).
+pub fn parse_disk_mount(spec: &str, index: usize) -> Result<(DriveConfig, Option<String>), String> {
+    let mut mount = None;
     let mut path = None;
     let mut read_only = false;
     let mut root = false;
@@ -16,17 +23,20 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<DriveConfig, String> {
             "readonly" | "ro" => read_only = on_off(spec, key, value)?,
             "root" | "is_root" => root = on_off(spec, key, value)?,
             "id" => id = Some(value.to_string()),
-            other => return Err(format!("invalid disk '{spec}': unknown key '{other}' (use path, readonly, id, root)")),
+            "mount" if value.starts_with('/') => mount = Some(value.to_string()),
+            "mount" => return Err(format!("invalid disk '{spec}': mount={value} is not an absolute path")),
+            other => return Err(format!("invalid disk '{spec}': unknown key '{other}' (use path, readonly, id, root, mount)")),
         }
     }
     let path_on_host = path.ok_or_else(|| format!("invalid disk '{spec}': path=FILE is required"))?;
-    Ok(DriveConfig {
+    let drive = DriveConfig {
         drive_id: id.unwrap_or_else(|| format!("disk{index}")),
         path_on_host,
         is_root_device: root,
         is_read_only: read_only,
         rate_limiter: None,
-    })
+    };
+    Ok((drive, mount))
 }
 
 /// Parses a `--net` spec: `tap=NAME[,mac=02:..][,id=NAME]`. Interfaces without an id are
@@ -123,6 +133,9 @@ mod tests {
         assert!(parse_disk("path=/a,readonly=maybe", 0).expect_err("bad bool").contains("on or off"));
         assert!(parse_disk("path=/a,cache=none", 0).expect_err("unknown").contains("unknown key 'cache'"));
         assert!(parse_disk("/a.img", 0).expect_err("not kv").contains("not key=value"));
+        assert!(parse_disk("path=/a,mount=data", 0).expect_err("relative").contains("not an absolute path"));
+        let (d, mount) = parse_disk_mount("path=/a,id=data,mount=/srv/data", 0).expect("valid");
+        assert_eq!((d.drive_id.as_str(), mount.as_deref()), ("data", Some("/srv/data")));
     }
 
     #[test]

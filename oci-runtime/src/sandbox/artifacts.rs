@@ -42,6 +42,10 @@ impl GuestArtifacts {
     /// `$ZVM_CACHE_DIR`, `$XDG_CACHE_HOME/zvm` or `~/.cache/zvm`; the agent that
     /// guest/build.sh built in this source tree).
     pub fn locate() -> Result<Self, SandboxError> {
+        Self::search().locate()
+    }
+
+    fn search() -> Search {
         let exe_dir = std::env::current_exe()
             .ok()
             .and_then(|e| e.parent().map(Path::to_path_buf));
@@ -49,7 +53,7 @@ impl GuestArtifacts {
             .parent()
             .map(Path::to_path_buf);
         let triple = "x86_64-unknown-linux-gnu/release";
-        let search = Search {
+        Search {
             kernel_env: std::env::var_os(KERNEL_ENV),
             agent_env: std::env::var_os(AGENT_ENV),
             exe_dir,
@@ -62,8 +66,12 @@ impl GuestArtifacts {
                     ]
                 })
                 .unwrap_or_default(),
-        };
-        search.locate()
+        }
+    }
+
+    /// Finds only the agent (as [`Self::locate`] does).
+    pub fn locate_agent() -> Result<PathBuf, SandboxError> {
+        Self::search().agent()
     }
 
     /// Checks that both files exist and are non-empty regular files.

@@ -26,6 +26,7 @@
 
 mod agent;
 mod artifacts;
+mod attached;
 mod control;
 mod daemon;
 mod disk;
@@ -41,6 +42,7 @@ mod vmconfig;
 mod tests;
 
 pub use agent::AgentError;
+pub use attached::{agent_drives, guest_disk_device, run_attached, AttachedRun, AGENT_DRIVE, ROOTFS_DRIVE};
 pub use artifacts::{GuestArtifacts, AGENT_BINARY, AGENT_ENV, KERNEL_ENV, KERNEL_FILE};
 pub use control::{
     recorded_exit, ControlReply, ControlRequest, ExecIo, SandboxClient, SandboxStatus,

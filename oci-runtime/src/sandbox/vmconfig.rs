@@ -9,7 +9,7 @@
 use oci_spec::runtime::Spec;
 use std::path::Path;
 use vmm::resources::{
-    BootSource, ConsoleConfig, CpuTemplate, DriveConfig, EntropyConfig, MachineConfig, VsockConfig,
+    BootSource, ConsoleConfig, CpuTemplate, EntropyConfig, MachineConfig, VsockConfig,
     DEFAULT_BOOT_ARGS, MAX_VCPUS,
 };
 use vmm::VmResources;
@@ -191,22 +191,7 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
         console: ConsoleConfig::File(files.console_log.to_path_buf()),
         console_timestamps: false,
         seccomp: true,
-        drives: vec![
-            DriveConfig {
-                drive_id: AGENT_DRIVE_ID.into(),
-                path_on_host: files.agent_image.to_path_buf(),
-                is_root_device: true,
-                is_read_only: true,
-                rate_limiter: None,
-            },
-            DriveConfig {
-                drive_id: ROOTFS_DRIVE_ID.into(),
-                path_on_host: files.rootfs_image.to_path_buf(),
-                is_root_device: false,
-                is_read_only: readonly,
-                rate_limiter: None,
-            },
-        ],
+        drives: super::agent_drives(files.agent_image, files.rootfs_image, readonly).to_vec(),
         entropy: Some(EntropyConfig {}),
         net: Vec::new(),
         vsock: Some(VsockConfig {

@@ -1,89 +1,41 @@
-//! Container flists without a guest agent: the flist's tree becomes an ext4 root disk that
-//! also carries the project's service manager (`zvm-init`) as `/.zvm/zvm-init` and one
-//! service, `/.zvm/services/entrypoint.yaml`, running the entrypoint with its environment
-//! and working directory. The kernel boots `init=/.zvm/zvm-init -- --config /.zvm/services`:
-//! zvm-init mounts /proc, /sys and /dev, ignores the words the kernel passes to init, and
-//! prints the entrypoint's output on the console.
+//! Container flists: the flist's tree becomes an ext4 root file system disk, and the
+//! project's kernel boots the OCI guest agent (`zvm-oci-agent`) as PID 1 from its own small
+//! read-only disk, exactly as oci-runtime's sandboxes do. The agent mounts the root file
+//! system (`/dev/vdb`) and runs the entrypoint in it as an OCI container ([`container_spec`]:
+//! runc's defaults, sharing the VM's network so that the interfaces the kernel configured
+//! from `ip=` are the container's), driven over vsock by
+//! [`oci_runtime::sandbox::run_attached`] in the zvm process that runs the VM.
 
-use super::{cmdline, FlistVmError};
+use super::FlistVmError;
+use oci_runtime::image::spec::{default_spec, runtime_spec, ProcessConfig, DEFAULT_PATH};
+use oci_runtime::sandbox::{guest_disk_device, GuestArtifacts};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use vmm::resources::DriveConfig;
 
-/// Where the service manager lives inside the root disk.
-pub const INIT_PATH: &str = "/.zvm/zvm-init";
-/// Its configuration directory inside the root disk.
-pub const SERVICES_DIR: &str = "/.zvm/services";
-
-/// The kernel arguments that start the service manager.
-pub fn init_args() -> String {
-    format!("init={INIT_PATH} -- --config {SERVICES_DIR}")
+/// What runs in a container flist's VM, and the disks it boots from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerBoot {
+    /// The agent's boot disk (root device, read-only).
+    pub agent_image: PathBuf,
+    /// The container's root file system (ext4).
+    pub rootfs_image: PathBuf,
+    /// The VM's vsock socket, through which zvm drives the agent.
+    pub vsock_uds: PathBuf,
+    /// The container's process: arguments, environment, working directory, user.
+    pub process: ProcessConfig,
+    /// The container's host name.
+    pub hostname: String,
 }
 
-/// Finds the static `zvm-init`: `$ZVM_INIT`, next to the running program, or the build
-/// output of guest/build.sh in this source tree; the first statically linked one wins.
-pub fn locate_service_manager() -> Result<PathBuf, FlistVmError> {
-    let candidates = [
-        std::env::var_os("ZVM_INIT").map(PathBuf::from),
-        std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(|d| d.join("zvm-init"))),
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .map(|r| r.join("guest/target/x86_64-unknown-linux-gnu/release/zvm-init")),
-        Some(PathBuf::from("/sbin/zvm-init")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        // A dynamically linked build (e.g. cargo's host build in target/) cannot run in
-        // the guest, which has no shared libraries.
-        .find(|p| std::fs::read(p).is_ok_and(|b| initramfs::is_static_elf(&b) == Ok(true)))
-        .ok_or(FlistVmError::NoServiceManager)
-}
-
-/// Quotes a word for zvm-init's command splitter (double quotes, backslash escapes).
-fn quote(word: &str) -> String {
-    let mut out = String::from("\"");
-    for c in word.chars() {
-        if matches!(c, '"' | '\\' | '$' | '`') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
-}
-
-/// The service definition running `argv` with `env` in `cwd`.
-pub fn service_yaml(
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: &str,
-) -> Result<String, FlistVmError> {
-    if argv.is_empty() {
-        return Err(FlistVmError::Cmdline(cmdline::CmdlineError::Empty));
-    }
-    if argv
-        .iter()
-        .chain(env.iter().map(|(_, v)| v))
-        .any(|w| w.contains('\n') || w.contains('\0'))
-    {
-        return Err(FlistVmError::Cmdline(
-            cmdline::CmdlineError::Unrepresentable("a word with a newline or NUL".into()),
-        ));
-    }
-    let exec = argv.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ");
-    let env: serde_json::Map<String, serde_json::Value> = env
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    // JSON strings and maps are valid YAML flow scalars and mappings.
-    let exec = serde_json::Value::String(exec).to_string();
-    let env = serde_json::Value::Object(env).to_string();
-    let dir = serde_json::Value::String(cwd.to_string()).to_string();
-    Ok(format!(
-        "exec: {exec}\nlog: stdout\nenv: {env}\ndir: {dir}\n"
-    ))
+/// A disk the container mounts: a VM drive id and where it goes in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskMount {
+    /// The drive's id among the VM's drives.
+    pub drive_id: String,
+    /// Absolute path in the container.
+    pub mountpoint: String,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FlistVmError + '_ {
@@ -93,27 +45,101 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FlistVmError + '_ {
     }
 }
 
-/// Builds `disk` (ext4, `size` bytes) from the unpacked tree `staging` plus the service
-/// manager and the entrypoint service.
-pub fn build_root_disk(
-    staging: &Path,
-    disk: &Path,
-    size: u64,
-    service: &str,
-) -> Result<(), FlistVmError> {
-    let init = locate_service_manager()?;
-    let zvm_dir = staging.join(".zvm");
-    let services = staging.join(SERVICES_DIR.trim_start_matches('/'));
-    std::fs::create_dir_all(&services).map_err(io(&services))?;
-    let init_dst = staging.join(INIT_PATH.trim_start_matches('/'));
-    std::fs::copy(&init, &init_dst).map_err(io(&init_dst))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&init_dst, std::fs::Permissions::from_mode(0o755))
-        .map_err(io(&init_dst))?;
-    std::fs::set_permissions(&zvm_dir, std::fs::Permissions::from_mode(0o755))
-        .map_err(io(&zvm_dir))?;
-    let yaml = services.join("entrypoint.yaml");
-    std::fs::write(&yaml, service).map_err(io(&yaml))?;
+/// Builds (or reuses) the agent's boot disk `<work_dir>/agent.ext4` from the static agent
+/// oci-runtime finds (`$ZVM_OCI_AGENT`, next to the program, or guest/build.sh's output);
+/// rebuilt whenever that binary changes.
+pub fn agent_image(work_dir: &Path) -> Result<PathBuf, FlistVmError> {
+    let agent = GuestArtifacts::locate_agent().map_err(|e| FlistVmError::NoAgent(e.to_string()))?;
+    let meta = std::fs::metadata(&agent).map_err(io(&agent))?;
+    let stamp = format!(
+        "{} {} {:?}",
+        agent.display(),
+        meta.len(),
+        meta.modified().ok()
+    );
+    let image = work_dir.join("agent.ext4");
+    let done = work_dir.join("agent.ext4.done");
+    if image.is_file() && std::fs::read_to_string(&done).ok().as_deref() == Some(stamp.as_str()) {
+        return Ok(image);
+    }
+    let _ = std::fs::remove_file(&done);
+    oci_runtime::sandbox::make_agent_image(&agent, &work_dir.join("agent.staging"), &image)
+        .map_err(|e| FlistVmError::Mkfs(e.to_string()))?;
+    std::fs::write(&done, stamp).map_err(io(&done))?;
+    Ok(image)
+}
+
+/// The container's OCI configuration: runc's defaults (`zvm oci spec`) with a writable root,
+/// `boot.process`, `boot.hostname`, no network namespace (the VM is the isolation boundary;
+/// the container uses the VM's interfaces), and one ext4 mount per entry of `mounts`, the
+/// device found from the drive's position in `drives` (`/dev/vda` first).
+pub fn container_spec(
+    boot: &ContainerBoot,
+    drives: &[DriveConfig],
+    mounts: &[DiskMount],
+    terminal: bool,
+) -> Result<Spec, FlistVmError> {
+    let mut spec = runtime_spec(default_spec(), &boot.process, Default::default());
+    spec.set_hostname(Some(boot.hostname.clone()));
+    if let Some(process) = spec.process_mut() {
+        process.set_terminal(Some(terminal));
+    }
+    if let Some(linux) = spec.linux_mut() {
+        if let Some(namespaces) = linux.namespaces_mut() {
+            namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        }
+    }
+    let mut all = spec.mounts().clone().unwrap_or_default();
+    for m in mounts {
+        if !m.mountpoint.starts_with('/') {
+            return Err(FlistVmError::BadMount(format!(
+                "mount point `{}` of disk `{}` is not an absolute path",
+                m.mountpoint, m.drive_id
+            )));
+        }
+        let index = drives
+            .iter()
+            .position(|d| d.drive_id == m.drive_id)
+            .ok_or_else(|| FlistVmError::BadMount(format!("no disk `{}` to mount", m.drive_id)))?;
+        let device = guest_disk_device(index).ok_or_else(|| {
+            FlistVmError::BadMount(format!("disk `{}` is past /dev/vdz", m.drive_id))
+        })?;
+        let mut mount = Mount::default();
+        mount.set_destination(PathBuf::from(&m.mountpoint));
+        mount.set_typ(Some("ext4".into()));
+        mount.set_source(Some(PathBuf::from(device)));
+        mount.set_options(Some(vec!["rw".into(), "nosuid".into(), "nodev".into()]));
+        all.push(mount);
+    }
+    spec.set_mounts(Some(all));
+    Ok(spec)
+}
+
+/// The process of an entrypoint given as words, with `env` (a `PATH` is added when missing),
+/// in `cwd`, as root unless the image said otherwise.
+pub fn process(
+    argv: Vec<String>,
+    env: &[(String, String)],
+    cwd: &str,
+    user: (u32, u32),
+) -> ProcessConfig {
+    let mut env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_string());
+    }
+    ProcessConfig {
+        args: argv,
+        env,
+        cwd: cwd.to_string(),
+        user: String::new(),
+        uid: user.0,
+        gid: user.1,
+        additional_gids: Vec::new(),
+    }
+}
+
+/// Builds `disk` (ext4, `size` bytes) from the unpacked tree `staging`.
+pub fn build_root_disk(staging: &Path, disk: &Path, size: u64) -> Result<(), FlistVmError> {
     let tmp = disk.with_extension("ext4.tmp");
     let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
     file.set_len(size).map_err(io(&tmp))?;
@@ -138,24 +164,87 @@ pub fn build_root_disk(
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_service_carries_arguments_environment_and_directory() {
-        let argv: Vec<String> = ["/bin/sh", "-c", r#"echo "hi" $X"#]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let yaml = service_yaml(&argv, &[("X".into(), "a b".into())], "/srv").unwrap();
-        assert_eq!(yaml, "exec: \"\\\"/bin/sh\\\" \\\"-c\\\" \\\"echo \\\\\\\"hi\\\\\\\" \\\\$X\\\"\"\nlog: stdout\nenv: {\"X\":\"a b\"}\ndir: \"/srv\"\n");
-        assert!(service_yaml(&[], &[], "/").is_err());
-        assert!(service_yaml(&["a\nb".to_string()], &[], "/").is_err());
-        assert_eq!(
-            init_args(),
-            "init=/.zvm/zvm-init -- --config /.zvm/services"
-        );
+    fn boot() -> ContainerBoot {
+        ContainerBoot {
+            agent_image: "/w/agent.ext4".into(),
+            rootfs_image: "/w/root.ext4".into(),
+            vsock_uds: "/w/vsock.sock".into(),
+            process: process(
+                vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+                &[("X".into(), "a b".into())],
+                "/srv",
+                (0, 0),
+            ),
+            hostname: "web".into(),
+        }
+    }
+
+    fn drive(id: &str) -> DriveConfig {
+        DriveConfig {
+            drive_id: id.into(),
+            path_on_host: format!("/{id}").into(),
+            is_root_device: false,
+            is_read_only: false,
+            rate_limiter: None,
+        }
     }
 
     #[test]
-    fn words_are_quoted_for_the_service_manager() {
-        assert_eq!(quote(r#"a "b" $c \d"#), r#""a \"b\" \$c \\d""#);
+    fn the_spec_runs_the_entrypoint_in_the_vms_network_with_its_disks() {
+        let drives = [drive("agent"), drive("rootfs"), drive("data")];
+        let mounts = [DiskMount {
+            drive_id: "data".into(),
+            mountpoint: "/data".into(),
+        }];
+        let spec = container_spec(&boot(), &drives, &mounts, false).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.args().as_ref().unwrap(), &["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(p.env().as_ref().unwrap(), &[DEFAULT_PATH, "X=a b"]);
+        assert_eq!(p.cwd(), &PathBuf::from("/srv"));
+        assert_eq!(p.terminal(), Some(false));
+        assert_eq!(spec.hostname().as_deref(), Some("web"));
+        assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(false));
+        let ns = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap();
+        assert!(ns.iter().all(|n| n.typ() != LinuxNamespaceType::Network));
+        assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
+        let data = spec.mounts().as_ref().unwrap().last().unwrap();
+        assert_eq!(data.destination(), &PathBuf::from("/data"));
+        assert_eq!(data.source().as_deref(), Some(Path::new("/dev/vdc")));
+        assert_eq!(data.typ().as_deref(), Some("ext4"));
+    }
+
+    #[test]
+    fn bad_mounts_are_refused() {
+        let drives = [drive("agent"), drive("rootfs")];
+        let missing = [DiskMount {
+            drive_id: "data".into(),
+            mountpoint: "/data".into(),
+        }];
+        let e = container_spec(&boot(), &drives, &missing, false).unwrap_err();
+        assert!(e.to_string().contains("no disk `data`"), "{e}");
+        let relative = [DiskMount {
+            drive_id: "rootfs".into(),
+            mountpoint: "data".into(),
+        }];
+        let e = container_spec(&boot(), &drives, &relative, false).unwrap_err();
+        assert!(e.to_string().contains("not an absolute path"), "{e}");
+    }
+
+    #[test]
+    fn a_path_is_added_only_when_missing() {
+        let p = process(
+            vec!["x".into()],
+            &[("PATH".into(), "/opt".into())],
+            "/",
+            (5, 6),
+        );
+        assert_eq!(p.env, ["PATH=/opt"]);
+        assert_eq!((p.uid, p.gid), (5, 6));
     }
 }

@@ -8,15 +8,13 @@
 //! - a **raw image** flist holds `/image.raw`: the project's kernel boots with that image
 //!   as its root disk;
 //! - anything else is a **container** flist: its tree becomes an ext4 root disk and the
-//!   project's kernel boots it with the project's service manager as PID 1 running the
-//!   entrypoint with `env` (see [`container`]). When an image from `zvm flist from-oci`
-//!   carries `/.zvm/image-config.json`, its entrypoint, environment and working directory
+//!   project's kernel boots the OCI guest agent as PID 1, which runs the entrypoint with
+//!   `env` in it (see [`container`]). When an image from `zvm flist from-oci` carries
+//!   `/.zvm/image-config.json`, its entrypoint, environment, working directory and user
 //!   are the defaults.
 //!
-//! The OCI guest agent path (oci-runtime's sandbox) is not used yet: its API cannot carry
-//! the extra disks, taps and kernel arguments a deployment has.
-//!
-//! The result is a [`BootPlan`] that [`BootPlan::apply`] turns into [`vmm::VmResources`].
+//! The result is a [`BootPlan`] that [`BootPlan::apply`] turns into [`vmm::VmResources`];
+//! for a container the caller then drives the agent ([`BootPlan::container`]).
 
 pub mod cmdline;
 pub mod container;
@@ -64,9 +62,12 @@ pub enum FlistVmError {
     /// The entrypoint or environment cannot be handed to the guest.
     #[error("entrypoint: {0}")]
     Cmdline(#[from] cmdline::CmdlineError),
-    /// The service manager for container flists was not found.
-    #[error("no zvm-init for container flists: build it with guest/build.sh, or set ZVM_INIT")]
-    NoServiceManager,
+    /// The guest agent for container flists was not found.
+    #[error("container flists need the guest agent: {0}")]
+    NoAgent(String),
+    /// A disk mount of a container cannot be made.
+    #[error("{0}")]
+    BadMount(String),
     /// Making the root disk failed.
     #[error("mkfs.ext4: {0}")]
     Mkfs(String),
@@ -111,6 +112,8 @@ pub struct FlistBootOptions {
     pub root_size: Option<u64>,
     /// The project's kernel (for container and raw-image flists); located when `None`.
     pub kernel: Option<PathBuf>,
+    /// The container's host name (default: the flist's file name without `.fl`).
+    pub hostname: Option<String>,
 }
 
 /// How to boot the VM an flist describes.
@@ -124,14 +127,31 @@ pub struct BootPlan {
     pub initrd: Option<PathBuf>,
     /// Root disk (attached first, `root=/dev/vda rw`).
     pub root_disk: Option<PathBuf>,
-    /// Kernel arguments to append (init, environment).
+    /// Kernel arguments to append.
     pub extra_args: String,
+    /// For container flists: the agent's and the container's disks and what to run.
+    pub container: Option<container::ContainerBoot>,
 }
 
 impl BootPlan {
     /// Points `resources` at this plan's kernel, initrd and root disk and appends its
-    /// arguments to the command line.
+    /// arguments to the command line. For a container: the agent's disk and the root file
+    /// system become the first two disks, the agent's boot arguments are appended, and
+    /// the VM gets a vsock device (unless it has one) and an entropy device.
     pub fn apply(&self, resources: &mut VmResources) {
+        if let Some(c) = &self.container {
+            resources.drives.retain(|d| !d.is_root_device);
+            let [agent, rootfs] =
+                oci_runtime::sandbox::agent_drives(&c.agent_image, &c.rootfs_image, false);
+            resources.drives.splice(0..0, [agent, rootfs]);
+            if resources.vsock.is_none() {
+                resources.vsock = Some(vmm::resources::VsockConfig {
+                    guest_cid: 3,
+                    uds_path: c.vsock_uds.clone(),
+                });
+            }
+            resources.entropy.get_or_insert_with(Default::default);
+        }
         resources.boot_source.kernel_image_path = self.kernel.clone();
         resources.boot_source.initrd_path = self.initrd.clone();
         if !self.extra_args.is_empty() {
@@ -241,6 +261,7 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
                     initrd,
                     root_disk: None,
                     extra_args: String::new(),
+                    container: None,
                 })
             } else {
                 let kernel = locate_kernel(opts.kernel.as_deref())?;
@@ -250,6 +271,7 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
                     initrd: None,
                     root_disk: Some(root.join("image.raw")),
                     extra_args: String::new(),
+                    container: None,
                 })
             }
         }
@@ -269,11 +291,10 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
                 env.push((k.clone(), v.clone()));
             }
             let cwd = image_config.cwd.as_deref().unwrap_or("/");
-            let service = container::service_yaml(&argv, &env, cwd)?;
+            let process = container::process(argv, &env, cwd, image_config.user);
             let disk = opts.work_dir.join("root.ext4");
-            // The marker holds the service it was built with: a new entrypoint rebuilds.
             let done = opts.work_dir.join("root.ext4.done");
-            if std::fs::read_to_string(&done).ok().as_deref() != Some(service.as_str()) {
+            if !(disk.is_file() && done.exists()) {
                 let content: u64 = tree.entries.iter().map(|e| e.inode.size).sum();
                 let size = opts
                     .root_size
@@ -290,20 +311,54 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
                     &unpack,
                 )
                 .map_err(|e| flist_err(e.into()))?;
-                let built = container::build_root_disk(&staging, &disk, size, &service);
+                let built = container::build_root_disk(&staging, &disk, size);
                 let _ = std::fs::remove_dir_all(&staging);
                 built?;
-                std::fs::write(&done, &service).map_err(io(&done))?;
+                std::fs::write(&done, b"").map_err(io(&done))?;
             }
-            let extra_args = container::init_args();
+            let agent_image = container::agent_image(&opts.work_dir)?;
+            let hostname = opts
+                .hostname
+                .clone()
+                .unwrap_or_else(|| default_hostname(&opts.flist));
             Ok(BootPlan {
                 kind,
                 kernel,
                 initrd: None,
-                root_disk: Some(disk),
-                extra_args,
+                root_disk: None,
+                extra_args: oci_runtime::sandbox::AGENT_BOOT_ARGS.to_string(),
+                container: Some(container::ContainerBoot {
+                    agent_image,
+                    rootfs_image: disk,
+                    vsock_uds: opts.work_dir.join("vsock.sock"),
+                    process,
+                    hostname,
+                }),
             })
         }
+    }
+}
+
+/// The flist's file name without `.fl`, as a host name (`zvm` when nothing usable is left).
+fn default_hostname(flist: &str) -> String {
+    let name = flist.rsplit('/').next().unwrap_or_default();
+    let name = name.strip_suffix(".fl").unwrap_or(name);
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let clean = clean.trim_matches('-').to_string();
+    if clean.is_empty() {
+        "zvm".into()
+    } else {
+        clean
     }
 }
 
@@ -330,6 +385,8 @@ struct ImageConfig {
     argv: Vec<String>,
     env: Vec<(String, String)>,
     cwd: Option<String>,
+    /// User and group ids (root when the image says nothing).
+    user: (u32, u32),
 }
 
 fn image_config(
@@ -397,7 +454,18 @@ fn parse_image_config(bytes: &[u8]) -> ImageConfig {
         .and_then(|v| v.as_str())
         .filter(|s| s.starts_with('/'))
         .map(str::to_string);
-    ImageConfig { argv, env, cwd }
+    let id = |name: &str| {
+        cfg.get(name)
+            .and_then(|v| v.as_u64())
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    let user = (id("uid").unwrap_or(0), id("gid").unwrap_or(0));
+    ImageConfig {
+        argv,
+        env,
+        cwd,
+        user,
+    }
 }
 
 #[cfg(test)]
@@ -423,7 +491,57 @@ mod tests {
         assert_eq!(z.argv, ["/bin/app", "-v"]);
         assert_eq!(z.env, [("PATH".to_string(), "/bin".to_string())]);
         assert_eq!(z.cwd.as_deref(), Some("/srv"));
+        assert_eq!(z.user, (0, 0));
+        let u = parse_image_config(br#"{"process":{"args":["a"],"uid":1000,"gid":100}}"#);
+        assert_eq!(u.user, (1000, 100));
         assert_eq!(parse_image_config(br#"{"cmd":["sh"]}"#).argv, ["sh"]);
+    }
+
+    #[test]
+    fn host_names_come_from_the_flist_name() {
+        assert_eq!(default_hostname("http://hub/x/web_app.fl"), "web-app");
+        assert_eq!(default_hostname("/tmp/alpine"), "alpine");
+        assert_eq!(default_hostname("http://hub/.fl"), "zvm");
+    }
+
+    #[test]
+    fn a_container_plan_boots_the_agent_with_the_rootfs_second() {
+        let mut r = VmResources::new("/old");
+        r.drives.push(DriveConfig {
+            drive_id: "data".into(),
+            path_on_host: "/data.img".into(),
+            is_root_device: false,
+            is_read_only: false,
+            rate_limiter: None,
+        });
+        let plan = BootPlan {
+            kind: FlistKind::Container,
+            kernel: "/k".into(),
+            initrd: None,
+            root_disk: None,
+            extra_args: oci_runtime::sandbox::AGENT_BOOT_ARGS.into(),
+            container: Some(container::ContainerBoot {
+                agent_image: "/w/agent.ext4".into(),
+                rootfs_image: "/w/root.ext4".into(),
+                vsock_uds: "/w/vsock.sock".into(),
+                process: container::process(vec!["/bin/true".into()], &[], "/", (0, 0)),
+                hostname: "h".into(),
+            }),
+        };
+        plan.apply(&mut r);
+        let ids: Vec<&str> = r.drives.iter().map(|d| d.drive_id.as_str()).collect();
+        assert_eq!(ids, ["agent", "rootfs", "data"]);
+        assert!(r.drives[0].is_root_device && r.drives[0].is_read_only);
+        assert_eq!(
+            r.vsock.as_ref().unwrap().uds_path,
+            PathBuf::from("/w/vsock.sock")
+        );
+        assert!(r.entropy.is_some());
+        assert!(
+            r.boot_args().ends_with(" rootfstype=ext4 init=/init"),
+            "{}",
+            r.boot_args()
+        );
     }
 
     #[test]
@@ -435,6 +553,7 @@ mod tests {
             initrd: None,
             root_disk: Some("/d/root.ext4".into()),
             extra_args: "init=/bin/sh".into(),
+            container: None,
         };
         plan.apply(&mut r);
         assert_eq!(r.boot_source.kernel_image_path, PathBuf::from("/k"));

@@ -110,6 +110,7 @@ impl ProcessRunner {
                 .collect(),
             root_size: spec.size.map(|s| s.0),
             kernel: self.kernel.clone(),
+            hostname: Some(spec.name.clone()),
         }
     }
 
@@ -135,6 +136,7 @@ impl ProcessRunner {
         if let Some(k) = &self.kernel {
             args.extend(["--kernel".into(), path_str(k)]);
         }
+        args.extend(["--hostname".into(), spec.name.clone()]);
         if let Some(e) = &spec.entrypoint {
             args.extend(["--entrypoint".into(), e.clone()]);
         }
@@ -148,9 +150,10 @@ impl ProcessRunner {
             args.extend([
                 "--disk".into(),
                 format!(
-                    "path={},id={}",
+                    "path={},id={},mount={}",
                     path_str(&paths.disks.join(format!("{}.img", disk.name))),
-                    disk.name
+                    disk.name,
+                    disk.mountpoint
                 ),
             ]);
         }
@@ -182,6 +185,27 @@ impl ProcessRunner {
     }
 }
 
+/// Makes a new disk an ext4 file system labelled `label` (a container mounts it at its
+/// mount point; a VM image may format it again). Sparse: only metadata is written.
+fn format_disk(path: &Path, label: &str) -> Result<(), String> {
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-F", "-q", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", "-L"])
+        .arg(label)
+        .arg(path)
+        .output()
+        .map_err(|e| format!("cannot run mkfs.ext4 (e2fsprogs) for {}: {e}", path.display()))?;
+    if !out.status.success() {
+        // A half-made file system would be taken as made next time: start again then.
+        let _ = std::fs::remove_file(path);
+        return Err(format!(
+            "mkfs.ext4 {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -206,6 +230,9 @@ impl WorkloadRunner for ProcessRunner {
             if len < disk.size.0 {
                 file.set_len(disk.size.0)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            if len == 0 {
+                format_disk(&path, &disk.name)?;
             }
         }
         flist_vm::prepare(&self.boot_options(record, paths))
@@ -396,8 +423,8 @@ mod tests {
         let paths = VmPaths::new(Path::new("/s"), "web");
         let args = runner.command_args(&record, &paths).join(" ");
         let want = "run --flist http://hub/web.fl --flist-cache /c --flist-work /s/vms/web/work --cpus 2 --memory 512M \
-            --console stdio --kernel /k --entrypoint /bin/web --port 80 --env A=b c --root-size 1073741824 \
-            --disk path=/s/vms/web/disks/data.img,id=data --net tap=t0,id=eth0 --net tap=t1,id=eth1 \
+            --console stdio --kernel /k --hostname web --entrypoint /bin/web --port 80 --env A=b c --root-size 1073741824 \
+            --disk path=/s/vms/web/disks/data.img,id=data,mount=/data --net tap=t0,id=eth0 --net tap=t1,id=eth1 \
             --append ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off zvm.ip.eth1=10.0.0.3/24 zvm.mount.data=/data quiet";
         assert_eq!(args, want);
     }
@@ -424,8 +451,13 @@ mod tests {
         // The flist is missing, so preparing fails after the disks are made.
         let e = runner.prepare(&record, &paths).unwrap_err();
         assert!(e.contains("is not reachable"), "{e}");
-        let meta = std::fs::metadata(paths.disks.join("data.img")).unwrap();
+        let img = paths.disks.join("data.img");
+        let meta = std::fs::metadata(&img).unwrap();
         assert_eq!(meta.len(), 1 << 30);
+        let mut head = vec![0u8; 2048];
+        std::io::Read::read_exact(&mut std::fs::File::open(&img).unwrap(), &mut head).unwrap();
+        // The ext4 magic 0xEF53 sits at byte 56 of the superblock, 1024 bytes in.
+        assert_eq!(head.get(1080..1082), Some(&[0x53, 0xEF][..]), "not formatted");
         use std::os::unix::fs::MetadataExt;
         assert!(
             meta.blocks() * 512 < 1 << 20,

@@ -184,7 +184,7 @@ impl WorkloadSpec {
                 format!("{} is below the minimum of 256 MiB", self.compute.memory),
             ));
         }
-        if mem % MIB != 0 {
+        if !mem.is_multiple_of(MIB) {
             return Err(invalid(
                 "compute.memory",
                 format!("{mem} bytes is not a whole number of MiB"),
@@ -215,10 +215,10 @@ impl WorkloadSpec {
         for (i, disk) in self.disks.iter().enumerate() {
             let field = format!("disks[{i}]");
             check_name(&format!("{field}.name"), &disk.name)?;
-            if disk.name == "root" {
+            if ["root", "agent", "rootfs"].contains(&disk.name.as_str()) {
                 return Err(invalid(
                     format!("{field}.name"),
-                    "`root` is reserved for the root disk",
+                    format!("`{}` is reserved for the VM's own disks (root, agent, rootfs)", disk.name),
                 ));
             }
             if !disk_names.insert(disk.name.as_str()) {
@@ -240,6 +240,13 @@ impl WorkloadSpec {
                 ));
             }
             check_text(&format!("{field}.mountpoint"), &disk.mountpoint, 4096)?;
+            // The path travels in a `--disk` list and on the kernel command line.
+            if disk.mountpoint.contains([',', ' ', '\t', '\n', '"']) {
+                return Err(invalid(
+                    format!("{field}.mountpoint"),
+                    format!("`{}` may not contain commas, blanks or quotes", disk.mountpoint),
+                ));
+            }
         }
         let max_nics = vmm::resources::MAX_NET_INTERFACES;
         if self.network.interfaces.len() > max_nics {
@@ -405,6 +412,8 @@ mod tests {
         assert!(err(&s).contains("disks[0].size"), "{}", err(&s));
         s.disks = vec![disk("data", MIB, "data")];
         assert!(err(&s).contains("not an absolute path"), "{}", err(&s));
+        s.disks = vec![disk("data", MIB, "/my data")];
+        assert!(err(&s).contains("may not contain commas"), "{}", err(&s));
         s.disks = vec![disk("a/b", MIB, "/d")];
         assert!(err(&s).contains("disks[0].name"), "{}", err(&s));
         s.disks = vec![disk("root", MIB, "/d")];

@@ -1,0 +1,218 @@
+//! One container process in a VM someone else built and owns, driven through its agent with
+//! the process's stdio on the caller's own stdio: what `zvm run --flist` does for container
+//! flists (and so the node daemon, whose workload VMs are `zvm run --flist` processes).
+//!
+//! The caller boots the project's kernel with the agent's disk as the root device and the
+//! container's root file system on another disk ([`agent_drives`] describes both), with a
+//! vsock device; [`run_attached`] then waits for the agent, creates and starts the process,
+//! relays standard input to it (closing it at end of input) and its output to standard
+//! output and error, and once it exits asks the agent to power the VM off.
+
+use super::agent::{wait_for_agent, AgentConn, AgentError, Notice};
+use super::daemon::{AGENT_DEADLINE, CREATE_TIMEOUT};
+use super::SandboxError;
+use agent_protocol::{
+    Bytes, Event, ExitStatus, RequestBody, ResponseBody, Rootfs, AGENT_VSOCK_PORT, INIT_STREAM,
+};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vmm::resources::DriveConfig;
+
+/// Drive id of the agent's boot disk in [`agent_drives`].
+pub const AGENT_DRIVE: &str = super::vmconfig::AGENT_DRIVE_ID;
+/// Drive id of the container's root file system in [`agent_drives`].
+pub const ROOTFS_DRIVE: &str = super::vmconfig::ROOTFS_DRIVE_ID;
+
+/// The two disks a container VM starts with, in guest order: the agent's disk (`/dev/vda`,
+/// root device, read-only) and the container's root file system ([`super::ROOTFS_DEVICE`]).
+/// Disks attached after them are `/dev/vdc`, `/dev/vdd`, ...
+pub fn agent_drives(
+    agent_image: &Path,
+    rootfs_image: &Path,
+    rootfs_readonly: bool,
+) -> [DriveConfig; 2] {
+    [
+        DriveConfig {
+            drive_id: AGENT_DRIVE.into(),
+            path_on_host: agent_image.to_path_buf(),
+            is_root_device: true,
+            is_read_only: true,
+            rate_limiter: None,
+        },
+        DriveConfig {
+            drive_id: ROOTFS_DRIVE.into(),
+            path_on_host: rootfs_image.to_path_buf(),
+            is_root_device: false,
+            is_read_only: rootfs_readonly,
+            rate_limiter: None,
+        },
+    ]
+}
+
+/// The guest device name of the `index`-th virtio disk (0 -> `/dev/vda`); `None` past `vdz`.
+pub fn guest_disk_device(index: usize) -> Option<String> {
+    u8::try_from(index)
+        .ok()
+        .filter(|i| *i < 26)
+        .map(|i| format!("/dev/vd{}", char::from(b'a' + i)))
+}
+
+/// What [`run_attached`] runs and where it finds the agent.
+#[derive(Debug, Clone)]
+pub struct AttachedRun<'a> {
+    /// The VM's vsock Unix socket (host side).
+    pub vsock_uds: &'a Path,
+    /// The guest console log, quoted when the agent never answers (None: the console is
+    /// elsewhere, e.g. on the terminal).
+    pub console_log: Option<&'a Path>,
+    /// The container; `process.terminal` asks for a pty.
+    pub spec: oci_spec::runtime::Spec,
+    /// Guest block device holding the root file system (ext4).
+    pub rootfs_device: String,
+}
+
+enum Main {
+    Agent(Notice),
+    StdinDone,
+}
+
+/// Runs `run.spec`'s process through the agent (see the module docs) and returns how it
+/// ended. `gone` says why the VM ended, once it has (the wait for the agent stops then).
+pub fn run_attached(
+    run: AttachedRun<'_>,
+    gone: &dyn Fn() -> Option<String>,
+) -> Result<ExitStatus, SandboxError> {
+    let no_console = Path::new("/dev/null");
+    let stream = wait_for_agent(
+        run.vsock_uds,
+        AGENT_VSOCK_PORT,
+        Instant::now() + AGENT_DEADLINE,
+        run.console_log.unwrap_or(no_console),
+        gone,
+    )?;
+    let (tx, rx) = mpsc::channel::<Main>();
+    let agent_tx = tx.clone();
+    let agent = AgentConn::start(stream, move |n| {
+        let _ = agent_tx.send(Main::Agent(n));
+    })
+    .map_err(SandboxError::io("start the agent reader"))?;
+    let terminal = run
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let create = RequestBody::Create {
+        spec: Box::new(run.spec),
+        rootfs: Rootfs::BlockDevice {
+            device: run.rootfs_device,
+            fstype: "ext4".into(),
+        },
+        terminal,
+    };
+    let created = match agent.request(create, CREATE_TIMEOUT) {
+        Ok(ResponseBody::Created { .. }) => Ok(()),
+        Ok(answer) => Err(AgentError::Unexpected {
+            request: "Create",
+            answer,
+        }
+        .into()),
+        Err(e) => Err(SandboxError::from(e)),
+    };
+    let started = created.and_then(|()| {
+        agent
+            .request_done(RequestBody::Start, CREATE_TIMEOUT)
+            .map_err(SandboxError::from)
+    });
+    if let Err(e) = started {
+        let _ = agent.request_done(RequestBody::Shutdown, Duration::from_secs(10));
+        return Err(e);
+    }
+    relay_stdin(agent.clone(), tx).map_err(SandboxError::io("start the stdin relay"))?;
+    let status = relay_output(&rx);
+    if let Err(e) = agent.request_done(RequestBody::Shutdown, Duration::from_secs(30)) {
+        tracing::warn!("asking the agent to power off: {e}");
+    }
+    status
+}
+
+/// Copies the process's output to ours until it exits.
+fn relay_output(rx: &mpsc::Receiver<Main>) -> Result<ExitStatus, SandboxError> {
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    loop {
+        match rx.recv() {
+            Ok(Main::Agent(Notice::Init(Event::Output { fd, data, .. }))) => {
+                let sink: &mut dyn Write = if fd == 2 { &mut err } else { &mut out };
+                // Our output going away must not stop the container.
+                let _ = sink.write_all(&data.0).and_then(|()| sink.flush());
+            }
+            Ok(Main::Agent(Notice::Init(Event::Exited { status, .. }))) => return Ok(status),
+            Ok(Main::Agent(Notice::Lost(why))) => {
+                return Err(SandboxError::Agent(AgentError::Lost(why)));
+            }
+            Ok(Main::StdinDone) => {}
+            Err(_) => return Err(SandboxError::Control("the agent reader ended".into())),
+        }
+    }
+}
+
+/// Sends our standard input to the process on a thread of its own; closes the process's
+/// stdin at end of input.
+fn relay_stdin(agent: Arc<AgentConn>, tx: mpsc::Sender<Main>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("zvm_stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => 0,
+                };
+                let request = if n == 0 {
+                    RequestBody::CloseStdin {
+                        stream: INIT_STREAM.into(),
+                    }
+                } else {
+                    RequestBody::Stdin {
+                        stream: INIT_STREAM.into(),
+                        data: Bytes(buf[..n].to_vec()),
+                    }
+                };
+                if agent
+                    .request_done(request, Duration::from_secs(30))
+                    .is_err()
+                    || n == 0
+                {
+                    break;
+                }
+            }
+            let _ = tx.send(Main::StdinDone);
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_are_named_in_attach_order() {
+        assert_eq!(guest_disk_device(0).as_deref(), Some("/dev/vda"));
+        assert_eq!(guest_disk_device(2).as_deref(), Some("/dev/vdc"));
+        assert_eq!(guest_disk_device(25).as_deref(), Some("/dev/vdz"));
+        assert_eq!(guest_disk_device(26), None);
+        let [agent, rootfs] = agent_drives(Path::new("/a.ext4"), Path::new("/r.ext4"), false);
+        assert!(agent.is_root_device && agent.is_read_only);
+        assert!(!rootfs.is_root_device && !rootfs.is_read_only);
+        assert_eq!(
+            guest_disk_device(1).as_deref(),
+            Some(super::super::ROOTFS_DEVICE)
+        );
+    }
+}
