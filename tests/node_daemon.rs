@@ -8,7 +8,9 @@
 //! The flist is a container root filesystem (a static busybox as /bin/sh): the daemon's VM
 //! process builds its root disk and boots the project's kernel with the OCI guest agent
 //! (from guest/build.sh) as PID 1, which runs the entrypoint with its environment, the
-//! deployment's name as host name and its data disk (formatted by the node) mounted.
+//! deployment's name as host name, its data disk (formatted by the node) mounted and its two
+//! interfaces on the node's bridge addressed. The daemon, its bridge and taps, its VMs and
+//! the flist's HTTP server run in a network namespace the test creates.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -16,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use zvm_integration_tests::api_client::{request, wait_for_socket};
-use zvm_integration_tests::{guest_init, guest_kernel, zvm_binary};
+use zvm_integration_tests::{guest_init, guest_kernel, zvm_binary, NetNs};
 
 /// Serves the files of `root` over HTTP/1.0 (GET and HEAD) on a loopback port.
 fn serve_dir(root: PathBuf) -> u16 {
@@ -72,7 +74,7 @@ impl Daemon {
             .open(log)
             .expect("log");
         let child = Command::new(zvm_binary())
-            .args(["node", "serve", "--stop-grace", "5", "--state-dir"])
+            .args(["node", "serve", "--stop-grace", "5", "--network", "lan=10.77.0.0/24", "--state-dir"])
             .arg(state)
             .arg("--api-sock")
             .arg(sock)
@@ -85,6 +87,14 @@ impl Daemon {
             .expect("start zvm node serve");
         wait_for_socket(sock, Duration::from_secs(60));
         Daemon { child }
+    }
+
+    /// Starts the daemon inside `ns`.
+    fn start_in(ns: &NetNs, state: &Path, sock: &Path, log: &Path) -> Daemon {
+        let (state, sock, log) = (state.to_path_buf(), sock.to_path_buf(), log.to_path_buf());
+        ns.spawn(move || Daemon::start(&state, &sock, &log))
+            .join()
+            .expect("start the daemon in the namespace")
     }
 
     fn kill(mut self) {
@@ -177,10 +187,19 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
         "pack: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let port = serve_dir(www.clone());
+    // The daemon (its bridge, taps and VMs) and the flist's HTTP server live in a network
+    // namespace of the test's own.
+    let ns = NetNs::new("node");
+    let port = ns
+        .spawn({
+            let www = www.clone();
+            move || serve_dir(www)
+        })
+        .join()
+        .expect("file server");
     let flist = format!("http://127.0.0.1:{port}/tiny.fl");
 
-    let daemon = Daemon::start(&state, &sock, &log);
+    let daemon = Daemon::start_in(&ns, &state, &sock, &log);
     let (code, body) = request(&sock, "GET", "/health", None);
     assert_eq!(
         (code, json(&body)["status"].as_str()),
@@ -248,9 +267,10 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     // PF_NETLINK" (seen with plain `zvm run` too, at 256 and 512 MiB); the limit below is
     // generous for that reason.
     // One real boot: the entrypoint's output reaches the console tail; it runs with the
-    // deployment's name as host name and sees its disk mounted.
+    // deployment's name as host name, sees its disk mounted, and both its interfaces have
+    // their addresses (eth0 from the kernel's ip=, eth1 from the agent).
     let hello = format!(
-        r#"{{"name":"hello","flist":"{flist}","compute":{{"cpu":1,"memory":"256M"}},"disks":[{{"name":"data","size":"64M","mountpoint":"/data"}}],"entrypoint":"/bin/sh -c 'echo NODE-MARKER-$MODE; grep -q \" /data ext4 \" /proc/mounts && echo DATA-MOUNTED-$(hostname); while true; do sleep 1000; done'","env":{{"MODE":"hello"}}}}"#
+        r#"{{"name":"hello","flist":"{flist}","compute":{{"cpu":1,"memory":"256M"}},"disks":[{{"name":"data","size":"64M","mountpoint":"/data"}}],"network":{{"interfaces":[{{"network":"lan"}},{{"network":"lan"}}]}},"entrypoint":"/bin/sh -c 'echo NODE-MARKER-$MODE; grep -q \" /data ext4 \" /proc/mounts && echo DATA-MOUNTED-$(hostname); busybox ip -4 -o addr; while true; do sleep 1000; done'","env":{{"MODE":"hello"}}}}"#
     );
     let (code, body) = request(&sock, "POST", "/deployments", Some(&hello));
     assert_eq!(code, 202, "{body}");
@@ -269,9 +289,19 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     );
     assert_eq!(v["state"], "running", "{v:#}");
     assert_eq!(v["restarts"], 0);
-    let v = wait_for(&sock, "hello", Duration::from_secs(60), "the disk check", |v| {
-        v["console_tail"].as_str().unwrap_or("").contains("DATA-MOUNTED-hello")
+    let v = wait_for(&sock, "hello", Duration::from_secs(60), "the disk and network checks", |v| {
+        let tail = v["console_tail"].as_str().unwrap_or("");
+        tail.contains("DATA-MOUNTED-hello") && tail.contains("eth1")
     });
+    let tail = v["console_tail"].as_str().unwrap_or("");
+    let addresses: Vec<&str> = v["addresses"].as_array().expect("addresses").iter().map(|a| a["ip"].as_str().unwrap_or("")).collect();
+    assert_eq!(addresses, ["10.77.0.2", "10.77.0.3"], "{v:#}");
+    for (dev, ip) in [("eth0", "10.77.0.2/24"), ("eth1", "10.77.0.3/24")] {
+        assert!(
+            tail.lines().any(|l| l.contains(dev) && l.contains(&format!("inet {ip}"))),
+            "{dev} lacks {ip}: {tail}"
+        );
+    }
     let pid = v["pid"].as_u64().expect("pid");
     assert!(proc_alive(pid));
     let (code, body) = request(&sock, "DELETE", "/deployments/hello", None);
@@ -298,7 +328,7 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     let pid = v["pid"].as_u64().expect("pid");
     daemon.kill();
     assert!(proc_alive(pid), "the VM died with the daemon");
-    let daemon = Daemon::start(&state, &sock, &log);
+    let daemon = Daemon::start_in(&ns, &state, &sock, &log);
     let v = wait_for(
         &sock,
         "again",

@@ -166,6 +166,9 @@ fn check_boot(run: &ZvmRun, first: bool) -> String {
         id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()),
         "node id {id:?}"
     );
+    let health: serde_json::Value = serde_json::from_str(health.trim_start_matches("200 "))
+        .unwrap_or_else(|e| panic!("health is not JSON ({e}): {health}"));
+    assert_eq!(health["node_id"], id.as_str(), "the daemon knows the node id");
     assert_eq!(
         run.stdout.contains(&format!("zos: node id {id} (new)")),
         first,

@@ -8,10 +8,12 @@
 //!   trait (real calls: [`sys::LinuxSys`]); the call order is unit-tested with a recorder;
 //! - `spawn`: clones the container process (parked until Start) and exec'd processes;
 //! - [`agent`]: the single-threaded poll loop (connection, signalfd, stdio relay, reaping);
-//! - [`transport`]: vsock or Unix listener; [`pid1`]: the VM init duties.
+//! - [`transport`]: vsock or Unix listener; [`pid1`]: the VM init duties ([`netcfg`]: the
+//!   further interfaces' addresses).
 
 pub mod agent;
 mod fdio;
+pub mod netcfg;
 pub mod pid1;
 pub mod plan;
 pub mod setup;

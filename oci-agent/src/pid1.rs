@@ -1,4 +1,5 @@
-//! Duties of the agent as the VM's PID 1: basic file systems, loopback, cgroup controllers,
+//! Duties of the agent as the VM's PID 1: basic file systems, loopback and the further
+//! interfaces' addresses ([`crate::netcfg`]), cgroup controllers,
 //! Ctrl-Alt-Del as a signal, and powering off at the end.
 
 use std::path::Path;
@@ -96,6 +97,17 @@ pub fn boot() {
     }
     if let Err(e) = sys.loopback_up() {
         eprintln!("zvm-oci-agent: bring up lo: {e}");
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (addresses, bad) = crate::netcfg::parse_cmdline(&cmdline);
+    for message in bad {
+        eprintln!("zvm-oci-agent: {message}");
+    }
+    for a in addresses {
+        match crate::netcfg::apply(&a) {
+            Ok(()) => eprintln!("zvm-oci-agent: {} has {}/{}", a.interface, a.address, a.prefix),
+            Err(e) => eprintln!("zvm-oci-agent: address {}/{} on {}: {e}", a.address, a.prefix, a.interface),
+        }
     }
     // SAFETY: reboot(2) with the CAD_OFF command only changes how Ctrl-Alt-Del is handled.
     unsafe { libc::reboot(libc::RB_DISABLE_CAD) };

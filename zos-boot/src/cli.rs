@@ -6,7 +6,7 @@ use crate::node::restart::RestartLimits;
 use crate::node::{self, Listeners, NodeConfig, ProcessRunner};
 use clap::{Args, Subcommand};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +62,19 @@ pub struct ServeArgs {
     /// Seconds a VM gets between SIGTERM and SIGKILL when its deployment is deleted.
     #[arg(long, default_value_t = 10)]
     pub stop_grace: u64,
+    /// A file holding this node's id (the node image's `node.pub`), shown by `GET /health`.
+    #[arg(long, value_name = "PATH")]
+    pub node_id_file: Option<PathBuf>,
+}
+
+/// The node id in `path`: one word of hex digits.
+fn read_node_id(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("node id file {}: {e}", path.display()))?;
+    let id = text.trim();
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("node id file {}: not a hex node id", path.display()));
+    }
+    Ok(id.to_string())
 }
 
 fn parse_network(s: &str) -> Result<NetworkDef, String> {
@@ -109,7 +122,15 @@ fn serve(args: ServeArgs) -> ExitCode {
         kernel: args.kernel.clone(),
         networks: args.networks.clone(),
     };
+    let node_id = match args.node_id_file.as_deref().map(read_node_id).transpose() {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("zvm: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = NodeConfig {
+        node_id,
         state_dir,
         runner: Arc::new(runner),
         networks: args.networks.clone(),

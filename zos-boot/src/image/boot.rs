@@ -10,8 +10,7 @@ use super::disk::{self, DiskContent};
 use super::identity;
 use super::settings::{ApiSetting, BootSettings, RunMode};
 use super::ImageError;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -76,8 +75,15 @@ pub fn prepare(settings: &BootSettings, mkfs: &Path, cache: &Path) -> Result<Str
     Ok(id.node_id())
 }
 
-/// The `zvm node serve` arguments for this boot.
-pub fn serve_args(settings: &BootSettings, state_dir: &Path, api_sock: &Path) -> Vec<String> {
+/// The `zvm node serve` arguments for this boot: the node id from `identity_dir`, and
+/// for `zos.api=tcp:ADDR` the listen address (`--allow-remote` when ADDR is not
+/// loopback; the caller then hands the daemon the token, see [`needs_token`]).
+pub fn serve_args(
+    settings: &BootSettings,
+    state_dir: &Path,
+    api_sock: &Path,
+    identity_dir: &Path,
+) -> Vec<String> {
     let mut args = vec![
         "node".to_string(),
         "serve".into(),
@@ -85,103 +91,30 @@ pub fn serve_args(settings: &BootSettings, state_dir: &Path, api_sock: &Path) ->
         state_dir.display().to_string(),
         "--api-sock".into(),
         api_sock.display().to_string(),
+        "--node-id-file".into(),
+        identity_dir.join("node.pub").display().to_string(),
     ];
     if let ApiSetting::Tcp(addr) = settings.api {
         args.push("--listen".into());
         args.push(addr.to_string());
+        if needs_token(settings) {
+            args.push("--allow-remote".into());
+        }
     }
     args
 }
 
-/// One HTTP/1.1 GET over a Unix socket: (status, body).
-pub fn http_get(sock: &Path, path: &str, timeout: Duration) -> Result<(u16, String), ImageError> {
-    let io = |what: &str| {
-        let what = format!("{what} {}", sock.display());
-        move |source| ImageError::Io { what, source }
-    };
-    let mut stream = UnixStream::connect(sock).map_err(io("connect to"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(io("set timeout on"))?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(io("set timeout on"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(io("write to"))?;
-    let mut raw = Vec::new();
-    stream
-        .take(1 << 20)
-        .read_to_end(&mut raw)
-        .map_err(io("read from"))?;
-    parse_response(&raw)
+/// Whether this boot serves the API beyond loopback, which takes a bearer token
+/// ([`super::identity::api_token`]).
+pub fn needs_token(settings: &BootSettings) -> bool {
+    matches!(settings.api, ApiSetting::Tcp(addr) if !addr.ip().is_loopback())
 }
 
-/// Parses an HTTP/1.1 response (Content-Length, chunked, or read to the end).
-pub fn parse_response(raw: &[u8]) -> Result<(u16, String), ImageError> {
-    let bad = |why: &str| ImageError::Http(why.to_string());
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers in the response"))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let body = &raw[split + 4..];
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|_| status_line.starts_with("HTTP/1."))
-        .ok_or_else(|| bad("bad status line"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| bad("bad Content-Length"))?,
-            );
-        }
-    }
-    let body = if chunked {
-        let mut out = Vec::new();
-        let mut rest = body;
-        loop {
-            let eol = rest
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .ok_or_else(|| bad("truncated chunk"))?;
-            let size_text = String::from_utf8_lossy(&rest[..eol]);
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| bad("bad chunk size"))?;
-            rest = &rest[eol + 2..];
-            if size == 0 {
-                break;
-            }
-            if rest.len() < size {
-                return Err(bad("truncated chunk"));
-            }
-            out.extend_from_slice(&rest[..size]);
-            rest = rest.get(size + 2..).unwrap_or_default();
-        }
-        out
-    } else if let Some(n) = length {
-        body.get(..n)
-            .ok_or_else(|| bad("body shorter than its Content-Length"))?
-            .to_vec()
-    } else {
-        body.to_vec()
-    };
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+/// One GET over the daemon's Unix socket: (status, body).
+pub fn http_get(sock: &Path, path: &str, timeout: Duration) -> Result<(u16, String), ImageError> {
+    let response = api_server::client::request(sock, "GET", path, None, timeout)
+        .map_err(|e| ImageError::Http(e.to_string()))?;
+    Ok((response.status, response.text()))
 }
 
 /// Whether the daemon answers `GET /health` with 200 (the `node` service's test).
@@ -223,43 +156,28 @@ mod tests {
     #[test]
     fn serve_args_follow_zos_api() {
         let mut s = BootSettings::default();
-        let args = serve_args(&s, Path::new(STATE_DIR), Path::new(API_SOCK));
+        let id = Path::new(IDENTITY_DIR);
+        let args = serve_args(&s, Path::new(STATE_DIR), Path::new(API_SOCK), id);
         assert_eq!(
             args.join(" "),
-            "node serve --state-dir /var/cache/zos/state --api-sock /run/zos/node.sock"
+            "node serve --state-dir /var/cache/zos/state --api-sock /run/zos/node.sock --node-id-file /var/cache/zos/identity/node.pub"
         );
+        assert!(!needs_token(&s));
         s.api = ApiSetting::Tcp("127.0.0.1:8080".parse().unwrap());
-        assert!(serve_args(&s, Path::new("/s"), Path::new("/a"))
+        assert!(serve_args(&s, Path::new("/s"), Path::new("/a"), id)
             .join(" ")
             .ends_with("--listen 127.0.0.1:8080"));
-    }
-
-    #[test]
-    fn parses_responses() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n{}\r\nxx").unwrap();
-        assert_eq!(r, (200, "{}\r\n".to_string()));
-        let r = parse_response(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
-        assert_eq!(r, (404, "abcde".to_string()));
-        assert_eq!(
-            parse_response(b"HTTP/1.0 204 No Content\r\n\r\n").unwrap(),
-            (204, String::new())
-        );
-        for bad in [
-            &b"garbage"[..],
-            b"SSH-2.0\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-        ] {
-            assert!(
-                parse_response(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
+        assert!(!needs_token(&s));
+        s.api = ApiSetting::Tcp("0.0.0.0:8080".parse().unwrap());
+        assert!(serve_args(&s, Path::new("/s"), Path::new("/a"), id)
+            .join(" ")
+            .ends_with("--listen 0.0.0.0:8080 --allow-remote"));
+        assert!(needs_token(&s));
     }
 
     #[test]
     fn talks_to_a_unix_socket_server() {
+        use std::io::Read;
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("api.sock");
         let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();

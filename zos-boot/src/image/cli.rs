@@ -231,9 +231,28 @@ pub fn launch(args: LaunchArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(1, format!("cannot find my own executable: {e}")),
     };
-    let err = std::process::Command::new(me)
-        .args(boot::serve_args(&settings, &args.state_dir, &args.api_sock))
-        .exec();
+    let identity_dir = Path::new(boot::IDENTITY_DIR);
+    let mut serve = std::process::Command::new(me);
+    serve.args(boot::serve_args(
+        &settings,
+        &args.state_dir,
+        &args.api_sock,
+        identity_dir,
+    ));
+    if boot::needs_token(&settings) {
+        // Through the environment, not argv: /proc/PID/cmdline is world-readable.
+        match super::identity::api_token(identity_dir, super::identity::os_random) {
+            Ok(token) => {
+                println!(
+                    "zos: the API on the network needs the bearer token in {}/api.token",
+                    identity_dir.display()
+                );
+                serve.env("ZVM_NODE_TOKEN", token);
+            }
+            Err(e) => return fail(1, e),
+        }
+    }
+    let err = serve.exec();
     fail(1, format!("cannot run zvm node serve: {err}"))
 }
 

@@ -70,22 +70,56 @@ pub fn load_or_create(
                 .map_err(io_err(format!("chmod {}", dir.display())))?;
             let mut seed = [0u8; 32];
             random(&mut seed)?;
-            let tmp = dir.join("node.key.tmp");
-            let _ = std::fs::remove_file(&tmp);
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err(format!("create {}", tmp.display())))?;
-            file.write_all(&seed)
-                .and_then(|()| file.sync_all())
-                .map_err(io_err(format!("write {}", tmp.display())))?;
-            std::fs::rename(&tmp, &path)
-                .map_err(io_err(format!("rename to {}", path.display())))?;
+            write_secret(&path, &seed)?;
             let key = SigningKey::from_bytes(&seed);
             write_pub(dir, &key)?;
             Ok(Identity { key, created: true })
+        }
+        Err(e) => Err(io_err(format!("read {}", path.display()))(e)),
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename), mode 0600.
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(format!("create {}", tmp.display())))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(format!("write {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io_err(format!("rename to {}", path.display())))
+}
+
+/// The bearer token of the node's TCP API: `<dir>/api.token` (64 hex digits, mode 0600),
+/// made on first use. Whoever administers the node reads it from there.
+pub fn api_token(
+    dir: &Path,
+    random: impl FnOnce(&mut [u8; 32]) -> Result<(), ImageError>,
+) -> Result<String, ImageError> {
+    let path = dir.join("api.token");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let token = text.trim();
+            if token.len() < 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ImageError::Identity(format!(
+                    "{} does not hold a token (at least 32 hex digits); remove it to make a new one",
+                    path.display()
+                )));
+            }
+            Ok(token.to_string())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+            let mut bytes = [0u8; 32];
+            random(&mut bytes)?;
+            let token = hex(&bytes);
+            write_secret(&path, format!("{token}\n").as_bytes())?;
+            Ok(token)
         }
         Err(e) => Err(io_err(format!("read {}", path.display()))(e)),
     }
@@ -127,6 +161,24 @@ pub fn os_random(buf: &mut [u8; 32]) -> Result<(), ImageError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_token_is_made_once_kept_private_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = api_token(dir.path(), |b| {
+            b.fill(0xab);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(token, "ab".repeat(32));
+        let again = api_token(dir.path(), |_| panic!("a second token was made")).unwrap();
+        assert_eq!(again, token);
+        let mode = std::fs::metadata(dir.path().join("api.token")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(dir.path().join("api.token"), "short").unwrap();
+        let e = api_token(dir.path(), |_| Ok(())).unwrap_err();
+        assert!(e.to_string().contains("does not hold a token"), "{e}");
+    }
 
     #[test]
     fn generated_once_then_reused() {

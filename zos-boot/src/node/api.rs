@@ -103,7 +103,7 @@ async fn capacity(State(node): State<Node>) -> Response {
 }
 
 async fn health(State(node): State<Node>) -> Response {
-    Json(json!({ "status": "ok", "deployments": node.len(), "version": env!("CARGO_PKG_VERSION") }))
+    Json(json!({ "status": "ok", "node_id": node.node_id(), "deployments": node.len(), "version": env!("CARGO_PKG_VERSION") }))
         .into_response()
 }
 

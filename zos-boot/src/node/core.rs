@@ -55,6 +55,8 @@ pub enum NodeError {
 /// How a node is set up.
 #[derive(Clone)]
 pub struct NodeConfig {
+    /// The node's id (the node image's identity), if it has one.
+    pub node_id: Option<String>,
     /// Where deployments, their files and the cache live.
     pub state_dir: PathBuf,
     /// Runs the VMs.
@@ -407,6 +409,11 @@ impl Node {
             used,
             kvm: capacity::kvm_status(),
         }
+    }
+
+    /// The node's id, if it has one.
+    pub fn node_id(&self) -> Option<&str> {
+        self.inner.cfg.node_id.as_deref()
     }
 
     /// Number of deployments.

@@ -138,6 +138,7 @@ impl WorkloadRunner for FakeRunner {
 
 fn config(dir: &Path, world: &Arc<World>) -> NodeConfig {
     NodeConfig {
+        node_id: Some("ab12".into()),
         state_dir: dir.to_path_buf(),
         runner: Arc::new(FakeRunner(world.clone())),
         networks: vec![NetworkDef::parse("lan=10.9.0.0/24").unwrap()],

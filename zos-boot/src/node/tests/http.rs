@@ -118,6 +118,7 @@ async fn status_codes_and_json_errors() {
     assert_eq!(code, 200);
     let (code, body) = req(&sock, "GET", "/health", "").await;
     assert_eq!((code, body["status"].as_str()), (200, Some("ok")));
+    assert_eq!(body["node_id"], "ab12");
     let (code, body) = req(&sock, "GET", "/nothing", "").await;
     assert_eq!(code, 404);
     assert!(body["error"].is_string());
