@@ -204,66 +204,11 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Service>, ConfigError> {
     Ok(services)
 }
 
-/// Splits a command line into words: whitespace separates, single quotes keep text as
-/// is, double quotes and backslashes work as in a shell (no expansions).
+/// Splits a command line into words as a POSIX shell would: whitespace separates, single
+/// quotes keep text as is, double quotes and backslashes work as in a shell, `#` starts a
+/// comment (no expansions).
 pub fn split_command(line: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(ch) => word.push(ch),
-                        None => return Err("unterminated single quote".into()),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(ch @ ('"' | '\\' | '$' | '`')) => word.push(ch),
-                            Some(ch) => {
-                                word.push('\\');
-                                word.push(ch);
-                            }
-                            None => return Err("unterminated double quote".into()),
-                        },
-                        Some(ch) => word.push(ch),
-                        None => return Err("unterminated double quote".into()),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some(ch) => word.push(ch),
-                    None => return Err("trailing backslash".into()),
-                }
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    Ok(words)
+    shlex::split(line).ok_or_else(|| "unbalanced quotes or a trailing backslash".to_string())
 }
 
 /// A signal number from its name (`SIGTERM`, `TERM`) or number.
@@ -352,7 +297,7 @@ mod tests {
         for (text, want) in [
             ("oneshot: true\n", "missing field `exec`"),
             ("exec: ''\n", "exec is empty"),
-            ("exec: \"echo 'x\"\n", "unterminated single quote"),
+            ("exec: \"echo 'x\"\n", "unbalanced quotes"),
             ("exec: /bin/true\nlog: syslog\n", "unknown variant"),
             (
                 "exec: /bin/true\nsignal: {stop: SIGFOO}\n",
