@@ -270,7 +270,7 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     // deployment's name as host name, sees its disk mounted, and both its interfaces have
     // their addresses (eth0 from the kernel's ip=, eth1 from the agent).
     let hello = format!(
-        r#"{{"name":"hello","flist":"{flist}","compute":{{"cpu":1,"memory":"256M"}},"disks":[{{"name":"data","size":"64M","mountpoint":"/data"}}],"network":{{"interfaces":[{{"network":"lan"}},{{"network":"lan"}}]}},"entrypoint":"/bin/sh -c 'echo NODE-MARKER-$MODE; grep -q \" /data ext4 \" /proc/mounts && echo DATA-MOUNTED-$(hostname); busybox ip -4 -o addr; while true; do sleep 1000; done'","env":{{"MODE":"hello"}}}}"#
+        r#"{{"name":"hello","flist":"{flist}","compute":{{"cpu":1,"memory":"256M"}},"disks":[{{"name":"data","size":"64M","mountpoint":"/data"}}],"network":{{"interfaces":[{{"network":"lan"}},{{"network":"lan"}}]}},"entrypoint":"/bin/sh -c 'echo NODE-MARKER-$MODE; grep -q \" /data ext4 \" /proc/mounts && echo DATA-MOUNTED-$(hostname); busybox ip -4 -o addr; echo NET-LISTED; while true; do sleep 1000; done'","env":{{"MODE":"hello"}}}}"#
     );
     let (code, body) = request(&sock, "POST", "/deployments", Some(&hello));
     assert_eq!(code, 202, "{body}");
@@ -291,7 +291,7 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     assert_eq!(v["restarts"], 0);
     let v = wait_for(&sock, "hello", Duration::from_secs(60), "the disk and network checks", |v| {
         let tail = v["console_tail"].as_str().unwrap_or("");
-        tail.contains("DATA-MOUNTED-hello") && tail.contains("eth1")
+        tail.contains("DATA-MOUNTED-hello") && tail.contains("NET-LISTED")
     });
     let tail = v["console_tail"].as_str().unwrap_or("");
     let addresses: Vec<&str> = v["addresses"].as_array().expect("addresses").iter().map(|a| a["ip"].as_str().unwrap_or("")).collect();
