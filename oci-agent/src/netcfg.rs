@@ -106,6 +106,7 @@ pub fn apply(a: &InterfaceAddress) -> io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

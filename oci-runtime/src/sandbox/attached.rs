@@ -200,6 +200,8 @@ fn relay_stdin(agent: Arc<AgentConn>, tx: mpsc::Sender<Main>) -> std::io::Result
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use agent_protocol::{handshake, read_frame, write_frame, AgentMessage, Request};
+    use std::os::unix::net::{UnixListener, UnixStream};
 
     #[test]
     fn disks_are_named_in_attach_order() {
@@ -214,5 +216,108 @@ mod tests {
             guest_disk_device(1).as_deref(),
             Some(super::super::ROOTFS_DEVICE)
         );
+    }
+
+    /// How the fake agent answers Create.
+    #[derive(Clone, Copy)]
+    enum Script {
+        /// Created; Start is answered, then output and exit 3.
+        RunsAndExits,
+        /// Create is refused.
+        RefusesCreate,
+        /// The connection drops after Start.
+        DiesAfterStart,
+    }
+
+    /// A fake VMM vsock socket with a fake agent behind it; returns the names of the
+    /// requests it received.
+    fn fake_agent(uds: &Path, script: Script) -> std::thread::JoinHandle<Vec<&'static str>> {
+        let listener = UnixListener::bind(uds).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _): (UnixStream, _) = listener.accept().unwrap();
+            let mut line = [0u8; 13];
+            s.read_exact(&mut line).unwrap();
+            assert_eq!(&line, b"CONNECT 1024\n");
+            s.write_all(b"OK 1024\n").unwrap();
+            handshake(&mut s, "fake-agent").unwrap();
+            let mut seen = Vec::new();
+            loop {
+                let Ok(req) = read_frame::<_, Request>(&mut s) else {
+                    return seen;
+                };
+                let name = super::super::agent::request_name(&req.body);
+                seen.push(name);
+                let result = match (name, script) {
+                    ("Create", Script::RefusesCreate) => Err("no such file: /bin/app".to_string()),
+                    ("Create", _) => Ok(ResponseBody::Created { pid: 9 }),
+                    _ => Ok(ResponseBody::Done),
+                };
+                write_frame(&mut s, &AgentMessage::Response { id: req.id, result }).unwrap();
+                match (name, script) {
+                    ("Start", Script::DiesAfterStart) => return seen,
+                    ("Start", _) => {
+                        let event = |e| {
+                            write_frame(&mut s.try_clone().unwrap(), &AgentMessage::Event(e))
+                                .unwrap()
+                        };
+                        event(Event::Output {
+                            stream: INIT_STREAM.into(),
+                            fd: 1,
+                            data: Bytes(b"attached-test-output\n".to_vec()),
+                        });
+                        event(Event::Exited {
+                            stream: INIT_STREAM.into(),
+                            status: ExitStatus::exited(3),
+                        });
+                    }
+                    ("Shutdown", _) => return seen,
+                    _ => {}
+                }
+            }
+        })
+    }
+
+    fn run(uds: &Path) -> Result<ExitStatus, SandboxError> {
+        let run = AttachedRun {
+            vsock_uds: uds,
+            console_log: None,
+            spec: oci_spec::runtime::Spec::default(),
+            rootfs_device: "/dev/vdb".into(),
+        };
+        run_attached(run, &|| None)
+    }
+
+    #[test]
+    fn the_process_runs_to_its_exit_status_and_the_vm_is_powered_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let agent = fake_agent(&uds, Script::RunsAndExits);
+        assert_eq!(run(&uds).unwrap(), ExitStatus::exited(3));
+        let seen = agent.join().unwrap();
+        assert_eq!(&seen[..2], ["Create", "Start"]);
+        assert_eq!(seen.last(), Some(&"Shutdown"));
+    }
+
+    #[test]
+    fn a_refused_create_is_an_error_and_still_powers_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let agent = fake_agent(&uds, Script::RefusesCreate);
+        let err = run(&uds).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "the guest agent refused Create: no such file: /bin/app"
+        );
+        assert_eq!(agent.join().unwrap(), ["Create", "Shutdown"]);
+    }
+
+    #[test]
+    fn a_lost_agent_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let agent = fake_agent(&uds, Script::DiesAfterStart);
+        let err = run(&uds).unwrap_err().to_string();
+        assert!(err.contains("connection was lost"), "{err}");
+        assert_eq!(agent.join().unwrap(), ["Create", "Start"]);
     }
 }
