@@ -31,6 +31,10 @@ pub enum ThreadKind {
     Vmm,
     /// The HTTP API server loop: accepts connections on its Unix socket and serves them.
     Api,
+    /// Relays an established stream (e.g. a guest's vsock connection through the VMM's
+    /// Unix socket) to and from the process's stdio and other threads: reads, writes,
+    /// send/recv, nothing that opens, connects or creates.
+    Relay,
 }
 
 /// System calls every zvm thread makes: memory, locks, time, signals, exit, logging.
@@ -109,6 +113,13 @@ fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String
             let unix = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::AF_UNIX as u64)
                 .map_err(|e| e.to_string())?;
             rules.insert(libc::SYS_socket, vec![SeccompRule::new(vec![unix]).map_err(|e| e.to_string())?]);
+        }
+        ThreadKind::Relay => {
+            // Unix stream reads are recv(2) (recvfrom), writes write(2) or send(2)
+            // (sendto); malloc grows a thread arena's heap with mprotect.
+            for nr in [libc::SYS_recvfrom, libc::SYS_sendto, libc::SYS_mprotect] {
+                rules.insert(nr, Vec::new());
+            }
         }
         ThreadKind::Api => {
             // The listener, epoll and stop eventfd are made before the filter; the loop
@@ -209,7 +220,7 @@ mod tests {
 
     #[test]
     fn filters_compile_for_every_thread_kind() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Vmm, ThreadKind::Api] {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Relay] {
             let program = filter_for(kind).expect("filter");
             assert!(program.len() > COMMON.len(), "{kind:?} filter has a rule per call");
         }

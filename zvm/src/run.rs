@@ -136,7 +136,7 @@ impl RunArgs {
             resources.console = ConsoleConfig::File(PathBuf::from("/proc/self/fd/1"));
         }
         let vsock_uds = resources.vsock.as_ref().map(|v| v.uds_path.clone()).unwrap_or_else(|| boot.vsock_uds.clone());
-        Ok(Some(ContainerRun { spec, vsock_uds, terminal }))
+        Ok(Some(ContainerRun { spec, vsock_uds, terminal, seccomp: resources.seccomp }))
     }
 
     fn resources(&self, flist_work: &std::path::Path) -> Result<(VmResources, Option<ContainerRun>), String> {
@@ -178,19 +178,23 @@ struct ContainerRun {
     spec: oci_spec::runtime::Spec,
     vsock_uds: PathBuf,
     terminal: bool,
+    /// The VM's seccomp setting, also applied to the threads talking to the agent.
+    seccomp: bool,
 }
 
 impl ContainerRun {
-    /// Runs the process on a thread of its own; on failure the VM is stopped. The thread's
-    /// result is the process's exit status.
+    /// Runs the process on a thread of its own (seccomp-filtered as a relay once connected
+    /// to the agent); on failure the VM is stopped. The thread's result is the process's
+    /// exit status.
     fn spawn(self, vm: &vmm::RunningVm, vm_ended: Arc<AtomicBool>) -> Result<JoinHandle<Result<ExitStatus, String>>, String> {
         let stop = vm.stop_handle().map_err(|e| format!("cannot get the VM's stop handle: {e}"))?;
+        let seccomp = self.seccomp;
         let uds = self.vsock_uds;
         let spec = self.spec;
         std::thread::Builder::new()
             .name("zvm_container".into())
             .spawn(move || {
-                let run = oci_runtime::sandbox::AttachedRun { vsock_uds: &uds, console_log: None, spec, rootfs_device: oci_runtime::sandbox::ROOTFS_DEVICE.into() };
+                let run = oci_runtime::sandbox::AttachedRun { vsock_uds: &uds, console_log: None, spec, rootfs_device: oci_runtime::sandbox::ROOTFS_DEVICE.into(), seccomp };
                 let gone = || vm_ended.load(Ordering::Relaxed).then(|| "the VM ended".to_string());
                 let result = oci_runtime::sandbox::run_attached(run, &gone).map_err(|e| e.to_string());
                 if result.is_err() {

@@ -197,9 +197,11 @@ pub(crate) struct AgentConn {
 
 impl AgentConn {
     /// Takes over a connection that has done its handshake: starts the reader thread, which
-    /// hands init-stream events and the end of the connection to `init`.
+    /// hands init-stream events and the end of the connection to `init`. The reader parses
+    /// what the guest sends: with `seccomp` it runs under the relay filter.
     pub(crate) fn start(
         stream: UnixStream,
+        seccomp: bool,
         init: impl Fn(Notice) + Send + 'static,
     ) -> std::io::Result<Arc<AgentConn>> {
         let reader = stream.try_clone()?;
@@ -218,7 +220,10 @@ impl AgentConn {
         std::thread::Builder::new()
             .name("zvm_agent_rx".into())
             .spawn(move || {
-                let why = read_loop(reader, &pending, &streams, &init);
+                let why = match vmm::seccomp::install(vmm::seccomp::ThreadKind::Relay, seccomp) {
+                    Ok(()) => read_loop(reader, &pending, &streams, &init),
+                    Err(e) => format!("the agent reader cannot run: {e}"),
+                };
                 tracing::debug!("agent connection ended: {why}");
                 *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
                 pending.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -399,7 +404,7 @@ pub(crate) mod tests {
         handshake(&mut host, "host").unwrap();
         let agent = t.join().unwrap();
         let (tx, rx) = mpsc::channel();
-        let conn = AgentConn::start(host, move |n| {
+        let conn = AgentConn::start(host, false, move |n| {
             let _ = tx.send(n);
         })
         .unwrap();

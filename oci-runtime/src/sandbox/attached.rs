@@ -72,6 +72,9 @@ pub struct AttachedRun<'a> {
     pub spec: oci_spec::runtime::Spec,
     /// Guest block device holding the root file system (ext4).
     pub rootfs_device: String,
+    /// Run the threads that handle what the guest sends under the relay seccomp filter
+    /// (see [`run_attached`]).
+    pub seccomp: bool,
 }
 
 enum Main {
@@ -81,6 +84,10 @@ enum Main {
 
 /// Runs `run.spec`'s process through the agent (see the module docs) and returns how it
 /// ended. `gone` says why the VM ended, once it has (the wait for the agent stops then).
+///
+/// With `run.seccomp`, once connected the calling thread and the threads this starts (the
+/// agent reader, the stdin relay) run under [`vmm::seccomp::ThreadKind::Relay`]: call it
+/// from a thread of its own. Only the connection's handshake is read before that.
 pub fn run_attached(
     run: AttachedRun<'_>,
     gone: &dyn Fn() -> Option<String>,
@@ -95,10 +102,14 @@ pub fn run_attached(
     )?;
     let (tx, rx) = mpsc::channel::<Main>();
     let agent_tx = tx.clone();
-    let agent = AgentConn::start(stream, move |n| {
+    let agent = AgentConn::start(stream, run.seccomp, move |n| {
         let _ = agent_tx.send(Main::Agent(n));
     })
     .map_err(SandboxError::io("start the agent reader"))?;
+    let release_stdin = relay_stdin(agent.clone(), tx, run.seccomp)
+        .map_err(SandboxError::io("start the stdin relay"))?;
+    vmm::seccomp::install(vmm::seccomp::ThreadKind::Relay, run.seccomp)
+        .map_err(|e| SandboxError::Sandbox(e.to_string()))?;
     let terminal = run
         .spec
         .process()
@@ -131,7 +142,7 @@ pub fn run_attached(
         let _ = agent.request_done(RequestBody::Shutdown, Duration::from_secs(10));
         return Err(e);
     }
-    relay_stdin(agent.clone(), tx).map_err(SandboxError::io("start the stdin relay"))?;
+    let _ = release_stdin.send(());
     let status = relay_output(&rx);
     if let Err(e) = agent.request_done(RequestBody::Shutdown, Duration::from_secs(30)) {
         tracing::warn!("asking the agent to power off: {e}");
@@ -159,12 +170,21 @@ fn relay_output(rx: &mpsc::Receiver<Main>) -> Result<ExitStatus, SandboxError> {
     }
 }
 
-/// Sends our standard input to the process on a thread of its own; closes the process's
-/// stdin at end of input.
-fn relay_stdin(agent: Arc<AgentConn>, tx: mpsc::Sender<Main>) -> std::io::Result<()> {
+/// Sends our standard input to the process on a thread of its own, once the returned
+/// sender says the process has started; closes the process's stdin at end of input.
+fn relay_stdin(
+    agent: Arc<AgentConn>,
+    tx: mpsc::Sender<Main>,
+    seccomp: bool,
+) -> std::io::Result<mpsc::Sender<()>> {
+    let (release, started) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("zvm_stdin".into())
         .spawn(move || {
+            let filtered = vmm::seccomp::install(vmm::seccomp::ThreadKind::Relay, seccomp);
+            if filtered.is_err() || started.recv().is_err() {
+                return;
+            }
             let mut stdin = std::io::stdin().lock();
             let mut buf = vec![0u8; 16 * 1024];
             loop {
@@ -193,7 +213,7 @@ fn relay_stdin(agent: Arc<AgentConn>, tx: mpsc::Sender<Main>) -> std::io::Result
             }
             let _ = tx.send(Main::StdinDone);
         })?;
-    Ok(())
+    Ok(release)
 }
 
 #[cfg(test)]
@@ -283,8 +303,10 @@ mod tests {
             console_log: None,
             spec: oci_spec::runtime::Spec::default(),
             rootfs_device: "/dev/vdb".into(),
+            seccomp: true,
         };
-        run_attached(run, &|| None)
+        // The filters land on this thread: keep them off the test harness's threads.
+        std::thread::scope(|s| s.spawn(|| run_attached(run, &|| None)).join().unwrap())
     }
 
     #[test]

@@ -217,7 +217,7 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
         &|| guard.ended(),
     )?;
     let agent_tx = tx.clone();
-    let agent = AgentConn::start(stream, move |n| {
+    let agent = AgentConn::start(stream, true, move |n| {
         let _ = agent_tx.send(MainEvent::Agent(n));
     })
     .map_err(SandboxError::io("start the agent reader"))?;

@@ -109,7 +109,7 @@ fn client_server_and_main_loop_against_a_fake_agent() {
     handshake(&mut host, "test-host").unwrap();
     let (tx, rx) = mpsc::channel();
     let agent_tx = tx.clone();
-    let agent = AgentConn::start(host, move |n| {
+    let agent = AgentConn::start(host, false, move |n| {
         let _ = agent_tx.send(MainEvent::Agent(n));
     })
     .unwrap();
@@ -208,7 +208,7 @@ fn main_loop_reports_a_lost_agent_and_an_ended_vm() {
     let (host, agent_end) = UnixStream::pair().unwrap();
     let (tx, rx) = mpsc::channel();
     let agent_tx = tx.clone();
-    let agent = AgentConn::start(host, move |n| {
+    let agent = AgentConn::start(host, false, move |n| {
         let _ = agent_tx.send(MainEvent::Agent(n));
     })
     .unwrap();
@@ -229,7 +229,7 @@ fn main_loop_reports_a_lost_agent_and_an_ended_vm() {
 fn bad_control_frames_get_an_error_not_a_hang() {
     let dir = tempfile::tempdir().unwrap();
     let (host, _agent_end) = UnixStream::pair().unwrap();
-    let shared = Shared::new(AgentConn::start(host, |_| {}).unwrap());
+    let shared = Shared::new(AgentConn::start(host, false, |_| {}).unwrap());
     serve(
         unix::bind(&dir.path().join(CONTROL_SOCKET)).unwrap(),
         shared,
