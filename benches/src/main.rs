@@ -18,6 +18,7 @@ mod node;
 mod oci;
 mod netns;
 mod overhead;
+mod rate;
 mod smaps;
 mod vmms;
 
@@ -43,6 +44,8 @@ enum Cmd {
     Boot(BootArgs),
     /// Time from process start to the first guest instruction's output (tiny PVH guest).
     Overhead(OverheadArgs),
+    /// VM creation rate: tiny-guest VMs started per second through a pool of workers.
+    Rate(RateArgs),
     /// Sequential and random O_DIRECT I/O on a virtio-blk disk, measured in the guest.
     Block(BlockArgs),
     /// TCP throughput both ways over virtio-net on a tap, measured in the guest.
@@ -111,6 +114,24 @@ struct OverheadArgs {
     #[arg(long, default_value_t = 10)]
     runs: usize,
     /// Time limit of one run, seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct RateArgs {
+    /// Batches per VMM.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// VMs per batch.
+    #[arg(long, default_value_t = 40)]
+    vms: usize,
+    /// VMs started at the same time.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Time limit of one VM, seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
     #[command(flatten)]
@@ -347,6 +368,12 @@ fn execute(cli: Cli) -> Result<usize> {
             let report = overhead::run(&launcher(&a.common)?, &cfg, dir.path())?;
             write_json(a.common.json.as_deref(), &serde_json::json!({"overhead": report.to_json()}))?;
             Ok(report.failures)
+        }
+        Cmd::Rate(a) => {
+            let cfg = rate::RateConfig { runs: a.runs, vms: a.vms, parallel: a.parallel, timeout: Duration::from_secs(a.timeout) };
+            let report = rate::run(&launcher(&a.common)?, &cfg, dir.path())?;
+            write_json(a.common.json.as_deref(), &serde_json::json!({"rate": report.to_json()}))?;
+            Ok(report.failures())
         }
         Cmd::Block(a) => {
             let report =
