@@ -14,6 +14,7 @@ use vmm::builder::BuildOptions;
 use vmm::host::KvmFlavour;
 use vmm::resources::{parse_mem_size_mib, BootSource, ConsoleConfig, CpuTemplate, MachineConfig, DEFAULT_BOOT_ARGS};
 use vmm::{VmOutcome, VmResources};
+use zos_boot::flist_vm::container::DiskMount;
 
 /// Flags of `zvm run`.
 #[derive(Debug, Args)]
@@ -99,7 +100,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// Fetches and prepares the flist (see [`zos_boot::flist_vm`]) and points `resources` at
     /// it; for a container flist, returns what to run through the guest agent.
-    fn apply_flist(&self, flist: &str, work_dir: &std::path::Path, resources: &mut VmResources) -> Result<Option<ContainerRun>, String> {
+    fn apply_flist(&self, flist: &str, work_dir: &std::path::Path, mounts: &[DiskMount], resources: &mut VmResources) -> Result<Option<ContainerRun>, String> {
         let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
         let mut env = Vec::new();
         for kv in &self.envs {
@@ -122,15 +123,9 @@ impl RunArgs {
         let Some(boot) = &plan.container else {
             return Ok(None);
         };
-        let mut mounts = Vec::new();
-        for (i, spec) in self.disks.iter().enumerate() {
-            if let (drive, Some(mountpoint)) = crate::specs::parse_disk_mount(spec, i)? {
-                mounts.push(zos_boot::flist_vm::container::DiskMount { drive_id: drive.drive_id, mountpoint });
-            }
-        }
         // A terminal on our stdin gives the container a pty (an interactive shell works).
         let terminal = std::io::stdin().is_terminal();
-        let spec = zos_boot::flist_vm::container::container_spec(boot, &resources.drives, &mounts, terminal).map_err(|e| e.to_string())?;
+        let spec = zos_boot::flist_vm::container::container_spec(boot, &resources.drives, mounts, terminal).map_err(|e| e.to_string())?;
         // The container's stdin is ours; the serial console only shows the guest's messages.
         if resources.console == ConsoleConfig::Stdio {
             resources.console = ConsoleConfig::File(PathBuf::from("/proc/self/fd/1"));
@@ -140,6 +135,11 @@ impl RunArgs {
     }
 
     fn resources(&self, flist_work: &std::path::Path) -> Result<(VmResources, Option<ContainerRun>), String> {
+        let disks = self.disks.iter().enumerate().map(|(i, spec)| crate::specs::parse_disk(spec, i)).collect::<Result<Vec<_>, _>>()?;
+        let mounts: Vec<DiskMount> = disks
+            .iter()
+            .filter_map(|(drive, mount)| mount.as_ref().map(|m| DiskMount { drive_id: drive.drive_id.clone(), mountpoint: m.clone() }))
+            .collect();
         let vcpu_count = u8::try_from(self.cpus).map_err(|_| format!("at most {} vCPUs are supported (cpus was {})", vmm::resources::MAX_VCPUS, self.cpus))?;
         let resources = VmResources {
             boot_source: BootSource {
@@ -155,7 +155,7 @@ impl RunArgs {
             console: self.console.parse::<ConsoleConfig>().map_err(|e| e.to_string())?,
             console_timestamps: self.console_timestamps,
             seccomp: self.seccomp == "on",
-            drives: self.disks.iter().enumerate().map(|(i, spec)| crate::specs::parse_disk(spec, i)).collect::<Result<_, _>>()?,
+            drives: disks.into_iter().map(|(drive, _)| drive).collect(),
             entropy: self.rng.then(Default::default),
             net: self.nets.iter().enumerate().map(|(i, spec)| crate::specs::parse_net(spec, i)).collect::<Result<_, _>>()?,
             vsock: self.vsock.as_deref().map(crate::specs::parse_vsock).transpose()?,
@@ -163,7 +163,7 @@ impl RunArgs {
         let mut resources = resources;
         let mut container = None;
         if let Some(flist) = &self.flist {
-            container = self.apply_flist(flist, flist_work, &mut resources)?;
+            container = self.apply_flist(flist, flist_work, &mounts, &mut resources)?;
         }
         if let Some(extra) = &self.append {
             resources.boot_source.boot_args = Some(zos_boot::flist_vm::cmdline::append_args(resources.boot_args(), extra));

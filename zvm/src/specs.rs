@@ -4,14 +4,9 @@ use std::path::PathBuf;
 use vmm::resources::{DriveConfig, NetConfig, VsockConfig};
 
 /// Parses a `--disk` spec: `path=FILE[,readonly=on|off][,id=NAME][,root=on|off][,mount=PATH]`.
-/// Disks without an id are named `disk<index>`.
-pub fn parse_disk(spec: &str, index: usize) -> Result<DriveConfig, String> {
-    parse_disk_mount(spec, index).map(|(drive, _)| drive)
-}
-
-/// Like [`parse_disk`], also returning the `mount=PATH` where a container flist's
-/// entrypoint finds the disk (an ext4 file system).
-pub fn parse_disk_mount(spec: &str, index: usize) -> Result<(DriveConfig, Option<String>), String> {
+/// Disks without an id are named `disk<index>`. Returns the drive and its `mount=PATH`, where
+/// a container flist's entrypoint finds the disk (an ext4 file system).
+pub fn parse_disk(spec: &str, index: usize) -> Result<(DriveConfig, Option<String>), String> {
     let mut mount = None;
     let mut path = None;
     let mut read_only = false;
@@ -106,14 +101,14 @@ mod tests {
 
     #[test]
     fn full_and_minimal_disk_specs() {
-        let d = parse_disk("path=/img/a.ext4,readonly=on,id=data,root=off", 0).expect("valid");
+        let (d, _) = parse_disk("path=/img/a.ext4,readonly=on,id=data,root=off", 0).expect("valid");
         assert_eq!(d.path_on_host, PathBuf::from("/img/a.ext4"));
         assert!(d.is_read_only && !d.is_root_device);
         assert_eq!(d.drive_id, "data");
-        let d = parse_disk("path=/img/b.raw", 3).expect("valid");
+        let (d, _) = parse_disk("path=/img/b.raw", 3).expect("valid");
         assert_eq!(d.drive_id, "disk3");
         assert!(!d.is_read_only);
-        assert!(parse_disk("path=/r.img,root=on", 0).expect("root").is_root_device);
+        assert!(parse_disk("path=/r.img,root=on", 0).expect("root").0.is_root_device);
     }
 
     #[test]
@@ -134,7 +129,7 @@ mod tests {
         assert!(parse_disk("path=/a,cache=none", 0).expect_err("unknown").contains("unknown key 'cache'"));
         assert!(parse_disk("/a.img", 0).expect_err("not kv").contains("not key=value"));
         assert!(parse_disk("path=/a,mount=data", 0).expect_err("relative").contains("not an absolute path"));
-        let (d, mount) = parse_disk_mount("path=/a,id=data,mount=/srv/data", 0).expect("valid");
+        let (d, mount) = parse_disk("path=/a,id=data,mount=/srv/data", 0).expect("valid");
         assert_eq!((d.drive_id.as_str(), mount.as_deref()), ("data", Some("/srv/data")));
     }
 
