@@ -4,7 +4,7 @@
 
 use agent_protocol::{
     handshake, read_frame, write_frame, AgentMessage, Event, ProtocolError, Request, RequestBody,
-    ResponseBody, INIT_STREAM,
+    ResponseBody, Rootfs, INIT_STREAM,
 };
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -290,6 +290,36 @@ impl AgentConn {
                 answer,
             }),
         }
+    }
+
+    /// Sends `Create` for `spec` with its root file system on the ext4 block `device` (a pty
+    /// when `terminal`) and returns the container's init process (guest pid). When that
+    /// fails, the agent is asked to power the VM off.
+    pub(crate) fn create_container(
+        &self,
+        spec: oci_spec::runtime::Spec,
+        device: &str,
+        terminal: bool,
+        timeout: Duration,
+    ) -> Result<i32, AgentError> {
+        let create = RequestBody::Create {
+            spec: Box::new(spec),
+            rootfs: Rootfs::BlockDevice {
+                device: device.into(),
+                fstype: "ext4".into(),
+            },
+            terminal,
+        };
+        let failure = match self.request(create, timeout) {
+            Ok(ResponseBody::Created { pid }) => return Ok(pid),
+            Ok(answer) => AgentError::Unexpected {
+                request: "Create",
+                answer,
+            },
+            Err(e) => e,
+        };
+        let _ = self.request_done(RequestBody::Shutdown, Duration::from_secs(10));
+        Err(failure)
     }
 
     /// Routes the events of `stream` to the returned receiver (until [`Self::unsubscribe`]

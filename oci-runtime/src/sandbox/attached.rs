@@ -11,9 +11,7 @@
 use super::agent::{wait_for_agent, AgentConn, AgentError, Notice};
 use super::daemon::{AGENT_DEADLINE, CREATE_TIMEOUT};
 use super::SandboxError;
-use agent_protocol::{
-    Bytes, Event, ExitStatus, RequestBody, ResponseBody, Rootfs, AGENT_VSOCK_PORT, INIT_STREAM,
-};
+use agent_protocol::{Bytes, Event, ExitStatus, RequestBody, AGENT_VSOCK_PORT, INIT_STREAM};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::mpsc;
@@ -116,31 +114,10 @@ pub fn run_attached(
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    let create = RequestBody::Create {
-        spec: Box::new(run.spec),
-        rootfs: Rootfs::BlockDevice {
-            device: run.rootfs_device,
-            fstype: "ext4".into(),
-        },
-        terminal,
-    };
-    let created = match agent.request(create, CREATE_TIMEOUT) {
-        Ok(ResponseBody::Created { .. }) => Ok(()),
-        Ok(answer) => Err(AgentError::Unexpected {
-            request: "Create",
-            answer,
-        }
-        .into()),
-        Err(e) => Err(SandboxError::from(e)),
-    };
-    let started = created.and_then(|()| {
-        agent
-            .request_done(RequestBody::Start, CREATE_TIMEOUT)
-            .map_err(SandboxError::from)
-    });
-    if let Err(e) = started {
+    agent.create_container(run.spec, &run.rootfs_device, terminal, CREATE_TIMEOUT)?;
+    if let Err(e) = agent.request_done(RequestBody::Start, CREATE_TIMEOUT) {
         let _ = agent.request_done(RequestBody::Shutdown, Duration::from_secs(10));
-        return Err(e);
+        return Err(e.into());
     }
     let _ = release_stdin.send(());
     let status = relay_output(&rx);
@@ -220,7 +197,7 @@ fn relay_stdin(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use agent_protocol::{handshake, read_frame, write_frame, AgentMessage, Request};
+    use agent_protocol::{handshake, read_frame, write_frame, AgentMessage, Request, ResponseBody};
     use std::os::unix::net::{UnixListener, UnixStream};
 
     #[test]

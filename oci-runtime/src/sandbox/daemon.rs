@@ -1,7 +1,7 @@
 //! The sandbox process: boots the container's VM, creates the container through the agent,
 //! then relays stdio and signals until the container's process exits.
 
-use super::agent::{wait_for_agent, AgentConn, AgentError, Notice};
+use super::agent::{wait_for_agent, AgentConn, Notice};
 use super::control::{ExitRecord, SandboxStatus};
 use super::launch::Ready;
 use super::server::{self, Shared, AGENT_TIMEOUT};
@@ -12,9 +12,7 @@ use super::{
     AGENT_IMAGE, CONFIG_FILE, CONSOLE_LOG, CONTROL_SOCKET, EXIT_FILE, LOG_FILE, ROOTFS_IMAGE,
     VSOCK_SOCKET,
 };
-use agent_protocol::{
-    Bytes, Event, ExitStatus, RequestBody, ResponseBody, Rootfs, AGENT_VSOCK_PORT, INIT_STREAM,
-};
+use agent_protocol::{Bytes, Event, ExitStatus, RequestBody, AGENT_VSOCK_PORT, INIT_STREAM};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -222,31 +220,8 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     })
     .map_err(SandboxError::io("start the agent reader"))?;
     notes.note("agent connected");
-    let rootfs_spec = Rootfs::BlockDevice {
-        device: ROOTFS_DEVICE.into(),
-        fstype: "ext4".into(),
-    };
-    let create = RequestBody::Create {
-        spec: Box::new(cfg.spec.clone()),
-        rootfs: rootfs_spec,
-        terminal,
-    };
-    match agent.request(create, CREATE_TIMEOUT) {
-        Ok(ResponseBody::Created { pid }) => {
-            notes.note(&format!("container created (guest pid {pid})"))
-        }
-        Ok(answer) => {
-            return Err(AgentError::Unexpected {
-                request: "Create",
-                answer,
-            }
-            .into())
-        }
-        Err(e) => {
-            let _ = agent.request_done(RequestBody::Shutdown, Duration::from_secs(10));
-            return Err(e.into());
-        }
-    }
+    let pid = agent.create_container(cfg.spec.clone(), ROOTFS_DEVICE, terminal, CREATE_TIMEOUT)?;
+    notes.note(&format!("container created (guest pid {pid})"));
 
     let shared = Shared::new(agent.clone());
     let listener = unix::bind(&dir.join(CONTROL_SOCKET))
