@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use zvm_integration_tests::api_client::{request, wait_for_socket};
-use zvm_integration_tests::{guest_init, guest_kernel, zvm_binary, NetNs};
+use zvm_integration_tests::{
+    busybox_rootfs, guest_init, guest_kernel, pack_flist, zvm_binary, NetNs,
+};
 
 /// Serves the files of `root` over HTTP/1.0 (GET and HEAD) on a loopback port.
 fn serve_dir(root: PathBuf) -> u16 {
@@ -171,22 +173,9 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
         guest_dir.join("zvm-oci-agent").is_file(),
         "guest/build.sh did not build zvm-oci-agent"
     );
-    std::fs::create_dir_all(rootfs.join("bin")).expect("rootfs");
     std::fs::create_dir_all(&www).expect("www");
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox");
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).expect("symlink");
-    let store = format!("dir://{}", www.join("store").display());
-    let out = Command::new(zvm_binary())
-        .args(["flist", "pack", "-s", &store, "-o"])
-        .arg(www.join("tiny.fl"))
-        .arg(&rootfs)
-        .output()
-        .expect("zvm flist pack");
-    assert!(
-        out.status.success(),
-        "pack: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    busybox_rootfs(&rootfs, &[]);
+    pack_flist(&rootfs, &www.join("store"), &www.join("tiny.fl"));
     // The daemon (its bridge, taps and VMs) and the flist's HTTP server live in a network
     // namespace of the test's own.
     let ns = NetNs::new("node");

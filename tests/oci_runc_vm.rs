@@ -5,8 +5,10 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-use zvm_integration_tests::{busybox_rootfs, guest_kernel, oci_agent, scratch_dir, zvm_binary};
+use std::time::Duration;
+use zvm_integration_tests::{
+    busybox_rootfs, guest_kernel, oci_agent, run_to_end, scratch_dir, zvm_binary,
+};
 
 /// A boot takes about a minute on an idle PVM host, several on a busy one.
 const LIMIT: Duration = Duration::from_secs(720);
@@ -76,47 +78,24 @@ fn runc_run_in_a_vm_relays_output_exit_status_and_runs_hooks() {
     )
     .expect("write config");
 
-    let started = Instant::now();
-    let mut child = zvm_oci(&root)
-        .args(["run", "--bundle"])
-        .arg(&bundle)
-        .arg("ctr-vm")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn zvm oci run");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status.code();
-        }
-        if started.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            let console =
-                std::fs::read_to_string(root.join("ctr-vm/console.log")).unwrap_or_default();
-            let tail: Vec<&str> = console.lines().rev().take(30).collect();
-            panic!(
-                "zvm oci run did not finish in {LIMIT:?}; console tail:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let stdout = out.join().expect("stdout reader");
-    let stderr = err.join().expect("stderr reader");
+    let run = run_to_end(
+        zvm_oci(&root)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg("ctr-vm"),
+        Stdio::null(),
+        LIMIT,
+    );
+    if run.timed_out {
+        let console =
+            std::fs::read_to_string(root.join("ctr-vm/console.log")).unwrap_or_default();
+        let tail: Vec<&str> = console.lines().rev().take(30).collect();
+        panic!(
+            "zvm oci run did not finish in {LIMIT:?}; console tail:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let (code, stdout, stderr) = (run.code, run.stdout, run.stderr);
     let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
 
     assert_eq!(code, Some(7), "the container's exit status\n{context}");

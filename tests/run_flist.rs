@@ -7,8 +7,10 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-use zvm_integration_tests::{busybox_rootfs, ext4_image, guest_init, guest_kernel, scratch_dir, zvm_binary};
+use std::time::Duration;
+use zvm_integration_tests::{
+    busybox_rootfs, ext4_image, guest_init, guest_kernel, pack_flist, run_to_end, scratch_dir, zvm_binary,
+};
 
 #[test]
 fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
@@ -25,15 +27,7 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
     let rootfs = dir.join("rootfs");
     busybox_rootfs(&rootfs, &["data", "tmp"]);
     let flist = dir.join("tiny.fl");
-    let out = Command::new(zvm_binary())
-        .args(["flist", "pack", "-s"])
-        .arg(format!("dir://{}", dir.join("store").display()))
-        .arg("-o")
-        .arg(&flist)
-        .arg(&rootfs)
-        .output()
-        .expect("zvm flist pack");
-    assert!(out.status.success(), "pack: {}", String::from_utf8_lossy(&out.stderr));
+    pack_flist(&rootfs, &dir.join("store"), &flist);
     let data = dir.join("data.img");
     ext4_image(&data, 16, &[("note.txt", "from-the-data-disk")]);
     let stdin = dir.join("stdin.txt");
@@ -41,7 +35,8 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
 
     let entrypoint = "/bin/sh -c 'read line; echo GOT-$line; echo ENV-$GREETING; echo HOST-$(hostname); \
                       echo DATA-$(cat /data/note.txt); echo to-stderr >&2; exit 7'";
-    let mut child = Command::new(zvm_binary())
+    let mut command = Command::new(zvm_binary());
+    command
         .args(["run", "--flist"])
         .arg(&flist)
         .arg("--flist-cache")
@@ -50,45 +45,19 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
         .arg(guest_kernel())
         .args(["--entrypoint", entrypoint, "--env", "GREETING=hi there", "--hostname", "devbox"])
         .arg("--disk")
-        .arg(format!("path={},id=data,mount=/data", data.display()))
-        .stdin(Stdio::from(std::fs::File::open(&stdin).expect("open stdin file")))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn zvm run --flist");
-    let (mut out, mut err) = (child.stdout.take().expect("stdout"), child.stderr.take().expect("stderr"));
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
+        .arg(format!("path={},id=data,mount=/data", data.display()));
     // Generous: a boot takes about a minute on KVM PVM hosts, several on a loaded one.
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    let stdin = Stdio::from(std::fs::File::open(&stdin).expect("open stdin file"));
+    let run = run_to_end(&mut command, stdin, Duration::from_secs(900));
+    let (stdout, stderr) = (&run.stdout, &run.stderr);
     let show = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
     for want in ["GOT-hello-from-stdin", "ENV-hi there", "HOST-devbox", "DATA-from-the-data-disk"] {
         assert!(stdout.contains(want), "missing {want:?}: {show}");
     }
     assert!(stderr.contains("to-stderr"), "the entrypoint's stderr: {show}");
     assert!(stderr.contains("the container's process exited with status 7"), "{show}");
-    assert_eq!(status.and_then(|s| s.code()), Some(7), "zvm exits with the entrypoint's status: {show}");
+    assert_eq!(run.code, Some(7), "zvm exits with the entrypoint's status: {show}");
     // The work directory was temporary.
-    assert!(!Path::new(&format!("/tmp/zvm-flist-{}", child.id())).exists());
+    assert!(!Path::new(&format!("/tmp/zvm-flist-{}", run.pid)).exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

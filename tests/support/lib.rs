@@ -125,6 +125,10 @@ pub struct ZvmRun {
     pub stdout: String,
     /// zvm's own messages.
     pub stderr: String,
+    /// Whether it was killed because `limit` passed.
+    pub timed_out: bool,
+    /// Its process id.
+    pub pid: u32,
 }
 
 /// Runs the `zvm` binary with `args`, killing it after `limit`.
@@ -134,7 +138,6 @@ pub fn run_zvm(args: &[&str], limit: Duration) -> ZvmRun {
 
 /// Like [`run_zvm`], inside network namespace `netns` when given.
 pub fn run_zvm_in(netns: Option<&NetNs>, args: &[&str], limit: Duration) -> ZvmRun {
-    use std::process::Stdio;
     let mut command = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -143,13 +146,13 @@ pub fn run_zvm_in(netns: Option<&NetNs>, args: &[&str], limit: Duration) -> ZvmR
         }
         None => Command::new(zvm_binary()),
     };
-    let mut child = command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn zvm");
+    run_to_end(command.args(args), std::process::Stdio::null(), limit)
+}
+
+/// Runs `command` with `stdin`, collecting its stdout and stderr, killing it after `limit`.
+pub fn run_to_end(command: &mut Command, stdin: std::process::Stdio, limit: Duration) -> ZvmRun {
+    use std::process::Stdio;
+    let mut child = command.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn zvm");
     let mut stdout = child.stdout.take().expect("stdout");
     let mut stderr = child.stderr.take().expect("stderr");
     let out_reader = std::thread::spawn(move || {
@@ -178,7 +181,22 @@ pub fn run_zvm_in(netns: Option<&NetNs>, args: &[&str], limit: Duration) -> ZvmR
         code: status.and_then(|s| s.code()),
         stdout: out_reader.join().unwrap_or_default(),
         stderr: err_reader.join().unwrap_or_default(),
+        timed_out: status.is_none(),
+        pid: child.id(),
     }
+}
+
+/// Packs `rootfs` into the `dir://` store at `store` as the flist `flist`, with `zvm flist pack`.
+pub fn pack_flist(rootfs: &Path, store: &Path, flist: &Path) {
+    let out = Command::new(zvm_binary())
+        .args(["flist", "pack", "-s"])
+        .arg(format!("dir://{}", store.display()))
+        .arg("-o")
+        .arg(flist)
+        .arg(rootfs)
+        .output()
+        .expect("zvm flist pack");
+    assert!(out.status.success(), "zvm flist pack: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Makes an ext4 image of `size_mib` MiB at `path` holding `files` (name, contents), with
