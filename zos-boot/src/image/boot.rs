@@ -39,7 +39,7 @@ pub fn prepare(settings: &BootSettings, mkfs: &Path, cache: &Path) -> Result<Str
             DiskContent::Ext4 => say(&format!("reusing the cache disk {}", disk.display())),
             DiskContent::Blank => {
                 say(&format!("first boot: formatting {} as ext4", disk.display()));
-                disk::format(mkfs, disk)?;
+                disk::format(mkfs, disk, disk::CACHE_LABEL)?;
             }
             DiskContent::Unknown => {
                 return Err(ImageError::Disk(format!(

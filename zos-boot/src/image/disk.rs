@@ -55,8 +55,12 @@ pub fn classify(head: &[u8]) -> DiskContent {
     DiskContent::Unknown
 }
 
-/// Formats `disk` as ext4 with `mkfs` (mkfs.ext4), labelled `zos-cache`.
-pub fn format(mkfs: &Path, disk: &Path) -> Result<(), ImageError> {
+/// Label of the node's cache/state disk.
+pub const CACHE_LABEL: &str = "zos-cache";
+
+/// Formats `disk` (a device or a sparse file) as ext4 labelled `label` with `mkfs`
+/// (mkfs.ext4).
+pub fn format(mkfs: &Path, disk: &Path, label: &str) -> Result<(), ImageError> {
     // Lazy inode-table and journal initialisation keep the first boot short.
     let out = Command::new(mkfs)
         .args([
@@ -65,7 +69,7 @@ pub fn format(mkfs: &Path, disk: &Path) -> Result<(), ImageError> {
             "-t",
             "ext4",
             "-L",
-            "zos-cache",
+            label,
             "-E",
             "lazy_itable_init=1,lazy_journal_init=1",
         ])
@@ -188,9 +192,9 @@ mod tests {
             .unwrap()
             .set_len(64 << 20)
             .unwrap();
-        format(mkfs, &path).unwrap();
+        format(mkfs, &path, CACHE_LABEL).unwrap();
         assert_eq!(probe(&path).unwrap(), DiskContent::Ext4);
-        let e = format(Path::new("/nonexistent/mkfs"), &path)
+        let e = format(Path::new("/nonexistent/mkfs"), &path, CACHE_LABEL)
             .unwrap_err()
             .to_string();
         assert!(e.contains("/nonexistent/mkfs"), "{e}");

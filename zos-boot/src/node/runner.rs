@@ -188,22 +188,11 @@ impl ProcessRunner {
 /// Makes a new disk an ext4 file system labelled `label` (a container mounts it at its
 /// mount point; a VM image may format it again). Sparse: only metadata is written.
 fn format_disk(path: &Path, label: &str) -> Result<(), String> {
-    let out = std::process::Command::new("mkfs.ext4")
-        .args(["-F", "-q", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", "-L"])
-        .arg(label)
-        .arg(path)
-        .output()
-        .map_err(|e| format!("cannot run mkfs.ext4 (e2fsprogs) for {}: {e}", path.display()))?;
-    if !out.status.success() {
+    crate::image::disk::format(Path::new("mkfs.ext4"), path, label).map_err(|e| {
         // A half-made file system would be taken as made next time: start again then.
         let _ = std::fs::remove_file(path);
-        return Err(format!(
-            "mkfs.ext4 {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
+        e.to_string()
+    })
 }
 
 fn path_str(p: &Path) -> String {
