@@ -168,3 +168,24 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_files_hold_one_hex_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.pub");
+        std::fs::write(&file, "ab12cd\n").unwrap();
+        assert_eq!(read_node_id(&file).unwrap(), "ab12cd");
+        for bad in ["", "not hex\n", "ab 12\n", &"a".repeat(129)] {
+            std::fs::write(&file, bad).unwrap();
+            let e = read_node_id(&file).unwrap_err();
+            assert!(e.contains("not a hex node id"), "{bad:?}: {e}");
+        }
+        let e = read_node_id(&dir.path().join("missing")).unwrap_err();
+        assert!(e.contains("node id file") && e.contains("missing"), "{e}");
+    }
+}
