@@ -6,6 +6,7 @@
 //! root so that owners and device nodes are reproduced exactly.
 
 use crate::cache::Cache;
+use crate::ext4::{self, Ext4Options};
 use crate::fsutil::is_root;
 use crate::meta::{self, Reader};
 use crate::store::{self, Router};
@@ -13,7 +14,6 @@ use crate::tree::{self, Tree};
 use crate::unpack::{self, unpack_tree, UnpackOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tracing::{info, warn};
 
 /// Errors while building an image.
@@ -54,17 +54,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// `mkfs.ext4` is not installed.
-    #[error("mkfs.ext4 not found: install e2fsprogs")]
-    MkfsMissing,
-    /// `mkfs.ext4` failed.
-    #[error("mkfs.ext4 failed ({status}): {stderr}")]
-    Mkfs {
-        /// exit status
-        status: String,
-        /// its error output
-        stderr: String,
-    },
+    /// The ext4 file system could not be made.
+    #[error(transparent)]
+    Ext4(#[from] ext4::Error),
 }
 
 /// Options for [`image`].
@@ -110,19 +102,6 @@ pub fn parse_size(s: &str) -> Result<u64, Error> {
     Ok(bytes as u64)
 }
 
-fn find_mkfs() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("mkfs.ext4"))
-                .collect()
-        })
-        .unwrap_or_default();
-    candidates.push("/usr/sbin/mkfs.ext4".into());
-    candidates.push("/sbin/mkfs.ext4".into());
-    candidates.into_iter().find(|p| p.is_file())
-}
-
 /// Removes a tree even where an unpack left directories without write permission.
 fn force_remove(dir: &Path) {
     fn open_up(p: &Path) {
@@ -154,7 +133,9 @@ pub fn image(flist: &Path, img: &Path, opts: &ImageOptions) -> Result<(), Error>
             content,
         });
     }
-    let mkfs = find_mkfs().ok_or(Error::MkfsMissing)?;
+    if ext4::find_mkfs().is_none() {
+        return Err(ext4::Error::MkfsMissing.into());
+    }
     let router = Router::from_routes(&reader.routes()?)?;
     let cache = Cache::new(&opts.unpack.cache)?;
     if !is_root() {
@@ -168,9 +149,9 @@ pub fn image(flist: &Path, img: &Path, opts: &ImageOptions) -> Result<(), Error>
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = img
-        .file_name()
-        .ok_or_else(|| Error::BadSize(format!("{}: no file name", img.display())))?;
+    if img.file_name().is_none() {
+        return Err(Error::BadSize(format!("{}: no file name", img.display())));
+    }
     let staging = tempfile::Builder::new()
         .prefix(".flist-rootfs-")
         .tempdir_in(&dir)
@@ -178,41 +159,13 @@ pub fn image(flist: &Path, img: &Path, opts: &ImageOptions) -> Result<(), Error>
         .keep();
     let result = (|| {
         unpack_tree(&tree, &cache, &router, &staging, &opts.unpack)?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".tmp-{}", std::process::id()));
-        let tmp = dir.join(tmp_name);
-        let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        file.set_len(opts.size).map_err(io(&tmp))?;
-        drop(file);
-        let root = &tree.entries[0].inode;
         info!(image = %img.display(), size = opts.size, "running mkfs.ext4");
-        let out = Command::new(&mkfs)
-            .arg("-F")
-            .arg("-q")
-            .arg("-L")
-            .arg(&opts.label)
-            .arg("-E")
-            .arg(format!("root_owner={}:{}", root.uid, root.gid))
-            .arg("-d")
-            .arg(&staging)
-            .arg(&tmp)
-            .output();
-        let out = match out {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(io(&mkfs)(e));
-            }
+        let ext4_opts = Ext4Options {
+            label: Some(opts.label.clone()),
+            root_owner: tree.root_owner(),
+            ..Default::default()
         };
-        if !out.status.success() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::Mkfs {
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        std::fs::rename(&tmp, img).map_err(io(img))?;
+        ext4::make_from_dir(&staging, img, opts.size, &ext4_opts)?;
         Ok(())
     })();
     force_remove(&staging);

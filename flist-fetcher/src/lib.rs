@@ -17,6 +17,7 @@
 pub mod block;
 pub mod cache;
 pub mod cli;
+pub mod ext4;
 mod fsutil;
 pub mod image;
 pub mod inspect;

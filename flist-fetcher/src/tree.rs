@@ -180,6 +180,11 @@ fn check_name(ino: u64, name: &str) -> Result<(), Error> {
 }
 
 impl Tree {
+    /// Owner (uid, gid) of the tree's root directory.
+    pub fn root_owner(&self) -> Option<(u32, u32)> {
+        self.entries.first().map(|e| (e.inode.uid, e.inode.gid))
+    }
+
     /// Reads and validates the tree of an open flist.
     pub fn load(reader: &Reader) -> Result<Tree, Error> {
         let inodes = reader.inodes()?;

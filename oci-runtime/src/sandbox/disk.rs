@@ -1,8 +1,8 @@
 //! The container VM's disks: the bundle's rootfs as an ext4 image, and a small ext4 image
 //! the guest boots from whose `/init` is the agent.
 
+use flist_fetcher::ext4::{self, Ext4Options};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Free space added to the rootfs image beyond its content (the image file is sparse).
 pub const IMAGE_MARGIN_MIB: u64 = 128;
@@ -21,21 +21,9 @@ pub enum ImageError {
         /// Cause.
         source: std::io::Error,
     },
-    /// mkfs.ext4 could not be run.
-    #[error("cannot run mkfs.ext4 (install e2fsprogs): {0}")]
-    MkfsMissing(std::io::Error),
-    /// mkfs.ext4 failed.
-    #[error("mkfs.ext4 could not make {image} from {rootfs} ({status}): {stderr}")]
-    Mkfs {
-        /// The image.
-        image: PathBuf,
-        /// The rootfs directory.
-        rootfs: PathBuf,
-        /// Its exit status.
-        status: std::process::ExitStatus,
-        /// What it printed.
-        stderr: String,
-    },
+    /// The ext4 file system could not be made.
+    #[error(transparent)]
+    Ext4(#[from] ext4::Error),
 }
 
 /// Bytes a tree takes on ext4, roughly (erring high): every entry's data rounded up to
@@ -78,32 +66,18 @@ pub fn make_rootfs_image(rootfs: &Path, image: &Path) -> Result<(), ImageError> 
     if !rootfs.is_dir() {
         return Err(ImageError::NoRootfs(rootfs.to_path_buf()));
     }
-    mkfs(rootfs, image, image_size_mib(tree_size(rootfs)?), &[])
+    mkfs(rootfs, image, image_size_mib(tree_size(rootfs)?), true)
 }
 
 /// `mkfs.ext4` of `dir` into `image` of `size_mib` MiB, inode tables written at once (so the
 /// guest kernel does not spend emulated time initialising them).
-fn mkfs(dir: &Path, image: &Path, size_mib: u64, extra: &[&str]) -> Result<(), ImageError> {
-    let _ = std::fs::remove_file(image);
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-E", "lazy_itable_init=0"])
-        .args(extra)
-        .arg("-d")
-        .arg(dir)
-        .arg(image)
-        .arg(format!("{size_mib}M"))
-        .output()
-        .map_err(ImageError::MkfsMissing)?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(image);
-        return Err(ImageError::Mkfs {
-            image: image.to_path_buf(),
-            rootfs: dir.to_path_buf(),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+fn mkfs(dir: &Path, image: &Path, size_mib: u64, journal: bool) -> Result<(), ImageError> {
+    let opts = Ext4Options {
+        journal,
+        eager_inode_tables: true,
+        ..Default::default()
+    };
+    Ok(ext4::make_from_dir(dir, image, size_mib << 20, &opts)?)
 }
 
 /// Directories the agent needs on its root file system (mount points; the root is
@@ -133,7 +107,7 @@ pub fn make_agent_image(agent: &Path, staging: &Path, image: &Path) -> Result<()
         .map_err(io)?;
     let content = tree_size(staging)?;
     let size = (content + content / 4).div_ceil(1 << 20) + 4;
-    let made = mkfs(staging, image, size, &["-O", "^has_journal"]);
+    let made = mkfs(staging, image, size, false);
     let _ = std::fs::remove_dir_all(staging);
     made
 }
@@ -142,6 +116,7 @@ pub fn make_agent_image(agent: &Path, staging: &Path, image: &Path) -> Result<()
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     fn have_mkfs() -> bool {
         let ok = Command::new("mkfs.ext4").arg("-V").output().is_ok();
@@ -206,11 +181,8 @@ mod tests {
             return;
         }
         let err = make_rootfs_image(dir.path(), &dir.path().join("missing-dir/img")).unwrap_err();
-        assert!(matches!(err, ImageError::Mkfs { .. }), "{err}");
-        assert!(
-            err.to_string().starts_with("mkfs.ext4 could not make"),
-            "{err}"
-        );
+        assert!(matches!(err, ImageError::Ext4(_)), "{err}");
+        assert!(err.to_string().contains("missing-dir"), "{err}");
     }
 
     #[test]

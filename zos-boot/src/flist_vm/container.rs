@@ -11,7 +11,6 @@ use oci_runtime::image::spec::{default_spec, runtime_spec, ProcessConfig, DEFAUL
 use oci_runtime::sandbox::{guest_disk_device, GuestArtifacts};
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use vmm::resources::DriveConfig;
 
 /// What runs in a container flist's VM, and the disks it boots from.
@@ -64,7 +63,7 @@ pub fn agent_image(work_dir: &Path) -> Result<PathBuf, FlistVmError> {
     }
     let _ = std::fs::remove_file(&done);
     oci_runtime::sandbox::make_agent_image(&agent, &work_dir.join("agent.staging"), &image)
-        .map_err(|e| FlistVmError::Mkfs(e.to_string()))?;
+        .map_err(|e| FlistVmError::AgentDisk(e.to_string()))?;
     std::fs::write(&done, stamp).map_err(io(&done))?;
     Ok(image)
 }
@@ -136,27 +135,6 @@ pub fn process(
         gid: user.1,
         additional_gids: Vec::new(),
     }
-}
-
-/// Builds `disk` (ext4, `size` bytes) from the unpacked tree `staging`.
-pub fn build_root_disk(staging: &Path, disk: &Path, size: u64) -> Result<(), FlistVmError> {
-    let tmp = disk.with_extension("ext4.tmp");
-    let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    file.set_len(size).map_err(io(&tmp))?;
-    drop(file);
-    let out = Command::new("mkfs.ext4")
-        .args(["-F", "-q", "-L", "rootfs", "-d"])
-        .arg(staging)
-        .arg(&tmp)
-        .output()
-        .map_err(|e| FlistVmError::Mkfs(format!("cannot run mkfs.ext4 (e2fsprogs): {e}")))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(FlistVmError::Mkfs(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    std::fs::rename(&tmp, disk).map_err(io(disk))
 }
 
 #[cfg(test)]

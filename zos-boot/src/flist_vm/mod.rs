@@ -70,9 +70,12 @@ pub enum FlistVmError {
     /// A disk mount of a container cannot be made.
     #[error("{0}")]
     BadMount(String),
-    /// Making the root disk failed.
-    #[error("mkfs.ext4: {0}")]
-    Mkfs(String),
+    /// Making the container's root disk failed.
+    #[error("root disk: {0}")]
+    RootDisk(#[from] flist_fetcher::ext4::Error),
+    /// Making the agent's boot disk failed.
+    #[error("agent disk: {0}")]
+    AgentDisk(String),
     /// The project's guest kernel was not found.
     #[error("no guest kernel: give --kernel, set ZVM_KERNEL, or build it with `zvm kernel path`")]
     NoKernel,
@@ -313,7 +316,12 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
                     &unpack,
                 )
                 .map_err(|e| flist_err(e.into()))?;
-                let built = container::build_root_disk(&staging, &disk, size);
+                let ext4_opts = flist_fetcher::ext4::Ext4Options {
+                    label: Some("rootfs".into()),
+                    root_owner: tree.root_owner(),
+                    ..Default::default()
+                };
+                let built = flist_fetcher::ext4::make_from_dir(&staging, &disk, size, &ext4_opts);
                 let _ = std::fs::remove_dir_all(&staging);
                 built?;
                 std::fs::write(&done, b"").map_err(io(&done))?;
