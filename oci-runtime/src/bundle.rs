@@ -106,6 +106,14 @@ impl Bundle {
     }
 }
 
+/// Whether the spec's process asks for a terminal (`process.terminal`, false when unset).
+pub fn wants_terminal(spec: &Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
+}
+
 /// Parses config.json text (`path` is for messages) and checks its `ociVersion`.
 pub fn parse_config(text: &str, path: &Path) -> Result<Spec, BundleError> {
     let spec: Spec = serde_json::from_str(text).map_err(|source| BundleError::BadJson {
@@ -204,6 +212,21 @@ mod tests {
             b.spec.process().as_ref().unwrap().args().as_ref().unwrap(),
             &["sh".to_string()]
         );
+    }
+
+    #[test]
+    fn terminal_is_false_unless_the_process_asks() {
+        let spec = |process: &str| {
+            let text = format!(r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}}{process}}}"#);
+            parse_config(&text, Path::new("config.json")).unwrap()
+        };
+        assert!(!wants_terminal(&spec("")));
+        assert!(!wants_terminal(&spec(
+            r#","process":{"user":{"uid":0,"gid":0},"cwd":"/"}"#
+        )));
+        assert!(wants_terminal(&spec(
+            r#","process":{"terminal":true,"user":{"uid":0,"gid":0},"cwd":"/"}"#
+        )));
     }
 
     #[test]

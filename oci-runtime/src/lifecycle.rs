@@ -218,12 +218,7 @@ impl Runtime {
     pub fn create(&self, id: &str, req: &CreateRequest) -> Result<ContainerRecord, LifecycleError> {
         crate::state::validate_id(id)?;
         let bundle = Bundle::load(&req.bundle)?;
-        let terminal = bundle
-            .spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
+        let terminal = crate::bundle::wants_terminal(&bundle.spec);
         if terminal && req.detached && req.console_socket.is_none() {
             return Err(LifecycleError::Console(
                 "process.terminal is true but there is no --console-socket to send the pty to",

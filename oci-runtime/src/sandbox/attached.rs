@@ -108,12 +108,7 @@ pub fn run_attached(
         .map_err(SandboxError::io("start the stdin relay"))?;
     vmm::seccomp::install(vmm::seccomp::ThreadKind::Relay, run.seccomp)
         .map_err(|e| SandboxError::Sandbox(e.to_string()))?;
-    let terminal = run
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
+    let terminal = crate::bundle::wants_terminal(&run.spec);
     agent.create_container(run.spec, &run.rootfs_device, terminal, CREATE_TIMEOUT)?;
     if let Err(e) = agent.request_done(RequestBody::Start, CREATE_TIMEOUT) {
         let _ = agent.request_done(RequestBody::Shutdown, Duration::from_secs(10));

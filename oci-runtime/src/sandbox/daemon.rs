@@ -167,12 +167,7 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
         .as_ref()
         .and_then(|r| r.readonly())
         .unwrap_or(false);
-    let terminal = cfg
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
+    let terminal = crate::bundle::wants_terminal(&cfg.spec);
     let rootfs = rootfs_dir(&cfg)?;
     let (image, agent_image, console) = (
         dir.join(ROOTFS_IMAGE),
