@@ -47,7 +47,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", requires = "flist")]
     root_size: Option<u64>,
     /// With --flist: the container's host name (default: the flist's name).
-    #[arg(long, requires = "flist")]
+    #[arg(long, requires = "flist", value_parser = parse_hostname)]
     hostname: Option<String>,
     /// Arguments appended to the kernel command line.
     #[arg(long, value_name = "ARGS")]
@@ -95,6 +95,11 @@ pub struct RunArgs {
     /// Print what zvm detects about the host and the VM it builds.
     #[arg(long, short)]
     verbose: bool,
+}
+
+/// `--hostname`: refused on the command line when the guest could not take it.
+fn parse_hostname(name: &str) -> Result<String, String> {
+    zos_boot::flist_vm::check_hostname(name).map(|()| name.to_string())
 }
 
 impl RunArgs {

@@ -111,6 +111,18 @@ fn flist_commands_are_reachable_and_refuse_bad_input() {
 }
 
 #[test]
+fn a_host_name_the_guest_cannot_take_is_refused_before_anything_runs() {
+    let long = "h".repeat(65);
+    for (name, needle) in [("bad name", "contains ' '"), ("-x", "must not start"), (long.as_str(), "1 to 64")] {
+        let out = zvm(&["run", "--flist", "/nonexistent.fl", &format!("--hostname={name}")]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains("--hostname") && err.contains(needle), "{name}: {err}");
+        assert!(!err.contains("/nonexistent.fl"), "refused before the flist is looked at: {err}");
+    }
+}
+
+#[test]
 fn kernel_path_prints_the_cached_vmlinux_last() {
     // Builds the guest kernel on first use (scripts/test.sh builds it before the tests).
     let out = zvm(&["kernel", "path"]);

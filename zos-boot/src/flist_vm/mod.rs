@@ -70,6 +70,9 @@ pub enum FlistVmError {
     /// A disk mount of a container cannot be made.
     #[error("{0}")]
     BadMount(String),
+    /// The container's host name cannot be used.
+    #[error("{0}")]
+    BadHostname(String),
     /// Making the container's root disk failed.
     #[error("root disk: {0}")]
     RootDisk(#[from] flist_fetcher::ext4::Error),
@@ -241,6 +244,9 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
         flist: opts.flist.clone(),
         source: Box::new(source),
     };
+    if let Some(name) = &opts.hostname {
+        check_hostname(name).map_err(FlistVmError::BadHostname)?;
+    }
     std::fs::create_dir_all(&opts.work_dir).map_err(io(&opts.work_dir))?;
     let fl = fetch_flist(&opts.flist, &opts.cache_dir)?;
     let reader = Reader::open(&fl).map_err(|e| flist_err(e.into()))?;
@@ -364,6 +370,32 @@ fn socket_path(wanted: &Path) -> PathBuf {
     std::env::temp_dir().join(format!("zvm-vsock-{:016x}.sock", hasher.finish()))
 }
 
+/// Longest host name Linux takes (`sethostname`, `__NEW_UTS_LEN`).
+pub const MAX_HOSTNAME: usize = 64;
+
+/// Checks a container's host name before anything is fetched or booted: 1 to
+/// [`MAX_HOSTNAME`] bytes of letters, digits, '-', '_' and '.', not starting with '-' or
+/// '.' (the names deployments may have). Returns why not.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_HOSTNAME {
+        return Err(format!(
+            "host name `{name}` must be 1 to {MAX_HOSTNAME} characters long"
+        ));
+    }
+    if name.starts_with('-') || name.starts_with('.') {
+        return Err(format!("host name `{name}` must not start with '-' or '.'"));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        Some(c) => Err(format!(
+            "host name `{name}` contains {c:?}; use letters, digits, '-', '_' and '.'"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The flist's file name without `.fl`, as a host name (`zvm` when nothing usable is left).
 fn default_hostname(flist: &str) -> String {
     let name = flist.rsplit('/').next().unwrap_or_default();
@@ -414,9 +446,47 @@ mod tests {
         assert_eq!(socket_path(short), short);
         let long = PathBuf::from(format!("/srv/{}/work/vsock.sock", "n".repeat(120)));
         let moved = socket_path(&long);
-        assert!(moved.as_os_str().len() <= MAX_SOCKET_PATH, "{}", moved.display());
+        assert!(
+            moved.as_os_str().len() <= MAX_SOCKET_PATH,
+            "{}",
+            moved.display()
+        );
         assert_eq!(moved, socket_path(&long), "stable");
         assert_ne!(moved, socket_path(&long.with_file_name("other.sock")));
+    }
+
+    #[test]
+    fn host_names_are_checked_before_anything_is_fetched() {
+        for good in ["web", "web-1.node_a", &"h".repeat(MAX_HOSTNAME)] {
+            assert_eq!(check_hostname(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("", "1 to 64"),
+            (&"h".repeat(MAX_HOSTNAME + 1), "1 to 64"),
+            ("-web", "must not start"),
+            (".web", "must not start"),
+            ("web server", "contains ' '"),
+            ("web/x", "contains '/'"),
+            ("h\u{e9}", "contains '\u{e9}'"),
+        ] {
+            let err = check_hostname(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        // prepare() refuses it first: the flist named does not exist, and is not looked at.
+        let dir = tempfile::tempdir().unwrap();
+        let opts = FlistBootOptions {
+            flist: dir.path().join("missing.fl").display().to_string(),
+            cache_dir: dir.path().join("cache"),
+            work_dir: dir.path().join("work"),
+            entrypoint: None,
+            env: Vec::new(),
+            root_size: None,
+            kernel: None,
+            hostname: Some("bad name".into()),
+        };
+        let err = prepare(&opts).map(|_| ()).unwrap_err();
+        assert!(matches!(err, FlistVmError::BadHostname(_)), "{err}");
+        assert!(!dir.path().join("work").exists());
     }
 
     #[test]
