@@ -185,14 +185,14 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
         if readonly { "read-only" } else { "read-write" }
     ));
 
-    let vsock = unix::SocketPath::new(&dir.join(VSOCK_SOCKET))
-        .map_err(SandboxError::io("place the vsock socket"))?;
+    // vmm's vsock device takes a socket path of any length.
+    let vsock = dir.join(VSOCK_SOCKET);
     let files = VmFiles {
         kernel: &cfg.artifacts.kernel,
         agent_image: &agent_image,
         rootfs_image: &image,
         console_log: &console,
-        vsock: vsock.path(),
+        vsock: &vsock,
     };
     let vm = vmm::build_microvm(
         &vm_resources(size, files, readonly),
@@ -203,7 +203,7 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     notes.note("VM started; waiting for the agent");
 
     let stream = wait_for_agent(
-        vsock.path(),
+        &vsock,
         AGENT_VSOCK_PORT,
         Instant::now() + AGENT_DEADLINE,
         &console,

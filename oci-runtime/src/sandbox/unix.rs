@@ -1,66 +1,22 @@
-//! Small Unix helpers: sockets at long paths, pipes, blocked signals read from a signalfd.
+//! Small Unix helpers: sockets at any path length, pipes, blocked signals read from a signalfd.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use vmm::devices::virtio::vsock::uds::UdsPath;
 
-/// Longest path that fits `sockaddr_un.sun_path` with its NUL.
-const SUN_PATH_MAX: usize = 107;
-
-/// A socket path usable with bind/connect whatever its length: a long one goes through
-/// `/proc/self/fd/<dir fd>/<name>` while the directory stays open.
-#[derive(Debug)]
-pub(crate) struct SocketPath {
-    path: PathBuf,
-    _dir: Option<File>,
-}
-
-impl SocketPath {
-    /// Resolves `path` (opening its directory when the path is too long for `sun_path`).
-    pub(crate) fn new(path: &Path) -> io::Result<SocketPath> {
-        if path.as_os_str().len() <= SUN_PATH_MAX {
-            return Ok(SocketPath {
-                path: path.to_path_buf(),
-                _dir: None,
-            });
-        }
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a socket path", path.display()),
-            ));
-        };
-        let dir = File::open(dir)?;
-        let short = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
-        if short.as_os_str().len() > SUN_PATH_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("socket name of {} is too long", path.display()),
-            ));
-        }
-        Ok(SocketPath {
-            path: short,
-            _dir: Some(dir),
-        })
-    }
-
-    /// The path to hand to bind/connect (valid while `self` lives).
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-/// Connects to the Unix socket at `path` (any length).
+/// Connects to the Unix socket at `path` (any length: a long one is reached through its
+/// directory, as vmm's vsock device binds it).
 pub(crate) fn connect(path: &Path) -> io::Result<UnixStream> {
-    UnixStream::connect(SocketPath::new(path)?.path())
+    UnixStream::connect(UdsPath::new(path)?.address(""))
 }
 
 /// Binds a listener at `path` (any length), replacing a stale socket there.
 pub(crate) fn bind(path: &Path) -> io::Result<UnixListener> {
     let _ = std::fs::remove_file(path);
-    UnixListener::bind(SocketPath::new(path)?.path())
+    UnixListener::bind(UdsPath::new(path)?.address(""))
 }
 
 /// A pipe whose ends are close-on-exec: (read, write).
@@ -193,7 +149,7 @@ mod tests {
         let deep = dir.path().join("d".repeat(60)).join("e".repeat(60));
         std::fs::create_dir_all(&deep).unwrap();
         let path = deep.join("sandbox.sock");
-        assert!(path.as_os_str().len() > SUN_PATH_MAX);
+        assert!(path.as_os_str().len() > vmm::devices::virtio::vsock::uds::SUN_PATH_MAX);
         let listener = bind(&path).unwrap();
         assert!(path.exists(), "bound at the real path");
         let mut client = connect(&path).unwrap();
@@ -202,8 +158,6 @@ mod tests {
         let mut buf = [0u8; 2];
         server.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"hi");
-        let short = dir.path().join("s.sock");
-        assert_eq!(SocketPath::new(&short).unwrap().path(), short);
     }
 
     #[test]

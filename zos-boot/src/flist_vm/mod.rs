@@ -346,28 +346,15 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
                 container: Some(container::ContainerBoot {
                     agent_image,
                     rootfs_image: disk,
-                    vsock_uds: socket_path(&opts.work_dir.join("vsock.sock")),
+                    // At any depth: vmm's vsock device and oci-runtime's client both
+                    // reach a long path through its directory.
+                    vsock_uds: opts.work_dir.join("vsock.sock"),
                     process,
                     hostname,
                 }),
             })
         }
     }
-}
-
-/// Longest path a Unix socket can be bound at (`sun_path` holds 108 bytes with the NUL).
-const MAX_SOCKET_PATH: usize = 107;
-
-/// `wanted`, or, when it is too long to bind a Unix socket at, a short path in the
-/// temporary directory named after it (the same for the same `wanted`).
-fn socket_path(wanted: &Path) -> PathBuf {
-    if wanted.as_os_str().len() <= MAX_SOCKET_PATH {
-        return wanted.to_path_buf();
-    }
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    wanted.hash(&mut hasher);
-    std::env::temp_dir().join(format!("zvm-vsock-{:016x}.sock", hasher.finish()))
 }
 
 /// Longest host name Linux takes (`sethostname`, `__NEW_UTS_LEN`).
@@ -439,21 +426,6 @@ fn router(reader: &Reader) -> Result<flist_fetcher::Router, FlistVmError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn socket_paths_stay_bindable() {
-        let short = Path::new("/var/cache/zos/state/vms/web/work/vsock.sock");
-        assert_eq!(socket_path(short), short);
-        let long = PathBuf::from(format!("/srv/{}/work/vsock.sock", "n".repeat(120)));
-        let moved = socket_path(&long);
-        assert!(
-            moved.as_os_str().len() <= MAX_SOCKET_PATH,
-            "{}",
-            moved.display()
-        );
-        assert_eq!(moved, socket_path(&long), "stable");
-        assert_ne!(moved, socket_path(&long.with_file_name("other.sock")));
-    }
 
     #[test]
     fn host_names_are_checked_before_anything_is_fetched() {

@@ -13,6 +13,7 @@
 pub mod conn;
 pub mod muxer;
 pub mod packet;
+pub mod uds;
 #[cfg(test)]
 mod tests;
 

@@ -8,6 +8,8 @@
 //! - Guest-initiated: a guest REQUEST to host port P connects to `<uds_path>_P`; success
 //!   is answered with RESPONSE, failure with RST.
 //!
+//! `uds_path` may be longer than a Unix socket address holds (see [`super::uds`]).
+//!
 //! The muxer is a state machine fed with guest packets ([`VsockMuxer::send_pkt`]) and
 //! host socket readiness ([`VsockMuxer::process_host_events`]), producing packets for the
 //! guest ([`VsockMuxer::recv_pkt`]). Every host socket is non-blocking and watched by the
@@ -15,6 +17,7 @@
 
 use super::conn::{ConnState, Connection, HostRead};
 use super::packet::{op, shutdown, Packet, VsockHeader, HOST_CID, MAX_PKT_PAYLOAD, TYPE_STREAM};
+use super::uds::UdsPath;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::ops::Bound;
@@ -87,7 +90,7 @@ struct PendingClient {
 #[derive(Debug)]
 pub struct VsockMuxer {
     guest_cid: u64,
-    uds_path: PathBuf,
+    uds: UdsPath,
     listener: UnixListener,
     epoll: Epoll,
     conns: BTreeMap<ConnKey, Connection>,
@@ -157,13 +160,14 @@ impl VsockMuxer {
             Ok(_) => return Err(MuxerError::NotASocket(uds_path.to_path_buf())),
             Err(_) => {}
         }
-        let listener = UnixListener::bind(uds_path).map_err(err("bind the socket"))?;
+        let uds = UdsPath::new(uds_path).map_err(err("place the socket"))?;
+        let listener = UnixListener::bind(uds.address("")).map_err(err("bind the socket"))?;
         listener.set_nonblocking(true).map_err(err("make the socket non-blocking"))?;
         let epoll = Epoll::new().map_err(err("create an epoll set"))?;
         tracing::debug!("vsock: guest CID {guest_cid}, listening on {}", uds_path.display());
         Ok(VsockMuxer {
             guest_cid,
-            uds_path: uds_path.to_path_buf(),
+            uds,
             listener,
             epoll,
             conns: BTreeMap::new(),
@@ -186,7 +190,7 @@ impl VsockMuxer {
         let fd = self.listener.as_raw_fd();
         match self.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, fd as u64)) {
             Ok(()) => self.armed = true,
-            Err(e) => tracing::warn!("vsock: cannot watch {}: {e}", self.uds_path.display()),
+            Err(e) => tracing::warn!("vsock: cannot watch {}: {e}", self.uds.path().display()),
         }
     }
 
@@ -197,7 +201,7 @@ impl VsockMuxer {
 
     /// The listener's path.
     pub fn uds_path(&self) -> &Path {
-        &self.uds_path
+        self.uds.path()
     }
 
     /// Number of open connections.
@@ -313,12 +317,11 @@ impl VsockMuxer {
             self.queue_control(key, op::RST, 0);
             return;
         }
-        let mut path = self.uds_path.clone().into_os_string();
-        path.push(format!("_{}", key.local_port));
-        let stream = match connect_nb(Path::new(&path)) {
+        let path = self.uds.address(&format!("_{}", key.local_port));
+        let stream = match connect_nb(&path) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!("vsock: guest connection to port {} refused ({}: {e})", key.local_port, Path::new(&path).display());
+                tracing::debug!("vsock: guest connection to port {} refused ({}_{}: {e})", key.local_port, self.uds.path().display(), key.local_port);
                 self.queue_control(key, op::RST, 0);
                 return;
             }

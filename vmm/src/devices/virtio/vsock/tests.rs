@@ -339,3 +339,33 @@ fn muxer_runs_under_the_vmm_seccomp_filter() {
     assert!(libc::WIFEXITED(status), "child status {status:#x}");
     assert_eq!(libc::WEXITSTATUS(status), 0, "the child failed or hit a blocked system call (159)");
 }
+
+#[test]
+fn sockets_deeper_than_a_unix_address_work_both_ways() {
+    let tmp = tempfile::tempdir().expect("dir");
+    let deep = tmp.path().join("w".repeat(110));
+    std::fs::create_dir(&deep).expect("mkdir");
+    let uds = deep.join("v.sock");
+    assert!(uds.as_os_str().len() > uds::SUN_PATH_MAX);
+    let mut m = VsockMuxer::new(CID, &uds).expect("muxer at a long path");
+    m.arm();
+    assert_eq!(m.uds_path(), uds);
+    assert!(uds.exists(), "the listener is at the configured path");
+    // The test's side reaches the directory the same way.
+    let dir = std::fs::File::open(&deep).expect("open dir");
+    let short = |name: &str| std::path::PathBuf::from(format!("/proc/self/fd/{}/{name}", std::os::fd::AsRawFd::as_raw_fd(&dir)));
+
+    let mut client = UnixStream::connect(short("v.sock")).expect("connect");
+    client.write_all(b"CONNECT 52\n").expect("write");
+    let req = next_pkt(&mut m).expect("REQUEST");
+    assert_eq!((req.hdr.op, req.hdr.dst_port), (op::REQUEST, 52));
+
+    let listener = UnixListener::bind(short("v.sock_1234")).expect("bind");
+    assert!(deep.join("v.sock_1234").exists());
+    m.send_pkt(guest_pkt(5000, 1234, op::REQUEST, b""));
+    let resp = m.recv_pkt(4096).expect("RESPONSE");
+    assert_eq!((resp.hdr.op, resp.hdr.dst_port), (op::RESPONSE, 5000));
+    let (mut host, _) = listener.accept().expect("accept");
+    m.send_pkt(guest_pkt(5000, 1234, op::RW, b"deep"));
+    assert_eq!(read_exactly(&mut host, 4), b"deep");
+}
