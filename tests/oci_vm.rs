@@ -323,6 +323,38 @@ fn container_vm_runs_a_busybox_container_from_create_to_exit() {
     assert_eq!(code, 3);
     eprintln!("exec: {:.1} s", t1.elapsed().as_secs_f64());
 
+    // exec --detach: a relay process on the host stands for the guest process; its stdio
+    // is the relay's, a signal to it reaches the process, its exit status is the process's.
+    let detached = ProcessBuilder::default()
+        .args(vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            "trap 'echo detached-term; exit 5' TERM; echo detached-ok; while :; do sleep 1; done"
+                .to_string(),
+        ])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .build()
+        .expect("detached process");
+    let (devnull, (relay_out_r, relay_out_w)) = (File::open("/dev/null").expect("null"), pipe());
+    let t3 = Instant::now();
+    let relay = with_stdio([&devnull, &relay_out_w, &relay_out_w], || {
+        sandbox::exec_detached(&container_dir, &sandbox_launcher(), &detached, None)
+    })
+    .unwrap_or_else(|e| panic!("exec --detach: {e}\n{}", show()));
+    drop(relay_out_w);
+    let relay_out = collect(relay_out_r);
+    wait_for(&relay_out, "detached-ok\n", &show);
+    eprintln!("exec --detach -> output: {:.1} s", t3.elapsed().as_secs_f64());
+    // SAFETY: kill(2) on our own child, the relay.
+    assert_eq!(unsafe { libc::kill(relay as i32, libc::SIGTERM) }, 0);
+    assert_eq!(wait_exit(relay, &show), 5, "the relay exits with the process's status");
+    assert!(
+        relay_out.lock().expect("lock").contains("detached-term\n"),
+        "SIGTERM forwarded: {}",
+        relay_out.lock().expect("lock")
+    );
+
     client.kill(libc::SIGTERM, false).expect("kill");
     let t2 = Instant::now();
     let exit = wait_exit(pid, &show);

@@ -124,6 +124,14 @@ pub enum OciCommand {
         /// The container's state directory.
         container_dir: PathBuf,
     },
+    /// Internal: the host process standing for a detached exec (started by `exec --detach`).
+    #[command(name = "__exec", hide = true)]
+    ExecRelay {
+        /// The container's state directory.
+        container_dir: PathBuf,
+        /// The request file `exec --detach` wrote there.
+        request: PathBuf,
+    },
     /// Make a bundle (rootfs/ + config.json) from an OCI image layout directory.
     Unpack(crate::image::cli::UnpackArgs),
 }
@@ -279,6 +287,14 @@ pub fn run(args: OciArgs, name: &str, launcher: Vec<OsString>) -> ExitCode {
         // Before anything starts a thread: the sandbox sets up its own signal handling.
         return crate::sandbox::sandbox_main(container_dir);
     }
+    if let OciCommand::ExecRelay {
+        container_dir,
+        request,
+    } = &command
+    {
+        // Likewise: the relay blocks the signals it forwards before starting threads.
+        return crate::sandbox::exec_relay_main(container_dir, request);
+    }
     let guard = match crate::logging::init(args.log.as_deref(), args.log_format, args.debug) {
         Ok(g) => g,
         Err(e) => {
@@ -391,6 +407,10 @@ fn dispatch(
         OciCommand::Sandbox { container_dir } => {
             return Ok(crate::sandbox::sandbox_main(&container_dir))
         }
+        OciCommand::ExecRelay {
+            container_dir,
+            request,
+        } => return Ok(crate::sandbox::exec_relay_main(&container_dir, &request)),
         OciCommand::Unpack(a) => crate::image::cli::run_unpack(&a)?,
     }
     Ok(ExitCode::SUCCESS)

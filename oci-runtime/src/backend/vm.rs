@@ -98,10 +98,15 @@ impl ContainerBackend for VmBackend {
         req: &ExecRequest<'_>,
     ) -> Result<ExecOutcome, BackendError> {
         if req.detach {
-            return Err(BackendError::Unsupported(
-                "exec --detach is not supported by the VM backend: the process's stdio is relayed by this command"
-                    .into(),
-            ));
+            // A relay process on the host stands for the process in the guest.
+            let pid =
+                sandbox::exec_detached(c.dir, &self.launcher, req.process, req.console_socket)
+                    .map_err(err)?;
+            if let Some(path) = req.pid_file {
+                crate::host::write_pid_file(path, pid as i32)
+                    .map_err(BackendError::io(format!("write {}", path.display())))?;
+            }
+            return Ok(ExecOutcome::Detached(pid as i32));
         }
         if req.pid_file.is_some() {
             tracing::warn!("exec --pid-file: not written, the process runs in the container's VM");

@@ -13,7 +13,8 @@
 //!
 //! or `{"reply":"error","message":"..."}`. After `exec_started` the connection carries the
 //! exec'd process's stdio: the client sends `stdin` (`{"op":"stdin","data":"<base64>"}`),
-//! `close_stdin` and `resize` (`rows`, `cols`); the sandbox sends `output` (`fd` 1 or 2,
+//! `close_stdin`, `resize` (`rows`, `cols`) and `kill` (for the exec'd process, no reply);
+//! the sandbox sends `output` (`fd` 1 or 2,
 //! `data`) and finally `exited` (`code`: exit code, or 128 + signal) and closes.
 
 use super::{unix, SandboxError, CONTROL_SOCKET, EXIT_FILE};
@@ -24,6 +25,8 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 
 /// Lifecycle state of a sandbox's container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,7 +49,8 @@ pub enum SandboxStatus {
 pub enum ControlRequest {
     /// Start the created container.
     Start,
-    /// Signal the container's process (with `all`, every process of the container).
+    /// Signal the container's process (with `all`, every process of the container); on a
+    /// connection that carries an exec, the exec'd process.
     Kill {
         /// Signal number.
         signal: i32,
@@ -151,6 +155,37 @@ impl std::fmt::Debug for ExecIo {
     }
 }
 
+impl ExecIo {
+    /// The stdio of an exec'd process: a new pty whose master is sent to `console_socket`
+    /// when `process.terminal` and a socket are given, else the caller's own stdio.
+    pub fn for_process(
+        process: &Process,
+        console_socket: Option<&Path>,
+    ) -> Result<ExecIo, SandboxError> {
+        if let (true, Some(socket)) = (process.terminal().unwrap_or(false), console_socket) {
+            let pty = super::pty::open_pty().map_err(SandboxError::io("open a pty"))?;
+            super::pty::send_fd(socket, pty.master.as_fd(), "/dev/ptmx").map_err(
+                SandboxError::io(format!("send the pty to {}", socket.display())),
+            )?;
+            let clone = || {
+                pty.slave
+                    .try_clone()
+                    .map_err(SandboxError::io("clone the pty"))
+            };
+            return Ok(ExecIo {
+                stdin: Box::new(clone()?),
+                stdout: Box::new(clone()?),
+                stderr: Box::new(pty.slave),
+            });
+        }
+        Ok(ExecIo {
+            stdin: Box::new(std::io::stdin()),
+            stdout: Box::new(std::io::stdout()),
+            stderr: Box::new(std::io::stderr()),
+        })
+    }
+}
+
 /// A connection to a sandbox's control socket.
 #[derive(Debug)]
 pub struct SandboxClient {
@@ -227,53 +262,55 @@ impl SandboxClient {
         process: &Process,
         console_socket: Option<&Path>,
     ) -> Result<i32, SandboxError> {
-        if process.terminal().unwrap_or(false) {
-            if let Some(socket) = console_socket {
-                let pty = super::pty::open_pty().map_err(SandboxError::io("open a pty"))?;
-                super::pty::send_fd(socket, pty.master.as_fd(), "/dev/ptmx").map_err(
-                    SandboxError::io(format!("send the pty to {}", socket.display())),
-                )?;
-                let reader = pty
-                    .slave
-                    .try_clone()
-                    .map_err(SandboxError::io("clone the pty"))?;
-                let writer = pty
-                    .slave
-                    .try_clone()
-                    .map_err(SandboxError::io("clone the pty"))?;
-                return self.exec_with(
-                    process,
-                    ExecIo {
-                        stdin: Box::new(reader),
-                        stdout: Box::new(writer),
-                        stderr: Box::new(pty.slave),
-                    },
-                );
-            }
-        }
-        let io = ExecIo {
-            stdin: Box::new(std::io::stdin()),
-            stdout: Box::new(std::io::stdout()),
-            stderr: Box::new(std::io::stderr()),
-        };
+        let io = ExecIo::for_process(process, console_socket)?;
         self.exec_with(process, io)
     }
 
     /// Like [`Self::exec`] with the given stdio.
-    pub fn exec_with(&mut self, process: &Process, mut io: ExecIo) -> Result<i32, SandboxError> {
+    pub fn exec_with(&mut self, process: &Process, io: ExecIo) -> Result<i32, SandboxError> {
+        self.exec_begin(process)?;
+        self.exec_relay(io)
+    }
+
+    /// Starts `process` in the container; returns its guest pid. Follow with
+    /// [`Self::exec_relay`] on the same client.
+    pub fn exec_begin(&mut self, process: &Process) -> Result<i32, SandboxError> {
         match self.call(&ControlRequest::Exec {
             process: Box::new(process.clone()),
         })? {
             ControlReply::ExecStarted { pid } => {
-                tracing::debug!("exec'd process runs as guest pid {pid}")
+                tracing::debug!("exec'd process runs as guest pid {pid}");
+                Ok(pid)
             }
-            other => return Err(SandboxError::Control(format!("unexpected reply {other:?}"))),
+            other => Err(SandboxError::Control(format!("unexpected reply {other:?}"))),
         }
-        let mut to_sandbox = self
-            .stream
-            .try_clone()
-            .map_err(SandboxError::io("clone the control socket"))?;
+    }
+
+    /// Relays the stdio of the process [`Self::exec_begin`] started until it exits; returns
+    /// its exit status.
+    pub fn exec_relay(&mut self, io: ExecIo) -> Result<i32, SandboxError> {
+        self.exec_relay_with_signals(io, None)
+    }
+
+    /// Like [`Self::exec_relay`], also sending each signal number received on `signals` to
+    /// the exec'd process.
+    pub fn exec_relay_with_signals(
+        &mut self,
+        mut io: ExecIo,
+        signals: Option<Receiver<i32>>,
+    ) -> Result<i32, SandboxError> {
+        // Frames from the stdin and signal threads must not interleave.
+        let to_sandbox = Arc::new(Mutex::new(
+            self.stream
+                .try_clone()
+                .map_err(SandboxError::io("clone the control socket"))?,
+        ));
+        let send = |to: &Mutex<UnixStream>, msg: &ControlRequest| match to.lock() {
+            Ok(mut stream) => write_frame(&mut *stream, msg).is_ok(),
+            Err(_) => false,
+        };
         let mut stdin = io.stdin;
+        let to = to_sandbox.clone();
         std::thread::Builder::new()
             .name("zvm_exec_stdin".into())
             .spawn(move || {
@@ -284,10 +321,23 @@ impl SandboxClient {
                         },
                         None => ControlRequest::CloseStdin,
                     };
-                    write_frame(&mut to_sandbox, &msg).is_ok()
+                    send(&to, &msg)
                 })
             })
             .map_err(SandboxError::io("start the stdin thread"))?;
+        if let Some(signals) = signals {
+            std::thread::Builder::new()
+                .name("zvm_exec_signals".into())
+                .spawn(move || {
+                    for signal in signals {
+                        let msg = ControlRequest::Kill { signal, all: false };
+                        if !send(&to_sandbox, &msg) {
+                            break;
+                        }
+                    }
+                })
+                .map_err(SandboxError::io("start the signal thread"))?;
+        }
         loop {
             match read_frame(&mut self.stream).map_err(control_err)? {
                 ControlReply::Output { fd, data } => {

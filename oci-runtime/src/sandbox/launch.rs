@@ -6,10 +6,12 @@
 
 use super::{unix, SandboxConfig, SandboxError, CONFIG_FILE, CONTROL_SOCKET, EXIT_FILE, LOG_FILE};
 use serde::{Deserialize, Serialize};
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -102,14 +104,29 @@ pub fn create(cfg: &SandboxConfig) -> Result<u32, SandboxError> {
     for stale in [EXIT_FILE, CONTROL_SOCKET] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
-    let (mut report, write_end) =
-        unix::pipe().map_err(SandboxError::io("create the ready pipe"))?;
+    let mut args: Vec<OsString> = args.to_vec();
+    args.push(dir.as_os_str().to_os_string());
+    let (mut child, mut report) = spawn_reporting(program, &args)?;
+    await_report(
+        &mut child,
+        &mut report,
+        REPORT_DEADLINE,
+        "the container was created",
+        &dir.join(LOG_FILE),
+    )?;
+    Ok(child.id())
+}
+
+/// Runs `program args...` in a new session with the write end of a report pipe as fd
+/// [`READY_FD`] (named by [`READY_FD_ENV`]); returns the child and the pipe's read end.
+pub(super) fn spawn_reporting(
+    program: &OsStr,
+    args: &[OsString],
+) -> Result<(Child, File), SandboxError> {
+    let (report, write_end) = unix::pipe().map_err(SandboxError::io("create the ready pipe"))?;
     let write_fd = write_end.as_raw_fd();
     let mut command = Command::new(program);
-    command
-        .args(args)
-        .arg(dir)
-        .env(READY_FD_ENV, READY_FD.to_string());
+    command.args(args).env(READY_FD_ENV, READY_FD.to_string());
     // SAFETY: the closure only makes async-signal-safe calls (setsid, dup2, fcntl).
     unsafe {
         command.pre_exec(move || {
@@ -127,30 +144,41 @@ pub fn create(cfg: &SandboxConfig) -> Result<u32, SandboxError> {
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(SandboxError::io(format!(
+    let child = command.spawn().map_err(SandboxError::io(format!(
         "start the sandbox process {}",
         program.to_string_lossy()
     )))?;
     drop(write_end);
-    let log = dir.join(LOG_FILE);
-    match read_report(&mut report, Instant::now() + REPORT_DEADLINE) {
-        Ok(Some(Report { ok: true, .. })) => Ok(child.id()),
+    Ok((child, report))
+}
+
+/// Waits up to `deadline` for the report of a child started by [`spawn_reporting`]: Ok on
+/// success; its error, or how it ended before `what` (pointing at `log`), otherwise.
+pub(super) fn await_report(
+    child: &mut Child,
+    report: &mut File,
+    deadline: Duration,
+    what: &str,
+    log: &Path,
+) -> Result<(), SandboxError> {
+    match read_report(report, Instant::now() + deadline) {
+        Ok(Some(Report { ok: true, .. })) => Ok(()),
         Ok(Some(Report { error, .. })) => {
-            reap(&mut child);
+            reap(child);
             Err(SandboxError::Sandbox(error.unwrap_or_else(|| {
                 "the sandbox failed without saying why".into()
             })))
         }
         Ok(None) => {
-            let status = reap(&mut child);
+            let status = reap(child);
             Err(SandboxError::Sandbox(format!(
-                "the sandbox process ended ({status}) before the container was created; see {}",
+                "the sandbox process ended ({status}) before {what}; see {}",
                 log.display()
             )))
         }
         Err(e) => {
             let _ = child.kill();
-            reap(&mut child);
+            reap(child);
             Err(SandboxError::Sandbox(format!(
                 "no word from the sandbox process: {e}; see {}",
                 log.display()
@@ -193,7 +221,7 @@ fn read_report(pipe: &mut File, deadline: Instant) -> std::io::Result<Option<Rep
         if left.is_zero() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("nothing within {REPORT_DEADLINE:?}"),
+                "nothing before the deadline",
             ));
         }
         let mut pfd = libc::pollfd {

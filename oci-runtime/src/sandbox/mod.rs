@@ -29,6 +29,7 @@ mod artifacts;
 mod attached;
 mod control;
 mod daemon;
+mod detached;
 mod disk;
 mod launch;
 pub(crate) mod pty;
@@ -42,12 +43,15 @@ mod vmconfig;
 mod tests;
 
 pub use agent::AgentError;
-pub use attached::{agent_drives, guest_disk_device, run_attached, AttachedRun, AGENT_DRIVE, ROOTFS_DRIVE};
 pub use artifacts::{GuestArtifacts, AGENT_BINARY, AGENT_ENV, KERNEL_ENV, KERNEL_FILE};
+pub use attached::{
+    agent_drives, guest_disk_device, run_attached, AttachedRun, AGENT_DRIVE, ROOTFS_DRIVE,
+};
 pub use control::{
     recorded_exit, ControlReply, ControlRequest, ExecIo, SandboxClient, SandboxStatus,
 };
 pub use daemon::sandbox_main;
+pub use detached::{exec_detached, exec_relay_main, EXEC_RELAY_SUBCOMMAND};
 pub use disk::{make_agent_image, make_rootfs_image, ImageError};
 pub use launch::{create, READY_FD_ENV};
 pub use vmconfig::{

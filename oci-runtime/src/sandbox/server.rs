@@ -251,6 +251,12 @@ fn relay_client_input(stream: &mut UnixStream, agent: &AgentConn, exec_id: &str)
                 rows,
                 cols,
             },
+            // On an exec's connection, a kill is for the exec'd process.
+            Ok(ControlRequest::Kill { signal, all }) => RequestBody::Signal {
+                stream: exec_id.into(),
+                signal,
+                all,
+            },
             Ok(other) => {
                 tracing::debug!("ignoring {other:?} during exec {exec_id}");
                 continue;
