@@ -3,7 +3,7 @@
 //! The exec'd process runs in the guest, so a small host process, the *exec relay*, stands
 //! for it, as the sandbox process stands for the container: it relays the process's stdio
 //! to the stdio it inherited (or a pty sent to the console socket), forwards the signals it
-//! gets to the process, and exits with the process's exit status. [`exec_detached`] starts
+//! gets (those the sandbox forwards, but SIGWINCH) to the process, and exits with the process's exit status. [`exec_detached`] starts
 //! it in its own session through the hidden `__exec` subcommand and returns once the process
 //! runs in the guest, with the relay's pid: what runc's `exec --detach --pid-file` writes,
 //! and what a shim that is a child subreaper (containerd's, conmon) waits for.
@@ -26,18 +26,6 @@ pub const EXEC_RELAY_SUBCOMMAND: &str = "__exec";
 const SANDBOX_SUBCOMMAND: &str = "__sandbox";
 /// Longest wait for the relay to report the process started (the guest may be slow).
 const START_DEADLINE: Duration = Duration::from_secs(300);
-/// Signals the relay forwards to the exec'd process.
-const RELAYED_SIGNALS: &[i32] = &[
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGALRM,
-    libc::SIGCONT,
-];
-
 /// What [`exec_detached`] hands the relay, in a file of the container directory.
 #[derive(Debug, Serialize, Deserialize)]
 struct RelayRequest {
@@ -114,7 +102,13 @@ pub fn exec_detached(
 pub fn exec_relay_main(container_dir: &Path, request: &Path) -> ExitCode {
     let mut ready = Ready::from_env();
     // Before any thread starts, so that every thread has them blocked.
-    let signals = unix::signalfd(RELAYED_SIGNALS);
+    // The sandbox's set, but for SIGWINCH: the caller resizes a pty itself.
+    let relayed: Vec<i32> = unix::FORWARDED_SIGNALS
+        .iter()
+        .copied()
+        .filter(|s| *s != libc::SIGWINCH)
+        .collect();
+    let signals = unix::signalfd(&relayed);
     match relay(container_dir, request, &mut ready, signals) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255)),
         Err(e) => {
