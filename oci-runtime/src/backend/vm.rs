@@ -151,3 +151,56 @@ impl ContainerBackend for VmBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_detached_exec_writes_the_relays_pid_to_the_pid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A relay stand-in: reports the process started, then records its own pid.
+        let relay = dir.path().join("relay.sh");
+        std::fs::write(
+            &relay,
+            "#!/bin/sh\n[ \"$1\" = __exec ] || exit 9\necho '{\"ok\":true}' >&3\necho $$ > \"$2/relay.pid\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&relay, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let backend = VmBackend::new(vec![relay.into_os_string(), "__sandbox".into()]);
+        let spec = crate::image::spec::default_spec();
+        let c = ContainerRef {
+            id: "c1",
+            dir: dir.path(),
+            bundle: dir.path(),
+            rootfs: dir.path(),
+            spec: &spec,
+            pid: None,
+            pid_start_time: None,
+        };
+        let pid_file = dir.path().join("exec.pid");
+        let process = spec.process().clone().unwrap();
+        let req = ExecRequest {
+            process: &process,
+            console_socket: None,
+            detach: true,
+            pid_file: Some(&pid_file),
+        };
+        let ExecOutcome::Detached(pid) = backend.exec(&c, &req).unwrap() else {
+            panic!("not detached");
+        };
+        assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+        let mut status = 0;
+        // SAFETY: waiting for our own child, the relay stand-in.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("relay.pid"))
+                .unwrap()
+                .trim(),
+            pid.to_string(),
+            "the pid is the relay's"
+        );
+    }
+}
