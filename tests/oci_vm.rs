@@ -27,6 +27,7 @@ id
 echo "hostname $(hostname)"
 touch /rootfs-write 2>&1 || echo "root write refused"
 echo tmp-ok > /tmp/t && cat /tmp/t
+mkdir /tmp/d 2>&1 || echo "mkdir refused"
 echo ready
 while :; do
   if read -r line; then echo "stdin: $line"; fi
@@ -84,6 +85,12 @@ fn spec(rootfs: &str) -> Spec {
         if let Some(ns) = linux.namespaces_mut() {
             ns.retain(|n| n.typ() != LinuxNamespaceType::Pid);
         }
+        // The agent compiles and installs the profile: mkdir fails with EACCES.
+        let seccomp = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]
+        });
+        linux.set_seccomp(Some(serde_json::from_value(seccomp).expect("seccomp")));
     }
     spec
 }
@@ -275,6 +282,8 @@ fn container_vm_runs_a_busybox_container_from_create_to_exit() {
         "Read-only file system",
         "root write refused\n",
         "tmp-ok\n",
+        "mkdir: can't create directory '/tmp/d': Permission denied\n",
+        "mkdir refused\n",
     ] {
         assert!(
             text.contains(needle),

@@ -66,6 +66,12 @@ pub trait Sys {
     fn umask(&mut self, mask: u32);
     /// prctl(PR_SET_NO_NEW_PRIVS).
     fn set_no_new_privs(&mut self) -> io::Result<()>;
+    /// seccomp(SECCOMP_SET_MODE_FILTER, flags, program).
+    fn seccomp_filter(
+        &mut self,
+        program: &[seccompiler::sock_filter],
+        flags: u32,
+    ) -> io::Result<()>;
     /// prctl(PR_CAPBSET_DROP).
     fn cap_drop_bound(&mut self, cap: u32) -> io::Result<()>;
     /// prctl(PR_SET_KEEPCAPS).
@@ -265,6 +271,30 @@ impl Sys for LinuxSys {
     fn set_no_new_privs(&mut self) -> io::Result<()> {
         // SAFETY: prctl with integer arguments.
         check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }.into()).map(drop)
+    }
+
+    fn seccomp_filter(
+        &mut self,
+        program: &[seccompiler::sock_filter],
+        flags: u32,
+    ) -> io::Result<()> {
+        let len = u16::try_from(program.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seccomp program too long"))?;
+        let prog = libc::sock_fprog {
+            len,
+            // sock_filter has libc's layout (code, jt, jf, k; repr(C)).
+            filter: program.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: the kernel copies the program it is given; `prog` outlives the call.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                flags as libc::c_ulong,
+                &prog as *const libc::sock_fprog,
+            )
+        })
+        .map(drop)
     }
 
     fn cap_drop_bound(&mut self, cap: u32) -> io::Result<()> {

@@ -407,3 +407,39 @@ fn bad_specs_give_clear_errors() {
     assert_eq!(a.wait(INIT_STREAM).stdout, "fine\n");
     a.shutdown();
 }
+
+#[test]
+fn seccomp_profile_holds_for_init_and_exec() {
+    require_namespaces!();
+    let mut a = Agent::start();
+    a.run(spec("seccomp", |v| {
+        v["linux"]["seccomp"] = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat", "no_such_syscall"],
+                          "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]
+        });
+        sh(v, "mkdir /tmp/d; echo rc=$?; ls -d /tmp/d; echo ready; sleep 1000");
+    }));
+    let exec = serde_json::json!({
+        "args": ["sh", "-c", "mkdir /tmp/e; echo exec-rc=$?"],
+        "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}
+    });
+    a.request(RequestBody::Exec {
+        exec_id: "e1".into(),
+        process: Box::new(serde_json::from_value(exec).unwrap()),
+    })
+    .unwrap();
+    let out = a.wait("e1");
+    assert!(out.stdout.contains("exec-rc=1"), "{out:?}");
+    assert!(out.stderr.contains("Permission denied"), "{out:?}");
+    a.request(RequestBody::Signal {
+        stream: INIT_STREAM.into(),
+        signal: libc::SIGKILL,
+        all: false,
+    })
+    .unwrap();
+    let init = a.wait(INIT_STREAM);
+    assert!(init.stdout.starts_with("rc=1\n"), "{init:?}");
+    assert!(init.stderr.contains("Permission denied"), "{init:?}");
+    a.shutdown();
+}

@@ -284,6 +284,8 @@ impl Container {
         }
         let mut plan = plan_process(process, None).map_err(|e| e.to_string())?;
         plan.add_default_env(&self.default_env);
+        // As runc: the container's seccomp profile holds for exec'd processes too.
+        plan.seccomp = self.plan.process.seccomp.clone();
         let procs_file = self.cgroup_dir.as_ref().map(|d| d.join("cgroup.procs"));
         let s = spawn_exec(self.init_pid, &self.plan.namespaces, &plan, procs_file)
             .map_err(|e| format!("exec: {e}"))?;

@@ -6,6 +6,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod mounts;
 pub mod process;
+pub mod seccomp;
 
 use std::path::{Path, PathBuf};
 
@@ -66,6 +67,9 @@ pub enum PlanError {
     /// A device entry is wrong.
     #[error("bad linux.devices entry: {0}")]
     BadDevice(String),
+    /// `linux.seccomp` cannot be compiled.
+    #[error("linux.seccomp: {0}")]
+    Seccomp(String),
     /// A feature the agent does not implement.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -350,8 +354,16 @@ pub fn plan_container(
         path: cgroup::cgroup_path(linux.cgroups_path().as_deref())?,
         writes,
     };
-    if linux.seccomp().is_some() {
-        ignored.push("linux.seccomp".into());
+    let mut process = process;
+    if let Some(profile) = linux.seccomp() {
+        let plan = seccomp::plan_seccomp(profile)?;
+        if !plan.unknown.is_empty() {
+            ignored.push(format!(
+                "linux.seccomp system calls this architecture lacks: {}",
+                plan.unknown.join(", ")
+            ));
+        }
+        process.seccomp = Some(plan);
     }
     if process_spec.apparmor_profile().is_some() {
         ignored.push("process.apparmorProfile".into());

@@ -47,6 +47,8 @@ pub struct ProcessPlan {
     pub caps: Option<CapSets>,
     /// Set `PR_SET_NO_NEW_PRIVS`.
     pub no_new_privileges: bool,
+    /// The container's seccomp filters (`linux.seccomp`; exec'd processes get them too).
+    pub seccomp: Option<super::seccomp::SeccompPlan>,
     /// Value for /proc/self/oom_score_adj.
     pub oom_score_adj: Option<i32>,
     /// Give the process a pty.
@@ -148,6 +150,7 @@ pub fn plan_process(p: &Process, terminal: Option<bool>) -> Result<ProcessPlan, 
         rlimits,
         caps,
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
+        seccomp: None,
         oom_score_adj: p.oom_score_adj(),
         terminal: terminal.unwrap_or_else(|| p.terminal().unwrap_or(false)),
         console_size: p

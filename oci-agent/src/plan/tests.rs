@@ -131,7 +131,9 @@ fn hostname_readonly_devices_sysctl_and_cgroup() {
         vec![("pids.max".to_string(), "10".to_string())]
     );
     assert_eq!(plan.rootfs_propagation, Some(libc::MS_SLAVE | libc::MS_REC));
-    assert!(plan.ignored.contains(&"linux.seccomp".to_string()));
+    let seccomp = plan.process.seccomp.as_ref().unwrap();
+    assert!(seccomp.programs.is_empty(), "allow-all needs no filter");
+    assert!(!plan.ignored.iter().any(|i| i.contains("seccomp")));
     assert!(plan
         .ignored
         .contains(&"linux.resources.blockIO".to_string()));

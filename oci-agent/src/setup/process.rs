@@ -43,10 +43,23 @@ pub fn find_executable<S: Sys>(
     })
 }
 
+/// Installs the process's seccomp filters, in order.
+fn install_seccomp<S: Sys>(sys: &mut S, p: &ProcessPlan) -> Result<(), SetupError> {
+    for (i, program) in p.seccomp.iter().flat_map(|s| s.programs.iter()).enumerate() {
+        let flags = p.seccomp.as_ref().map_or(0, |s| s.flags);
+        step(sys.seccomp_filter(program, flags), || {
+            format!("install seccomp filter {i}")
+        })?;
+    }
+    Ok(())
+}
+
 /// Applies the process settings (in the container's root, as root) and returns the executable
 /// path to pass to execve. Order: rlimits (may raise hard limits while privileged), umask,
 /// bounding-set drops (need CAP_SETPCAP), user and groups with capabilities kept, the final
 /// capability sets and ambient raises, no_new_privs, cwd (checked as the user), lookup.
+/// Seccomp filters go in before the user changes (as root) without no_new_privs, right after
+/// it with.
 pub fn apply_process<S: Sys>(sys: &mut S, p: &ProcessPlan) -> Result<CString, SetupError> {
     for r in &p.rlimits {
         step(sys.setrlimit(r.resource, r.soft, r.hard), || {
@@ -65,6 +78,10 @@ pub fn apply_process<S: Sys>(sys: &mut S, p: &ProcessPlan) -> Result<CString, Se
             }
         }
         step(sys.set_keep_caps(true), || "keep capabilities".into())?;
+    }
+    // Without no_new_privs, installing a filter takes CAP_SYS_ADMIN: while still root.
+    if !p.no_new_privileges {
+        install_seccomp(sys, p)?;
     }
     step(sys.setgroups(&p.additional_gids), || {
         format!("setgroups {:?}", p.additional_gids)
@@ -95,6 +112,8 @@ pub fn apply_process<S: Sys>(sys: &mut S, p: &ProcessPlan) -> Result<CString, Se
     }
     if p.no_new_privileges {
         step(sys.set_no_new_privs(), || "set no_new_privs".into())?;
+        // As late as possible: the filters also judge the setup's own system calls.
+        install_seccomp(sys, p)?;
     }
     sys.chdir(&p.cwd).map_err(|source| SetupError::Cwd {
         path: p.cwd.clone(),

@@ -136,6 +136,16 @@ impl Sys for Recorder {
     fn set_no_new_privs(&mut self) -> io::Result<()> {
         self.log("no_new_privs".into())
     }
+    fn seccomp_filter(
+        &mut self,
+        program: &[seccompiler::sock_filter],
+        flags: u32,
+    ) -> io::Result<()> {
+        self.log(format!(
+            "seccomp {} instructions flags {flags}",
+            program.len()
+        ))
+    }
     fn cap_drop_bound(&mut self, cap: u32) -> io::Result<()> {
         self.log(format!("capbset_drop {cap}"))
     }
@@ -241,6 +251,37 @@ fn full_sequence_in_order() {
     assert!(r.pos("no_new_privs") < r.pos("chdir /home"));
     // PATH lookup in the process's PATH, after cwd.
     assert!(r.pos("chdir /home") < r.pos("access /usr/bin/sh"));
+}
+
+#[test]
+fn seccomp_goes_in_after_no_new_privs_or_else_while_still_root() {
+    let profile = serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO",
+        "syscalls": [{"names": ["read", "execve"], "action": "SCMP_ACT_ALLOW"},
+                     {"names": ["getppid"], "action": "SCMP_ACT_KILL_PROCESS"}]});
+    for nnp in [true, false] {
+        let p = plan(serde_json::json!({
+            "root": {"path": "rootfs"},
+            "hostname": "",
+            "process": {"args": ["sh"], "cwd": "/srv", "user": {"uid": 1000, "gid": 1000},
+                        "noNewPrivileges": nnp},
+            "linux": {"namespaces": [{"type": "mount"}], "seccomp": profile.clone()}
+        }));
+        let mut r = recorder();
+        setup_container(&mut r, &p, &SetupContext::default()).unwrap();
+        let filters: Vec<_> = r
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("seccomp "))
+            .collect();
+        assert_eq!(filters.len(), 2, "base and kill filters: {filters:?}");
+        if nnp {
+            assert!(r.pos("no_new_privs") < r.pos("seccomp "));
+            assert!(r.pos("seccomp ") < r.pos("chdir /srv"));
+        } else {
+            assert!(!r.has("no_new_privs"));
+            assert!(r.pos("seccomp ") < r.pos("setresuid 1000"));
+        }
+    }
 }
 
 #[test]
