@@ -368,4 +368,25 @@ fn sockets_deeper_than_a_unix_address_work_both_ways() {
     let (mut host, _) = listener.accept().expect("accept");
     m.send_pkt(guest_pkt(5000, 1234, op::RW, b"deep"));
     assert_eq!(read_exactly(&mut host, 4), b"deep");
+
+    // The guest-initiated connect through /proc/self/fd passes the VMM thread's filter.
+    let deep_listener = UnixListener::bind(short("v.sock_99")).expect("bind");
+    // SAFETY: fork in a test; the child exits with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let code = (|| {
+            crate::seccomp::install(crate::seccomp::ThreadKind::Vmm, true).ok()?;
+            m.send_pkt(guest_pkt(6000, 99, op::REQUEST, b""));
+            (m.recv_pkt(4096)?.hdr.op == op::RESPONSE).then_some(0)
+        })()
+        .unwrap_or(1);
+        // SAFETY: ending the child.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+    assert!(deep_listener.accept().is_ok(), "the child connected");
 }
