@@ -357,30 +357,11 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
     }
 }
 
-/// Longest host name Linux takes (`sethostname`, `__NEW_UTS_LEN`).
-pub const MAX_HOSTNAME: usize = 64;
-
-/// Checks a container's host name before anything is fetched or booted: 1 to
-/// [`MAX_HOSTNAME`] bytes of letters, digits, '-', '_' and '.', not starting with '-' or
-/// '.' (the names deployments may have). Returns why not.
+/// Checks a container's host name before anything is fetched or booted, by the rules of
+/// deployment names (which become host names; [`crate::node::spec::check_name`]: at most
+/// 64 bytes, as Linux's sethostname takes). Returns why not.
 pub fn check_hostname(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_HOSTNAME {
-        return Err(format!(
-            "host name `{name}` must be 1 to {MAX_HOSTNAME} characters long"
-        ));
-    }
-    if name.starts_with('-') || name.starts_with('.') {
-        return Err(format!("host name `{name}` must not start with '-' or '.'"));
-    }
-    match name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        Some(c) => Err(format!(
-            "host name `{name}` contains {c:?}; use letters, digits, '-', '_' and '.'"
-        )),
-        None => Ok(()),
-    }
+    crate::node::spec::check_name("host name", name).map_err(|e| e.to_string())
 }
 
 /// The flist's file name without `.fl`, as a host name (`zvm` when nothing usable is left).
@@ -429,12 +410,13 @@ mod tests {
 
     #[test]
     fn host_names_are_checked_before_anything_is_fetched() {
-        for good in ["web", "web-1.node_a", &"h".repeat(MAX_HOSTNAME)] {
+        let max = crate::node::spec::MAX_NAME;
+        for good in ["web", "web-1.node_a", &"h".repeat(max)] {
             assert_eq!(check_hostname(good), Ok(()), "{good}");
         }
         for (bad, why) in [
-            ("", "1 to 64"),
-            (&"h".repeat(MAX_HOSTNAME + 1), "1 to 64"),
+            ("", "host name: must not be empty"),
+            (&"h".repeat(max + 1), "longer than 64"),
             ("-web", "must not start"),
             (".web", "must not start"),
             ("web server", "contains ' '"),

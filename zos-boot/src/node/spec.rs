@@ -20,7 +20,8 @@ pub const MIN_MEMORY: u64 = 256 * MIB;
 pub const MAX_DISK: u64 = 16 << 40;
 /// The smallest extra disk accepted.
 pub const MIN_DISK: u64 = MIB;
-/// The longest deployment or disk name.
+/// The longest deployment or disk name (a deployment's name is its container's host name;
+/// Linux's sethostname takes at most 64 bytes).
 pub const MAX_NAME: usize = 64;
 /// Kernel command lines are at most this long on x86 (COMMAND_LINE_SIZE).
 pub const MAX_KERNEL_ARGS: usize = 1024;
