@@ -280,7 +280,7 @@ pub fn plan_container(
     terminal: bool,
 ) -> Result<ContainerPlan, PlanError> {
     let process_spec = spec.process().as_ref().ok_or(PlanError::NoProcess)?;
-    let process = process::plan_process(process_spec, Some(terminal))?;
+    let mut process = process::plan_process(process_spec, Some(terminal))?;
     let namespaces = plan_namespaces(spec)?;
     let uts = namespaces.has(libc::CLONE_NEWUTS);
     for (what, value) in [
@@ -354,7 +354,6 @@ pub fn plan_container(
         path: cgroup::cgroup_path(linux.cgroups_path().as_deref())?,
         writes,
     };
-    let mut process = process;
     if let Some(profile) = linux.seccomp() {
         let plan = seccomp::plan_seccomp(profile)?;
         if !plan.unknown.is_empty() {

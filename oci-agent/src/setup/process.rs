@@ -45,9 +45,11 @@ pub fn find_executable<S: Sys>(
 
 /// Installs the process's seccomp filters, in order.
 fn install_seccomp<S: Sys>(sys: &mut S, p: &ProcessPlan) -> Result<(), SetupError> {
-    for (i, program) in p.seccomp.iter().flat_map(|s| s.programs.iter()).enumerate() {
-        let flags = p.seccomp.as_ref().map_or(0, |s| s.flags);
-        step(sys.seccomp_filter(program, flags), || {
+    let Some(seccomp) = &p.seccomp else {
+        return Ok(());
+    };
+    for (i, program) in seccomp.programs.iter().enumerate() {
+        step(sys.seccomp_filter(program, seccomp.flags), || {
             format!("install seccomp filter {i}")
         })?;
     }

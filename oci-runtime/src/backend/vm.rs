@@ -102,11 +102,13 @@ impl ContainerBackend for VmBackend {
             let pid =
                 sandbox::exec_detached(c.dir, &self.launcher, req.process, req.console_socket)
                     .map_err(err)?;
+            let pid = i32::try_from(pid)
+                .map_err(|_| BackendError::Sandbox(format!("exec relay pid {pid} out of range")))?;
             if let Some(path) = req.pid_file {
-                crate::host::write_pid_file(path, pid as i32)
+                crate::host::write_pid_file(path, pid)
                     .map_err(BackendError::io(format!("write {}", path.display())))?;
             }
-            return Ok(ExecOutcome::Detached(pid as i32));
+            return Ok(ExecOutcome::Detached(pid));
         }
         if req.pid_file.is_some() {
             tracing::warn!("exec --pid-file: not written, the process runs in the container's VM");

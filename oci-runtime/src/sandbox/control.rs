@@ -25,7 +25,6 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 /// Lifecycle state of a sandbox's container.
@@ -292,12 +291,12 @@ impl SandboxClient {
         self.exec_relay_with_signals(io, None)
     }
 
-    /// Like [`Self::exec_relay`], also sending each signal number received on `signals` to
-    /// the exec'd process.
+    /// Like [`Self::exec_relay`], also sending each signal number `signals` yields to the
+    /// exec'd process (read on a thread of its own until it ends).
     pub fn exec_relay_with_signals(
         &mut self,
         mut io: ExecIo,
-        signals: Option<Receiver<i32>>,
+        signals: Option<Box<dyn Iterator<Item = i32> + Send>>,
     ) -> Result<i32, SandboxError> {
         // Frames from the stdin and signal threads must not interleave.
         let to_sandbox = Arc::new(Mutex::new(

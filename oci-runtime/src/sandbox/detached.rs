@@ -3,10 +3,11 @@
 //! The exec'd process runs in the guest, so a small host process, the *exec relay*, stands
 //! for it, as the sandbox process stands for the container: it relays the process's stdio
 //! to the stdio it inherited (or a pty sent to the console socket), forwards the signals it
-//! gets (those the sandbox forwards, but SIGWINCH) to the process, and exits with the process's exit status. [`exec_detached`] starts
-//! it in its own session through the hidden `__exec` subcommand and returns once the process
-//! runs in the guest, with the relay's pid: what runc's `exec --detach --pid-file` writes,
-//! and what a shim that is a child subreaper (containerd's, conmon) waits for.
+//! gets (those the sandbox forwards, but SIGWINCH) to the process, and exits with the
+//! process's exit status. [`exec_detached`] starts it in its own session through the
+//! hidden `__exec` subcommand and returns once the process runs in the guest, with the
+//! relay's pid: what runc's `exec --detach --pid-file` writes, and what a shim that is a
+//! child subreaper (containerd's, conmon) waits for.
 
 use super::control::{ExecIo, SandboxClient};
 use super::launch::{await_report, spawn_reporting, Ready};
@@ -26,6 +27,7 @@ pub const EXEC_RELAY_SUBCOMMAND: &str = "__exec";
 const SANDBOX_SUBCOMMAND: &str = "__sandbox";
 /// Longest wait for the relay to report the process started (the guest may be slow).
 const START_DEADLINE: Duration = Duration::from_secs(300);
+
 /// What [`exec_detached`] hands the relay, in a file of the container directory.
 #[derive(Debug, Serialize, Deserialize)]
 struct RelayRequest {
@@ -140,18 +142,8 @@ fn relay(
     let io = ExecIo::for_process(&body.process, body.console_socket.as_deref())?;
     client.exec_begin(&body.process)?;
     ready.ok();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("zvm_exec_sigs".into())
-        .spawn(move || {
-            while let Ok(signal) = unix::read_signal(&signals) {
-                if tx.send(signal).is_err() {
-                    break;
-                }
-            }
-        })
-        .map_err(SandboxError::io("start the signal thread"))?;
-    client.exec_relay_with_signals(io, Some(rx))
+    let received = std::iter::from_fn(move || unix::read_signal(&signals).ok());
+    client.exec_relay_with_signals(io, Some(Box::new(received)))
 }
 
 #[cfg(test)]
