@@ -36,7 +36,11 @@ pub struct BusRange<S> {
 impl<S> BusRange<S> {
     /// A range of `len` bytes from `base`.
     pub fn new(base: u64, len: u64) -> Self {
-        BusRange { base, len, space: PhantomData }
+        BusRange {
+            base,
+            len,
+            space: PhantomData,
+        }
     }
 
     /// The last address inside the range, saturating at `u64::MAX`.
@@ -84,13 +88,17 @@ pub struct Bus<S> {
 
 impl<S> std::fmt::Debug for Bus<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.devices.values().map(|(r, _)| (r.base, r.len))).finish()
+        f.debug_list()
+            .entries(self.devices.values().map(|(r, _)| (r.base, r.len)))
+            .finish()
     }
 }
 
 impl<S> Default for Bus<S> {
     fn default() -> Self {
-        Bus { devices: BTreeMap::new() }
+        Bus {
+            devices: BTreeMap::new(),
+        }
     }
 }
 
@@ -163,7 +171,9 @@ impl<S> Bus<S> {
 /// Locks a device, recovering from a poisoned lock: a device's state stays usable even
 /// if another vCPU thread panicked while holding it.
 fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -206,7 +216,8 @@ mod tests {
     fn unclaimed_addresses_read_all_ones() {
         let mut bus = MmioBus::new();
         let (_, shared) = device();
-        bus.insert(BusRange::new(0x1000, 0x100), shared).expect("insert");
+        bus.insert(BusRange::new(0x1000, 0x100), shared)
+            .expect("insert");
         let mut data = [0u8; 4];
         assert!(!bus.read(0x1100, &mut data));
         assert_eq!(data, [0xff; 4]);
@@ -217,20 +228,32 @@ mod tests {
     #[test]
     fn overlapping_ranges_are_refused() {
         let mut bus = PioBus::new();
-        bus.insert(BusRange::new(0x60, 5), device().1).expect("first");
+        bus.insert(BusRange::new(0x60, 5), device().1)
+            .expect("first");
         for (base, len) in [(0x60, 1), (0x5f, 2), (0x64, 10), (0x50, 0x100)] {
-            let err = bus.insert(BusRange::new(base, len), device().1).expect_err("overlap");
-            assert!(matches!(err, BusError::Overlap { old_base: 0x60, .. }), "{base:#x}+{len}");
+            let err = bus
+                .insert(BusRange::new(base, len), device().1)
+                .expect_err("overlap");
+            assert!(
+                matches!(err, BusError::Overlap { old_base: 0x60, .. }),
+                "{base:#x}+{len}"
+            );
         }
-        bus.insert(BusRange::new(0x65, 1), device().1).expect("adjacent range is fine");
-        bus.insert(BusRange::new(0x5f, 1), device().1).expect("adjacent below is fine");
-        assert_eq!(bus.insert(BusRange::new(0x70, 0), device().1), Err(BusError::Empty(0x70)));
+        bus.insert(BusRange::new(0x65, 1), device().1)
+            .expect("adjacent range is fine");
+        bus.insert(BusRange::new(0x5f, 1), device().1)
+            .expect("adjacent below is fine");
+        assert_eq!(
+            bus.insert(BusRange::new(0x70, 0), device().1),
+            Err(BusError::Empty(0x70))
+        );
     }
 
     #[test]
     fn range_at_top_of_address_space_does_not_overflow() {
         let mut bus = MmioBus::new();
-        bus.insert(BusRange::new(u64::MAX - 1, 16), device().1).expect("insert");
+        bus.insert(BusRange::new(u64::MAX - 1, 16), device().1)
+            .expect("insert");
         let mut data = [0u8; 1];
         assert!(bus.read(u64::MAX, &mut data));
     }

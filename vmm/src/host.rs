@@ -104,7 +104,10 @@ impl HostReport {
             Ok(kvm) => HostReport {
                 flavour,
                 api_version: Ok(kvm.get_api_version()),
-                capabilities: CAPS.iter().map(|(n, c)| (*n, kvm.check_extension(*c))).collect(),
+                capabilities: CAPS
+                    .iter()
+                    .map(|(n, c)| (*n, kvm.check_extension(*c)))
+                    .collect(),
                 vcpus: Some((kvm.get_nr_vcpus(), kvm.get_max_vcpus())),
                 memory_mib,
             },
@@ -144,7 +147,11 @@ impl HostReport {
                 .to_string()
         };
         line("stock guest userspace", userspace);
-        let template = if self.flavour == KvmFlavour::Pvm { "pvm" } else { "none" };
+        let template = if self.flavour == KvmFlavour::Pvm {
+            "pvm"
+        } else {
+            "none"
+        };
         line("default cpu template", template.to_string());
         out
     }

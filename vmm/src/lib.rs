@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod rate_limiter;
 pub mod resources;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

@@ -1,7 +1,19 @@
 //! Guest memory: regions around the x86 MMIO gap and the e820 map that describes them.
+//!
+//! Every region carries a dirty bitmap that vm-memory sets when zvm itself (a device)
+//! writes guest memory; KVM's dirty log covers what the guest writes. Together they tell
+//! a diff snapshot which pages changed.
 
 use crate::layout::{EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::fs::File;
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::mmap::{MmapRegionBuilder, NewBitmap};
+use vm_memory::{FileOffset, GuestAddress};
+
+/// Guest memory as zvm maps it: regions with a dirty bitmap each.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+/// One region of [`GuestMemoryMmap`].
+pub type GuestRegionMmap = vm_memory::GuestRegionMmap<AtomicBitmap>;
 
 /// Errors creating guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +25,14 @@ pub enum MemoryError {
         size_mib: u64,
         /// Cause.
         source: vm_memory::mmap::FromRangesError,
+    },
+    /// A memory file could not be mapped.
+    #[error("cannot map {size_mib} MiB of guest memory from its file: {reason}")]
+    MapFile {
+        /// Requested size.
+        size_mib: u64,
+        /// Cause.
+        reason: String,
     },
 }
 
@@ -57,11 +77,44 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     })
 }
 
+/// Maps guest memory of `size` bytes from `file` privately: each page is read from the
+/// file when first touched and copied when first written, so processes mapping the same
+/// file share the pages none of them wrote. The regions of [`ram_regions`] lie back to
+/// back in the file; the caller checks that the file is long enough.
+pub fn guest_memory_from_file(file: &File, size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let err = |reason: String| MemoryError::MapFile {
+        size_mib: size >> 20,
+        reason,
+    };
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for (start, len) in ram_regions(size) {
+        let len_usize = usize::try_from(len).map_err(|_| err("region too large".into()))?;
+        let file = file.try_clone().map_err(|e| err(e.to_string()))?;
+        let mapping =
+            MmapRegionBuilder::new_with_bitmap(len_usize, AtomicBitmap::with_len(len_usize))
+                .with_file_offset(FileOffset::new(file, offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .build()
+                .map_err(|e| err(e.to_string()))?;
+        regions.push(
+            GuestRegionMmap::new(mapping, start).ok_or_else(|| err("region overflows".into()))?,
+        );
+        offset += len;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| err(e.to_string()))
+}
+
 /// The e820 map the guest is told about: low RAM up to the EBDA, then high RAM from 1 MiB
 /// (the BIOS area in between holds the MP table and stays out of the map), then RAM above
 /// 4 GiB when the guest is large enough.
 pub fn e820_map(size: u64) -> Vec<E820Entry> {
-    let mut map = vec![E820Entry { addr: 0, size: EBDA_START, kind: E820_RAM }];
+    let mut map = vec![E820Entry {
+        addr: 0,
+        size: EBDA_START,
+        kind: E820_RAM,
+    }];
     for (start, len) in ram_regions(size) {
         let (addr, len) = if start.0 == 0 {
             (HIMEM_START, len.saturating_sub(HIMEM_START))
@@ -69,7 +122,11 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
             (start.0, len)
         };
         if len > 0 {
-            map.push(E820Entry { addr, size: len, kind: E820_RAM });
+            map.push(E820Entry {
+                addr,
+                size: len,
+                kind: E820_RAM,
+            });
         }
     }
     map
@@ -97,7 +154,10 @@ mod tests {
         let regions = ram_regions(size);
         assert_eq!(regions.len(), 2);
         assert_eq!(regions[0], (GuestAddress(0), MMIO_GAP_START));
-        assert_eq!(regions[1], (GuestAddress(MMIO_GAP_END), size - MMIO_GAP_START));
+        assert_eq!(
+            regions[1],
+            (GuestAddress(MMIO_GAP_END), size - MMIO_GAP_START)
+        );
         let total: u64 = regions.iter().map(|r| r.1).sum();
         assert_eq!(total, size, "no guest memory is lost to the gap");
     }
@@ -105,21 +165,52 @@ mod tests {
     #[test]
     fn e820_skips_the_bios_area_and_the_gap() {
         let map = e820_map(4u64 << 30);
-        assert_eq!(map[0], E820Entry { addr: 0, size: EBDA_START, kind: E820_RAM });
+        assert_eq!(
+            map[0],
+            E820Entry {
+                addr: 0,
+                size: EBDA_START,
+                kind: E820_RAM
+            }
+        );
         assert_eq!(map[1].addr, HIMEM_START);
         assert_eq!(map[1].addr + map[1].size, MMIO_GAP_START);
         assert_eq!(map[2].addr, MMIO_GAP_END);
         for entry in &map {
             let end = entry.addr + entry.size;
-            assert!(end <= MMIO_GAP_START || entry.addr >= MMIO_GAP_END, "{entry:?} overlaps the gap");
+            assert!(
+                end <= MMIO_GAP_START || entry.addr >= MMIO_GAP_END,
+                "{entry:?} overlaps the gap"
+            );
         }
+    }
+
+    #[test]
+    fn file_backed_memory_is_private_and_tracks_writes() {
+        use vm_memory::{Bytes, GuestMemoryBackend};
+        let file = tempfile::tempfile().expect("file");
+        let size = 8u64 << 20;
+        file.set_len(size).expect("size");
+        std::os::unix::fs::FileExt::write_all_at(&file, &[7u8; 4], 0x3000).expect("write");
+        let mem = guest_memory_from_file(&file, size).expect("map");
+        let v: u32 = mem.read_obj(GuestAddress(0x3000)).expect("read");
+        assert_eq!(v, 0x0707_0707, "pages come from the file");
+        mem.write_obj(1u32, GuestAddress(0x3000)).expect("write");
+        let mut back = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut back, 0x3000).expect("read");
+        assert_eq!(back, [7; 4], "writes stay private");
+        let region = mem.iter().next().expect("region");
+        let bitmap = std::ops::Deref::deref(region).bitmap();
+        assert!(bitmap.is_addr_set(0x3000), "zvm's writes are tracked");
+        assert!(!bitmap.is_addr_set(0x5000));
     }
 
     #[test]
     fn guest_memory_is_allocated_and_writable() {
         use vm_memory::Bytes;
         let mem = create_guest_memory(64 << 20).expect("64 MiB");
-        mem.write_obj(0xdead_beefu32, GuestAddress(0x1000)).expect("write");
+        mem.write_obj(0xdead_beefu32, GuestAddress(0x1000))
+            .expect("write");
         let back: u32 = mem.read_obj(GuestAddress(0x1000)).expect("read");
         assert_eq!(back, 0xdead_beef);
     }

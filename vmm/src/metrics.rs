@@ -23,7 +23,10 @@ pub struct Counter {
 impl Counter {
     /// A counter at zero.
     pub const fn new() -> Self {
-        Counter { count: AtomicU64::new(0), reported: AtomicU64::new(0) }
+        Counter {
+            count: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
+        }
     }
 
     /// Adds one.
@@ -216,7 +219,10 @@ impl VmMetrics {
 
     /// Adds a device's counters under `id` (the drive or interface id).
     pub fn register(&self, id: &str, metrics: DeviceMetrics) {
-        self.devices.lock().unwrap_or_else(|p| p.into_inner()).push((id.to_string(), metrics));
+        self.devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id.to_string(), metrics));
     }
 
     /// Where the guest's boot-timer report lands.
@@ -226,7 +232,11 @@ impl VmMetrics {
 
     /// The boot time the guest reported, once it did.
     pub fn boot_time(&self) -> Option<BootTime> {
-        let record = self.boot_time.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let record = self
+            .boot_time
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
         let time = *record.lock().unwrap_or_else(|p| p.into_inner());
         time
     }
@@ -241,11 +251,17 @@ impl VmMetrics {
         for (id, metrics) in devices.iter() {
             let kind = metrics.kind();
             let report = metrics.report();
-            let aggregate = out.entry(kind.to_string()).or_insert_with(|| Value::Object(Map::new()));
+            let aggregate = out
+                .entry(kind.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
             if let Value::Object(sums) = aggregate {
                 for (name, value) in &report {
                     let add = value.as_u64().unwrap_or(0);
-                    let sum = sums.get(name).and_then(Value::as_u64).unwrap_or(0).saturating_add(add);
+                    let sum = sums
+                        .get(name)
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0)
+                        .saturating_add(add);
                     sums.insert(name.clone(), Value::from(sum));
                 }
             }
@@ -296,7 +312,10 @@ mod tests {
     #[test]
     fn vm_report_has_aggregates_and_per_device_entries() {
         let vm = VmMetrics::default();
-        let (a, b) = (Arc::new(BlockMetrics::default()), Arc::new(BlockMetrics::default()));
+        let (a, b) = (
+            Arc::new(BlockMetrics::default()),
+            Arc::new(BlockMetrics::default()),
+        );
         let rng = Arc::new(RngMetrics::default());
         vm.register("root", DeviceMetrics::Block(a.clone()));
         vm.register("data", DeviceMetrics::Block(b.clone()));
@@ -313,9 +332,15 @@ mod tests {
         assert_eq!(r["block_data"]["read_bytes"], 1024);
         assert_eq!(r["entropy"]["bytes"], 64);
         assert_eq!(r["vcpu"]["exit_io_out"], 3);
-        assert!(r.get("entropy_rng").is_none(), "one entropy device: only the aggregate");
+        assert!(
+            r.get("entropy_rng").is_none(),
+            "one entropy device: only the aggregate"
+        );
         let again = vm.report();
-        assert_eq!(again["block"]["read_bytes"], 0, "deltas: nothing new since the last report");
+        assert_eq!(
+            again["block"]["read_bytes"], 0,
+            "deltas: nothing new since the last report"
+        );
         assert_eq!(again["vcpu"]["exit_io_out"], 0);
         assert_eq!(vm.boot_time(), None);
     }

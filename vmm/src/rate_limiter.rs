@@ -145,7 +145,9 @@ impl TokenBucket {
         let missing = u128::from(want.saturating_sub(self.budget)) + u128::from(self.debt);
         let ns = (missing * u128::from(self.refill_ns)).div_ceil(u128::from(self.size));
         let since = u128::from(now.saturating_sub(self.last_update));
-        u64::try_from(ns.saturating_sub(since)).unwrap_or(u64::MAX).max(1_000_000)
+        u64::try_from(ns.saturating_sub(since))
+            .unwrap_or(u64::MAX)
+            .max(1_000_000)
     }
 
     /// Tokens available now (bucket plus burst), for tests and metrics.
@@ -164,7 +166,12 @@ struct Timer(OwnedFd);
 impl Timer {
     fn new() -> io::Result<Self> {
         // SAFETY: plain system call; the result is checked before use.
-        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -176,11 +183,18 @@ impl Timer {
     fn arm(&self, ns: u64) -> io::Result<()> {
         let ns = ns.max(1);
         let spec = libc::itimerspec {
-            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-            it_value: libc::timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long },
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+            },
         };
         // SAFETY: `spec` is a valid itimerspec; the old value is not requested.
-        if unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0 {
+        if unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0
+        {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -214,7 +228,10 @@ impl RateLimiter {
     /// A limiter with full buckets.
     pub fn new(config: &RateLimiterConfig) -> Result<Self, RateLimiterError> {
         Ok(RateLimiter {
-            bandwidth: config.bandwidth.as_ref().and_then(|c| TokenBucket::new(c, 0)),
+            bandwidth: config
+                .bandwidth
+                .as_ref()
+                .and_then(|c| TokenBucket::new(c, 0)),
             ops: config.ops.as_ref().and_then(|c| TokenBucket::new(c, 0)),
             timer: Timer::new()?,
             blocked: false,
@@ -245,7 +262,9 @@ impl RateLimiter {
         if self.blocked {
             return false;
         }
-        let Some(bucket) = self.bucket(kind) else { return true };
+        let Some(bucket) = self.bucket(kind) else {
+            return true;
+        };
         if bucket.consume(tokens, now) {
             return true;
         }
@@ -311,7 +330,11 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn cfg(size: u64, burst: Option<u64>, refill_ms: u64) -> TokenBucketConfig {
-        TokenBucketConfig { size, one_time_burst: burst, refill_time: refill_ms }
+        TokenBucketConfig {
+            size,
+            one_time_burst: burst,
+            refill_time: refill_ms,
+        }
     }
 
     #[test]
@@ -322,14 +345,20 @@ mod tests {
         assert_eq!(b.wait_ns(100, 0), 100 * MS);
         assert!(!b.consume(100, 99 * MS));
         assert!(b.consume(100, 100 * MS), "100 tokens after 100 ms");
-        assert!(b.consume(1000, 2000 * MS), "full again, never more than size");
+        assert!(
+            b.consume(1000, 2000 * MS),
+            "full again, never more than size"
+        );
         assert!(!b.consume(1, 2000 * MS));
         // Sub-token remainders carry over.
         let mut b = TokenBucket::new(&cfg(3, None, 10), 0).expect("bucket");
         assert!(b.consume(3, 0));
         assert!(!b.consume(1, 3 * MS));
         assert!(b.consume(1, 4 * MS), "3.33 ms per token");
-        assert!(b.consume(1, 7 * MS), "remainder kept: 6.67 ms for two tokens");
+        assert!(
+            b.consume(1, 7 * MS),
+            "remainder kept: 6.67 ms for two tokens"
+        );
     }
 
     #[test]
@@ -346,9 +375,16 @@ mod tests {
     #[test]
     fn oversized_requests_pass_on_a_full_bucket_and_leave_debt() {
         let mut b = TokenBucket::new(&cfg(100, None, 100), 0).expect("bucket");
-        assert!(b.consume(250, 0), "larger than the bucket: allowed when full");
+        assert!(
+            b.consume(250, 0),
+            "larger than the bucket: allowed when full"
+        );
         assert!(!b.consume(1, 100 * MS), "150 tokens of debt: 100 repaid");
-        assert_eq!(b.wait_ns(1, 100 * MS), 51 * MS, "50 tokens of debt and one to take");
+        assert_eq!(
+            b.wait_ns(1, 100 * MS),
+            51 * MS,
+            "50 tokens of debt and one to take"
+        );
         assert!(!b.consume(250, 150 * MS), "debt repaid but bucket empty");
         assert!(b.consume(250, 250 * MS));
         b.replenish(400);
@@ -367,13 +403,23 @@ mod tests {
 
     #[test]
     fn limiter_blocks_until_its_timer_fires() {
-        let config = RateLimiterConfig { bandwidth: Some(cfg(1000, None, 20)), ops: Some(cfg(2, None, 20)) };
+        let config = RateLimiterConfig {
+            bandwidth: Some(cfg(1000, None, 20)),
+            ops: Some(cfg(2, None, 20)),
+        };
         let mut rl = RateLimiter::new(&config).expect("limiter");
         assert!(rl.consume_at(600, TokenType::Bytes, 0));
         assert!(!rl.consume_at(600, TokenType::Bytes, 0));
         assert!(rl.is_blocked());
-        assert!(!rl.consume_at(1, TokenType::Ops, 0), "blocked: nothing passes");
-        let mut fds = [libc::pollfd { fd: rl.timer_fd(), events: libc::POLLIN, revents: 0 }];
+        assert!(
+            !rl.consume_at(1, TokenType::Ops, 0),
+            "blocked: nothing passes"
+        );
+        let mut fds = [libc::pollfd {
+            fd: rl.timer_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
         // SAFETY: polling one valid pollfd.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 2000) };
         assert_eq!(n, 1, "the timer fires");
@@ -394,9 +440,15 @@ mod tests {
         let c: RateLimiterConfig = serde_json::from_str(json).expect("parse");
         assert_eq!(c.bandwidth, Some(cfg(1 << 20, Some(2 << 20), 1000)));
         assert_eq!(c.ops, Some(cfg(100, None, 1000)));
-        assert_eq!(serde_json::to_string(&c).expect("json"), json.replace(",\"one_time_burst\":null", ""));
+        assert_eq!(
+            serde_json::to_string(&c).expect("json"),
+            json.replace(",\"one_time_burst\":null", "")
+        );
         assert!(serde_json::from_str::<RateLimiterConfig>(r#"{"bandwidth":{"size":1}}"#).is_err());
         assert!(serde_json::from_str::<RateLimiterConfig>(r#"{"iops":{}}"#).is_err());
-        assert_eq!(serde_json::from_str::<RateLimiterConfig>("{}").expect("empty"), RateLimiterConfig::default());
+        assert_eq!(
+            serde_json::from_str::<RateLimiterConfig>("{}").expect("empty"),
+            RateLimiterConfig::default()
+        );
     }
 }

@@ -69,18 +69,35 @@ const COMMON: &[i64] = &[
 const KVM_IOCTL_TYPE: u64 = 0xae;
 
 fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON.iter().map(|nr| (*nr, Vec::new())).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        COMMON.iter().map(|nr| (*nr, Vec::new())).collect();
     // fcntl(fd, F_GETFD) only: Rust's standard library checks a descriptor is open when
     // it drops one (debug builds).
-    let getfd = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::F_GETFD as u64)
-        .map_err(|e| e.to_string())?;
-    rules.insert(libc::SYS_fcntl, vec![SeccompRule::new(vec![getfd]).map_err(|e| e.to_string())?]);
+    let getfd = SeccompCondition::new(
+        1,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::F_GETFD as u64,
+    )
+    .map_err(|e| e.to_string())?;
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![SeccompRule::new(vec![getfd]).map_err(|e| e.to_string())?],
+    );
     match kind {
         ThreadKind::Vcpu => {
             // Only KVM ioctls: (request >> 8) & 0xff == 0xae.
-            let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(0xff00), KVM_IOCTL_TYPE << 8)
-                .map_err(|e| e.to_string())?;
-            rules.insert(libc::SYS_ioctl, vec![SeccompRule::new(vec![cond]).map_err(|e| e.to_string())?]);
+            let cond = SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(0xff00),
+                KVM_IOCTL_TYPE << 8,
+            )
+            .map_err(|e| e.to_string())?;
+            rules.insert(
+                libc::SYS_ioctl,
+                vec![SeccompRule::new(vec![cond]).map_err(|e| e.to_string())?],
+            );
         }
         ThreadKind::Vmm => {
             // The loop also serves virtio queues: disk I/O (pread64/pwrite64, fsync or
@@ -101,18 +118,40 @@ fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String
                 rules.insert(nr, Vec::new());
             }
             // virtio-net sets the tap offloads the driver accepted: ioctl(TUNSETOFFLOAD) only.
-            let offload = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, crate::devices::virtio::net::tap::TUNSETOFFLOAD)
-                .map_err(|e| e.to_string())?;
-            rules.insert(libc::SYS_ioctl, vec![SeccompRule::new(vec![offload]).map_err(|e| e.to_string())?]);
+            let offload = SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                crate::devices::virtio::net::tap::TUNSETOFFLOAD,
+            )
+            .map_err(|e| e.to_string())?;
+            rules.insert(
+                libc::SYS_ioctl,
+                vec![SeccompRule::new(vec![offload]).map_err(|e| e.to_string())?],
+            );
             // virtio-vsock's host sockets: accept4 (SOCK_NONBLOCK) on the listener, a
             // non-blocking socket(AF_UNIX) + connect for guest-initiated connections,
             // recv/send (recvfrom/sendto) and shutdown on connections.
-            for nr in [libc::SYS_accept4, libc::SYS_connect, libc::SYS_recvfrom, libc::SYS_sendto, libc::SYS_shutdown] {
+            for nr in [
+                libc::SYS_accept4,
+                libc::SYS_connect,
+                libc::SYS_recvfrom,
+                libc::SYS_sendto,
+                libc::SYS_shutdown,
+            ] {
                 rules.insert(nr, Vec::new());
             }
-            let unix = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::AF_UNIX as u64)
-                .map_err(|e| e.to_string())?;
-            rules.insert(libc::SYS_socket, vec![SeccompRule::new(vec![unix]).map_err(|e| e.to_string())?]);
+            let unix = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::AF_UNIX as u64,
+            )
+            .map_err(|e| e.to_string())?;
+            rules.insert(
+                libc::SYS_socket,
+                vec![SeccompRule::new(vec![unix]).map_err(|e| e.to_string())?],
+            );
         }
         ThreadKind::Relay => {
             // Unix stream reads are recv(2) (recvfrom), writes write(2) or send(2)
@@ -144,8 +183,13 @@ fn rules_for(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String
 /// The compiled filter for `kind`.
 pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let build = |e: String| SeccompError::Build(kind, e);
-    let filter = SeccompFilter::new(rules_for(kind).map_err(build)?, SeccompAction::Trap, SeccompAction::Allow, TargetArch::x86_64)
-        .map_err(|e| build(e.to_string()))?;
+    let filter = SeccompFilter::new(
+        rules_for(kind).map_err(build)?,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| build(e.to_string()))?;
     BpfProgram::try_from(filter).map_err(|e| build(e.to_string()))
 }
 
@@ -179,7 +223,11 @@ fn install_sigsys_reporter() {
 /// Exit code of a process ended by a blocked system call.
 pub const BLOCKED_SYSCALL_EXIT: i32 = 159;
 
-extern "C" fn report_blocked_syscall(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+extern "C" fn report_blocked_syscall(
+    _sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _ctx: *mut libc::c_void,
+) {
     // Only async-signal-safe work here: format into a stack buffer, write(2), _exit(2).
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; for SIGSYS the
     // syscall number is the int at offset 24 (si_syscall).
@@ -220,9 +268,17 @@ mod tests {
 
     #[test]
     fn filters_compile_for_every_thread_kind() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Relay] {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::Vmm,
+            ThreadKind::Api,
+            ThreadKind::Relay,
+        ] {
             let program = filter_for(kind).expect("filter");
-            assert!(program.len() > COMMON.len(), "{kind:?} filter has a rule per call");
+            assert!(
+                program.len() > COMMON.len(),
+                "{kind:?} filter has a rule per call"
+            );
         }
     }
 
@@ -246,6 +302,10 @@ mod tests {
         // SAFETY: waiting for our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert!(libc::WIFEXITED(status));
-        assert_eq!(libc::WEXITSTATUS(status), BLOCKED_SYSCALL_EXIT, "openat was blocked and reported");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            BLOCKED_SYSCALL_EXIT,
+            "openat was blocked and reported"
+        );
     }
 }

@@ -5,14 +5,16 @@
 //! which case the outcome carries the registers and, for emulation failures, the bytes of
 //! the instruction at RIP.
 
+use crate::arch::state::VcpuState;
 use crate::bus::{MmioBus, PioBus};
+use crate::memory::GuestMemoryMmap;
 use crate::metrics::VcpuMetrics;
 use crate::seccomp::{self, ThreadKind};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Stop and pause requests shared by the VMM and its vCPU threads.
@@ -30,6 +32,12 @@ pub struct VcpuControl {
 struct PauseState {
     requested: bool,
     parked: usize,
+    /// Bumped by [`VcpuControl::save_parked`]: each parked vCPU saves its state once per value.
+    save_generation: u64,
+    /// What the parked vCPUs saved for the current generation.
+    saved: Vec<(u8, Result<VcpuState, String>)>,
+    /// The VMM loop serves no device while paused (it waits for the resume).
+    vmm_idle: bool,
 }
 
 impl VcpuControl {
@@ -60,6 +68,36 @@ impl VcpuControl {
         self.changed.notify_all();
     }
 
+    /// The VMM loop says whether it is idle for a pause.
+    pub(crate) fn set_vmm_idle(&self, idle: bool) {
+        self.state().vmm_idle = idle;
+        self.changed.notify_all();
+    }
+
+    /// Waits until the VMM loop is idle for a pause; false after `timeout`.
+    pub fn wait_vmm_idle(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = self.state();
+        while !state.vmm_idle {
+            let now = std::time::Instant::now();
+            if now >= deadline || self.stop_requested() || !state.requested {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Whether the VM is paused: the pause was asked for and the VMM loop went idle.
+    pub fn is_paused(&self) -> bool {
+        let state = self.state();
+        state.requested && state.vmm_idle
+    }
+
     /// Whether a pause is requested.
     pub fn pause_requested(&self) -> bool {
         self.state().requested
@@ -70,19 +108,62 @@ impl VcpuControl {
         self.state().parked
     }
 
-    /// Parks the calling vCPU thread while a pause is requested (and no stop).
-    fn park_if_paused(&self) {
+    /// Parks the calling vCPU thread while a pause is requested (and no stop). While
+    /// parked it answers [`Self::save_parked`] requests with `save`.
+    fn park_if_paused(&self, index: u8, save: &mut dyn FnMut() -> Result<VcpuState, String>) {
         let mut state = self.state();
         if !state.requested {
             return;
         }
         state.parked += 1;
+        let mut saved_generation = state.save_generation;
         self.changed.notify_all();
         while state.requested && !self.stop_requested() {
+            if state.save_generation != saved_generation {
+                saved_generation = state.save_generation;
+                let result = save();
+                state.saved.push((index, result));
+                self.changed.notify_all();
+                continue;
+            }
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.parked -= 1;
         self.changed.notify_all();
+    }
+
+    /// Has each of the `count` parked vCPUs save its state; returns them by index. Fails
+    /// unless all of them are parked, or if they do not answer within `timeout`.
+    pub fn save_parked(
+        &self,
+        count: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<VcpuState>, String> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = self.state();
+        if !state.requested || state.parked < count {
+            return Err("the vCPUs are not paused".into());
+        }
+        state.save_generation += 1;
+        state.saved.clear();
+        self.changed.notify_all();
+        while state.saved.len() < count {
+            let now = std::time::Instant::now();
+            if now >= deadline || self.stop_requested() {
+                return Err("the vCPUs did not save their state in time".into());
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let mut saved = std::mem::take(&mut state.saved);
+        saved.sort_by_key(|(index, _)| *index);
+        saved
+            .into_iter()
+            .map(|(index, r)| r.map_err(|e| format!("vCPU {index}: {e}")))
+            .collect()
     }
 
     /// Waits until `count` vCPUs are parked; false after `timeout`.
@@ -94,7 +175,11 @@ impl VcpuControl {
             if now >= deadline || self.stop_requested() {
                 return false;
             }
-            state = self.changed.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         true
     }
@@ -207,6 +292,21 @@ pub struct Vcpu {
     pub mem: GuestMemoryMmap,
     /// Exit counters (shared by all vCPUs of the VM).
     pub metrics: Arc<VcpuMetrics>,
+    /// What saving this vCPU's state needs.
+    pub save: VcpuSaveContext,
+}
+
+/// What a vCPU needs to save its state for a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct VcpuSaveContext {
+    /// The CPUID table the vCPU was given.
+    pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    /// The MSRs KVM can save.
+    pub msr_indices: Arc<Vec<u32>>,
+    /// KVM has KVM_CAP_XSAVE.
+    pub xsave: bool,
+    /// KVM has KVM_CAP_XCRS.
+    pub xcrs: bool,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -259,9 +359,29 @@ impl Vcpu {
         };
         let mut bytes = [0u8; 15];
         match self.mem.read_slice(&mut bytes, GuestAddress(physical)) {
-            Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
+            Ok(()) => bytes
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             Err(_) => format!("guest physical {physical:#x} is outside RAM"),
         }
+    }
+
+    /// Finishes an I/O or MMIO exit KVM is still in the middle of (an `in` whose value
+    /// is not yet in the register): KVM_RUN with `immediate_exit` completes it and returns
+    /// without running guest code, so the state a snapshot saves is whole.
+    fn complete_pending_exit(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => tracing::warn!("vCPU {}: completing a pending exit: {e}", self.index),
+            Ok(exit) => tracing::warn!(
+                "vCPU {}: unexpected exit completing a pending one: {exit:?}",
+                self.index
+            ),
+        }
+        self.fd.set_kvm_immediate_exit(0);
     }
 
     /// Runs the guest until it stops or a stop is requested through `control` (after a
@@ -278,7 +398,15 @@ impl Vcpu {
         let index = self.index;
         let metrics = self.metrics.clone();
         loop {
-            control.park_if_paused();
+            if control.pause_requested() {
+                self.complete_pending_exit();
+                let (fd, ctx) = (&self.fd, &self.save);
+                let mut save = || {
+                    VcpuState::save(fd, &ctx.msr_indices, &ctx.cpuid, ctx.xsave, ctx.xcrs)
+                        .map_err(|e| e.to_string())
+                };
+                control.park_if_paused(index, &mut save);
+            }
             if control.stop_requested() {
                 return VcpuOutcome::Stopped;
             }
@@ -288,7 +416,12 @@ impl Vcpu {
                     metrics.exit_intr.inc();
                     continue;
                 }
-                Err(e) => return VcpuOutcome::Failed(VcpuError::Run { index, errno: e.to_string() }),
+                Err(e) => {
+                    return VcpuOutcome::Failed(VcpuError::Run {
+                        index,
+                        errno: e.to_string(),
+                    })
+                }
             };
             match exit {
                 VcpuExit::IoIn(port, data) => {
@@ -316,14 +449,19 @@ impl Vcpu {
                     continue;
                 }
                 VcpuExit::Shutdown => {
-                    return VcpuOutcome::Failed(VcpuError::TripleFault { index, regs: self.register_dump() });
+                    return VcpuOutcome::Failed(VcpuError::TripleFault {
+                        index,
+                        regs: self.register_dump(),
+                    });
                 }
                 VcpuExit::SystemEvent(kind, _) => {
                     metrics.exit_system_event.inc();
                     return match kind {
                         KVM_SYSTEM_EVENT_SHUTDOWN => VcpuOutcome::Poweroff,
                         KVM_SYSTEM_EVENT_RESET => VcpuOutcome::Reboot,
-                        KVM_SYSTEM_EVENT_CRASH => VcpuOutcome::Failed(VcpuError::GuestCrash { index }),
+                        KVM_SYSTEM_EVENT_CRASH => {
+                            VcpuOutcome::Failed(VcpuError::GuestCrash { index })
+                        }
                         other => VcpuOutcome::Failed(VcpuError::UnexpectedExit {
                             index,
                             exit: format!("system event {other}"),
@@ -334,7 +472,8 @@ impl Vcpu {
                 VcpuExit::InternalError => {
                     // SAFETY: for KVM_EXIT_INTERNAL_ERROR the `internal` union member is the
                     // one KVM filled in.
-                    let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                    let suberror =
+                        unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
                     return VcpuOutcome::Failed(VcpuError::Internal {
                         index,
                         suberror,
@@ -344,11 +483,19 @@ impl Vcpu {
                     });
                 }
                 VcpuExit::FailEntry(reason, _cpu) => {
-                    return VcpuOutcome::Failed(VcpuError::FailEntry { index, reason, regs: self.register_dump() });
+                    return VcpuOutcome::Failed(VcpuError::FailEntry {
+                        index,
+                        reason,
+                        regs: self.register_dump(),
+                    });
                 }
                 other => {
                     let exit = format!("{other:?}");
-                    return VcpuOutcome::Failed(VcpuError::UnexpectedExit { index, exit, regs: self.register_dump() });
+                    return VcpuOutcome::Failed(VcpuError::UnexpectedExit {
+                        index,
+                        exit,
+                        regs: self.register_dump(),
+                    });
                 }
             }
         }
@@ -356,14 +503,26 @@ impl Vcpu {
 
     /// Thread body: installs the vCPU seccomp filter, runs, reports the outcome on
     /// `events` and wakes the VMM loop through `wake`.
-    pub fn thread_main(mut self, control: Arc<VcpuControl>, seccomp_on: bool, events: Sender<VcpuEvent>, wake: EventFd) {
+    pub fn thread_main(
+        mut self,
+        control: Arc<VcpuControl>,
+        seccomp_on: bool,
+        events: Sender<VcpuEvent>,
+        wake: EventFd,
+    ) {
         let outcome = match seccomp::install(ThreadKind::Vcpu, seccomp_on) {
             Ok(()) => self.run(&control),
-            Err(e) => VcpuOutcome::Failed(VcpuError::Setup { index: self.index, reason: e.to_string() }),
+            Err(e) => VcpuOutcome::Failed(VcpuError::Setup {
+                index: self.index,
+                reason: e.to_string(),
+            }),
         };
         tracing::debug!("vCPU {} ended: {outcome:?}", self.index);
         // The receiver only goes away when the VMM is already shutting down.
-        let _ = events.send(VcpuEvent { index: self.index, outcome });
+        let _ = events.send(VcpuEvent {
+            index: self.index,
+            outcome,
+        });
         if let Err(e) = wake.write(1) {
             tracing::error!("vCPU {}: cannot wake the VMM loop: {e}", self.index);
         }
@@ -371,74 +530,4 @@ impl Vcpu {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pause_parks_until_resume_and_stop_releases() {
-        let control = Arc::new(VcpuControl::default());
-        control.request_pause();
-        let c = control.clone();
-        let parked = std::thread::spawn(move || {
-            c.park_if_paused();
-            c.stop_requested()
-        });
-        assert!(control.wait_parked(1, std::time::Duration::from_secs(5)), "the thread parked");
-        assert_eq!(control.parked(), 1);
-        control.resume();
-        assert!(!parked.join().expect("join"), "resumed, not stopped");
-        control.request_pause();
-        let c = control.clone();
-        let stopped = std::thread::spawn(move || {
-            c.park_if_paused();
-            c.stop_requested()
-        });
-        assert!(control.wait_parked(1, std::time::Duration::from_secs(5)));
-        control.request_stop();
-        assert!(stopped.join().expect("join"), "a stop releases a parked vCPU");
-        assert!(!control.wait_parked(2, std::time::Duration::from_millis(10)));
-    }
-
-    #[test]
-    fn exits_are_counted_by_kind() {
-        use crate::builder::{BuildOptions, MicrovmBuilder};
-        use crate::resources::CpuTemplate;
-        let opts = BuildOptions { irqchip: false, ..Default::default() };
-        let mut b = MicrovmBuilder::new(64, 1, CpuTemplate::Auto, true, opts).expect("VM");
-        b.attach_boot_timer().expect("boot timer");
-        // out 0x80, al (twice); in al, 0x80; mov rbx, 0xd000_0000 (the boot timer);
-        // mov [rbx], al; mov al, [rbx]; hlt.
-        let mut code = vec![0xe6, 0x80, 0xe6, 0x80, 0xe4, 0x80, 0x48, 0xbb];
-        code.extend(0xd000_0000u64.to_le_bytes());
-        code.extend([0x88, 0x03, 0x8a, 0x03, 0xf4]);
-        let entry = b.load_raw_code(&code, 0x10_0000).expect("load");
-        let vm = b.start(entry).expect("start");
-        let metrics = vm.metrics();
-        assert_eq!(vm.wait(), crate::VmOutcome::Halted);
-        let m = metrics.vcpu().totals();
-        let count = |name: &str| m[name].as_u64().unwrap_or(u64::MAX);
-        assert_eq!((count("exit_io_out"), count("exit_io_in")), (2, 1), "{m:?}");
-        assert_eq!((count("exit_mmio_write"), count("exit_mmio_read")), (1, 1), "{m:?}");
-        assert_eq!((count("exit_hlt"), count("failures")), (1, 0), "{m:?}");
-    }
-
-    #[test]
-    fn internal_error_suberrors_have_names() {
-        assert_eq!(internal_error_meaning(1), "emulation failure");
-        assert_eq!(internal_error_meaning(99), "unknown");
-    }
-
-    #[test]
-    fn errors_render_on_one_line() {
-        let e = VcpuError::Internal {
-            index: 0,
-            suberror: 1,
-            meaning: "emulation failure",
-            bytes: "0f ae 27".into(),
-            regs: "rip=0x1".into(),
-        };
-        let text = e.to_string();
-        assert!(!text.contains('\n'));
-        assert!(text.contains("emulation failure") && text.contains("0f ae 27") && text.contains("rip=0x1"));
-    }
-}
+mod tests;

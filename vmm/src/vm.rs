@@ -11,6 +11,7 @@ use crate::devices::i8042::{I8042Device, I8042Error};
 use crate::devices::serial::SerialDevice;
 use crate::metrics::VmMetrics;
 use crate::seccomp::{self, ThreadKind};
+use crate::snapshot::create::{SnapshotHandle, SnapshotParts};
 use crate::vcpu::{VcpuControl, VcpuError, VcpuEvent, VcpuOutcome};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::Receiver;
@@ -41,7 +42,10 @@ pub enum VmOutcome {
 impl VmOutcome {
     /// Whether the guest ended the VM itself, cleanly.
     pub fn is_clean(&self) -> bool {
-        matches!(self, VmOutcome::Poweroff | VmOutcome::Reboot | VmOutcome::Halted)
+        matches!(
+            self,
+            VmOutcome::Poweroff | VmOutcome::Reboot | VmOutcome::Halted
+        )
     }
 }
 
@@ -59,21 +63,29 @@ pub struct PauseHandle {
 }
 
 impl PauseHandle {
-    /// Pauses every vCPU; returns once all are parked. Errors if the VM is ending or the
+    /// Pauses every vCPU; returns once all are parked and the VMM loop serves no device
+    /// (so guest memory and device state stand still). Errors if the VM is ending or the
     /// vCPUs did not park within a few seconds (the VM keeps running then).
     pub fn pause(&self) -> Result<(), PauseError> {
         self.control.request_pause();
-        self.pause_evt.write(1).map_err(|e| PauseError(format!("cannot reach the VMM thread: {e}")))?;
-        if self.control.wait_parked(self.vcpu_count, Duration::from_secs(5)) {
+        self.pause_evt
+            .write(1)
+            .map_err(|e| PauseError(format!("cannot reach the VMM thread: {e}")))?;
+        let timeout = Duration::from_secs(5);
+        if self.control.wait_parked(self.vcpu_count, timeout) && self.control.wait_vmm_idle(timeout)
+        {
             return Ok(());
         }
-        self.control.resume();
+        self.resume();
         Err(PauseError("the vCPUs did not pause in time".into()))
     }
 
-    /// Lets paused vCPUs run again.
+    /// Lets paused vCPUs run again and the VMM loop serve devices.
     pub fn resume(&self) {
         self.control.resume();
+        if let Err(e) = self.pause_evt.write(1) {
+            tracing::warn!("cannot wake the VMM thread after a resume: {e}");
+        }
     }
 
     /// Whether the vCPUs are paused (or being paused).
@@ -106,7 +118,10 @@ impl KeyboardHandle {
     /// Presses and releases Ctrl-Alt-Del. A Linux guest with the i8042 keyboard driver
     /// then reboots, or signals its init (SIGINT) if init took over Ctrl-Alt-Del.
     pub fn send_ctrl_alt_del(&self) -> Result<(), I8042Error> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).queue_ctrl_alt_del()
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queue_ctrl_alt_del()
     }
 }
 
@@ -139,7 +154,7 @@ pub(crate) struct VmmLoop {
     /// Device event handlers.
     pub handlers: Vec<EventHandler>,
     /// Kept open until every vCPU thread has been joined.
-    pub vm: kvm_ioctls::VmFd,
+    pub vm: Arc<kvm_ioctls::VmFd>,
 }
 
 /// What a running VM shares with its embedder besides the VMM loop.
@@ -147,6 +162,7 @@ pub(crate) struct VmHandles {
     pub boot_time: BootTimeRecord,
     pub metrics: Arc<VmMetrics>,
     pub i8042: Option<Arc<Mutex<I8042Device>>>,
+    pub snapshot: Arc<SnapshotParts>,
 }
 
 /// A micro-VM whose vCPUs are running.
@@ -160,6 +176,7 @@ pub struct RunningVm {
     boot_time: BootTimeRecord,
     metrics: Arc<VmMetrics>,
     i8042: Option<Arc<Mutex<I8042Device>>>,
+    snapshot: Arc<SnapshotParts>,
     started: Instant,
 }
 
@@ -182,9 +199,35 @@ impl RunningVm {
         let pause_evt = vmm.pause_evt.try_clone()?;
         let control = vmm.control.clone();
         let vcpu_count = vmm.vcpu_threads.len();
-        let vmm_thread = std::thread::Builder::new().name("zvm_vmm".into()).spawn(move || vmm.run())?;
-        let VmHandles { boot_time, metrics, i8042 } = handles;
-        Ok(RunningVm { vmm_thread, stop_evt, pause_evt, control, vcpu_count, started: Instant::now(), boot_time, metrics, i8042 })
+        let vmm_thread = std::thread::Builder::new()
+            .name("zvm_vmm".into())
+            .spawn(move || vmm.run())?;
+        let VmHandles {
+            boot_time,
+            metrics,
+            i8042,
+            snapshot,
+        } = handles;
+        Ok(RunningVm {
+            vmm_thread,
+            stop_evt,
+            pause_evt,
+            control,
+            vcpu_count,
+            started: Instant::now(),
+            boot_time,
+            metrics,
+            i8042,
+            snapshot,
+        })
+    }
+
+    /// A handle that snapshots this VM (while it is paused) from another thread.
+    pub fn snapshot_handle(&self) -> std::io::Result<SnapshotHandle> {
+        Ok(SnapshotHandle::new(
+            self.snapshot.clone(),
+            self.pause_handle()?,
+        ))
     }
 
     /// The VM's keyboard, if it has an i8042.
@@ -199,17 +242,25 @@ impl RunningVm {
 
     /// A handle that pauses and resumes this VM's vCPUs from another thread.
     pub fn pause_handle(&self) -> std::io::Result<PauseHandle> {
-        Ok(PauseHandle { control: self.control.clone(), pause_evt: self.pause_evt.try_clone()?, vcpu_count: self.vcpu_count })
+        Ok(PauseHandle {
+            control: self.control.clone(),
+            pause_evt: self.pause_evt.try_clone()?,
+            vcpu_count: self.vcpu_count,
+        })
     }
 
     /// Pauses every vCPU; see [`PauseHandle::pause`].
     pub fn pause(&self) -> Result<(), PauseError> {
-        self.pause_handle().map_err(|e| PauseError(e.to_string()))?.pause()
+        self.pause_handle()
+            .map_err(|e| PauseError(e.to_string()))?
+            .pause()
     }
 
     /// Lets paused vCPUs run again.
     pub fn resume(&self) {
-        self.control.resume();
+        if let Ok(handle) = self.pause_handle() {
+            handle.resume();
+        }
     }
 
     /// Whether the vCPUs are paused (or being paused).
@@ -253,7 +304,9 @@ impl VmmLoop {
             self.stop_vcpus();
             return outcome;
         }
-        let outcome = self.wait_for_outcome().unwrap_or_else(|e| VmOutcome::VmmFailed(format!("event loop: {e}")));
+        let outcome = self
+            .wait_for_outcome()
+            .unwrap_or_else(|e| VmOutcome::VmmFailed(format!("event loop: {e}")));
         self.stop_vcpus();
         drop(self.vm);
         outcome
@@ -261,17 +314,30 @@ impl VmmLoop {
 
     fn wait_for_outcome(&mut self) -> std::io::Result<VmOutcome> {
         let epoll = Epoll::new()?;
-        let add = |fd: i32, token: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
+        let add = |fd: i32, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
         add(self.vcpu_wake.as_raw_fd(), TOKEN_VCPU)?;
         add(self.reset_evt.as_raw_fd(), TOKEN_RESET)?;
         add(self.stop_evt.as_raw_fd(), TOKEN_STOP)?;
         add(self.pause_evt.as_raw_fd(), TOKEN_PAUSE)?;
-        let mut stdin_open = self.console_input.is_some() && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
+        let mut stdin_open =
+            self.console_input.is_some() && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
         for (index, handler) in self.handlers.iter().enumerate() {
             add(handler.evt.as_raw_fd(), TOKEN_HANDLER_BASE + index as u64)?;
         }
         let mut running = self.vcpu_threads.len();
         let mut events = vec![EpollEvent::default(); 16];
+        if self.control.pause_requested() {
+            // Restored paused: nothing runs until the first resume.
+            if let Some(outcome) = self.wait_while_paused(&mut running)? {
+                return Ok(outcome);
+            }
+        }
         loop {
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -301,14 +367,24 @@ impl VmmLoop {
                     TOKEN_STOP => return Ok(VmOutcome::Stopped),
                     TOKEN_PAUSE => {
                         let _ = self.pause_evt.read();
-                        self.kick_until_parked();
+                        if self.control.pause_requested() {
+                            self.kick_until_parked();
+                            if let Some(outcome) = self.wait_while_paused(&mut running)? {
+                                return Ok(outcome);
+                            }
+                        }
                     }
                     TOKEN_STDIN if stdin_open && !self.forward_stdin() => {
                         stdin_open = false;
-                        let _ = epoll.ctl(ControlOperation::Delete, libc::STDIN_FILENO, EpollEvent::default());
+                        let _ = epoll.ctl(
+                            ControlOperation::Delete,
+                            libc::STDIN_FILENO,
+                            EpollEvent::default(),
+                        );
                     }
                     token if token >= TOKEN_HANDLER_BASE => {
-                        let index = usize::try_from(token - TOKEN_HANDLER_BASE).unwrap_or(usize::MAX);
+                        let index =
+                            usize::try_from(token - TOKEN_HANDLER_BASE).unwrap_or(usize::MAX);
                         if let Some(handler) = self.handlers.get_mut(index) {
                             // Reset the counter first: a notification arriving while the
                             // handler runs fires the eventfd again.
@@ -320,6 +396,63 @@ impl VmmLoop {
                 }
             }
         }
+    }
+
+    /// While a pause lasts, serves no device (their eventfds wait in the main epoll set):
+    /// only a resume, a stop or a vCPU ending is handled. Returns the VM's outcome if it
+    /// ended meanwhile.
+    fn wait_while_paused(&mut self, running: &mut usize) -> std::io::Result<Option<VmOutcome>> {
+        let epoll = Epoll::new()?;
+        let add = |fd: i32, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(self.vcpu_wake.as_raw_fd(), TOKEN_VCPU)?;
+        add(self.stop_evt.as_raw_fd(), TOKEN_STOP)?;
+        add(self.pause_evt.as_raw_fd(), TOKEN_PAUSE)?;
+        self.control.set_vmm_idle(true);
+        let mut events = vec![EpollEvent::default(); 4];
+        let outcome = loop {
+            if !self.control.pause_requested() {
+                break None;
+            }
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.control.set_vmm_idle(false);
+                    return Err(e);
+                }
+            };
+            let mut ended = None;
+            for event in &events[..n] {
+                match event.data() {
+                    TOKEN_STOP => ended = Some(VmOutcome::Stopped),
+                    TOKEN_PAUSE => {
+                        let _ = self.pause_evt.read();
+                    }
+                    TOKEN_VCPU => {
+                        // A vCPU can only end while paused if it was stopped or failed.
+                        let _ = self.vcpu_wake.read();
+                        while let Ok(VcpuEvent { outcome, .. }) = self.vcpu_events.try_recv() {
+                            *running = running.saturating_sub(1);
+                            if let VcpuOutcome::Failed(e) = outcome {
+                                ended = Some(VmOutcome::Failed(e));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if ended.is_some() {
+                break ended;
+            }
+        };
+        self.control.set_vmm_idle(false);
+        Ok(outcome)
     }
 
     /// Moves available stdin bytes into the UART; false on end of input.
@@ -341,8 +474,16 @@ impl VmmLoop {
     /// deadline passes; the pause then fails and is withdrawn by its requester).
     fn kick_until_parked(&self) {
         let deadline = Instant::now() + Duration::from_secs(2);
-        let live = || self.vcpu_threads.iter().filter(|t| !t.is_finished()).count();
-        while self.control.pause_requested() && self.control.parked() < live() && Instant::now() < deadline {
+        let live = || {
+            self.vcpu_threads
+                .iter()
+                .filter(|t| !t.is_finished())
+                .count()
+        };
+        while self.control.pause_requested()
+            && self.control.parked() < live()
+            && Instant::now() < deadline
+        {
             for thread in self.vcpu_threads.iter().filter(|t| !t.is_finished()) {
                 let _ = thread.kill(kick_signal());
             }

@@ -18,12 +18,21 @@ struct Netns(String);
 impl Netns {
     fn create() -> Option<Netns> {
         let name = format!("zvmtest-{}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success()).unwrap_or(false);
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         ok.then_some(Netns(name))
     }
 
     fn exec(&self, args: &[&str]) -> bool {
-        Command::new("ip").args(["netns", "exec", &self.0]).args(args).status().map(|s| s.success()).unwrap_or(false)
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
     }
 
     /// Moves the calling thread into the namespace.
@@ -46,7 +55,11 @@ impl Drop for Netns {
 fn usable() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip").arg("-V").output().map(|o| o.status.success()).unwrap_or(false);
+    let ip = Command::new("ip")
+        .arg("-V")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     root && ip && std::path::Path::new("/dev/net/tun").exists()
 }
 
@@ -54,17 +67,44 @@ fn usable() -> bool {
 fn packet_socket(ifindex: i32) -> OwnedFd {
     let proto = ETHERTYPE.to_be();
     // SAFETY: plain socket call; checked.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };
-    assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: `fd` is new and ours.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let addr = sockaddr(ifindex);
     // SAFETY: binding to a valid sockaddr_ll of the right length.
-    let rc = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
     assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-    let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+    let tv = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
     // SAFETY: setting SO_RCVTIMEO from a valid timeval.
-    unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32) };
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
     sock
 }
 
@@ -111,30 +151,60 @@ fn frames_cross_the_tap_both_ways() {
             let sock = packet_socket(ifindex);
 
             // Guest -> host: a vnet header and a frame written to the tap.
-            let out = ether_frame([2, 0, 0, 0, 0, 1], b"from the guest, via zvm's tap backend, padded to sixty bytes");
+            let out = ether_frame(
+                [2, 0, 0, 0, 0, 1],
+                b"from the guest, via zvm's tap backend, padded to sixty bytes",
+            );
             let mut with_hdr = vec![0u8; VNET_HDR_LEN];
             with_hdr.extend(&out);
             tap.write_frame(&with_hdr).expect("tap write");
             let mut buf = vec![0u8; 2048];
             // SAFETY: receiving into our own buffer.
             let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            assert!(n > 0, "the frame reached the interface: {}", std::io::Error::last_os_error());
-            assert_eq!(&buf[..n as usize], &out[..], "the header was consumed, the frame intact");
+            assert!(
+                n > 0,
+                "the frame reached the interface: {}",
+                std::io::Error::last_os_error()
+            );
+            assert_eq!(
+                &buf[..n as usize],
+                &out[..],
+                "the header was consumed, the frame intact"
+            );
 
             // Host -> guest: a frame sent on the interface comes out of the tap.
-            let back = ether_frame([2, 0, 0, 0, 0, 2], b"from the host side of the tap, also padded to sixty bytes..");
+            let back = ether_frame(
+                [2, 0, 0, 0, 0, 2],
+                b"from the host side of the tap, also padded to sixty bytes..",
+            );
             let addr = sockaddr(ifindex);
             // SAFETY: sending our buffer to a valid sockaddr_ll.
             let sent = unsafe {
-                libc::sendto(sock.as_raw_fd(), back.as_ptr().cast(), back.len(), 0, (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    back.as_ptr().cast(),
+                    back.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
             };
-            assert_eq!(sent, back.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+            assert_eq!(
+                sent,
+                back.len() as isize,
+                "sendto: {}",
+                std::io::Error::last_os_error()
+            );
             let fd = tap.poll_fd().expect("tap fd");
             let deadline = Instant::now() + Duration::from_secs(5);
             let mut frame = vec![0u8; 65562];
             loop {
                 assert!(Instant::now() < deadline, "no frame from the tap");
-                let mut pfd = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
+                let mut pfd = [libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
                 // SAFETY: polling one valid pollfd.
                 unsafe { libc::poll(pfd.as_mut_ptr(), 1, 200) };
                 match tap.read_frame(&mut frame) {
@@ -144,7 +214,11 @@ fn frames_cross_the_tap_both_ways() {
                     Err(e) => panic!("tap read: {e}"),
                 }
             }
-            assert_eq!(frame[..10], [0; 10][..], "a plain frame: no offload flags, no GSO");
+            assert_eq!(
+                frame[..10],
+                [0; 10][..],
+                "a plain frame: no offload flags, no GSO"
+            );
         })
     };
     let result = worker.join();

@@ -26,8 +26,6 @@ fn print(text: &[u8]) -> Vec<u8> {
 /// Reboot through the i8042: `mov al, 0xfe; out 0x64, al`, then `hlt`.
 const RESET: [u8; 5] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4];
 
-
-
 struct TinyGuest {
     vcpus: u8,
     irqchip: bool,
@@ -37,12 +35,21 @@ struct TinyGuest {
 
 impl TinyGuest {
     fn new(code: Vec<u8>) -> Self {
-        TinyGuest { vcpus: 1, irqchip: true, code, extra: Vec::new() }
+        TinyGuest {
+            vcpus: 1,
+            irqchip: true,
+            code,
+            extra: Vec::new(),
+        }
     }
 
     fn start(&self) -> (RunningVm, Console) {
-        let opts = BuildOptions { irqchip: self.irqchip, ..Default::default() };
-        let mut builder = MicrovmBuilder::new(64, self.vcpus, CpuTemplate::Auto, true, opts).expect("build VM");
+        let opts = BuildOptions {
+            irqchip: self.irqchip,
+            ..Default::default()
+        };
+        let mut builder =
+            MicrovmBuilder::new(64, self.vcpus, CpuTemplate::Auto, true, opts).expect("build VM");
         let console = Console::default();
         builder
             .attach_serial(ConsoleSink::Writer(Box::new(console.clone())), false, false)
@@ -50,14 +57,22 @@ impl TinyGuest {
         builder.attach_i8042().expect("i8042");
         builder.attach_boot_timer().expect("boot timer");
         for (addr, bytes) in &self.extra {
-            vm_memory::Bytes::write_slice(builder.memory(), bytes, vm_memory::GuestAddress(*addr)).expect("code");
+            vm_memory::Bytes::write_slice(builder.memory(), bytes, vm_memory::GuestAddress(*addr))
+                .expect("code");
         }
         let entry = builder.load_raw_code(&self.code, CODE_ADDR).expect("load");
         (builder.start(entry).expect("start"), console)
     }
 
     /// Runs to the end, stopping the VM if it has not ended after `limit`.
-    fn run(&self, limit: Duration) -> (VmOutcome, Console, Option<vmm::devices::boot_timer::BootTime>) {
+    fn run(
+        &self,
+        limit: Duration,
+    ) -> (
+        VmOutcome,
+        Console,
+        Option<vmm::devices::boot_timer::BootTime>,
+    ) {
         let (vm, console) = self.start();
         let stop = vm.stop_handle().expect("stop handle");
         let watchdog = std::thread::spawn(move || {
@@ -95,7 +110,10 @@ fn triple_fault_is_reported_with_registers() {
         panic!("expected a triple fault, got {outcome:?}");
     };
     assert_eq!(*index, 0);
-    assert!(regs.contains("rip=0x10000"), "registers name the faulting RIP: {regs}");
+    assert!(
+        regs.contains("rip=0x10000"),
+        "registers name the faulting RIP: {regs}"
+    );
     assert!(outcome_text(&outcome).contains("triple fault"));
 }
 
@@ -109,7 +127,9 @@ fn outcome_text(outcome: &VmOutcome) -> String {
 #[test]
 fn boot_timer_write_is_recorded() {
     // mov rax, 0xd000_0000; mov byte [rax], 123; then reset.
-    let mut code = vec![0x48, 0xb8, 0x00, 0x00, 0x00, 0xd0, 0, 0, 0, 0, 0xc6, 0x00, 123];
+    let mut code = vec![
+        0x48, 0xb8, 0x00, 0x00, 0x00, 0xd0, 0, 0, 0, 0, 0xc6, 0x00, 123,
+    ];
     code.extend_from_slice(&RESET);
     let (outcome, _, boot_time) = TinyGuest::new(code).run(Duration::from_secs(30));
     assert_eq!(outcome, VmOutcome::Reboot);
@@ -121,7 +141,9 @@ fn boot_timer_write_is_recorded() {
 fn unknown_ports_and_mmio_are_harmless() {
     // in al, 0x99 (nobody there: reads 0xff); write to an unclaimed MMIO address; print al.
     let mut code = vec![0xe4, 0x99, 0x88, 0xc3]; // in al,0x99; mov bl,al
-    code.extend_from_slice(&[0x48, 0xb8, 0x00, 0x50, 0x00, 0xd0, 0, 0, 0, 0, 0xc6, 0x00, 0x01]); // mov byte [0xd0005000],1
+    code.extend_from_slice(&[
+        0x48, 0xb8, 0x00, 0x50, 0x00, 0xd0, 0, 0, 0, 0, 0xc6, 0x00, 0x01,
+    ]); // mov byte [0xd0005000],1
     code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03, 0x88, 0xd8, 0xee]); // mov dx,0x3f8; mov al,bl; out dx,al
     code.extend_from_slice(&RESET);
     let (outcome, console, _) = TinyGuest::new(code).run(Duration::from_secs(30));
@@ -150,15 +172,22 @@ fn application_processor_starts_through_init_and_sipi() {
     bsp.extend_from_slice(&[0xc7, 0x83, 0x10, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01]); // ICR hi = APIC 1
     bsp.extend_from_slice(&[0xc7, 0x83, 0x00, 0x03, 0x00, 0x00, 0x00, 0x45, 0x00, 0x00]); // INIT
     for _ in 0..2 {
-        bsp.extend_from_slice(&[0xc7, 0x83, 0x00, 0x03, 0x00, 0x00, 0x08, 0x46, 0x00, 0x00]); // SIPI 0x08
+        bsp.extend_from_slice(&[0xc7, 0x83, 0x00, 0x03, 0x00, 0x00, 0x08, 0x46, 0x00, 0x00]);
+        // SIPI 0x08
     }
     bsp.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp back
-    let ap = vec![0xba, 0xf8, 0x03, 0xb0, b'A', 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4]; // 16-bit
+    let ap = vec![
+        0xba, 0xf8, 0x03, 0xb0, b'A', 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4,
+    ]; // 16-bit
     let mut guest = TinyGuest::new(bsp);
     guest.vcpus = 2;
     guest.extra.push((0x8000, ap));
     let (outcome, console, _) = guest.run(Duration::from_secs(60));
-    assert_eq!(console.text(), "A", "the AP ran its real-mode start-up code");
+    assert_eq!(
+        console.text(),
+        "A",
+        "the AP ran its real-mode start-up code"
+    );
     assert_eq!(outcome, VmOutcome::Reboot);
 }
 
@@ -170,11 +199,20 @@ fn instructions_the_host_cannot_run_are_reported_not_hung() {
     code.extend_from_slice(&RESET);
     let (outcome, console, _) = TinyGuest::new(code).run(Duration::from_secs(30));
     if KvmFlavour::detect() == KvmFlavour::Pvm {
-        let VmOutcome::Failed(VcpuError::Internal { meaning, bytes, regs, .. }) = &outcome else {
+        let VmOutcome::Failed(VcpuError::Internal {
+            meaning,
+            bytes,
+            regs,
+            ..
+        }) = &outcome
+        else {
             panic!("expected an emulation failure on this PVM host, got {outcome:?}");
         };
         assert_eq!(*meaning, "emulation failure");
-        assert!(bytes.starts_with("9b 66 ba f8 03"), "instruction bytes at RIP: {bytes}");
+        assert!(
+            bytes.starts_with("9b 66 ba f8 03"),
+            "instruction bytes at RIP: {bytes}"
+        );
         assert!(regs.contains("rip=0x100000"), "{regs}");
     } else {
         assert_eq!(outcome, VmOutcome::Reboot);
@@ -207,6 +245,9 @@ fn pause_stops_guest_progress_and_resume_restarts_it() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(len() > at_pause, "the guest runs again after resume");
-    vm.stop_handle().expect("stop").request_stop().expect("stop");
+    vm.stop_handle()
+        .expect("stop")
+        .request_stop()
+        .expect("stop");
     assert_eq!(vm.wait(), VmOutcome::Stopped);
 }

@@ -6,9 +6,10 @@ mod common;
 
 use common::Console;
 use std::time::Duration;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm::builder::{BuildOptions, MicrovmBuilder};
 use vmm::devices::serial::ConsoleSink;
+use vmm::memory::GuestMemoryMmap;
 use vmm::resources::{CpuTemplate, DriveConfig};
 use vmm::VmOutcome;
 
@@ -20,7 +21,6 @@ const USED: u64 = 0x20_2000;
 const BUF: u64 = 0x20_3000;
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
-
 
 /// Just enough x86-64 machine code. `rcx` holds the device base, `dx` the COM1 port.
 #[derive(Default)]
@@ -64,7 +64,8 @@ impl Asm {
     fn wait16(&mut self, addr: u64, value: u8) -> &mut Self {
         self.0.extend_from_slice(&[0x48, 0xb8]);
         self.0.extend_from_slice(&addr.to_le_bytes());
-        self.0.extend_from_slice(&[0x66, 0x83, 0x38, value, 0x75, 0xfa]);
+        self.0
+            .extend_from_slice(&[0x66, 0x83, 0x38, value, 0x75, 0xfa]);
         self
     }
     /// Resets through the i8042, ending the VM.
@@ -75,10 +76,16 @@ impl Asm {
 }
 
 /// Builds a VM with the devices `attach` adds, runs `code`, returns outcome, console and memory.
-fn run(attach: impl FnOnce(&mut MicrovmBuilder), setup: impl FnOnce(&GuestMemoryMmap), code: &[u8]) -> (VmOutcome, String, GuestMemoryMmap) {
-    let mut b = MicrovmBuilder::new(64, 1, CpuTemplate::Auto, true, BuildOptions::default()).expect("VM");
+fn run(
+    attach: impl FnOnce(&mut MicrovmBuilder),
+    setup: impl FnOnce(&GuestMemoryMmap),
+    code: &[u8],
+) -> (VmOutcome, String, GuestMemoryMmap) {
+    let mut b =
+        MicrovmBuilder::new(64, 1, CpuTemplate::Auto, true, BuildOptions::default()).expect("VM");
     let console = Console::default();
-    b.attach_serial(ConsoleSink::Writer(Box::new(console.clone())), false, false).expect("serial");
+    b.attach_serial(ConsoleSink::Writer(Box::new(console.clone())), false, false)
+        .expect("serial");
     b.attach_i8042().expect("i8042");
     attach(&mut b);
     let mem = b.memory().clone();
@@ -108,11 +115,24 @@ fn write_desc(mem: &GuestMemoryMmap, index: u64, addr: u64, len: u32, flags: u16
 /// as `'0' + status`, then makes `chains` available and notifies, waits for them to be used.
 fn drive_queue(chains: u16) -> Vec<u8> {
     let mut a = Asm::start();
-    a.write(0x70, 1).write(0x70, 3).write(0x24, 1).write(0x20, 1).write(0x70, 0xb);
-    a.write(0x30, 0).write(0x38, 16).write(0x80, DESC as u32).write(0x84, 0);
-    a.write(0x90, AVAIL as u32).write(0x94, 0).write(0xa0, USED as u32).write(0xa4, 0).write(0x44, 1);
+    a.write(0x70, 1)
+        .write(0x70, 3)
+        .write(0x24, 1)
+        .write(0x20, 1)
+        .write(0x70, 0xb);
+    a.write(0x30, 0)
+        .write(0x38, 16)
+        .write(0x80, DESC as u32)
+        .write(0x84, 0);
+    a.write(0x90, AVAIL as u32)
+        .write(0x94, 0)
+        .write(0xa0, USED as u32)
+        .write(0xa4, 0)
+        .write(0x44, 1);
     a.write(0x70, 0xf).read(0x70).print_al_plus(b'0');
-    a.store16(AVAIL + 2, chains).write(0x50, 0).wait16(USED + 2, chains as u8);
+    a.store16(AVAIL + 2, chains)
+        .write(0x50, 0)
+        .wait16(USED + 2, chains as u8);
     a.0.extend_from_slice(&[0xb0, b'!', 0xee]);
     a.reset()
 }
@@ -125,8 +145,17 @@ fn guest_reads_the_identification_registers() {
         a.0.extend_from_slice(&[0xee, 0xc1, 0xe8, 0x08]); // out dx, al; shr eax, 8
     }
     a.0.push(0xee);
-    a.read(0x04).print_al_plus(b'0').read(0x08).print_al_plus(b'0');
-    let (outcome, console, _) = run(|b| { b.attach_entropy().expect("rng"); }, |_| {}, &a.reset());
+    a.read(0x04)
+        .print_al_plus(b'0')
+        .read(0x08)
+        .print_al_plus(b'0');
+    let (outcome, console, _) = run(
+        |b| {
+            b.attach_entropy().expect("rng");
+        },
+        |_| {},
+        &a.reset(),
+    );
     assert_eq!(outcome, VmOutcome::Reboot);
     assert_eq!(console, "virt24");
 }
@@ -137,9 +166,18 @@ fn entropy_request_is_served_by_the_vmm_thread() {
         write_desc(mem, 0, BUF, 64, F_WRITE, 0);
         mem.write_obj(0u16, GuestAddress(AVAIL + 4)).expect("ring");
     };
-    let (outcome, console, mem) = run(|b| { b.attach_entropy().expect("rng"); }, setup, &drive_queue(1));
+    let (outcome, console, mem) = run(
+        |b| {
+            b.attach_entropy().expect("rng");
+        },
+        setup,
+        &drive_queue(1),
+    );
     assert_eq!(outcome, VmOutcome::Reboot);
-    assert_eq!(console, "?!", "status 0xf after DRIVER_OK, then the request was used");
+    assert_eq!(
+        console, "?!",
+        "status 0xf after DRIVER_OK, then the request was used"
+    );
     let len: u32 = mem.read_obj(GuestAddress(USED + 8)).expect("used len");
     assert_eq!(len, 64);
     let mut buf = [0u8; 64];
@@ -152,7 +190,13 @@ fn block_requests_are_served_by_the_vmm_thread() {
     let disk = tempfile::NamedTempFile::new().expect("disk");
     let image: Vec<u8> = (0..4 * 512).map(|i| (i / 512) as u8 + 1).collect();
     std::fs::write(disk.path(), &image).expect("image");
-    let drive = DriveConfig { drive_id: "d".into(), path_on_host: disk.path().into(), is_root_device: true, is_read_only: false, rate_limiter: None };
+    let drive = DriveConfig {
+        drive_id: "d".into(),
+        path_on_host: disk.path().into(),
+        is_root_device: true,
+        is_read_only: false,
+        rate_limiter: None,
+    };
     let header = |mem: &GuestMemoryMmap, at: u64, kind: u32, sector: u64| {
         mem.write_obj(kind, GuestAddress(at)).expect("hdr");
         mem.write_obj(sector, GuestAddress(at + 8)).expect("hdr");
@@ -162,7 +206,8 @@ fn block_requests_are_served_by_the_vmm_thread() {
         header(mem, BUF, 0, 1);
         header(mem, BUF + 0x100, 1, 2);
         header(mem, BUF + 0x200, 4, 0);
-        mem.write_slice(&[0xab; 512], GuestAddress(BUF + 0x2000)).expect("data");
+        mem.write_slice(&[0xab; 512], GuestAddress(BUF + 0x2000))
+            .expect("data");
         for (i, (addr, len, flags)) in [
             (BUF, 16, F_NEXT),
             (BUF + 0x1000, 512, F_NEXT | F_WRITE),
@@ -179,18 +224,28 @@ fn block_requests_are_served_by_the_vmm_thread() {
             write_desc(mem, i as u64, addr, len, flags, i as u16 + 1);
         }
         for (slot, head) in [0u16, 3, 6].into_iter().enumerate() {
-            mem.write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot as u64)).expect("ring");
+            mem.write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot as u64))
+                .expect("ring");
         }
-        mem.write_slice(&[0xff; 3], GuestAddress(BUF + 0x3000)).expect("status");
+        mem.write_slice(&[0xff; 3], GuestAddress(BUF + 0x3000))
+            .expect("status");
     };
-    let (outcome, console, mem) = run(|b| { b.attach_drive(&drive).expect("drive"); }, setup, &drive_queue(3));
+    let (outcome, console, mem) = run(
+        |b| {
+            b.attach_drive(&drive).expect("drive");
+        },
+        setup,
+        &drive_queue(3),
+    );
     assert_eq!(outcome, VmOutcome::Reboot);
     assert_eq!(console, "?!");
     let mut status = [0xffu8; 3];
-    mem.read_slice(&mut status, GuestAddress(BUF + 0x3000)).expect("status");
+    mem.read_slice(&mut status, GuestAddress(BUF + 0x3000))
+        .expect("status");
     assert_eq!(status, [0, 0, 0], "IN, OUT and FLUSH succeeded");
     let mut read = vec![0u8; 512];
-    mem.read_slice(&mut read, GuestAddress(BUF + 0x1000)).expect("read");
+    mem.read_slice(&mut read, GuestAddress(BUF + 0x1000))
+        .expect("read");
     assert_eq!(read, vec![2u8; 512]);
     let used_len: u32 = mem.read_obj(GuestAddress(USED + 8)).expect("used");
     assert_eq!(used_len, 513);

@@ -156,6 +156,7 @@ impl RunArgs {
                 vcpu_count,
                 mem_size_mib: parse_mem_size_mib(&self.memory).map_err(|e| e.to_string())?,
                 cpu_template: self.cpu_template.parse::<CpuTemplate>().map_err(|e| e.to_string())?,
+                track_dirty_pages: false,
             },
             console: self.console.parse::<ConsoleConfig>().map_err(|e| e.to_string())?,
             console_timestamps: self.console_timestamps,

@@ -187,6 +187,7 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
             vcpu_count: size.vcpus,
             mem_size_mib: size.memory_mib,
             cpu_template: CpuTemplate::Auto,
+            track_dirty_pages: false,
         },
         console: ConsoleConfig::File(files.console_log.to_path_buf()),
         console_timestamps: false,

@@ -28,33 +28,33 @@ const fn f(leaf: u32, reg: Reg, bit: u32) -> Feature {
 /// Features KVM PVM's instruction emulator cannot execute in guest kernel mode, or that
 /// need XSAVE state: hidden by the `pvm` template.
 const PVM_HIDDEN: &[Feature] = &[
-    f(1, Reg::Ecx, 13), // CX16
-    f(1, Reg::Ecx, 17), // PCID
-    f(1, Reg::Ecx, 23), // POPCNT
-    f(1, Reg::Ecx, 26), // XSAVE
-    f(1, Reg::Ecx, 27), // OSXSAVE
-    f(1, Reg::Ecx, 28), // AVX (needs XSAVE)
-    f(1, Reg::Ecx, 12), // FMA (needs XSAVE)
-    f(1, Reg::Ecx, 29), // F16C (needs XSAVE)
-    f(1, Reg::Ecx, 30), // RDRAND
-    f(7, Reg::Ebx, 0),  // FSGSBASE
-    f(7, Reg::Ebx, 5),  // AVX2
-    f(7, Reg::Ebx, 7),  // SMEP
-    f(7, Reg::Ebx, 10), // INVPCID
-    f(7, Reg::Ebx, 16), // AVX512F
-    f(7, Reg::Ebx, 17), // AVX512DQ
-    f(7, Reg::Ebx, 18), // RDSEED
-    f(7, Reg::Ebx, 20), // SMAP
-    f(7, Reg::Ebx, 21), // AVX512IFMA
-    f(7, Reg::Ebx, 28), // AVX512CD
-    f(7, Reg::Ebx, 30), // AVX512BW
-    f(7, Reg::Ebx, 31), // AVX512VL
-    f(7, Reg::Ecx, 1),  // AVX512VBMI
-    f(7, Reg::Ecx, 6),  // AVX512_VBMI2
-    f(7, Reg::Ecx, 11), // AVX512_VNNI
-    f(7, Reg::Ecx, 12), // AVX512_BITALG
-    f(7, Reg::Ecx, 14), // AVX512_VPOPCNTDQ
-    f(7, Reg::Ecx, 22), // RDPID
+    f(1, Reg::Ecx, 13),           // CX16
+    f(1, Reg::Ecx, 17),           // PCID
+    f(1, Reg::Ecx, 23),           // POPCNT
+    f(1, Reg::Ecx, 26),           // XSAVE
+    f(1, Reg::Ecx, 27),           // OSXSAVE
+    f(1, Reg::Ecx, 28),           // AVX (needs XSAVE)
+    f(1, Reg::Ecx, 12),           // FMA (needs XSAVE)
+    f(1, Reg::Ecx, 29),           // F16C (needs XSAVE)
+    f(1, Reg::Ecx, 30),           // RDRAND
+    f(7, Reg::Ebx, 0),            // FSGSBASE
+    f(7, Reg::Ebx, 5),            // AVX2
+    f(7, Reg::Ebx, 7),            // SMEP
+    f(7, Reg::Ebx, 10),           // INVPCID
+    f(7, Reg::Ebx, 16),           // AVX512F
+    f(7, Reg::Ebx, 17),           // AVX512DQ
+    f(7, Reg::Ebx, 18),           // RDSEED
+    f(7, Reg::Ebx, 20),           // SMAP
+    f(7, Reg::Ebx, 21),           // AVX512IFMA
+    f(7, Reg::Ebx, 28),           // AVX512CD
+    f(7, Reg::Ebx, 30),           // AVX512BW
+    f(7, Reg::Ebx, 31),           // AVX512VL
+    f(7, Reg::Ecx, 1),            // AVX512VBMI
+    f(7, Reg::Ecx, 6),            // AVX512_VBMI2
+    f(7, Reg::Ecx, 11),           // AVX512_VNNI
+    f(7, Reg::Ecx, 12),           // AVX512_BITALG
+    f(7, Reg::Ecx, 14),           // AVX512_VPOPCNTDQ
+    f(7, Reg::Ecx, 22),           // RDPID
     f(0x8000_0001, Reg::Ecx, 11), // XOP
     f(0x8000_0001, Reg::Ecx, 16), // FMA4
 ];
@@ -87,7 +87,10 @@ const HYPERVISOR_LEAF: u32 = 0x4000_0000;
 
 fn clear(entries: &mut [kvm_cpuid_entry2], features: &[Feature]) {
     for feat in features {
-        for e in entries.iter_mut().filter(|e| e.function == feat.leaf && (feat.leaf != 7 || e.index == 0)) {
+        for e in entries
+            .iter_mut()
+            .filter(|e| e.function == feat.leaf && (feat.leaf != 7 || e.index == 0))
+        {
             let reg = match feat.reg {
                 Reg::Ebx => &mut e.ebx,
                 Reg::Ecx => &mut e.ecx,
@@ -99,12 +102,21 @@ fn clear(entries: &mut [kvm_cpuid_entry2], features: &[Feature]) {
 
 /// The number of bits needed to number `n` items (ceil(log2(n))).
 fn bits_for(n: u32) -> u32 {
-    if n <= 1 { 0 } else { 32 - (n - 1).leading_zeros() }
+    if n <= 1 {
+        0
+    } else {
+        32 - (n - 1).leading_zeros()
+    }
 }
 
 /// Rewrites `entries` (from KVM_GET_SUPPORTED_CPUID) for vCPU `cpu_index` of `cpu_count`
 /// with `template` resolved (not `Auto`).
-pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, cpu_index: u8, cpu_count: u8, template: CpuTemplate) {
+pub fn normalize(
+    entries: &mut Vec<kvm_cpuid_entry2>,
+    cpu_index: u8,
+    cpu_count: u8,
+    template: CpuTemplate,
+) {
     let apic_id = u32::from(cpu_index);
     let count = u32::from(cpu_count);
     for e in entries.iter_mut() {
@@ -183,16 +195,30 @@ mod tests {
     use super::*;
 
     fn leaf(function: u32, index: u32, ecx: u32, ebx: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, ecx, ebx, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ecx,
+            ebx,
+            ..Default::default()
+        }
     }
 
     fn find(entries: &[kvm_cpuid_entry2], function: u32, index: u32) -> kvm_cpuid_entry2 {
-        *entries.iter().find(|e| e.function == function && e.index == index).expect("leaf")
+        *entries
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+            .expect("leaf")
     }
 
     fn sample() -> Vec<kvm_cpuid_entry2> {
         vec![
-            leaf(1, 0, (1 << 26) | (1 << 23) | (1 << 13) | (1 << 5) | 1, 0x0001_0800),
+            leaf(
+                1,
+                0,
+                (1 << 26) | (1 << 23) | (1 << 13) | (1 << 5) | 1,
+                0x0001_0800,
+            ),
             leaf(7, 0, 1 << 22, (1 << 20) | (1 << 7) | (1 << 3)),
             leaf(0xb, 0, 0, 0),
             leaf(0xb, 1, 0, 0),

@@ -27,11 +27,11 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The boot GDT, indexed by selector / 8.
 pub const BOOT_GDT: [u64; 5] = [
-    0,                               // null
-    gdt_entry(0xc09b, 0, 0xfffff),   // 0x08: code, 32-bit, 4 GiB
-    gdt_entry(0xa09b, 0, 0xfffff),   // 0x10: code, 64-bit
-    gdt_entry(0xc093, 0, 0xfffff),   // 0x18: data, 4 GiB
-    gdt_entry(0x808b, 0, 0xfffff),   // 0x20: TSS, busy
+    0,                             // null
+    gdt_entry(0xc09b, 0, 0xfffff), // 0x08: code, 32-bit, 4 GiB
+    gdt_entry(0xa09b, 0, 0xfffff), // 0x10: code, 64-bit
+    gdt_entry(0xc093, 0, 0xfffff), // 0x18: data, 4 GiB
+    gdt_entry(0x808b, 0, 0xfffff), // 0x20: TSS, busy
 ];
 
 /// Decodes a GDT entry into the segment KVM expects for `selector`.
@@ -39,7 +39,11 @@ pub fn segment_from_gdt(entry: u64, selector: u16) -> kvm_segment {
     let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let raw_limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
-    let limit = if g == 1 { (raw_limit << 12) | 0xfff } else { raw_limit };
+    let limit = if g == 1 {
+        (raw_limit << 12) | 0xfff
+    } else {
+        raw_limit
+    };
     let present = ((entry >> 47) & 1) as u8;
     kvm_segment {
         base,
@@ -71,7 +75,10 @@ mod tests {
     fn entries_decode_to_flat_segments() {
         let code64 = boot_segment(CODE64_SELECTOR);
         assert_eq!((code64.base, code64.limit), (0, 0xffff_ffff));
-        assert_eq!((code64.l, code64.db, code64.type_, code64.s, code64.present), (1, 0, 0xb, 1, 1));
+        assert_eq!(
+            (code64.l, code64.db, code64.type_, code64.s, code64.present),
+            (1, 0, 0xb, 1, 1)
+        );
         let code32 = boot_segment(CODE32_SELECTOR);
         assert_eq!((code32.l, code32.db, code32.g), (0, 1, 1));
         let data = boot_segment(DATA_SELECTOR);

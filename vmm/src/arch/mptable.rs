@@ -2,7 +2,8 @@
 //! IOAPIC and how ISA IRQs are wired, so it can start application processors.
 
 use crate::layout::{APIC_START, EBDA_START, IOAPIC_START, IRQ_MAX};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use crate::memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 /// Errors writing the MP table.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +32,10 @@ const MP_IRQ_NMI: u8 = 1;
 const MP_IRQ_EXTINT: u8 = 3;
 
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |acc, b| acc.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |acc, b| acc.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// The MP configuration table (header and entries) for `cpus` CPUs, to be placed at `addr`.
@@ -87,10 +91,16 @@ fn floating_pointer(table_addr: u32) -> [u8; 16] {
 /// Writes the floating pointer and the table for `cpus` CPUs at the start of the EBDA.
 pub fn write_mptable(mem: &GuestMemoryMmap, cpus: u8) -> Result<(), MptableError> {
     if cpus == 0 || cpus > MAX_CPUS {
-        return Err(MptableError::TooManyCpus { requested: cpus, max: MAX_CPUS });
+        return Err(MptableError::TooManyCpus {
+            requested: cpus,
+            max: MAX_CPUS,
+        });
     }
     let table_addr = EBDA_START + 16;
-    mem.write_slice(&floating_pointer(table_addr as u32), GuestAddress(EBDA_START))?;
+    mem.write_slice(
+        &floating_pointer(table_addr as u32),
+        GuestAddress(EBDA_START),
+    )?;
     mem.write_slice(&config_table(cpus), GuestAddress(table_addr))?;
     Ok(())
 }
@@ -107,8 +117,14 @@ mod tests {
     fn structures_checksum_to_zero_and_fit_below_640k() {
         let table = config_table(MAX_CPUS);
         assert_eq!(sum(&table), 0);
-        assert_eq!(u16::from_le_bytes([table[4], table[5]]) as usize, table.len());
-        assert!(EBDA_START + 16 + table.len() as u64 <= 0xa0000, "table overflows 640 KiB");
+        assert_eq!(
+            u16::from_le_bytes([table[4], table[5]]) as usize,
+            table.len()
+        );
+        assert!(
+            EBDA_START + 16 + table.len() as u64 <= 0xa0000,
+            "table overflows 640 KiB"
+        );
         assert_eq!(sum(&floating_pointer(0x9fc10)), 0);
     }
 
@@ -117,8 +133,17 @@ mod tests {
         let table = config_table(3);
         let cpu_entries: Vec<&[u8]> = table[44..44 + 60].chunks(20).collect();
         assert!(cpu_entries.iter().all(|e| e[0] == 0));
-        assert_eq!(cpu_entries.iter().map(|e| e[1]).collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert_eq!(cpu_entries.iter().filter(|e| e[3] & CPU_FLAG_BSP != 0).count(), 1);
+        assert_eq!(
+            cpu_entries.iter().map(|e| e[1]).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert_eq!(
+            cpu_entries
+                .iter()
+                .filter(|e| e[3] & CPU_FLAG_BSP != 0)
+                .count(),
+            1
+        );
         let count = u16::from_le_bytes([table[34], table[35]]);
         assert_eq!(count, 3 + 2 + 24 + 2);
     }
@@ -128,9 +153,16 @@ mod tests {
         let mem = crate::memory::create_guest_memory(64 << 20).expect("mem");
         write_mptable(&mem, 2).expect("write");
         let mut sig = [0u8; 4];
-        mem.read_slice(&mut sig, GuestAddress(EBDA_START)).expect("read");
+        mem.read_slice(&mut sig, GuestAddress(EBDA_START))
+            .expect("read");
         assert_eq!(&sig, b"_MP_");
-        assert!(matches!(write_mptable(&mem, 0), Err(MptableError::TooManyCpus { .. })));
-        assert!(matches!(write_mptable(&mem, 33), Err(MptableError::TooManyCpus { .. })));
+        assert!(matches!(
+            write_mptable(&mem, 0),
+            Err(MptableError::TooManyCpus { .. })
+        ));
+        assert!(matches!(
+            write_mptable(&mem, 33),
+            Err(MptableError::TooManyCpus { .. })
+        ));
     }
 }

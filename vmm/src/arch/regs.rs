@@ -1,10 +1,13 @@
 //! Initial vCPU state for the two boot protocols, boot MSRs and the local APIC.
 
-use super::gdt::{boot_segment, BOOT_GDT, CODE32_SELECTOR, CODE64_SELECTOR, DATA_SELECTOR, TSS_SELECTOR};
+use super::gdt::{
+    boot_segment, BOOT_GDT, CODE32_SELECTOR, CODE64_SELECTOR, DATA_SELECTOR, TSS_SELECTOR,
+};
 use crate::layout::{BOOT_STACK_POINTER, GDT_START, IDT_START, PDE_START, PDPTE_START, PML4_START};
+use crate::memory::GuestMemoryMmap;
 use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// Errors setting up vCPU registers.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +66,10 @@ const EFER_LMA: u64 = 0x400;
 
 /// General purpose registers at the kernel entry.
 pub fn boot_regs(entry: BootEntry) -> kvm_regs {
-    let mut regs = kvm_regs { rflags: 0x2, ..Default::default() };
+    let mut regs = kvm_regs {
+        rflags: 0x2,
+        ..Default::default()
+    };
     match entry {
         BootEntry::Pvh { entry, start_info } => {
             regs.rip = entry;
@@ -118,16 +124,21 @@ pub fn boot_sregs(mut sregs: kvm_sregs, entry: BootEntry) -> kvm_sregs {
 pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
     let err = |what| move |source| RegsError::Memory { what, source };
     for (i, entry) in BOOT_GDT.iter().enumerate() {
-        mem.write_obj(*entry, GuestAddress(GDT_START + 8 * i as u64)).map_err(err("GDT"))?;
+        mem.write_obj(*entry, GuestAddress(GDT_START + 8 * i as u64))
+            .map_err(err("GDT"))?;
     }
-    mem.write_obj(0u64, GuestAddress(IDT_START)).map_err(err("IDT"))?;
-    mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START)).map_err(err("PML4"))?;
+    mem.write_obj(0u64, GuestAddress(IDT_START))
+        .map_err(err("IDT"))?;
+    mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START))
+        .map_err(err("PML4"))?;
     for gib in 0..IDENTITY_MAPPED_GIB {
         let pd = PDE_START + gib * 0x1000;
-        mem.write_obj(pd | 0x03, GuestAddress(PDPTE_START + gib * 8)).map_err(err("PDPT"))?;
+        mem.write_obj(pd | 0x03, GuestAddress(PDPTE_START + gib * 8))
+            .map_err(err("PDPT"))?;
         for i in 0..512u64 {
             let addr = (gib << 30) | (i << 21);
-            mem.write_obj(addr | 0x83, GuestAddress(pd + i * 8)).map_err(err("PD"))?;
+            mem.write_obj(addr | 0x83, GuestAddress(pd + i * 8))
+                .map_err(err("PD"))?;
         }
     }
     Ok(())
@@ -140,9 +151,14 @@ pub const IDENTITY_MAPPED_GIB: u64 = 4;
 pub fn set_boot_state(vcpu: &VcpuFd, entry: BootEntry) -> Result<(), RegsError> {
     let kvm = |what| move |source| RegsError::Kvm { what, source };
     let sregs = vcpu.get_sregs().map_err(kvm("special registers"))?;
-    vcpu.set_sregs(&boot_sregs(sregs, entry)).map_err(kvm("special registers"))?;
+    vcpu.set_sregs(&boot_sregs(sregs, entry))
+        .map_err(kvm("special registers"))?;
     vcpu.set_regs(&boot_regs(entry)).map_err(kvm("registers"))?;
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
     vcpu.set_fpu(&fpu).map_err(kvm("FPU"))?;
     Ok(())
 }
@@ -164,7 +180,11 @@ mod msr {
 
 /// The MSR values every vCPU starts with.
 pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
-    let entry = |index, data| kvm_msr_entry { index, data, ..Default::default() };
+    let entry = |index, data| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
     vec![
         entry(msr::IA32_SYSENTER_CS, 0),
         entry(msr::IA32_SYSENTER_ESP, 0),
@@ -175,7 +195,7 @@ pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
         entry(msr::SYSCALL_MASK, 0),
         entry(msr::LSTAR, 0),
         entry(msr::IA32_TSC, 0),
-        entry(msr::IA32_MISC_ENABLE, 1), // fast strings
+        entry(msr::IA32_MISC_ENABLE, 1),          // fast strings
         entry(msr::MTRR_DEF_TYPE, (1 << 11) | 6), // MTRRs on, default write-back
     ]
 }
@@ -183,10 +203,19 @@ pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
 /// Sets the boot MSRs on `vcpu`.
 pub fn set_boot_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let entries = boot_msr_entries();
-    let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::Msrs { set: 0, wanted: entries.len() })?;
-    let set = vcpu.set_msrs(&msrs).map_err(|source| RegsError::Kvm { what: "MSRs", source })?;
+    let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::Msrs {
+        set: 0,
+        wanted: entries.len(),
+    })?;
+    let set = vcpu.set_msrs(&msrs).map_err(|source| RegsError::Kvm {
+        what: "MSRs",
+        source,
+    })?;
     if set != entries.len() {
-        return Err(RegsError::Msrs { set, wanted: entries.len() });
+        return Err(RegsError::Msrs {
+            set,
+            wanted: entries.len(),
+        });
     }
     Ok(())
 }
@@ -218,9 +247,15 @@ pub fn configure_lint(state: &mut kvm_lapic_state) {
 
 /// Applies [`configure_lint`] to `vcpu`'s in-kernel local APIC.
 pub fn set_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let mut state = vcpu.get_lapic().map_err(|source| RegsError::Kvm { what: "LAPIC", source })?;
+    let mut state = vcpu.get_lapic().map_err(|source| RegsError::Kvm {
+        what: "LAPIC",
+        source,
+    })?;
     configure_lint(&mut state);
-    vcpu.set_lapic(&state).map_err(|source| RegsError::Kvm { what: "LAPIC", source })
+    vcpu.set_lapic(&state).map_err(|source| RegsError::Kvm {
+        what: "LAPIC",
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -229,21 +264,33 @@ mod tests {
 
     #[test]
     fn pvh_entry_is_32_bit_protected_mode_without_paging() {
-        let entry = BootEntry::Pvh { entry: 0x100_0000, start_info: 0x6000 };
+        let entry = BootEntry::Pvh {
+            entry: 0x100_0000,
+            start_info: 0x6000,
+        };
         let regs = boot_regs(entry);
         assert_eq!((regs.rip, regs.rbx, regs.rflags), (0x100_0000, 0x6000, 2));
         let sregs = boot_sregs(kvm_sregs::default(), entry);
         assert_eq!(sregs.cr0 & X86_CR0_PG, 0);
         assert_eq!(sregs.cr0 & X86_CR0_PE, 1);
         assert_eq!(sregs.efer, 0);
-        assert_eq!((sregs.cs.selector, sregs.cs.db, sregs.cs.l), (CODE32_SELECTOR, 1, 0));
+        assert_eq!(
+            (sregs.cs.selector, sregs.cs.db, sregs.cs.l),
+            (CODE32_SELECTOR, 1, 0)
+        );
     }
 
     #[test]
     fn linux64_entry_is_long_mode_with_identity_paging() {
-        let entry = BootEntry::Linux64 { entry: 0x100_0200, zero_page: 0x7000 };
+        let entry = BootEntry::Linux64 {
+            entry: 0x100_0200,
+            zero_page: 0x7000,
+        };
         let regs = boot_regs(entry);
-        assert_eq!((regs.rip, regs.rsi, regs.rsp), (0x100_0200, 0x7000, BOOT_STACK_POINTER));
+        assert_eq!(
+            (regs.rip, regs.rsi, regs.rsp),
+            (0x100_0200, 0x7000, BOOT_STACK_POINTER)
+        );
         let sregs = boot_sregs(kvm_sregs::default(), entry);
         assert_eq!(sregs.cr3, PML4_START);
         assert_ne!(sregs.cr0 & X86_CR0_PG, 0);
@@ -258,10 +305,14 @@ mod tests {
         write_boot_tables(&mem).expect("tables");
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).expect("read");
         assert_eq!(pml4 & !0xfff, PDPTE_START);
-        let last: u64 = mem.read_obj(GuestAddress(PDE_START + 511 * 8)).expect("read");
+        let last: u64 = mem
+            .read_obj(GuestAddress(PDE_START + 511 * 8))
+            .expect("read");
         assert_eq!(last, (511 << 21) | 0x83);
         // The MMIO gap (boot timer, APIC) is mapped too: 0xd000_0000 is in the fourth GiB.
-        let gap: u64 = mem.read_obj(GuestAddress(PDE_START + 3 * 0x1000 + 128 * 8)).expect("read");
+        let gap: u64 = mem
+            .read_obj(GuestAddress(PDE_START + 3 * 0x1000 + 128 * 8))
+            .expect("read");
         assert_eq!(gap, 0xd000_0000 | 0x83);
         let gdt: u64 = mem.read_obj(GuestAddress(GDT_START + 16)).expect("read");
         assert_eq!(gdt, BOOT_GDT[2]);

@@ -31,7 +31,11 @@ pub struct BootTimerDevice {
 impl BootTimerDevice {
     /// A timer measuring from `process_start` and `build_start`, reporting into `record`.
     pub fn new(process_start: Instant, build_start: Instant, record: BootTimeRecord) -> Self {
-        BootTimerDevice { process_start, build_start, record }
+        BootTimerDevice {
+            process_start,
+            build_start,
+            record,
+        }
     }
 }
 

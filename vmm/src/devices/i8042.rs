@@ -26,8 +26,15 @@ use vmm_sys_util::eventfd::EventFd;
 pub const LINUX_ARGS: [&str; 4] = ["i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd"];
 /// The [`LINUX_ARGS`] not already set (to any value) in the command line `args`.
 pub fn missing_linux_args(args: &str) -> Vec<String> {
-    let given = |switch: &str| args.split_whitespace().any(|w| w == switch || w.strip_prefix(switch).is_some_and(|r| r.starts_with('=')));
-    LINUX_ARGS.iter().filter(|s| !given(s)).map(|s| (*s).to_string()).collect()
+    let given = |switch: &str| {
+        args.split_whitespace()
+            .any(|w| w == switch || w.strip_prefix(switch).is_some_and(|r| r.starts_with('=')))
+    };
+    LINUX_ARGS
+        .iter()
+        .filter(|s| !given(s))
+        .map(|s| (*s).to_string())
+        .collect()
 }
 
 /// The keyboard's interrupt line.
@@ -107,7 +114,9 @@ mod kbd {
 }
 
 /// Ctrl-Alt-Del pressed and released, set 2: Ctrl, Alt, Delete (E0 71) down, then up.
-const CAD_SET2: &[u8] = &[0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14];
+const CAD_SET2: &[u8] = &[
+    0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14,
+];
 /// The same in set 1 (what translation makes of the set-2 sequence).
 const CAD_SET1: &[u8] = &[0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d];
 
@@ -156,7 +165,74 @@ pub struct I8042Device {
     output_port: u8,
 }
 
+/// The controller's and keyboard's registers, as a snapshot saves them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    /// Controller command byte.
+    pub ctr: u8,
+    /// Status bits besides OBF.
+    pub status: u8,
+    /// The output buffer's byte, and whether it came from the keyboard.
+    pub out: Option<(u8, bool)>,
+    /// Keyboard bytes still to send.
+    pub kbd: Vec<u8>,
+    /// Controller command waiting for its parameter.
+    pub cmd_param: Option<u8>,
+    /// Keyboard command waiting for its parameter.
+    pub kbd_param: Option<u8>,
+    /// Scancode set.
+    pub scancode_set: u8,
+    /// Whether the keyboard is scanning.
+    pub scanning: bool,
+    /// Output port.
+    pub output_port: u8,
+}
+
 impl I8042Device {
+    /// The device's state for a snapshot.
+    pub fn save_state(&self) -> I8042State {
+        I8042State {
+            ctr: self.ctr,
+            status: self.status,
+            out: self.out.map(|(b, source)| (b, source == Source::Keyboard)),
+            kbd: self.kbd.iter().copied().collect(),
+            cmd_param: self.cmd_param,
+            kbd_param: self.kbd_param,
+            scancode_set: self.scancode_set,
+            scanning: self.scanning,
+            output_port: self.output_port,
+        }
+    }
+
+    /// Puts the device in `state`; a keyboard queue longer than the device keeps is refused.
+    pub fn restore_state(&mut self, state: &I8042State) -> Result<(), String> {
+        if state.kbd.len() > KBD_QUEUE_LEN {
+            return Err(format!(
+                "{} queued keyboard bytes (at most {KBD_QUEUE_LEN})",
+                state.kbd.len()
+            ));
+        }
+        self.ctr = state.ctr;
+        self.status = state.status;
+        self.out = state.out.map(|(b, kbd)| {
+            (
+                b,
+                if kbd {
+                    Source::Keyboard
+                } else {
+                    Source::Controller
+                },
+            )
+        });
+        self.kbd = state.kbd.iter().copied().collect();
+        self.cmd_param = state.cmd_param;
+        self.kbd_param = state.kbd_param;
+        self.scancode_set = state.scancode_set;
+        self.scanning = state.scanning;
+        self.output_port = state.output_port;
+        Ok(())
+    }
+
     /// A controller that writes `reset_evt` on a guest reset request and raises `irq`
     /// (IRQ 1) for keyboard bytes.
     pub fn new(reset_evt: EventFd, irq: EventFd) -> Self {
@@ -182,11 +258,18 @@ impl I8042Device {
         if !self.scanning {
             return Err(I8042Error::KeyboardDisabled);
         }
-        let codes = if self.scancode_set == 1 || self.ctr & CTR_XLATE != 0 { CAD_SET1 } else { CAD_SET2 };
+        let codes = if self.scancode_set == 1 || self.ctr & CTR_XLATE != 0 {
+            CAD_SET1
+        } else {
+            CAD_SET2
+        };
         if self.kbd.len() + codes.len() > KBD_QUEUE_LEN {
             return Err(I8042Error::BufferFull);
         }
-        tracing::debug!("i8042: Ctrl-Alt-Del, scancode set {}", if codes == CAD_SET1 { 1 } else { 2 });
+        tracing::debug!(
+            "i8042: Ctrl-Alt-Del, scancode set {}",
+            if codes == CAD_SET1 { 1 } else { 2 }
+        );
         self.kbd.extend(codes);
         self.refill();
         Ok(())
@@ -217,7 +300,9 @@ impl I8042Device {
         if self.out.is_some() || self.ctr & CTR_KBDDIS != 0 {
             return;
         }
-        let Some(byte) = self.kbd.pop_front() else { return };
+        let Some(byte) = self.kbd.pop_front() else {
+            return;
+        };
         self.out = Some((byte, Source::Keyboard));
         if self.ctr & CTR_KBDINT != 0 {
             self.raise_irq();
@@ -252,7 +337,9 @@ impl I8042Device {
     fn command(&mut self, command: u8) {
         match command {
             cmd::READ_CTR => self.reply(self.ctr),
-            cmd::WRITE_CTR | cmd::WRITE_OUTPUT | cmd::KBD_LOOP | cmd::AUX_LOOP | cmd::AUX_SEND => self.cmd_param = Some(command),
+            cmd::WRITE_CTR | cmd::WRITE_OUTPUT | cmd::KBD_LOOP | cmd::AUX_LOOP | cmd::AUX_SEND => {
+                self.cmd_param = Some(command)
+            }
             cmd::AUX_DISABLE => self.ctr |= CTR_AUXDIS,
             cmd::AUX_ENABLE => self.ctr &= !CTR_AUXDIS,
             cmd::AUX_TEST => self.reply(AUX_TEST_ABSENT),
@@ -322,7 +409,11 @@ impl I8042Device {
             }
             kbd::ECHO => self.keyboard_reply(&[kbd::ECHO]),
             kbd::GET_ID => {
-                let second = if self.ctr & CTR_XLATE != 0 { kbd::ID_SECOND_TRANSLATED } else { kbd::ID_SECOND };
+                let second = if self.ctr & CTR_XLATE != 0 {
+                    kbd::ID_SECOND_TRANSLATED
+                } else {
+                    kbd::ID_SECOND
+                };
                 self.keyboard_reply(&[kbd::ACK, kbd::ID_FIRST, second]);
             }
             kbd::ENABLE => {
@@ -353,7 +444,9 @@ impl I8042Device {
 impl BusDevice for I8042Device {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let Some(first) = data.first_mut() else { return };
+        let Some(first) = data.first_mut() else {
+            return;
+        };
         match offset {
             COMMAND_OFFSET => *first = self.status(),
             DATA_OFFSET => {

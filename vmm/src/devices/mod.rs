@@ -5,8 +5,79 @@ pub mod i8042;
 pub mod serial;
 pub mod virtio;
 
+use i8042::{I8042Device, I8042State};
+use serde::{Deserialize, Serialize};
+use serial::{SerialDevice, SerialDeviceState};
 use std::io;
+use std::sync::{Arc, Mutex};
+use virtio::mmio::{MmioTransport, MmioTransportState};
 use vmm_sys_util::eventfd::EventFd;
+
+/// The emulated devices' snapshot state (the boot timer has none).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicesState {
+    /// COM1.
+    pub serial: Option<SerialDeviceState>,
+    /// The keyboard controller.
+    pub i8042: Option<I8042State>,
+    /// Every virtio-mmio device, in attach order.
+    pub virtio: Vec<MmioTransportState>,
+}
+
+/// The devices of a VM whose state a snapshot saves.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceRegistry {
+    /// COM1.
+    pub serial: Option<Arc<Mutex<SerialDevice>>>,
+    /// The keyboard controller.
+    pub i8042: Option<Arc<Mutex<I8042Device>>>,
+    /// The virtio-mmio transports, in attach order.
+    pub virtio: Vec<Arc<Mutex<MmioTransport>>>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl DeviceRegistry {
+    /// Every device's state; the VM must be paused and its VMM loop idle.
+    pub fn save(&self) -> DevicesState {
+        DevicesState {
+            serial: self.serial.as_ref().map(|d| lock(d).save_state()),
+            i8042: self.i8042.as_ref().map(|d| lock(d).save_state()),
+            virtio: self.virtio.iter().map(|t| lock(t).save_state()).collect(),
+        }
+    }
+
+    /// Puts freshly attached devices (the same ones, in the same order) in `state`;
+    /// the error names the device that does not fit.
+    pub fn restore(&self, state: &DevicesState) -> Result<(), (String, String)> {
+        if let (Some(dev), Some(s)) = (&self.serial, &state.serial) {
+            lock(dev)
+                .restore_state(s)
+                .map_err(|e| ("serial".to_string(), e))?;
+        }
+        if let (Some(dev), Some(s)) = (&self.i8042, &state.i8042) {
+            lock(dev)
+                .restore_state(s)
+                .map_err(|e| ("i8042".to_string(), e))?;
+        }
+        if state.virtio.len() != self.virtio.len() {
+            let reason = format!(
+                "the snapshot has {} virtio devices, the VM {}",
+                state.virtio.len(),
+                self.virtio.len()
+            );
+            return Err(("virtio".to_string(), reason));
+        }
+        for (index, (transport, s)) in self.virtio.iter().zip(&state.virtio).enumerate() {
+            lock(transport)
+                .restore_state(s)
+                .map_err(|e| (format!("virtio device {index}"), e.to_string()))?;
+        }
+        Ok(())
+    }
+}
 
 /// An interrupt line backed by an eventfd registered with KVM as an irqfd.
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use crate::bus::BusDevice;
 use std::fs::File;
 use std::io::{self, Write};
 use std::time::Instant;
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::Serial;
 
 /// Where the guest console's bytes go.
@@ -58,7 +58,11 @@ pub struct TimestampWriter<W: Write> {
 impl<W: Write> TimestampWriter<W> {
     /// Wraps `inner`, timing from `start`.
     pub fn new(inner: W, start: Instant) -> Self {
-        TimestampWriter { inner, start, at_line_start: true }
+        TimestampWriter {
+            inner,
+            start,
+            at_line_start: true,
+        }
     }
 }
 
@@ -72,7 +76,8 @@ impl<W: Write> Write for TimestampWriter<W> {
         let mut rest = buf;
         while !rest.is_empty() {
             if self.at_line_start {
-                self.inner.write_all(timestamp_prefix(self.start.elapsed()).as_bytes())?;
+                self.inner
+                    .write_all(timestamp_prefix(self.start.elapsed()).as_bytes())?;
                 self.at_line_start = false;
             }
             let line_len = match rest.iter().position(|&b| b == b'\n') {
@@ -104,10 +109,89 @@ impl std::fmt::Debug for SerialDevice {
     }
 }
 
+/// The UART's registers and unread input, as a snapshot saves them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialDeviceState {
+    /// Divisor latch, low and high byte.
+    pub baud_divisor: [u8; 2],
+    /// Interrupt enable, interrupt identification, line control, line status, modem
+    /// control, modem status and scratch registers.
+    pub registers: [u8; 7],
+    /// Input the guest has not read yet.
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<&SerialState> for SerialDeviceState {
+    fn from(s: &SerialState) -> Self {
+        SerialDeviceState {
+            baud_divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            registers: [
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
+impl From<&SerialDeviceState> for SerialState {
+    fn from(s: &SerialDeviceState) -> Self {
+        let [ier, iir, lcr, lsr, mcr, msr, scratch] = s.registers;
+        SerialState {
+            baud_divisor_low: s.baud_divisor[0],
+            baud_divisor_high: s.baud_divisor[1],
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
 impl SerialDevice {
     /// A UART raising `irq` and writing to `out`.
     pub fn new(irq: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
-        SerialDevice { serial: Serial::new(irq, out) }
+        SerialDevice {
+            serial: Serial::new(irq, out),
+        }
+    }
+
+    /// The UART's state for a snapshot.
+    pub fn save_state(&self) -> SerialDeviceState {
+        SerialDeviceState::from(&self.serial.state())
+    }
+
+    /// Puts the UART in `state`, keeping its interrupt line and output.
+    pub fn restore_state(&mut self, state: &SerialDeviceState) -> Result<(), String> {
+        let irq = self
+            .serial
+            .interrupt_evt()
+            .eventfd()
+            .try_clone()
+            .map_err(|e| e.to_string())?;
+        let spare = irq.try_clone().map_err(|e| e.to_string())?;
+        let placeholder = Serial::new(
+            EventFdTrigger::new(spare),
+            Box::new(io::sink()) as Box<dyn Write + Send>,
+        );
+        let out = std::mem::replace(&mut self.serial, placeholder).into_writer();
+        self.serial = Serial::from_state(
+            &SerialState::from(state),
+            EventFdTrigger::new(irq),
+            NoEvents,
+            out,
+        )
+        .map_err(|e| format!("{e:?}"))?;
+        Ok(())
     }
 
     /// Feeds console input to the guest; returns how many bytes fit in the FIFO.
@@ -124,7 +208,9 @@ impl SerialDevice {
 
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let value = u8::try_from(offset).map(|o| self.serial.read(o)).unwrap_or(0xff);
+        let value = u8::try_from(offset)
+            .map(|o| self.serial.read(o))
+            .unwrap_or(0xff);
         data.fill(0);
         if let Some(first) = data.first_mut() {
             *first = value;
@@ -171,7 +257,10 @@ mod tests {
         let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert!(lines[0].starts_with("[zvm +1.5") && lines[0].ends_with("] hello"), "{text}");
+        assert!(
+            lines[0].starts_with("[zvm +1.5") && lines[0].ends_with("] hello"),
+            "{text}"
+        );
         assert!(lines[1].ends_with("] world"), "{text}");
     }
 
@@ -196,5 +285,46 @@ mod tests {
         assert_eq!(data, [b'x']);
         dev.read(0x1_0000, &mut data);
         assert_eq!(data, [0xff], "offsets beyond the UART read all ones");
+    }
+
+    #[test]
+    fn state_round_trips_with_unread_input() {
+        let out = Shared::default();
+        let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let mut dev = SerialDevice::new(
+            EventFdTrigger::new(irq.try_clone().expect("clone")),
+            Box::new(out.clone()),
+        );
+        dev.write(3, &[0x83]); // LCR: DLAB on
+        dev.write(0, &[0x0c]); // divisor low: 9600 baud
+        dev.write(3, &[0x03]); // 8N1, DLAB off
+        dev.write(1, &[1]); // IER: received data
+        dev.write(7, &[0x5a]); // scratch
+        dev.enqueue_input(b"ab");
+        let state = dev.save_state();
+        let irq2 = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let out2 = Shared::default();
+        let mut restored = SerialDevice::new(EventFdTrigger::new(irq2), Box::new(out2.clone()));
+        restored.restore_state(&state).expect("restore");
+        assert_eq!(restored.save_state(), state);
+        let mut data = [0u8];
+        restored.read(7, &mut data);
+        assert_eq!(data, [0x5a]);
+        restored.read(0, &mut data);
+        assert_eq!(data, [b'a'], "unread input survives");
+        restored.write(0, b"z");
+        assert_eq!(
+            out2.0.lock().expect("lock").as_slice(),
+            b"z",
+            "output still goes to the device's sink"
+        );
+        let bad = SerialDeviceState {
+            in_buffer: vec![0; 1 << 20],
+            ..state
+        };
+        assert!(
+            restored.restore_state(&bad).is_err(),
+            "an input buffer beyond the FIFO is refused"
+        );
     }
 }

@@ -66,12 +66,19 @@ pub struct VsockConfig {
 impl VmResources {
     pub(super) fn validate_drives(&self) -> Result<(), ResourcesError> {
         if self.drives.len() > MAX_DRIVES {
-            return Err(ResourcesError::TooManyDrives { count: self.drives.len(), max: MAX_DRIVES });
+            return Err(ResourcesError::TooManyDrives {
+                count: self.drives.len(),
+                max: MAX_DRIVES,
+            });
         }
         let mut root: Option<&str> = None;
         for (i, drive) in self.drives.iter().enumerate() {
             let id = &drive.drive_id;
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 return Err(ResourcesError::BadDriveId(id.clone()));
             }
             if self.drives[..i].iter().any(|d| &d.drive_id == id) {
@@ -79,7 +86,10 @@ impl VmResources {
             }
             if drive.is_root_device {
                 if let Some(first) = root {
-                    return Err(ResourcesError::MultipleRootDevices(first.to_string(), id.clone()));
+                    return Err(ResourcesError::MultipleRootDevices(
+                        first.to_string(),
+                        id.clone(),
+                    ));
                 }
                 root = Some(id);
             }
@@ -90,25 +100,38 @@ impl VmResources {
 
     pub(super) fn validate_net(&self) -> Result<(), ResourcesError> {
         if self.net.len() > MAX_NET_INTERFACES {
-            return Err(ResourcesError::TooManyNetInterfaces { count: self.net.len(), max: MAX_NET_INTERFACES });
+            return Err(ResourcesError::TooManyNetInterfaces {
+                count: self.net.len(),
+                max: MAX_NET_INTERFACES,
+            });
         }
         for (i, net) in self.net.iter().enumerate() {
             let id = &net.iface_id;
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            {
                 return Err(ResourcesError::BadNetId(id.clone()));
             }
             if self.net[..i].iter().any(|n| &n.iface_id == id) {
                 return Err(ResourcesError::DuplicateNetId(id.clone()));
             }
             let tap = &net.host_dev_name;
-            if tap.is_empty() || tap.len() > 15 || tap.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0') {
+            if tap.is_empty()
+                || tap.len() > 15
+                || tap
+                    .chars()
+                    .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+            {
                 return Err(ResourcesError::BadTapName(tap.clone()));
             }
             if self.net[..i].iter().any(|n| &n.host_dev_name == tap) {
                 return Err(ResourcesError::DuplicateTap(tap.clone()));
             }
             if let Some(mac) = &net.guest_mac {
-                crate::devices::virtio::net::parse_mac(mac).map_err(|_| ResourcesError::BadMac(mac.clone()))?;
+                crate::devices::virtio::net::parse_mac(mac)
+                    .map_err(|_| ResourcesError::BadMac(mac.clone()))?;
             }
         }
         Ok(())
@@ -125,11 +148,16 @@ impl VmResources {
 
 impl VmResources {
     pub(super) fn validate_vsock(&self) -> Result<(), ResourcesError> {
-        let Some(vsock) = &self.vsock else { return Ok(()) };
+        let Some(vsock) = &self.vsock else {
+            return Ok(());
+        };
         if vsock.guest_cid < 3 {
             return Err(ResourcesError::BadVsockCid(vsock.guest_cid));
         }
-        let bad = |problem: &str| ResourcesError::BadVsockPath { path: vsock.uds_path.clone(), problem: problem.into() };
+        let bad = |problem: &str| ResourcesError::BadVsockPath {
+            path: vsock.uds_path.clone(),
+            problem: problem.into(),
+        };
         if vsock.uds_path.file_name().is_none() {
             return Err(bad("does not name a file"));
         }
@@ -147,7 +175,11 @@ impl VmResources {
 /// A disk must be a non-empty regular file or a block device.
 fn check_disk(path: &Path) -> Result<(), ResourcesError> {
     use std::os::unix::fs::FileTypeExt;
-    let bad = |problem: String| ResourcesError::BadFile { what: "drive", path: path.to_path_buf(), problem };
+    let bad = |problem: String| ResourcesError::BadFile {
+        what: "drive",
+        path: path.to_path_buf(),
+        problem,
+    };
     let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
     if meta.file_type().is_block_device() {
         return Ok(());
@@ -161,34 +193,72 @@ mod tests {
     use crate::resources::tests::with_kernel;
 
     fn drive(id: &str, path: &Path, root: bool) -> DriveConfig {
-        DriveConfig { drive_id: id.into(), path_on_host: path.into(), is_root_device: root, is_read_only: false, rate_limiter: None }
+        DriveConfig {
+            drive_id: id.into(),
+            path_on_host: path.into(),
+            is_root_device: root,
+            is_read_only: false,
+            rate_limiter: None,
+        }
     }
 
     #[test]
     fn drives_are_validated() {
         let (disk, mut r) = with_kernel();
-        r.drives = vec![drive("rootfs", disk.path(), true), drive("data_1", disk.path(), false)];
+        r.drives = vec![
+            drive("rootfs", disk.path(), true),
+            drive("data_1", disk.path(), false),
+        ];
         assert_eq!(r.validate(), Ok(()));
         r.drives[1].drive_id = "rootfs".into();
-        assert_eq!(r.validate(), Err(ResourcesError::DuplicateDriveId("rootfs".into())));
+        assert_eq!(
+            r.validate(),
+            Err(ResourcesError::DuplicateDriveId("rootfs".into()))
+        );
         r.drives[1].drive_id = "bad id".into();
-        assert_eq!(r.validate(), Err(ResourcesError::BadDriveId("bad id".into())));
+        assert_eq!(
+            r.validate(),
+            Err(ResourcesError::BadDriveId("bad id".into()))
+        );
         r.drives[1].drive_id = String::new();
         assert!(matches!(r.validate(), Err(ResourcesError::BadDriveId(_))));
         r.drives[1] = drive("data", disk.path(), true);
-        assert_eq!(r.validate(), Err(ResourcesError::MultipleRootDevices("rootfs".into(), "data".into())));
+        assert_eq!(
+            r.validate(),
+            Err(ResourcesError::MultipleRootDevices(
+                "rootfs".into(),
+                "data".into()
+            ))
+        );
         r.drives[1] = drive("data", Path::new("/nonexistent/disk.img"), false);
         let err = r.validate().expect_err("missing disk");
-        assert!(err.to_string().starts_with("drive '/nonexistent/disk.img' cannot be read"), "{err}");
-        r.drives = (0..=MAX_DRIVES).map(|i| drive(&format!("d{i}"), disk.path(), false)).collect();
-        assert!(matches!(r.validate(), Err(ResourcesError::TooManyDrives { .. })));
+        assert!(
+            err.to_string()
+                .starts_with("drive '/nonexistent/disk.img' cannot be read"),
+            "{err}"
+        );
+        r.drives = (0..=MAX_DRIVES)
+            .map(|i| drive(&format!("d{i}"), disk.path(), false))
+            .collect();
+        assert!(matches!(
+            r.validate(),
+            Err(ResourcesError::TooManyDrives { .. })
+        ));
     }
 
     #[test]
     fn root_drive_is_attached_first() {
         let (disk, mut r) = with_kernel();
-        r.drives = vec![drive("a", disk.path(), false), drive("root", disk.path(), true), drive("b", disk.path(), false)];
-        let order: Vec<&str> = r.drives_in_attach_order().iter().map(|d| d.drive_id.as_str()).collect();
+        r.drives = vec![
+            drive("a", disk.path(), false),
+            drive("root", disk.path(), true),
+            drive("b", disk.path(), false),
+        ];
+        let order: Vec<&str> = r
+            .drives_in_attach_order()
+            .iter()
+            .map(|d| d.drive_id.as_str())
+            .collect();
         assert_eq!(order, ["root", "a", "b"]);
     }
 
@@ -201,7 +271,8 @@ mod tests {
         assert_eq!(r.drives.len(), 1);
         assert!(r.drives[0].is_read_only && r.drives[0].is_root_device);
         assert_eq!(r.entropy, Some(EntropyConfig {}));
-        let bare: VmResources = serde_json::from_str(r#"{"boot-source":{"kernel_image_path":"/k"}}"#).expect("valid");
+        let bare: VmResources =
+            serde_json::from_str(r#"{"boot-source":{"kernel_image_path":"/k"}}"#).expect("valid");
         assert!(bare.drives.is_empty() && bare.entropy.is_none());
         let bad = r#"{"boot-source":{"kernel_image_path":"/k"},"drives":[{"drive_id":"a","path_on_host":"/a","is_root_device":false,"cache":"x"}]}"#;
         assert!(serde_json::from_str::<VmResources>(bad).is_err());
@@ -210,28 +281,54 @@ mod tests {
     }
 
     fn net(id: &str, tap: &str, mac: Option<&str>) -> NetConfig {
-        NetConfig { iface_id: id.into(), host_dev_name: tap.into(), guest_mac: mac.map(Into::into), rx_rate_limiter: None, tx_rate_limiter: None }
+        NetConfig {
+            iface_id: id.into(),
+            host_dev_name: tap.into(),
+            guest_mac: mac.map(Into::into),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        }
     }
 
     #[test]
     fn network_interfaces_are_validated() {
         let (_f, mut r) = with_kernel();
-        r.net = vec![net("eth0", "tap0", Some("02:00:00:00:00:01")), net("eth1", "tap-fifteen-chr", None)];
+        r.net = vec![
+            net("eth0", "tap0", Some("02:00:00:00:00:01")),
+            net("eth1", "tap-fifteen-chr", None),
+        ];
         assert_eq!(r.validate(), Ok(()));
         r.net[1].iface_id = "eth0".into();
-        assert_eq!(r.validate(), Err(ResourcesError::DuplicateNetId("eth0".into())));
+        assert_eq!(
+            r.validate(),
+            Err(ResourcesError::DuplicateNetId("eth0".into()))
+        );
         r.net[1].iface_id = "eth 1".into();
         assert_eq!(r.validate(), Err(ResourcesError::BadNetId("eth 1".into())));
         r.net[1] = net("eth1", "tap-sixteen-chrs", None);
-        assert_eq!(r.validate(), Err(ResourcesError::BadTapName("tap-sixteen-chrs".into())));
+        assert_eq!(
+            r.validate(),
+            Err(ResourcesError::BadTapName("tap-sixteen-chrs".into()))
+        );
         r.net[1] = net("eth1", "", None);
         assert!(matches!(r.validate(), Err(ResourcesError::BadTapName(_))));
         r.net[1] = net("eth1", "tap0", None);
-        assert_eq!(r.validate(), Err(ResourcesError::DuplicateTap("tap0".into())));
+        assert_eq!(
+            r.validate(),
+            Err(ResourcesError::DuplicateTap("tap0".into()))
+        );
         r.net[1] = net("eth1", "tap1", Some("02:00:00:00:01"));
-        assert_eq!(r.validate(), Err(ResourcesError::BadMac("02:00:00:00:01".into())));
-        r.net = (0..=MAX_NET_INTERFACES).map(|i| net(&format!("e{i}"), &format!("t{i}"), None)).collect();
-        assert!(matches!(r.validate(), Err(ResourcesError::TooManyNetInterfaces { .. })));
+        assert_eq!(
+            r.validate(),
+            Err(ResourcesError::BadMac("02:00:00:00:01".into()))
+        );
+        r.net = (0..=MAX_NET_INTERFACES)
+            .map(|i| net(&format!("e{i}"), &format!("t{i}"), None))
+            .collect();
+        assert!(matches!(
+            r.validate(),
+            Err(ResourcesError::TooManyNetInterfaces { .. })
+        ));
     }
 
     #[test]
@@ -242,12 +339,25 @@ mod tests {
             "network-interfaces":[{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"02:00:00:00:00:01",
                        "rx_rate_limiter":{"ops":{"size":10,"one_time_burst":5,"refill_time":1000}}}]}"#;
         let r: VmResources = serde_json::from_str(json).expect("valid");
-        let bw = r.drives[0].rate_limiter.and_then(|l| l.bandwidth).expect("bandwidth");
-        assert_eq!((bw.size, bw.one_time_burst, bw.refill_time), (1000, None, 100));
+        let bw = r.drives[0]
+            .rate_limiter
+            .and_then(|l| l.bandwidth)
+            .expect("bandwidth");
+        assert_eq!(
+            (bw.size, bw.one_time_burst, bw.refill_time),
+            (1000, None, 100)
+        );
         assert_eq!(r.net[0].host_dev_name, "tap0");
-        assert_eq!(r.net[0].rx_rate_limiter.and_then(|l| l.ops).and_then(|o| o.one_time_burst), Some(5));
+        assert_eq!(
+            r.net[0]
+                .rx_rate_limiter
+                .and_then(|l| l.ops)
+                .and_then(|o| o.one_time_burst),
+            Some(5)
+        );
         assert!(r.net[0].tx_rate_limiter.is_none());
-        let back: VmResources = serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("round trip");
+        let back: VmResources =
+            serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("round trip");
         assert_eq!(back, r);
         let bad = r#"{"boot-source":{"kernel_image_path":"/k"},"network-interfaces":[{"iface_id":"e","host_dev_name":"t","mtu":9000}]}"#;
         assert!(serde_json::from_str::<VmResources>(bad).is_err());
@@ -257,17 +367,31 @@ mod tests {
     fn vsock_is_parsed_and_validated() {
         let (_f, mut r) = with_kernel();
         let dir = tempfile::tempdir().expect("dir");
-        let json = format!(r#"{{"boot-source":{{"kernel_image_path":"/k"}},"vsock":{{"guest_cid":3,"uds_path":"{}/v.sock"}}}}"#, dir.path().display());
+        let json = format!(
+            r#"{{"boot-source":{{"kernel_image_path":"/k"}},"vsock":{{"guest_cid":3,"uds_path":"{}/v.sock"}}}}"#,
+            dir.path().display()
+        );
         let parsed: VmResources = serde_json::from_str(&json).expect("valid");
         let vsock = parsed.vsock.expect("vsock");
-        assert_eq!((vsock.guest_cid, vsock.uds_path.clone()), (3, dir.path().join("v.sock")));
+        assert_eq!(
+            (vsock.guest_cid, vsock.uds_path.clone()),
+            (3, dir.path().join("v.sock"))
+        );
         assert!(serde_json::from_str::<VmResources>(r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":3,"uds_path":"/v","x":1}}"#).is_err());
         r.vsock = Some(vsock);
         assert_eq!(r.validate(), Ok(()));
-        r.vsock = Some(VsockConfig { guest_cid: 2, uds_path: dir.path().join("v.sock") });
+        r.vsock = Some(VsockConfig {
+            guest_cid: 2,
+            uds_path: dir.path().join("v.sock"),
+        });
         assert_eq!(r.validate(), Err(ResourcesError::BadVsockCid(2)));
-        r.vsock = Some(VsockConfig { guest_cid: 3, uds_path: "/nonexistent/dir/v.sock".into() });
-        assert!(matches!(r.validate(), Err(ResourcesError::BadVsockPath { .. })));
+        r.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: "/nonexistent/dir/v.sock".into(),
+        });
+        assert!(matches!(
+            r.validate(),
+            Err(ResourcesError::BadVsockPath { .. })
+        ));
     }
-
 }

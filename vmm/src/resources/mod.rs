@@ -183,11 +183,19 @@ pub struct MachineConfig {
     /// CPUID template.
     #[serde(default)]
     pub cpu_template: CpuTemplate,
+    /// Track the pages the guest and zvm write, so snapshots after the first can be diffs.
+    #[serde(default)]
+    pub track_dirty_pages: bool,
 }
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        MachineConfig { vcpu_count: 1, mem_size_mib: 256, cpu_template: CpuTemplate::Auto }
+        MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: 256,
+            cpu_template: CpuTemplate::Auto,
+            track_dirty_pages: false,
+        }
     }
 }
 
@@ -276,7 +284,10 @@ impl VmResources {
 
     /// The command line the guest gets before zvm appends device parameters.
     pub fn boot_args(&self) -> &str {
-        self.boot_source.boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS)
+        self.boot_source
+            .boot_args
+            .as_deref()
+            .unwrap_or(DEFAULT_BOOT_ARGS)
     }
 
     /// Checks every field against its limits and the files against the file system.
@@ -292,11 +303,17 @@ impl VmResources {
             });
         }
         if mc.mem_size_mib < MIN_MEM_MIB {
-            return Err(ResourcesError::MemoryTooSmall { requested: mc.mem_size_mib, min: MIN_MEM_MIB });
+            return Err(ResourcesError::MemoryTooSmall {
+                requested: mc.mem_size_mib,
+                min: MIN_MEM_MIB,
+            });
         }
         if let Some(host) = crate::host::host_memory_mib() {
             if mc.mem_size_mib > host {
-                return Err(ResourcesError::MemoryTooLarge { requested: mc.mem_size_mib, host });
+                return Err(ResourcesError::MemoryTooLarge {
+                    requested: mc.mem_size_mib,
+                    host,
+                });
             }
         }
         check_file("kernel", &self.boot_source.kernel_image_path)?;
@@ -308,18 +325,24 @@ impl VmResources {
         self.validate_vsock()?;
         let len = self.boot_args().len();
         // Room is kept for the parameters zvm appends for its devices.
-        let devices = self.drives.len() + usize::from(self.entropy.is_some()) + self.net.len() + usize::from(self.vsock.is_some());
+        let devices = self.drives.len()
+            + usize::from(self.entropy.is_some())
+            + self.net.len()
+            + usize::from(self.vsock.is_some());
         let max = crate::layout::CMDLINE_MAX_SIZE - 512 - devices * CMDLINE_BYTES_PER_DEVICE;
         if len > max {
             return Err(ResourcesError::CmdlineTooLong { len, max });
         }
         Ok(())
     }
-
 }
 
 fn check_file(what: &'static str, path: &Path) -> Result<(), ResourcesError> {
-    let bad = |problem: String| ResourcesError::BadFile { what, path: path.to_path_buf(), problem };
+    let bad = |problem: String| ResourcesError::BadFile {
+        what,
+        path: path.to_path_buf(),
+        problem,
+    };
     let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
     if !meta.is_file() {
         return Err(bad("is not a regular file".into()));
@@ -370,7 +393,15 @@ mod tests {
         assert_eq!(parse_mem_size_mib("2G"), Ok(2048));
         assert_eq!(parse_mem_size_mib("1gib"), Ok(1024));
         assert_eq!(parse_mem_size_mib("65536K"), Ok(64));
-        for bad in ["", "M", "12X", "-5", "1.5G", "1000K", "99999999999999999999G"] {
+        for bad in [
+            "",
+            "M",
+            "12X",
+            "-5",
+            "1.5G",
+            "1000K",
+            "99999999999999999999G",
+        ] {
             assert!(parse_mem_size_mib(bad).is_err(), "{bad:?} must not parse");
         }
     }
@@ -381,7 +412,10 @@ mod tests {
         r.machine_config.vcpu_count = 0;
         assert_eq!(r.validate(), Err(ResourcesError::NoVcpus));
         r.machine_config.vcpu_count = MAX_VCPUS + 1;
-        assert!(matches!(r.validate(), Err(ResourcesError::TooManyVcpus { .. })));
+        assert!(matches!(
+            r.validate(),
+            Err(ResourcesError::TooManyVcpus { .. })
+        ));
         r.machine_config.vcpu_count = 2;
         assert_eq!(r.validate(), Ok(()));
     }
@@ -390,21 +424,33 @@ mod tests {
     fn memory_bounds_are_enforced() {
         let (_f, mut r) = with_kernel();
         r.machine_config.mem_size_mib = MIN_MEM_MIB - 1;
-        assert!(matches!(r.validate(), Err(ResourcesError::MemoryTooSmall { .. })));
+        assert!(matches!(
+            r.validate(),
+            Err(ResourcesError::MemoryTooSmall { .. })
+        ));
         r.machine_config.mem_size_mib = u64::MAX >> 20;
-        assert!(matches!(r.validate(), Err(ResourcesError::MemoryTooLarge { .. })));
+        assert!(matches!(
+            r.validate(),
+            Err(ResourcesError::MemoryTooLarge { .. })
+        ));
     }
 
     #[test]
     fn missing_empty_or_directory_kernel_is_refused() {
         let r = VmResources::new("/nonexistent/vmlinux");
         let err = r.validate().expect_err("missing");
-        assert!(err.to_string().starts_with("kernel '/nonexistent/vmlinux' cannot be read"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("kernel '/nonexistent/vmlinux' cannot be read"),
+            "{err}"
+        );
         let dir = tempfile::tempdir().expect("dir");
         let err = VmResources::new(dir.path()).validate().expect_err("dir");
         assert!(err.to_string().ends_with("is not a regular file"), "{err}");
         let empty = tempfile::NamedTempFile::new().expect("tmp");
-        let err = VmResources::new(empty.path()).validate().expect_err("empty");
+        let err = VmResources::new(empty.path())
+            .validate()
+            .expect_err("empty");
         assert!(err.to_string().ends_with("is empty"), "{err}");
     }
 
@@ -412,7 +458,10 @@ mod tests {
     fn console_and_template_specs_parse() {
         assert_eq!("stdio".parse(), Ok(ConsoleConfig::Stdio));
         assert_eq!("off".parse(), Ok(ConsoleConfig::Off));
-        assert_eq!("file:/tmp/c.log".parse(), Ok(ConsoleConfig::File("/tmp/c.log".into())));
+        assert_eq!(
+            "file:/tmp/c.log".parse(),
+            Ok(ConsoleConfig::File("/tmp/c.log".into()))
+        );
         assert!("file:".parse::<ConsoleConfig>().is_err());
         assert!("tty".parse::<ConsoleConfig>().is_err());
         assert_eq!("pvm".parse(), Ok(CpuTemplate::Pvm));
@@ -433,6 +482,9 @@ mod tests {
     fn overlong_cmdline_is_refused() {
         let (_f, mut r) = with_kernel();
         r.boot_source.boot_args = Some("x".repeat(4000));
-        assert!(matches!(r.validate(), Err(ResourcesError::CmdlineTooLong { .. })));
+        assert!(matches!(
+            r.validate(),
+            Err(ResourcesError::CmdlineTooLong { .. })
+        ));
     }
 }

@@ -13,7 +13,10 @@ impl Fixture {
     fn new() -> Fixture {
         let reset = EventFd::new(EFD_NONBLOCK).expect("eventfd");
         let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-        let dev = I8042Device::new(reset.try_clone().expect("clone"), irq.try_clone().expect("clone"));
+        let dev = I8042Device::new(
+            reset.try_clone().expect("clone"),
+            irq.try_clone().expect("clone"),
+        );
         Fixture { dev, reset, irq }
     }
 
@@ -39,7 +42,11 @@ impl Fixture {
         }
         (0..replies)
             .map(|_| {
-                assert_ne!(self.status() & STR_OBF, 0, "a reply to {command:#x} is waiting");
+                assert_ne!(
+                    self.status() & STR_OBF,
+                    0,
+                    "a reply to {command:#x} is waiting"
+                );
                 self.data()
             })
             .collect()
@@ -67,7 +74,10 @@ impl Fixture {
 
     /// The probe sequence of Linux 6.1's i8042 driver, up to an enabled keyboard port.
     fn linux_probe(&mut self) -> u8 {
-        assert!(self.flush().is_empty(), "controller check: nothing pending, status is not 0xff");
+        assert!(
+            self.flush().is_empty(),
+            "controller check: nothing pending, status is not 0xff"
+        );
         assert_ne!(self.status(), 0xff);
         assert_eq!(self.command(cmd::SELF_TEST, &[], 1), [SELF_TEST_OK]);
         let ctr = self.command(cmd::READ_CTR, &[], 1)[0];
@@ -90,10 +100,21 @@ impl Fixture {
 fn linux_probe_sequence_succeeds() {
     let mut f = Fixture::new();
     let ctr = f.linux_probe();
-    assert_eq!(ctr & CTR_XLATE, 0, "starts untranslated, so Linux uses set 2 directly");
+    assert_eq!(
+        ctr & CTR_XLATE,
+        0,
+        "starts untranslated, so Linux uses set 2 directly"
+    );
     assert_ne!(f.status() & STR_SYS, 0);
-    assert_eq!(f.command(cmd::AUX_TEST, &[], 1), [AUX_TEST_ABSENT], "no mouse");
-    assert!(f.irq.read().is_err(), "controller replies raise no interrupt");
+    assert_eq!(
+        f.command(cmd::AUX_TEST, &[], 1),
+        [AUX_TEST_ABSENT],
+        "no mouse"
+    );
+    assert!(
+        f.irq.read().is_err(),
+        "controller replies raise no interrupt"
+    );
     assert!(f.reset.read().is_err());
 }
 
@@ -103,7 +124,10 @@ fn keyboard_commands_are_acked_through_the_interrupt() {
     f.linux_probe();
     // atkbd_probe: GETID, then reset and LEDs.
     f.dev.write(DATA_OFFSET, &[kbd::GET_ID]);
-    assert_eq!(f.drain_with_irqs(), [kbd::ACK, kbd::ID_FIRST, kbd::ID_SECOND]);
+    assert_eq!(
+        f.drain_with_irqs(),
+        [kbd::ACK, kbd::ID_FIRST, kbd::ID_SECOND]
+    );
     f.dev.write(DATA_OFFSET, &[kbd::RESET]);
     assert_eq!(f.drain_with_irqs(), [kbd::ACK, kbd::BAT_OK]);
     f.dev.write(DATA_OFFSET, &[kbd::SET_LEDS]);
@@ -111,7 +135,11 @@ fn keyboard_commands_are_acked_through_the_interrupt() {
     assert_eq!(f.drain_with_irqs(), [kbd::ACK, kbd::ACK]);
     f.dev.write(DATA_OFFSET, &[kbd::SCANCODE_SET]);
     f.dev.write(DATA_OFFSET, &[0]);
-    assert_eq!(f.drain_with_irqs(), [kbd::ACK, kbd::ACK, 2], "reports set 2");
+    assert_eq!(
+        f.drain_with_irqs(),
+        [kbd::ACK, kbd::ACK, 2],
+        "reports set 2"
+    );
     f.dev.write(DATA_OFFSET, &[kbd::SCANCODE_SET]);
     f.dev.write(DATA_OFFSET, &[3]);
     assert_eq!(f.drain_with_irqs(), [kbd::ACK, kbd::RESEND], "no set 3");
@@ -147,9 +175,16 @@ fn ctrl_alt_del_follows_set_1_and_translation() {
     let ctr = f.linux_probe();
     f.command(cmd::WRITE_CTR, &[ctr | CTR_XLATE], 0);
     f.dev.write(DATA_OFFSET, &[kbd::GET_ID]);
-    assert_eq!(f.drain_with_irqs(), [kbd::ACK, kbd::ID_FIRST, kbd::ID_SECOND_TRANSLATED]);
+    assert_eq!(
+        f.drain_with_irqs(),
+        [kbd::ACK, kbd::ID_FIRST, kbd::ID_SECOND_TRANSLATED]
+    );
     f.dev.queue_ctrl_alt_del().expect("queued");
-    assert_eq!(f.drain_with_irqs(), CAD_SET1, "translated to set 1 by the controller");
+    assert_eq!(
+        f.drain_with_irqs(),
+        CAD_SET1,
+        "translated to set 1 by the controller"
+    );
 }
 
 #[test]
@@ -190,7 +225,10 @@ fn a_full_or_disabled_keyboard_refuses_keys() {
     f.linux_probe();
     f.dev.write(DATA_OFFSET, &[kbd::DISABLE]);
     assert_eq!(f.drain_with_irqs(), [kbd::ACK]);
-    assert_eq!(f.dev.queue_ctrl_alt_del(), Err(I8042Error::KeyboardDisabled));
+    assert_eq!(
+        f.dev.queue_ctrl_alt_del(),
+        Err(I8042Error::KeyboardDisabled)
+    );
     f.dev.write(DATA_OFFSET, &[kbd::ENABLE]);
     assert_eq!(f.drain_with_irqs(), [kbd::ACK]);
     let mut queued = 0;
@@ -205,7 +243,11 @@ fn a_full_or_disabled_keyboard_refuses_keys() {
 #[test]
 fn reset_requests_signal_the_event() {
     let mut f = Fixture::new();
-    assert_eq!(f.status() & (STR_OBF | 0x02), 0, "input buffer empty so Linux proceeds");
+    assert_eq!(
+        f.status() & (STR_OBF | 0x02),
+        0,
+        "input buffer empty so Linux proceeds"
+    );
     f.dev.write(DATA_OFFSET, &[cmd::RESET_CPU]);
     assert!(f.reset.read().is_err(), "a data-port write is not a reset");
     f.dev.write(COMMAND_OFFSET, &[0xff]);
@@ -220,7 +262,10 @@ fn reset_requests_signal_the_event() {
 #[test]
 fn kernel_switches_the_guest_set_itself_are_kept() {
     assert_eq!(missing_linux_args("console=ttyS0"), LINUX_ARGS);
-    assert_eq!(missing_linux_args("i8042.dumbkbd=0 i8042.noaux i8042.nomuxx"), ["i8042.nomux", "i8042.nopnp"]);
+    assert_eq!(
+        missing_linux_args("i8042.dumbkbd=0 i8042.noaux i8042.nomuxx"),
+        ["i8042.nomux", "i8042.nopnp"]
+    );
 }
 
 #[test]
@@ -237,5 +282,32 @@ fn odd_accesses_are_harmless() {
     f.command(cmd::AUX_LOOP, &[0x5a], 0);
     assert_eq!(f.status() & STR_OBF, 0, "no mouse echoes the loop-back");
     f.command(cmd::KBD_LOOP, &[0x99], 0);
-    assert_eq!(f.drain_with_irqs(), [0x99], "keyboard loop-back arrives as keyboard data");
+    assert_eq!(
+        f.drain_with_irqs(),
+        [0x99],
+        "keyboard loop-back arrives as keyboard data"
+    );
+}
+
+#[test]
+fn state_round_trips_mid_ctrl_alt_del() {
+    let mut f = Fixture::new();
+    f.linux_probe();
+    f.dev.queue_ctrl_alt_del().expect("keys");
+    let state = f.dev.save_state();
+    let mut g = Fixture::new();
+    g.dev.restore_state(&state).expect("restore");
+    assert_eq!(g.dev.save_state(), state);
+    let sent = f.flush();
+    assert_eq!(sent.len(), 11, "set 2 make and break codes: {sent:?}");
+    assert_eq!(
+        g.flush(),
+        sent,
+        "the restored keyboard sends the same bytes"
+    );
+    let too_long = I8042State {
+        kbd: vec![0; KBD_QUEUE_LEN + 1],
+        ..state
+    };
+    assert!(g.dev.restore_state(&too_long).is_err());
 }

@@ -6,7 +6,11 @@
 
 pub mod request;
 
-use super::{read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use super::{
+    read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1,
+};
+use crate::memory::GuestMemoryMmap;
 use crate::metrics::BlockMetrics;
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use request::{Disk, MAX_DATA_BYTES, MAX_DESCRIPTORS, SECTOR_SIZE};
@@ -16,7 +20,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 /// VIRTIO_BLK_F_SIZE_MAX: config `size_max` bounds each data segment.
 pub const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
@@ -87,8 +90,15 @@ pub struct FileBackend {
 impl FileBackend {
     /// Opens `path` for reading, and for writing unless `read_only`.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
-        let err = |source| BlockError::Open { path: path.to_path_buf(), source };
-        let mut file = OpenOptions::new().read(true).write(!read_only).open(path).map_err(err)?;
+        let err = |source| BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(err)?;
         // Seeking to the end sizes block devices as well as files.
         let len = file.seek(SeekFrom::End(0)).map_err(err)?;
         Ok(FileBackend { file, len })
@@ -127,7 +137,11 @@ impl Block {
     /// A device serving `backend`; `id` (the drive id) is what GET_ID returns, cut to 20 bytes.
     pub fn new(backend: Box<dyn BlockBackend>, read_only: bool, id: &str) -> Self {
         let disk = Disk::new(backend, read_only, id);
-        let mut features = VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_SIZE_MAX | VIRTIO_BLK_F_BLK_SIZE;
+        let mut features = VIRTIO_F_VERSION_1
+            | VIRTIO_BLK_F_FLUSH
+            | VIRTIO_BLK_F_SEG_MAX
+            | VIRTIO_BLK_F_SIZE_MAX
+            | VIRTIO_BLK_F_BLK_SIZE;
         if read_only {
             features |= VIRTIO_BLK_F_RO;
         }
@@ -136,7 +150,13 @@ impl Block {
         config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[20..24].copy_from_slice(&BLK_SIZE.to_le_bytes());
-        Block { disk, features, config, active: None, rate_limiter: None }
+        Block {
+            disk,
+            features,
+            config,
+            active: None,
+            rate_limiter: None,
+        }
     }
 
     /// Limits the device's bandwidth and request rate: requests wait on the queue while
@@ -148,16 +168,26 @@ impl Block {
 
     /// Serves requests one at a time while the rate limiter lets them through.
     fn process_limited(&mut self) {
-        let (Some(active), Some(limiter)) = (&mut self.active, &mut self.rate_limiter) else { return };
-        let Some(queue) = active.queues.first_mut() else { return };
+        let (Some(active), Some(limiter)) = (&mut self.active, &mut self.rate_limiter) else {
+            return;
+        };
+        let Some(queue) = active.queues.first_mut() else {
+            return;
+        };
         if !queue.ready() {
             return;
         }
         let mut used = 0;
         for _ in 0..usize::from(QUEUE_SIZE) * 2 {
-            let Some(chain) = queue.pop_descriptor_chain(&active.mem) else { break };
+            let Some(chain) = queue.pop_descriptor_chain(&active.mem) else {
+                break;
+            };
             // The data bytes: everything but the 16-byte header and the status byte.
-            let bytes = chain.clone().map(|d| u64::from(d.len())).sum::<u64>().saturating_sub(17);
+            let bytes = chain
+                .clone()
+                .map(|d| u64::from(d.len()))
+                .sum::<u64>()
+                .saturating_sub(17);
             if !limiter.consume_request(bytes) {
                 queue.go_to_previous_position();
                 self.disk.metrics.rate_limiter_throttled.inc();
@@ -214,9 +244,18 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), VirtioError> {
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), VirtioError> {
         self.active = Some(ActiveQueues::new(mem, queues, interrupt, 1)?);
-        tracing::debug!("virtio-blk activated: {} sectors, read_only={}", self.capacity(), self.disk.read_only);
+        tracing::debug!(
+            "virtio-blk activated: {} sectors, read_only={}",
+            self.capacity(),
+            self.disk.read_only
+        );
         Ok(())
     }
 
@@ -236,9 +275,17 @@ impl VirtioDevice for Block {
     }
 
     fn process_host_event(&mut self) {
-        if self.rate_limiter.as_mut().is_some_and(RateLimiter::on_timer) {
+        if self
+            .rate_limiter
+            .as_mut()
+            .is_some_and(RateLimiter::on_timer)
+        {
             self.process_limited();
         }
+    }
+
+    fn active_queues(&self) -> Option<&ActiveQueues> {
+        self.active.as_ref()
     }
 
     fn reset(&mut self) {
@@ -259,7 +306,10 @@ pub(crate) struct MemBackend {
 impl MemBackend {
     pub fn with_len(len: usize) -> Self {
         let data = (0..len).map(|i| (i / 512) as u8 ^ (i as u8)).collect();
-        MemBackend { data: std::sync::Arc::new(std::sync::Mutex::new(data)), ..Default::default() }
+        MemBackend {
+            data: std::sync::Arc::new(std::sync::Mutex::new(data)),
+            ..Default::default()
+        }
     }
 
     pub fn bytes(&self, range: std::ops::Range<usize>) -> Vec<u8> {
@@ -275,7 +325,10 @@ impl BlockBackend for MemBackend {
         }
         let data = self.data.lock().expect("data");
         let start = offset as usize;
-        buf.copy_from_slice(data.get(start..start + buf.len()).ok_or(io::ErrorKind::UnexpectedEof)?);
+        buf.copy_from_slice(
+            data.get(start..start + buf.len())
+                .ok_or(io::ErrorKind::UnexpectedEof)?,
+        );
         Ok(())
     }
 
@@ -285,12 +338,15 @@ impl BlockBackend for MemBackend {
         }
         let mut data = self.data.lock().expect("data");
         let start = offset as usize;
-        data.get_mut(start..start + buf.len()).ok_or(io::ErrorKind::UnexpectedEof)?.copy_from_slice(buf);
+        data.get_mut(start..start + buf.len())
+            .ok_or(io::ErrorKind::UnexpectedEof)?
+            .copy_from_slice(buf);
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
@@ -321,7 +377,12 @@ mod tests {
         assert_eq!(rw.device_type(), TYPE_BLOCK);
         assert_eq!(rw.capacity(), 8, "a partial last sector is not addressable");
         let f = rw.features();
-        for bit in [VIRTIO_F_VERSION_1, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_BLK_SIZE] {
+        for bit in [
+            VIRTIO_F_VERSION_1,
+            VIRTIO_BLK_F_FLUSH,
+            VIRTIO_BLK_F_SEG_MAX,
+            VIRTIO_BLK_F_BLK_SIZE,
+        ] {
             assert_ne!(f & bit, 0, "{bit:#x}");
         }
         assert_eq!(f & VIRTIO_BLK_F_RO, 0);
@@ -346,9 +407,12 @@ mod tests {
         let mock = MockSplitQueue::new(&mem, MOCK_QUEUE_SIZE);
         let backend = MemBackend::with_len(64 * 512);
         let mut blk = Block::new(Box::new(backend.clone()), false, "d");
-        mem.write_slice(&header(VIRTIO_BLK_T_IN, 3), GuestAddress(DATA)).expect("hdr");
-        mem.write_slice(&header(VIRTIO_BLK_T_OUT, 5), GuestAddress(DATA + 0x100)).expect("hdr");
-        mem.write_slice(&[0xab; 512], GuestAddress(DATA + 0x2000)).expect("data");
+        mem.write_slice(&header(VIRTIO_BLK_T_IN, 3), GuestAddress(DATA))
+            .expect("hdr");
+        mem.write_slice(&header(VIRTIO_BLK_T_OUT, 5), GuestAddress(DATA + 0x100))
+            .expect("hdr");
+        mem.write_slice(&[0xab; 512], GuestAddress(DATA + 0x2000))
+            .expect("data");
         mock.add_desc_chains(
             &[
                 linked(DATA, 16, F_NEXT, 1),
@@ -364,7 +428,8 @@ mod tests {
         let irq = Interrupt::new().expect("irq");
         blk.process_queue(0); // not active yet: nothing happens
         assert_eq!(used_idx(&mem, &mock), 0);
-        blk.activate(mem.clone(), vec![ready_queue(&mock)], irq.clone()).expect("activate");
+        blk.activate(mem.clone(), vec![ready_queue(&mock)], irq.clone())
+            .expect("activate");
         blk.process_queue(0);
         assert_eq!(used_idx(&mem, &mock), 2);
         assert_eq!(used_entry(&mem, &mock, 0), (0, 513));
@@ -372,14 +437,21 @@ mod tests {
         assert_eq!(byte_at(&mem, DATA + 0x1800), VIRTIO_BLK_S_OK);
         assert_eq!(byte_at(&mem, DATA + 0x2800), VIRTIO_BLK_S_OK);
         let mut read = vec![0u8; 512];
-        mem.read_slice(&mut read, GuestAddress(DATA + 0x1000)).expect("read");
+        mem.read_slice(&mut read, GuestAddress(DATA + 0x1000))
+            .expect("read");
         assert_eq!(read, backend.bytes(3 * 512..4 * 512));
         assert_eq!(backend.bytes(5 * 512..6 * 512), vec![0xab; 512]);
         assert_eq!(irq.status(), crate::devices::virtio::INT_USED_RING);
         assert_eq!(irq.eventfd().read().expect("interrupt raised"), 1);
         let m = blk.metrics().totals();
-        assert_eq!((m["read_count"].as_u64(), m["write_count"].as_u64()), (Some(1), Some(1)));
-        assert_eq!((m["read_bytes"].as_u64(), m["write_bytes"].as_u64()), (Some(512), Some(512)));
+        assert_eq!(
+            (m["read_count"].as_u64(), m["write_count"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(
+            (m["read_bytes"].as_u64(), m["write_bytes"].as_u64()),
+            (Some(512), Some(512))
+        );
         blk.process_queue(7); // a queue that does not exist is ignored
         blk.reset();
         blk.process_queue(0);
@@ -392,12 +464,22 @@ mod tests {
         let mem = memory();
         let mock = MockSplitQueue::new(&mem, MOCK_QUEUE_SIZE);
         let backend = MemBackend::with_len(64 * 512);
-        let ops = TokenBucketConfig { size: 1, one_time_burst: None, refill_time: 20 };
-        let limit = RateLimiterConfig { bandwidth: None, ops: Some(ops) };
-        let mut blk = Block::new(Box::new(backend), false, "d").with_rate_limiter(&limit).expect("limiter");
+        let ops = TokenBucketConfig {
+            size: 1,
+            one_time_burst: None,
+            refill_time: 20,
+        };
+        let limit = RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(ops),
+        };
+        let mut blk = Block::new(Box::new(backend), false, "d")
+            .with_rate_limiter(&limit)
+            .expect("limiter");
         let fd = blk.host_event_fd().expect("timer fd");
         for (i, at) in [DATA, DATA + 0x100].into_iter().enumerate() {
-            mem.write_slice(&header(VIRTIO_BLK_T_IN, i as u64), GuestAddress(at)).expect("hdr");
+            mem.write_slice(&header(VIRTIO_BLK_T_IN, i as u64), GuestAddress(at))
+                .expect("hdr");
         }
         mock.add_desc_chains(
             &[
@@ -411,13 +493,26 @@ mod tests {
             0,
         )
         .expect("chains");
-        blk.activate(mem.clone(), vec![ready_queue(&mock)], Interrupt::new().expect("irq")).expect("activate");
+        blk.activate(
+            mem.clone(),
+            vec![ready_queue(&mock)],
+            Interrupt::new().expect("irq"),
+        )
+        .expect("activate");
         blk.process_queue(0);
         assert_eq!(used_idx(&mem, &mock), 1, "one request per 20 ms");
         assert_eq!(blk.metrics().rate_limiter_throttled.get(), 1);
-        let mut pfd = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
+        let mut pfd = [libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
         // SAFETY: polling one valid pollfd.
-        assert_eq!(unsafe { libc::poll(pfd.as_mut_ptr(), 1, 2000) }, 1, "the timer fires");
+        assert_eq!(
+            unsafe { libc::poll(pfd.as_mut_ptr(), 1, 2000) },
+            1,
+            "the timer fires"
+        );
         blk.process_host_event();
         assert_eq!(used_idx(&mem, &mock), 2, "served after the timer");
         assert_eq!(used_entry(&mem, &mock, 1), (3, 513));
@@ -426,8 +521,19 @@ mod tests {
     #[test]
     fn activation_needs_exactly_one_queue() {
         let mut blk = Block::new(Box::new(MemBackend::with_len(512)), false, "d");
-        let err = blk.activate(memory(), Vec::new(), Interrupt::new().expect("irq")).expect_err("no queue");
-        assert!(matches!(err, VirtioError::QueueCount { expected: 1, got: 0 }), "{err}");
+        let err = blk
+            .activate(memory(), Vec::new(), Interrupt::new().expect("irq"))
+            .expect_err("no queue");
+        assert!(
+            matches!(
+                err,
+                VirtioError::QueueCount {
+                    expected: 1,
+                    got: 0
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -441,12 +547,16 @@ mod tests {
         let mut buf = [0u8; 4];
         rw.read_at(511, &mut buf).expect("pread");
         assert_eq!(buf, [7, 1, 2, 3]);
-        assert!(rw.read_at(4094, &mut buf).is_err(), "a short read is an error");
+        assert!(
+            rw.read_at(4094, &mut buf).is_err(),
+            "a short read is an error"
+        );
         let mut ro = FileBackend::open(f.path(), true).expect("open ro");
         assert!(ro.write_at(0, &[0]).is_err(), "opened read-only");
         let err = FileBackend::open(Path::new("/nonexistent/disk.img"), true).expect_err("missing");
         assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
-        let blk = Block::open(f.path(), true, "a-very-long-drive-identifier-string").expect("block");
+        let blk =
+            Block::open(f.path(), true, "a-very-long-drive-identifier-string").expect("block");
         assert_eq!(blk.capacity(), 8);
         assert_eq!(&blk.disk.id, b"a-very-long-drive-id");
     }

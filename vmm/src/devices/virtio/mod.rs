@@ -14,14 +14,14 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod rng;
-pub mod vsock;
 #[cfg(test)]
 pub(crate) mod test_utils;
+pub mod vsock;
 
+use crate::memory::GuestMemoryMmap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Feature bit VIRTIO_F_VERSION_1: the device follows virtio 1.x (no legacy interface).
@@ -77,6 +77,9 @@ pub enum VirtioError {
         /// What is wrong.
         reason: String,
     },
+    /// A snapshot's device state does not fit the device.
+    #[error("virtio device state from the snapshot does not fit: {0}")]
+    BadState(String),
     /// Activation was given the wrong number of queues.
     #[error("the device has {expected} queues but was activated with {got}")]
     QueueCount {
@@ -99,7 +102,11 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device configuration space; devices without writable fields ignore it.
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::debug!("virtio device type {}: ignoring a {}-byte config write at {offset:#x}", self.device_type(), data.len());
+        tracing::debug!(
+            "virtio device type {}: ignoring a {}-byte config write at {offset:#x}",
+            self.device_type(),
+            data.len()
+        );
     }
     /// The features the driver accepted (a subset of [`Self::features`]); called before
     /// [`Self::activate`]. Devices whose behaviour does not depend on them ignore it.
@@ -116,11 +123,22 @@ pub trait VirtioDevice: Send {
     /// thread (whose seccomp filter allows only KVM ioctls): host-side setup belongs here.
     fn process_host_event(&mut self) {}
     /// Starts the device with the queues the driver set up, as the transport validated them.
-    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), VirtioError>;
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), VirtioError>;
     /// Handles a notification on queue `index`: processes the buffers available there.
     fn process_queue(&mut self, index: usize);
     /// Returns the device to its state before activation (the driver wrote 0 to Status).
     fn reset(&mut self);
+    /// The queues the device works with once active: their positions are what a
+    /// snapshot saves (the transport's copies stay where the driver set them up).
+    fn active_queues(&self) -> Option<&ActiveQueues>;
+    /// Called once the device was re-activated from a snapshot, before the vCPUs run:
+    /// a device whose host side could not be carried over tells the guest here.
+    fn after_restore(&mut self) {}
 }
 
 /// A device's interrupt: the MMIO InterruptStatus bits and the irqfd that raises the line.
@@ -137,8 +155,14 @@ struct InterruptState {
 impl Interrupt {
     /// A new interrupt with a fresh (non-blocking) eventfd and no status bits set.
     pub fn new() -> Result<Self, VirtioError> {
-        let evt = EventFd::new(EFD_NONBLOCK).map_err(|source| VirtioError::EventFd { what: "interrupt", source })?;
-        Ok(Interrupt(Arc::new(InterruptState { status: AtomicU32::new(0), evt })))
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(|source| VirtioError::EventFd {
+            what: "interrupt",
+            source,
+        })?;
+        Ok(Interrupt(Arc::new(InterruptState {
+            status: AtomicU32::new(0),
+            evt,
+        })))
     }
 
     /// The eventfd to register with KVM as the device's irqfd.
@@ -169,6 +193,12 @@ impl Interrupt {
         self.0.status.fetch_and(!bits, Ordering::AcqRel);
     }
 
+    /// Sets the status bits a snapshot saved, without raising the line (the irqchip's
+    /// own state says whether it is raised).
+    pub fn restore_status(&self, bits: u32) {
+        self.0.status.store(bits, Ordering::Release);
+    }
+
     /// Clears every status bit (device reset).
     pub fn clear(&self) {
         self.0.status.store(0, Ordering::Release);
@@ -188,11 +218,28 @@ pub struct ActiveQueues {
 
 impl ActiveQueues {
     /// Checks that `queues` matches the device's queue count and wraps the activation.
-    pub fn new(mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Interrupt, expected: usize) -> Result<Self, VirtioError> {
+    pub fn new(
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+        expected: usize,
+    ) -> Result<Self, VirtioError> {
         if queues.len() != expected {
-            return Err(VirtioError::QueueCount { expected, got: queues.len() });
+            return Err(VirtioError::QueueCount {
+                expected,
+                got: queues.len(),
+            });
         }
-        Ok(ActiveQueues { mem, queues, interrupt })
+        Ok(ActiveQueues {
+            mem,
+            queues,
+            interrupt,
+        })
+    }
+
+    /// The queues' positions and addresses, for a snapshot.
+    pub fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.queues.iter().map(|q| q.state()).collect()
     }
 
     /// Takes the chains available on queue `index` (one batch, read once, so a guest cannot
@@ -223,7 +270,9 @@ impl ActiveQueues {
             let len = handle(&self.mem, chain);
             match queue.add_used(&self.mem, head, len) {
                 Ok(()) => used += 1,
-                Err(e) => tracing::warn!("virtio queue {index}: cannot return descriptor {head}: {e}"),
+                Err(e) => {
+                    tracing::warn!("virtio queue {index}: cannot return descriptor {head}: {e}")
+                }
             }
         }
         if used > 0 && queue.needs_notification(&self.mem).unwrap_or(true) {
@@ -235,7 +284,9 @@ impl ActiveQueues {
 /// Copies the part of `config` at `offset` into `data`; bytes beyond the end read as zero.
 pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);
-    let Ok(start) = usize::try_from(offset) else { return };
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
     if let Some(src) = config.get(start..) {
         let n = src.len().min(data.len());
         data[..n].copy_from_slice(&src[..n]);

@@ -17,7 +17,11 @@
 
 pub mod tap;
 
-use super::{read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_NET, VIRTIO_F_VERSION_1};
+use super::{
+    read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_NET,
+    VIRTIO_F_VERSION_1,
+};
+use crate::memory::GuestMemoryMmap;
 use crate::metrics::NetMetrics;
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use std::io;
@@ -25,7 +29,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryError};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 /// VIRTIO_NET_F_CSUM: the device takes frames with partial checksums.
@@ -144,7 +148,11 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], NetError> {
 }
 
 /// Gathers a TX chain (vnet header + frame) into `buf`; returns its length.
-pub fn read_tx_chain<I: IntoIterator<Item = Descriptor>>(mem: &GuestMemoryMmap, chain: I, buf: &mut [u8]) -> Result<usize, NetError> {
+pub fn read_tx_chain<I: IntoIterator<Item = Descriptor>>(
+    mem: &GuestMemoryMmap,
+    chain: I,
+    buf: &mut [u8],
+) -> Result<usize, NetError> {
     let mut len = 0usize;
     let mut more = false;
     for desc in chain {
@@ -153,7 +161,9 @@ pub fn read_tx_chain<I: IntoIterator<Item = Descriptor>>(mem: &GuestMemoryMmap, 
             return Err(NetError::WrongDirection("TX"));
         }
         let n = desc.len() as usize;
-        let dst = buf.get_mut(len..len.saturating_add(n)).ok_or(NetError::TooLarge)?;
+        let dst = buf
+            .get_mut(len..len.saturating_add(n))
+            .ok_or(NetError::TooLarge)?;
         mem.read_slice(dst, desc.addr())?;
         len += n;
     }
@@ -169,7 +179,11 @@ pub fn read_tx_chain<I: IntoIterator<Item = Descriptor>>(mem: &GuestMemoryMmap, 
 
 /// Scatters `frame` (vnet header + frame) into an RX chain; returns the bytes written.
 /// The chain is checked whole first, so a bad chain gets nothing.
-pub fn write_rx_chain<I: IntoIterator<Item = Descriptor>>(mem: &GuestMemoryMmap, chain: I, frame: &[u8]) -> Result<u32, NetError> {
+pub fn write_rx_chain<I: IntoIterator<Item = Descriptor>>(
+    mem: &GuestMemoryMmap,
+    chain: I,
+    frame: &[u8],
+) -> Result<u32, NetError> {
     let mut segments = Vec::new();
     let mut room = 0u64;
     let mut more = false;
@@ -187,7 +201,10 @@ pub fn write_rx_chain<I: IntoIterator<Item = Descriptor>>(mem: &GuestMemoryMmap,
         return Err(NetError::Unterminated);
     }
     if room < frame.len() as u64 {
-        return Err(NetError::NoRoom { room, need: frame.len() });
+        return Err(NetError::NoRoom {
+            room,
+            need: frame.len(),
+        });
     }
     let mut done = 0usize;
     for (addr, len) in segments {
@@ -256,7 +273,13 @@ impl Net {
         let tx_limiter = tx_limit.map(RateLimiter::new).transpose()?;
         for (limiter, token) in [(&rx_limiter, TOKEN_RX_TIMER), (&tx_limiter, TOKEN_TX_TIMER)] {
             if let Some(l) = limiter {
-                epoll.ctl(ControlOperation::Add, l.timer_fd(), EpollEvent::new(EventSet::IN, token)).map_err(NetError::Epoll)?;
+                epoll
+                    .ctl(
+                        ControlOperation::Add,
+                        l.timer_fd(),
+                        EpollEvent::new(EventSet::IN, token),
+                    )
+                    .map_err(NetError::Epoll)?;
             }
         }
         Ok(Net {
@@ -290,14 +313,24 @@ impl Net {
 
     /// Starts or stops watching the backend for frames.
     fn watch_backend(&mut self, on: bool) {
-        let Some(fd) = self.backend.poll_fd() else { return };
+        let Some(fd) = self.backend.poll_fd() else {
+            return;
+        };
         if on == self.watching_backend {
             return;
         }
-        let (op, events) = if on { (ControlOperation::Add, EventSet::IN) } else { (ControlOperation::Delete, EventSet::empty()) };
+        let (op, events) = if on {
+            (ControlOperation::Add, EventSet::IN)
+        } else {
+            (ControlOperation::Delete, EventSet::empty())
+        };
         match self.epoll.ctl(op, fd, EpollEvent::new(events, TOKEN_TAP)) {
             Ok(()) => self.watching_backend = on,
-            Err(e) => tracing::warn!("virtio-net {}: cannot {} the tap: {e}", self.id, if on { "watch" } else { "unwatch" }),
+            Err(e) => tracing::warn!(
+                "virtio-net {}: cannot {} the tap: {e}",
+                self.id,
+                if on { "watch" } else { "unwatch" }
+            ),
         }
     }
 
@@ -318,8 +351,12 @@ impl Net {
 
     /// Moves frames from the backend into RX buffers until one side runs out.
     fn process_rx(&mut self) {
-        let Some(active) = &mut self.active else { return };
-        let Some(queue) = active.queues.get_mut(RX_QUEUE) else { return };
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        let Some(queue) = active.queues.get_mut(RX_QUEUE) else {
+            return;
+        };
         if !queue.ready() {
             return;
         }
@@ -334,7 +371,10 @@ impl Net {
                         self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
                     }
                     Ok(n) => {
-                        tracing::debug!("virtio-net {}: dropping a {n}-byte read from the tap", self.id);
+                        tracing::debug!(
+                            "virtio-net {}: dropping a {n}-byte read from the tap",
+                            self.id
+                        );
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -366,7 +406,10 @@ impl Net {
                     len
                 }
                 Err(e) => {
-                    tracing::warn!("virtio-net {}: RX chain {head}: {e}; frame dropped", self.id);
+                    tracing::warn!(
+                        "virtio-net {}: RX chain {head}: {e}; frame dropped",
+                        self.id
+                    );
                     self.metrics.dropped.inc();
                     0
                 }
@@ -374,7 +417,10 @@ impl Net {
             self.rx_len = 0;
             match queue.add_used(&active.mem, head, len) {
                 Ok(()) => used += 1,
-                Err(e) => tracing::warn!("virtio-net {}: cannot return RX descriptor {head}: {e}", self.id),
+                Err(e) => tracing::warn!(
+                    "virtio-net {}: cannot return RX descriptor {head}: {e}",
+                    self.id
+                ),
             }
         }
         if used > 0 && queue.needs_notification(&active.mem).unwrap_or(true) {
@@ -385,14 +431,20 @@ impl Net {
 
     /// Sends the frames the driver queued for transmission.
     fn process_tx(&mut self) {
-        let Some(active) = &mut self.active else { return };
-        let Some(queue) = active.queues.get_mut(TX_QUEUE) else { return };
+        let Some(active) = &mut self.active else {
+            return;
+        };
+        let Some(queue) = active.queues.get_mut(TX_QUEUE) else {
+            return;
+        };
         if !queue.ready() {
             return;
         }
         let mut used = 0;
         for _ in 0..MAX_FRAMES_PER_EVENT {
-            let Some(chain) = queue.pop_descriptor_chain(&active.mem) else { break };
+            let Some(chain) = queue.pop_descriptor_chain(&active.mem) else {
+                break;
+            };
             let head = chain.head_index();
             match read_tx_chain(&active.mem, chain, &mut self.tx_buf) {
                 Ok(len) => {
@@ -421,7 +473,10 @@ impl Net {
             }
             match queue.add_used(&active.mem, head, 0) {
                 Ok(()) => used += 1,
-                Err(e) => tracing::warn!("virtio-net {}: cannot return TX descriptor {head}: {e}", self.id),
+                Err(e) => tracing::warn!(
+                    "virtio-net {}: cannot return TX descriptor {head}: {e}",
+                    self.id
+                ),
             }
         }
         if used > 0 && queue.needs_notification(&active.mem).unwrap_or(true) {
@@ -451,10 +506,19 @@ impl VirtioDevice for Net {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), VirtioError> {
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), VirtioError> {
         self.active = Some(ActiveQueues::new(mem, queues, interrupt, 2)?);
         self.setup_pending = true;
-        tracing::debug!("virtio-net {} activated, features {:#x}", self.id, self.acked);
+        tracing::debug!(
+            "virtio-net {} activated, features {:#x}",
+            self.id,
+            self.acked
+        );
         Ok(())
     }
 
@@ -463,7 +527,10 @@ impl VirtioDevice for Net {
         match index {
             RX_QUEUE => self.process_rx(),
             TX_QUEUE => self.process_tx(),
-            _ => tracing::warn!("virtio-net {}: notification for queue {index}, which does not exist", self.id),
+            _ => tracing::warn!(
+                "virtio-net {}: notification for queue {index}, which does not exist",
+                self.id
+            ),
         }
     }
 
@@ -484,11 +551,19 @@ impl VirtioDevice for Net {
         for event in &events[..n] {
             match event.data() {
                 TOKEN_TAP => self.process_rx(),
-                TOKEN_RX_TIMER if self.rx_limiter.as_mut().is_some_and(RateLimiter::on_timer) => self.process_rx(),
-                TOKEN_TX_TIMER if self.tx_limiter.as_mut().is_some_and(RateLimiter::on_timer) => self.process_tx(),
+                TOKEN_RX_TIMER if self.rx_limiter.as_mut().is_some_and(RateLimiter::on_timer) => {
+                    self.process_rx()
+                }
+                TOKEN_TX_TIMER if self.tx_limiter.as_mut().is_some_and(RateLimiter::on_timer) => {
+                    self.process_tx()
+                }
                 _ => {}
             }
         }
+    }
+
+    fn active_queues(&self) -> Option<&ActiveQueues> {
+        self.active.as_ref()
     }
 
     fn reset(&mut self) {

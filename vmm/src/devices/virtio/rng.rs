@@ -5,12 +5,13 @@
 //! unbounded work.
 
 use super::{ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_RNG, VIRTIO_F_VERSION_1};
+use crate::memory::GuestMemoryMmap;
 use crate::metrics::RngMetrics;
 use std::io;
 use std::sync::Arc;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -113,7 +114,12 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), VirtioError> {
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), VirtioError> {
         self.active = Some(ActiveQueues::new(mem, queues, interrupt, 1)?);
         tracing::debug!("virtio-rng activated");
         Ok(())
@@ -129,6 +135,10 @@ impl VirtioDevice for Rng {
                 n
             });
         }
+    }
+
+    fn active_queues(&self) -> Option<&ActiveQueues> {
+        self.active.as_ref()
     }
 
     fn reset(&mut self) {
@@ -153,22 +163,54 @@ mod tests {
     fn fills_writable_buffers_and_skips_readable_ones() {
         let mem = memory();
         let mock = MockSplitQueue::new(&mem, MOCK_QUEUE_SIZE);
-        let chain = build_chain(&mock, &[desc(DATA, 64, F_WRITE), desc(DATA + 0x100, 16, 0), desc(DATA + 0x200, 5000, F_WRITE)]);
+        let chain = build_chain(
+            &mock,
+            &[
+                desc(DATA, 64, F_WRITE),
+                desc(DATA + 0x100, 16, 0),
+                desc(DATA + 0x200, 5000, F_WRITE),
+            ],
+        );
         assert_eq!(fill_chain(&mem, chain), 5064);
         assert_ne!(guest(&mem, DATA, 64), vec![0; 64]);
-        assert_eq!(guest(&mem, DATA + 0x100, 16), vec![0; 16], "readable buffer untouched");
-        assert_ne!(guest(&mem, DATA + 5000 + 0x200 - 64, 64), vec![0; 64], "the tail of the second chunk is filled");
+        assert_eq!(
+            guest(&mem, DATA + 0x100, 16),
+            vec![0; 16],
+            "readable buffer untouched"
+        );
+        assert_ne!(
+            guest(&mem, DATA + 5000 + 0x200 - 64, 64),
+            vec![0; 64],
+            "the tail of the second chunk is filled"
+        );
     }
 
     #[test]
     fn requests_are_capped_and_bad_buffers_end_them() {
         let mem = memory();
         let mock = MockSplitQueue::new(&mem, MOCK_QUEUE_SIZE);
-        let chain = build_chain(&mock, &[desc(DATA, 0x10_0000, F_WRITE), desc(DATA + 0x20_0000, 64, F_WRITE)]);
+        let chain = build_chain(
+            &mock,
+            &[
+                desc(DATA, 0x10_0000, F_WRITE),
+                desc(DATA + 0x20_0000, 64, F_WRITE),
+            ],
+        );
         assert_eq!(fill_chain(&mem, chain), MAX_BYTES_PER_REQUEST);
-        assert_eq!(guest(&mem, DATA + 0x20_0000, 64), vec![0; 64], "nothing past the cap");
-        let chain = build_chain(&mock, &[desc(MEM_SIZE - 16, 64, F_WRITE), desc(DATA, 64, F_WRITE)]);
-        assert_eq!(fill_chain(&mem, chain), 0, "a buffer running off guest memory ends the request");
+        assert_eq!(
+            guest(&mem, DATA + 0x20_0000, 64),
+            vec![0; 64],
+            "nothing past the cap"
+        );
+        let chain = build_chain(
+            &mock,
+            &[desc(MEM_SIZE - 16, 64, F_WRITE), desc(DATA, 64, F_WRITE)],
+        );
+        assert_eq!(
+            fill_chain(&mem, chain),
+            0,
+            "a buffer running off guest memory ends the request"
+        );
         let chain = build_chain(&mock, &[desc(u64::MAX - 8, 4096 * 3, F_WRITE)]);
         assert_eq!(fill_chain(&mem, chain), 0, "wrapping addresses are refused");
     }
@@ -177,17 +219,29 @@ mod tests {
     fn device_serves_its_queue() {
         let mem = memory();
         let mock = MockSplitQueue::new(&mem, MOCK_QUEUE_SIZE);
-        mock.add_desc_chains(&[linked(DATA, 32, F_WRITE, 0), linked(DATA + 0x100, 8, 0, 0)], 0).expect("chains");
+        mock.add_desc_chains(
+            &[linked(DATA, 32, F_WRITE, 0), linked(DATA + 0x100, 8, 0, 0)],
+            0,
+        )
+        .expect("chains");
         let mut rng = Rng::new();
         assert_eq!(rng.device_type(), TYPE_RNG);
         assert_eq!(rng.features(), VIRTIO_F_VERSION_1);
         let irq = Interrupt::new().expect("irq");
-        rng.activate(mem.clone(), vec![ready_queue(&mock)], irq.clone()).expect("activate");
+        rng.activate(mem.clone(), vec![ready_queue(&mock)], irq.clone())
+            .expect("activate");
         rng.process_queue(0);
         assert_eq!(used_idx(&mem, &mock), 2);
         assert_eq!(used_entry(&mem, &mock, 0), (0, 32));
-        assert_eq!(used_entry(&mem, &mock, 1), (1, 0), "a chain with no writable buffer is returned empty");
-        assert_eq!((rng.metrics().requests.get(), rng.metrics().bytes.get()), (2, 32));
+        assert_eq!(
+            used_entry(&mem, &mock, 1),
+            (1, 0),
+            "a chain with no writable buffer is returned empty"
+        );
+        assert_eq!(
+            (rng.metrics().requests.get(), rng.metrics().bytes.get()),
+            (2, 32)
+        );
         assert_eq!(irq.eventfd().read().expect("interrupt"), 1);
     }
 }

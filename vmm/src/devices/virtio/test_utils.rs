@@ -1,9 +1,10 @@
 //! Test helpers: guest memory, descriptors and chains on mock split queues.
 
+use crate::memory::GuestMemoryMmap;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// VRING_DESC_F_NEXT.
 pub const F_NEXT: u16 = 1;
@@ -32,13 +33,19 @@ pub fn linked(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
 }
 
 /// The chain made of `descs`, linked in order, as a device would pop it.
-pub fn build_chain<'a>(queue: &'a MockSplitQueue<'a, GuestMemoryMmap>, descs: &[RawDescriptor]) -> DescriptorChain<&'a GuestMemoryMmap> {
+pub fn build_chain<'a>(
+    queue: &'a MockSplitQueue<'a, GuestMemoryMmap>,
+    descs: &[RawDescriptor],
+) -> DescriptorChain<&'a GuestMemoryMmap> {
     queue.build_desc_chain(descs).expect("chain")
 }
 
 /// A device-side queue over `mock` with `descs` (raw, links as given) made available as
 /// one chain starting at descriptor 0.
-pub fn queue_with_raw_chain(mock: &MockSplitQueue<'_, GuestMemoryMmap>, descs: &[RawDescriptor]) -> Queue {
+pub fn queue_with_raw_chain(
+    mock: &MockSplitQueue<'_, GuestMemoryMmap>,
+    descs: &[RawDescriptor],
+) -> Queue {
     mock.add_desc_chains(descs, 0).expect("descriptors");
     mock.create_queue::<Queue>().expect("queue")
 }
@@ -49,7 +56,11 @@ pub fn byte_at(mem: &GuestMemoryMmap, addr: u64) -> u8 {
 }
 
 /// The used ring's first element (descriptor id, length) and its index.
-pub fn used_entry(mem: &GuestMemoryMmap, mock: &MockSplitQueue<'_, GuestMemoryMmap>, n: u64) -> (u32, u32) {
+pub fn used_entry(
+    mem: &GuestMemoryMmap,
+    mock: &MockSplitQueue<'_, GuestMemoryMmap>,
+    n: u64,
+) -> (u32, u32) {
     let base = mock.used_addr().0 + 4 + 8 * n;
     let id: u32 = mem.read_obj(GuestAddress(base)).expect("used id");
     let len: u32 = mem.read_obj(GuestAddress(base + 4)).expect("used len");
@@ -58,7 +69,8 @@ pub fn used_entry(mem: &GuestMemoryMmap, mock: &MockSplitQueue<'_, GuestMemoryMm
 
 /// The used ring's idx field.
 pub fn used_idx(mem: &GuestMemoryMmap, mock: &MockSplitQueue<'_, GuestMemoryMmap>) -> u16 {
-    mem.read_obj(GuestAddress(mock.used_addr().0 + 2)).expect("used idx")
+    mem.read_obj(GuestAddress(mock.used_addr().0 + 2))
+        .expect("used idx")
 }
 
 /// A ready queue over `mock`, for activating devices.

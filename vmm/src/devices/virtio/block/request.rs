@@ -11,10 +11,11 @@
 //! answered with VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP.
 
 use super::BlockBackend;
+use crate::memory::GuestMemoryMmap;
 use crate::metrics::BlockMetrics;
 use std::sync::Arc;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
 /// Read sectors into device-writable buffers.
 pub const VIRTIO_BLK_T_IN: u32 = 0;
@@ -133,7 +134,10 @@ impl Segments {
             let start = skip.max(pos);
             let end = pos.saturating_add(len).min(skip.saturating_add(count));
             if start < end {
-                let at = addr.0.checked_add(start - pos).ok_or(GuestMemoryError::InvalidGuestAddress(addr))?;
+                let at = addr
+                    .0
+                    .checked_add(start - pos)
+                    .ok_or(GuestMemoryError::InvalidGuestAddress(addr))?;
                 let n = end - start;
                 f(GuestAddress(at), done as usize..(done + n) as usize)?;
                 done += n;
@@ -143,12 +147,21 @@ impl Segments {
         Ok(())
     }
 
-    fn read(&self, mem: &GuestMemoryMmap, skip: u64, out: &mut [u8]) -> Result<(), GuestMemoryError> {
-        self.for_each(skip, out.len() as u64, |addr, range| mem.read_slice(&mut out[range], addr))
+    fn read(
+        &self,
+        mem: &GuestMemoryMmap,
+        skip: u64,
+        out: &mut [u8],
+    ) -> Result<(), GuestMemoryError> {
+        self.for_each(skip, out.len() as u64, |addr, range| {
+            mem.read_slice(&mut out[range], addr)
+        })
     }
 
     fn write(&self, mem: &GuestMemoryMmap, skip: u64, data: &[u8]) -> Result<(), GuestMemoryError> {
-        self.for_each(skip, data.len() as u64, |addr, range| mem.write_slice(&data[range], addr))
+        self.for_each(skip, data.len() as u64, |addr, range| {
+            mem.write_slice(&data[range], addr)
+        })
     }
 }
 
@@ -178,7 +191,11 @@ fn split_chain<I: IntoIterator<Item = Descriptor>>(chain: I) -> Result<Parts, Re
     if !last.is_write_only() || last.len() == 0 {
         return Err(RequestError::NoStatus);
     }
-    let status = last.addr().0.checked_add(u64::from(last.len()) - 1).ok_or(RequestError::NoStatus)?;
+    let status = last
+        .addr()
+        .0
+        .checked_add(u64::from(last.len()) - 1)
+        .ok_or(RequestError::NoStatus)?;
     let mut parts = Parts {
         readable: Segments::default(),
         writable: Segments::default(),
@@ -198,7 +215,10 @@ fn split_chain<I: IntoIterator<Item = Descriptor>>(chain: I) -> Result<Parts, Re
     }
     // The last descriptor contributes its bytes before the status byte.
     if last.len() > 1 {
-        parts.writable.0.push((last.addr(), u64::from(last.len()) - 1));
+        parts
+            .writable
+            .0
+            .push((last.addr(), u64::from(last.len()) - 1));
     }
     Ok(parts)
 }
@@ -220,7 +240,12 @@ pub struct Disk {
 
 impl std::fmt::Debug for Disk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Disk({} sectors, read_only={})", self.capacity(), self.read_only)
+        write!(
+            f,
+            "Disk({} sectors, read_only={})",
+            self.capacity(),
+            self.read_only
+        )
     }
 }
 
@@ -230,7 +255,13 @@ impl Disk {
         let mut id_bytes = [0u8; ID_BYTES];
         let n = id.len().min(ID_BYTES);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
-        Disk { backend, read_only, id: id_bytes, buf: vec![0u8; MAX_DATA_BYTES as usize], metrics: Arc::default() }
+        Disk {
+            backend,
+            read_only,
+            id: id_bytes,
+            buf: vec![0u8; MAX_DATA_BYTES as usize],
+            metrics: Arc::default(),
+        }
     }
 
     /// The disk size in sectors (a partial last sector is not addressable).
@@ -240,7 +271,11 @@ impl Disk {
 
     /// Serves the request in `chain`; returns the number of bytes written into the chain,
     /// for the used ring. Never panics, whatever the chain holds.
-    pub fn handle<I: IntoIterator<Item = Descriptor>>(&mut self, mem: &GuestMemoryMmap, chain: I) -> u32 {
+    pub fn handle<I: IntoIterator<Item = Descriptor>>(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: I,
+    ) -> u32 {
         let parts = match split_chain(chain) {
             Ok(parts) => parts,
             Err(e) => {
@@ -282,10 +317,19 @@ impl Disk {
         let mut header = [0u8; HEADER_BYTES as usize];
         parts.readable.read(mem, 0, &mut header)?;
         let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let sector = u64::from_le_bytes([header[8], header[9], header[10], header[11], header[12], header[13], header[14], header[15]]);
+        let sector = u64::from_le_bytes([
+            header[8], header[9], header[10], header[11], header[12], header[13], header[14],
+            header[15],
+        ]);
         let out_bytes = readable - HEADER_BYTES;
         let in_bytes = parts.writable.len();
-        let wrong = |bytes: u64| if bytes == 0 { Ok(()) } else { Err(RequestError::WrongDirection { kind, bytes }) };
+        let wrong = |bytes: u64| {
+            if bytes == 0 {
+                Ok(())
+            } else {
+                Err(RequestError::WrongDirection { kind, bytes })
+            }
+        };
         match kind {
             VIRTIO_BLK_T_IN => {
                 wrong(out_bytes)?;
@@ -338,9 +382,16 @@ impl Disk {
             return Err(RequestError::Unaligned(bytes));
         }
         let capacity = self.capacity();
-        match (sector.checked_add(bytes / SECTOR_SIZE), sector.checked_mul(SECTOR_SIZE)) {
+        match (
+            sector.checked_add(bytes / SECTOR_SIZE),
+            sector.checked_mul(SECTOR_SIZE),
+        ) {
             (Some(end), Some(offset)) if end <= capacity => Ok(offset),
-            _ => Err(RequestError::OutOfRange { sector, bytes, capacity }),
+            _ => Err(RequestError::OutOfRange {
+                sector,
+                bytes,
+                capacity,
+            }),
         }
     }
 }
@@ -378,7 +429,9 @@ mod tests {
             let mut hdr = [0u8; 16];
             hdr[0..4].copy_from_slice(&kind.to_le_bytes());
             hdr[8..16].copy_from_slice(&sector.to_le_bytes());
-            self.mem.write_slice(&hdr, GuestAddress(HDR)).expect("header");
+            self.mem
+                .write_slice(&hdr, GuestAddress(HDR))
+                .expect("header");
             let mock = MockSplitQueue::new(&self.mem, MOCK_QUEUE_SIZE);
             let chain = build_chain(&mock, descs);
             self.disk.handle(&self.mem, chain)
@@ -390,7 +443,9 @@ mod tests {
 
         fn guest(&self, addr: u64, len: usize) -> Vec<u8> {
             let mut buf = vec![0u8; len];
-            self.mem.read_slice(&mut buf, GuestAddress(addr)).expect("read");
+            self.mem
+                .read_slice(&mut buf, GuestAddress(addr))
+                .expect("read");
             buf
         }
     }
@@ -406,7 +461,16 @@ mod tests {
     #[test]
     fn read_fills_the_buffers_and_reports_the_length() {
         let mut f = Fixture::new(false);
-        let len = f.run(VIRTIO_BLK_T_IN, 2, &[hdr(), desc(BUF, 512, F_WRITE), desc(BUF + 0x800, 1024, F_WRITE), status()]);
+        let len = f.run(
+            VIRTIO_BLK_T_IN,
+            2,
+            &[
+                hdr(),
+                desc(BUF, 512, F_WRITE),
+                desc(BUF + 0x800, 1024, F_WRITE),
+                status(),
+            ],
+        );
         assert_eq!((len, f.status()), (1537, VIRTIO_BLK_S_OK));
         assert_eq!(f.guest(BUF, 512), f.backend.bytes(1024..1536));
         assert_eq!(f.guest(BUF + 0x800, 1024), f.backend.bytes(1536..2560));
@@ -415,7 +479,9 @@ mod tests {
     #[test]
     fn write_stores_the_data() {
         let mut f = Fixture::new(false);
-        f.mem.write_slice(&[0x5a; 1024], GuestAddress(BUF)).expect("data");
+        f.mem
+            .write_slice(&[0x5a; 1024], GuestAddress(BUF))
+            .expect("data");
         let len = f.run(VIRTIO_BLK_T_OUT, 63, &[hdr(), desc(BUF, 512, 0), status()]);
         assert_eq!((len, f.status()), (1, VIRTIO_BLK_S_OK));
         assert_eq!(f.backend.bytes(63 * 512..64 * 512), vec![0x5a; 512]);
@@ -425,7 +491,15 @@ mod tests {
     fn any_layout_header_data_and_status_may_share_descriptors() {
         let mut f = Fixture::new(false);
         // Header split 10 + 6, status byte at the end of the data descriptor.
-        let len = f.run(VIRTIO_BLK_T_IN, 1, &[desc(HDR, 10, 0), desc(HDR + 10, 6, 0), desc(BUF, 513, F_WRITE)]);
+        let len = f.run(
+            VIRTIO_BLK_T_IN,
+            1,
+            &[
+                desc(HDR, 10, 0),
+                desc(HDR + 10, 6, 0),
+                desc(BUF, 513, F_WRITE),
+            ],
+        );
         assert_eq!(len, 513);
         assert_eq!(byte_at(&f.mem, BUF + 512), VIRTIO_BLK_S_OK);
         assert_eq!(f.guest(BUF, 512), f.backend.bytes(512..1024));
@@ -436,16 +510,31 @@ mod tests {
         let mut f = Fixture::new(true);
         assert_eq!(f.run(VIRTIO_BLK_T_FLUSH, 0, &[hdr(), status()]), 1);
         assert_eq!(f.status(), VIRTIO_BLK_S_OK);
-        assert_eq!(f.backend.flushes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            f.backend.flushes.load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
     }
 
     #[test]
     fn get_id_returns_twenty_bytes() {
         let mut f = Fixture::new(false);
-        f.mem.write_slice(&[0xee; 32], GuestAddress(BUF)).expect("fill");
-        assert_eq!(f.run(VIRTIO_BLK_T_GET_ID, 0, &[hdr(), desc(BUF, 32, F_WRITE), status()]), 21);
+        f.mem
+            .write_slice(&[0xee; 32], GuestAddress(BUF))
+            .expect("fill");
+        assert_eq!(
+            f.run(
+                VIRTIO_BLK_T_GET_ID,
+                0,
+                &[hdr(), desc(BUF, 32, F_WRITE), status()]
+            ),
+            21
+        );
         assert_eq!(f.status(), VIRTIO_BLK_S_OK);
-        assert_eq!(&f.guest(BUF, 21)[..], b"drive-id\0\0\0\0\0\0\0\0\0\0\0\0\xee");
+        assert_eq!(
+            &f.guest(BUF, 21)[..],
+            b"drive-id\0\0\0\0\0\0\0\0\0\0\0\0\xee"
+        );
         assert_eq!(f.run(VIRTIO_BLK_T_GET_ID, 0, &[hdr(), status()]), 1);
         assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "no room for the id");
     }
@@ -454,45 +543,100 @@ mod tests {
     fn read_only_disk_refuses_writes() {
         let mut f = Fixture::new(true);
         let before = f.backend.bytes(0..512);
-        assert_eq!(f.run(VIRTIO_BLK_T_OUT, 0, &[hdr(), desc(BUF, 512, 0), status()]), 1);
+        assert_eq!(
+            f.run(VIRTIO_BLK_T_OUT, 0, &[hdr(), desc(BUF, 512, 0), status()]),
+            1
+        );
         assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
         assert_eq!(f.backend.bytes(0..512), before);
-        assert_eq!(f.run(VIRTIO_BLK_T_IN, 0, &[hdr(), desc(BUF, 512, F_WRITE), status()]), 513, "reads still work");
+        assert_eq!(
+            f.run(
+                VIRTIO_BLK_T_IN,
+                0,
+                &[hdr(), desc(BUF, 512, F_WRITE), status()]
+            ),
+            513,
+            "reads still work"
+        );
     }
 
     #[test]
     fn out_of_range_and_overflowing_sectors_fail() {
         let mut f = Fixture::new(false);
         for sector in [64, 63 + 1, u64::MAX, u64::MAX / 512 + 1] {
-            assert_eq!(f.run(VIRTIO_BLK_T_IN, sector, &[hdr(), desc(BUF, 512, F_WRITE), status()]), 1, "{sector}");
+            assert_eq!(
+                f.run(
+                    VIRTIO_BLK_T_IN,
+                    sector,
+                    &[hdr(), desc(BUF, 512, F_WRITE), status()]
+                ),
+                1,
+                "{sector}"
+            );
             assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "{sector}");
         }
-        assert_eq!(f.run(VIRTIO_BLK_T_IN, 63, &[hdr(), desc(BUF, 1024, F_WRITE), status()]), 1, "runs past the end");
+        assert_eq!(
+            f.run(
+                VIRTIO_BLK_T_IN,
+                63,
+                &[hdr(), desc(BUF, 1024, F_WRITE), status()]
+            ),
+            1,
+            "runs past the end"
+        );
         assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
-        assert_eq!(f.run(VIRTIO_BLK_T_IN, 0, &[hdr(), desc(BUF, 100, F_WRITE), status()]), 1, "not whole sectors");
+        assert_eq!(
+            f.run(
+                VIRTIO_BLK_T_IN,
+                0,
+                &[hdr(), desc(BUF, 100, F_WRITE), status()]
+            ),
+            1,
+            "not whole sectors"
+        );
         assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
     }
 
     #[test]
     fn unsupported_types_short_headers_and_backend_errors() {
         let mut f = Fixture::new(false);
-        assert_eq!(f.run(11, 0, &[hdr(), status()]), 1, "DISCARD is not offered");
+        assert_eq!(
+            f.run(11, 0, &[hdr(), status()]),
+            1,
+            "DISCARD is not offered"
+        );
         assert_eq!(f.status(), VIRTIO_BLK_S_UNSUPP);
         assert_eq!(f.run(VIRTIO_BLK_T_IN, 0, &[desc(HDR, 8, 0), status()]), 1);
         assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "short header");
-        f.disk.backend = Box::new(MemBackend { fail: true, ..MemBackend::with_len(4096) });
-        assert_eq!(f.run(VIRTIO_BLK_T_IN, 0, &[hdr(), desc(BUF, 512, F_WRITE), status()]), 1);
+        f.disk.backend = Box::new(MemBackend {
+            fail: true,
+            ..MemBackend::with_len(4096)
+        });
+        assert_eq!(
+            f.run(
+                VIRTIO_BLK_T_IN,
+                0,
+                &[hdr(), desc(BUF, 512, F_WRITE), status()]
+            ),
+            1
+        );
         assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "backend failure");
     }
 
     #[test]
     fn chain_without_status_is_returned_empty() {
         let mut f = Fixture::new(false);
-        f.mem.write_slice(&[0x11; 512], GuestAddress(BUF)).expect("data");
+        f.mem
+            .write_slice(&[0x11; 512], GuestAddress(BUF))
+            .expect("data");
         let before = f.backend.bytes(0..512);
         assert_eq!(f.run(VIRTIO_BLK_T_OUT, 0, &[hdr(), desc(BUF, 512, 0)]), 0);
         assert_eq!(f.backend.bytes(0..512), before, "nothing was written");
-        assert_eq!(f.run(VIRTIO_BLK_T_IN, 0, &[hdr(), desc(BUF, 0, F_WRITE)]), 0, "empty status descriptor");
+        assert_eq!(
+            f.run(VIRTIO_BLK_T_IN, 0, &[hdr(), desc(BUF, 0, F_WRITE)]),
+            0,
+            "empty status descriptor"
+        );
         assert_eq!(f.status(), 0xff);
     }
 
@@ -500,13 +644,30 @@ mod tests {
     fn wrong_direction_buffers_are_refused() {
         let mut f = Fixture::new(false);
         // IN with a device-readable data buffer.
-        assert_eq!(f.run(VIRTIO_BLK_T_IN, 0, &[hdr(), desc(BUF, 512, 0), status()]), 1);
+        assert_eq!(
+            f.run(VIRTIO_BLK_T_IN, 0, &[hdr(), desc(BUF, 512, 0), status()]),
+            1
+        );
         assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
         // OUT with a device-writable data buffer.
-        assert_eq!(f.run(VIRTIO_BLK_T_OUT, 0, &[hdr(), desc(BUF, 512, F_WRITE), status()]), 1);
+        assert_eq!(
+            f.run(
+                VIRTIO_BLK_T_OUT,
+                0,
+                &[hdr(), desc(BUF, 512, F_WRITE), status()]
+            ),
+            1
+        );
         assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
         // Readable after writable.
-        assert_eq!(f.run(VIRTIO_BLK_T_IN, 0, &[hdr(), desc(BUF, 512, F_WRITE), desc(BUF, 16, 0), status()]), 1);
+        assert_eq!(
+            f.run(
+                VIRTIO_BLK_T_IN,
+                0,
+                &[hdr(), desc(BUF, 512, F_WRITE), desc(BUF, 16, 0), status()]
+            ),
+            1
+        );
         assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
     }
 
@@ -515,9 +676,19 @@ mod tests {
         let f = Fixture::new(false);
         let mut disk = f.disk;
         let mock = MockSplitQueue::new(&f.mem, MOCK_QUEUE_SIZE);
-        let mut queue = queue_with_raw_chain(&mock, &[linked(HDR, 16, F_NEXT, 1), linked(STATUS, 1, F_WRITE | F_NEXT, 0)]);
+        let mut queue = queue_with_raw_chain(
+            &mock,
+            &[
+                linked(HDR, 16, F_NEXT, 1),
+                linked(STATUS, 1, F_WRITE | F_NEXT, 0),
+            ],
+        );
         let chain = queue.iter(&f.mem).expect("iter").next().expect("chain");
-        assert_eq!(chain.clone().count(), usize::from(MOCK_QUEUE_SIZE), "the iterator bounds the loop");
+        assert_eq!(
+            chain.clone().count(),
+            usize::from(MOCK_QUEUE_SIZE),
+            "the iterator bounds the loop"
+        );
         assert_eq!(disk.handle(&f.mem, chain), 0);
         assert_eq!(byte_at(&f.mem, STATUS), 0xff);
     }
@@ -525,31 +696,88 @@ mod tests {
     #[test]
     fn huge_and_out_of_memory_buffers_fail_cleanly() {
         let mut f = Fixture::new(false);
-        assert_eq!(f.run(VIRTIO_BLK_T_IN, 0, &[hdr(), desc(BUF, 0x8000_0000, F_WRITE), status()]), 1);
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "over the size limit, nothing allocated");
+        assert_eq!(
+            f.run(
+                VIRTIO_BLK_T_IN,
+                0,
+                &[hdr(), desc(BUF, 0x8000_0000, F_WRITE), status()]
+            ),
+            1
+        );
+        assert_eq!(
+            f.status(),
+            VIRTIO_BLK_S_IOERR,
+            "over the size limit, nothing allocated"
+        );
         let big = (MAX_DATA_BYTES + 512) as u32;
-        assert_eq!(f.run(VIRTIO_BLK_T_OUT, 0, &[hdr(), desc(BUF, big, 0), status()]), 1);
+        assert_eq!(
+            f.run(VIRTIO_BLK_T_OUT, 0, &[hdr(), desc(BUF, big, 0), status()]),
+            1
+        );
         assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
-        assert_eq!(f.run(VIRTIO_BLK_T_IN, 0, &[hdr(), desc(MEM_SIZE - 256, 512, F_WRITE), status()]), 1);
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "data runs off the end of guest memory");
-        assert_eq!(f.run(VIRTIO_BLK_T_IN, 0, &[hdr(), desc(u64::MAX - 100, 512, F_WRITE), status()]), 1);
+        assert_eq!(
+            f.run(
+                VIRTIO_BLK_T_IN,
+                0,
+                &[hdr(), desc(MEM_SIZE - 256, 512, F_WRITE), status()]
+            ),
+            1
+        );
+        assert_eq!(
+            f.status(),
+            VIRTIO_BLK_S_IOERR,
+            "data runs off the end of guest memory"
+        );
+        assert_eq!(
+            f.run(
+                VIRTIO_BLK_T_IN,
+                0,
+                &[hdr(), desc(u64::MAX - 100, 512, F_WRITE), status()]
+            ),
+            1
+        );
         assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "address wraps");
-        assert_eq!(f.run(VIRTIO_BLK_T_FLUSH, 0, &[hdr(), desc(MEM_SIZE + 0x1000, 1, F_WRITE)]), 0, "status outside memory");
-        assert_eq!(f.run(VIRTIO_BLK_T_FLUSH, 0, &[desc(u64::MAX, 16, 0), status()]), 1);
+        assert_eq!(
+            f.run(
+                VIRTIO_BLK_T_FLUSH,
+                0,
+                &[hdr(), desc(MEM_SIZE + 0x1000, 1, F_WRITE)]
+            ),
+            0,
+            "status outside memory"
+        );
+        assert_eq!(
+            f.run(VIRTIO_BLK_T_FLUSH, 0, &[desc(u64::MAX, 16, 0), status()]),
+            1
+        );
         assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "header outside memory");
     }
 
     #[test]
     fn counters_follow_served_requests() {
         let mut f = Fixture::new(false);
-        f.run(VIRTIO_BLK_T_IN, 2, &[hdr(), desc(BUF, 1024, F_WRITE), status()]);
+        f.run(
+            VIRTIO_BLK_T_IN,
+            2,
+            &[hdr(), desc(BUF, 1024, F_WRITE), status()],
+        );
         f.run(VIRTIO_BLK_T_OUT, 5, &[hdr(), desc(BUF, 512, 0), status()]);
         f.run(VIRTIO_BLK_T_FLUSH, 0, &[hdr(), status()]);
-        f.run(VIRTIO_BLK_T_IN, 64, &[hdr(), desc(BUF, 512, F_WRITE), status()]);
+        f.run(
+            VIRTIO_BLK_T_IN,
+            64,
+            &[hdr(), desc(BUF, 512, F_WRITE), status()],
+        );
         f.run(VIRTIO_BLK_T_OUT, 0, &[hdr(), desc(BUF, 512, 0)]);
         let m = f.disk.metrics.totals();
-        assert_eq!((m["read_count"].as_u64(), m["read_bytes"].as_u64()), (Some(1), Some(1024)));
-        assert_eq!((m["write_count"].as_u64(), m["write_bytes"].as_u64()), (Some(1), Some(512)));
+        assert_eq!(
+            (m["read_count"].as_u64(), m["read_bytes"].as_u64()),
+            (Some(1), Some(1024))
+        );
+        assert_eq!(
+            (m["write_count"].as_u64(), m["write_bytes"].as_u64()),
+            (Some(1), Some(512))
+        );
         assert_eq!(m["flush_count"], 1);
         assert_eq!(m["failures"], 2, "out of range, and no status byte");
     }

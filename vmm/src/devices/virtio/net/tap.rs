@@ -7,7 +7,10 @@
 //! it for as long as the descriptor stays open. The descriptor is non-blocking.
 
 use super::{NetBackend, VNET_HDR_LEN};
-use super::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO};
+use super::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_UFO,
+};
 use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -76,17 +79,38 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(TapError::OpenTun)?;
-        let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
-        let tap = Tap { file, name: name.to_string() };
+        let tap = Tap {
+            file,
+            name: name.to_string(),
+        };
         // SAFETY: TUNSETIFF reads and writes an ifreq, which `req` is (40 bytes).
-        tap.ioctl("TUNSETIFF", TUNSETIFF, &mut req as *mut IfReq as libc::c_ulong)?;
+        tap.ioctl(
+            "TUNSETIFF",
+            TUNSETIFF,
+            &mut req as *mut IfReq as libc::c_ulong,
+        )?;
         let mut hdr_len = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads an int.
-        tap.ioctl("TUNSETVNETHDRSZ", TUNSETVNETHDRSZ, &mut hdr_len as *mut libc::c_int as libc::c_ulong)?;
+        tap.ioctl(
+            "TUNSETVNETHDRSZ",
+            TUNSETVNETHDRSZ,
+            &mut hdr_len as *mut libc::c_int as libc::c_ulong,
+        )?;
         // The kernel may have adjusted the name (e.g. a `%d` pattern).
-        let actual = CStr::from_bytes_until_nul(&req.name).ok().and_then(|c| c.to_str().ok()).map(str::to_string);
-        Ok(Tap { name: actual.unwrap_or(tap.name.clone()), ..tap })
+        let actual = CStr::from_bytes_until_nul(&req.name)
+            .ok()
+            .and_then(|c| c.to_str().ok())
+            .map(str::to_string);
+        Ok(Tap {
+            name: actual.unwrap_or(tap.name.clone()),
+            ..tap
+        })
     }
 
     /// The interface name.
@@ -98,7 +122,11 @@ impl Tap {
         // SAFETY: callers pass a request and an argument of the type it expects.
         let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), request as libc::Ioctl, arg) };
         if rc < 0 {
-            return Err(TapError::Ioctl { name: self.name.clone(), what, source: io::Error::last_os_error() });
+            return Err(TapError::Ioctl {
+                name: self.name.clone(),
+                what,
+                source: io::Error::last_os_error(),
+            });
         }
         Ok(())
     }
@@ -131,17 +159,21 @@ impl NetBackend for Tap {
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
         let n = self.file.write(frame)?;
         if n != frame.len() {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, format!("short tap write: {n} of {} bytes", frame.len())));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short tap write: {n} of {} bytes", frame.len()),
+            ));
         }
         Ok(())
     }
 
     fn set_offload(&mut self, acked: u64) -> io::Result<()> {
         let flags = offload_flags(acked);
-        self.ioctl("TUNSETOFFLOAD", TUNSETOFFLOAD, libc::c_ulong::from(flags)).map_err(|e| match e {
-            TapError::Ioctl { source, .. } => source,
-            other => io::Error::other(other.to_string()),
-        })
+        self.ioctl("TUNSETOFFLOAD", TUNSETOFFLOAD, libc::c_ulong::from(flags))
+            .map_err(|e| match e {
+                TapError::Ioctl { source, .. } => source,
+                other => io::Error::other(other.to_string()),
+            })
     }
 
     fn poll_fd(&self) -> Option<RawFd> {
@@ -156,17 +188,26 @@ mod tests {
     #[test]
     fn names_are_checked_before_opening() {
         assert!(matches!(Tap::open(""), Err(TapError::BadName(_))));
-        assert!(matches!(Tap::open("a-name-of-16-chr"), Err(TapError::BadName(_))));
+        assert!(matches!(
+            Tap::open("a-name-of-16-chr"),
+            Err(TapError::BadName(_))
+        ));
         assert!(matches!(Tap::open("nul\0"), Err(TapError::BadName(_))));
     }
 
     #[test]
     fn offloads_follow_the_guest_features() {
         assert_eq!(offload_flags(0), 0);
-        assert_eq!(offload_flags(VIRTIO_NET_F_GUEST_TSO4), 0, "TSO needs checksum offload");
+        assert_eq!(
+            offload_flags(VIRTIO_NET_F_GUEST_TSO4),
+            0,
+            "TSO needs checksum offload"
+        );
         assert_eq!(offload_flags(VIRTIO_NET_F_GUEST_CSUM), TUN_F_CSUM);
         assert_eq!(
-            offload_flags(VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6),
+            offload_flags(
+                VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6
+            ),
             TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
         );
     }

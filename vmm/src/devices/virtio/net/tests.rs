@@ -18,7 +18,12 @@ struct MockBackend {
 
 impl NetBackend for MockBackend {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let frame = self.rx.lock().expect("rx").pop_front().ok_or(io::ErrorKind::WouldBlock)?;
+        let frame = self
+            .rx
+            .lock()
+            .expect("rx")
+            .pop_front()
+            .ok_or(io::ErrorKind::WouldBlock)?;
         buf[..frame.len()].copy_from_slice(&frame);
         Ok(frame.len())
     }
@@ -49,11 +54,29 @@ fn rig<'a>(mem: &'a GuestMemoryMmap, tx_limit: Option<RateLimiterConfig>) -> Rig
     let rxq = MockSplitQueue::create(mem, GuestAddress(RX_BASE), MOCK_QUEUE_SIZE);
     let txq = MockSplitQueue::create(mem, GuestAddress(TX_BASE), MOCK_QUEUE_SIZE);
     let backend = MockBackend::default();
-    let mut net = Net::new("eth0", Box::new(backend.clone()), Some([2, 0, 0, 0, 0, 1]), None, tx_limit.as_ref()).expect("net");
+    let mut net = Net::new(
+        "eth0",
+        Box::new(backend.clone()),
+        Some([2, 0, 0, 0, 0, 1]),
+        None,
+        tx_limit.as_ref(),
+    )
+    .expect("net");
     let irq = Interrupt::new().expect("irq");
     net.ack_features(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_GUEST_CSUM | (1 << 40));
-    net.activate(mem.clone(), vec![ready_queue(&rxq), ready_queue(&txq)], irq.clone()).expect("activate");
-    Rig { rxq, txq, backend, net, irq }
+    net.activate(
+        mem.clone(),
+        vec![ready_queue(&rxq), ready_queue(&txq)],
+        irq.clone(),
+    )
+    .expect("activate");
+    Rig {
+        rxq,
+        txq,
+        backend,
+        net,
+        irq,
+    }
 }
 
 fn frame(len: usize, seed: u8) -> Vec<u8> {
@@ -74,18 +97,37 @@ fn features_config_and_offloads() {
     let r = rig(&mem, None);
     assert_eq!(r.net.device_type(), TYPE_NET);
     assert_eq!(r.net.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
-    for bit in [VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_STATUS] {
+    for bit in [
+        VIRTIO_F_VERSION_1,
+        VIRTIO_NET_F_MAC,
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_HOST_TSO6,
+        VIRTIO_NET_F_STATUS,
+    ] {
         assert_ne!(r.net.features() & bit, 0, "{bit:#x}");
     }
     let mut cfg = [0u8; 8];
     r.net.read_config(0, &mut cfg);
     assert_eq!(cfg, [2, 0, 0, 0, 0, 1, 1, 0], "MAC then link up");
-    assert_eq!(*r.backend.offload.lock().expect("offload"), None, "activation (a vCPU thread) makes no host calls");
+    assert_eq!(
+        *r.backend.offload.lock().expect("offload"),
+        None,
+        "activation (a vCPU thread) makes no host calls"
+    );
     let mut r = r;
     r.net.process_queue(RX_QUEUE);
-    assert_eq!(*r.backend.offload.lock().expect("offload"), Some(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_GUEST_CSUM), "only offered bits");
+    assert_eq!(
+        *r.backend.offload.lock().expect("offload"),
+        Some(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_GUEST_CSUM),
+        "only offered bits"
+    );
     let plain = Net::new("x", Box::new(MockBackend::default()), None, None, None).expect("net");
-    assert_eq!(plain.features() & VIRTIO_NET_F_MAC, 0, "no MAC: the guest picks one");
+    assert_eq!(
+        plain.features() & VIRTIO_NET_F_MAC,
+        0,
+        "no MAC: the guest picks one"
+    );
 }
 
 #[test]
@@ -94,15 +136,24 @@ fn tx_gathers_the_chain_and_writes_one_frame() {
     let mut r = rig(&mem, None);
     let f = frame(74, 1);
     mem.write_slice(&f[..12], GuestAddress(DATA)).expect("hdr");
-    mem.write_slice(&f[12..], GuestAddress(DATA + 0x1000)).expect("frame");
-    r.txq.add_desc_chains(&[linked(DATA, 12, F_NEXT, 1), linked(DATA + 0x1000, 62, 0, 0)], 0).expect("chain");
+    mem.write_slice(&f[12..], GuestAddress(DATA + 0x1000))
+        .expect("frame");
+    r.txq
+        .add_desc_chains(
+            &[linked(DATA, 12, F_NEXT, 1), linked(DATA + 0x1000, 62, 0, 0)],
+            0,
+        )
+        .expect("chain");
     r.net.process_queue(TX_QUEUE);
     assert_eq!(*r.backend.tx.lock().expect("tx"), vec![f]);
     assert_eq!(used_idx(&mem, &r.txq), 1);
     assert_eq!(used_entry(&mem, &r.txq, 0), (0, 0));
     assert_eq!(r.irq.eventfd().read().expect("interrupt"), 1);
     let m = r.net.metrics().totals();
-    assert_eq!((m["tx_packets"].as_u64(), m["tx_bytes"].as_u64()), (Some(1), Some(74)));
+    assert_eq!(
+        (m["tx_packets"].as_u64(), m["tx_bytes"].as_u64()),
+        (Some(1), Some(74))
+    );
 }
 
 #[test]
@@ -112,12 +163,12 @@ fn malformed_tx_chains_are_returned_and_dropped() {
     r.txq
         .add_desc_chains(
             &[
-                linked(DATA, 60, F_WRITE, 0),                // device-writable
-                linked(DATA, 8, 0, 0),                       // shorter than the header
-                linked(DATA, 40_000, F_NEXT, 3),             // 80000 bytes: too large
+                linked(DATA, 60, F_WRITE, 0),    // device-writable
+                linked(DATA, 8, 0, 0),           // shorter than the header
+                linked(DATA, 40_000, F_NEXT, 3), // 80000 bytes: too large
                 linked(DATA, 40_000, 0, 0),
-                linked(MEM_SIZE - 8, 64, 0, 0),              // outside guest memory
-                linked(DATA, 12, F_NEXT, 5),                 // a loop
+                linked(MEM_SIZE - 8, 64, 0, 0), // outside guest memory
+                linked(DATA, 12, F_NEXT, 5),    // a loop
             ],
             0,
         )
@@ -138,7 +189,15 @@ fn rx_writes_the_frame_with_its_header_into_one_chain() {
     let mut r = rig(&mem, None);
     let f = frame(1514, 2);
     r.backend.rx.lock().expect("rx").push_back(f.clone());
-    r.rxq.add_desc_chains(&[linked(DATA, 1000, F_WRITE | F_NEXT, 1), linked(DATA + 0x1000, 1000, F_WRITE, 0)], 0).expect("chain");
+    r.rxq
+        .add_desc_chains(
+            &[
+                linked(DATA, 1000, F_WRITE | F_NEXT, 1),
+                linked(DATA + 0x1000, 1000, F_WRITE, 0),
+            ],
+            0,
+        )
+        .expect("chain");
     r.net.process_queue(RX_QUEUE);
     assert_eq!(used_entry(&mem, &r.rxq, 0), (0, 1514));
     let mut expected = f.clone();
@@ -149,7 +208,10 @@ fn rx_writes_the_frame_with_its_header_into_one_chain() {
     assert!(!r.net.rx_deferred());
     assert_eq!(r.irq.eventfd().read().expect("interrupt"), 1);
     let m = r.net.metrics().totals();
-    assert_eq!((m["rx_packets"].as_u64(), m["rx_bytes"].as_u64()), (Some(1), Some(1514)));
+    assert_eq!(
+        (m["rx_packets"].as_u64(), m["rx_bytes"].as_u64()),
+        (Some(1), Some(1514))
+    );
 }
 
 #[test]
@@ -157,12 +219,22 @@ fn rx_without_buffers_defers_until_the_driver_adds_some() {
     let mem = memory();
     let mut r = rig(&mem, None);
     let f = frame(100, 3);
-    r.backend.rx.lock().expect("rx").extend([f.clone(), frame(60, 4)]);
+    r.backend
+        .rx
+        .lock()
+        .expect("rx")
+        .extend([f.clone(), frame(60, 4)]);
     r.net.process_queue(RX_QUEUE);
     assert!(r.net.rx_deferred(), "the frame waits in the device");
     assert_eq!(used_idx(&mem, &r.rxq), 0);
-    assert_eq!(r.backend.rx.lock().expect("rx").len(), 1, "no more frames are read meanwhile");
-    r.rxq.add_desc_chains(&[linked(DATA, 2048, F_WRITE, 0)], 0).expect("chain");
+    assert_eq!(
+        r.backend.rx.lock().expect("rx").len(),
+        1,
+        "no more frames are read meanwhile"
+    );
+    r.rxq
+        .add_desc_chains(&[linked(DATA, 2048, F_WRITE, 0)], 0)
+        .expect("chain");
     r.net.process_queue(RX_QUEUE);
     assert_eq!(used_entry(&mem, &r.rxq, 0), (0, 100));
     assert_eq!(guest(&mem, DATA + 12, 88), f[12..]);
@@ -175,37 +247,72 @@ fn rx_without_buffers_defers_until_the_driver_adds_some() {
 fn bad_rx_chains_get_nothing_and_drop_the_frame() {
     let mem = memory();
     let mut r = rig(&mem, None);
-    r.backend.rx.lock().expect("rx").extend([frame(100, 5), frame(100, 6), frame(100, 7), vec![0u8; 4]]);
+    r.backend.rx.lock().expect("rx").extend([
+        frame(100, 5),
+        frame(100, 6),
+        frame(100, 7),
+        vec![0u8; 4],
+    ]);
     r.rxq
         .add_desc_chains(
             &[
-                linked(DATA, 2048, 0, 0),                 // device-readable
-                linked(DATA + 0x1000, 50, F_WRITE, 0),    // too small
-                linked(MEM_SIZE - 8, 2048, F_WRITE, 0),   // outside guest memory
+                linked(DATA, 2048, 0, 0),               // device-readable
+                linked(DATA + 0x1000, 50, F_WRITE, 0),  // too small
+                linked(MEM_SIZE - 8, 2048, F_WRITE, 0), // outside guest memory
                 linked(DATA + 0x2000, 2048, F_WRITE, 0),
             ],
             0,
         )
         .expect("chains");
     r.net.process_queue(RX_QUEUE);
-    assert_eq!(used_idx(&mem, &r.rxq), 3, "the runt read is skipped, not delivered");
+    assert_eq!(
+        used_idx(&mem, &r.rxq),
+        3,
+        "the runt read is skipped, not delivered"
+    );
     for n in 0..3 {
         assert_eq!(used_entry(&mem, &r.rxq, n).1, 0);
     }
-    assert_eq!(guest(&mem, DATA + 0x1000, 50), vec![0; 50], "nothing partial");
+    assert_eq!(
+        guest(&mem, DATA + 0x1000, 50),
+        vec![0; 50],
+        "nothing partial"
+    );
     assert!(!r.net.rx_deferred());
-    assert_eq!((r.net.metrics().dropped.get(), r.net.metrics().rx_packets.get()), (3, 0));
+    assert_eq!(
+        (
+            r.net.metrics().dropped.get(),
+            r.net.metrics().rx_packets.get()
+        ),
+        (3, 0)
+    );
 }
 
 #[test]
 fn tx_rate_limiter_throttles_and_resumes() {
     let mem = memory();
-    let ops = TokenBucketConfig { size: 1, one_time_burst: None, refill_time: 10_000 };
-    let mut r = rig(&mem, Some(RateLimiterConfig { bandwidth: None, ops: Some(ops) }));
-    r.txq.add_desc_chains(&[linked(DATA, 60, 0, 0), linked(DATA + 0x100, 60, 0, 0)], 0).expect("chains");
+    let ops = TokenBucketConfig {
+        size: 1,
+        one_time_burst: None,
+        refill_time: 10_000,
+    };
+    let mut r = rig(
+        &mem,
+        Some(RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(ops),
+        }),
+    );
+    r.txq
+        .add_desc_chains(&[linked(DATA, 60, 0, 0), linked(DATA + 0x100, 60, 0, 0)], 0)
+        .expect("chains");
     r.net.process_queue(TX_QUEUE);
     assert_eq!(r.backend.tx.lock().expect("tx").len(), 1, "one op per 10 s");
-    assert_eq!(used_idx(&mem, &r.txq), 1, "the second chain stays on the queue");
+    assert_eq!(
+        used_idx(&mem, &r.txq),
+        1,
+        "the second chain stays on the queue"
+    );
     r.net.process_queue(TX_QUEUE);
     assert_eq!(r.backend.tx.lock().expect("tx").len(), 1, "still throttled");
     assert_eq!(r.net.metrics().tx_rate_limiter_throttled.get(), 2);
@@ -220,8 +327,18 @@ fn tx_rate_limiter_throttles_and_resumes() {
 
 #[test]
 fn macs_parse() {
-    assert_eq!(parse_mac("02:aB:00:10:ff:01").expect("mac"), [2, 0xab, 0, 0x10, 0xff, 1]);
-    for bad in ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "2:00:00:00:00:00", "02:00:00:00:00:zz", "02-00-00-00-00-00"] {
+    assert_eq!(
+        parse_mac("02:aB:00:10:ff:01").expect("mac"),
+        [2, 0xab, 0, 0x10, 0xff, 1]
+    );
+    for bad in [
+        "",
+        "02:00:00:00:00",
+        "02:00:00:00:00:00:00",
+        "2:00:00:00:00:00",
+        "02:00:00:00:00:zz",
+        "02-00-00-00-00-00",
+    ] {
         assert!(parse_mac(bad).is_err(), "{bad:?}");
     }
 }

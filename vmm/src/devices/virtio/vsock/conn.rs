@@ -172,7 +172,14 @@ impl Connection {
         }
         let mut buf = vec![0u8; n];
         // SAFETY: reading into our own buffer of `n` bytes.
-        let got = unsafe { libc::recv(self.stream.as_raw_fd(), buf.as_mut_ptr().cast(), n, libc::MSG_DONTWAIT) };
+        let got = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                n,
+                libc::MSG_DONTWAIT,
+            )
+        };
         match got {
             0 => Ok(HostRead::Eof),
             n if n > 0 => {
@@ -183,7 +190,9 @@ impl Connection {
             _ => {
                 let e = io::Error::last_os_error();
                 match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(HostRead::WouldBlock),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {
+                        Ok(HostRead::WouldBlock)
+                    }
                     _ => Err(e),
                 }
             }
@@ -194,7 +203,14 @@ impl Connection {
 /// One non-blocking send: `Some(bytes sent)`, or `None` if the socket is full.
 pub fn send_nb(stream: &UnixStream, data: &[u8]) -> io::Result<Option<usize>> {
     // SAFETY: sending from our own buffer.
-    let n = unsafe { libc::send(stream.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
     if n >= 0 {
         return Ok(Some(n as usize));
     }
@@ -219,18 +235,31 @@ mod tests {
     #[test]
     fn credit_tracks_what_the_guest_consumed() {
         let (mut c, mut peer) = pair();
-        assert_eq!(c.peer_credit(), 0, "no credit before the guest advertises any");
+        assert_eq!(
+            c.peer_credit(),
+            0,
+            "no credit before the guest advertises any"
+        );
         assert_eq!(c.read_from_host(100).expect("read"), HostRead::WouldBlock);
         c.update_peer_credit(10, 0);
         peer.write_all(b"0123456789abcdef").expect("write");
-        assert_eq!(c.read_from_host(100).expect("read"), HostRead::Data(b"0123456789".to_vec()));
+        assert_eq!(
+            c.read_from_host(100).expect("read"),
+            HostRead::Data(b"0123456789".to_vec())
+        );
         assert_eq!(c.peer_credit(), 0);
         assert!(!c.wants_to_send());
         c.update_peer_credit(10, 4);
         assert_eq!(c.peer_credit(), 4);
-        assert_eq!(c.read_from_host(100).expect("read"), HostRead::Data(b"abcd".to_vec()));
+        assert_eq!(
+            c.read_from_host(100).expect("read"),
+            HostRead::Data(b"abcd".to_vec())
+        );
         c.update_peer_credit(10, 14);
-        assert_eq!(c.read_from_host(100).expect("read"), HostRead::Data(b"ef".to_vec()));
+        assert_eq!(
+            c.read_from_host(100).expect("read"),
+            HostRead::Data(b"ef".to_vec())
+        );
         assert_eq!(c.read_from_host(100).expect("read"), HostRead::WouldBlock);
         drop(peer);
         assert_eq!(c.read_from_host(100).expect("read"), HostRead::Eof);
@@ -241,13 +270,20 @@ mod tests {
         let (mut c, mut peer) = pair();
         c.set_reply("OK 1073741824\n".into());
         assert!(c.push_from_guest(b"hello"));
-        assert!(!c.push_from_guest(&vec![0u8; CONN_BUF_SIZE as usize]), "overrunning the credit is refused");
+        assert!(
+            !c.push_from_guest(&vec![0u8; CONN_BUF_SIZE as usize]),
+            "overrunning the credit is refused"
+        );
         c.flush_to_host().expect("flush");
         assert!(c.flushed());
         let mut got = [0u8; 19];
         peer.read_exact(&mut got).expect("read");
         assert_eq!(&got, b"OK 1073741824\nhello");
-        assert_eq!(c.advertise(), (CONN_BUF_SIZE, 5), "the reply line is not guest data");
+        assert_eq!(
+            c.advertise(),
+            (CONN_BUF_SIZE, 5),
+            "the reply line is not guest data"
+        );
         assert!(!c.needs_credit_update());
         assert!(c.push_from_guest(&vec![1u8; CREDIT_UPDATE_THRESHOLD as usize]));
         c.flush_to_host().expect("flush");
@@ -257,7 +293,8 @@ mod tests {
         c.peer_shutdown = super::super::packet::shutdown::SEND;
         c.flush_to_host().expect("flush");
         let mut rest = Vec::new();
-        peer.read_to_end(&mut rest).expect("EOF after the guest's SHUTDOWN(SEND)");
+        peer.read_to_end(&mut rest)
+            .expect("EOF after the guest's SHUTDOWN(SEND)");
         assert_eq!(rest.len(), CREDIT_UPDATE_THRESHOLD as usize);
     }
 }

@@ -2,7 +2,8 @@
 //! Firecracker's model (see [`muxer`] for the host side's protocol).
 //!
 //! Three queues: RX (packets for the guest), TX (packets from the guest) and an event
-//! queue zvm never uses (it does not migrate, so it never sends a transport reset). The
+//! queue, used once after a snapshot is restored to tell the guest its transport was
+//! reset (host connections do not survive a snapshot). The
 //! configuration space is the guest's CID (`u64`). The device is a thin shell: the packet
 //! codec lives in [`packet`], the protocol state machine in [`muxer`] and [`conn`].
 //!
@@ -13,11 +14,14 @@
 pub mod conn;
 pub mod muxer;
 pub mod packet;
-pub mod uds;
 #[cfg(test)]
 mod tests;
+pub mod uds;
 
-use super::{read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1};
+use super::{
+    read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
+};
+use crate::memory::GuestMemoryMmap;
 use crate::metrics::VsockMetrics;
 use muxer::{MuxerError, VsockMuxer};
 use packet::{op, read_packet, rx_payload_room, write_packet, Packet, HDR_SIZE};
@@ -26,7 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::Bytes;
 
 /// Device type of a socket device.
 pub const TYPE_VSOCK: u32 = 19;
@@ -38,6 +42,8 @@ pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
 /// Index of the event queue.
 pub const EVENT_QUEUE: usize = 2;
+/// The event id of a transport reset (virtio 1.2, 5.10.6.5).
+pub const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 /// The lowest CID a guest may have (0-2 are reserved).
 pub const MIN_GUEST_CID: u64 = 3;
 
@@ -84,7 +90,9 @@ fn count_connection(metrics: &VsockMetrics, pkt: &Packet) {
 impl Inner {
     /// Moves the guest's TX packets into the muxer, then answers on RX.
     fn process_tx(&mut self) {
-        let Some(active) = &mut self.active else { return };
+        let Some(active) = &mut self.active else {
+            return;
+        };
         let muxer = &mut self.muxer;
         let metrics = &self.metrics;
         active.drain(TX_QUEUE, |mem, chain| {
@@ -104,19 +112,36 @@ impl Inner {
 
     /// Fills RX buffers while the muxer has packets for the guest.
     fn process_rx(&mut self) {
-        let Some(ActiveQueues { mem, queues, interrupt }) = &mut self.active else { return };
-        let Some(queue) = queues.get_mut(RX_QUEUE) else { return };
+        let Some(ActiveQueues {
+            mem,
+            queues,
+            interrupt,
+        }) = &mut self.active
+        else {
+            return;
+        };
+        let Some(queue) = queues.get_mut(RX_QUEUE) else {
+            return;
+        };
         if !queue.ready() {
             return;
         }
         let mut used = 0usize;
         while self.muxer.has_rx() {
-            let Some(chain) = queue.pop_descriptor_chain(&*mem) else { break };
+            let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+                break;
+            };
             let head = chain.head_index();
             let descs: Vec<Descriptor> = chain.collect();
-            let writable: usize = descs.iter().filter(|d| d.is_write_only()).map(|d| d.len() as usize).sum();
+            let writable: usize = descs
+                .iter()
+                .filter(|d| d.is_write_only())
+                .map(|d| d.len() as usize)
+                .sum();
             let len = if writable < HDR_SIZE {
-                tracing::debug!("vsock: RX buffer of {writable} bytes cannot hold a header; returned empty");
+                tracing::debug!(
+                    "vsock: RX buffer of {writable} bytes cannot hold a header; returned empty"
+                );
                 0
             } else {
                 let Some(pkt) = self.muxer.recv_pkt(rx_payload_room(descs.iter().copied())) else {
@@ -161,7 +186,14 @@ impl Vsock {
             return Err(VsockError::BadCid(guest_cid));
         }
         let muxer = VsockMuxer::new(guest_cid, uds_path)?;
-        Ok(Vsock { guest_cid, inner: Inner { muxer, active: None, metrics: Arc::default() } })
+        Ok(Vsock {
+            guest_cid,
+            inner: Inner {
+                muxer,
+                active: None,
+                metrics: Arc::default(),
+            },
+        })
     }
 
     /// The device's counters.
@@ -201,7 +233,12 @@ impl VirtioDevice for Vsock {
         self.inner.process_rx();
     }
 
-    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Interrupt) -> Result<(), VirtioError> {
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), VirtioError> {
         let inner = &mut self.inner;
         inner.active = Some(ActiveQueues::new(mem, queues, interrupt, 3)?);
         tracing::debug!("virtio-vsock activated: guest CID {}", self.guest_cid);
@@ -215,9 +252,49 @@ impl VirtioDevice for Vsock {
         match index {
             RX_QUEUE => inner.process_rx(),
             TX_QUEUE => inner.process_tx(),
-            // Event buffers stay with the device: zvm sends no events.
+            // Event buffers stay with the device until a restore reports a transport reset.
             EVENT_QUEUE => {}
             other => tracing::debug!("vsock: notification for queue {other}, which does not exist"),
+        }
+    }
+
+    fn active_queues(&self) -> Option<&ActiveQueues> {
+        self.inner.active.as_ref()
+    }
+
+    /// Host connections do not survive a snapshot: tell the guest its transport was
+    /// reset (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET), so it drops every connection and reads
+    /// its CID again; the host side listens afresh.
+    fn after_restore(&mut self) {
+        let Some(ActiveQueues {
+            mem,
+            queues,
+            interrupt,
+        }) = &mut self.inner.active
+        else {
+            return;
+        };
+        let Some(queue) = queues.get_mut(EVENT_QUEUE) else {
+            return;
+        };
+        let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+            tracing::warn!("vsock: no event buffer to report the transport reset in");
+            return;
+        };
+        let head = chain.head_index();
+        let len = match chain.filter(|d| d.is_write_only()).find(|d| d.len() >= 4) {
+            Some(desc) => match mem.write_obj(VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, desc.addr()) {
+                Ok(()) => 4,
+                Err(e) => {
+                    tracing::warn!("vsock: cannot write the transport reset event: {e}");
+                    0
+                }
+            },
+            None => 0,
+        };
+        match queue.add_used(&*mem, head, len) {
+            Ok(()) => interrupt.signal_used_queue(),
+            Err(e) => tracing::warn!("vsock: cannot return the event buffer: {e}"),
         }
     }
 

@@ -67,7 +67,10 @@ pub struct ConnKey {
 
 impl ConnKey {
     fn of_guest_packet(hdr: &VsockHeader) -> Self {
-        ConnKey { local_port: hdr.dst_port, peer_port: hdr.src_port }
+        ConnKey {
+            local_port: hdr.dst_port,
+            peer_port: hdr.src_port,
+        }
     }
 }
 
@@ -107,7 +110,14 @@ pub struct VsockMuxer {
 /// Non-blocking accept4 (no fcntl or ioctl afterwards: the VMM seccomp filter has neither).
 fn accept_nb(listener: &UnixListener) -> io::Result<UnixStream> {
     // SAFETY: accept4 with null address pointers; the returned fd is new and ours.
-    let fd = unsafe { libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) };
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -123,14 +133,23 @@ fn connect_nb(path: &Path) -> io::Result<UnixStream> {
     // SAFETY: an all-zero sockaddr_un is valid.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
     }
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
     // SAFETY: plain socket(2); the fd is ours.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -154,17 +173,30 @@ impl VsockMuxer {
     /// Binds the listener at `uds_path` (replacing a stale socket file there) for a guest
     /// with CID `guest_cid`.
     pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Self, MuxerError> {
-        let err = |what| move |source| MuxerError::Io { what, path: uds_path.to_path_buf(), source };
+        let err = |what| {
+            move |source| MuxerError::Io {
+                what,
+                path: uds_path.to_path_buf(),
+                source,
+            }
+        };
         match std::fs::symlink_metadata(uds_path) {
-            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(uds_path).map_err(err("remove the stale socket"))?,
+            Ok(meta) if meta.file_type().is_socket() => {
+                std::fs::remove_file(uds_path).map_err(err("remove the stale socket"))?
+            }
             Ok(_) => return Err(MuxerError::NotASocket(uds_path.to_path_buf())),
             Err(_) => {}
         }
         let uds = UdsPath::new(uds_path).map_err(err("place the socket"))?;
         let listener = UnixListener::bind(uds.address("")).map_err(err("bind the socket"))?;
-        listener.set_nonblocking(true).map_err(err("make the socket non-blocking"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(err("make the socket non-blocking"))?;
         let epoll = Epoll::new().map_err(err("create an epoll set"))?;
-        tracing::debug!("vsock: guest CID {guest_cid}, listening on {}", uds_path.display());
+        tracing::debug!(
+            "vsock: guest CID {guest_cid}, listening on {}",
+            uds_path.display()
+        );
         Ok(VsockMuxer {
             guest_cid,
             uds,
@@ -188,7 +220,11 @@ impl VsockMuxer {
             return;
         }
         let fd = self.listener.as_raw_fd();
-        match self.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, fd as u64)) {
+        match self.epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, fd as u64),
+        ) {
             Ok(()) => self.armed = true,
             Err(e) => tracing::warn!("vsock: cannot watch {}: {e}", self.uds.path().display()),
         }
@@ -239,20 +275,33 @@ impl VsockMuxer {
     }
 
     fn watch(&mut self, fd: RawFd) -> io::Result<()> {
-        let events = EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
-        self.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, fd as u64))
+        let events =
+            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        self.epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(events, fd as u64),
+        )
     }
 
     /// Handles a packet the guest put on the TX queue.
     pub fn send_pkt(&mut self, pkt: Packet) {
         let hdr = pkt.hdr;
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
-            tracing::debug!("vsock: dropping a packet from CID {} to CID {}", hdr.src_cid, hdr.dst_cid);
+            tracing::debug!(
+                "vsock: dropping a packet from CID {} to CID {}",
+                hdr.src_cid,
+                hdr.dst_cid
+            );
             return;
         }
         let key = ConnKey::of_guest_packet(&hdr);
         if hdr.type_ != TYPE_STREAM || !(op::REQUEST..=op::CREDIT_REQUEST).contains(&hdr.op) {
-            tracing::debug!("vsock: packet with type {} op {} for {key:?}: reset", hdr.type_, hdr.op);
+            tracing::debug!(
+                "vsock: packet with type {} op {} for {key:?}: reset",
+                hdr.type_,
+                hdr.op
+            );
             if hdr.op != op::RST {
                 self.reset(key);
             }
@@ -287,7 +336,9 @@ impl VsockMuxer {
             }
             (op::SHUTDOWN, ConnState::Established | ConnState::Draining) => {
                 conn.peer_shutdown |= hdr.flags & shutdown::BOTH;
-                if conn.peer_shutdown == shutdown::BOTH || (conn.peer_shutdown & shutdown::SEND != 0 && conn.host_eof) {
+                if conn.peer_shutdown == shutdown::BOTH
+                    || (conn.peer_shutdown & shutdown::SEND != 0 && conn.host_eof)
+                {
                     conn.state = ConnState::Draining;
                 }
                 self.flush(key);
@@ -321,7 +372,12 @@ impl VsockMuxer {
         let stream = match connect_nb(&path) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!("vsock: guest connection to port {} refused ({}_{}: {e})", key.local_port, self.uds.path().display(), key.local_port);
+                tracing::debug!(
+                    "vsock: guest connection to port {} refused ({}_{}: {e})",
+                    key.local_port,
+                    self.uds.path().display(),
+                    key.local_port
+                );
                 self.queue_control(key, op::RST, 0);
                 return;
             }
@@ -337,12 +393,18 @@ impl VsockMuxer {
         self.conns.insert(key, conn);
         self.fds.insert(fd, key);
         self.queue_control(key, op::RESPONSE, 0);
-        tracing::debug!("vsock: guest port {} connected to host port {}", key.peer_port, key.local_port);
+        tracing::debug!(
+            "vsock: guest port {} connected to host port {}",
+            key.peer_port,
+            key.local_port
+        );
     }
 
     /// Writes what a connection buffered for its host socket; finishes a draining one.
     fn flush(&mut self, key: ConnKey) {
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         if let Err(e) = conn.flush_to_host() {
             tracing::debug!("vsock: {key:?}: host socket write failed ({e}): reset");
             self.reset(key);
@@ -377,7 +439,9 @@ impl VsockMuxer {
             } else if self.pending.contains_key(&fd) {
                 self.read_connect_line(fd);
             } else if let Some(&key) = self.fds.get(&fd) {
-                if set.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR) {
+                if set.intersects(
+                    EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR,
+                ) {
                     if let Some(conn) = self.conns.get_mut(&key) {
                         conn.readable = true;
                     }
@@ -404,7 +468,13 @@ impl VsockMuxer {
                         tracing::warn!("vsock: cannot watch a host client: {e}");
                         continue;
                     }
-                    self.pending.insert(fd, PendingClient { stream, line: Vec::new() });
+                    self.pending.insert(
+                        fd,
+                        PendingClient {
+                            stream,
+                            line: Vec::new(),
+                        },
+                    );
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -420,7 +490,9 @@ impl VsockMuxer {
     /// Reads a pending client's CONNECT line one byte at a time, so that no data after it
     /// is consumed; on a complete line, asks the guest for the connection.
     fn read_connect_line(&mut self, fd: RawFd) {
-        let Some(client) = self.pending.get_mut(&fd) else { return };
+        let Some(client) = self.pending.get_mut(&fd) else {
+            return;
+        };
         let port = loop {
             let mut byte = 0u8;
             // SAFETY: reading one byte into a local.
@@ -441,9 +513,14 @@ impl VsockMuxer {
                 break None;
             }
         };
-        let Some(client) = self.pending.remove(&fd) else { return };
+        let Some(client) = self.pending.remove(&fd) else {
+            return;
+        };
         let Some(port) = port else {
-            tracing::debug!("vsock: bad CONNECT line {:?} from a host client", String::from_utf8_lossy(&client.line));
+            tracing::debug!(
+                "vsock: bad CONNECT line {:?} from a host client",
+                String::from_utf8_lossy(&client.line)
+            );
             return;
         };
         if self.conns.len() >= MAX_CONNECTIONS {
@@ -451,15 +528,22 @@ impl VsockMuxer {
             return;
         }
         let key = self.allocate_key(port);
-        self.conns.insert(key, Connection::new(client.stream, ConnState::LocalInit));
+        self.conns
+            .insert(key, Connection::new(client.stream, ConnState::LocalInit));
         self.fds.insert(fd, key);
         self.queue_control(key, op::REQUEST, 0);
-        tracing::debug!("vsock: host client connecting to guest port {port} from host port {}", key.local_port);
+        tracing::debug!(
+            "vsock: host client connecting to guest port {port} from host port {}",
+            key.local_port
+        );
     }
 
     fn allocate_key(&mut self, peer_port: u32) -> ConnKey {
         loop {
-            let key = ConnKey { local_port: self.next_port, peer_port };
+            let key = ConnKey {
+                local_port: self.next_port,
+                peer_port,
+            };
             self.next_port = self.next_port.checked_add(1).unwrap_or(EPHEMERAL_PORT_BASE);
             if !self.conns.contains_key(&key) {
                 return key;
@@ -501,7 +585,10 @@ impl VsockMuxer {
     pub fn recv_pkt(&mut self, max_payload: usize) -> Option<Packet> {
         loop {
             if let Some(c) = self.control.pop_front() {
-                return Some(Packet { hdr: self.header(c.key, c.op, c.flags, 0), payload: Vec::new() });
+                return Some(Packet {
+                    hdr: self.header(c.key, c.op, c.flags, 0),
+                    payload: Vec::new(),
+                });
             }
             if max_payload == 0 {
                 return None;

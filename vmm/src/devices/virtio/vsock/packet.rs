@@ -6,8 +6,9 @@
 //! device-writable descriptors the same way. Everything read here comes from the guest and
 //! is checked: short headers, payloads beyond the chain or beyond [`MAX_PKT_PAYLOAD`].
 
+use crate::memory::GuestMemoryMmap;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
 /// Bytes of a `virtio_vsock_hdr`.
 pub const HDR_SIZE: usize = 44;
@@ -107,7 +108,18 @@ pub struct VsockHeader {
 impl VsockHeader {
     /// Decodes the little-endian wire form.
     pub fn decode(b: &[u8; HDR_SIZE]) -> Self {
-        let u64_at = |i: usize| u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]]);
+        let u64_at = |i: usize| {
+            u64::from_le_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         VsockHeader {
@@ -179,7 +191,9 @@ where
         let start = (skip + done).max(pos);
         if done < count && start < pos + len {
             let n = (pos + len - start).min(count - done);
-            let at = addr.checked_add((start - pos) as u64).ok_or(PacketError::Memory)?;
+            let at = addr
+                .checked_add((start - pos) as u64)
+                .ok_or(PacketError::Memory)?;
             f(GuestAddress(at), done, n).map_err(|_| PacketError::Memory)?;
             done += n;
         }
@@ -193,23 +207,33 @@ fn total(bufs: &[(u64, u32)]) -> usize {
 }
 
 /// Reads the packet in the device-readable buffers of a TX chain.
-pub fn read_packet<I: IntoIterator<Item = Descriptor>>(mem: &GuestMemoryMmap, chain: I) -> Result<Packet, PacketError> {
+pub fn read_packet<I: IntoIterator<Item = Descriptor>>(
+    mem: &GuestMemoryMmap,
+    chain: I,
+) -> Result<Packet, PacketError> {
     let (readable, _) = split(chain);
     let available = total(&readable);
     if available < HDR_SIZE {
         return Err(PacketError::ShortHeader(available));
     }
     let mut raw = [0u8; HDR_SIZE];
-    for_range(&readable, 0, HDR_SIZE, |addr, at, n| mem.read_slice(&mut raw[at..at + n], addr))?;
+    for_range(&readable, 0, HDR_SIZE, |addr, at, n| {
+        mem.read_slice(&mut raw[at..at + n], addr)
+    })?;
     let hdr = VsockHeader::decode(&raw);
     if hdr.len as usize > MAX_PKT_PAYLOAD {
         return Err(PacketError::TooLong(hdr.len));
     }
     if hdr.len as usize > available - HDR_SIZE {
-        return Err(PacketError::Truncated { announced: hdr.len, available: available - HDR_SIZE });
+        return Err(PacketError::Truncated {
+            announced: hdr.len,
+            available: available - HDR_SIZE,
+        });
     }
     let mut payload = vec![0u8; hdr.len as usize];
-    for_range(&readable, HDR_SIZE, payload.len(), |addr, at, n| mem.read_slice(&mut payload[at..at + n], addr))?;
+    for_range(&readable, HDR_SIZE, payload.len(), |addr, at, n| {
+        mem.read_slice(&mut payload[at..at + n], addr)
+    })?;
     Ok(Packet { hdr, payload })
 }
 
@@ -217,11 +241,17 @@ pub fn read_packet<I: IntoIterator<Item = Descriptor>>(mem: &GuestMemoryMmap, ch
 /// at most [`MAX_PKT_PAYLOAD`].
 pub fn rx_payload_room<I: IntoIterator<Item = Descriptor>>(chain: I) -> usize {
     let (_, writable) = split(chain);
-    total(&writable).saturating_sub(HDR_SIZE).min(MAX_PKT_PAYLOAD)
+    total(&writable)
+        .saturating_sub(HDR_SIZE)
+        .min(MAX_PKT_PAYLOAD)
 }
 
 /// Writes `pkt` into the device-writable buffers of an RX chain; returns the bytes written.
-pub fn write_packet<I: IntoIterator<Item = Descriptor>>(mem: &GuestMemoryMmap, chain: I, pkt: &Packet) -> Result<u32, PacketError> {
+pub fn write_packet<I: IntoIterator<Item = Descriptor>>(
+    mem: &GuestMemoryMmap,
+    chain: I,
+    pkt: &Packet,
+) -> Result<u32, PacketError> {
     let (_, writable) = split(chain);
     let needed = HDR_SIZE + pkt.payload.len();
     let available = total(&writable);
@@ -229,8 +259,12 @@ pub fn write_packet<I: IntoIterator<Item = Descriptor>>(mem: &GuestMemoryMmap, c
         return Err(PacketError::NoRoom { needed, available });
     }
     let raw = pkt.hdr.encode();
-    for_range(&writable, 0, HDR_SIZE, |addr, at, n| mem.write_slice(&raw[at..at + n], addr))?;
-    for_range(&writable, HDR_SIZE, pkt.payload.len(), |addr, at, n| mem.write_slice(&pkt.payload[at..at + n], addr))?;
+    for_range(&writable, 0, HDR_SIZE, |addr, at, n| {
+        mem.write_slice(&raw[at..at + n], addr)
+    })?;
+    for_range(&writable, HDR_SIZE, pkt.payload.len(), |addr, at, n| {
+        mem.write_slice(&pkt.payload[at..at + n], addr)
+    })?;
     Ok(needed as u32)
 }
 
@@ -271,20 +305,45 @@ mod tests {
         let mut raw = sample().encode().to_vec();
         raw.extend_from_slice(b"hello");
         mem.write_slice(&raw[..10], GuestAddress(DATA)).expect("w");
-        mem.write_slice(&raw[10..], GuestAddress(DATA + 0x1000)).expect("w");
-        let chain = build_chain(&mock, &[desc(DATA, 10, 0), desc(DATA + 0x1000, 39, 0), desc(DATA + 0x2000, 64, F_WRITE)]);
+        mem.write_slice(&raw[10..], GuestAddress(DATA + 0x1000))
+            .expect("w");
+        let chain = build_chain(
+            &mock,
+            &[
+                desc(DATA, 10, 0),
+                desc(DATA + 0x1000, 39, 0),
+                desc(DATA + 0x2000, 64, F_WRITE),
+            ],
+        );
         let pkt = read_packet(&mem, chain).expect("packet");
         assert_eq!(pkt.hdr, sample());
         assert_eq!(pkt.payload, b"hello");
 
-        let chain = build_chain(&mock, &[desc(DATA + 0x3000, 20, F_WRITE), desc(DATA + 0x4000, 100, F_WRITE)]);
+        let chain = build_chain(
+            &mock,
+            &[
+                desc(DATA + 0x3000, 20, F_WRITE),
+                desc(DATA + 0x4000, 100, F_WRITE),
+            ],
+        );
         assert_eq!(rx_payload_room(chain), 76);
-        let chain = build_chain(&mock, &[desc(DATA + 0x3000, 20, F_WRITE), desc(DATA + 0x4000, 100, F_WRITE)]);
+        let chain = build_chain(
+            &mock,
+            &[
+                desc(DATA + 0x3000, 20, F_WRITE),
+                desc(DATA + 0x4000, 100, F_WRITE),
+            ],
+        );
         assert_eq!(write_packet(&mem, chain, &pkt), Ok(49));
-        let chain = build_chain(&mock, &[desc(DATA + 0x3000, 20, 0), desc(DATA + 0x4000, 29, 0)]);
+        let chain = build_chain(
+            &mock,
+            &[desc(DATA + 0x3000, 20, 0), desc(DATA + 0x4000, 29, 0)],
+        );
         let mut copy = vec![0u8; 49];
-        mem.read_slice(&mut copy[..20], GuestAddress(DATA + 0x3000)).expect("r");
-        mem.read_slice(&mut copy[20..], GuestAddress(DATA + 0x4000)).expect("r");
+        mem.read_slice(&mut copy[..20], GuestAddress(DATA + 0x3000))
+            .expect("r");
+        mem.read_slice(&mut copy[20..], GuestAddress(DATA + 0x4000))
+            .expect("r");
         assert_eq!(copy, raw);
         assert_eq!(read_packet(&mem, chain).expect("re-read"), pkt);
     }
@@ -298,18 +357,33 @@ mod tests {
         let mut h = sample();
         h.len = 100;
         mem.write_slice(&h.encode(), GuestAddress(DATA)).expect("w");
-        let chain = build_chain(&mock, &[desc(DATA, 44 + 50, 0), desc(DATA + 0x1000, 100, F_WRITE)]);
-        assert_eq!(read_packet(&mem, chain), Err(PacketError::Truncated { announced: 100, available: 50 }));
+        let chain = build_chain(
+            &mock,
+            &[desc(DATA, 44 + 50, 0), desc(DATA + 0x1000, 100, F_WRITE)],
+        );
+        assert_eq!(
+            read_packet(&mem, chain),
+            Err(PacketError::Truncated {
+                announced: 100,
+                available: 50
+            })
+        );
         h.len = u32::MAX;
         mem.write_slice(&h.encode(), GuestAddress(DATA)).expect("w");
         let chain = build_chain(&mock, &[desc(DATA, 0x10_0000, 0)]);
-        assert_eq!(read_packet(&mem, chain), Err(PacketError::TooLong(u32::MAX)));
+        assert_eq!(
+            read_packet(&mem, chain),
+            Err(PacketError::TooLong(u32::MAX))
+        );
         let chain = build_chain(&mock, &[desc(MEM_SIZE - 8, 64, 0)]);
         assert_eq!(read_packet(&mem, chain), Err(PacketError::Memory));
         let chain = build_chain(&mock, &[desc(u64::MAX - 8, 64, 0)]);
         assert_eq!(read_packet(&mem, chain), Err(PacketError::Memory));
         let chain = build_chain(&mock, &[desc(DATA, 30, F_WRITE)]);
-        assert!(matches!(write_packet(&mem, chain, &Packet::default()), Err(PacketError::NoRoom { .. })));
+        assert!(matches!(
+            write_packet(&mem, chain, &Packet::default()),
+            Err(PacketError::NoRoom { .. })
+        ));
         let chain = build_chain(&mock, &[desc(DATA, 30, F_WRITE)]);
         assert_eq!(rx_payload_room(chain), 0);
     }

@@ -59,7 +59,8 @@ fn muxer() -> (tempfile::TempDir, VsockMuxer) {
 }
 
 fn read_exactly(s: &mut UnixStream, n: usize) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let mut buf = vec![0u8; n];
     s.read_exact(&mut buf).expect("read");
     buf
@@ -71,25 +72,45 @@ fn host_initiated_connect_handshake_and_data() {
     let mut client = UnixStream::connect(dir.path().join("v.sock")).expect("connect");
     client.write_all(b"CONNECT 52\n").expect("write");
     let req = next_pkt(&mut m).expect("REQUEST");
-    assert_eq!((req.hdr.op, req.hdr.src_cid, req.hdr.dst_cid), (op::REQUEST, HOST_CID, CID));
-    assert_eq!((req.hdr.src_port, req.hdr.dst_port), (EPHEMERAL_PORT_BASE, 52));
+    assert_eq!(
+        (req.hdr.op, req.hdr.src_cid, req.hdr.dst_cid),
+        (op::REQUEST, HOST_CID, CID)
+    );
+    assert_eq!(
+        (req.hdr.src_port, req.hdr.dst_port),
+        (EPHEMERAL_PORT_BASE, 52)
+    );
     assert_eq!(req.hdr.buf_alloc, CONN_BUF_SIZE);
     m.send_pkt(guest_pkt(52, EPHEMERAL_PORT_BASE, op::RESPONSE, b""));
-    assert_eq!(read_exactly(&mut client, 14), format!("OK {EPHEMERAL_PORT_BASE}\n").into_bytes());
+    assert_eq!(
+        read_exactly(&mut client, 14),
+        format!("OK {EPHEMERAL_PORT_BASE}\n").into_bytes()
+    );
 
     client.write_all(b"ping").expect("write");
     let data = next_pkt(&mut m).expect("RW");
-    assert_eq!((data.hdr.op, data.hdr.len, data.payload.as_slice()), (op::RW, 4, &b"ping"[..]));
+    assert_eq!(
+        (data.hdr.op, data.hdr.len, data.payload.as_slice()),
+        (op::RW, 4, &b"ping"[..])
+    );
     m.send_pkt(guest_pkt(52, EPHEMERAL_PORT_BASE, op::RW, b"pong"));
     assert_eq!(read_exactly(&mut client, 4), b"pong");
 
     m.send_pkt(guest_pkt(52, EPHEMERAL_PORT_BASE, op::CREDIT_REQUEST, b""));
     let credit = m.recv_pkt(4096).expect("CREDIT_UPDATE");
-    assert_eq!((credit.hdr.op, credit.hdr.fwd_cnt, credit.hdr.buf_alloc), (op::CREDIT_UPDATE, 4, CONN_BUF_SIZE));
+    assert_eq!(
+        (credit.hdr.op, credit.hdr.fwd_cnt, credit.hdr.buf_alloc),
+        (op::CREDIT_UPDATE, 4, CONN_BUF_SIZE)
+    );
 
-    client.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
     let shut = next_pkt(&mut m).expect("SHUTDOWN");
-    assert_eq!((shut.hdr.op, shut.hdr.flags), (op::SHUTDOWN, shutdown::SEND));
+    assert_eq!(
+        (shut.hdr.op, shut.hdr.flags),
+        (op::SHUTDOWN, shutdown::SEND)
+    );
     m.send_pkt(shutdown_pkt(52, EPHEMERAL_PORT_BASE, shutdown::BOTH));
     let rst = m.recv_pkt(4096).expect("RST");
     assert_eq!(rst.hdr.op, op::RST);
@@ -114,7 +135,9 @@ fn guest_refusal_and_bad_connect_lines_close_the_client() {
     for line in [&b"HELLO 7\n"[..], b"CONNECT x\n", &[b'A'; 100]] {
         let mut client = UnixStream::connect(dir.path().join("v.sock")).expect("connect");
         client.write_all(line).expect("write");
-        client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         for _ in 0..20 {
             m.process_host_events();
         }
@@ -133,7 +156,10 @@ fn guest_initiated_connections_reach_port_sockets() {
     let listener = UnixListener::bind(dir.path().join("v.sock_1234")).expect("bind");
     m.send_pkt(guest_pkt(5000, 1234, op::REQUEST, b""));
     let resp = m.recv_pkt(4096).expect("RESPONSE");
-    assert_eq!((resp.hdr.op, resp.hdr.src_port, resp.hdr.dst_port), (op::RESPONSE, 1234, 5000));
+    assert_eq!(
+        (resp.hdr.op, resp.hdr.src_port, resp.hdr.dst_port),
+        (op::RESPONSE, 1234, 5000)
+    );
     let (mut host, _) = listener.accept().expect("accept");
     m.send_pkt(guest_pkt(5000, 1234, op::RW, b"hello"));
     assert_eq!(read_exactly(&mut host, 5), b"hello");
@@ -142,14 +168,22 @@ fn guest_initiated_connections_reach_port_sockets() {
     assert_eq!(data.payload, b"world");
 
     m.send_pkt(guest_pkt(5000, 1234, op::REQUEST, b""));
-    assert_eq!(m.recv_pkt(4096).expect("RST").hdr.op, op::RST, "a second REQUEST resets the connection");
+    assert_eq!(
+        m.recv_pkt(4096).expect("RST").hdr.op,
+        op::RST,
+        "a second REQUEST resets the connection"
+    );
     assert_eq!(m.connection_count(), 0);
     let mut rest = Vec::new();
     host.read_to_end(&mut rest).expect("EOF");
 
     m.send_pkt(guest_pkt(5001, 999, op::REQUEST, b""));
     let rst = m.recv_pkt(4096).expect("RST");
-    assert_eq!((rst.hdr.op, rst.hdr.src_port, rst.hdr.dst_port), (op::RST, 999, 5001), "nobody listens on port 999");
+    assert_eq!(
+        (rst.hdr.op, rst.hdr.src_port, rst.hdr.dst_port),
+        (op::RST, 999, 5001),
+        "nobody listens on port 999"
+    );
 }
 
 #[test]
@@ -170,14 +204,21 @@ fn host_data_respects_the_guest_credit() {
     update.hdr.buf_alloc = 4;
     update.hdr.fwd_cnt = 4;
     m.send_pkt(update);
-    assert_eq!(m.recv_pkt(2).expect("RW").payload, b"45", "bounded by the RX buffer too");
+    assert_eq!(
+        m.recv_pkt(2).expect("RW").payload,
+        b"45",
+        "bounded by the RX buffer too"
+    );
     assert_eq!(m.recv_pkt(4096).expect("RW").payload, b"67");
     assert!(m.recv_pkt(4096).is_none());
 
     let mut guest_rcv_shut = shutdown_pkt(6000, 80, shutdown::RCV);
     guest_rcv_shut.hdr.fwd_cnt = 8;
     m.send_pkt(guest_rcv_shut);
-    assert!(!m.has_rx(), "the guest receives nothing after SHUTDOWN(RCV)");
+    assert!(
+        !m.has_rx(),
+        "the guest receives nothing after SHUTDOWN(RCV)"
+    );
     m.send_pkt(guest_pkt(6000, 80, op::RW, b"still sending"));
     assert_eq!(read_exactly(&mut host, 13), b"still sending");
 }
@@ -205,7 +246,11 @@ fn hostile_packets_are_dropped_or_reset() {
     m.send_pkt(guest_pkt(2, 80, op::REQUEST, b""));
     assert_eq!(m.recv_pkt(4096).expect("RESPONSE").hdr.op, op::RESPONSE);
     m.send_pkt(guest_pkt(2, 80, op::RESPONSE, b""));
-    assert_eq!(m.recv_pkt(4096).expect("RST").hdr.op, op::RST, "RESPONSE on an established connection");
+    assert_eq!(
+        m.recv_pkt(4096).expect("RST").hdr.op,
+        op::RST,
+        "RESPONSE on an established connection"
+    );
     assert_eq!(m.connection_count(), 0);
 
     m.send_pkt(guest_pkt(3, 80, op::REQUEST, b""));
@@ -214,8 +259,13 @@ fn hostile_packets_are_dropped_or_reset() {
     for _ in 0..(CONN_BUF_SIZE as usize / big.len() + 8) {
         m.send_pkt(guest_pkt(3, 80, op::RW, &big));
     }
-    let ops: Vec<u16> = std::iter::from_fn(|| m.recv_pkt(4096)).map(|p| p.hdr.op).collect();
-    assert!(ops.contains(&op::RST), "overrunning our buffer resets: {ops:?}");
+    let ops: Vec<u16> = std::iter::from_fn(|| m.recv_pkt(4096))
+        .map(|p| p.hdr.op)
+        .collect();
+    assert!(
+        ops.contains(&op::RST),
+        "overrunning our buffer resets: {ops:?}"
+    );
     assert_eq!(m.connection_count(), 0);
 
     for port in 0..(MAX_CONTROL_PACKETS as u32 + 100) {
@@ -238,8 +288,14 @@ fn stale_sockets_are_replaced_and_other_files_kept() {
     drop(m);
     let file = dir.path().join("file");
     std::fs::write(&file, b"data").expect("write");
-    assert!(matches!(VsockMuxer::new(CID, &file), Err(MuxerError::NotASocket(_))));
-    assert!(matches!(Vsock::new(2, &dir.path().join("x.sock")), Err(VsockError::BadCid(2))));
+    assert!(matches!(
+        VsockMuxer::new(CID, &file),
+        Err(MuxerError::NotASocket(_))
+    ));
+    assert!(matches!(
+        Vsock::new(2, &dir.path().join("x.sock")),
+        Err(VsockError::BadCid(2))
+    ));
 }
 
 /// Three mock queues (RX, TX, event) at separate addresses.
@@ -248,8 +304,10 @@ fn queues(mem: &GuestMemoryMmap) -> [MockSplitQueue<'_, GuestMemoryMmap>; 3] {
 }
 
 fn write_tx(mem: &GuestMemoryMmap, addr: u64, pkt: &Packet) -> u32 {
-    mem.write_slice(&pkt.hdr.encode(), GuestAddress(addr)).expect("hdr");
-    mem.write_slice(&pkt.payload, GuestAddress(addr + HDR_SIZE as u64)).expect("payload");
+    mem.write_slice(&pkt.hdr.encode(), GuestAddress(addr))
+        .expect("hdr");
+    mem.write_slice(&pkt.payload, GuestAddress(addr + HDR_SIZE as u64))
+        .expect("payload");
     (HDR_SIZE + pkt.payload.len()) as u32
 }
 
@@ -264,7 +322,14 @@ fn device_moves_packets_between_queues_and_sockets() {
     let dir = tempfile::tempdir().expect("dir");
     let _listener = UnixListener::bind(dir.path().join("v.sock_80")).expect("bind");
     let mut dev = Vsock::new(CID, &dir.path().join("v.sock")).expect("device");
-    assert_eq!((dev.device_type(), dev.queue_max_sizes().len(), dev.features()), (TYPE_VSOCK, 3, VIRTIO_F_VERSION_1));
+    assert_eq!(
+        (
+            dev.device_type(),
+            dev.queue_max_sizes().len(),
+            dev.features()
+        ),
+        (TYPE_VSOCK, 3, VIRTIO_F_VERSION_1)
+    );
     let mut cid = [0u8; 8];
     dev.read_config(0, &mut cid);
     assert_eq!(u64::from_le_bytes(cid), CID);
@@ -273,27 +338,61 @@ fn device_moves_packets_between_queues_and_sockets() {
     let mem = memory();
     let [rx, tx, ev] = queues(&mem);
     // RX: a buffer too small for a header, then two good ones.
-    rx.add_desc_chains(&[linked(DATA, 16, F_WRITE, 0), linked(DATA + 0x1000, 256, F_WRITE, 0), linked(DATA + 0x2000, 256, F_WRITE, 0)], 0)
-        .expect("rx");
+    rx.add_desc_chains(
+        &[
+            linked(DATA, 16, F_WRITE, 0),
+            linked(DATA + 0x1000, 256, F_WRITE, 0),
+            linked(DATA + 0x2000, 256, F_WRITE, 0),
+        ],
+        0,
+    )
+    .expect("rx");
     // TX: a short header, a REQUEST to a listening port, one to a closed port.
     let n1 = write_tx(&mem, DATA + 0x11000, &guest_pkt(10, 80, op::REQUEST, b""));
     let n2 = write_tx(&mem, DATA + 0x12000, &guest_pkt(11, 81, op::REQUEST, b""));
-    tx.add_desc_chains(&[linked(DATA + 0x10000, 8, 0, 0), linked(DATA + 0x11000, n1, 0, 0), linked(DATA + 0x12000, n2, 0, 0)], 0)
-        .expect("tx");
+    tx.add_desc_chains(
+        &[
+            linked(DATA + 0x10000, 8, 0, 0),
+            linked(DATA + 0x11000, n1, 0, 0),
+            linked(DATA + 0x12000, n2, 0, 0),
+        ],
+        0,
+    )
+    .expect("tx");
     let irq = Interrupt::new().expect("irq");
-    dev.activate(mem.clone(), vec![ready_queue(&rx), ready_queue(&tx), ready_queue(&ev)], irq.clone()).expect("activate");
+    dev.activate(
+        mem.clone(),
+        vec![ready_queue(&rx), ready_queue(&tx), ready_queue(&ev)],
+        irq.clone(),
+    )
+    .expect("activate");
     dev.process_queue(TX_QUEUE);
-    assert_eq!(used_idx(&mem, &tx), 3, "every TX chain is returned, malformed or not");
+    assert_eq!(
+        used_idx(&mem, &tx),
+        3,
+        "every TX chain is returned, malformed or not"
+    );
     assert_eq!(used_idx(&mem, &rx), 3);
-    assert_eq!(used_entry(&mem, &rx, 0), (0, 0), "the tiny RX buffer is returned empty");
+    assert_eq!(
+        used_entry(&mem, &rx, 0),
+        (0, 0),
+        "the tiny RX buffer is returned empty"
+    );
     assert_eq!(used_entry(&mem, &rx, 1), (1, HDR_SIZE as u32));
     assert_eq!(rx_hdr(&mem, DATA + 0x1000).op, op::RESPONSE);
     let rst = rx_hdr(&mem, DATA + 0x2000);
     assert_eq!((rst.op, rst.src_port, rst.dst_port), (op::RST, 81, 11));
     assert!(irq.eventfd().read().expect("interrupt") >= 1);
     let m = dev.metrics().totals();
-    assert_eq!((m["tx_packets"].as_u64(), m["rx_packets"].as_u64()), (Some(2), Some(2)), "the short header is not a packet");
-    assert_eq!((m["conns_added"].as_u64(), m["conns_reset"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (m["tx_packets"].as_u64(), m["rx_packets"].as_u64()),
+        (Some(2), Some(2)),
+        "the short header is not a packet"
+    );
+    assert_eq!(
+        (m["conns_added"].as_u64(), m["conns_reset"].as_u64()),
+        (Some(1), Some(1))
+    );
     dev.process_queue(EVENT_QUEUE);
     dev.process_queue(7);
     dev.process_host_event();
@@ -337,7 +436,11 @@ fn muxer_runs_under_the_vmm_seccomp_filter() {
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     assert!(libc::WIFEXITED(status), "child status {status:#x}");
-    assert_eq!(libc::WEXITSTATUS(status), 0, "the child failed or hit a blocked system call (159)");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "the child failed or hit a blocked system call (159)"
+    );
 }
 
 #[test]
@@ -353,7 +456,12 @@ fn sockets_deeper_than_a_unix_address_work_both_ways() {
     assert!(uds.exists(), "the listener is at the configured path");
     // The test's side reaches the directory the same way.
     let dir = std::fs::File::open(&deep).expect("open dir");
-    let short = |name: &str| std::path::PathBuf::from(format!("/proc/self/fd/{}/{name}", std::os::fd::AsRawFd::as_raw_fd(&dir)));
+    let short = |name: &str| {
+        std::path::PathBuf::from(format!(
+            "/proc/self/fd/{}/{name}",
+            std::os::fd::AsRawFd::as_raw_fd(&dir)
+        ))
+    };
 
     let mut client = UnixStream::connect(short("v.sock")).expect("connect");
     client.write_all(b"CONNECT 52\n").expect("write");
@@ -387,6 +495,9 @@ fn sockets_deeper_than_a_unix_address_work_both_ways() {
     let mut status = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x}"
+    );
     assert!(deep_listener.accept().is_ok(), "the child connected");
 }

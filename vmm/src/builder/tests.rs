@@ -1,0 +1,119 @@
+//! Builder tests: device slots, IRQs and command-line arguments.
+
+use super::*;
+
+#[test]
+fn virtio_devices_get_slots_irqs_and_command_line_args() {
+    let disk = tempfile::NamedTempFile::new().expect("disk");
+    disk.as_file().set_len(1 << 20).expect("size");
+    let mut b =
+        MicrovmBuilder::new(64, 1, CpuTemplate::None, true, BuildOptions::default()).expect("VM");
+    let drive = |id: &str, root| DriveConfig {
+        drive_id: id.into(),
+        path_on_host: disk.path().into(),
+        is_root_device: root,
+        is_read_only: true,
+        rate_limiter: None,
+    };
+    let first = b.attach_drive(&drive("data", false)).expect("drive");
+    let second = b.attach_drive(&drive("root", true)).expect("drive");
+    let rng = b.attach_entropy().expect("rng");
+    assert_eq!(
+        first,
+        VirtioSlot {
+            addr: 0xd000_1000,
+            irq: 5
+        }
+    );
+    assert_eq!(
+        second,
+        VirtioSlot {
+            addr: 0xd000_2000,
+            irq: 6
+        }
+    );
+    assert_eq!(
+        rng,
+        VirtioSlot {
+            addr: 0xd000_3000,
+            irq: 7
+        }
+    );
+    assert_eq!(
+        b.device_args,
+        [
+            "virtio_mmio.device=4K@0xd0001000:5",
+            "virtio_mmio.device=4K@0xd0002000:6",
+            "root=/dev/vdb ro",
+            "virtio_mmio.device=4K@0xd0003000:7"
+        ]
+    );
+    assert_eq!(b.handlers.len(), 3, "one queue each");
+    while b.next_irq <= layout::IRQ_MAX {
+        b.attach_entropy().expect("rng");
+    }
+    assert!(matches!(
+        b.attach_entropy(),
+        Err(BuildError::NoFreeIrq { .. })
+    ));
+    let missing = DriveConfig {
+        path_on_host: "/nonexistent/disk.img".into(),
+        ..drive("x", false)
+    };
+    assert!(matches!(
+        b.attach_drive(&missing),
+        Err(BuildError::Block(_))
+    ));
+}
+
+#[test]
+fn vsock_is_attached_with_its_host_event_handler() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut b =
+        MicrovmBuilder::new(64, 1, CpuTemplate::None, true, BuildOptions::default()).expect("VM");
+    let cfg = VsockConfig {
+        guest_cid: 3,
+        uds_path: dir.path().join("v.sock"),
+    };
+    let slot = b.attach_vsock(&cfg).expect("vsock");
+    assert_eq!(
+        slot,
+        VirtioSlot {
+            addr: 0xd000_1000,
+            irq: 5
+        }
+    );
+    assert_eq!(b.handlers.len(), 4, "three queues and the host sockets");
+    assert!(dir.path().join("v.sock").exists(), "listening");
+    let bad = VsockConfig {
+        guest_cid: 1,
+        ..cfg
+    };
+    assert!(matches!(b.attach_vsock(&bad), Err(BuildError::Vsock(_))));
+}
+
+#[test]
+fn device_args_go_before_init_args() {
+    let extra = [
+        "virtio_mmio.device=4K@0xd0001000:5".to_string(),
+        "root=/dev/vda ro".to_string(),
+    ];
+    assert_eq!(with_kernel_args("console=ttyS0", &[]), "console=ttyS0");
+    assert_eq!(
+        with_kernel_args("console=ttyS0 panic=1", &extra),
+        "console=ttyS0 panic=1 virtio_mmio.device=4K@0xd0001000:5 root=/dev/vda ro"
+    );
+    assert_eq!(
+        with_kernel_args("console=ttyS0 -- init --verbose", &extra[1..]),
+        "console=ttyS0 root=/dev/vda ro -- init --verbose"
+    );
+    assert_eq!(
+        with_kernel_args("-- x", &extra[1..]),
+        "root=/dev/vda ro -- x"
+    );
+    assert_eq!(
+        with_kernel_args("a --b", &extra[1..]),
+        "a --b root=/dev/vda ro"
+    );
+    assert_eq!(with_kernel_args("", &extra[1..]), "root=/dev/vda ro");
+}

@@ -1,0 +1,235 @@
+//! Guest memory in snapshots: the memory file is the RAM regions back to back (guest
+//! physical address = file offset below the MMIO gap). A full snapshot writes every page
+//! that is not all zeroes into a new file (zero pages stay holes, so the file is sparse);
+//! a diff snapshot writes only the pages written since the previous snapshot, in place,
+//! into the base file.
+
+use super::SnapshotError;
+use crate::memory::GuestMemoryMmap;
+use kvm_ioctls::VmFd;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+/// The page size dirty tracking works in.
+pub const PAGE_SIZE: usize = 4096;
+
+/// What a memory write wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Pages written.
+    pub pages: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// Total bytes of guest RAM, the size a memory file must have.
+pub fn memory_bytes(mem: &GuestMemoryMmap) -> u64 {
+    mem.iter().map(|r| r.len()).sum()
+}
+
+/// A region's bytes, for reading while the VM is paused.
+fn region_bytes(region: &crate::memory::GuestRegionMmap) -> &[u8] {
+    // SAFETY: the mapping is `region.len()` bytes long and lives as long as `region`;
+    // the VM is paused and its VMM loop idle, so nothing writes it while it is read.
+    unsafe { std::slice::from_raw_parts(region.as_ptr(), region.size()) }
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes runs of pages `[first, end)` of `bytes` at `file_base` in `file`.
+fn write_pages(
+    file: &File,
+    bytes: &[u8],
+    first: usize,
+    end: usize,
+    file_base: u64,
+    path: &Path,
+) -> Result<(), SnapshotError> {
+    let (from, to) = (first * PAGE_SIZE, (end * PAGE_SIZE).min(bytes.len()));
+    file.write_all_at(&bytes[from..to], file_base + from as u64)
+        .map_err(io_err("write guest memory to", path))
+}
+
+/// Writes all of guest memory into a new file at `path` (atomically replacing whatever
+/// is there), leaving all-zero pages as holes.
+pub fn write_full(mem: &GuestMemoryMmap, path: &Path) -> Result<Written, SnapshotError> {
+    let tmp = super::file::temporary_beside(path);
+    let result = (|| {
+        let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        file.set_len(memory_bytes(mem))
+            .map_err(io_err("size", &tmp))?;
+        let mut written = Written::default();
+        let mut file_base = 0u64;
+        for region in mem.iter() {
+            let bytes = region_bytes(region);
+            let pages = bytes.len().div_ceil(PAGE_SIZE);
+            let mut run_start = None;
+            for page in 0..=pages {
+                let zero = page == pages
+                    || bytes[page * PAGE_SIZE..((page + 1) * PAGE_SIZE).min(bytes.len())]
+                        .iter()
+                        .all(|&b| b == 0);
+                match (zero, run_start) {
+                    (false, None) => run_start = Some(page),
+                    (true, Some(first)) => {
+                        write_pages(&file, bytes, first, page, file_base, &tmp)?;
+                        written.pages += (page - first) as u64;
+                        run_start = None;
+                    }
+                    _ => {}
+                }
+            }
+            file_base += region.len();
+        }
+        written.bytes = written.pages * PAGE_SIZE as u64;
+        file.sync_all().map_err(io_err("sync", &tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err("rename into", path))?;
+        Ok(written)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The pages written since the last call, per region (one bit per page, in `u64` words):
+/// what KVM logged for the guest or'ed with what zvm's devices wrote. Both logs restart.
+pub fn take_dirty_pages(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<Vec<Vec<u64>>, SnapshotError> {
+    let mut all = Vec::new();
+    for (slot, region) in mem.iter().enumerate() {
+        let len = usize::try_from(region.len()).unwrap_or(usize::MAX);
+        let mut dirty = vm.get_dirty_log(slot as u32, len).map_err(|source| {
+            crate::arch::state::StateError::Kvm {
+                what: "read the dirty page log",
+                source,
+            }
+        })?;
+        let ours = std::ops::Deref::deref(region).bitmap().get_and_reset();
+        for (word, extra) in dirty.iter_mut().zip(ours) {
+            *word |= extra;
+        }
+        all.push(dirty);
+    }
+    Ok(all)
+}
+
+/// Writes the pages `dirty` marks into the existing memory file at `path` (created if
+/// missing), leaving every other page as it is there.
+pub fn write_diff(
+    mem: &GuestMemoryMmap,
+    dirty: &[Vec<u64>],
+    path: &Path,
+) -> Result<Written, SnapshotError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    let size = memory_bytes(mem);
+    if file.metadata().map_err(io_err("inspect", path))?.len() < size {
+        file.set_len(size).map_err(io_err("size", path))?;
+    }
+    let mut written = Written::default();
+    let mut file_base = 0u64;
+    for (region, bits) in mem.iter().zip(dirty) {
+        let bytes = region_bytes(region);
+        let pages = bytes.len().div_ceil(PAGE_SIZE);
+        let is_dirty = |page: usize| {
+            bits.get(page / 64)
+                .is_some_and(|w| w & (1 << (page % 64)) != 0)
+        };
+        let mut page = 0;
+        while page < pages {
+            if !is_dirty(page) {
+                page += 1;
+                continue;
+            }
+            let first = page;
+            while page < pages && is_dirty(page) {
+                page += 1;
+            }
+            write_pages(&file, bytes, first, page, file_base, path)?;
+            written.pages += (page - first) as u64;
+        }
+        file_base += region.len();
+    }
+    written.bytes = written.pages * PAGE_SIZE as u64;
+    file.sync_all().map_err(io_err("sync", path))?;
+    Ok(written)
+}
+
+/// Opens a memory file for a restore of `size` bytes of guest RAM; a shorter file is
+/// refused (a page beyond its end would kill the VM when touched).
+pub fn open_memory_file(path: &Path, size: u64) -> Result<File, SnapshotError> {
+    let bad = |reason: String| SnapshotError::BadMemoryFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| bad(format!("cannot inspect: {e}")))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() != size {
+        return Err(bad(format!("{} bytes, but the snapshot's guest has {size} bytes of memory (truncated or not its file)", meta.len())));
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn full_writes_nonzero_pages_and_diff_only_dirty_ones() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mem = crate::memory::create_guest_memory(4 << 20).expect("mem");
+        mem.write_obj(0x1122_3344u32, GuestAddress(0x2000))
+            .expect("write");
+        mem.write_obj(0x55u8, GuestAddress(0x30_0fff))
+            .expect("write");
+        let path = dir.path().join("mem");
+        let w = write_full(&mem, &path).expect("full");
+        assert_eq!(w.pages, 2, "two non-zero pages");
+        let file = open_memory_file(&path, 4 << 20).expect("open");
+        let mut b = [0u8; 4];
+        file.read_exact_at(&mut b, 0x2000).expect("read");
+        assert_eq!(u32::from_le_bytes(b), 0x1122_3344);
+        assert!(open_memory_file(&path, 8 << 20).is_err(), "size must match");
+        // A diff of one page marked dirty (as a device write marks it).
+        mem.write_obj(0xaau8, GuestAddress(0x10_0000))
+            .expect("write");
+        let ours = std::ops::Deref::deref(mem.iter().next().expect("region"))
+            .bitmap()
+            .get_and_reset();
+        assert!(ours.iter().map(|w| w.count_ones()).sum::<u32>() >= 1);
+        let mut only = vec![0u64; ours.len()];
+        only[0x100 / 64] |= 1 << (0x100 % 64);
+        let w = write_diff(&mem, &[only], &path).expect("diff");
+        assert_eq!(w.pages, 1);
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, 0x10_0000).expect("read");
+        assert_eq!(byte, [0xaa]);
+        file.read_exact_at(&mut b, 0x2000).expect("read");
+        assert_eq!(u32::from_le_bytes(b), 0x1122_3344, "other pages kept");
+        assert!(matches!(
+            open_memory_file(&dir.path().join("none"), 1),
+            Err(SnapshotError::BadMemoryFile { .. })
+        ));
+    }
+}

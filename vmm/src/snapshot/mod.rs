@@ -1,0 +1,177 @@
+//! Snapshots: save a paused VM to a state file and a memory file, and restore it in a
+//! new process.
+//!
+//! The state file ([`file`]) holds one [`MicrovmState`]: the resources the VM was built
+//! from (so the restoring process attaches the same devices at the same slots and IRQs),
+//! every vCPU's architectural state, the VM's (irqchip, PIT, kvmclock) and every device's,
+//! each a plain versioned struct saved beside its device. Guest memory goes to its own
+//! file ([`memory`]): the RAM regions back to back, all-zero pages left as holes. A
+//! restore maps that file privately (copy-on-write, loaded on demand), so VMs restored
+//! from one snapshot share every page none of them has written.
+//!
+//! A diff snapshot writes only the pages written since the previous snapshot (by the
+//! guest, as KVM's dirty log reports, or by zvm's devices, as the guest memory's dirty
+//! bitmap reports) into an existing memory file, over the base it was made from.
+
+pub mod create;
+pub mod file;
+pub mod memory;
+pub mod restore;
+
+pub use create::SnapshotHandle;
+pub use file::read_state_file;
+pub use restore::restore_microvm;
+
+use crate::arch::state::{VcpuState, VmState};
+use crate::devices::DevicesState;
+use crate::resources::VmResources;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a state file holds.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MicrovmState {
+    /// What the VM was built from (console and seccomp are the restoring process's own).
+    pub resources: VmResources,
+    /// Whether guest memory writes were being tracked (diff snapshots possible).
+    pub track_dirty_pages: bool,
+    /// The VM's in-kernel devices and clock.
+    pub vm: VmState,
+    /// One per vCPU, by index.
+    pub vcpus: Vec<VcpuState>,
+    /// The emulated devices.
+    pub devices: DevicesState,
+}
+
+/// Full or diff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SnapshotType {
+    /// All of guest memory, into a new memory file.
+    #[default]
+    Full,
+    /// Only the pages written since the previous snapshot, into an existing memory file.
+    Diff,
+}
+
+/// What `create` is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSnapshotParams {
+    /// Full or diff.
+    pub snapshot_type: SnapshotType,
+    /// Where the state file goes (replaced atomically).
+    pub snapshot_path: PathBuf,
+    /// Where guest memory goes: a new file for a full snapshot (replaced atomically), the
+    /// base memory file to update in place for a diff.
+    pub mem_file_path: PathBuf,
+}
+
+/// What a snapshot wrote and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Size of the state file.
+    pub state_bytes: u64,
+    /// Guest memory pages written to the memory file.
+    pub pages_written: u64,
+    /// Bytes of guest memory written (the rest are holes or untouched).
+    pub mem_bytes_written: u64,
+    /// From the request to both files being durable.
+    pub duration: Duration,
+}
+
+/// Per-clone things a restore changes so clones of one snapshot do not collide.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreOverrides {
+    /// `(drive_id, new backing file)`.
+    pub drives: Vec<(String, PathBuf)>,
+    /// `(iface_id, new host tap)`.
+    pub net: Vec<(String, String)>,
+    /// A new vsock Unix socket path.
+    pub vsock_uds_path: Option<PathBuf>,
+}
+
+/// What a restore is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreParams {
+    /// The state file.
+    pub snapshot_path: PathBuf,
+    /// The memory file, mapped privately.
+    pub mem_file_path: PathBuf,
+    /// Per-clone overrides.
+    pub overrides: RestoreOverrides,
+    /// Start the vCPUs at once (else the VM is restored paused).
+    pub resume: bool,
+    /// Track written pages from the restore on (later diff snapshots).
+    pub track_dirty_pages: bool,
+    /// Seccomp filters on the restored VM's threads.
+    pub seccomp: bool,
+}
+
+/// Why a snapshot could not be made or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The state file is not a zvm snapshot, or not one this zvm reads.
+    #[error("snapshot state file {path}: {reason}")]
+    BadStateFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (version, checksum, truncation, decoding).
+        reason: String,
+    },
+    /// The memory file does not fit the snapshot.
+    #[error("snapshot memory file {path}: {reason}")]
+    BadMemoryFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// This host cannot run the snapshot (CPU features, KVM capabilities).
+    #[error("this host cannot restore the snapshot: {0}")]
+    Incompatible(String),
+    /// An override names something the snapshot does not have.
+    #[error("restore override: {0}")]
+    BadOverride(String),
+    /// The VM is not in a state where this is allowed.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// Saving or restoring a piece of KVM state failed.
+    #[error(transparent)]
+    State(#[from] crate::arch::state::StateError),
+    /// A device's state could not be saved or restored.
+    #[error("device {device}: {reason}")]
+    Device {
+        /// Which device.
+        device: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Rebuilding the VM failed.
+    #[error(transparent)]
+    Build(#[from] crate::builder::BuildError),
+    /// Reading or writing a file.
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+impl SnapshotError {
+    /// Whether the error is about what was asked for (a bad or foreign file, an override,
+    /// an incompatible host: exit status 2 for a command line) rather than a failure.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            SnapshotError::BadStateFile { .. }
+                | SnapshotError::BadMemoryFile { .. }
+                | SnapshotError::Incompatible(_)
+                | SnapshotError::BadOverride(_)
+                | SnapshotError::NotAllowed(_)
+        )
+    }
+}

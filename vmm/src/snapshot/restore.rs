@@ -1,0 +1,149 @@
+//! Restoring a snapshot in a new process: check the state file and the host, map the
+//! memory file privately, attach the same devices in the same order (with the clone's
+//! overrides), put every device, the VM and the vCPUs back in their saved state, start.
+
+use super::{
+    file, memory as snapmem, MicrovmState, RestoreOverrides, RestoreParams, SnapshotError,
+};
+use crate::arch::state::check_cpuid_compatible;
+use crate::builder::{attach_devices, BuildOptions, MicrovmBuilder};
+use crate::devices::serial::ConsoleSink;
+use crate::memory::guest_memory_from_file;
+use crate::resources::VmResources;
+use crate::vm::RunningVm;
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Kvm;
+use std::time::Instant;
+
+/// Applies a clone's overrides to the snapshot's resources; an id the snapshot does not
+/// have is an error, not ignored.
+pub fn apply_overrides(
+    resources: &mut VmResources,
+    overrides: &RestoreOverrides,
+) -> Result<(), SnapshotError> {
+    for (id, path) in &overrides.drives {
+        let drive = resources
+            .drives
+            .iter_mut()
+            .find(|d| &d.drive_id == id)
+            .ok_or_else(|| {
+                SnapshotError::BadOverride(format!("the snapshot has no drive '{id}'"))
+            })?;
+        drive.path_on_host = path.clone();
+    }
+    for (id, tap) in &overrides.net {
+        let iface = resources
+            .net
+            .iter_mut()
+            .find(|n| &n.iface_id == id)
+            .ok_or_else(|| {
+                SnapshotError::BadOverride(format!("the snapshot has no network interface '{id}'"))
+            })?;
+        iface.host_dev_name = tap.clone();
+    }
+    if let Some(path) = &overrides.vsock_uds_path {
+        let vsock = resources
+            .vsock
+            .as_mut()
+            .ok_or_else(|| SnapshotError::BadOverride("the snapshot has no vsock device".into()))?;
+        vsock.uds_path = path.clone();
+    }
+    Ok(())
+}
+
+/// Checks what the state claims against itself and against this host before anything is
+/// built: counts that must agree, and CPU features the host must have.
+fn check_state(state: &MicrovmState, kvm: &Kvm) -> Result<(), SnapshotError> {
+    let mc = &state.resources.machine_config;
+    if state.vcpus.len() != usize::from(mc.vcpu_count) {
+        return Err(SnapshotError::BadStateFile {
+            path: Default::default(),
+            reason: format!(
+                "{} vCPU states for {} vCPUs",
+                state.vcpus.len(),
+                mc.vcpu_count
+            ),
+        });
+    }
+    let host = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| SnapshotError::Incompatible(format!("cannot read this host's CPUID: {e}")))?;
+    for vcpu in &state.vcpus {
+        check_cpuid_compatible(&vcpu.cpuid, host.as_slice())
+            .map_err(SnapshotError::Incompatible)?;
+    }
+    Ok(())
+}
+
+/// Restores the VM a snapshot describes; it runs at once if `params.resume`, else stays
+/// paused until resumed. The console goes to `console` (stdin forwarded with `input`).
+pub fn restore_microvm(
+    params: &RestoreParams,
+    opts: BuildOptions,
+    console: ConsoleSink,
+    input: bool,
+) -> Result<RunningVm, SnapshotError> {
+    let start = Instant::now();
+    let state = file::read_state_file(&params.snapshot_path)?;
+    let with_path = |e: SnapshotError| match e {
+        SnapshotError::BadStateFile { reason, .. } => SnapshotError::BadStateFile {
+            path: params.snapshot_path.clone(),
+            reason,
+        },
+        other => other,
+    };
+    let kvm = Kvm::new()
+        .map_err(|e| SnapshotError::Incompatible(format!("cannot open /dev/kvm: {e}")))?;
+    check_state(&state, &kvm).map_err(with_path)?;
+    let mut resources = state.resources.clone();
+    apply_overrides(&mut resources, &params.overrides)?;
+    resources.seccomp = params.seccomp;
+    resources
+        .validate()
+        .map_err(|e| SnapshotError::BadStateFile {
+            path: params.snapshot_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let mc = resources.machine_config.clone();
+    let mem_bytes = mc.mem_size_mib << 20;
+    let mem_file = snapmem::open_memory_file(&params.mem_file_path, mem_bytes)?;
+    let mem =
+        guest_memory_from_file(&mem_file, mem_bytes).map_err(|e| SnapshotError::BadMemoryFile {
+            path: params.mem_file_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let opts = BuildOptions {
+        irqchip: !state.vm.irqchips.is_empty(),
+        ..opts
+    };
+    let mut builder = MicrovmBuilder::with_memory(
+        mem,
+        mc.mem_size_mib,
+        mc.vcpu_count,
+        mc.cpu_template,
+        resources.seccomp,
+        opts,
+    )?;
+    attach_devices(&mut builder, &resources, console, input)?;
+    builder
+        .device_registry()
+        .restore(&state.devices)
+        .map_err(|(device, reason)| SnapshotError::Device { device, reason })?;
+    state.vm.restore(builder.vm_fd())?;
+    let cpuids: Vec<_> = state.vcpus.iter().map(|v| v.cpuid.clone()).collect();
+    let vcpus = builder.create_vcpus(Some(&cpuids))?;
+    for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
+        saved.restore(&vcpu.fd)?;
+    }
+    if params.track_dirty_pages || state.track_dirty_pages {
+        builder.track_dirty_pages()?;
+    }
+    builder.set_resources(resources);
+    let vm = builder.launch(vcpus, !params.resume)?;
+    tracing::debug!(
+        "snapshot restored in {:?} (resumed: {})",
+        start.elapsed(),
+        params.resume
+    );
+    Ok(vm)
+}
