@@ -125,16 +125,18 @@ pub fn restore_microvm(
         opts,
     )?;
     attach_devices(&mut builder, &resources, console, input)?;
-    builder
-        .device_registry()
-        .restore(&state.devices)
-        .map_err(|(device, reason)| SnapshotError::Device { device, reason })?;
+    // Interrupt controllers and vCPUs first: a device that interrupts the guest as it is
+    // restored (vsock's transport reset) must not have that interrupt overwritten.
     state.vm.restore(builder.vm_fd())?;
     let cpuids: Vec<_> = state.vcpus.iter().map(|v| v.cpuid.clone()).collect();
     let vcpus = builder.create_vcpus(Some(&cpuids))?;
     for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
         saved.restore(&vcpu.fd)?;
     }
+    builder
+        .device_registry()
+        .restore(&state.devices)
+        .map_err(|(device, reason)| SnapshotError::Device { device, reason })?;
     if params.track_dirty_pages || state.track_dirty_pages {
         builder.track_dirty_pages()?;
     }
