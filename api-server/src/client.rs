@@ -66,15 +66,35 @@ impl Response {
 
 /// Sends `method path` with `body` (as JSON) on a new connection to `socket` and reads
 /// the response; `timeout` bounds each read and write.
-pub fn request(socket: &Path, method: &str, path: &str, body: Option<&[u8]>, timeout: Duration) -> Result<Response, ClientError> {
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-        return Err(ClientError::BadRequest(format!("method {method:?} is not a word like GET, PUT or PATCH")));
+        return Err(ClientError::BadRequest(format!(
+            "method {method:?} is not a word like GET, PUT or PATCH"
+        )));
     }
-    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-        return Err(ClientError::BadRequest(format!("path {path:?} must start with '/' and have no spaces")));
+    if !path.starts_with('/')
+        || path
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(ClientError::BadRequest(format!(
+            "path {path:?} must start with '/' and have no spaces"
+        )));
     }
-    let io_err = |source| ClientError::Io { path: socket.to_path_buf(), source };
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect { path: socket.to_path_buf(), source })?;
+    let io_err = |source| ClientError::Io {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.to_path_buf(),
+        source,
+    })?;
     stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
     stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
     let body = body.unwrap_or_default();
@@ -82,7 +102,13 @@ pub fn request(socket: &Path, method: &str, path: &str, body: Option<&[u8]>, tim
         format!("{} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n", method.to_ascii_uppercase())
             .into_bytes();
     if !body.is_empty() {
-        message.extend_from_slice(format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()).as_bytes());
+        message.extend_from_slice(
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
     }
     message.extend_from_slice(b"\r\n");
     message.extend_from_slice(body);
@@ -96,16 +122,28 @@ pub fn request(socket: &Path, method: &str, path: &str, body: Option<&[u8]>, tim
         }
         raw.extend_from_slice(&chunk[..n]);
         if raw.len() > MAX_RESPONSE_LEN {
-            return Err(ClientError::BadResponse { path: socket.to_path_buf(), reason: format!("longer than {MAX_RESPONSE_LEN} bytes") });
+            return Err(ClientError::BadResponse {
+                path: socket.to_path_buf(),
+                reason: format!("longer than {MAX_RESPONSE_LEN} bytes"),
+            });
         }
-        if let Some(done) = parse(&raw).map_err(|reason| ClientError::BadResponse { path: socket.to_path_buf(), reason })? {
+        if let Some(done) = parse(&raw).map_err(|reason| ClientError::BadResponse {
+            path: socket.to_path_buf(),
+            reason,
+        })? {
             return Ok(done);
         }
     }
     match parse(&raw) {
         Ok(Some(done)) => Ok(done),
-        Ok(None) => Err(ClientError::BadResponse { path: socket.to_path_buf(), reason: "the connection closed mid-response".into() }),
-        Err(reason) => Err(ClientError::BadResponse { path: socket.to_path_buf(), reason }),
+        Ok(None) => Err(ClientError::BadResponse {
+            path: socket.to_path_buf(),
+            reason: "the connection closed mid-response".into(),
+        }),
+        Err(reason) => Err(ClientError::BadResponse {
+            path: socket.to_path_buf(),
+            reason,
+        }),
     }
 }
 
@@ -123,14 +161,23 @@ fn parse(raw: &[u8]) -> Result<Option<Response>, String> {
         .headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .map(|h| std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or("bad Content-Length"))
+        .map(|h| {
+            std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or("bad Content-Length")
+        })
         .transpose()?
         .unwrap_or(0);
     let body = &raw[head_len..];
     if body.len() < length {
         return Ok(None);
     }
-    Ok(Some(Response { status, reason, body: body[..length].to_vec() }))
+    Ok(Some(Response {
+        status,
+        reason,
+        body: body[..length].to_vec(),
+    }))
 }
 
 #[cfg(test)]
@@ -140,12 +187,22 @@ mod tests {
     #[test]
     fn responses_parse_when_complete() {
         assert_eq!(parse(b"HTTP/1.1 204 No Con"), Ok(None));
-        let r = parse(b"HTTP/1.1 204 No Content\r\nServer: zvm\r\n\r\n").expect("valid").expect("complete");
-        assert_eq!((r.status, r.reason.as_str(), r.body.len()), (204, "No Content", 0));
+        let r = parse(b"HTTP/1.1 204 No Content\r\nServer: zvm\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.body.len()),
+            (204, "No Content", 0)
+        );
         let partial = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 10\r\n\r\n{\"a\":";
         assert_eq!(parse(partial), Ok(None));
-        let r = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}extra").expect("valid").expect("complete");
-        assert_eq!((r.status, r.text().as_str(), r.is_error()), (200, "{}", false));
+        let r = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}extra")
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(
+            (r.status, r.text().as_str(), r.is_error()),
+            (200, "{}", false)
+        );
         assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
         assert!(parse(b"garbage\r\n\r\n").is_err());
     }
@@ -154,9 +211,18 @@ mod tests {
     fn bad_requests_and_absent_sockets_are_errors() {
         let t = Duration::from_secs(1);
         let sock = Path::new("/nonexistent/zvm.sock");
-        assert!(matches!(request(sock, "G T", "/", None, t), Err(ClientError::BadRequest(_))));
-        assert!(matches!(request(sock, "GET", "vm", None, t), Err(ClientError::BadRequest(_))));
-        assert!(matches!(request(sock, "GET", "/a b", None, t), Err(ClientError::BadRequest(_))));
+        assert!(matches!(
+            request(sock, "G T", "/", None, t),
+            Err(ClientError::BadRequest(_))
+        ));
+        assert!(matches!(
+            request(sock, "GET", "vm", None, t),
+            Err(ClientError::BadRequest(_))
+        ));
+        assert!(matches!(
+            request(sock, "GET", "/a b", None, t),
+            Err(ClientError::BadRequest(_))
+        ));
         let err = request(sock, "GET", "/", None, t).expect_err("no socket");
         assert!(err.to_string().contains("/nonexistent/zvm.sock"), "{err}");
     }

@@ -5,8 +5,9 @@
 
 use crate::http::StatusCode;
 use crate::model::{
-    ActionType, BootSource, Drive, DriveUpdate, EntropyDevice, Logger, MachineConfig, MachineConfigUpdate, Metrics,
-    NetworkInterface, NetworkInterfaceUpdate, VmState, Vsock,
+    ActionType, BootSource, Drive, DriveUpdate, EntropyDevice, Logger, MachineConfig,
+    MachineConfigUpdate, Metrics, NetworkInterface, NetworkInterfaceUpdate, SnapshotCreateParams,
+    SnapshotLoadParams, VmState, Vsock,
 };
 
 /// One validated API request. Ids in paths are checked and equal to the ids in bodies.
@@ -44,6 +45,11 @@ pub enum ApiRequest {
     Action(ActionType),
     /// `PATCH /vm`.
     PatchVm(VmState),
+    /// `PUT /snapshot/create` (validated: paths given, no format version).
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load` (validated: one File memory backend, override ids valid and
+    /// each given once).
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 /// A successful answer.
@@ -68,12 +74,18 @@ pub struct ControllerError {
 impl ControllerError {
     /// A `400 Bad Request` with `message`.
     pub fn new(message: impl Into<String>) -> Self {
-        ControllerError { status: StatusCode::BAD_REQUEST, message: message.into() }
+        ControllerError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
     }
 
     /// An error with another status, e.g. [`StatusCode::INTERNAL_SERVER_ERROR`].
     pub fn with_status(status: StatusCode, message: impl Into<String>) -> Self {
-        ControllerError { status, message: message.into() }
+        ControllerError {
+            status,
+            message: message.into(),
+        }
     }
 }
 

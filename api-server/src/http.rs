@@ -114,9 +114,9 @@ impl HttpError {
             HttpError::HeadersTooLarge => StatusCode::HEADER_FIELDS_TOO_LARGE,
             HttpError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            HttpError::TransferEncoding | HttpError::InvalidContentLength | HttpError::Malformed(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            HttpError::TransferEncoding
+            | HttpError::InvalidContentLength
+            | HttpError::Malformed(_) => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -134,7 +134,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
             if buf.len() > MAX_HEADERS_LEN {
                 return Err(HttpError::HeadersTooLarge);
             }
-            return Ok(Parsed::Incomplete { expects_continue: false, total_len: None });
+            return Ok(Parsed::Incomplete {
+                expects_continue: false,
+                total_len: None,
+            });
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
         Err(e) => return Err(HttpError::Malformed(e.to_string())),
@@ -149,11 +152,19 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
         Some(other) => return Err(HttpError::MethodNotAllowed(other.to_string())),
         None => return Err(HttpError::Malformed("no method".into())),
     };
-    let target = req.path.ok_or_else(|| HttpError::Malformed("no request target".into()))?;
+    let target = req
+        .path
+        .ok_or_else(|| HttpError::Malformed("no request target".into()))?;
     if !target.starts_with('/') {
-        return Err(HttpError::Malformed(format!("request target {target:?} is not an absolute path")));
+        return Err(HttpError::Malformed(format!(
+            "request target {target:?} is not an absolute path"
+        )));
     }
-    let path = target.split(['?', '#']).next().unwrap_or_default().to_string();
+    let path = target
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let http11 = match req.version {
         Some(1) => true,
         Some(0) => false,
@@ -192,15 +203,28 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, HttpError> {
     // Fits in usize: bounded by MAX_BODY_LEN just above.
     let total = header_len + body_len as usize;
     if buf.len() < total {
-        return Ok(Parsed::Incomplete { expects_continue: expects_continue && body_len > 0, total_len: Some(total) });
+        return Ok(Parsed::Incomplete {
+            expects_continue: expects_continue && body_len > 0,
+            total_len: Some(total),
+        });
     }
-    let request = Request { method, path, body: buf[header_len..total].to_vec(), keep_alive };
-    Ok(Parsed::Complete { request, consumed: total })
+    let request = Request {
+        method,
+        path,
+        body: buf[header_len..total].to_vec(),
+        keep_alive,
+    };
+    Ok(Parsed::Complete {
+        request,
+        consumed: total,
+    })
 }
 
 /// A `Content-Length` value: one or more ASCII digits, nothing else.
 fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
-    let text = std::str::from_utf8(value).map_err(|_| HttpError::InvalidContentLength)?.trim();
+    let text = std::str::from_utf8(value)
+        .map_err(|_| HttpError::InvalidContentLength)?
+        .trim();
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(HttpError::InvalidContentLength);
     }
@@ -268,24 +292,42 @@ pub struct Response {
 impl Response {
     /// A response with no body (status 204 is the usual one).
     pub fn empty(status: StatusCode) -> Self {
-        Response { status, body: Vec::new(), close: false, allow: None }
+        Response {
+            status,
+            body: Vec::new(),
+            close: false,
+            allow: None,
+        }
     }
 
     /// A response with a JSON body.
     pub fn json(status: StatusCode, value: &serde_json::Value) -> Self {
-        Response { status, body: value.to_string().into_bytes(), close: false, allow: None }
+        Response {
+            status,
+            body: value.to_string().into_bytes(),
+            close: false,
+            allow: None,
+        }
     }
 
     /// An error response with body `{"fault_message": message}`, as Firecracker sends.
     pub fn fault(status: StatusCode, message: impl Into<String>) -> Self {
-        Self::json(status, &serde_json::json!({ "fault_message": message.into() }))
+        Self::json(
+            status,
+            &serde_json::json!({ "fault_message": message.into() }),
+        )
     }
 
     /// Appends the response, head and body, to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         use std::io::Write;
         // Writing into a Vec cannot fail.
-        let _ = write!(out, "HTTP/1.1 {} {}\r\nServer: zvm\r\n", self.status.0, self.status.reason());
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\nServer: zvm\r\n",
+            self.status.0,
+            self.status.reason()
+        );
         if let Some(allow) = self.allow {
             let _ = write!(out, "Allow: {allow}\r\n");
         }
@@ -332,7 +374,10 @@ mod tests {
     fn every_prefix_is_incomplete() {
         let raw = b"PATCH /vm?x=1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
         for end in 0..raw.len() {
-            assert!(matches!(parse_request(&raw[..end]), Ok(Parsed::Incomplete { .. })), "prefix {end}");
+            assert!(
+                matches!(parse_request(&raw[..end]), Ok(Parsed::Incomplete { .. })),
+                "prefix {end}"
+            );
         }
         let (req, _) = complete(raw);
         assert_eq!(req.path, "/vm");
@@ -350,30 +395,73 @@ mod tests {
 
     #[test]
     fn connection_handling() {
-        assert!(!complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").0.keep_alive);
+        assert!(
+            !complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .0
+                .keep_alive
+        );
         assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").0.keep_alive);
-        assert!(complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").0.keep_alive);
-        assert!(complete(b"GET / HTTP/1.1\r\nconnection: keep-alive\r\n\r\n").0.keep_alive);
+        assert!(
+            complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .0
+                .keep_alive
+        );
+        assert!(
+            complete(b"GET / HTTP/1.1\r\nconnection: keep-alive\r\n\r\n")
+                .0
+                .keep_alive
+        );
     }
 
     #[test]
     fn refusals() {
         let err = |raw: &[u8]| parse_request(raw).expect_err("refused");
-        assert_eq!(err(b"DELETE / HTTP/1.1\r\n\r\n"), HttpError::MethodNotAllowed("DELETE".into()));
-        assert_eq!(err(b"POST / HTTP/1.1\r\n\r\n").status(), StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(err(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), HttpError::TransferEncoding);
-        assert_eq!(err(b"PUT / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), HttpError::InvalidContentLength);
-        assert_eq!(err(b"PUT / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"), HttpError::InvalidContentLength);
-        assert_eq!(err(b"PUT / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n").status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(err(b"PUT / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n"), HttpError::PayloadTooLarge(65537));
-        assert!(matches!(err(b"GET http://x/ HTTP/1.1\r\n\r\n"), HttpError::Malformed(_)));
-        assert!(matches!(err(b"GET / HTTP/2.0\r\n\r\n"), HttpError::Malformed(_)));
-        assert!(matches!(err(b"\x01\x02 / HTTP/1.1\r\n\r\n"), HttpError::Malformed(_)));
+        assert_eq!(
+            err(b"DELETE / HTTP/1.1\r\n\r\n"),
+            HttpError::MethodNotAllowed("DELETE".into())
+        );
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\n\r\n").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            err(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            HttpError::TransferEncoding
+        );
+        assert_eq!(
+            err(b"PUT / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            HttpError::InvalidContentLength
+        );
+        assert_eq!(
+            err(b"PUT / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            HttpError::InvalidContentLength
+        );
+        assert_eq!(
+            err(b"PUT / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n").status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            err(b"PUT / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n"),
+            HttpError::PayloadTooLarge(65537)
+        );
+        assert!(matches!(
+            err(b"GET http://x/ HTTP/1.1\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
+        assert!(matches!(
+            err(b"GET / HTTP/2.0\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
+        assert!(matches!(
+            err(b"\x01\x02 / HTTP/1.1\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
     }
 
     #[test]
     fn a_body_at_the_limit_is_accepted() {
-        let mut raw = format!("PUT /x HTTP/1.1\r\nContent-Length: {MAX_BODY_LEN}\r\n\r\n").into_bytes();
+        let mut raw =
+            format!("PUT /x HTTP/1.1\r\nContent-Length: {MAX_BODY_LEN}\r\n\r\n").into_bytes();
         assert!(matches!(
             parse_request(&raw),
             Ok(Parsed::Incomplete { total_len: Some(n), .. }) if n == raw.len() + MAX_BODY_LEN
@@ -384,18 +472,36 @@ mod tests {
 
     #[test]
     fn oversized_headers_are_refused_complete_or_not() {
-        let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(MAX_HEADERS_LEN));
-        assert_eq!(parse_request(big.as_bytes()), Err(HttpError::HeadersTooLarge));
+        let big = format!(
+            "GET / HTTP/1.1\r\nX-Big: {}\r\n",
+            "a".repeat(MAX_HEADERS_LEN)
+        );
+        assert_eq!(
+            parse_request(big.as_bytes()),
+            Err(HttpError::HeadersTooLarge)
+        );
         let done = format!("{big}\r\n");
-        assert_eq!(parse_request(done.as_bytes()), Err(HttpError::HeadersTooLarge));
+        assert_eq!(
+            parse_request(done.as_bytes()),
+            Err(HttpError::HeadersTooLarge)
+        );
         let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
-        assert_eq!(parse_request(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()), Err(HttpError::HeadersTooLarge));
+        assert_eq!(
+            parse_request(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            Err(HttpError::HeadersTooLarge)
+        );
     }
 
     #[test]
     fn expect_continue_is_reported_once_headers_are_in() {
         let raw = b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
-        assert_eq!(parse_request(raw), Ok(Parsed::Incomplete { expects_continue: true, total_len: Some(raw.len() + 3) }));
+        assert_eq!(
+            parse_request(raw),
+            Ok(Parsed::Incomplete {
+                expects_continue: true,
+                total_len: Some(raw.len() + 3)
+            })
+        );
     }
 
     #[test]
@@ -411,6 +517,9 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
         assert!(text.contains("Connection: close\r\n"));
         assert!(text.contains("Content-Length: 24\r\n"), "{text}");
-        assert!(text.ends_with("\r\n\r\n{\"fault_message\":\"nope\"}"), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\n{\"fault_message\":\"nope\"}"),
+            "{text}"
+        );
     }
 }

@@ -5,6 +5,13 @@
 
 use serde::{Deserialize, Serialize};
 
+mod snapshot;
+
+pub use snapshot::{
+    DriveOverride, MemBackend, MemBackendType, NetworkOverride, SnapshotCreateParams,
+    SnapshotLoadParams, SnapshotType, VsockOverride,
+};
+
 /// Invalid values that the JSON schema alone does not catch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
@@ -26,11 +33,32 @@ pub enum ModelError {
     /// A PATCH body that changes nothing.
     #[error("empty PATCH request: give at least one field to change")]
     EmptyUpdate,
+    /// A required path or name given as "".
+    #[error("{0} must not be empty")]
+    EmptyField(&'static str),
+    /// `PUT /snapshot/create` asked for a snapshot format version.
+    #[error("version {0:?} is not supported: zvm writes its own snapshot format (leave version out; Firecracker 1.5 removed it too)")]
+    SnapshotVersion(String),
+    /// `PUT /snapshot/load` with neither or both of `mem_backend` and `mem_file_path`.
+    #[error("give exactly one of mem_backend (as {{\"backend_type\": \"File\", \"backend_path\": ...}}) and mem_file_path")]
+    MemoryBackendChoice,
+    /// `PUT /snapshot/load` with a userfaultfd memory backend.
+    #[error("mem_backend backend_type Uffd is not supported: zvm maps the memory file itself; use \"File\"")]
+    UffdBackend,
+    /// A restore override naming the same device twice.
+    #[error("{what} '{id}' is overridden twice")]
+    DuplicateOverride {
+        /// Which kind of device.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
 }
 
 /// Checks a drive or network interface id as Firecracker does.
 pub fn validate_id(id: &str) -> Result<(), ModelError> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return Err(ModelError::InvalidId(id.to_string()));
     }
     Ok(())
@@ -39,7 +67,10 @@ pub fn validate_id(id: &str) -> Result<(), ModelError> {
 /// Checks a MAC address of the form `xx:xx:xx:xx:xx:xx`.
 pub fn validate_mac(mac: &str) -> Result<(), ModelError> {
     let parts: Vec<&str> = mac.split(':').collect();
-    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
     if ok {
         Ok(())
     } else {
@@ -390,11 +421,19 @@ pub struct VersionInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct FullVmConfig {
-    #[serde(rename = "boot-source", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub boot_source: Option<BootSource>,
     #[serde(default)]
     pub drives: Vec<Drive>,
-    #[serde(rename = "machine-config", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "machine-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub machine_config: Option<MachineConfig>,
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<NetworkInterface>,
@@ -420,19 +459,44 @@ mod tests {
             "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}, "ops": {"size": 10, "one_time_burst": 5, "refill_time": 1}}
         }))
         .expect("drive");
-        assert_eq!(drive.rate_limiter.as_ref().and_then(|r| r.ops.as_ref()).and_then(|o| o.one_time_burst), Some(5));
+        assert_eq!(
+            drive
+                .rate_limiter
+                .as_ref()
+                .and_then(|r| r.ops.as_ref())
+                .and_then(|o| o.one_time_burst),
+            Some(5)
+        );
         let back = serde_json::to_value(&drive).expect("serialise");
         assert!(back.get("partuuid").is_none(), "None fields are left out");
-        assert!(serde_json::from_value::<Drive>(json!({"drive_id": "a", "path_on_host": "/x", "is_root_device": true, "bogus": 1})).is_err());
-        assert!(serde_json::from_value::<TokenBucket>(json!({"size": 1, "refill_time": 1, "x": 0})).is_err());
-        assert!(serde_json::from_value::<MachineConfig>(json!({"vcpu_count": 1})).is_err(), "mem_size_mib is required");
+        assert!(serde_json::from_value::<Drive>(
+            json!({"drive_id": "a", "path_on_host": "/x", "is_root_device": true, "bogus": 1})
+        )
+        .is_err());
+        assert!(serde_json::from_value::<TokenBucket>(
+            json!({"size": 1, "refill_time": 1, "x": 0})
+        )
+        .is_err());
+        assert!(
+            serde_json::from_value::<MachineConfig>(json!({"vcpu_count": 1})).is_err(),
+            "mem_size_mib is required"
+        );
     }
 
     #[test]
     fn enums_use_firecracker_spellings() {
-        assert_eq!(serde_json::to_value(InstanceState::NotStarted).expect("ser"), json!("Not started"));
-        assert_eq!(serde_json::from_value::<HugePages>(json!("2M")).expect("de"), HugePages::Hugetlbfs2M);
-        assert_eq!(serde_json::from_value::<LogLevel>(json!("warn")).expect("de"), LogLevel::Warning);
+        assert_eq!(
+            serde_json::to_value(InstanceState::NotStarted).expect("ser"),
+            json!("Not started")
+        );
+        assert_eq!(
+            serde_json::from_value::<HugePages>(json!("2M")).expect("de"),
+            HugePages::Hugetlbfs2M
+        );
+        assert_eq!(
+            serde_json::from_value::<LogLevel>(json!("warn")).expect("de"),
+            LogLevel::Warning
+        );
         assert!(serde_json::from_value::<ActionType>(json!("Reboot")).is_err());
         let full = serde_json::to_value(FullVmConfig::default()).expect("ser");
         assert_eq!(full, json!({"drives": [], "network-interfaces": []}));
@@ -447,8 +511,18 @@ mod tests {
         assert!(validate_mac("06:00:AC:10:00:02").is_ok());
         assert!(validate_mac("06:00:ac:10:00").is_err());
         assert!(validate_mac("06:00:ac:10:00:0g").is_err());
-        assert_eq!(MachineConfigUpdate::default().validate(), Err(ModelError::EmptyUpdate));
-        let mc = MachineConfig { vcpu_count: 0, mem_size_mib: 1, smt: false, track_dirty_pages: false, cpu_template: None, huge_pages: None };
+        assert_eq!(
+            MachineConfigUpdate::default().validate(),
+            Err(ModelError::EmptyUpdate)
+        );
+        let mc = MachineConfig {
+            vcpu_count: 0,
+            mem_size_mib: 1,
+            smt: false,
+            track_dirty_pages: false,
+            cpu_template: None,
+            huge_pages: None,
+        };
         assert_eq!(mc.validate(), Err(ModelError::NoVcpus));
     }
 }

@@ -71,7 +71,11 @@ pub fn route(request: &Request) -> Result<Route, RouteError> {
     let segments: Vec<&str> = request.path.split('/').filter(|s| !s.is_empty()).collect();
     let method = request.method;
     let not_allowed = |allowed: &'static str| {
-        Err(RouteError::MethodNotAllowed { method, path: request.path.clone(), allowed })
+        Err(RouteError::MethodNotAllowed {
+            method,
+            path: request.path.clone(),
+            allowed,
+        })
     };
     let body = &request.body;
     let api = match (segments.as_slice(), method) {
@@ -135,8 +139,21 @@ pub fn route(request: &Request) -> Result<Route, RouteError> {
         (["logger"], _) => return not_allowed("PUT"),
         (["metrics"], Method::Put) => ApiRequest::PutMetrics(parse(body)?),
         (["metrics"], _) => return not_allowed("PUT"),
-        (["actions"], Method::Put) => ApiRequest::Action(parse::<model::InstanceAction>(body)?.action_type),
+        (["actions"], Method::Put) => {
+            ApiRequest::Action(parse::<model::InstanceAction>(body)?.action_type)
+        }
         (["actions"], _) => return not_allowed("PUT"),
+        (["snapshot", "create"], Method::Put) => {
+            let params: model::SnapshotCreateParams = parse(body)?;
+            params.validate()?;
+            ApiRequest::CreateSnapshot(params)
+        }
+        (["snapshot", "load"], Method::Put) => {
+            let params: model::SnapshotLoadParams = parse(body)?;
+            params.validate()?;
+            ApiRequest::LoadSnapshot(params)
+        }
+        (["snapshot", "create" | "load"], _) => return not_allowed("PUT"),
         _ => return Err(RouteError::NotFound(request.path.clone())),
     };
     Ok(Route::Api(api))
@@ -146,8 +163,13 @@ pub fn route(request: &Request) -> Result<Route, RouteError> {
 pub fn handle<C: VmmController + ?Sized>(controller: &mut C, request: &Request) -> Response {
     let response = match route(request) {
         Ok(Route::Version) => {
-            let info = model::VersionInfo { firecracker_version: env!("CARGO_PKG_VERSION").to_string() };
-            Response::json(StatusCode::OK, &serde_json::to_value(info).unwrap_or_default())
+            let info = model::VersionInfo {
+                firecracker_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            Response::json(
+                StatusCode::OK,
+                &serde_json::to_value(info).unwrap_or_default(),
+            )
         }
         Ok(Route::Api(api)) => {
             tracing::debug!(?api, "API request");
@@ -170,7 +192,10 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, RouteError> {
 fn same_id(path_id: &str, body_id: &str) -> Result<(), RouteError> {
     model::validate_id(path_id)?;
     if path_id != body_id {
-        return Err(RouteError::IdMismatch { path_id: path_id.to_string(), body_id: body_id.to_string() });
+        return Err(RouteError::IdMismatch {
+            path_id: path_id.to_string(),
+            body_id: body_id.to_string(),
+        });
     }
     Ok(())
 }
@@ -181,7 +206,12 @@ mod tests {
     use crate::model::{ActionType, VmState};
 
     fn req(method: Method, path: &str, body: &str) -> Request {
-        Request { method, path: path.to_string(), body: body.as_bytes().to_vec(), keep_alive: true }
+        Request {
+            method,
+            path: path.to_string(),
+            body: body.as_bytes().to_vec(),
+            keep_alive: true,
+        }
     }
 
     fn api(method: Method, path: &str, body: &str) -> ApiRequest {
@@ -200,49 +230,240 @@ mod tests {
         assert_eq!(api(Method::Get, "/", ""), ApiRequest::GetInstanceInfo);
         assert_eq!(route(&req(Method::Get, "/version", "")), Ok(Route::Version));
         assert_eq!(api(Method::Get, "/vm/config", ""), ApiRequest::GetVmConfig);
-        assert_eq!(api(Method::Get, "/machine-config/", ""), ApiRequest::GetMachineConfig);
-        assert!(matches!(api(Method::Put, "/boot-source", r#"{"kernel_image_path":"/k"}"#), ApiRequest::PutBootSource(b) if b.kernel_image_path == "/k"));
-        assert!(matches!(api(Method::Put, "/machine-config", r#"{"vcpu_count":2,"mem_size_mib":256}"#), ApiRequest::PutMachineConfig(m) if m.vcpu_count == 2));
-        assert!(matches!(api(Method::Patch, "/machine-config", r#"{"mem_size_mib":512}"#), ApiRequest::PatchMachineConfig(m) if m.mem_size_mib == Some(512)));
-        assert!(matches!(api(Method::Put, "/drives/root", r#"{"drive_id":"root","path_on_host":"/r","is_root_device":true,"is_read_only":true}"#), ApiRequest::PutDrive(d) if d.is_read_only));
-        assert!(matches!(api(Method::Patch, "/drives/root", r#"{"drive_id":"root","path_on_host":"/s"}"#), ApiRequest::PatchDrive(_)));
-        assert!(matches!(api(Method::Put, "/network-interfaces/eth0", r#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:00:00:00:01"}"#), ApiRequest::PutNetworkInterface(_)));
-        assert!(matches!(api(Method::Patch, "/network-interfaces/eth0", r#"{"iface_id":"eth0"}"#), ApiRequest::PatchNetworkInterface(_)));
-        assert!(matches!(api(Method::Put, "/vsock", r#"{"guest_cid":3,"uds_path":"/v.sock"}"#), ApiRequest::PutVsock(_)));
-        assert_eq!(api(Method::Put, "/entropy", "{}"), ApiRequest::PutEntropy(Default::default()));
-        assert!(matches!(api(Method::Put, "/logger", r#"{"level":"Info"}"#), ApiRequest::PutLogger(_)));
-        assert!(matches!(api(Method::Put, "/metrics", r#"{"metrics_path":"/m"}"#), ApiRequest::PutMetrics(_)));
-        assert_eq!(api(Method::Put, "/actions", r#"{"action_type":"InstanceStart"}"#), ApiRequest::Action(ActionType::InstanceStart));
-        assert_eq!(api(Method::Patch, "/vm", r#"{"state":"Paused"}"#), ApiRequest::PatchVm(VmState::Paused));
+        assert_eq!(
+            api(Method::Get, "/machine-config/", ""),
+            ApiRequest::GetMachineConfig
+        );
+        assert!(
+            matches!(api(Method::Put, "/boot-source", r#"{"kernel_image_path":"/k"}"#), ApiRequest::PutBootSource(b) if b.kernel_image_path == "/k")
+        );
+        assert!(
+            matches!(api(Method::Put, "/machine-config", r#"{"vcpu_count":2,"mem_size_mib":256}"#), ApiRequest::PutMachineConfig(m) if m.vcpu_count == 2)
+        );
+        assert!(
+            matches!(api(Method::Patch, "/machine-config", r#"{"mem_size_mib":512}"#), ApiRequest::PatchMachineConfig(m) if m.mem_size_mib == Some(512))
+        );
+        assert!(
+            matches!(api(Method::Put, "/drives/root", r#"{"drive_id":"root","path_on_host":"/r","is_root_device":true,"is_read_only":true}"#), ApiRequest::PutDrive(d) if d.is_read_only)
+        );
+        assert!(matches!(
+            api(
+                Method::Patch,
+                "/drives/root",
+                r#"{"drive_id":"root","path_on_host":"/s"}"#
+            ),
+            ApiRequest::PatchDrive(_)
+        ));
+        assert!(matches!(
+            api(
+                Method::Put,
+                "/network-interfaces/eth0",
+                r#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"06:00:00:00:00:01"}"#
+            ),
+            ApiRequest::PutNetworkInterface(_)
+        ));
+        assert!(matches!(
+            api(
+                Method::Patch,
+                "/network-interfaces/eth0",
+                r#"{"iface_id":"eth0"}"#
+            ),
+            ApiRequest::PatchNetworkInterface(_)
+        ));
+        assert!(matches!(
+            api(
+                Method::Put,
+                "/vsock",
+                r#"{"guest_cid":3,"uds_path":"/v.sock"}"#
+            ),
+            ApiRequest::PutVsock(_)
+        ));
+        assert_eq!(
+            api(Method::Put, "/entropy", "{}"),
+            ApiRequest::PutEntropy(Default::default())
+        );
+        assert!(matches!(
+            api(Method::Put, "/logger", r#"{"level":"Info"}"#),
+            ApiRequest::PutLogger(_)
+        ));
+        assert!(matches!(
+            api(Method::Put, "/metrics", r#"{"metrics_path":"/m"}"#),
+            ApiRequest::PutMetrics(_)
+        ));
+        assert_eq!(
+            api(
+                Method::Put,
+                "/actions",
+                r#"{"action_type":"InstanceStart"}"#
+            ),
+            ApiRequest::Action(ActionType::InstanceStart)
+        );
+        assert_eq!(
+            api(Method::Patch, "/vm", r#"{"state":"Paused"}"#),
+            ApiRequest::PatchVm(VmState::Paused)
+        );
+        assert!(
+            matches!(api(Method::Put, "/snapshot/create", r#"{"snapshot_type":"Diff","snapshot_path":"/s","mem_file_path":"/m"}"#), ApiRequest::CreateSnapshot(c) if c.snapshot_type == model::SnapshotType::Diff)
+        );
+        let load = r#"{"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/m"},"resume_vm":true}"#;
+        assert!(
+            matches!(api(Method::Put, "/snapshot/load", load), ApiRequest::LoadSnapshot(l) if l.resume_vm && l.mem_file() == Ok("/m"))
+        );
+    }
+
+    #[test]
+    fn snapshot_bodies_are_validated_before_the_controller() {
+        assert_eq!(
+            err(Method::Get, "/snapshot/create", "").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            err(Method::Patch, "/snapshot/load", "{}").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            err(Method::Put, "/snapshot", "{}").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            err(Method::Put, "/snapshot/delete", "{}").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert!(matches!(
+            err(
+                Method::Put,
+                "/snapshot/create",
+                r#"{"snapshot_path":"/s","mem_file_path":"/m","version":"1.0.0"}"#
+            ),
+            RouteError::Invalid(ModelError::SnapshotVersion(_))
+        ));
+        assert!(matches!(
+            err(Method::Put, "/snapshot/create", r#"{"snapshot_path":"/s"}"#),
+            RouteError::InvalidJson(_)
+        ));
+        assert!(matches!(
+            err(Method::Put, "/snapshot/load", r#"{"snapshot_path":"/s"}"#),
+            RouteError::Invalid(ModelError::MemoryBackendChoice)
+        ));
+        let uffd =
+            r#"{"snapshot_path":"/s","mem_backend":{"backend_type":"Uffd","backend_path":"/u"}}"#;
+        assert!(matches!(
+            err(Method::Put, "/snapshot/load", uffd),
+            RouteError::Invalid(ModelError::UffdBackend)
+        ));
+        for body in [
+            "",
+            "{",
+            "[]",
+            "null",
+            r#"{"snapshot_path":1}"#,
+            r#"{"snapshot_path":"/s","mem_file_path":"/m","bogus":0}"#,
+        ] {
+            let e = err(Method::Put, "/snapshot/load", body);
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{body}: {e}");
+        }
     }
 
     #[test]
     fn refusals_carry_the_right_status() {
-        assert_eq!(err(Method::Get, "/nope", "").status(), StatusCode::NOT_FOUND);
-        assert_eq!(err(Method::Get, "/drives", "").status(), StatusCode::NOT_FOUND);
-        assert_eq!(err(Method::Get, "/drives/a/b", "").status(), StatusCode::NOT_FOUND);
-        assert_eq!(err(Method::Put, "/", "").status(), StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(err(Method::Get, "/boot-source", "").status(), StatusCode::METHOD_NOT_ALLOWED);
-        assert!(matches!(err(Method::Put, "/boot-source", "{"), RouteError::InvalidJson(_)));
-        assert!(matches!(err(Method::Put, "/boot-source", ""), RouteError::InvalidJson(_)));
-        let unknown = err(Method::Put, "/boot-source", r#"{"kernel_image_path":"/k","foo":1}"#);
-        assert!(unknown.to_string().contains("unknown field `foo`"), "{unknown}");
-        assert!(matches!(err(Method::Put, "/drives/a", r#"{"drive_id":"b","path_on_host":"/r","is_root_device":false}"#), RouteError::IdMismatch { .. }));
-        assert!(matches!(err(Method::Put, "/drives/a-b", r#"{"drive_id":"a-b","path_on_host":"/r","is_root_device":false}"#), RouteError::Invalid(ModelError::InvalidId(_))));
-        assert!(matches!(err(Method::Patch, "/network-interfaces/x", r#"{"iface_id":"y"}"#), RouteError::IdMismatch { .. }));
-        assert!(matches!(err(Method::Put, "/network-interfaces/x", r#"{"iface_id":"x","host_dev_name":"t","guest_mac":"zz"}"#), RouteError::Invalid(_)));
-        assert!(matches!(err(Method::Put, "/vsock", r#"{"guest_cid":2,"uds_path":"/v"}"#), RouteError::Invalid(_)));
-        assert!(matches!(err(Method::Patch, "/machine-config", "{}"), RouteError::Invalid(ModelError::EmptyUpdate)));
-        assert!(matches!(err(Method::Put, "/actions", r#"{"action_type":"Reboot"}"#), RouteError::InvalidJson(_)));
-        assert_eq!(err(Method::Put, "/actions", "[]").status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            err(Method::Get, "/nope", "").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            err(Method::Get, "/drives", "").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            err(Method::Get, "/drives/a/b", "").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            err(Method::Put, "/", "").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            err(Method::Get, "/boot-source", "").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert!(matches!(
+            err(Method::Put, "/boot-source", "{"),
+            RouteError::InvalidJson(_)
+        ));
+        assert!(matches!(
+            err(Method::Put, "/boot-source", ""),
+            RouteError::InvalidJson(_)
+        ));
+        let unknown = err(
+            Method::Put,
+            "/boot-source",
+            r#"{"kernel_image_path":"/k","foo":1}"#,
+        );
+        assert!(
+            unknown.to_string().contains("unknown field `foo`"),
+            "{unknown}"
+        );
+        assert!(matches!(
+            err(
+                Method::Put,
+                "/drives/a",
+                r#"{"drive_id":"b","path_on_host":"/r","is_root_device":false}"#
+            ),
+            RouteError::IdMismatch { .. }
+        ));
+        assert!(matches!(
+            err(
+                Method::Put,
+                "/drives/a-b",
+                r#"{"drive_id":"a-b","path_on_host":"/r","is_root_device":false}"#
+            ),
+            RouteError::Invalid(ModelError::InvalidId(_))
+        ));
+        assert!(matches!(
+            err(
+                Method::Patch,
+                "/network-interfaces/x",
+                r#"{"iface_id":"y"}"#
+            ),
+            RouteError::IdMismatch { .. }
+        ));
+        assert!(matches!(
+            err(
+                Method::Put,
+                "/network-interfaces/x",
+                r#"{"iface_id":"x","host_dev_name":"t","guest_mac":"zz"}"#
+            ),
+            RouteError::Invalid(_)
+        ));
+        assert!(matches!(
+            err(Method::Put, "/vsock", r#"{"guest_cid":2,"uds_path":"/v"}"#),
+            RouteError::Invalid(_)
+        ));
+        assert!(matches!(
+            err(Method::Patch, "/machine-config", "{}"),
+            RouteError::Invalid(ModelError::EmptyUpdate)
+        ));
+        assert!(matches!(
+            err(Method::Put, "/actions", r#"{"action_type":"Reboot"}"#),
+            RouteError::InvalidJson(_)
+        ));
+        assert_eq!(
+            err(Method::Put, "/actions", "[]").status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 
     struct Echo;
     impl VmmController for Echo {
         fn handle(&mut self, request: ApiRequest) -> Result<ApiResponse, crate::ControllerError> {
             match request {
-                ApiRequest::GetInstanceInfo => Ok(ApiResponse::Json(serde_json::json!({"id": "x"}))),
-                ApiRequest::Action(_) => Err(crate::ControllerError::with_status(StatusCode::CONFLICT, "busy")),
+                ApiRequest::GetInstanceInfo => {
+                    Ok(ApiResponse::Json(serde_json::json!({"id": "x"})))
+                }
+                ApiRequest::Action(_) => Err(crate::ControllerError::with_status(
+                    StatusCode::CONFLICT,
+                    "busy",
+                )),
                 _ => Ok(ApiResponse::Empty),
             }
         }
@@ -251,14 +472,36 @@ mod tests {
     #[test]
     fn controller_answers_become_responses() {
         let r = handle(&mut Echo, &req(Method::Get, "/", ""));
-        assert_eq!((r.status, r.body.as_slice()), (StatusCode::OK, br#"{"id":"x"}"#.as_slice()));
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (StatusCode::OK, br#"{"id":"x"}"#.as_slice())
+        );
         let r = handle(&mut Echo, &req(Method::Put, "/entropy", "{}"));
         assert_eq!(r.status, StatusCode::NO_CONTENT);
-        let r = handle(&mut Echo, &req(Method::Put, "/actions", r#"{"action_type":"FlushMetrics"}"#));
-        assert_eq!((r.status, r.body.as_slice()), (StatusCode::CONFLICT, br#"{"fault_message":"busy"}"#.as_slice()));
+        let r = handle(
+            &mut Echo,
+            &req(Method::Put, "/actions", r#"{"action_type":"FlushMetrics"}"#),
+        );
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (
+                StatusCode::CONFLICT,
+                br#"{"fault_message":"busy"}"#.as_slice()
+            )
+        );
         let r = handle(&mut Echo, &req(Method::Get, "/version", ""));
-        assert_eq!(r.body, format!(r#"{{"firecracker_version":"{}"}}"#, env!("CARGO_PKG_VERSION")).into_bytes());
+        assert_eq!(
+            r.body,
+            format!(
+                r#"{{"firecracker_version":"{}"}}"#,
+                env!("CARGO_PKG_VERSION")
+            )
+            .into_bytes()
+        );
         let r = handle(&mut Echo, &req(Method::Patch, "/actions", ""));
-        assert_eq!((r.status, r.allow), (StatusCode::METHOD_NOT_ALLOWED, Some("PUT")));
+        assert_eq!(
+            (r.status, r.allow),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("PUT"))
+        );
     }
 }

@@ -90,7 +90,11 @@ pub struct ApiServerConfig {
 impl ApiServerConfig {
     /// Listen on `socket_path`, with seccomp and [`DEFAULT_MAX_CONNECTIONS`].
     pub fn new(socket_path: impl Into<PathBuf>) -> Self {
-        ApiServerConfig { socket_path: socket_path.into(), seccomp: true, max_connections: DEFAULT_MAX_CONNECTIONS }
+        ApiServerConfig {
+            socket_path: socket_path.into(),
+            seccomp: true,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
     }
 }
 
@@ -108,7 +112,9 @@ impl<C: VmmController + Send + 'static> ApiServer<C> {
     /// thread has installed its seccomp filter and serves.
     pub fn start(config: ApiServerConfig, controller: C) -> Result<Self, ServerError> {
         let listener = bind(&config.socket_path)?;
-        let socket_id = fs::symlink_metadata(&config.socket_path).ok().map(|m| (m.dev(), m.ino()));
+        let socket_id = fs::symlink_metadata(&config.socket_path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
         let spawned = match spawn(listener, &config, controller) {
             Ok(spawned) => spawned,
             Err(e) => {
@@ -117,8 +123,12 @@ impl<C: VmmController + Send + 'static> ApiServer<C> {
                 return Err(e);
             }
         };
-        let mut server =
-            ApiServer { socket_path: config.socket_path, socket_id, stop: spawned.stop, thread: Some(spawned.thread) };
+        let mut server = ApiServer {
+            socket_path: config.socket_path,
+            socket_id,
+            stop: spawned.stop,
+            thread: Some(spawned.thread),
+        };
         if spawned.ready.recv().is_err() {
             // The thread ended before serving: its result says why.
             return match server.finish() {
@@ -162,7 +172,9 @@ impl<C> ApiServer<C> {
     }
 
     fn remove_socket(&self) {
-        let ours = fs::symlink_metadata(&self.socket_path).ok().map(|m| (m.dev(), m.ino()));
+        let ours = fs::symlink_metadata(&self.socket_path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
         if ours.is_some() && ours == self.socket_id {
             if let Err(e) = fs::remove_file(&self.socket_path) {
                 tracing::warn!(socket = %self.socket_path.display(), "cannot remove the API socket: {e}");
@@ -198,9 +210,13 @@ fn spawn<C: VmmController + Send + 'static>(
     let stop = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(ServerError::Setup)?;
     let stop_for_owner = stop.try_clone().map_err(ServerError::Setup)?;
     let listen_event = EpollEvent::new(EventSet::IN, LISTENER_TOKEN);
-    epoll.ctl(ControlOperation::Add, listener.as_raw_fd(), listen_event).map_err(ServerError::Setup)?;
+    epoll
+        .ctl(ControlOperation::Add, listener.as_raw_fd(), listen_event)
+        .map_err(ServerError::Setup)?;
     let stop_event = EpollEvent::new(EventSet::IN, STOP_TOKEN);
-    epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), stop_event).map_err(ServerError::Setup)?;
+    epoll
+        .ctl(ControlOperation::Add, stop.as_raw_fd(), stop_event)
+        .map_err(ServerError::Setup)?;
     let mut event_loop = EventLoop {
         epoll,
         listener,
@@ -221,14 +237,23 @@ fn spawn<C: VmmController + Send + 'static>(
             Ok(event_loop.controller)
         })
         .map_err(ServerError::Spawn)?;
-    Ok(Spawned { thread, ready: ready_rx, stop: stop_for_owner })
+    Ok(Spawned {
+        thread,
+        ready: ready_rx,
+        stop: stop_for_owner,
+    })
 }
 
 /// Binds `path`, first removing a stale socket there (one nobody accepts on).
 fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    let socket_err = |source| ServerError::Socket { path: path.to_path_buf(), source };
+    let socket_err = |source| ServerError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
     match fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => return Err(ServerError::NotASocket(path.to_path_buf())),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ServerError::NotASocket(path.to_path_buf()))
+        }
         Ok(_) => match UnixStream::connect(path) {
             Ok(_) => return Err(ServerError::InUse(path.to_path_buf())),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -272,7 +297,9 @@ impl<C: VmmController> EventLoop<C> {
                         return Ok(());
                     }
                     LISTENER_TOKEN => self.accept(),
-                    token => self.serve(token as RawFd, EventSet::from_bits_truncate(event.events())),
+                    token => {
+                        self.serve(token as RawFd, EventSet::from_bits_truncate(event.events()))
+                    }
                 }
             }
         }
@@ -303,9 +330,15 @@ impl<C: VmmController> EventLoop<C> {
             // SAFETY: accept4 returned a new descriptor that nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
             if self.conns.len() >= self.max_connections {
-                tracing::warn!(max = self.max_connections, "too many API connections; refusing one");
+                tracing::warn!(
+                    max = self.max_connections,
+                    "too many API connections; refusing one"
+                );
                 let mut out = Vec::new();
-                let mut refusal = Response::fault(StatusCode::SERVICE_UNAVAILABLE, "too many open API connections");
+                let mut refusal = Response::fault(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many open API connections",
+                );
                 refusal.close = true;
                 refusal.write_to(&mut out);
                 // Best effort: the connection is closed whatever happens.
@@ -313,7 +346,11 @@ impl<C: VmmController> EventLoop<C> {
                 continue;
             }
             let raw = fd.as_raw_fd();
-            if let Err(e) = self.epoll.ctl(ControlOperation::Add, raw, EpollEvent::new(EventSet::IN, raw as u64)) {
+            if let Err(e) = self.epoll.ctl(
+                ControlOperation::Add,
+                raw,
+                EpollEvent::new(EventSet::IN, raw as u64),
+            ) {
                 tracing::warn!("cannot watch an API connection: {e}");
                 continue;
             }
@@ -327,13 +364,19 @@ impl<C: VmmController> EventLoop<C> {
             return;
         };
         let controller = &mut self.controller;
-        let keep = conn.on_event(events, &mut |request: &Request| routes::handle(controller, request));
+        let keep = conn.on_event(events, &mut |request: &Request| {
+            routes::handle(controller, request)
+        });
         if keep {
             let wanted = conn.interest();
             if wanted == conn.registered {
                 return;
             }
-            match self.epoll.ctl(ControlOperation::Modify, fd, EpollEvent::new(wanted, fd as u64)) {
+            match self.epoll.ctl(
+                ControlOperation::Modify,
+                fd,
+                EpollEvent::new(wanted, fd as u64),
+            ) {
                 Ok(()) => {
                     conn.registered = wanted;
                     return;
@@ -396,21 +439,34 @@ impl Connection {
     }
 
     /// Handles readiness; false when the connection is finished and should be closed.
-    fn on_event(&mut self, events: EventSet, handler: &mut dyn FnMut(&Request) -> Response) -> bool {
+    fn on_event(
+        &mut self,
+        events: EventSet,
+        handler: &mut dyn FnMut(&Request) -> Response,
+    ) -> bool {
         if events.contains(EventSet::ERROR) {
             return false;
         }
-        if events.intersects(EventSet::IN | EventSet::HANG_UP) && self.interest().contains(EventSet::IN) {
+        if events.intersects(EventSet::IN | EventSet::HANG_UP)
+            && self.interest().contains(EventSet::IN)
+        {
             match self.read_some() {
                 Ok(0) => {
                     if !self.input.is_empty() {
-                        tracing::debug!(bytes = self.input.len(), "API client left mid-request; dropping it");
+                        tracing::debug!(
+                            bytes = self.input.len(),
+                            "API client left mid-request; dropping it"
+                        );
                     }
                     self.input.clear();
                     self.closing = true;
                 }
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => {
                     tracing::debug!("API connection read failed: {e}");
                     return false;
@@ -449,9 +505,16 @@ impl Connection {
 
     /// Answers the complete requests in `input`, in order.
     fn process(&mut self, handler: &mut dyn FnMut(&Request) -> Response) {
-        while !self.closing && !self.input.is_empty() && self.input.len() >= self.need && self.pending() <= OUTPUT_HIGH_WATER {
+        while !self.closing
+            && !self.input.is_empty()
+            && self.input.len() >= self.need
+            && self.pending() <= OUTPUT_HIGH_WATER
+        {
             match http::parse_request(&self.input) {
-                Ok(Parsed::Incomplete { expects_continue, total_len }) => {
+                Ok(Parsed::Incomplete {
+                    expects_continue,
+                    total_len,
+                }) => {
                     if expects_continue && !self.continue_sent {
                         self.output.extend_from_slice(http::CONTINUE);
                         self.continue_sent = true;
@@ -505,7 +568,14 @@ impl Connection {
 /// One non-blocking send, without SIGPIPE if the client is gone.
 fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: sending from a buffer we own, of the length given.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -513,49 +583,4 @@ fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::controller::{ApiRequest, ApiResponse, ControllerError};
-    use std::io::{Read, Write};
-
-    struct Nop;
-    impl VmmController for Nop {
-        fn handle(&mut self, _: ApiRequest) -> Result<ApiResponse, ControllerError> {
-            Ok(ApiResponse::Empty)
-        }
-    }
-
-    #[test]
-    fn a_live_socket_is_not_taken_over_and_a_stale_one_is() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("api.sock");
-        let server = ApiServer::start(ApiServerConfig::new(&path), Nop).expect("start");
-        let second = ApiServer::start(ApiServerConfig::new(&path), Nop);
-        assert!(matches!(second, Err(ServerError::InUse(_))), "{:?}", second.err());
-        assert!(path.exists(), "the refused second server left the live socket alone");
-        server.stop().expect("stop");
-        assert!(!path.exists(), "stop removes the socket");
-
-        // A socket file nobody listens on (as after a crash) is replaced.
-        drop(UnixListener::bind(&path).expect("bind"));
-        assert!(path.exists());
-        let server = ApiServer::start(ApiServerConfig::new(&path), Nop).expect("start over a stale socket");
-        let mut stream = UnixStream::connect(&path).expect("connect");
-        stream.write_all(b"GET /version HTTP/1.1\r\nConnection: close\r\n\r\n").expect("write");
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).expect("read");
-        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
-        drop(server);
-        assert!(!path.exists(), "drop removes the socket too");
-    }
-
-    #[test]
-    fn a_regular_file_is_never_removed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("api.sock");
-        fs::write(&path, b"precious").expect("write");
-        let result = ApiServer::start(ApiServerConfig::new(&path), Nop);
-        assert!(matches!(result, Err(ServerError::NotASocket(_))));
-        assert_eq!(fs::read(&path).expect("read"), b"precious");
-    }
-}
+mod tests;

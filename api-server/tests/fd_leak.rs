@@ -9,7 +9,9 @@ use common::{one_shot, request_bytes, TestServer};
 use std::time::{Duration, Instant};
 
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
 }
 
 #[test]
@@ -24,7 +26,11 @@ fn open_descriptors_do_not_grow() {
         } else {
             c.request("PUT", "/boot-source", Some(r#"{"kernel_image_path":"/k"}"#))
         };
-        assert!(r.status == 200 || r.status == 204, "request {i}: {}", r.status);
+        assert!(
+            r.status == 200 || r.status == 204,
+            "request {i}: {}",
+            r.status
+        );
     }
     drop(c);
 
@@ -57,7 +63,14 @@ fn open_descriptors_do_not_grow() {
         std::thread::sleep(Duration::from_millis(20));
         now = open_fds();
     }
-    assert!(now <= baseline, "open descriptors grew from {baseline} to {now}");
+    assert!(
+        now <= baseline,
+        "open descriptors grew from {baseline} to {now}"
+    );
     let vmm = t.stop();
-    assert_eq!(vmm.log.len(), 1000 + 50, "every complete request reached the controller once");
+    assert_eq!(
+        vmm.log.len(),
+        1000 + 50,
+        "every complete request reached the controller once"
+    );
 }

@@ -8,14 +8,18 @@ use std::io::{Read, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const BOOT: &str = r#"{"kernel_image_path":"/vmlinux","boot_args":"console=ttyS0 reboot=k panic=1"}"#;
+const BOOT: &str =
+    r#"{"kernel_image_path":"/vmlinux","boot_args":"console=ttyS0 reboot=k panic=1"}"#;
 
 #[test]
 fn a_1mib_body_is_413_without_being_read_and_the_server_goes_on() {
     let t = TestServer::start();
     let mut c = t.client();
     let body = vec![b' '; 1 << 20];
-    let head = format!("PUT /boot-source HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "PUT /boot-source HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     c.send_raw(head.as_bytes());
     // The server answers and closes without reading the body: writing all of it fails
     // (EPIPE) or blocks until the close, both fine; the reply is already queued for us.
@@ -24,7 +28,11 @@ fn a_1mib_body_is_413_without_being_read_and_the_server_goes_on() {
     let r = c.read_reply();
     assert_eq!(r.status, 413);
     assert_eq!(r.header("Connection"), Some("close"));
-    assert!(r.fault().contains("exceeds the limit of 65536 bytes"), "{}", r.fault());
+    assert!(
+        r.fault().contains("exceeds the limit of 65536 bytes"),
+        "{}",
+        r.fault()
+    );
     assert!(c.at_eof(), "the connection is closed after a 413");
     let _ = sender.join();
 
@@ -47,7 +55,9 @@ fn oversized_headers_are_431_and_chunked_bodies_400() {
     assert!(c.at_eof());
 
     let mut c = t.client();
-    c.send_raw(b"PUT /boot-source HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n");
+    c.send_raw(
+        b"PUT /boot-source HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    );
     let r = c.read_reply();
     assert_eq!(r.status, 400);
     assert!(r.fault().contains("Transfer-Encoding"), "{}", r.fault());
@@ -71,7 +81,9 @@ fn clients_leaving_mid_request_do_not_disturb_the_server() {
     // Half-closed after a complete request: the reply still arrives.
     let mut c = t.client();
     c.send_raw(request_bytes("GET", "/", None).as_bytes());
-    c.stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    c.stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
     assert_eq!(c.read_reply().status, 200);
     assert!(c.at_eof());
 
@@ -94,30 +106,43 @@ fn a_request_written_one_byte_at_a_time() {
     }
     assert_eq!(c.read_reply().status, 204);
     let r = c.request("GET", "/vm/config", None);
-    assert_eq!(r.json()["boot-source"]["boot_args"], "console=ttyS0 reboot=k panic=1");
+    assert_eq!(
+        r.json()["boot-source"]["boot_args"],
+        "console=ttyS0 reboot=k panic=1"
+    );
 }
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let t = TestServer::start();
     let mut c = t.client();
-    let two = request_bytes("PUT", "/boot-source", Some(BOOT)) + &request_bytes("GET", "/vm/config", None);
+    let two = request_bytes("PUT", "/boot-source", Some(BOOT))
+        + &request_bytes("GET", "/vm/config", None);
     c.send_raw(two.as_bytes());
     assert_eq!(c.read_reply().status, 204);
     let config = c.read_reply();
     assert_eq!(config.status, 200);
-    assert_eq!(config.json()["boot-source"]["kernel_image_path"], "/vmlinux");
+    assert_eq!(
+        config.json()["boot-source"]["kernel_image_path"],
+        "/vmlinux"
+    );
 
     // Many at once, replies not read until all are sent: the server stops reading while
     // its unsent output is large and carries on as the client catches up.
     const N: usize = 3000;
-    let batch: String = (0..N).map(|i| request_bytes("GET", if i % 2 == 0 { "/" } else { "/version" }, None)).collect();
+    let batch: String = (0..N)
+        .map(|i| request_bytes("GET", if i % 2 == 0 { "/" } else { "/version" }, None))
+        .collect();
     let mut writer = c.stream.try_clone().expect("clone");
     let sender = thread::spawn(move || writer.write_all(batch.as_bytes()).is_ok());
     for i in 0..N {
         let r = c.read_reply();
         assert_eq!(r.status, 200, "reply {i}");
-        assert_eq!(r.json().get("firecracker_version").is_some(), i % 2 == 1, "reply {i} is in order");
+        assert_eq!(
+            r.json().get("firecracker_version").is_some(),
+            i % 2 == 1,
+            "reply {i} is in order"
+        );
     }
     assert!(sender.join().expect("sender"), "all requests were written");
 }
@@ -126,7 +151,10 @@ fn pipelined_requests_are_answered_in_order() {
 fn expect_100_continue_is_answered() {
     let t = TestServer::start();
     let mut c = t.client();
-    let head = format!("PUT /boot-source HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", BOOT.len());
+    let head = format!(
+        "PUT /boot-source HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        BOOT.len()
+    );
     c.send_raw(head.as_bytes());
     let interim = c.read_reply();
     assert_eq!(interim.status, 100);
@@ -159,7 +187,11 @@ fn connections_beyond_the_cap_are_refused_and_slots_come_back() {
         thread::sleep(Duration::from_millis(20));
     }
     for c in &mut held {
-        assert_eq!(c.request("GET", "/version", None).status, 200, "held connections still work");
+        assert_eq!(
+            c.request("GET", "/version", None).status,
+            200,
+            "held connections still work"
+        );
     }
 }
 
@@ -176,5 +208,8 @@ fn stop_is_prompt_with_idle_and_half_sent_clients() {
     assert!(vmm.log.is_empty());
     assert!(!path.exists(), "the socket file is removed");
     let mut rest = Vec::new();
-    assert!(common::closed(partial.stream.read_to_end(&mut rest)), "clients see the connection close");
+    assert!(
+        common::closed(partial.stream.read_to_end(&mut rest)),
+        "clients see the connection close"
+    );
 }

@@ -3,7 +3,9 @@
 //! its allowlist, made by a controller on that thread, ends the process with zvm's
 //! blocked-call exit code. One test in its own binary, since it forks.
 
-use api_server::{ApiRequest, ApiResponse, ApiServer, ApiServerConfig, ControllerError, VmmController};
+use api_server::{
+    ApiRequest, ApiResponse, ApiServer, ApiServerConfig, ControllerError, VmmController,
+};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,10 @@ struct Probe {
 impl VmmController for Probe {
     fn handle(&mut self, _: ApiRequest) -> Result<ApiResponse, ControllerError> {
         // SAFETY: gettid has no preconditions.
-        *self.tid.lock().map_err(|_| ControllerError::new("poisoned"))? = Some(unsafe { libc::gettid() });
+        *self
+            .tid
+            .lock()
+            .map_err(|_| ControllerError::new("poisoned"))? = Some(unsafe { libc::gettid() });
         if self.open_a_file {
             let _ = std::fs::File::open("/etc/hostname");
         }
@@ -31,30 +36,51 @@ fn api_thread_status(seccomp: bool) -> String {
     let tid = Arc::new(Mutex::new(None));
     let mut config = ApiServerConfig::new(&path);
     config.seccomp = seccomp;
-    let server = ApiServer::start(config, Probe { tid: tid.clone(), open_a_file: false }).expect("start");
+    let server = ApiServer::start(
+        config,
+        Probe {
+            tid: tid.clone(),
+            open_a_file: false,
+        },
+    )
+    .expect("start");
     let mut s = UnixStream::connect(&path).expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").expect("write");
+    s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .expect("write");
     let mut reply = String::new();
     s.read_to_string(&mut reply).expect("read");
     assert!(reply.starts_with("HTTP/1.1 204"), "{reply}");
     let tid = tid.lock().expect("lock").expect("the controller ran");
-    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).expect("thread status");
+    let status =
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).expect("thread status");
     server.stop().expect("stop");
     status
 }
 
 fn field<'a>(status: &'a str, name: &str) -> &'a str {
-    status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_default()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or_default()
 }
 
 #[test]
 fn the_api_thread_is_filtered_and_blocked_calls_end_the_process() {
     // Log at debug level to stderr, with timestamps, as zvm can: the API thread's
     // logging must fit within its filter too.
-    tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_writer(std::io::stderr).with_ansi(false).init();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let on = api_thread_status(true);
     assert_eq!(field(&on, "Name:"), "zvm_api");
-    assert_eq!(field(&on, "Seccomp:"), "2", "a filter is installed on the API thread");
+    assert_eq!(
+        field(&on, "Seccomp:"),
+        "2",
+        "a filter is installed on the API thread"
+    );
     let off = api_thread_status(false);
     assert_eq!(field(&off, "Seccomp:"), "0", "seccomp: false installs none");
 
@@ -67,7 +93,10 @@ fn the_api_thread_is_filtered_and_blocked_calls_end_the_process() {
         let dir = std::env::temp_dir().join(format!("zvm-api-seccomp-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join("api.sock");
-        let probe = Probe { tid: Arc::new(Mutex::new(None)), open_a_file: true };
+        let probe = Probe {
+            tid: Arc::new(Mutex::new(None)),
+            open_a_file: true,
+        };
         let Ok(_server) = ApiServer::start(ApiServerConfig::new(&path), probe) else {
             unsafe { libc::_exit(2) };
         };
@@ -83,5 +112,9 @@ fn the_api_thread_is_filtered_and_blocked_calls_end_the_process() {
     unsafe { libc::waitpid(pid, &mut status, 0) };
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("zvm-api-seccomp-{pid}")));
     assert!(libc::WIFEXITED(status), "child status {status:#x}");
-    assert_eq!(libc::WEXITSTATUS(status), vmm::seccomp::BLOCKED_SYSCALL_EXIT, "openat on the API thread was blocked");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        vmm::seccomp::BLOCKED_SYSCALL_EXIT,
+        "openat on the API thread was blocked"
+    );
 }

@@ -222,6 +222,12 @@ impl RunningVm {
         })
     }
 
+    /// What the VM was built from (for a restored VM: the snapshot's resources with the
+    /// restore's overrides); None for VMs assembled step by step with the builder.
+    pub fn resources(&self) -> Option<&crate::VmResources> {
+        self.snapshot.resources.as_ref()
+    }
+
     /// A handle that snapshots this VM (while it is paused) from another thread.
     pub fn snapshot_handle(&self) -> std::io::Result<SnapshotHandle> {
         Ok(SnapshotHandle::new(

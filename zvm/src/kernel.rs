@@ -33,13 +33,23 @@ pub fn run(command: KernelCommand) -> ExitCode {
 
 fn build() -> std::io::Result<ExitCode> {
     let dir = tempfile_dir()?;
-    for (name, text) in [("build.sh", BUILD_SCRIPT), ("zvm-guest.config", CONFIG), ("zvm-pvm-workarounds.patch", PATCH)] {
+    for (name, text) in [
+        ("build.sh", BUILD_SCRIPT),
+        ("zvm-guest.config", CONFIG),
+        ("zvm-pvm-workarounds.patch", PATCH),
+    ] {
         std::fs::write(dir.join(name), text)?;
     }
-    let status = std::process::Command::new("bash").arg(dir.join("build.sh")).status();
+    let status = std::process::Command::new("bash")
+        .arg(dir.join("build.sh"))
+        .status();
     let _ = std::fs::remove_dir_all(&dir);
     let status = status?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {

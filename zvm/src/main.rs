@@ -2,6 +2,7 @@
 
 mod api;
 mod kernel;
+mod restore;
 mod run;
 mod specs;
 mod terminal;
@@ -23,7 +24,8 @@ struct Cli {
     /// it (`PUT /boot-source`, `/machine-config`, `/drives/{id}`, ..., `PUT /actions`).
     #[arg(long, value_name = "PATH")]
     api_sock: Option<std::path::PathBuf>,
-    /// Configure the VM from a Firecracker-style JSON file and boot it at once.
+    /// Configure the VM from a Firecracker-style JSON file and boot it at once (or, with a
+    /// `snapshot-load` section, restore it from a snapshot).
     #[arg(long, value_name = "FILE")]
     config_file: Option<std::path::PathBuf>,
     /// With --config-file: serve no API.
@@ -41,11 +43,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Boot a kernel in a micro-VM, console on this terminal (or a file).
+    /// Boot a kernel in a micro-VM (or restore one from a snapshot with --restore),
+    /// console on this terminal (or a file).
     ///
     /// The VM ends when the guest powers off or reboots (exit code 0), or when it
     /// triple-faults or KVM fails (an error with the vCPU registers, exit code 1).
-    /// Bad arguments exit with code 2.
+    /// Bad arguments, and a snapshot that is refused, exit with code 2.
     Run(run::RunArgs),
     /// Report this host's KVM: flavour, API version, capabilities, and whether a stock
     /// guest kernel is expected to reach userspace.
@@ -108,13 +111,19 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let logging = api::logger::Logging::init(&cli.log_level);
     let Some(command) = cli.command else {
         if cli.api_sock.is_none() && cli.config_file.is_none() {
-            eprintln!("zvm: give a command (see zvm --help), or --api-sock PATH / --config-file FILE");
+            eprintln!(
+                "zvm: give a command (see zvm --help), or --api-sock PATH / --config-file FILE"
+            );
             return ExitCode::from(2);
         }
         let args = api::VmmModeArgs {
@@ -142,9 +151,11 @@ fn main() -> ExitCode {
         },
         Command::Node { command } => zos_boot::cli::run(command),
         Command::Api(args) => api::client::run(args),
-        Command::Oci(args) => {
-            oci_runtime::cli::run(args, "zvm oci", oci_runtime::cli::self_launcher(&["oci", "__sandbox"]))
-        }
+        Command::Oci(args) => oci_runtime::cli::run(
+            args,
+            "zvm oci",
+            oci_runtime::cli::self_launcher(&["oci", "__sandbox"]),
+        ),
         Command::Initramfs { dir, output } => match initramfs::pack_dir(&dir, &output) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

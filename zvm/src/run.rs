@@ -1,18 +1,21 @@
-//! `zvm run`: flags -> [`vmm::VmResources`] -> [`vmm::build_microvm`] -> exit code.
+//! `zvm run`: flags -> [`vmm::VmResources`] -> [`vmm::build_microvm`] -> exit code; or,
+//! with `--restore`, a snapshot -> [`vmm::snapshot::restore_microvm`] ([`crate::restore`]).
 
 use crate::terminal::RawTerminal;
+use agent_protocol::ExitStatus;
 use clap::Args;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use agent_protocol::ExitStatus;
-use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 use vmm::builder::BuildOptions;
 use vmm::host::KvmFlavour;
-use vmm::resources::{parse_mem_size_mib, BootSource, ConsoleConfig, CpuTemplate, MachineConfig, DEFAULT_BOOT_ARGS};
+use vmm::resources::{
+    parse_mem_size_mib, BootSource, ConsoleConfig, CpuTemplate, MachineConfig, DEFAULT_BOOT_ARGS,
+};
 use vmm::{VmOutcome, VmResources};
 use zos_boot::flist_vm::container::DiskMount;
 
@@ -22,7 +25,7 @@ pub struct RunArgs {
     /// Guest kernel: an uncompressed ELF vmlinux (booted through its PVH entry) or a
     /// bzImage. `zvm kernel path` builds one. With --flist: the kernel for container and
     /// raw-image flists (default: $ZVM_KERNEL or the project's build).
-    #[arg(long, required_unless_present = "flist")]
+    #[arg(long, required_unless_present_any = ["flist", "restore"])]
     kernel: Option<PathBuf>,
     /// Boot an flist (a `.fl` path or http(s) URL): a VM image (/boot/vmlinuz, optional
     /// /boot/initrd.img), a raw disk (/image.raw), or a container root filesystem whose
@@ -92,6 +95,12 @@ pub struct RunArgs {
     /// send `CONNECT <port>\n`; guest connections to host port P reach `PATH_P`.
     #[arg(long, value_name = "SPEC")]
     vsock: Option<String>,
+    /// Track the pages the guest writes (what a later diff snapshot needs; it costs a
+    /// little on every first write to a page).
+    #[arg(long)]
+    track_dirty_pages: bool,
+    #[command(flatten)]
+    restore: Box<crate::restore::RestoreArgs>,
     /// Print what zvm detects about the host and the VM it builds.
     #[arg(long, short)]
     verbose: bool,
@@ -105,16 +114,29 @@ fn parse_hostname(name: &str) -> Result<String, String> {
 impl RunArgs {
     /// Fetches and prepares the flist (see [`zos_boot::flist_vm`]) and points `resources` at
     /// it; for a container flist, returns what to run through the guest agent.
-    fn apply_flist(&self, flist: &str, work_dir: &std::path::Path, mounts: &[DiskMount], resources: &mut VmResources) -> Result<Option<ContainerRun>, String> {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    fn apply_flist(
+        &self,
+        flist: &str,
+        work_dir: &std::path::Path,
+        mounts: &[DiskMount],
+        resources: &mut VmResources,
+    ) -> Result<Option<ContainerRun>, String> {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"));
         let mut env = Vec::new();
         for kv in &self.envs {
-            let (k, v) = kv.split_once('=').ok_or_else(|| format!("invalid --env '{kv}': expected K=V"))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("invalid --env '{kv}': expected K=V"))?;
             env.push((k.to_string(), v.to_string()));
         }
         let opts = zos_boot::flist_vm::FlistBootOptions {
             flist: flist.to_string(),
-            cache_dir: self.flist_cache.clone().unwrap_or_else(|| home.join(".cache/zvm/flist")),
+            cache_dir: self
+                .flist_cache
+                .clone()
+                .unwrap_or_else(|| home.join(".cache/zvm/flist")),
             work_dir: work_dir.to_path_buf(),
             entrypoint: self.entrypoint.clone(),
             env,
@@ -130,22 +152,56 @@ impl RunArgs {
         };
         // A terminal on our stdin gives the container a pty (an interactive shell works).
         let terminal = std::io::stdin().is_terminal();
-        let spec = zos_boot::flist_vm::container::container_spec(boot, &resources.drives, mounts, terminal).map_err(|e| e.to_string())?;
+        let spec = zos_boot::flist_vm::container::container_spec(
+            boot,
+            &resources.drives,
+            mounts,
+            terminal,
+        )
+        .map_err(|e| e.to_string())?;
         // The container's stdin is ours; the serial console only shows the guest's messages.
         if resources.console == ConsoleConfig::Stdio {
             resources.console = ConsoleConfig::File(PathBuf::from("/proc/self/fd/1"));
         }
-        let vsock_uds = resources.vsock.as_ref().map(|v| v.uds_path.clone()).unwrap_or_else(|| boot.vsock_uds.clone());
-        Ok(Some(ContainerRun { spec, vsock_uds, terminal, seccomp: resources.seccomp }))
+        let vsock_uds = resources
+            .vsock
+            .as_ref()
+            .map(|v| v.uds_path.clone())
+            .unwrap_or_else(|| boot.vsock_uds.clone());
+        Ok(Some(ContainerRun {
+            spec,
+            vsock_uds,
+            terminal,
+            seccomp: resources.seccomp,
+        }))
     }
 
-    fn resources(&self, flist_work: &std::path::Path) -> Result<(VmResources, Option<ContainerRun>), String> {
-        let disks = self.disks.iter().enumerate().map(|(i, spec)| crate::specs::parse_disk(spec, i)).collect::<Result<Vec<_>, _>>()?;
+    fn resources(
+        &self,
+        flist_work: &std::path::Path,
+    ) -> Result<(VmResources, Option<ContainerRun>), String> {
+        let disks = self
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| crate::specs::parse_disk(spec, i))
+            .collect::<Result<Vec<_>, _>>()?;
         let mounts: Vec<DiskMount> = disks
             .iter()
-            .filter_map(|(drive, mount)| mount.as_ref().map(|m| DiskMount { drive_id: drive.drive_id.clone(), mountpoint: m.clone() }))
+            .filter_map(|(drive, mount)| {
+                mount.as_ref().map(|m| DiskMount {
+                    drive_id: drive.drive_id.clone(),
+                    mountpoint: m.clone(),
+                })
+            })
             .collect();
-        let vcpu_count = u8::try_from(self.cpus).map_err(|_| format!("at most {} vCPUs are supported (cpus was {})", vmm::resources::MAX_VCPUS, self.cpus))?;
+        let vcpu_count = u8::try_from(self.cpus).map_err(|_| {
+            format!(
+                "at most {} vCPUs are supported (cpus was {})",
+                vmm::resources::MAX_VCPUS,
+                self.cpus
+            )
+        })?;
         let resources = VmResources {
             boot_source: BootSource {
                 kernel_image_path: self.kernel.clone().unwrap_or_default(),
@@ -155,16 +211,31 @@ impl RunArgs {
             machine_config: MachineConfig {
                 vcpu_count,
                 mem_size_mib: parse_mem_size_mib(&self.memory).map_err(|e| e.to_string())?,
-                cpu_template: self.cpu_template.parse::<CpuTemplate>().map_err(|e| e.to_string())?,
-                track_dirty_pages: false,
+                cpu_template: self
+                    .cpu_template
+                    .parse::<CpuTemplate>()
+                    .map_err(|e| e.to_string())?,
+                track_dirty_pages: self.track_dirty_pages,
             },
-            console: self.console.parse::<ConsoleConfig>().map_err(|e| e.to_string())?,
+            console: self
+                .console
+                .parse::<ConsoleConfig>()
+                .map_err(|e| e.to_string())?,
             console_timestamps: self.console_timestamps,
             seccomp: self.seccomp == "on",
             drives: disks.into_iter().map(|(drive, _)| drive).collect(),
             entropy: self.rng.then(Default::default),
-            net: self.nets.iter().enumerate().map(|(i, spec)| crate::specs::parse_net(spec, i)).collect::<Result<_, _>>()?,
-            vsock: self.vsock.as_deref().map(crate::specs::parse_vsock).transpose()?,
+            net: self
+                .nets
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| crate::specs::parse_net(spec, i))
+                .collect::<Result<_, _>>()?,
+            vsock: self
+                .vsock
+                .as_deref()
+                .map(crate::specs::parse_vsock)
+                .transpose()?,
         };
         let mut resources = resources;
         let mut container = None;
@@ -172,7 +243,10 @@ impl RunArgs {
             container = self.apply_flist(flist, flist_work, &mounts, &mut resources)?;
         }
         if let Some(extra) = &self.append {
-            resources.boot_source.boot_args = Some(zos_boot::flist_vm::cmdline::append_args(resources.boot_args(), extra));
+            resources.boot_source.boot_args = Some(zos_boot::flist_vm::cmdline::append_args(
+                resources.boot_args(),
+                extra,
+            ));
         }
         resources.validate().map_err(|e| e.to_string())?;
         Ok((resources, container))
@@ -192,17 +266,34 @@ impl ContainerRun {
     /// Runs the process on a thread of its own (seccomp-filtered as a relay once connected
     /// to the agent); on failure the VM is stopped. The thread's result is the process's
     /// exit status.
-    fn spawn(self, vm: &vmm::RunningVm, vm_ended: Arc<AtomicBool>) -> Result<JoinHandle<Result<ExitStatus, String>>, String> {
-        let stop = vm.stop_handle().map_err(|e| format!("cannot get the VM's stop handle: {e}"))?;
+    fn spawn(
+        self,
+        vm: &vmm::RunningVm,
+        vm_ended: Arc<AtomicBool>,
+    ) -> Result<JoinHandle<Result<ExitStatus, String>>, String> {
+        let stop = vm
+            .stop_handle()
+            .map_err(|e| format!("cannot get the VM's stop handle: {e}"))?;
         let seccomp = self.seccomp;
         let uds = self.vsock_uds;
         let spec = self.spec;
         std::thread::Builder::new()
             .name("zvm_container".into())
             .spawn(move || {
-                let run = oci_runtime::sandbox::AttachedRun { vsock_uds: &uds, console_log: None, spec, rootfs_device: oci_runtime::sandbox::ROOTFS_DEVICE.into(), seccomp };
-                let gone = || vm_ended.load(Ordering::Relaxed).then(|| "the VM ended".to_string());
-                let result = oci_runtime::sandbox::run_attached(run, &gone).map_err(|e| e.to_string());
+                let run = oci_runtime::sandbox::AttachedRun {
+                    vsock_uds: &uds,
+                    console_log: None,
+                    spec,
+                    rootfs_device: oci_runtime::sandbox::ROOTFS_DEVICE.into(),
+                    seccomp,
+                };
+                let gone = || {
+                    vm_ended
+                        .load(Ordering::Relaxed)
+                        .then(|| "the VM ended".to_string())
+                };
+                let result =
+                    oci_runtime::sandbox::run_attached(run, &gone).map_err(|e| e.to_string());
                 if result.is_err() {
                     let _ = stop.request_stop();
                 }
@@ -234,9 +325,23 @@ pub(crate) fn install_stop_signals(fd: i32) {
 
 /// Runs `zvm run`.
 pub fn run(args: RunArgs, process_start: Instant) -> ExitCode {
+    if args.restore.requested() {
+        let opts = crate::restore::RestoreOptions {
+            console: &args.console,
+            seccomp: args.seccomp == "on",
+            track_dirty_pages: args.track_dirty_pages,
+            verbose: args.verbose,
+        };
+        return crate::restore::run(&args.restore, &opts, process_start);
+    }
     // A --flist without --flist-work unpacks into a temporary directory, removed at the end.
-    let temp_work = (args.flist.is_some() && args.flist_work.is_none()).then(|| std::env::temp_dir().join(format!("zvm-flist-{}", std::process::id())));
-    let flist_work = args.flist_work.clone().or_else(|| temp_work.clone()).unwrap_or_default();
+    let temp_work = (args.flist.is_some() && args.flist_work.is_none())
+        .then(|| std::env::temp_dir().join(format!("zvm-flist-{}", std::process::id())));
+    let flist_work = args
+        .flist_work
+        .clone()
+        .or_else(|| temp_work.clone())
+        .unwrap_or_default();
     let code = run_with(args, process_start, &flist_work);
     if let Some(dir) = temp_work {
         let _ = std::fs::remove_dir_all(dir);
@@ -258,9 +363,17 @@ fn run_with(args: RunArgs, process_start: Instant, flist_work: &std::path::Path)
         if !flavour.stock_guest_userspace_works() {
             eprintln!("zvm: this is a KVM PVM host: the pvm CPU template is used, and a stock guest kernel will not run userspace (SYSCALL does not enter guest kernel mode); zvm's test kernel (`zvm kernel path`) carries a workaround");
         }
-        eprintln!("zvm: {} vCPUs, {} MiB, kernel {}", resources.machine_config.vcpu_count, resources.machine_config.mem_size_mib, resources.boot_source.kernel_image_path.display());
+        eprintln!(
+            "zvm: {} vCPUs, {} MiB, kernel {}",
+            resources.machine_config.vcpu_count,
+            resources.machine_config.mem_size_mib,
+            resources.boot_source.kernel_image_path.display()
+        );
     }
-    let opts = BuildOptions { process_start, irqchip: true };
+    let opts = BuildOptions {
+        process_start,
+        irqchip: true,
+    };
     let vm = match vmm::build_microvm(&resources, opts) {
         Ok(vm) => vm,
         Err(e) => {
@@ -268,14 +381,19 @@ fn run_with(args: RunArgs, process_start: Instant, flist_work: &std::path::Path)
             return ExitCode::from(2);
         }
     };
-    let interactive = container.as_ref().map_or(resources.console == ConsoleConfig::Stdio, |c| c.terminal);
+    let interactive = container
+        .as_ref()
+        .map_or(resources.console == ConsoleConfig::Stdio, |c| c.terminal);
     let raw = interactive.then(RawTerminal::enable).flatten();
     if let Ok(stop) = vm.stop_handle() {
         install_stop_signals(stop.raw_fd());
         std::mem::forget(stop);
     }
     let vm_ended = Arc::new(AtomicBool::new(false));
-    let container = match container.map(|c| c.spawn(&vm, vm_ended.clone())).transpose() {
+    let container = match container
+        .map(|c| c.spawn(&vm, vm_ended.clone()))
+        .transpose()
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("zvm: {e}");
@@ -285,7 +403,11 @@ fn run_with(args: RunArgs, process_start: Instant, flist_work: &std::path::Path)
     };
     let (outcome, boot_time) = vm.wait_with_boot_time();
     vm_ended.store(true, Ordering::Relaxed);
-    let container = container.map(|thread| thread.join().unwrap_or_else(|_| Err("the container thread panicked".into())));
+    let container = container.map(|thread| {
+        thread
+            .join()
+            .unwrap_or_else(|_| Err("the container thread panicked".into()))
+    });
     drop(raw);
     if let Some(vsock) = &resources.vsock {
         vmm::devices::virtio::vsock::remove_socket(&vsock.uds_path);
@@ -316,7 +438,10 @@ fn describe_status(status: &ExitStatus) -> String {
 
 /// Prints how the VM ended (and the guest's boot time) and maps it to zvm's exit code:
 /// 0 when the guest ended the VM, 130 when stopped by a signal, 1 on failure.
-pub(crate) fn report_outcome(outcome: &VmOutcome, boot_time: Option<vmm::devices::boot_timer::BootTime>) -> ExitCode {
+pub(crate) fn report_outcome(
+    outcome: &VmOutcome,
+    boot_time: Option<vmm::devices::boot_timer::BootTime>,
+) -> ExitCode {
     if let Some(t) = boot_time {
         eprintln!(
             "zvm: guest reached userspace {:.1} ms after process start ({:.1} ms after VM build start)",

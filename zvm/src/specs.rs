@@ -23,7 +23,8 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<(DriveConfig, Option<Strin
             other => return Err(format!("invalid disk '{spec}': unknown key '{other}' (use path, readonly, id, root, mount)")),
         }
     }
-    let path_on_host = path.ok_or_else(|| format!("invalid disk '{spec}': path=FILE is required"))?;
+    let path_on_host =
+        path.ok_or_else(|| format!("invalid disk '{spec}': path=FILE is required"))?;
     let drive = DriveConfig {
         drive_id: id.unwrap_or_else(|| format!("disk{index}")),
         path_on_host,
@@ -45,7 +46,11 @@ pub fn parse_net(spec: &str, index: usize) -> Result<NetConfig, String> {
             "tap" => tap = Some(value.to_string()),
             "mac" => mac = Some(value.to_string()),
             "id" => id = Some(value.to_string()),
-            other => return Err(format!("invalid net '{spec}': unknown key '{other}' (use tap, mac, id)")),
+            other => {
+                return Err(format!(
+                    "invalid net '{spec}': unknown key '{other}' (use tap, mac, id)"
+                ))
+            }
         }
     }
     let host_dev_name = tap.ok_or_else(|| format!("invalid net '{spec}': tap=NAME is required"))?;
@@ -66,10 +71,16 @@ pub fn parse_vsock(spec: &str) -> Result<VsockConfig, String> {
     for (key, value) in key_values("vsock", spec)? {
         match key {
             "cid" | "guest_cid" => {
-                cid = Some(value.parse::<u32>().map_err(|_| format!("invalid vsock '{spec}': cid must be a number, not '{value}'"))?)
+                cid = Some(value.parse::<u32>().map_err(|_| {
+                    format!("invalid vsock '{spec}': cid must be a number, not '{value}'")
+                })?)
             }
             "uds" | "uds_path" if !value.is_empty() => uds = Some(PathBuf::from(value)),
-            other => return Err(format!("invalid vsock '{spec}': unknown or empty key '{other}' (use cid, uds)")),
+            other => {
+                return Err(format!(
+                    "invalid vsock '{spec}': unknown or empty key '{other}' (use cid, uds)"
+                ))
+            }
         }
     }
     Ok(VsockConfig {
@@ -83,7 +94,10 @@ pub fn parse_vsock(spec: &str) -> Result<VsockConfig, String> {
 fn key_values<'a>(kind: &str, spec: &'a str) -> Result<Vec<(&'a str, &'a str)>, String> {
     spec.split(',')
         .filter(|p| !p.is_empty())
-        .map(|part| part.split_once('=').ok_or_else(|| format!("invalid {kind} '{spec}': '{part}' is not key=value")))
+        .map(|part| {
+            part.split_once('=')
+                .ok_or_else(|| format!("invalid {kind} '{spec}': '{part}' is not key=value"))
+        })
         .collect()
 }
 
@@ -91,7 +105,9 @@ fn on_off(spec: &str, key: &str, value: &str) -> Result<bool, String> {
     match value {
         "on" | "true" | "yes" | "1" => Ok(true),
         "off" | "false" | "no" | "0" => Ok(false),
-        _ => Err(format!("invalid disk '{spec}': {key} must be on or off, not '{value}'")),
+        _ => Err(format!(
+            "invalid disk '{spec}': {key} must be on or off, not '{value}'"
+        )),
     }
 }
 
@@ -108,29 +124,60 @@ mod tests {
         let (d, _) = parse_disk("path=/img/b.raw", 3).expect("valid");
         assert_eq!(d.drive_id, "disk3");
         assert!(!d.is_read_only);
-        assert!(parse_disk("path=/r.img,root=on", 0).expect("root").0.is_root_device);
+        assert!(
+            parse_disk("path=/r.img,root=on", 0)
+                .expect("root")
+                .0
+                .is_root_device
+        );
     }
 
     #[test]
     fn net_specs() {
         let n = parse_net("tap=tap0,mac=02:00:00:00:00:05,id=uplink", 0).expect("valid");
-        assert_eq!((n.host_dev_name.as_str(), n.guest_mac.as_deref(), n.iface_id.as_str()), ("tap0", Some("02:00:00:00:00:05"), "uplink"));
+        assert_eq!(
+            (
+                n.host_dev_name.as_str(),
+                n.guest_mac.as_deref(),
+                n.iface_id.as_str()
+            ),
+            ("tap0", Some("02:00:00:00:00:05"), "uplink")
+        );
         let n = parse_net("tap=zt1", 2).expect("valid");
         assert_eq!((n.iface_id.as_str(), n.guest_mac), ("eth2", None));
-        assert!(parse_net("mac=02:00:00:00:00:01", 0).expect_err("no tap").contains("tap=NAME is required"));
-        assert!(parse_net("tap=t,mtu=9000", 0).expect_err("unknown").contains("unknown key 'mtu'"));
-        assert!(parse_net("tap0", 0).expect_err("not kv").contains("not key=value"));
+        assert!(parse_net("mac=02:00:00:00:00:01", 0)
+            .expect_err("no tap")
+            .contains("tap=NAME is required"));
+        assert!(parse_net("tap=t,mtu=9000", 0)
+            .expect_err("unknown")
+            .contains("unknown key 'mtu'"));
+        assert!(parse_net("tap0", 0)
+            .expect_err("not kv")
+            .contains("not key=value"));
     }
 
     #[test]
     fn bad_disk_specs_say_what_is_wrong() {
-        assert!(parse_disk("readonly=on", 0).expect_err("no path").contains("path=FILE is required"));
-        assert!(parse_disk("path=/a,readonly=maybe", 0).expect_err("bad bool").contains("on or off"));
-        assert!(parse_disk("path=/a,cache=none", 0).expect_err("unknown").contains("unknown key 'cache'"));
-        assert!(parse_disk("/a.img", 0).expect_err("not kv").contains("not key=value"));
-        assert!(parse_disk("path=/a,mount=data", 0).expect_err("relative").contains("not an absolute path"));
+        assert!(parse_disk("readonly=on", 0)
+            .expect_err("no path")
+            .contains("path=FILE is required"));
+        assert!(parse_disk("path=/a,readonly=maybe", 0)
+            .expect_err("bad bool")
+            .contains("on or off"));
+        assert!(parse_disk("path=/a,cache=none", 0)
+            .expect_err("unknown")
+            .contains("unknown key 'cache'"));
+        assert!(parse_disk("/a.img", 0)
+            .expect_err("not kv")
+            .contains("not key=value"));
+        assert!(parse_disk("path=/a,mount=data", 0)
+            .expect_err("relative")
+            .contains("not an absolute path"));
         let (d, mount) = parse_disk("path=/a,id=data,mount=/srv/data", 0).expect("valid");
-        assert_eq!((d.drive_id.as_str(), mount.as_deref()), ("data", Some("/srv/data")));
+        assert_eq!(
+            (d.drive_id.as_str(), mount.as_deref()),
+            ("data", Some("/srv/data"))
+        );
     }
 
     #[test]
@@ -139,11 +186,23 @@ mod tests {
         assert_eq!((v.guest_cid, v.uds_path), (3, PathBuf::from("/run/v.sock")));
         let v = parse_vsock("guest_cid=42,uds_path=v.sock").expect("firecracker names");
         assert_eq!((v.guest_cid, v.uds_path), (42, PathBuf::from("v.sock")));
-        assert!(parse_vsock("uds=/v.sock").expect_err("no cid").contains("cid=N is required"));
-        assert!(parse_vsock("cid=3").expect_err("no uds").contains("uds=PATH is required"));
-        assert!(parse_vsock("cid=x,uds=/v").expect_err("bad cid").contains("must be a number"));
-        assert!(parse_vsock("cid=3,uds=/v,port=1").expect_err("unknown").contains("unknown or empty key 'port'"));
-        assert!(parse_vsock("cid=3,uds=").expect_err("empty").contains("'uds'"));
-        assert!(parse_vsock("3").expect_err("not kv").contains("not key=value"));
+        assert!(parse_vsock("uds=/v.sock")
+            .expect_err("no cid")
+            .contains("cid=N is required"));
+        assert!(parse_vsock("cid=3")
+            .expect_err("no uds")
+            .contains("uds=PATH is required"));
+        assert!(parse_vsock("cid=x,uds=/v")
+            .expect_err("bad cid")
+            .contains("must be a number"));
+        assert!(parse_vsock("cid=3,uds=/v,port=1")
+            .expect_err("unknown")
+            .contains("unknown or empty key 'port'"));
+        assert!(parse_vsock("cid=3,uds=")
+            .expect_err("empty")
+            .contains("'uds'"));
+        assert!(parse_vsock("3")
+            .expect_err("not kv")
+            .contains("not key=value"));
     }
 }

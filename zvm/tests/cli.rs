@@ -3,7 +3,10 @@
 use std::process::{Command, Output};
 
 fn zvm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zvm")).args(args).output().expect("run zvm")
+    Command::new(env!("CARGO_BIN_EXE_zvm"))
+        .args(args)
+        .output()
+        .expect("run zvm")
 }
 
 fn stderr(out: &Output) -> String {
@@ -17,7 +20,10 @@ fn expect_usage_error(args: &[&str], needle: &str) {
     assert_eq!(out.status.code(), Some(2), "args {args:?}: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one error line for {args:?}, got:\n{err}");
-    assert!(lines[0].starts_with("zvm: ") && lines[0].contains(needle), "args {args:?}: {err}");
+    assert!(
+        lines[0].starts_with("zvm: ") && lines[0].contains(needle),
+        "args {args:?}: {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -36,7 +42,16 @@ fn help_explains_the_commands() {
         assert!(text.contains(word), "help mentions {word}: {text}");
     }
     let run_help = String::from_utf8_lossy(&zvm(&["run", "--help"]).stdout).into_owned();
-    for flag in ["--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--console", "--console-timestamps", "--seccomp"] {
+    for flag in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--cpus",
+        "--memory",
+        "--console",
+        "--console-timestamps",
+        "--seccomp",
+    ] {
         assert!(run_help.contains(flag), "run --help mentions {flag}");
     }
 }
@@ -46,21 +61,32 @@ fn doctor_reports_the_kvm_flavour() {
     let out = zvm(&["doctor"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    for key in ["kvm flavour", "KVM_CAP_IRQCHIP", "stock guest userspace", "default cpu template"] {
+    for key in [
+        "kvm flavour",
+        "KVM_CAP_IRQCHIP",
+        "stock guest userspace",
+        "default cpu template",
+    ] {
         assert!(text.contains(key), "doctor reports {key}:\n{text}");
     }
 }
 
 #[test]
 fn missing_kernel_is_one_line_and_exit_2() {
-    expect_usage_error(&["run", "--kernel", "/nonexistent/vmlinux"], "kernel '/nonexistent/vmlinux' cannot be read");
+    expect_usage_error(
+        &["run", "--kernel", "/nonexistent/vmlinux"],
+        "kernel '/nonexistent/vmlinux' cannot be read",
+    );
 }
 
 #[test]
 fn a_file_that_is_not_a_kernel_is_refused() {
     let f = kernel_file(&[0x5a; 8192]);
     let path = f.path().to_str().expect("utf8");
-    expect_usage_error(&["run", "--kernel", path, "--console", "off"], "is not a kernel");
+    expect_usage_error(
+        &["run", "--kernel", path, "--console", "off"],
+        "is not a kernel",
+    );
 }
 
 #[test]
@@ -70,11 +96,26 @@ fn bad_machine_settings_are_refused() {
     expect_usage_error(&["run", "--kernel", k, "--cpus", "0"], "at least one vCPU");
     expect_usage_error(&["run", "--kernel", k, "--cpus", "300"], "at most 32 vCPUs");
     expect_usage_error(&["run", "--kernel", k, "--memory", "8M"], "too small");
-    expect_usage_error(&["run", "--kernel", k, "--memory", "100000G"], "more than this host");
-    expect_usage_error(&["run", "--kernel", k, "--memory", "lots"], "invalid memory size");
-    expect_usage_error(&["run", "--kernel", k, "--console", "tty"], "invalid console");
-    expect_usage_error(&["run", "--kernel", k, "--cpu-template", "t2"], "invalid CPU template");
-    expect_usage_error(&["run", "--kernel", k, "--initrd", "/nonexistent/initrd"], "initrd '/nonexistent/initrd'");
+    expect_usage_error(
+        &["run", "--kernel", k, "--memory", "100000G"],
+        "more than this host",
+    );
+    expect_usage_error(
+        &["run", "--kernel", k, "--memory", "lots"],
+        "invalid memory size",
+    );
+    expect_usage_error(
+        &["run", "--kernel", k, "--console", "tty"],
+        "invalid console",
+    );
+    expect_usage_error(
+        &["run", "--kernel", k, "--cpu-template", "t2"],
+        "invalid CPU template",
+    );
+    expect_usage_error(
+        &["run", "--kernel", k, "--initrd", "/nonexistent/initrd"],
+        "initrd '/nonexistent/initrd'",
+    );
 }
 
 #[test]
@@ -88,11 +129,19 @@ fn initramfs_packs_a_directory() {
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join("init"), b"#!/bin/sh\n").expect("write");
     let out_path = dir.path().join("out.cpio.gz");
-    let out = zvm(&["initramfs", dir.path().to_str().expect("utf8"), "-o", out_path.to_str().expect("utf8")]);
+    let out = zvm(&[
+        "initramfs",
+        dir.path().to_str().expect("utf8"),
+        "-o",
+        out_path.to_str().expect("utf8"),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let bytes = std::fs::read(&out_path).expect("archive");
     assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip");
-    expect_usage_error(&["initramfs", "/nonexistent/dir", "-o", "/tmp/x.cpio.gz"], "cannot read '/nonexistent/dir'");
+    expect_usage_error(
+        &["initramfs", "/nonexistent/dir", "-o", "/tmp/x.cpio.gz"],
+        "cannot read '/nonexistent/dir'",
+    );
 }
 
 #[test]
@@ -107,18 +156,36 @@ fn flist_commands_are_reachable_and_refuse_bad_input() {
     let out = zvm(&["flist", "inspect", bogus.path().to_str().expect("utf8")]);
     assert_ne!(out.status.code(), Some(0));
     let err = stderr(&out);
-    assert!(err.starts_with("zvm: ") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.starts_with("zvm: ") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_host_name_the_guest_cannot_take_is_refused_before_anything_runs() {
     let long = "h".repeat(65);
-    for (name, needle) in [("bad name", "contains ' '"), ("-x", "must not start"), (long.as_str(), "longer than 64")] {
-        let out = zvm(&["run", "--flist", "/nonexistent.fl", &format!("--hostname={name}")]);
+    for (name, needle) in [
+        ("bad name", "contains ' '"),
+        ("-x", "must not start"),
+        (long.as_str(), "longer than 64"),
+    ] {
+        let out = zvm(&[
+            "run",
+            "--flist",
+            "/nonexistent.fl",
+            &format!("--hostname={name}"),
+        ]);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{name}: {err}");
-        assert!(err.contains("--hostname") && err.contains(needle), "{name}: {err}");
-        assert!(!err.contains("/nonexistent.fl"), "refused before the flist is looked at: {err}");
+        assert!(
+            err.contains("--hostname") && err.contains(needle),
+            "{name}: {err}"
+        );
+        assert!(
+            !err.contains("/nonexistent.fl"),
+            "refused before the flist is looked at: {err}"
+        );
     }
 }
 
@@ -132,4 +199,202 @@ fn kernel_path_prints_the_cached_vmlinux_last() {
     assert!(last.ends_with("/vmlinux"), "{stdout}");
     let head = std::fs::read(last).expect("vmlinux exists");
     assert_eq!(&head[..4], b"\x7fELF");
+}
+
+/// A state file and a memory file in a temporary directory: `state` as given, memory 1 MiB of zeros.
+fn snapshot_files(state: &[u8]) -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().expect("dir");
+    let (s, m) = (dir.path().join("vm.state"), dir.path().join("vm.mem"));
+    std::fs::write(&s, state).expect("state");
+    std::fs::write(&m, vec![0u8; 1 << 20]).expect("mem");
+    let path = |p: &std::path::Path| p.to_str().expect("utf8").to_string();
+    (dir, path(&s), path(&m))
+}
+
+/// The header of a state file whose payload is `len` bytes, followed by `body`.
+fn state_header(version: u32, len: u64, body: &[u8]) -> Vec<u8> {
+    let mut bytes = vmm::snapshot::file::MAGIC.to_vec();
+    bytes.extend_from_slice(&version.to_le_bytes());
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+#[test]
+fn run_help_mentions_restore() {
+    let run_help = String::from_utf8_lossy(&zvm(&["run", "--help"]).stdout).into_owned();
+    for flag in [
+        "--restore",
+        "--mem",
+        "--drive-override",
+        "--net-override",
+        "--vsock-override",
+        "--track-dirty-pages",
+    ] {
+        assert!(run_help.contains(flag), "run --help mentions {flag}");
+    }
+}
+
+#[test]
+fn a_refused_snapshot_is_one_line_and_exit_2() {
+    let (_dir, state, mem) =
+        snapshot_files(b"this is not a zvm snapshot, only some text of a reasonable length");
+    expect_usage_error(
+        &[
+            "run",
+            "--restore",
+            &state,
+            "--mem",
+            &mem,
+            "--console",
+            "off",
+        ],
+        "not a zvm snapshot state file",
+    );
+
+    let version = vmm::snapshot::file::FORMAT_VERSION;
+    let truncated = state_header(version, 4096, &[7u8; 100]);
+    let (_dir, state, mem) = snapshot_files(&truncated);
+    expect_usage_error(&["run", "--restore", &state, "--mem", &mem], "truncated");
+    let (_dir, state, mem) = snapshot_files(&truncated[..12]);
+    expect_usage_error(&["run", "--restore", &state, "--mem", &mem], "truncated");
+
+    let mut corrupt = state_header(version, 8, &[1u8; 8]);
+    corrupt.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    let (_dir, state, mem) = snapshot_files(&corrupt);
+    expect_usage_error(&["run", "--restore", &state, "--mem", &mem], "checksum");
+
+    let (_dir, state, mem) = snapshot_files(&state_header(version + 98, 8, &[0u8; 12]));
+    expect_usage_error(
+        &["run", "--restore", &state, "--mem", &mem],
+        &format!("format version {}", version + 98),
+    );
+}
+
+#[test]
+fn missing_snapshot_files_are_refused_before_anything_runs() {
+    let (dir, state, _mem) = snapshot_files(b"garbage");
+    let missing = dir.path().join("missing.mem");
+    let missing = missing.to_str().expect("utf8");
+    expect_usage_error(
+        &["run", "--restore", &state, "--mem", missing],
+        "snapshot memory file",
+    );
+    expect_usage_error(
+        &[
+            "run",
+            "--restore",
+            "/nonexistent/vm.state",
+            "--mem",
+            missing,
+        ],
+        "snapshot state file '/nonexistent/vm.state' cannot be read",
+    );
+    let dir_path = dir.path().to_str().expect("utf8");
+    expect_usage_error(
+        &["run", "--restore", &state, "--mem", dir_path],
+        "is not a regular file",
+    );
+}
+
+#[test]
+fn restore_flags_are_checked() {
+    let (_dir, state, mem) = snapshot_files(b"garbage");
+    expect_usage_error(
+        &[
+            "run",
+            "--restore",
+            &state,
+            "--mem",
+            &mem,
+            "--net-override",
+            "eth0",
+        ],
+        "invalid --net-override 'eth0': expected IFACE=TAP",
+    );
+    expect_usage_error(
+        &[
+            "run",
+            "--restore",
+            &state,
+            "--mem",
+            &mem,
+            "--drive-override",
+            "a=/x",
+            "--drive-override",
+            "a=/y",
+        ],
+        "'a' is given twice",
+    );
+    expect_usage_error(
+        &[
+            "run",
+            "--restore",
+            &state,
+            "--mem",
+            &mem,
+            "--console",
+            "tty",
+        ],
+        "invalid console",
+    );
+    // What shapes the VM comes from the snapshot: those flags conflict with --restore.
+    for extra in [
+        &["--kernel", "/k"][..],
+        &["--cpus", "2"],
+        &["--memory", "1G"],
+        &["--disk", "path=/d"],
+        &["--rng"],
+        &["--flist", "x.fl"],
+    ] {
+        let mut args = vec!["run", "--restore", &state, "--mem", &mem];
+        args.extend_from_slice(extra);
+        let out = zvm(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains("cannot be used with"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    for args in [
+        &["run", "--restore", state.as_str()][..],
+        &["run", "--mem", mem.as_str()],
+        &["run", "--kernel", "/k", "--vsock-override", "/v.sock"],
+    ] {
+        let out = zvm(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--mem") || stderr(&out).contains("--restore"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn a_config_file_restore_of_a_bad_snapshot_exits_2() {
+    let (dir, state, mem) = snapshot_files(b"not a snapshot");
+    let config = dir.path().join("vm.json");
+    let write = |doc: serde_json::Value| std::fs::write(&config, doc.to_string()).expect("config");
+    let config_path = config.to_str().expect("utf8");
+    write(
+        serde_json::json!({"snapshot-load": {"snapshot_path": state, "mem_backend": {"backend_type": "File", "backend_path": mem}, "resume_vm": true}}),
+    );
+    expect_usage_error(
+        &["--config-file", config_path, "--no-api"],
+        "cannot load the snapshot",
+    );
+    write(serde_json::json!({"snapshot-load": {"snapshot_path": state, "mem_file_path": mem}}));
+    expect_usage_error(
+        &["--config-file", config_path, "--no-api"],
+        "nothing could resume",
+    );
+    write(
+        serde_json::json!({"snapshot-load": {"snapshot_path": state, "mem_file_path": mem, "resume_vm": true}, "boot-source": {"kernel_image_path": "/k"}}),
+    );
+    expect_usage_error(
+        &["--config-file", config_path, "--no-api"],
+        "conflicts with `boot-source`",
+    );
 }

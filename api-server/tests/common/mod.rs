@@ -3,10 +3,12 @@
 #![allow(dead_code)]
 
 use api_server::model::{
-    ActionType, Drive, EntropyDevice, FullVmConfig, InstanceInfo, InstanceState, Logger, MachineConfig,
-    Metrics, NetworkInterface, VmState, Vsock,
+    ActionType, Drive, EntropyDevice, FullVmConfig, InstanceInfo, InstanceState, Logger,
+    MachineConfig, Metrics, NetworkInterface, VmState, Vsock,
 };
-use api_server::{ApiRequest, ApiResponse, ApiServer, ApiServerConfig, ControllerError, VmmController};
+use api_server::{
+    ApiRequest, ApiResponse, ApiServer, ApiServerConfig, ControllerError, VmmController,
+};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -33,7 +35,10 @@ impl Default for FakeVmm {
         };
         FakeVmm {
             state: InstanceState::NotStarted,
-            config: FullVmConfig { machine_config: Some(machine), ..Default::default() },
+            config: FullVmConfig {
+                machine_config: Some(machine),
+                ..Default::default()
+            },
             log: Vec::new(),
         }
     }
@@ -43,7 +48,9 @@ const AFTER_BOOT: &str = "The requested operation is not supported after startin
 const BEFORE_BOOT: &str = "The requested operation is not supported before starting the microVM.";
 
 fn json<T: serde::Serialize>(value: &T) -> Result<ApiResponse, ControllerError> {
-    serde_json::to_value(value).map(ApiResponse::Json).map_err(|e| ControllerError::new(e.to_string()))
+    serde_json::to_value(value)
+        .map(ApiResponse::Json)
+        .map_err(|e| ControllerError::new(e.to_string()))
 }
 
 impl FakeVmm {
@@ -124,8 +131,13 @@ impl VmmController for FakeVmm {
             }
             ApiRequest::PatchNetworkInterface(u) => {
                 self.post_boot()?;
-                let iface = self.config.network_interfaces.iter_mut().find(|n| n.iface_id == u.iface_id);
-                let iface = iface.ok_or_else(|| ControllerError::new(format!("no interface {}", u.iface_id)))?;
+                let iface = self
+                    .config
+                    .network_interfaces
+                    .iter_mut()
+                    .find(|n| n.iface_id == u.iface_id);
+                let iface = iface
+                    .ok_or_else(|| ControllerError::new(format!("no interface {}", u.iface_id)))?;
                 iface.rx_rate_limiter = u.rx_rate_limiter.or(iface.rx_rate_limiter.take());
                 iface.tx_rate_limiter = u.tx_rate_limiter.or(iface.tx_rate_limiter.take());
             }
@@ -142,21 +154,41 @@ impl VmmController for FakeVmm {
             ApiRequest::Action(ActionType::InstanceStart) => {
                 self.pre_boot()?;
                 if self.config.boot_source.is_none() {
-                    return Err(ControllerError::new("Cannot start microvm without kernel configuration."));
+                    return Err(ControllerError::new(
+                        "Cannot start microvm without kernel configuration.",
+                    ));
                 }
                 self.state = InstanceState::Running;
             }
             ApiRequest::Action(ActionType::SendCtrlAltDel) => self.post_boot()?,
             ApiRequest::Action(ActionType::FlushMetrics) => {}
+            ApiRequest::LoadSnapshot(params) => {
+                self.pre_boot()?;
+                if self.config.boot_source.is_some() {
+                    return Err(ControllerError::new("Loading a snapshot is not allowed after configuring boot-specific resources."));
+                }
+                self.state = if params.resume_vm {
+                    InstanceState::Running
+                } else {
+                    InstanceState::Paused
+                };
+            }
+            ApiRequest::CreateSnapshot(_) => {
+                if self.state != InstanceState::Paused {
+                    return Err(ControllerError::new(
+                        "Create snapshot is only allowed on a paused microVM.",
+                    ));
+                }
+            }
             ApiRequest::PatchVm(target) => {
                 self.state = match (self.state, target) {
-                    (InstanceState::Running, VmState::Paused) | (InstanceState::Paused, VmState::Paused) => {
-                        InstanceState::Paused
+                    (InstanceState::Running, VmState::Paused)
+                    | (InstanceState::Paused, VmState::Paused) => InstanceState::Paused,
+                    (InstanceState::Paused, VmState::Resumed)
+                    | (InstanceState::Running, VmState::Resumed) => InstanceState::Running,
+                    (InstanceState::NotStarted, _) => {
+                        return Err(ControllerError::new(BEFORE_BOOT))
                     }
-                    (InstanceState::Paused, VmState::Resumed) | (InstanceState::Running, VmState::Resumed) => {
-                        InstanceState::Running
-                    }
-                    (InstanceState::NotStarted, _) => return Err(ControllerError::new(BEFORE_BOOT)),
                 };
             }
         }
@@ -184,7 +216,11 @@ impl TestServer {
         let mut config = ApiServerConfig::new(&path);
         adjust(&mut config);
         let server = ApiServer::start(config, FakeVmm::default()).expect("start the API server");
-        TestServer { server, path, _dir: dir }
+        TestServer {
+            server,
+            path,
+            _dir: dir,
+        }
     }
 
     pub fn client(&self) -> Client {
@@ -207,16 +243,23 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("reply body {:?} is not JSON: {e}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("reply body {:?} is not JSON: {e}", self.body))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The fault message of an error reply.
     pub fn fault(&self) -> String {
-        self.json()["fault_message"].as_str().unwrap_or_else(|| panic!("no fault_message in {:?}", self.body)).to_string()
+        self.json()["fault_message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no fault_message in {:?}", self.body))
+            .to_string()
     }
 }
 
@@ -229,12 +272,19 @@ pub struct Client {
 impl Client {
     pub fn connect(path: &std::path::Path) -> Self {
         let stream = UnixStream::connect(path).expect("connect to the API socket");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-        Client { stream, buf: Vec::new() }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write to the API socket");
+        self.stream
+            .write_all(bytes)
+            .expect("write to the API socket");
     }
 
     /// Sends one request (keep-alive) and reads its reply.
@@ -262,7 +312,9 @@ impl Client {
         let headers: Vec<(String, String)> = lines
             .filter(|l| !l.is_empty())
             .map(|l| {
-                let (n, v) = l.split_once(':').unwrap_or_else(|| panic!("bad header {l:?}"));
+                let (n, v) = l
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("bad header {l:?}"));
                 (n.trim().to_string(), v.trim().to_string())
             })
             .collect();
@@ -274,9 +326,14 @@ impl Client {
         while self.buf.len() < head_end + len {
             self.fill();
         }
-        let body = String::from_utf8(self.buf[head_end..head_end + len].to_vec()).expect("utf-8 body");
+        let body =
+            String::from_utf8(self.buf[head_end..head_end + len].to_vec()).expect("utf-8 body");
         self.buf.drain(..head_end + len);
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// True once the server has closed the connection (and nothing more is buffered).
@@ -289,8 +346,15 @@ impl Client {
 
     fn fill(&mut self) {
         let mut chunk = [0u8; 4096];
-        let n = self.stream.read(&mut chunk).expect("read from the API socket");
-        assert!(n > 0, "the server closed the connection mid-reply (have {:?})", String::from_utf8_lossy(&self.buf));
+        let n = self
+            .stream
+            .read(&mut chunk)
+            .expect("read from the API socket");
+        assert!(
+            n > 0,
+            "the server closed the connection mid-reply (have {:?})",
+            String::from_utf8_lossy(&self.buf)
+        );
         self.buf.extend_from_slice(&chunk[..n]);
     }
 }
@@ -309,7 +373,11 @@ pub fn request_bytes(method: &str, path: &str, body: Option<&str>) -> String {
 /// Sends one request on a fresh connection with `Connection: close`.
 pub fn one_shot(path: &std::path::Path, method: &str, uri: &str, body: Option<&str>) -> Reply {
     let mut client = Client::connect(path);
-    let raw = request_bytes(method, uri, body).replacen("Host: localhost\r\n", "Host: localhost\r\nConnection: close\r\n", 1);
+    let raw = request_bytes(method, uri, body).replacen(
+        "Host: localhost\r\n",
+        "Host: localhost\r\nConnection: close\r\n",
+        1,
+    );
     client.send_raw(raw.as_bytes());
     let reply = client.read_reply();
     assert!(client.at_eof(), "Connection: close was honoured");

@@ -32,11 +32,15 @@ fn body_of(arg: Option<&str>) -> Result<Option<Vec<u8>>, String> {
         None => Ok(None),
         Some("-") => {
             let mut body = Vec::new();
-            std::io::stdin().read_to_end(&mut body).map_err(|e| format!("cannot read the body from standard input: {e}"))?;
+            std::io::stdin()
+                .read_to_end(&mut body)
+                .map_err(|e| format!("cannot read the body from standard input: {e}"))?;
             Ok(Some(body))
         }
         Some(arg) => match arg.strip_prefix('@') {
-            Some(file) => std::fs::read(file).map(Some).map_err(|e| format!("cannot read the body from {file}: {e}")),
+            Some(file) => std::fs::read(file)
+                .map(Some)
+                .map_err(|e| format!("cannot read the body from {file}: {e}")),
             None => Ok(Some(arg.as_bytes().to_vec())),
         },
     }
@@ -59,7 +63,13 @@ pub fn run(args: ApiArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let response = match request(&args.socket, &args.method, &args.path, body.as_deref(), Duration::from_secs(args.timeout)) {
+    let response = match request(
+        &args.socket,
+        &args.method,
+        &args.path,
+        body.as_deref(),
+        Duration::from_secs(args.timeout),
+    ) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("zvm: {e}");
@@ -84,19 +94,35 @@ mod tests {
     #[test]
     fn bodies_come_from_arguments_and_files() {
         assert_eq!(body_of(None), Ok(None));
-        assert_eq!(body_of(Some(r#"{"a":1}"#)), Ok(Some(br#"{"a":1}"#.to_vec())));
+        assert_eq!(
+            body_of(Some(r#"{"a":1}"#)),
+            Ok(Some(br#"{"a":1}"#.to_vec()))
+        );
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join("body.json");
         std::fs::write(&file, "{}").expect("write");
-        assert_eq!(body_of(Some(&format!("@{}", file.display()))), Ok(Some(b"{}".to_vec())));
-        assert!(body_of(Some("@/nonexistent/body.json")).expect_err("missing").contains("/nonexistent/body.json"));
+        assert_eq!(
+            body_of(Some(&format!("@{}", file.display()))),
+            Ok(Some(b"{}".to_vec()))
+        );
+        assert!(body_of(Some("@/nonexistent/body.json"))
+            .expect_err("missing")
+            .contains("/nonexistent/body.json"));
     }
 
     #[test]
     fn json_bodies_are_indented() {
-        let r = Response { status: 200, reason: "OK".into(), body: br#"{"state":"Running"}"#.to_vec() };
+        let r = Response {
+            status: 200,
+            reason: "OK".into(),
+            body: br#"{"state":"Running"}"#.to_vec(),
+        };
         assert_eq!(render(&r), "{\n  \"state\": \"Running\"\n}");
-        let r = Response { status: 400, reason: "Bad Request".into(), body: b"not json".to_vec() };
+        let r = Response {
+            status: 400,
+            reason: "Bad Request".into(),
+            body: b"not json".to_vec(),
+        };
         assert_eq!(render(&r), "not json");
     }
 }

@@ -85,7 +85,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
         let meta = event.metadata();
         if self.show_level.load(Ordering::Relaxed) {
             let level = *meta.level();
@@ -96,7 +101,12 @@ where
             }
         }
         if self.show_origin.load(Ordering::Relaxed) {
-            write!(writer, "{}:{}: ", meta.file().unwrap_or("?"), meta.line().unwrap_or(0))?;
+            write!(
+                writer,
+                "{}:{}: ",
+                meta.file().unwrap_or("?"),
+                meta.line().unwrap_or(0)
+            )?;
         }
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
@@ -123,7 +133,12 @@ impl std::fmt::Debug for Logging {
 /// created if missing; a named pipe is opened read-write so that opening never waits for a
 /// reader, and a full pipe drops lines instead of stalling zvm.
 pub fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().read(true).append(true).create(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
 }
 
 fn level_name(level: LogLevel) -> &'static str {
@@ -143,7 +158,9 @@ impl Logging {
     pub fn init(level: &str) -> Logging {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
-        let (filter, handle) = reload::Layer::new(EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
+        let (filter, handle) = reload::Layer::new(
+            EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
+        );
         let stderr_is_terminal = io::IsTerminal::is_terminal(&io::stderr());
         let format = LineFormat {
             show_level: Arc::new(AtomicBool::new(true)),
@@ -151,28 +168,60 @@ impl Logging {
             colour: Arc::new(AtomicBool::new(stderr_is_terminal)),
         };
         let sink = Sink::default();
-        let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(sink.clone()).event_format(format.clone());
-        tracing_subscriber::registry().with(filter).with(layer).init();
-        Logging { filter: handle, level: level.to_string(), module: None, format, sink, stderr_is_terminal }
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(sink.clone())
+            .event_format(format.clone());
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .init();
+        Logging {
+            filter: handle,
+            level: level.to_string(),
+            module: None,
+            format,
+            sink,
+            stderr_is_terminal,
+        }
     }
 
     /// Applies a `PUT /logger` request. Nothing changes if any part of it is refused.
     pub fn configure(&mut self, request: &Logger) -> Result<(), LoggerError> {
         let file = match &request.log_path {
-            Some(path) => Some(open_append(Path::new(path)).map_err(|source| LoggerError::Open { path: path.clone(), source })?),
+            Some(path) => {
+                Some(
+                    open_append(Path::new(path)).map_err(|source| LoggerError::Open {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
-        let level = request.level.map_or_else(|| self.level.clone(), |l| level_name(l).to_string());
+        let level = request
+            .level
+            .map_or_else(|| self.level.clone(), |l| level_name(l).to_string());
         let module = request.module.clone().or_else(|| self.module.clone());
         if let Some(m) = &module {
             if !is_module_path(m) {
-                return Err(LoggerError::Filter { filter: m.clone(), reason: "a module is a Rust path such as vmm::devices".into() });
+                return Err(LoggerError::Filter {
+                    filter: m.clone(),
+                    reason: "a module is a Rust path such as vmm::devices".into(),
+                });
             }
         }
         let directive = filter_directive(&level, module.as_deref());
-        let filter =
-            EnvFilter::try_new(&directive).map_err(|e| LoggerError::Filter { filter: directive.clone(), reason: e.to_string() })?;
-        self.filter.reload(filter).map_err(|e| LoggerError::Filter { filter: directive, reason: e.to_string() })?;
+        let filter = EnvFilter::try_new(&directive).map_err(|e| LoggerError::Filter {
+            filter: directive.clone(),
+            reason: e.to_string(),
+        })?;
+        self.filter
+            .reload(filter)
+            .map_err(|e| LoggerError::Filter {
+                filter: directive,
+                reason: e.to_string(),
+            })?;
         self.level = level;
         self.module = module;
         if let Some(show) = request.show_level {
@@ -185,14 +234,40 @@ impl Logging {
         if let Some(file) = file {
             *sink = Some(file);
         }
-        self.format.colour.store(self.stderr_is_terminal && sink.is_none(), Ordering::Relaxed);
+        self.format
+            .colour
+            .store(self.stderr_is_terminal && sink.is_none(), Ordering::Relaxed);
         Ok(())
     }
 }
 
 /// Whether `module` looks like a Rust module path (`crate::module::...`).
 fn is_module_path(module: &str) -> bool {
-    !module.is_empty() && module.split("::").all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    !module.is_empty()
+        && module.split("::").all(|part| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+#[cfg(test)]
+impl Logging {
+    /// Logging that is not the global subscriber, for tests of the monitor (which owns one).
+    pub fn detached() -> Logging {
+        let (_layer, filter) = reload::Layer::<EnvFilter, Registry>::new(EnvFilter::new("info"));
+        let format = LineFormat {
+            show_level: Arc::new(AtomicBool::new(true)),
+            show_origin: Arc::new(AtomicBool::new(false)),
+            colour: Arc::new(AtomicBool::new(false)),
+        };
+        Logging {
+            filter,
+            level: "info".into(),
+            module: None,
+            format,
+            sink: Sink::default(),
+            stderr_is_terminal: false,
+        }
+    }
 }
 
 /// The filter for `level`, restricted to `module` (a module path prefix such as
@@ -211,7 +286,10 @@ mod tests {
     #[test]
     fn filters_and_levels() {
         assert_eq!(filter_directive("debug", None), "debug");
-        assert_eq!(filter_directive("warn", Some("vmm::devices")), "off,vmm::devices=warn");
+        assert_eq!(
+            filter_directive("warn", Some("vmm::devices")),
+            "off,vmm::devices=warn"
+        );
         assert_eq!(level_name(LogLevel::Warning), "warn");
         assert!(EnvFilter::try_new(filter_directive("info", Some("vmm::vm"))).is_ok());
         assert!(is_module_path("vmm::devices::i8042") && is_module_path("api_server"));
@@ -228,7 +306,11 @@ mod tests {
         f.write_all(b"one\n").expect("write");
         let mut f = open_append(&file).expect("reopened");
         f.write_all(b"two\n").expect("write");
-        assert_eq!(std::fs::read_to_string(&file).expect("read"), "one\ntwo\n", "appended");
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("read"),
+            "one\ntwo\n",
+            "appended"
+        );
         let fifo = dir.path().join("fifo");
         let c = std::ffi::CString::new(fifo.to_str().expect("utf8")).expect("cstr");
         // SAFETY: mkfifo on a path in our temporary directory.

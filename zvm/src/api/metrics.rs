@@ -2,9 +2,11 @@
 //! `FlushMetrics` and when the VM ends.
 //!
 //! Each line is one JSON object in Firecracker's layout: `utc_timestamp_ms`, `api_server`,
-//! `vmm` (state, uptime, the guest's boot time), then the VM's counters (`vcpu` exits by
-//! kind, `block`, `net`, `vsock`, `entropy` aggregates and `block_<id>`/`net_<id>` per
-//! device). Like Firecracker's, counters are the increase since the previous line.
+//! `vmm` (state, uptime, the guest's boot time), `latencies_us` (how long the last snapshot
+//! create and load, pause and resume took), then the VM's counters (`vcpu` exits by kind,
+//! `block`, `net`, `vsock`, `entropy` aggregates and `block_<id>`/`net_<id>` per device).
+//! Like Firecracker's, counters are the increase since the previous line; latencies are
+//! the last value (0 until the operation first ran).
 
 use super::logger::open_append;
 use api_server::model::InstanceState;
@@ -18,6 +20,35 @@ use vmm::metrics::{Counter, VmMetrics};
 /// How often metrics are written without being asked (Firecracker's period).
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Firecracker's `latencies_us`: how long the last of each operation took, from the
+/// request reaching the monitor to its answer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Latencies {
+    /// `PUT /snapshot/create` with `snapshot_type` Full.
+    pub full_create_snapshot: Duration,
+    /// `PUT /snapshot/create` with `snapshot_type` Diff.
+    pub diff_create_snapshot: Duration,
+    /// `PUT /snapshot/load` (the VM rebuilt, and running if `resume_vm`).
+    pub load_snapshot: Duration,
+    /// `PATCH /vm` to Paused.
+    pub pause_vm: Duration,
+    /// `PATCH /vm` to Resumed.
+    pub resume_vm: Duration,
+}
+
+impl Latencies {
+    fn to_json(self) -> serde_json::Value {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        serde_json::json!({
+            "full_create_snapshot": us(self.full_create_snapshot),
+            "diff_create_snapshot": us(self.diff_create_snapshot),
+            "load_snapshot": us(self.load_snapshot),
+            "pause_vm": us(self.pause_vm),
+            "resume_vm": us(self.resume_vm),
+        })
+    }
+}
+
 /// Counters and where they go.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -30,6 +61,8 @@ pub struct Metrics {
     pub started: Option<Instant>,
     /// The running (or ended) VM's counters.
     pub vm: Option<Arc<VmMetrics>>,
+    /// Snapshot, pause and resume latencies.
+    pub latencies: Latencies,
 }
 
 impl Metrics {
@@ -38,14 +71,18 @@ impl Metrics {
         if self.file.is_some() {
             return Err("the metrics path is already set".into());
         }
-        let file = open_append(&path).map_err(|e| format!("cannot open metrics file {}: {e}", path.display()))?;
+        let file = open_append(&path)
+            .map_err(|e| format!("cannot open metrics file {}: {e}", path.display()))?;
         self.file = Some(file);
         Ok(())
     }
 
     /// One metrics line as JSON (and the counters in it count as reported).
     pub fn line(&self, state: InstanceState) -> serde_json::Value {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let boot_time = self.vm.as_ref().and_then(|vm| vm.boot_time());
         let mut line = serde_json::json!({
             "utc_timestamp_ms": now_ms,
@@ -56,6 +93,7 @@ impl Metrics {
                 "boot_time_us": boot_time.map(|t| t.since_build_start.as_micros() as u64),
                 "boot_time_since_process_start_us": boot_time.map(|t| t.since_process_start.as_micros() as u64),
             },
+            "latencies_us": self.latencies.to_json(),
         });
         if let (Some(vm), Some(map)) = (&self.vm, line.as_object_mut()) {
             map.extend(vm.report());
@@ -87,7 +125,8 @@ mod tests {
         let path = dir.path().join("metrics.json");
         let mut m = Metrics::default();
         m.requests.inc();
-        m.flush(InstanceState::NotStarted).expect("no path: nothing written");
+        m.flush(InstanceState::NotStarted)
+            .expect("no path: nothing written");
         m.set_path(path.clone()).expect("set");
         assert!(m.set_path(path.clone()).is_err(), "only once");
         let vm = Arc::new(VmMetrics::default());
@@ -101,22 +140,50 @@ mod tests {
         disk.read_bytes.add(512);
         m.flush(InstanceState::Paused).expect("flush");
         let text = std::fs::read_to_string(&path).expect("read");
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0]["api_server"]["requests"], 3, "nothing was reported before");
+        assert_eq!(
+            lines[0]["api_server"]["requests"], 3,
+            "nothing was reported before"
+        );
         assert_eq!(lines[0]["block_root"]["read_bytes"], 4096);
         assert_eq!(lines[0]["block"]["read_bytes"], 4096);
         assert_eq!(lines[0]["vcpu"]["exit_mmio_write"], 7);
         assert_eq!(lines[1]["vmm"]["state"], "Paused");
-        assert_eq!(lines[1]["block_root"]["read_bytes"], 512, "the increase since the first line");
+        assert_eq!(
+            lines[1]["block_root"]["read_bytes"], 512,
+            "the increase since the first line"
+        );
         assert_eq!(lines[1]["api_server"]["requests"], 0);
         assert!(lines[1]["utc_timestamp_ms"].as_u64().is_some());
+        assert_eq!(lines[0]["latencies_us"]["load_snapshot"], 0, "not loaded");
+    }
+
+    #[test]
+    fn latencies_are_the_last_value_in_microseconds() {
+        let mut m = Metrics::default();
+        m.latencies.load_snapshot = Duration::from_micros(4321);
+        m.latencies.diff_create_snapshot = Duration::from_millis(7);
+        m.latencies.pause_vm = Duration::from_micros(12);
+        for _ in 0..2 {
+            let l = &m.line(InstanceState::Paused)["latencies_us"];
+            assert_eq!(l["load_snapshot"], 4321);
+            assert_eq!(l["diff_create_snapshot"], 7000);
+            assert_eq!(l["full_create_snapshot"], 0);
+            assert_eq!(l["pause_vm"], 12);
+            assert_eq!(l["resume_vm"], 0);
+        }
     }
 
     #[test]
     fn an_unwritable_path_is_refused() {
         let mut m = Metrics::default();
-        let err = m.set_path(PathBuf::from("/nonexistent/dir/metrics")).expect_err("refused");
+        let err = m
+            .set_path(PathBuf::from("/nonexistent/dir/metrics"))
+            .expect_err("refused");
         assert!(err.contains("/nonexistent/dir/metrics"), "{err}");
     }
 }

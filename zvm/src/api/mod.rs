@@ -1,5 +1,6 @@
 //! zvm as a Firecracker-style VMM process: `zvm --api-sock PATH` serves the REST API on a
-//! Unix socket; `zvm --config-file vm.json [--no-api]` configures (and boots) from a file.
+//! Unix socket; `zvm --config-file vm.json [--no-api]` configures (and boots, or restores
+//! a snapshot) from a file.
 //!
 //! The API thread (`zvm_api`, seccomp-filtered) only parses requests; each one is handed
 //! over a channel to this process's main thread, which owns the configuration and the VM
@@ -9,13 +10,17 @@ pub mod client;
 mod config_file;
 pub mod logger;
 mod metrics;
+mod snapshot;
 mod state;
 
 use crate::run::{install_stop_signals, report_outcome};
 use api_server::model::{ActionType, InstanceInfo, InstanceState, VmState};
-use api_server::{ApiRequest, ApiResponse, ApiServer, ApiServerConfig, ControllerError, StatusCode, VmmController};
+use api_server::{
+    ApiRequest, ApiResponse, ApiServer, ApiServerConfig, ControllerError, StatusCode, VmmController,
+};
 use logger::Logging;
 use metrics::{Metrics, FLUSH_INTERVAL};
+pub(crate) use snapshot::load_error as snapshot_load_error;
 use state::PendingConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,8 +28,9 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::time::Instant;
 use vmm::builder::BuildOptions;
 use vmm::devices::boot_timer::BootTime;
+use vmm::snapshot::SnapshotHandle;
 use vmm::vm::{KeyboardHandle, PauseHandle, StopHandle};
-use vmm::VmOutcome;
+use vmm::{RunningVm, VmOutcome};
 
 /// Options of VMM mode.
 pub struct VmmModeArgs {
@@ -51,15 +57,41 @@ struct Bridge(Sender<Message>);
 impl VmmController for Bridge {
     fn handle(&mut self, request: ApiRequest) -> Result<ApiResponse, ControllerError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        let gone = || ControllerError::with_status(StatusCode::INTERNAL_SERVER_ERROR, "the VMM is shutting down");
+        let gone = || {
+            ControllerError::with_status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the VMM is shutting down",
+            )
+        };
         self.0.send(Message::Api(request, tx)).map_err(|_| gone())?;
         rx.recv().map_err(|_| gone())?
+    }
+}
+
+/// How the VM came to be: booted (`InstanceStart`) or restored (`PUT /snapshot/load`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Booted,
+    Restored,
+}
+
+impl Origin {
+    fn request(self) -> &'static str {
+        match self {
+            Origin::Booted => "InstanceStart",
+            Origin::Restored => "a snapshot load",
+        }
     }
 }
 
 struct Running {
     pause: PauseHandle,
     keyboard: Option<KeyboardHandle>,
+    snapshot: SnapshotHandle,
+    /// The vsock socket the VM listens on (the restore's override, if any), removed when
+    /// the VM ends.
+    vsock_uds: Option<PathBuf>,
+    origin: Origin,
     _stop: StopHandle,
 }
 
@@ -67,6 +99,8 @@ struct Monitor {
     id: String,
     seccomp: bool,
     config: PendingConfig,
+    /// Whether a request configured the VM (what a snapshot load must come before).
+    configured: bool,
     running: Option<Running>,
     metrics: Metrics,
     logging: Logging,
@@ -88,17 +122,23 @@ impl Monitor {
     }
 
     fn before_boot(&self, what: &str) -> Result<(), ControllerError> {
-        match self.running {
+        match &self.running {
             None => Ok(()),
-            Some(_) => Err(refuse(format!("{what} is not allowed after InstanceStart"))),
+            Some(r) => Err(refuse(format!(
+                "{what} is not allowed after {}",
+                r.origin.request()
+            ))),
         }
     }
 
     fn handle(&mut self, request: ApiRequest) -> Result<ApiResponse, ControllerError> {
         self.metrics.requests.inc();
+        let configures = configures_vm(&request);
         let answer = self.answer(request);
-        if answer.is_err() {
-            self.metrics.refused.inc();
+        match answer {
+            Ok(_) if configures => self.configured = true,
+            Ok(_) => {}
+            Err(_) => self.metrics.refused.inc(),
         }
         answer
     }
@@ -107,11 +147,18 @@ impl Monitor {
         let json = |v: serde_json::Value| Ok(ApiResponse::Json(v));
         match request {
             ApiRequest::GetInstanceInfo => {
-                let info = InstanceInfo { id: self.id.clone(), state: self.state(), vmm_version: env!("CARGO_PKG_VERSION").into(), app_name: "zvm".into() };
+                let info = InstanceInfo {
+                    id: self.id.clone(),
+                    state: self.state(),
+                    vmm_version: env!("CARGO_PKG_VERSION").into(),
+                    app_name: "zvm".into(),
+                };
                 json(serde_json::to_value(info).unwrap_or_default())
             }
             ApiRequest::GetVmConfig => json(self.config.to_json()),
-            ApiRequest::GetMachineConfig => json(serde_json::to_value(&self.config.machine).unwrap_or_default()),
+            ApiRequest::GetMachineConfig => {
+                json(serde_json::to_value(&self.config.machine).unwrap_or_default())
+            }
             ApiRequest::PutBootSource(b) => {
                 self.before_boot("PUT /boot-source")?;
                 state::check_readable("kernel", &b.kernel_image_path)?;
@@ -151,7 +198,9 @@ impl Monitor {
                 Ok(ApiResponse::Empty)
             }
             ApiRequest::PatchNetworkInterface(u) => {
-                self.before_boot("PATCH /network-interfaces (changing rate limiters of a running VM)")?;
+                self.before_boot(
+                    "PATCH /network-interfaces (changing rate limiters of a running VM)",
+                )?;
                 self.config.patch_net(u).map(|()| ApiResponse::Empty)
             }
             ApiRequest::PutVsock(v) => {
@@ -160,11 +209,15 @@ impl Monitor {
                 Ok(ApiResponse::Empty)
             }
             ApiRequest::PutLogger(l) => {
-                self.logging.configure(&l).map_err(|e| refuse(e.to_string()))?;
+                self.logging
+                    .configure(&l)
+                    .map_err(|e| refuse(e.to_string()))?;
                 Ok(ApiResponse::Empty)
             }
             ApiRequest::PutMetrics(m) => {
-                self.metrics.set_path(PathBuf::from(m.metrics_path)).map_err(refuse)?;
+                self.metrics
+                    .set_path(PathBuf::from(m.metrics_path))
+                    .map_err(refuse)?;
                 Ok(ApiResponse::Empty)
             }
             ApiRequest::Action(ActionType::InstanceStart) => self.start(),
@@ -174,13 +227,20 @@ impl Monitor {
             }
             ApiRequest::Action(ActionType::SendCtrlAltDel) => self.send_ctrl_alt_del(),
             ApiRequest::PatchVm(state) => self.patch_vm(state),
+            ApiRequest::CreateSnapshot(params) => self.create_snapshot(params),
+            ApiRequest::LoadSnapshot(params) => self.load_snapshot(params),
         }
     }
 
     fn send_ctrl_alt_del(&mut self) -> Result<ApiResponse, ControllerError> {
-        let running = self.running.as_ref().ok_or_else(|| refuse("SendCtrlAltDel needs a running VM: send InstanceStart first"))?;
-        let keyboard = running.keyboard.as_ref().ok_or_else(|| refuse("the VM has no i8042 keyboard"))?;
-        keyboard.send_ctrl_alt_del().map_err(|e| refuse(format!("cannot send Ctrl-Alt-Del: {e}")))?;
+        let running = self.running.as_ref().ok_or_else(|| refuse("SendCtrlAltDel needs a running VM: send InstanceStart (or PUT /snapshot/load) first"))?;
+        let keyboard = running
+            .keyboard
+            .as_ref()
+            .ok_or_else(|| refuse("the VM has no i8042 keyboard"))?;
+        keyboard
+            .send_ctrl_alt_del()
+            .map_err(|e| refuse(format!("cannot send Ctrl-Alt-Del: {e}")))?;
         Ok(ApiResponse::Empty)
     }
 
@@ -188,11 +248,31 @@ impl Monitor {
         self.before_boot("InstanceStart")?;
         let mut resources = self.config.to_resources()?;
         resources.seccomp = self.seccomp;
-        let opts = BuildOptions { process_start: self.process_start, irqchip: true };
-        let vm = vmm::build_microvm(&resources, opts).map_err(|e| refuse(format!("cannot start the VM: {e}")))?;
-        let internal = |e: std::io::Error| ControllerError::with_status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        let opts = BuildOptions {
+            process_start: self.process_start,
+            irqchip: true,
+        };
+        let vm = vmm::build_microvm(&resources, opts)
+            .map_err(|e| refuse(format!("cannot start the VM: {e}")))?;
+        let vsock_uds = resources.vsock.map(|v| v.uds_path);
+        self.adopt(vm, Origin::Booted, vsock_uds)?;
+        Ok(ApiResponse::Empty)
+    }
+
+    /// Takes the handles of a VM just built or restored, and waits for its end on a thread
+    /// of its own (which tells the main loop).
+    fn adopt(
+        &mut self,
+        vm: RunningVm,
+        origin: Origin,
+        vsock_uds: Option<PathBuf>,
+    ) -> Result<(), ControllerError> {
+        let internal = |e: std::io::Error| {
+            ControllerError::with_status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        };
         let pause = vm.pause_handle().map_err(internal)?;
         let stop = vm.stop_handle().map_err(internal)?;
+        let snapshot = vm.snapshot_handle().map_err(internal)?;
         let keyboard = vm.keyboard();
         self.metrics.vm = Some(vm.metrics());
         install_stop_signals(stop.raw_fd());
@@ -204,19 +284,52 @@ impl Monitor {
                 let _ = events.send(Message::VmEnded(outcome, boot_time));
             })
             .map_err(internal)?;
-        self.running = Some(Running { pause, keyboard, _stop: stop });
+        self.running = Some(Running {
+            pause,
+            keyboard,
+            snapshot,
+            vsock_uds,
+            origin,
+            _stop: stop,
+        });
         self.metrics.started = Some(Instant::now());
-        Ok(ApiResponse::Empty)
+        Ok(())
     }
 
     fn patch_vm(&mut self, state: VmState) -> Result<ApiResponse, ControllerError> {
-        let running = self.running.as_ref().ok_or_else(|| refuse("the VM is not started yet"))?;
+        let running = self
+            .running
+            .as_ref()
+            .ok_or_else(|| refuse("the VM is not started yet"))?;
+        let start = Instant::now();
         match state {
-            VmState::Paused => running.pause.pause().map_err(|e| refuse(e.to_string()))?,
-            VmState::Resumed => running.pause.resume(),
+            VmState::Paused => {
+                running.pause.pause().map_err(|e| refuse(e.to_string()))?;
+                self.metrics.latencies.pause_vm = start.elapsed();
+            }
+            VmState::Resumed => {
+                running.pause.resume();
+                self.metrics.latencies.resume_vm = start.elapsed();
+            }
         }
         Ok(ApiResponse::Empty)
     }
+}
+
+/// Whether `request` configures the VM to boot (so a snapshot load may no longer come).
+fn configures_vm(request: &ApiRequest) -> bool {
+    matches!(
+        request,
+        ApiRequest::PutBootSource(_)
+            | ApiRequest::PutMachineConfig(_)
+            | ApiRequest::PatchMachineConfig(_)
+            | ApiRequest::PutDrive(_)
+            | ApiRequest::PatchDrive(_)
+            | ApiRequest::PutNetworkInterface(_)
+            | ApiRequest::PatchNetworkInterface(_)
+            | ApiRequest::PutVsock(_)
+            | ApiRequest::PutEntropy(_)
+    )
 }
 
 /// Runs VMM mode until the VM ends (or, without a VM, until the process is signalled).
@@ -226,6 +339,7 @@ pub fn serve(args: VmmModeArgs, process_start: Instant) -> ExitCode {
         id: args.id,
         seccomp: args.seccomp,
         config: PendingConfig::default(),
+        configured: false,
         running: None,
         metrics: Metrics::default(),
         logging: args.logging,
@@ -240,6 +354,12 @@ pub fn serve(args: VmmModeArgs, process_start: Instant) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        if args.api_sock.is_none() {
+            if let Err(e) = config_file::check_without_api(&requests) {
+                eprintln!("zvm: config file {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
         for request in requests {
             if let Err(e) = monitor.handle(request) {
                 eprintln!("zvm: config file {}: {}", path.display(), e.message);
@@ -278,10 +398,9 @@ fn main_loop(monitor: &mut Monitor, rx: &Receiver<Message>) -> ExitCode {
                 let _ = reply.send(answer);
             }
             Ok(Message::VmEnded(outcome, boot_time)) => {
-                if let Some(vsock) = &monitor.config.vsock {
-                    vmm::devices::virtio::vsock::remove_socket(std::path::Path::new(&vsock.uds_path));
+                if let Some(uds) = monitor.running.take().and_then(|r| r.vsock_uds) {
+                    vmm::devices::virtio::vsock::remove_socket(&uds);
                 }
-                monitor.running = None;
                 if let Err(e) = monitor.metrics.flush(InstanceState::NotStarted) {
                     tracing::warn!("final metrics flush failed: {e}");
                 }

@@ -1,7 +1,10 @@
 //! The pre-boot configuration the API and config files build up, and its translation into
 //! one validated [`VmResources`] for `build_microvm`.
 
-use api_server::model::{self, BootSource, Drive, DriveUpdate, MachineConfig, MachineConfigUpdate, NetworkInterface, NetworkInterfaceUpdate, Vsock};
+use api_server::model::{
+    self, BootSource, Drive, DriveUpdate, MachineConfig, MachineConfigUpdate, NetworkInterface,
+    NetworkInterfaceUpdate, Vsock,
+};
 use api_server::ControllerError;
 use std::path::PathBuf;
 use vmm::resources::{self, DriveConfig, EntropyConfig, NetConfig, VsockConfig};
@@ -28,7 +31,14 @@ impl Default for PendingConfig {
     fn default() -> Self {
         PendingConfig {
             boot_source: None,
-            machine: MachineConfig { vcpu_count: 1, mem_size_mib: 128, smt: false, track_dirty_pages: false, cpu_template: None, huge_pages: None },
+            machine: MachineConfig {
+                vcpu_count: 1,
+                mem_size_mib: 128,
+                smt: false,
+                track_dirty_pages: false,
+                cpu_template: None,
+                huge_pages: None,
+            },
             drives: Vec::new(),
             entropy: false,
             net: Vec::new(),
@@ -73,7 +83,9 @@ impl PendingConfig {
     /// `PUT /drives/{id}`: adds or replaces the drive with that id.
     pub fn put_drive(&mut self, d: Drive) -> Result<(), ControllerError> {
         if d.partuuid.is_some() {
-            return Err(refuse("partuuid is not supported; zvm boots root=/dev/vda from the root device"));
+            return Err(refuse(
+                "partuuid is not supported; zvm boots root=/dev/vda from the root device",
+            ));
         }
         match self.drives.iter_mut().find(|x| x.drive_id == d.drive_id) {
             Some(existing) => *existing = d,
@@ -141,14 +153,70 @@ impl PendingConfig {
         value
     }
 
+    /// What a restored VM was built from, in the API's terms (what `GET /vm/config` and
+    /// `GET /machine-config` show once a snapshot is loaded).
+    pub fn from_resources(r: &VmResources) -> PendingConfig {
+        let path = |p: &std::path::Path| p.display().to_string();
+        PendingConfig {
+            boot_source: Some(BootSource {
+                kernel_image_path: path(&r.boot_source.kernel_image_path),
+                boot_args: r.boot_source.boot_args.clone(),
+                initrd_path: r.boot_source.initrd_path.as_deref().map(path),
+            }),
+            machine: MachineConfig {
+                vcpu_count: r.machine_config.vcpu_count,
+                mem_size_mib: r.machine_config.mem_size_mib,
+                smt: false,
+                track_dirty_pages: r.machine_config.track_dirty_pages,
+                cpu_template: None,
+                huge_pages: None,
+            },
+            drives: r
+                .drives
+                .iter()
+                .map(|d| Drive {
+                    drive_id: d.drive_id.clone(),
+                    path_on_host: path(&d.path_on_host),
+                    is_root_device: d.is_root_device,
+                    is_read_only: d.is_read_only,
+                    partuuid: None,
+                    cache_type: None,
+                    io_engine: None,
+                    rate_limiter: d.rate_limiter,
+                })
+                .collect(),
+            entropy: r.entropy.is_some(),
+            net: r
+                .net
+                .iter()
+                .map(|n| NetworkInterface {
+                    iface_id: n.iface_id.clone(),
+                    host_dev_name: n.host_dev_name.clone(),
+                    guest_mac: n.guest_mac.clone(),
+                    rx_rate_limiter: n.rx_rate_limiter,
+                    tx_rate_limiter: n.tx_rate_limiter,
+                })
+                .collect(),
+            vsock: r.vsock.as_ref().map(|v| Vsock {
+                guest_cid: v.guest_cid,
+                uds_path: path(&v.uds_path),
+                vsock_id: None,
+            }),
+        }
+    }
+
     /// The validated resources to build, with the console on stdio.
     pub fn to_resources(&self) -> Result<VmResources, ControllerError> {
-        let boot = self.boot_source.as_ref().ok_or_else(|| refuse("InstanceStart needs a boot source: PUT /boot-source first"))?;
+        let boot = self
+            .boot_source
+            .as_ref()
+            .ok_or_else(|| refuse("InstanceStart needs a boot source: PUT /boot-source first"))?;
         let mut r = VmResources::new(PathBuf::from(&boot.kernel_image_path));
         r.boot_source.boot_args = boot.boot_args.clone();
         r.boot_source.initrd_path = boot.initrd_path.as_ref().map(PathBuf::from);
         r.machine_config.vcpu_count = self.machine.vcpu_count;
         r.machine_config.mem_size_mib = self.machine.mem_size_mib;
+        r.machine_config.track_dirty_pages = self.machine.track_dirty_pages;
         r.drives = self
             .drives
             .iter()
@@ -172,7 +240,10 @@ impl PendingConfig {
                 tx_rate_limiter: n.tx_rate_limiter,
             })
             .collect();
-        r.vsock = self.vsock.as_ref().map(|v| VsockConfig { guest_cid: v.guest_cid, uds_path: PathBuf::from(&v.uds_path) });
+        r.vsock = self.vsock.as_ref().map(|v| VsockConfig {
+            guest_cid: v.guest_cid,
+            uds_path: PathBuf::from(&v.uds_path),
+        });
         r.validate().map_err(|e| refuse(e.to_string()))?;
         Ok(r)
     }
@@ -189,19 +260,29 @@ pub fn check_readable(what: &str, path: &str) -> Result<(), ControllerError> {
 
 fn check_machine(m: &MachineConfig) -> Result<(), ControllerError> {
     if m.smt {
-        return Err(refuse("smt is not supported: zvm gives each vCPU its own core"));
+        return Err(refuse(
+            "smt is not supported: zvm gives each vCPU its own core",
+        ));
     }
     if m.huge_pages.is_some_and(|h| h != model::HugePages::None) {
         return Err(refuse("huge pages are not supported yet"));
     }
-    if m.cpu_template.is_some_and(|t| t != model::CpuTemplate::None) {
+    if m.cpu_template
+        .is_some_and(|t| t != model::CpuTemplate::None)
+    {
         return Err(refuse("Firecracker's CPU templates are not supported; zvm picks its own (none, or pvm on KVM PVM hosts)"));
     }
     if m.vcpu_count == 0 || m.vcpu_count > resources::MAX_VCPUS {
-        return Err(refuse(format!("vcpu_count must be 1..={}", resources::MAX_VCPUS)));
+        return Err(refuse(format!(
+            "vcpu_count must be 1..={}",
+            resources::MAX_VCPUS
+        )));
     }
     if m.mem_size_mib < resources::MIN_MEM_MIB {
-        return Err(refuse(format!("mem_size_mib must be at least {}", resources::MIN_MEM_MIB)));
+        return Err(refuse(format!(
+            "mem_size_mib must be at least {}",
+            resources::MIN_MEM_MIB
+        )));
     }
     Ok(())
 }
@@ -211,15 +292,30 @@ mod tests {
     use super::*;
 
     fn drive(id: &str, path: &str) -> Drive {
-        serde_json::from_value(serde_json::json!({"drive_id": id, "path_on_host": path, "is_root_device": false})).expect("drive")
+        serde_json::from_value(
+            serde_json::json!({"drive_id": id, "path_on_host": path, "is_root_device": false}),
+        )
+        .expect("drive")
     }
 
     #[test]
     fn start_needs_a_boot_source_and_valid_files() {
         let mut c = PendingConfig::default();
-        assert!(c.to_resources().expect_err("no boot source").message.contains("PUT /boot-source"));
-        c.boot_source = Some(BootSource { kernel_image_path: "/nonexistent/vmlinux".into(), boot_args: None, initrd_path: None });
-        assert!(c.to_resources().expect_err("missing kernel").message.contains("cannot be read"));
+        assert!(c
+            .to_resources()
+            .expect_err("no boot source")
+            .message
+            .contains("PUT /boot-source"));
+        c.boot_source = Some(BootSource {
+            kernel_image_path: "/nonexistent/vmlinux".into(),
+            boot_args: None,
+            initrd_path: None,
+        });
+        assert!(c
+            .to_resources()
+            .expect_err("missing kernel")
+            .message
+            .contains("cannot be read"));
     }
 
     #[test]
@@ -228,9 +324,16 @@ mod tests {
         let mut m = c.machine.clone();
         m.smt = true;
         assert!(c.put_machine(m).is_err());
-        let patch = MachineConfigUpdate { vcpu_count: Some(0), ..Default::default() };
+        let patch = MachineConfigUpdate {
+            vcpu_count: Some(0),
+            ..Default::default()
+        };
         assert!(c.patch_machine(patch).is_err());
-        let patch = MachineConfigUpdate { mem_size_mib: Some(512), vcpu_count: Some(2), ..Default::default() };
+        let patch = MachineConfigUpdate {
+            mem_size_mib: Some(512),
+            vcpu_count: Some(2),
+            ..Default::default()
+        };
         c.patch_machine(patch).expect("valid patch");
         assert_eq!((c.machine.vcpu_count, c.machine.mem_size_mib), (2, 512));
     }
@@ -241,7 +344,11 @@ mod tests {
         let kernel = dir.path().join("vmlinux");
         std::fs::write(&kernel, b"kernel").expect("kernel");
         let mut c = PendingConfig {
-            boot_source: Some(BootSource { kernel_image_path: kernel.display().to_string(), boot_args: None, initrd_path: None }),
+            boot_source: Some(BootSource {
+                kernel_image_path: kernel.display().to_string(),
+                boot_args: None,
+                initrd_path: None,
+            }),
             ..Default::default()
         };
         let iface: NetworkInterface = serde_json::from_value(serde_json::json!({
@@ -250,15 +357,55 @@ mod tests {
         }))
         .expect("iface");
         c.put_net(iface);
-        let update = NetworkInterfaceUpdate { iface_id: "eth0".into(), rx_rate_limiter: Some(model::RateLimiter::default()), tx_rate_limiter: None };
+        let update = NetworkInterfaceUpdate {
+            iface_id: "eth0".into(),
+            rx_rate_limiter: Some(model::RateLimiter::default()),
+            tx_rate_limiter: None,
+        };
         c.patch_net(update).expect("patch");
-        assert!(c.patch_net(NetworkInterfaceUpdate { iface_id: "eth9".into(), rx_rate_limiter: None, tx_rate_limiter: None }).is_err());
-        c.vsock = Some(serde_json::from_value(serde_json::json!({"guest_cid": 3, "uds_path": dir.path().join("v.sock")})).expect("vsock"));
+        assert!(c
+            .patch_net(NetworkInterfaceUpdate {
+                iface_id: "eth9".into(),
+                rx_rate_limiter: None,
+                tx_rate_limiter: None
+            })
+            .is_err());
+        c.vsock = Some(
+            serde_json::from_value(
+                serde_json::json!({"guest_cid": 3, "uds_path": dir.path().join("v.sock")}),
+            )
+            .expect("vsock"),
+        );
         let r = c.to_resources().expect("valid");
         assert_eq!(r.net[0].host_dev_name, "tap0");
-        assert_eq!(r.net[0].tx_rate_limiter.and_then(|l| l.bandwidth).map(|b| b.size), Some(1000));
+        assert_eq!(
+            r.net[0]
+                .tx_rate_limiter
+                .and_then(|l| l.bandwidth)
+                .map(|b| b.size),
+            Some(1000)
+        );
         assert!(r.net[0].rx_rate_limiter.is_some());
         assert_eq!(r.vsock.as_ref().map(|v| v.guest_cid), Some(3));
+        assert!(!r.machine_config.track_dirty_pages);
+        c.patch_machine(MachineConfigUpdate {
+            track_dirty_pages: Some(true),
+            ..Default::default()
+        })
+        .expect("patch");
+        assert!(
+            c.to_resources()
+                .expect("valid")
+                .machine_config
+                .track_dirty_pages,
+            "reaches the VMM for diff snapshots"
+        );
+        let back = PendingConfig::from_resources(&c.to_resources().expect("valid"));
+        assert_eq!(
+            back.to_json(),
+            c.to_json(),
+            "a restored VM's configuration reads as the one it was built from"
+        );
         assert_eq!(c.to_json()["network-interfaces"][0]["iface_id"], "eth0");
     }
 
@@ -268,10 +415,27 @@ mod tests {
         c.put_drive(drive("a", "/one")).expect("put");
         c.put_drive(drive("b", "/two")).expect("put");
         c.put_drive(drive("a", "/three")).expect("replace");
-        assert_eq!(c.drives.iter().map(|d| d.path_on_host.as_str()).collect::<Vec<_>>(), ["/three", "/two"]);
-        c.patch_drive(DriveUpdate { drive_id: "b".into(), path_on_host: Some("/four".into()), rate_limiter: None }).expect("patch");
+        assert_eq!(
+            c.drives
+                .iter()
+                .map(|d| d.path_on_host.as_str())
+                .collect::<Vec<_>>(),
+            ["/three", "/two"]
+        );
+        c.patch_drive(DriveUpdate {
+            drive_id: "b".into(),
+            path_on_host: Some("/four".into()),
+            rate_limiter: None,
+        })
+        .expect("patch");
         assert_eq!(c.drives[1].path_on_host, "/four");
-        assert!(c.patch_drive(DriveUpdate { drive_id: "zz".into(), path_on_host: None, rate_limiter: None }).is_err());
+        assert!(c
+            .patch_drive(DriveUpdate {
+                drive_id: "zz".into(),
+                path_on_host: None,
+                rate_limiter: None
+            })
+            .is_err());
         let json = c.to_json();
         assert_eq!(json["drives"][0]["drive_id"], "a");
         assert_eq!(json["machine-config"]["vcpu_count"], 1);
