@@ -230,10 +230,7 @@ impl RunningVm {
 
     /// A handle that snapshots this VM (while it is paused) from another thread.
     pub fn snapshot_handle(&self) -> std::io::Result<SnapshotHandle> {
-        Ok(SnapshotHandle::new(
-            self.snapshot.clone(),
-            self.pause_handle()?,
-        ))
+        Ok(SnapshotHandle::new(self.snapshot.clone()))
     }
 
     /// The VM's keyboard, if it has an i8042.

@@ -9,7 +9,6 @@ use crate::devices::DeviceRegistry;
 use crate::memory::GuestMemoryMmap;
 use crate::resources::VmResources;
 use crate::vcpu::VcpuControl;
-use crate::vm::PauseHandle;
 use kvm_ioctls::VmFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,7 +39,6 @@ impl std::fmt::Debug for SnapshotParts {
 /// Snapshots a running VM while it is paused; usable from any thread.
 pub struct SnapshotHandle {
     parts: Arc<SnapshotParts>,
-    pause: PauseHandle,
     /// One snapshot at a time.
     busy: Mutex<()>,
 }
@@ -55,10 +53,9 @@ impl std::fmt::Debug for SnapshotHandle {
 const VCPU_SAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl SnapshotHandle {
-    pub(crate) fn new(parts: Arc<SnapshotParts>, pause: PauseHandle) -> Self {
+    pub(crate) fn new(parts: Arc<SnapshotParts>) -> Self {
         SnapshotHandle {
             parts,
-            pause,
             busy: Mutex::new(()),
         }
     }
@@ -68,7 +65,7 @@ impl SnapshotHandle {
         let _one = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         let start = Instant::now();
         let parts = &self.parts;
-        if !parts.control.is_paused() || !self.pause.is_paused() {
+        if !parts.control.is_paused() {
             return Err(SnapshotError::NotAllowed(
                 "a snapshot needs a paused VM: pause it first (PATCH /vm {\"state\": \"Paused\"})"
                     .into(),
