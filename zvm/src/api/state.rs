@@ -87,6 +87,18 @@ impl PendingConfig {
                 "partuuid is not supported; zvm boots root=/dev/vda from the root device",
             ));
         }
+        if d.cache_type == Some(model::CacheType::Unsafe) {
+            return Err(refuse(
+                "cache_type Unsafe is not supported: zvm offers the guest flushes and makes them durable \
+                 (Writeback); leave cache_type out or set Writeback",
+            ));
+        }
+        if d.io_engine == Some(model::IoEngine::Async) {
+            return Err(refuse(
+                "io_engine Async is not supported yet: zvm serves block requests synchronously (Sync); \
+                 leave io_engine out or set Sync",
+            ));
+        }
         match self.drives.iter_mut().find(|x| x.drive_id == d.drive_id) {
             Some(existing) => *existing = d,
             None => self.drives.push(d),
@@ -316,6 +328,29 @@ mod tests {
             .expect_err("missing kernel")
             .message
             .contains("cannot be read"));
+    }
+
+    #[test]
+    fn drive_settings_zvm_does_not_honour_are_refused_not_ignored() {
+        let mut c = PendingConfig::default();
+        let with = |field: &str, value: &str| {
+            serde_json::from_value::<Drive>(serde_json::json!({
+                "drive_id": "d", "path_on_host": "/d", "is_root_device": false, field: value
+            }))
+            .expect("drive")
+        };
+        let err = c
+            .put_drive(with("cache_type", "Unsafe"))
+            .expect_err("Unsafe");
+        assert!(err.message.contains("Writeback"), "{}", err.message);
+        let err = c.put_drive(with("io_engine", "Async")).expect_err("Async");
+        assert!(err.message.contains("Sync"), "{}", err.message);
+        assert!(c.drives.is_empty());
+        c.put_drive(with("cache_type", "Writeback"))
+            .expect("what zvm does");
+        c.put_drive(with("io_engine", "Sync"))
+            .expect("what zvm does");
+        assert_eq!(c.drives.len(), 1);
     }
 
     #[test]
