@@ -247,6 +247,8 @@ impl StatusCode {
     pub const NOT_FOUND: StatusCode = StatusCode(404);
     /// 405
     pub const METHOD_NOT_ALLOWED: StatusCode = StatusCode(405);
+    /// 408
+    pub const REQUEST_TIMEOUT: StatusCode = StatusCode(408);
     /// 409
     pub const CONFLICT: StatusCode = StatusCode(409);
     /// 413
@@ -266,6 +268,7 @@ impl StatusCode {
             400 => "Bad Request",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            408 => "Request Timeout",
             409 => "Conflict",
             413 => "Payload Too Large",
             431 => "Request Header Fields Too Large",

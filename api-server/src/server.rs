@@ -9,7 +9,7 @@
 //! removes the socket file and gives the controller back.
 
 use crate::controller::VmmController;
-use crate::http::{self, Parsed, Request, Response, StatusCode};
+use crate::http::{Request, Response, StatusCode};
 use crate::routes;
 use std::collections::HashMap;
 use std::fs;
@@ -20,12 +20,18 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 use vmm::seccomp::{SeccompError, ThreadKind};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 /// Default cap on open connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a whole request (headers and body) once it has
+/// sent its first byte: a slow or stalled client is answered 408 and closed.
+pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a connection may stay open with no request in progress before it is closed.
+pub const DEFAULT_IDLE_DEADLINE: Duration = Duration::from_secs(60);
 /// The serving thread's name.
 pub const THREAD_NAME: &str = "zvm_api";
 /// Bytes read from a connection at a time.
@@ -85,6 +91,10 @@ pub struct ApiServerConfig {
     pub seccomp: bool,
     /// Connections beyond this many are answered 503 and closed.
     pub max_connections: usize,
+    /// A request not complete this long after its first byte is answered 408 and closed.
+    pub request_deadline: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_deadline: Duration,
 }
 
 impl ApiServerConfig {
@@ -94,6 +104,8 @@ impl ApiServerConfig {
             socket_path: socket_path.into(),
             seccomp: true,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            request_deadline: DEFAULT_REQUEST_DEADLINE,
+            idle_deadline: DEFAULT_IDLE_DEADLINE,
         }
     }
 }
@@ -223,6 +235,10 @@ fn spawn<C: VmmController + Send + 'static>(
         _stop: stop,
         conns: HashMap::with_capacity(config.max_connections),
         max_connections: config.max_connections,
+        deadlines: Deadlines {
+            request: config.request_deadline,
+            idle: config.idle_deadline,
+        },
         controller,
     };
     let (ready_tx, ready_rx) = mpsc::sync_channel::<()>(1);
@@ -278,6 +294,7 @@ struct EventLoop<C> {
     _stop: EventFd,
     conns: HashMap<RawFd, Connection>,
     max_connections: usize,
+    deadlines: Deadlines,
     controller: C,
 }
 
@@ -285,7 +302,12 @@ impl<C: VmmController> EventLoop<C> {
     fn run(&mut self) -> Result<(), ServerError> {
         let mut events = vec![EpollEvent::default(); 32];
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
+            let timeout = self.next_deadline().map_or(-1, |at| {
+                let ms = at.saturating_duration_since(Instant::now()).as_millis();
+                // Round up so the wait does not wake just before the deadline.
+                i32::try_from(ms + 1).unwrap_or(i32::MAX)
+            });
+            let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ServerError::Epoll(e)),
@@ -301,6 +323,42 @@ impl<C: VmmController> EventLoop<C> {
                         self.serve(token as RawFd, EventSet::from_bits_truncate(event.events()))
                     }
                 }
+            }
+            self.expire(Instant::now());
+        }
+    }
+
+    /// The earliest deadline of any connection.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.conns.values().map(|c| c.deadline).min()
+    }
+
+    /// Closes the connections whose deadline passed; a client in the middle of a
+    /// request is told so (408) first.
+    fn expire(&mut self, now: Instant) {
+        let late: Vec<RawFd> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in late {
+            let Some(conn) = self.conns.remove(&fd) else {
+                continue;
+            };
+            if conn.in_request() {
+                tracing::debug!(fd, "API client too slow to send its request; closing");
+                let mut out = Vec::new();
+                let mut late = Response::fault(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request was not complete in time",
+                );
+                late.close = true;
+                late.write_to(&mut out);
+                // Best effort: the connection is closed whatever happens.
+                let _ = send(conn.fd.as_raw_fd(), &out);
+            } else {
+                tracing::debug!(fd, "idle API connection closed");
             }
         }
     }
@@ -355,7 +413,7 @@ impl<C: VmmController> EventLoop<C> {
                 continue;
             }
             tracing::debug!(fd = raw, "API connection accepted");
-            self.conns.insert(raw, Connection::new(fd));
+            self.conns.insert(raw, Connection::new(fd, self.deadlines));
         }
     }
 
@@ -367,6 +425,7 @@ impl<C: VmmController> EventLoop<C> {
         let keep = conn.on_event(events, &mut |request: &Request| {
             routes::handle(controller, request)
         });
+        conn.renew_deadline();
         if keep {
             let wanted = conn.interest();
             if wanted == conn.registered {
@@ -390,197 +449,8 @@ impl<C: VmmController> EventLoop<C> {
     }
 }
 
-/// One client connection.
-struct Connection {
-    fd: OwnedFd,
-    /// Bytes received and not yet consumed by a request.
-    input: Vec<u8>,
-    /// Response bytes; `output[written..]` are still to send.
-    output: Vec<u8>,
-    written: usize,
-    /// Don't parse again before `input` holds this many bytes.
-    need: usize,
-    /// `100 Continue` already sent for the request being received.
-    continue_sent: bool,
-    /// No more requests: close once the output is sent.
-    closing: bool,
-    /// The events registered with epoll.
-    registered: EventSet,
-}
-
-impl Connection {
-    fn new(fd: OwnedFd) -> Self {
-        Connection {
-            fd,
-            input: Vec::new(),
-            output: Vec::new(),
-            written: 0,
-            need: 0,
-            continue_sent: false,
-            closing: false,
-            registered: EventSet::IN,
-        }
-    }
-
-    fn pending(&self) -> usize {
-        self.output.len() - self.written
-    }
-
-    /// The events worth waiting for now.
-    fn interest(&self) -> EventSet {
-        let mut set = EventSet::empty();
-        if !self.closing && self.pending() <= OUTPUT_HIGH_WATER {
-            set |= EventSet::IN;
-        }
-        if self.pending() > 0 {
-            set |= EventSet::OUT;
-        }
-        set
-    }
-
-    /// Handles readiness; false when the connection is finished and should be closed.
-    fn on_event(
-        &mut self,
-        events: EventSet,
-        handler: &mut dyn FnMut(&Request) -> Response,
-    ) -> bool {
-        if events.contains(EventSet::ERROR) {
-            return false;
-        }
-        if events.intersects(EventSet::IN | EventSet::HANG_UP)
-            && self.interest().contains(EventSet::IN)
-        {
-            match self.read_some() {
-                Ok(0) => {
-                    if !self.input.is_empty() {
-                        tracing::debug!(
-                            bytes = self.input.len(),
-                            "API client left mid-request; dropping it"
-                        );
-                    }
-                    self.input.clear();
-                    self.closing = true;
-                }
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => {
-                    tracing::debug!("API connection read failed: {e}");
-                    return false;
-                }
-            }
-        }
-        loop {
-            self.process(handler);
-            if let Err(e) = self.flush() {
-                tracing::debug!("API connection write failed: {e}");
-                return false;
-            }
-            // Requests held back while the client was slow to read can go on now.
-            let more = !self.closing
-                && !self.input.is_empty()
-                && self.input.len() >= self.need
-                && self.pending() <= OUTPUT_HIGH_WATER;
-            if !more {
-                break;
-            }
-        }
-        !(self.closing && self.pending() == 0)
-    }
-
-    fn read_some(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; READ_CHUNK];
-        // SAFETY: reading into a buffer we own, of the length given.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        self.input.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
-
-    /// Answers the complete requests in `input`, in order.
-    fn process(&mut self, handler: &mut dyn FnMut(&Request) -> Response) {
-        while !self.closing
-            && !self.input.is_empty()
-            && self.input.len() >= self.need
-            && self.pending() <= OUTPUT_HIGH_WATER
-        {
-            match http::parse_request(&self.input) {
-                Ok(Parsed::Incomplete {
-                    expects_continue,
-                    total_len,
-                }) => {
-                    if expects_continue && !self.continue_sent {
-                        self.output.extend_from_slice(http::CONTINUE);
-                        self.continue_sent = true;
-                    }
-                    self.need = total_len.unwrap_or(self.input.len() + 1);
-                    return;
-                }
-                Ok(Parsed::Complete { request, consumed }) => {
-                    self.input.drain(..consumed);
-                    if self.input.is_empty() && self.input.capacity() > SHRINK_ABOVE {
-                        self.input.shrink_to(READ_CHUNK);
-                    }
-                    self.need = 0;
-                    self.continue_sent = false;
-                    let mut response = handler(&request);
-                    response.close |= !request.keep_alive;
-                    self.closing = response.close;
-                    response.write_to(&mut self.output);
-                }
-                Err(e) => {
-                    tracing::debug!("refusing an API request: {e}");
-                    let mut response = Response::fault(e.status(), e.to_string());
-                    response.close = true;
-                    response.write_to(&mut self.output);
-                    self.closing = true;
-                    self.input = Vec::new();
-                }
-            }
-        }
-    }
-
-    /// Sends as much pending output as the socket takes.
-    fn flush(&mut self) -> io::Result<()> {
-        while self.written < self.output.len() {
-            match send(self.fd.as_raw_fd(), &self.output[self.written..]) {
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.output.clear();
-        self.written = 0;
-        if self.output.capacity() > SHRINK_ABOVE {
-            self.output.shrink_to(READ_CHUNK);
-        }
-        Ok(())
-    }
-}
-
-/// One non-blocking send, without SIGPIPE if the client is gone.
-fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: sending from a buffer we own, of the length given.
-    let n = unsafe {
-        libc::send(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
+mod connection;
 #[cfg(test)]
 mod tests;
+
+use connection::{send, Connection, Deadlines};

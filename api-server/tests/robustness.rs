@@ -213,3 +213,41 @@ fn stop_is_prompt_with_idle_and_half_sent_clients() {
         "clients see the connection close"
     );
 }
+
+#[test]
+fn stalled_requests_get_408_and_idle_connections_close_so_slots_come_back() {
+    let t = TestServer::start_with(|c| {
+        c.max_connections = 3;
+        c.request_deadline = Duration::from_millis(300);
+        c.idle_deadline = Duration::from_millis(900);
+    });
+    // Three clients take every slot: two stall mid-request, one never sends anything.
+    let mut stalled: Vec<Client> = (0..2).map(|_| t.client()).collect();
+    for c in &mut stalled {
+        c.send_raw(b"PUT /boot-source HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"kernel");
+    }
+    let mut silent = t.client();
+    let started = Instant::now();
+    for c in &mut stalled {
+        let r = c.read_reply();
+        assert_eq!(r.status, 408, "{}", r.body);
+        assert!(c.at_eof(), "closed after the 408");
+    }
+    let stalled_for = started.elapsed();
+    assert!(stalled_for < Duration::from_secs(5), "{stalled_for:?}");
+    // The silent one is closed once idle too long, without an answer.
+    assert!(silent.at_eof(), "the idle connection is closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "not before the idle deadline"
+    );
+    // The slots came back: a well-behaved client is served, even byte by byte within the deadline.
+    let mut c = t.client();
+    for b in request_bytes("GET", "/", None).bytes() {
+        c.send_raw(&[b]);
+    }
+    assert_eq!(c.read_reply().status, 200);
+    // A kept-alive client whose next request starts later gets a fresh deadline.
+    thread::sleep(Duration::from_millis(400));
+    assert_eq!(c.request("GET", "/version", None).status, 200);
+}
