@@ -147,8 +147,21 @@ mod tests {
     use crate::arch::state::VmState;
 
     fn state() -> MicrovmState {
+        let mut resources = crate::VmResources::new("/k");
+        // Optional fields that serialize to nothing when absent, and some that are present.
+        resources.drives.push(crate::resources::DriveConfig {
+            drive_id: "root".into(),
+            path_on_host: "/disk".into(),
+            is_root_device: true,
+            is_read_only: false,
+            rate_limiter: None,
+        });
+        resources.vsock = Some(crate::resources::VsockConfig {
+            guest_cid: 3,
+            uds_path: "/v.sock".into(),
+        });
         MicrovmState {
-            resources: crate::VmResources::new("/k"),
+            resources,
             track_dirty_pages: true,
             vm: VmState {
                 irqchips: Vec::new(),

@@ -33,6 +33,9 @@ use std::time::Duration;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MicrovmState {
     /// What the VM was built from (console and seccomp are the restoring process's own).
+    /// Kept as JSON inside the state: its types skip absent optional fields when they
+    /// serialize, which only a self-describing encoding reads back.
+    #[serde(with = "resources_as_json")]
     pub resources: VmResources,
     /// Whether guest memory writes were being tracked (diff snapshots possible).
     pub track_dirty_pages: bool,
@@ -42,6 +45,22 @@ pub struct MicrovmState {
     pub vcpus: Vec<VcpuState>,
     /// The emulated devices.
     pub devices: DevicesState,
+}
+
+mod resources_as_json {
+    use crate::resources::VmResources;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(resources: &VmResources, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::to_string(resources)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VmResources, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Full or diff.
