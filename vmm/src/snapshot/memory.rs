@@ -61,8 +61,26 @@ fn write_pages(
         .map_err(io_err("write guest memory to", path))
 }
 
+/// Which pages of an anonymous mapping at `addr` (`pages` pages) were ever touched
+/// (present or swapped out, per /proc/self/pagemap); the others read as zeroes and need
+/// not be read at all, which would fault each one in. None if pagemap cannot be read.
+fn touched_pages(addr: *const u8, pages: usize) -> Option<Vec<bool>> {
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    let pagemap = File::open("/proc/self/pagemap").ok()?;
+    let mut raw = vec![0u8; pages * 8];
+    let offset = (addr as u64 / PAGE_SIZE as u64) * 8;
+    pagemap.read_exact_at(&mut raw, offset).ok()?;
+    let touched = raw.chunks_exact(8).map(|e| {
+        let entry = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
+        entry & (PRESENT | SWAPPED) != 0
+    });
+    Some(touched.collect())
+}
+
 /// Writes all of guest memory into a new file at `path` (atomically replacing whatever
-/// is there), leaving all-zero pages as holes.
+/// is there), leaving all-zero pages as holes. Pages of anonymous memory the guest never
+/// touched are not even read.
 pub fn write_full(mem: &GuestMemoryMmap, path: &Path) -> Result<Written, SnapshotError> {
     let tmp = super::file::temporary_beside(path);
     let result = (|| {
@@ -74,9 +92,15 @@ pub fn write_full(mem: &GuestMemoryMmap, path: &Path) -> Result<Written, Snapsho
         for region in mem.iter() {
             let bytes = region_bytes(region);
             let pages = bytes.len().div_ceil(PAGE_SIZE);
+            // A file-backed region (a restored VM) reads its untouched pages from the file.
+            let touched = match region.file_offset() {
+                None => touched_pages(bytes.as_ptr(), pages),
+                Some(_) => None,
+            };
             let mut run_start = None;
             for page in 0..=pages {
                 let zero = page == pages
+                    || touched.as_ref().is_some_and(|t| !t[page])
                     || bytes[page * PAGE_SIZE..((page + 1) * PAGE_SIZE).min(bytes.len())]
                         .iter()
                         .all(|&b| b == 0);
