@@ -264,6 +264,30 @@ fn vsock_reports_a_transport_reset_after_restore() {
         dir.path().join("b.sock").exists(),
         "the restored device listens on its own socket"
     );
+
+    // A host connection made before the guest handled the reset waits for it: delivered
+    // earlier, the guest would reset it with the connections from before the snapshot.
+    let mut restored = restored;
+    add_chains(&queues[0], &[vec![(DATA + 0x1000, 4096, F_WRITE)]], 0);
+    restored.process_queue(0);
+    let mut host =
+        std::os::unix::net::UnixStream::connect(dir.path().join("b.sock")).expect("connect");
+    std::io::Write::write_all(&mut host, b"CONNECT 5000\n").expect("connect line");
+    for _ in 0..30 {
+        restored.process_host_event();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        used_idx(&mem, &queues[0]),
+        0,
+        "nothing reaches the guest before it handled the reset"
+    );
+    restored.process_queue(EVENT_QUEUE);
+    assert_eq!(
+        used_idx(&mem, &queues[0]),
+        1,
+        "the connection request follows once it has"
+    );
 }
 
 #[test]

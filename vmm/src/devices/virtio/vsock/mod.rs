@@ -28,6 +28,7 @@ use packet::{op, read_packet, rx_payload_room, write_packet, Packet, HDR_SIZE};
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
@@ -76,7 +77,14 @@ struct Inner {
     muxer: VsockMuxer,
     active: Option<ActiveQueues>,
     metrics: Arc<VsockMetrics>,
+    /// Set when a transport reset was sent (after a restore) and the guest has not yet
+    /// handled it: packets for the guest wait, or the guest would reset a new host
+    /// connection together with the old ones.
+    reset_sent: Option<Instant>,
 }
+
+/// How long packets for the guest wait for it to handle a transport reset, at most.
+const RESET_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Counts connections set up and reset by a packet in either direction.
 fn count_connection(metrics: &VsockMetrics, pkt: &Packet) {
@@ -112,6 +120,15 @@ impl Inner {
 
     /// Fills RX buffers while the muxer has packets for the guest.
     fn process_rx(&mut self) {
+        if let Some(sent) = self.reset_sent {
+            if sent.elapsed() < RESET_ACK_TIMEOUT {
+                return;
+            }
+            tracing::warn!(
+                "vsock: the guest did not handle the transport reset; delivering packets anyway"
+            );
+            self.reset_sent = None;
+        }
         let Some(ActiveQueues {
             mem,
             queues,
@@ -192,6 +209,7 @@ impl Vsock {
                 muxer,
                 active: None,
                 metrics: Arc::default(),
+                reset_sent: None,
             },
         })
     }
@@ -252,8 +270,14 @@ impl VirtioDevice for Vsock {
         match index {
             RX_QUEUE => inner.process_rx(),
             TX_QUEUE => inner.process_tx(),
-            // Event buffers stay with the device until a restore reports a transport reset.
-            EVENT_QUEUE => {}
+            // The guest gives an event buffer back once it has handled an event: after a
+            // transport reset, packets for it may flow again.
+            EVENT_QUEUE => {
+                if inner.reset_sent.take().is_some() {
+                    tracing::debug!("vsock: the guest handled the transport reset");
+                    inner.process_rx();
+                }
+            }
             other => tracing::debug!("vsock: notification for queue {other}, which does not exist"),
         }
     }
@@ -293,13 +317,17 @@ impl VirtioDevice for Vsock {
             None => 0,
         };
         match queue.add_used(&*mem, head, len) {
-            Ok(()) => interrupt.signal_used_queue(),
+            Ok(()) => {
+                interrupt.signal_used_queue();
+                self.inner.reset_sent = Some(Instant::now());
+            }
             Err(e) => tracing::warn!("vsock: cannot return the event buffer: {e}"),
         }
     }
 
     fn reset(&mut self) {
         let inner = &mut self.inner;
+        inner.reset_sent = None;
         inner.active = None;
         inner.muxer.clear();
     }
