@@ -285,6 +285,14 @@ fn vsock_reports_a_transport_reset_after_restore() {
     restored.process_queue(EVENT_QUEUE);
     assert_eq!(
         used_idx(&mem, &queues[0]),
+        0,
+        "a notification alone is no sign that it did"
+    );
+    // The guest makes its event buffer available again once it has handled the event.
+    add_chains(&queues[EVENT_QUEUE], &[vec![(DATA, 8, F_WRITE)]], 1);
+    restored.process_queue(EVENT_QUEUE);
+    assert_eq!(
+        used_idx(&mem, &queues[0]),
         1,
         "the connection request follows once it has"
     );

@@ -27,6 +27,7 @@ use muxer::{MuxerError, VsockMuxer};
 use packet::{op, read_packet, rx_payload_room, write_packet, Packet, HDR_SIZE};
 use std::os::fd::RawFd;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use virtio_queue::desc::split::Descriptor;
@@ -80,7 +81,16 @@ struct Inner {
     /// Set when a transport reset was sent (after a restore) and the guest has not yet
     /// handled it: packets for the guest wait, or the guest would reset a new host
     /// connection together with the old ones.
-    reset_sent: Option<Instant>,
+    reset_sent: Option<ResetSent>,
+}
+
+/// A transport reset the guest has not handled yet.
+#[derive(Debug, Clone, Copy)]
+struct ResetSent {
+    at: Instant,
+    /// The event queue's available index then: the guest makes its buffer available
+    /// again once it has handled the event.
+    avail_idx: u16,
 }
 
 /// How long packets for the guest wait for it to handle a transport reset, at most.
@@ -118,10 +128,20 @@ impl Inner {
         self.process_rx();
     }
 
+    /// The event queue's available index, as the guest last wrote it.
+    fn event_avail_idx(&self) -> Option<u16> {
+        let active = self.active.as_ref()?;
+        let queue = active.queues.get(EVENT_QUEUE)?;
+        queue
+            .avail_idx(&active.mem, Ordering::Acquire)
+            .ok()
+            .map(|i| i.0)
+    }
+
     /// Fills RX buffers while the muxer has packets for the guest.
     fn process_rx(&mut self) {
         if let Some(sent) = self.reset_sent {
-            if sent.elapsed() < RESET_ACK_TIMEOUT {
+            if sent.at.elapsed() < RESET_ACK_TIMEOUT {
                 return;
             }
             tracing::warn!(
@@ -271,9 +291,14 @@ impl VirtioDevice for Vsock {
             RX_QUEUE => inner.process_rx(),
             TX_QUEUE => inner.process_tx(),
             // The guest gives an event buffer back once it has handled an event: after a
-            // transport reset, packets for it may flow again.
+            // transport reset, packets for it may flow again. (A notification alone says
+            // nothing: the transport kicks every queue once when it is restored.)
             EVENT_QUEUE => {
-                if inner.reset_sent.take().is_some() {
+                if inner
+                    .reset_sent
+                    .is_some_and(|sent| inner.event_avail_idx() != Some(sent.avail_idx))
+                {
+                    inner.reset_sent = None;
                     tracing::debug!("vsock: the guest handled the transport reset");
                     inner.process_rx();
                 }
@@ -319,7 +344,12 @@ impl VirtioDevice for Vsock {
         match queue.add_used(&*mem, head, len) {
             Ok(()) => {
                 interrupt.signal_used_queue();
-                self.inner.reset_sent = Some(Instant::now());
+                let avail_idx = queue.avail_idx(&*mem, Ordering::Acquire).map_or(0, |i| i.0);
+                self.inner.reset_sent = Some(ResetSent {
+                    at: Instant::now(),
+                    avail_idx,
+                });
+                self.inner.muxer.move_ports_past_snapshot();
             }
             Err(e) => tracing::warn!("vsock: cannot return the event buffer: {e}"),
         }

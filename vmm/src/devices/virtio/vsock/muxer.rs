@@ -538,6 +538,22 @@ impl VsockMuxer {
         );
     }
 
+    /// After a restore: host ports for new connections start at a random point of the
+    /// ephemeral range, so they do not meet the guest's sockets of connections made before
+    /// the snapshot (which the guest may hold until their owners close them), in this
+    /// clone or any other of the same snapshot.
+    pub fn move_ports_past_snapshot(&mut self) {
+        let mut bytes = [0u8; 4];
+        // SAFETY: getrandom fills the 4-byte buffer it is given.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        let offset = if n == 4 {
+            u32::from_le_bytes(bytes) % (1 << 29)
+        } else {
+            0
+        };
+        self.next_port = EPHEMERAL_PORT_BASE + (1 << 20) + offset;
+    }
+
     fn allocate_key(&mut self, peer_port: u32) -> ConnKey {
         loop {
             let key = ConnKey {
