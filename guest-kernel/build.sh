@@ -7,7 +7,8 @@
 # patch, this script and the linux-source version. A cached kernel is reused.
 #
 # Output: the path of the uncompressed vmlinux, as the last line on stdout.
-# Progress and the build log go to stderr.
+# Progress (a line with the step and the elapsed time while a build runs) and the build
+# log go to stderr.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -50,10 +51,39 @@ say "building guest kernel $key from $tarball ($src_version); this takes a few m
 start=$(date +%s)
 mkdir -p "$cache_root/kernel"
 work=$(mktemp -d "$cache_root/kernel/build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+
+# A progress line on stderr while the build runs: the step and the time so far, redrawn in
+# place every 2 s on a terminal, one line every 30 s otherwise (logs). The sleeps hold none
+# of our descriptors, so a caller reading stderr to its end does not wait for them.
+phase() { echo "$1" > "$work/phase"; }
+progress() {
+  local every=30 now el
+  [ -t 2 ] && every=2
+  while sleep "$every" </dev/null >/dev/null 2>&1; do
+    now=$(date +%s); el=$(( now - start ))
+    printf -v el '%dm%02ds' $(( el / 60 )) $(( el % 60 ))
+    if [ -t 2 ]; then
+      printf '\r\033[Kzvm-kernel: %s ... %s elapsed' "$(cat "$work/phase" 2>/dev/null)" "$el" >&2
+    else
+      echo "zvm-kernel: $(cat "$work/phase" 2>/dev/null) ... $el elapsed" >&2
+    fi
+  done
+}
+phase "unpacking linux-source"
+progress &
+progress_pid=$!
+stop_progress() {
+  [ -n "${progress_pid:-}" ] || return 0
+  kill "$progress_pid" 2>/dev/null || true
+  wait "$progress_pid" 2>/dev/null || true
+  progress_pid=
+  if [ -t 2 ]; then printf '\r\033[K' >&2; fi
+}
+trap 'stop_progress; rm -rf "$work"' EXIT
 tar -C "$work" -xf "$tarball"
 tree=$(ls -d "$work"/linux-source-*)
 patch -d "$tree" -p1 --quiet < "$here/zvm-pvm-workarounds.patch"
+phase "configuring"
 make -C "$tree" -s KCONFIG_ALLCONFIG="$here/zvm-guest.config" allnoconfig >&2
 
 # Every option the fragment asks for must have survived Kconfig's dependency solving.
@@ -69,7 +99,9 @@ while IFS= read -r line; do
 done < "$here/zvm-guest.config"
 [ "$missing" = 0 ] || { say "the config fragment does not apply to $src_version"; exit 1; }
 
+phase "compiling (make -j$(nproc) vmlinux bzImage)"
 make -C "$tree" -s -j"$(nproc)" vmlinux bzImage >&2
+stop_progress
 staged="$work/out"
 mkdir -p "$staged"
 cp "$tree/vmlinux" "$tree/arch/x86/boot/bzImage" "$tree/.config" "$staged/"
