@@ -1,14 +1,18 @@
-//! `zvm oci run` (the same code as `zvm-runc run`) of a busybox bundle in a real micro-VM,
-//! through the runc command line: the container's stdout reaches the caller, the exit status
-//! is the container's, env/cwd/user/hostname and a read-only root take effect, and the
-//! createRuntime and poststop hooks run on the host with the OCI state on stdin. One boot.
+//! `zvm-runc run` of a busybox bundle in a real micro-VM, through the runc command line, by
+//! a zvm installed the way users install it (issue #19): `zvm setup` puts this build's zvm
+//! and zvm-runc, the guest kernel and the static agent into a temporary prefix, and the
+//! installed `bin/zvm-runc` runs with the checkout out of reach (another working
+//! directory, another HOME, no `ZVM_*` variables) and boots the installed kernel and agent.
+//! The container's stdout and stderr alone reach the caller (the guest console stays in the
+//! container's console.log), the exit status is the container's, env/cwd/user/hostname and
+//! a read-only root take effect, and the createRuntime and poststop hooks run on the host
+//! with the OCI state on stdin. One boot.
 
-use std::path::Path;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use zvm_integration_tests::{
-    busybox_rootfs, guest_kernel, oci_agent, run_to_end, scratch_dir, zvm_binary,
-};
+use zvm_integration_tests::{busybox_rootfs, guest_kernel, run_to_end, scratch_dir, zvm_binary};
 
 /// A boot takes about a minute on an idle PVM host, several on a busy one.
 const LIMIT: Duration = Duration::from_secs(720);
@@ -22,28 +26,75 @@ touch /root-write 2>/dev/null || echo ro-root
 exit 7
 "#;
 
-/// A hook that saves its stdin (the OCI state) to `file`.
-fn saving_hook(file: &Path) -> serde_json::Value {
-    serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", file.display())]})
+/// A hook that saves its stdin (the OCI state) to `file`, and `also` (a file of the
+/// container's, while it exists) beside it as `<file>.copy`.
+fn saving_hook(file: &Path, also: Option<&Path>) -> serde_json::Value {
+    let mut script = format!("cat > {}", file.display());
+    if let Some(also) = also {
+        script.push_str(&format!(
+            "; cat {} > {}.copy",
+            also.display(),
+            file.display()
+        ));
+    }
+    serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", script]})
 }
 
-fn zvm_oci(root: &Path) -> Command {
-    let mut command = Command::new(zvm_binary());
+/// Installs this build into `prefix` with `zvm setup`: the kernel guest-kernel/build.sh
+/// built, and the agent the setup finds itself (guest/build.sh's static build).
+fn install(prefix: &Path) {
+    let runc = zvm_binary().with_file_name("zvm-runc");
+    assert!(
+        runc.is_file(),
+        "{} is missing: cargo build -p oci-runtime --bin zvm-runc (scripts/test.sh does)",
+        runc.display()
+    );
+    let out = Command::new(zvm_binary())
+        .args(["setup", "--prefix"])
+        .arg(prefix)
+        .arg("--kernel")
+        .arg(guest_kernel())
+        .env_remove("ZVM_OCI_AGENT")
+        .env_remove("ZVM_KERNEL")
+        .output()
+        .expect("zvm setup");
+    assert!(
+        out.status.success(),
+        "zvm setup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The installed zvm-runc, run from `cwd` with `home` as HOME and no ZVM_* variables.
+fn installed_runc(prefix: &Path, root: &Path, cwd: &Path, home: &Path) -> Command {
+    let mut command = Command::new(prefix.join("bin/zvm-runc"));
     command
-        .arg("oci")
         .arg("--root")
         .arg(root)
-        .env("ZVM_KERNEL", guest_kernel())
-        .env("ZVM_OCI_AGENT", oci_agent());
+        .current_dir(cwd)
+        .env("HOME", home)
+        .env_remove("XDG_CACHE_HOME");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ZVM_") {
+            command.env_remove(key);
+        }
+    }
     command
 }
 
 #[test]
-fn runc_run_in_a_vm_relays_output_exit_status_and_runs_hooks() {
+fn installed_runc_runs_a_vm_relays_output_exit_status_and_runs_hooks() {
     let base = scratch_dir().join(format!("oci-runc-vm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let bundle = base.join("bundle");
     let root = base.join("state");
+    let prefix = base.join("prefix");
+    let (elsewhere, home) = (base.join("elsewhere"), base.join("home"));
+    for d in [&elsewhere, &home] {
+        std::fs::create_dir_all(d).expect("scratch dirs");
+    }
+    install(&prefix);
+    let zvm_oci = |root: &Path| installed_runc(&prefix, root, &elsewhere, &home);
     busybox_rootfs(
         &bundle.join("rootfs"),
         &["/work", "/proc", "/sys", "/dev", "/tmp"],
@@ -69,8 +120,8 @@ fn runc_run_in_a_vm_relays_output_exit_status_and_runs_hooks() {
     config["hostname"] = "runc-vm".into();
     config["root"]["readonly"] = true.into();
     config["hooks"] = serde_json::json!({
-        "createRuntime": [saving_hook(&created_hook)],
-        "poststop": [saving_hook(&poststop_hook)],
+        "createRuntime": [saving_hook(&created_hook, Some(&root.join("ctr-vm/sandbox.json")))],
+        "poststop": [saving_hook(&poststop_hook, None)],
     });
     std::fs::write(
         &config_path,
@@ -87,8 +138,7 @@ fn runc_run_in_a_vm_relays_output_exit_status_and_runs_hooks() {
         LIMIT,
     );
     if run.timed_out {
-        let console =
-            std::fs::read_to_string(root.join("ctr-vm/console.log")).unwrap_or_default();
+        let console = std::fs::read_to_string(root.join("ctr-vm/console.log")).unwrap_or_default();
         let tail: Vec<&str> = console.lines().rev().take(30).collect();
         panic!(
             "zvm oci run did not finish in {LIMIT:?}; console tail:\n{}",
@@ -99,16 +149,48 @@ fn runc_run_in_a_vm_relays_output_exit_status_and_runs_hooks() {
     let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
 
     assert_eq!(code, Some(7), "the container's exit status\n{context}");
-    for expected in [
-        "hello-from-vm",
-        "FOO=bar",
-        "cwd=/work",
-        "host=runc-vm",
-        "uid=1000 gid=1000",
-        "ro-root",
-    ] {
-        assert!(stdout.contains(expected), "missing {expected:?}\n{context}");
-    }
+    assert_eq!(
+        stdout, "hello-from-vm\nFOO=bar\ncwd=/work\nhost=runc-vm\nuid=1000 gid=1000\nro-root\n",
+        "stdout is the container's alone\n{context}"
+    );
+    assert_eq!(
+        stderr, "",
+        "stderr is the container's alone (it wrote none)\n{context}"
+    );
+
+    // The sandbox booted the installed kernel and agent, and is the installed zvm-runc.
+    let sandbox: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(created_hook.with_extension("json.copy")).expect("sandbox.json copied"),
+    )
+    .expect("sandbox JSON");
+    let lib = std::fs::canonicalize(prefix.join("lib/zvm")).expect("installed");
+    let path = |v: &serde_json::Value| PathBuf::from(v.as_str().unwrap_or_default());
+    assert_eq!(
+        path(&sandbox["artifacts"]["kernel"]),
+        lib.join("vmlinux"),
+        "{sandbox}"
+    );
+    assert_eq!(
+        path(&sandbox["artifacts"]["agent"]),
+        lib.join("zvm-oci-agent"),
+        "{sandbox}"
+    );
+    // An OsString in JSON: {"Unix": [bytes]}.
+    let launcher: Vec<u8> = sandbox["launcher"][0]["Unix"]
+        .as_array()
+        .map(|bytes| {
+            bytes
+                .iter()
+                .filter_map(|b| b.as_u64())
+                .map(|b| b as u8)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        PathBuf::from(std::ffi::OsString::from_vec(launcher)),
+        lib.join("zvm-runc"),
+        "{sandbox}"
+    );
 
     let created: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&created_hook).expect("createRuntime hook ran"))

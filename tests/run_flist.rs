@@ -1,9 +1,10 @@
 //! `zvm run --flist` of a container flist, as a developer runs it (issue #8): the flist is a
 //! busybox root file system this test packs into a `dir://` store; zvm builds its root disk,
 //! boots the project's kernel with the OCI guest agent as PID 1 and runs the entrypoint
-//! through it. One boot checks: the entrypoint reads zvm's stdin, its stdout and stderr come
-//! out of zvm's, `--env`, `--hostname` and a `--disk ...,mount=` data disk reach it, and
-//! zvm exits with the entrypoint's exit status.
+//! through it. One boot checks: the entrypoint reads zvm's stdin, zvm's stdout and stderr
+//! are exactly the entrypoint's (issue #19: the guest console and zvm's own messages go to
+//! the `--console file:` log, which holds the kernel's lines), `--env`, `--hostname` and a
+//! `--disk ...,mount=` data disk reach it, and zvm exits with the entrypoint's exit status.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -35,6 +36,7 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
 
     let entrypoint = "/bin/sh -c 'read line; echo GOT-$line; echo ENV-$GREETING; echo HOST-$(hostname); \
                       echo DATA-$(cat /data/note.txt); echo to-stderr >&2; exit 7'";
+    let console = dir.join("console.log");
     let mut command = Command::new(zvm_binary());
     command
         .args(["run", "--flist"])
@@ -44,20 +46,30 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
         .arg("--kernel")
         .arg(guest_kernel())
         .args(["--entrypoint", entrypoint, "--env", "GREETING=hi there", "--hostname", "devbox"])
+        .arg("--console")
+        .arg(format!("file:{}", console.display()))
         .arg("--disk")
         .arg(format!("path={},id=data,mount=/data", data.display()));
     // Generous: a boot takes about a minute on KVM PVM hosts, several on a loaded one.
     let stdin = Stdio::from(std::fs::File::open(&stdin).expect("open stdin file"));
     let run = run_to_end(&mut command, stdin, Duration::from_secs(900));
     let (stdout, stderr) = (&run.stdout, &run.stderr);
-    let show = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
-    for want in ["GOT-hello-from-stdin", "ENV-hi there", "HOST-devbox", "DATA-from-the-data-disk"] {
-        assert!(stdout.contains(want), "missing {want:?}: {show}");
-    }
-    assert!(stderr.contains("to-stderr"), "the entrypoint's stderr: {show}");
-    assert!(stderr.contains("the container's process exited with status 7"), "{show}");
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    let show = format!("stdout:\n{stdout}\nstderr:\n{stderr}\nconsole log:\n{log}");
+    assert_eq!(
+        stdout.as_str(),
+        "GOT-hello-from-stdin\nENV-hi there\nHOST-devbox\nDATA-from-the-data-disk\n",
+        "stdout is the entrypoint's output alone: {show}"
+    );
+    assert_eq!(stderr.as_str(), "to-stderr\n", "stderr is the entrypoint's alone: {show}");
     assert_eq!(run.code, Some(7), "zvm exits with the entrypoint's status: {show}");
-    // The work directory was temporary.
+    // The guest console and zvm's own messages are in the log file instead.
+    for want in ["Linux version", "virtio_mmio.device=", "zvm: the container's process exited with status 7"] {
+        assert!(log.contains(want), "the console log lacks {want:?}: {show}");
+    }
+    assert!(!log.contains("GOT-hello-from-stdin"), "the container's output is not in the log: {show}");
+    // The work directory was temporary, and no temporary log was made.
     assert!(!Path::new(&format!("/tmp/zvm-flist-{}", run.pid)).exists());
+    assert!(!Path::new(&format!("/tmp/zvm-flist-{}.log", run.pid)).exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -52,6 +52,18 @@ pub struct OciArgs {
     pub command: Option<OciCommand>,
 }
 
+impl OciArgs {
+    /// Whether the command is one of the hidden ones this runtime runs itself (the
+    /// sandbox, the exec relay): their standard error is the container's, so they log to
+    /// the container's `sandbox.log` and the caller must not install a logger on stderr.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self.command,
+            Some(OciCommand::Sandbox { .. } | OciCommand::ExecRelay { .. })
+        )
+    }
+}
+
 /// The commands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum OciCommand {

@@ -5,8 +5,6 @@
 //! [`backend::ContainerBackend`] (a micro-VM per container, or a host-process test double),
 //! with the [`state`] directory, [`hooks`] and [`bundle`] checks.
 
-pub mod image;
-pub mod sandbox;
 pub mod backend;
 pub mod bundle;
 pub mod cli;
@@ -14,9 +12,11 @@ pub mod console;
 pub mod forward;
 pub mod hooks;
 pub mod host;
+pub mod image;
 pub mod lifecycle;
 pub mod logging;
 pub mod oci_state;
+pub mod sandbox;
 pub mod signal;
 pub mod state;
 pub mod templates;

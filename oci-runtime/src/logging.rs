@@ -153,6 +153,26 @@ pub fn init(file: Option<&Path>, format: LogFormat, debug: bool) -> Result<LogGu
     })
 }
 
+/// Sends the whole process's logs (every thread's: the VMM's too), warnings and errors,
+/// to `path` (appended), for the hidden sandbox and exec-relay processes, whose standard
+/// error is the container's. Does nothing if the file cannot be opened or a process-wide
+/// logger is already installed.
+pub fn init_process_file(path: &Path) {
+    let Ok(file) = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+    else {
+        return;
+    };
+    let layer = RuncLayer {
+        sink: Mutex::new(Box::new(file)),
+        format: LogFormat::Text,
+        max: Level::WARN,
+    };
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

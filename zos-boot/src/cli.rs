@@ -69,10 +69,14 @@ pub struct ServeArgs {
 
 /// The node id in `path`: one word of hex digits.
 fn read_node_id(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("node id file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("node id file {}: {e}", path.display()))?;
     let id = text.trim();
     if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("node id file {}: not a hex node id", path.display()));
+        return Err(format!(
+            "node id file {}: not a hex node id",
+            path.display()
+        ));
     }
     Ok(id.to_string())
 }

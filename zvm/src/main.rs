@@ -1,9 +1,11 @@
 //! `zvm`: run micro-VMs from the command line.
 
 mod api;
+mod container_log;
 mod kernel;
 mod restore;
 mod run;
+mod setup;
 mod specs;
 mod terminal;
 
@@ -53,6 +55,10 @@ enum Command {
     /// Report this host's KVM: flavour, API version, capabilities, and whether a stock
     /// guest kernel is expected to reach userspace.
     Doctor,
+    /// Install zvm: this zvm and the zvm-runc beside it, the guest kernel and the static
+    /// guest programs into PREFIX/lib/zvm, linked from PREFIX/bin; an installed zvm finds
+    /// its kernel and agent there, without a checkout.
+    Setup(setup::SetupArgs),
     /// The project's guest kernel.
     Kernel {
         #[command(subcommand)]
@@ -118,6 +124,17 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Some(Command::Oci(args)) = &cli.command {
+        if args.is_internal() {
+            // The sandbox and the exec relay: their stderr is the container's; they log to
+            // its sandbox.log themselves.
+            return oci_runtime::cli::run(
+                args.clone(),
+                "zvm oci",
+                oci_runtime::cli::self_launcher(&["oci", "__sandbox"]),
+            );
+        }
+    }
     let logging = api::logger::Logging::init(&cli.log_level);
     let Some(command) = cli.command else {
         if cli.api_sock.is_none() && cli.config_file.is_none() {
@@ -136,7 +153,8 @@ fn main() -> ExitCode {
         return api::serve(args, process_start);
     };
     match command {
-        Command::Run(args) => run::run(args, process_start),
+        Command::Run(args) => run::run(args, process_start, &logging),
+        Command::Setup(args) => setup::run(&args),
         Command::Doctor => {
             print!("{}", vmm::host::HostReport::probe().render());
             ExitCode::SUCCESS

@@ -1,6 +1,8 @@
 //! `zvm run`: flags -> [`vmm::VmResources`] -> [`vmm::build_microvm`] -> exit code; or,
 //! with `--restore`, a snapshot -> [`vmm::snapshot::restore_microvm`] ([`crate::restore`]).
 
+use crate::api::logger::Logging;
+use crate::container_log::{ContainerConsole, ContainerLog};
 use crate::terminal::RawTerminal;
 use agent_protocol::ExitStatus;
 use clap::Args;
@@ -8,7 +10,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 use vmm::builder::BuildOptions;
@@ -30,7 +32,7 @@ pub struct RunArgs {
     /// Boot an flist (a `.fl` path or http(s) URL): a VM image (/boot/vmlinuz, optional
     /// /boot/initrd.img), a raw disk (/image.raw), or a container root filesystem whose
     /// --entrypoint the guest agent runs (its output on stdout/stderr, zvm's exit status
-    /// is its exit status).
+    /// is its exit status; the guest console goes to a log file, see --console).
     #[arg(long, value_name = "PATH_OR_URL")]
     flist: Option<String>,
     /// With --flist: the container's command (shell-like words).
@@ -67,9 +69,12 @@ pub struct RunArgs {
     /// Guest memory, e.g. 256M or 1G (a bare number is MiB).
     #[arg(long, default_value = "256M")]
     memory: String,
-    /// Where the serial console goes: stdio, off, or file:PATH.
-    #[arg(long, default_value = "stdio")]
-    console: String,
+    /// Where the serial console goes: stdio, off, or file:PATH [default: stdio]. For a
+    /// container flist the terminal is the container's: the console and zvm's messages go
+    /// to a log file (--flist-work's console.log, else a temporary file kept if the run
+    /// fails; --verbose prints its path and keeps it), or with stdio to standard error.
+    #[arg(long, value_name = "WHERE")]
+    console: Option<String>,
     /// Prefix each console line with the time since zvm started.
     #[arg(long)]
     console_timestamps: bool,
@@ -159,10 +164,18 @@ impl RunArgs {
             terminal,
         )
         .map_err(|e| e.to_string())?;
-        // The container's stdin is ours; the serial console only shows the guest's messages.
-        if resources.console == ConsoleConfig::Stdio {
-            resources.console = ConsoleConfig::File(PathBuf::from("/proc/self/fd/1"));
-        }
+        // The container's stdin is ours; the console and zvm's messages go aside.
+        let console = ContainerConsole::choose(
+            self.console.as_deref(),
+            self.flist_work.as_deref(),
+            &std::env::temp_dir(),
+            std::process::id(),
+        )
+        .map_err(|e| e.to_string())?;
+        resources.console = match &console {
+            ContainerConsole::File { path, .. } => ConsoleConfig::File(path.clone()),
+            ContainerConsole::Stderr | ContainerConsole::Off => ConsoleConfig::Off,
+        };
         let vsock_uds = resources
             .vsock
             .as_ref()
@@ -173,6 +186,7 @@ impl RunArgs {
             vsock_uds,
             terminal,
             seccomp: resources.seccomp,
+            console,
         }))
     }
 
@@ -219,6 +233,8 @@ impl RunArgs {
             },
             console: self
                 .console
+                .as_deref()
+                .unwrap_or("stdio")
                 .parse::<ConsoleConfig>()
                 .map_err(|e| e.to_string())?,
             console_timestamps: self.console_timestamps,
@@ -260,7 +276,12 @@ struct ContainerRun {
     terminal: bool,
     /// The VM's seccomp setting, also applied to the threads talking to the agent.
     seccomp: bool,
+    /// Where the guest console and zvm's messages go.
+    console: ContainerConsole,
 }
+
+/// Why the VM ended, once it has (for the container thread's error).
+type Ended = Arc<Mutex<Option<String>>>;
 
 impl ContainerRun {
     /// Runs the process on a thread of its own (seccomp-filtered as a relay once connected
@@ -269,7 +290,7 @@ impl ContainerRun {
     fn spawn(
         self,
         vm: &vmm::RunningVm,
-        vm_ended: Arc<AtomicBool>,
+        vm_ended: Ended,
     ) -> Result<JoinHandle<Result<ExitStatus, String>>, String> {
         let stop = vm
             .stop_handle()
@@ -282,16 +303,13 @@ impl ContainerRun {
             .spawn(move || {
                 let run = oci_runtime::sandbox::AttachedRun {
                     vsock_uds: &uds,
+                    // The failure report quotes the console itself.
                     console_log: None,
                     spec,
                     rootfs_device: oci_runtime::sandbox::ROOTFS_DEVICE.into(),
                     seccomp,
                 };
-                let gone = || {
-                    vm_ended
-                        .load(Ordering::Relaxed)
-                        .then(|| "the VM ended".to_string())
-                };
+                let gone = || vm_ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 let result =
                     oci_runtime::sandbox::run_attached(run, &gone).map_err(|e| e.to_string());
                 if result.is_err() {
@@ -305,8 +323,11 @@ impl ContainerRun {
 
 /// The stop eventfd of the running VM, for the signal handler.
 static STOP_FD: AtomicI32 = AtomicI32::new(-1);
+/// Whether a stop signal came (the container thread stops the VM too, on failure).
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop_signal(_: libc::c_int) {
+    SIGNALLED.store(true, Ordering::Relaxed);
     let fd = STOP_FD.load(Ordering::Relaxed);
     if fd >= 0 {
         let one: u64 = 1;
@@ -323,11 +344,11 @@ pub(crate) fn install_stop_signals(fd: i32) {
     }
 }
 
-/// Runs `zvm run`.
-pub fn run(args: RunArgs, process_start: Instant) -> ExitCode {
+/// Runs `zvm run`; `logging` is zvm's log, which a container flist moves to its log file.
+pub fn run(args: RunArgs, process_start: Instant, logging: &Logging) -> ExitCode {
     if args.restore.requested() {
         let opts = crate::restore::RestoreOptions {
-            console: &args.console,
+            console: args.console.as_deref().unwrap_or("stdio"),
             seccomp: args.seccomp == "on",
             track_dirty_pages: args.track_dirty_pages,
             verbose: args.verbose,
@@ -342,21 +363,45 @@ pub fn run(args: RunArgs, process_start: Instant) -> ExitCode {
         .clone()
         .or_else(|| temp_work.clone())
         .unwrap_or_default();
-    let code = run_with(args, process_start, &flist_work);
+    let code = run_with(args, process_start, &flist_work, logging);
     if let Some(dir) = temp_work {
         let _ = std::fs::remove_dir_all(dir);
     }
     code
 }
 
-fn run_with(args: RunArgs, process_start: Instant, flist_work: &std::path::Path) -> ExitCode {
-    let (resources, container) = match args.resources(flist_work) {
+fn run_with(
+    args: RunArgs,
+    process_start: Instant,
+    flist_work: &std::path::Path,
+    logging: &Logging,
+) -> ExitCode {
+    // Until the flist is known to be a container's, zvm's messages wait in memory: a
+    // container's go to its log, not to the terminal.
+    if args.flist.is_some() {
+        logging.hold();
+    }
+    let prepared = args
+        .resources(flist_work)
+        .and_then(|(resources, container)| {
+            let log = container
+                .as_ref()
+                .map(|c| ContainerLog::open(c.console.clone()))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            Ok((resources, container, log))
+        });
+    let (resources, container, log) = match prepared {
         Ok(r) => r,
         Err(e) => {
+            logging.release(None);
             eprintln!("zvm: {e}");
             return ExitCode::from(2);
         }
     };
+    if args.flist.is_some() {
+        logging.release(log.as_ref().and_then(ContainerLog::logger_target));
+    }
     let flavour = KvmFlavour::detect();
     if args.verbose {
         eprintln!("zvm: host KVM flavour: {}", flavour.describe());
@@ -369,15 +414,30 @@ fn run_with(args: RunArgs, process_start: Instant, flist_work: &std::path::Path)
             resources.machine_config.mem_size_mib,
             resources.boot_source.kernel_image_path.display()
         );
+        if let Some(path) = log.as_ref().and_then(ContainerLog::path) {
+            eprintln!(
+                "zvm: the guest console and zvm's messages go to {}",
+                path.display()
+            );
+        }
     }
     let opts = BuildOptions {
         process_start,
         irqchip: true,
     };
-    let vm = match vmm::build_microvm(&resources, opts) {
+    let built = match &log {
+        Some(log) => {
+            vmm::builder::build_microvm_with_console(&resources, opts, log.console_sink(), false)
+        }
+        None => vmm::build_microvm(&resources, opts),
+    };
+    let vm = match built {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("zvm: {e}");
+            if let Some(log) = log {
+                log.finish(args.verbose);
+            }
             return ExitCode::from(2);
         }
     };
@@ -389,39 +449,78 @@ fn run_with(args: RunArgs, process_start: Instant, flist_work: &std::path::Path)
         install_stop_signals(stop.raw_fd());
         std::mem::forget(stop);
     }
-    let vm_ended = Arc::new(AtomicBool::new(false));
-    let container = match container
-        .map(|c| c.spawn(&vm, vm_ended.clone()))
-        .transpose()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("zvm: {e}");
+    let vm_ended: Ended = Arc::default();
+    let container = container.map(|c| {
+        c.spawn(&vm, vm_ended.clone()).inspect_err(|_| {
             let _ = vm.stop_handle().and_then(|s| s.request_stop());
-            None
-        }
-    };
+        })
+    });
     let (outcome, boot_time) = vm.wait_with_boot_time();
-    vm_ended.store(true, Ordering::Relaxed);
+    let (lines, code) = outcome_lines(&outcome, boot_time);
+    // The first line only: a failure's vCPU registers stay in the log.
+    *vm_ended.lock().unwrap_or_else(|p| p.into_inner()) = lines
+        .last()
+        .and_then(|l| l.lines().next())
+        .map(str::to_string);
     let container = container.map(|thread| {
-        thread
-            .join()
-            .unwrap_or_else(|_| Err("the container thread panicked".into()))
+        thread.and_then(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err("the container thread panicked".into()))
+        })
     });
     drop(raw);
     if let Some(vsock) = &resources.vsock {
         vmm::devices::virtio::vsock::remove_socket(&vsock.uds_path);
     }
-    let code = report_outcome(&outcome, boot_time);
-    match container {
-        None => code,
-        Some(Ok(status)) => {
-            let shell = status.shell_code();
-            eprintln!("zvm: the container's process {}", describe_status(&status));
-            ExitCode::from(u8::try_from(shell).unwrap_or(255))
+    match (container, log) {
+        (Some(result), Some(log)) => container_outcome(result, &lines, &outcome, log, args.verbose),
+        _ => {
+            lines.iter().for_each(|l| eprintln!("zvm: {l}"));
+            code
         }
-        Some(Err(e)) => {
-            eprintln!("zvm: the container did not run to its end: {e}");
+    }
+}
+
+/// A container flist's end: zvm's exit code is the process's exit status; how the VM
+/// ended goes to the log. When the process did not run to its end, the reason and the end
+/// of the log go to standard error (exit code 1; 130 when zvm was stopped by a signal).
+fn container_outcome(
+    result: Result<ExitStatus, String>,
+    lines: &[String],
+    outcome: &VmOutcome,
+    log: ContainerLog,
+    verbose: bool,
+) -> ExitCode {
+    let signalled = SIGNALLED.load(Ordering::Relaxed);
+    // When the container thread stopped the VM (on failure), no signal did.
+    let stopped_by_us = matches!(outcome, VmOutcome::Stopped) && !signalled;
+    for (i, line) in lines.iter().enumerate() {
+        if stopped_by_us && i + 1 == lines.len() {
+            log.note("VM stopped");
+        } else {
+            log.note(line);
+        }
+    }
+    match result {
+        Ok(status) => {
+            log.note(&format!(
+                "the container's process {}",
+                describe_status(&status)
+            ));
+            log.finish(verbose);
+            ExitCode::from(u8::try_from(status.shell_code()).unwrap_or(255))
+        }
+        Err(_) if matches!(outcome, VmOutcome::Stopped) && signalled => {
+            eprintln!("zvm: stopped by signal");
+            log.finish(true);
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprint!(
+                "{}",
+                log.failure_report(&format!("the container did not run to its end: {e}"))
+            );
+            log.finish(true);
             ExitCode::from(1)
         }
     }
@@ -442,37 +541,33 @@ pub(crate) fn report_outcome(
     outcome: &VmOutcome,
     boot_time: Option<vmm::devices::boot_timer::BootTime>,
 ) -> ExitCode {
+    let (lines, code) = outcome_lines(outcome, boot_time);
+    lines.iter().for_each(|l| eprintln!("zvm: {l}"));
+    code
+}
+
+/// How the VM ended (the last line; after the guest's boot time, when known) and zvm's
+/// exit code for it (see [`report_outcome`]).
+fn outcome_lines(
+    outcome: &VmOutcome,
+    boot_time: Option<vmm::devices::boot_timer::BootTime>,
+) -> (Vec<String>, ExitCode) {
+    let mut lines = Vec::new();
     if let Some(t) = boot_time {
-        eprintln!(
-            "zvm: guest reached userspace {:.1} ms after process start ({:.1} ms after VM build start)",
+        lines.push(format!(
+            "guest reached userspace {:.1} ms after process start ({:.1} ms after VM build start)",
             t.since_process_start.as_secs_f64() * 1e3,
             t.since_build_start.as_secs_f64() * 1e3
-        );
+        ));
     }
-    match outcome {
-        VmOutcome::Poweroff => {
-            eprintln!("zvm: guest powered off");
-            ExitCode::SUCCESS
-        }
-        VmOutcome::Reboot => {
-            eprintln!("zvm: guest rebooted; VM ended");
-            ExitCode::SUCCESS
-        }
-        VmOutcome::Halted => {
-            eprintln!("zvm: all vCPUs halted; VM ended");
-            ExitCode::SUCCESS
-        }
-        VmOutcome::Stopped => {
-            eprintln!("zvm: stopped by signal");
-            ExitCode::from(130)
-        }
-        VmOutcome::Failed(e) => {
-            eprintln!("zvm: VM failed: {e}");
-            ExitCode::from(1)
-        }
-        VmOutcome::VmmFailed(e) => {
-            eprintln!("zvm: VMM failed: {e}");
-            ExitCode::from(1)
-        }
-    }
+    let (line, code) = match outcome {
+        VmOutcome::Poweroff => ("guest powered off".to_string(), ExitCode::SUCCESS),
+        VmOutcome::Reboot => ("guest rebooted; VM ended".into(), ExitCode::SUCCESS),
+        VmOutcome::Halted => ("all vCPUs halted; VM ended".into(), ExitCode::SUCCESS),
+        VmOutcome::Stopped => ("stopped by signal".into(), ExitCode::from(130)),
+        VmOutcome::Failed(e) => (format!("VM failed: {e}"), ExitCode::from(1)),
+        VmOutcome::VmmFailed(e) => (format!("VMM failed: {e}"), ExitCode::from(1)),
+    };
+    lines.push(line);
+    (lines, code)
 }

@@ -1,4 +1,8 @@
 //! Finding the guest kernel and the guest agent binary.
+//!
+//! An installed zvm (`zvm setup --prefix PREFIX`) keeps them in `PREFIX/lib/zvm/` beside its
+//! own binaries ([`INSTALL_DIR`]); `PREFIX/bin/zvm` and `PREFIX/bin/zvm-runc` are links there.
+//! A checkout finds them in its build outputs instead.
 
 use super::SandboxError;
 use serde::{Deserialize, Serialize};
@@ -13,6 +17,9 @@ pub const AGENT_ENV: &str = "ZVM_OCI_AGENT";
 pub const KERNEL_FILE: &str = "vmlinux";
 /// File name of the agent looked for next to the executable and in the build outputs.
 pub const AGENT_BINARY: &str = "zvm-oci-agent";
+/// Where an install keeps the binaries, the kernel and the guest programs, relative to its
+/// prefix (the links in `PREFIX/bin` point here; copies in `PREFIX/bin` look here too).
+pub const INSTALL_DIR: &str = "lib/zvm";
 
 /// The guest-side files a container VM boots from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +36,8 @@ struct Search {
     kernel_env: Option<OsString>,
     agent_env: Option<OsString>,
     exe_dir: Option<PathBuf>,
+    /// `<exe_dir>/../lib/zvm`: an install's files when the executable is a copy in `bin/`.
+    install_dir: Option<PathBuf>,
     /// `<cache>/kernel`, holding `<key>/vmlinux` built by guest-kernel/build.sh.
     kernel_cache: Option<PathBuf>,
     /// Directories the build puts the static agent in.
@@ -37,18 +46,30 @@ struct Search {
 
 impl GuestArtifacts {
     /// Finds the kernel and the agent: `$ZVM_KERNEL` / `$ZVM_OCI_AGENT` when set (and then
-    /// nothing else), otherwise `vmlinux` / `zvm-oci-agent` next to the running executable,
-    /// otherwise the build outputs (the newest kernel guest-kernel/build.sh cached under
+    /// nothing else), otherwise `vmlinux` / `zvm-oci-agent` next to the running executable
+    /// (symbolic links resolved: an installed `bin/zvm` links into `lib/zvm/`), otherwise in
+    /// `../lib/zvm/` from it (an install whose `bin/` holds copies), otherwise the build
+    /// outputs of a checkout (the newest kernel guest-kernel/build.sh cached under
     /// `$ZVM_CACHE_DIR`, `$XDG_CACHE_HOME/zvm` or `~/.cache/zvm`; the agent that
     /// guest/build.sh built in this source tree).
     pub fn locate() -> Result<Self, SandboxError> {
         Self::search().locate()
     }
 
+    /// Finds only the kernel (as [`Self::locate`] does).
+    pub fn locate_kernel() -> Result<PathBuf, SandboxError> {
+        Self::search().kernel()
+    }
+
     fn search() -> Search {
+        // Linux's /proc/self/exe: links already resolved.
         let exe_dir = std::env::current_exe()
             .ok()
             .and_then(|e| e.parent().map(Path::to_path_buf));
+        let install_dir = exe_dir
+            .as_deref()
+            .and_then(Path::parent)
+            .map(|prefix| prefix.join(INSTALL_DIR));
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .map(Path::to_path_buf);
@@ -57,6 +78,7 @@ impl GuestArtifacts {
             kernel_env: std::env::var_os(KERNEL_ENV),
             agent_env: std::env::var_os(AGENT_ENV),
             exe_dir,
+            install_dir,
             kernel_cache: cache_root().map(|c| c.join("kernel")),
             agent_builds: repo
                 .map(|r| {
@@ -143,7 +165,7 @@ impl Search {
             return Ok(path);
         }
         let mut looked = Vec::new();
-        if let Some(dir) = &self.exe_dir {
+        for dir in self.exe_dir.iter().chain(&self.install_dir) {
             let path = dir.join(KERNEL_FILE);
             if check_file(&path).is_ok() {
                 return Ok(path);
@@ -160,7 +182,7 @@ impl Search {
             "kernel",
             KERNEL_ENV,
             format!(
-                "looked in {} (`zvm kernel path` builds one)",
+                "looked in {} (`zvm setup` installs one, `zvm kernel path` builds one)",
                 looked.join(", ")
             ),
         ))
@@ -179,7 +201,8 @@ impl Search {
             return Ok(path);
         }
         let mut looked = Vec::new();
-        for dir in self.exe_dir.iter().chain(&self.agent_builds) {
+        let dirs = self.exe_dir.iter().chain(&self.install_dir);
+        for dir in dirs.chain(&self.agent_builds) {
             let path = dir.join(AGENT_BINARY);
             // The agent runs as the guest's PID 1 with no shared libraries: skip a
             // dynamically linked build (cargo's host build lands next to zvm in target/).
@@ -192,7 +215,7 @@ impl Search {
             "agent",
             AGENT_ENV,
             format!(
-                "looked for {} (guest/build.sh builds it)",
+                "looked for {} (`zvm setup` installs it, guest/build.sh builds it)",
                 looked.join(", ")
             ),
         ))
@@ -331,6 +354,47 @@ mod tests {
                 agent: exe.join(AGENT_BINARY)
             }
         );
+    }
+
+    #[test]
+    fn an_install_comes_before_the_build_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("prefix");
+        let lib = prefix.join(INSTALL_DIR);
+        let cache = dir.path().join("cache/kernel");
+        let build = dir.path().join("guest/target");
+        file(&cache.join("k1/vmlinux"));
+        elf(&build.join(AGENT_BINARY), false);
+        // A copy of zvm in PREFIX/bin: its files are in PREFIX/lib/zvm.
+        let search = Search {
+            exe_dir: Some(prefix.join("bin")),
+            install_dir: Some(lib.clone()),
+            kernel_cache: Some(cache.clone()),
+            agent_builds: vec![build.clone()],
+            ..Default::default()
+        };
+        assert_eq!(search.locate().unwrap().kernel, cache.join("k1/vmlinux"));
+        file(&lib.join(KERNEL_FILE));
+        elf(&lib.join(AGENT_BINARY), false);
+        assert_eq!(
+            search.locate().unwrap(),
+            GuestArtifacts {
+                kernel: lib.join(KERNEL_FILE),
+                agent: lib.join(AGENT_BINARY)
+            }
+        );
+        // zvm run through the PREFIX/bin link: the executable is PREFIX/lib/zvm/zvm.
+        let search = Search {
+            exe_dir: Some(lib.clone()),
+            install_dir: Some(dir.path().join(INSTALL_DIR)),
+            kernel_cache: Some(cache),
+            agent_builds: vec![build],
+            ..Default::default()
+        };
+        assert_eq!(search.kernel().unwrap(), lib.join(KERNEL_FILE));
+        assert_eq!(search.agent().unwrap(), lib.join(AGENT_BINARY));
+        let err = Search::default().kernel().unwrap_err().to_string();
+        assert!(err.contains("`zvm setup` installs one"), "{err}");
     }
 
     #[test]

@@ -90,12 +90,11 @@ pub fn run_attached(
     run: AttachedRun<'_>,
     gone: &dyn Fn() -> Option<String>,
 ) -> Result<ExitStatus, SandboxError> {
-    let no_console = Path::new("/dev/null");
     let stream = wait_for_agent(
         run.vsock_uds,
         AGENT_VSOCK_PORT,
         Instant::now() + AGENT_DEADLINE,
-        run.console_log.unwrap_or(no_console),
+        run.console_log,
         gone,
     )?;
     let (tx, rx) = mpsc::channel::<Main>();

@@ -53,18 +53,37 @@ pub(crate) enum MainEvent {
 /// before the process starts other threads (it blocks those signals for its own threads).
 pub fn sandbox_main(container_dir: &Path) -> ExitCode {
     let mut ready = Ready::from_env();
+    crate::logging::init_process_file(&container_dir.join(LOG_FILE));
     let notes = Notes::open(&container_dir.join(LOG_FILE));
     match run(container_dir, &mut ready, &notes) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             notes.note(&format!("failed: {e}"));
             if ready.is_pending() {
-                ready.fail(&e.to_string());
+                ready.fail(&with_console_tail(
+                    &e.to_string(),
+                    &container_dir.join(CONSOLE_LOG),
+                ));
             } else {
                 eprintln!("zvm sandbox: {e}");
             }
             ExitCode::from(1)
         }
+    }
+}
+
+/// `message`, and the last lines of the guest console when the VM wrote any (a container
+/// that failed to boot or start says why in the guest's messages and the agent's log).
+pub(crate) fn with_console_tail(message: &str, console: &Path) -> String {
+    let wrote = std::fs::metadata(console).is_ok_and(|m| m.len() > 0);
+    if wrote {
+        // No path: a failed create removes the container's directory.
+        format!(
+            "{message}\nlast lines of the guest console:\n{}",
+            super::agent::console_tail(console, 20)
+        )
+    } else {
+        message.to_string()
     }
 }
 
@@ -206,7 +225,8 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
         &vsock,
         AGENT_VSOCK_PORT,
         Instant::now() + AGENT_DEADLINE,
-        &console,
+        // sandbox_main quotes the console on any failure.
+        None,
         &|| guard.ended(),
     )?;
     let agent_tx = tx.clone();

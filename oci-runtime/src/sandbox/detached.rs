@@ -103,6 +103,7 @@ pub fn exec_detached(
 /// Body of the hidden `__exec <container_dir> <request>` subcommand (see the module doc).
 pub fn exec_relay_main(container_dir: &Path, request: &Path) -> ExitCode {
     let mut ready = Ready::from_env();
+    crate::logging::init_process_file(&container_dir.join(super::LOG_FILE));
     // Before any thread starts, so that every thread has them blocked.
     // The sandbox's set, but for SIGWINCH: the caller resizes a pty itself.
     let relayed: Vec<i32> = unix::FORWARDED_SIGNALS

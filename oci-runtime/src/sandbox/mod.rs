@@ -43,7 +43,9 @@ mod vmconfig;
 mod tests;
 
 pub use agent::AgentError;
-pub use artifacts::{GuestArtifacts, AGENT_BINARY, AGENT_ENV, KERNEL_ENV, KERNEL_FILE};
+pub use artifacts::{
+    GuestArtifacts, AGENT_BINARY, AGENT_ENV, INSTALL_DIR, KERNEL_ENV, KERNEL_FILE,
+};
 pub use attached::{
     agent_drives, guest_disk_device, run_attached, AttachedRun, AGENT_DRIVE, ROOTFS_DRIVE,
 };

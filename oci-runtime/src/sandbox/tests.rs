@@ -264,3 +264,22 @@ fn bad_control_frames_get_an_error_not_a_hang() {
 fn client_stream(c: &mut SandboxClient) -> &mut UnixStream {
     c.stream_mut()
 }
+
+#[test]
+fn a_failed_create_quotes_the_guest_console_when_the_vm_wrote_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join(super::CONSOLE_LOG);
+    // Before the VM: no console, the message alone.
+    assert_eq!(
+        super::daemon::with_console_tail("no agent", &console),
+        "no agent"
+    );
+    let lines: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
+    std::fs::write(&console, lines.join("\n")).unwrap();
+    let text = super::daemon::with_console_tail("the guest agent refused Create: x", &console);
+    let got: Vec<&str> = text.lines().collect();
+    assert_eq!(got[0], "the guest agent refused Create: x");
+    assert_eq!(got[1], "last lines of the guest console:", "{text}");
+    assert_eq!(got[2], "line 10");
+    assert_eq!(got.len(), 22);
+}

@@ -80,8 +80,8 @@ pub enum FlistVmError {
     #[error("agent disk: {0}")]
     AgentDisk(String),
     /// The project's guest kernel was not found.
-    #[error("no guest kernel: give --kernel, set ZVM_KERNEL, or build it with `zvm kernel path`")]
-    NoKernel,
+    #[error("{0} (or give --kernel)")]
+    NoKernel(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FlistVmError + '_ {
@@ -182,8 +182,9 @@ impl BootPlan {
     }
 }
 
-/// Finds the project's guest kernel: `explicit`, `$ZVM_KERNEL`, `vmlinux` next to the
-/// running program, or the newest build under `~/.cache/zvm/kernel/`.
+/// Finds the project's guest kernel: `explicit`, else as oci-runtime's containers do
+/// ([`oci_runtime::sandbox::GuestArtifacts::locate_kernel`]: `$ZVM_KERNEL`, `vmlinux` next to
+/// the running program or in its install's `lib/zvm/`, the newest build in the kernel cache).
 pub fn locate_kernel(explicit: Option<&Path>) -> Result<PathBuf, FlistVmError> {
     if let Some(p) = explicit {
         return if p.is_file() {
@@ -195,31 +196,8 @@ pub fn locate_kernel(explicit: Option<&Path>) -> Result<PathBuf, FlistVmError> {
             })
         };
     }
-    if let Some(p) = std::env::var_os("ZVM_KERNEL")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-    {
-        return Ok(p);
-    }
-    if let Some(p) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("vmlinux")))
-        .filter(|p| p.is_file())
-    {
-        return Ok(p);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    let builds =
-        std::fs::read_dir(home.join(".cache/zvm/kernel")).map_err(|_| FlistVmError::NoKernel)?;
-    builds
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("vmlinux"))
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .max()
-        .map(|(_, p)| p)
-        .ok_or(FlistVmError::NoKernel)
+    oci_runtime::sandbox::GuestArtifacts::locate_kernel()
+        .map_err(|e| FlistVmError::NoKernel(e.to_string()))
 }
 
 /// Classifies a loaded flist tree.

@@ -173,7 +173,10 @@ mod tests {
         assert_eq!(token, "ab".repeat(32));
         let again = api_token(dir.path(), |_| panic!("a second token was made")).unwrap();
         assert_eq!(again, token);
-        let mode = std::fs::metadata(dir.path().join("api.token")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("api.token"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(dir.path().join("api.token"), "short").unwrap();
         let e = api_token(dir.path(), |_| Ok(())).unwrap_err();

@@ -446,7 +446,11 @@ mod tests {
         let mut head = vec![0u8; 2048];
         std::io::Read::read_exact(&mut std::fs::File::open(&img).unwrap(), &mut head).unwrap();
         // The ext4 magic 0xEF53 sits at byte 56 of the superblock, 1024 bytes in.
-        assert_eq!(head.get(1080..1082), Some(&[0x53, 0xEF][..]), "not formatted");
+        assert_eq!(
+            head.get(1080..1082),
+            Some(&[0x53, 0xEF][..]),
+            "not formatted"
+        );
         use std::os::unix::fs::MetadataExt;
         assert!(
             meta.blocks() * 512 < 1 << 20,

@@ -219,7 +219,10 @@ impl WorkloadSpec {
             if ["root", "agent", "rootfs"].contains(&disk.name.as_str()) {
                 return Err(invalid(
                     format!("{field}.name"),
-                    format!("`{}` is reserved for the VM's own disks (root, agent, rootfs)", disk.name),
+                    format!(
+                        "`{}` is reserved for the VM's own disks (root, agent, rootfs)",
+                        disk.name
+                    ),
                 ));
             }
             if !disk_names.insert(disk.name.as_str()) {
@@ -245,7 +248,10 @@ impl WorkloadSpec {
             if disk.mountpoint.contains([',', ' ', '\t', '\n', '"']) {
                 return Err(invalid(
                     format!("{field}.mountpoint"),
-                    format!("`{}` may not contain commas, blanks or quotes", disk.mountpoint),
+                    format!(
+                        "`{}` may not contain commas, blanks or quotes",
+                        disk.mountpoint
+                    ),
                 ));
             }
         }

@@ -36,15 +36,47 @@ pub enum LoggerError {
     },
 }
 
-/// Where log lines go: standard error until a log path is set.
+/// Where log lines go: standard error until a log path is set; held in memory while
+/// [`Logging::hold`] is in force.
 #[derive(Debug, Clone, Default)]
-struct Sink(Arc<Mutex<Option<File>>>);
+struct Sink(Arc<Mutex<SinkState>>);
+
+#[derive(Debug, Default)]
+struct SinkState {
+    file: Option<File>,
+    held: Option<Vec<u8>>,
+}
+
+impl Sink {
+    fn state(&self) -> std::sync::MutexGuard<'_, SinkState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the held lines to `to` (or standard error) and sends later lines there.
+    fn release(&self, to: Option<File>) {
+        let mut state = self.state();
+        let held = state.held.take().unwrap_or_default();
+        if let Some(file) = to {
+            state.file = Some(file);
+        }
+        let _ = match &mut state.file {
+            Some(file) => file.write_all(&held),
+            None => io::stderr().write_all(&held),
+        };
+    }
+}
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut *self.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(file) => file.write(buf),
-            None => io::stderr().write(buf),
+        let mut state = self.state();
+        let state = &mut *state;
+        match (&mut state.held, &mut state.file) {
+            (Some(held), _) => {
+                held.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            (None, Some(file)) => file.write(buf),
+            (None, None) => io::stderr().write(buf),
         }
     }
 
@@ -230,14 +262,33 @@ impl Logging {
         if let Some(show) = request.show_log_origin {
             self.format.show_origin.store(show, Ordering::Relaxed);
         }
-        let mut sink = self.sink.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sink = self.sink.state();
         if let Some(file) = file {
-            *sink = Some(file);
+            sink.file = Some(file);
         }
+        self.format.colour.store(
+            self.stderr_is_terminal && sink.file.is_none(),
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    /// Keeps log lines in memory (uncoloured) until [`Self::release`]: while zvm cannot
+    /// tell yet whether they belong on the terminal or in a container's log file.
+    pub fn hold(&self) {
+        self.format.colour.store(false, Ordering::Relaxed);
+        self.sink.state().held.get_or_insert_with(Vec::new);
+    }
+
+    /// Ends [`Self::hold`]: the lines held go to `to` (which then takes every later line)
+    /// or, with None, to where they went before.
+    pub fn release(&self, to: Option<File>) {
+        let to_file = to.is_some();
+        self.sink.release(to);
+        let on_stderr = !to_file && self.sink.state().file.is_none();
         self.format
             .colour
-            .store(self.stderr_is_terminal && sink.is_none(), Ordering::Relaxed);
-        Ok(())
+            .store(self.stderr_is_terminal && on_stderr, Ordering::Relaxed);
     }
 }
 
@@ -296,6 +347,20 @@ mod tests {
         for bad in ["", "a b", "vmm::", "::vmm", "vmm=debug", "a,b"] {
             assert!(!is_module_path(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn held_lines_go_where_they_are_released_to() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("log");
+        let mut sink = Sink::default();
+        sink.state().held = Some(Vec::new());
+        sink.write_all(b"one\n").expect("held");
+        assert!(!path.exists());
+        sink.release(Some(open_append(&path).expect("log file")));
+        sink.write_all(b"two\n").expect("to the file");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "one\ntwo\n");
+        assert!(sink.state().held.is_none());
     }
 
     #[test]
