@@ -32,7 +32,11 @@ impl ZvmProcess {
 
     fn call(&self, method: &str, uri: &str, body: Option<&str>) -> (u16, serde_json::Value) {
         let (status, body) = request(&self.sock, method, uri, body);
-        let json = if body.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)) };
+        let json = if body.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body))
+        };
         (status, json)
     }
 }
@@ -54,35 +58,141 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
     assert_eq!(info["app_name"], "zvm");
     assert_eq!(zvm.call("GET", "/version", None).0, 200);
 
-    assert_eq!(zvm.call("PUT", "/machine-config", Some(r#"{"vcpu_count": 2, "mem_size_mib": 256}"#)).0, 204);
-    assert_eq!(zvm.call("PATCH", "/machine-config", Some(r#"{"mem_size_mib": 512}"#)).0, 204);
+    assert_eq!(
+        zvm.call(
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 2, "mem_size_mib": 256}"#)
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        zvm.call("PATCH", "/machine-config", Some(r#"{"mem_size_mib": 512}"#))
+            .0,
+        204
+    );
     let (status, mc) = zvm.call("GET", "/machine-config", None);
-    assert_eq!((status, mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()), (200, Some(2), Some(512)));
+    assert_eq!(
+        (
+            status,
+            mc["vcpu_count"].as_u64(),
+            mc["mem_size_mib"].as_u64()
+        ),
+        (200, Some(2), Some(512))
+    );
 
-    let (status, fault) = zvm.call("PUT", "/boot-source", Some(r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#));
+    let (status, fault) = zvm.call(
+        "PUT",
+        "/boot-source",
+        Some(r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#),
+    );
     assert_eq!(status, 400);
-    assert!(fault["fault_message"].as_str().unwrap_or("").contains("cannot be read"), "{fault}");
-    let (status, fault) = zvm.call("PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#));
+    assert!(
+        fault["fault_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot be read"),
+        "{fault}"
+    );
+    let (status, fault) = zvm.call(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
     assert_eq!(status, 400, "no boot source yet");
-    assert!(fault["fault_message"].as_str().unwrap_or("").contains("boot source"), "{fault}");
-    let (status, fault) = zvm.call("PUT", "/machine-config", Some(r#"{"vcpu_count": 1, "mem_size_mib": 128, "bogus": 1}"#));
+    assert!(
+        fault["fault_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("boot source"),
+        "{fault}"
+    );
+    let (status, fault) = zvm.call(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 1, "mem_size_mib": 128, "bogus": 1}"#),
+    );
     assert_eq!(status, 400);
-    assert!(fault["fault_message"].as_str().unwrap_or("").contains("bogus"), "{fault}");
-    assert_eq!(zvm.call("PUT", "/machine-config", Some(r#"{"vcpu_count": 1, "mem_size_mib": "#)).0, 400, "truncated JSON");
-    assert_eq!(zvm.call("PUT", "/machine-config", Some(r#"{"vcpu_count": 1, "mem_size_mib": 128, "smt": true}"#)).0, 400);
-    assert_eq!(zvm.call("PUT", "/network-interfaces/eth0", Some(r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:00:00:00:00:01"}"#)).0, 204);
-    assert_eq!(zvm.call("PUT", "/network-interfaces/eth1", Some(r#"{"iface_id": "eth1", "host_dev_name": "tap1", "guest_mac": "not-a-mac"}"#)).0, 400);
-    let vsock = serde_json::json!({"guest_cid": 3, "uds_path": scratch_dir().join("api-config.vsock")}).to_string();
+    assert!(
+        fault["fault_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("bogus"),
+        "{fault}"
+    );
+    assert_eq!(
+        zvm.call(
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 1, "mem_size_mib": "#)
+        )
+        .0,
+        400,
+        "truncated JSON"
+    );
+    assert_eq!(
+        zvm.call(
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 1, "mem_size_mib": 128, "smt": true}"#)
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        zvm.call(
+            "PUT",
+            "/network-interfaces/eth0",
+            Some(
+                r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:00:00:00:00:01"}"#
+            )
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        zvm.call(
+            "PUT",
+            "/network-interfaces/eth1",
+            Some(r#"{"iface_id": "eth1", "host_dev_name": "tap1", "guest_mac": "not-a-mac"}"#)
+        )
+        .0,
+        400
+    );
+    let vsock =
+        serde_json::json!({"guest_cid": 3, "uds_path": scratch_dir().join("api-config.vsock")})
+            .to_string();
     assert_eq!(zvm.call("PUT", "/vsock", Some(&vsock)).0, 204);
-    assert_eq!(zvm.call("PUT", "/vsock", Some(r#"{"guest_cid": 2, "uds_path": "/tmp/x.sock"}"#)).0, 400, "CID 2 is the host");
+    assert_eq!(
+        zvm.call(
+            "PUT",
+            "/vsock",
+            Some(r#"{"guest_cid": 2, "uds_path": "/tmp/x.sock"}"#)
+        )
+        .0,
+        400,
+        "CID 2 is the host"
+    );
     assert_eq!(zvm.call("GET", "/nowhere", None).0, 404);
-    assert_eq!(zvm.call("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0, 400, "nothing to pause before start");
+    assert_eq!(
+        zvm.call("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        400,
+        "nothing to pause before start"
+    );
 
     let disk = scratch_dir().join("api-disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk");
-    let drive = format!(r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": true}}"#, disk.display());
+    let drive = format!(
+        r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": true}}"#,
+        disk.display()
+    );
     assert_eq!(zvm.call("PUT", "/drives/data", Some(&drive)).0, 204);
-    assert_eq!(zvm.call("PUT", "/drives/other", Some(&drive)).0, 400, "path and body ids differ");
+    assert_eq!(
+        zvm.call("PUT", "/drives/other", Some(&drive)).0,
+        400,
+        "path and body ids differ"
+    );
     assert_eq!(zvm.call("PUT", "/entropy", Some("{}")).0, 204);
     let (status, config) = zvm.call("GET", "/vm/config", None);
     assert_eq!(status, 200);
@@ -104,7 +214,10 @@ fn logger_moves_zvm_log_to_a_file_with_level_and_origin() {
     assert_eq!(zvm.call("PUT", "/logger", Some(&body)).0, 204);
     assert_eq!(zvm.call("GET", "/machine-config", None).0, 200);
     let text = std::fs::read_to_string(&log).expect("log file written");
-    let line = text.lines().find(|l| l.contains("API request") && l.contains("GetMachineConfig")).unwrap_or_else(|| panic!("{text}"));
+    let line = text
+        .lines()
+        .find(|l| l.contains("API request") && l.contains("GetMachineConfig"))
+        .unwrap_or_else(|| panic!("{text}"));
     assert!(line.starts_with("DEBUG "), "the level is shown: {line}");
     assert!(line.contains("routes.rs:"), "the origin is shown: {line}");
 
@@ -112,14 +225,44 @@ fn logger_moves_zvm_log_to_a_file_with_level_and_origin() {
     assert_eq!(zvm.call("PUT", "/logger", Some(&body)).0, 204);
     let before = std::fs::read_to_string(&log).expect("log").len();
     assert_eq!(zvm.call("GET", "/machine-config", None).0, 200);
-    assert_eq!(std::fs::read_to_string(&log).expect("log").len(), before, "debug lines are filtered out now");
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("log").len(),
+        before,
+        "debug lines are filtered out now"
+    );
 
-    let (status, fault) = zvm.call("PUT", "/logger", Some(r#"{"log_path": "/nonexistent/dir/zvm.log"}"#));
+    let (status, fault) = zvm.call(
+        "PUT",
+        "/logger",
+        Some(r#"{"log_path": "/nonexistent/dir/zvm.log"}"#),
+    );
     assert_eq!(status, 400);
-    assert!(fault["fault_message"].as_str().unwrap_or("").contains("/nonexistent/dir/zvm.log"), "{fault}");
-    assert_eq!(zvm.call("PUT", "/logger", Some(r#"{"level": "Loud"}"#)).0, 400, "unknown level");
-    assert_eq!(zvm.call("PUT", "/logger", Some(r#"{"module": "a b"}"#)).0, 400, "not a module path");
-    assert_eq!(zvm.call("PUT", "/logger", Some(r#"{"module": "api_server", "level": "Debug"}"#)).0, 204);
+    assert!(
+        fault["fault_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/nonexistent/dir/zvm.log"),
+        "{fault}"
+    );
+    assert_eq!(
+        zvm.call("PUT", "/logger", Some(r#"{"level": "Loud"}"#)).0,
+        400,
+        "unknown level"
+    );
+    assert_eq!(
+        zvm.call("PUT", "/logger", Some(r#"{"module": "a b"}"#)).0,
+        400,
+        "not a module path"
+    );
+    assert_eq!(
+        zvm.call(
+            "PUT",
+            "/logger",
+            Some(r#"{"module": "api_server", "level": "Debug"}"#)
+        )
+        .0,
+        204
+    );
     assert_eq!(zvm.call("GET", "/", None).0, 200, "still serving");
 }
 
@@ -127,25 +270,46 @@ fn logger_moves_zvm_log_to_a_file_with_level_and_origin() {
 fn zvm_api_client_prints_status_and_body_and_fails_on_errors() {
     let zvm = ZvmProcess::start("api-client");
     let sock = zvm.sock.to_str().expect("utf8");
-    let run = |args: &[&str]| Command::new(zvm_binary()).arg("api").arg(sock).args(args).output().expect("run zvm api");
+    let run = |args: &[&str]| {
+        Command::new(zvm_binary())
+            .arg("api")
+            .arg(sock)
+            .args(args)
+            .output()
+            .expect("run zvm api")
+    };
     let out = run(&["GET", "/"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 200 OK"));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the body is JSON");
     assert_eq!(info["state"], "Not started");
 
-    let out = run(&["PUT", "/machine-config", r#"{"vcpu_count": 2, "mem_size_mib": 256}"#]);
+    let out = run(&[
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
+    ]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 204 No Content"));
     assert!(out.stdout.is_empty(), "no body");
-    assert_eq!(zvm.call("GET", "/machine-config", None).1["vcpu_count"], 2, "the request took effect");
+    assert_eq!(
+        zvm.call("GET", "/machine-config", None).1["vcpu_count"],
+        2,
+        "the request took effect"
+    );
 
     let out = run(&["PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#]);
     assert_eq!(out.status.code(), Some(1), "a 400 answer");
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 400"));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("InstanceStart"), "the fault says what to do first");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("InstanceStart"),
+        "the fault says what to do first"
+    );
 
-    let out = Command::new(zvm_binary()).args(["api", "/nonexistent/zvm.sock", "GET", "/"]).output().expect("run");
+    let out = Command::new(zvm_binary())
+        .args(["api", "/nonexistent/zvm.sock", "GET", "/"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }
@@ -164,7 +328,9 @@ impl ConsoleReader {
                 if n == 0 {
                     break;
                 }
-                sink.lock().expect("console").push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .expect("console")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         ConsoleReader(text)
@@ -180,14 +346,21 @@ impl ConsoleReader {
             if let Some(status) = zvm.child.try_wait().expect("wait") {
                 panic!("zvm exited ({status}) before {marker:?}:\n{}", self.text());
             }
-            assert!(Instant::now() < deadline, "no {marker:?} in time:\n{}", self.text());
+            assert!(
+                Instant::now() < deadline,
+                "no {marker:?} in time:\n{}",
+                self.text()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 }
 
 fn sum(lines: &[serde_json::Value], group: &str, counter: &str) -> u64 {
-    lines.iter().filter_map(|l| l[group][counter].as_u64()).sum()
+    lines
+        .iter()
+        .filter_map(|l| l[group][counter].as_u64())
+        .sum()
 }
 
 #[test]
@@ -201,39 +374,114 @@ fn api_drives_a_linux_boot_through_pause_resume_and_ctrl_alt_del() {
         "initrd_path": test_initramfs(),
         "boot_args": format!("{DEFAULT_BOOT_ARGS} zvm.mode=wait"),
     });
-    assert_eq!(zvm.call("PUT", "/boot-source", Some(&boot.to_string())).0, 204);
-    assert_eq!(zvm.call("PUT", "/machine-config", Some(r#"{"vcpu_count": 1, "mem_size_mib": 256}"#)).0, 204);
+    assert_eq!(
+        zvm.call("PUT", "/boot-source", Some(&boot.to_string())).0,
+        204
+    );
+    assert_eq!(
+        zvm.call(
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 1, "mem_size_mib": 256}"#)
+        )
+        .0,
+        204
+    );
     let disk = scratch_dir().join("api-boot-disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk");
     let drive = serde_json::json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false, "is_read_only": true});
-    assert_eq!(zvm.call("PUT", "/drives/data", Some(&drive.to_string())).0, 204);
+    assert_eq!(
+        zvm.call("PUT", "/drives/data", Some(&drive.to_string())).0,
+        204
+    );
     let metrics_body = serde_json::json!({"metrics_path": metrics}).to_string();
     assert_eq!(zvm.call("PUT", "/metrics", Some(&metrics_body)).0, 204);
-    let (status, fault) = zvm.call("PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#));
+    let (status, fault) = zvm.call(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+    );
     assert_eq!(status, 400, "no VM to send keys to yet");
-    assert!(fault["fault_message"].as_str().unwrap_or("").contains("InstanceStart"), "{fault}");
-    assert_eq!(zvm.call("PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)).0, 204);
+    assert!(
+        fault["fault_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("InstanceStart"),
+        "{fault}"
+    );
+    assert_eq!(
+        zvm.call(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        )
+        .0,
+        204
+    );
     assert_eq!(zvm.call("GET", "/", None).1["state"], "Running");
-    assert_eq!(zvm.call("PUT", "/boot-source", Some(&boot.to_string())).0, 400, "no reconfiguration after start");
-    assert_eq!(zvm.call("PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)).0, 400, "only one start");
+    assert_eq!(
+        zvm.call("PUT", "/boot-source", Some(&boot.to_string())).0,
+        400,
+        "no reconfiguration after start"
+    );
+    assert_eq!(
+        zvm.call(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        )
+        .0,
+        400,
+        "only one start"
+    );
 
     // The guest's init reaches userspace and waits for Ctrl-Alt-Del.
-    console.wait_for("zvm-guest: waiting for ctrl-alt-del", &mut zvm, Duration::from_secs(900));
-    assert_eq!(zvm.call("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0, 204);
+    console.wait_for(
+        "zvm-guest: waiting for ctrl-alt-del",
+        &mut zvm,
+        Duration::from_secs(900),
+    );
+    assert_eq!(
+        zvm.call("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        204
+    );
     assert_eq!(zvm.call("GET", "/", None).1["state"], "Paused");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(zvm.call("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0, 204);
+    assert_eq!(
+        zvm.call("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,
+        204
+    );
     assert_eq!(zvm.call("GET", "/", None).1["state"], "Running");
-    assert_eq!(zvm.call("PUT", "/actions", Some(r#"{"action_type": "FlushMetrics"}"#)).0, 204);
+    assert_eq!(
+        zvm.call(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "FlushMetrics"}"#)
+        )
+        .0,
+        204
+    );
 
     // Ctrl-Alt-Del: the keyboard driver makes the kernel signal init, which shuts down.
-    assert_eq!(zvm.call("PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#)).0, 204);
+    assert_eq!(
+        zvm.call(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#)
+        )
+        .0,
+        204
+    );
     let deadline = Instant::now() + Duration::from_secs(300);
     let status = loop {
         if let Some(status) = zvm.child.try_wait().expect("wait") {
             break status;
         }
-        assert!(Instant::now() < deadline, "the guest did not shut down after Ctrl-Alt-Del:\n{}", console.text());
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not shut down after Ctrl-Alt-Del:\n{}",
+            console.text()
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let mut errors = String::new();
@@ -242,8 +490,14 @@ fn api_drives_a_linux_boot_through_pause_resume_and_ctrl_alt_del() {
     }
     std::thread::sleep(Duration::from_millis(200));
     let text = console.text();
-    assert!(text.contains("i8042.dumbkbd"), "zvm added the i8042 switches:\n{text}");
-    assert!(text.contains("zvm-guest: ctrl-alt-del, shutting down"), "{errors}\n{text}");
+    assert!(
+        text.contains("i8042.dumbkbd"),
+        "zvm added the i8042 switches:\n{text}"
+    );
+    assert!(
+        text.contains("zvm-guest: ctrl-alt-del, shutting down"),
+        "{errors}\n{text}"
+    );
     assert!(errors.contains("zvm: guest rebooted; VM ended"), "{errors}");
     assert_eq!(status.code(), Some(0), "{errors}");
 
@@ -252,15 +506,39 @@ fn api_drives_a_linux_boot_through_pause_resume_and_ctrl_alt_del() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
-    assert!(lines.len() >= 2, "FlushMetrics and the final flush: {lines:?}");
-    let booted = |l: &&serde_json::Value| l["vmm"]["state"] == "Running" && l["vmm"]["boot_time_us"].as_u64().is_some();
-    assert!(lines.iter().any(|l| booted(&l)), "a line while running shows the guest's boot time: {lines:?}");
+    assert!(
+        lines.len() >= 2,
+        "FlushMetrics and the final flush: {lines:?}"
+    );
+    let booted = |l: &&serde_json::Value| {
+        l["vmm"]["state"] == "Running" && l["vmm"]["boot_time_us"].as_u64().is_some()
+    };
+    assert!(
+        lines.iter().any(|l| booted(&l)),
+        "a line while running shows the guest's boot time: {lines:?}"
+    );
     // Counters are increases since the previous line, so they add up over the lines.
     assert!(sum(&lines, "api_server", "requests") >= 14, "{lines:?}");
     assert!(sum(&lines, "api_server", "refused") >= 3, "{lines:?}");
-    assert!(sum(&lines, "vcpu", "exit_io_out") > 0, "serial output is port I/O: {lines:?}");
-    assert!(sum(&lines, "vcpu", "exit_mmio_write") > 0, "virtio and the boot timer are MMIO: {lines:?}");
-    assert!(sum(&lines, "block_data", "read_bytes") > 0, "the kernel read the partition table: {lines:?}");
-    assert_eq!(sum(&lines, "block_data", "write_count"), 0, "a read-only disk");
-    assert!(!zvm.sock.exists(), "the API socket is removed when zvm exits");
+    assert!(
+        sum(&lines, "vcpu", "exit_io_out") > 0,
+        "serial output is port I/O: {lines:?}"
+    );
+    assert!(
+        sum(&lines, "vcpu", "exit_mmio_write") > 0,
+        "virtio and the boot timer are MMIO: {lines:?}"
+    );
+    assert!(
+        sum(&lines, "block_data", "read_bytes") > 0,
+        "the kernel read the partition table: {lines:?}"
+    );
+    assert_eq!(
+        sum(&lines, "block_data", "write_count"),
+        0,
+        "a read-only disk"
+    );
+    assert!(
+        !zvm.sock.exists(),
+        "the API socket is removed when zvm exits"
+    );
 }

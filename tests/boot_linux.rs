@@ -6,7 +6,10 @@ use std::time::Duration;
 use vmm::resources::DEFAULT_BOOT_ARGS;
 use vmm::{VmOutcome, VmResources};
 
-use zvm_integration_tests::{busybox_initramfs, ext4_image, guest_kernel, read_from_ext4, run_zvm, run_zvm_in, test_initramfs, NetNs};
+use zvm_integration_tests::{
+    busybox_initramfs, ext4_image, guest_kernel, read_from_ext4, run_zvm, run_zvm_in,
+    test_initramfs, NetNs,
+};
 
 /// Upper bound for one boot here; a VMX host needs a fraction of a second.
 const BOOT_LIMIT: Duration = Duration::from_secs(600);
@@ -35,8 +38,23 @@ fn config_file_boot_reaches_userspace_and_system_calls_work() {
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
     });
     std::fs::write(&config, doc.to_string()).expect("write config");
-    let run = run_zvm(&["--config-file", config.to_str().expect("utf8"), "--no-api"], BOOT_LIMIT);
-    let show = || format!("exit {:?}\nstderr:\n{}\nconsole tail:\n{}", run.code, run.stderr, run.stdout.lines().rev().take(30).collect::<Vec<_>>().join("\n"));
+    let run = run_zvm(
+        &["--config-file", config.to_str().expect("utf8"), "--no-api"],
+        BOOT_LIMIT,
+    );
+    let show = || {
+        format!(
+            "exit {:?}\nstderr:\n{}\nconsole tail:\n{}",
+            run.code,
+            run.stderr,
+            run.stdout
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
     for needle in [
         // The kernel's own milestones.
         "Linux version 6.1",
@@ -52,8 +70,16 @@ fn config_file_boot_reaches_userspace_and_system_calls_work() {
         assert!(run.stdout.contains(needle), "console lacks {needle:?}: {}", show());
     }
     assert!(!run.stdout.contains("FAILED"), "{}", show());
-    assert!(run.stderr.contains("zvm: guest reached userspace "), "the boot timer was reported: {}", show());
-    assert!(run.stderr.contains("zvm: guest rebooted; VM ended"), "{}", show());
+    assert!(
+        run.stderr.contains("zvm: guest reached userspace "),
+        "the boot timer was reported: {}",
+        show()
+    );
+    assert!(
+        run.stderr.contains("zvm: guest rebooted; VM ended"),
+        "{}",
+        show()
+    );
     assert_eq!(run.code, Some(0), "{}", show());
 }
 
@@ -101,7 +127,9 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
 
     // The network: a tap in a namespace of our own, a TCP echo peer on its host side.
     let ns = NetNs::new("boot");
-    ns.exec(&["ip", "tuntap", "add", "dev", "zvmtap0", "mode", "tap", "vnet_hdr"]);
+    ns.exec(&[
+        "ip", "tuntap", "add", "dev", "zvmtap0", "mode", "tap", "vnet_hdr",
+    ]);
     ns.exec(&["ip", "addr", "add", "10.0.2.1/24", "dev", "zvmtap0"]);
     ns.exec(&["ip", "link", "set", "zvmtap0", "up"]);
     let tcp_peer = ns.spawn(|| {
@@ -116,9 +144,12 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
     // vsock: the guest connects to host port 6000 (<uds>_6000); the host connects to the
     // guest's port 5000 through the CONNECT handshake on <uds>.
     let uds = dir.join("vsock.sock");
-    let host_listener = std::os::unix::net::UnixListener::bind(format!("{}_6000", uds.display())).expect("bind uds_6000");
+    let host_listener = std::os::unix::net::UnixListener::bind(format!("{}_6000", uds.display()))
+        .expect("bind uds_6000");
     let vsock_in = std::thread::spawn(move || {
-        let (mut conn, _) = host_listener.accept().expect("the guest connects over vsock");
+        let (mut conn, _) = host_listener
+            .accept()
+            .expect("the guest connects over vsock");
         let mut got = String::new();
         std::io::Read::read_to_string(&mut conn, &mut got).expect("read");
         std::io::Write::write_all(&mut conn, format!("host-echo:{got}").as_bytes()).expect("reply");
@@ -128,13 +159,44 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
     let vsock_out = std::thread::spawn(move || host_connects_to_guest(&uds_for_client, 5000));
     let vsock = format!("cid=3,uds={}", uds.display());
     let args = [
-        "run", "--kernel", kernel.to_str().expect("utf8"), "--initrd", initrd.to_str().expect("utf8"),
-        "--cpus", "2", "--memory", "256M", "--cmdline", &cmdline, "--console-timestamps", "--verbose",
-        "--disk", &rw_disk, "--disk", &ro_disk, "--rng", "--net", "tap=zvmtap0,mac=02:00:00:00:00:05", "--vsock", &vsock,
+        "run",
+        "--kernel",
+        kernel.to_str().expect("utf8"),
+        "--initrd",
+        initrd.to_str().expect("utf8"),
+        "--cpus",
+        "2",
+        "--memory",
+        "256M",
+        "--cmdline",
+        &cmdline,
+        "--console-timestamps",
+        "--verbose",
+        "--disk",
+        &rw_disk,
+        "--disk",
+        &ro_disk,
+        "--rng",
+        "--net",
+        "tap=zvmtap0,mac=02:00:00:00:00:05",
+        "--vsock",
+        &vsock,
     ];
     let run = run_zvm_in(Some(&ns), &args, BOOT_LIMIT);
     let console = &run.stdout;
-    let show = || format!("exit {:?}\nstderr:\n{}\nconsole tail:\n{}", run.code, run.stderr, console.lines().rev().take(120).collect::<Vec<_>>().join("\n"));
+    let show = || {
+        format!(
+            "exit {:?}\nstderr:\n{}\nconsole tail:\n{}",
+            run.code,
+            run.stderr,
+            console
+                .lines()
+                .rev()
+                .take(120)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
     for needle in [
         "smp: Brought up 1 node, 2 CPUs",
         "virtio_blk virtio0: [vda]",
@@ -155,20 +217,49 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
         "vsock-echo-server-done",
         "zvm-guest: script exited with 0",
     ] {
-        assert!(console.contains(needle), "console lacks {needle:?}: {}", show());
+        assert!(
+            console.contains(needle),
+            "console lacks {needle:?}: {}",
+            show()
+        );
     }
-    assert!(console.lines().all(|l| l.starts_with("[zvm +")), "every console line is timestamped: {}", show());
+    assert!(
+        console.lines().all(|l| l.starts_with("[zvm +")),
+        "every console line is timestamped: {}",
+        show()
+    );
     assert!(run.stderr.contains("host KVM flavour"), "{}", show());
-    assert!(run.stderr.contains("zvm: guest reached userspace "), "zvm reports the boot time: {}", show());
-    assert!(run.stderr.contains("zvm: guest rebooted; VM ended"), "{}", show());
+    assert!(
+        run.stderr.contains("zvm: guest reached userspace "),
+        "zvm reports the boot time: {}",
+        show()
+    );
+    assert!(
+        run.stderr.contains("zvm: guest rebooted; VM ended"),
+        "{}",
+        show()
+    );
     assert_eq!(run.code, Some(0), "{}", show());
     // After the VM: the guest's write is in the image; the read-only image is untouched.
-    assert_eq!(read_from_ext4(&rw, "from-guest.txt").trim(), "written-by-guest");
-    assert!(std::fs::read(&ro).expect("ro image") == ro_before, "the read-only image changed");
+    assert_eq!(
+        read_from_ext4(&rw, "from-guest.txt").trim(),
+        "written-by-guest"
+    );
+    assert!(
+        std::fs::read(&ro).expect("ro image") == ro_before,
+        "the read-only image changed"
+    );
     let (tcp_got, tcp_from) = tcp_peer.join().expect("tcp peer");
-    assert_eq!((tcp_got.as_str(), tcp_from.as_str()), ("ping-over-tap", "10.0.2.15"));
+    assert_eq!(
+        (tcp_got.as_str(), tcp_from.as_str()),
+        ("ping-over-tap", "10.0.2.15")
+    );
     assert_eq!(vsock_in.join().expect("vsock listener"), "ping-from-guest");
-    assert_eq!(vsock_out.join().expect("vsock client"), "ping-from-host", "the guest echoed over vsock");
+    assert_eq!(
+        vsock_out.join().expect("vsock client"),
+        "ping-from-host",
+        "the guest echoed over vsock"
+    );
 }
 
 /// Connects to the guest's vsock `port` through zvm's `CONNECT` handshake, retrying until
@@ -178,8 +269,13 @@ fn host_connects_to_guest(uds: &std::path::Path, port: u32) -> String {
     let deadline = std::time::Instant::now() + BOOT_LIMIT;
     while std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
-        let Ok(mut conn) = std::os::unix::net::UnixStream::connect(uds) else { continue };
-        if conn.write_all(format!("CONNECT {port}\n").as_bytes()).is_err() {
+        let Ok(mut conn) = std::os::unix::net::UnixStream::connect(uds) else {
+            continue;
+        };
+        if conn
+            .write_all(format!("CONNECT {port}\n").as_bytes())
+            .is_err()
+        {
             continue;
         }
         let mut reader = BufReader::new(conn.try_clone().expect("clone"));
@@ -188,7 +284,8 @@ fn host_connects_to_guest(uds: &std::path::Path, port: u32) -> String {
             continue; // the guest is not listening yet: zvm closed the connection
         }
         conn.write_all(b"ping-from-host").expect("send over vsock");
-        conn.shutdown(std::net::Shutdown::Write).expect("half-close");
+        conn.shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
         let mut echo = String::new();
         reader.read_to_string(&mut echo).expect("read the echo");
         return echo;
@@ -207,12 +304,24 @@ fn a_corrupt_kernel_is_refused_with_a_clear_error() {
     r.console = vmm::ConsoleConfig::Off;
     let err = vmm::build_microvm(&r, Default::default()).expect_err("truncated kernel");
     let text = err.to_string();
-    assert!(text.contains("could not be loaded as ELF vmlinux"), "{text}");
+    assert!(
+        text.contains("could not be loaded as ELF vmlinux"),
+        "{text}"
+    );
     // Random bytes: not a kernel at all.
     let garbage = dir.join("garbage-kernel");
     std::fs::write(&garbage, vec![0x5a; 1 << 20]).expect("write");
-    let r = VmResources { boot_source: vmm::resources::BootSource { kernel_image_path: garbage, boot_args: None, initrd_path: None }, ..r };
-    let text = vmm::build_microvm(&r, Default::default()).expect_err("garbage").to_string();
+    let r = VmResources {
+        boot_source: vmm::resources::BootSource {
+            kernel_image_path: garbage,
+            boot_args: None,
+            initrd_path: None,
+        },
+        ..r
+    };
+    let text = vmm::build_microvm(&r, Default::default())
+        .expect_err("garbage")
+        .to_string();
     assert!(text.contains("is not a kernel"), "{text}");
 }
 
@@ -226,26 +335,64 @@ fn a_bzimage_is_entered_through_the_64_bit_boot_protocol() {
     let bzimage = guest_kernel().with_file_name("bzImage");
     let initrd = test_initramfs();
     let r = resources(1, initrd.clone(), "zvm.mode=marker");
-    let r = VmResources { boot_source: vmm::resources::BootSource { kernel_image_path: bzimage, ..r.boot_source }, ..r };
-    let mut builder = MicrovmBuilder::new(256, 1, Default::default(), true, BuildOptions::default()).expect("VM");
-    builder.attach_serial(ConsoleSink::Off, false, false).expect("serial");
+    let r = VmResources {
+        boot_source: vmm::resources::BootSource {
+            kernel_image_path: bzimage,
+            ..r.boot_source
+        },
+        ..r
+    };
+    let mut builder =
+        MicrovmBuilder::new(256, 1, Default::default(), true, BuildOptions::default()).expect("VM");
+    builder
+        .attach_serial(ConsoleSink::Off, false, false)
+        .expect("serial");
     builder.attach_i8042().expect("i8042");
     let entry = builder.load_kernel(&r).expect("bzImage loads");
-    let BootEntry::Linux64 { entry, zero_page } = entry else { panic!("bzImage must use the 64-bit protocol, got {entry:?}") };
-    assert_eq!(entry, 0x10_0200, "64-bit entry is 0x200 past the protected-mode kernel");
+    let BootEntry::Linux64 { entry, zero_page } = entry else {
+        panic!("bzImage must use the 64-bit protocol, got {entry:?}")
+    };
+    assert_eq!(
+        entry, 0x10_0200,
+        "64-bit entry is 0x200 past the protected-mode kernel"
+    );
     let mem = builder.memory();
-    let read_u32 = |off: u64| mem.read_obj::<u32>(GuestAddress(zero_page + off)).expect("zero page");
-    assert_eq!(read_u32(0x202), 0x5372_6448, "setup header copied from the image ('HdrS')");
-    assert_eq!(read_u32(0x228), vmm::layout::CMDLINE_START as u32, "cmd_line_ptr");
+    let read_u32 = |off: u64| {
+        mem.read_obj::<u32>(GuestAddress(zero_page + off))
+            .expect("zero page")
+    };
+    assert_eq!(
+        read_u32(0x202),
+        0x5372_6448,
+        "setup header copied from the image ('HdrS')"
+    );
+    assert_eq!(
+        read_u32(0x228),
+        vmm::layout::CMDLINE_START as u32,
+        "cmd_line_ptr"
+    );
     let ramdisk_size = read_u32(0x21c);
-    assert_eq!(u64::from(ramdisk_size), std::fs::metadata(&initrd).expect("initrd").len());
-    assert!(mem.read_obj::<u8>(GuestAddress(zero_page + 0x1e8)).expect("e820 entries") >= 2);
+    assert_eq!(
+        u64::from(ramdisk_size),
+        std::fs::metadata(&initrd).expect("initrd").len()
+    );
+    assert!(
+        mem.read_obj::<u8>(GuestAddress(zero_page + 0x1e8))
+            .expect("e820 entries")
+            >= 2
+    );
     // Let the decompressor run for a while: it must neither fault nor stop the VM.
-    let vm = builder.start(BootEntry::Linux64 { entry, zero_page }).expect("start");
+    let vm = builder
+        .start(BootEntry::Linux64 { entry, zero_page })
+        .expect("start");
     let stop = vm.stop_handle().expect("stop");
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(15));
         let _ = stop.request_stop();
     });
-    assert_eq!(vm.wait(), VmOutcome::Stopped, "the bzImage decompressor ran without a fault");
+    assert_eq!(
+        vm.wait(),
+        VmOutcome::Stopped,
+        "the bzImage decompressor ran without a fault"
+    );
 }

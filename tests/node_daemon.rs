@@ -76,7 +76,15 @@ impl Daemon {
             .open(log)
             .expect("log");
         let child = Command::new(zvm_binary())
-            .args(["node", "serve", "--stop-grace", "5", "--network", "lan=10.77.0.0/24", "--state-dir"])
+            .args([
+                "node",
+                "serve",
+                "--stop-grace",
+                "5",
+                "--network",
+                "lan=10.77.0.0/24",
+                "--state-dir",
+            ])
             .arg(state)
             .arg("--api-sock")
             .arg(sock)
@@ -278,16 +286,28 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     );
     assert_eq!(v["state"], "running", "{v:#}");
     assert_eq!(v["restarts"], 0);
-    let v = wait_for(&sock, "hello", Duration::from_secs(60), "the disk and network checks", |v| {
-        let tail = v["console_tail"].as_str().unwrap_or("");
-        tail.contains("DATA-MOUNTED-hello") && tail.contains("NET-LISTED")
-    });
+    let v = wait_for(
+        &sock,
+        "hello",
+        Duration::from_secs(60),
+        "the disk and network checks",
+        |v| {
+            let tail = v["console_tail"].as_str().unwrap_or("");
+            tail.contains("DATA-MOUNTED-hello") && tail.contains("NET-LISTED")
+        },
+    );
     let tail = v["console_tail"].as_str().unwrap_or("");
-    let addresses: Vec<&str> = v["addresses"].as_array().expect("addresses").iter().map(|a| a["ip"].as_str().unwrap_or("")).collect();
+    let addresses: Vec<&str> = v["addresses"]
+        .as_array()
+        .expect("addresses")
+        .iter()
+        .map(|a| a["ip"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(addresses, ["10.77.0.2", "10.77.0.3"], "{v:#}");
     for (dev, ip) in [("eth0", "10.77.0.2/24"), ("eth1", "10.77.0.3/24")] {
         assert!(
-            tail.lines().any(|l| l.contains(dev) && l.contains(&format!("inet {ip}"))),
+            tail.lines()
+                .any(|l| l.contains(dev) && l.contains(&format!("inet {ip}"))),
             "{dev} lacks {ip}: {tail}"
         );
     }

@@ -168,7 +168,11 @@ fn check_boot(run: &ZvmRun, first: bool) -> String {
     );
     let health: serde_json::Value = serde_json::from_str(health.trim_start_matches("200 "))
         .unwrap_or_else(|e| panic!("health is not JSON ({e}): {health}"));
-    assert_eq!(health["node_id"], id.as_str(), "the daemon knows the node id");
+    assert_eq!(
+        health["node_id"],
+        id.as_str(),
+        "the daemon knows the node id"
+    );
     assert_eq!(
         run.stdout.contains(&format!("zos: node id {id} (new)")),
         first,

@@ -354,10 +354,17 @@ fn container_vm_runs_a_busybox_container_from_create_to_exit() {
     drop(relay_out_w);
     let relay_out = collect(relay_out_r);
     wait_for(&relay_out, "detached-ok\n", &show);
-    eprintln!("exec --detach -> output: {:.1} s", t3.elapsed().as_secs_f64());
+    eprintln!(
+        "exec --detach -> output: {:.1} s",
+        t3.elapsed().as_secs_f64()
+    );
     // SAFETY: kill(2) on our own child, the relay.
     assert_eq!(unsafe { libc::kill(relay as i32, libc::SIGTERM) }, 0);
-    assert_eq!(wait_exit(relay, &show), 5, "the relay exits with the process's status");
+    assert_eq!(
+        wait_exit(relay, &show),
+        5,
+        "the relay exits with the process's status"
+    );
     assert!(
         relay_out.lock().expect("lock").contains("detached-term\n"),
         "SIGTERM forwarded: {}",

@@ -10,12 +10,18 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use zvm_integration_tests::{
-    busybox_rootfs, ext4_image, guest_init, guest_kernel, pack_flist, run_to_end, scratch_dir, zvm_binary,
+    busybox_rootfs, ext4_image, guest_init, guest_kernel, pack_flist, run_to_end, scratch_dir,
+    zvm_binary,
 };
 
 #[test]
 fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         eprintln!("skipped: /dev/kvm is not usable here");
         return;
     }
@@ -34,7 +40,8 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
     let stdin = dir.join("stdin.txt");
     std::fs::write(&stdin, "hello-from-stdin\n").expect("stdin file");
 
-    let entrypoint = "/bin/sh -c 'read line; echo GOT-$line; echo ENV-$GREETING; echo HOST-$(hostname); \
+    let entrypoint =
+        "/bin/sh -c 'read line; echo GOT-$line; echo ENV-$GREETING; echo HOST-$(hostname); \
                       echo DATA-$(cat /data/note.txt); echo to-stderr >&2; exit 7'";
     let console = dir.join("console.log");
     let mut command = Command::new(zvm_binary());
@@ -45,7 +52,14 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
         .arg(dir.join("cache"))
         .arg("--kernel")
         .arg(guest_kernel())
-        .args(["--entrypoint", entrypoint, "--env", "GREETING=hi there", "--hostname", "devbox"])
+        .args([
+            "--entrypoint",
+            entrypoint,
+            "--env",
+            "GREETING=hi there",
+            "--hostname",
+            "devbox",
+        ])
         .arg("--console")
         .arg(format!("file:{}", console.display()))
         .arg("--disk")
@@ -61,13 +75,28 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
         "GOT-hello-from-stdin\nENV-hi there\nHOST-devbox\nDATA-from-the-data-disk\n",
         "stdout is the entrypoint's output alone: {show}"
     );
-    assert_eq!(stderr.as_str(), "to-stderr\n", "stderr is the entrypoint's alone: {show}");
-    assert_eq!(run.code, Some(7), "zvm exits with the entrypoint's status: {show}");
+    assert_eq!(
+        stderr.as_str(),
+        "to-stderr\n",
+        "stderr is the entrypoint's alone: {show}"
+    );
+    assert_eq!(
+        run.code,
+        Some(7),
+        "zvm exits with the entrypoint's status: {show}"
+    );
     // The guest console and zvm's own messages are in the log file instead.
-    for want in ["Linux version", "virtio_mmio.device=", "zvm: the container's process exited with status 7"] {
+    for want in [
+        "Linux version",
+        "virtio_mmio.device=",
+        "zvm: the container's process exited with status 7",
+    ] {
         assert!(log.contains(want), "the console log lacks {want:?}: {show}");
     }
-    assert!(!log.contains("GOT-hello-from-stdin"), "the container's output is not in the log: {show}");
+    assert!(
+        !log.contains("GOT-hello-from-stdin"),
+        "the container's output is not in the log: {show}"
+    );
     // The work directory was temporary, and no temporary log was made.
     assert!(!Path::new(&format!("/tmp/zvm-flist-{}", run.pid)).exists());
     assert!(!Path::new(&format!("/tmp/zvm-flist-{}.log", run.pid)).exists());

@@ -34,7 +34,9 @@ pub fn parse_cmdline(cmdline: &str) -> (Vec<InterfaceAddress>, Vec<String>) {
             let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
             let ok_name = !interface.is_empty()
                 && interface.len() < libc::IFNAMSIZ
-                && interface.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                && interface
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             ok_name.then_some(())?;
             Some(InterfaceAddress {
                 interface: interface.to_string(),
@@ -77,7 +79,9 @@ fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr {
 /// Gives `a.interface` its address and netmask and brings it up.
 pub fn apply(a: &InterfaceAddress) -> io::Result<()> {
     // SAFETY: socket(2) with constant arguments.
-    let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }.into())? as i32;
+    let fd = check(
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }.into(),
+    )? as i32;
     // SAFETY: a zeroed ifreq is valid; the name is copied in NUL-terminated (parse_cmdline
     // keeps names shorter than IFNAMSIZ); each ioctl reads or writes only the ifreq.
     let result = unsafe {

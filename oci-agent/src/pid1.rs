@@ -105,8 +105,14 @@ pub fn boot() {
     }
     for a in addresses {
         match crate::netcfg::apply(&a) {
-            Ok(()) => eprintln!("zvm-oci-agent: {} has {}/{}", a.interface, a.address, a.prefix),
-            Err(e) => eprintln!("zvm-oci-agent: address {}/{} on {}: {e}", a.address, a.prefix, a.interface),
+            Ok(()) => eprintln!(
+                "zvm-oci-agent: {} has {}/{}",
+                a.interface, a.address, a.prefix
+            ),
+            Err(e) => eprintln!(
+                "zvm-oci-agent: address {}/{} on {}: {e}",
+                a.address, a.prefix, a.interface
+            ),
         }
     }
     // SAFETY: reboot(2) with the CAD_OFF command only changes how Ctrl-Alt-Del is handled.

@@ -418,7 +418,10 @@ fn seccomp_profile_holds_for_init_and_exec() {
             "syscalls": [{"names": ["mkdir", "mkdirat", "no_such_syscall"],
                           "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]
         });
-        sh(v, "mkdir /tmp/d; echo rc=$?; ls -d /tmp/d; echo ready; sleep 1000");
+        sh(
+            v,
+            "mkdir /tmp/d; echo rc=$?; ls -d /tmp/d; echo ready; sleep 1000",
+        );
     }));
     let exec = serde_json::json!({
         "args": ["sh", "-c", "mkdir /tmp/e; echo exec-rc=$?"],
