@@ -85,8 +85,18 @@ pub struct ApiMedians {
 impl ApiReport {
     /// The medians.
     pub fn medians(&self) -> ApiMedians {
-        let r = |f: &dyn Fn(&Ready) -> Option<f64>| median(&self.ready.iter().filter_map(f).collect::<Vec<_>>());
-        let b = |f: &dyn Fn(&BootPair) -> Option<Duration>| median(&self.boots.iter().filter_map(|x| f(x).map(ms)).collect::<Vec<_>>());
+        let r = |f: &dyn Fn(&Ready) -> Option<f64>| {
+            median(&self.ready.iter().filter_map(f).collect::<Vec<_>>())
+        };
+        let b = |f: &dyn Fn(&BootPair) -> Option<Duration>| {
+            median(
+                &self
+                    .boots
+                    .iter()
+                    .filter_map(|x| f(x).map(ms))
+                    .collect::<Vec<_>>(),
+            )
+        };
         ApiMedians {
             ready_ms: r(&|x| x.ready.map(ms)),
             cpu_stat_ms: r(&|x| x.cpu_stat_ms),
@@ -132,7 +142,10 @@ impl ApiReport {
 }
 
 fn api_err(what: String) -> BenchError {
-    BenchError::Spawn { program: "zvm --api-sock".into(), source: std::io::Error::other(what) }
+    BenchError::Spawn {
+        program: "zvm --api-sock".into(),
+        source: std::io::Error::other(what),
+    }
 }
 
 /// CPU time of `pid` so far from /proc/PID/stat (utime + stime), ms.
@@ -173,7 +186,10 @@ pub fn cpu_clock_ms(pid: u32) -> Option<f64> {
     if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } != 0 {
         return None;
     }
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `now` is a valid out-pointer; an invalid clock id is reported through the result.
     if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
         return None;
@@ -186,10 +202,16 @@ pub fn cpu_clock_ms(pid: u32) -> Option<f64> {
 fn wait_ready(child: &mut Child, sock: &Path, start: Instant) -> Result<Ready> {
     let deadline = start + READY_LIMIT;
     loop {
-        if let Ok(response) = api_server::client::request(sock, "GET", "/", None, Duration::from_secs(5)) {
+        if let Ok(response) =
+            api_server::client::request(sock, "GET", "/", None, Duration::from_secs(5))
+        {
             let at = start.elapsed();
             let pid = child.id();
-            let ready = Ready { ready: Some(at), cpu_stat_ms: cpu_stat_ms(pid), cpu_clock_ms: cpu_clock_ms(pid) };
+            let ready = Ready {
+                ready: Some(at),
+                cpu_stat_ms: cpu_stat_ms(pid),
+                cpu_clock_ms: cpu_clock_ms(pid),
+            };
             if response.status != 200 {
                 return Err(api_err(format!("GET / answered {}", response.status)));
             }
@@ -199,7 +221,10 @@ fn wait_ready(child: &mut Child, sock: &Path, start: Instant) -> Result<Ready> {
             return Err(api_err(format!("exited ({status}) before answering")));
         }
         if Instant::now() > deadline {
-            return Err(api_err(format!("no answer on {} within {READY_LIMIT:?}", sock.display())));
+            return Err(api_err(format!(
+                "no answer on {} within {READY_LIMIT:?}",
+                sock.display()
+            )));
         }
         std::thread::sleep(Duration::from_micros(100));
     }
@@ -208,12 +233,20 @@ fn wait_ready(child: &mut Child, sock: &Path, start: Instant) -> Result<Ready> {
 fn spawn_api(zvm: &Path, sock: &Path, stdout: Stdio) -> Result<Child> {
     let _ = std::fs::remove_file(sock);
     Command::new(zvm)
-        .args(["--api-sock".as_ref(), sock.as_os_str(), "--id".as_ref(), "bench".as_ref()])
+        .args([
+            "--api-sock".as_ref(),
+            sock.as_os_str(),
+            "--id".as_ref(),
+            "bench".as_ref(),
+        ])
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|source| BenchError::Spawn { program: zvm.display().to_string(), source })
+        .map_err(|source| BenchError::Spawn {
+            program: zvm.display().to_string(),
+            source,
+        })
 }
 
 fn stop(child: &mut Child) {
@@ -231,10 +264,20 @@ fn ready_run(zvm: &Path, sock: &Path) -> Result<Ready> {
 }
 
 fn put(sock: &Path, path: &str, body: &serde_json::Value) -> Result<()> {
-    let response = api_server::client::request(sock, "PUT", path, Some(body.to_string().as_bytes()), Duration::from_secs(30))
-        .map_err(|e| api_err(e.to_string()))?;
+    let response = api_server::client::request(
+        sock,
+        "PUT",
+        path,
+        Some(body.to_string().as_bytes()),
+        Duration::from_secs(30),
+    )
+    .map_err(|e| api_err(e.to_string()))?;
     if response.is_error() {
-        return Err(api_err(format!("PUT {path} answered {}: {}", response.status, response.text())));
+        return Err(api_err(format!(
+            "PUT {path} answered {}: {}",
+            response.status,
+            response.text()
+        )));
     }
     Ok(())
 }
@@ -276,29 +319,55 @@ fn api_boot(zvm: &Path, sock: &Path, guest: &GuestSpec, timeout: Duration) -> Re
     });
     let result = (|| {
         let ready = wait_ready(&mut child, sock, start)?;
-        let mut boot = serde_json::json!({"kernel_image_path": guest.kernel, "boot_args": guest.cmdline});
+        let mut boot =
+            serde_json::json!({"kernel_image_path": guest.kernel, "boot_args": guest.cmdline});
         if let Some(initrd) = &guest.initrd {
             boot["initrd_path"] = serde_json::json!(initrd);
         }
         put(sock, "/boot-source", &boot)?;
-        put(sock, "/machine-config", &serde_json::json!({"vcpu_count": guest.cpus, "mem_size_mib": guest.mem_mib}))?;
+        put(
+            sock,
+            "/machine-config",
+            &serde_json::json!({"vcpu_count": guest.cpus, "mem_size_mib": guest.mem_mib}),
+        )?;
         let started = Instant::now();
-        put(sock, "/actions", &serde_json::json!({"action_type": "InstanceStart"}))?;
+        put(
+            sock,
+            "/actions",
+            &serde_json::json!({"action_type": "InstanceStart"}),
+        )?;
         let marker = rx.recv_timeout(timeout).ok();
-        Ok((ready, marker.map(|at| at - started), marker.map(|at| at - start)))
+        Ok((
+            ready,
+            marker.map(|at| at - started),
+            marker.map(|at| at - start),
+        ))
     })();
     stop(&mut child);
     let tail = reader.join().unwrap_or_default();
     let _ = std::fs::remove_file(sock);
-    result.map(|(ready, start_to_marker, spawn_to_marker)| ApiBoot { ready, start_to_marker, spawn_to_marker, tail })
+    result.map(|(ready, start_to_marker, spawn_to_marker)| ApiBoot {
+        ready,
+        start_to_marker,
+        spawn_to_marker,
+        tail,
+    })
 }
 
 fn print_summary(report: &ApiReport) {
     let m = report.medians();
     println!();
-    println!("{:<44}  {:>14}  {:>12}  {:>8}  note", "median", "zvm --api-sock", "zvm run", "api/run");
+    println!(
+        "{:<44}  {:>14}  {:>12}  {:>8}  note",
+        "median", "zvm --api-sock", "zvm run", "api/run"
+    );
     let row = |name: &str, a: Option<f64>, b: Option<f64>, d: usize, note: &str| {
-        println!("{name:<44}  {:>14}  {:>12}  {:>8}  {note}", fmt_opt(a, d), fmt_opt(b, d), fmt_opt(ratio(a, b), 3));
+        println!(
+            "{name:<44}  {:>14}  {:>12}  {:>8}  {note}",
+            fmt_opt(a, d),
+            fmt_opt(b, d),
+            fmt_opt(ratio(a, b), 3)
+        );
     };
     row("spawn -> API answers GET /, ms", m.ready_ms, None, 2, "");
     let verdict = match m.cpu_clock_ms {
@@ -306,18 +375,48 @@ fn print_summary(report: &ApiReport) {
         Some(_) => "ABOVE Firecracker's 8 ms",
         None => "",
     };
-    row("  CPU then (process CPU clock), ms", m.cpu_clock_ms, None, 2, verdict);
-    row("  CPU then (/proc/PID/stat user+sys), ms", m.cpu_stat_ms, None, 1, "clock-tick resolution");
-    row("InstanceStart | spawn (run) -> marker, ms", m.start_to_marker_ms, m.run_spawn_to_marker_ms, 1, "");
-    row("spawn -> marker (API: config included), ms", m.api_spawn_to_marker_ms, m.run_spawn_to_marker_ms, 1, "");
+    row(
+        "  CPU then (process CPU clock), ms",
+        m.cpu_clock_ms,
+        None,
+        2,
+        verdict,
+    );
+    row(
+        "  CPU then (/proc/PID/stat user+sys), ms",
+        m.cpu_stat_ms,
+        None,
+        1,
+        "clock-tick resolution",
+    );
+    row(
+        "InstanceStart | spawn (run) -> marker, ms",
+        m.start_to_marker_ms,
+        m.run_spawn_to_marker_ms,
+        1,
+        "",
+    );
+    row(
+        "spawn -> marker (API: config included), ms",
+        m.api_spawn_to_marker_ms,
+        m.run_spawn_to_marker_ms,
+        1,
+        "",
+    );
 }
 
 /// Runs the benchmark: readiness runs, then boots in both modes, interleaved.
 pub fn run(launcher: &Launcher, cfg: &ApiConfig, dir: &Path) -> Result<ApiReport> {
     let sock: PathBuf = dir.join("bench-api.sock");
     let mut report = ApiReport::default();
-    println!("== API start-up: {} readiness runs; API-driven boot vs zvm run: {} boot(s) each", cfg.ready_runs, cfg.boot.runs);
-    println!("   zvm {}; marker {USERSPACE_MARKER:?}", launcher.zvm.display());
+    println!(
+        "== API start-up: {} readiness runs; API-driven boot vs zvm run: {} boot(s) each",
+        cfg.ready_runs, cfg.boot.runs
+    );
+    println!(
+        "   zvm {}; marker {USERSPACE_MARKER:?}",
+        launcher.zvm.display()
+    );
     for i in 0..cfg.ready_runs {
         match ready_run(&launcher.zvm, &sock) {
             Ok(r) => report.ready.push(r),
@@ -329,14 +428,25 @@ pub fn run(launcher: &Launcher, cfg: &ApiConfig, dir: &Path) -> Result<ApiReport
     }
     if cfg.boot.runs > 0 {
         let guest = prepare_guest(&cfg.boot, dir)?;
-        println!("   kernel {}; cmdline {:?}", guest.kernel.display(), guest.cmdline);
-        println!("{:>4}  {:>12}  {:>16}  {:>16}  {:>16}", "run", "ready ms", "api start->mark", "api spawn->mark", "run spawn->mark");
+        println!(
+            "   kernel {}; cmdline {:?}",
+            guest.kernel.display(),
+            guest.cmdline
+        );
+        println!(
+            "{:>4}  {:>12}  {:>16}  {:>16}  {:>16}",
+            "run", "ready ms", "api start->mark", "api spawn->mark", "run spawn->mark"
+        );
         for i in 0..cfg.boot.runs {
             let mut pair = BootPair::default();
             match api_boot(&launcher.zvm, &sock, &guest, cfg.boot.timeout) {
                 Ok(boot) => {
                     if boot.start_to_marker.is_none() {
-                        eprintln!("warning: API boot {} missed the marker; console tail:\n{}", i + 1, boot.tail);
+                        eprintln!(
+                            "warning: API boot {} missed the marker; console tail:\n{}",
+                            i + 1,
+                            boot.tail
+                        );
                     }
                     report.ready.push(boot.ready);
                     pair.start_to_marker = boot.start_to_marker;
@@ -344,11 +454,19 @@ pub fn run(launcher: &Launcher, cfg: &ApiConfig, dir: &Path) -> Result<ApiReport
                 }
                 Err(e) => eprintln!("warning: API boot {}: {e}", i + 1),
             }
-            let watch = Watch { markers: &[USERSPACE_MARKER], sample_at: None, timeout: cfg.boot.timeout };
+            let watch = Watch {
+                markers: &[USERSPACE_MARKER],
+                sample_at: None,
+                timeout: cfg.boot.timeout,
+            };
             let out = run_watched(&mut launcher.command(Vmm::Zvm, &guest), &watch, |_| ())?;
             pair.run_spawn_to_marker = out.marks[0];
             if out.marks[0].is_none() {
-                eprintln!("warning: zvm run {} missed the marker; {}", i + 1, out.tail(15));
+                eprintln!(
+                    "warning: zvm run {} missed the marker; {}",
+                    i + 1,
+                    out.tail(15)
+                );
             }
             if pair.start_to_marker.is_none() || pair.run_spawn_to_marker.is_none() {
                 report.failures += 1;
@@ -375,7 +493,8 @@ mod tests {
 
     #[test]
     fn stat_cpu_fields_are_found_after_the_command_name() {
-        let stat = "1234 (zvm (api) x) S 1 1234 1234 0 -1 4194560 500 0 0 0 7 3 0 0 20 0 2 0 100 0 0";
+        let stat =
+            "1234 (zvm (api) x) S 1 1234 1234 0 -1 4194560 500 0 0 0 7 3 0 0 20 0 2 0 100 0 0";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(10));
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
         assert_eq!(parse_stat_cpu_ticks("1 (x) S 1"), None);
@@ -393,8 +512,16 @@ mod tests {
     fn medians_and_ratios() {
         let report = ApiReport {
             ready: vec![
-                Ready { ready: Some(Duration::from_millis(4)), cpu_stat_ms: Some(0.0), cpu_clock_ms: Some(3.0) },
-                Ready { ready: Some(Duration::from_millis(6)), cpu_stat_ms: Some(10.0), cpu_clock_ms: Some(5.0) },
+                Ready {
+                    ready: Some(Duration::from_millis(4)),
+                    cpu_stat_ms: Some(0.0),
+                    cpu_clock_ms: Some(3.0),
+                },
+                Ready {
+                    ready: Some(Duration::from_millis(6)),
+                    cpu_stat_ms: Some(10.0),
+                    cpu_clock_ms: Some(5.0),
+                },
             ],
             boots: vec![BootPair {
                 start_to_marker: Some(Duration::from_millis(900)),

@@ -38,7 +38,10 @@ pub fn parse_blk(line: &str) -> Option<BlkResult> {
 
 /// The guest script.
 pub fn script(size_mib: u64) -> String {
-    format!("echo {}\nzvm-vsock-tool blk-bench /dev/vda {size_mib}\necho {}\n", MARKERS[0], MARKERS[1])
+    format!(
+        "echo {}\nzvm-vsock-tool blk-bench /dev/vda {size_mib}\necho {}\n",
+        MARKERS[0], MARKERS[1]
+    )
 }
 
 /// One run.
@@ -70,7 +73,13 @@ pub struct BlockMedians {
 impl BlockMedians {
     fn of(runs: &[BlockRun], vmm: Vmm) -> Self {
         let pick = |f: &dyn Fn(&BlockRun) -> Option<f64>| {
-            median(&runs.iter().filter(|r| r.vmm == vmm).filter_map(f).collect::<Vec<_>>())
+            median(
+                &runs
+                    .iter()
+                    .filter(|r| r.vmm == vmm)
+                    .filter_map(f)
+                    .collect::<Vec<_>>(),
+            )
         };
         BlockMedians {
             seq_write: pick(&|r| r.result.map(|b| b.seq_write_mib_s)),
@@ -120,18 +129,41 @@ impl BlockReport {
 fn print_summary(r: &BlockReport) {
     let (z, q) = (r.zvm, r.qemu);
     println!();
-    println!("{:<30}  {:>10}  {:>10}  {:>9}  goal", "median", "zvm", "qemu", "zvm/qemu");
+    println!(
+        "{:<30}  {:>10}  {:>10}  {:>9}  goal",
+        "median", "zvm", "qemu", "zvm/qemu"
+    );
     let row = |name: &str, a: Option<f64>, b: Option<f64>, goal: &str| {
-        println!("{name:<30}  {:>10}  {:>10}  {:>9}  {goal}", fmt_opt(a, 1), fmt_opt(b, 1), fmt_opt(ratio(a, b), 3));
+        println!(
+            "{name:<30}  {:>10}  {:>10}  {:>9}  {goal}",
+            fmt_opt(a, 1),
+            fmt_opt(b, 1),
+            fmt_opt(ratio(a, b), 3)
+        );
     };
     row("seq write, MiB/s", z.seq_write, q.seq_write, ">= 1.0");
     row("seq read, MiB/s", z.seq_read, q.seq_read, ">= 1.0");
-    row("4 KiB random read, IOPS", z.rand_iops, q.rand_iops, ">= 1.0");
-    row("host CPU, ms per MiB", z.cpu_ms_per_mib, q.cpu_ms_per_mib, "<= 1.0");
+    row(
+        "4 KiB random read, IOPS",
+        z.rand_iops,
+        q.rand_iops,
+        ">= 1.0",
+    );
+    row(
+        "host CPU, ms per MiB",
+        z.cpu_ms_per_mib,
+        q.cpu_ms_per_mib,
+        "<= 1.0",
+    );
 }
 
 /// Runs the block benchmark with `size_mib` MiB of sequential I/O.
-pub fn run(launcher: &Launcher, cfg: &DeviceConfig, size_mib: u64, dir: &Path) -> Result<BlockReport> {
+pub fn run(
+    launcher: &Launcher,
+    cfg: &DeviceConfig,
+    size_mib: u64,
+    dir: &Path,
+) -> Result<BlockReport> {
     let guest = devices::prepare(cfg, &script(size_mib), dir, "block-initramfs.cpio")?;
     let ns = NetNs::create("blk")?;
     let image = dir.join("block.img");
@@ -153,19 +185,37 @@ pub fn run(launcher: &Launcher, cfg: &DeviceConfig, size_mib: u64, dir: &Path) -
     for i in 0..cfg.runs {
         for vmm in order(i) {
             devices::sparse_image(&image, size_mib * 2)?;
-            let dev = Devices { disk: Some(&image), net: false };
-            let phase = PhaseRun::run(&mut devices::command(launcher, vmm, &guest, dev, &ns), &MARKERS, cfg.timeout)?;
+            let dev = Devices {
+                disk: Some(&image),
+                net: false,
+            };
+            let phase = PhaseRun::run(
+                &mut devices::command(launcher, vmm, &guest, dev, &ns),
+                &MARKERS,
+                cfg.timeout,
+            )?;
             let result = phase.line("BLK ").and_then(parse_blk);
-            let moved = result.map(|b| 2.0 * size_mib as f64 + b.rand_reads * 4096.0 / f64::from(1 << 20));
+            let moved =
+                result.map(|b| 2.0 * size_mib as f64 + b.rand_reads * 4096.0 / f64::from(1 << 20));
             let cpu_ms_per_mib = match (phase.cpu_between(0, 1), moved) {
                 (Some(c), Some(m)) if m > 0.0 => Some(c * 1000.0 / m),
                 _ => None,
             };
             if result.is_none() || !phase.complete() {
                 failures += 1;
-                eprintln!("warning: {} run {} gave no BLK line; {}", vmm.name(), i + 1, phase.out.tail(20));
+                eprintln!(
+                    "warning: {} run {} gave no BLK line; {}",
+                    vmm.name(),
+                    i + 1,
+                    phase.out.tail(20)
+                );
             }
-            let r = BlockRun { vmm, run: i + 1, result, cpu_ms_per_mib };
+            let r = BlockRun {
+                vmm,
+                run: i + 1,
+                result,
+                cpu_ms_per_mib,
+            };
             println!(
                 "{:>4}  {:<5}  {:>10}  {:>10}  {:>9}  {:>11}  {:?}",
                 r.run,
@@ -200,7 +250,12 @@ mod tests {
         let r = parse_blk(line).expect("parsed");
         assert_eq!(
             r,
-            BlkResult { seq_write_mib_s: 101.5, seq_read_mib_s: 230.0, rand_read_iops: 1500.5, rand_reads: 2000.0 }
+            BlkResult {
+                seq_write_mib_s: 101.5,
+                seq_read_mib_s: 230.0,
+                rand_read_iops: 1500.5,
+                rand_reads: 2000.0
+            }
         );
         assert!(parse_blk("BLK seq_write_mib_s=1").is_none());
         assert!(parse_blk("NET mib_s=1").is_none());

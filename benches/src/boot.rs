@@ -48,7 +48,10 @@ pub fn repo_root() -> PathBuf {
 /// Runs a build script that prints a file's path on its last stdout line; its stderr
 /// (progress) goes to ours.
 pub fn path_from_script(script: &Path) -> Result<PathBuf> {
-    let failed = |reason: String| BenchError::Script { script: script.to_path_buf(), reason };
+    let failed = |reason: String| BenchError::Script {
+        script: script.to_path_buf(),
+        reason,
+    };
     let out = Command::new("bash")
         .arg(script)
         .stdin(Stdio::null())
@@ -59,7 +62,12 @@ pub fn path_from_script(script: &Path) -> Result<PathBuf> {
         return Err(failed(format!("exited with {}", out.status)));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     let path = PathBuf::from(last);
     if !path.is_file() {
         return Err(failed(format!("its last line {last:?} is not a file")));
@@ -70,16 +78,33 @@ pub fn path_from_script(script: &Path) -> Result<PathBuf> {
 /// The initramfs entries: the guest init as /init, the directories it mounts on, and
 /// /dev/console (the shape of tests/support `base_entries`).
 pub fn initramfs_entries(init: Vec<u8>) -> Vec<Entry> {
-    let mut entries: Vec<Entry> =
-        ["dev", "proc", "sys", "tmp"].iter().map(|d| Entry::Dir { path: (*d).into(), mode: 0o755 }).collect();
-    entries.push(Entry::CharDev { path: "dev/console".into(), mode: 0o600, major: 5, minor: 1 });
-    entries.push(Entry::File { path: "init".into(), mode: 0o755, data: init });
+    let mut entries: Vec<Entry> = ["dev", "proc", "sys", "tmp"]
+        .iter()
+        .map(|d| Entry::Dir {
+            path: (*d).into(),
+            mode: 0o755,
+        })
+        .collect();
+    entries.push(Entry::CharDev {
+        path: "dev/console".into(),
+        mode: 0o600,
+        major: 5,
+        minor: 1,
+    });
+    entries.push(Entry::File {
+        path: "init".into(),
+        mode: 0o755,
+        data: init,
+    });
     entries
 }
 
 /// The given kernel and guest init, or the project's own (built on first use by
 /// `guest-kernel/build.sh` and `guest/build.sh`).
-pub fn kernel_and_init(kernel: Option<&PathBuf>, init: Option<&PathBuf>) -> Result<(PathBuf, PathBuf)> {
+pub fn kernel_and_init(
+    kernel: Option<&PathBuf>,
+    init: Option<&PathBuf>,
+) -> Result<(PathBuf, PathBuf)> {
     let root = repo_root();
     let kernel = match kernel {
         Some(k) => k.clone(),
@@ -99,7 +124,13 @@ pub fn prepare_guest(cfg: &BootConfig, dir: &Path) -> Result<GuestSpec> {
     let image = initramfs::pack_uncompressed(&initramfs_entries(init_bytes))?;
     let initrd = dir.join("bench-initramfs.cpio");
     std::fs::write(&initrd, image).map_err(crate::error::io_err("write", &initrd))?;
-    Ok(GuestSpec { kernel, initrd: Some(initrd), cmdline: CMDLINE.into(), cpus: cfg.cpus, mem_mib: GUEST_MEM_MIB })
+    Ok(GuestSpec {
+        kernel,
+        initrd: Some(initrd),
+        cmdline: CMDLINE.into(),
+        cpus: cfg.cpus,
+        mem_mib: GUEST_MEM_MIB,
+    })
 }
 
 /// One measured boot.
@@ -136,7 +167,13 @@ impl Medians {
     /// Medians over the runs of `vmm`.
     pub fn of(runs: &[BootRun], vmm: Vmm) -> Medians {
         let pick = |f: &dyn Fn(&BootRun) -> Option<f64>| {
-            median(&runs.iter().filter(|r| r.vmm == vmm).filter_map(f).collect::<Vec<_>>())
+            median(
+                &runs
+                    .iter()
+                    .filter(|r| r.vmm == vmm)
+                    .filter_map(f)
+                    .collect::<Vec<_>>(),
+            )
         };
         Medians {
             init_ms: pick(&|r| r.init.map(ms)),
@@ -202,7 +239,11 @@ fn ending_text(e: Ending) -> String {
 }
 
 fn print_run(r: &BootRun) {
-    let mem = |f: fn(&VmmMemory) -> u64| r.memory.as_ref().map_or_else(|| "-".to_string(), |m| f(m).to_string());
+    let mem = |f: fn(&VmmMemory) -> u64| {
+        r.memory
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |m| f(m).to_string())
+    };
     println!(
         "{:>4}  {:<5}  {:>11}  {:>11}  {:>9}  {:>9}  {:>9}  {}",
         r.run,
@@ -229,52 +270,133 @@ fn print_summary(report: &BootReport) {
     let init_ratio = ratio(z.init_ms, q.init_ms);
     let user_ratio = ratio(z.userspace_ms, q.userspace_ms);
     println!();
-    println!("{:<28}  {:>11}  {:>11}  {:>9}  goal", "median", "zvm", "qemu", "zvm/qemu");
+    println!(
+        "{:<28}  {:>11}  {:>11}  {:>9}  goal",
+        "median", "zvm", "qemu", "zvm/qemu"
+    );
     let row = |name: &str, a: Option<f64>, b: Option<f64>, d: usize, goal: String| {
-        println!("{name:<28}  {:>11}  {:>11}  {:>9}  {goal}", fmt_opt(a, d), fmt_opt(b, d), fmt_opt(ratio(a, b), 3));
+        println!(
+            "{name:<28}  {:>11}  {:>11}  {:>9}  {goal}",
+            fmt_opt(a, d),
+            fmt_opt(b, d),
+            fmt_opt(ratio(a, b), 3)
+        );
     };
-    let ratio_goal = |r: Option<f64>| format!("ratio <= {GOAL_BOOT_RATIO}: {}", verdict(r.map(|r| r <= GOAL_BOOT_RATIO)));
-    row("(a) spawn -> /init, ms", z.init_ms, q.init_ms, 1, ratio_goal(init_ratio));
-    row("(b) spawn -> userspace, ms", z.userspace_ms, q.userspace_ms, 1, ratio_goal(user_ratio));
-    let rss_goal = format!("zvm <= {GOAL_RSS_KIB} KiB (3 MiB): {}", verdict(z.rss_kib.map(|v| v <= GOAL_RSS_KIB)));
+    let ratio_goal = |r: Option<f64>| {
+        format!(
+            "ratio <= {GOAL_BOOT_RATIO}: {}",
+            verdict(r.map(|r| r <= GOAL_BOOT_RATIO))
+        )
+    };
+    row(
+        "(a) spawn -> /init, ms",
+        z.init_ms,
+        q.init_ms,
+        1,
+        ratio_goal(init_ratio),
+    );
+    row(
+        "(b) spawn -> userspace, ms",
+        z.userspace_ms,
+        q.userspace_ms,
+        1,
+        ratio_goal(user_ratio),
+    );
+    let rss_goal = format!(
+        "zvm <= {GOAL_RSS_KIB} KiB (3 MiB): {}",
+        verdict(z.rss_kib.map(|v| v <= GOAL_RSS_KIB))
+    );
     row("VMM RSS at (a), KiB", z.rss_kib, q.rss_kib, 0, rss_goal);
-    row("  of which private, KiB", z.private_kib, q.private_kib, 0, String::new());
+    row(
+        "  of which private, KiB",
+        z.private_kib,
+        q.private_kib,
+        0,
+        String::new(),
+    );
 }
 
 /// Prepares the guest in `dir`, boots it under both VMMs interleaved and prints the results.
 pub fn run(launcher: &Launcher, cfg: &BootConfig, dir: &Path) -> Result<BootReport> {
     let guest = prepare_guest(cfg, dir)?;
     let mem_bytes = guest.mem_bytes();
-    println!("== Boot latency: {} runs each, {} vCPU(s), {GUEST_MEM_MIB} MiB", cfg.runs, cfg.cpus);
+    println!(
+        "== Boot latency: {} runs each, {} vCPU(s), {GUEST_MEM_MIB} MiB",
+        cfg.runs, cfg.cpus
+    );
     println!("   kernel {}", guest.kernel.display());
-    println!("   cmdline {CMDLINE:?}{}", if launcher.pvm { " + zvm's PVM arguments (both VMMs)" } else { "" });
-    println!("   zvm {}; qemu {} -cpu {}", launcher.zvm.display(), launcher.qemu.display(), launcher.qemu_cpu());
-    println!("   (a) = {INIT_MARKER:?}, (b) = {USERSPACE_MARKER:?}, RSS = VMM without guest RAM at (a)");
-    println!("{:>4}  {:<5}  {:>11}  {:>11}  {:>9}  {:>9}  {:>9}  end", "run", "vmm", "(a) ms", "(b) ms", "RSS KiB", "priv KiB", "guest KiB");
+    println!(
+        "   cmdline {CMDLINE:?}{}",
+        if launcher.pvm {
+            " + zvm's PVM arguments (both VMMs)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "   zvm {}; qemu {} -cpu {}",
+        launcher.zvm.display(),
+        launcher.qemu.display(),
+        launcher.qemu_cpu()
+    );
+    println!(
+        "   (a) = {INIT_MARKER:?}, (b) = {USERSPACE_MARKER:?}, RSS = VMM without guest RAM at (a)"
+    );
+    println!(
+        "{:>4}  {:<5}  {:>11}  {:>11}  {:>9}  {:>9}  {:>9}  end",
+        "run", "vmm", "(a) ms", "(b) ms", "RSS KiB", "priv KiB", "guest KiB"
+    );
     let mut runs = Vec::new();
     let mut failures = 0;
     for i in 0..cfg.runs {
         for vmm in order(i) {
-            let watch = Watch { markers: &[INIT_MARKER, USERSPACE_MARKER], sample_at: Some(0), timeout: cfg.timeout };
-            let out = run_watched(&mut launcher.command(vmm, &guest), &watch, |pid| smaps::sample(pid, mem_bytes))?;
+            let watch = Watch {
+                markers: &[INIT_MARKER, USERSPACE_MARKER],
+                sample_at: Some(0),
+                timeout: cfg.timeout,
+            };
+            let out = run_watched(&mut launcher.command(vmm, &guest), &watch, |pid| {
+                smaps::sample(pid, mem_bytes)
+            })?;
             let memory = match out.sample {
                 Some(Ok(m)) => Some(m),
                 Some(Err(ref e)) => {
-                    eprintln!("warning: {} run {}: no memory sample: {e}", vmm.name(), i + 1);
+                    eprintln!(
+                        "warning: {} run {}: no memory sample: {e}",
+                        vmm.name(),
+                        i + 1
+                    );
                     None
                 }
                 None => None,
             };
-            let r = BootRun { vmm, run: i + 1, init: out.marks[0], userspace: out.marks[1], memory, ending: out.ending };
+            let r = BootRun {
+                vmm,
+                run: i + 1,
+                init: out.marks[0],
+                userspace: out.marks[1],
+                memory,
+                ending: out.ending,
+            };
             if r.init.is_none() || r.userspace.is_none() {
                 failures += 1;
-                eprintln!("warning: {} run {} missed a marker; {}", vmm.name(), i + 1, out.tail(15));
+                eprintln!(
+                    "warning: {} run {} missed a marker; {}",
+                    vmm.name(),
+                    i + 1,
+                    out.tail(15)
+                );
             }
             print_run(&r);
             runs.push(r);
         }
     }
-    let report = BootReport { zvm: Medians::of(&runs, Vmm::Zvm), qemu: Medians::of(&runs, Vmm::Qemu), runs, failures };
+    let report = BootReport {
+        zvm: Medians::of(&runs, Vmm::Zvm),
+        qemu: Medians::of(&runs, Vmm::Qemu),
+        runs,
+        failures,
+    };
     print_summary(&report);
     Ok(report)
 }
@@ -289,14 +411,24 @@ mod tests {
             run: 1,
             init: Some(Duration::from_millis(init)),
             userspace: Some(Duration::from_millis(init + 100)),
-            memory: Some(VmmMemory { rss_kib: rss, private_kib: rss / 2, guest_rss_kib: 0, guest_mappings: 1 }),
+            memory: Some(VmmMemory {
+                rss_kib: rss,
+                private_kib: rss / 2,
+                guest_rss_kib: 0,
+                guest_mappings: 1,
+            }),
             ending: Ending::Killed,
         }
     }
 
     #[test]
     fn medians_are_per_vmm() {
-        let runs = [run(Vmm::Zvm, 100, 2000), run(Vmm::Qemu, 300, 20000), run(Vmm::Zvm, 300, 4000), run(Vmm::Zvm, 200, 3000)];
+        let runs = [
+            run(Vmm::Zvm, 100, 2000),
+            run(Vmm::Qemu, 300, 20000),
+            run(Vmm::Zvm, 300, 4000),
+            run(Vmm::Zvm, 200, 3000),
+        ];
         let z = Medians::of(&runs, Vmm::Zvm);
         assert_eq!(z.init_ms, Some(200.0));
         assert_eq!(z.userspace_ms, Some(300.0));
@@ -308,10 +440,20 @@ mod tests {
     #[test]
     fn initramfs_has_init_console_and_mount_points() {
         let entries = initramfs_entries(vec![1, 2, 3]);
-        assert!(entries.contains(&Entry::CharDev { path: "dev/console".into(), mode: 0o600, major: 5, minor: 1 }));
-        assert!(entries.iter().any(|e| matches!(e, Entry::File { path, mode: 0o755, .. } if path == "init")));
+        assert!(entries.contains(&Entry::CharDev {
+            path: "dev/console".into(),
+            mode: 0o600,
+            major: 5,
+            minor: 1
+        }));
+        assert!(entries
+            .iter()
+            .any(|e| matches!(e, Entry::File { path, mode: 0o755, .. } if path == "init")));
         for d in ["dev", "proc", "sys", "tmp"] {
-            assert!(entries.contains(&Entry::Dir { path: d.into(), mode: 0o755 }));
+            assert!(entries.contains(&Entry::Dir {
+                path: d.into(),
+                mode: 0o755
+            }));
         }
     }
 }

@@ -61,7 +61,12 @@ fn med(values: &[Option<f64>]) -> Option<f64> {
 impl DeployReport {
     /// Medians: (cold, warm, qemu plain, zvm plain).
     pub fn medians(&self) -> (Option<f64>, Option<f64>, Option<f64>, Option<f64>) {
-        (med(&self.cold), med(&self.warm), med(&self.qemu_plain), med(&self.zvm_plain))
+        (
+            med(&self.cold),
+            med(&self.warm),
+            med(&self.qemu_plain),
+            med(&self.zvm_plain),
+        )
     }
 
     /// The results as JSON.
@@ -91,7 +96,9 @@ pub fn deployment(name: &str, flist: &Path) -> String {
 /// Whether a `GET /deployments/NAME` answer shows `name`'s marker.
 pub fn shows_marker(body: &[u8], name: &str) -> bool {
     serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| {
-        v["console_tail"].as_str().is_some_and(|t| t.contains(&format!("{MARKER}-{name}")))
+        v["console_tail"]
+            .as_str()
+            .is_some_and(|t| t.contains(&format!("{MARKER}-{name}")))
     })
 }
 
@@ -102,7 +109,8 @@ fn pack_flist(zvm: &Path, busybox: &Path, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&bin).map_err(io_err("create", &bin))?;
     std::fs::copy(busybox, bin.join("busybox")).map_err(io_err("copy", busybox))?;
     for applet in ["sh", "sleep"] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(io_err("link", bin.join(applet)))?;
+        std::os::unix::fs::symlink("busybox", bin.join(applet))
+            .map_err(io_err("link", bin.join(applet)))?;
     }
     let flist = dir.join("bench.fl");
     let out = Command::new(zvm)
@@ -112,15 +120,27 @@ fn pack_flist(zvm: &Path, busybox: &Path, dir: &Path) -> Result<PathBuf> {
         .arg(&flist)
         .arg(&rootfs)
         .output()
-        .map_err(|source| BenchError::Spawn { program: zvm.display().to_string(), source })?;
+        .map_err(|source| BenchError::Spawn {
+            program: zvm.display().to_string(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(script_err(zvm, format!("zvm flist pack: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(script_err(
+            zvm,
+            format!(
+                "zvm flist pack: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
     }
     Ok(flist)
 }
 
 fn script_err(zvm: &Path, reason: String) -> BenchError {
-    BenchError::Script { script: zvm.to_path_buf(), reason }
+    BenchError::Script {
+        script: zvm.to_path_buf(),
+        reason,
+    }
 }
 
 /// A `zvm node serve` with its own state directory, killed (with its VMs) on drop.
@@ -132,7 +152,11 @@ struct Node {
 
 impl Node {
     fn start(zvm: &Path, kernel: &Path, dir: &Path) -> Result<Node> {
-        let (state, sock, log) = (dir.join("state"), dir.join("node.sock"), dir.join("node.log"));
+        let (state, sock, log) = (
+            dir.join("state"),
+            dir.join("node.sock"),
+            dir.join("node.log"),
+        );
         let log = std::fs::File::create(&log).map_err(io_err("create", &log))?;
         let log2 = log.try_clone().map_err(io_err("clone", dir))?;
         let child = Command::new(zvm)
@@ -146,28 +170,55 @@ impl Node {
             .stdout(log)
             .stderr(log2)
             .spawn()
-            .map_err(|source| BenchError::Spawn { program: zvm.display().to_string(), source })?;
+            .map_err(|source| BenchError::Spawn {
+                program: zvm.display().to_string(),
+                source,
+            })?;
         let node = Node { child, sock, state };
         let deadline = Instant::now() + Duration::from_secs(30);
         while node.request("GET", "/health", None).is_err() {
             if Instant::now() > deadline {
-                return Err(script_err(zvm, "zvm node serve did not answer /health within 30 s".into()));
+                return Err(script_err(
+                    zvm,
+                    "zvm node serve did not answer /health within 30 s".into(),
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(node)
     }
 
-    fn request(&self, method: &str, path: &str, body: Option<&str>) -> std::result::Result<api_server::client::Response, String> {
-        api_server::client::request(&self.sock, method, path, body.map(str::as_bytes), Duration::from_secs(30)).map_err(|e| e.to_string())
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::result::Result<api_server::client::Response, String> {
+        api_server::client::request(
+            &self.sock,
+            method,
+            path,
+            body.map(str::as_bytes),
+            Duration::from_secs(30),
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// Deploys `name` and waits for its marker; the time from the request to the marker.
-    fn deploy_to_output(&self, name: &str, flist: &Path, timeout: Duration) -> std::result::Result<Duration, String> {
+    fn deploy_to_output(
+        &self,
+        name: &str,
+        flist: &Path,
+        timeout: Duration,
+    ) -> std::result::Result<Duration, String> {
         let start = Instant::now();
         let answer = self.request("POST", "/deployments", Some(&deployment(name, flist)))?;
         if !(200..300).contains(&answer.status) {
-            return Err(format!("POST /deployments answered {}: {}", answer.status, String::from_utf8_lossy(&answer.body)));
+            return Err(format!(
+                "POST /deployments answered {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            ));
         }
         let path = format!("/deployments/{name}");
         loop {
@@ -176,7 +227,10 @@ impl Node {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > timeout {
-                return Err(format!("no marker within {timeout:?}; last answer: {}", String::from_utf8_lossy(&answer.body)));
+                return Err(format!(
+                    "no marker within {timeout:?}; last answer: {}",
+                    String::from_utf8_lossy(&answer.body)
+                ));
             }
             std::thread::sleep(POLL);
         }
@@ -189,7 +243,13 @@ impl Drop for Node {
         if let Ok(list) = self.request("GET", "/deployments", None) {
             let names: Vec<String> = serde_json::from_slice::<serde_json::Value>(&list.body)
                 .ok()
-                .and_then(|v| v["deployments"].as_array().map(|a| a.iter().filter_map(|d| d["name"].as_str().map(str::to_string)).collect()))
+                .and_then(|v| {
+                    v["deployments"].as_array().map(|a| {
+                        a.iter()
+                            .filter_map(|d| d["name"].as_str().map(str::to_string))
+                            .collect()
+                    })
+                })
                 .unwrap_or_default();
             for name in names {
                 let _ = self.request("DELETE", &format!("/deployments/{name}"), None);
@@ -204,13 +264,20 @@ impl Drop for Node {
 /// Runs the benchmark and prints the results.
 pub fn run(launcher: &Launcher, cfg: &DeployConfig, dir: &Path) -> Result<DeployReport> {
     if !cfg.busybox.is_file() {
-        return Err(BenchError::Missing { what: "busybox-static", path: cfg.busybox.clone(), hint: "; apt-get install busybox-static".into() });
+        return Err(BenchError::Missing {
+            what: "busybox-static",
+            path: cfg.busybox.clone(),
+            hint: "; apt-get install busybox-static".into(),
+        });
     }
     let plain = prepare_guest(&cfg.guest, dir)?;
     let flist = pack_flist(&launcher.zvm, &cfg.busybox, dir)?;
     println!("== Deploy to workload output: {} run(s) of (cold-cache deploy, warm-cache deploy, plain boot under QEMU and zvm)", cfg.runs);
     println!("   flist {} (busybox, dir:// store); workload 1 vCPU, 256 MiB; plain = {} + guest init, {} MiB", flist.display(), plain.kernel.display(), plain.mem_mib);
-    println!("{:>4}  {:>12}  {:>12}  {:>14}  {:>13}", "run", "cold ms", "warm ms", "qemu plain ms", "zvm plain ms");
+    println!(
+        "{:>4}  {:>12}  {:>12}  {:>14}  {:>13}",
+        "run", "cold ms", "warm ms", "qemu plain ms", "zvm plain ms"
+    );
     let mut report = DeployReport::default();
     for i in 0..cfg.runs {
         let node_dir = dir.join(format!("node-{i}"));
@@ -234,17 +301,32 @@ pub fn run(launcher: &Launcher, cfg: &DeployConfig, dir: &Path) -> Result<Deploy
         drop(node);
         let mut plain_boot = |vmm: Vmm| -> Result<Option<f64>> {
             let mut cmd = launcher.command(vmm, &plain);
-            let watch = Watch { markers: &[INIT_MARKER, USERSPACE_MARKER], sample_at: None, timeout: cfg.timeout };
+            let watch = Watch {
+                markers: &[INIT_MARKER, USERSPACE_MARKER],
+                sample_at: None,
+                timeout: cfg.timeout,
+            };
             let out = run_watched(&mut cmd, &watch, |_| ())?;
             if out.marks[1].is_none() {
-                eprintln!("warning: {} plain boot missed its marker; {}", vmm.name(), out.tail(20));
+                eprintln!(
+                    "warning: {} plain boot missed its marker; {}",
+                    vmm.name(),
+                    out.tail(20)
+                );
                 report.failures += 1;
             }
             Ok(out.marks[1].map(ms))
         };
         let qemu = plain_boot(Vmm::Qemu)?;
         let zvm = plain_boot(Vmm::Zvm)?;
-        println!("{:>4}  {:>12}  {:>12}  {:>14}  {:>13}", i + 1, fmt_opt(cold, 0), fmt_opt(warm, 0), fmt_opt(qemu, 0), fmt_opt(zvm, 0));
+        println!(
+            "{:>4}  {:>12}  {:>12}  {:>14}  {:>13}",
+            i + 1,
+            fmt_opt(cold, 0),
+            fmt_opt(warm, 0),
+            fmt_opt(qemu, 0),
+            fmt_opt(zvm, 0)
+        );
         report.cold.push(cold);
         report.warm.push(warm);
         report.qemu_plain.push(qemu);
@@ -252,14 +334,21 @@ pub fn run(launcher: &Launcher, cfg: &DeployConfig, dir: &Path) -> Result<Deploy
     }
     let (cold, warm, qemu, zvm) = report.medians();
     println!();
-    println!("{:<44}  {:>9}  {:>19}", "median", "ms", "ratio to QEMU plain");
+    println!(
+        "{:<44}  {:>9}  {:>19}",
+        "median", "ms", "ratio to QEMU plain"
+    );
     for (name, v) in [
         ("deploy -> output, cold flist cache", cold),
         ("deploy -> output, warm flist cache", warm),
         ("plain boot -> userspace, QEMU microvm", qemu),
         ("plain boot -> userspace, zvm", zvm),
     ] {
-        println!("{name:<44}  {:>9}  {:>19}", fmt_opt(v, 0), fmt_opt(ratio(v, qemu), 2));
+        println!(
+            "{name:<44}  {:>9}  {:>19}",
+            fmt_opt(v, 0),
+            fmt_opt(ratio(v, qemu), 2)
+        );
     }
     Ok(report)
 }
@@ -271,11 +360,16 @@ mod tests {
 
     #[test]
     fn the_workload_prints_its_marker_and_the_answer_is_recognised() {
-        let spec: serde_json::Value = serde_json::from_str(&deployment("cold0", Path::new("/b/bench.fl"))).unwrap();
+        let spec: serde_json::Value =
+            serde_json::from_str(&deployment("cold0", Path::new("/b/bench.fl"))).unwrap();
         assert_eq!(spec["flist"], "/b/bench.fl");
         assert_eq!(spec["env"]["NAME"], "cold0");
-        assert!(spec["entrypoint"].as_str().unwrap().contains("echo ZVM-DEPLOY-MARKER-$NAME"));
-        let body = serde_json::json!({"console_tail": "boot\nZVM-DEPLOY-MARKER-cold0\n"}).to_string();
+        assert!(spec["entrypoint"]
+            .as_str()
+            .unwrap()
+            .contains("echo ZVM-DEPLOY-MARKER-$NAME"));
+        let body =
+            serde_json::json!({"console_tail": "boot\nZVM-DEPLOY-MARKER-cold0\n"}).to_string();
         assert!(shows_marker(body.as_bytes(), "cold0"));
         assert!(!shows_marker(body.as_bytes(), "warm0"));
         assert!(!shows_marker(b"not json", "cold0"));

@@ -33,17 +33,28 @@ pub struct DeviceConfig {
 pub fn busybox_initramfs(init: &Path, script: &str) -> Result<Vec<u8>> {
     let busybox = Path::new("/bin/busybox");
     let mut entries = initramfs_entries(std::fs::read(init).map_err(io_err("read", init))?);
-    entries.extend(["bin", "sbin", "etc"].iter().map(|d| Entry::Dir { path: (*d).into(), mode: 0o755 }));
+    entries.extend(["bin", "sbin", "etc"].iter().map(|d| Entry::Dir {
+        path: (*d).into(),
+        mode: 0o755,
+    }));
     entries.push(Entry::File {
         path: "bin/busybox".into(),
         mode: 0o755,
         data: std::fs::read(busybox).map_err(io_err("read", busybox))?,
     });
-    let list = Command::new(busybox).arg("--list").output().map_err(io_err("run", busybox))?;
-    for applet in
-        String::from_utf8_lossy(&list.stdout).lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox")
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(io_err("run", busybox))?;
+    for applet in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox")
     {
-        entries.push(Entry::Symlink { path: format!("bin/{applet}"), target: "busybox".into() });
+        entries.push(Entry::Symlink {
+            path: format!("bin/{applet}"),
+            target: "busybox".into(),
+        });
     }
     let tool = init.with_file_name("zvm-vsock-tool");
     entries.push(Entry::File {
@@ -51,7 +62,11 @@ pub fn busybox_initramfs(init: &Path, script: &str) -> Result<Vec<u8>> {
         mode: 0o755,
         data: std::fs::read(&tool).map_err(io_err("read", &tool))?,
     });
-    entries.push(Entry::File { path: "zvm-test.sh".into(), mode: 0o755, data: script.as_bytes().to_vec() });
+    entries.push(Entry::File {
+        path: "zvm-test.sh".into(),
+        mode: 0o755,
+        data: script.as_bytes().to_vec(),
+    });
     Ok(initramfs::pack_uncompressed(&entries)?)
 }
 
@@ -100,7 +115,10 @@ pub fn qemu_device_args(args: &mut Vec<String>, dev: Devices<'_>, tap: &str) {
     if let Some(disk) = dev.disk {
         args.extend([
             "-drive".to_string(),
-            format!("file={},format=raw,if=none,id=d0,cache=none,aio=threads", disk.display()),
+            format!(
+                "file={},format=raw,if=none,id=d0,cache=none,aio=threads",
+                disk.display()
+            ),
             "-device".into(),
             "virtio-blk-device,drive=d0".into(),
         ]);
@@ -116,7 +134,13 @@ pub fn qemu_device_args(args: &mut Vec<String>, dev: Devices<'_>, tap: &str) {
 }
 
 /// The command that runs `vmm` with `dev` inside `ns`.
-pub fn command(launcher: &Launcher, vmm: Vmm, guest: &GuestSpec, dev: Devices<'_>, ns: &NetNs) -> Command {
+pub fn command(
+    launcher: &Launcher,
+    vmm: Vmm,
+    guest: &GuestSpec,
+    dev: Devices<'_>,
+    ns: &NetNs,
+) -> Command {
     let (program, args) = match vmm {
         Vmm::Zvm => {
             let mut a = zvm_args(guest);
@@ -150,7 +174,9 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| parse_stat_cpu(&stat).map(|t| t as f64 / hz as f64)).flatten()
+    (hz > 0)
+        .then(|| parse_stat_cpu(&stat).map(|t| t as f64 / hz as f64))
+        .flatten()
 }
 
 /// One run of a device benchmark: the console, and the VMM's CPU seconds at each marker.
@@ -163,8 +189,14 @@ pub struct PhaseRun {
 impl PhaseRun {
     /// Runs `cmd` until every marker was seen (or the time limit), sampling CPU time.
     pub fn run(cmd: &mut Command, markers: &[&str], timeout: Duration) -> Result<PhaseRun> {
-        let watch = Watch { markers, sample_at: None, timeout };
-        Ok(PhaseRun { out: run_watched_each(cmd, &watch, cpu_seconds)? })
+        let watch = Watch {
+            markers,
+            sample_at: None,
+            timeout,
+        };
+        Ok(PhaseRun {
+            out: run_watched_each(cmd, &watch, cpu_seconds)?,
+        })
     }
 
     /// The VMM's CPU seconds between markers `a` and `b`.
@@ -176,7 +208,10 @@ impl PhaseRun {
 
     /// The first console line containing `prefix`, from `prefix` on.
     pub fn line(&self, prefix: &str) -> Option<&str> {
-        self.out.lines.iter().find_map(|(_, l)| l.find(prefix).map(|i| &l[i..]))
+        self.out
+            .lines
+            .iter()
+            .find_map(|(_, l)| l.find(prefix).map(|i| &l[i..]))
     }
 
     /// Whether every marker was seen.
@@ -197,7 +232,12 @@ pub fn parse_fields(line: &str, tag: &str) -> Option<Vec<(String, f64)>> {
     Some(
         rest.split_whitespace()
             .filter_map(|kv| kv.split_once('='))
-            .filter_map(|(k, v)| v.parse::<f64>().ok().filter(|v| v.is_finite()).map(|v| (k.to_string(), v)))
+            .filter_map(|(k, v)| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .map(|v| (k.to_string(), v))
+            })
             .collect(),
     )
 }
@@ -219,7 +259,8 @@ mod tests {
 
     #[test]
     fn stat_cpu_is_utime_plus_stime_even_with_odd_names() {
-        let stat = "1234 (zvm (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 1000 1 2";
+        let stat =
+            "1234 (zvm (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 1000 1 2";
         assert_eq!(parse_stat_cpu(stat), Some(325));
         assert_eq!(parse_stat_cpu("1 (a) S 1 2"), None);
         assert_eq!(parse_stat_cpu("garbage"), None);
@@ -227,8 +268,11 @@ mod tests {
 
     #[test]
     fn fields_parse_numbers_and_skip_the_rest() {
-        let f = parse_fields("BLK seq_write_mib_s=12.5 seq_read_mib_s=x rand_read_iops=300.0 junk", "BLK")
-            .unwrap_or_default();
+        let f = parse_fields(
+            "BLK seq_write_mib_s=12.5 seq_read_mib_s=x rand_read_iops=300.0 junk",
+            "BLK",
+        )
+        .unwrap_or_default();
         assert_eq!(field(&f, "seq_write_mib_s"), Some(12.5));
         assert_eq!(field(&f, "seq_read_mib_s"), None);
         assert_eq!(field(&f, "rand_read_iops"), Some(300.0));
@@ -238,11 +282,36 @@ mod tests {
     #[test]
     fn qemu_gets_mmio_devices_on_the_command_line_without_acpi() {
         let mut args = vec!["-M".to_string(), "microvm".into()];
-        qemu_device_args(&mut args, Devices { disk: Some(Path::new("/d.img")), net: true }, "t0");
+        qemu_device_args(
+            &mut args,
+            Devices {
+                disk: Some(Path::new("/d.img")),
+                net: true,
+            },
+            "t0",
+        );
         assert_eq!(args[1], "microvm,acpi=off");
-        assert!(args.iter().any(|a| a == "file=/d.img,format=raw,if=none,id=d0,cache=none,aio=threads"));
-        assert!(args.iter().any(|a| a == "tap,id=n0,ifname=t0,script=no,downscript=no,vhost=off"));
-        let z = zvm_device_args(Devices { disk: Some(Path::new("/d.img")), net: true }, "t0");
-        assert_eq!(z, ["--disk", "path=/d.img", "--net", &format!("tap=t0,mac={GUEST_MAC}")]);
+        assert!(args
+            .iter()
+            .any(|a| a == "file=/d.img,format=raw,if=none,id=d0,cache=none,aio=threads"));
+        assert!(args
+            .iter()
+            .any(|a| a == "tap,id=n0,ifname=t0,script=no,downscript=no,vhost=off"));
+        let z = zvm_device_args(
+            Devices {
+                disk: Some(Path::new("/d.img")),
+                net: true,
+            },
+            "t0",
+        );
+        assert_eq!(
+            z,
+            [
+                "--disk",
+                "path=/d.img",
+                "--net",
+                &format!("tap=t0,mac={GUEST_MAC}")
+            ]
+        );
     }
 }

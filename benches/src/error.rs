@@ -61,7 +61,14 @@ pub enum BenchError {
 pub type Result<T, E = BenchError> = std::result::Result<T, E>;
 
 /// Maps an I/O error on `path` to [`BenchError::Io`].
-pub fn io_err(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BenchError {
+pub fn io_err(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> BenchError {
     let path = path.into();
-    move |source| BenchError::Io { action, path, source }
+    move |source| BenchError::Io {
+        action,
+        path,
+        source,
+    }
 }

@@ -4,7 +4,8 @@
 //! times the console; `overhead` boots a 17-byte PVH "kernel" to time the VMMs' own
 //! start-up; `block` and `net` measure virtio-blk and virtio-net throughput inside the
 //! guest and the VMM's host CPU per MiB; `api` times `zvm --api-sock` start-up and an
-//! API-driven boot against `zvm run`; `all` runs them all. See benches/README.md.
+//! API-driven boot against `zvm run`; `snapshot` times snapshot creation and restore and
+//! the memory of clones; `all` runs them all (but `snapshot`). See benches/README.md.
 
 mod api;
 mod block;
@@ -14,12 +15,15 @@ mod devices;
 mod error;
 mod measure;
 mod net;
+mod netns;
 mod node;
 mod oci;
-mod netns;
 mod overhead;
 mod rate;
 mod smaps;
+mod snapshot;
+mod snapshot_report;
+mod snapshot_vm;
 mod vmms;
 
 use clap::{Args, Parser, Subcommand};
@@ -62,6 +66,10 @@ enum Cmd {
     /// `zvm --api-sock`: spawn to the first API answer (and its CPU time), and
     /// InstanceStart to the guest marker beside `zvm run`'s spawn to the marker.
     Api(ApiArgs),
+    /// Snapshots: restore -> vCPUs running and -> the guest answering over vsock, full and
+    /// diff snapshot creation, the memory of clones against cold-booted VMs, and the cold
+    /// boot under zvm and QEMU as peers.
+    Snapshot(SnapshotArgs),
     /// Run `boot`, `overhead`, `block`, `net` and `api`.
     All(AllArgs),
 }
@@ -224,6 +232,34 @@ struct ApiArgs {
 }
 
 #[derive(Debug, Args)]
+struct SnapshotArgs {
+    /// Restores timed one after the other (each in a new zvm process).
+    #[arg(long, default_value_t = 10)]
+    restores: usize,
+    /// Clones of one snapshot running at once for the memory figure.
+    #[arg(long, default_value_t = 10)]
+    clones: usize,
+    /// Cold-booted VMs running at once for the memory figure (0 skips them; they boot
+    /// together, which takes long on PVM hosts).
+    #[arg(long, default_value_t = 10)]
+    cold_vms: usize,
+    /// Cold boots per VMM (zvm and QEMU microvm), the peers.
+    #[arg(long, default_value_t = 1)]
+    boot_runs: usize,
+    /// Time limit of one boot, seconds (the cold VMs together get this times their number).
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Guest kernel (default: guest-kernel/build.sh).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Guest init binary (default: guest/build.sh); zvm-vsock-tool is taken from beside it.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
 struct AllArgs {
     /// Boot runs per VMM.
     #[arg(long, default_value_t = 3)]
@@ -291,8 +327,12 @@ fn find_zvm_runc(given: Option<&Path>) -> PathBuf {
     if let Some(path) = given {
         return path.to_path_buf();
     }
-    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("zvm-runc")));
-    beside.filter(|p| p.is_file()).unwrap_or_else(|| boot::repo_root().join("target/release/zvm-runc"))
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("zvm-runc")));
+    beside
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| boot::repo_root().join("target/release/zvm-runc"))
 }
 
 /// Finds the zvm binary: the one given, else `zvm` beside this program (same target
@@ -303,20 +343,34 @@ fn find_zvm(given: Option<&Path>) -> Result<PathBuf> {
         return if path.is_file() {
             Ok(path.to_path_buf())
         } else {
-            Err(BenchError::Missing { what: "zvm binary", path: path.to_path_buf(), hint })
+            Err(BenchError::Missing {
+                what: "zvm binary",
+                path: path.to_path_buf(),
+                hint,
+            })
         };
     }
-    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("zvm")));
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("zvm")));
     let in_repo = boot::repo_root().join("target/release/zvm");
-    beside.into_iter().chain([in_repo.clone()]).find(|p| p.is_file()).ok_or(BenchError::Missing {
-        what: "zvm binary",
-        path: in_repo,
-        hint,
-    })
+    beside
+        .into_iter()
+        .chain([in_repo.clone()])
+        .find(|p| p.is_file())
+        .ok_or(BenchError::Missing {
+            what: "zvm binary",
+            path: in_repo,
+            hint,
+        })
 }
 
 fn launcher(common: &Common) -> Result<Launcher> {
-    Ok(Launcher { zvm: find_zvm(common.zvm.as_deref())?, qemu: common.qemu.clone(), pvm: vmms::is_pvm_host() })
+    Ok(Launcher {
+        zvm: find_zvm(common.zvm.as_deref())?,
+        qemu: common.qemu.clone(),
+        pvm: vmms::is_pvm_host(),
+    })
 }
 
 fn boot_config(runs: usize, timeout: u64, guest: &GuestArgs) -> boot::BootConfig {
@@ -348,7 +402,10 @@ fn write_json(path: Option<&Path>, value: &serde_json::Value) -> Result<()> {
 }
 
 fn scratch() -> Result<tempfile::TempDir> {
-    tempfile::Builder::new().prefix("zvm-bench-").tempdir().map_err(io_err("create", std::env::temp_dir()))
+    tempfile::Builder::new()
+        .prefix("zvm-bench-")
+        .tempdir()
+        .map_err(io_err("create", std::env::temp_dir()))
 }
 
 /// Runs the chosen benchmark; returns how many runs missed their markers.
@@ -359,32 +416,67 @@ fn execute(cli: Cli) -> Result<usize> {
     }
     match cli.command {
         Cmd::Boot(a) => {
-            let report = boot::run(&launcher(&a.common)?, &boot_config(a.runs, a.timeout, &a.guest), dir.path())?;
-            write_json(a.common.json.as_deref(), &serde_json::json!({"boot": report.to_json()}))?;
+            let report = boot::run(
+                &launcher(&a.common)?,
+                &boot_config(a.runs, a.timeout, &a.guest),
+                dir.path(),
+            )?;
+            write_json(
+                a.common.json.as_deref(),
+                &serde_json::json!({"boot": report.to_json()}),
+            )?;
             Ok(report.failures)
         }
         Cmd::Overhead(a) => {
-            let cfg = overhead::OverheadConfig { runs: a.runs, timeout: Duration::from_secs(a.timeout) };
+            let cfg = overhead::OverheadConfig {
+                runs: a.runs,
+                timeout: Duration::from_secs(a.timeout),
+            };
             let report = overhead::run(&launcher(&a.common)?, &cfg, dir.path())?;
-            write_json(a.common.json.as_deref(), &serde_json::json!({"overhead": report.to_json()}))?;
+            write_json(
+                a.common.json.as_deref(),
+                &serde_json::json!({"overhead": report.to_json()}),
+            )?;
             Ok(report.failures)
         }
         Cmd::Rate(a) => {
-            let cfg = rate::RateConfig { runs: a.runs, vms: a.vms, parallel: a.parallel, timeout: Duration::from_secs(a.timeout) };
+            let cfg = rate::RateConfig {
+                runs: a.runs,
+                vms: a.vms,
+                parallel: a.parallel,
+                timeout: Duration::from_secs(a.timeout),
+            };
             let report = rate::run(&launcher(&a.common)?, &cfg, dir.path())?;
-            write_json(a.common.json.as_deref(), &serde_json::json!({"rate": report.to_json()}))?;
+            write_json(
+                a.common.json.as_deref(),
+                &serde_json::json!({"rate": report.to_json()}),
+            )?;
             Ok(report.failures())
         }
         Cmd::Block(a) => {
-            let report =
-                block::run(&launcher(&a.common)?, &device_config(a.runs, a.timeout, &a.guest), a.size_mib, dir.path())?;
-            write_json(a.common.json.as_deref(), &serde_json::json!({"block": report.to_json()}))?;
+            let report = block::run(
+                &launcher(&a.common)?,
+                &device_config(a.runs, a.timeout, &a.guest),
+                a.size_mib,
+                dir.path(),
+            )?;
+            write_json(
+                a.common.json.as_deref(),
+                &serde_json::json!({"block": report.to_json()}),
+            )?;
             Ok(report.failures)
         }
         Cmd::Net(a) => {
-            let report =
-                net::run(&launcher(&a.common)?, &device_config(a.runs, a.timeout, &a.guest), a.size_mib, dir.path())?;
-            write_json(a.common.json.as_deref(), &serde_json::json!({"net": report.to_json()}))?;
+            let report = net::run(
+                &launcher(&a.common)?,
+                &device_config(a.runs, a.timeout, &a.guest),
+                a.size_mib,
+                dir.path(),
+            )?;
+            write_json(
+                a.common.json.as_deref(),
+                &serde_json::json!({"net": report.to_json()}),
+            )?;
             Ok(report.failures)
         }
         Cmd::Oci(a) => {
@@ -397,7 +489,10 @@ fn execute(cli: Cli) -> Result<usize> {
                 busybox: a.busybox.clone(),
             };
             let report = oci::run(&cfg, dir.path())?;
-            write_json(a.json.as_deref(), &serde_json::json!({"oci": report.to_json()}))?;
+            write_json(
+                a.json.as_deref(),
+                &serde_json::json!({"oci": report.to_json()}),
+            )?;
             Ok(report.failures)
         }
         Cmd::Node(a) => {
@@ -409,7 +504,10 @@ fn execute(cli: Cli) -> Result<usize> {
                 timeout: Duration::from_secs(a.timeout),
             };
             let report = node::run(&launcher(&a.common)?, &cfg, dir.path())?;
-            write_json(a.common.json.as_deref(), &serde_json::json!({"node": report.to_json()}))?;
+            write_json(
+                a.common.json.as_deref(),
+                &serde_json::json!({"node": report.to_json()}),
+            )?;
             Ok(report.failures)
         }
         Cmd::Deploy(a) => {
@@ -420,21 +518,53 @@ fn execute(cli: Cli) -> Result<usize> {
                 timeout: Duration::from_secs(a.timeout),
             };
             let report = deploy::run(&launcher(&a.common)?, &cfg, dir.path())?;
-            write_json(a.common.json.as_deref(), &serde_json::json!({"deploy": report.to_json()}))?;
+            write_json(
+                a.common.json.as_deref(),
+                &serde_json::json!({"deploy": report.to_json()}),
+            )?;
             Ok(report.failures)
         }
         Cmd::Api(a) => {
-            let cfg = api::ApiConfig { ready_runs: a.ready_runs, boot: boot_config(a.runs, a.timeout, &a.guest) };
+            let cfg = api::ApiConfig {
+                ready_runs: a.ready_runs,
+                boot: boot_config(a.runs, a.timeout, &a.guest),
+            };
             let report = api::run(&launcher(&a.common)?, &cfg, dir.path())?;
-            write_json(a.common.json.as_deref(), &serde_json::json!({"api": report.to_json()}))?;
+            write_json(
+                a.common.json.as_deref(),
+                &serde_json::json!({"api": report.to_json()}),
+            )?;
+            Ok(report.failures)
+        }
+        Cmd::Snapshot(a) => {
+            let cfg = snapshot::SnapshotConfig {
+                restores: a.restores,
+                clones: a.clones,
+                cold_vms: a.cold_vms,
+                boot_runs: a.boot_runs,
+                kernel: a.kernel.clone(),
+                init: a.init.clone(),
+                timeout: Duration::from_secs(a.timeout),
+            };
+            let report = snapshot::run(&launcher(&a.common)?, &cfg, dir.path())?;
+            write_json(
+                a.common.json.as_deref(),
+                &serde_json::json!({"snapshot": report.to_json()}),
+            )?;
             Ok(report.failures)
         }
         Cmd::All(a) => {
             let l = launcher(&a.common)?;
-            let b = boot::run(&l, &boot_config(a.boot_runs, a.boot_timeout, &a.guest), dir.path())?;
+            let b = boot::run(
+                &l,
+                &boot_config(a.boot_runs, a.boot_timeout, &a.guest),
+                dir.path(),
+            )?;
             println!();
-            let cfg =
-                overhead::OverheadConfig { runs: a.overhead_runs, timeout: Duration::from_secs(a.overhead_timeout) };
+            let cfg = overhead::OverheadConfig {
+                runs: a.overhead_runs,
+                timeout: Duration::from_secs(a.overhead_timeout),
+            };
             let o = overhead::run(&l, &cfg, dir.path())?;
             println!();
             let dc = device_config(a.device_runs, a.device_timeout, &a.guest);
@@ -442,7 +572,10 @@ fn execute(cli: Cli) -> Result<usize> {
             println!();
             let n = net::run(&l, &dc, a.net_size_mib, dir.path())?;
             println!();
-            let ac = api::ApiConfig { ready_runs: a.api_ready_runs, boot: boot_config(a.api_runs, a.boot_timeout, &a.guest) };
+            let ac = api::ApiConfig {
+                ready_runs: a.api_ready_runs,
+                boot: boot_config(a.api_runs, a.boot_timeout, &a.guest),
+            };
             let p = api::run(&l, &ac, dir.path())?;
             let json = serde_json::json!({"boot": b.to_json(), "overhead": o.to_json(), "block": k.to_json(), "net": n.to_json(), "api": p.to_json()});
             write_json(a.common.json.as_deref(), &json)?;
@@ -474,19 +607,37 @@ mod tests {
     fn cli_is_consistent_and_has_the_documented_defaults() {
         Cli::command().debug_assert();
         let cli = Cli::parse_from(["zvm-bench", "boot"]);
-        let Cmd::Boot(a) = cli.command else { panic!("boot expected") };
+        let Cmd::Boot(a) = cli.command else {
+            panic!("boot expected")
+        };
         assert_eq!((a.runs, a.timeout, a.guest.cpus), (3, 600, 1));
         let cli = Cli::parse_from(["zvm-bench", "overhead"]);
-        let Cmd::Overhead(a) = cli.command else { panic!("overhead expected") };
+        let Cmd::Overhead(a) = cli.command else {
+            panic!("overhead expected")
+        };
         assert_eq!(a.runs, 10);
         let cli = Cli::parse_from(["zvm-bench", "block"]);
-        let Cmd::Block(a) = cli.command else { panic!("block expected") };
+        let Cmd::Block(a) = cli.command else {
+            panic!("block expected")
+        };
         assert_eq!((a.runs, a.size_mib), (1, 64));
         let cli = Cli::parse_from(["zvm-bench", "net"]);
-        let Cmd::Net(a) = cli.command else { panic!("net expected") };
+        let Cmd::Net(a) = cli.command else {
+            panic!("net expected")
+        };
         assert_eq!((a.runs, a.size_mib), (1, 32));
         let cli = Cli::parse_from(["zvm-bench", "api"]);
-        let Cmd::Api(a) = cli.command else { panic!("api expected") };
+        let Cmd::Api(a) = cli.command else {
+            panic!("api expected")
+        };
         assert_eq!((a.ready_runs, a.runs, a.timeout), (20, 1, 600));
+        let cli = Cli::parse_from(["zvm-bench", "snapshot", "--cold-vms", "2"]);
+        let Cmd::Snapshot(a) = cli.command else {
+            panic!("snapshot expected")
+        };
+        assert_eq!(
+            (a.restores, a.clones, a.cold_vms, a.boot_runs, a.timeout),
+            (10, 10, 2, 1, 600)
+        );
     }
 }

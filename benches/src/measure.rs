@@ -43,8 +43,16 @@ impl<T> RunOutput<T> {
     /// The last `n` console lines and the stderr, for error messages.
     pub fn tail(&self, n: usize) -> String {
         let start = self.lines.len().saturating_sub(n);
-        let console: Vec<&str> = self.lines[start..].iter().map(|(_, l)| l.as_str()).collect();
-        format!("ended {:?}; console tail:\n{}\nstderr:\n{}", self.ending, console.join("\n"), self.stderr.trim_end())
+        let console: Vec<&str> = self.lines[start..]
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect();
+        format!(
+            "ended {:?}; console tail:\n{}\nstderr:\n{}",
+            self.ending,
+            console.join("\n"),
+            self.stderr.trim_end()
+        )
     }
 }
 
@@ -91,7 +99,9 @@ impl LineScanner {
         for &b in chunk {
             if b == b'\n' {
                 self.check(&mut found);
-                let line = String::from_utf8_lossy(&self.partial).trim_end_matches('\r').to_string();
+                let line = String::from_utf8_lossy(&self.partial)
+                    .trim_end_matches('\r')
+                    .to_string();
                 lines.push(line);
                 self.partial.clear();
             } else {
@@ -174,14 +184,24 @@ fn finish(child: &mut Child, timed_out: bool) -> Ending {
 /// Spawns `cmd` (stdin from /dev/null, stdout and stderr piped), times the markers and
 /// calls `sample(pid)` when the marker `watch.sample_at` appears. Kills the process once
 /// every marker has been seen or the time limit passes, and always waits for it.
-pub fn run_watched<T>(cmd: &mut Command, watch: &Watch<'_>, mut sample: impl FnMut(u32) -> T) -> Result<RunOutput<T>> {
+pub fn run_watched<T>(
+    cmd: &mut Command,
+    watch: &Watch<'_>,
+    mut sample: impl FnMut(u32) -> T,
+) -> Result<RunOutput<T>> {
     let mut sampled = None;
     let out = run_inner(cmd, watch, |i, pid| {
         if watch.sample_at == Some(i) {
             sampled = Some(sample(pid));
         }
     })?;
-    Ok(RunOutput { marks: out.marks, sample: sampled, lines: out.lines, stderr: out.stderr, ending: out.ending })
+    Ok(RunOutput {
+        marks: out.marks,
+        sample: sampled,
+        lines: out.lines,
+        stderr: out.stderr,
+        ending: out.ending,
+    })
 }
 
 /// Like [`run_watched`], but calls `sample(pid)` at every marker (`watch.sample_at` is
@@ -197,18 +217,36 @@ pub fn run_watched_each<T>(
             *slot = Some(sample(pid));
         }
     })?;
-    Ok(RunOutput { marks: out.marks, sample: Some(samples), lines: out.lines, stderr: out.stderr, ending: out.ending })
+    Ok(RunOutput {
+        marks: out.marks,
+        sample: Some(samples),
+        lines: out.lines,
+        stderr: out.stderr,
+        ending: out.ending,
+    })
 }
 
-fn run_inner(cmd: &mut Command, watch: &Watch<'_>, mut on_marker: impl FnMut(usize, u32)) -> Result<RunOutput<()>> {
+fn run_inner(
+    cmd: &mut Command,
+    watch: &Watch<'_>,
+    mut on_marker: impl FnMut(usize, u32),
+) -> Result<RunOutput<()>> {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|source| BenchError::Spawn { program: program.clone(), source })?;
+    let mut child = cmd.spawn().map_err(|source| BenchError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
     let pid = child.id();
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         finish(&mut child, false);
-        return Err(BenchError::Spawn { program, source: std::io::Error::other("no stdout/stderr pipe") });
+        return Err(BenchError::Spawn {
+            program,
+            source: std::io::Error::other("no stdout/stderr pipe"),
+        });
     };
     let (tx, rx) = mpsc::channel();
     let markers: Vec<String> = watch.markers.iter().map(|m| (*m).to_string()).collect();
@@ -238,7 +276,13 @@ fn run_inner(cmd: &mut Command, watch: &Watch<'_>, mut on_marker: impl FnMut(usi
     let ending = finish(&mut child, timed_out);
     let lines = reader.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
-    Ok(RunOutput { marks, sample: None, lines, stderr, ending })
+    Ok(RunOutput {
+        marks,
+        sample: None,
+        lines,
+        stderr,
+        ending,
+    })
 }
 
 /// The median of `values` (mean of the two middle values for an even count); `None` when
@@ -250,7 +294,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    Some(if sorted.len() % 2 == 1 { sorted[mid] } else { (sorted[mid - 1] + sorted[mid]) / 2.0 })
+    Some(if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    })
 }
 
 /// `a / b` when both exist and `b` is not zero.
@@ -313,7 +361,11 @@ mod tests {
     fn watched_run_times_markers_and_kills_the_process() -> Result<()> {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo one; echo two; exec sleep 30"]);
-        let watch = Watch { markers: &["one", "two"], sample_at: Some(1), timeout: Duration::from_secs(20) };
+        let watch = Watch {
+            markers: &["one", "two"],
+            sample_at: Some(1),
+            timeout: Duration::from_secs(20),
+        };
         let out = run_watched(&mut cmd, &watch, |pid| pid)?;
         assert!(out.marks.iter().all(Option::is_some));
         assert!(out.sample.is_some());
@@ -325,7 +377,11 @@ mod tests {
     fn watched_run_times_out() -> Result<()> {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo one; exec sleep 30"]);
-        let watch = Watch { markers: &["never"], sample_at: None, timeout: Duration::from_millis(300) };
+        let watch = Watch {
+            markers: &["never"],
+            sample_at: None,
+            timeout: Duration::from_millis(300),
+        };
         let out = run_watched(&mut cmd, &watch, |_| ())?;
         assert_eq!(out.marks, vec![None]);
         assert_eq!(out.ending, Ending::TimedOut);

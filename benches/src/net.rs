@@ -39,7 +39,10 @@ pub fn parse_net(line: &str, dir: &str) -> Option<NetResult> {
         return None;
     }
     let f = parse_fields(line, "NET")?;
-    Some(NetResult { bytes: field(&f, "bytes")?, mib_s: field(&f, "mib_s")? })
+    Some(NetResult {
+        bytes: field(&f, "bytes")?,
+        mib_s: field(&f, "mib_s")?,
+    })
 }
 
 /// The guest script.
@@ -63,7 +66,9 @@ fn accept(listener: &TcpListener, stop: &AtomicBool) -> Option<TcpStream> {
                 s.set_write_timeout(Some(Duration::from_secs(120))).ok()?;
                 return Some(s);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             Err(_) => return None,
         }
     }
@@ -151,7 +156,14 @@ pub struct NetReport {
 
 impl NetReport {
     fn median(&self, vmm: Vmm, f: fn(&NetRun) -> Option<f64>) -> Option<f64> {
-        median(&self.runs.iter().filter(|r| r.vmm == vmm).filter_map(f).collect::<Vec<_>>())
+        median(
+            &self
+                .runs
+                .iter()
+                .filter(|r| r.vmm == vmm)
+                .filter_map(f)
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// As JSON.
@@ -166,7 +178,10 @@ impl NetReport {
         ];
         let obj = |f: &dyn Fn(Column) -> Option<f64>| {
             serde_json::Value::Object(
-                keys.iter().zip(COLUMNS).map(|(k, (_, c))| ((*k).to_string(), serde_json::json!(f(c)))).collect(),
+                keys.iter()
+                    .zip(COLUMNS)
+                    .map(|(k, (_, c))| ((*k).to_string(), serde_json::json!(f(c))))
+                    .collect(),
             )
         };
         let runs: Vec<_> = self
@@ -187,7 +202,10 @@ impl NetReport {
 
     fn print_summary(&self) {
         println!();
-        println!("{:<30}  {:>10}  {:>10}  {:>9}  goal", "median", "zvm", "qemu", "zvm/qemu");
+        println!(
+            "{:<30}  {:>10}  {:>10}  {:>9}  goal",
+            "median", "zvm", "qemu", "zvm/qemu"
+        );
         for (i, (name, c)) in COLUMNS.iter().enumerate() {
             let (a, b) = (self.median(Vmm::Zvm, *c), self.median(Vmm::Qemu, *c));
             let goal = if i < 4 { ">= 1.0" } else { "<= 1.0" };
@@ -206,7 +224,12 @@ fn per_mib(cpu: Option<f64>, mib: u64) -> Option<f64> {
 }
 
 /// Runs the network benchmark moving `size_mib` MiB each way.
-pub fn run(launcher: &Launcher, cfg: &DeviceConfig, size_mib: u64, dir: &Path) -> Result<NetReport> {
+pub fn run(
+    launcher: &Launcher,
+    cfg: &DeviceConfig,
+    size_mib: u64,
+    dir: &Path,
+) -> Result<NetReport> {
     let guest = devices::prepare(cfg, &script(size_mib), dir, "net-initramfs.cpio")?;
     let ns = NetNs::create("net")?;
     println!("== Network throughput: {} run(s) each, {size_mib} MiB TCP each way (guest {GUEST_IP} <-> host {HOST_IP} on tap {} in netns {})", cfg.runs, ns.tap, ns.name);
@@ -221,14 +244,29 @@ pub fn run(launcher: &Launcher, cfg: &DeviceConfig, size_mib: u64, dir: &Path) -
         for vmm in order(i) {
             let stop = Arc::new(AtomicBool::new(false));
             let tx_host = sink(ns.listen(format!("{HOST_IP}:{SEND_PORT}"))?, stop.clone());
-            let rx_host = source(ns.listen(format!("{HOST_IP}:{RECV_PORT}"))?, (size_mib << 20) as usize, stop.clone());
-            let dev = Devices { disk: None, net: true };
-            let phase = PhaseRun::run(&mut devices::command(launcher, vmm, &guest, dev, &ns), &MARKERS, cfg.timeout);
+            let rx_host = source(
+                ns.listen(format!("{HOST_IP}:{RECV_PORT}"))?,
+                (size_mib << 20) as usize,
+                stop.clone(),
+            );
+            let dev = Devices {
+                disk: None,
+                net: true,
+            };
+            let phase = PhaseRun::run(
+                &mut devices::command(launcher, vmm, &guest, dev, &ns),
+                &MARKERS,
+                cfg.timeout,
+            );
             stop.store(true, Ordering::Relaxed);
             let (host_tx, host_rx) = (tx_host.join().ok().flatten(), rx_host.join().ok().flatten());
             let phase = phase?;
             let guest_line = |dir: &str| {
-                phase.out.lines.iter().find_map(|(_, l)| l.find("NET ").and_then(|p| parse_net(&l[p..], dir)))
+                phase
+                    .out
+                    .lines
+                    .iter()
+                    .find_map(|(_, l)| l.find("NET ").and_then(|p| parse_net(&l[p..], dir)))
             };
             let r = NetRun {
                 vmm,
@@ -242,7 +280,12 @@ pub fn run(launcher: &Launcher, cfg: &DeviceConfig, size_mib: u64, dir: &Path) -
             };
             if r.tx.is_none() || r.rx.is_none() {
                 failures += 1;
-                eprintln!("warning: {} run {} lacks a NET line; {}", vmm.name(), i + 1, phase.out.tail(20));
+                eprintln!(
+                    "warning: {} run {} lacks a NET line; {}",
+                    vmm.name(),
+                    i + 1,
+                    phase.out.tail(20)
+                );
             }
             println!(
                 "{:>4}  {:<5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:?}",
@@ -272,7 +315,13 @@ mod tests {
     #[test]
     fn parses_guest_lines_by_direction() {
         let send = "NET dir=send bytes=33554432 secs=1.250 mib_s=25.60";
-        assert_eq!(parse_net(send, "send"), Some(NetResult { bytes: 33554432.0, mib_s: 25.6 }));
+        assert_eq!(
+            parse_net(send, "send"),
+            Some(NetResult {
+                bytes: 33554432.0,
+                mib_s: 25.6
+            })
+        );
         assert_eq!(parse_net(send, "recv"), None);
         assert_eq!(parse_net("NET dir=recv bytes=1", "recv"), None);
         assert_eq!(parse_net("BLK dir=recv mib_s=1 bytes=1", "recv"), None);
@@ -282,6 +331,9 @@ mod tests {
     fn script_configures_eth0_and_runs_both_directions() {
         let s = script(32);
         assert!(s.contains("ip addr add 10.0.2.15/24 dev eth0"));
-        assert!(s.contains("tcp-bench send 10.0.2.1:7000 32") && s.contains("tcp-bench recv 10.0.2.1:7001 32"));
+        assert!(
+            s.contains("tcp-bench send 10.0.2.1:7000 32")
+                && s.contains("tcp-bench recv 10.0.2.1:7001 32")
+        );
     }
 }

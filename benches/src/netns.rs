@@ -22,10 +22,18 @@ pub struct NetNs {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let failed = |reason: String| BenchError::Netns { command: format!("ip {}", args.join(" ")), reason };
-    let out = Command::new("ip").args(args).output().map_err(|e| failed(e.to_string()))?;
+    let failed = |reason: String| BenchError::Netns {
+        command: format!("ip {}", args.join(" ")),
+        reason,
+    };
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| failed(e.to_string()))?;
     if !out.status.success() {
-        return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     Ok(())
 }
@@ -38,10 +46,22 @@ impl NetNs {
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         ip(&["netns", "add", &name])?;
         // From here on, drop deletes the namespace.
-        let ns = NetNs { name, tap: "zbtap0".into() };
+        let ns = NetNs {
+            name,
+            tap: "zbtap0".into(),
+        };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        ns.exec(&["ip", "tuntap", "add", "dev", &ns.tap, "mode", "tap", "vnet_hdr"])?;
-        ns.exec(&["ip", "addr", "add", &format!("{HOST_IP}/24"), "dev", &ns.tap])?;
+        ns.exec(&[
+            "ip", "tuntap", "add", "dev", &ns.tap, "mode", "tap", "vnet_hdr",
+        ])?;
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{HOST_IP}/24"),
+            "dev",
+            &ns.tap,
+        ])?;
         ns.exec(&["ip", "link", "set", &ns.tap, "up"])?;
         Ok(ns)
     }
@@ -65,12 +85,16 @@ impl NetNs {
     /// it; the socket stays in the namespace whichever thread uses it later).
     pub fn listen(&self, addr: String) -> Result<TcpListener> {
         let path = format!("/var/run/netns/{}", self.name);
-        let failed = |reason: String| BenchError::Netns { command: format!("setns {path}; bind {addr}"), reason };
+        let failed = |reason: String| BenchError::Netns {
+            command: format!("setns {path}; bind {addr}"),
+            reason,
+        };
         let (p, a) = (path.clone(), addr.clone());
         let joined = std::thread::spawn(move || -> std::io::Result<TcpListener> {
             let file = std::fs::File::open(&p)?;
             // SAFETY: setns on this thread only, with a valid namespace descriptor.
-            let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
             if rc != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -87,7 +111,11 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "exec", &self.name, "ip", "link", "del", &self.tap]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ip", "link", "del", &self.tap])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }

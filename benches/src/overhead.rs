@@ -44,7 +44,8 @@ const EM_X86_64: u16 = 62;
 /// eb fd         jmp $-1          ; back to the hlt
 /// ```
 pub const GUEST_CODE: [u8; 17] = [
-    0x66, 0xba, 0xf8, 0x03, 0xb0, b'!', 0xee, 0xb0, 0x0a, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd,
+    0x66, 0xba, 0xf8, 0x03, 0xb0, b'!', 0xee, 0xb0, 0x0a, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb,
+    0xfd,
 ];
 
 /// The PVH note: `n_namesz`, `n_descsz`, `n_type`, "Xen\0", then the entry as a 64-bit
@@ -60,7 +61,15 @@ fn pvh_note(entry: u32) -> Vec<u8> {
     note
 }
 
-fn phdr(out: &mut Vec<u8>, p_type: u32, flags: u32, offset: usize, addr: u64, size: usize, align: u64) {
+fn phdr(
+    out: &mut Vec<u8>,
+    p_type: u32,
+    flags: u32,
+    offset: usize,
+    addr: u64,
+    size: usize,
+    align: u64,
+) {
     out.extend_from_slice(&p_type.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&(offset as u64).to_le_bytes());
@@ -92,7 +101,15 @@ pub fn pvh_elf(code: &[u8], entry: u32) -> Vec<u8> {
     elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
-    phdr(&mut elf, PT_LOAD, 0x5, CODE_OFFSET, u64::from(entry), code.len(), 0x1000); // R+X
+    phdr(
+        &mut elf,
+        PT_LOAD,
+        0x5,
+        CODE_OFFSET,
+        u64::from(entry),
+        code.len(),
+        0x1000,
+    ); // R+X
     phdr(&mut elf, PT_NOTE, 0x4, NOTE_OFFSET, 0, note.len(), 4);
     elf.extend_from_slice(&note);
     elf.resize(CODE_OFFSET, 0);
@@ -151,7 +168,11 @@ impl OverheadReport {
 }
 
 fn medians(runs: &[OverheadRun], vmm: Vmm) -> Option<f64> {
-    let values: Vec<f64> = runs.iter().filter(|r| r.vmm == vmm).filter_map(|r| r.first_output.map(ms)).collect();
+    let values: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.vmm == vmm)
+        .filter_map(|r| r.first_output.map(ms))
+        .collect();
     median(&values)
 }
 
@@ -159,28 +180,67 @@ fn medians(runs: &[OverheadRun], vmm: Vmm) -> Option<f64> {
 pub fn run(launcher: &Launcher, cfg: &OverheadConfig, dir: &Path) -> Result<OverheadReport> {
     let kernel = dir.join("pvh-tiny.elf");
     std::fs::write(&kernel, pvh_elf(&GUEST_CODE, LOAD_ADDR)).map_err(io_err("write", &kernel))?;
-    let guest = GuestSpec { kernel, initrd: None, cmdline: "console=ttyS0".into(), cpus: 1, mem_mib: 256 };
-    println!("== VMM overhead: spawn -> first guest output ('!' on COM1), {} runs each", cfg.runs);
-    println!("   guest: {}-byte PVH ELF at {LOAD_ADDR:#x}, 1 vCPU, 256 MiB; QEMU -cpu {}", GUEST_CODE.len(), launcher.qemu_cpu());
+    let guest = GuestSpec {
+        kernel,
+        initrd: None,
+        cmdline: "console=ttyS0".into(),
+        cpus: 1,
+        mem_mib: 256,
+    };
+    println!(
+        "== VMM overhead: spawn -> first guest output ('!' on COM1), {} runs each",
+        cfg.runs
+    );
+    println!(
+        "   guest: {}-byte PVH ELF at {LOAD_ADDR:#x}, 1 vCPU, 256 MiB; QEMU -cpu {}",
+        GUEST_CODE.len(),
+        launcher.qemu_cpu()
+    );
     println!("{:>4}  {:<5}  {:>12}", "run", "vmm", "spawn->! ms");
     let mut runs = Vec::new();
     let mut failures = 0;
     for i in 0..cfg.runs {
         for vmm in order(i) {
-            let watch = Watch { markers: &["!"], sample_at: None, timeout: cfg.timeout };
+            let watch = Watch {
+                markers: &["!"],
+                sample_at: None,
+                timeout: cfg.timeout,
+            };
             let out = run_watched(&mut launcher.command(vmm, &guest), &watch, |_| ())?;
             let first_output = out.marks.first().copied().flatten();
             if first_output.is_none() {
                 failures += 1;
-                eprintln!("warning: {} run {}: no '!' on the console; {}", vmm.name(), i + 1, out.tail(10));
+                eprintln!(
+                    "warning: {} run {}: no '!' on the console; {}",
+                    vmm.name(),
+                    i + 1,
+                    out.tail(10)
+                );
             }
-            println!("{:>4}  {:<5}  {:>12}", i + 1, vmm.name(), fmt_opt(first_output.map(ms), 2));
-            runs.push(OverheadRun { vmm, run: i + 1, first_output });
+            println!(
+                "{:>4}  {:<5}  {:>12}",
+                i + 1,
+                vmm.name(),
+                fmt_opt(first_output.map(ms), 2)
+            );
+            runs.push(OverheadRun {
+                vmm,
+                run: i + 1,
+                first_output,
+            });
         }
     }
-    let report = OverheadReport { zvm_ms: medians(&runs, Vmm::Zvm), qemu_ms: medians(&runs, Vmm::Qemu), runs, failures };
+    let report = OverheadReport {
+        zvm_ms: medians(&runs, Vmm::Zvm),
+        qemu_ms: medians(&runs, Vmm::Qemu),
+        runs,
+        failures,
+    };
     println!();
-    println!("{:<26}  {:>10}  {:>10}  {:>9}", "median", "zvm", "qemu", "zvm/qemu");
+    println!(
+        "{:<26}  {:>10}  {:>10}  {:>9}",
+        "median", "zvm", "qemu", "zvm/qemu"
+    );
     println!(
         "{:<26}  {:>10}  {:>10}  {:>9}",
         "spawn -> first output, ms",
@@ -232,7 +292,10 @@ mod tests {
         assert_eq!(u64_at(&elf, ph + 24), u64::from(LOAD_ADDR)); // p_paddr
         let filesz = u64_at(&elf, ph + 32) as usize;
         assert_eq!(&elf[offset..offset + filesz], &GUEST_CODE);
-        assert_eq!(offset as u64 % u64_at(&elf, ph + 48), u64::from(LOAD_ADDR) % u64_at(&elf, ph + 48));
+        assert_eq!(
+            offset as u64 % u64_at(&elf, ph + 48),
+            u64::from(LOAD_ADDR) % u64_at(&elf, ph + 48)
+        );
     }
 
     #[test]
@@ -243,8 +306,12 @@ mod tests {
         let off = u64_at(&elf, ph + 8) as usize;
         let filesz = u64_at(&elf, ph + 32) as usize;
         assert_eq!(u64_at(&elf, ph + 48), 4); // p_align: QEMU aligns name and desc by it
-        // As linux-loader parses it: n_namesz 4, n_type 18, name "Xen\0", desc >= 4 bytes.
-        let (namesz, descsz, ntype) = (u32_at(&elf, off), u32_at(&elf, off + 4), u32_at(&elf, off + 8));
+                                              // As linux-loader parses it: n_namesz 4, n_type 18, name "Xen\0", desc >= 4 bytes.
+        let (namesz, descsz, ntype) = (
+            u32_at(&elf, off),
+            u32_at(&elf, off + 4),
+            u32_at(&elf, off + 8),
+        );
         assert_eq!((namesz, ntype), (4, XEN_ELFNOTE_PHYS32_ENTRY));
         assert!(descsz >= 4);
         assert_eq!(&elf[off + 12..off + 16], b"Xen\0");
@@ -263,6 +330,9 @@ mod tests {
         // jmp rel8 -3 from its own end lands on the hlt before it.
         let jmp_end = GUEST_CODE.len() as i32;
         assert_eq!(GUEST_CODE[GUEST_CODE.len() - 3], 0xf4);
-        assert_eq!(jmp_end + i32::from(GUEST_CODE[GUEST_CODE.len() - 1] as i8), jmp_end - 3);
+        assert_eq!(
+            jmp_end + i32::from(GUEST_CODE[GUEST_CODE.len() - 1] as i8),
+            jmp_end - 3
+        );
     }
 }

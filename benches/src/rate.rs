@@ -66,12 +66,26 @@ pub struct RateReport {
 impl RateReport {
     /// Median VMs per second of `vmm`.
     pub fn rate(&self, vmm: Vmm) -> Option<f64> {
-        median(&self.batches.iter().filter(|b| b.vmm == vmm).map(|b| b.rate(self.vms)).collect::<Vec<_>>())
+        median(
+            &self
+                .batches
+                .iter()
+                .filter(|b| b.vmm == vmm)
+                .map(|b| b.rate(self.vms))
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// Median spawn-to-`!` of `vmm` over all its VMs, ms.
     pub fn first_output_ms(&self, vmm: Vmm) -> Option<f64> {
-        median(&self.batches.iter().filter(|b| b.vmm == vmm).flat_map(|b| b.first_output.iter().map(|d| ms(*d))).collect::<Vec<_>>())
+        median(
+            &self
+                .batches
+                .iter()
+                .filter(|b| b.vmm == vmm)
+                .flat_map(|b| b.first_output.iter().map(|d| ms(*d)))
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// VMs that missed their marker.
@@ -98,7 +112,13 @@ impl RateReport {
 }
 
 /// Starts `cfg.vms` VMs of `vmm` through `cfg.parallel` workers.
-fn batch(launcher: &Launcher, guest: &GuestSpec, vmm: Vmm, run: usize, cfg: &RateConfig) -> Result<Batch> {
+fn batch(
+    launcher: &Launcher,
+    guest: &GuestSpec,
+    vmm: Vmm,
+    run: usize,
+    cfg: &RateConfig,
+) -> Result<Batch> {
     let next = AtomicUsize::new(0);
     let results = Mutex::new((Vec::new(), 0usize));
     let start = Instant::now();
@@ -107,14 +127,22 @@ fn batch(launcher: &Launcher, guest: &GuestSpec, vmm: Vmm, run: usize, cfg: &Rat
             .map(|_| {
                 s.spawn(|| -> Result<()> {
                     while next.fetch_add(1, Ordering::Relaxed) < cfg.vms {
-                        let watch = Watch { markers: &["!"], sample_at: None, timeout: cfg.timeout };
+                        let watch = Watch {
+                            markers: &["!"],
+                            sample_at: None,
+                            timeout: cfg.timeout,
+                        };
                         let out = run_watched(&mut launcher.command(vmm, guest), &watch, |_| ())?;
                         let mut r = results.lock().unwrap_or_else(|p| p.into_inner());
                         match out.marks.first().copied().flatten() {
                             Some(d) => r.0.push(d),
                             None => {
                                 r.1 += 1;
-                                eprintln!("warning: {} VM without '!'; {}", vmm.name(), out.tail(5));
+                                eprintln!(
+                                    "warning: {} VM without '!'; {}",
+                                    vmm.name(),
+                                    out.tail(5)
+                                );
                             }
                         }
                     }
@@ -129,33 +157,83 @@ fn batch(launcher: &Launcher, guest: &GuestSpec, vmm: Vmm, run: usize, cfg: &Rat
     })?;
     let wall = start.elapsed();
     let (first_output, failures) = results.into_inner().unwrap_or_else(|p| p.into_inner());
-    Ok(Batch { vmm, run, wall, first_output, failures })
+    Ok(Batch {
+        vmm,
+        run,
+        wall,
+        first_output,
+        failures,
+    })
 }
 
 /// Runs the batches and prints the results.
 pub fn run(launcher: &Launcher, cfg: &RateConfig, dir: &Path) -> Result<RateReport> {
     let kernel = dir.join("pvh-tiny.elf");
     std::fs::write(&kernel, pvh_elf(&GUEST_CODE, LOAD_ADDR)).map_err(io_err("write", &kernel))?;
-    let guest = GuestSpec { kernel, initrd: None, cmdline: "console=ttyS0".into(), cpus: 1, mem_mib: 128 };
-    println!("== VM creation rate: {} VMs per batch, {} at a time, {} batch(es) per VMM", cfg.vms, cfg.parallel, cfg.runs);
-    println!("   guest: the tiny PVH guest (prints '!', resets), 1 vCPU, 128 MiB; QEMU -cpu {}", launcher.qemu_cpu());
-    println!("{:>4}  {:<5}  {:>10}  {:>9}  {:>16}", "run", "vmm", "wall ms", "VMs/s", "median ->! ms");
+    let guest = GuestSpec {
+        kernel,
+        initrd: None,
+        cmdline: "console=ttyS0".into(),
+        cpus: 1,
+        mem_mib: 128,
+    };
+    println!(
+        "== VM creation rate: {} VMs per batch, {} at a time, {} batch(es) per VMM",
+        cfg.vms, cfg.parallel, cfg.runs
+    );
+    println!(
+        "   guest: the tiny PVH guest (prints '!', resets), 1 vCPU, 128 MiB; QEMU -cpu {}",
+        launcher.qemu_cpu()
+    );
+    println!(
+        "{:>4}  {:<5}  {:>10}  {:>9}  {:>16}",
+        "run", "vmm", "wall ms", "VMs/s", "median ->! ms"
+    );
     let mut batches = Vec::new();
     for i in 0..cfg.runs {
         for vmm in order(i) {
             let b = batch(launcher, &guest, vmm, i + 1, cfg)?;
             let med = median(&b.first_output.iter().map(|d| ms(*d)).collect::<Vec<_>>());
-            println!("{:>4}  {:<5}  {:>10.0}  {:>9.1}  {:>16}", i + 1, vmm.name(), ms(b.wall), b.rate(cfg.vms), fmt_opt(med, 2));
+            println!(
+                "{:>4}  {:<5}  {:>10.0}  {:>9.1}  {:>16}",
+                i + 1,
+                vmm.name(),
+                ms(b.wall),
+                b.rate(cfg.vms),
+                fmt_opt(med, 2)
+            );
             batches.push(b);
         }
     }
-    let report = RateReport { vms: cfg.vms, parallel: cfg.parallel, batches };
+    let report = RateReport {
+        vms: cfg.vms,
+        parallel: cfg.parallel,
+        batches,
+    };
     let (z, q) = (report.rate(Vmm::Zvm), report.rate(Vmm::Qemu));
     println!();
-    println!("{:<32}  {:>9}  {:>9}  {:>9}", "median", "zvm", "qemu", "zvm/qemu");
-    println!("{:<32}  {:>9}  {:>9}  {:>9}", "VMs per second", fmt_opt(z, 1), fmt_opt(q, 1), fmt_opt(ratio(z, q), 2));
-    let (zf, qf) = (report.first_output_ms(Vmm::Zvm), report.first_output_ms(Vmm::Qemu));
-    println!("{:<32}  {:>9}  {:>9}  {:>9}", "spawn -> first output, ms", fmt_opt(zf, 2), fmt_opt(qf, 2), fmt_opt(ratio(zf, qf), 3));
+    println!(
+        "{:<32}  {:>9}  {:>9}  {:>9}",
+        "median", "zvm", "qemu", "zvm/qemu"
+    );
+    println!(
+        "{:<32}  {:>9}  {:>9}  {:>9}",
+        "VMs per second",
+        fmt_opt(z, 1),
+        fmt_opt(q, 1),
+        fmt_opt(ratio(z, q), 2)
+    );
+    let (zf, qf) = (
+        report.first_output_ms(Vmm::Zvm),
+        report.first_output_ms(Vmm::Qemu),
+    );
+    println!(
+        "{:<32}  {:>9}  {:>9}  {:>9}",
+        "spawn -> first output, ms",
+        fmt_opt(zf, 2),
+        fmt_opt(qf, 2),
+        fmt_opt(ratio(zf, qf), 3)
+    );
     Ok(report)
 }
 
@@ -172,7 +250,11 @@ mod tests {
             first_output: outs.iter().map(|m| Duration::from_millis(*m)).collect(),
             failures: 0,
         };
-        let report = RateReport { vms: 10, parallel: 2, batches: vec![b(Vmm::Zvm, 500, &[4, 6]), b(Vmm::Qemu, 2000, &[50, 52])] };
+        let report = RateReport {
+            vms: 10,
+            parallel: 2,
+            batches: vec![b(Vmm::Zvm, 500, &[4, 6]), b(Vmm::Qemu, 2000, &[50, 52])],
+        };
         assert_eq!(report.rate(Vmm::Zvm), Some(20.0));
         assert_eq!(report.rate(Vmm::Qemu), Some(5.0));
         let json = report.to_json();

@@ -31,7 +31,9 @@ impl Mapping {
     /// Whether this looks like the guest RAM of a VM with `guest_bytes` of memory: an
     /// anonymous (or memfd) mapping of at least that size.
     pub fn is_guest_ram(&self, guest_bytes: u64) -> bool {
-        let anonymous = self.path.is_empty() || self.path.starts_with("[anon") || self.path.starts_with("/memfd:");
+        let anonymous = self.path.is_empty()
+            || self.path.starts_with("[anon")
+            || self.path.starts_with("/memfd:");
         anonymous && self.size() >= guest_bytes
     }
 }
@@ -63,7 +65,13 @@ fn parse_header(line: &str) -> Option<Mapping> {
         fields.next()?;
     }
     let path = fields.collect::<Vec<_>>().join(" ");
-    Some(Mapping { start, end, path, rss_kib: 0, private_kib: 0 })
+    Some(Mapping {
+        start,
+        end,
+        path,
+        rss_kib: 0,
+        private_kib: 0,
+    })
 }
 
 fn kib_field(line: &str, name: &str) -> Option<u64> {
@@ -81,10 +89,14 @@ pub fn parse_smaps(text: &str) -> Vec<Mapping> {
             maps.push(m);
             continue;
         }
-        let Some(current) = maps.last_mut() else { continue };
+        let Some(current) = maps.last_mut() else {
+            continue;
+        };
         if let Some(v) = kib_field(line, "Rss") {
             current.rss_kib = v;
-        } else if let Some(v) = kib_field(line, "Private_Clean").or_else(|| kib_field(line, "Private_Dirty")) {
+        } else if let Some(v) =
+            kib_field(line, "Private_Clean").or_else(|| kib_field(line, "Private_Dirty"))
+        {
             current.private_kib += v;
         }
     }
@@ -173,11 +185,24 @@ Private_Dirty:         0 kB
 
     #[test]
     fn large_file_mappings_are_not_guest_ram() {
-        let m = Mapping { start: 0, end: 1 << 30, path: "/usr/lib/big.so".into(), rss_kib: 1, private_kib: 0 };
+        let m = Mapping {
+            start: 0,
+            end: 1 << 30,
+            path: "/usr/lib/big.so".into(),
+            rss_kib: 1,
+            private_kib: 0,
+        };
         assert!(!m.is_guest_ram(256 << 20));
-        let memfd = Mapping { path: "/memfd:guest (deleted)".into(), ..m.clone() };
+        let memfd = Mapping {
+            path: "/memfd:guest (deleted)".into(),
+            ..m.clone()
+        };
         assert!(memfd.is_guest_ram(256 << 20));
-        let small = Mapping { end: 1 << 20, path: String::new(), ..m };
+        let small = Mapping {
+            end: 1 << 20,
+            path: String::new(),
+            ..m
+        };
         assert!(!small.is_guest_ram(256 << 20));
     }
 

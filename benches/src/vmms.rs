@@ -105,7 +105,11 @@ pub fn qemu_cpu(pvm: bool) -> &'static str {
 
 /// zvm's arguments for `guest`, console on stdout.
 pub fn zvm_args(guest: &GuestSpec) -> Vec<String> {
-    let mut args = vec!["run".to_string(), "--kernel".into(), guest.kernel.display().to_string()];
+    let mut args = vec![
+        "run".to_string(),
+        "--kernel".into(),
+        guest.kernel.display().to_string(),
+    ];
     if let Some(initrd) = &guest.initrd {
         args.extend(["--initrd".to_string(), initrd.display().to_string()]);
     }
@@ -130,13 +134,27 @@ pub fn qemu_args(guest: &GuestSpec, pvm: bool) -> Vec<String> {
         cmdline = format!("{} {PVM_KERNEL_ARGS}", cmdline.trim());
     }
     let mut args: Vec<String> = [
-        "-M", "microvm", "-enable-kvm", "-cpu", qemu_cpu(pvm), "-nodefaults", "-no-user-config", "-nographic",
-        "-serial", "stdio", "-no-reboot",
+        "-M",
+        "microvm",
+        "-enable-kvm",
+        "-cpu",
+        qemu_cpu(pvm),
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-no-reboot",
     ]
     .iter()
     .map(|s| (*s).to_string())
     .collect();
-    args.extend(["-m".to_string(), guest.mem_mib.to_string(), "-smp".into(), guest.cpus.to_string()]);
+    args.extend([
+        "-m".to_string(),
+        guest.mem_mib.to_string(),
+        "-smp".into(),
+        guest.cpus.to_string(),
+    ]);
     args.extend(["-kernel".to_string(), guest.kernel.display().to_string()]);
     if let Some(initrd) = &guest.initrd {
         args.extend(["-initrd".to_string(), initrd.display().to_string()]);
@@ -160,16 +178,25 @@ mod tests {
     }
 
     fn value_after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-        args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str)
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
     }
 
     #[test]
     fn qemu_gets_zvm_pvm_arguments_only_on_pvm_hosts() {
         let plain = qemu_args(&guest(), false);
-        assert_eq!(value_after(&plain, "-append"), Some("console=ttyS0 reboot=k panic=1"));
+        assert_eq!(
+            value_after(&plain, "-append"),
+            Some("console=ttyS0 reboot=k panic=1")
+        );
         assert_eq!(value_after(&plain, "-cpu"), Some("host"));
         let pvm = qemu_args(&guest(), true);
-        assert_eq!(value_after(&pvm, "-append"), Some(format!("console=ttyS0 reboot=k panic=1 {PVM_KERNEL_ARGS}").as_str()));
+        assert_eq!(
+            value_after(&pvm, "-append"),
+            Some(format!("console=ttyS0 reboot=k panic=1 {PVM_KERNEL_ARGS}").as_str())
+        );
         assert_eq!(value_after(&pvm, "-cpu"), Some("host,-arch-capabilities"));
         assert_eq!(value_after(&pvm, "-m"), Some("256"));
         assert_eq!(value_after(&pvm, "-initrd"), Some("/i/init.cpio"));
@@ -185,7 +212,10 @@ mod tests {
     #[test]
     fn zvm_gets_the_plain_command_line() {
         let args = zvm_args(&guest());
-        assert_eq!(value_after(&args, "--cmdline"), Some("console=ttyS0 reboot=k panic=1"));
+        assert_eq!(
+            value_after(&args, "--cmdline"),
+            Some("console=ttyS0 reboot=k panic=1")
+        );
         assert_eq!(value_after(&args, "--memory"), Some("256M"));
         assert_eq!(value_after(&args, "--console"), Some("stdio"));
     }

@@ -10,30 +10,54 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Runs a build script that prints a path as its last stdout line.
 fn path_from_script(script: &Path) -> PathBuf {
-    let out = Command::new("bash").arg(script).output().expect("run build script");
+    let out = Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("run build script");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{} failed:\n{stderr}", script.display());
+    assert!(
+        out.status.success(),
+        "{} failed:\n{stderr}",
+        script.display()
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = PathBuf::from(stdout.lines().last().expect("a path on the last line").trim());
-    assert!(path.is_file(), "{} printed {} which is not a file", script.display(), path.display());
+    let path = PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("a path on the last line")
+            .trim(),
+    );
+    assert!(
+        path.is_file(),
+        "{} printed {} which is not a file",
+        script.display(),
+        path.display()
+    );
     path
 }
 
 /// The project's guest kernel (vmlinux), built on first use and cached per machine.
 pub fn guest_kernel() -> PathBuf {
     static KERNEL: OnceLock<PathBuf> = OnceLock::new();
-    KERNEL.get_or_init(|| path_from_script(&repo_root().join("guest-kernel/build.sh"))).clone()
+    KERNEL
+        .get_or_init(|| path_from_script(&repo_root().join("guest-kernel/build.sh")))
+        .clone()
 }
 
 /// The static guest init binary.
 pub fn guest_init() -> PathBuf {
     static INIT: OnceLock<PathBuf> = OnceLock::new();
-    INIT.get_or_init(|| path_from_script(&repo_root().join("guest/build.sh"))).clone()
+    INIT.get_or_init(|| path_from_script(&repo_root().join("guest/build.sh")))
+        .clone()
 }
 
 /// A scratch directory for this test run's images.
@@ -47,10 +71,22 @@ fn base_entries() -> Vec<Entry> {
     let init = std::fs::read(guest_init()).expect("read guest init");
     let mut entries: Vec<Entry> = ["dev", "proc", "sys", "tmp", "bin", "sbin", "etc"]
         .iter()
-        .map(|d| Entry::Dir { path: (*d).into(), mode: 0o755 })
+        .map(|d| Entry::Dir {
+            path: (*d).into(),
+            mode: 0o755,
+        })
         .collect();
-    entries.push(Entry::CharDev { path: "dev/console".into(), mode: 0o600, major: 5, minor: 1 });
-    entries.push(Entry::File { path: "init".into(), mode: 0o755, data: init });
+    entries.push(Entry::CharDev {
+        path: "dev/console".into(),
+        mode: 0o600,
+        major: 5,
+        minor: 1,
+    });
+    entries.push(Entry::File {
+        path: "init".into(),
+        mode: 0o755,
+        data: init,
+    });
     entries
 }
 
@@ -66,16 +102,40 @@ pub fn test_initramfs() -> PathBuf {
 /// and `script` as /zvm-test.sh (run by the init with `zvm.mode=script`).
 pub fn busybox_initramfs(script: &str) -> PathBuf {
     let busybox = Path::new("/bin/busybox");
-    assert!(busybox.is_file(), "busybox-static is not installed (apt-get install busybox-static); .ci/run installs it");
+    assert!(
+        busybox.is_file(),
+        "busybox-static is not installed (apt-get install busybox-static); .ci/run installs it"
+    );
     let mut entries = base_entries();
-    entries.push(Entry::File { path: "bin/busybox".into(), mode: 0o755, data: std::fs::read(busybox).expect("read busybox") });
-    let applets = Command::new(busybox).arg("--list").output().expect("busybox --list");
-    for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
-        entries.push(Entry::Symlink { path: format!("bin/{applet}"), target: "busybox".into() });
+    entries.push(Entry::File {
+        path: "bin/busybox".into(),
+        mode: 0o755,
+        data: std::fs::read(busybox).expect("read busybox"),
+    });
+    let applets = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&applets.stdout)
+        .lines()
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
+        entries.push(Entry::Symlink {
+            path: format!("bin/{applet}"),
+            target: "busybox".into(),
+        });
     }
-    entries.push(Entry::File { path: "zvm-test.sh".into(), mode: 0o755, data: script.as_bytes().to_vec() });
+    entries.push(Entry::File {
+        path: "zvm-test.sh".into(),
+        mode: 0o755,
+        data: script.as_bytes().to_vec(),
+    });
     let tool = guest_init().with_file_name("zvm-vsock-tool");
-    entries.push(Entry::File { path: "bin/zvm-vsock-tool".into(), mode: 0o755, data: std::fs::read(&tool).expect("guest vsock tool (guest/build.sh)") });
+    entries.push(Entry::File {
+        path: "bin/zvm-vsock-tool".into(),
+        mode: 0o755,
+        data: std::fs::read(&tool).expect("guest vsock tool (guest/build.sh)"),
+    });
     let path = scratch_dir().join("busybox-initramfs.cpio");
     std::fs::write(&path, initramfs::pack_uncompressed(&entries).expect("pack")).expect("write");
     path
@@ -84,7 +144,11 @@ pub fn busybox_initramfs(script: &str) -> PathBuf {
 /// The static OCI guest agent (`zvm-oci-agent`), built by guest/build.sh beside the init.
 pub fn oci_agent() -> PathBuf {
     let path = guest_init().with_file_name("zvm-oci-agent");
-    assert!(path.is_file(), "{} is missing: guest/build.sh builds it", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: guest/build.sh builds it",
+        path.display()
+    );
     path
 }
 
@@ -92,11 +156,20 @@ pub fn oci_agent() -> PathBuf {
 /// linked in /bin, plus the empty directories `dirs` (mount points, working directories).
 pub fn busybox_rootfs(dir: &Path, dirs: &[&str]) {
     let busybox = Path::new("/bin/busybox");
-    assert!(busybox.is_file(), "busybox-static is not installed (apt-get install busybox-static); .ci/run installs it");
+    assert!(
+        busybox.is_file(),
+        "busybox-static is not installed (apt-get install busybox-static); .ci/run installs it"
+    );
     std::fs::create_dir_all(dir.join("bin")).expect("rootfs/bin");
     std::fs::copy(busybox, dir.join("bin/busybox")).expect("copy busybox");
-    let applets = Command::new(busybox).arg("--list").output().expect("busybox --list");
-    for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
+    let applets = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&applets.stdout)
+        .lines()
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
         let link = dir.join("bin").join(applet);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink("busybox", &link).expect("applet symlink");
@@ -111,8 +184,16 @@ pub fn busybox_rootfs(dir: &Path, dirs: &[&str]) {
 pub fn zvm_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> -> target/<profile>/zvm
-    let path = exe.parent().and_then(Path::parent).map(|d| d.join("zvm")).expect("target dir");
-    assert!(path.is_file(), "{} is missing: build it with `cargo build -p zvm` (scripts/test.sh does)", path.display());
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("zvm"))
+        .expect("target dir");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p zvm` (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -152,7 +233,12 @@ pub fn run_zvm_in(netns: Option<&NetNs>, args: &[&str], limit: Duration) -> ZvmR
 /// Runs `command` with `stdin`, collecting its stdout and stderr, killing it after `limit`.
 pub fn run_to_end(command: &mut Command, stdin: std::process::Stdio, limit: Duration) -> ZvmRun {
     use std::process::Stdio;
-    let mut child = command.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn zvm");
+    let mut child = command
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zvm");
     let mut stdout = child.stdout.take().expect("stdout");
     let mut stderr = child.stderr.take().expect("stderr");
     let out_reader = std::thread::spawn(move || {
@@ -196,7 +282,11 @@ pub fn pack_flist(rootfs: &Path, store: &Path, flist: &Path) {
         .arg(rootfs)
         .output()
         .expect("zvm flist pack");
-    assert!(out.status.success(), "zvm flist pack: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "zvm flist pack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Makes an ext4 image of `size_mib` MiB at `path` holding `files` (name, contents), with
@@ -215,7 +305,11 @@ pub fn ext4_image(path: &Path, size_mib: u64, files: &[(&str, &str)]) {
         .arg(format!("{size_mib}M"))
         .output()
         .expect("mkfs.ext4 (apt-get install e2fsprogs)");
-    assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Reads a file out of an ext4 image with debugfs (no mount needed).
@@ -240,7 +334,11 @@ pub mod api_client {
     pub fn wait_for_socket(path: &Path, limit: Duration) {
         let deadline = Instant::now() + limit;
         while UnixStream::connect(path).is_err() {
-            assert!(Instant::now() < deadline, "{} never accepted a connection", path.display());
+            assert!(
+                Instant::now() < deadline,
+                "{} never accepted a connection",
+                path.display()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -248,7 +346,9 @@ pub mod api_client {
     /// Sends one request on a fresh connection; returns (status, body).
     pub fn request(path: &Path, method: &str, uri: &str, body: Option<&str>) -> (u16, String) {
         let mut stream = UnixStream::connect(path).expect("connect to the API socket");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         let body = body.unwrap_or("");
         let req = format!(
             "{method} {uri} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -258,8 +358,15 @@ pub mod api_client {
         let mut raw = Vec::new();
         let _ = stream.read_to_end(&mut raw);
         let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 }
@@ -283,8 +390,15 @@ impl NetNs {
     }
 
     fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip").args(args).output().expect("ip (iproute2)");
-        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip (iproute2)");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs a command inside the namespace and asserts it succeeded.
@@ -295,12 +409,16 @@ impl NetNs {
     }
 
     /// Runs `f` on a thread that has entered the namespace (for host-side peers).
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let file = std::fs::File::open(&path).expect("open the netns");
             // SAFETY: setns on this thread with a valid namespace fd.
-            let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
             f()
         })
@@ -309,6 +427,220 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
+}
+
+/// A zvm process watched while it runs (`zvm --api-sock` or `zvm run`): its console
+/// (stdout) and its own messages (stderr) are collected as they arrive; killed on drop.
+#[derive(Debug)]
+pub struct LiveZvm {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its API socket, if it serves one.
+    pub sock: Option<PathBuf>,
+    console: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+fn collect(
+    mut from: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .expect("output")
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+impl LiveZvm {
+    /// Spawns `zvm --api-sock SOCK --id ID` and waits until the socket answers.
+    pub fn api(sock: &Path, id: &str) -> LiveZvm {
+        let _ = std::fs::remove_file(sock);
+        let mut command = Command::new(zvm_binary());
+        command.arg("--api-sock").arg(sock).args(["--id", id]);
+        let zvm = LiveZvm::spawn(&mut command, Some(sock.to_path_buf()));
+        api_client::wait_for_socket(sock, Duration::from_secs(10));
+        zvm
+    }
+
+    /// Spawns `command` (a zvm command line), stdin from /dev/null.
+    pub fn spawn(command: &mut Command, sock: Option<PathBuf>) -> LiveZvm {
+        use std::process::Stdio;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn zvm");
+        let console = collect(child.stdout.take().expect("stdout"));
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        LiveZvm {
+            child,
+            sock,
+            console,
+            stderr,
+        }
+    }
+
+    /// The console so far.
+    pub fn console(&self) -> String {
+        self.console.lock().expect("console").clone()
+    }
+
+    /// zvm's own messages so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr").clone()
+    }
+
+    /// zvm's messages and the console's last lines, for assertion messages.
+    pub fn show(&self) -> String {
+        let console = self.console();
+        let tail: Vec<&str> = console.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "\nzvm stderr:\n{}\nconsole tail:\n{}",
+            self.stderr(),
+            tail.join("\n")
+        )
+    }
+
+    /// One API request; returns the status and the JSON body (`Null` when empty).
+    pub fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let sock = self.sock.as_deref().expect("this zvm serves no API");
+        let text = body.map(serde_json::Value::to_string);
+        let (status, answer) = api_client::request(sock, method, uri, text.as_deref());
+        let json = if answer.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&answer).unwrap_or(serde_json::Value::String(answer))
+        };
+        (status, json)
+    }
+
+    /// A request that must be answered 204.
+    pub fn ok(&self, method: &str, uri: &str, body: serde_json::Value) {
+        let (status, answer) = self.call(method, uri, Some(&body));
+        assert_eq!(
+            status,
+            204,
+            "{method} {uri} {body}: {answer}{}",
+            self.show()
+        );
+    }
+
+    /// Waits until the console holds `marker`; panics if zvm exits first or `limit` passes.
+    pub fn wait_for(&mut self, marker: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.console().contains(marker) {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("zvm exited ({status}) before {marker:?}:{}", self.show());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {marker:?} within {limit:?}:{}",
+                self.show()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                std::thread::sleep(Duration::from_millis(100)); // let the readers drain
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for LiveZvm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens a host-initiated vsock connection to guest `port` through zvm's Unix socket
+/// `uds` (Firecracker's `CONNECT <port>\n` handshake, answered `OK <host port>\n`).
+pub fn vsock_connect(uds: &Path, port: u32) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::io::Write;
+    let mut conn = std::os::unix::net::UnixStream::connect(uds)?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    // Byte by byte, so nothing after the handshake line is consumed here.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        if std::io::Read::read(&mut conn, &mut byte)? == 0 {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line);
+    if !line.starts_with("OK ") {
+        return Err(std::io::Error::other(format!(
+            "handshake answered {line:?}"
+        )));
+    }
+    Ok(conn)
+}
+
+/// Sends `request` to guest vsock `port` through `uds`, half-closes and returns the whole
+/// answer. Retries the connection (every 20 ms) until it is accepted or `limit` passes.
+pub fn vsock_request(
+    uds: &Path,
+    port: u32,
+    request: &str,
+    limit: Duration,
+) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + limit;
+    let mut last = String::from("never tried");
+    while Instant::now() < deadline {
+        match vsock_connect(uds, port) {
+            Ok(mut conn) => {
+                conn.set_read_timeout(Some(limit))
+                    .map_err(|e| e.to_string())?;
+                conn.write_all(request.as_bytes())
+                    .map_err(|e| format!("send: {e}"))?;
+                conn.shutdown(std::net::Shutdown::Write)
+                    .map_err(|e| format!("half-close: {e}"))?;
+                let mut answer = String::new();
+                conn.read_to_string(&mut answer)
+                    .map_err(|e| format!("read the answer: {e}"))?;
+                return Ok(answer);
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!(
+        "no vsock connection to port {port} through {} within {limit:?}: {last}",
+        uds.display()
+    ))
 }

@@ -5,10 +5,13 @@
 //! - `zvm-vsock-tool send CID PORT TEXT`: connects to CID:PORT, sends TEXT, shuts down its
 //!   sending side, prints everything it reads back until end of input.
 //! - `zvm-vsock-tool tcp-send IP:PORT TEXT`: the same over TCP.
+//! - `zvm-vsock-tool serve PORT`: runs each connection's request with `/bin/sh -c` and
+//!   answers with its output, one thread per connection, until killed (see serve.rs).
 //! - `zvm-vsock-tool blk-bench DEV SIZE_MIB` and `tcp-bench send|recv IP:PORT SIZE_MIB`:
 //!   the throughput benchmarks of `zvm-bench` (see bench.rs).
 
 mod bench;
+mod serve;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -148,11 +151,12 @@ fn run(args: &[String]) -> Result<(), String> {
         ["echo-server", port] => echo_server(number(port, "port")?).map_err(|e| e.to_string()),
         ["send", cid, port, text] => send(number(cid, "CID")?, number(port, "port")?, text).map_err(|e| e.to_string()),
         ["tcp-send", addr, text] => tcp_send(addr, text).map_err(|e| e.to_string()),
+        ["serve", port] => serve::serve(number(port, "port")?).map_err(|e| e.to_string()),
         ["blk-bench", dev, size] => bench::blk_bench(dev, number(size, "size")? as usize).map_err(|e| e.to_string()),
         ["tcp-bench", dir, addr, size] => {
             bench::tcp_bench(dir, addr, number(size, "size")? as usize).map_err(|e| e.to_string())
         }
-        _ => Err("usage: zvm-vsock-tool echo-server PORT | send CID PORT TEXT | tcp-send IP:PORT TEXT \
+        _ => Err("usage: zvm-vsock-tool echo-server PORT | send CID PORT TEXT | tcp-send IP:PORT TEXT | serve PORT \
                   | blk-bench DEV SIZE_MIB | tcp-bench send|recv IP:PORT SIZE_MIB"
             .into()),
     }
