@@ -7,7 +7,7 @@
 //! The guest runs at native speed on VMX/SVM hosts and is emulated on KVM PVM hosts
 //! (about 300 000 loop iterations a second here); either way the whole test takes seconds.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -164,28 +164,13 @@ impl Zvm {
 
     /// Sends one request; returns the status and the body.
     fn call(&self, method: &str, uri: &str, body: &str) -> (u16, String) {
-        let mut stream = UnixStream::connect(&self.sock).expect("connect to the API socket");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let req = format!(
-            "{method} {uri} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(req.as_bytes()).expect("send the request");
-        let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let body = (!body.is_empty()).then_some(body.as_bytes());
+        let response =
+            api_server::client::request(&self.sock, method, uri, body, Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("{method} {uri}: {e}"));
         (
-            status,
-            text.split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_string())
-                .unwrap_or_default(),
+            response.status,
+            String::from_utf8_lossy(&response.body).into_owned(),
         )
     }
 
