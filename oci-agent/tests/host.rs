@@ -423,6 +423,8 @@ fn seccomp_profile_holds_for_init_and_exec() {
             "mkdir /tmp/d; echo rc=$?; ls -d /tmp/d; echo ready; sleep 1000",
         );
     }));
+    // Init has run its mkdir before the exec and the kill (a loaded host is slow).
+    a.wait_for_stdout(INIT_STREAM, "ready\n");
     let exec = serde_json::json!({
         "args": ["sh", "-c", "mkdir /tmp/e; echo exec-rc=$?"],
         "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}

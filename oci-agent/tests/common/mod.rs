@@ -241,6 +241,32 @@ impl Agent {
         );
     }
 
+    /// Reads events until `stream` has written `needle` to its stdout; every event stays
+    /// queued for [`Self::wait`].
+    pub fn wait_for_stdout(&mut self, stream: &str, needle: &str) {
+        loop {
+            let stdout: String = self
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Output {
+                        stream: s,
+                        fd: 1,
+                        data,
+                    } if s == stream => Some(String::from_utf8_lossy(data).into_owned()),
+                    _ => None,
+                })
+                .collect();
+            if stdout.contains(needle) {
+                return;
+            }
+            match read_frame::<_, AgentMessage>(&mut self.reader).unwrap() {
+                AgentMessage::Event(e) => self.events.push(e),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
     /// Collects the output of `stream` until its Exited event.
     pub fn wait(&mut self, stream: &str) -> Outcome {
         let mut out = Outcome::default();
