@@ -239,14 +239,14 @@ struct SnapshotArgs {
     /// Clones of one snapshot running at once for the memory figure.
     #[arg(long, default_value_t = 10)]
     clones: usize,
-    /// Cold-booted VMs running at once for the memory figure (0 skips them; they boot
-    /// together, which takes long on PVM hosts).
+    /// Cold-booted VMs running at once for the memory figure (0 skips them; they boot as
+    /// many at a time as the host has CPUs, which takes long on PVM hosts).
     #[arg(long, default_value_t = 10)]
     cold_vms: usize,
     /// Cold boots per VMM (zvm and QEMU microvm), the peers.
     #[arg(long, default_value_t = 1)]
     boot_runs: usize,
-    /// Time limit of one boot, seconds (the cold VMs together get this times their number).
+    /// Time limit of one boot, seconds (each cold VM and each peer boot).
     #[arg(long, default_value_t = 600)]
     timeout: u64,
     /// Guest kernel (default: guest-kernel/build.sh).
