@@ -7,7 +7,8 @@ use std::time::Duration;
 use vmm::builder::{build_microvm_with_console, BuildOptions};
 use vmm::devices::serial::ConsoleSink;
 use vmm::snapshot::{
-    restore_microvm, CreateSnapshotParams, RestoreParams, SnapshotError, SnapshotType,
+    read_state_file, restore_microvm, CreateSnapshotParams, RestoreOverrides, RestoreParams,
+    SnapshotError, SnapshotType,
 };
 use vmm::{RunningVm, VmOutcome, VmResources};
 
@@ -88,10 +89,19 @@ fn snapshot(vm: &RunningVm, kind: SnapshotType, state: &Path, mem: &Path) {
 }
 
 fn restore(state: &Path, mem: &Path, resume: bool) -> Result<RunningVm, SnapshotError> {
+    restore_with(state, mem, resume, Default::default())
+}
+
+fn restore_with(
+    state: &Path,
+    mem: &Path,
+    resume: bool,
+    overrides: RestoreOverrides,
+) -> Result<RunningVm, SnapshotError> {
     let params = RestoreParams {
         snapshot_path: state.into(),
         mem_file_path: mem.into(),
-        overrides: Default::default(),
+        overrides,
         resume,
         track_dirty_pages: true,
         seccomp: true,
@@ -207,4 +217,73 @@ fn counting_guest_continues_after_full_and_diff_restores() {
         matches!(err, SnapshotError::BadMemoryFile { .. }) && err.is_bad_input(),
         "{err}"
     );
+}
+
+#[test]
+fn an_empty_placeholder_drive_is_replaced_at_restore() {
+    let files = Files {
+        dir: tempfile::tempdir().expect("dir"),
+    };
+    let kernel = files.path("counter.elf");
+    std::fs::write(&kernel, elf(&counter_code())).expect("kernel");
+    let (placeholder, image) = (files.path("placeholder"), files.path("image"));
+    std::fs::write(&placeholder, b"").expect("placeholder");
+    std::fs::File::create(&image)
+        .expect("image")
+        .set_len(8 << 20)
+        .expect("size");
+    let mut resources = VmResources::new(&kernel);
+    resources.machine_config.mem_size_mib = 32;
+    resources.drives.push(vmm::resources::DriveConfig {
+        drive_id: "data".into(),
+        path_on_host: placeholder.clone(),
+        is_root_device: false,
+        is_read_only: false,
+        rate_limiter: None,
+    });
+    let vm =
+        build_microvm_with_console(&resources, BuildOptions::default(), ConsoleSink::Off, false)
+            .expect("a VM boots with an empty drive");
+    run_then_pause(&vm);
+    let (state1, mem1) = (files.path("s1"), files.path("m1"));
+    snapshot(&vm, SnapshotType::Full, &state1, &mem1);
+    end(vm);
+    let saved = read_state_file(&state1).expect("state");
+    let blk = &saved.devices.virtio[0];
+    assert_eq!(
+        blk.config[..8],
+        0u64.to_le_bytes(),
+        "0 sectors at snapshot time"
+    );
+
+    // A clone on the real image: the device it gets has the image's capacity, and the
+    // transport marks the configuration as changed.
+    let overrides = RestoreOverrides {
+        drives: vec![("data".into(), image.clone())],
+        ..Default::default()
+    };
+    let vm = restore_with(&state1, &mem1, false, overrides).expect("restore onto the image");
+    run_then_pause(&vm);
+    let (state2, mem2) = (files.path("s2"), files.path("m2"));
+    snapshot(&vm, SnapshotType::Full, &state2, &mem2);
+    end(vm);
+    let clone = read_state_file(&state2).expect("state");
+    let blk2 = &clone.devices.virtio[0];
+    assert_eq!(
+        blk2.config[..8],
+        (16384u64).to_le_bytes(),
+        "8 MiB in sectors"
+    );
+    assert_ne!(blk2.config_generation, blk.config_generation);
+    assert_eq!(clone.resources.drives[0].path_on_host, image);
+
+    // And back onto another empty file: an override target may be empty too.
+    let other = files.path("other-placeholder");
+    std::fs::write(&other, b"").expect("placeholder");
+    let overrides = RestoreOverrides {
+        drives: vec![("data".into(), other)],
+        ..Default::default()
+    };
+    let vm = restore_with(&state2, &mem2, true, overrides).expect("restore onto an empty file");
+    end(vm);
 }

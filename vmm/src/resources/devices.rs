@@ -1,7 +1,7 @@
 //! Device entries of [`VmResources`]: drives, entropy, network interfaces, vsock, and
 //! their validation.
 
-use super::{check_file, ResourcesError, VmResources, MAX_DRIVES, MAX_NET_INTERFACES};
+use super::{ResourcesError, VmResources, MAX_DRIVES, MAX_NET_INTERFACES};
 use crate::rate_limiter::RateLimiterConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -172,7 +172,8 @@ impl VmResources {
     }
 }
 
-/// A disk must be a non-empty regular file or a block device.
+/// A disk must be a regular file or a block device. An empty file is a disk of no
+/// sectors (a placeholder a snapshot's clones override with a real image).
 fn check_disk(path: &Path) -> Result<(), ResourcesError> {
     use std::os::unix::fs::FileTypeExt;
     let bad = |problem: String| ResourcesError::BadFile {
@@ -181,10 +182,10 @@ fn check_disk(path: &Path) -> Result<(), ResourcesError> {
         problem,
     };
     let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
-    if meta.file_type().is_block_device() {
+    if meta.file_type().is_block_device() || meta.is_file() {
         return Ok(());
     }
-    check_file("drive", path)
+    Err(bad("is not a regular file or a block device".into()))
 }
 
 #[cfg(test)]
@@ -229,6 +230,17 @@ mod tests {
                 "rootfs".into(),
                 "data".into()
             ))
+        );
+        let empty = tempfile::NamedTempFile::new().expect("tmp");
+        r.drives[1] = drive("data", empty.path(), false);
+        assert_eq!(r.validate(), Ok(()), "an empty file is a disk of 0 sectors");
+        let dir = tempfile::tempdir().expect("dir");
+        r.drives[1] = drive("data", dir.path(), false);
+        let err = r.validate().expect_err("a directory");
+        assert!(
+            err.to_string()
+                .ends_with("is not a regular file or a block device"),
+            "{err}"
         );
         r.drives[1] = drive("data", Path::new("/nonexistent/disk.img"), false);
         let err = r.validate().expect_err("missing disk");

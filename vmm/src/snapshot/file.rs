@@ -19,8 +19,11 @@ use std::path::Path;
 /// The first bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"ZVMSNAP\0";
 /// The format this zvm writes and reads. Bump it whenever [`MicrovmState`] or any state
-/// struct in it changes shape.
-pub const FORMAT_VERSION: u32 = 1;
+/// struct in it changes shape (bincode is not self-describing: an old payload would not
+/// decode, or decode wrongly).
+///
+/// 2: each virtio device's state holds its configuration space and ConfigGeneration.
+pub const FORMAT_VERSION: u32 = 2;
 /// The largest payload zvm reads (a VM's state is a few KiB per vCPU and device).
 pub const MAX_PAYLOAD: u64 = 16 << 20;
 const HEADER: usize = 20;
@@ -60,7 +63,8 @@ pub fn decode(bytes: &[u8]) -> Result<MicrovmState, String> {
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
     if version != FORMAT_VERSION {
         return Err(format!(
-            "format version {version}, but this zvm reads version {FORMAT_VERSION} only"
+            "format version {version}, but this zvm reads version {FORMAT_VERSION} only \
+             (take the snapshot again with this zvm)"
         ));
     }
     let mut len = [0u8; 8];
@@ -192,9 +196,20 @@ mod tests {
         let mut magic = bytes.clone();
         magic[0] = b'X';
         refused(&magic, "magic");
-        let mut version = bytes.clone();
-        version[8] = 9;
-        refused(&version, "format version 9");
+        // The previous format (before the virtio configuration space was saved), and one
+        // from the future; the header is checked before anything is decoded.
+        assert_eq!(FORMAT_VERSION, 2);
+        for other in [1u32, 9] {
+            let mut version = bytes.clone();
+            version[8..12].copy_from_slice(&other.to_le_bytes());
+            let crc = crc32fast::hash(&version[..version.len() - 4]);
+            let at = version.len() - 4;
+            version[at..].copy_from_slice(&crc.to_le_bytes());
+            refused(
+                &version,
+                &format!("format version {other}, but this zvm reads version 2 only"),
+            );
+        }
         let mut huge = bytes.clone();
         huge[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
         refused(&huge, "larger than");

@@ -169,8 +169,8 @@ impl MmioTransport {
             QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
             INTERRUPT_STATUS => self.interrupt.status(),
             STATUS => self.status,
-            // The configuration never changes behind the driver's back.
-            CONFIG_GENERATION => 0,
+            // Changes whenever the device changes its configuration (virtio 1.2, 4.2.2).
+            CONFIG_GENERATION => self.interrupt.config_generation(),
             _ => {
                 tracing::debug!("virtio-mmio: read of write-only or unknown register {offset:#x}");
                 0

@@ -98,6 +98,10 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// The feature bits the device offers (including [`VIRTIO_F_VERSION_1`]).
     fn features(&self) -> u64;
+    /// The length of the device configuration space the guest can read (0 for none):
+    /// a snapshot saves that many bytes of it, so a restore onto a device whose
+    /// configuration differs (a drive override of another size) can tell the guest.
+    fn config_len(&self) -> usize;
     /// Reads `data.len()` bytes of the device configuration space at `offset`.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device configuration space; devices without writable fields ignore it.
@@ -141,7 +145,8 @@ pub trait VirtioDevice: Send {
     fn after_restore(&mut self) {}
 }
 
-/// A device's interrupt: the MMIO InterruptStatus bits and the irqfd that raises the line.
+/// A device's interrupt: the MMIO InterruptStatus bits, the irqfd that raises the line,
+/// and the ConfigGeneration counter a configuration change bumps before it interrupts.
 /// Cheap to clone; the transport and the activated device share one.
 #[derive(Debug, Clone)]
 pub struct Interrupt(Arc<InterruptState>);
@@ -149,6 +154,7 @@ pub struct Interrupt(Arc<InterruptState>);
 #[derive(Debug)]
 struct InterruptState {
     status: AtomicU32,
+    config_generation: AtomicU32,
     evt: EventFd,
 }
 
@@ -161,6 +167,7 @@ impl Interrupt {
         })?;
         Ok(Interrupt(Arc::new(InterruptState {
             status: AtomicU32::new(0),
+            config_generation: AtomicU32::new(0),
             evt,
         })))
     }
@@ -186,6 +193,26 @@ impl Interrupt {
     /// Tells the driver buffers were used.
     pub fn signal_used_queue(&self) {
         self.signal(INT_USED_RING);
+    }
+
+    /// Tells the driver the device changed its configuration space: ConfigGeneration
+    /// changes first (so a driver reading a field across the change sees it), then
+    /// [`INT_CONFIG`] is set and the line raised.
+    pub fn signal_config_change(&self) {
+        self.0.config_generation.fetch_add(1, Ordering::AcqRel);
+        self.signal(INT_CONFIG);
+    }
+
+    /// The ConfigGeneration register: changes whenever the configuration space does.
+    pub fn config_generation(&self) -> u32 {
+        self.0.config_generation.load(Ordering::Acquire)
+    }
+
+    /// Sets ConfigGeneration to what a snapshot saved (nothing is signalled).
+    pub fn restore_config_generation(&self, generation: u32) {
+        self.0
+            .config_generation
+            .store(generation, Ordering::Release);
     }
 
     /// Clears `bits` (the driver wrote InterruptACK).
@@ -320,5 +347,20 @@ mod tests {
         assert_eq!(irq.status(), INT_CONFIG);
         irq.clear();
         assert_eq!(irq.status(), 0);
+    }
+
+    #[test]
+    fn a_config_change_bumps_the_generation_then_interrupts() {
+        let irq = Interrupt::new().expect("interrupt");
+        assert_eq!(irq.config_generation(), 0);
+        irq.signal_config_change();
+        assert_eq!(irq.config_generation(), 1);
+        assert_eq!(irq.status(), INT_CONFIG);
+        assert_eq!(irq.eventfd().read().expect("eventfd written"), 1);
+        irq.restore_config_generation(u32::MAX);
+        irq.signal_config_change();
+        assert_eq!(irq.config_generation(), 0, "the counter wraps");
+        irq.clear();
+        assert_eq!(irq.config_generation(), 0, "a reset keeps the generation");
     }
 }

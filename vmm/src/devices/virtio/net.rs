@@ -502,6 +502,10 @@ impl VirtioDevice for Net {
         self.acked = features & self.features;
     }
 
+    fn config_len(&self) -> usize {
+        CONFIG_BYTES
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }

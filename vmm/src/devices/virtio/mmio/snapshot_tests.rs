@@ -3,11 +3,13 @@
 //! again, what it had not is served once after the restore.
 
 use super::*;
+use crate::devices::virtio::block::request::VIRTIO_BLK_T_IN;
 use crate::devices::virtio::block::{Block, MemBackend};
 use crate::devices::virtio::net::{Net, NetBackend};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::test_utils::*;
 use crate::devices::virtio::vsock::{Vsock, EVENT_QUEUE, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET};
+use crate::devices::virtio::INT_CONFIG;
 use crate::memory::GuestMemoryMmap;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,24 @@ const ALL: u32 = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | st
 
 fn wr(t: &mut MmioTransport, offset: u64, value: u32) {
     t.write(offset, &value.to_le_bytes());
+}
+
+fn rd(t: &mut MmioTransport, offset: u64) -> u32 {
+    let mut data = [0u8; 4];
+    t.read(offset, &mut data);
+    u32::from_le_bytes(data)
+}
+
+/// The virtio-blk capacity as the guest reads it: two 32-bit config reads.
+fn capacity(t: &mut MmioTransport) -> u64 {
+    let low = rd(t, CONFIG_OFFSET);
+    let high = rd(t, CONFIG_OFFSET + 4);
+    u64::from(low) | (u64::from(high) << 32)
+}
+
+/// A virtio-blk device on the image at `path`.
+fn disk(path: &std::path::Path) -> Box<dyn VirtioDevice> {
+    Box::new(Block::open(path, false, "data").expect("disk"))
 }
 
 /// Drives `device` to DRIVER_OK as a guest would, with its queues on `mocks`.
@@ -117,6 +137,14 @@ fn add_chains(
         mock.add_desc_chains(&descs, index).expect("chain");
         index += chain.len() as u16;
     }
+}
+
+/// A virtio-blk request header.
+fn header(kind: u32, sector: u64) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&kind.to_le_bytes());
+    h[8..16].copy_from_slice(&sector.to_le_bytes());
+    h
 }
 
 #[test]
@@ -299,6 +327,103 @@ fn vsock_reports_a_transport_reset_after_restore() {
 }
 
 #[test]
+fn a_restore_onto_a_bigger_disk_announces_the_new_capacity() {
+    let mem = memory();
+    let dir = tempfile::tempdir().expect("dir");
+    let (placeholder, image) = (dir.path().join("empty"), dir.path().join("image"));
+    std::fs::write(&placeholder, b"").expect("placeholder");
+    std::fs::write(&image, vec![0x5a; 64 * 512]).expect("image");
+    let mock = MockSplitQueue::create(&mem, GuestAddress(0), MOCK_QUEUE_SIZE);
+    let mut t = started(&mem, disk(&placeholder), &[&mock]);
+    assert_eq!(
+        capacity(&mut t),
+        0,
+        "the template's guest sees an empty disk"
+    );
+    let generation = rd(&mut t, CONFIG_GENERATION);
+    let state = t.save_state();
+    assert_eq!(state.config.len(), 24);
+    assert_eq!(state.interrupt_status & INT_CONFIG, 0);
+
+    // The clone's drive override: a 64-sector image.
+    let mut restored = saved_and_restored(&mem, &t, disk(&image), false);
+    assert_ne!(
+        rd(&mut restored, INTERRUPT_STATUS) & INT_CONFIG,
+        0,
+        "the configuration change is signalled"
+    );
+    assert_eq!(
+        restored
+            .interrupt_evt()
+            .read()
+            .expect("the line was raised"),
+        1
+    );
+    assert_ne!(
+        rd(&mut restored, CONFIG_GENERATION),
+        generation,
+        "ConfigGeneration changed"
+    );
+    assert_eq!(capacity(&mut restored), 64, "the new disk's capacity");
+    let resaved = restored.save_state();
+    assert_eq!(resaved.config_generation, generation.wrapping_add(1));
+    assert_eq!(&resaved.config[..8], &64u64.to_le_bytes());
+    // The guest driver acks and reads the last sector of the new disk.
+    wr(&mut restored, INTERRUPT_ACK, INT_CONFIG);
+    mem.write_slice(&header(VIRTIO_BLK_T_IN, 63), GuestAddress(DATA))
+        .expect("header");
+    mem.write_obj(0xffu8, GuestAddress(DATA + 0x1800))
+        .expect("status");
+    add_chains(
+        &mock,
+        &[vec![
+            (DATA, 16, 0),
+            (DATA + 0x1000, 512, F_WRITE),
+            (DATA + 0x1800, 1, F_WRITE),
+        ]],
+        0,
+    );
+    restored.process_queue(0);
+    assert_eq!(used_idx(&mem, &mock), 1);
+    assert_eq!(byte_at(&mem, DATA + 0x1800), 0, "status OK");
+    assert_eq!(byte_at(&mem, DATA + 0x11ff), 0x5a, "the image's data");
+
+    // A restore onto a disk of the same size announces nothing.
+    let mut same = saved_and_restored(&mem, &restored, disk(&image), true);
+    assert_eq!(rd(&mut same, INTERRUPT_STATUS) & INT_CONFIG, 0);
+    assert_eq!(rd(&mut same, CONFIG_GENERATION), generation.wrapping_add(1));
+    assert!(same.interrupt_evt().read().is_err(), "no interrupt raised");
+}
+
+#[test]
+fn a_device_not_started_gets_a_new_generation_but_no_interrupt() {
+    let mem = memory();
+    let small = MemBackend::with_len(0);
+    let t = MmioTransport::new(
+        mem.clone(),
+        Box::new(Block::new(Box::new(small), false, "d")),
+    )
+    .expect("transport");
+    let state = t.save_state();
+    let big = MemBackend::with_len(4096);
+    let mut restored =
+        MmioTransport::new(mem.clone(), Box::new(Block::new(Box::new(big), false, "d")))
+            .expect("transport");
+    restored.restore_state(&state).expect("restore");
+    assert!(!restored.is_activated());
+    assert_eq!(rd(&mut restored, INTERRUPT_STATUS), 0);
+    assert!(
+        restored.interrupt_evt().read().is_err(),
+        "no interrupt raised"
+    );
+    assert_eq!(
+        rd(&mut restored, CONFIG_GENERATION),
+        state.config_generation.wrapping_add(1)
+    );
+    assert_eq!(capacity(&mut restored), 8);
+}
+
+#[test]
 fn foreign_or_inconsistent_states_are_refused() {
     let mem = memory();
     let mock = MockSplitQueue::create(&mem, GuestAddress(0), MOCK_QUEUE_SIZE);
@@ -341,6 +466,10 @@ fn foreign_or_inconsistent_states_are_refused() {
                 desc_table: MEM_SIZE * 4,
                 ..state.queues[0]
             }],
+            ..state.clone()
+        },
+        MmioTransportState {
+            config: vec![0; 0x1000],
             ..state.clone()
         },
     ];

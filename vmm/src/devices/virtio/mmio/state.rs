@@ -1,7 +1,15 @@
 //! The virtio-mmio transport's snapshot state: its registers, the queues as the device
-//! works with them, and whether the driver had started the device.
+//! works with them, whether the driver had started the device, and the device
+//! configuration space as the guest could read it.
+//!
+//! The device a restore attaches may not have the configuration the guest read before
+//! the snapshot (a drive override backed by a file of another size: virtio-blk's
+//! capacity). The restore compares the saved configuration with the new device's and,
+//! if they differ, bumps ConfigGeneration and, once the device is started again, raises
+//! the configuration-change interrupt, so the driver reads it again (Linux's virtio_blk
+//! resizes the disk).
 
-use super::{MmioTransport, VirtioError};
+use super::{MmioTransport, VirtioError, CONFIG_OFFSET, MMIO_SLOT_SIZE};
 use crate::devices::virtio::status;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState, QueueT};
@@ -78,9 +86,24 @@ pub struct MmioTransportState {
     pub activated: bool,
     /// The queues, in the device's order.
     pub queues: Vec<QueueSnapshot>,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// The device configuration space as the guest could read it
+    /// ([`crate::devices::virtio::VirtioDevice::config_len`] bytes).
+    pub config: Vec<u8>,
 }
 
+/// The most configuration bytes a device can have: the rest of its MMIO slot.
+const MAX_CONFIG_BYTES: usize = (MMIO_SLOT_SIZE - CONFIG_OFFSET) as usize;
+
 impl MmioTransport {
+    /// The device configuration space as the guest reads it now.
+    pub fn device_config(&self) -> Vec<u8> {
+        let mut config = vec![0u8; self.device.config_len().min(MAX_CONFIG_BYTES)];
+        self.device.read_config(0, &mut config);
+        config
+    }
+
     /// The transport's state for a snapshot; an active device's queue positions come from
     /// the device itself.
     pub fn save_state(&self) -> MmioTransportState {
@@ -109,12 +132,18 @@ impl MmioTransport {
             interrupt_status: self.interrupt.status(),
             activated: self.activated,
             queues,
+            config_generation: self.interrupt.config_generation(),
+            config: self.device_config(),
         }
     }
 
     /// Puts a new, never-started transport in `state` and, if the device was started,
     /// starts it again with the saved queues: requests the driver made available and the
     /// device had not taken are served once the VM runs (every queue is kicked), none twice.
+    ///
+    /// If the device's configuration space is not the one saved, ConfigGeneration
+    /// changes and a started device raises the configuration-change interrupt (a driver
+    /// that has not started it yet reads the configuration when it does).
     pub fn restore_state(&mut self, state: &MmioTransportState) -> Result<(), VirtioError> {
         let bad = |reason: String| VirtioError::BadState(reason);
         if state.device_type != self.device.device_type() {
@@ -135,6 +164,12 @@ impl MmioTransport {
             && (state.status & status::DRIVER_OK == 0 || state.status & status::FEATURES_OK == 0)
         {
             return Err(bad(format!("started with status {:#x}", state.status)));
+        }
+        if state.config.len() > MAX_CONFIG_BYTES {
+            return Err(bad(format!(
+                "{} bytes of configuration space; a device has {MAX_CONFIG_BYTES} at most",
+                state.config.len()
+            )));
         }
         let offered = self.device.features();
         if state.driver_features & !offered != 0 {
@@ -165,9 +200,24 @@ impl MmioTransport {
         self.driver_features = state.driver_features;
         self.status = state.status;
         self.interrupt.restore_status(state.interrupt_status);
+        self.interrupt
+            .restore_config_generation(state.config_generation);
+        let config_changed = self.device_config() != state.config;
         if state.activated {
             self.activate()?;
             self.device.after_restore();
+        }
+        if config_changed {
+            tracing::info!(
+                "virtio device type {}: configuration differs from the snapshot's; telling the guest",
+                self.device.device_type()
+            );
+            if state.activated {
+                self.interrupt.signal_config_change();
+            } else {
+                self.interrupt
+                    .restore_config_generation(state.config_generation.wrapping_add(1));
+            }
         }
         Ok(())
     }

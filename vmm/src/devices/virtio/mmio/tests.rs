@@ -30,6 +30,9 @@ impl VirtioDevice for Dummy {
     fn features(&self) -> u64 {
         FEATURES
     }
+    fn config_len(&self) -> usize {
+        8
+    }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         data.fill(offset as u8);
     }

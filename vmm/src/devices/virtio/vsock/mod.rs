@@ -258,6 +258,10 @@ impl VirtioDevice for Vsock {
         VIRTIO_F_VERSION_1
     }
 
+    fn config_len(&self) -> usize {
+        std::mem::size_of::<u64>()
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
