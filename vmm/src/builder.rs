@@ -6,34 +6,31 @@
 use crate::arch::cpuid;
 use crate::arch::mptable::{write_mptable, MptableError};
 use crate::arch::regs::{self, BootEntry, RegsError};
-use crate::bus::{BusError, BusRange, MmioBus, PioBus};
-use crate::devices::boot_timer::{BootTimeRecord, BootTimerDevice};
-use crate::devices::i8042::{self, I8042Device, KBD_IRQ};
+use crate::bus::{BusError, MmioBus, PioBus};
+use crate::devices::boot_timer::BootTimeRecord;
+use crate::devices::i8042::{self, I8042Device};
 use crate::devices::serial::{ConsoleSink, SerialDevice};
-use crate::devices::virtio::block::{Block, BlockError};
-use crate::devices::virtio::mmio::{MmioTransport, MMIO_SLOT_SIZE, QUEUE_NOTIFY_OFFSET};
-use crate::devices::virtio::net::{parse_mac, tap::Tap, Net, NetError};
-use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::vsock::{Vsock, VsockError};
-use crate::devices::virtio::{VirtioDevice, VirtioError};
-use crate::devices::{DeviceRegistry, EventFdTrigger};
+use crate::devices::virtio::block::BlockError;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::NetError;
+use crate::devices::virtio::vsock::VsockError;
+use crate::devices::virtio::VirtioError;
+use crate::devices::DeviceRegistry;
 use crate::host::KvmFlavour;
 use crate::layout;
 use crate::loader::{self, LoaderError};
 use crate::memory::{create_guest_memory, GuestMemoryMmap, MemoryError};
-use crate::metrics::{DeviceMetrics, VmMetrics};
-use crate::resources::{
-    ConsoleConfig, CpuTemplate, DriveConfig, NetConfig, ResourcesError, VmResources, VsockConfig,
-};
-
+use crate::metrics::VmMetrics;
+use crate::resources::{ConsoleConfig, CpuTemplate, ResourcesError, VmResources};
 use crate::vm::{EventHandler, RunningVm};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use kvm_ioctls::{Kvm, VmFd};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+mod devices;
 mod start;
 
 use start::register_memory;
@@ -303,219 +300,6 @@ impl MicrovmBuilder {
     /// The guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
-    }
-
-    /// COM1 on its ports and IRQ 4, writing to `sink`; `input` forwards stdin to it.
-    pub fn attach_serial(
-        &mut self,
-        sink: ConsoleSink,
-        timestamps: bool,
-        input: bool,
-    ) -> Result<(), BuildError> {
-        let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("create the serial eventfd"))?;
-        if self.opts.irqchip {
-            self.vm
-                .register_irqfd(&irq, layout::COM1_IRQ)
-                .map_err(kvm_err("register the serial irqfd"))?;
-        }
-        let out = sink.into_writer(timestamps.then_some(self.opts.process_start));
-        let serial = Arc::new(Mutex::new(SerialDevice::new(EventFdTrigger::new(irq), out)));
-        self.pio.insert(
-            BusRange::new(u64::from(layout::COM1_PORT), 8),
-            serial.clone(),
-        )?;
-        self.serial = Some(serial);
-        self.console_input = input;
-        Ok(())
-    }
-
-    /// The i8042 controller and its keyboard on ports 0x60-0x64 and IRQ 1: a guest reboot
-    /// through it ends the VM, and [`RunningVm::keyboard`] presses Ctrl-Alt-Del.
-    pub fn attach_i8042(&mut self) -> Result<(), BuildError> {
-        let evt = self
-            .reset_evt
-            .try_clone()
-            .map_err(io_err("clone the reset eventfd"))?;
-        let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("create the keyboard eventfd"))?;
-        if self.opts.irqchip {
-            self.vm
-                .register_irqfd(&irq, KBD_IRQ)
-                .map_err(kvm_err("register the keyboard irqfd"))?;
-        }
-        let dev = Arc::new(Mutex::new(I8042Device::new(evt, irq)));
-        self.pio
-            .insert(BusRange::new(u64::from(layout::I8042_PORT), 5), dev.clone())?;
-        self.i8042 = Some(dev);
-        Ok(())
-    }
-
-    /// The boot-timer device on its MMIO page.
-    pub fn attach_boot_timer(&mut self) -> Result<(), BuildError> {
-        let dev = BootTimerDevice::new(
-            self.opts.process_start,
-            self.build_start,
-            self.boot_time.clone(),
-        );
-        self.mmio.insert(
-            BusRange::new(layout::BOOT_TIMER_START, 0x1000),
-            Arc::new(Mutex::new(dev)),
-        )?;
-        Ok(())
-    }
-
-    /// `device` on the next virtio-mmio page (4 KiB from [`layout::VIRTIO_MMIO_START`])
-    /// with the next device IRQ: its queue eventfds become KVM ioeventfds on QueueNotify
-    /// and VMM-loop handlers, its interrupt an irqfd, and the kernel command line gets
-    /// `virtio_mmio.device=4K@ADDR:IRQ`. Must come before [`Self::load_kernel`].
-    pub fn attach_virtio_mmio(
-        &mut self,
-        device: Box<dyn VirtioDevice>,
-    ) -> Result<VirtioSlot, BuildError> {
-        if self.next_irq > layout::IRQ_MAX {
-            return Err(BuildError::NoFreeIrq {
-                first: layout::IRQ_DEVICE_BASE,
-                last: layout::IRQ_MAX,
-            });
-        }
-        let slot = VirtioSlot {
-            addr: self.next_virtio_addr,
-            irq: self.next_irq,
-        };
-        let transport = MmioTransport::new(self.mem.clone(), device)?;
-        let notify = IoEventAddress::Mmio(slot.addr + QUEUE_NOTIFY_OFFSET);
-        let mut evts = Vec::with_capacity(transport.queue_evts().len());
-        for (index, evt) in transport.queue_evts().iter().enumerate() {
-            self.vm
-                .register_ioevent(evt, &notify, index as u32)
-                .map_err(kvm_err("register a virtio queue ioeventfd"))?;
-            evts.push(
-                evt.try_clone()
-                    .map_err(io_err("clone a virtio queue eventfd"))?,
-            );
-        }
-        if self.opts.irqchip {
-            self.vm
-                .register_irqfd(transport.interrupt_evt(), slot.irq)
-                .map_err(kvm_err("register a virtio irqfd"))?;
-        }
-        let transport = Arc::new(Mutex::new(transport));
-        self.mmio
-            .insert(BusRange::new(slot.addr, MMIO_SLOT_SIZE), transport.clone())?;
-        self.virtio.push(transport.clone());
-        for (index, evt) in evts.into_iter().enumerate() {
-            let transport = transport.clone();
-            let on_event = Box::new(move || {
-                transport
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .process_queue(index)
-            });
-            self.handlers.push(EventHandler { evt, on_event });
-        }
-        let host_fd = transport
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .host_event_fd();
-        if let Some(fd) = host_fd {
-            // The loop polls a duplicate and reads 8 bytes from it before the handler runs:
-            // that clears a timerfd and fails harmlessly on the device's epoll fd.
-            // SAFETY: dup of a descriptor the device keeps open; the result is checked.
-            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-            if dup < 0 {
-                return Err(BuildError::Io {
-                    what: "duplicate a device event fd",
-                    source: std::io::Error::last_os_error(),
-                });
-            }
-            // SAFETY: `dup` is a new descriptor owned by nobody else.
-            let evt = unsafe { <EventFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
-            let transport = transport.clone();
-            let on_event = Box::new(move || {
-                transport
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .process_host_event()
-            });
-            self.handlers.push(EventHandler { evt, on_event });
-        }
-        self.device_args.push(format!(
-            "virtio_mmio.device=4K@{:#x}:{}",
-            slot.addr, slot.irq
-        ));
-        self.next_virtio_addr += MMIO_SLOT_SIZE;
-        self.next_irq += 1;
-        Ok(slot)
-    }
-
-    /// A virtio-blk device for `drive`. Drives appear in the guest as `/dev/vda`,
-    /// `/dev/vdb`, ... in attach order; a root device adds `root=/dev/vdX ro|rw`.
-    pub fn attach_drive(&mut self, drive: &DriveConfig) -> Result<VirtioSlot, BuildError> {
-        let mut block = Block::open(&drive.path_on_host, drive.is_read_only, &drive.drive_id)?;
-        if let Some(limit) = &drive.rate_limiter {
-            block = block.with_rate_limiter(limit)?;
-        }
-        tracing::debug!(
-            "drive {}: {} sectors, read_only={}",
-            drive.drive_id,
-            block.capacity(),
-            drive.is_read_only
-        );
-        self.metrics
-            .register(&drive.drive_id, DeviceMetrics::Block(block.metrics()));
-        let slot = self.attach_virtio_mmio(Box::new(block))?;
-        if drive.is_root_device {
-            let letter = char::from(b'a' + (self.block_count % 26) as u8);
-            let mode = if drive.is_read_only { "ro" } else { "rw" };
-            self.device_args
-                .push(format!("root=/dev/vd{letter} {mode}"));
-        }
-        self.block_count += 1;
-        Ok(slot)
-    }
-
-    /// A virtio-net device on the host tap `net.host_dev_name` (opened, or created when
-    /// it does not exist and zvm may create it; a created tap lasts as long as zvm).
-    pub fn attach_net(&mut self, net: &NetConfig) -> Result<VirtioSlot, BuildError> {
-        let err = |source: NetError| BuildError::Net {
-            id: net.iface_id.clone(),
-            source,
-        };
-        let mac = net
-            .guest_mac
-            .as_deref()
-            .map(parse_mac)
-            .transpose()
-            .map_err(err)?;
-        let tap = Tap::open(&net.host_dev_name).map_err(|e| err(e.into()))?;
-        tracing::debug!("network interface {}: tap {}", net.iface_id, tap.name());
-        let device = Net::new(
-            &net.iface_id,
-            Box::new(tap),
-            mac,
-            net.rx_rate_limiter.as_ref(),
-            net.tx_rate_limiter.as_ref(),
-        )
-        .map_err(err)?;
-        self.metrics
-            .register(&net.iface_id, DeviceMetrics::Net(device.metrics()));
-        self.attach_virtio_mmio(Box::new(device))
-    }
-
-    /// A virtio-rng device.
-    pub fn attach_entropy(&mut self) -> Result<VirtioSlot, BuildError> {
-        let rng = Rng::new();
-        self.metrics
-            .register("rng", DeviceMetrics::Rng(rng.metrics()));
-        self.attach_virtio_mmio(Box::new(rng))
-    }
-
-    /// A virtio-vsock device for `vsock`: listens on its `uds_path` (replacing a stale
-    /// socket there); the VMM loop polls its host sockets.
-    pub fn attach_vsock(&mut self, vsock: &VsockConfig) -> Result<VirtioSlot, BuildError> {
-        let device = Vsock::new(u64::from(vsock.guest_cid), &vsock.uds_path)?;
-        self.metrics
-            .register("vsock", DeviceMetrics::Vsock(device.metrics()));
-        self.attach_virtio_mmio(Box::new(device))
     }
 
     /// Loads kernel, initrd and command line; writes boot info, boot tables and MP table.

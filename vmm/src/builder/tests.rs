@@ -1,6 +1,7 @@
 //! Builder tests: device slots, IRQs and command-line arguments.
 
 use super::*;
+use crate::resources::{DriveConfig, VsockConfig};
 
 #[test]
 fn virtio_devices_get_slots_irqs_and_command_line_args() {
