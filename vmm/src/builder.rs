@@ -162,6 +162,9 @@ pub struct MicrovmBuilder {
     resources: Option<VmResources>,
     /// KVM logs the pages the guest writes (for diff snapshots).
     track_dirty_pages: bool,
+    /// How often guest memory was registered with KVM: once, unless dirty tracking was
+    /// switched on after the builder was made.
+    memory_registrations: u32,
 }
 
 /// Where a virtio-mmio device was placed.
@@ -211,11 +214,26 @@ impl MicrovmBuilder {
         seccomp: bool,
         opts: BuildOptions,
     ) -> Result<Self, BuildError> {
+        Self::with_memory_tracked(mem, mem_mib, vcpu_count, template, seccomp, opts, false)
+    }
+
+    /// Like [`Self::with_memory`]; with `track_dirty_pages` KVM logs the pages the guest
+    /// writes from the start. The memory is registered with KVM once, with the right
+    /// flags: each registration costs an SRCU grace period, milliseconds of a restore.
+    pub(crate) fn with_memory_tracked(
+        mem: GuestMemoryMmap,
+        mem_mib: u64,
+        vcpu_count: u8,
+        template: CpuTemplate,
+        seccomp: bool,
+        opts: BuildOptions,
+        track_dirty_pages: bool,
+    ) -> Result<Self, BuildError> {
         let build_start = Instant::now();
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
         let vm = kvm.create_vm().map_err(kvm_err("create the VM"))?;
         let mem_size = mem_mib << 20;
-        register_memory(&vm, &mem, false)?;
+        register_memory(&vm, &mem, track_dirty_pages)?;
         vm.set_tss_address(layout::KVM_TSS_START as usize)
             .map_err(kvm_err("set the TSS address"))?;
         vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_START)
@@ -266,14 +284,21 @@ impl MicrovmBuilder {
             i8042: None,
             virtio: Vec::new(),
             resources: None,
-            track_dirty_pages: false,
+            track_dirty_pages,
+            memory_registrations: 1,
         })
     }
 
     /// Has KVM log the pages the guest writes from now on, for diff snapshots (zvm's own
-    /// writes are in the memory's dirty bitmaps either way).
+    /// writes are in the memory's dirty bitmaps either way). This registers the memory
+    /// with KVM again unless it already logs: a builder that knows it tracks from the
+    /// start registers the memory once, with the flag ([`build_microvm`], restores).
     pub fn track_dirty_pages(&mut self) -> Result<(), BuildError> {
+        if self.track_dirty_pages {
+            return Ok(());
+        }
         register_memory(&self.vm, &self.mem, true)?;
+        self.memory_registrations += 1;
         self.track_dirty_pages = true;
         Ok(())
     }
@@ -405,18 +430,17 @@ pub fn build_microvm_with_console(
 ) -> Result<RunningVm, BuildError> {
     resources.validate()?;
     let mc = &resources.machine_config;
-    let mut builder = MicrovmBuilder::new(
+    let mut builder = MicrovmBuilder::with_memory_tracked(
+        create_guest_memory(mc.mem_size_mib << 20)?,
         mc.mem_size_mib,
         mc.vcpu_count,
         mc.cpu_template,
         resources.seccomp,
         opts,
+        mc.track_dirty_pages,
     )?;
     attach_devices(&mut builder, resources, sink, input)?;
     let entry = builder.load_kernel(resources)?;
-    if mc.track_dirty_pages {
-        builder.track_dirty_pages()?;
-    }
     builder.set_resources(resources.clone());
     builder.start(entry)
 }

@@ -98,14 +98,17 @@ fn restore_with(
     resume: bool,
     overrides: RestoreOverrides,
 ) -> Result<RunningVm, SnapshotError> {
-    let params = RestoreParams {
+    restore_params(RestoreParams {
         snapshot_path: state.into(),
         mem_file_path: mem.into(),
         overrides,
         resume,
         track_dirty_pages: true,
         seccomp: true,
-    };
+    })
+}
+
+fn restore_params(params: RestoreParams) -> Result<RunningVm, SnapshotError> {
     restore_microvm(&params, BuildOptions::default(), ConsoleSink::Off, false)
 }
 
@@ -285,5 +288,64 @@ fn an_empty_placeholder_drive_is_replaced_at_restore() {
         ..Default::default()
     };
     let vm = restore_with(&state2, &mem2, true, overrides).expect("restore onto an empty file");
+    end(vm);
+}
+
+#[test]
+fn a_restore_tracks_dirty_pages_only_when_asked() {
+    let files = Files {
+        dir: tempfile::tempdir().expect("dir"),
+    };
+    let kernel = files.path("counter.elf");
+    std::fs::write(&kernel, elf(&counter_code())).expect("kernel");
+    let mut resources = VmResources::new(&kernel);
+    resources.machine_config.mem_size_mib = 32;
+    resources.machine_config.track_dirty_pages = true;
+    let vm =
+        build_microvm_with_console(&resources, BuildOptions::default(), ConsoleSink::Off, false)
+            .expect("boot");
+    run_then_pause(&vm);
+    let (state1, mem1) = (files.path("s1"), files.path("m1"));
+    snapshot(&vm, SnapshotType::Full, &state1, &mem1);
+    end(vm);
+    assert!(read_state_file(&state1).expect("state").track_dirty_pages);
+
+    // The snapshotted VM tracked; this restore does not ask to.
+    let vm = restore_params(RestoreParams {
+        snapshot_path: state1.clone(),
+        mem_file_path: mem1.clone(),
+        overrides: Default::default(),
+        resume: true,
+        track_dirty_pages: false,
+        seccomp: true,
+    })
+    .expect("restore");
+    run_then_pause(&vm);
+    let diff = files.path("m1-diff");
+    std::fs::copy(&mem1, &diff).expect("copy the base");
+    let refused = vm
+        .snapshot_handle()
+        .expect("handle")
+        .create(&CreateSnapshotParams {
+            snapshot_type: SnapshotType::Diff,
+            snapshot_path: files.path("s-diff"),
+            mem_file_path: diff.clone(),
+        });
+    assert!(
+        matches!(&refused, Err(SnapshotError::NotAllowed(m)) if m.contains("dirty page tracking")),
+        "{refused:?}"
+    );
+    let (state2, mem2) = (files.path("s2"), files.path("m2"));
+    snapshot(&vm, SnapshotType::Full, &state2, &mem2);
+    end(vm);
+    let saved = read_state_file(&state2).expect("state");
+    assert!(!saved.track_dirty_pages, "the restored VM did not track");
+    assert!(!saved.resources.machine_config.track_dirty_pages);
+
+    // Asked for, a restore of that untracked snapshot tracks.
+    let vm = restore(&state2, &mem2, true).expect("restore");
+    run_then_pause(&vm);
+    std::fs::copy(&mem2, &diff).expect("copy the base");
+    snapshot(&vm, SnapshotType::Diff, &files.path("s3"), &diff);
     end(vm);
 }

@@ -118,3 +118,36 @@ fn device_args_go_before_init_args() {
     );
     assert_eq!(with_kernel_args("", &extra[1..]), "root=/dev/vda ro");
 }
+
+#[test]
+fn guest_memory_is_registered_once_with_the_dirty_log_flag() {
+    let size = 64usize << 20;
+    let logs = |b: &MicrovmBuilder| b.vm.get_dirty_log(0, size).is_ok();
+    let mem = create_guest_memory(size as u64).expect("memory");
+    let mut tracked = MicrovmBuilder::with_memory_tracked(
+        mem,
+        64,
+        1,
+        CpuTemplate::None,
+        true,
+        BuildOptions::default(),
+        true,
+    )
+    .expect("VM");
+    assert!(
+        tracked.track_dirty_pages && logs(&tracked),
+        "KVM logs the slot"
+    );
+    tracked.track_dirty_pages().expect("already tracking");
+    assert_eq!(tracked.memory_registrations, 1, "registered once");
+
+    let mut plain =
+        MicrovmBuilder::new(64, 1, CpuTemplate::None, true, BuildOptions::default()).expect("VM");
+    assert!(!plain.track_dirty_pages && !logs(&plain), "no dirty log");
+    assert_eq!(plain.memory_registrations, 1);
+    // A builder made step by step can still switch tracking on, once.
+    plain.track_dirty_pages().expect("track");
+    plain.track_dirty_pages().expect("track");
+    assert!(logs(&plain));
+    assert_eq!(plain.memory_registrations, 2);
+}

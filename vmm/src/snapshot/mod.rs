@@ -37,7 +37,8 @@ pub struct MicrovmState {
     /// serialize, which only a self-describing encoding reads back.
     #[serde(with = "resources_as_json")]
     pub resources: VmResources,
-    /// Whether guest memory writes were being tracked (diff snapshots possible).
+    /// Whether guest memory writes were being tracked (diff snapshots possible). A
+    /// restore does not follow it: [`RestoreParams::track_dirty_pages`] decides.
     pub track_dirty_pages: bool,
     /// The VM's in-kernel devices and clock.
     pub vm: VmState,
@@ -120,7 +121,8 @@ pub struct RestoreParams {
     pub overrides: RestoreOverrides,
     /// Start the vCPUs at once (else the VM is restored paused).
     pub resume: bool,
-    /// Track written pages from the restore on (later diff snapshots).
+    /// Track written pages from the restore on (later diff snapshots); without it the
+    /// restored VM does not track, whether or not the snapshotted one did.
     pub track_dirty_pages: bool,
     /// Seccomp filters on the restored VM's threads.
     pub seccomp: bool,

@@ -98,6 +98,11 @@ pub fn restore_microvm(
     let mut resources = state.resources.clone();
     apply_overrides(&mut resources, &params.overrides)?;
     resources.seccomp = params.seccomp;
+    // Dirty tracking follows the load request alone (Firecracker's
+    // enable_diff_snapshots), whatever the snapshotted VM did; the restored VM's own
+    // resources say what it does, so a later diff snapshot of it is refused unless it
+    // tracks, and a snapshot of it records its own setting.
+    resources.machine_config.track_dirty_pages = params.track_dirty_pages;
     resources
         .validate()
         .map_err(|e| SnapshotError::BadStateFile {
@@ -116,13 +121,14 @@ pub fn restore_microvm(
         irqchip: !state.vm.irqchips.is_empty(),
         ..opts
     };
-    let mut builder = MicrovmBuilder::with_memory(
+    let mut builder = MicrovmBuilder::with_memory_tracked(
         mem,
         mc.mem_size_mib,
         mc.vcpu_count,
         mc.cpu_template,
         resources.seccomp,
         opts,
+        params.track_dirty_pages,
     )?;
     attach_devices(&mut builder, &resources, console, input)?;
     // Interrupt controllers and vCPUs first: a device that interrupts the guest as it is
@@ -137,9 +143,6 @@ pub fn restore_microvm(
         .device_registry()
         .restore(&state.devices)
         .map_err(|(device, reason)| SnapshotError::Device { device, reason })?;
-    if params.track_dirty_pages || state.track_dirty_pages {
-        builder.track_dirty_pages()?;
-    }
     builder.set_resources(resources);
     let vm = builder.launch(vcpus, !params.resume)?;
     tracing::debug!(
