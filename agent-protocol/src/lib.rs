@@ -25,7 +25,16 @@ pub use oci_spec;
 use std::io::{Read, Write};
 
 /// Version of this protocol; both ends must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: [`RequestBody::Refresh`].
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Fewest entropy bytes a [`RequestBody::Refresh`] may carry: 256 bits, what Linux needs to
+/// call its CRNG initialised, so the forced reseed always takes.
+pub const REFRESH_ENTROPY_MIN: usize = 32;
+
+/// Most entropy bytes a [`RequestBody::Refresh`] may carry (the host sends 64).
+pub const REFRESH_ENTROPY_MAX: usize = 512;
 
 /// Largest frame payload (JSON bytes) either end accepts: 8 MiB.
 pub const MAX_FRAME_LEN: u32 = 8 << 20;

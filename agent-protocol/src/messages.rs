@@ -128,6 +128,25 @@ pub enum RequestBody {
     /// Syncs, unmounts and powers the VM off (a host-process agent just exits). Answer:
     /// [`ResponseBody::Done`], sent before the power-off.
     Shutdown,
+    /// Makes a VM restored from a snapshot its own: mixes `entropy` into the kernel's pool
+    /// (credited) and reseeds the kernel's CRNG, sets the wall clock, and sets the host name
+    /// when given. Valid with or without a container; the host sends it right after a restore,
+    /// before anything else. Answer: [`ResponseBody::Done`].
+    ///
+    /// The agent refuses entropy outside [`REFRESH_ENTROPY_MIN`](crate::REFRESH_ENTROPY_MIN)..=
+    /// [`REFRESH_ENTROPY_MAX`](crate::REFRESH_ENTROPY_MAX)
+    /// bytes, a zero clock, and a host name that is empty, longer than 64 bytes or contains
+    /// NUL or `/`, before changing anything. A host-process agent (tests) checks the request
+    /// the same way but changes nothing system-wide.
+    Refresh {
+        /// Random bytes from the host's OS RNG (all of their bits are credited).
+        entropy: Bytes,
+        /// The host's `CLOCK_REALTIME`: nanoseconds since the Unix epoch.
+        realtime_ns: u64,
+        /// The VM's new host name, if it changes.
+        #[serde(default)]
+        hostname: Option<String>,
+    },
 }
 
 /// Lifecycle state of the container in the agent.

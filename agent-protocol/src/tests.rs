@@ -85,6 +85,16 @@ fn all_requests() -> Vec<RequestBody> {
         RequestBody::State,
         RequestBody::Ps,
         RequestBody::Shutdown,
+        RequestBody::Refresh {
+            entropy: Bytes((0..64).collect()),
+            realtime_ns: 1_700_000_000_123_456_789,
+            hostname: Some("clone-7".into()),
+        },
+        RequestBody::Refresh {
+            entropy: Bytes(vec![7; REFRESH_ENTROPY_MAX]),
+            realtime_ns: u64::MAX,
+            hostname: None,
+        },
     ]
 }
 
@@ -133,6 +143,38 @@ fn every_agent_message_round_trips() {
         status: ExitStatus::exited(3),
     }));
     round_trip(&Hello::new("test"));
+}
+
+#[test]
+fn refresh_wire_format_and_optional_hostname() {
+    let req = Request {
+        id: 3,
+        body: RequestBody::Refresh {
+            entropy: Bytes::from("abc"),
+            realtime_ns: 5,
+            hostname: Some("h".into()),
+        },
+    };
+    let json = serde_json::to_value(&req).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"id": 3, "body": {"refresh": {
+            "entropy": "YWJj", "realtime_ns": 5, "hostname": "h"}}})
+    );
+    // A host may leave the host name out.
+    let req: Request = serde_json::from_value(
+        serde_json::json!({"id": 4, "body": {"refresh": {"entropy": "", "realtime_ns": 1}}}),
+    )
+    .unwrap();
+    assert_eq!(
+        req.body,
+        RequestBody::Refresh {
+            entropy: Bytes::default(),
+            realtime_ns: 1,
+            hostname: None
+        }
+    );
+    const { assert!(REFRESH_ENTROPY_MIN <= 64 && 64 <= REFRESH_ENTROPY_MAX) };
 }
 
 #[test]

@@ -19,6 +19,8 @@ pub mod plan;
 pub mod setup;
 mod spawn;
 pub mod sys;
+#[cfg(test)]
+mod testsys;
 pub mod transport;
 
 pub use agent::{Agent, AgentConfig, AgentError, Exit};

@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         default_env: std::env::var("GLIBC_TUNABLES")
             .map(|v| vec![format!("GLIBC_TUNABLES={v}")])
             .unwrap_or_default(),
+        in_vm: pid1,
     };
     let result = match &cli.unix_socket {
         Some(path) => UnixTransport::bind(path)

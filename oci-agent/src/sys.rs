@@ -3,6 +3,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -90,6 +91,12 @@ pub trait Sys {
     fn is_executable(&mut self, path: &Path) -> bool;
     /// Brings the loopback interface of the current network namespace up.
     fn loopback_up(&mut self) -> io::Result<()>;
+    /// Mixes `data` into the kernel's input pool, crediting all its bits (RNDADDENTROPY).
+    fn add_entropy(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Makes the kernel's CRNG reseed from its input pool now (RNDRESEEDCRNG).
+    fn reseed_crng(&mut self) -> io::Result<()>;
+    /// clock_settime(CLOCK_REALTIME) to `ns` nanoseconds since the Unix epoch.
+    fn set_realtime(&mut self, ns: u64) -> io::Result<()>;
 }
 
 /// Converts a path for a system call.
@@ -115,6 +122,19 @@ pub fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
 /// The real system calls.
 #[derive(Debug, Default)]
 pub struct LinuxSys;
+
+/// `_IOW('R', 0x03, int[2])`: add (and credit) entropy to the input pool.
+const RNDADDENTROPY: libc::Ioctl = 0x4008_5203;
+/// `_IO('R', 0x07)`: reseed the CRNG now.
+const RNDRESEEDCRNG: libc::Ioctl = 0x5207;
+
+/// Runs `f` on /dev/urandom opened for writing (the random ioctls need CAP_SYS_ADMIN).
+fn with_urandom(f: impl FnOnce(RawFd) -> libc::c_long) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    check(f(file.as_raw_fd())).map(drop)
+}
 
 const MAX_SYMLINKS: usize = 40;
 
@@ -393,6 +413,40 @@ impl Sys for LinuxSys {
             libc::close(fd);
             check(rc.into()).map(drop)
         }
+    }
+
+    fn add_entropy(&mut self, data: &[u8]) -> io::Result<()> {
+        let too_long = || io::Error::new(io::ErrorKind::InvalidInput, "too much entropy");
+        let len = i32::try_from(data.len()).map_err(|_| too_long())?;
+        let bits = len.checked_mul(8).ok_or_else(too_long)?;
+        // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }, built in
+        // u32 words so the kernel reads it aligned.
+        let mut info: Vec<u32> = Vec::with_capacity(2 + data.len().div_ceil(4));
+        info.extend([bits as u32, len as u32]);
+        info.extend(data.chunks(4).map(|c| {
+            let mut word = [0u8; 4];
+            word[..c.len()].copy_from_slice(c);
+            u32::from_ne_bytes(word)
+        }));
+        // SAFETY: `info` is a rand_pool_info whose buffer holds `len` bytes; the kernel only
+        // reads it.
+        with_urandom(|fd| unsafe { libc::ioctl(fd, RNDADDENTROPY, info.as_ptr()) }.into())
+    }
+
+    fn reseed_crng(&mut self) -> io::Result<()> {
+        // SAFETY: an ioctl without argument.
+        with_urandom(|fd| unsafe { libc::ioctl(fd, RNDRESEEDCRNG) }.into())
+    }
+
+    fn set_realtime(&mut self, ns: u64) -> io::Result<()> {
+        let secs = libc::time_t::try_from(ns / 1_000_000_000)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "time out of range"))?;
+        let ts = libc::timespec {
+            tv_sec: secs,
+            tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: a valid timespec, read by the kernel.
+        check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }.into()).map(drop)
     }
 }
 

@@ -448,3 +448,33 @@ fn seccomp_profile_holds_for_init_and_exec() {
     assert!(init.stderr.contains("Permission denied"), "{init:?}");
     a.shutdown();
 }
+
+#[test]
+fn refresh_is_checked_but_not_applied_by_a_host_process() {
+    let mut a = Agent::start();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let refresh = |entropy: usize, hostname: Option<&str>| RequestBody::Refresh {
+        entropy: Bytes(vec![0x5a; entropy]),
+        realtime_ns: 1_000_000_000,
+        hostname: hostname.map(str::to_owned),
+    };
+    // Valid with or without a container; the host's clock and name stay as they are.
+    let r = a.request(refresh(64, Some("clone-1")));
+    assert_eq!(r, Ok(ResponseBody::Done));
+    assert!(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            > 1_000_000
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        hostname
+    );
+    let err = a.request(refresh(513, None)).unwrap_err();
+    assert!(err.contains("513 bytes of entropy"), "{err}");
+    let err = a.request(refresh(64, Some("a/b"))).unwrap_err();
+    assert!(err.contains("host name \"a/b\""), "{err}");
+    a.shutdown();
+}

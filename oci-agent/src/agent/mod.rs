@@ -3,6 +3,7 @@
 
 mod cgroup;
 mod container;
+pub mod refresh;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -17,7 +18,7 @@ pub use container::ROOTFS_MOUNT;
 use container::{exit_status, Container};
 
 use crate::fdio;
-use crate::sys::check;
+use crate::sys::{check, LinuxSys};
 use crate::transport::Transport;
 
 /// How the agent runs.
@@ -34,6 +35,10 @@ pub struct AgentConfig {
     /// zvm's PVM template hands init `GLIBC_TUNABLES` (keeping glibc off AVX, whose state that
     /// guest kernel cannot save); container processes need it as much as the agent does.
     pub default_env: Vec<String>,
+    /// The agent is PID 1 of a VM: [`RequestBody::Refresh`] changes the kernel's entropy pool,
+    /// clock and host name. A host-process agent (tests) checks a Refresh and answers it, but
+    /// changes nothing system-wide.
+    pub in_vm: bool,
 }
 
 /// Errors that end the agent.
@@ -413,6 +418,24 @@ impl<T: Transport> Agent<T> {
                 pids: self.container()?.pids(),
             }),
             RequestBody::Shutdown => Ok(ResponseBody::Done),
+            RequestBody::Refresh {
+                entropy,
+                realtime_ns,
+                hostname,
+            } => {
+                let hostname = hostname.as_deref();
+                if self.cfg.in_vm {
+                    refresh::apply(&mut LinuxSys, &entropy, realtime_ns, hostname)?;
+                    tracing::info!(
+                        "refreshed: {} bytes of entropy, clock {realtime_ns} ns, host name {hostname:?}",
+                        entropy.len()
+                    );
+                } else {
+                    refresh::check(&entropy, realtime_ns, hostname)?;
+                    tracing::info!("refresh checked, not applied (host process)");
+                }
+                Ok(ResponseBody::Done)
+            }
         }
     }
 }

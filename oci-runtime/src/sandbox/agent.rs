@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Errors talking to the guest agent.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,14 @@ pub enum AgentError {
     /// Framing, JSON or version mismatch.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// The host could not gather what a request carries (its RNG or its clock failed).
+    #[error("cannot prepare {request} for the guest agent: {message}")]
+    Prepare {
+        /// The request.
+        request: &'static str,
+        /// What failed.
+        message: String,
+    },
 }
 
 /// Name of a request, for messages.
@@ -75,6 +83,7 @@ pub(crate) fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::State => "State",
         RequestBody::Ps => "Ps",
         RequestBody::Shutdown => "Shutdown",
+        RequestBody::Refresh { .. } => "Refresh",
     }
 }
 
@@ -330,6 +339,31 @@ impl AgentConn {
         Err(failure)
     }
 
+    /// Sends `Refresh` to a VM restored from a snapshot: 64 bytes from the host's RNG for the
+    /// guest kernel's pool, the host's wall clock, and `hostname` when given.
+    pub(crate) fn refresh(
+        &self,
+        hostname: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), AgentError> {
+        let prepare = |message: String| AgentError::Prepare {
+            request: "Refresh",
+            message,
+        };
+        let entropy = os_random(64).map_err(|e| prepare(format!("getrandom: {e}")))?;
+        let realtime_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_nanos()).ok())
+            .ok_or_else(|| prepare("the host's clock is before 1970 or after 2554".into()))?;
+        let refresh = RequestBody::Refresh {
+            entropy: entropy.into(),
+            realtime_ns,
+            hostname: hostname.map(str::to_owned),
+        };
+        self.request_done(refresh, timeout)
+    }
+
     /// Routes the events of `stream` to the returned receiver (until [`Self::unsubscribe`]
     /// or the end of the connection, which disconnects it).
     pub(crate) fn subscribe(&self, stream: &str) -> Receiver<Event> {
@@ -374,6 +408,26 @@ impl AgentConn {
             .clone()
             .unwrap_or_else(|| "closed".into())
     }
+}
+
+/// `len` bytes from the OS RNG (getrandom(2), allowed under every thread's seccomp filter).
+fn os_random(len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        // SAFETY: getrandom writes at most `len - got` bytes into the live buffer at `got`.
+        let n = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), len - got, 0) };
+        match usize::try_from(n) {
+            Ok(n) => got += n,
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(buf)
 }
 
 fn read_loop(
@@ -501,6 +555,30 @@ pub(crate) mod tests {
         reply(&mut agent, Err("no such process".into()));
         let err = t.join().unwrap().unwrap_err().to_string();
         assert_eq!(err, "the guest agent refused Start: no such process");
+    }
+
+    #[test]
+    fn refresh_sends_fresh_entropy_the_clock_and_the_name() {
+        let (mut agent, conn, _init) = pair();
+        let mut seen = Vec::new();
+        for name in [Some("clone-1"), None] {
+            let c = conn.clone();
+            let t = std::thread::spawn(move || c.refresh(name, Duration::from_secs(5)));
+            let RequestBody::Refresh {
+                entropy,
+                realtime_ns,
+                hostname,
+            } = reply(&mut agent, Ok(ResponseBody::Done))
+            else {
+                panic!("not a Refresh")
+            };
+            t.join().unwrap().unwrap();
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+            assert!(now.as_nanos() - u128::from(realtime_ns) < 5_000_000_000);
+            assert_eq!((entropy.len(), hostname.as_deref()), (64, name));
+            seen.push(entropy);
+        }
+        assert_ne!(seen[0], seen[1], "each refresh draws new bytes");
     }
 
     #[test]
