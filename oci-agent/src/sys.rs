@@ -97,6 +97,8 @@ pub trait Sys {
     fn reseed_crng(&mut self) -> io::Result<()>;
     /// clock_settime(CLOCK_REALTIME) to `ns` nanoseconds since the Unix epoch.
     fn set_realtime(&mut self, ns: u64) -> io::Result<()>;
+    /// Size in bytes of the block device at `device` (BLKGETSIZE64).
+    fn block_size(&mut self, device: &Path) -> io::Result<u64>;
 }
 
 /// Converts a path for a system call.
@@ -127,6 +129,9 @@ pub struct LinuxSys;
 const RNDADDENTROPY: libc::Ioctl = 0x4008_5203;
 /// `_IO('R', 0x07)`: reseed the CRNG now.
 const RNDRESEEDCRNG: libc::Ioctl = 0x5207;
+
+/// `_IOR(0x12, 114, size_t)`: a block device's size in bytes.
+const BLKGETSIZE64: libc::Ioctl = 0x8008_1272;
 
 /// Runs `f` on /dev/urandom opened for writing (the random ioctls need CAP_SYS_ADMIN).
 fn with_urandom(f: impl FnOnce(RawFd) -> libc::c_long) -> io::Result<()> {
@@ -447,6 +452,14 @@ impl Sys for LinuxSys {
         };
         // SAFETY: a valid timespec, read by the kernel.
         check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }.into()).map(drop)
+    }
+
+    fn block_size(&mut self, device: &Path) -> io::Result<u64> {
+        let file = std::fs::File::open(device)?;
+        let mut size: u64 = 0;
+        // SAFETY: BLKGETSIZE64 writes one u64 into `size`.
+        check(unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) }.into())?;
+        Ok(size)
     }
 }
 

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +18,8 @@ pub(crate) struct Recorder {
     pub(crate) pivot_einval: bool,
     pub(crate) mknod_eperm: bool,
     pub(crate) fail_on: Option<String>,
+    /// What `block_size` answers, one value a call; 0 once they are used up.
+    pub(crate) block_sizes: VecDeque<u64>,
 }
 
 impl Recorder {
@@ -185,5 +187,9 @@ impl Sys for Recorder {
     }
     fn set_realtime(&mut self, ns: u64) -> io::Result<()> {
         self.log(format!("set_realtime {ns}"))
+    }
+    fn block_size(&mut self, device: &Path) -> io::Result<u64> {
+        self.log(format!("block_size {}", d(device)))?;
+        Ok(self.block_sizes.pop_front().unwrap_or(0))
     }
 }

@@ -9,6 +9,7 @@ use agent_protocol::{
     AgentMessage, Bytes, ContainerStatus, Event, ExitStatus, ResponseBody, Rootfs, INIT_STREAM,
 };
 
+use super::rootfs::{mount as mount_rootfs, DISK_WAIT, ROOTFS_MOUNT};
 use super::{cgroup, AgentConfig};
 use crate::fdio;
 use crate::plan::{plan_container, process::plan_process, ContainerPlan};
@@ -158,31 +159,6 @@ pub struct Container {
     pub exec_ids: Vec<String>,
 }
 
-/// Where block-device root filesystems are mounted.
-pub const ROOTFS_MOUNT: &str = "/run/zvm/rootfs";
-
-fn mount_rootfs(rootfs: &Rootfs, readonly: bool) -> Result<(PathBuf, Option<PathBuf>), String> {
-    match rootfs {
-        Rootfs::Directory { path } => {
-            let p = PathBuf::from(path);
-            if !p.is_absolute() || !p.is_dir() {
-                return Err(format!("rootfs directory {path:?} does not exist (or is not an absolute directory path)"));
-            }
-            Ok((p, None))
-        }
-        Rootfs::BlockDevice { device, fstype } => {
-            let target = PathBuf::from(ROOTFS_MOUNT);
-            let sys = &mut LinuxSys;
-            sys.mkdir_all(&target)
-                .map_err(|e| format!("create {ROOTFS_MOUNT}: {e}"))?;
-            let flags = if readonly { libc::MS_RDONLY } else { 0 };
-            sys.mount(Some(Path::new(device)), &target, Some(fstype), flags, None)
-                .map_err(|e| format!("mount rootfs {device} ({fstype}) on {ROOTFS_MOUNT}: {e}"))?;
-            Ok((target.clone(), Some(target)))
-        }
-    }
-}
-
 impl Container {
     /// Create: mount the rootfs, plan, make the cgroup, park the init process.
     pub fn create(
@@ -199,7 +175,7 @@ impl Container {
             .unwrap_or(false);
         // Plan first against a placeholder so bad specs fail before anything is mounted.
         plan_container(spec, Path::new(ROOTFS_MOUNT), terminal).map_err(|e| e.to_string())?;
-        let (root, mounted) = mount_rootfs(rootfs, readonly)?;
+        let (root, mounted) = mount_rootfs(&mut LinuxSys, rootfs, readonly, DISK_WAIT)?;
         let undo_mount = |mounted: &Option<PathBuf>| {
             if let Some(m) = mounted {
                 let _ = LinuxSys.umount(m, libc::MNT_DETACH);

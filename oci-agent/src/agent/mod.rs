@@ -4,6 +4,7 @@
 mod cgroup;
 mod container;
 pub mod refresh;
+pub mod rootfs;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -14,8 +15,8 @@ use agent_protocol::{
     ResponseBody,
 };
 
-pub use container::ROOTFS_MOUNT;
 use container::{exit_status, Container};
+pub use rootfs::ROOTFS_MOUNT;
 
 use crate::fdio;
 use crate::sys::{check, LinuxSys};

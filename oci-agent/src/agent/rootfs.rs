@@ -1,0 +1,200 @@
+//! The container's root file system: an existing directory (host tests), or a block device the
+//! agent mounts once the kernel knows the device's size.
+//!
+//! A VM restored from a template snapshot had a 0-byte placeholder as its root-file-system disk
+//! when the template booted. After the restore the VMM raises a virtio config-change interrupt
+//! and the guest kernel updates the disk's capacity from a workqueue, so the Create that follows
+//! may see the old size 0 for a moment: it waits (bounded) for a non-zero size before mounting.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agent_protocol::Rootfs;
+
+use crate::sys::Sys;
+
+/// Where block-device root filesystems are mounted.
+pub const ROOTFS_MOUNT: &str = "/run/zvm/rootfs";
+
+/// How long Create waits for a block device's size to become non-zero.
+pub const DISK_WAIT: Duration = Duration::from_secs(10);
+
+/// How often it looks meanwhile.
+pub const DISK_POLL: Duration = Duration::from_millis(5);
+
+/// Polls `device`'s size every `poll` while it is 0, for at most `limit`. Returns the last
+/// size read (0 when the deadline passed), or None when the size cannot be read (the mount
+/// then says why).
+pub fn wait_for_size(
+    sys: &mut impl Sys,
+    device: &Path,
+    limit: Duration,
+    poll: Duration,
+) -> Option<u64> {
+    let start = Instant::now();
+    loop {
+        match sys.block_size(device) {
+            Ok(0) => {}
+            Ok(size) => {
+                if start.elapsed() >= poll {
+                    tracing::info!(
+                        "{}: {size} bytes after {:?}",
+                        device.display(),
+                        start.elapsed()
+                    );
+                }
+                return Some(size);
+            }
+            Err(e) => {
+                tracing::warn!("size of {}: {e}", device.display());
+                return None;
+            }
+        }
+        let waited = start.elapsed();
+        if waited >= limit {
+            tracing::warn!("{} is still empty after {waited:?}", device.display());
+            return Some(0);
+        }
+        std::thread::sleep(poll.min(limit - waited));
+    }
+}
+
+/// Makes `rootfs` available: returns the root directory and, for a block device, the mount
+/// the agent made (to undo). A block device is mounted on [`ROOTFS_MOUNT`] (read-only when
+/// `readonly`) once its size is non-zero, or after `limit` anyway.
+pub fn mount(
+    sys: &mut impl Sys,
+    rootfs: &Rootfs,
+    readonly: bool,
+    limit: Duration,
+) -> Result<(PathBuf, Option<PathBuf>), String> {
+    match rootfs {
+        Rootfs::Directory { path } => {
+            let p = PathBuf::from(path);
+            if !p.is_absolute() || !p.is_dir() {
+                return Err(format!("rootfs directory {path:?} does not exist (or is not an absolute directory path)"));
+            }
+            Ok((p, None))
+        }
+        Rootfs::BlockDevice { device, fstype } => {
+            let size = wait_for_size(sys, Path::new(device), limit, DISK_POLL);
+            let target = PathBuf::from(ROOTFS_MOUNT);
+            sys.mkdir_all(&target)
+                .map_err(|e| format!("create {ROOTFS_MOUNT}: {e}"))?;
+            let flags = if readonly { libc::MS_RDONLY } else { 0 };
+            sys.mount(Some(Path::new(device)), &target, Some(fstype), flags, None)
+                .map_err(|e| {
+                    let empty = match size {
+                        Some(0) => {
+                            format!(" (the disk is empty: its size was still 0 after {limit:?})")
+                        }
+                        _ => String::new(),
+                    };
+                    format!("mount rootfs {device} ({fstype}) on {ROOTFS_MOUNT}: {e}{empty}")
+                })?;
+            Ok((target.clone(), Some(target)))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testsys::Recorder;
+
+    fn vdb() -> Rootfs {
+        Rootfs::BlockDevice {
+            device: "/dev/vdb".into(),
+            fstype: "ext4".into(),
+        }
+    }
+
+    #[test]
+    fn waits_while_the_disk_is_empty_then_mounts() {
+        let mut r = Recorder {
+            block_sizes: [0, 0, 0, 1 << 30].into(),
+            ..Default::default()
+        };
+        let (root, mounted) = mount(&mut r, &vdb(), true, DISK_WAIT).unwrap();
+        assert_eq!(root, Path::new(ROOTFS_MOUNT));
+        assert_eq!(mounted.as_deref(), Some(Path::new(ROOTFS_MOUNT)));
+        assert_eq!(
+            r.calls,
+            [
+                "block_size /dev/vdb",
+                "block_size /dev/vdb",
+                "block_size /dev/vdb",
+                "block_size /dev/vdb",
+                "mkdir /run/zvm/rootfs",
+                "mount /dev/vdb /run/zvm/rootfs ext4 0x1 -",
+            ]
+        );
+        // A disk that has its size at once is mounted without a pause.
+        let mut r = Recorder {
+            block_sizes: [4096].into(),
+            ..Default::default()
+        };
+        mount(&mut r, &vdb(), false, DISK_WAIT).unwrap();
+        assert_eq!(r.pos("mount /dev/vdb /run/zvm/rootfs ext4 0x0"), 2);
+    }
+
+    #[test]
+    fn an_empty_disk_is_mounted_after_the_deadline_and_named_in_the_error() {
+        let mut r = Recorder {
+            fail_on: Some("mount".into()),
+            ..Default::default()
+        };
+        let limit = Duration::from_millis(40);
+        let start = Instant::now();
+        let err = mount(&mut r, &vdb(), false, limit).unwrap_err();
+        assert!(start.elapsed() >= limit);
+        assert!(
+            err.starts_with("mount rootfs /dev/vdb (ext4) on /run/zvm/rootfs: ")
+                && err.ends_with(" (the disk is empty: its size was still 0 after 40ms)"),
+            "{err}"
+        );
+        let polls = r
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("block_size"))
+            .count();
+        assert!((2..=10).contains(&polls), "{polls} polls in {limit:?}");
+        assert!(r.has("mount /dev/vdb"));
+    }
+
+    #[test]
+    fn an_unreadable_size_does_not_delay_the_mount() {
+        let mut r = Recorder {
+            fail_on: Some("block_size".into()),
+            ..Default::default()
+        };
+        mount(&mut r, &vdb(), false, DISK_WAIT).unwrap();
+        assert_eq!(r.calls.len(), 3, "{:?}", r.calls);
+        let mut r = Recorder {
+            fail_on: Some("block_size".into()),
+            ..Default::default()
+        };
+        r.block_sizes = [0].into();
+        assert_eq!(
+            wait_for_size(&mut r, Path::new("/dev/x"), DISK_WAIT, DISK_POLL),
+            None
+        );
+    }
+
+    #[test]
+    fn a_directory_needs_no_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Recorder::default();
+        let rootfs = Rootfs::Directory {
+            path: dir.path().display().to_string(),
+        };
+        let (root, mounted) = mount(&mut r, &rootfs, false, DISK_WAIT).unwrap();
+        assert_eq!((root.as_path(), mounted), (dir.path(), None));
+        assert!(r.calls.is_empty());
+        let rootfs = Rootfs::Directory {
+            path: "relative".into(),
+        };
+        assert!(mount(&mut r, &rootfs, false, DISK_WAIT).is_err());
+    }
+}
