@@ -349,3 +349,62 @@ fn a_restore_tracks_dirty_pages_only_when_asked() {
     snapshot(&vm, SnapshotType::Diff, &files.path("s3"), &diff);
     end(vm);
 }
+
+#[test]
+fn a_diff_into_a_missing_or_foreign_base_is_refused_and_loses_no_pages() {
+    let files = Files {
+        dir: tempfile::tempdir().expect("dir"),
+    };
+    let kernel = files.path("counter.elf");
+    std::fs::write(&kernel, elf(&counter_code())).expect("kernel");
+    let mut resources = VmResources::new(&kernel);
+    resources.machine_config.mem_size_mib = 32;
+    resources.machine_config.track_dirty_pages = true;
+    let vm =
+        build_microvm_with_console(&resources, BuildOptions::default(), ConsoleSink::Off, false)
+            .expect("boot");
+    run_then_pause(&vm);
+    let (state1, mem1) = (files.path("s1"), files.path("m1"));
+    snapshot(&vm, SnapshotType::Full, &state1, &mem1);
+    run_then_pause(&vm);
+    let diff = |state: &Path, mem: &Path| {
+        vm.snapshot_handle()
+            .expect("handle")
+            .create(&CreateSnapshotParams {
+                snapshot_type: SnapshotType::Diff,
+                snapshot_path: state.into(),
+                mem_file_path: mem.into(),
+            })
+    };
+    let (state2, missing) = (files.path("s2"), files.path("missing.mem"));
+    let err = diff(&state2, &missing).expect_err("no base");
+    assert!(
+        matches!(&err, SnapshotError::BadMemoryFile { .. })
+            && err.to_string().contains("does not exist"),
+        "{err}"
+    );
+    assert!(!missing.exists(), "no all-holes memory file was made");
+    assert!(!state2.exists(), "nor a state file");
+    let short = files.path("short.mem");
+    std::fs::write(&short, vec![1u8; 1 << 20]).expect("short");
+    let err = diff(&state2, &short).expect_err("wrong size");
+    assert!(
+        err.to_string()
+            .contains("1048576 bytes, but the VM has 33554432 bytes of guest memory"),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&short).expect("short").len(), 1 << 20);
+    assert!(!state2.exists());
+
+    // The refusals did not consume the dirty log: a diff into the real base is whole.
+    let base = files.path("m1-diff");
+    std::fs::copy(&mem1, &base).expect("copy the base");
+    diff(&state2, &base).expect("diff");
+    let (state3, mem3) = (files.path("s3"), files.path("m3"));
+    snapshot(&vm, SnapshotType::Full, &state3, &mem3);
+    end(vm);
+    assert!(
+        std::fs::read(&base).expect("diff") == std::fs::read(&mem3).expect("full"),
+        "base + diff == full"
+    );
+}

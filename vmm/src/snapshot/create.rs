@@ -81,6 +81,15 @@ impl SnapshotHandle {
                 "a diff snapshot needs dirty page tracking: boot with track_dirty_pages, or restore with enable_diff_snapshots".into(),
             ));
         }
+        // A diff's base is checked before anything is written or the dirty log is read
+        // (reading it restarts it: a refused diff must not lose pages for the next one).
+        let diff_base = match params.snapshot_type {
+            SnapshotType::Diff => Some(snapmem::open_diff_base(
+                &params.mem_file_path,
+                snapmem::memory_bytes(&parts.mem),
+            )?),
+            SnapshotType::Full => None,
+        };
         let vcpus = parts
             .control
             .save_parked(parts.vcpu_count, VCPU_SAVE_TIMEOUT)
@@ -94,8 +103,8 @@ impl SnapshotHandle {
             vcpus,
             devices,
         };
-        let written = match params.snapshot_type {
-            SnapshotType::Full => {
+        let written = match &diff_base {
+            None => {
                 let written = snapmem::write_full(&parts.mem, &params.mem_file_path)?;
                 if parts.track_dirty_pages {
                     // The new file is the base the next diff builds on.
@@ -103,9 +112,9 @@ impl SnapshotHandle {
                 }
                 written
             }
-            SnapshotType::Diff => {
+            Some(base) => {
                 let dirty = snapmem::take_dirty_pages(&parts.vm, &parts.mem)?;
-                snapmem::write_diff(&parts.mem, &dirty, &params.mem_file_path)?
+                snapmem::write_diff(&parts.mem, &dirty, base, &params.mem_file_path)?
             }
         };
         let state_bytes = file::write_state_file(&params.snapshot_path, &state)?;

@@ -148,23 +148,49 @@ pub fn take_dirty_pages(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<Vec<Vec<u64>
     Ok(all)
 }
 
-/// Writes the pages `dirty` marks into the existing memory file at `path` (created if
-/// missing), leaving every other page as it is there.
+/// Opens the memory file a diff snapshot updates in place, for writing. It must exist and
+/// hold `size` bytes (the VM's guest memory): it is the base an earlier full snapshot
+/// wrote. A missing file is not created (all holes, it would pass for a base of zeroes),
+/// nor is one of another size resized; both are refused before anything is written.
+pub fn open_diff_base(path: &Path, size: u64) -> Result<File, SnapshotError> {
+    let bad = |reason: String| SnapshotError::BadMemoryFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    const BASE: &str = "a diff snapshot updates the memory file of an earlier full \
+                        snapshot of this VM";
+    let file = match OpenOptions::new().write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad(format!(
+                "does not exist; {BASE}: take a full snapshot first"
+            )))
+        }
+        Err(e) => return Err(bad(format!("cannot open: {e}"))),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| bad(format!("cannot inspect: {e}")))?;
+    if !meta.is_file() {
+        return Err(bad(format!("not a regular file; {BASE}")));
+    }
+    if meta.len() != size {
+        return Err(bad(format!(
+            "{} bytes, but the VM has {size} bytes of guest memory; {BASE}",
+            meta.len()
+        )));
+    }
+    Ok(file)
+}
+
+/// Writes the pages `dirty` marks into `file`, the base memory file at `path` (opened with
+/// [`open_diff_base`]), leaving every other page as it is there.
 pub fn write_diff(
     mem: &GuestMemoryMmap,
     dirty: &[Vec<u64>],
+    file: &File,
     path: &Path,
 ) -> Result<Written, SnapshotError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io_err("open", path))?;
-    let size = memory_bytes(mem);
-    if file.metadata().map_err(io_err("inspect", path))?.len() < size {
-        file.set_len(size).map_err(io_err("size", path))?;
-    }
     let mut written = Written::default();
     let mut file_base = 0u64;
     for (region, bits) in mem.iter().zip(dirty) {
@@ -184,7 +210,7 @@ pub fn write_diff(
             while page < pages && is_dirty(page) {
                 page += 1;
             }
-            write_pages(&file, bytes, first, page, file_base, path)?;
+            write_pages(file, bytes, first, page, file_base, path)?;
             written.pages += (page - first) as u64;
         }
         file_base += region.len();
@@ -244,7 +270,8 @@ mod tests {
         assert!(ours.iter().map(|w| w.count_ones()).sum::<u32>() >= 1);
         let mut only = vec![0u64; ours.len()];
         only[0x100 / 64] |= 1 << (0x100 % 64);
-        let w = write_diff(&mem, &[only], &path).expect("diff");
+        let base = open_diff_base(&path, 4 << 20).expect("base");
+        let w = write_diff(&mem, &[only], &base, &path).expect("diff");
         assert_eq!(w.pages, 1);
         let mut byte = [0u8; 1];
         file.read_exact_at(&mut byte, 0x10_0000).expect("read");
@@ -255,5 +282,38 @@ mod tests {
             open_memory_file(&dir.path().join("none"), 1),
             Err(SnapshotError::BadMemoryFile { .. })
         ));
+    }
+
+    #[test]
+    fn a_diff_needs_an_existing_base_of_the_guest_memory_size() {
+        let dir = tempfile::tempdir().expect("dir");
+        let missing = dir.path().join("missing");
+        let err = open_diff_base(&missing, 4 << 20).expect_err("missing");
+        assert!(
+            matches!(err, SnapshotError::BadMemoryFile { .. }) && err.is_bad_input(),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("does not exist") && text.contains("full snapshot first"),
+            "{text}"
+        );
+        assert!(!missing.exists(), "no file was created");
+
+        let short = dir.path().join("short");
+        std::fs::write(&short, vec![7u8; 8192]).expect("file");
+        let err = open_diff_base(&short, 4 << 20).expect_err("wrong size");
+        assert!(
+            err.to_string()
+                .contains("8192 bytes, but the VM has 4194304 bytes of guest memory"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&short).expect("file"),
+            vec![7u8; 8192],
+            "the file was left alone"
+        );
+        let err = open_diff_base(dir.path(), 4 << 20).expect_err("a directory");
+        assert!(matches!(err, SnapshotError::BadMemoryFile { .. }), "{err}");
     }
 }

@@ -82,7 +82,8 @@ pub struct CreateSnapshotParams {
     /// Where the state file goes (replaced atomically).
     pub snapshot_path: PathBuf,
     /// Where guest memory goes: a new file for a full snapshot (replaced atomically), the
-    /// base memory file to update in place for a diff.
+    /// base memory file to update in place for a diff (which must exist and have the
+    /// guest memory's size: a diff into anything else is refused).
     pub mem_file_path: PathBuf,
 }
 
