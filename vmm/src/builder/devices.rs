@@ -47,7 +47,7 @@ impl MicrovmBuilder {
     }
 
     /// The i8042 controller and its keyboard on ports 0x60-0x64 and IRQ 1: a guest reboot
-    /// through it ends the VM, and [`RunningVm::keyboard`] presses Ctrl-Alt-Del.
+    /// through it ends the VM, and [`crate::vm::RunningVm::keyboard`] presses Ctrl-Alt-Del.
     pub fn attach_i8042(&mut self) -> Result<(), BuildError> {
         let evt = self
             .reset_evt

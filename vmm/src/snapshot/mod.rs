@@ -1,7 +1,7 @@
 //! Snapshots: save a paused VM to a state file and a memory file, and restore it in a
 //! new process.
 //!
-//! The state file ([`file`]) holds one [`MicrovmState`]: the resources the VM was built
+//! The state file ([`mod@file`]) holds one [`MicrovmState`]: the resources the VM was built
 //! from (so the restoring process attaches the same devices at the same slots and IRQs),
 //! every vCPU's architectural state, the VM's (irqchip, PIT, kvmclock) and every device's,
 //! each a plain versioned struct saved beside its device. Guest memory goes to its own
