@@ -187,7 +187,8 @@ pub enum ResponseBody {
         /// Guest pid of the exec'd process.
         pid: i32,
     },
-    /// Answer to State.
+    /// Answer to State: what a host that (re)connects needs to know about the container. The
+    /// events it missed while away follow its Hello (see [`Event`]).
     State {
         /// Lifecycle state.
         status: ContainerStatus,
@@ -195,6 +196,14 @@ pub enum ResponseBody {
         pid: Option<i32>,
         /// How the init process ended, once stopped.
         exit: Option<ExitStatus>,
+        /// Guest pid the init process had, also once it has ended (absent from agents older
+        /// than this field).
+        #[serde(default)]
+        init_pid: Option<i32>,
+        /// Exec ids whose process is still running, so a host knows which streams will still
+        /// send events.
+        #[serde(default)]
+        execs: Vec<String>,
     },
     /// Answer to Ps: guest pids of the container's processes.
     Pids {
@@ -219,6 +228,10 @@ pub enum AgentMessage {
 }
 
 /// Unsolicited news from the agent.
+///
+/// While no host is connected, the agent keeps every `Exited` event and the newest 1 MiB of
+/// `Output` events (older ones are dropped); the next host gets them, in order, right after
+/// the Hellos.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {

@@ -115,11 +115,15 @@ fn every_agent_message_round_trips() {
             status: ContainerStatus::Created,
             pid: Some(42),
             exit: None,
+            init_pid: Some(42),
+            execs: vec![],
         },
         ResponseBody::State {
             status: ContainerStatus::Stopped,
             pid: None,
             exit: Some(ExitStatus::signaled(9)),
+            init_pid: Some(42),
+            execs: vec!["e1".into(), "e2".into()],
         },
         ResponseBody::Pids { pids: vec![1, 7] },
     ];
@@ -194,10 +198,30 @@ fn wire_format_is_readable_json() {
         status: ContainerStatus::Running,
         pid: Some(1),
         exit: None,
+        init_pid: Some(1),
+        execs: vec!["e1".into()],
     })
     .unwrap();
     let json: serde_json::Value = serde_json::from_slice(&frame[4..]).unwrap();
     assert_eq!(json["state"]["status"], "running");
+    assert_eq!(json["state"]["init_pid"], 1);
+    assert_eq!(json["state"]["execs"], serde_json::json!(["e1"]));
+}
+
+#[test]
+fn a_state_without_the_newer_fields_still_decodes() {
+    let old = serde_json::json!({"state": {"status": "stopped", "pid": null,
+        "exit": {"code": 3, "signal": null}}});
+    assert_eq!(
+        serde_json::from_value::<ResponseBody>(old).unwrap(),
+        ResponseBody::State {
+            status: ContainerStatus::Stopped,
+            pid: None,
+            exit: Some(ExitStatus::exited(3)),
+            init_pid: None,
+            execs: vec![],
+        }
+    );
 }
 
 #[test]

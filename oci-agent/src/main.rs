@@ -18,6 +18,10 @@ struct Cli {
     /// Listen on this Unix socket instead of vsock, and exit when the host disconnects.
     #[arg(long)]
     unix_socket: Option<PathBuf>,
+    /// With --unix-socket: keep listening after the host disconnects, as inside a VM, instead of
+    /// exiting (tests of reconnection).
+    #[arg(long)]
+    keep_listening: bool,
     /// vsock port to listen on.
     #[arg(long, default_value_t = agent_protocol::AGENT_VSOCK_PORT)]
     vsock_port: u32,
@@ -59,7 +63,7 @@ fn main() -> ExitCode {
         .init();
     let cfg = AgentConfig {
         cgroup_root: cli.cgroup_root.clone(),
-        exit_on_disconnect: cli.unix_socket.is_some(),
+        exit_on_disconnect: cli.unix_socket.is_some() && !cli.keep_listening,
         name: format!("zvm-oci-agent {}", env!("CARGO_PKG_VERSION")),
         default_env: std::env::var("GLIBC_TUNABLES")
             .map(|v| vec![format!("GLIBC_TUNABLES={v}")])

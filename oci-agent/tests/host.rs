@@ -30,7 +30,9 @@ fn stdout_stderr_and_exit_code_arrive() {
         ResponseBody::State {
             status: ContainerStatus::Created,
             pid: Some(pid),
-            exit: None
+            exit: None,
+            init_pid: Some(pid),
+            execs: vec![],
         }
     );
     assert_eq!(a.request(RequestBody::Start).unwrap(), ResponseBody::Done);
@@ -43,7 +45,9 @@ fn stdout_stderr_and_exit_code_arrive() {
         ResponseBody::State {
             status: ContainerStatus::Stopped,
             pid: None,
-            exit: Some(ExitStatus::exited(3))
+            exit: Some(ExitStatus::exited(3)),
+            init_pid: Some(pid),
+            execs: vec![],
         }
     );
     // Start twice is refused.
@@ -476,5 +480,66 @@ fn refresh_is_checked_but_not_applied_by_a_host_process() {
     assert!(err.contains("513 bytes of entropy"), "{err}");
     let err = a.request(refresh(64, Some("a/b"))).unwrap_err();
     assert!(err.contains("host name \"a/b\""), "{err}");
+    a.shutdown();
+}
+
+#[test]
+fn exits_while_no_host_is_connected_reach_the_next_host() {
+    require_namespaces!();
+    let mut a = Agent::start_with(&["--keep-listening"]);
+    let script = "echo before; while [ ! -e /tmp/go ]; do sleep 0.02; done; echo after; exit 7";
+    let created = a.create(spec("away", |v| sh(v, script)), false).unwrap();
+    let ResponseBody::Created { pid } = created else {
+        panic!("{created:?}")
+    };
+    assert_eq!(a.request(RequestBody::Start).unwrap(), ResponseBody::Done);
+    let exec = serde_json::json!({"args": ["sleep", "1000"], "env": ["PATH=/bin"], "cwd": "/",
+        "user": {"uid": 0, "gid": 0}});
+    a.request(RequestBody::Exec {
+        exec_id: "e1".into(),
+        process: Box::new(serde_json::from_value(exec).unwrap()),
+    })
+    .unwrap();
+    a.wait_for_stdout(INIT_STREAM, "before\n");
+    let running = ResponseBody::State {
+        status: ContainerStatus::Running,
+        pid: Some(pid),
+        exit: None,
+        init_pid: Some(pid),
+        execs: vec!["e1".into()],
+    };
+    assert_eq!(a.request(RequestBody::State).unwrap(), running);
+
+    // The host goes away; init exits, which ends the exec'd process too (its pid namespace is
+    // gone), and the agent reaps both while nobody listens.
+    a.disconnect();
+    std::fs::write(a.rootfs.path().join("rootfs/tmp/go"), "").unwrap();
+    let begin = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(begin.elapsed().as_secs() < 60, "init {pid} never ended");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // The next host gets what it missed, in order, then asks for the state.
+    a.connect();
+    let e1 = a.wait("e1");
+    assert_eq!(
+        e1.status,
+        Some(ExitStatus::signaled(libc::SIGKILL)),
+        "{e1:?}"
+    );
+    let init = a.wait(INIT_STREAM);
+    assert_eq!(init.stdout, "before\nafter\n");
+    assert_eq!(init.status, Some(ExitStatus::exited(7)));
+    assert_eq!(
+        a.request(RequestBody::State).unwrap(),
+        ResponseBody::State {
+            status: ContainerStatus::Stopped,
+            pid: None,
+            exit: Some(ExitStatus::exited(7)),
+            init_pid: Some(pid),
+            execs: vec![],
+        }
+    );
     a.shutdown();
 }

@@ -366,6 +366,13 @@ impl Container {
             status: self.status,
             pid,
             exit: self.init_exit,
+            init_pid: Some(self.init_pid),
+            execs: self
+                .procs
+                .iter()
+                .filter(|p| p.stream != INIT_STREAM)
+                .map(|p| p.stream.clone())
+                .collect(),
         }
     }
 

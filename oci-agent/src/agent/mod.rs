@@ -1,6 +1,7 @@
 //! The agent's event loop: one poll(2) over the listener or the host connection, a signalfd
 //! (SIGCHLD, SIGTERM, SIGINT) and the container's stdio; reads and writes in 64 KiB chunks.
 
+mod backlog;
 mod cgroup;
 mod container;
 pub mod refresh;
@@ -15,6 +16,7 @@ use agent_protocol::{
     ResponseBody,
 };
 
+use backlog::Backlog;
 use container::{exit_status, Container};
 pub use rootfs::ROOTFS_MOUNT;
 
@@ -80,6 +82,8 @@ pub struct Agent<T: Transport> {
     container: Option<Container>,
     sigfd: OwnedFd,
     outbox: Vec<AgentMessage>,
+    /// Events kept while no host is connected, for the next one.
+    backlog: Backlog,
 }
 
 /// Blocks SIGCHLD, SIGTERM, SIGINT and returns a signalfd for them.
@@ -119,6 +123,7 @@ impl<T: Transport> Agent<T> {
             container: None,
             sigfd,
             outbox: Vec::new(),
+            backlog: Backlog::default(),
         })
     }
 
@@ -230,7 +235,9 @@ impl<T: Transport> Agent<T> {
                     greeted: false,
                 });
                 match encode_frame(&hello) {
-                    Ok(frame) => self.send_raw(&frame),
+                    Ok(frame) => {
+                        self.send_raw(&frame);
+                    }
                     Err(e) => tracing::error!("encode hello: {e}"),
                 }
             }
@@ -238,24 +245,36 @@ impl<T: Transport> Agent<T> {
         }
     }
 
-    fn send_raw(&mut self, frame: &[u8]) {
+    /// Writes to the host; false (and the connection dropped) when that fails.
+    fn send_raw(&mut self, frame: &[u8]) -> bool {
         if let Some(c) = &self.conn {
             if let Err(e) = fdio::write_all(c.fd.as_raw_fd(), frame) {
                 tracing::warn!("host connection write failed: {e}");
                 self.conn = None;
+                return false;
             }
         }
+        true
     }
 
-    /// Sends everything queued, in one write when possible.
+    /// Sends everything queued (after what the backlog kept), in one write when possible.
+    /// Without a greeted host, the events go to the backlog; so do those of a failed write.
     fn flush(&mut self) {
-        if self.outbox.is_empty() {
+        if self.outbox.is_empty() && self.backlog.is_empty() {
             return;
         }
-        let msgs = std::mem::take(&mut self.outbox);
+        let mut msgs = std::mem::take(&mut self.outbox);
         if self.conn.as_ref().is_none_or(|c| !c.greeted) {
-            tracing::debug!("no host connected: {} messages dropped", msgs.len());
+            msgs.into_iter().for_each(|m| self.backlog.push(m));
             return;
+        }
+        if !self.backlog.is_empty() {
+            let kept = self.backlog.take();
+            tracing::info!(
+                "delivering {} events kept while no host was connected",
+                kept.len()
+            );
+            msgs.splice(0..0, kept);
         }
         let mut buf = Vec::new();
         for m in &msgs {
@@ -264,7 +283,11 @@ impl<T: Transport> Agent<T> {
                 Err(e) => tracing::error!("cannot encode a message: {e}"),
             }
         }
-        self.send_raw(&buf);
+        if !self.send_raw(&buf) {
+            // Kept for the next host: it may see a few events twice (those the failed write
+            // had passed on) rather than miss an exit.
+            msgs.into_iter().for_each(|m| self.backlog.push(m));
+        }
     }
 
     fn on_signals(&mut self) -> Option<Exit> {

@@ -143,6 +143,11 @@ pub struct Agent {
 impl Agent {
     /// Starts `zvm-oci-agent --unix-socket` and connects (hello exchanged).
     pub fn start() -> Agent {
+        Self::start_with(&[])
+    }
+
+    /// [`Self::start`] with further agent arguments.
+    pub fn start_with(extra: &[&str]) -> Agent {
         let rootfs = busybox_rootfs();
         let sock = rootfs.path().join("agent.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_zvm-oci-agent"))
@@ -150,30 +155,13 @@ impl Agent {
             .arg(&sock)
             .arg("--cgroup-root")
             .arg(cgroup2_root())
+            .args(extra)
             .env("ZVM_AGENT_LOG", "debug")
             // As zvm's PVM template hands it to init; glibc ignores unknown tunables.
             .env("GLIBC_TUNABLES", "zvm.test=1")
             .spawn()
             .unwrap();
-        let begin = Instant::now();
-        let mut conn = loop {
-            match UnixStream::connect(&sock) {
-                Ok(c) => break c,
-                Err(e) => {
-                    assert!(
-                        begin.elapsed() < Duration::from_secs(30),
-                        "agent socket never appeared: {e}"
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        };
-        // A broken agent fails the test instead of hanging it.
-        conn.set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let hello = handshake(&mut conn, "host-test").unwrap();
-        assert!(hello.name.starts_with("zvm-oci-agent"), "{hello:?}");
-        let reader = BufReader::new(conn.try_clone().unwrap());
+        let (conn, reader) = connect(&sock);
         Agent {
             child,
             conn,
@@ -184,6 +172,42 @@ impl Agent {
         }
     }
 
+    /// Ends the connection (the agent goes on with `--keep-listening`).
+    pub fn disconnect(&mut self) {
+        self.conn.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+
+    /// Connects again (hello exchanged); events already received stay queued.
+    pub fn connect(&mut self) {
+        (self.conn, self.reader) = connect(&self.rootfs.path().join("agent.sock"));
+    }
+}
+
+/// Connects to the agent's socket (waiting for it to appear) and exchanges hellos.
+fn connect(sock: &Path) -> (UnixStream, BufReader<UnixStream>) {
+    let begin = Instant::now();
+    let mut conn = loop {
+        match UnixStream::connect(sock) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    begin.elapsed() < Duration::from_secs(30),
+                    "agent socket never appeared: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    // A broken agent fails the test instead of hanging it.
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let hello = handshake(&mut conn, "host-test").unwrap();
+    assert!(hello.name.starts_with("zvm-oci-agent"), "{hello:?}");
+    let reader = BufReader::new(conn.try_clone().unwrap());
+    (conn, reader)
+}
+
+impl Agent {
     pub fn rootfs_path(&self) -> String {
         self.rootfs.path().join("rootfs").display().to_string()
     }
