@@ -1,4 +1,4 @@
-//! Applies a [`ContainerPlan`](crate::plan::ContainerPlan) from inside the freshly cloned
+//! Applies a [`ContainerPlan`] from inside the freshly cloned
 //! container process: namespaces, sysctls, root filesystem, then the process settings.
 //! Every system call goes through [`Sys`], so the order is unit-tested with a recording double.
 
@@ -33,10 +33,10 @@ pub enum SetupError {
         /// The error.
         source: io::Error,
     },
-    /// args[0] was not found or is not executable.
+    /// `args[0]` was not found or is not executable.
     #[error("executable {name:?} not found{where_}")]
     NotFound {
-        /// args[0].
+        /// `args[0]`.
         name: String,
         /// Where it was searched.
         where_: String,
