@@ -7,6 +7,7 @@ mod restore;
 mod run;
 mod setup;
 mod specs;
+mod template;
 mod terminal;
 
 use clap::{Parser, Subcommand};
@@ -81,6 +82,12 @@ enum Command {
     /// OCI containers, each in its own micro-VM, with runc's command line (also installed
     /// as `zvm-runc`): create, start, state, kill, delete, run, exec, ps, list, spec, features.
     Oci(oci_runtime::cli::OciArgs),
+    /// The VM templates container VMs are restored from instead of booting a kernel
+    /// (`ZVM_TEMPLATES=off` turns them off; `ZVM_TEMPLATE_DIR`, `ZVM_TEMPLATE_MAX`).
+    Template {
+        #[command(subcommand)]
+        command: template::TemplateCommand,
+    },
     /// Pack a directory into a gzip-compressed newc cpio initramfs.
     Initramfs {
         /// Directory whose contents become the root of the initramfs.
@@ -174,6 +181,7 @@ fn main() -> ExitCode {
             "zvm oci",
             oci_runtime::cli::self_launcher(&["oci", "__sandbox"]),
         ),
+        Command::Template { command } => template::run(command),
         Command::Initramfs { dir, output } => match initramfs::pack_dir(&dir, &output) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

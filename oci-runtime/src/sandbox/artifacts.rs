@@ -120,7 +120,8 @@ fn missing(what: &'static str, env: &'static str, detail: String) -> SandboxErro
     SandboxError::MissingArtifact { what, env, detail }
 }
 
-fn cache_root() -> Option<PathBuf> {
+/// zvm's cache directory: `$ZVM_CACHE_DIR`, `$XDG_CACHE_HOME/zvm` or `~/.cache/zvm`.
+pub(crate) fn cache_root() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("ZVM_CACHE_DIR") {
         return Some(dir.into());
     }

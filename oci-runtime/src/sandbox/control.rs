@@ -10,6 +10,8 @@
 //! | `{"op":"status"}` | `{"reply":"status","status":{"state":"running"}}` |
 //! | `{"op":"ps"}` | `{"reply":"pids","pids":[1,42]}` |
 //! | `{"op":"exec","process":{...}}` | `{"reply":"exec_started","pid":42}` (when running) |
+//! | `{"op":"pause"}`, `{"op":"resume"}` | `{"reply":"ok"}` (the whole VM) |
+//! | `{"op":"checkpoint","image_path":"/d","leave_running":false}` | `{"reply":"ok"}` |
 //!
 //! or `{"reply":"error","message":"..."}`. After `exec_started` the connection carries the
 //! exec'd process's stdio: the client sends `stdin` (`{"op":"stdin","data":"<base64>"}`),
@@ -35,6 +37,8 @@ pub enum SandboxStatus {
     Created,
     /// Started; its process has not exited.
     Running,
+    /// Created or running, with its VM paused.
+    Paused,
     /// Its process exited with `exit` (exit code, or 128 + signal).
     Stopped {
         /// The shell-style exit status.
@@ -78,6 +82,18 @@ pub enum ControlRequest {
         rows: u16,
         /// Columns.
         cols: u16,
+    },
+    /// Pause the VM.
+    Pause,
+    /// Resume the paused VM.
+    Resume,
+    /// Write a checkpoint of the whole VM to `image_path`; then stop the VM (the
+    /// container's process counts as killed) unless `leave_running`.
+    Checkpoint {
+        /// The checkpoint's directory.
+        image_path: std::path::PathBuf,
+        /// Keep the container running afterwards.
+        leave_running: bool,
     },
 }
 
@@ -243,6 +259,28 @@ impl SandboxClient {
             ControlReply::Status { status } => Ok(status),
             other => Err(SandboxError::Control(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    /// Pauses the container's VM.
+    pub fn pause(&mut self) -> Result<(), SandboxError> {
+        self.call_ok(&ControlRequest::Pause)
+    }
+
+    /// Resumes the container's paused VM.
+    pub fn resume(&mut self) -> Result<(), SandboxError> {
+        self.call_ok(&ControlRequest::Resume)
+    }
+
+    /// Checkpoints the container's VM into `image_path` (see [`ControlRequest::Checkpoint`]).
+    pub fn checkpoint(
+        &mut self,
+        image_path: &Path,
+        leave_running: bool,
+    ) -> Result<(), SandboxError> {
+        self.call_ok(&ControlRequest::Checkpoint {
+            image_path: image_path.to_path_buf(),
+            leave_running,
+        })
     }
 
     /// Guest pids of the container's processes.

@@ -2,11 +2,13 @@
 //! then relays stdio and signals until the container's process exits.
 
 use super::agent::{wait_for_agent, AgentConn, Notice};
+use super::checkpoint::VmControl;
 use super::control::{ExitRecord, SandboxStatus};
 use super::launch::Ready;
 use super::server::{self, Shared, AGENT_TIMEOUT};
 use super::stdio::{pump, OutputSink};
-use super::vmconfig::{vm_resources, vm_size, VmFiles, ROOTFS_DEVICE};
+use super::vmconfig::{vm_size, VmFiles, ROOTFS_DEVICE};
+use super::vmstart::{restore_checkpoint, start_vm, vm_hostname};
 use super::{disk, pty, unix, SandboxConfig, SandboxError};
 use super::{
     AGENT_IMAGE, CONFIG_FILE, CONSOLE_LOG, CONTROL_SOCKET, EXIT_FILE, LOG_FILE, ROOTFS_IMAGE,
@@ -18,10 +20,10 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vmm::builder::BuildOptions;
 use vmm::vm::StopHandle;
 
 /// How long the agent has to start listening (boots take 50-60 s here, several minutes
@@ -187,36 +189,50 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
         .and_then(|r| r.readonly())
         .unwrap_or(false);
     let terminal = crate::bundle::wants_terminal(&cfg.spec);
-    let rootfs = rootfs_dir(&cfg)?;
     let (image, agent_image, console) = (
         dir.join(ROOTFS_IMAGE),
         dir.join(AGENT_IMAGE),
         dir.join(CONSOLE_LOG),
     );
-    disk::make_rootfs_image(&rootfs, &image)?;
-    disk::make_agent_image(&cfg.artifacts.agent, &dir.join("agent-root"), &agent_image)?;
-    notes.note(&format!(
-        "container {}: {} vCPUs, {} MiB, rootfs {} ({})",
-        cfg.id,
-        size.vcpus,
-        size.memory_mib,
-        rootfs.display(),
-        if readonly { "read-only" } else { "read-write" }
-    ));
-
     // vmm's vsock device takes a socket path of any length.
     let vsock = dir.join(VSOCK_SOCKET);
-    let files = VmFiles {
-        kernel: &cfg.artifacts.kernel,
-        agent_image: &agent_image,
-        rootfs_image: &image,
-        console_log: &console,
-        vsock: &vsock,
+    let restored = match &cfg.restore_from {
+        Some(from) => {
+            let (vm, manifest) = restore_checkpoint(from, dir, &image, &console, &vsock)?;
+            notes.note(&format!(
+                "container {} restored from the checkpoint in {} (of {})",
+                cfg.id,
+                from.display(),
+                manifest.id
+            ));
+            Some((vm, manifest))
+        }
+        None => None,
     };
-    let vm = vmm::build_microvm(
-        &vm_resources(size, files, readonly),
-        BuildOptions::default(),
-    )?;
+    let (vm, restored) = match restored {
+        Some((vm, manifest)) => (vm, Some(manifest)),
+        None => {
+            let rootfs = rootfs_dir(&cfg)?;
+            disk::make_rootfs_image(&rootfs, &image)?;
+            notes.note(&format!(
+                "container {}: {} vCPUs, {} MiB, rootfs {} ({})",
+                cfg.id,
+                size.vcpus,
+                size.memory_mib,
+                rootfs.display(),
+                if readonly { "read-only" } else { "read-write" }
+            ));
+            let files = VmFiles {
+                kernel: &cfg.artifacts.kernel,
+                agent_image: &agent_image,
+                rootfs_image: &image,
+                console_log: &console,
+                vsock: &vsock,
+            };
+            (start_vm(&cfg, size, files, readonly, notes)?, None)
+        }
+    };
+    let control = VmControl::of(&vm)?;
     let (tx, rx) = mpsc::channel::<MainEvent>();
     let guard = watch_vm(vm, tx.clone())?;
     notes.note("VM started; waiting for the agent");
@@ -235,10 +251,23 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     })
     .map_err(SandboxError::io("start the agent reader"))?;
     notes.note("agent connected");
-    let pid = agent.create_container(cfg.spec.clone(), ROOTFS_DEVICE, terminal, CREATE_TIMEOUT)?;
-    notes.note(&format!("container created (guest pid {pid})"));
+    agent.refresh(Some(&vm_hostname(&cfg)), CREATE_TIMEOUT)?;
+    let phase = match &restored {
+        None => {
+            let pid = agent.create_container(
+                cfg.spec.clone(),
+                ROOTFS_DEVICE,
+                terminal,
+                CREATE_TIMEOUT,
+            )?;
+            notes.note(&format!("container created (guest pid {pid})"));
+            SandboxStatus::Created
+        }
+        Some(manifest) if manifest.started => SandboxStatus::Running,
+        Some(_) => SandboxStatus::Created,
+    };
 
-    let shared = Shared::new(agent.clone());
+    let shared = Shared::with_vm(agent.clone(), Some(control), phase, cfg.id.clone());
     let listener = unix::bind(&dir.join(CONTROL_SOCKET))
         .map_err(SandboxError::io("bind the control socket"))?;
     server::serve(listener, shared.clone())
@@ -274,7 +303,7 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     record_exit(dir, ExitRecord { exit, status })?;
     shared.set_phase(SandboxStatus::Stopped { exit });
     notes.note(&format!("container exited: {exit}"));
-    if outcome.is_ok() {
+    if outcome.is_ok() && !shared.checkpointed.load(Ordering::Acquire) {
         if let Err(e) = agent.request_done(RequestBody::Shutdown, Duration::from_secs(30)) {
             notes.note(&format!("shutdown: {e}"));
         }
@@ -411,6 +440,10 @@ pub(crate) fn supervise(
             MainEvent::Agent(Notice::Init(Event::Exited { status, .. })) => return Ok(status),
             MainEvent::Agent(Notice::Lost(why)) => {
                 return Err(format!("lost the guest agent: {why}"))
+            }
+            MainEvent::VmEnded(_) if shared.checkpointed.load(Ordering::Acquire) => {
+                // runc's checkpoint kills the container once it is saved.
+                return Ok(ExitStatus::signaled(libc::SIGKILL));
             }
             MainEvent::VmEnded(how) => {
                 return Err(format!(

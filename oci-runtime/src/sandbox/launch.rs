@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 pub const READY_FD_ENV: &str = "ZVM_SANDBOX_READY_FD";
 /// The fd the report pipe gets in the sandbox process.
 const READY_FD: RawFd = 3;
-/// Longest wait for the sandbox's report: its own deadlines for the agent and for Create,
-/// plus a minute for making the images (the sandbox reports its own timeouts first).
+/// Longest wait for the sandbox's report: its own deadlines for the agent (twice: a
+/// template's boot, then the clone) and for Create, plus two minutes for making the images
+/// and snapshot (the sandbox reports its own timeouts first).
 const REPORT_DEADLINE: Duration = Duration::from_secs(
-    super::daemon::AGENT_DEADLINE.as_secs() + super::daemon::CREATE_TIMEOUT.as_secs() + 60,
+    2 * super::daemon::AGENT_DEADLINE.as_secs() + super::daemon::CREATE_TIMEOUT.as_secs() + 120,
 );
 
 /// The line the sandbox writes on the ready pipe.
@@ -276,6 +277,7 @@ mod tests {
                 agent: art,
             },
             launcher: launcher.iter().map(Into::into).collect(),
+            restore_from: None,
         }
     }
 

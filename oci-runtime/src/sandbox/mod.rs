@@ -27,6 +27,7 @@
 mod agent;
 mod artifacts;
 mod attached;
+mod checkpoint;
 mod control;
 mod daemon;
 mod detached;
@@ -35,8 +36,10 @@ mod launch;
 pub(crate) mod pty;
 mod server;
 mod stdio;
+pub mod template;
 mod unix;
 mod vmconfig;
+mod vmstart;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -49,6 +52,7 @@ pub use artifacts::{
 pub use attached::{
     agent_drives, guest_disk_device, run_attached, AttachedRun, AGENT_DRIVE, ROOTFS_DRIVE,
 };
+pub use checkpoint::{CheckpointManifest, CHECKPOINT_MANIFEST};
 pub use control::{
     recorded_exit, ControlReply, ControlRequest, ExecIo, SandboxClient, SandboxStatus,
 };
@@ -58,7 +62,7 @@ pub use disk::{make_agent_image, make_rootfs_image, ImageError};
 pub use launch::{create, READY_FD_ENV};
 pub use vmconfig::{
     vm_resources, vm_size, TranslateError, VmFiles, VmSize, AGENT_BOOT_ARGS, ANNOTATION_MEMORY_MIB,
-    ANNOTATION_VCPUS, ROOTFS_DEVICE,
+    ANNOTATION_VCPUS, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, ROOTFS_DEVICE,
 };
 
 use serde::{Deserialize, Serialize};
@@ -100,6 +104,9 @@ pub struct SandboxConfig {
     /// Program and arguments that run [`sandbox_main`] in a new process; the container
     /// directory is appended (zvm-runc: `[exe, "__sandbox"]`, zvm: `[exe, "oci", "__sandbox"]`).
     pub launcher: Vec<OsString>,
+    /// Restore the container from this checkpoint directory instead of creating it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<PathBuf>,
 }
 
 /// Errors of the sandbox layer.

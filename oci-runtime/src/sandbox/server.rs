@@ -2,6 +2,7 @@
 //! agent requests (the protocol is described in the `control` module).
 
 use super::agent::AgentConn;
+use super::checkpoint::VmControl;
 use super::control::{ControlReply, ControlRequest, SandboxStatus};
 use agent_protocol::{
     read_frame, write_frame, Event, ProtocolError, RequestBody, ResponseBody, INIT_STREAM,
@@ -9,7 +10,7 @@ use agent_protocol::{
 use oci_spec::runtime::Process;
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,20 +25,50 @@ pub(crate) struct Shared {
     /// The container's state as the sandbox knows it.
     pub phase: Mutex<SandboxStatus>,
     next_exec: AtomicU64,
+    /// The VM (None in tests without one).
+    pub vm: Option<VmControl>,
+    /// A checkpoint stopped the VM: its end is the container's process being killed.
+    pub checkpointed: AtomicBool,
+    /// The container's id.
+    pub id: String,
 }
 
 impl Shared {
-    /// State for a container just created in the guest.
+    /// State for a container just created in the guest, without a VM (tests).
+    #[cfg(test)]
     pub(crate) fn new(agent: Arc<AgentConn>) -> Arc<Shared> {
+        Shared::with_vm(agent, None, SandboxStatus::Created, String::new())
+    }
+
+    /// State for a container in `phase` whose VM `vm` controls.
+    pub(crate) fn with_vm(
+        agent: Arc<AgentConn>,
+        vm: Option<VmControl>,
+        phase: SandboxStatus,
+        id: String,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             agent,
-            phase: Mutex::new(SandboxStatus::Created),
+            phase: Mutex::new(phase),
             next_exec: AtomicU64::new(1),
+            vm,
+            checkpointed: AtomicBool::new(false),
+            id,
         })
     }
 
-    /// The current state.
+    /// The current state (paused when the VM is).
     pub(crate) fn phase(&self) -> SandboxStatus {
+        let phase = *self.phase.lock().unwrap_or_else(|p| p.into_inner());
+        let paused = self.vm.as_ref().is_some_and(VmControl::is_paused);
+        match phase {
+            SandboxStatus::Created | SandboxStatus::Running if paused => SandboxStatus::Paused,
+            other => other,
+        }
+    }
+
+    /// The state without the VM's pause.
+    fn lifecycle_phase(&self) -> SandboxStatus {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -80,6 +111,7 @@ fn describe(status: SandboxStatus) -> &'static str {
     match status {
         SandboxStatus::Created => "created",
         SandboxStatus::Running => "running",
+        SandboxStatus::Paused => "paused",
         SandboxStatus::Stopped { .. } => "stopped",
     }
 }
@@ -137,6 +169,11 @@ fn answer(shared: &Shared, req: ControlRequest) -> ControlReply {
             if let SandboxStatus::Stopped { .. } = shared.phase() {
                 return error("cannot signal a container that is stopped");
             }
+            // The agent answers only while the VM runs: a signal to a paused container
+            // resumes it (as a frozen process gets SIGKILL at once).
+            if let Some(vm) = shared.vm.as_ref().filter(|vm| vm.is_paused()) {
+                vm.resume();
+            }
             match agent.request_done(
                 RequestBody::Signal {
                     stream: INIT_STREAM.into(),
@@ -158,6 +195,50 @@ fn answer(shared: &Shared, req: ControlRequest) -> ControlReply {
         | ControlRequest::CloseStdin
         | ControlRequest::Resize { .. } => error("no exec'd process on this connection"),
         ControlRequest::Exec { .. } => error("exec is handled by its own connection"),
+        ControlRequest::Pause | ControlRequest::Resume | ControlRequest::Checkpoint { .. } => {
+            answer_vm(shared, req)
+        }
+    }
+}
+
+/// Pause, resume and checkpoint: requests for the VM rather than the agent.
+fn answer_vm(shared: &Shared, req: ControlRequest) -> ControlReply {
+    let Some(vm) = &shared.vm else {
+        return error("this sandbox has no VM to control");
+    };
+    let phase = shared.lifecycle_phase();
+    if !matches!(phase, SandboxStatus::Created | SandboxStatus::Running) {
+        return error(format!("the container is {}", describe(phase)));
+    }
+    let done = match req {
+        ControlRequest::Pause => vm.pause(),
+        ControlRequest::Resume if !vm.is_paused() => {
+            return error("the container is not paused");
+        }
+        ControlRequest::Resume => {
+            vm.resume();
+            Ok(())
+        }
+        ControlRequest::Checkpoint {
+            image_path,
+            leave_running,
+        } => {
+            let was_paused = vm.is_paused();
+            let started = phase == SandboxStatus::Running;
+            let made = vm.checkpoint(&image_path, &shared.id, started);
+            if made.is_ok() && !leave_running {
+                shared.checkpointed.store(true, Ordering::Release);
+                vm.stop();
+            } else if !was_paused {
+                vm.resume();
+            }
+            made
+        }
+        _ => return error("not a VM request"),
+    };
+    match done {
+        Ok(()) => ControlReply::Ok,
+        Err(e) => error(e.to_string()),
     }
 }
 

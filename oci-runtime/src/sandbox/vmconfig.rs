@@ -180,7 +180,7 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
     VmResources {
         boot_source: BootSource {
             kernel_image_path: files.kernel.to_path_buf(),
-            boot_args: Some(format!("{DEFAULT_BOOT_ARGS} {AGENT_BOOT_ARGS}")),
+            boot_args: Some(container_boot_args()),
             initrd_path: None,
         },
         machine_config: MachineConfig {
@@ -200,6 +200,11 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
             uds_path: files.vsock.to_path_buf(),
         }),
     }
+}
+
+/// The kernel command line of a container VM.
+pub(crate) fn container_boot_args() -> String {
+    format!("{DEFAULT_BOOT_ARGS} {AGENT_BOOT_ARGS}")
 }
 
 /// The guest device the rootfs image appears as (the agent's disk is `/dev/vda`).

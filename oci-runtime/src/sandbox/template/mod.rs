@@ -1,0 +1,324 @@
+//! VM templates: a container VM booted once to the point where its agent listens, saved as
+//! a snapshot, and restored for every container of the same shape instead of booting a
+//! kernel each time.
+//!
+//! A template is keyed ([`TemplateKey`]) by everything that shapes the VM: the kernel, the
+//! agent, vCPUs, memory, the command line and zvm's version. The template VM boots with an
+//! empty placeholder as the container's disk; a clone restores it with the container's own
+//! disk and vsock socket in their place (the VMM tells the guest the disk's new size), so
+//! every clone maps the template's memory copy-on-write. What a clone must not share with
+//! its siblings (entropy, clock, host name) the sandbox refreshes through the agent.
+//!
+//! Templates live in a [`TemplateCache`]; one process builds a missing one while the
+//! others wait for it, a build becomes visible only once complete, a template that does not
+//! check out (corrupt, truncated, other version) is removed and built again, and the least
+//! recently used go beyond [`TemplateSettings::max_templates`].
+
+mod build;
+mod cache;
+mod key;
+
+pub use cache::{Manifest, TemplateCache, TemplateFiles};
+pub use key::TemplateKey;
+
+use super::agent::AgentError;
+use super::disk::ImageError;
+use super::vmconfig::{VmSize, AGENT_DRIVE_ID, ROOTFS_DRIVE_ID};
+use super::GuestArtifacts;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use vmm::builder::BuildOptions;
+use vmm::devices::serial::ConsoleSink;
+use vmm::snapshot::{RestoreOverrides, RestoreParams, SnapshotError};
+use vmm::RunningVm;
+
+/// `off` turns templates off (every container VM boots its kernel).
+pub const TEMPLATES_ENV: &str = "ZVM_TEMPLATES";
+/// Where templates are kept (default: `templates` in zvm's cache directory).
+pub const TEMPLATE_DIR_ENV: &str = "ZVM_TEMPLATE_DIR";
+/// How many templates are kept at most (default [`DEFAULT_MAX_TEMPLATES`]).
+pub const TEMPLATE_MAX_ENV: &str = "ZVM_TEMPLATE_MAX";
+/// Annotation that turns templates off for one container (`zvm.template=off`).
+pub const ANNOTATION_TEMPLATE: &str = "zvm.template";
+/// Templates kept when nothing says otherwise (one per VM size in use, about 30-60 MiB of
+/// disk each for the default 256 MiB VM).
+pub const DEFAULT_MAX_TEMPLATES: usize = 4;
+/// How long a create waits for another process's build of the template it needs.
+const BUILD_WAIT: Duration = Duration::from_secs(AGENT_WAIT_SECS + 120);
+const AGENT_WAIT_SECS: u64 = super::daemon::AGENT_DEADLINE.as_secs();
+
+/// Errors of the template cache.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// A file operation failed.
+    #[error("cannot {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Another process held the template's lock for too long.
+    #[error("template {lock} stayed locked for {waited:?}")]
+    Busy {
+        /// The lock file.
+        lock: PathBuf,
+        /// How long this process waited.
+        waited: Duration,
+    },
+    /// A template directory that is not a complete template for the key asked for.
+    #[error("template {dir} is not usable: {reason}")]
+    Corrupt {
+        /// Its directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Booting or snapshotting the template VM failed.
+    #[error("template build: {0}")]
+    Build(String),
+    /// The agent's disk could not be made.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The template VM's agent never answered.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// Saving or restoring the snapshot failed.
+    #[error(transparent)]
+    Restore(SnapshotError),
+}
+
+/// Whether and where container VMs start from templates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSettings {
+    /// Use templates.
+    pub enabled: bool,
+    /// The cache directory.
+    pub dir: PathBuf,
+    /// Templates kept at most.
+    pub max_templates: usize,
+}
+
+impl TemplateSettings {
+    /// From [`TEMPLATES_ENV`], [`TEMPLATE_DIR_ENV`] and [`TEMPLATE_MAX_ENV`]; off when no
+    /// cache directory can be found.
+    pub fn from_env() -> TemplateSettings {
+        let dir = std::env::var_os(TEMPLATE_DIR_ENV)
+            .map(PathBuf::from)
+            .or_else(|| super::artifacts::cache_root().map(|c| c.join("templates")));
+        let off = std::env::var(TEMPLATES_ENV)
+            .is_ok_and(|v| matches!(v.trim(), "off" | "0" | "false" | "no"));
+        let max_templates = std::env::var(TEMPLATE_MAX_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MAX_TEMPLATES);
+        TemplateSettings {
+            enabled: !off && dir.is_some(),
+            dir: dir.unwrap_or_default(),
+            max_templates,
+        }
+    }
+
+    /// The cache these settings describe.
+    pub fn cache(&self) -> TemplateCache {
+        TemplateCache::new(&self.dir, self.max_templates)
+    }
+}
+
+/// Whether `spec`'s annotations turn templates off for its container.
+pub fn annotation_disables(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_TEMPLATE))
+        .is_some_and(|v| matches!(v.trim(), "off" | "0" | "false" | "no"))
+}
+
+/// A container VM to start: what shapes it (the template's key) and its own files.
+#[derive(Debug, Clone, Copy)]
+pub struct ContainerVm<'a> {
+    /// Kernel and agent.
+    pub artifacts: &'a GuestArtifacts,
+    /// vCPUs and memory.
+    pub size: VmSize,
+    /// The container's root file system image.
+    pub rootfs_image: &'a Path,
+    /// The VM's vsock socket.
+    pub vsock: &'a Path,
+}
+
+impl ContainerVm<'_> {
+    /// The template key of this VM.
+    pub fn key(&self) -> Result<TemplateKey, TemplateError> {
+        let boot_args = super::vmconfig::container_boot_args();
+        TemplateKey::new(
+            &self.artifacts.kernel,
+            &self.artifacts.agent,
+            self.size.vcpus,
+            self.size.memory_mib,
+            &boot_args,
+        )
+        .map_err(|source| TemplateError::Io {
+            what: "read the kernel's and the agent's metadata".into(),
+            source,
+        })
+    }
+}
+
+/// How a container VM was started from a template.
+#[derive(Debug)]
+pub struct Started {
+    /// The running VM.
+    pub vm: RunningVm,
+    /// The template's id.
+    pub template: String,
+    /// How long building the template took, when this call built it.
+    pub built_in: Option<Duration>,
+}
+
+/// Starts `vm` from its template, building the template first when there is none (or
+/// waiting for the process that builds it). A template that fails its checks or its
+/// restore as unusable is removed and built again once.
+///
+/// `console` gives the clone's console (called once per restore attempt).
+pub fn start_from_template(
+    cache: &TemplateCache,
+    vm: &ContainerVm<'_>,
+    console: &dyn Fn() -> std::io::Result<ConsoleSink>,
+) -> Result<Started, TemplateError> {
+    let key = vm.key()?;
+    let id = key.id();
+    let mut built_in = None;
+    loop {
+        let mut broken = false;
+        {
+            let _shared = cache.lock(&id, false, BUILD_WAIT)?;
+            match cache.find(&id, &key) {
+                Ok(Some(files)) => match restore_clone(&files, vm, console) {
+                    Ok(running) => {
+                        return Ok(Started {
+                            vm: running,
+                            template: id,
+                            built_in,
+                        })
+                    }
+                    Err(e) if e.is_bad_input() => {
+                        tracing::warn!("template {id} cannot be restored: {e}");
+                        broken = true;
+                    }
+                    Err(e) => return Err(TemplateError::Restore(e)),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    broken = true;
+                }
+            }
+        }
+        if broken && built_in.is_some() {
+            return Err(TemplateError::Corrupt {
+                dir: cache.root().join(&id),
+                reason: "a freshly built template could not be restored".into(),
+            });
+        }
+        let _exclusive = cache.lock(&id, true, BUILD_WAIT)?;
+        if !broken && matches!(cache.find(&id, &key), Ok(Some(_))) {
+            // Another process built it while this one waited for the lock.
+            continue;
+        }
+        built_in = Some(build_and_install(cache, &id, &key, vm)?);
+    }
+}
+
+/// Makes template `id` for `vm` (hold its lock exclusively): boots and snapshots the VM
+/// in a build directory and installs it; returns how long the build took.
+fn build_and_install(
+    cache: &TemplateCache,
+    id: &str,
+    key: &TemplateKey,
+    vm: &ContainerVm<'_>,
+) -> Result<Duration, TemplateError> {
+    cache.remove(id)?;
+    let dir = cache.start_build(id)?;
+    let took = match build::build_template(&dir, vm) {
+        Ok(took) => took,
+        Err(e) => {
+            let kept = dir.join(build::BUILD_CONSOLE);
+            let console = super::agent::console_tail(&kept, 20);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(TemplateError::Build(format!(
+                "{e}; last lines of the template VM's console:\n{console}"
+            )));
+        }
+    };
+    let manifest = Manifest {
+        key: key.clone(),
+        created: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        build_ms: took.as_millis() as u64,
+    };
+    cache.install(id, &dir, &manifest)?;
+    Ok(took)
+}
+
+/// Makes sure the template for VMs of `size` booting `artifacts` exists (ahead of the
+/// first container that needs it): returns its id and, when this call built it, how long
+/// that took.
+pub fn prepare_template(
+    cache: &TemplateCache,
+    artifacts: &GuestArtifacts,
+    size: VmSize,
+) -> Result<(String, Option<Duration>), TemplateError> {
+    let placeholder = Path::new("");
+    let vm = ContainerVm {
+        artifacts,
+        size,
+        rootfs_image: placeholder,
+        vsock: placeholder,
+    };
+    let key = vm.key()?;
+    let id = key.id();
+    {
+        let _shared = cache.lock(&id, false, BUILD_WAIT)?;
+        if let Ok(Some(_)) = cache.find(&id, &key) {
+            return Ok((id, None));
+        }
+    }
+    let _exclusive = cache.lock(&id, true, BUILD_WAIT)?;
+    if let Ok(Some(_)) = cache.find(&id, &key) {
+        return Ok((id, None));
+    }
+    let took = build_and_install(cache, &id, &key, &vm)?;
+    Ok((id, Some(took)))
+}
+
+/// Restores a clone of the template in `files` with `vm`'s own disk and socket, and the
+/// console `console` gives.
+fn restore_clone(
+    files: &TemplateFiles,
+    vm: &ContainerVm<'_>,
+    console: &dyn Fn() -> std::io::Result<ConsoleSink>,
+) -> Result<RunningVm, SnapshotError> {
+    let console = console().map_err(|source| SnapshotError::Io {
+        what: "open the console of",
+        path: vm.vsock.to_path_buf(),
+        source,
+    })?;
+    let params = RestoreParams {
+        snapshot_path: files.state.clone(),
+        mem_file_path: files.memory.clone(),
+        overrides: RestoreOverrides {
+            drives: vec![
+                (AGENT_DRIVE_ID.to_string(), files.agent_disk.clone()),
+                (ROOTFS_DRIVE_ID.to_string(), vm.rootfs_image.to_path_buf()),
+            ],
+            net: Vec::new(),
+            vsock_uds_path: Some(vm.vsock.to_path_buf()),
+        },
+        resume: true,
+        track_dirty_pages: false,
+        seccomp: true,
+    };
+    vmm::snapshot::restore_microvm(&params, BuildOptions::default(), console, false)
+}
