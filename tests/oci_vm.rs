@@ -210,6 +210,7 @@ fn container_vm_runs_a_busybox_container_from_create_to_exit() {
             agent: oci_agent(),
         },
         launcher,
+        restore_from: None,
     };
     let dir = container_dir.clone();
     let diagnostics = move || {
@@ -425,6 +426,7 @@ fn create_without_a_usable_kernel_names_the_variable_to_set() {
             agent: base.join("no-agent"),
         },
         launcher: vec!["/bin/false".into()],
+        restore_from: None,
     };
     let err = sandbox::create(&cfg).expect_err("no kernel").to_string();
     assert!(

@@ -8,7 +8,7 @@
 //! without any isolation (see [`crate::backend`]); it exists for this crate's tests.
 
 use crate::backend::{ExecOutcome, ExecRequest};
-use crate::lifecycle::{CreateRequest, LifecycleError, Runtime, StateView};
+use crate::lifecycle::{CheckpointRequest, CreateRequest, LifecycleError, Runtime, StateView};
 use crate::logging::{LogError, LogFormat};
 use crate::signal::SignalError;
 use clap::{Args, Subcommand, ValueEnum};
@@ -146,6 +146,22 @@ pub enum OciCommand {
     },
     /// Make a bundle (rootfs/ + config.json) from an OCI image layout directory.
     Unpack(crate::image::cli::UnpackArgs),
+    /// Freeze every process of a container (its whole VM).
+    Pause {
+        /// Container id.
+        id: String,
+    },
+    /// Thaw a paused container.
+    Resume {
+        /// Container id.
+        id: String,
+    },
+    /// Save a running container (its whole VM, memory and root disk) to a directory; it
+    /// is stopped and deleted afterwards unless --leave-running.
+    Checkpoint(crate::cli_checkpoint::CheckpointArgs),
+    /// Bring a container back from a checkpoint (running as it was); waits for it unless
+    /// --detach, as `run` does.
+    Restore(crate::cli_checkpoint::RestoreArgs),
 }
 
 /// Output formats of `ps` and `list`.
@@ -424,6 +440,27 @@ fn dispatch(
             request,
         } => return Ok(crate::sandbox::exec_relay_main(&container_dir, &request)),
         OciCommand::Unpack(a) => crate::image::cli::run_unpack(&a)?,
+        OciCommand::Pause { id } => runtime(args, launcher)?.pause(&id)?,
+        OciCommand::Resume { id } => runtime(args, launcher)?.resume(&id)?,
+        OciCommand::Checkpoint(a) => {
+            a.criu.note_ignored();
+            let req = CheckpointRequest {
+                image_path: a.image_path.clone(),
+                leave_running: a.leave_running,
+            };
+            runtime(args, launcher)?.checkpoint(&a.id, &req)?;
+        }
+        OciCommand::Restore(a) => {
+            a.criu.note_ignored();
+            let req = CreateRequest {
+                bundle: a.bundle.clone().unwrap_or_else(|| PathBuf::from(".")),
+                pid_file: a.pid_file.clone(),
+                console_socket: a.console_socket.clone(),
+                detached: a.detach,
+            };
+            let status = runtime(args, launcher)?.restore(&a.id, &req, &a.image_path)?;
+            return Ok(exit_code(status));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -107,7 +107,7 @@ fn list_table_aligns_columns() {
         oci_version: "1.1.0".into(),
         id: "c1".into(),
         pid: 42,
-        status: oci_spec::runtime::ContainerState::Running,
+        status: crate::state::ContainerState::Running,
         bundle: "/b".into(),
         rootfs: "/b/rootfs".into(),
         created: "2026-01-01T00:00:00.000000000Z".into(),

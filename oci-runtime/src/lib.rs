@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod bundle;
 pub mod cli;
+pub mod cli_checkpoint;
 pub mod console;
 pub mod forward;
 pub mod hooks;

@@ -2,8 +2,10 @@
 //! [`StateStore`].
 //!
 //! States: `creating` -> `created` (create) -> `running` (start) -> `stopped` (the process
-//! ended, or a start hook failed) -> gone (delete). `start` needs `created`; `kill` needs
-//! `created` or `running`; `delete` needs `stopped` unless forced (then the container is
+//! ended, or a start hook failed) -> gone (delete). `pause` and `resume` move a created or
+//! running container to `paused` and back; `checkpoint` saves a running container and,
+//! unless it is left running, destroys it (as runc does); `restore` brings one back from
+//! its checkpoint. `start` needs `created`; `kill` needs `created`, `running` or `paused`; `delete` needs `stopped` unless forced (then the container is
 //! killed with SIGKILL first). A record says `created` or `running` until a command notices
 //! that the container's process has ended: the live status is always computed from the
 //! process and the backend, never trusted from the record alone.
@@ -23,8 +25,9 @@ use crate::backend::{
 use crate::bundle::{Bundle, BundleError};
 use crate::hooks::{run_hooks, run_hooks_warn, HookError, HookKind};
 use crate::host::{process_alive, rfc3339, write_pid_file, ProcStat};
+use crate::state::ContainerState;
 use crate::state::{ContainerLock, ContainerRecord, StateError, StateStore, SPEC_FILE};
-use oci_spec::runtime::{ContainerState, Process, Spec};
+use oci_spec::runtime::{Process, Spec};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::oci_state::{hook_state, user_name, view};
 pub use crate::oci_state::{StateView, OCI_VERSION};
+pub use checkpoint::CheckpointRequest;
 
 /// How long `delete --force` waits for a killed container to stop.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -208,6 +212,7 @@ impl Runtime {
         match backend_view(c, backend) {
             Some(BackendStatus::Created) => ContainerState::Created,
             Some(BackendStatus::Running) => ContainerState::Running,
+            Some(BackendStatus::Paused) => ContainerState::Paused,
             Some(BackendStatus::Stopped(_)) => ContainerState::Stopped,
             None => c.rec.status,
         }
@@ -388,12 +393,15 @@ impl Runtime {
     pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), LifecycleError> {
         let (_lock, c, backend) = self.lock_loaded(id)?;
         let status = self.live_status(&c, backend.as_ref());
-        if !matches!(status, ContainerState::Created | ContainerState::Running) {
+        if !matches!(
+            status,
+            ContainerState::Created | ContainerState::Running | ContainerState::Paused
+        ) {
             return Err(LifecycleError::WrongState {
                 id: id.into(),
                 status,
                 op: "kill",
-                needed: "created or running",
+                needed: "created, running or paused",
             });
         }
         backend.kill(&c.cref(), signal, all)?;
@@ -538,6 +546,12 @@ impl Runtime {
         if req.detached {
             return Ok(0);
         }
+        self.wait_and_delete(id)
+    }
+
+    /// Waits for the container's process to end, deletes the container and returns its
+    /// exit status.
+    fn wait_and_delete(&self, id: &str) -> Result<i32, LifecycleError> {
         let c = self.loaded(self.store.load(id)?)?;
         let backend = self.backend_of(Some(&c.rec.backend))?;
         let waited = backend.wait(&c.cref());
@@ -577,6 +591,9 @@ fn backend_view(c: &Loaded, backend: &dyn ContainerBackend) -> Option<BackendSta
         }
     }
 }
+
+#[path = "lifecycle_checkpoint.rs"]
+mod checkpoint;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

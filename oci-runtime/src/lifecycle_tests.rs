@@ -11,6 +11,8 @@ use std::sync::Mutex;
 struct Fake {
     log: PathBuf,
     status: Mutex<BackendStatus>,
+    /// The status a pause froze, which resume gives back.
+    frozen: Mutex<BackendStatus>,
     exit: i32,
 }
 
@@ -19,6 +21,7 @@ impl Fake {
         Arc::new(Fake {
             log: log.to_path_buf(),
             status: Mutex::new(BackendStatus::Created),
+            frozen: Mutex::new(BackendStatus::Created),
             exit: 3,
         })
     }
@@ -78,6 +81,39 @@ impl ContainerBackend for Fake {
     fn delete(&self, _c: &ContainerRef<'_>) -> Result<(), BackendError> {
         self.note("delete");
         Ok(())
+    }
+    fn pause(&self, _c: &ContainerRef<'_>) -> Result<(), BackendError> {
+        self.note("pause");
+        *self.frozen.lock().unwrap() = *self.status.lock().unwrap();
+        self.set(BackendStatus::Paused);
+        Ok(())
+    }
+    fn resume(&self, _c: &ContainerRef<'_>) -> Result<(), BackendError> {
+        self.note("resume");
+        self.set(*self.frozen.lock().unwrap());
+        Ok(())
+    }
+    fn checkpoint(
+        &self,
+        _c: &ContainerRef<'_>,
+        image: &Path,
+        leave_running: bool,
+    ) -> Result<(), BackendError> {
+        self.note(&format!("checkpoint {} {leave_running}", image.display()));
+        if !leave_running {
+            self.set(BackendStatus::Stopped(Some(137)));
+        }
+        Ok(())
+    }
+    fn restore(
+        &self,
+        _c: &ContainerRef<'_>,
+        _o: &CreateOptions,
+        image: &Path,
+    ) -> Result<i32, BackendError> {
+        self.note(&format!("restore {}", image.display()));
+        self.set(BackendStatus::Running);
+        Ok(std::process::id() as i32)
     }
 }
 
@@ -232,7 +268,7 @@ fn create_start_kill_delete_transitions_and_state() {
     let err = e.rt.kill("c1", 15, false).unwrap_err();
     assert!(
         err.to_string()
-            .contains("kill needs a created or running container"),
+            .contains("kill needs a created, running or paused container"),
         "{err}"
     );
     assert!(matches!(
@@ -514,4 +550,73 @@ fn exec_process_merges_env_cwd_and_tty() {
     assert_eq!(p.env().as_deref().unwrap(), &["A=1", "B=3", "C=4"]);
     assert_eq!(p.cwd(), Path::new("/tmp"));
     assert_eq!(p.terminal(), Some(false));
+}
+
+#[test]
+fn pause_resume_checkpoint_and_restore_follow_runc() {
+    let e = env_all_hooks(None);
+    e.rt.create("c1", &e.req()).unwrap();
+    // A created container can be paused; a paused one cannot start, but can be killed.
+    e.rt.pause("c1").unwrap();
+    assert_eq!(e.rt.state("c1").unwrap().status, ContainerState::Paused);
+    assert_eq!(
+        serde_json::to_value(e.rt.state("c1").unwrap()).unwrap()["status"],
+        "paused"
+    );
+    assert!(matches!(
+        e.rt.start("c1"),
+        Err(LifecycleError::WrongState { .. })
+    ));
+    let err = e.rt.pause("c1").unwrap_err().to_string();
+    assert!(
+        err.contains("pause needs a created or running container"),
+        "{err}"
+    );
+    e.rt.resume("c1").unwrap();
+    let err = e.rt.resume("c1").unwrap_err().to_string();
+    assert!(err.contains("resume needs a paused container"), "{err}");
+    e.rt.start("c1").unwrap();
+
+    // Checkpoint with --leave-running keeps the container; without, it is gone (runc).
+    let image = e.bundle.join("ckpt");
+    let req = CheckpointRequest {
+        image_path: image.clone(),
+        leave_running: true,
+    };
+    e.rt.checkpoint("c1", &req).unwrap();
+    assert_eq!(e.rt.state("c1").unwrap().status, ContainerState::Running);
+    let req = CheckpointRequest {
+        leave_running: false,
+        ..req
+    };
+    e.rt.checkpoint("c1", &req).unwrap();
+    assert!(matches!(
+        e.rt.state("c1"),
+        Err(LifecycleError::State(StateError::NotFound(_)))
+    ));
+    let err = e.rt.checkpoint("c1", &req).unwrap_err();
+    assert!(
+        matches!(err, LifecycleError::State(StateError::NotFound(_))),
+        "{err}"
+    );
+
+    // Restore brings it back, running, under the same id; detached it returns at once.
+    let status = e.rt.restore("c1", &e.req(), &image).unwrap();
+    assert_eq!(status, 0);
+    assert_eq!(e.rt.state("c1").unwrap().status, ContainerState::Running);
+    let err = e.rt.restore("c1", &e.req(), &image).unwrap_err();
+    assert!(err.to_string().contains("exists"), "{err}");
+    let log = e.log();
+    let expect: [String; 7] = [
+        "backend pause".to_string(),
+        "backend resume".into(),
+        format!("backend checkpoint {} true", image.display()),
+        format!("backend checkpoint {} false", image.display()),
+        "backend delete".into(),
+        "hook poststop stopped".into(),
+        format!("backend restore {}", image.display()),
+    ];
+    for want in &expect {
+        assert!(log.contains(want), "{want} not in {log:?}");
+    }
 }

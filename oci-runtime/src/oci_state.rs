@@ -1,7 +1,7 @@
 //! The OCI state JSON: what `state` and `list` print, and what hooks read on stdin.
 
 use crate::state::ContainerRecord;
-use oci_spec::runtime::ContainerState;
+use crate::state::ContainerState;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

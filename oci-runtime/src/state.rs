@@ -7,7 +7,6 @@
 //! lock, which the atomic rename makes safe. `create` makes the directory with `mkdir`, which
 //! fails if the id is taken.
 
-use oci_spec::runtime::ContainerState;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -21,6 +20,35 @@ pub const STATE_FILE: &str = "state.json";
 pub const SPEC_FILE: &str = "config.json";
 /// The file commands lock.
 pub const LOCK_FILE: &str = "lock";
+
+/// A container's status: the OCI runtime spec's, plus runc's `paused`.
+#[derive(Clone, Copy, Debug, Default, Eq, Hash, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    /// Being created.
+    Creating,
+    /// Created; its program waits for `start`.
+    Created,
+    /// Its program runs.
+    Running,
+    /// Created or running, and frozen.
+    Paused,
+    /// Its program has ended.
+    #[default]
+    Stopped,
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ContainerState::Creating => "creating",
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Paused => "paused",
+            ContainerState::Stopped => "stopped",
+        })
+    }
+}
 
 /// Errors of the state directory.
 #[derive(Debug, thiserror::Error)]

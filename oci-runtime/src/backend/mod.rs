@@ -135,6 +135,8 @@ pub enum BackendStatus {
     Created,
     /// The user program runs.
     Running,
+    /// Created or running, and frozen (`pause`).
+    Paused,
     /// The user program ended (exit status, as a shell reports it, when known).
     Stopped(Option<i32>),
 }
@@ -190,6 +192,40 @@ pub trait ContainerBackend: Send + Sync {
     /// Releases what the backend holds for a stopped container (the lifecycle then removes
     /// the container directory).
     fn delete(&self, c: &ContainerRef<'_>) -> Result<(), BackendError>;
+    /// Freezes every process of the container.
+    fn pause(&self, _c: &ContainerRef<'_>) -> Result<(), BackendError> {
+        Err(self.unsupported("pause"))
+    }
+    /// Thaws a paused container.
+    fn resume(&self, _c: &ContainerRef<'_>) -> Result<(), BackendError> {
+        Err(self.unsupported("resume"))
+    }
+    /// Saves the running container into `image` (then stops it unless `leave_running`).
+    fn checkpoint(
+        &self,
+        _c: &ContainerRef<'_>,
+        _image: &Path,
+        _leave_running: bool,
+    ) -> Result<(), BackendError> {
+        Err(self.unsupported("checkpoint"))
+    }
+    /// Like [`Self::create`], but brings the container back from the checkpoint in `image`
+    /// (running again if it was running); returns the pid that represents it.
+    fn restore(
+        &self,
+        _c: &ContainerRef<'_>,
+        _opts: &CreateOptions,
+        _image: &Path,
+    ) -> Result<i32, BackendError> {
+        Err(self.unsupported("restore"))
+    }
+    /// The error of an operation this backend does not offer.
+    fn unsupported(&self, op: &str) -> BackendError {
+        BackendError::Unsupported(format!(
+            "{op} is not supported by the {} backend",
+            self.name()
+        ))
+    }
 }
 
 /// The shell's view of a wait status: the exit code, or 128 + the signal number.

@@ -10,6 +10,7 @@ use crate::sandbox::{
     self, GuestArtifacts, SandboxClient, SandboxConfig, SandboxError, SandboxStatus,
 };
 use std::ffi::OsString;
+use std::path::Path;
 use std::time::Duration;
 
 /// How long `delete` waits for a stopped container's sandbox process to finish shutting the
@@ -53,10 +54,55 @@ impl ContainerBackend for VmBackend {
             console_socket: opts.console_socket.clone(),
             artifacts,
             launcher: self.launcher.clone(),
+            restore_from: None,
         };
         let pid = sandbox::create(&cfg).map_err(err)?;
         i32::try_from(pid)
             .map_err(|_| BackendError::Sandbox(format!("sandbox pid {pid} out of range")))
+    }
+
+    fn restore(
+        &self,
+        c: &ContainerRef<'_>,
+        opts: &CreateOptions,
+        image: &Path,
+    ) -> Result<i32, BackendError> {
+        sandbox::CheckpointManifest::read(image).map_err(err)?;
+        let artifacts = GuestArtifacts::locate().map_err(err)?;
+        let image = std::path::absolute(image)
+            .map_err(BackendError::io(format!("resolve {}", image.display())))?;
+        let cfg = SandboxConfig {
+            id: c.id.to_string(),
+            bundle: c.bundle.to_path_buf(),
+            spec: c.spec.clone(),
+            container_dir: c.dir.to_path_buf(),
+            console_socket: opts.console_socket.clone(),
+            artifacts,
+            launcher: self.launcher.clone(),
+            restore_from: Some(image),
+        };
+        let pid = sandbox::create(&cfg).map_err(err)?;
+        i32::try_from(pid)
+            .map_err(|_| BackendError::Sandbox(format!("sandbox pid {pid} out of range")))
+    }
+
+    fn pause(&self, c: &ContainerRef<'_>) -> Result<(), BackendError> {
+        client(c)?.pause().map_err(err)
+    }
+
+    fn resume(&self, c: &ContainerRef<'_>) -> Result<(), BackendError> {
+        client(c)?.resume().map_err(err)
+    }
+
+    fn checkpoint(
+        &self,
+        c: &ContainerRef<'_>,
+        image: &Path,
+        leave_running: bool,
+    ) -> Result<(), BackendError> {
+        let image = std::path::absolute(image)
+            .map_err(BackendError::io(format!("resolve {}", image.display())))?;
+        client(c)?.checkpoint(&image, leave_running).map_err(err)
     }
 
     fn start(&self, c: &ContainerRef<'_>) -> Result<(), BackendError> {
@@ -84,6 +130,7 @@ impl ContainerBackend for VmBackend {
         match SandboxClient::connect(c.dir).and_then(|mut cl| cl.status()) {
             Ok(SandboxStatus::Created) => Ok(BackendStatus::Created),
             Ok(SandboxStatus::Running) => Ok(BackendStatus::Running),
+            Ok(SandboxStatus::Paused) => Ok(BackendStatus::Paused),
             Ok(SandboxStatus::Stopped { exit }) => Ok(BackendStatus::Stopped(Some(exit))),
             Err(e) => match sandbox::recorded_exit(c.dir) {
                 Some(exit) => Ok(BackendStatus::Stopped(Some(exit))),

@@ -1,0 +1,172 @@
+//! `pause`, `resume`, `checkpoint` and `restore`.
+
+use super::{LifecycleError, Loaded, Runtime};
+use crate::backend::CreateOptions;
+use crate::bundle::Bundle;
+use crate::hooks::{run_hooks_warn, HookKind};
+use crate::host::{rfc3339, write_pid_file, ProcStat};
+use crate::oci_state::hook_state;
+use crate::state::ContainerState;
+use crate::state::{ContainerRecord, SPEC_FILE};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// What `checkpoint` takes.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointRequest {
+    /// Where the checkpoint goes (made if missing).
+    pub image_path: PathBuf,
+    /// Keep the container running afterwards (else it is stopped and destroyed).
+    pub leave_running: bool,
+}
+
+impl Runtime {
+    fn change_state(
+        &self,
+        id: &str,
+        op: &'static str,
+        accepted: &[ContainerState],
+        needed: &'static str,
+    ) -> Result<
+        (
+            crate::state::ContainerLock,
+            Loaded,
+            std::sync::Arc<dyn crate::backend::ContainerBackend>,
+        ),
+        LifecycleError,
+    > {
+        let (lock, c, backend) = self.lock_loaded(id)?;
+        let status = self.live_status(&c, backend.as_ref());
+        if !accepted.contains(&status) {
+            return Err(LifecycleError::WrongState {
+                id: id.into(),
+                status,
+                op,
+                needed,
+            });
+        }
+        Ok((lock, c, backend))
+    }
+
+    /// `pause`: freezes a created or running container (its whole VM).
+    pub fn pause(&self, id: &str) -> Result<(), LifecycleError> {
+        let (_lock, c, backend) = self.change_state(
+            id,
+            "pause",
+            &[ContainerState::Created, ContainerState::Running],
+            "created or running",
+        )?;
+        Ok(backend.pause(&c.cref())?)
+    }
+
+    /// `resume`: thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<(), LifecycleError> {
+        let (_lock, c, backend) =
+            self.change_state(id, "resume", &[ContainerState::Paused], "paused")?;
+        Ok(backend.resume(&c.cref())?)
+    }
+
+    /// `checkpoint`: saves a running (or paused) container into `req.image_path`; unless
+    /// `req.leave_running`, the container is then stopped and destroyed, as runc does.
+    pub fn checkpoint(&self, id: &str, req: &CheckpointRequest) -> Result<(), LifecycleError> {
+        let (lock, c, backend) = self.change_state(
+            id,
+            "checkpoint",
+            &[ContainerState::Running, ContainerState::Paused],
+            "running or paused",
+        )?;
+        backend.checkpoint(&c.cref(), &req.image_path, req.leave_running)?;
+        if req.leave_running {
+            return Ok(());
+        }
+        if let Err(e) = backend.delete(&c.cref()) {
+            tracing::warn!("{e}");
+        }
+        lock.remove()?;
+        run_hooks_warn(
+            c.spec.hooks().as_ref(),
+            HookKind::Poststop,
+            &hook_state(&c.rec, ContainerState::Stopped),
+        );
+        Ok(())
+    }
+
+    /// `restore`: makes container `id` from the bundle in `req` and the checkpoint in
+    /// `image`, running again as it was; then, unless `req.detached`, waits for it, deletes
+    /// it and returns its exit status (as `run` does).
+    pub fn restore(
+        &self,
+        id: &str,
+        req: &super::CreateRequest,
+        image: &Path,
+    ) -> Result<i32, LifecycleError> {
+        crate::state::validate_id(id)?;
+        let _forward = (!req.detached).then(crate::forward::install);
+        let bundle = Bundle::load(&req.bundle)?;
+        let backend = self.backend_of(None)?;
+        let lock = self.store.create(id)?;
+        let spec_json =
+            serde_json::to_vec_pretty(&bundle.spec).map_err(|e| LifecycleError::SavedSpec {
+                id: id.to_string(),
+                reason: e.to_string(),
+            })?;
+        let rec = ContainerRecord {
+            id: id.to_string(),
+            status: ContainerState::Creating,
+            pid: None,
+            pid_start_time: None,
+            bundle: bundle.path.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: rfc3339(SystemTime::now()),
+            annotations: bundle
+                .spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            backend: backend.name().to_string(),
+            exit_status: None,
+            // SAFETY: getuid(2) cannot fail.
+            owner_uid: unsafe { libc::getuid() },
+        };
+        let mut c = Loaded {
+            rec,
+            spec: bundle.spec,
+            dir: lock.dir().to_path_buf(),
+        };
+        let setup = lock
+            .write_file(SPEC_FILE, &spec_json)
+            .and_then(|()| lock.save(&c.rec));
+        if let Err(e) = setup {
+            let _ = lock.remove();
+            return Err(e.into());
+        }
+        let opts = CreateOptions {
+            console_socket: req.console_socket.clone(),
+        };
+        let pid = match backend.restore(&c.cref(), &opts, image) {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = backend.delete(&c.cref());
+                let _ = lock.remove();
+                return Err(e.into());
+            }
+        };
+        c.rec.pid = Some(pid);
+        c.rec.pid_start_time = ProcStat::read(pid).map(|s| s.start_time);
+        c.rec.status = ContainerState::Running;
+        lock.save(&c.rec)?;
+        if let Some(path) = &req.pid_file {
+            write_pid_file(path, pid).map_err(|source| LifecycleError::PidFile {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        drop(lock);
+        if req.detached {
+            return Ok(0);
+        }
+        self.wait_and_delete(id)
+    }
+}
