@@ -2,6 +2,7 @@
 
 mod api;
 mod container_log;
+mod container_vm;
 mod kernel;
 mod restore;
 mod run;

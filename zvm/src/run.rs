@@ -426,6 +426,7 @@ fn run_with(
         irqchip: true,
     };
     let built = match &log {
+        Some(log) if container.is_some() => crate::container_vm::start(&resources, opts, log),
         Some(log) => {
             vmm::builder::build_microvm_with_console(&resources, opts, log.console_sink(), false)
         }

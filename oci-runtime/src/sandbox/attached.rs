@@ -108,6 +108,9 @@ pub fn run_attached(
     vmm::seccomp::install(vmm::seccomp::ThreadKind::Relay, run.seccomp)
         .map_err(|e| SandboxError::Sandbox(e.to_string()))?;
     let terminal = crate::bundle::wants_terminal(&run.spec);
+    // A VM restored from a template starts with the template's entropy, clock and name.
+    let hostname = run.spec.hostname().clone().filter(|h| !h.is_empty());
+    agent.refresh(hostname.as_deref(), CREATE_TIMEOUT)?;
     agent.create_container(run.spec, &run.rootfs_device, terminal, CREATE_TIMEOUT)?;
     if let Err(e) = agent.request_done(RequestBody::Start, CREATE_TIMEOUT) {
         let _ = agent.request_done(RequestBody::Shutdown, Duration::from_secs(10));
@@ -287,7 +290,7 @@ mod tests {
         let agent = fake_agent(&uds, Script::RunsAndExits);
         assert_eq!(run(&uds).unwrap(), ExitStatus::exited(3));
         let seen = agent.join().unwrap();
-        assert_eq!(&seen[..2], ["Create", "Start"]);
+        assert_eq!(&seen[..3], ["Refresh", "Create", "Start"]);
         assert_eq!(seen.last(), Some(&"Shutdown"));
     }
 
@@ -301,7 +304,7 @@ mod tests {
             err,
             "the guest agent refused Create: no such file: /bin/app"
         );
-        assert_eq!(agent.join().unwrap(), ["Create", "Shutdown"]);
+        assert_eq!(agent.join().unwrap(), ["Refresh", "Create", "Shutdown"]);
     }
 
     #[test]
@@ -311,6 +314,6 @@ mod tests {
         let agent = fake_agent(&uds, Script::DiesAfterStart);
         let err = run(&uds).unwrap_err().to_string();
         assert!(err.contains("connection was lost"), "{err}");
-        assert_eq!(agent.join().unwrap(), ["Create", "Start"]);
+        assert_eq!(agent.join().unwrap(), ["Refresh", "Create", "Start"]);
     }
 }

@@ -31,13 +31,22 @@ pub(crate) struct Shared {
     pub checkpointed: AtomicBool,
     /// The container's id.
     pub id: String,
+    /// What exec stream ids start with: the sandbox's pid, so that the streams of a
+    /// container restored from a checkpoint (whose agent remembers the ids it saw) differ.
+    exec_prefix: String,
 }
 
 impl Shared {
     /// State for a container just created in the guest, without a VM (tests).
     #[cfg(test)]
     pub(crate) fn new(agent: Arc<AgentConn>) -> Arc<Shared> {
-        Shared::with_vm(agent, None, SandboxStatus::Created, String::new())
+        Shared::make(
+            agent,
+            None,
+            SandboxStatus::Created,
+            String::new(),
+            "exec".into(),
+        )
     }
 
     /// State for a container in `phase` whose VM `vm` controls.
@@ -47,6 +56,17 @@ impl Shared {
         phase: SandboxStatus,
         id: String,
     ) -> Arc<Shared> {
+        let exec_prefix = format!("exec-{}", std::process::id());
+        Shared::make(agent, vm, phase, id, exec_prefix)
+    }
+
+    fn make(
+        agent: Arc<AgentConn>,
+        vm: Option<VmControl>,
+        phase: SandboxStatus,
+        id: String,
+        exec_prefix: String,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             agent,
             phase: Mutex::new(phase),
@@ -54,6 +74,7 @@ impl Shared {
             vm,
             checkpointed: AtomicBool::new(false),
             id,
+            exec_prefix,
         })
     }
 
@@ -255,7 +276,11 @@ fn run_exec(mut stream: UnixStream, shared: &Shared, process: Process) {
         );
         return;
     }
-    let exec_id = format!("exec-{}", shared.next_exec.fetch_add(1, Ordering::Relaxed));
+    let exec_id = format!(
+        "{}-{}",
+        shared.exec_prefix,
+        shared.next_exec.fetch_add(1, Ordering::Relaxed)
+    );
     let agent = shared.agent.clone();
     let events = agent.subscribe(&exec_id);
     let started = agent.request(

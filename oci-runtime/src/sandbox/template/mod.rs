@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 use vmm::builder::BuildOptions;
 use vmm::devices::serial::ConsoleSink;
 use vmm::snapshot::{RestoreOverrides, RestoreParams, SnapshotError};
-use vmm::RunningVm;
+use vmm::{RunningVm, VmResources};
 
 /// `off` turns templates off (every container VM boots its kernel).
 pub const TEMPLATES_ENV: &str = "ZVM_TEMPLATES";
@@ -146,7 +146,58 @@ pub struct ContainerVm<'a> {
     pub vsock: &'a Path,
 }
 
-impl ContainerVm<'_> {
+impl<'a> ContainerVm<'a> {
+    /// The container VM `resources` describe, if it is exactly the VM a template of its size
+    /// is made for (the agent's disk and the container's as the only drives, vsock, entropy,
+    /// no network, the container command line, the default CPU template); else why not.
+    /// Paths, console and seccomp may differ: they are the clone's own.
+    pub fn from_resources(
+        resources: &'a VmResources,
+        artifacts: &'a GuestArtifacts,
+    ) -> Result<ContainerVm<'a>, String> {
+        let mc = &resources.machine_config;
+        let size = VmSize {
+            vcpus: mc.vcpu_count,
+            memory_mib: mc.mem_size_mib,
+        };
+        let [agent, rootfs] = resources.drives.as_slice() else {
+            return Err(format!(
+                "{} disks (a template has the agent's and the container's)",
+                resources.drives.len()
+            ));
+        };
+        let vsock = resources
+            .vsock
+            .as_ref()
+            .ok_or_else(|| "no vsock device".to_string())?;
+        let files = super::VmFiles {
+            kernel: &artifacts.kernel,
+            agent_image: &agent.path_on_host,
+            rootfs_image: &rootfs.path_on_host,
+            console_log: Path::new(""),
+            vsock: &vsock.uds_path,
+        };
+        let mut expected = super::vmconfig::vm_resources(size, files, false);
+        expected.console = resources.console.clone();
+        expected.console_timestamps = resources.console_timestamps;
+        expected.seccomp = resources.seccomp;
+        if resources.boot_source.kernel_image_path != artifacts.kernel {
+            return Err("another kernel".into());
+        }
+        if !resources.net.is_empty() {
+            return Err("network interfaces (a template has none)".into());
+        }
+        if resources != &expected {
+            return Err("a different VM (command line, devices or CPU template)".into());
+        }
+        Ok(ContainerVm {
+            artifacts,
+            size,
+            rootfs_image: &rootfs.path_on_host,
+            vsock: &vsock.uds_path,
+        })
+    }
+
     /// The template key of this VM.
     pub fn key(&self) -> Result<TemplateKey, TemplateError> {
         let boot_args = super::vmconfig::container_boot_args();
@@ -321,4 +372,67 @@ fn restore_clone(
         seccomp: true,
     };
     vmm::snapshot::restore_microvm(&params, BuildOptions::default(), console, false)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::sandbox::vmconfig::{vm_resources, VmFiles};
+
+    #[test]
+    fn only_the_vm_a_template_is_made_for_fits_one() {
+        let artifacts = GuestArtifacts {
+            kernel: "/k/vmlinux".into(),
+            agent: "/k/agent".into(),
+        };
+        let size = VmSize {
+            vcpus: 2,
+            memory_mib: 512,
+        };
+        let files = VmFiles {
+            kernel: &artifacts.kernel,
+            agent_image: Path::new("/w/agent.ext4"),
+            rootfs_image: Path::new("/w/rootfs.ext4"),
+            console_log: Path::new("/w/console.log"),
+            vsock: Path::new("/w/vsock.sock"),
+        };
+        let mut resources = vm_resources(size, files, false);
+        resources.console = vmm::ConsoleConfig::Off;
+        let vm = ContainerVm::from_resources(&resources, &artifacts).unwrap();
+        assert_eq!(vm.size, size);
+        assert_eq!(vm.rootfs_image, Path::new("/w/rootfs.ext4"));
+        assert_eq!(vm.vsock, Path::new("/w/vsock.sock"));
+
+        let misfit = |change: &dyn Fn(&mut VmResources), why: &str| {
+            let mut r = resources.clone();
+            change(&mut r);
+            let err = ContainerVm::from_resources(&r, &artifacts).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        };
+        misfit(&|r| r.drives.truncate(1), "1 disks");
+        misfit(&|r| r.vsock = None, "no vsock");
+        misfit(
+            &|r| r.boot_source.kernel_image_path = "/other".into(),
+            "another kernel",
+        );
+        misfit(
+            &|r| r.boot_source.boot_args = Some("console=ttyS0 ip=dhcp".into()),
+            "command line",
+        );
+        misfit(&|r| r.entropy = None, "different VM");
+        misfit(&|r| r.drives[1].is_read_only = true, "different VM");
+        misfit(
+            &|r| {
+                r.net.push(vmm::resources::NetConfig {
+                    iface_id: "eth0".into(),
+                    host_dev_name: "tap0".into(),
+                    guest_mac: None,
+                    rx_rate_limiter: None,
+                    tx_rate_limiter: None,
+                })
+            },
+            "network",
+        );
+    }
 }

@@ -1,0 +1,51 @@
+//! A container flist's VM: restored from a template when templates are on and the VM is
+//! the shape one is made for (no network, no extra disks, the container command line),
+//! booted otherwise.
+
+use crate::container_log::ContainerLog;
+use oci_runtime::sandbox::template::{start_from_template, ContainerVm, TemplateSettings};
+use oci_runtime::sandbox::GuestArtifacts;
+use vmm::builder::BuildOptions;
+use vmm::{RunningVm, VmResources};
+
+/// Starts the VM `resources` describe for a container flist, its console going to `log`.
+pub fn start(
+    resources: &VmResources,
+    opts: BuildOptions,
+    log: &ContainerLog,
+) -> Result<RunningVm, vmm::BuildError> {
+    let settings = TemplateSettings::from_env();
+    if settings.enabled {
+        match from_template(resources, &settings, log) {
+            Ok(vm) => return Ok(vm),
+            Err(why) => tracing::info!("booting the kernel: {why}"),
+        }
+    } else {
+        tracing::info!("templates are off; booting the kernel");
+    }
+    vmm::builder::build_microvm_with_console(resources, opts, log.console_sink(), false)
+}
+
+fn from_template(
+    resources: &VmResources,
+    settings: &TemplateSettings,
+    log: &ContainerLog,
+) -> Result<RunningVm, String> {
+    let artifacts = GuestArtifacts {
+        kernel: resources.boot_source.kernel_image_path.clone(),
+        agent: GuestArtifacts::locate_agent().map_err(|e| e.to_string())?,
+    };
+    let vm = ContainerVm::from_resources(resources, &artifacts)
+        .map_err(|why| format!("no template fits this VM: {why}"))?;
+    let started = start_from_template(&settings.cache(), &vm, &|| Ok(log.console_sink()))
+        .map_err(|e| format!("no template: {e}"))?;
+    if let Some(took) = started.built_in {
+        tracing::info!(
+            "made template {} in {:.1} s",
+            started.template,
+            took.as_secs_f64()
+        );
+    }
+    tracing::info!("VM restored from template {}", started.template);
+    Ok(started.vm)
+}
