@@ -13,6 +13,10 @@ echo "zvm: guest init: $(bash guest/build.sh)" >&2
 # The boot tests drive the zvm binary itself, and install it with zvm-runc (`zvm setup`).
 cargo build -p zvm -p oci-runtime --bins 2>&1
 cargo test --workspace --exclude zvm-integration-tests --no-fail-fast 2>&1
+# Container VMs restore one template per VM shape made once for this run (the first test
+# that needs it boots it); zvm-runc's installed-copy test and the node image boot their own.
+export ZVM_TEMPLATE_DIR="${ZVM_TEMPLATE_DIR:-$PWD/target/test-templates}"
+rm -rf "$ZVM_TEMPLATE_DIR"
 # Linux guests boot one at a time: on hosts where guest kernel code is emulated (KVM PVM),
 # guests sharing the two cores starve each other's vCPUs, and boots stall (seen at
 # secondary CPU bring-up and after "NET: Registered PF_NETLINK"). cargo-nextest, when

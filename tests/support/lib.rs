@@ -644,3 +644,22 @@ pub fn vsock_request(
         uds.display()
     ))
 }
+
+/// The template cache this test run's container VMs share (`ZVM_TEMPLATE_DIR`): one
+/// template per VM shape, made by the first test that needs it.
+pub fn template_dir() -> PathBuf {
+    repo_root().join("target/test-templates")
+}
+
+/// `zvm-runc --root <root>` of this build, finding the project's kernel and agent, with the
+/// test run's template cache.
+pub fn zvm_runc(root: &Path) -> Command {
+    let mut command = Command::new(zvm_binary().with_file_name("zvm-runc"));
+    command
+        .arg("--root")
+        .arg(root)
+        .env("ZVM_KERNEL", guest_kernel())
+        .env("ZVM_OCI_AGENT", oci_agent())
+        .env("ZVM_TEMPLATE_DIR", template_dir());
+    command
+}
