@@ -309,7 +309,8 @@ mod tests {
     fn key(dir: &Path, vcpus: u8) -> TemplateKey {
         let f = dir.join("file");
         std::fs::write(&f, b"x").unwrap();
-        TemplateKey::new(&f, &f, vcpus, 256, "").unwrap()
+        let digests = super::super::key::Digests::in_dir(None);
+        TemplateKey::new(&digests, &f, &f, vcpus, 256, "").unwrap()
     }
 
     fn build(cache: &TemplateCache, key: &TemplateKey) -> TemplateFiles {

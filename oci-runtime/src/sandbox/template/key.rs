@@ -8,9 +8,9 @@ use std::path::Path;
 /// The inputs a template depends on; two VMs with equal keys boot into the same state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateKey {
-    /// The guest kernel: path, size, modification time and inode.
+    /// The guest kernel's SHA-256.
     pub kernel: String,
-    /// The static guest agent: path, size, modification time and inode.
+    /// The static guest agent's SHA-256.
     pub agent: String,
     /// vCPUs.
     pub vcpus: u8,
@@ -36,10 +36,73 @@ pub(crate) fn file_stamp(path: &Path) -> std::io::Result<String> {
     ))
 }
 
+/// Content digests of files, remembered by [`file_stamp`] in `<dir>/digests.json` so that
+/// a file is read again only when it changed (a copy of the same kernel or agent, with a
+/// new modification time, gives the same digest and so the same template).
+#[derive(Debug, Clone)]
+pub struct Digests {
+    path: Option<std::path::PathBuf>,
+}
+
+/// Digests remembered at most (the oldest entries go first).
+const DIGESTS_KEPT: usize = 64;
+
+impl Digests {
+    /// Digests remembered in `dir` (nothing remembered with None).
+    pub fn in_dir(dir: Option<&Path>) -> Digests {
+        Digests {
+            path: dir.map(|d| d.join("digests.json")),
+        }
+    }
+
+    fn load(&self) -> Vec<(String, String)> {
+        self.path
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|t| serde_json::from_slice(&t).ok())
+            .unwrap_or_default()
+    }
+
+    /// The SHA-256 of `path`'s content, in hex.
+    pub fn digest(&self, path: &Path) -> std::io::Result<String> {
+        let stamp = file_stamp(path)?;
+        let mut known = self.load();
+        if let Some((_, digest)) = known.iter().find(|(s, _)| *s == stamp) {
+            return Ok(digest.clone());
+        }
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher)?;
+        let digest: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Some(p) = &self.path {
+            known.push((stamp, digest.clone()));
+            let excess = known.len().saturating_sub(DIGESTS_KEPT);
+            known.drain(..excess);
+            // Written whole and renamed: a reader never sees half a file; a lost update
+            // only costs reading the file again.
+            let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            if let Ok(json) = serde_json::to_vec(&known) {
+                if std::fs::write(&tmp, json).is_ok() && std::fs::rename(&tmp, p).is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            }
+        }
+        Ok(digest)
+    }
+}
+
 impl TemplateKey {
     /// The key of a container VM of `vcpus` and `memory_mib` booting `kernel` with the
-    /// agent `agent` and command line `boot_args`.
+    /// agent `agent` and command line `boot_args` (file digests through `digests`).
     pub fn new(
+        digests: &Digests,
         kernel: &Path,
         agent: &Path,
         vcpus: u8,
@@ -47,8 +110,8 @@ impl TemplateKey {
         boot_args: &str,
     ) -> std::io::Result<TemplateKey> {
         Ok(TemplateKey {
-            kernel: file_stamp(kernel)?,
-            agent: file_stamp(agent)?,
+            kernel: digests.digest(kernel)?,
+            agent: digests.digest(agent)?,
             vcpus,
             memory_mib,
             boot_args: boot_args.to_string(),
@@ -81,20 +144,36 @@ mod tests {
         let (k, a) = (dir.path().join("vmlinux"), dir.path().join("agent"));
         std::fs::write(&k, b"kernel").unwrap();
         std::fs::write(&a, b"agent").unwrap();
-        let base = TemplateKey::new(&k, &a, 1, 256, "console=ttyS0").unwrap();
+        let digests = Digests::in_dir(Some(&dir.path().join("cache")));
+        let key = |k: &Path, a: &Path, vcpus, mem, args| {
+            TemplateKey::new(&digests, k, a, vcpus, mem, args)
+        };
+        let base = key(&k, &a, 1, 256, "console=ttyS0").unwrap();
         assert!(base.id().starts_with("1cpu-256mib-"), "{}", base.id());
         assert_eq!(
             base.id(),
-            TemplateKey::new(&k, &a, 1, 256, "console=ttyS0")
-                .unwrap()
-                .id()
+            key(&k, &a, 1, 256, "console=ttyS0").unwrap().id()
         );
-        let other = |key: TemplateKey| assert_ne!(key.id(), base.id());
-        other(TemplateKey::new(&k, &a, 2, 256, "console=ttyS0").unwrap());
-        other(TemplateKey::new(&k, &a, 1, 512, "console=ttyS0").unwrap());
-        other(TemplateKey::new(&k, &a, 1, 256, "quiet").unwrap());
+        // A copy of the same files (new path, new time) is the same template.
+        let (k2, a2) = (dir.path().join("vmlinux2"), dir.path().join("agent2"));
+        std::fs::copy(&k, &k2).unwrap();
+        std::fs::copy(&a, &a2).unwrap();
+        assert_eq!(
+            base.id(),
+            key(&k2, &a2, 1, 256, "console=ttyS0").unwrap().id()
+        );
+        assert!(dir.path().join("cache/digests.json").is_file());
+        let other = |changed: TemplateKey| assert_ne!(changed.id(), base.id());
+        other(key(&k, &a, 2, 256, "console=ttyS0").unwrap());
+        other(key(&k, &a, 1, 512, "console=ttyS0").unwrap());
+        other(key(&k, &a, 1, 256, "quiet").unwrap());
         std::fs::write(&a, b"a new agent").unwrap();
-        other(TemplateKey::new(&k, &a, 1, 256, "console=ttyS0").unwrap());
-        assert!(TemplateKey::new(&dir.path().join("none"), &a, 1, 256, "").is_err());
+        other(key(&k, &a, 1, 256, "console=ttyS0").unwrap());
+        std::fs::write(&k2, b"another kernel").unwrap();
+        other(key(&k2, &a2, 1, 256, "console=ttyS0").unwrap());
+        assert!(key(&dir.path().join("none"), &a, 1, 256, "").is_err());
+        // Without a cache directory the digest is read every time, the same.
+        let uncached = Digests::in_dir(None);
+        assert_eq!(uncached.digest(&a2).unwrap(), digests.digest(&a2).unwrap());
     }
 }

@@ -19,7 +19,7 @@ mod cache;
 mod key;
 
 pub use cache::{Manifest, TemplateCache, TemplateFiles};
-pub use key::TemplateKey;
+pub use key::{Digests, TemplateKey};
 
 use super::agent::AgentError;
 use super::disk::ImageError;
@@ -198,10 +198,11 @@ impl<'a> ContainerVm<'a> {
         })
     }
 
-    /// The template key of this VM.
-    pub fn key(&self) -> Result<TemplateKey, TemplateError> {
+    /// The template key of this VM (file digests remembered in `cache`).
+    pub fn key(&self, cache: &TemplateCache) -> Result<TemplateKey, TemplateError> {
         let boot_args = super::vmconfig::container_boot_args();
         TemplateKey::new(
+            &Digests::in_dir(Some(cache.root())),
             &self.artifacts.kernel,
             &self.artifacts.agent,
             self.size.vcpus,
@@ -236,7 +237,7 @@ pub fn start_from_template(
     vm: &ContainerVm<'_>,
     console: &dyn Fn() -> std::io::Result<ConsoleSink>,
 ) -> Result<Started, TemplateError> {
-    let key = vm.key()?;
+    let key = vm.key(cache)?;
     let id = key.id();
     let mut built_in = None;
     loop {
@@ -328,7 +329,7 @@ pub fn prepare_template(
         rootfs_image: placeholder,
         vsock: placeholder,
     };
-    let key = vm.key()?;
+    let key = vm.key(cache)?;
     let id = key.id();
     {
         let _shared = cache.lock(&id, false, BUILD_WAIT)?;
