@@ -173,9 +173,11 @@ impl Container {
             .as_ref()
             .and_then(|r| r.readonly())
             .unwrap_or(false);
+        let start = std::time::Instant::now();
         // Plan first against a placeholder so bad specs fail before anything is mounted.
         plan_container(spec, Path::new(ROOTFS_MOUNT), terminal).map_err(|e| e.to_string())?;
         let (root, mounted) = mount_rootfs(&mut LinuxSys, rootfs, readonly, DISK_WAIT)?;
+        let mounted_at = start.elapsed();
         let undo_mount = |mounted: &Option<PathBuf>| {
             if let Some(m) = mounted {
                 let _ = LinuxSys.umount(m, libc::MNT_DETACH);
@@ -202,7 +204,14 @@ impl Container {
             }
         };
         let procs_file = cgroup_dir.as_ref().map(|d| d.join("cgroup.procs"));
-        match spawn_init(&plan, procs_file) {
+        let cgroup_at = start.elapsed();
+        let spawned = spawn_init(&plan, procs_file);
+        // Where a create's time goes (the guest's kernel work dominates on slow hosts).
+        tracing::info!(
+            "create: rootfs mounted after {mounted_at:?}, cgroup after {cgroup_at:?}, init parked after {:?}",
+            start.elapsed()
+        );
+        match spawned {
             Ok(parked) => Ok(Self {
                 init_pid: parked.spawned.pid,
                 plan,
