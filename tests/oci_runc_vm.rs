@@ -6,7 +6,8 @@
 //! The container's stdout and stderr alone reach the caller (the guest console stays in the
 //! container's console.log), the exit status is the container's, env/cwd/user/hostname and
 //! a read-only root take effect, and the createRuntime and poststop hooks run on the host
-//! with the OCI state on stdin. One boot.
+//! with the OCI state on stdin. One boot, with templates off: the suite's cold boot of a
+//! container VM.
 
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
@@ -79,6 +80,9 @@ fn installed_runc(prefix: &Path, root: &Path, cwd: &Path, home: &Path) -> Comman
             command.env_remove(key);
         }
     }
+    // The suite's one real cold boot of a container VM: the kernel boots for this
+    // container (the other container tests restore a template).
+    command.env("ZVM_TEMPLATES", "off");
     command
 }
 
