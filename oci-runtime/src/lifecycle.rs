@@ -235,44 +235,7 @@ impl Runtime {
             ));
         }
         let backend = self.backend_of(None)?;
-        let lock = self.store.create(id)?;
-        let spec_json =
-            serde_json::to_vec_pretty(&bundle.spec).map_err(|e| LifecycleError::SavedSpec {
-                id: id.to_string(),
-                reason: e.to_string(),
-            })?;
-        let rec = ContainerRecord {
-            id: id.to_string(),
-            status: ContainerState::Creating,
-            pid: None,
-            pid_start_time: None,
-            bundle: bundle.path.clone(),
-            rootfs: bundle.rootfs.clone(),
-            created: rfc3339(SystemTime::now()),
-            annotations: bundle
-                .spec
-                .annotations()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-            backend: backend.name().to_string(),
-            exit_status: None,
-            // SAFETY: getuid(2) cannot fail.
-            owner_uid: unsafe { libc::getuid() },
-        };
-        let mut c = Loaded {
-            rec,
-            spec: bundle.spec,
-            dir: lock.dir().to_path_buf(),
-        };
-        let setup = lock
-            .write_file(SPEC_FILE, &spec_json)
-            .and_then(|()| lock.save(&c.rec));
-        if let Err(e) = setup {
-            let _ = lock.remove();
-            return Err(e.into());
-        }
+        let (lock, mut c) = self.record_new(id, bundle, backend.name())?;
         let opts = CreateOptions {
             console_socket: req.console_socket.clone(),
         };
@@ -320,6 +283,55 @@ impl Runtime {
             return Err(e);
         }
         Ok(c.rec)
+    }
+
+    /// Makes the state of a new container `id` from `bundle` (status `creating`, its
+    /// config saved beside it); the lock holds it until the backend has made it.
+    fn record_new(
+        &self,
+        id: &str,
+        bundle: Bundle,
+        backend: &str,
+    ) -> Result<(ContainerLock, Loaded), LifecycleError> {
+        let lock = self.store.create(id)?;
+        let spec_json =
+            serde_json::to_vec_pretty(&bundle.spec).map_err(|e| LifecycleError::SavedSpec {
+                id: id.to_string(),
+                reason: e.to_string(),
+            })?;
+        let rec = ContainerRecord {
+            id: id.to_string(),
+            status: ContainerState::Creating,
+            pid: None,
+            pid_start_time: None,
+            bundle: bundle.path.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: rfc3339(SystemTime::now()),
+            annotations: bundle
+                .spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            backend: backend.to_string(),
+            exit_status: None,
+            // SAFETY: getuid(2) cannot fail.
+            owner_uid: unsafe { libc::getuid() },
+        };
+        let c = Loaded {
+            rec,
+            spec: bundle.spec,
+            dir: lock.dir().to_path_buf(),
+        };
+        let setup = lock
+            .write_file(SPEC_FILE, &spec_json)
+            .and_then(|()| lock.save(&c.rec));
+        if let Err(e) = setup {
+            let _ = lock.remove();
+            return Err(e.into());
+        }
+        Ok((lock, c))
     }
 
     /// Kills the container with SIGKILL and waits (up to [`KILL_WAIT`]) until it is stopped.

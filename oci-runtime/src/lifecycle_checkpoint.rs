@@ -4,12 +4,10 @@ use super::{LifecycleError, Loaded, Runtime};
 use crate::backend::CreateOptions;
 use crate::bundle::Bundle;
 use crate::hooks::{run_hooks_warn, HookKind};
-use crate::host::{rfc3339, write_pid_file, ProcStat};
+use crate::host::{write_pid_file, ProcStat};
 use crate::oci_state::hook_state;
 use crate::state::ContainerState;
-use crate::state::{ContainerRecord, SPEC_FILE};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 /// What `checkpoint` takes.
 #[derive(Debug, Clone, Default)]
@@ -104,44 +102,7 @@ impl Runtime {
         let _forward = (!req.detached).then(crate::forward::install);
         let bundle = Bundle::load(&req.bundle)?;
         let backend = self.backend_of(None)?;
-        let lock = self.store.create(id)?;
-        let spec_json =
-            serde_json::to_vec_pretty(&bundle.spec).map_err(|e| LifecycleError::SavedSpec {
-                id: id.to_string(),
-                reason: e.to_string(),
-            })?;
-        let rec = ContainerRecord {
-            id: id.to_string(),
-            status: ContainerState::Creating,
-            pid: None,
-            pid_start_time: None,
-            bundle: bundle.path.clone(),
-            rootfs: bundle.rootfs.clone(),
-            created: rfc3339(SystemTime::now()),
-            annotations: bundle
-                .spec
-                .annotations()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-            backend: backend.name().to_string(),
-            exit_status: None,
-            // SAFETY: getuid(2) cannot fail.
-            owner_uid: unsafe { libc::getuid() },
-        };
-        let mut c = Loaded {
-            rec,
-            spec: bundle.spec,
-            dir: lock.dir().to_path_buf(),
-        };
-        let setup = lock
-            .write_file(SPEC_FILE, &spec_json)
-            .and_then(|()| lock.save(&c.rec));
-        if let Err(e) = setup {
-            let _ = lock.remove();
-            return Err(e.into());
-        }
+        let (lock, mut c) = self.record_new(id, bundle, backend.name())?;
         let opts = CreateOptions {
             console_socket: req.console_socket.clone(),
         };

@@ -29,6 +29,30 @@ impl VmBackend {
     pub fn new(launcher: Vec<OsString>) -> VmBackend {
         VmBackend { launcher }
     }
+
+    /// Starts the container's sandbox process (restoring the checkpoint in `restore_from`
+    /// when given) and returns its pid once the container exists.
+    fn launch(
+        &self,
+        c: &ContainerRef<'_>,
+        opts: &CreateOptions,
+        restore_from: Option<std::path::PathBuf>,
+    ) -> Result<i32, BackendError> {
+        let artifacts = GuestArtifacts::locate().map_err(err)?;
+        let cfg = SandboxConfig {
+            id: c.id.to_string(),
+            bundle: c.bundle.to_path_buf(),
+            spec: c.spec.clone(),
+            container_dir: c.dir.to_path_buf(),
+            console_socket: opts.console_socket.clone(),
+            artifacts,
+            launcher: self.launcher.clone(),
+            restore_from,
+        };
+        let pid = sandbox::create(&cfg).map_err(err)?;
+        i32::try_from(pid)
+            .map_err(|_| BackendError::Sandbox(format!("sandbox pid {pid} out of range")))
+    }
 }
 
 fn err(e: SandboxError) -> BackendError {
@@ -45,20 +69,7 @@ impl ContainerBackend for VmBackend {
     }
 
     fn create(&self, c: &ContainerRef<'_>, opts: &CreateOptions) -> Result<i32, BackendError> {
-        let artifacts = GuestArtifacts::locate().map_err(err)?;
-        let cfg = SandboxConfig {
-            id: c.id.to_string(),
-            bundle: c.bundle.to_path_buf(),
-            spec: c.spec.clone(),
-            container_dir: c.dir.to_path_buf(),
-            console_socket: opts.console_socket.clone(),
-            artifacts,
-            launcher: self.launcher.clone(),
-            restore_from: None,
-        };
-        let pid = sandbox::create(&cfg).map_err(err)?;
-        i32::try_from(pid)
-            .map_err(|_| BackendError::Sandbox(format!("sandbox pid {pid} out of range")))
+        self.launch(c, opts, None)
     }
 
     fn restore(
@@ -68,22 +79,9 @@ impl ContainerBackend for VmBackend {
         image: &Path,
     ) -> Result<i32, BackendError> {
         sandbox::CheckpointManifest::read(image).map_err(err)?;
-        let artifacts = GuestArtifacts::locate().map_err(err)?;
         let image = std::path::absolute(image)
             .map_err(BackendError::io(format!("resolve {}", image.display())))?;
-        let cfg = SandboxConfig {
-            id: c.id.to_string(),
-            bundle: c.bundle.to_path_buf(),
-            spec: c.spec.clone(),
-            container_dir: c.dir.to_path_buf(),
-            console_socket: opts.console_socket.clone(),
-            artifacts,
-            launcher: self.launcher.clone(),
-            restore_from: Some(image),
-        };
-        let pid = sandbox::create(&cfg).map_err(err)?;
-        i32::try_from(pid)
-            .map_err(|_| BackendError::Sandbox(format!("sandbox pid {pid} out of range")))
+        self.launch(c, opts, Some(image))
     }
 
     fn pause(&self, c: &ContainerRef<'_>) -> Result<(), BackendError> {
