@@ -2,7 +2,8 @@
 //! `zvm-runc` (issue #13). The template is made once per test run (one boot, by the first
 //! test that needs it); every container here is a clone of it.
 //!
-//! - Two containers made from one template at the same time: each sees its own host name,
+//! - Two containers created at the same time with no template yet: one makes it while the
+//!   other waits (one template, whole), and both are clones: each sees its own host name,
 //!   its own disk and its own entropy, the clock is the host's, and each exits with its own
 //!   status; both were restored (the sandbox says so), none booted a kernel.
 //! - A container that counts in memory and in a file is checkpointed (and so destroyed),
@@ -123,9 +124,24 @@ echo written > /written
 exit $(cat /marker)
 "#;
 
+/// The template ids of the default container VM (1 vCPU, 256 MiB) in the test run's cache.
+fn default_templates() -> Vec<String> {
+    let out = Command::new(zvm_binary())
+        .args(["template", "list"])
+        .env("ZVM_TEMPLATE_DIR", template_dir())
+        .output()
+        .expect("zvm template list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("1cpu-256mib-"))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect()
+}
+
+// The tests run in name order (`a_`, `b_`): the first makes the run's template by a race,
+// the others restore it (each also works alone).
 #[test]
-fn two_containers_from_one_template_at_once_are_separate() {
-    prepare_template();
+fn a_two_containers_racing_for_one_template_are_separate_clones() {
     let base = scratch_dir().join("template-clones");
     let root = base.join("state");
     let ids = ["clone-a", "clone-b"];
@@ -134,9 +150,21 @@ fn two_containers_from_one_template_at_once_are_separate() {
         .zip(["3", "4"])
         .map(|(id, marker)| bundle(&base.join(id), CLONE_SCRIPT, marker))
         .collect();
-    let outs: Vec<PathBuf> = ids
+    // No template yet (a clean run has none; an earlier run's is removed): the two
+    // creates race to make it, one builds while the other waits.
+    for id in default_templates() {
+        let _ = Command::new(zvm_binary())
+            .args(["template", "rm", &id])
+            .env("ZVM_TEMPLATE_DIR", template_dir())
+            .status();
+    }
+    let outs: Vec<PathBuf> = ids.iter().map(|id| base.join(format!("{id}.out"))).collect();
+    let _cleanup: Vec<Container> = ids
         .iter()
-        .map(|id| base.join(format!("{id}.out")))
+        .map(|id| Container {
+            root: root.clone(),
+            id,
+        })
         .collect();
     let mut children: Vec<_> = ids
         .iter()
@@ -149,6 +177,7 @@ fn two_containers_from_one_template_at_once_are_separate() {
         assert!(status.success(), "run -d failed: {}", read(out));
     }
     let mut rands = Vec::new();
+    let mut built = 0;
     for ((id, out), marker) in ids.iter().zip(&outs).zip(["3", "4"]) {
         let dir = root.join(id);
         let what = || {
@@ -183,14 +212,25 @@ fn two_containers_from_one_template_at_once_are_separate() {
             what()
         );
         let log = read(&dir.join("sandbox.log"));
+        // Where the time went, for the test log: the sandbox's steps and the agent's.
+        eprintln!("{id} sandbox.log:\n{log}");
+        for line in read(&dir.join("console.log")).lines() {
+            if line.contains("create:") || line.contains("refreshed") {
+                eprintln!("{id} console: {line}");
+            }
+        }
         assert!(log.contains("VM restored from template"), "{}", what());
         assert!(!log.contains("booting the kernel"), "{}", what());
+        built += usize::from(log.contains("built template"));
         let status = zvm_runc(&root)
             .args(["delete", id])
             .status()
             .expect("delete");
         assert!(status.success());
     }
+    // One of the two made the template, the other waited for it: one template, whole.
+    assert_eq!(built, 1, "templates built by the two creates");
+    assert_eq!(default_templates().len(), 1, "{:?}", default_templates());
     assert_eq!(rands[0].len(), 32, "{rands:?}");
     assert_ne!(rands[0], rands[1], "the clones share their entropy");
     // Each wrote to its own disk; the bundles' trees are untouched (the disks are copies).
@@ -207,7 +247,7 @@ done
 "#;
 
 #[test]
-fn a_checkpointed_container_counts_on_after_its_restore() {
+fn b_a_checkpointed_container_counts_on_after_its_restore() {
     prepare_template();
     let base = scratch_dir().join("checkpoint");
     let root = base.join("state");
