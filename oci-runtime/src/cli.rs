@@ -68,6 +68,7 @@ impl OciArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum OciCommand {
     /// Create a container from a bundle; its program waits for `start`.
+    #[command(args_override_self = true)]
     Create(CreateArgs),
     /// Run the program of a created container.
     Start {
@@ -99,6 +100,7 @@ pub enum OciCommand {
         id: String,
     },
     /// Create, start and wait for a container, then delete it; exits with its status.
+    #[command(args_override_self = true)]
     Run(RunArgs),
     /// Run another process in a container.
     Exec(ExecArgs),
@@ -157,10 +159,13 @@ pub enum OciCommand {
         id: String,
     },
     /// Save a running container (its whole VM, memory and root disk) to a directory; it
-    /// is stopped and deleted afterwards unless --leave-running.
+    /// is stopped and deleted afterwards unless --leave-running. A flag given twice counts
+    /// once (podman passes --leave-running twice).
+    #[command(args_override_self = true)]
     Checkpoint(crate::cli_checkpoint::CheckpointArgs),
     /// Bring a container back from a checkpoint (running as it was); waits for it unless
     /// --detach, as `run` does.
+    #[command(args_override_self = true)]
     Restore(crate::cli_checkpoint::RestoreArgs),
 }
 

@@ -126,3 +126,54 @@ fn list_table_aligns_columns() {
     );
     assert_eq!(lines[0].find("CREATED"), lines[1].find("2026"));
 }
+
+#[test]
+fn podmans_checkpoint_and_restore_command_lines_parse() {
+    // podman 4.3 passes --leave-running twice; runc takes it once.
+    let a = parse(&[
+        "checkpoint",
+        "--image-path",
+        "/b/checkpoint",
+        "--work-path",
+        "/b",
+        "--leave-running",
+        "--tcp-established",
+        "--file-locks",
+        "--leave-running",
+        "c1",
+    ]);
+    let Some(OciCommand::Checkpoint(c)) = a.command else {
+        panic!("not a checkpoint");
+    };
+    assert!(c.leave_running && c.criu.tcp_established && c.criu.file_locks);
+    assert_eq!(c.image_path, Path::new("/b/checkpoint"));
+    let a = parse(&[
+        "--log-format=json",
+        "--log",
+        "/r/oci-log",
+        "restore",
+        "--bundle",
+        "/b",
+        "--pid-file",
+        "/r/pidfile",
+        "--detach",
+        "--image-path",
+        "/b/checkpoint",
+        "--work-path",
+        "/b",
+        "--tcp-established",
+        "c1",
+    ]);
+    let Some(OciCommand::Restore(r)) = a.command else {
+        panic!("not a restore");
+    };
+    assert!(r.detach && r.criu.tcp_established);
+    assert_eq!(r.bundle.as_deref(), Some(Path::new("/b")));
+    assert_eq!(r.id, "c1");
+    for verb in ["pause", "resume"] {
+        assert!(matches!(
+            parse(&[verb, "c1"]).command,
+            Some(OciCommand::Pause { .. } | OciCommand::Resume { .. })
+        ));
+    }
+}

@@ -30,6 +30,9 @@ pub const CHECKPOINT_MEMORY: &str = "memory";
 pub const CHECKPOINT_ROOTFS: &str = "rootfs.ext4";
 /// The agent's boot disk.
 pub const CHECKPOINT_AGENT: &str = "agent.ext4";
+/// An empty file podman and CRI-O look for before they restore a checkpoint (CRIU's
+/// inventory); zvm's checkpoint does not need it.
+pub const CRIU_INVENTORY: &str = "inventory.img";
 /// The checkpoint format this zvm writes and reads.
 pub const CHECKPOINT_FORMAT: u32 = 1;
 
@@ -190,6 +193,9 @@ impl VmControl {
         };
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| SandboxError::Sandbox(format!("encode the checkpoint manifest: {e}")))?;
+        let inventory = image.join(CRIU_INVENTORY);
+        std::fs::write(&inventory, b"")
+            .map_err(SandboxError::io(format!("write {}", inventory.display())))?;
         // Written last: a checkpoint without it is incomplete.
         let path = image.join(CHECKPOINT_MANIFEST);
         std::fs::write(&path, json).map_err(SandboxError::io(format!("write {}", path.display())))

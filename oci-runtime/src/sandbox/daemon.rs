@@ -303,7 +303,7 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     record_exit(dir, ExitRecord { exit, status })?;
     shared.set_phase(SandboxStatus::Stopped { exit });
     notes.note(&format!("container exited: {exit}"));
-    if outcome.is_ok() && !shared.checkpointed.load(Ordering::Acquire) {
+    if outcome.is_ok() && !shared.vm_killed.load(Ordering::Acquire) {
         if let Err(e) = agent.request_done(RequestBody::Shutdown, Duration::from_secs(30)) {
             notes.note(&format!("shutdown: {e}"));
         }
@@ -441,8 +441,8 @@ pub(crate) fn supervise(
             MainEvent::Agent(Notice::Lost(why)) => {
                 return Err(format!("lost the guest agent: {why}"))
             }
-            MainEvent::VmEnded(_) if shared.checkpointed.load(Ordering::Acquire) => {
-                // runc's checkpoint kills the container once it is saved.
+            MainEvent::VmEnded(_) if shared.vm_killed.load(Ordering::Acquire) => {
+                // SIGKILL, or runc's checkpoint, which kills the container once it is saved.
                 return Ok(ExitStatus::signaled(libc::SIGKILL));
             }
             MainEvent::VmEnded(how) => {

@@ -27,8 +27,9 @@ pub(crate) struct Shared {
     next_exec: AtomicU64,
     /// The VM (None in tests without one).
     pub vm: Option<VmControl>,
-    /// A checkpoint stopped the VM: its end is the container's process being killed.
-    pub checkpointed: AtomicBool,
+    /// The sandbox stopped the VM itself, for a SIGKILL or after a checkpoint: its end is
+    /// the container's process being killed.
+    pub vm_killed: AtomicBool,
     /// The container's id.
     pub id: String,
     /// What exec stream ids start with: the sandbox's pid, so that the streams of a
@@ -72,7 +73,7 @@ impl Shared {
             phase: Mutex::new(phase),
             next_exec: AtomicU64::new(1),
             vm,
-            checkpointed: AtomicBool::new(false),
+            vm_killed: AtomicBool::new(false),
             id,
             exec_prefix,
         })
@@ -190,6 +191,14 @@ fn answer(shared: &Shared, req: ControlRequest) -> ControlReply {
             if let SandboxStatus::Stopped { .. } = shared.phase() {
                 return error("cannot signal a container that is stopped");
             }
+            // SIGKILL to the container's process ends the container: stop the VM at once
+            // rather than wait seconds for the guest to report the death (podman gives a
+            // killed container 5 s to go).
+            if let (libc::SIGKILL, Some(vm)) = (signal, &shared.vm) {
+                shared.vm_killed.store(true, Ordering::Release);
+                vm.stop();
+                return ControlReply::Ok;
+            }
             // The agent answers only while the VM runs: a signal to a paused container
             // resumes it (as a frozen process gets SIGKILL at once).
             if let Some(vm) = shared.vm.as_ref().filter(|vm| vm.is_paused()) {
@@ -248,7 +257,7 @@ fn answer_vm(shared: &Shared, req: ControlRequest) -> ControlReply {
             let started = phase == SandboxStatus::Running;
             let made = vm.checkpoint(&image_path, &shared.id, started);
             if made.is_ok() && !leave_running {
-                shared.checkpointed.store(true, Ordering::Release);
+                shared.vm_killed.store(true, Ordering::Release);
                 vm.stop();
             } else if !was_paused {
                 vm.resume();
