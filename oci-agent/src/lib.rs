@@ -17,6 +17,7 @@ pub mod netcfg;
 pub mod pid1;
 pub mod plan;
 pub mod setup;
+pub mod spare_netns;
 mod spawn;
 pub mod sys;
 #[cfg(test)]

@@ -69,6 +69,16 @@ fn main() -> ExitCode {
             .map(|v| vec![format!("GLIBC_TUNABLES={v}")])
             .unwrap_or_default(),
         in_vm: pid1,
+        // Made before the VM can be saved as a template, so every clone's container finds
+        // it ready.
+        spare_netns: if pid1 {
+            oci_agent::spare_netns::make()
+                .map_err(|e| tracing::warn!("no spare network namespace: {e}"))
+                .ok()
+                .map(std::sync::Arc::new)
+        } else {
+            None
+        },
     };
     let result = match &cli.unix_socket {
         Some(path) => UnixTransport::bind(path)

@@ -237,16 +237,22 @@ fn reap(pid: i32) {
 pub fn spawn_init(
     plan: &ContainerPlan,
     cgroup_procs: Option<PathBuf>,
+    spare_netns: Option<PathBuf>,
 ) -> Result<ParkedInit, SpawnError> {
     let (io, ends, console) = make_io(&plan.process)?;
     let (report_r, report_w) = pipe().map_err(io_err("report pipe"))?;
     let (start_r, start_w) = pipe().map_err(io_err("start pipe"))?;
+    // With a spare network namespace the child joins it rather than have clone make one.
+    let mut flags = plan.namespaces.clone_flags;
+    if spare_netns.is_some() {
+        flags &= !libc::CLONE_NEWNET;
+    }
     let ctx = SetupContext {
         cgroup_procs,
         console,
+        spare_netns,
     };
-    let pid =
-        clone_fork(plan.namespaces.clone_flags).map_err(io_err("clone the container process"))?;
+    let pid = clone_fork(flags).map_err(io_err("clone the container process"))?;
     if pid == 0 {
         // The parent's ends are close-on-exec; closing them here would only cost system calls.
         let (report, start) = (report_w.as_raw_fd(), start_r.as_raw_fd());

@@ -161,11 +161,14 @@ pub struct Container {
 
 impl Container {
     /// Create: mount the rootfs, plan, make the cgroup, park the init process.
+    /// A fresh network namespace `spare_netns` made ahead of time replaces the one the
+    /// spec's clone would make.
     pub fn create(
         spec: &Spec,
         rootfs: &Rootfs,
         terminal: bool,
         cfg: &AgentConfig,
+        spare_netns: Option<&std::os::fd::OwnedFd>,
     ) -> Result<Self, String> {
         let cgroup_root = cfg.cgroup_root.as_path();
         let readonly = spec
@@ -205,7 +208,10 @@ impl Container {
         };
         let procs_file = cgroup_dir.as_ref().map(|d| d.join("cgroup.procs"));
         let cgroup_at = start.elapsed();
-        let spawned = spawn_init(&plan, procs_file);
+        let spare = spare_netns
+            .filter(|_| plan.namespaces.clone_flags & libc::CLONE_NEWNET != 0)
+            .map(crate::spare_netns::join_path);
+        let spawned = spawn_init(&plan, procs_file, spare);
         // Where a create's time goes (the guest's kernel work dominates on slow hosts).
         tracing::info!(
             "create: rootfs mounted after {mounted_at:?}, cgroup after {cgroup_at:?}, init parked after {:?}",

@@ -42,6 +42,9 @@ pub struct AgentConfig {
     /// clock and host name. A host-process agent (tests) checks a Refresh and answers it, but
     /// changes nothing system-wide.
     pub in_vm: bool,
+    /// A network namespace made ahead of the first container ([`crate::spare_netns`]),
+    /// joined by it instead of making one; used once.
+    pub spare_netns: Option<std::sync::Arc<OwnedFd>>,
 }
 
 /// Errors that end the agent.
@@ -419,7 +422,9 @@ impl<T: Transport> Agent<T> {
                 if self.container.is_some() {
                     return Err("a container already exists in this agent".into());
                 }
-                let c = Container::create(&spec, &rootfs, terminal, &self.cfg)?;
+                // The spare network namespace serves one create, whatever its outcome.
+                let spare = self.cfg.spare_netns.take();
+                let c = Container::create(&spec, &rootfs, terminal, &self.cfg, spare.as_deref())?;
                 let pid = c.init_pid;
                 tracing::info!("container created, init pid {pid}");
                 self.container = Some(c);

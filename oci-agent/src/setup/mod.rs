@@ -64,6 +64,9 @@ pub struct SetupContext {
     pub cgroup_procs: Option<PathBuf>,
     /// The pty slave to bind on /dev/console, when the process has a terminal.
     pub console: Option<PathBuf>,
+    /// A fresh network namespace to join in place of the one the plan's clone flags ask
+    /// for (the process was cloned without `CLONE_NEWNET` then).
+    pub spare_netns: Option<PathBuf>,
 }
 
 /// Namespaces, cgroup, sysctls and hostname: the steps before the root filesystem. Runs in the
@@ -81,6 +84,11 @@ pub fn enter_namespaces<S: Sys>(
     if plan.namespaces.new_cgroup {
         step(sys.unshare(libc::CLONE_NEWCGROUP), || {
             "unshare cgroup namespace".into()
+        })?;
+    }
+    if let Some(spare) = &ctx.spare_netns {
+        step(sys.setns(spare, libc::CLONE_NEWNET), || {
+            "join the spare network namespace".into()
         })?;
     }
     for (flag, path) in &plan.namespaces.join {

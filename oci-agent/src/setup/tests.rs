@@ -51,12 +51,25 @@ fn full_sequence_in_order() {
     let ctx = SetupContext {
         cgroup_procs: Some("/sys/fs/cgroup/c/cgroup.procs".into()),
         console: None,
+        spare_netns: None,
     };
     let exe = setup_container(&mut r, &p, &ctx).unwrap();
     assert_eq!(exe.to_str().unwrap(), "/bin/sh");
     // Cgroup joined before its namespace is unshared; sysctl inside the new netns.
     assert!(r.pos("write /sys/fs/cgroup/c/cgroup.procs 0") < r.pos("unshare 0x2000000"));
     assert!(r.pos("lo up") < r.pos("write /proc/sys/net/ipv4/ip_forward 1"));
+    assert!(!r.has("setns"));
+
+    // With a spare network namespace (the clone made none), it is joined first, its
+    // loopback brought up, and the sysctl lands in it.
+    let mut spare = recorder();
+    let spare_ctx = SetupContext {
+        spare_netns: Some("/proc/self/fd/9".into()),
+        ..ctx.clone()
+    };
+    enter_namespaces(&mut spare, &p, &spare_ctx).unwrap();
+    assert!(spare.pos("setns /proc/self/fd/9 0x40000000") < spare.pos("lo up"));
+    assert!(spare.pos("lo up") < spare.pos("write /proc/sys/net/ipv4/ip_forward 1"));
     assert!(r.has("sethostname"));
     // Rootfs: private tree, self-bind, mounts, devices before the pivot.
     assert!(r.pos("mount - / - 0x84000") < r.pos("mount /r /r - 0x5000"));
@@ -156,6 +169,7 @@ fn bind_mounts_and_console() {
     let ctx = SetupContext {
         cgroup_procs: None,
         console: Some("/dev/pts/3".into()),
+        spare_netns: None,
     };
     prepare_rootfs(&mut r, &p, &ctx).unwrap();
     assert!(r.pos("mkdir /r/data") < r.pos("mount /srv /r/data - 0x5000"));
