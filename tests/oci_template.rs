@@ -158,7 +158,10 @@ fn a_two_containers_racing_for_one_template_are_separate_clones() {
             .env("ZVM_TEMPLATE_DIR", template_dir())
             .status();
     }
-    let outs: Vec<PathBuf> = ids.iter().map(|id| base.join(format!("{id}.out"))).collect();
+    let outs: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| base.join(format!("{id}.out")))
+        .collect();
     let _cleanup: Vec<Container> = ids
         .iter()
         .map(|id| Container {

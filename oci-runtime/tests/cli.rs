@@ -201,7 +201,10 @@ fn create_start_state_kill_delete() {
     e.ok(&["kill", "c1", "TERM"]);
     let s = e.wait_status("c1", "stopped");
     assert_eq!(s["pid"], 0);
-    e.fails(&["kill", "c1"], "kill needs a created, running or paused container");
+    e.fails(
+        &["kill", "c1"],
+        "kill needs a created, running or paused container",
+    );
     e.fails(&["start", "c1"], "start needs a created container");
     e.ok(&["delete", "c1"]);
     e.fails(&["state", "c1"], "container c1 does not exist");
