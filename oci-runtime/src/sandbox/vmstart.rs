@@ -6,12 +6,11 @@ use super::checkpoint::{
     CHECKPOINT_STATE,
 };
 use super::daemon::Notes;
-use super::vmconfig::{vm_resources, VmFiles, VmSize, AGENT_DRIVE_ID, ROOTFS_DRIVE_ID};
+use super::vmconfig::{vm_resources, VmFiles, VmSize};
 use super::{template, SandboxConfig, SandboxError, AGENT_IMAGE};
 use std::path::Path;
 use vmm::builder::BuildOptions;
 use vmm::devices::serial::ConsoleSink;
-use vmm::snapshot::{RestoreOverrides, RestoreParams};
 
 /// Starts the container's VM: restored from its template unless templates are off (the
 /// settings, or the container's `zvm.template` annotation); booted when there is no
@@ -79,26 +78,13 @@ pub(crate) fn restore_checkpoint(
         "create {}",
         console_log.display()
     )))?;
-    let params = RestoreParams {
-        snapshot_path: image.join(CHECKPOINT_STATE),
-        mem_file_path: image.join(CHECKPOINT_MEMORY),
-        overrides: RestoreOverrides {
-            drives: vec![
-                (AGENT_DRIVE_ID.to_string(), agent_disk),
-                (ROOTFS_DRIVE_ID.to_string(), rootfs_image.to_path_buf()),
-            ],
-            net: Vec::new(),
-            vsock_uds_path: Some(vsock.to_path_buf()),
-        },
-        resume: true,
-        track_dirty_pages: false,
-        seccomp: true,
-    };
-    let vm = vmm::snapshot::restore_microvm(
-        &params,
-        BuildOptions::default(),
+    let vm = template::restore_container_vm(
+        &image.join(CHECKPOINT_STATE),
+        &image.join(CHECKPOINT_MEMORY),
+        &agent_disk,
+        rootfs_image,
+        vsock,
         ConsoleSink::File(console),
-        false,
     )
     .map_err(|e| {
         SandboxError::Sandbox(format!(

@@ -357,16 +357,37 @@ fn restore_clone(
         path: vm.vsock.to_path_buf(),
         source,
     })?;
+    restore_container_vm(
+        &files.state,
+        &files.memory,
+        &files.agent_disk,
+        vm.rootfs_image,
+        vm.vsock,
+        console,
+    )
+}
+
+/// Restores a container VM from the snapshot in `state` and `memory` (a template's or a
+/// checkpoint's) with `agent_disk` and `rootfs_image` as its two drives, `vsock` as its
+/// vsock socket and `console` as its console, running at once.
+pub(crate) fn restore_container_vm(
+    state: &Path,
+    memory: &Path,
+    agent_disk: &Path,
+    rootfs_image: &Path,
+    vsock: &Path,
+    console: ConsoleSink,
+) -> Result<RunningVm, SnapshotError> {
     let params = RestoreParams {
-        snapshot_path: files.state.clone(),
-        mem_file_path: files.memory.clone(),
+        snapshot_path: state.to_path_buf(),
+        mem_file_path: memory.to_path_buf(),
         overrides: RestoreOverrides {
             drives: vec![
-                (AGENT_DRIVE_ID.to_string(), files.agent_disk.clone()),
-                (ROOTFS_DRIVE_ID.to_string(), vm.rootfs_image.to_path_buf()),
+                (AGENT_DRIVE_ID.to_string(), agent_disk.to_path_buf()),
+                (ROOTFS_DRIVE_ID.to_string(), rootfs_image.to_path_buf()),
             ],
             net: Vec::new(),
-            vsock_uds_path: Some(vm.vsock.to_path_buf()),
+            vsock_uds_path: Some(vsock.to_path_buf()),
         },
         resume: true,
         track_dirty_pages: false,
