@@ -403,19 +403,16 @@ impl Runtime {
     /// `kill`: sends `signal` to a created or running container (to all its processes with
     /// `all`).
     pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), LifecycleError> {
-        let (_lock, c, backend) = self.lock_loaded(id)?;
-        let status = self.live_status(&c, backend.as_ref());
-        if !matches!(
-            status,
-            ContainerState::Created | ContainerState::Running | ContainerState::Paused
-        ) {
-            return Err(LifecycleError::WrongState {
-                id: id.into(),
-                status,
-                op: "kill",
-                needed: "created, running or paused",
-            });
-        }
+        let (_lock, c, backend) = self.change_state(
+            id,
+            "kill",
+            &[
+                ContainerState::Created,
+                ContainerState::Running,
+                ContainerState::Paused,
+            ],
+            "created, running or paused",
+        )?;
         backend.kill(&c.cref(), signal, all)?;
         Ok(())
     }
@@ -450,8 +447,20 @@ impl Runtime {
                 return Err(LifecycleError::StillRunning(id.into()));
             }
         }
+        self.destroy(lock, &c, backend.as_ref(), force)
+    }
+
+    /// Releases what the backend holds for a stopped container (its failure is an error
+    /// unless `lenient`, then only a warning), removes its state and runs the poststop hooks.
+    fn destroy(
+        &self,
+        lock: ContainerLock,
+        c: &Loaded,
+        backend: &dyn ContainerBackend,
+        lenient: bool,
+    ) -> Result<(), LifecycleError> {
         if let Err(e) = backend.delete(&c.cref()) {
-            if !force {
+            if !lenient {
                 return Err(e.into());
             }
             tracing::warn!("{e}");

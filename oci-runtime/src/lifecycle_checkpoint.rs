@@ -1,13 +1,15 @@
-//! `pause`, `resume`, `checkpoint` and `restore`.
+//! `pause`, `resume`, `checkpoint` and `restore`, and the state check they share with
+//! `kill`.
 
 use super::{LifecycleError, Loaded, Runtime};
+use crate::backend::ContainerBackend;
 use crate::backend::CreateOptions;
 use crate::bundle::Bundle;
-use crate::hooks::{run_hooks_warn, HookKind};
 use crate::host::{write_pid_file, ProcStat};
-use crate::oci_state::hook_state;
+use crate::state::ContainerLock;
 use crate::state::ContainerState;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What `checkpoint` takes.
 #[derive(Debug, Clone, Default)]
@@ -19,20 +21,15 @@ pub struct CheckpointRequest {
 }
 
 impl Runtime {
-    fn change_state(
+    /// Locks container `id` for `op`, which needs it in one of the `accepted` states
+    /// (`needed` says which, for the error).
+    pub(super) fn change_state(
         &self,
         id: &str,
         op: &'static str,
         accepted: &[ContainerState],
         needed: &'static str,
-    ) -> Result<
-        (
-            crate::state::ContainerLock,
-            Loaded,
-            std::sync::Arc<dyn crate::backend::ContainerBackend>,
-        ),
-        LifecycleError,
-    > {
+    ) -> Result<(ContainerLock, Loaded, Arc<dyn ContainerBackend>), LifecycleError> {
         let (lock, c, backend) = self.lock_loaded(id)?;
         let status = self.live_status(&c, backend.as_ref());
         if !accepted.contains(&status) {
@@ -77,16 +74,7 @@ impl Runtime {
         if req.leave_running {
             return Ok(());
         }
-        if let Err(e) = backend.delete(&c.cref()) {
-            tracing::warn!("{e}");
-        }
-        lock.remove()?;
-        run_hooks_warn(
-            c.spec.hooks().as_ref(),
-            HookKind::Poststop,
-            &hook_state(&c.rec, ContainerState::Stopped),
-        );
-        Ok(())
+        self.destroy(lock, &c, backend.as_ref(), true)
     }
 
     /// `restore`: makes container `id` from the bundle in `req` and the checkpoint in

@@ -89,6 +89,12 @@ impl Shared {
         }
     }
 
+    /// Stops the VM on purpose: its end counts as the container's process being killed.
+    fn kill_vm(&self, vm: &VmControl) {
+        self.vm_killed.store(true, Ordering::Release);
+        vm.stop();
+    }
+
     /// The state without the VM's pause.
     fn lifecycle_phase(&self) -> SandboxStatus {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner())
@@ -195,8 +201,7 @@ fn answer(shared: &Shared, req: ControlRequest) -> ControlReply {
             // rather than wait seconds for the guest to report the death (podman gives a
             // killed container 5 s to go).
             if let (libc::SIGKILL, Some(vm)) = (signal, &shared.vm) {
-                shared.vm_killed.store(true, Ordering::Release);
-                vm.stop();
+                shared.kill_vm(vm);
                 return ControlReply::Ok;
             }
             // The agent answers only while the VM runs: a signal to a paused container
@@ -257,8 +262,7 @@ fn answer_vm(shared: &Shared, req: ControlRequest) -> ControlReply {
             let started = phase == SandboxStatus::Running;
             let made = vm.checkpoint(&image_path, &shared.id, started);
             if made.is_ok() && !leave_running {
-                shared.vm_killed.store(true, Ordering::Release);
-                vm.stop();
+                shared.kill_vm(vm);
             } else if !was_paused {
                 vm.resume();
             }
