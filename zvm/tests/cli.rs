@@ -398,3 +398,43 @@ fn a_config_file_restore_of_a_bad_snapshot_exits_2() {
         "conflicts with `boot-source`",
     );
 }
+
+#[test]
+fn template_and_node_template_settings_refuse_bad_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_zvm"))
+            .args(args)
+            .env("ZVM_TEMPLATE_DIR", dir.path())
+            .output()
+            .expect("run zvm")
+    };
+    // An id that would climb out of the template directory is not removed, and says why.
+    for bad in ["../x", "a/b", ""] {
+        let out = run(&["template", "rm", bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert!(
+            stderr(&out).contains("is not a template id"),
+            "{bad:?}: {}",
+            stderr(&out)
+        );
+    }
+    // An empty cache lists nothing but its header.
+    let out = run(&["template", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let out = run(&["template", "prepare", "--vcpus", "many"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = run(&[
+        "node",
+        "serve",
+        "--state-dir",
+        "/nonexistent",
+        "--api-sock",
+        "/nonexistent/s",
+        "--templates",
+        "maybe",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--templates"), "{}", stderr(&out));
+}
