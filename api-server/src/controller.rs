@@ -41,8 +41,10 @@ pub enum ApiRequest {
     PutLogger(Logger),
     /// `PUT /metrics`.
     PutMetrics(Metrics),
-    /// `PUT /actions`.
+    /// `PUT /actions` (every action but `Shutdown`).
     Action(ActionType),
+    /// `PUT /actions` with `Shutdown`: the guest's grace period in milliseconds.
+    Shutdown(u64),
     /// `PATCH /vm`.
     PatchVm(VmState),
     /// `PUT /snapshot/create` (validated: paths given, no format version).

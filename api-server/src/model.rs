@@ -15,6 +15,12 @@ pub use snapshot::{
 /// Invalid values that the JSON schema alone does not catch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
+    /// A `Shutdown` grace period beyond the limit.
+    #[error("timeout_ms {0} is more than {MAX_SHUTDOWN_TIMEOUT_MS} (one hour)")]
+    ShutdownTimeout(u64),
+    /// `timeout_ms` on an action other than `Shutdown`.
+    #[error("timeout_ms only goes with the Shutdown action")]
+    TimeoutWithoutShutdown,
     /// A resource id that is empty, too long or has characters other than `[A-Za-z0-9_]`.
     #[error("invalid id {0:?}: use 1 to 64 characters from A-Z, a-z, 0-9 and _")]
     InvalidId(String),
@@ -358,6 +364,11 @@ pub enum ActionType {
     SendCtrlAltDel,
     /// Write the metrics now.
     FlushMetrics,
+    /// Press the guest's ACPI power button (zvm).
+    SendPowerButton,
+    /// Press the power button and stop the VM if the guest has not powered off within
+    /// `timeout_ms` (zvm).
+    Shutdown,
 }
 
 /// `PUT /actions`.
@@ -366,6 +377,29 @@ pub enum ActionType {
 pub struct InstanceAction {
     /// What to do.
     pub action_type: ActionType,
+    /// For `Shutdown`: how long the guest has to power off, in milliseconds (default
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT_MS`], at most [`MAX_SHUTDOWN_TIMEOUT_MS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// How long `Shutdown` gives the guest when the request does not say.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+/// The longest `Shutdown` grace period (one hour).
+pub const MAX_SHUTDOWN_TIMEOUT_MS: u64 = 3_600_000;
+
+impl InstanceAction {
+    /// The `Shutdown` grace period this action asks for; refuses `timeout_ms` on other
+    /// actions and values beyond [`MAX_SHUTDOWN_TIMEOUT_MS`].
+    pub fn shutdown_timeout_ms(&self) -> Result<u64, ModelError> {
+        match (self.action_type, self.timeout_ms) {
+            (ActionType::Shutdown, None) => Ok(DEFAULT_SHUTDOWN_TIMEOUT_MS),
+            (ActionType::Shutdown, Some(ms)) if ms <= MAX_SHUTDOWN_TIMEOUT_MS => Ok(ms),
+            (ActionType::Shutdown, Some(ms)) => Err(ModelError::ShutdownTimeout(ms)),
+            (_, Some(_)) => Err(ModelError::TimeoutWithoutShutdown),
+            (_, None) => Ok(0),
+        }
+    }
 }
 
 /// The states `PATCH /vm` moves to.

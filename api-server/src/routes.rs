@@ -140,7 +140,12 @@ pub fn route(request: &Request) -> Result<Route, RouteError> {
         (["metrics"], Method::Put) => ApiRequest::PutMetrics(parse(body)?),
         (["metrics"], _) => return not_allowed("PUT"),
         (["actions"], Method::Put) => {
-            ApiRequest::Action(parse::<model::InstanceAction>(body)?.action_type)
+            let action = parse::<model::InstanceAction>(body)?;
+            let timeout_ms = action.shutdown_timeout_ms()?;
+            match action.action_type {
+                model::ActionType::Shutdown => ApiRequest::Shutdown(timeout_ms),
+                other => ApiRequest::Action(other),
+            }
         }
         (["actions"], _) => return not_allowed("PUT"),
         (["snapshot", "create"], Method::Put) => {
@@ -451,6 +456,50 @@ mod tests {
             err(Method::Put, "/actions", "[]").status(),
             StatusCode::BAD_REQUEST
         );
+        assert!(matches!(
+            err(
+                Method::Put,
+                "/actions",
+                r#"{"action_type":"Shutdown","timeout_ms":3600001}"#
+            ),
+            RouteError::Invalid(ModelError::ShutdownTimeout(3_600_001))
+        ));
+        assert!(matches!(
+            err(
+                Method::Put,
+                "/actions",
+                r#"{"action_type":"SendPowerButton","timeout_ms":5}"#
+            ),
+            RouteError::Invalid(ModelError::TimeoutWithoutShutdown)
+        ));
+        assert!(matches!(
+            err(
+                Method::Put,
+                "/actions",
+                r#"{"action_type":"Shutdown","timeout_ms":-1}"#
+            ),
+            RouteError::InvalidJson(_)
+        ));
+    }
+
+    #[test]
+    fn shutdown_carries_its_grace_period() {
+        for (body, expected) in [
+            (
+                r#"{"action_type":"Shutdown"}"#,
+                ApiRequest::Shutdown(10_000),
+            ),
+            (
+                r#"{"action_type":"Shutdown","timeout_ms":0}"#,
+                ApiRequest::Shutdown(0),
+            ),
+            (
+                r#"{"action_type":"SendPowerButton"}"#,
+                ApiRequest::Action(ActionType::SendPowerButton),
+            ),
+        ] {
+            assert_eq!(api(Method::Put, "/actions", body), expected, "{body}");
+        }
     }
 
     struct Echo;

@@ -3,6 +3,7 @@
 //! [`build_microvm`] is what `zvm run` uses. [`MicrovmBuilder`] exposes the same steps so
 //! tests can run tiny hand-assembled guests through the real VM setup and buses.
 
+use crate::arch::acpi::{self, AcpiError, AcpiMachine, MmioDevice};
 use crate::arch::cpuid;
 use crate::arch::mptable::{write_mptable, MptableError};
 use crate::arch::regs::{self, BootEntry, RegsError};
@@ -11,7 +12,7 @@ use crate::devices::boot_timer::BootTimeRecord;
 use crate::devices::i8042::{self, I8042Device};
 use crate::devices::serial::{ConsoleSink, SerialDevice};
 use crate::devices::virtio::block::BlockError;
-use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::mmio::{MmioTransport, MMIO_SLOT_SIZE};
 use crate::devices::virtio::net::NetError;
 use crate::devices::virtio::vsock::VsockError;
 use crate::devices::virtio::VirtioError;
@@ -32,6 +33,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod devices;
 mod start;
+
+/// The command-line parameter that names a virtio-mmio device.
+const VIRTIO_MMIO_ARG: &str = "virtio_mmio.device=";
 
 use start::register_memory;
 
@@ -61,6 +65,9 @@ pub enum BuildError {
     /// MP table.
     #[error(transparent)]
     Mptable(#[from] MptableError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
     /// Device placement.
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -142,10 +149,16 @@ pub struct MicrovmBuilder {
     serial: Option<Arc<Mutex<SerialDevice>>>,
     console_input: bool,
     reset_evt: EventFd,
+    /// Signalled by the ACPI power-management registers when the guest powers off.
+    poweroff_evt: EventFd,
+    /// The ACPI power button's interrupt (the Generic Event Device's irqfd).
+    power_button: Option<EventFd>,
     boot_time: BootTimeRecord,
     /// Next free virtio-mmio slot and IRQ.
     next_virtio_addr: u64,
     next_irq: u32,
+    /// Every virtio-mmio slot so far, for the ACPI tables.
+    virtio_slots: Vec<VirtioSlot>,
     /// Block devices attached so far (the next one is `/dev/vd` + letter).
     block_count: usize,
     /// Device parameters for the kernel command line, appended by `load_kernel`.
@@ -274,9 +287,13 @@ impl MicrovmBuilder {
             serial: None,
             console_input: false,
             reset_evt: EventFd::new(EFD_NONBLOCK).map_err(io_err("create the reset eventfd"))?,
+            poweroff_evt: EventFd::new(EFD_NONBLOCK)
+                .map_err(io_err("create the power-off eventfd"))?,
+            power_button: None,
             boot_time,
             next_virtio_addr: layout::VIRTIO_MMIO_START,
             next_irq: layout::IRQ_DEVICE_BASE,
+            virtio_slots: Vec::new(),
             block_count: 0,
             device_args: Vec::new(),
             handlers: Vec::new(),
@@ -327,7 +344,8 @@ impl MicrovmBuilder {
         &self.mem
     }
 
-    /// Loads kernel, initrd and command line; writes boot info, boot tables and MP table.
+    /// Loads kernel, initrd and command line; writes boot info, boot tables, MP table and
+    /// ACPI tables.
     pub fn load_kernel(&mut self, resources: &VmResources) -> Result<BootEntry, BuildError> {
         let boot = &resources.boot_source;
         let kernel = loader::load_kernel(&self.mem, &boot.kernel_image_path)?;
@@ -343,19 +361,28 @@ impl MicrovmBuilder {
         };
         let args = with_kernel_args(
             resources.boot_args(),
-            &self.extra_kernel_args(resources.boot_args()),
+            &self.extra_kernel_args(
+                resources.boot_args(),
+                resources.machine_config.cmdline_devices,
+            ),
         );
         let cmdline = loader::build_cmdline(&args)?;
         let len = loader::write_cmdline(&self.mem, &cmdline)?;
-        let entry = loader::write_boot_info(&self.mem, &kernel, initrd, len, self.mem_size)?;
-        self.attach_boot_tables()?;
+        let rsdp = self.attach_boot_tables()?;
+        let entry = loader::write_boot_info(&self.mem, &kernel, initrd, len, self.mem_size, rsdp)?;
         Ok(entry)
     }
 
-    /// What zvm adds to the guest's command line `args`: device parameters, the i8042
-    /// switches the guest did not set itself, and the CPU template's parameters.
-    fn extra_kernel_args(&self, args: &str) -> Vec<String> {
-        let mut extra = self.device_args.clone();
+    /// What zvm adds to the guest's command line `args`: device parameters (without the
+    /// `virtio_mmio.device=` ones unless `cmdline_devices`), the i8042 switches the guest
+    /// did not set itself, and the CPU template's parameters.
+    fn extra_kernel_args(&self, args: &str, cmdline_devices: bool) -> Vec<String> {
+        let mut extra: Vec<String> = self
+            .device_args
+            .iter()
+            .filter(|a| cmdline_devices || !a.starts_with(VIRTIO_MMIO_ARG))
+            .cloned()
+            .collect();
         if self.i8042.is_some() {
             extra.extend(i8042::missing_linux_args(args));
         }
@@ -380,10 +407,26 @@ impl MicrovmBuilder {
         })
     }
 
-    fn attach_boot_tables(&mut self) -> Result<(), BuildError> {
+    /// Writes the GDT and page tables, the MP table and the ACPI tables; returns the
+    /// RSDP's address.
+    fn attach_boot_tables(&mut self) -> Result<u64, BuildError> {
         regs::write_boot_tables(&self.mem)?;
         write_mptable(&self.mem, self.vcpu_count)?;
-        Ok(())
+        let machine = AcpiMachine {
+            vcpus: self.vcpu_count,
+            serial: self.serial.is_some(),
+            i8042: self.i8042.is_some(),
+            virtio: self
+                .virtio_slots
+                .iter()
+                .map(|slot| MmioDevice {
+                    addr: slot.addr,
+                    len: MMIO_SLOT_SIZE as u32,
+                    irq: slot.irq,
+                })
+                .collect(),
+        };
+        Ok(acpi::write_acpi_tables(&self.mem, &machine)?)
     }
 }
 
@@ -455,6 +498,7 @@ pub(crate) fn attach_devices(
 ) -> Result<(), BuildError> {
     builder.attach_serial(sink, resources.console_timestamps, input)?;
     builder.attach_i8042()?;
+    builder.attach_acpi_pm()?;
     builder.attach_boot_timer()?;
     for drive in resources.drives_in_attach_order() {
         builder.attach_drive(drive)?;

@@ -4,6 +4,7 @@
 //! 0x0000_0500  GDT                      0x0000_9000  PML4, PDPT, 4 PDs (identity map, 4 GiB)
 //! 0x0000_6000  PVH start info, modlist  0x0002_0000  kernel command line
 //! 0x0000_7000  zero page / PVH memmap   0x0009_fc00  MP table (EBDA), up to 1 MiB reserved
+//!                                       0x000e_0000  ACPI tables (RSDP first), up to 1 MiB
 //! 0x0010_0000  high memory: kernel, then RAM up to the MMIO gap, initrd at its top
 //! 0xc000_0000  MMIO gap (devices, IOAPIC, LAPIC) up to 4 GiB; RAM continues above 4 GiB
 //! ```
@@ -34,6 +35,8 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the extended BIOS data area; the MP table lives here.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The ACPI tables: the RSDP here (where guests also search for it), the others after it.
+pub const ACPI_START: u64 = 0xe_0000;
 /// First byte of high memory, where kernels are loaded.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap.
@@ -54,8 +57,14 @@ pub const KVM_TSS_START: u64 = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
 /// First IRQ handed out to devices beyond the legacy ones.
 pub const IRQ_DEVICE_BASE: u32 = 5;
-/// Last IRQ the IOAPIC routes.
-pub const IRQ_MAX: u32 = 23;
+/// Last IRQ handed out to devices.
+pub const IRQ_MAX: u32 = 22;
+/// The ACPI Generic Event Device's IRQ (the power button): the IOAPIC's last pin.
+pub const GED_IRQ: u32 = 23;
+/// The IOAPIC's last pin.
+pub const IOAPIC_LAST_PIN: u32 = 23;
+/// The ACPI sleep control, sleep status and reset registers (hardware-reduced ACPI).
+pub const ACPI_PM_PORT: u16 = 0x600;
 /// COM1's I/O ports and IRQ.
 pub const COM1_PORT: u16 = 0x3f8;
 /// COM1's IRQ line.

@@ -293,13 +293,15 @@ unsafe impl ByteValued for PvhMemmapEntry {}
 
 const PVH_MAGIC: u32 = 0x336e_c578;
 
-/// Writes the boot information for `kernel` and returns how to enter it.
+/// Writes the boot information for `kernel` and returns how to enter it; `rsdp` is the
+/// address of the ACPI tables' root pointer.
 pub fn write_boot_info(
     mem: &GuestMemoryMmap,
     kernel: &LoadedKernel,
     initrd: Option<LoadedInitrd>,
     cmdline_len: usize,
     mem_size: u64,
+    rsdp: u64,
 ) -> Result<BootEntry, LoaderError> {
     let map = e820_map(mem_size);
     let write = |what, result: Result<(), vm_memory::GuestMemoryError>| {
@@ -323,6 +325,7 @@ pub fn write_boot_info(
                 cmdline_paddr: CMDLINE_START,
                 memmap_paddr: PVH_MEMMAP_START,
                 memmap_entries: map.len() as u32,
+                rsdp_paddr: rsdp,
                 ..Default::default()
             };
             if let Some(initrd) = initrd {
@@ -357,6 +360,7 @@ pub fn write_boot_info(
                 params.hdr.kernel_alignment = 0x100_0000;
             }
             params.hdr.type_of_loader = 0xff;
+            params.acpi_rsdp_addr = rsdp;
             params.hdr.cmd_line_ptr = CMDLINE_START as u32;
             params.hdr.cmdline_size = cmdline_len as u32;
             if let Some(initrd) = initrd {
@@ -482,7 +486,8 @@ mod tests {
             addr: 0x300_0000,
             size: 1234,
         };
-        let entry = write_boot_info(&m, &kernel, Some(initrd), 10, 64 << 20).expect("write");
+        let entry =
+            write_boot_info(&m, &kernel, Some(initrd), 10, 64 << 20, 0xe_0000).expect("write");
         assert_eq!(
             entry,
             BootEntry::Pvh {
@@ -496,6 +501,7 @@ mod tests {
             (PVH_MAGIC, 1, 1)
         );
         assert_eq!(info.memmap_entries, 2);
+        assert_eq!(info.rsdp_paddr, 0xe_0000);
         let module: PvhModule = m.read_obj(GuestAddress(info.modlist_paddr)).expect("read");
         assert_eq!((module.paddr, module.size), (0x300_0000, 1234));
     }
@@ -507,7 +513,7 @@ mod tests {
             kind: KernelKind::Elf64 { entry: 0x100_0000 },
             end: 0x200_0000,
         };
-        let entry = write_boot_info(&m, &kernel, None, 5, 64 << 20).expect("write");
+        let entry = write_boot_info(&m, &kernel, None, 5, 64 << 20, 0xe_0000).expect("write");
         assert_eq!(
             entry,
             BootEntry::Linux64 {
@@ -517,6 +523,7 @@ mod tests {
         );
         let params: boot_params = m.read_obj(GuestAddress(ZERO_PAGE_START)).expect("read");
         assert_eq!({ params.hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!({ params.acpi_rsdp_addr }, 0xe_0000);
         assert_eq!({ params.hdr.boot_flag }, 0xaa55);
         assert_eq!(params.e820_entries, 2);
     }

@@ -22,6 +22,10 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
+mod shutdown;
+pub use shutdown::ShutdownHandle;
+pub(crate) use shutdown::ShutdownState;
+
 /// How a VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmOutcome {
@@ -125,6 +129,20 @@ impl KeyboardHandle {
     }
 }
 
+/// Presses a running VM's ACPI power button from any thread.
+#[derive(Debug)]
+pub struct PowerButtonHandle(EventFd);
+
+impl PowerButtonHandle {
+    /// Presses the power button: the Generic Event Device's interrupt, whose handler
+    /// notifies the guest's power button device. A Linux guest with ACPI then signals its
+    /// init (or, with the input-layer button driver, reports KEY_POWER); init decides
+    /// whether to power off.
+    pub fn press(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
 /// Device work the VMM loop does when an eventfd fires (e.g. a virtio queue notification).
 pub struct EventHandler {
     /// Polled by the loop, and read (reset) before `on_event` runs.
@@ -145,6 +163,10 @@ pub(crate) struct VmmLoop {
     pub vcpu_events: Receiver<VcpuEvent>,
     pub vcpu_wake: EventFd,
     pub reset_evt: EventFd,
+    /// Signalled when the guest powers off through ACPI.
+    pub poweroff_evt: EventFd,
+    /// Graceful shutdown requests and their deadline.
+    pub shutdown: ShutdownState,
     pub stop_evt: EventFd,
     pub control: Arc<VcpuControl>,
     /// Written by [`RunningVm::pause`]: the loop kicks the vCPUs until they park.
@@ -162,6 +184,7 @@ pub(crate) struct VmHandles {
     pub boot_time: BootTimeRecord,
     pub metrics: Arc<VmMetrics>,
     pub i8042: Option<Arc<Mutex<I8042Device>>>,
+    pub power_button: Option<EventFd>,
     pub snapshot: Arc<SnapshotParts>,
 }
 
@@ -176,6 +199,8 @@ pub struct RunningVm {
     boot_time: BootTimeRecord,
     metrics: Arc<VmMetrics>,
     i8042: Option<Arc<Mutex<I8042Device>>>,
+    power_button: Option<EventFd>,
+    shutdown: ShutdownHandle,
     snapshot: Arc<SnapshotParts>,
     started: Instant,
 }
@@ -190,6 +215,8 @@ const TOKEN_RESET: u64 = 2;
 const TOKEN_STOP: u64 = 3;
 const TOKEN_STDIN: u64 = 4;
 const TOKEN_PAUSE: u64 = 5;
+const TOKEN_POWEROFF: u64 = 6;
+const TOKEN_SHUTDOWN: u64 = 7;
 /// Tokens from here on are device event handlers, by index.
 const TOKEN_HANDLER_BASE: u64 = 16;
 
@@ -198,6 +225,7 @@ impl RunningVm {
         let stop_evt = vmm.stop_evt.try_clone()?;
         let pause_evt = vmm.pause_evt.try_clone()?;
         let control = vmm.control.clone();
+        let shutdown = vmm.shutdown.handle()?;
         let vcpu_count = vmm.vcpu_threads.len();
         let vmm_thread = std::thread::Builder::new()
             .name("zvm_vmm".into())
@@ -206,6 +234,7 @@ impl RunningVm {
             boot_time,
             metrics,
             i8042,
+            power_button,
             snapshot,
         } = handles;
         Ok(RunningVm {
@@ -218,6 +247,8 @@ impl RunningVm {
             boot_time,
             metrics,
             i8042,
+            power_button,
+            shutdown,
             snapshot,
         })
     }
@@ -236,6 +267,20 @@ impl RunningVm {
     /// The VM's keyboard, if it has an i8042.
     pub fn keyboard(&self) -> Option<KeyboardHandle> {
         self.i8042.clone().map(KeyboardHandle)
+    }
+
+    /// The VM's ACPI power button (VMs with an in-kernel irqchip).
+    pub fn power_button(&self) -> std::io::Result<Option<PowerButtonHandle>> {
+        self.power_button
+            .as_ref()
+            .map(|evt| evt.try_clone().map(PowerButtonHandle))
+            .transpose()
+    }
+
+    /// A handle that asks the guest to power off (the ACPI power button) and stops the VM
+    /// after a grace period.
+    pub fn shutdown_handle(&self) -> std::io::Result<ShutdownHandle> {
+        self.shutdown.try_clone()
     }
 
     /// The VM's counters: vCPU exits, devices, boot time.
@@ -326,6 +371,8 @@ impl VmmLoop {
         };
         add(self.vcpu_wake.as_raw_fd(), TOKEN_VCPU)?;
         add(self.reset_evt.as_raw_fd(), TOKEN_RESET)?;
+        add(self.poweroff_evt.as_raw_fd(), TOKEN_POWEROFF)?;
+        add(self.shutdown.evt.as_raw_fd(), TOKEN_SHUTDOWN)?;
         add(self.stop_evt.as_raw_fd(), TOKEN_STOP)?;
         add(self.pause_evt.as_raw_fd(), TOKEN_PAUSE)?;
         let mut stdin_open =
@@ -342,11 +389,15 @@ impl VmmLoop {
             }
         }
         loop {
-            let n = match epoll.wait(-1, &mut events) {
+            let n = match epoll.wait(self.shutdown.wait_ms(), &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            if n == 0 && self.shutdown.expired() {
+                tracing::info!("the guest did not power off in time: stopping the VM");
+                return Ok(VmOutcome::Stopped);
+            }
             for event in &events[..n] {
                 match event.data() {
                     TOKEN_VCPU => {
@@ -367,6 +418,8 @@ impl VmmLoop {
                         }
                     }
                     TOKEN_RESET => return Ok(VmOutcome::Reboot),
+                    TOKEN_POWEROFF => return Ok(VmOutcome::Poweroff),
+                    TOKEN_SHUTDOWN if !self.shutdown.on_request() => return Ok(VmOutcome::Stopped),
                     TOKEN_STOP => return Ok(VmOutcome::Stopped),
                     TOKEN_PAUSE => {
                         let _ = self.pause_evt.read();

@@ -55,6 +55,7 @@ impl TinyGuest {
             .attach_serial(ConsoleSink::Writer(Box::new(console.clone())), false, false)
             .expect("serial");
         builder.attach_i8042().expect("i8042");
+        builder.attach_acpi_pm().expect("ACPI power management");
         builder.attach_boot_timer().expect("boot timer");
         for (addr, bytes) in &self.extra {
             vm_memory::Bytes::write_slice(builder.memory(), bytes, vm_memory::GuestAddress(*addr))
@@ -92,6 +93,69 @@ fn serial_output_reaches_the_console_and_reset_ends_the_vm() {
     let (outcome, console, _) = TinyGuest::new(code).run(Duration::from_secs(30));
     assert_eq!(outcome, VmOutcome::Reboot);
     assert_eq!(console.text(), "hello from a tiny guest\n");
+}
+
+/// `mov dx, port; mov al, value; out dx, al`, then `hlt` in a loop.
+fn out_then_halt(port: u16, value: u8) -> Vec<u8> {
+    let [lo, hi] = port.to_le_bytes();
+    vec![0x66, 0xba, lo, hi, 0xb0, value, 0xee, 0xf4, 0xeb, 0xfd]
+}
+
+#[test]
+fn an_acpi_power_off_ends_the_vm_as_powered_off() {
+    // SLP_TYP 5 (the DSDT's _S5) with SLP_EN into the FADT's sleep control register.
+    let code = out_then_halt(vmm::layout::ACPI_PM_PORT, (5 << 2) | (1 << 5));
+    let (outcome, _, _) = TinyGuest::new(code).run(Duration::from_secs(30));
+    assert_eq!(outcome, VmOutcome::Poweroff);
+    assert!(outcome.is_clean());
+}
+
+#[test]
+fn the_acpi_reset_register_reboots() {
+    let code = out_then_halt(vmm::layout::ACPI_PM_PORT + 2, 0x0f);
+    let (outcome, _, _) = TinyGuest::new(code).run(Duration::from_secs(30));
+    assert_eq!(outcome, VmOutcome::Reboot);
+}
+
+#[test]
+fn a_guest_that_ignores_the_power_button_is_stopped_after_the_grace_period() {
+    // cli; hlt forever: the button's interrupt never reaches it.
+    let (vm, _console) = TinyGuest::new(vec![0xfa, 0xf4, 0xeb, 0xfd]).start();
+    assert!(vm.power_button().expect("button").is_some());
+    let asked = std::time::Instant::now();
+    vm.shutdown_handle()
+        .expect("handle")
+        .request(Duration::from_millis(300))
+        .expect("request");
+    let stop = vm.stop_handle().expect("stop handle");
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        let _ = stop.request_stop();
+    });
+    let outcome = vm.wait();
+    let took = asked.elapsed();
+    drop(watchdog);
+    assert_eq!(outcome, VmOutcome::Stopped);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(10),
+        "stopped after {took:?}"
+    );
+}
+
+#[test]
+fn the_acpi_tables_are_in_guest_memory() {
+    let mut builder = MicrovmBuilder::new(64, 2, CpuTemplate::Auto, true, BuildOptions::default())
+        .expect("build VM");
+    builder.load_raw_code(&[0xf4], CODE_ADDR).expect("load");
+    let mut rsdp = [0u8; 36];
+    vm_memory::Bytes::read_slice(
+        builder.memory(),
+        &mut rsdp,
+        vm_memory::GuestAddress(vmm::layout::ACPI_START),
+    )
+    .expect("read");
+    assert_eq!(&rsdp[..8], b"RSD PTR ");
+    assert_eq!(rsdp.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod restore;
 mod run;
 mod setup;
 mod specs;
+mod stop_signals;
 mod template;
 mod terminal;
 

@@ -4,7 +4,7 @@
 //! The VM is resumed at once: without an API nothing could resume a VM restored paused
 //! (restore paused through `PUT /snapshot/load` with `"resume_vm": false`).
 
-use crate::run::{install_stop_signals, report_outcome};
+use crate::run::report_outcome;
 use crate::terminal::RawTerminal;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -55,6 +55,8 @@ pub struct RestoreOptions<'a> {
     pub track_dirty_pages: bool,
     /// `--verbose`.
     pub verbose: bool,
+    /// `--shutdown-timeout`: the guest's grace period on a stop signal.
+    pub shutdown_timeout: std::time::Duration,
 }
 
 impl RestoreArgs {
@@ -174,8 +176,7 @@ pub fn run(args: &RestoreArgs, opts: &RestoreOptions<'_>, process_start: Instant
     }
     let raw = input.then(RawTerminal::enable).flatten();
     if let Ok(stop) = vm.stop_handle() {
-        install_stop_signals(stop.raw_fd());
-        std::mem::forget(stop);
+        crate::stop_signals::install_for(stop, vm.shutdown_handle().ok(), opts.shutdown_timeout);
     }
     // The socket the VM listens on (the override, else the snapshot's), removed at its end.
     let vsock_uds = vm

@@ -9,7 +9,6 @@ use clap::Args;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -104,6 +103,16 @@ pub struct RunArgs {
     /// little on every first write to a page).
     #[arg(long)]
     track_dirty_pages: bool,
+    /// On SIGTERM, SIGINT or SIGHUP, press the guest's ACPI power button and give it this
+    /// many seconds to power off before the VM is stopped (a second signal stops it at
+    /// once); 0 stops it at once.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    shutdown_timeout: u64,
+    /// Leave the `virtio_mmio.device=` parameters off the kernel command line: a kernel
+    /// with ACPI finds the devices in the ACPI tables (a kernel without ACPI then finds
+    /// none).
+    #[arg(long)]
+    no_cmdline_devices: bool,
     #[command(flatten)]
     restore: Box<crate::restore::RestoreArgs>,
     /// Print what zvm detects about the host and the VM it builds.
@@ -230,6 +239,7 @@ impl RunArgs {
                     .parse::<CpuTemplate>()
                     .map_err(|e| e.to_string())?,
                 track_dirty_pages: self.track_dirty_pages,
+                cmdline_devices: !self.no_cmdline_devices,
             },
             console: self
                 .console
@@ -321,29 +331,6 @@ impl ContainerRun {
     }
 }
 
-/// The stop eventfd of the running VM, for the signal handler.
-static STOP_FD: AtomicI32 = AtomicI32::new(-1);
-/// Whether a stop signal came (the container thread stops the VM too, on failure).
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::Relaxed);
-    let fd = STOP_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let one: u64 = 1;
-        // SAFETY: write(2) of 8 bytes from a local to an eventfd: async-signal-safe.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-    }
-}
-
-pub(crate) fn install_stop_signals(fd: i32) {
-    STOP_FD.store(fd, Ordering::Relaxed);
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: installing a handler that only performs an async-signal-safe write.
-        unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
-    }
-}
-
 /// Runs `zvm run`; `logging` is zvm's log, which a container flist moves to its log file.
 pub fn run(args: RunArgs, process_start: Instant, logging: &Logging) -> ExitCode {
     if args.restore.requested() {
@@ -352,6 +339,7 @@ pub fn run(args: RunArgs, process_start: Instant, logging: &Logging) -> ExitCode
             seccomp: args.seccomp == "on",
             track_dirty_pages: args.track_dirty_pages,
             verbose: args.verbose,
+            shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
         };
         return crate::restore::run(&args.restore, &opts, process_start);
     }
@@ -447,8 +435,8 @@ fn run_with(
         .map_or(resources.console == ConsoleConfig::Stdio, |c| c.terminal);
     let raw = interactive.then(RawTerminal::enable).flatten();
     if let Ok(stop) = vm.stop_handle() {
-        install_stop_signals(stop.raw_fd());
-        std::mem::forget(stop);
+        let grace = std::time::Duration::from_secs(args.shutdown_timeout);
+        crate::stop_signals::install_for(stop, vm.shutdown_handle().ok(), grace);
     }
     let vm_ended: Ended = Arc::default();
     let container = container.map(|c| {
@@ -492,7 +480,7 @@ fn container_outcome(
     log: ContainerLog,
     verbose: bool,
 ) -> ExitCode {
-    let signalled = SIGNALLED.load(Ordering::Relaxed);
+    let signalled = crate::stop_signals::signalled();
     // When the container thread stopped the VM (on failure), no signal did.
     let stopped_by_us = matches!(outcome, VmOutcome::Stopped) && !signalled;
     for (i, line) in lines.iter().enumerate() {

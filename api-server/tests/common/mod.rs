@@ -160,7 +160,10 @@ impl VmmController for FakeVmm {
                 }
                 self.state = InstanceState::Running;
             }
-            ApiRequest::Action(ActionType::SendCtrlAltDel) => self.post_boot()?,
+            ApiRequest::Action(ActionType::SendCtrlAltDel)
+            | ApiRequest::Action(ActionType::SendPowerButton)
+            | ApiRequest::Action(ActionType::Shutdown)
+            | ApiRequest::Shutdown(_) => self.post_boot()?,
             ApiRequest::Action(ActionType::FlushMetrics) => {}
             ApiRequest::LoadSnapshot(params) => {
                 self.pre_boot()?;

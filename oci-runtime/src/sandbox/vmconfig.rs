@@ -188,6 +188,7 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
             mem_size_mib: size.memory_mib,
             cpu_template: CpuTemplate::Auto,
             track_dirty_pages: false,
+            cmdline_devices: true,
         },
         console: ConsoleConfig::File(files.console_log.to_path_buf()),
         console_timestamps: false,

@@ -1,7 +1,7 @@
 //! The Intel MultiProcessor Specification table: tells the guest about its CPUs, the
 //! IOAPIC and how ISA IRQs are wired, so it can start application processors.
 
-use crate::layout::{APIC_START, EBDA_START, IOAPIC_START, IRQ_MAX};
+use crate::layout::{APIC_START, EBDA_START, IOAPIC_LAST_PIN, IOAPIC_START};
 use crate::memory::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -53,13 +53,13 @@ fn config_table(cpus: u8) -> Vec<u8> {
     entries.extend_from_slice(b"ISA   ");
     entries.extend_from_slice(&[2, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
-    for irq in 0..=IRQ_MAX as u8 {
+    for irq in 0..=IOAPIC_LAST_PIN as u8 {
         entries.extend_from_slice(&[3, MP_IRQ_INT, 0, 0, 0, irq, ioapic_id, irq]);
     }
     entries.extend_from_slice(&[4, MP_IRQ_EXTINT, 0, 0, 0, 0, 0xff, 0]);
     entries.extend_from_slice(&[4, MP_IRQ_NMI, 0, 0, 0, 0, 0xff, 1]);
 
-    let count = u16::from(cpus) + 2 + (IRQ_MAX as u16 + 1) + 2;
+    let count = u16::from(cpus) + 2 + (IOAPIC_LAST_PIN as u16 + 1) + 2;
     let length = 44 + entries.len();
     let mut table = Vec::with_capacity(length);
     table.extend_from_slice(b"PCMP");

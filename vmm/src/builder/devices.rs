@@ -2,7 +2,9 @@
 //! devices each in its own MMIO slot with the next free IRQ.
 
 use super::{io_err, kvm_err, BuildError, MicrovmBuilder, VirtioSlot};
+use crate::arch::acpi;
 use crate::bus::BusRange;
+use crate::devices::acpi_pm::AcpiPmDevice;
 use crate::devices::boot_timer::BootTimerDevice;
 use crate::devices::i8042::{I8042Device, KBD_IRQ};
 use crate::devices::serial::{ConsoleSink, SerialDevice};
@@ -63,6 +65,32 @@ impl MicrovmBuilder {
         self.pio
             .insert(BusRange::new(u64::from(layout::I8042_PORT), 5), dev.clone())?;
         self.i8042 = Some(dev);
+        Ok(())
+    }
+
+    /// The ACPI power-management registers (a guest power-off or ACPI reset ends the VM)
+    /// and the power button's interrupt, as the ACPI tables describe them.
+    pub fn attach_acpi_pm(&mut self) -> Result<(), BuildError> {
+        let poweroff = self
+            .poweroff_evt
+            .try_clone()
+            .map_err(io_err("clone the power-off eventfd"))?;
+        let reset = self
+            .reset_evt
+            .try_clone()
+            .map_err(io_err("clone the reset eventfd"))?;
+        self.pio.insert(
+            BusRange::new(u64::from(layout::ACPI_PM_PORT), acpi::pm::LEN),
+            Arc::new(Mutex::new(AcpiPmDevice::new(poweroff, reset))),
+        )?;
+        if self.opts.irqchip {
+            let button =
+                EventFd::new(EFD_NONBLOCK).map_err(io_err("create the power button eventfd"))?;
+            self.vm
+                .register_irqfd(&button, layout::GED_IRQ)
+                .map_err(kvm_err("register the power button irqfd"))?;
+            self.power_button = Some(button);
+        }
         Ok(())
     }
 
@@ -156,9 +184,12 @@ impl MicrovmBuilder {
             self.handlers.push(EventHandler { evt, on_event });
         }
         self.device_args.push(format!(
-            "virtio_mmio.device=4K@{:#x}:{}",
-            slot.addr, slot.irq
+            "{}4K@{:#x}:{}",
+            super::VIRTIO_MMIO_ARG,
+            slot.addr,
+            slot.irq
         ));
+        self.virtio_slots.push(slot);
         self.next_virtio_addr += MMIO_SLOT_SIZE;
         self.next_irq += 1;
         Ok(slot)

@@ -8,7 +8,7 @@ use crate::devices::DeviceRegistry;
 use crate::memory::GuestMemoryMmap;
 use crate::snapshot::create::SnapshotParts;
 use crate::vcpu::{Vcpu, VcpuControl, VcpuSaveContext};
-use crate::vm::{kick_signal, RunningVm, VmHandles, VmmLoop};
+use crate::vm::{kick_signal, RunningVm, ShutdownState, VmHandles, VmmLoop};
 use kvm_bindings::{
     kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES,
 };
@@ -154,6 +154,15 @@ impl MicrovmBuilder {
             vcpu_events: events_rx,
             vcpu_wake: wake,
             reset_evt: self.reset_evt,
+            poweroff_evt: self.poweroff_evt,
+            shutdown: ShutdownState::new(
+                self.power_button
+                    .as_ref()
+                    .map(EventFd::try_clone)
+                    .transpose()
+                    .map_err(io_err("clone the power button eventfd"))?,
+            )
+            .map_err(io_err("create the shutdown eventfd"))?,
             stop_evt: EventFd::new(EFD_NONBLOCK).map_err(io_err("create the stop eventfd"))?,
             control,
             pause_evt: EventFd::new(EFD_NONBLOCK).map_err(io_err("create the pause eventfd"))?,
@@ -171,6 +180,7 @@ impl MicrovmBuilder {
             boot_time: self.boot_time,
             metrics: self.metrics,
             i8042: self.i8042,
+            power_button: self.power_button,
             snapshot: Arc::new(snapshot),
         };
         RunningVm::start(vmm, handles).map_err(io_err("start the VMM thread"))

@@ -21,9 +21,12 @@ use crate::bus::BusDevice;
 use std::collections::VecDeque;
 use vmm_sys_util::eventfd::EventFd;
 
-/// Kernel parameters Linux's i8042 driver needs for this controller (Firecracker's): no
-/// mouse port, no multiplexer, no PnP probe, and a keyboard it does not configure (set 2).
-pub const LINUX_ARGS: [&str; 4] = ["i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd"];
+/// Kernel parameters Linux's i8042 driver needs for this controller: no mouse port, no
+/// multiplexer, and a keyboard it does not configure (set 2). Unlike Firecracker, zvm keeps
+/// the PnP probe: with ACPI it finds the controller (`PNP0303`) in the DSDT, which is how a
+/// hardware-reduced ACPI guest, which has no legacy IRQs, gets the keyboard's IRQ; without
+/// ACPI it finds nothing and probes the ports directly.
+pub const LINUX_ARGS: [&str; 3] = ["i8042.noaux", "i8042.nomux", "i8042.dumbkbd"];
 /// The [`LINUX_ARGS`] not already set (to any value) in the command line `args`.
 pub fn missing_linux_args(args: &str) -> Vec<String> {
     let given = |switch: &str| {

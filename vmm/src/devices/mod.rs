@@ -1,5 +1,6 @@
 //! Devices that live on zvm's buses.
 
+pub mod acpi_pm;
 pub mod boot_timer;
 pub mod i8042;
 pub mod serial;

@@ -186,6 +186,16 @@ pub struct MachineConfig {
     /// Track the pages the guest and zvm write, so snapshots after the first can be diffs.
     #[serde(default)]
     pub track_dirty_pages: bool,
+    /// Also name each virtio-mmio device on the kernel command line
+    /// (`virtio_mmio.device=`), for kernels without ACPI. Kernels with ACPI find the
+    /// devices in the DSDT either way; off spares them the duplicate (each then logs a
+    /// "failed to claim resource" line for it).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub cmdline_devices: bool,
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl Default for MachineConfig {
@@ -195,6 +205,7 @@ impl Default for MachineConfig {
             mem_size_mib: 256,
             cpu_template: CpuTemplate::Auto,
             track_dirty_pages: false,
+            cmdline_devices: true,
         }
     }
 }

@@ -13,7 +13,8 @@ mod metrics;
 mod snapshot;
 mod state;
 
-use crate::run::{install_stop_signals, report_outcome};
+use crate::run::report_outcome;
+use crate::stop_signals::install as install_stop_signals;
 use api_server::model::{ActionType, InstanceInfo, InstanceState, VmState};
 use api_server::{
     ApiRequest, ApiResponse, ApiServer, ApiServerConfig, ControllerError, StatusCode, VmmController,
@@ -29,7 +30,7 @@ use std::time::Instant;
 use vmm::builder::BuildOptions;
 use vmm::devices::boot_timer::BootTime;
 use vmm::snapshot::SnapshotHandle;
-use vmm::vm::{KeyboardHandle, PauseHandle, StopHandle};
+use vmm::vm::{KeyboardHandle, PauseHandle, PowerButtonHandle, ShutdownHandle, StopHandle};
 use vmm::{RunningVm, VmOutcome};
 
 /// Options of VMM mode.
@@ -87,6 +88,8 @@ impl Origin {
 struct Running {
     pause: PauseHandle,
     keyboard: Option<KeyboardHandle>,
+    power_button: Option<PowerButtonHandle>,
+    shutdown: ShutdownHandle,
     snapshot: SnapshotHandle,
     /// The vsock socket the VM listens on (the restore's override, if any), removed when
     /// the VM ends.
@@ -226,6 +229,11 @@ impl Monitor {
                 Ok(ApiResponse::Empty)
             }
             ApiRequest::Action(ActionType::SendCtrlAltDel) => self.send_ctrl_alt_del(),
+            ApiRequest::Action(ActionType::SendPowerButton) => self.press_power_button(),
+            ApiRequest::Action(ActionType::Shutdown) => {
+                self.shutdown(api_server::model::DEFAULT_SHUTDOWN_TIMEOUT_MS)
+            }
+            ApiRequest::Shutdown(timeout_ms) => self.shutdown(timeout_ms),
             ApiRequest::PatchVm(state) => self.patch_vm(state),
             ApiRequest::CreateSnapshot(params) => self.create_snapshot(params),
             ApiRequest::LoadSnapshot(params) => self.load_snapshot(params),
@@ -241,6 +249,43 @@ impl Monitor {
         keyboard
             .send_ctrl_alt_del()
             .map_err(|e| refuse(format!("cannot send Ctrl-Alt-Del: {e}")))?;
+        Ok(ApiResponse::Empty)
+    }
+
+    /// The running, unpaused VM `action` needs.
+    fn running_for(&self, action: &str) -> Result<&Running, ControllerError> {
+        let running = self.running.as_ref().ok_or_else(|| {
+            refuse(format!(
+                "{action} needs a running VM: send InstanceStart (or PUT /snapshot/load) first"
+            ))
+        })?;
+        if running.pause.is_paused() {
+            return Err(refuse(format!(
+                "{action}: the VM is paused; resume it first (PATCH /vm)"
+            )));
+        }
+        Ok(running)
+    }
+
+    fn press_power_button(&mut self) -> Result<ApiResponse, ControllerError> {
+        let running = self.running_for("SendPowerButton")?;
+        let button = running
+            .power_button
+            .as_ref()
+            .ok_or_else(|| refuse("the VM has no ACPI power button"))?;
+        button
+            .press()
+            .map_err(|e| refuse(format!("cannot press the power button: {e}")))?;
+        Ok(ApiResponse::Empty)
+    }
+
+    /// Presses the power button; the VM is stopped if it has not ended within `timeout_ms`.
+    fn shutdown(&mut self, timeout_ms: u64) -> Result<ApiResponse, ControllerError> {
+        let running = self.running_for("Shutdown")?;
+        running
+            .shutdown
+            .request(std::time::Duration::from_millis(timeout_ms))
+            .map_err(|e| refuse(format!("cannot ask the guest to power off: {e}")))?;
         Ok(ApiResponse::Empty)
     }
 
@@ -274,6 +319,8 @@ impl Monitor {
         let stop = vm.stop_handle().map_err(internal)?;
         let snapshot = vm.snapshot_handle().map_err(internal)?;
         let keyboard = vm.keyboard();
+        let power_button = vm.power_button().map_err(internal)?;
+        let shutdown = vm.shutdown_handle().map_err(internal)?;
         self.metrics.vm = Some(vm.metrics());
         install_stop_signals(stop.raw_fd());
         let events = self.events.clone();
@@ -287,6 +334,8 @@ impl Monitor {
         self.running = Some(Running {
             pause,
             keyboard,
+            power_button,
+            shutdown,
             snapshot,
             vsock_uds,
             origin,
