@@ -5,6 +5,9 @@
 # patched with zvm-pvm-workarounds.patch (test/dev kernel only, see README.md here),
 # and cached under $ZVM_CACHE_DIR/kernel/<key>/ where <key> hashes the fragment, the
 # patch, this script and the linux-source version. A cached kernel is reused.
+# With ZVM_KERNEL_FLAVOUR=tiny it builds the second, minimal kernel instead: `make
+# tinyconfig` plus zvm-tiny.config (no ACPI, no paravirtual guest support), which the
+# CPU bring-up test boots.
 #
 # Output: the path of the uncompressed vmlinux, as the last line on stdout.
 # Progress (a line with the step and the elapsed time while a build runs) and the build
@@ -38,7 +41,12 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 src_version=$(dpkg-query -W -f='${Version}' "$(basename "$tarball" .tar.xz)" 2>/dev/null || basename "$tarball")
-key=$( (cat "$here/zvm-guest.config" "$here/zvm-pvm-workarounds.patch" "$here/build.sh"; echo "$src_version") \
+case "${ZVM_KERNEL_FLAVOUR:-guest}" in
+  guest) base_config=allnoconfig; fragment="$here/zvm-guest.config" ;;
+  tiny) base_config=tinyconfig; fragment="$here/zvm-tiny.config" ;;
+  *) say "unknown ZVM_KERNEL_FLAVOUR '${ZVM_KERNEL_FLAVOUR}' (guest or tiny)"; exit 2 ;;
+esac
+key=$( (cat "$fragment" "$here/zvm-pvm-workarounds.patch" "$here/build.sh"; echo "$src_version") \
   | sha256sum | cut -c1-16)
 out="$cache_root/kernel/$key"
 if [ -s "$out/vmlinux" ]; then
@@ -84,7 +92,14 @@ tar -C "$work" -xf "$tarball"
 tree=$(ls -d "$work"/linux-source-*)
 patch -d "$tree" -p1 --quiet < "$here/zvm-pvm-workarounds.patch"
 phase "configuring"
-make -C "$tree" -s KCONFIG_ALLCONFIG="$here/zvm-guest.config" allnoconfig >&2
+if [ "$base_config" = tinyconfig ]; then
+  # What `make tinyconfig` does, with the fragment beside tiny-base.config.
+  cat "$tree/kernel/configs/tiny-base.config" "$fragment" > "$work/allconfig"
+  make -C "$tree" -s KCONFIG_ALLCONFIG="$work/allconfig" allnoconfig >&2
+  make -C "$tree" -s tiny.config >&2
+else
+  make -C "$tree" -s KCONFIG_ALLCONFIG="$fragment" allnoconfig >&2
+fi
 
 # Every option the fragment asks for must have survived Kconfig's dependency solving.
 missing=0
@@ -96,7 +111,7 @@ while IFS= read -r line; do
   else
     grep -qxF "$line" "$tree/.config" || { say "option $line was not applied"; missing=1; }
   fi
-done < "$here/zvm-guest.config"
+done < "$fragment"
 [ "$missing" = 0 ] || { say "the config fragment does not apply to $src_version"; exit 1; }
 
 phase "compiling (make -j$(nproc) vmlinux bzImage)"

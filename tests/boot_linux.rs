@@ -8,7 +8,7 @@ use vmm::{VmOutcome, VmResources};
 
 use zvm_integration_tests::{
     busybox_initramfs, ext4_image, guest_kernel, read_from_ext4, run_zvm, run_zvm_in,
-    test_initramfs, NetNs,
+    test_initramfs, tiny_guest_kernel, NetNs,
 };
 
 /// Upper bound for one boot here; a VMX host needs a fraction of a second.
@@ -112,7 +112,8 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
     // stderr, exit code 0 when the guest ends the VM. One boot checks SMP, a busybox
     // shell, a read-write and a read-only virtio disk, the virtio entropy device, a
     // virtio-net interface on a tap in a network namespace the test owns, and vsock in
-    // both directions.
+    // both directions; the guest finds its CPUs and every device through ACPI alone (no
+    // `virtio_mmio.device=` parameters) and ends with an ACPI power-off.
     let dir = zvm_integration_tests::scratch_dir();
     let rw = dir.join("rw.ext4");
     let ro = dir.join("ro.ext4");
@@ -121,7 +122,7 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
     let ro_before = std::fs::read(&ro).expect("ro image");
     let initrd = busybox_initramfs(DEVICE_SCRIPT);
     let kernel = guest_kernel();
-    let cmdline = format!("{DEFAULT_BOOT_ARGS} zvm.mode=script");
+    let cmdline = format!("{DEFAULT_BOOT_ARGS} zvm.mode=script zvm.end=poweroff");
     let rw_disk = format!("path={},id=rootless", rw.display());
     let ro_disk = format!("path={},readonly=on", ro.display());
 
@@ -181,6 +182,7 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
         "tap=zvmtap0,mac=02:00:00:00:00:05",
         "--vsock",
         &vsock,
+        "--no-cmdline-devices",
     ];
     let run = run_zvm_in(Some(&ns), &args, BOOT_LIMIT);
     let console = &run.stdout;
@@ -234,9 +236,10 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
         "zvm reports the boot time: {}",
         show()
     );
+    assert!(run.stderr.contains("zvm: guest powered off"), "{}", show());
     assert!(
-        run.stderr.contains("zvm: guest rebooted; VM ended"),
-        "{}",
+        !console.contains("virtio_mmio.device="),
+        "the devices came from ACPI alone: {}",
         show()
     );
     assert_eq!(run.code, Some(0), "{}", show());
@@ -323,6 +326,46 @@ fn a_corrupt_kernel_is_refused_with_a_clear_error() {
         .expect_err("garbage")
         .to_string();
     assert!(text.contains("is not a kernel"), "{text}");
+}
+
+#[test]
+fn a_tinyconfig_kernel_brings_up_two_vcpus() {
+    // A second kernel, unlike the project's: `make tinyconfig` plus SMP, PVH and the
+    // serial console; no ACPI (its CPUs come from the MP table) and no kvmclock.
+    let kernel = tiny_guest_kernel();
+    let initrd = test_initramfs();
+    let cmdline = format!("{DEFAULT_BOOT_ARGS} zvm.mode=marker");
+    let args = [
+        "run",
+        "--kernel",
+        kernel.to_str().expect("utf8"),
+        "--initrd",
+        initrd.to_str().expect("utf8"),
+        "--cpus",
+        "2",
+        "--cmdline",
+        &cmdline,
+    ];
+    let run = run_zvm(&args, BOOT_LIMIT);
+    let show = || {
+        format!(
+            "exit {:?}\nstderr:\n{}\nconsole:\n{}",
+            run.code, run.stderr, run.stdout
+        )
+    };
+    for needle in [
+        "-zvm-tiny",
+        "smp: Brought up 1 node, 2 CPUs",
+        "zvm-guest: userspace reached: init is pid 1, 2 cpus online",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "console lacks {needle:?}: {}",
+            show()
+        );
+    }
+    assert!(!run.stdout.contains("ACPI"), "{}", show());
+    assert_eq!(run.code, Some(0), "{}", show());
 }
 
 #[test]

@@ -245,10 +245,12 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
     run_b
         .arg("--drive-override")
         .arg(format!("data={}", disk_b.display()));
-    run_b
-        .arg("--vsock-override")
-        .arg(&uds_b)
-        .args(["--console", "stdio"]);
+    run_b.arg("--vsock-override").arg(&uds_b).args([
+        "--console",
+        "stdio",
+        "--shutdown-timeout",
+        "600",
+    ]);
     let mut clone_b = LiveZvm::spawn(&mut run_b, None);
     let work_b = clone_work("b", uds_b.clone(), b_started);
     let a_started = Instant::now();
@@ -342,7 +344,25 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
         "{}",
         clone_a.show()
     );
-    drop(clone_b);
+    // SIGTERM with --shutdown-timeout presses clone b's ACPI power button (its Generic
+    // Event Device's interrupt, set up again at the restore); init powers off through ACPI.
+    let pid = i32::try_from(clone_b.child.id()).expect("a pid");
+    // SAFETY: kill(2) of our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = clone_b.wait_exit(ANSWER_LIMIT);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", clone_b.show());
+    assert!(
+        clone_b
+            .console()
+            .contains("zvm-guest: power button, powering off"),
+        "{}",
+        clone_b.show()
+    );
+    assert!(
+        clone_b.stderr().contains("zvm: guest powered off"),
+        "{}",
+        clone_b.show()
+    );
 
     // Each disk holds its own clone's file; the base disk neither.
     assert_eq!(read_from_ext4(&disk_a, "clone.txt").trim(), "from-clone-a");

@@ -141,6 +141,10 @@ pub struct MachineConfig {
     /// Huge pages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<HugePages>,
+    /// zvm: name the virtio-mmio devices on the kernel command line too (default true);
+    /// false for kernels with ACPI, which find them in the DSDT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline_devices: Option<bool>,
 }
 
 impl MachineConfig {
@@ -173,6 +177,8 @@ pub struct MachineConfigUpdate {
     pub cpu_template: Option<CpuTemplate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<HugePages>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline_devices: Option<bool>,
 }
 
 impl MachineConfigUpdate {
@@ -556,6 +562,7 @@ mod tests {
             track_dirty_pages: false,
             cpu_template: None,
             huge_pages: None,
+            cmdline_devices: None,
         };
         assert_eq!(mc.validate(), Err(ModelError::NoVcpus));
     }

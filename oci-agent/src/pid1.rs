@@ -121,14 +121,18 @@ pub fn boot() {
 
 /// Syncs and ends the VM. Never returns.
 ///
-/// Reboot rather than power-off: without ACPI, a guest power-off only halts the CPUs, which
-/// leaves the VMM running; zvm ends the VM on a reboot (`reboot=k`, through the i8042).
+/// An ACPI power-off where the kernel found ACPI (zvm ends the VM as powered off); else a
+/// reboot, since without ACPI a guest power-off only halts the CPUs, which leaves the VMM
+/// running, while zvm ends the VM on a reboot (`reboot=k`, through the i8042).
 pub fn power_off() -> ! {
+    let acpi = std::path::Path::new("/sys/firmware/acpi").exists();
     // SAFETY: sync and reboot have no memory-safety preconditions; we are PID 1.
     unsafe {
         libc::sync();
+        if acpi {
+            libc::reboot(libc::RB_POWER_OFF);
+        }
         libc::reboot(libc::RB_AUTOBOOT);
-        libc::reboot(libc::RB_POWER_OFF);
     }
     loop {
         // SAFETY: pause(2) just waits.

@@ -17,9 +17,10 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Runs a build script that prints a path as its last stdout line.
-fn path_from_script(script: &Path) -> PathBuf {
+fn path_from_script(script: &Path, env: &[(&str, &str)]) -> PathBuf {
     let out = Command::new("bash")
         .arg(script)
+        .envs(env.iter().copied())
         .output()
         .expect("run build script");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -49,14 +50,23 @@ fn path_from_script(script: &Path) -> PathBuf {
 pub fn guest_kernel() -> PathBuf {
     static KERNEL: OnceLock<PathBuf> = OnceLock::new();
     KERNEL
-        .get_or_init(|| path_from_script(&repo_root().join("guest-kernel/build.sh")))
+        .get_or_init(|| path_from_script(&repo_root().join("guest-kernel/build.sh"), &[]))
         .clone()
+}
+
+/// The second guest kernel (`make tinyconfig` plus guest-kernel/zvm-tiny.config: no ACPI,
+/// no paravirtual guest support), built on first use and cached per machine.
+pub fn tiny_guest_kernel() -> PathBuf {
+    path_from_script(
+        &repo_root().join("guest-kernel/build.sh"),
+        &[("ZVM_KERNEL_FLAVOUR", "tiny")],
+    )
 }
 
 /// The static guest init binary.
 pub fn guest_init() -> PathBuf {
     static INIT: OnceLock<PathBuf> = OnceLock::new();
-    INIT.get_or_init(|| path_from_script(&repo_root().join("guest/build.sh")))
+    INIT.get_or_init(|| path_from_script(&repo_root().join("guest/build.sh"), &[]))
         .clone()
 }
 

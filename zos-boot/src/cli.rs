@@ -59,7 +59,8 @@ pub struct ServeArgs {
     /// Memory kept for the node itself, e.g. 1G (default: a tenth of the host, >= 256M).
     #[arg(long, value_parser = parse_size)]
     pub reserved_memory: Option<ByteSize>,
-    /// Seconds a VM gets between SIGTERM and SIGKILL when its deployment is deleted.
+    /// Seconds a VM gets between SIGTERM and SIGKILL when its deployment is deleted; its
+    /// guest is asked to power off (the ACPI power button) and gets all but one of them.
     #[arg(long, default_value_t = 10)]
     pub stop_grace: u64,
     /// A file holding this node's id (the node image's `node.pub`), shown by `GET /health`.
@@ -146,6 +147,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         cache_dir,
         kernel: args.kernel.clone(),
         networks: args.networks.clone(),
+        shutdown_timeout: args.stop_grace.saturating_sub(1),
     };
     let node_id = match args.node_id_file.as_deref().map(read_node_id).transpose() {
         Ok(id) => id,

@@ -32,6 +32,7 @@ impl Default for FakeVmm {
             track_dirty_pages: false,
             cpu_template: None,
             huge_pages: None,
+            cmdline_devices: None,
         };
         FakeVmm {
             state: InstanceState::NotStarted,

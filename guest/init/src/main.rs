@@ -5,8 +5,13 @@
 //! reboots, which ends the VM under zvm (exit code 0).
 //!
 //! Kernel command line switches: `zvm.mode=marker|syscalls|shell|script|wait`; `script`
-//! runs `/bin/sh /zvm-test.sh` (a busybox initramfs) and powers off when it ends; `wait`
-//! sleeps until Ctrl-Alt-Del.
+//! runs `/bin/sh /zvm-test.sh` (a busybox initramfs); `wait` sleeps until Ctrl-Alt-Del or
+//! the power button. `zvm.end=poweroff` ends the VM with an ACPI power-off instead of a
+//! reboot (both end it under zvm with exit code 0).
+//!
+//! The ACPI power button (the VMM's `SendPowerButton`): the kernel's tiny power button
+//! driver sends init SIGRTMIN+4 (as for systemd); init prints a marker, syncs and powers
+//! off.
 //!
 //! Ctrl-Alt-Del (the VMM's `SendCtrlAltDel`, through the i8042 keyboard): init turns the
 //! kernel's own Ctrl-Alt-Del reboot off (`reboot(LINUX_REBOOT_CMD_CAD_OFF)`), so the
@@ -72,6 +77,30 @@ extern "C" fn on_ctrl_alt_del(_: libc::c_int) {
     }
 }
 
+/// The SIGRTMIN+4 handler: the ACPI power button was pressed. Only async-signal-safe calls.
+extern "C" fn on_power_button(_: libc::c_int) {
+    const MSG: &[u8] = b"zvm-guest: power button, powering off\n";
+    // SAFETY: write, sync and reboot are async-signal-safe system calls on our own data.
+    unsafe {
+        libc::write(libc::STDOUT_FILENO, MSG.as_ptr().cast(), MSG.len());
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+}
+
+/// Powers off when the ACPI power button is pressed (SIGRTMIN+4 from the kernel).
+fn take_over_power_button() {
+    // SAFETY: installing a handler that only makes async-signal-safe calls.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_power_button as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGRTMIN() + 4, &action, std::ptr::null_mut()) != 0 {
+            say(&format!("cannot handle the power button: {}", std::io::Error::last_os_error()));
+        }
+    }
+}
+
 /// Makes Ctrl-Alt-Del reach init as SIGINT, and shut the VM down cleanly then.
 fn take_over_ctrl_alt_del() {
     // SAFETY: installing a handler that only makes async-signal-safe calls; reboot with
@@ -91,19 +120,21 @@ fn take_over_ctrl_alt_del() {
 
 /// Sleeps (one system call at a time) until a signal handler ends the VM.
 fn wait_for_ctrl_alt_del() -> ! {
-    say("waiting for ctrl-alt-del");
+    say("waiting for ctrl-alt-del or the power button");
     loop {
         // SAFETY: pause has no preconditions.
         unsafe { libc::pause() };
     }
 }
 
-fn cmdline_mode() -> String {
+/// The value of `zvm.NAME=` on the kernel command line, or `default`.
+fn cmdline_switch(name: &str, default: &str) -> String {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let prefix = format!("zvm.{name}=");
     cmdline
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("zvm.mode="))
-        .unwrap_or("marker")
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
+        .unwrap_or(default)
         .to_string()
 }
 
@@ -112,11 +143,13 @@ fn cpus_online() -> i64 {
     unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }
 }
 
-fn end_vm() -> ! {
+/// Ends the VM: an ACPI power-off with `poweroff`, else a reboot.
+fn end_vm(poweroff: bool) -> ! {
+    let how = if poweroff { libc::RB_POWER_OFF } else { libc::RB_AUTOBOOT };
     // SAFETY: sync and reboot have no memory-safety preconditions; we are PID 1.
     unsafe {
         libc::sync();
-        libc::reboot(libc::RB_AUTOBOOT);
+        libc::reboot(how);
     }
     say("reboot failed");
     loop {
@@ -136,6 +169,7 @@ fn run_script() -> Result<i32, String> {
 
 fn main() {
     take_over_ctrl_alt_del();
+    take_over_power_button();
     mount("proc", "/proc", "proc");
     mount("sysfs", "/sys", "sysfs");
     mount("devtmpfs", "/dev", "devtmpfs");
@@ -147,7 +181,7 @@ fn main() {
         Ok(()) => say("boot timer written"),
         Err(e) => say(&format!("boot timer not written: {e}")),
     }
-    let mode = cmdline_mode();
+    let mode = cmdline_switch("mode", "marker");
     match mode.as_str() {
         "syscalls" => match syscalls::run_check() {
             Ok(n) => say(&format!("syscall check passed: {n} system calls")),
@@ -167,6 +201,7 @@ fn main() {
         "wait" => wait_for_ctrl_alt_del(),
         _ => {}
     }
-    say("powering off");
-    end_vm();
+    let poweroff = cmdline_switch("end", "reboot") == "poweroff";
+    say(if poweroff { "powering off" } else { "rebooting" });
+    end_vm(poweroff);
 }

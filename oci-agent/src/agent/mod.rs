@@ -1,5 +1,6 @@
 //! The agent's event loop: one poll(2) over the listener or the host connection, a signalfd
-//! (SIGCHLD, SIGTERM, SIGINT) and the container's stdio; reads and writes in 64 KiB chunks.
+//! (SIGCHLD, SIGTERM, SIGINT, and SIGRTMIN+4: the kernel's ACPI power button) and the
+//! container's stdio; reads and writes in 64 KiB chunks.
 
 mod backlog;
 mod cgroup;
@@ -65,7 +66,8 @@ pub enum AgentError {
 pub enum Exit {
     /// The host asked for Shutdown.
     Shutdown,
-    /// SIGTERM or SIGINT (in the VM: the VMM's Ctrl-Alt-Del).
+    /// SIGTERM or SIGINT (in the VM: the VMM's Ctrl-Alt-Del), or SIGRTMIN+4 (the VM's
+    /// ACPI power button).
     Signal(i32),
     /// The host connection closed (with `exit_on_disconnect`).
     Disconnected,
@@ -89,13 +91,24 @@ pub struct Agent<T: Transport> {
     backlog: Backlog,
 }
 
-/// Blocks SIGCHLD, SIGTERM, SIGINT and returns a signalfd for them.
+/// The signal the kernel's tiny ACPI power button driver sends init (systemd's power-off).
+fn power_button_signal() -> i32 {
+    libc::SIGRTMIN() + 4
+}
+
+/// Blocks SIGCHLD, SIGTERM, SIGINT, the power button's signal and returns a signalfd for
+/// them.
 fn signal_fd() -> io::Result<OwnedFd> {
     // SAFETY: building a signal set and creating a signalfd for it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
+        for s in [
+            libc::SIGCHLD,
+            libc::SIGTERM,
+            libc::SIGINT,
+            power_button_signal(),
+        ] {
             libc::sigaddset(&mut set, s);
         }
         check(libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()).into())?;
@@ -305,7 +318,10 @@ impl<T: Transport> Agent<T> {
         let mut exit = None;
         for info in &infos[..n] {
             let sig = info.ssi_signo as i32;
-            if sig == libc::SIGTERM || sig == libc::SIGINT {
+            if sig == power_button_signal() {
+                tracing::info!("power button: shutting down");
+                exit = Some(Exit::Signal(sig));
+            } else if sig == libc::SIGTERM || sig == libc::SIGINT {
                 tracing::info!("signal {sig}: shutting down");
                 exit = Some(Exit::Signal(sig));
             }

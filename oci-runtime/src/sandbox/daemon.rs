@@ -46,6 +46,8 @@ pub(crate) enum MainEvent {
     Signal(i32),
     /// The VM ended (how).
     VmEnded(String),
+    /// The guest powered the VM off (ACPI): it ended as a machine that was shut down.
+    VmPoweredOff,
 }
 
 /// Body of the hidden `__sandbox <container_dir>` subcommand: boots the VM with vmm as a
@@ -330,7 +332,11 @@ fn watch_vm(vm: vmm::RunningVm, tx: Sender<MainEvent>) -> Result<VmGuard, Sandbo
             let outcome = vm.wait();
             let how = format!("{outcome:?}");
             *flag.lock().unwrap_or_else(|p| p.into_inner()) = Some(how.clone());
-            let _ = tx.send(MainEvent::VmEnded(how));
+            let event = match outcome {
+                vmm::VmOutcome::Poweroff => MainEvent::VmPoweredOff,
+                _ => MainEvent::VmEnded(how),
+            };
+            let _ = tx.send(event);
             let _ = done_tx.send(());
         })
         .map_err(SandboxError::io("start the VM watcher"))?;
@@ -449,6 +455,13 @@ pub(crate) fn supervise(
                 return Err(format!(
                     "the VM ended before the container's process: {how}"
                 ))
+            }
+            MainEvent::VmPoweredOff => {
+                tracing::info!("the guest powered the VM off: the container ended with it");
+                return Ok(ExitStatus {
+                    code: Some(0),
+                    signal: None,
+                });
             }
             MainEvent::Signal(libc::SIGWINCH) => {
                 if let Some(t) = tty {

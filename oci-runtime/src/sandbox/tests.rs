@@ -223,6 +223,10 @@ fn main_loop_reports_a_lost_agent_and_an_ended_vm() {
     tx.send(MainEvent::VmEnded("Reboot".into())).unwrap();
     let err = supervise(&rx, &shared, sink(), None).unwrap_err();
     assert_eq!(err, "the VM ended before the container's process: Reboot");
+    // A guest that powers off ends the container as a shut-down machine: status 0.
+    tx.send(MainEvent::VmPoweredOff).unwrap();
+    let status = supervise(&rx, &shared, sink(), None).expect("an exit status");
+    assert_eq!((status.code, status.signal), (Some(0), None));
 }
 
 #[test]

@@ -188,7 +188,8 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
             mem_size_mib: size.memory_mib,
             cpu_template: CpuTemplate::Auto,
             track_dirty_pages: false,
-            cmdline_devices: true,
+            // The project's kernel finds the devices through ACPI.
+            cmdline_devices: false,
         },
         console: ConsoleConfig::File(files.console_log.to_path_buf()),
         console_timestamps: false,

@@ -229,8 +229,9 @@ pub fn build_tables(machine: &AcpiMachine) -> Vec<(u64, Vec<u8>)> {
     for cpu in 0..machine.vcpus {
         madt.add_structure(ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled));
     }
-    // The IOAPIC's id follows the CPUs' APIC ids, as in the MP table.
-    madt.add_structure(IoApic::new(machine.vcpus, layout::IOAPIC_START as u32, 0));
+    // The IOAPIC's id, as in the MP table: one past the CPUs' APIC ids.
+    let ioapic_id = machine.vcpus.saturating_add(1);
+    madt.add_structure(IoApic::new(ioapic_id, layout::IOAPIC_START as u32, 0));
     let madt = table_bytes(&madt);
     let dsdt_at = align(madt_at + madt.len() as u64);
 

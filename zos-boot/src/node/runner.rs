@@ -93,6 +93,9 @@ pub struct ProcessRunner {
     pub kernel: Option<PathBuf>,
     /// The node's networks.
     pub networks: Vec<NetworkDef>,
+    /// Seconds a VM's guest gets to power off when its deployment is stopped (the ACPI
+    /// power button, through `zvm run --shutdown-timeout`); 0 stops it at once.
+    pub shutdown_timeout: u64,
 }
 
 impl ProcessRunner {
@@ -133,6 +136,12 @@ impl ProcessRunner {
             "--console".into(),
             "stdio".into(),
         ];
+        if self.shutdown_timeout > 0 {
+            args.extend([
+                "--shutdown-timeout".into(),
+                self.shutdown_timeout.to_string(),
+            ]);
+        }
         if let Some(k) = &self.kernel {
             args.extend(["--kernel".into(), path_str(k)]);
         }
@@ -408,11 +417,12 @@ mod tests {
             cache_dir: "/c".into(),
             kernel: Some("/k".into()),
             networks: vec![],
+            shutdown_timeout: 9,
         };
         let paths = VmPaths::new(Path::new("/s"), "web");
         let args = runner.command_args(&record, &paths).join(" ");
         let want = "run --flist http://hub/web.fl --flist-cache /c --flist-work /s/vms/web/work --cpus 2 --memory 512M \
-            --console stdio --kernel /k --hostname web --entrypoint /bin/web --port 80 --env A=b c --root-size 1073741824 \
+            --console stdio --shutdown-timeout 9 --kernel /k --hostname web --entrypoint /bin/web --port 80 --env A=b c --root-size 1073741824 \
             --disk path=/s/vms/web/disks/data.img,id=data,mount=/data --net tap=t0,id=eth0 --net tap=t1,id=eth1 \
             --append ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off zvm.ip.eth1=10.0.0.3/24 zvm.mount.data=/data quiet";
         assert_eq!(args, want);
@@ -435,6 +445,7 @@ mod tests {
             cache_dir: dir.path().join("c"),
             kernel: None,
             networks: vec![],
+            shutdown_timeout: 0,
         };
         let paths = VmPaths::new(dir.path(), "d");
         // The flist is missing, so preparing fails after the disks are made.

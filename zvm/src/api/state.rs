@@ -38,6 +38,7 @@ impl Default for PendingConfig {
                 track_dirty_pages: false,
                 cpu_template: None,
                 huge_pages: None,
+                cmdline_devices: None,
             },
             drives: Vec::new(),
             entropy: false,
@@ -76,6 +77,9 @@ impl PendingConfig {
         }
         if u.cpu_template.is_some() {
             m.cpu_template = u.cpu_template;
+        }
+        if u.cmdline_devices.is_some() {
+            m.cmdline_devices = u.cmdline_devices;
         }
         self.put_machine(m)
     }
@@ -182,6 +186,7 @@ impl PendingConfig {
                 track_dirty_pages: r.machine_config.track_dirty_pages,
                 cpu_template: None,
                 huge_pages: None,
+                cmdline_devices: (!r.machine_config.cmdline_devices).then_some(false),
             },
             drives: r
                 .drives
@@ -229,6 +234,7 @@ impl PendingConfig {
         r.machine_config.vcpu_count = self.machine.vcpu_count;
         r.machine_config.mem_size_mib = self.machine.mem_size_mib;
         r.machine_config.track_dirty_pages = self.machine.track_dirty_pages;
+        r.machine_config.cmdline_devices = self.machine.cmdline_devices.unwrap_or(true);
         r.drives = self
             .drives
             .iter()
@@ -434,6 +440,24 @@ mod tests {
                 .machine_config
                 .track_dirty_pages,
             "reaches the VMM for diff snapshots"
+        );
+        assert!(
+            c.to_resources()
+                .expect("valid")
+                .machine_config
+                .cmdline_devices
+        );
+        c.patch_machine(MachineConfigUpdate {
+            cmdline_devices: Some(false),
+            ..Default::default()
+        })
+        .expect("patch");
+        assert!(
+            !c.to_resources()
+                .expect("valid")
+                .machine_config
+                .cmdline_devices,
+            "an ACPI kernel's VM leaves the devices off the command line"
         );
         let back = PendingConfig::from_resources(&c.to_resources().expect("valid"));
         assert_eq!(

@@ -74,7 +74,11 @@ fn tables_link_up_and_checksum() {
     assert_eq!(&entries[..4], &[0, 8, 0, 0]);
     assert_eq!(&entries[8..12], &[0, 8, 1, 1]);
     assert_eq!(u32_at(entries, 4) & 1, 1, "CPU 0 enabled");
-    assert_eq!(&entries[16..18], &[1, 12]);
+    assert_eq!(
+        &entries[16..19],
+        &[1, 12, 3],
+        "IOAPIC id 3, as in the MP table"
+    );
     assert_eq!(u32_at(entries, 20), layout::IOAPIC_START as u32);
     assert!(tables
         .iter()
