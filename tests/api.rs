@@ -402,6 +402,12 @@ fn api_drives_a_linux_boot_through_pause_resume_and_the_power_button() {
         Some(r#"{"action_type": "SendCtrlAltDel"}"#),
     );
     assert_eq!(status, 400, "no VM to send keys to yet");
+    assert_eq!(
+        zvm.call("PUT", "/actions", Some(r#"{"action_type": "Shutdown"}"#))
+            .0,
+        400,
+        "no VM to shut down yet"
+    );
     assert!(
         fault["fault_message"]
             .as_str()
@@ -446,6 +452,19 @@ fn api_drives_a_linux_boot_through_pause_resume_and_the_power_button() {
         204
     );
     assert_eq!(zvm.call("GET", "/", None).1["state"], "Paused");
+    let (status, fault) = zvm.call(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "SendPowerButton"}"#),
+    );
+    assert_eq!(status, 400, "a paused guest cannot answer the button");
+    assert!(
+        fault["fault_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("paused"),
+        "{fault}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         zvm.call("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,

@@ -241,7 +241,8 @@ impl Monitor {
     }
 
     fn send_ctrl_alt_del(&mut self) -> Result<ApiResponse, ControllerError> {
-        let running = self.running.as_ref().ok_or_else(|| refuse("SendCtrlAltDel needs a running VM: send InstanceStart (or PUT /snapshot/load) first"))?;
+        // Keys pressed while the VM is paused wait in the keyboard for its resume.
+        let running = self.started_vm("SendCtrlAltDel")?;
         let keyboard = running
             .keyboard
             .as_ref()
@@ -252,13 +253,18 @@ impl Monitor {
         Ok(ApiResponse::Empty)
     }
 
-    /// The running, unpaused VM `action` needs.
-    fn running_for(&self, action: &str) -> Result<&Running, ControllerError> {
-        let running = self.running.as_ref().ok_or_else(|| {
+    /// The VM `action` needs (started, perhaps paused).
+    fn started_vm(&self, action: &str) -> Result<&Running, ControllerError> {
+        self.running.as_ref().ok_or_else(|| {
             refuse(format!(
                 "{action} needs a running VM: send InstanceStart (or PUT /snapshot/load) first"
             ))
-        })?;
+        })
+    }
+
+    /// The running, unpaused VM `action` needs.
+    fn running_for(&self, action: &str) -> Result<&Running, ControllerError> {
+        let running = self.started_vm(action)?;
         if running.pause.is_paused() {
             return Err(refuse(format!(
                 "{action}: the VM is paused; resume it first (PATCH /vm)"
