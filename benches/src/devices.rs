@@ -106,8 +106,9 @@ pub fn zvm_device_args(dev: Devices<'_>, tap: &str) -> Vec<String> {
 }
 
 /// QEMU's device arguments. `-M microvm` is switched to `acpi=off`: with ACPI (the
-/// default) QEMU describes its virtio-mmio devices only in the DSDT, and the guest
-/// kernel has no ACPI; without it QEMU appends `virtio_mmio.device=` to the command line.
+/// default) QEMU describes its virtio-mmio devices only in the DSDT; without it QEMU
+/// appends `virtio_mmio.device=` to the command line, which any kernel finds (the
+/// project's has ACPI now, a guest kernel under test may not).
 pub fn qemu_device_args(args: &mut Vec<String>, dev: Devices<'_>, tap: &str) {
     if let Some(m) = args.iter().position(|a| a == "microvm") {
         args[m] = "microvm,acpi=off".into();
