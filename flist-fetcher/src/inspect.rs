@@ -104,7 +104,7 @@ pub fn summarize(reader: &Reader, tree: &Tree) -> Result<Summary, Error> {
             Kind::Dir => s.dirs += 1,
             Kind::File => {
                 s.files += 1;
-                s.total_size += e.inode.size;
+                s.total_size = s.total_size.saturating_add(e.inode.size);
                 for b in tree.blocks_of(e.inode.ino) {
                     s.blocks += 1;
                     unique.insert(b.id);

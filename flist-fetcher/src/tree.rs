@@ -7,7 +7,7 @@
 //! duplicate names in one directory; and inodes not reachable from the root
 //! (cycles, orphans).
 
-use crate::block::Block;
+use crate::block::{Block, MAX_PLAIN_LEN};
 use crate::meta::{self, Inode, Reader, ROOT_INO};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -59,6 +59,20 @@ pub enum Error {
         count: usize,
         /// one of them
         example: u64,
+    },
+    /// Two rows (in `inode`, or through `extra`) share an inode number; followed as a
+    /// tree, such rows can multiply the entries level by level.
+    #[error("inode {0} appears more than once")]
+    DuplicateInode(u64),
+    /// A regular file claims more bytes than its blocks can hold.
+    #[error("{path}: size {size} is more than its {blocks} block(s) can hold")]
+    SizeBeyondBlocks {
+        /// entry path
+        path: PathBuf,
+        /// the recorded size
+        size: u64,
+        /// how many blocks it has
+        blocks: u64,
     },
     /// A symlink has no usable target.
     #[error("{path}: symlink {reason}")]
@@ -188,6 +202,11 @@ impl Tree {
     /// Reads and validates the tree of an open flist.
     pub fn load(reader: &Reader) -> Result<Tree, Error> {
         let inodes = reader.inodes()?;
+        let mut seen = HashSet::with_capacity(inodes.len());
+        if let Some(dup) = inodes.iter().find(|n| !seen.insert(n.ino)) {
+            return Err(Error::DuplicateInode(dup.ino));
+        }
+        drop(seen);
         let mut blocks = reader.all_blocks()?;
         let mut children: HashMap<u64, Vec<usize>> = HashMap::new();
         let mut root = None;
@@ -292,6 +311,16 @@ impl Tree {
             }
             keep
         });
+        for e in entries.iter().filter(|e| e.kind == Kind::File) {
+            let count = blocks.get(&e.inode.ino).map_or(0, Vec::len) as u64;
+            if e.inode.size > count.saturating_mul(MAX_PLAIN_LEN as u64) {
+                return Err(Error::SizeBeyondBlocks {
+                    path: e.path.clone(),
+                    size: e.inode.size,
+                    blocks: count,
+                });
+            }
+        }
         Ok(Tree { entries, blocks })
     }
 
@@ -300,6 +329,9 @@ impl Tree {
         self.blocks.get(&ino).map_or(&[], Vec::as_slice)
     }
 }
+
+#[cfg(test)]
+mod hostile_tests;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

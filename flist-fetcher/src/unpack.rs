@@ -64,6 +64,16 @@ pub enum Error {
         #[source]
         source: Box<cache::Error>,
     },
+    /// The target's file system has less room than the flist's files need.
+    #[error("{target}: the files need {needed} bytes, the file system has {available} free")]
+    NoRoom {
+        /// the target directory
+        target: PathBuf,
+        /// the sum of the files' sizes
+        needed: u64,
+        /// what the file system offers an unprivileged writer
+        available: u64,
+    },
     /// A file's blocks do not add up to its recorded size.
     #[error("{path}: blocks hold {actual} bytes but the flist records {expected}")]
     SizeMismatch {
@@ -121,6 +131,20 @@ pub struct UnpackStats {
     pub bytes: u64,
     /// Blocks fetched from the stores (cache misses).
     pub fetched: u64,
+}
+
+/// Refuses an unpack whose files need more than `target`'s file system has free, before
+/// anything is written.
+fn check_room(target: &Path, needed: u64) -> Result<(), Error> {
+    let available = fsutil::available_bytes(target).map_err(io_at(target))?;
+    if needed > available {
+        return Err(Error::NoRoom {
+            target: target.to_path_buf(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -197,8 +221,18 @@ impl Ctx<'_> {
                     index,
                     source: Box::new(source),
                 })?;
+            // Never write past the recorded size: blocks can repeat (deduplicated, cheap
+            // to fetch), so a crafted list could otherwise fill the disk.
+            let after = written.saturating_add(plain.len() as u64);
+            if after > entry.inode.size {
+                return Err(Error::SizeMismatch {
+                    path: entry.path.clone(),
+                    expected: entry.inode.size,
+                    actual: after,
+                });
+            }
             file.write_all(&plain).map_err(io_at(&dest))?;
-            written += plain.len() as u64;
+            written = after;
             bar.inc(plain.len() as u64);
         }
         if written != entry.inode.size {
@@ -379,7 +413,10 @@ pub fn unpack_tree(
         .collect();
     // largest first, for better load balance
     files.sort_by_key(|e| std::cmp::Reverse(e.inode.size));
-    let total: u64 = files.iter().map(|e| e.inode.size).sum();
+    let total = files
+        .iter()
+        .fold(0u64, |sum, e| sum.saturating_add(e.inode.size));
+    check_room(target, total)?;
     let bar = parallel::bytes_bar(opts.progress, total, "writing");
     parallel::for_each(&files, opts.jobs, |_, entry| {
         ctx.write_file(entry, &bar).map(|_| ())

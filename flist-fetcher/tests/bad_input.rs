@@ -377,3 +377,31 @@ fn target_must_be_empty() {
     unpack(&f.fl, &empty, &UnpackOptions::new(&f.tmp.path().join("c"))).unwrap();
     assert_eq!(std::fs::read(empty.join("small")).unwrap(), b"small file");
 }
+
+#[test]
+fn sizes_beyond_the_free_space_are_refused_before_anything_is_written() {
+    // 'small' claims 16 TiB, backed by its one block repeated 262144 times (64 MiB each
+    // at most): consistent as metadata, and cheap to fetch, so only the free space of the
+    // target's file system stops it.
+    let f = fixture();
+    let bad = f.tmp.path().join("huge.fl");
+    std::fs::copy(&f.fl, &bad).unwrap();
+    let c = rusqlite::Connection::open(&bad).unwrap();
+    c.execute_batch(
+        "UPDATE inode SET size = 17592186044416 WHERE name = 'small';
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 262143)
+         INSERT INTO block SELECT b.ino, b.id, b.key FROM block b, n
+           WHERE b.rowid = (SELECT min(rowid) FROM block
+                            WHERE ino = (SELECT ino FROM inode WHERE name = 'small'));",
+    )
+    .unwrap();
+    drop(c);
+    let target = f.tmp.path().join("t");
+    let started = std::time::Instant::now();
+    let e = unpack(&bad, &target, &UnpackOptions::new(&f.tmp.path().join("c"))).unwrap_err();
+    assert!(matches!(e, UnpackError::NoRoom { .. }), "{e}");
+    assert!(e.to_string().contains("free"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert!(!target.join("small").exists());
+    assert_no_leftovers(&target);
+}

@@ -124,7 +124,7 @@ pub(crate) fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
     }
 }
 
-mod reader;
+pub(crate) mod reader;
 mod writer;
 
 pub use reader::Reader;

@@ -2,10 +2,21 @@
 
 use super::{sql, Error, Inode, Route};
 use crate::block::{Block, HASH_LEN};
+use rusqlite::config::DbConfig;
+use rusqlite::limits::Limit;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The longest string or blob SQLite may make while reading an flist (names are at most
+/// 255 bytes, symlink targets 4 KiB; a crafted schema could otherwise have SQLite build
+/// values of up to 1 GB, e.g. in a generated column).
+pub const MAX_VALUE_LEN: i32 = 1 << 20;
+/// How long SQLite may work for one reader, all its queries together; a crafted database
+/// that keeps it busy longer is refused.
+pub const MAX_READ_TIME: Duration = Duration::from_secs(300);
 
 /// Read-only access to an existing flist.
 pub struct Reader {
@@ -75,6 +86,25 @@ fn check_header(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// SQLite's settings for a database anyone may have made: defensive mode, no trust in the
+/// schema (no functions with side effects in views, triggers or generated columns), values
+/// of at most [`MAX_VALUE_LEN`], nothing attached, and an interrupt once `budget` is spent.
+fn harden(conn: &Connection, budget: Duration) -> rusqlite::Result<()> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_LEN)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
+    let deadline = Instant::now() + budget;
+    conn.progress_handler(10_000, Some(move || Instant::now() > deadline));
+    Ok(())
+}
+
+/// [`harden`] for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn harden_for_tests(conn: &Connection, budget: Duration) {
+    harden(conn, budget).expect("harden");
+}
+
 impl Reader {
     /// Opens and validates an flist.
     pub fn open(path: &Path) -> Result<Self, Error> {
@@ -93,6 +123,7 @@ impl Reader {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(sql(path))?;
+        harden(&conn, MAX_READ_TIME).map_err(sql(path))?;
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(|e| corrupt(e.to_string()))?;

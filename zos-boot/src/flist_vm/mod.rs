@@ -284,7 +284,10 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
             let disk = opts.work_dir.join("root.ext4");
             let done = opts.work_dir.join("root.ext4.done");
             if !(disk.is_file() && done.exists()) {
-                let content: u64 = tree.entries.iter().map(|e| e.inode.size).sum();
+                let content = tree
+                    .entries
+                    .iter()
+                    .fold(0u64, |sum, e| sum.saturating_add(e.inode.size));
                 let size = opts
                     .root_size
                     .unwrap_or(content + content / 2 + (64 << 20))
