@@ -12,6 +12,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -125,8 +126,36 @@ async fn method_not_allowed(req: Request) -> ApiError {
     }
 }
 
-/// The API routes over `node`.
-pub fn router(node: Node) -> Router {
+/// A request's body must arrive whole within `deadline` (408 otherwise), and hold at
+/// most [`MAX_BODY`] bytes (413); the handlers then read it from memory.
+async fn body_deadline(State(deadline): State<Duration>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, MAX_BODY);
+    match tokio::time::timeout(deadline, http_body_util::BodyExt::collect(limited)).await {
+        Err(_) => ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!("the request body did not arrive within {deadline:?}"),
+        }
+        .into_response(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("request body too large (at most {MAX_BODY} bytes)"),
+        }
+        .into_response(),
+        Ok(Err(e)) => ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("cannot read the request body: {e}"),
+        }
+        .into_response(),
+        Ok(Ok(collected)) => {
+            let body = axum::body::Body::from(collected.to_bytes());
+            next.run(Request::from_parts(parts, body)).await
+        }
+    }
+}
+
+/// The API routes over `node`; a request's body must arrive within `body_deadline`.
+pub fn router(node: Node, body_deadline: Duration) -> Router {
     Router::new()
         .route("/deployments", get(list).post(create))
         .route("/deployments/{name}", get(show).delete(delete))
@@ -135,6 +164,10 @@ pub fn router(node: Node) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            body_deadline,
+            self::body_deadline,
+        ))
         .with_state(node)
 }
 
@@ -166,8 +199,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The routes behind a bearer token (for TCP).
-pub fn router_with_token(node: Node, token: String) -> Router {
-    router(node).layer(middleware::from_fn_with_state(
+pub fn router_with_token(node: Node, token: String, body_deadline: Duration) -> Router {
+    router(node, body_deadline).layer(middleware::from_fn_with_state(
         Arc::new(token),
         require_token,
     ))

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod capacity;
 pub mod core;
+pub mod http;
 pub mod network;
 pub mod procs;
 pub mod restart;
@@ -29,7 +30,6 @@ pub use self::core::{Node, NodeConfig, NodeError};
 pub use runner::{ProcessRunner, WorkloadRunner};
 pub use spec::WorkloadSpec;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -120,24 +120,21 @@ pub async fn serve(cfg: NodeConfig, listeners: Listeners) -> Result<(), ServeErr
     let node = Node::start(cfg)?;
     tracing::info!(socket = %listeners.api_sock.display(), deployments = node.len(), "node daemon ready");
     let (quit_tx, quit_rx) = tokio::sync::watch::channel(false);
-    let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|q| *q).await;
-    };
-    let unix_task = tokio::spawn(
-        axum::serve(unix, api::router(node.clone()))
-            .with_graceful_shutdown(shutdown(quit_rx.clone()))
-            .into_future(),
-    );
+    let limits = http::Limits::default();
+    let unix_task = tokio::spawn(http::serve(
+        unix,
+        api::router(node.clone(), limits.body),
+        limits,
+        quit_rx.clone(),
+    ));
     let tcp_task = tcp.map(|listener| {
         let app = match &listeners.token {
-            Some(t) if !t.is_empty() => api::router_with_token(node.clone(), t.clone()),
-            _ => api::router(node.clone()),
+            Some(t) if !t.is_empty() => {
+                api::router_with_token(node.clone(), t.clone(), limits.body)
+            }
+            _ => api::router(node.clone(), limits.body),
         };
-        tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown(quit_rx.clone()))
-                .into_future(),
-        )
+        tokio::spawn(http::serve(listener, app, limits, quit_rx.clone()))
     });
     wait_for_signal().await;
     tracing::info!("shutting down; VMs keep running");

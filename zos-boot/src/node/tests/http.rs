@@ -1,6 +1,7 @@
 //! The HTTP API over a real Unix socket (and TCP with a token), with the test-double runner.
 
 use super::*;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends raw bytes, half-closing when `eof` (as a client that gives up does), and
@@ -35,14 +36,76 @@ async fn req(sock: &Path, method: &str, uri: &str, body: &str) -> (u16, serde_js
 }
 
 async fn serve(dir: &Path, world: &Arc<World>) -> (Node, std::path::PathBuf) {
+    serve_with(dir, world, crate::node::http::Limits::default()).await
+}
+
+/// The node's API on `dir/api.sock` with the server's `limits`, as the daemon serves it.
+async fn serve_with(
+    dir: &Path,
+    world: &Arc<World>,
+    limits: crate::node::http::Limits,
+) -> (Node, std::path::PathBuf) {
     let node = Node::start(config(dir, world)).unwrap();
     let sock = dir.join("api.sock");
     let listener = tokio::net::UnixListener::bind(&sock).unwrap();
-    tokio::spawn(axum::serve(listener, api::router(node.clone())).into_future());
+    let (quit, quit_rx) = tokio::sync::watch::channel(false);
+    // Serve for the rest of the test.
+    std::mem::forget(quit);
+    let app = api::router(node.clone(), limits.body);
+    tokio::spawn(crate::node::http::serve(listener, app, limits, quit_rx));
     (node, sock)
 }
 
-use std::future::IntoFuture;
+#[tokio::test]
+async fn stalled_and_slow_clients_cannot_hold_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = Arc::new(World::default());
+    let limits = crate::node::http::Limits {
+        max_connections: 4,
+        header: Duration::from_millis(300),
+        body: Duration::from_millis(300),
+    };
+    let (_node, sock) = serve_with(dir.path(), &world, limits).await;
+    // Four clients take every slot with half a request line and never finish it.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        s.write_all(b"GET /hea").await.unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A fifth is closed at once, unanswered.
+    let mut fifth = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), fifth.read_to_end(&mut buf))
+        .await
+        .expect("closed, not left hanging");
+    assert_eq!(n.unwrap_or(0), 0, "{}", String::from_utf8_lossy(&buf));
+    // The stalled ones are closed at the header deadline, and the API serves again.
+    for mut s in stalled {
+        let mut out = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        assert!(r.is_ok(), "a stalled client was dropped at the deadline");
+    }
+    let (status, body) = req(&sock, "GET", "/health", "").await;
+    assert_eq!(status, 200, "{body}");
+    // A body that trickles in (2 of 50 bytes, then nothing) gets 408 at its deadline.
+    let started = std::time::Instant::now();
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(5),
+        raw(
+            &sock,
+            b"POST /deployments HTTP/1.1\r\nHost: n\r\nContent-Length: 50\r\n\r\n{\"",
+            false,
+        ),
+    )
+    .await
+    .expect("answered within the deadline");
+    assert_eq!(status, 408, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let (status, _) = req(&sock, "GET", "/health", "").await;
+    assert_eq!(status, 200);
+}
 
 #[tokio::test]
 async fn status_codes_and_json_errors() {
@@ -173,9 +236,11 @@ async fn tcp_needs_the_bearer_token() {
     let node = Node::start(config(dir.path(), &world)).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        axum::serve(listener, api::router_with_token(node, "s3cret".into())).into_future(),
-    );
+    let limits = crate::node::http::Limits::default();
+    let (quit, quit_rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(quit);
+    let app = api::router_with_token(node, "s3cret".into(), limits.body);
+    tokio::spawn(crate::node::http::serve(listener, app, limits, quit_rx));
     let get = |auth: &'static str| async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(
