@@ -25,6 +25,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 /// First host port of host-initiated connections.
@@ -35,6 +36,9 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const MAX_PENDING_CLIENTS: usize = 64;
 /// Most control packets (RESPONSE, RST, ...) waiting for RX buffers; more are dropped.
 pub const MAX_CONTROL_PACKETS: usize = 4096;
+/// How long a host client may take to send its CONNECT line; once the pending slots are
+/// full, clients that took longer are dropped to make room.
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest `CONNECT <port>\n` line.
 const MAX_CONNECT_LINE: usize = 32;
 
@@ -87,6 +91,7 @@ struct Control {
 struct PendingClient {
     stream: UnixStream,
     line: Vec<u8>,
+    since: Instant,
 }
 
 /// Maps guest vsock connections to host Unix sockets.
@@ -99,6 +104,8 @@ pub struct VsockMuxer {
     conns: BTreeMap<ConnKey, Connection>,
     fds: HashMap<RawFd, ConnKey>,
     pending: HashMap<RawFd, PendingClient>,
+    /// See [`CONNECT_DEADLINE`].
+    connect_deadline: Duration,
     control: VecDeque<Control>,
     next_port: u32,
     /// Round-robin position for host data.
@@ -205,6 +212,7 @@ impl VsockMuxer {
             conns: BTreeMap::new(),
             fds: HashMap::new(),
             pending: HashMap::new(),
+            connect_deadline: CONNECT_DEADLINE,
             control: VecDeque::new(),
             next_port: EPHEMERAL_PORT_BASE,
             cursor: None,
@@ -458,6 +466,9 @@ impl VsockMuxer {
             match accept_nb(&self.listener) {
                 Ok(stream) => {
                     if self.pending.len() >= MAX_PENDING_CLIENTS {
+                        self.drop_stale_clients();
+                    }
+                    if self.pending.len() >= MAX_PENDING_CLIENTS {
                         // Refused (closed) rather than left in the backlog, which would
                         // keep the listener readable and the VMM loop spinning.
                         tracing::debug!("vsock: {MAX_PENDING_CLIENTS} clients have not sent CONNECT yet; refusing another");
@@ -473,6 +484,7 @@ impl VsockMuxer {
                         PendingClient {
                             stream,
                             line: Vec::new(),
+                            since: Instant::now(),
                         },
                     );
                 }
@@ -485,6 +497,26 @@ impl VsockMuxer {
                 }
             }
         }
+    }
+
+    /// Drops the host clients that did not send their CONNECT line within
+    /// [`Self::connect_deadline`] (closing them).
+    fn drop_stale_clients(&mut self) {
+        let deadline = self.connect_deadline;
+        let before = self.pending.len();
+        self.pending.retain(|_, c| c.since.elapsed() < deadline);
+        let dropped = before - self.pending.len();
+        if dropped > 0 {
+            tracing::debug!(
+                "vsock: dropped {dropped} host clients that sent no CONNECT in {deadline:?}"
+            );
+        }
+    }
+
+    /// Sets how long host clients may take to send their CONNECT line (tests).
+    #[cfg(test)]
+    pub(crate) fn set_connect_deadline(&mut self, deadline: Duration) {
+        self.connect_deadline = deadline;
     }
 
     /// Reads a pending client's CONNECT line one byte at a time, so that no data after it

@@ -501,3 +501,29 @@ fn sockets_deeper_than_a_unix_address_work_both_ways() {
     );
     assert!(deep_listener.accept().is_ok(), "the child connected");
 }
+
+#[test]
+fn clients_that_never_send_connect_cannot_hold_every_slot() {
+    let (dir, mut m) = muxer();
+    m.set_connect_deadline(Duration::from_millis(200));
+    let sock = dir.path().join("v.sock");
+    let silent: Vec<UnixStream> = (0..super::muxer::MAX_PENDING_CLIENTS)
+        .map(|_| UnixStream::connect(&sock).expect("connect"))
+        .collect();
+    m.process_host_events();
+    // Within the deadline, one more client is refused (closed)...
+    let mut early = UnixStream::connect(&sock).expect("connect");
+    m.process_host_events();
+    early
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 1];
+    assert_eq!(early.read(&mut buf).expect("closed"), 0);
+    // ...after it, the silent ones make room and a real client gets its connection.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = UnixStream::connect(&sock).expect("connect");
+    client.write_all(b"CONNECT 52\n").expect("write");
+    let req = next_pkt(&mut m).expect("REQUEST for the newcomer");
+    assert_eq!((req.hdr.op, req.hdr.dst_port), (op::REQUEST, 52));
+    drop(silent);
+}
