@@ -4,6 +4,7 @@ mod api;
 mod container_log;
 mod container_vm;
 mod kernel;
+mod output_file;
 mod restore;
 mod run;
 mod setup;

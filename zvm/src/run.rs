@@ -108,6 +108,14 @@ pub struct RunArgs {
     /// once); 0 stops it at once.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     shutdown_timeout: u64,
+    /// Write zvm's standard output and error (the console on stdio, a container's output,
+    /// zvm's messages) to this file instead, rotated to FILE.1 before it passes
+    /// --output-max, so a guest that prints forever cannot fill the disk.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// With --output: the most bytes kept in FILE (and in FILE.1), e.g. 16M.
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_output_max, requires = "output")]
+    output_max: u64,
     /// Leave the `virtio_mmio.device=` parameters off the kernel command line: a kernel
     /// with ACPI finds the devices in the ACPI tables (a kernel without ACPI then finds
     /// none).
@@ -118,6 +126,15 @@ pub struct RunArgs {
     /// Print what zvm detects about the host and the VM it builds.
     #[arg(long, short)]
     verbose: bool,
+}
+
+/// `--output-max`: a size of at least 4 KiB.
+fn parse_output_max(text: &str) -> Result<u64, String> {
+    let bytes = flist_fetcher::image::parse_size(text).map_err(|e| e.to_string())?;
+    if bytes < 4096 {
+        return Err(format!("{text} is less than 4 KiB"));
+    }
+    Ok(bytes)
 }
 
 /// `--hostname`: refused on the command line when the guest could not take it.
@@ -333,6 +350,18 @@ impl ContainerRun {
 
 /// Runs `zvm run`; `logging` is zvm's log, which a container flist moves to its log file.
 pub fn run(args: RunArgs, process_start: Instant, logging: &Logging) -> ExitCode {
+    if let Some(path) = &args.output {
+        if let Err(e) = crate::output_file::redirect(path, args.output_max) {
+            eprintln!("zvm: cannot write the output to {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    let code = run_redirected(args, process_start, logging);
+    crate::output_file::finish();
+    code
+}
+
+fn run_redirected(args: RunArgs, process_start: Instant, logging: &Logging) -> ExitCode {
     if args.restore.requested() {
         let opts = crate::restore::RestoreOptions {
             console: args.console.as_deref().unwrap_or("stdio"),

@@ -438,3 +438,48 @@ fn template_and_node_template_settings_refuse_bad_input() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--templates"), "{}", stderr(&out));
 }
+
+#[test]
+fn output_goes_to_a_capped_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out_file = dir.path().join("vm.log");
+    let path = out_file.to_str().expect("utf8");
+    let out = zvm(&[
+        "run",
+        "--kernel",
+        "/nonexistent/vmlinux",
+        "--output",
+        path,
+        "--output-max",
+        "4K",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    let written = std::fs::read_to_string(&out_file).expect("the output file");
+    assert!(
+        written.contains("kernel '/nonexistent/vmlinux' cannot be read"),
+        "{written}"
+    );
+    for (args, needle) in [
+        (
+            &[
+                "run",
+                "--kernel",
+                "/k",
+                "--output",
+                path,
+                "--output-max",
+                "100",
+            ][..],
+            "less than 4 KiB",
+        ),
+        (
+            &["run", "--kernel", "/k", "--output-max", "1M"][..],
+            "--output",
+        ),
+    ] {
+        let out = zvm(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+    }
+}

@@ -117,6 +117,9 @@ impl ProcessRunner {
         }
     }
 
+    /// The most bytes a VM's console.log holds (console.log.1 holds as much again).
+    pub const CONSOLE_MAX: &str = "16M";
+
     /// The `zvm run` arguments of a deployment.
     pub fn command_args(&self, record: &DeploymentRecord, paths: &VmPaths) -> Vec<String> {
         let spec = &record.spec;
@@ -135,6 +138,10 @@ impl ProcessRunner {
             format!("{}M", spec.memory_mib()),
             "--console".into(),
             "stdio".into(),
+            "--output".into(),
+            path_str(&paths.console),
+            "--output-max".into(),
+            Self::CONSOLE_MAX.into(),
         ];
         if self.shutdown_timeout > 0 {
             args.extend([
@@ -257,17 +264,14 @@ impl WorkloadRunner for ProcessRunner {
             let bridge = network::ensure_bridge(net).map_err(|e| e.to_string())?;
             network::ensure_tap(&addr.tap, &bridge).map_err(|e| e.to_string())?;
         }
-        let console = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&paths.console)
-            .map_err(|e| format!("{}: {e}", paths.console.display()))?;
-        let console2 = console.try_clone().map_err(|e| e.to_string())?;
+        // zvm writes its output (console, container output, messages) to console.log
+        // itself, rotated at CONSOLE_MAX: it outlives this daemon, and a guest printing
+        // forever must not fill the node's disk.
         let mut cmd = tokio::process::Command::new(&self.zvm);
         cmd.args(self.command_args(record, paths))
             .stdin(std::process::Stdio::null())
-            .stdout(console)
-            .stderr(console2)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .process_group(0)
             .kill_on_drop(false);
         let child = cmd
@@ -422,7 +426,7 @@ mod tests {
         let paths = VmPaths::new(Path::new("/s"), "web");
         let args = runner.command_args(&record, &paths).join(" ");
         let want = "run --flist http://hub/web.fl --flist-cache /c --flist-work /s/vms/web/work --cpus 2 --memory 512M \
-            --console stdio --shutdown-timeout 9 --kernel /k --hostname web --entrypoint /bin/web --port 80 --env A=b c --root-size 1073741824 \
+            --console stdio --output /s/vms/web/console.log --output-max 16M --shutdown-timeout 9 --kernel /k --hostname web --entrypoint /bin/web --port 80 --env A=b c --root-size 1073741824 \
             --disk path=/s/vms/web/disks/data.img,id=data,mount=/data --net tap=t0,id=eth0 --net tap=t1,id=eth1 \
             --append ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off zvm.ip.eth1=10.0.0.3/24 zvm.mount.data=/data quiet";
         assert_eq!(args, want);
