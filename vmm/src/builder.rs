@@ -34,9 +34,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 mod devices;
 mod start;
 
-/// The command-line parameter that names a virtio-mmio device.
-const VIRTIO_MMIO_ARG: &str = "virtio_mmio.device=";
-
 use start::register_memory;
 
 /// Errors building a micro-VM.
@@ -154,14 +151,13 @@ pub struct MicrovmBuilder {
     /// The ACPI power button's interrupt (the Generic Event Device's irqfd).
     power_button: Option<EventFd>,
     boot_time: BootTimeRecord,
-    /// Next free virtio-mmio slot and IRQ.
-    next_virtio_addr: u64,
-    next_irq: u32,
-    /// Every virtio-mmio slot so far, for the ACPI tables.
+    /// Every virtio-mmio slot so far, in attach order: the next one follows the last, and
+    /// the ACPI tables and `virtio_mmio.device=` parameters describe them.
     virtio_slots: Vec<VirtioSlot>,
     /// Block devices attached so far (the next one is `/dev/vd` + letter).
     block_count: usize,
-    /// Device parameters for the kernel command line, appended by `load_kernel`.
+    /// Other device parameters for the kernel command line (the root drive's `root=`),
+    /// appended by `load_kernel`.
     device_args: Vec<String>,
     /// Queue notification handlers for the VMM loop.
     handlers: Vec<EventHandler>,
@@ -291,8 +287,6 @@ impl MicrovmBuilder {
                 .map_err(io_err("create the power-off eventfd"))?,
             power_button: None,
             boot_time,
-            next_virtio_addr: layout::VIRTIO_MMIO_START,
-            next_irq: layout::IRQ_DEVICE_BASE,
             virtio_slots: Vec::new(),
             block_count: 0,
             device_args: Vec::new(),
@@ -373,16 +367,22 @@ impl MicrovmBuilder {
         Ok(entry)
     }
 
-    /// What zvm adds to the guest's command line `args`: device parameters (without the
-    /// `virtio_mmio.device=` ones unless `cmdline_devices`), the i8042 switches the guest
-    /// did not set itself, and the CPU template's parameters.
+    /// What zvm adds to the guest's command line `args`: a `virtio_mmio.device=` parameter
+    /// per slot when `cmdline_devices`, the other device parameters, the i8042 switches the
+    /// guest did not set itself, and the CPU template's parameters.
     fn extra_kernel_args(&self, args: &str, cmdline_devices: bool) -> Vec<String> {
-        let mut extra: Vec<String> = self
-            .device_args
-            .iter()
-            .filter(|a| cmdline_devices || !a.starts_with(VIRTIO_MMIO_ARG))
-            .cloned()
-            .collect();
+        let mut extra: Vec<String> = Vec::new();
+        if cmdline_devices {
+            extra.extend(self.virtio_slots.iter().map(|slot| {
+                format!(
+                    "virtio_mmio.device={}K@{:#x}:{}",
+                    MMIO_SLOT_SIZE >> 10,
+                    slot.addr,
+                    slot.irq
+                )
+            }));
+        }
+        extra.extend(self.device_args.iter().cloned());
         if self.i8042.is_some() {
             extra.extend(i8042::missing_linux_args(args));
         }

@@ -110,22 +110,20 @@ impl MicrovmBuilder {
 
     /// `device` on the next virtio-mmio page (4 KiB from [`layout::VIRTIO_MMIO_START`])
     /// with the next device IRQ: its queue eventfds become KVM ioeventfds on QueueNotify
-    /// and VMM-loop handlers, its interrupt an irqfd, and the kernel command line gets
-    /// `virtio_mmio.device=4K@ADDR:IRQ`. Must come before [`Self::load_kernel`].
+    /// and VMM-loop handlers, its interrupt an irqfd; the ACPI tables (and, unless told
+    /// otherwise, the kernel command line's `virtio_mmio.device=4K@ADDR:IRQ`) describe it.
+    /// Must come before [`Self::load_kernel`].
     pub fn attach_virtio_mmio(
         &mut self,
         device: Box<dyn VirtioDevice>,
     ) -> Result<VirtioSlot, BuildError> {
-        if self.next_irq > layout::IRQ_MAX {
+        let slot = self.next_virtio_slot();
+        if slot.irq > layout::IRQ_MAX {
             return Err(BuildError::NoFreeIrq {
                 first: layout::IRQ_DEVICE_BASE,
                 last: layout::IRQ_MAX,
             });
         }
-        let slot = VirtioSlot {
-            addr: self.next_virtio_addr,
-            irq: self.next_irq,
-        };
         let transport = MmioTransport::new(self.mem.clone(), device)?;
         let notify = IoEventAddress::Mmio(slot.addr + QUEUE_NOTIFY_OFFSET);
         let mut evts = Vec::with_capacity(transport.queue_evts().len());
@@ -183,16 +181,17 @@ impl MicrovmBuilder {
             });
             self.handlers.push(EventHandler { evt, on_event });
         }
-        self.device_args.push(format!(
-            "{}4K@{:#x}:{}",
-            super::VIRTIO_MMIO_ARG,
-            slot.addr,
-            slot.irq
-        ));
         self.virtio_slots.push(slot);
-        self.next_virtio_addr += MMIO_SLOT_SIZE;
-        self.next_irq += 1;
         Ok(slot)
+    }
+
+    /// Where the next virtio-mmio device goes: the page and IRQ after the last one's.
+    pub(super) fn next_virtio_slot(&self) -> VirtioSlot {
+        let n = self.virtio_slots.len();
+        VirtioSlot {
+            addr: layout::VIRTIO_MMIO_START + n as u64 * MMIO_SLOT_SIZE,
+            irq: layout::IRQ_DEVICE_BASE + n as u32,
+        }
     }
 
     /// A virtio-blk device for `drive`. Drives appear in the guest as `/dev/vda`,

@@ -41,16 +41,21 @@ fn virtio_devices_get_slots_irqs_and_command_line_args() {
         }
     );
     assert_eq!(
-        b.device_args,
+        b.extra_kernel_args("", true),
         [
             "virtio_mmio.device=4K@0xd0001000:5",
             "virtio_mmio.device=4K@0xd0002000:6",
+            "virtio_mmio.device=4K@0xd0003000:7",
             "root=/dev/vdb ro",
-            "virtio_mmio.device=4K@0xd0003000:7"
         ]
     );
+    assert_eq!(
+        b.extra_kernel_args("", false),
+        ["root=/dev/vdb ro"],
+        "without command-line devices, only the root drive's parameter"
+    );
     assert_eq!(b.handlers.len(), 3, "one queue each");
-    while b.next_irq <= layout::IRQ_MAX {
+    while b.next_virtio_slot().irq <= layout::IRQ_MAX {
         b.attach_entropy().expect("rng");
     }
     assert!(matches!(
