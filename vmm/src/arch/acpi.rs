@@ -105,7 +105,7 @@ fn gas_port(port: u16) -> GAS {
 
 /// An exclusive, edge-triggered, active-high interrupt consumed by the device (how zvm's
 /// irqfds deliver).
-fn isa_edge_irq(irq: u32) -> aml::Interrupt {
+fn edge_irq(irq: u32) -> aml::Interrupt {
     aml::Interrupt::new(true, true, false, false, irq)
 }
 
@@ -120,10 +120,7 @@ fn dsdt_body(machine: &AcpiMachine) -> Vec<u8> {
     let mut push = |device: &dyn Aml| devices.push(RawAml(table_bytes(device)));
     if machine.serial {
         let port = layout::COM1_PORT;
-        let crs = resources(&[
-            &aml::IO::new(port, port, 1, 8),
-            &isa_edge_irq(layout::COM1_IRQ),
-        ]);
+        let crs = resources(&[&aml::IO::new(port, port, 1, 8), &edge_irq(layout::COM1_IRQ)]);
         push(&aml::Device::new(
             "COM1".into(),
             vec![
@@ -138,7 +135,7 @@ fn dsdt_body(machine: &AcpiMachine) -> Vec<u8> {
         let crs = resources(&[
             &aml::IO::new(port, port, 1, 1),
             &aml::IO::new(port + 4, port + 4, 1, 1),
-            &isa_edge_irq(crate::devices::i8042::KBD_IRQ),
+            &edge_irq(crate::devices::i8042::KBD_IRQ),
         ]);
         push(&aml::Device::new(
             "PS2K".into(),
@@ -151,7 +148,7 @@ fn dsdt_body(machine: &AcpiMachine) -> Vec<u8> {
     for (index, dev) in machine.virtio.iter().enumerate() {
         let crs = resources(&[
             &aml::Memory32Fixed::new(true, dev.addr as u32, dev.len),
-            &isa_edge_irq(dev.irq),
+            &edge_irq(dev.irq),
         ]);
         let uid = index as u32;
         push(&aml::Device::new(
@@ -171,7 +168,7 @@ fn dsdt_body(machine: &AcpiMachine) -> Vec<u8> {
             &aml::Name::new("_UID".into(), &aml::ZERO),
         ],
     ));
-    let ged_crs = resources(&[&isa_edge_irq(layout::GED_IRQ)]);
+    let ged_crs = resources(&[&edge_irq(layout::GED_IRQ)]);
     let button = aml::Path::new("\\_SB_.PWRB");
     let notify = aml::Notify::new(&button, &NOTIFY_POWER_BUTTON);
     push(&aml::Device::new(
