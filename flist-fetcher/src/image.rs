@@ -126,10 +126,7 @@ fn force_remove(dir: &Path) {
 pub fn image(flist: &Path, img: &Path, opts: &ImageOptions) -> Result<(), Error> {
     let reader = Reader::open(flist)?;
     let tree = Tree::load(&reader)?;
-    let content = tree
-        .entries
-        .iter()
-        .fold(0u64, |sum, e| sum.saturating_add(e.inode.size));
+    let content = tree.total_size();
     if opts.size < content {
         return Err(Error::TooSmall {
             size: opts.size,

@@ -324,6 +324,13 @@ impl Tree {
         Ok(Tree { entries, blocks })
     }
 
+    /// The sum of every entry's recorded size (saturating: sizes come from the flist).
+    pub fn total_size(&self) -> u64 {
+        self.entries
+            .iter()
+            .fold(0u64, |sum, e| sum.saturating_add(e.inode.size))
+    }
+
     /// Block list of a regular file (empty for files without content).
     pub fn blocks_of(&self, ino: u64) -> &[Block] {
         self.blocks.get(&ino).map_or(&[], Vec::as_slice)

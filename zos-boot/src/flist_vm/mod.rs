@@ -284,14 +284,13 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
             let disk = opts.work_dir.join("root.ext4");
             let done = opts.work_dir.join("root.ext4.done");
             if !(disk.is_file() && done.exists()) {
-                let content = tree
-                    .entries
-                    .iter()
-                    .fold(0u64, |sum, e| sum.saturating_add(e.inode.size));
+                let content = tree.total_size();
+                // Sizes come from the flist: saturate rather than overflow.
                 let size = opts
                     .root_size
-                    .unwrap_or(content + content / 2 + (64 << 20))
-                    .next_multiple_of(1 << 20);
+                    .unwrap_or(content.saturating_add(content / 2).saturating_add(64 << 20))
+                    .checked_next_multiple_of(1 << 20)
+                    .unwrap_or(u64::MAX);
                 tracing::info!(flist = %opts.flist, disk = %disk.display(), size, "building the root disk");
                 let staging = opts.work_dir.join("rootfs.staging");
                 let _ = std::fs::remove_dir_all(&staging);
