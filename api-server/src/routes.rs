@@ -480,6 +480,18 @@ mod tests {
             ),
             RouteError::InvalidJson(_)
         ));
+        for body in [
+            r#"{"vcpu_count":1,"mem_size_mib":128,"cmdline_devices":"no"}"#,
+            r#"{"vcpu_count":1,"mem_size_mib":128,"cmdline_devices":0}"#,
+        ] {
+            assert!(
+                matches!(
+                    err(Method::Put, "/machine-config", body),
+                    RouteError::InvalidJson(_)
+                ),
+                "{body}"
+            );
+        }
     }
 
     #[test]

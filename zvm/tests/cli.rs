@@ -483,3 +483,15 @@ fn output_goes_to_a_capped_file() {
         assert!(stderr(&out).contains(needle), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn a_malformed_shutdown_timeout_is_refused() {
+    for bad in ["-1", "soon", "1.5"] {
+        let arg = format!("--shutdown-timeout={bad}");
+        let out = zvm(&["run", "--kernel", "/k", &arg]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = stderr(&out);
+        assert!(err.contains("--shutdown-timeout"), "{bad}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
