@@ -21,6 +21,7 @@ pub mod rate_limiter;
 pub mod resources;
 pub mod seccomp;
 pub mod snapshot;
+pub mod timerfd;
 pub mod vcpu;
 pub mod vm;
 

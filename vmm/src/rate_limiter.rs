@@ -10,9 +10,10 @@
 //!
 //! The bucket arithmetic takes the time as an argument, so it is tested with a fake clock.
 
+use crate::timerfd::TimerFd;
 use serde::{Deserialize, Serialize};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 /// Errors creating a rate limiter.
@@ -159,67 +160,13 @@ impl TokenBucket {
     }
 }
 
-/// A non-blocking CLOCK_MONOTONIC timerfd.
-#[derive(Debug)]
-struct Timer(OwnedFd);
-
-impl Timer {
-    fn new() -> io::Result<Self> {
-        // SAFETY: plain system call; the result is checked before use.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor owned by nobody else.
-        Ok(Timer(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    /// Arms a one-shot expiry `ns` from now.
-    fn arm(&self, ns: u64) -> io::Result<()> {
-        let ns = ns.max(1);
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: (ns / 1_000_000_000) as libc::time_t,
-                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
-            },
-        };
-        // SAFETY: `spec` is a valid itimerspec; the old value is not requested.
-        if unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Reads (clears) the expiration count; 0 when it has not fired.
-    fn clear(&self) -> u64 {
-        let mut count = 0u64;
-        // SAFETY: reading 8 bytes into a local u64 from our own timerfd.
-        let n = unsafe { libc::read(self.0.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
-        if n == 8 {
-            count
-        } else {
-            0
-        }
-    }
-}
-
 /// The bandwidth and ops buckets of one device direction, with the timer that ends a
 /// throttling period.
 #[derive(Debug)]
 pub struct RateLimiter {
     bandwidth: Option<TokenBucket>,
     ops: Option<TokenBucket>,
-    timer: Timer,
+    timer: TimerFd,
     blocked: bool,
     epoch: Instant,
 }
@@ -233,7 +180,7 @@ impl RateLimiter {
                 .as_ref()
                 .and_then(|c| TokenBucket::new(c, 0)),
             ops: config.ops.as_ref().and_then(|c| TokenBucket::new(c, 0)),
-            timer: Timer::new()?,
+            timer: TimerFd::new()?,
             blocked: false,
             epoch: Instant::now(),
         })
@@ -270,7 +217,7 @@ impl RateLimiter {
         }
         let wait = bucket.wait_ns(tokens, now);
         self.blocked = true;
-        if let Err(e) = self.timer.arm(wait) {
+        if let Err(e) = self.timer.arm(std::time::Duration::from_nanos(wait)) {
             // Without a timer nothing would wake the device: stay unblocked and retry later.
             tracing::warn!("rate limiter: cannot arm the timer: {e}");
             self.blocked = false;
@@ -305,7 +252,7 @@ impl RateLimiter {
 
     /// The timerfd to poll while blocked.
     pub fn timer_fd(&self) -> RawFd {
-        self.timer.0.as_raw_fd()
+        self.timer.as_raw_fd()
     }
 
     /// Handles the timer fd becoming readable: clears it and unblocks. Returns whether the
