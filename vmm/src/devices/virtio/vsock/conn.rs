@@ -9,10 +9,9 @@ use std::num::Wrapping;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
-/// Our receive buffer (`buf_alloc`): guest data a connection buffers for its host socket.
+/// The most a connection buffers of guest data for its host socket (its `buf_alloc`);
+/// the muxer gives less when its budget runs low.
 pub const CONN_BUF_SIZE: u32 = 256 * 1024;
-/// After forwarding this many bytes without telling the guest, send a CREDIT_UPDATE.
-pub const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 4;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +36,19 @@ pub enum HostRead {
     Eof,
 }
 
+/// What the muxer keeps on a connection besides its protocol state.
+#[derive(Debug, Default)]
+pub struct Bookkeeping {
+    /// Unique among the muxer's connections over its life (see `deadlines`).
+    pub serial: u64,
+    /// The connection is in the muxer's queue of connections with data for the guest.
+    pub queued: bool,
+    /// The moment the connection is reset unless it has moved on.
+    pub expires: Option<std::time::Instant>,
+    /// The deadline set has an entry for this connection.
+    pub scheduled: bool,
+}
+
 /// A connection's state and buffers.
 #[derive(Debug)]
 pub struct Connection {
@@ -53,6 +65,11 @@ pub struct Connection {
     pub host_eof: bool,
     /// A CREDIT_UPDATE for this connection is queued.
     pub credit_update_queued: bool,
+    /// The host end hung up (closed both directions).
+    pub host_hung_up: bool,
+    /// The muxer's bookkeeping: unique serial, ready-queue membership, deadline.
+    pub book: Bookkeeping,
+    buf_alloc: u32,
     peer_buf_alloc: u32,
     peer_fwd_cnt: Wrapping<u32>,
     rx_cnt: Wrapping<u32>,
@@ -65,8 +82,9 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection over `stream` (already non-blocking) in `state`.
-    pub fn new(stream: UnixStream, state: ConnState) -> Self {
+    /// A connection over `stream` (already non-blocking) in `state`, buffering at most
+    /// `buf_alloc` bytes of guest data.
+    pub fn new(stream: UnixStream, state: ConnState, buf_alloc: u32) -> Self {
         Connection {
             stream,
             state,
@@ -74,6 +92,9 @@ impl Connection {
             peer_shutdown: 0,
             host_eof: false,
             credit_update_queued: false,
+            host_hung_up: false,
+            book: Bookkeeping::default(),
+            buf_alloc,
             peer_buf_alloc: 0,
             peer_fwd_cnt: Wrapping(0),
             rx_cnt: Wrapping(0),
@@ -101,12 +122,18 @@ impl Connection {
     /// now knows this `fwd_cnt`.
     pub fn advertise(&mut self) -> (u32, u32) {
         self.last_fwd_cnt_sent = self.fwd_cnt;
-        (CONN_BUF_SIZE, self.fwd_cnt.0)
+        (self.buf_alloc, self.fwd_cnt.0)
     }
 
-    /// Whether the guest should be told about forwarded bytes.
+    /// The guest data this connection may buffer: its share of the muxer's budget.
+    pub fn buf_alloc(&self) -> u32 {
+        self.buf_alloc
+    }
+
+    /// Whether the guest should be told about forwarded bytes: once a quarter of the
+    /// buffer went to the host since it last heard.
     pub fn needs_credit_update(&self) -> bool {
-        (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_THRESHOLD
+        (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= (self.buf_alloc / 4).max(1)
     }
 
     /// Whether data can go to the guest now.
@@ -126,7 +153,7 @@ impl Connection {
     /// Buffers guest data for the host socket; false if that would overrun our buffer
     /// (the guest ignored our credit).
     pub fn push_from_guest(&mut self, data: &[u8]) -> bool {
-        if self.to_host.len() + data.len() > CONN_BUF_SIZE as usize {
+        if self.to_host.len().saturating_add(data.len()) > self.buf_alloc as usize {
             return false;
         }
         self.to_host.extend(data);
@@ -229,7 +256,7 @@ mod tests {
     fn pair() -> (Connection, UnixStream) {
         let (a, b) = UnixStream::pair().expect("pair");
         a.set_nonblocking(true).expect("nonblocking");
-        (Connection::new(a, ConnState::Established), b)
+        (Connection::new(a, ConnState::Established, CONN_BUF_SIZE), b)
     }
 
     #[test]
@@ -285,7 +312,7 @@ mod tests {
             "the reply line is not guest data"
         );
         assert!(!c.needs_credit_update());
-        assert!(c.push_from_guest(&vec![1u8; CREDIT_UPDATE_THRESHOLD as usize]));
+        assert!(c.push_from_guest(&vec![1u8; CONN_BUF_SIZE as usize / 4]));
         c.flush_to_host().expect("flush");
         assert!(c.needs_credit_update());
         c.advertise();
@@ -295,6 +322,6 @@ mod tests {
         let mut rest = Vec::new();
         peer.read_to_end(&mut rest)
             .expect("EOF after the guest's SHUTDOWN(SEND)");
-        assert_eq!(rest.len(), CREDIT_UPDATE_THRESHOLD as usize);
+        assert_eq!(rest.len(), CONN_BUF_SIZE as usize / 4);
     }
 }

@@ -12,8 +12,13 @@
 //! the VMM loop polls besides the queue eventfds.
 
 pub mod conn;
+mod deadlines;
+#[cfg(test)]
+mod limits_tests;
 pub mod muxer;
 pub mod packet;
+mod pending;
+mod sockets;
 #[cfg(test)]
 mod tests;
 pub mod uds;

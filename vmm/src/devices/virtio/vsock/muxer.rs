@@ -10,45 +10,55 @@
 //!
 //! `uds_path` may be longer than a Unix socket address holds (see [`super::uds`]).
 //!
+//! What a guest or a host client can hold is bounded: at most [`MAX_CONNECTIONS`]
+//! connections, whose buffers of guest data share one budget ([`Limits::buffer_budget`];
+//! each connection reserves its `buf_alloc` from it when it is made and advertises no
+//! more); at most [`MAX_PENDING_CLIENTS`] host clients that have not sent
+//! their CONNECT line; a guest that does not answer a connection request within
+//! [`Limits::response`], or does not close a connection within [`Limits::shutdown`] of the
+//! host end going away (while it takes none of the remaining data), has the connection
+//! reset. Connections with data for the guest wait in a FIFO queue, served in turn, so each
+//! packet costs the same however many connections are open.
+//!
 //! The muxer is a state machine fed with guest packets ([`VsockMuxer::send_pkt`]) and
 //! host socket readiness ([`VsockMuxer::process_host_events`]), producing packets for the
 //! guest ([`VsockMuxer::recv_pkt`]). Every host socket is non-blocking and watched by the
 //! muxer's own epoll set, whose single fd ([`VsockMuxer::epoll_fd`]) the VMM loop polls.
 
-use super::conn::{ConnState, Connection, HostRead};
+use super::conn::{ConnState, Connection, HostRead, CONN_BUF_SIZE};
+use super::deadlines::{ConnId, Deadlines};
 use super::packet::{op, shutdown, Packet, VsockHeader, HOST_CID, MAX_PKT_PAYLOAD, TYPE_STREAM};
+use super::pending::{LineRead, PendingClients};
+use super::sockets::connect_nb;
 use super::uds::UdsPath;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::ops::Bound;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+mod host_events;
+mod limits;
+
+pub use super::pending::MAX_PENDING_CLIENTS;
+pub use limits::{Limits, MIN_CONN_BUF};
 
 /// First host port of host-initiated connections.
 pub const EPHEMERAL_PORT_BASE: u32 = 1 << 30;
 /// Most connections at once; further requests are reset.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// Most host clients that connected but have not sent their CONNECT line yet.
-pub const MAX_PENDING_CLIENTS: usize = 64;
 /// Most control packets (RESPONSE, RST, ...) waiting for RX buffers; more are dropped.
 pub const MAX_CONTROL_PACKETS: usize = 4096;
-/// How long a host client may take to send its CONNECT line; once the pending slots are
-/// full, clients that took longer are dropped to make room.
-pub const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
-/// Longest `CONNECT <port>\n` line.
-const MAX_CONNECT_LINE: usize = 32;
-
 /// Errors setting up the muxer.
 #[derive(Debug, thiserror::Error)]
 pub enum MuxerError {
     /// `uds_path` exists and is not a socket: refuse to delete it.
     #[error("vsock uds_path '{0}' exists and is not a socket")]
     NotASocket(PathBuf),
-    /// The listener or epoll set could not be created.
+    /// The listener, epoll set or timer could not be created.
     #[error("cannot {what} for vsock at '{path}': {source}")]
     Io {
         /// What failed.
@@ -86,14 +96,6 @@ struct Control {
     flags: u32,
 }
 
-/// A host client that has not sent its CONNECT line yet.
-#[derive(Debug)]
-struct PendingClient {
-    stream: UnixStream,
-    line: Vec<u8>,
-    since: Instant,
-}
-
 /// Maps guest vsock connections to host Unix sockets.
 #[derive(Debug)]
 pub struct VsockMuxer {
@@ -101,79 +103,20 @@ pub struct VsockMuxer {
     uds: UdsPath,
     listener: UnixListener,
     epoll: Epoll,
-    conns: BTreeMap<ConnKey, Connection>,
+    limits: Limits,
+    conns: HashMap<ConnKey, Connection>,
     fds: HashMap<RawFd, ConnKey>,
-    pending: HashMap<RawFd, PendingClient>,
-    /// See [`CONNECT_DEADLINE`].
-    connect_deadline: Duration,
+    pending: PendingClients,
     control: VecDeque<Control>,
+    /// Connections that may have data for the guest, in the order they are served.
+    ready: VecDeque<ConnKey>,
+    deadlines: Deadlines,
+    /// The sum of the connections' `buf_alloc`.
+    buffer_reserved: usize,
+    next_serial: u64,
     next_port: u32,
-    /// Round-robin position for host data.
-    cursor: Option<ConnKey>,
     /// The listener is in the epoll set.
     armed: bool,
-}
-
-/// Non-blocking accept4 (no fcntl or ioctl afterwards: the VMM seccomp filter has neither).
-fn accept_nb(listener: &UnixListener) -> io::Result<UnixStream> {
-    // SAFETY: accept4 with null address pointers; the returned fd is new and ours.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket nobody else owns.
-    Ok(unsafe { UnixStream::from_raw_fd(fd) })
-}
-
-/// Non-blocking connect to the Unix socket at `path` (fails rather than waits when the
-/// listener's backlog is full).
-fn connect_nb(path: &Path) -> io::Result<UnixStream> {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: an all-zero sockaddr_un is valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "socket path too long",
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: plain socket(2); the fd is ours.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket nobody else owns; dropping `stream` closes it.
-    let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-    if unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(stream)
-}
-
-/// Parses `CONNECT <port>` (without the newline).
-fn parse_connect(line: &[u8]) -> Option<u32> {
-    let text = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
-    text.strip_prefix("CONNECT ")?.trim().parse().ok()
 }
 
 impl VsockMuxer {
@@ -200,24 +143,50 @@ impl VsockMuxer {
             .set_nonblocking(true)
             .map_err(err("make the socket non-blocking"))?;
         let epoll = Epoll::new().map_err(err("create an epoll set"))?;
+        let deadlines = Deadlines::new().map_err(err("create a timer"))?;
+        let timer = deadlines.timer_fd();
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                timer,
+                EpollEvent::new(EventSet::IN, timer as u64),
+            )
+            .map_err(err("watch the timer"))?;
         tracing::debug!(
             "vsock: guest CID {guest_cid}, listening on {}",
             uds_path.display()
         );
+        let limits = Limits::default();
         Ok(VsockMuxer {
             guest_cid,
             uds,
             listener,
             epoll,
-            conns: BTreeMap::new(),
+            limits,
+            conns: HashMap::new(),
             fds: HashMap::new(),
-            pending: HashMap::new(),
-            connect_deadline: CONNECT_DEADLINE,
+            pending: PendingClients::new(limits.connect),
             control: VecDeque::new(),
+            ready: VecDeque::new(),
+            deadlines,
+            buffer_reserved: 0,
+            next_serial: 0,
             next_port: EPHEMERAL_PORT_BASE,
-            cursor: None,
             armed: false,
         })
+    }
+
+    /// Sets the deadlines and the buffer budget (tests).
+    #[cfg(test)]
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        self.pending.set_deadline(limits.connect);
+    }
+
+    /// Bytes of the buffer budget the open connections hold (tests).
+    #[cfg(test)]
+    pub(crate) fn buffer_reserved(&self) -> usize {
+        self.buffer_reserved
     }
 
     /// Starts watching the listener (once; later calls do nothing). Until then host
@@ -238,7 +207,8 @@ impl VsockMuxer {
         }
     }
 
-    /// The epoll fd that becomes readable when a host socket needs attention.
+    /// The epoll fd that becomes readable when a host socket or a deadline needs
+    /// attention.
     pub fn epoll_fd(&self) -> RawFd {
         self.epoll.as_raw_fd()
     }
@@ -259,7 +229,9 @@ impl VsockMuxer {
         self.fds.clear();
         self.control.clear();
         self.pending.clear();
-        self.cursor = None;
+        self.ready.clear();
+        self.deadlines.clear(Instant::now());
+        self.buffer_reserved = 0;
     }
 
     fn queue_control(&mut self, key: ConnKey, op: u16, flags: u32) {
@@ -270,6 +242,13 @@ impl VsockMuxer {
         self.control.push_back(Control { key, op, flags });
     }
 
+    fn insert(&mut self, key: ConnKey, mut conn: Connection) {
+        self.next_serial += 1;
+        conn.book.serial = self.next_serial;
+        self.fds.insert(conn.stream.as_raw_fd(), key);
+        self.conns.insert(key, conn);
+    }
+
     fn reset(&mut self, key: ConnKey) {
         self.remove(key);
         self.queue_control(key, op::RST, 0);
@@ -278,7 +257,23 @@ impl VsockMuxer {
     fn remove(&mut self, key: ConnKey) {
         if let Some(conn) = self.conns.remove(&key) {
             self.fds.remove(&conn.stream.as_raw_fd());
+            self.buffer_reserved = self
+                .buffer_reserved
+                .saturating_sub(conn.buf_alloc() as usize);
+            if conn.book.queued {
+                self.ready.retain(|k| *k != key);
+            }
             tracing::debug!("vsock: connection {key:?} closed");
+        }
+    }
+
+    /// Queues a connection for the guest if it has data to send and is not queued yet.
+    fn mark_ready(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.get_mut(&key) {
+            if !conn.book.queued && conn.wants_to_send() {
+                conn.book.queued = true;
+                self.ready.push_back(key);
+            }
         }
     }
 
@@ -331,6 +326,7 @@ impl VsockMuxer {
             (op::RST, _) => self.remove(key),
             (op::RESPONSE, ConnState::LocalInit) => {
                 conn.state = ConnState::Established;
+                conn.book.expires = None;
                 conn.set_reply(format!("OK {}\n", key.local_port));
                 self.flush(key);
             }
@@ -361,8 +357,11 @@ impl VsockMuxer {
             (op, state) => {
                 tracing::debug!("vsock: op {op} unexpected on {key:?} in state {state:?}: reset");
                 self.reset(key);
+                return;
             }
         }
+        // The packet may have brought credit, or established the connection.
+        self.mark_ready(key);
     }
 
     fn guest_connect(&mut self, key: ConnKey, hdr: &VsockHeader) {
@@ -390,17 +389,21 @@ impl VsockMuxer {
                 return;
             }
         };
-        let fd = stream.as_raw_fd();
-        if let Err(e) = self.watch(fd) {
+        let Some(buf_alloc) = self.reserve_buffer() else {
+            self.queue_control(key, op::RST, 0);
+            return;
+        };
+        if let Err(e) = self.watch(stream.as_raw_fd()) {
             tracing::warn!("vsock: cannot watch a host socket: {e}");
+            self.buffer_reserved -= buf_alloc as usize;
             self.queue_control(key, op::RST, 0);
             return;
         }
-        let mut conn = Connection::new(stream, ConnState::Established);
+        let mut conn = Connection::new(stream, ConnState::Established, buf_alloc);
         conn.update_peer_credit(hdr.buf_alloc, hdr.fwd_cnt);
-        self.conns.insert(key, conn);
-        self.fds.insert(fd, key);
+        self.insert(key, conn);
         self.queue_control(key, op::RESPONSE, 0);
+        self.mark_ready(key);
         tracing::debug!(
             "vsock: guest port {} connected to host port {}",
             key.peer_port,
@@ -426,148 +429,6 @@ impl VsockMuxer {
             conn.credit_update_queued = true;
             self.queue_control(key, op::CREDIT_UPDATE, 0);
         }
-    }
-
-    /// Serves ready host sockets: accepts clients, reads CONNECT lines, notes readable
-    /// connections and flushes writable ones. Never blocks.
-    pub fn process_host_events(&mut self) {
-        let mut events = [EpollEvent::default(); 64];
-        let n = match self.epoll.wait(0, &mut events) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!("vsock: epoll_wait failed: {e}");
-                return;
-            }
-        };
-        for event in &events[..n] {
-            let fd = event.data() as RawFd;
-            let set = event.event_set();
-            if fd == self.listener.as_raw_fd() {
-                self.accept_clients();
-            } else if self.pending.contains_key(&fd) {
-                self.read_connect_line(fd);
-            } else if let Some(&key) = self.fds.get(&fd) {
-                if set.intersects(
-                    EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR,
-                ) {
-                    if let Some(conn) = self.conns.get_mut(&key) {
-                        conn.readable = true;
-                    }
-                }
-                if set.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR) {
-                    self.flush(key);
-                }
-            }
-        }
-    }
-
-    fn accept_clients(&mut self) {
-        loop {
-            match accept_nb(&self.listener) {
-                Ok(stream) => {
-                    if self.pending.len() >= MAX_PENDING_CLIENTS {
-                        self.drop_stale_clients();
-                    }
-                    if self.pending.len() >= MAX_PENDING_CLIENTS {
-                        // Refused (closed) rather than left in the backlog, which would
-                        // keep the listener readable and the VMM loop spinning.
-                        tracing::debug!("vsock: {MAX_PENDING_CLIENTS} clients have not sent CONNECT yet; refusing another");
-                        continue;
-                    }
-                    let fd = stream.as_raw_fd();
-                    if let Err(e) = self.watch(fd) {
-                        tracing::warn!("vsock: cannot watch a host client: {e}");
-                        continue;
-                    }
-                    self.pending.insert(
-                        fd,
-                        PendingClient {
-                            stream,
-                            line: Vec::new(),
-                            since: Instant::now(),
-                        },
-                    );
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        tracing::warn!("vsock: accept failed: {e}");
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Drops the host clients that did not send their CONNECT line within
-    /// [`Self::connect_deadline`] (closing them).
-    fn drop_stale_clients(&mut self) {
-        let deadline = self.connect_deadline;
-        let before = self.pending.len();
-        self.pending.retain(|_, c| c.since.elapsed() < deadline);
-        let dropped = before - self.pending.len();
-        if dropped > 0 {
-            tracing::debug!(
-                "vsock: dropped {dropped} host clients that sent no CONNECT in {deadline:?}"
-            );
-        }
-    }
-
-    /// Sets how long host clients may take to send their CONNECT line (tests).
-    #[cfg(test)]
-    pub(crate) fn set_connect_deadline(&mut self, deadline: Duration) {
-        self.connect_deadline = deadline;
-    }
-
-    /// Reads a pending client's CONNECT line one byte at a time, so that no data after it
-    /// is consumed; on a complete line, asks the guest for the connection.
-    fn read_connect_line(&mut self, fd: RawFd) {
-        let Some(client) = self.pending.get_mut(&fd) else {
-            return;
-        };
-        let port = loop {
-            let mut byte = 0u8;
-            // SAFETY: reading one byte into a local.
-            let n = unsafe { libc::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_DONTWAIT) };
-            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
-                return;
-            }
-            if n <= 0 {
-                tracing::debug!("vsock: host client left before CONNECT");
-                self.pending.remove(&fd);
-                return;
-            }
-            if byte == b'\n' {
-                break parse_connect(&client.line);
-            }
-            client.line.push(byte);
-            if client.line.len() > MAX_CONNECT_LINE {
-                break None;
-            }
-        };
-        let Some(client) = self.pending.remove(&fd) else {
-            return;
-        };
-        let Some(port) = port else {
-            tracing::debug!(
-                "vsock: bad CONNECT line {:?} from a host client",
-                String::from_utf8_lossy(&client.line)
-            );
-            return;
-        };
-        if self.conns.len() >= MAX_CONNECTIONS {
-            tracing::debug!("vsock: too many connections, refusing a host client");
-            return;
-        }
-        let key = self.allocate_key(port);
-        self.conns
-            .insert(key, Connection::new(client.stream, ConnState::LocalInit));
-        self.fds.insert(fd, key);
-        self.queue_control(key, op::REQUEST, 0);
-        tracing::debug!(
-            "vsock: host client connecting to guest port {port} from host port {}",
-            key.local_port
-        );
     }
 
     /// After a restore: host ports for new connections start at a random point of the
@@ -599,9 +460,10 @@ impl VsockMuxer {
         }
     }
 
-    /// Whether a packet is ready for the guest.
+    /// Whether a packet may be ready for the guest (a queued connection may turn out to
+    /// have nothing after all; [`Self::recv_pkt`] then returns `None`).
     pub fn has_rx(&self) -> bool {
-        !self.control.is_empty() || self.conns.values().any(Connection::wants_to_send)
+        !self.control.is_empty() || !self.ready.is_empty()
     }
 
     fn header(&mut self, key: ConnKey, op: u16, flags: u32, len: u32) -> VsockHeader {
@@ -629,10 +491,13 @@ impl VsockMuxer {
     }
 
     /// The next packet for the guest, with at most `max_payload` bytes of data: control
-    /// packets first, then host data from the connections in turn.
+    /// packets first, then host data from the ready connections in turn.
     pub fn recv_pkt(&mut self, max_payload: usize) -> Option<Packet> {
         loop {
             if let Some(c) = self.control.pop_front() {
+                if c.op != op::RST && !self.conns.contains_key(&c.key) {
+                    continue; // The connection closed since: only its RST still matters.
+                }
                 return Some(Packet {
                     hdr: self.header(c.key, c.op, c.flags, 0),
                     payload: Vec::new(),
@@ -641,30 +506,26 @@ impl VsockMuxer {
             if max_payload == 0 {
                 return None;
             }
-            let start = self.cursor.map_or(Bound::Unbounded, Bound::Excluded);
-            let key = self
-                .conns
-                .range((start, Bound::Unbounded))
-                .chain(self.conns.range(..))
-                .find(|(_, c)| c.wants_to_send())
-                .map(|(k, _)| *k)?;
-            self.cursor = Some(key);
-            let conn = self.conns.get_mut(&key)?;
+            let key = self.ready.pop_front()?;
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            conn.book.queued = false;
+            if !conn.wants_to_send() {
+                continue;
+            }
             match conn.read_from_host(max_payload.min(MAX_PKT_PAYLOAD)) {
                 Ok(HostRead::Data(payload)) => {
+                    if conn.host_hung_up {
+                        // The guest is taking what the host left: give it more time.
+                        conn.book.expires = Some(Instant::now() + self.limits.shutdown);
+                    }
                     let hdr = self.header(key, op::RW, 0, payload.len() as u32);
+                    self.mark_ready(key);
                     return Some(Packet { hdr, payload });
                 }
                 Ok(HostRead::WouldBlock) => conn.readable = false,
-                Ok(HostRead::Eof) => {
-                    conn.host_eof = true;
-                    if conn.peer_shutdown & shutdown::SEND != 0 {
-                        conn.state = ConnState::Draining;
-                        self.flush(key);
-                    } else {
-                        self.queue_control(key, op::SHUTDOWN, shutdown::SEND);
-                    }
-                }
+                Ok(HostRead::Eof) => self.host_input_ended(key),
                 Err(e) => {
                     tracing::debug!("vsock: {key:?}: host socket read failed ({e}): reset");
                     self.reset(key);

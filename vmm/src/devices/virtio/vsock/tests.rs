@@ -11,9 +11,9 @@ use std::time::Duration;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 
-const CID: u64 = 3;
+pub(super) const CID: u64 = 3;
 
-fn guest_pkt(src_port: u32, dst_port: u32, op: u16, payload: &[u8]) -> Packet {
+pub(super) fn guest_pkt(src_port: u32, dst_port: u32, op: u16, payload: &[u8]) -> Packet {
     Packet {
         hdr: VsockHeader {
             src_cid: CID,
@@ -31,14 +31,14 @@ fn guest_pkt(src_port: u32, dst_port: u32, op: u16, payload: &[u8]) -> Packet {
     }
 }
 
-fn shutdown_pkt(src_port: u32, dst_port: u32, flags: u32) -> Packet {
+pub(super) fn shutdown_pkt(src_port: u32, dst_port: u32, flags: u32) -> Packet {
     let mut p = guest_pkt(src_port, dst_port, op::SHUTDOWN, b"");
     p.hdr.flags = flags;
     p
 }
 
 /// Serves host events until the muxer has a packet for the guest (or gives up).
-fn next_pkt(m: &mut VsockMuxer) -> Option<Packet> {
+pub(super) fn next_pkt(m: &mut VsockMuxer) -> Option<Packet> {
     for _ in 0..200 {
         m.process_host_events();
         if m.has_rx() {
@@ -51,14 +51,14 @@ fn next_pkt(m: &mut VsockMuxer) -> Option<Packet> {
     None
 }
 
-fn muxer() -> (tempfile::TempDir, VsockMuxer) {
+pub(super) fn muxer() -> (tempfile::TempDir, VsockMuxer) {
     let dir = tempfile::tempdir().expect("dir");
     let mut m = VsockMuxer::new(CID, &dir.path().join("v.sock")).expect("muxer");
     m.arm();
     (dir, m)
 }
 
-fn read_exactly(s: &mut UnixStream, n: usize) -> Vec<u8> {
+pub(super) fn read_exactly(s: &mut UnixStream, n: usize) -> Vec<u8> {
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let mut buf = vec![0u8; n];
@@ -505,7 +505,10 @@ fn sockets_deeper_than_a_unix_address_work_both_ways() {
 #[test]
 fn clients_that_never_send_connect_cannot_hold_every_slot() {
     let (dir, mut m) = muxer();
-    m.set_connect_deadline(Duration::from_millis(200));
+    m.set_limits(super::muxer::Limits {
+        connect: Duration::from_millis(200),
+        ..Default::default()
+    });
     let sock = dir.path().join("v.sock");
     let silent: Vec<UnixStream> = (0..super::muxer::MAX_PENDING_CLIENTS)
         .map(|_| UnixStream::connect(&sock).expect("connect"))
