@@ -30,6 +30,7 @@ pub mod controller;
 pub mod http;
 pub mod model;
 pub mod routes;
+pub mod seccomp;
 pub mod server;
 
 pub use controller::{ApiRequest, ApiResponse, ControllerError, VmmController};

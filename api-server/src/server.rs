@@ -3,7 +3,7 @@
 //!
 //! The socket, the epoll instance and the stop eventfd are set up by [`ApiServer::start`]
 //! on the caller's thread; the serving thread then installs its seccomp filter
-//! ([`vmm::seccomp::ThreadKind::Api`]) and only accepts, reads, writes and closes.
+//! ([`crate::seccomp::api_thread_filter`]) and only accepts, reads, writes and closes.
 //! Each connection has its own input and output buffers; requests are answered in order,
 //! pipelined ones included. [`ApiServer::stop`] signals the eventfd, joins the thread,
 //! removes the socket file and gives the controller back.
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-use vmm::seccomp::{SeccompError, ThreadKind};
+use vmm::seccomp::SeccompError;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
@@ -246,7 +246,7 @@ fn spawn<C: VmmController + Send + 'static>(
     let thread = thread::Builder::new()
         .name(THREAD_NAME.to_string())
         .spawn(move || {
-            vmm::seccomp::install(ThreadKind::Api, seccomp)?;
+            crate::seccomp::api_thread_filter().install(seccomp)?;
             // The receiver only goes away if start() is gone too.
             let _ = ready_tx.send(());
             event_loop.run()?;

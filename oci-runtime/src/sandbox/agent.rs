@@ -237,7 +237,7 @@ impl AgentConn {
         std::thread::Builder::new()
             .name("zvm_agent_rx".into())
             .spawn(move || {
-                let why = match vmm::seccomp::install(vmm::seccomp::ThreadKind::Relay, seccomp) {
+                let why = match super::seccomp::relay_filter().install(seccomp) {
                     Ok(()) => read_loop(reader, &pending, &streams, &init),
                     Err(e) => format!("the agent reader cannot run: {e}"),
                 };

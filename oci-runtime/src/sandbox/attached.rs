@@ -84,7 +84,7 @@ enum Main {
 /// ended. `gone` says why the VM ended, once it has (the wait for the agent stops then).
 ///
 /// With `run.seccomp`, once connected the calling thread and the threads this starts (the
-/// agent reader, the stdin relay) run under [`vmm::seccomp::ThreadKind::Relay`]: call it
+/// agent reader, the stdin relay) run under [`super::seccomp::relay_filter`]: call it
 /// from a thread of its own. Only the connection's handshake is read before that.
 pub fn run_attached(
     run: AttachedRun<'_>,
@@ -105,7 +105,8 @@ pub fn run_attached(
     .map_err(SandboxError::io("start the agent reader"))?;
     let release_stdin = relay_stdin(agent.clone(), tx, run.seccomp)
         .map_err(SandboxError::io("start the stdin relay"))?;
-    vmm::seccomp::install(vmm::seccomp::ThreadKind::Relay, run.seccomp)
+    super::seccomp::relay_filter()
+        .install(run.seccomp)
         .map_err(|e| SandboxError::Sandbox(e.to_string()))?;
     let terminal = crate::bundle::wants_terminal(&run.spec);
     // A VM restored from a template starts with the template's entropy, clock and name.
@@ -155,7 +156,7 @@ fn relay_stdin(
     std::thread::Builder::new()
         .name("zvm_stdin".into())
         .spawn(move || {
-            let filtered = vmm::seccomp::install(vmm::seccomp::ThreadKind::Relay, seccomp);
+            let filtered = super::seccomp::relay_filter().install(seccomp);
             if filtered.is_err() || started.recv().is_err() {
                 return;
             }

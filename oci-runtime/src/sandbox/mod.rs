@@ -34,6 +34,7 @@ mod detached;
 mod disk;
 mod launch;
 pub(crate) mod pty;
+mod seccomp;
 mod server;
 mod stdio;
 pub mod template;
