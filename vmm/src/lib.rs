@@ -13,6 +13,7 @@ pub mod builder;
 pub mod bus;
 pub mod devices;
 pub mod host;
+pub mod kvm_stats;
 pub mod layout;
 pub mod loader;
 pub mod memory;

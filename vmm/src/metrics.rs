@@ -9,6 +9,7 @@
 //! VM's [`VmMetrics`], which the embedder reports from.
 
 use crate::devices::boot_timer::{BootTime, BootTimeRecord};
+use crate::kvm_stats::KvmStats;
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -207,6 +208,7 @@ impl DeviceMetrics {
 #[derive(Debug, Default)]
 pub struct VmMetrics {
     vcpu: Arc<VcpuMetrics>,
+    kvm: KvmStats,
     devices: Mutex<Vec<(String, DeviceMetrics)>>,
     boot_time: Mutex<Option<BootTimeRecord>>,
 }
@@ -215,6 +217,11 @@ impl VmMetrics {
     /// The exit counters all vCPUs share.
     pub fn vcpu(&self) -> Arc<VcpuMetrics> {
         self.vcpu.clone()
+    }
+
+    /// KVM's own counters of the vCPUs.
+    pub fn kvm(&self) -> &KvmStats {
+        &self.kvm
     }
 
     /// Adds a device's counters under `id` (the drive or interface id).
@@ -243,10 +250,14 @@ impl VmMetrics {
 
     /// The increases since the previous report, in Firecracker's layout: `vcpu`, one
     /// aggregate per device kind (`block`, `net`, `vsock`, `entropy`, sums over the
-    /// devices of that kind) and one entry per device (`block_<id>`, `net_<id>`).
+    /// devices of that kind) and one entry per device (`block_<id>`, `net_<id>`); and
+    /// `kvm`, KVM's own cumulative counters summed over the vCPUs under the kernel's
+    /// names (`exits`, `io_exits`, `mmio_exits`, `irq_injections`, ...; totals, not
+    /// increases, as QEMU's `query-stats` gives them).
     pub fn report(&self) -> Map<String, Value> {
         let mut out = Map::new();
         out.insert("vcpu".into(), Value::Object(self.vcpu.report()));
+        out.insert("kvm".into(), Value::Object(self.kvm.totals()));
         let devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
         for (id, metrics) in devices.iter() {
             let kind = metrics.kind();

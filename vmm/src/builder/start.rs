@@ -80,6 +80,10 @@ impl MicrovmBuilder {
                     l1.edx
                 );
             }
+            match crate::kvm_stats::VcpuStats::open(&fd) {
+                Ok(stats) => self.metrics.kvm().add(stats),
+                Err(e) => tracing::debug!("vCPU {index}: no KVM statistics ({e})"),
+            }
             let cpuid = CpuId::from_entries(&entries).map_err(|_| BuildError::Io {
                 what: "build the CPUID table",
                 source: std::io::Error::other("too many CPUID entries"),

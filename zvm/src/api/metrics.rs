@@ -4,9 +4,12 @@
 //! Each line is one JSON object in Firecracker's layout: `utc_timestamp_ms`, `api_server`,
 //! `vmm` (state, uptime, the guest's boot time), `latencies_us` (how long the last snapshot
 //! create and load, pause and resume took), then the VM's counters (`vcpu` exits by kind,
-//! `block`, `net`, `vsock`, `entropy` aggregates and `block_<id>`/`net_<id>` per device).
-//! Like Firecracker's, counters are the increase since the previous line; latencies are
-//! the last value (0 until the operation first ran).
+//! `block`, `net`, `vsock`, `entropy` aggregates and `block_<id>`/`net_<id>` per device),
+//! and `kvm`: KVM's own counters of the vCPUs (`exits`, `mmio_exits`, `irq_injections`,
+//! ...), summed over the vCPUs under the kernel's names.
+//! Like Firecracker's, zvm's counters are the increase since the previous line; `kvm`'s
+//! are totals, as KVM and QEMU's `query-stats` give them; latencies are the last value
+//! (0 until the operation first ran).
 
 use super::logger::open_append;
 use api_server::model::InstanceState;
