@@ -199,6 +199,7 @@ fn without_root_devices_are_skipped_and_owners_left() {
         .file_with("owned", b"x", 0o644, 4321, 4321, 1_600_000_000)
         .finish();
     let opts = oci_runtime::image::layer::ApplyOptions {
+        limits: Default::default(),
         chown: false,
         mknod: false,
     };

@@ -334,6 +334,7 @@ fn layer_module_counts_entries() {
         .symlink("c", "a/b")
         .finish();
     let opts = layer::ApplyOptions {
+        limits: Default::default(),
         chown: false,
         mknod: false,
     };

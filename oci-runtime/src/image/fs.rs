@@ -16,6 +16,9 @@ use std::path::{Component, Path};
 
 /// At most this many symlinks are followed while resolving one path (Linux's own limit).
 const MAX_SYMLINKS: u32 = 40;
+/// Directories nested deeper than this below the root are refused (each level holds a
+/// descriptor while a path is resolved).
+pub const MAX_DEPTH: usize = 256;
 
 /// A directory that operations cannot escape.
 #[derive(Debug)]
@@ -75,6 +78,12 @@ impl RootDir {
                 .last()
                 .ok_or_else(|| io::Error::other("empty stack"))?;
             let next = match kind_at(top.as_fd(), &name)? {
+                None if stack.len() > MAX_DEPTH => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("directories nested more than {MAX_DEPTH} deep"),
+                    ))
+                }
                 None if create => {
                     mkdir_at(top.as_fd(), &name, 0o755)?;
                     open_dir_at(top.as_fd(), &name)?
@@ -83,6 +92,12 @@ impl RootDir {
                     return Err(io::Error::new(
                         io::ErrorKind::NotFound,
                         format!("{}: no such directory", name.to_string_lossy()),
+                    ))
+                }
+                Some(Kind::Dir) if stack.len() > MAX_DEPTH => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("directories nested more than {MAX_DEPTH} deep"),
                     ))
                 }
                 Some(Kind::Dir) => open_dir_at(top.as_fd(), &name)?,
@@ -246,8 +261,19 @@ pub fn create_file_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
-/// Opens the regular file `name` in `dir` for reading, refusing symlinks and non-regular files.
+/// Opens the regular file `name` in `dir` for reading, refusing symlinks and non-regular files
+/// (checked before opening: opening a device can have effects, a FIFO can block).
 pub fn open_file_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
+    match kind_at(dir, name)? {
+        Some(Kind::File) => {}
+        None => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        Some(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ))
+        }
+    }
     let fd = open_at(
         dir,
         name,
@@ -262,6 +288,15 @@ pub fn open_file_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
         ));
     }
     Ok(file)
+}
+
+/// Bytes free for an unprivileged writer on the file system holding `fd`.
+pub fn available_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: zeroed `statvfs` is a valid value; the kernel fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd (O_PATH descriptors allow fstatvfs) and out-pointer.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// `mkdirat`; an existing directory is not an error.

@@ -5,18 +5,22 @@
 //! refused, and symlinks already in the tree are followed as the container would see them.
 //! Whiteouts follow the image spec: `.wh.NAME` deletes NAME from the layers below, and
 //! `.wh..wh..opq` empties its directory of everything the layers below put there.
+//!
+//! What a layer may cost is bounded ([`Limits`]): the stream is read by [`tarstream`], which
+//! refuses oversized extension headers and charges every entry against a byte budget before
+//! reading it; entries, path lengths and directory depth are capped; and no file is written
+//! that would leave the target file system with less than a reserve of free space.
 
-use super::fs::{self, Kind, RootDir};
-use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
+mod entry;
+pub mod tarstream;
+
+use super::fs::RootDir;
+use std::ffi::OsString;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
-use tracing::{debug, warn};
+use std::path::{Component, Path};
 
-const WHITEOUT_PREFIX: &str = ".wh.";
-const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+/// Paths (and hard link targets) longer than this are refused (Linux's `PATH_MAX`).
+pub const MAX_PATH: usize = 4096;
 
 /// Errors while applying a layer.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +65,26 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The layer (with the layers before it) goes beyond one of the [`Limits`].
+    #[error("{what} goes beyond the limit of {limit}; the image is refused")]
+    Limit {
+        /// what was too large or too many
+        what: String,
+        /// the limit, with its unit
+        limit: String,
+    },
+    /// Writing a file would leave the target file system with less than the reserve.
+    #[error("entry `{path}`: {needed} bytes do not fit: the target file system has {available} bytes free and keeps {reserve} in reserve")]
+    NoRoom {
+        /// the entry's path in the layer
+        path: String,
+        /// the file's size
+        needed: u64,
+        /// free space (for an unprivileged writer) on the target file system
+        available: u64,
+        /// what must stay free
+        reserve: u64,
+    },
 }
 
 /// How a layer blob is compressed.
@@ -87,23 +111,63 @@ impl Compression {
     }
 }
 
-/// What may be done beyond plain files, decided once by the caller.
+/// Bounds on what unpacking may cost; [`super::unpack_rootfs`] applies them to all the
+/// image's layers together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes of decompressed layer stream (headers, names and contents; a sparse file
+    /// counts its holes). Checked at each entry's header, before its contents are read.
+    pub max_bytes: u64,
+    /// Most tar entries.
+    pub max_entries: u64,
+    /// Free space the target file system keeps: a file that would leave less is refused.
+    pub reserve: u64,
+}
+
+impl Limits {
+    /// 256 GiB of layer content, 2^21 entries, 64 MiB kept free.
+    pub const DEFAULT: Limits = Limits {
+        max_bytes: 256 << 30,
+        max_entries: 1 << 21,
+        reserve: 64 << 20,
+    };
+
+    /// What is left of these limits after `used`.
+    pub fn after(&self, used: &LayerStats) -> Limits {
+        Limits {
+            max_bytes: self.max_bytes.saturating_sub(used.read),
+            max_entries: self.max_entries.saturating_sub(used.entries),
+            reserve: self.reserve,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// What may be done beyond plain files, decided once by the caller, and the limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ApplyOptions {
     /// Set owners from the layer (needs root).
     pub chown: bool,
     /// Create character and block devices (needs root); skipped with a warning otherwise.
     pub mknod: bool,
+    /// Bounds on bytes, entries and free space.
+    pub limits: Limits,
 }
 
 impl ApplyOptions {
-    /// Owners and devices when running as root, neither otherwise.
+    /// Owners and devices when running as root, neither otherwise; default limits.
     pub fn for_current_user() -> Self {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         Self {
             chown: root,
             mknod: root,
+            limits: Limits::DEFAULT,
         }
     }
 }
@@ -127,6 +191,10 @@ pub struct LayerStats {
     pub skipped: u64,
     /// Bytes of file content written.
     pub bytes: u64,
+    /// Tar entries read (extension headers not counted).
+    pub entries: u64,
+    /// Bytes of decompressed stream charged against [`Limits::max_bytes`].
+    pub read: u64,
 }
 
 /// Applies the layer read from `blob` to `root`.
@@ -139,30 +207,37 @@ pub fn apply<R: Read>(
     let reader: Box<dyn Read> = match compression {
         Compression::None => Box::new(blob),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(blob))),
-        Compression::Zstd => Box::new(zstd::Decoder::new(blob).map_err(Error::Read)?),
+        Compression::Zstd => {
+            let mut d = zstd::Decoder::new(blob).map_err(Error::Read)?;
+            // libzstd's default: no frame may make the decoder allocate a window above 128 MiB.
+            d.window_log_max(27).map_err(Error::Read)?;
+            Box::new(d)
+        }
     };
-    let mut archive = tar::Archive::new(reader);
-    let mut state = State {
-        root,
-        opts,
-        stats: LayerStats::default(),
-        seen: HashSet::new(),
-        dirs: Vec::new(),
-    };
-    for entry in archive.entries().map_err(Error::Read)? {
-        let mut entry = entry.map_err(Error::Read)?;
-        state.entry(&mut entry)?;
-    }
+    let mut stream = tarstream::TarStream::new(reader, opts.limits.max_bytes);
+    let mut state = entry::State::new(root, opts);
+    let result = (|| {
+        while let Some(e) = stream.next_entry()? {
+            state.entry(&e, &mut stream)?;
+        }
+        Ok(())
+    })();
+    result?;
     state.finish_dirs();
-    Ok(state.stats)
+    let mut stats = state.stats;
+    stats.read = stream.charged();
+    Ok(stats)
 }
 
 /// Splits a path from a layer into plain components, refusing `..` and absolute paths.
 pub fn clean_path(path: &Path) -> Result<Vec<OsString>, Error> {
     let unsafe_path = |reason| Error::UnsafePath {
-        path: path.display().to_string(),
+        path: shorten(&path.display().to_string()),
         reason,
     };
+    if path.as_os_str().len() > MAX_PATH {
+        return Err(unsafe_path("path longer than 4096 bytes"));
+    }
     let mut out = Vec::new();
     for c in path.components() {
         match c {
@@ -173,6 +248,18 @@ pub fn clean_path(path: &Path) -> Result<Vec<OsString>, Error> {
         }
     }
     Ok(out)
+}
+
+/// `text`, cut to at most 256 bytes (an attacker's name can be 64 KiB long).
+pub(crate) fn shorten(text: &str) -> String {
+    if text.len() <= 256 {
+        return text.to_string();
+    }
+    let mut end = 256;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
 /// Whether the relative symlink target `target`, placed in the directory `dir_depth` levels below
@@ -193,344 +280,6 @@ fn symlink_escapes(dir_depth: usize, target: &Path) -> bool {
         }
     }
     false
-}
-
-struct Meta {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
-}
-
-struct State<'a> {
-    root: &'a RootDir,
-    opts: ApplyOptions,
-    stats: LayerStats,
-    /// Paths this layer wrote, with all their ancestors (whiteouts only hide lower layers).
-    seen: HashSet<PathBuf>,
-    /// Directories whose mode and mtime are set at the end (writing into them changes both).
-    dirs: Vec<(Vec<OsString>, Meta)>,
-}
-
-impl State<'_> {
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), Error> {
-        let raw = entry.path().map_err(Error::Read)?.into_owned();
-        let shown = raw.display().to_string();
-        let comps = clean_path(&raw)?;
-        let kind = entry.header().entry_type();
-        let meta = header_meta(entry).map_err(Error::Read)?;
-        let io_err = |op: &'static str| {
-            let path = shown.clone();
-            move |source: io::Error| Error::Io { path, op, source }
-        };
-        let Some((name, parent)) = comps.split_last() else {
-            if kind.is_dir() {
-                self.stats.dirs += 1;
-                self.chown(self.root.fd(), OsStr::new("."), &meta)
-                    .map_err(io_err("chown"))?;
-                self.dirs.push((Vec::new(), meta));
-            }
-            return Ok(());
-        };
-        if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-            return self.whiteout(parent, name, OsStr::from_bytes(hidden), &shown);
-        }
-        let rel: PathBuf = comps.iter().collect();
-        for a in rel.ancestors() {
-            if !self.seen.insert(a.to_owned()) {
-                break;
-            }
-        }
-        let dir = self
-            .root
-            .resolve_dir(parent, true)
-            .map_err(io_err("resolving parent directory"))?;
-        let dir = dir.as_fd();
-        let existing = fs::kind_at(dir, name).map_err(io_err("lstat"))?;
-        if existing.is_some() && !(kind.is_dir() && existing == Some(Kind::Dir)) {
-            fs::remove_all_at(dir, name).map_err(io_err("removing the existing entry"))?;
-        }
-        use tar::EntryType as T;
-        match kind {
-            T::Regular | T::Continuous | T::GNUSparse => {
-                let mut file = fs::create_file_at(dir, name).map_err(io_err("create"))?;
-                let n = io::copy(entry, &mut file).map_err(io_err("extracting file contents"))?;
-                self.stats.bytes += n;
-                self.stats.files += 1;
-                self.chown(dir, name, &meta).map_err(io_err("chown"))?;
-                set_xattrs(entry, &file, self.opts.chown, &shown);
-                fs::chmod_at(dir, name, meta.mode).map_err(io_err("chmod"))?;
-                fs::set_mtime_at(dir, name, meta.mtime, 0).map_err(io_err("set mtime"))?;
-            }
-            T::Directory => {
-                if existing != Some(Kind::Dir) {
-                    fs::mkdir_at(dir, name, 0o700).map_err(io_err("mkdir"))?;
-                }
-                self.stats.dirs += 1;
-                self.chown(dir, name, &meta).map_err(io_err("chown"))?;
-                self.dirs.push((comps.clone(), meta));
-            }
-            T::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(Error::Read)?
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
-                if symlink_escapes(parent.len(), &target) {
-                    return Err(Error::SymlinkEscape {
-                        path: shown,
-                        target: target.display().to_string(),
-                    });
-                }
-                fs::symlink_at(target.as_os_str(), dir, name).map_err(io_err("symlink"))?;
-                self.stats.symlinks += 1;
-                self.chown(dir, name, &meta).map_err(io_err("chown"))?;
-                fs::set_mtime_at(dir, name, meta.mtime, 0).map_err(io_err("set mtime"))?;
-            }
-            T::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(Error::Read)?
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
-                self.hard_link(dir, name, &target, &shown)?;
-                self.stats.hardlinks += 1;
-            }
-            T::Char | T::Block | T::Fifo => {
-                let fmt = match kind {
-                    T::Char => libc::S_IFCHR,
-                    T::Block => libc::S_IFBLK,
-                    _ => libc::S_IFIFO,
-                };
-                if fmt != libc::S_IFIFO && !self.opts.mknod {
-                    warn!("{shown}: device node skipped (creating devices needs root)");
-                    self.stats.skipped += 1;
-                    return Ok(());
-                }
-                let h = entry.header();
-                let major = h.device_major().map_err(Error::Read)?.unwrap_or(0);
-                let minor = h.device_minor().map_err(Error::Read)?.unwrap_or(0);
-                fs::mknod_at(
-                    dir,
-                    name,
-                    fmt | (meta.mode & 0o777),
-                    libc::makedev(major, minor),
-                )
-                .map_err(io_err("mknod"))?;
-                self.stats.specials += 1;
-                self.chown(dir, name, &meta).map_err(io_err("chown"))?;
-                fs::chmod_at(dir, name, meta.mode).map_err(io_err("chmod"))?;
-                fs::set_mtime_at(dir, name, meta.mtime, 0).map_err(io_err("set mtime"))?;
-            }
-            T::XGlobalHeader => debug!("{shown}: pax global header ignored"),
-            other => {
-                warn!(
-                    "{shown}: unsupported tar entry type {:?} skipped",
-                    other.as_byte() as char
-                );
-                self.stats.skipped += 1;
-            }
-        }
-        Ok(())
-    }
-
-    fn chown(&self, dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> io::Result<()> {
-        if self.opts.chown {
-            fs::chown_at(dir, name, meta.uid, meta.gid)?;
-        }
-        Ok(())
-    }
-
-    fn hard_link(
-        &mut self,
-        dir: std::os::fd::BorrowedFd<'_>,
-        name: &OsStr,
-        target: &Path,
-        shown: &str,
-    ) -> Result<(), Error> {
-        let fail = |reason: String| Error::HardLink {
-            path: shown.to_string(),
-            target: target.display().to_string(),
-            reason,
-        };
-        let tcomps = clean_path(target)?;
-        let Some((tname, tparent)) = tcomps.split_last() else {
-            return Err(fail("empty target".into()));
-        };
-        let tdir = self
-            .root
-            .resolve_dir(tparent, false)
-            .map_err(|e| fail(e.to_string()))?;
-        match fs::kind_at(tdir.as_fd(), tname).map_err(|e| fail(e.to_string()))? {
-            None => {
-                return Err(fail(
-                    "target does not exist (it must come earlier in the layers)".into(),
-                ))
-            }
-            Some(Kind::Dir) => return Err(fail("target is a directory".into())),
-            Some(_) => {}
-        }
-        fs::link_at(tdir.as_fd(), tname, dir, name).map_err(|e| fail(e.to_string()))
-    }
-
-    fn whiteout(
-        &mut self,
-        parent: &[OsString],
-        name: &OsStr,
-        hidden: &OsStr,
-        shown: &str,
-    ) -> Result<(), Error> {
-        self.stats.whiteouts += 1;
-        let dir = match self.root.resolve_dir(parent, false) {
-            Ok(d) => d,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Ok(())
-            }
-            Err(source) => {
-                return Err(Error::Io {
-                    path: shown.to_string(),
-                    op: "resolving whiteout directory",
-                    source,
-                })
-            }
-        };
-        let prefix: PathBuf = parent.iter().collect();
-        if name == OPAQUE_WHITEOUT {
-            return self
-                .clear_lower(dir.as_fd(), &prefix)
-                .map_err(|source| Error::Io {
-                    path: shown.to_string(),
-                    op: "opaque whiteout",
-                    source,
-                });
-        }
-        if hidden.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
-            debug!("{shown}: whiteout metadata ignored");
-            return Ok(());
-        }
-        if hidden.is_empty() || hidden == "." || hidden == ".." {
-            return Err(Error::UnsafePath {
-                path: shown.to_string(),
-                reason: "invalid whiteout name",
-            });
-        }
-        if self.seen.contains(&prefix.join(hidden)) {
-            return Ok(()); // a whiteout hides lower layers only
-        }
-        fs::remove_all_at(dir.as_fd(), hidden).map_err(|source| Error::Io {
-            path: shown.to_string(),
-            op: "whiteout",
-            source,
-        })
-    }
-
-    /// Removes from `dir` (at `prefix`) everything this layer did not write.
-    fn clear_lower(&self, dir: std::os::fd::BorrowedFd<'_>, prefix: &Path) -> io::Result<()> {
-        for child in fs::list_dir(dir)? {
-            let path = prefix.join(&child);
-            if !self.seen.contains(&path) {
-                fs::remove_all_at(dir, &child)?;
-            } else if fs::kind_at(dir, &child)? == Some(Kind::Dir) {
-                let sub = fs::open_dir_at(dir, &child)?;
-                self.clear_lower(sub.as_fd(), &path)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets directory modes and times, deepest last-written first.
-    fn finish_dirs(&mut self) {
-        for (comps, meta) in self.dirs.drain(..).rev() {
-            let result = (|| -> io::Result<()> {
-                let (dir, name) = match comps.split_last() {
-                    Some((name, parent)) => {
-                        (self.root.resolve_dir(parent, false)?, name.as_os_str())
-                    }
-                    None => (self.root.fd().try_clone_to_owned()?, OsStr::new(".")),
-                };
-                if fs::kind_at(dir.as_fd(), name)? != Some(Kind::Dir) {
-                    return Ok(()); // replaced later in the same layer
-                }
-                fs::chmod_at(dir.as_fd(), name, meta.mode)?;
-                fs::set_mtime_at(dir.as_fd(), name, meta.mtime, 0)
-            })();
-            if let Err(e) = result {
-                let p: PathBuf = comps.iter().collect();
-                warn!("{}: setting directory mode and time: {e}", p.display());
-            }
-        }
-    }
-}
-
-fn header_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
-    let h = entry.header();
-    let mode = h.mode()? & 0o7777;
-    let uid = u32::try_from(h.uid()?).map_err(|_| io::Error::other("uid out of range"))?;
-    let gid = u32::try_from(h.gid()?).map_err(|_| io::Error::other("gid out of range"))?;
-    let mut mtime = i64::try_from(h.mtime()?).unwrap_or(i64::MAX);
-    if let Some(exts) = entry.pax_extensions()? {
-        for ext in exts.flatten() {
-            if ext.key_bytes() == b"mtime" {
-                let v = ext.value().unwrap_or("");
-                if let Ok(secs) = v.split('.').next().unwrap_or("").parse::<i64>() {
-                    mtime = secs;
-                }
-            }
-        }
-    }
-    Ok(Meta {
-        mode,
-        uid,
-        gid,
-        mtime,
-    })
-}
-
-/// Copies `SCHILY.xattr.*` PAX records onto a regular file (only as root: `security.*` and
-/// `trusted.*` need it). Failures are warnings: the file itself is intact.
-fn set_xattrs<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    file: &std::fs::File,
-    root: bool,
-    shown: &str,
-) {
-    if !root {
-        return;
-    }
-    let Ok(Some(exts)) = entry.pax_extensions() else {
-        return;
-    };
-    for ext in exts.flatten() {
-        let Some(key) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
-            continue;
-        };
-        let Ok(key) = fs::cstring(OsStr::from_bytes(key)) else {
-            continue;
-        };
-        let value = ext.value_bytes();
-        // SAFETY: valid fd, NUL-terminated key and a value buffer of the given length.
-        let ret = unsafe {
-            libc::fsetxattr(
-                file.as_raw_fd(),
-                key.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        if ret < 0 {
-            warn!(
-                "{shown}: xattr {}: {}",
-                key.to_string_lossy(),
-                io::Error::last_os_error()
-            );
-        }
-    }
 }
 
 #[cfg(test)]

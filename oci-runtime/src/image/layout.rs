@@ -7,16 +7,20 @@ use oci_spec::image::{
 use sha2::{Sha256, Sha512};
 use std::fs::File;
 use std::io::{self, Read, Seek};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use tracing::{debug, warn};
+
+mod blobio;
+use blobio::{hash, read_small, read_up_to};
 
 /// Annotation naming a manifest in `index.json` (the tag).
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// containerd's export names the full image reference here.
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// JSON documents (index, manifest, config) larger than this are refused.
-const MAX_JSON: u64 = 16 << 20;
+const MAX_JSON: u64 = 4 << 20;
+/// Manifests listing more layers than this are refused.
+pub const MAX_LAYERS: usize = 1024;
 /// Nested indexes deeper than this are refused (a loop, or nonsense).
 const MAX_DEPTH: usize = 8;
 
@@ -86,7 +90,7 @@ pub enum Error {
     #[error("blob {0}: unsupported digest algorithm (sha256 and sha512 are)")]
     UnsupportedDigest(String),
     /// A JSON blob is implausibly large.
-    #[error("blob {digest}: {size} bytes is too large for a {kind}")]
+    #[error("blob {digest}: {size} bytes is too large for an {kind}")]
     TooLarge {
         /// its digest
         digest: String,
@@ -125,6 +129,9 @@ pub enum Error {
     /// Indexes nested too deeply.
     #[error("image indexes nested more than {MAX_DEPTH} deep")]
     TooDeep,
+    /// A manifest with more layers than [`MAX_LAYERS`].
+    #[error("the manifest lists {0} layers; at most {MAX_LAYERS} are accepted")]
+    TooManyLayers(usize),
     /// A descriptor of a type that cannot be used here.
     #[error("{what}: unsupported media type `{media_type}`")]
     UnsupportedMediaType {
@@ -232,11 +239,7 @@ impl Layout {
             path: path.clone(),
             source,
         };
-        let mut file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK) // a FIFO must not hang us
-            .open(&path)
-        {
+        let mut file = match blobio::open_regular(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(Error::MissingBlob { digest, path })
@@ -244,12 +247,6 @@ impl Layout {
             Err(e) => return Err(io_err(e)),
         };
         let meta = file.metadata().map_err(io_err)?;
-        if !meta.is_file() {
-            return Err(io_err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            )));
-        }
         if meta.len() != d.size() {
             return Err(Error::SizeMismatch {
                 digest,
@@ -330,6 +327,9 @@ impl Layout {
         };
         let descriptor = self.choose(candidates, 0, tags)?;
         let manifest: ImageManifest = self.read_json(&descriptor, "image manifest")?;
+        if manifest.layers().len() > MAX_LAYERS {
+            return Err(Error::TooManyLayers(manifest.layers().len()));
+        }
         let config_d = manifest.config();
         match config_d.media_type() {
             MediaType::ImageConfig => {}
@@ -473,17 +473,6 @@ pub fn layer_compression(d: &Descriptor, blob: &mut File) -> Result<Compression,
     })
 }
 
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
 fn parse<T: serde::de::DeserializeOwned>(
     text: &[u8],
     what: &str,
@@ -496,60 +485,10 @@ fn parse<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Reads a small file, refusing more than `limit` bytes and non-regular files.
-fn read_small(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    let mut buf = Vec::new();
-    file.take(limit + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("larger than {limit} bytes"),
-        ));
-    }
-    Ok(buf)
-}
-
-/// Hex digest and length of everything `r` yields.
-fn hash<D: sha2::Digest>(r: &mut impl Read) -> io::Result<(String, u64)> {
-    let mut h = D::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        h.update(&buf[..n]);
-    }
-    let out = h.finalize();
-    Ok((out.iter().map(|b| format!("{b:02x}")).collect(), total))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hashes_known_answer() {
-        let (hex, n) = hash::<Sha256>(&mut &b"abc"[..]).unwrap();
-        assert_eq!(
-            hex,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(n, 3);
-    }
 
     #[test]
     fn refuses_non_layouts() {

@@ -112,7 +112,8 @@ pub struct Unpacked {
     pub stats: LayerStats,
 }
 
-/// Unpacks the image's layers into `rootfs`, an existing directory (normally empty).
+/// Unpacks the image's layers into `rootfs`, an existing directory (normally empty), within
+/// `opts.limits` for all the layers together.
 pub fn unpack_rootfs(
     image: &ImageRef,
     rootfs: &Path,
@@ -146,11 +147,15 @@ pub fn unpack_rootfs(
             compression,
             d.size()
         );
+        let layer_opts = ApplyOptions {
+            limits: opts.limits.after(&stats),
+            ..opts
+        };
         let s = layer::apply(
             &root,
             io::BufReader::with_capacity(1 << 20, blob),
             compression,
-            opts,
+            layer_opts,
         )
         .map_err(layer_err)?;
         add(&mut stats, &s);
@@ -174,6 +179,8 @@ fn add(total: &mut LayerStats, s: &LayerStats) {
     total.whiteouts += s.whiteouts;
     total.skipped += s.skipped;
     total.bytes += s.bytes;
+    total.entries += s.entries;
+    total.read += s.read;
 }
 
 /// Makes a runtime bundle at `bundle` (absent or an empty directory): `rootfs/` with the

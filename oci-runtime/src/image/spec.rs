@@ -15,12 +15,25 @@ use tracing::warn;
 /// `PATH` given to a process whose image sets none (runc's and Docker's default).
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Entrypoint, Cmd and Env together larger than this (bytes of their strings) are refused: a
+/// process cannot be started with more (Linux's default `ARG_MAX` is 2 MiB, shared with the
+/// stack's other contents).
+pub const MAX_PROCESS_BYTES: usize = 1 << 20;
+
 /// Errors deriving the runtime configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The image's User cannot be resolved.
     #[error(transparent)]
     User(#[from] user::Error),
+    /// Entrypoint, Cmd and Env are larger than a process can be started with.
+    #[error("image config Entrypoint, Cmd and Env hold {entries} strings of {bytes} bytes; at most {MAX_PROCESS_BYTES} bytes are accepted")]
+    TooLarge {
+        /// how many strings
+        entries: usize,
+        /// their bytes (each counted with its terminating NUL)
+        bytes: usize,
+    },
 }
 
 /// What an image says to run, resolved against its root filesystem.
@@ -45,15 +58,32 @@ pub struct ProcessConfig {
 /// Derives the process from the image configuration; the user is looked up in `root`.
 pub fn process_config(config: &ImageConfiguration, root: &RootDir) -> Result<ProcessConfig, Error> {
     let c = config.config().clone().unwrap_or_default();
+    let (entries, bytes) = [c.entrypoint(), c.cmd(), c.env()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .fold((0usize, 0usize), |(n, b), s| {
+            (n + 1, b.saturating_add(s.len() + 1))
+        });
+    if bytes > MAX_PROCESS_BYTES {
+        return Err(Error::TooLarge { entries, bytes });
+    }
     let mut args: Vec<String> = c.entrypoint().clone().unwrap_or_default();
     args.extend(c.cmd().clone().unwrap_or_default());
     let mut env: Vec<String> = Vec::new();
+    let mut dropped = 0;
     for e in c.env().clone().unwrap_or_default() {
         if e.split_once('=').is_some_and(|(k, _)| !k.is_empty()) {
             env.push(e);
         } else {
-            warn!("image config Env entry `{e}` is not KEY=VALUE; dropped");
+            dropped += 1;
+            if dropped <= 8 {
+                warn!("image config Env entry `{e}` is not KEY=VALUE; dropped");
+            }
         }
+    }
+    if dropped > 8 {
+        warn!("{dropped} image config Env entries in all are not KEY=VALUE; dropped");
     }
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, DEFAULT_PATH.to_string());

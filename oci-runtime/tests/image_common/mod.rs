@@ -2,6 +2,8 @@
 //! manifest and index JSON, blobs named by their sha256.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod hostile;
+
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::io::Write;
