@@ -89,9 +89,26 @@ impl PidRecord {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Reads a record; `None` when absent or unreadable.
+    /// Reads a record; `None` when absent, unreadable, not a regular file or implausibly
+    /// large (a FIFO or a link to a device in its place must not block or flood the node).
     pub fn load(path: &Path) -> Option<PidRecord> {
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        const MAX: u64 = 64 << 10;
+        if !std::fs::symlink_metadata(path).ok()?.is_file() {
+            return None;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .ok()?;
+        let mut bytes = Vec::new();
+        file.take(MAX + 1).read_to_end(&mut bytes).ok()?;
+        if bytes.len() as u64 > MAX {
+            return None;
+        }
+        serde_json::from_slice(&bytes).ok()
     }
 }
 

@@ -2,11 +2,17 @@
 //! written atomically (temporary file, fsync, rename, fsync of the directory), so a crash
 //! leaves either the old or the new record, never a torn one.
 
+use super::network;
 use super::spec::WorkloadSpec;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+/// Deployment files larger than this are refused at load (a record is a spec of at most the
+/// API's 64 KiB body, its addresses and an error message).
+pub const MAX_RECORD_BYTES: u64 = 1 << 20;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +150,13 @@ impl Store {
     pub fn load_all(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
-            let path = entry.map_err(io(&self.dir))?.path();
+            let path = match entry {
+                Ok(e) => e.path(),
+                Err(e) => {
+                    tracing::error!(dir = %self.dir.display(), "listing deployments: {e}");
+                    continue;
+                }
+            };
             let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
                 continue;
             };
@@ -155,16 +167,20 @@ impl Store {
             let Some(stem) = file.strip_suffix(".json") else {
                 continue;
             };
-            let parsed = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| {
-                    serde_json::from_slice::<DeploymentRecord>(&b).map_err(|e| e.to_string())
-                });
+            let parsed = read_record(&path).and_then(|b| {
+                serde_json::from_slice::<DeploymentRecord>(&b).map_err(|e| e.to_string())
+            });
             match parsed {
-                Ok(record) if record.spec.name == stem => out.push(record),
-                Ok(record) => {
+                Ok(record) if record.spec.name != stem => {
                     tracing::error!(file = %path.display(), name = %record.spec.name, "deployment file name does not match its record; ignored")
                 }
+                Ok(record) => match check_record(&record) {
+                    Ok(()) => out.push(record),
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), "invalid deployment record ({e}); moved aside");
+                        let _ = std::fs::rename(&path, path.with_extension("corrupt"));
+                    }
+                },
                 Err(e) => {
                     tracing::error!(file = %path.display(), "corrupt deployment record ({e}); moved aside");
                     let _ = std::fs::rename(&path, path.with_extension("corrupt"));
@@ -174,6 +190,70 @@ impl Store {
         out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         Ok(out)
     }
+}
+
+/// Reads a deployment file: a regular file (not a link, FIFO or device) of at most
+/// [`MAX_RECORD_BYTES`].
+fn read_record(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_RECORD_BYTES {
+        return Err(format!(
+            "{} bytes, more than {MAX_RECORD_BYTES}",
+            meta.len()
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(MAX_RECORD_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        return Err(format!("more than {MAX_RECORD_BYTES} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// Checks a record read back from disk as its spec was checked when it was accepted (except
+/// that its networks may have gone: starting it then fails on its own), and that its
+/// addresses name the taps the node derives from its name: a record is trusted with paths
+/// under the state directory and with host network devices to create and delete.
+fn check_record(record: &DeploymentRecord) -> Result<(), String> {
+    let spec = &record.spec;
+    let networks: Vec<String> = spec
+        .network
+        .interfaces
+        .iter()
+        .map(|i| i.network.clone())
+        .collect();
+    spec.validate(&networks).map_err(|e| e.to_string())?;
+    if record.addresses.len() > spec.network.interfaces.len() {
+        return Err(format!(
+            "{} addresses for {} interfaces",
+            record.addresses.len(),
+            spec.network.interfaces.len()
+        ));
+    }
+    for (i, (addr, nic)) in record
+        .addresses
+        .iter()
+        .zip(&spec.network.interfaces)
+        .enumerate()
+    {
+        if addr.tap != network::tap_name(&spec.name, i) || addr.network != nic.network {
+            return Err(format!(
+                "address {i} names tap `{}` on network `{}`, not this deployment's",
+                addr.tap, addr.network
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -452,4 +452,5 @@ async fn a_deployment_deleted_while_preparing_is_never_started() {
     assert_eq!(node.len(), 0);
 }
 
+mod hostile;
 mod http;
