@@ -42,6 +42,7 @@ if [ $# -gt 0 ]; then
   run "$@"
   exit
 fi
-for name in http_request agent_frame snapshot_state oci_config flist_meta; do
+for name in http_request agent_frame snapshot_state oci_config flist_meta oci_layout \
+  oci_layer; do
   run "$name" -max_total_time="${ZVM_FUZZ_SECONDS:-10}"
 done
