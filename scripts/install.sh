@@ -22,6 +22,8 @@ done
 bash scripts/install-deps.sh
 echo "zvm: building zvm and zvm-runc (release: several minutes the first time)" >&2
 cargo build --release --quiet -p zvm -p oci-runtime --bins
+# Shipped binaries never hold the host-process test double (no isolation; tests only).
+bash scripts/check-no-test-backend.sh "${CARGO_TARGET_DIR:-target}/release"
 init=$(bash guest/build.sh | tail -n1)
 kernel=$(bash guest-kernel/build.sh | tail -n1)
 "${CARGO_TARGET_DIR:-target}/release/zvm" setup --prefix "$prefix" --kernel "$kernel" \

@@ -13,8 +13,17 @@ echo "zvm: guest kernel: $(bash guest-kernel/build.sh)" >&2
 echo "zvm: tiny guest kernel: $(ZVM_KERNEL_FLAVOUR=tiny bash guest-kernel/build.sh)" >&2
 echo "zvm: guest init: $(bash guest/build.sh)" >&2
 # The boot tests drive the zvm binary itself, and install it with zvm-runc (`zvm setup`).
+# Built as shipped, they lack the host-process test double (a container backend with no
+# isolation, the cargo feature oci-runtime/test-backend): checked here, before the unit
+# tests, whose build turns the feature on (oci-runtime's dev-dependency on itself) and
+# leaves zvm and zvm-runc built with it in target/debug; built again after them, so the
+# boot tests run the shipped kind.
+bins=${CARGO_TARGET_DIR:-target}/debug
 cargo build -p zvm -p oci-runtime --bins 2>&1
+bash scripts/check-no-test-backend.sh "$bins"
 cargo test --workspace --exclude zvm-integration-tests --no-fail-fast 2>&1
+cargo build -p zvm -p oci-runtime --bins 2>&1
+bash scripts/check-no-test-backend.sh "$bins"
 # Container VMs restore one template per VM shape made once for this run (the first test
 # that needs it boots it); zvm-runc's installed-copy test and the node image boot their own.
 export ZVM_TEMPLATE_DIR="${ZVM_TEMPLATE_DIR:-$PWD/target/test-templates}"

@@ -303,7 +303,9 @@ pub struct OciArgs {
     /// The runc binary.
     #[arg(long, default_value = "runc")]
     pub runc: PathBuf,
-    /// zvm-runc backend: vm, or host-process (the test double: no VM, to check the harness).
+    /// zvm-runc backend: vm, or host-process (a test double that runs the container on the
+    /// host without isolation, to check the harness; only in a zvm-runc built with
+    /// `cargo build -p oci-runtime --features test-backend`).
     #[arg(long, default_value = "vm")]
     pub backend: String,
     /// busybox-static for the rootfs.

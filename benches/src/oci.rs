@@ -27,7 +27,8 @@ pub struct OciConfig {
     /// The runc binary.
     pub runc: PathBuf,
     /// zvm-runc backend (`vm`; `host-process` is the test double, for checking the harness:
-    /// no VM, so neither templates nor checkpoints).
+    /// no VM and no isolation, so neither templates nor checkpoints; only a zvm-runc built
+    /// with oci-runtime's `test-backend` feature has it).
     pub backend: String,
     /// Time limit of one command or of the wait.
     pub timeout: Duration,

@@ -4,8 +4,10 @@
 //! --log-format json create --bundle B ID`. Errors print `<name>: <message>` on stderr (and
 //! go to the `--log` file when there is one) and exit with status 1; usage errors exit 2.
 //!
-//! Test-only: `ZVM_RUNC_BACKEND=host-process` makes new containers run directly on the host
-//! without any isolation (see [`crate::backend`]); it exists for this crate's tests.
+//! Test-only: in a build with the cargo feature `test-backend` (this crate's tests; never a
+//! release or installed binary), `ZVM_RUNC_BACKEND=host-process` makes new containers run
+//! directly on the host without any isolation (see [`crate::backend`]); other builds refuse
+//! that name.
 
 use crate::backend::{ExecOutcome, ExecRequest};
 use crate::lifecycle::{CheckpointRequest, CreateRequest, LifecycleError, Runtime, StateView};

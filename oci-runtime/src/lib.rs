@@ -2,8 +2,9 @@
 //!
 //! youki-style: a library under a thin runc-compatible command line ([`cli`]). The
 //! [`lifecycle`] implements the runtime spec's state machine over a
-//! [`backend::ContainerBackend`] (a micro-VM per container, or a host-process test double),
-//! with the [`state`] directory, [`hooks`] and [`bundle`] checks.
+//! [`backend::ContainerBackend`] (a micro-VM per container, or a host-process test double in
+//! builds with the `test-backend` feature), with the [`state`] directory, [`hooks`] and
+//! [`bundle`] checks.
 
 pub mod backend;
 pub mod bundle;

@@ -116,7 +116,7 @@ pub struct ContainerRecord {
     pub created: String,
     /// The config's annotations.
     pub annotations: BTreeMap<String, String>,
-    /// Which backend runs the container (`vm`, or `host-process` in tests).
+    /// Which backend runs the container (`vm`, or `host-process` in test builds).
     pub backend: String,
     /// Exit status of the container's process, when known.
     pub exit_status: Option<i32>,

@@ -1,7 +1,9 @@
 //! **Test double, not a container runtime**: runs the container's process directly on the
 //! host, in a new session, without namespaces, user switch, limits or any other isolation.
-//! Selected with `ZVM_RUNC_BACKEND=host-process`; it exists so that the lifecycle, hooks and
-//! command line can be tested fast and without a VM. Never use it for untrusted code.
+//! Compiled in only with the cargo feature `test-backend` (never in release or installed
+//! binaries), and then selected with `ZVM_RUNC_BACKEND=host-process`; it exists so that the
+//! lifecycle, hooks and command line can be tested fast and without a VM. Never use it for
+//! untrusted code.
 //!
 //! Like runc, `create` forks the container process, which blocks opening `exec.fifo` in the
 //! container directory for writing; `start` opens the fifo for reading, which releases it to

@@ -2,12 +2,16 @@
 //! machine, hooks, state directory) and the thing that holds the container's processes.
 //!
 //! - [`vm::VmBackend`]: the real one; every container is a micro-VM (the sandbox module).
-//! - [`host_process::HostProcessBackend`]: **a test double only.** It runs the container's
-//!   process directly on the host, without any isolation (no namespaces, no rootfs change, no
-//!   limits), so that the state machine, hooks and command line are tested in milliseconds
-//!   without booting a VM. It is chosen with the environment variable
-//!   `ZVM_RUNC_BACKEND=host-process` and must never be used to run untrusted code.
+//! - `host_process::HostProcessBackend`: **a test double only**, compiled in only with the
+//!   non-default cargo feature `test-backend` (this crate's tests turn it on; release and
+//!   installed binaries are built without it). It runs the container's process directly on
+//!   the host, without any isolation (no namespaces, no rootfs change, no limits), so that
+//!   the state machine, hooks and command line are tested in milliseconds without booting a
+//!   VM. A build with the feature chooses it with the environment variable
+//!   `ZVM_RUNC_BACKEND=host-process`; a build without it refuses that name (and records that
+//!   name it) with [`BackendError::TestDoubleNotBuilt`]. Never use it for untrusted code.
 
+#[cfg(feature = "test-backend")]
 pub mod host_process;
 pub mod vm;
 
@@ -17,15 +21,32 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Environment variable that selects the backend for new containers (`vm`, the default, or
-/// the test-only `host-process`).
+/// the test-only `host-process` in builds with the `test-backend` feature).
 pub const BACKEND_ENV: &str = "ZVM_RUNC_BACKEND";
+
+/// The name of the host-process test double, in `ZVM_RUNC_BACKEND` and in records.
+pub const HOST_PROCESS: &str = "host-process";
+
+/// The backend names this build knows, for error messages.
+#[cfg(feature = "test-backend")]
+const KNOWN_BACKENDS: &str = "vm, host-process; host-process is for tests only";
+#[cfg(not(feature = "test-backend"))]
+const KNOWN_BACKENDS: &str = "vm";
 
 /// Errors of a backend.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// `ZVM_RUNC_BACKEND` (or a record) names no backend.
-    #[error("unknown backend {0:?} (known: vm, host-process; host-process is for tests only)")]
+    #[error("unknown backend {0:?} (known: {known})", known = KNOWN_BACKENDS)]
     Unknown(String),
+    /// `ZVM_RUNC_BACKEND` (or a record) names the host-process test double, which this
+    /// build does not have.
+    #[error(
+        "unknown backend \"host-process\": that is a test double that runs containers on \
+         the host without isolation, and it is not built into this binary (only test builds \
+         with the cargo feature oci-runtime/test-backend have it)"
+    )]
+    TestDoubleNotBuilt,
     /// The operation is not available with this backend.
     #[error("{0}")]
     Unsupported(String),
@@ -63,7 +84,9 @@ impl BackendError {
 pub enum BackendKind {
     /// A micro-VM per container.
     Vm,
-    /// Test double: the process runs on the host without isolation.
+    /// Test double: the process runs on the host without isolation (`test-backend` builds
+    /// only).
+    #[cfg(feature = "test-backend")]
     HostProcess,
 }
 
@@ -72,15 +95,20 @@ impl BackendKind {
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Vm => "vm",
-            BackendKind::HostProcess => "host-process",
+            #[cfg(feature = "test-backend")]
+            BackendKind::HostProcess => HOST_PROCESS,
         }
     }
 
-    /// Parses a backend name.
+    /// Parses a backend name; `host-process` is refused unless this build has the test
+    /// double.
     pub fn parse(name: &str) -> Result<BackendKind, BackendError> {
         match name {
             "vm" => Ok(BackendKind::Vm),
-            "host-process" => Ok(BackendKind::HostProcess),
+            #[cfg(feature = "test-backend")]
+            HOST_PROCESS => Ok(BackendKind::HostProcess),
+            #[cfg(not(feature = "test-backend"))]
+            HOST_PROCESS => Err(BackendError::TestDoubleNotBuilt),
             other => Err(BackendError::Unknown(other.to_string())),
         }
     }
@@ -97,6 +125,7 @@ impl BackendKind {
     pub fn instantiate(self, launcher: &[OsString]) -> Arc<dyn ContainerBackend> {
         match self {
             BackendKind::Vm => Arc::new(vm::VmBackend::new(launcher.to_vec())),
+            #[cfg(feature = "test-backend")]
             BackendKind::HostProcess => Arc::new(host_process::HostProcessBackend),
         }
     }
@@ -294,14 +323,35 @@ mod tests {
 
     #[test]
     fn backend_names_round_trip_and_unknown_names_are_refused() {
-        for k in [BackendKind::Vm, BackendKind::HostProcess] {
-            assert_eq!(BackendKind::parse(k.name()).unwrap(), k);
-        }
+        assert_eq!(BackendKind::parse("vm").unwrap(), BackendKind::Vm);
+        #[cfg(feature = "test-backend")]
+        assert_eq!(
+            BackendKind::parse(HOST_PROCESS).unwrap(),
+            BackendKind::HostProcess
+        );
+        #[cfg(not(feature = "test-backend"))]
+        assert!(matches!(
+            BackendKind::parse(HOST_PROCESS),
+            Err(BackendError::TestDoubleNotBuilt)
+        ));
         let err = BackendKind::parse("docker").unwrap_err();
         assert!(
             err.to_string().contains("unknown backend \"docker\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_refusal_of_the_missing_test_double_says_what_and_why() {
+        let msg = BackendError::TestDoubleNotBuilt.to_string();
+        for part in [
+            "unknown backend \"host-process\"",
+            "without isolation",
+            "not built into this binary",
+            "oci-runtime/test-backend",
+        ] {
+            assert!(msg.contains(part), "{part:?} missing from {msg}");
+        }
     }
 
     #[test]
