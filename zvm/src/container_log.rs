@@ -13,6 +13,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use vmm::devices::serial::ConsoleSink;
 
@@ -25,6 +26,14 @@ pub enum ContainerLogError {
     /// `--console` does not say stdio, off or file:PATH.
     #[error("invalid --console '{0}': expected stdio, off or file:PATH")]
     BadConsole(String),
+    /// No temporary log file can be made in the directory.
+    #[error("cannot make a console log in {dir}: {source}")]
+    Create {
+        /// The temporary directory.
+        dir: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The log file cannot be made.
     #[error("cannot open the console log {path}: {source}")]
     Open {
@@ -53,12 +62,12 @@ pub enum ContainerConsole {
 
 impl ContainerConsole {
     /// Decides from `--console` (None: not given) and `--flist-work`; the temporary log is
-    /// `<temp_dir>/zvm-flist-<pid>.log`.
+    /// made here, private and under a name no one could plant beforehand
+    /// (`<temp_dir>/zvm-flist-<random>.log`, see [`crate::private_tmp`]).
     pub fn choose(
         console: Option<&str>,
         flist_work: Option<&Path>,
         temp_dir: &Path,
-        pid: u32,
     ) -> Result<Self, ContainerLogError> {
         match console {
             None => Ok(match flist_work {
@@ -66,10 +75,19 @@ impl ContainerConsole {
                     path: dir.join("console.log"),
                     temporary: false,
                 },
-                None => ContainerConsole::File {
-                    path: temp_dir.join(format!("zvm-flist-{pid}.log")),
-                    temporary: true,
-                },
+                None => {
+                    let (_, path) =
+                        crate::private_tmp::kept_file_in(temp_dir, "zvm-flist-", ".log").map_err(
+                            |source| ContainerLogError::Create {
+                                dir: temp_dir.to_path_buf(),
+                                source,
+                            },
+                        )?;
+                    ContainerConsole::File {
+                        path,
+                        temporary: true,
+                    }
+                }
             }),
             Some("stdio") => Ok(ContainerConsole::Stderr),
             Some("off") => Ok(ContainerConsole::Off),
@@ -95,9 +113,15 @@ impl ContainerLog {
     /// Opens (creating or emptying) the log file, if the console goes to one.
     pub fn open(dest: ContainerConsole) -> Result<Self, ContainerLogError> {
         let file = match &dest {
-            ContainerConsole::File { path, .. } => {
+            ContainerConsole::File { path, temporary } => {
                 let open = || -> std::io::Result<File> {
-                    let f = File::options().create(true).append(true).open(path)?;
+                    let mut options = File::options();
+                    options.create(true).append(true);
+                    if *temporary {
+                        // Made by `choose`: a link put in its place is not followed.
+                        options.create(false).custom_flags(libc::O_NOFOLLOW);
+                    }
+                    let f = options.open(path)?;
                     f.set_len(0)?;
                     Ok(f)
                 };
@@ -206,43 +230,90 @@ fn tail(path: &Path, lines: usize) -> Vec<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_console_goes_to_a_log_unless_asked_otherwise() {
-        let tmp = Path::new("/tmp");
-        assert_eq!(
-            ContainerConsole::choose(None, None, tmp, 42).unwrap(),
-            ContainerConsole::File {
-                path: "/tmp/zvm-flist-42.log".into(),
-                temporary: true
-            }
+        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tmp.path();
+        let ContainerConsole::File { path, temporary } =
+            ContainerConsole::choose(None, None, tmp).unwrap()
+        else {
+            panic!("not a file")
+        };
+        assert!(temporary);
+        assert_eq!(path.parent(), Some(tmp));
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("zvm-flist-") && name.ends_with(".log"),
+            "{name}"
         );
+        assert!(path.is_file(), "made by choose");
         assert_eq!(
-            ContainerConsole::choose(None, Some(Path::new("/w")), tmp, 42).unwrap(),
+            ContainerConsole::choose(None, Some(Path::new("/w")), tmp).unwrap(),
             ContainerConsole::File {
                 path: "/w/console.log".into(),
                 temporary: false
             }
         );
         assert_eq!(
-            ContainerConsole::choose(Some("file:/l/c.log"), None, tmp, 42).unwrap(),
+            ContainerConsole::choose(Some("file:/l/c.log"), None, tmp).unwrap(),
             ContainerConsole::File {
                 path: "/l/c.log".into(),
                 temporary: false
             }
         );
         assert_eq!(
-            ContainerConsole::choose(Some("stdio"), None, tmp, 1).unwrap(),
+            ContainerConsole::choose(Some("stdio"), None, tmp).unwrap(),
             ContainerConsole::Stderr
         );
         assert_eq!(
-            ContainerConsole::choose(Some("off"), None, tmp, 1).unwrap(),
+            ContainerConsole::choose(Some("off"), None, tmp).unwrap(),
             ContainerConsole::Off
         );
         for bad in ["file:", "tty"] {
-            let err = ContainerConsole::choose(Some(bad), None, tmp, 1).unwrap_err();
+            let err = ContainerConsole::choose(Some(bad), None, tmp).unwrap_err();
             assert!(err.to_string().contains("stdio, off or file:PATH"), "{err}");
         }
+        let err = ContainerConsole::choose(None, None, &tmp.join("missing")).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot make a console log"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_temporary_log_is_private_and_never_a_planted_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tempfile::tempdir().unwrap();
+        let secret = victim.path().join("secret");
+        std::fs::write(&secret, "keep me").unwrap();
+        // What zvm used to open, truncate and write as root: `<tmp>/zvm-flist-<pid>.log`.
+        let old = tmp
+            .path()
+            .join(format!("zvm-flist-{}.log", std::process::id()));
+        std::os::unix::fs::symlink(&secret, &old).unwrap();
+        let dest = ContainerConsole::choose(None, None, tmp.path()).unwrap();
+        let log = ContainerLog::open(dest).unwrap();
+        let path = log.path().unwrap().to_path_buf();
+        assert_ne!(path, old);
+        log.note("hello");
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "zvm: hello\n");
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "keep me");
+        log.finish(false);
+        assert!(!path.exists());
+        // A link swapped in for the made file is not followed.
+        let dest = ContainerConsole::choose(None, None, tmp.path()).unwrap();
+        let ContainerConsole::File { path, .. } = &dest else {
+            panic!("not a file")
+        };
+        std::fs::remove_file(path).unwrap();
+        std::os::unix::fs::symlink(&secret, path).unwrap();
+        assert!(ContainerLog::open(dest.clone()).is_err());
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "keep me");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod container_log;
 mod container_vm;
 mod kernel;
 mod output_file;
+mod private_tmp;
 mod restore;
 mod run;
 mod setup;

@@ -195,7 +195,6 @@ impl RunArgs {
             self.console.as_deref(),
             self.flist_work.as_deref(),
             &std::env::temp_dir(),
-            std::process::id(),
         )
         .map_err(|e| e.to_string())?;
         resources.console = match &console {
@@ -372,18 +371,25 @@ fn run_redirected(args: RunArgs, process_start: Instant, logging: &Logging) -> E
         };
         return crate::restore::run(&args.restore, &opts, process_start);
     }
-    // A --flist without --flist-work unpacks into a temporary directory, removed at the end.
-    let temp_work = (args.flist.is_some() && args.flist_work.is_none())
-        .then(|| std::env::temp_dir().join(format!("zvm-flist-{}", std::process::id())));
+    // A --flist without --flist-work unpacks into a fresh private temporary directory
+    // (crate::private_tmp), removed at the end.
+    let temp_work = match (args.flist.is_some() && args.flist_work.is_none())
+        .then(|| crate::private_tmp::dir("zvm-flist-"))
+        .transpose()
+    {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("zvm: cannot make a temporary work directory: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let flist_work = args
         .flist_work
         .clone()
-        .or_else(|| temp_work.clone())
+        .or_else(|| temp_work.as_ref().map(|d| d.path().to_path_buf()))
         .unwrap_or_default();
     let code = run_with(args, process_start, &flist_work, logging);
-    if let Some(dir) = temp_work {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    drop(temp_work);
     code
 }
 
