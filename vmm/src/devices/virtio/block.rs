@@ -7,7 +7,7 @@
 pub mod request;
 
 use super::{
-    read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_BLOCK,
+    notify, read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_BLOCK,
     VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemoryMmap;
@@ -171,6 +171,7 @@ impl Block {
             return;
         }
         let mut used = 0;
+        let mut throttled = false;
         for _ in 0..usize::from(QUEUE_SIZE) * 2 {
             let Some(chain) = queue.pop_descriptor_chain(&active.mem) else {
                 break;
@@ -184,6 +185,7 @@ impl Block {
             if !limiter.consume_request(bytes) {
                 queue.go_to_previous_position();
                 self.disk.metrics.rate_limiter_throttled.inc();
+                throttled = true;
                 break;
             }
             let head = chain.head_index();
@@ -195,6 +197,10 @@ impl Block {
         }
         if used > 0 && queue.needs_notification(&active.mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
+        }
+        // A throttled queue waits for the limiter's timer instead.
+        if !throttled && notify::rearm(queue, &active.mem) {
+            active.requeue.mark(0);
         }
     }
 

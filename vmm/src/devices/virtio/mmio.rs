@@ -10,6 +10,7 @@
 //! leave the kernel; a write that does reach [`BusDevice::write`] signals the same eventfd.
 //! Whoever polls the eventfds (the VMM loop) calls [`MmioTransport::process_queue`].
 
+use super::notify::{RING_FEATURES, VIRTIO_RING_F_EVENT_IDX};
 use super::{status, Interrupt, VirtioDevice, VirtioError, INT_CONFIG, VIRTIO_F_VERSION_1};
 use crate::bus::BusDevice;
 use crate::memory::GuestMemoryMmap;
@@ -129,6 +130,25 @@ impl MmioTransport {
     pub fn process_queue(&mut self, index: usize) {
         if self.activated {
             self.device.process_queue(index);
+            self.notify_requeued();
+        }
+    }
+
+    /// Notifies the queues the device left buffers on (see [`super::notify`]): the VMM
+    /// loop serves them on its next turn.
+    fn notify_requeued(&self) {
+        let Some(active) = self.device.active_queues() else {
+            return;
+        };
+        let mut mask = active.requeue.take();
+        while mask != 0 {
+            let index = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            if let Some(evt) = self.queue_evts.get(index) {
+                if let Err(e) = evt.write(1) {
+                    tracing::warn!("virtio-mmio: cannot notify queue {index} again: {e}");
+                }
+            }
         }
     }
 
@@ -141,6 +161,7 @@ impl MmioTransport {
     /// that was reset may have to stop polling something).
     pub fn process_host_event(&mut self) {
         self.device.process_host_event();
+        self.notify_requeued();
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -161,8 +182,8 @@ impl MmioTransport {
             DEVICE_ID => self.device.device_type(),
             VENDOR => VENDOR_ID,
             DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device.features() as u32,
-                1 => (self.device.features() >> 32) as u32,
+                0 => self.offered_features() as u32,
+                1 => (self.offered_features() >> 32) as u32,
                 _ => 0,
             },
             QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
@@ -270,7 +291,7 @@ impl MmioTransport {
             tracing::warn!(
                 "virtio-mmio: driver features {:#x} refused (offered {:#x})",
                 self.driver_features,
-                self.device.features()
+                self.offered_features()
             );
             new &= !status::FEATURES_OK;
         }
@@ -292,8 +313,13 @@ impl MmioTransport {
         self.status = new;
     }
 
+    /// The device's features and the ring features every queue implements.
+    fn offered_features(&self) -> u64 {
+        self.device.features() | RING_FEATURES
+    }
+
     fn features_acceptable(&self) -> bool {
-        let offered = self.device.features();
+        let offered = self.offered_features();
         self.driver_features & !offered == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
     }
 
@@ -306,14 +332,16 @@ impl MmioTransport {
                     reason: "its rings are not in guest memory".into(),
                 });
             }
-            queues.push(
-                Queue::try_from(q.state()).map_err(|e| VirtioError::BadQueue {
-                    index,
-                    reason: e.to_string(),
-                })?,
-            );
+            let mut queue = Queue::try_from(q.state()).map_err(|e| VirtioError::BadQueue {
+                index,
+                reason: e.to_string(),
+            })?;
+            queue.set_event_idx(self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0);
+            queues.push(queue);
         }
-        self.device.ack_features(self.driver_features);
+        // The device sees only its own features; the ring's are the queues' business.
+        self.device
+            .ack_features(self.driver_features & !RING_FEATURES);
         self.device
             .activate(self.mem.clone(), queues, self.interrupt.clone())?;
         self.activated = true;

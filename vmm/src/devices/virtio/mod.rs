@@ -13,6 +13,9 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod notify;
+#[cfg(test)]
+mod notify_tests;
 pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_utils;
@@ -241,6 +244,8 @@ pub struct ActiveQueues {
     pub queues: Vec<Queue>,
     /// Raised after buffers are used.
     pub interrupt: Interrupt,
+    /// Queues with buffers left after a batch, for the transport to notify.
+    pub requeue: notify::Requeue,
 }
 
 impl ActiveQueues {
@@ -261,6 +266,7 @@ impl ActiveQueues {
             mem,
             queues,
             interrupt,
+            requeue: notify::Requeue::default(),
         })
     }
 
@@ -272,7 +278,8 @@ impl ActiveQueues {
     /// Takes the chains available on queue `index` (one batch, read once, so a guest cannot
     /// keep the caller busy forever), hands each to `handle` with the guest memory, which
     /// returns the number of bytes it wrote into the chain, puts them on the used ring and
-    /// interrupts the guest once. Buffers the driver adds later come with a new notification.
+    /// interrupts the guest once (if it asked to be). Then re-arms the queue: buffers the
+    /// driver added meanwhile make it marked in [`Self::requeue`] (see [`notify`]).
     pub fn drain<F>(&mut self, index: usize, mut handle: F)
     where
         F: FnMut(&GuestMemoryMmap, DescriptorChain<&GuestMemoryMmap>) -> u32,
@@ -304,6 +311,9 @@ impl ActiveQueues {
         }
         if used > 0 && queue.needs_notification(&self.mem).unwrap_or(true) {
             self.interrupt.signal_used_queue();
+        }
+        if notify::rearm(queue, &self.mem) {
+            self.requeue.mark(index);
         }
     }
 }

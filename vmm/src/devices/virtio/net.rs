@@ -18,7 +18,7 @@
 pub mod tap;
 
 use super::{
-    read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_NET,
+    notify, read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_NET,
     VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemoryMmap;
@@ -388,6 +388,11 @@ impl Net {
             let Some(chain) = queue.pop_descriptor_chain(&active.mem) else {
                 tracing::trace!("virtio-net {}: no RX buffer; frame deferred", self.id);
                 watch = false;
+                // Ask for a notification when the driver adds buffers (or go on at once
+                // if it just did).
+                if notify::rearm(queue, &active.mem) {
+                    active.requeue.mark(RX_QUEUE);
+                }
                 break;
             };
             if let Some(limiter) = &mut self.rx_limiter {
@@ -441,6 +446,7 @@ impl Net {
             return;
         }
         let mut used = 0;
+        let mut throttled = false;
         for _ in 0..MAX_FRAMES_PER_EVENT {
             let Some(chain) = queue.pop_descriptor_chain(&active.mem) else {
                 break;
@@ -452,6 +458,7 @@ impl Net {
                         if !limiter.consume_request(len as u64) {
                             queue.go_to_previous_position();
                             self.metrics.tx_rate_limiter_throttled.inc();
+                            throttled = true;
                             break;
                         }
                     }
@@ -481,6 +488,10 @@ impl Net {
         }
         if used > 0 && queue.needs_notification(&active.mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
+        }
+        // A throttled queue waits for the limiter's timer instead.
+        if !throttled && notify::rearm(queue, &active.mem) {
+            active.requeue.mark(TX_QUEUE);
         }
     }
 }

@@ -11,6 +11,8 @@ struct Log {
     processed: Vec<usize>,
     resets: usize,
     config_writes: Vec<(u64, Vec<u8>)>,
+    acked: u64,
+    event_idx: Vec<bool>,
 }
 
 struct Dummy {
@@ -53,9 +55,15 @@ impl VirtioDevice for Dummy {
             .iter()
             .map(|q| (q.size(), q.ready(), q.desc_table()))
             .collect();
-        self.log.lock().expect("log").activated.push(qs);
+        let mut log = self.log.lock().expect("log");
+        log.activated.push(qs);
+        log.event_idx = queues.iter().map(|q| q.event_idx_enabled()).collect();
+        drop(log);
         self.interrupt = Some(interrupt);
         Ok(())
+    }
+    fn ack_features(&mut self, features: u64) {
+        self.log.lock().expect("log").acked = features;
     }
     fn process_queue(&mut self, index: usize) {
         self.log.lock().expect("log").processed.push(index);
@@ -144,7 +152,11 @@ fn identification_registers() {
 fn feature_negotiation() {
     let (mut t, log) = transport();
     wr(&mut t, DEVICE_FEATURES_SEL, 0);
-    assert_eq!(rd(&mut t, DEVICE_FEATURES), 0b101);
+    assert_eq!(
+        rd(&mut t, DEVICE_FEATURES),
+        0b101 | RING_FEATURES as u32,
+        "the device's features and the ring's (indirect tables, event indices)"
+    );
     wr(&mut t, DEVICE_FEATURES_SEL, 1);
     assert_eq!(rd(&mut t, DEVICE_FEATURES), 1, "VERSION_1 is bit 32");
     wr(&mut t, DEVICE_FEATURES_SEL, 2);
@@ -299,4 +311,19 @@ fn interrupt_status_and_ack() {
     assert_eq!(rd(&mut t, INTERRUPT_STATUS), INT_USED_RING);
     wr(&mut t, INTERRUPT_ACK, INT_USED_RING);
     assert_eq!(rd(&mut t, INTERRUPT_STATUS), 0);
+}
+
+#[test]
+fn event_idx_reaches_the_queues_and_ring_features_stay_with_the_transport() {
+    use crate::devices::virtio::notify::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+    for (asked, want) in [(0, false), (VIRTIO_RING_F_EVENT_IDX, true)] {
+        let (mut t, log) = transport();
+        negotiate(&mut t, FEATURES | VIRTIO_RING_F_INDIRECT_DESC | asked);
+        setup_queue(&mut t, 0, 4, 0x1_0000);
+        wr(&mut t, STATUS, ALL);
+        assert!(t.is_activated());
+        let log = log.lock().expect("log");
+        assert_eq!(log.event_idx, vec![want, want]);
+        assert_eq!(log.acked, FEATURES, "the device sees only its own features");
+    }
 }

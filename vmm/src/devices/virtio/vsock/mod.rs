@@ -24,7 +24,8 @@ mod tests;
 pub mod uds;
 
 use super::{
-    read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1,
+    notify, read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError,
+    VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemoryMmap;
 use crate::metrics::VsockMetrics;
@@ -158,6 +159,7 @@ impl Inner {
             mem,
             queues,
             interrupt,
+            requeue,
         }) = &mut self.active
         else {
             return;
@@ -171,6 +173,11 @@ impl Inner {
         let mut used = 0usize;
         while self.muxer.has_rx() {
             let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+                // Out of buffers: ask for a notification when the driver adds some (or
+                // go on at once if it just did).
+                if notify::rearm(queue, mem) {
+                    requeue.mark(RX_QUEUE);
+                }
                 break;
             };
             let head = chain.head_index();
@@ -328,6 +335,7 @@ impl VirtioDevice for Vsock {
             mem,
             queues,
             interrupt,
+            ..
         }) = &mut self.inner.active
         else {
             return;
