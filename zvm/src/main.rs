@@ -8,6 +8,7 @@ mod output_file;
 mod private_tmp;
 mod restore;
 mod run;
+mod run_metrics;
 mod setup;
 mod specs;
 mod stop_signals;

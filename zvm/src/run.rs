@@ -116,6 +116,10 @@ pub struct RunArgs {
     /// With --output: the most bytes kept in FILE (and in FILE.1), e.g. 16M.
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_output_max, requires = "output")]
     output_max: u64,
+    /// Write metrics lines (the API's `PUT /metrics` format: device counters and KVM's
+    /// own vCPU counters) to FILE: every 60 s, on SIGUSR1 and when the VM ends.
+    #[arg(long, value_name = "FILE")]
+    metrics: Option<PathBuf>,
     /// Leave the `virtio_mmio.device=` parameters off the kernel command line: a kernel
     /// with ACPI finds the devices in the ACPI tables (a kernel without ACPI then finds
     /// none).
@@ -473,6 +477,7 @@ fn run_with(
         let grace = std::time::Duration::from_secs(args.shutdown_timeout);
         crate::stop_signals::install_for(stop, vm.shutdown_handle().ok(), grace);
     }
+    let metrics = crate::run_metrics::start_for(args.metrics.clone(), &vm);
     let vm_ended: Ended = Arc::default();
     let container = container.map(|c| {
         c.spawn(&vm, vm_ended.clone()).inspect_err(|_| {
@@ -480,6 +485,9 @@ fn run_with(
         })
     });
     let (outcome, boot_time) = vm.wait_with_boot_time();
+    if let Some(writer) = metrics {
+        writer.finish();
+    }
     let (lines, code) = outcome_lines(&outcome, boot_time);
     // The first line only: a failure's vCPU registers stay in the log.
     *vm_ended.lock().unwrap_or_else(|p| p.into_inner()) = lines

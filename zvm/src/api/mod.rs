@@ -9,7 +9,7 @@
 pub mod client;
 mod config_file;
 pub mod logger;
-mod metrics;
+pub(crate) mod metrics;
 mod snapshot;
 mod state;
 
