@@ -41,13 +41,14 @@ fn disk(path: &std::path::Path) -> Box<dyn VirtioDevice> {
     Box::new(Block::open(path, false, "data").expect("disk"))
 }
 
-/// Drives `device` to DRIVER_OK as a guest would, with its queues on `mocks`.
+/// Drives `device` to DRIVER_OK as a guest would, with its queues on `mocks`, accepting
+/// every feature offered (Linux takes the ring's event indices and indirect tables too).
 fn started(
     mem: &GuestMemoryMmap,
     device: Box<dyn VirtioDevice>,
     mocks: &[&MockSplitQueue<'_, GuestMemoryMmap>],
 ) -> MmioTransport {
-    let features = device.features();
+    let features = device.features() | crate::devices::virtio::notify::RING_FEATURES;
     let mut t = MmioTransport::new(mem.clone(), device).expect("transport");
     wr(&mut t, STATUS, status::ACKNOWLEDGE | status::DRIVER);
     for sel in 0..2u32 {

@@ -171,7 +171,7 @@ impl MmioTransport {
                 state.config.len()
             )));
         }
-        let offered = self.device.features();
+        let offered = self.offered_features();
         if state.driver_features & !offered != 0 {
             return Err(bad(format!(
                 "driver features {:#x} beyond the offered {offered:#x}",
