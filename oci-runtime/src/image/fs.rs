@@ -18,7 +18,7 @@ use std::path::{Component, Path};
 const MAX_SYMLINKS: u32 = 40;
 /// Directories nested deeper than this below the root are refused (each level holds a
 /// descriptor while a path is resolved).
-pub const MAX_DEPTH: usize = 256;
+pub const MAX_DEPTH: usize = 128;
 
 /// A directory that operations cannot escape.
 #[derive(Debug)]

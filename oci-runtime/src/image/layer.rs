@@ -125,10 +125,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// 256 GiB of layer content, 2^21 entries, 64 MiB kept free.
+    /// 256 GiB of layer content, 2^20 entries, 64 MiB kept free.
     pub const DEFAULT: Limits = Limits {
         max_bytes: 256 << 30,
-        max_entries: 1 << 21,
+        max_entries: 1 << 20,
         reserve: 64 << 20,
     };
 

@@ -31,6 +31,9 @@ pub(super) struct State<'a> {
     seen_bytes: usize,
     /// Paths this layer wrote, with all their ancestors (whiteouts only hide lower layers).
     seen: HashSet<PathBuf>,
+    /// Directories (device, inode) an opaque whiteout already emptied of lower layers' files,
+    /// with everything below them: they are not walked again.
+    cleared: HashSet<(u64, u64)>,
     /// Directories whose mode and mtime are set at the end (writing into them changes both).
     dirs: Vec<(Vec<OsString>, Meta)>,
 }
@@ -43,6 +46,7 @@ impl<'a> State<'a> {
             stats: LayerStats::default(),
             seen_bytes: 0,
             seen: HashSet::new(),
+            cleared: HashSet::new(),
             dirs: Vec::new(),
         }
     }
@@ -303,8 +307,13 @@ impl<'a> State<'a> {
         })
     }
 
-    /// Removes from `dir` (at `prefix`) everything this layer did not write.
-    fn clear_lower(&self, dir: BorrowedFd<'_>, prefix: &Path) -> io::Result<()> {
+    /// Removes from `dir` (at `prefix`) everything this layer did not write. Each directory is
+    /// walked once per layer: repeated or nested opaque whiteouts cost nothing more.
+    fn clear_lower(&mut self, dir: BorrowedFd<'_>, prefix: &Path) -> io::Result<()> {
+        let id = dir_id(dir)?;
+        if self.cleared.contains(&id) {
+            return Ok(());
+        }
         for child in fs::list_dir(dir)? {
             let path = prefix.join(&child);
             if !self.seen.contains(&path) {
@@ -314,6 +323,7 @@ impl<'a> State<'a> {
                 self.clear_lower(sub.as_fd(), &path)?;
             }
         }
+        self.cleared.insert(id);
         Ok(())
     }
 
@@ -339,6 +349,17 @@ impl<'a> State<'a> {
             }
         }
     }
+}
+
+/// The (device, inode) of a directory descriptor.
+fn dir_id(dir: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    // SAFETY: zeroed `stat` is a valid value; the kernel fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor (O_PATH allows fstat) and out-pointer.
+    if unsafe { libc::fstat(dir.as_raw_fd(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.st_dev, st.st_ino))
 }
 
 fn header_meta(entry: &Entry) -> io::Result<Meta> {
