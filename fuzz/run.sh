@@ -3,7 +3,7 @@
 # LLVM's sanitizer-coverage passes, which stable rustc accepts as -C options) and runs
 # each on a copy of its seed corpus.
 #
-#   fuzz/run.sh                   every target for $ZVM_FUZZ_SECONDS (default 10) each
+#   fuzz/run.sh                   every target for $ZVM_FUZZ_SECONDS (default 6) each
 #   fuzz/run.sh TARGET [ARGS...]  one target with libFuzzer's ARGS (e.g. -runs=1000000)
 #
 # A crash leaves its input in fuzz/artifacts/TARGET/ and fails the run; each one found
@@ -42,7 +42,7 @@ if [ $# -gt 0 ]; then
   run "$@"
   exit
 fi
-for name in http_request agent_frame snapshot_state oci_config flist_meta oci_layout \
-  oci_layer; do
-  run "$name" -max_total_time="${ZVM_FUZZ_SECONDS:-10}"
+for name in http_request api_body agent_frame snapshot_state oci_config flist_meta \
+  virtio_blk virtio_net virtio_vsock virtio_mmio oci_layout oci_layer; do
+  run "$name" -max_total_time="${ZVM_FUZZ_SECONDS:-6}"
 done

@@ -1,0 +1,86 @@
+//! Host sides for the virtio targets: a disk in memory and a network backend that hands
+//! the device frames and takes what it sends, so no target touches the host.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io;
+use vmm::devices::virtio::block::BlockBackend;
+use vmm::devices::virtio::net::{NetBackend, MAX_BUFFER_LEN};
+
+/// A disk in memory that may fail every access.
+pub struct MemDisk {
+    data: Vec<u8>,
+    fail: bool,
+}
+
+impl MemDisk {
+    /// A disk of `sectors` 512-byte sectors; with `fail`, every access fails.
+    pub fn new(sectors: usize, fail: bool) -> Self {
+        MemDisk {
+            data: vec![0x5a; sectors * 512],
+            fail,
+        }
+    }
+
+    fn range(&self, offset: u64, len: usize) -> io::Result<std::ops::Range<usize>> {
+        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let end = start.checked_add(len).ok_or(io::ErrorKind::InvalidInput)?;
+        if self.fail || end > self.data.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(start..end)
+    }
+}
+
+impl BlockBackend for MemDisk {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let range = self.range(offset, buf.len())?;
+        buf.copy_from_slice(&self.data[range]);
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let range = self.range(offset, buf.len())?;
+        self.data[range].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.fail {
+            return Err(io::Error::other("failing disk"));
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+}
+
+/// Frames waiting for the guest; what the guest sends is checked and dropped.
+pub struct Frames(pub VecDeque<Vec<u8>>);
+
+impl Frames {
+    /// `count` frames of the lengths `len(i)` gives (cut to the device's buffer).
+    pub fn new(count: u8, mut len: impl FnMut() -> u32) -> Self {
+        let frames = (0..count)
+            .map(|i| vec![i; len() as usize % (MAX_BUFFER_LEN + 1)])
+            .collect();
+        Frames(frames)
+    }
+}
+
+impl NetBackend for Frames {
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let frame = self.0.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
+        let n = frame.len().min(buf.len());
+        buf[..n].copy_from_slice(&frame[..n]);
+        Ok(n)
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        assert!(frame.len() <= MAX_BUFFER_LEN, "a TX frame over the limit");
+        Ok(())
+    }
+}

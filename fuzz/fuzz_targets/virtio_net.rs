@@ -1,0 +1,47 @@
+//! virtio-net chains from a guest: TX chains gathered into frames, and RX chains that
+//! frames from the host are scattered into, both popped from fuzzed guest memory by an
+//! activated net device over a backend that hands it frames and takes what it sends.
+//!
+//! Input: a flags byte (bit 0 a MAC address), the number of host frames waiting (1 byte,
+//! at most 7) and each one's length (u32, cut to the device's buffer), the RX queue and
+//! the TX queue ([`virtq::write_queue`]), the order of the notifications (1 byte: 4 times
+//! 2 bits, RX or TX or neither), then the data area.
+#![no_main]
+
+#[path = "common/backends.rs"]
+mod backends;
+#[path = "common/virtq.rs"]
+mod virtq;
+
+use backends::Frames;
+use virtq::Input;
+use vmm::devices::virtio::net::{Net, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use vmm::devices::virtio::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let mut input = Input(data);
+    let flags = input.u8();
+    let count = input.u8() % 8;
+    let frames = Frames::new(count, || input.u32());
+    let mem = virtq::memory();
+    let rxq = virtq::write_queue(&mem, RX_QUEUE, QUEUE_SIZE, &mut input);
+    let txq = virtq::write_queue(&mem, TX_QUEUE, QUEUE_SIZE, &mut input);
+    let order = input.u8();
+    virtq::fill_data(&mem, input.rest());
+    let mac = (flags & 1 != 0).then_some([2, 0, 0, 0, 0, 1]);
+    let mut net = Net::new("fuzz0", Box::new(frames), mac, None, None).expect("net device");
+    net.ack_features(VIRTIO_F_VERSION_1);
+    let irq = Interrupt::new().expect("interrupt");
+    net.activate(mem.clone(), vec![rxq, txq], irq)
+        .expect("activate");
+    for step in 0..4 {
+        match (order >> (2 * step)) & 3 {
+            0 => virtq::process(&mut net, RX_QUEUE),
+            1 => virtq::process(&mut net, TX_QUEUE),
+            2 => net.process_host_event(),
+            _ => {}
+        }
+    }
+    virtq::process(&mut net, TX_QUEUE);
+    virtq::process(&mut net, RX_QUEUE);
+});
