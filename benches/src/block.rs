@@ -55,6 +55,10 @@ pub struct BlockRun {
     pub result: Option<BlkResult>,
     /// The VMM's CPU time (user + system, all threads) between the markers, ms per MiB moved.
     pub cpu_ms_per_mib: Option<f64>,
+    /// KVM's vCPU exits between the markers, per MiB moved.
+    pub exits_per_mib: Option<f64>,
+    /// Interrupts KVM injected between the markers, per MiB moved.
+    pub irqs_per_mib: Option<f64>,
 }
 
 /// Medians of one VMM.
@@ -68,6 +72,10 @@ pub struct BlockMedians {
     pub rand_iops: Option<f64>,
     /// Host CPU ms per MiB.
     pub cpu_ms_per_mib: Option<f64>,
+    /// vCPU exits per MiB.
+    pub exits_per_mib: Option<f64>,
+    /// Injected interrupts per MiB.
+    pub irqs_per_mib: Option<f64>,
 }
 
 impl BlockMedians {
@@ -86,12 +94,15 @@ impl BlockMedians {
             seq_read: pick(&|r| r.result.map(|b| b.seq_read_mib_s)),
             rand_iops: pick(&|r| r.result.map(|b| b.rand_read_iops)),
             cpu_ms_per_mib: pick(&|r| r.cpu_ms_per_mib),
+            exits_per_mib: pick(&|r| r.exits_per_mib),
+            irqs_per_mib: pick(&|r| r.irqs_per_mib),
         }
     }
 
     fn to_json(self) -> serde_json::Value {
         serde_json::json!({"seq_write_mib_s": self.seq_write, "seq_read_mib_s": self.seq_read,
-            "rand_read_iops": self.rand_iops, "host_cpu_ms_per_mib": self.cpu_ms_per_mib})
+            "rand_read_iops": self.rand_iops, "host_cpu_ms_per_mib": self.cpu_ms_per_mib,
+            "exits_per_mib": self.exits_per_mib, "irqs_per_mib": self.irqs_per_mib})
     }
 }
 
@@ -116,12 +127,14 @@ impl BlockReport {
             .iter()
             .map(|r| serde_json::json!({"vmm": r.vmm.name(), "run": r.run,
                 "seq_write_mib_s": r.result.map(|b| b.seq_write_mib_s), "seq_read_mib_s": r.result.map(|b| b.seq_read_mib_s),
-                "rand_read_iops": r.result.map(|b| b.rand_read_iops), "host_cpu_ms_per_mib": r.cpu_ms_per_mib}))
+                "rand_read_iops": r.result.map(|b| b.rand_read_iops), "host_cpu_ms_per_mib": r.cpu_ms_per_mib,
+                "exits_per_mib": r.exits_per_mib, "irqs_per_mib": r.irqs_per_mib}))
             .collect();
         let (z, q) = (self.zvm, self.qemu);
         serde_json::json!({"runs": runs, "median": {"zvm": z.to_json(), "qemu": q.to_json()},
             "ratio_zvm_qemu": {"seq_write": ratio(z.seq_write, q.seq_write), "seq_read": ratio(z.seq_read, q.seq_read),
-                "rand_read_iops": ratio(z.rand_iops, q.rand_iops), "host_cpu_per_mib": ratio(z.cpu_ms_per_mib, q.cpu_ms_per_mib)},
+                "rand_read_iops": ratio(z.rand_iops, q.rand_iops), "host_cpu_per_mib": ratio(z.cpu_ms_per_mib, q.cpu_ms_per_mib),
+                "exits_per_mib": ratio(z.exits_per_mib, q.exits_per_mib), "irqs_per_mib": ratio(z.irqs_per_mib, q.irqs_per_mib)},
             "failures": self.failures})
     }
 }
@@ -155,6 +168,18 @@ fn print_summary(r: &BlockReport) {
         q.cpu_ms_per_mib,
         "<= 1.0",
     );
+    row(
+        "KVM exits per MiB",
+        z.exits_per_mib,
+        q.exits_per_mib,
+        "<= 0.5",
+    );
+    row(
+        "KVM interrupts per MiB",
+        z.irqs_per_mib,
+        q.irqs_per_mib,
+        "<= 0.5",
+    );
 }
 
 /// Runs the block benchmark with `size_mib` MiB of sequential I/O.
@@ -177,8 +202,8 @@ pub fn run(
         size_mib * 2
     );
     println!(
-        "{:>4}  {:<5}  {:>10}  {:>10}  {:>9}  {:>11}  end",
-        "run", "vmm", "write MB/s", "read MB/s", "rand IOPS", "CPU ms/MiB"
+        "{:>4}  {:<5}  {:>10}  {:>10}  {:>9}  {:>11}  {:>10}  {:>9}  end",
+        "run", "vmm", "write MB/s", "read MB/s", "rand IOPS", "CPU ms/MiB", "exits/MiB", "irqs/MiB"
     );
     let mut runs = Vec::new();
     let mut failures = 0;
@@ -189,18 +214,23 @@ pub fn run(
                 disk: Some(&image),
                 net: false,
             };
+            let probe = devices::kvm_probe(vmm, dir, i);
             let phase = PhaseRun::run(
-                &mut devices::command(launcher, vmm, &guest, dev, &ns),
+                &mut devices::command(launcher, vmm, &guest, dev, &ns, &probe),
                 &MARKERS,
                 cfg.timeout,
+                &probe,
             )?;
             let result = phase.line("BLK ").and_then(parse_blk);
             let moved =
                 result.map(|b| 2.0 * size_mib as f64 + b.rand_reads * 4096.0 / f64::from(1 << 20));
-            let cpu_ms_per_mib = match (phase.cpu_between(0, 1), moved) {
-                (Some(c), Some(m)) if m > 0.0 => Some(c * 1000.0 / m),
+            let per_mib = |v: Option<f64>| match (v, moved) {
+                (Some(v), Some(m)) if m > 0.0 => Some(v / m),
                 _ => None,
             };
+            let cpu_ms_per_mib = per_mib(phase.cpu_between(0, 1).map(|c| c * 1000.0));
+            let exits_per_mib = per_mib(phase.kvm_between(0, 1, "exits"));
+            let irqs_per_mib = per_mib(phase.kvm_between(0, 1, "irq_injections"));
             if result.is_none() || !phase.complete() {
                 failures += 1;
                 eprintln!(
@@ -215,15 +245,19 @@ pub fn run(
                 run: i + 1,
                 result,
                 cpu_ms_per_mib,
+                exits_per_mib,
+                irqs_per_mib,
             };
             println!(
-                "{:>4}  {:<5}  {:>10}  {:>10}  {:>9}  {:>11}  {:?}",
+                "{:>4}  {:<5}  {:>10}  {:>10}  {:>9}  {:>11}  {:>10}  {:>9}  {:?}",
                 r.run,
                 vmm.name(),
                 fmt_opt(result.map(|b| b.seq_write_mib_s), 1),
                 fmt_opt(result.map(|b| b.seq_read_mib_s), 1),
                 fmt_opt(result.map(|b| b.rand_read_iops), 0),
                 fmt_opt(cpu_ms_per_mib, 2),
+                fmt_opt(exits_per_mib, 1),
+                fmt_opt(irqs_per_mib, 1),
                 phase.ending()
             );
             runs.push(r);

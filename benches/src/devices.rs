@@ -4,6 +4,7 @@
 
 use crate::boot::{initramfs_entries, CMDLINE};
 use crate::error::{io_err, Result};
+use crate::kvm_stats::{self, KvmCounters, KvmProbe};
 use crate::measure::{run_watched_each, Ending, RunOutput, Watch};
 use crate::netns::{NetNs, GUEST_MAC};
 use crate::vmms::{qemu_args, zvm_args, GuestSpec, Launcher, Vmm};
@@ -141,8 +142,9 @@ pub fn command(
     guest: &GuestSpec,
     dev: Devices<'_>,
     ns: &NetNs,
+    probe: &KvmProbe,
 ) -> Command {
-    let (program, args) = match vmm {
+    let (program, mut args) = match vmm {
         Vmm::Zvm => {
             let mut a = zvm_args(guest);
             a.extend(zvm_device_args(dev, &ns.tap));
@@ -154,6 +156,7 @@ pub fn command(
             (&launcher.qemu, a)
         }
     };
+    args.extend(probe.vmm_args());
     let mut cmd = ns.command(program);
     cmd.args(args);
     cmd
@@ -180,31 +183,67 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
         .flatten()
 }
 
-/// One run of a device benchmark: the console, and the VMM's CPU seconds at each marker.
+/// What is taken of the VMM at a marker: its CPU seconds and KVM's counters.
+pub type PhaseSample = (Option<f64>, Option<KvmCounters>);
+
+/// The probe for `vmm` in run `run`: zvm's metrics file or QEMU's QMP socket in `dir`
+/// (removed first, so that each run starts afresh).
+pub fn kvm_probe(vmm: Vmm, dir: &Path, run: usize) -> KvmProbe {
+    let probe = match vmm {
+        Vmm::Zvm => KvmProbe::Zvm {
+            metrics: dir.join(format!("zvm-metrics-{run}.json")),
+        },
+        Vmm::Qemu => KvmProbe::Qemu {
+            qmp: dir.join(format!("qemu-qmp-{run}.sock")),
+        },
+    };
+    let path = match &probe {
+        KvmProbe::Zvm { metrics } => metrics,
+        KvmProbe::Qemu { qmp } => qmp,
+    };
+    let _ = std::fs::remove_file(path);
+    probe
+}
+
+/// One run of a device benchmark: the console, and the VMM's CPU seconds and KVM's
+/// counters at each marker.
 #[derive(Debug)]
 pub struct PhaseRun {
     /// The run's output (console lines, stderr, ending).
-    pub out: RunOutput<Vec<Option<Option<f64>>>>,
+    pub out: RunOutput<Vec<Option<PhaseSample>>>,
 }
 
 impl PhaseRun {
-    /// Runs `cmd` until every marker was seen (or the time limit), sampling CPU time.
-    pub fn run(cmd: &mut Command, markers: &[&str], timeout: Duration) -> Result<PhaseRun> {
+    /// Runs `cmd` until every marker was seen (or the time limit), sampling CPU time and
+    /// KVM's counters (through `probe`).
+    pub fn run(
+        cmd: &mut Command,
+        markers: &[&str],
+        timeout: Duration,
+        probe: &KvmProbe,
+    ) -> Result<PhaseRun> {
         let watch = Watch {
             markers,
             sample_at: None,
             timeout,
         };
         Ok(PhaseRun {
-            out: run_watched_each(cmd, &watch, cpu_seconds)?,
+            out: run_watched_each(cmd, &watch, |pid| (cpu_seconds(pid), probe.sample(pid)))?,
         })
+    }
+
+    fn sample(&self, i: usize) -> Option<&PhaseSample> {
+        self.out.sample.as_ref()?.get(i)?.as_ref()
     }
 
     /// The VMM's CPU seconds between markers `a` and `b`.
     pub fn cpu_between(&self, a: usize, b: usize) -> Option<f64> {
-        let samples = self.out.sample.as_ref()?;
-        let at = |i: usize| samples.get(i).copied().flatten().flatten();
-        Some(at(b)? - at(a)?)
+        Some(self.sample(b)?.0? - self.sample(a)?.0?)
+    }
+
+    /// How much KVM's counter `name` grew between markers `a` and `b`.
+    pub fn kvm_between(&self, a: usize, b: usize, name: &str) -> Option<f64> {
+        kvm_stats::grew(&self.sample(a)?.1, &self.sample(b)?.1, name)
     }
 
     /// The first console line containing `prefix`, from `prefix` on.

@@ -131,18 +131,24 @@ pub struct NetRun {
     pub cpu_tx: Option<f64>,
     /// VMM CPU ms per MiB, host to guest.
     pub cpu_rx: Option<f64>,
+    /// KVM's vCPU exits per MiB, both ways.
+    pub exits: Option<f64>,
+    /// Interrupts KVM injected per MiB, both ways.
+    pub irqs: Option<f64>,
 }
 
 /// Reads one figure of a run.
 type Column = fn(&NetRun) -> Option<f64>;
 
-const COLUMNS: [(&str, Column); 6] = [
+const COLUMNS: [(&str, Column); 8] = [
     ("guest->host MiB/s (guest)", |r| r.tx),
     ("host->guest MiB/s (guest)", |r| r.rx),
     ("guest->host MiB/s (host)", |r| r.host_tx),
     ("host->guest MiB/s (host)", |r| r.host_rx),
     ("host CPU ms/MiB, g->h", |r| r.cpu_tx),
     ("host CPU ms/MiB, h->g", |r| r.cpu_rx),
+    ("KVM exits per MiB", |r| r.exits),
+    ("KVM interrupts per MiB", |r| r.irqs),
 ];
 
 /// Results of the network benchmark.
@@ -175,6 +181,8 @@ impl NetReport {
             "rx_host_mib_s",
             "tx_host_cpu_ms_per_mib",
             "rx_host_cpu_ms_per_mib",
+            "exits_per_mib",
+            "irqs_per_mib",
         ];
         let obj = |f: &dyn Fn(Column) -> Option<f64>| {
             serde_json::Value::Object(
@@ -208,7 +216,11 @@ impl NetReport {
         );
         for (i, (name, c)) in COLUMNS.iter().enumerate() {
             let (a, b) = (self.median(Vmm::Zvm, *c), self.median(Vmm::Qemu, *c));
-            let goal = if i < 4 { ">= 1.0" } else { "<= 1.0" };
+            let goal = match i {
+                0..=3 => ">= 1.0",
+                4 | 5 => "<= 1.0",
+                _ => "<= 0.5",
+            };
             println!(
                 "{name:<30}  {:>10}  {:>10}  {:>9}  {goal}",
                 fmt_opt(a, 2),
@@ -235,8 +247,17 @@ pub fn run(
     println!("== Network throughput: {} run(s) each, {size_mib} MiB TCP each way (guest {GUEST_IP} <-> host {HOST_IP} on tap {} in netns {})", cfg.runs, ns.tap, ns.name);
     println!("   zvm --net tap=..; qemu virtio-net-device, -netdev tap vhost=off; MiB/s measured in the guest and by the host thread");
     println!(
-        "{:>4}  {:<5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  end",
-        "run", "vmm", "g->h", "h->g", "g->h host", "h->g host", "CPU g->h", "CPU h->g"
+        "{:>4}  {:<5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  end",
+        "run",
+        "vmm",
+        "g->h",
+        "h->g",
+        "g->h host",
+        "h->g host",
+        "CPU g->h",
+        "CPU h->g",
+        "exits/MiB",
+        "irqs/MiB"
     );
     let mut runs = Vec::new();
     let mut failures = 0;
@@ -253,10 +274,12 @@ pub fn run(
                 disk: None,
                 net: true,
             };
+            let probe = devices::kvm_probe(vmm, dir, i);
             let phase = PhaseRun::run(
-                &mut devices::command(launcher, vmm, &guest, dev, &ns),
+                &mut devices::command(launcher, vmm, &guest, dev, &ns, &probe),
                 &MARKERS,
                 cfg.timeout,
+                &probe,
             );
             stop.store(true, Ordering::Relaxed);
             let (host_tx, host_rx) = (tx_host.join().ok().flatten(), rx_host.join().ok().flatten());
@@ -277,6 +300,9 @@ pub fn run(
                 host_rx,
                 cpu_tx: per_mib(phase.cpu_between(0, 1), size_mib),
                 cpu_rx: per_mib(phase.cpu_between(1, 2), size_mib),
+                exits: per_mib(phase.kvm_between(0, 2, "exits"), 2 * size_mib).map(|x| x / 1000.0),
+                irqs: per_mib(phase.kvm_between(0, 2, "irq_injections"), 2 * size_mib)
+                    .map(|x| x / 1000.0),
             };
             if r.tx.is_none() || r.rx.is_none() {
                 failures += 1;
@@ -288,7 +314,7 @@ pub fn run(
                 );
             }
             println!(
-                "{:>4}  {:<5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:?}",
+                "{:>4}  {:<5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}  {:?}",
                 r.run,
                 vmm.name(),
                 fmt_opt(r.tx, 2),
@@ -297,6 +323,8 @@ pub fn run(
                 fmt_opt(r.host_rx, 2),
                 fmt_opt(r.cpu_tx, 2),
                 fmt_opt(r.cpu_rx, 2),
+                fmt_opt(r.exits, 1),
+                fmt_opt(r.irqs, 1),
                 phase.ending()
             );
             runs.push(r);
