@@ -28,10 +28,8 @@ mod tests {
     fn audit_lists_the_api_threads_calls() {
         let audit = api_thread_filter().audit();
         println!("api ({} calls): {}", audit.len(), audit.join(", "));
-        let base = FilterSpec::common("base").audit();
-        let extra: Vec<&String> = audit.iter().filter(|l| !base.contains(l)).collect();
         assert_eq!(
-            extra,
+            api_thread_filter().audit_beyond_common(),
             [
                 "accept4",
                 "epoll_ctl",

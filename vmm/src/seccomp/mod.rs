@@ -154,5 +154,28 @@ extern "C" fn report_blocked_syscall(
     }
 }
 
+/// Runs `body` in a forked child under `kind`'s filter and returns the child's exit
+/// status: 0 when `body` gave `Some`, 1 when `None`, 2 when the filter could not be
+/// installed, [`BLOCKED_SYSCALL_EXIT`] when it made a call the filter stops (tests).
+#[cfg(test)]
+pub(crate) fn exit_status_under(kind: ThreadKind, body: impl FnOnce() -> Option<()>) -> i32 {
+    // SAFETY: fork in a test; the child only runs `body` and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let code = match install(kind, true) {
+            Ok(()) => body().map_or(1, |()| 0),
+            Err(_) => 2,
+        };
+        // SAFETY: ending the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(libc::WIFEXITED(status), "child status {status:#x}");
+    libc::WEXITSTATUS(status)
+}
+
 #[cfg(test)]
 mod tests;

@@ -133,6 +133,15 @@ impl FilterSpec {
         lines
     }
 
+    /// The audit lines beyond those of [`Self::common`]: what this thread kind adds.
+    pub fn audit_beyond_common(&self) -> Vec<String> {
+        let common = FilterSpec::common(self.thread).audit();
+        self.audit()
+            .into_iter()
+            .filter(|line| !common.contains(line))
+            .collect()
+    }
+
     /// Compiles the filter (unlisted calls trap).
     pub fn compile(&self) -> Result<BpfProgram, SeccompError> {
         let build = |e: String| SeccompError::Build(self.thread, e);

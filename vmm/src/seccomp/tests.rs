@@ -1,26 +1,12 @@
 use super::kvm::*;
 use super::*;
 
-/// Runs `body` in a child process under `kind`'s filter and returns its exit status (the
-/// SIGSYS reporter ends the process it fires in with [`BLOCKED_SYSCALL_EXIT`]).
+/// Runs `body` in a child under `kind`'s filter: its exit status.
 fn in_filtered_child(kind: ThreadKind, body: impl FnOnce()) -> i32 {
-    // SAFETY: fork in a test; the child only makes raw system calls and exits.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
-    if pid == 0 {
-        if install(kind, true).is_err() {
-            // SAFETY: ending the child.
-            unsafe { libc::_exit(1) };
-        }
+    exit_status_under(kind, || {
         body();
-        // SAFETY: ending the child.
-        unsafe { libc::_exit(0) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(libc::WIFEXITED(status), "child status {status:#x}");
-    libc::WEXITSTATUS(status)
+        Some(())
+    })
 }
 
 #[test]

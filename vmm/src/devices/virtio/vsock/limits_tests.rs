@@ -285,29 +285,14 @@ fn deadlines_fire_under_the_vmm_seccomp_filter() {
         Duration::from_millis(100),
     );
     let uds = dir.path().join("v.sock");
-    // SAFETY: fork in a test; the child exits with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
-    if pid == 0 {
-        let code = (|| {
-            crate::seccomp::install(crate::seccomp::ThreadKind::Vmm, true).ok()?;
-            let mut client = UnixStream::connect(&uds).ok()?;
-            client.write_all(b"CONNECT 9\n").ok()?;
-            (next_pkt(&mut m)?.hdr.op == op::REQUEST).then_some(())?;
-            // (poll(2) is not on the VMM thread's list: its loop uses epoll_wait.)
-            std::thread::sleep(Duration::from_millis(300));
-            m.process_host_events();
-            (m.recv_pkt(4096)?.hdr.op == op::RST).then_some(0)
-        })()
-        .unwrap_or(1);
-        // SAFETY: ending the child.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child status {status:#x} (159: a blocked system call)"
-    );
+    let status = crate::seccomp::exit_status_under(crate::seccomp::ThreadKind::Vmm, || {
+        let mut client = UnixStream::connect(&uds).ok()?;
+        client.write_all(b"CONNECT 9\n").ok()?;
+        (next_pkt(&mut m)?.hdr.op == op::REQUEST).then_some(())?;
+        // (poll(2) is not on the VMM thread's list: its loop uses epoll_wait.)
+        std::thread::sleep(Duration::from_millis(300));
+        m.process_host_events();
+        (m.recv_pkt(4096)?.hdr.op == op::RST).then_some(())
+    });
+    assert_eq!(status, 0, "child exit status (159: a blocked system call)");
 }

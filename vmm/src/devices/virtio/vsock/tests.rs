@@ -407,38 +407,24 @@ fn muxer_runs_under_the_vmm_seccomp_filter() {
     let (dir, mut m) = muxer();
     let port_listener = UnixListener::bind(dir.path().join("v.sock_77")).expect("bind");
     let uds = dir.path().join("v.sock");
-    // SAFETY: fork in a test; the child exits with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
-    if pid == 0 {
-        let code = (|| {
-            crate::seccomp::install(crate::seccomp::ThreadKind::Vmm, true).ok()?;
-            let mut client = UnixStream::connect(&uds).ok()?;
-            client.write_all(b"CONNECT 9\n").ok()?;
-            let req = next_pkt(&mut m)?;
-            m.send_pkt(guest_pkt(9, req.hdr.src_port, op::RESPONSE, b""));
-            let mut ok = [0u8; 14];
-            client.read_exact(&mut ok).ok()?;
-            m.send_pkt(guest_pkt(10, 77, op::REQUEST, b""));
-            (m.recv_pkt(4096)?.hdr.op == op::RESPONSE).then_some(())?;
-            let (mut host, _) = port_listener.accept().ok()?;
-            m.send_pkt(guest_pkt(10, 77, op::RW, b"abc"));
-            m.send_pkt(shutdown_pkt(10, 77, shutdown::SEND));
-            let mut got = Vec::new();
-            host.read_to_end(&mut got).ok()?;
-            (got == b"abc").then_some(0)
-        })()
-        .unwrap_or(1);
-        // SAFETY: ending the child.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(libc::WIFEXITED(status), "child status {status:#x}");
+    let status = crate::seccomp::exit_status_under(crate::seccomp::ThreadKind::Vmm, || {
+        let mut client = UnixStream::connect(&uds).ok()?;
+        client.write_all(b"CONNECT 9\n").ok()?;
+        let req = next_pkt(&mut m)?;
+        m.send_pkt(guest_pkt(9, req.hdr.src_port, op::RESPONSE, b""));
+        let mut ok = [0u8; 14];
+        client.read_exact(&mut ok).ok()?;
+        m.send_pkt(guest_pkt(10, 77, op::REQUEST, b""));
+        (m.recv_pkt(4096)?.hdr.op == op::RESPONSE).then_some(())?;
+        let (mut host, _) = port_listener.accept().ok()?;
+        m.send_pkt(guest_pkt(10, 77, op::RW, b"abc"));
+        m.send_pkt(shutdown_pkt(10, 77, shutdown::SEND));
+        let mut got = Vec::new();
+        host.read_to_end(&mut got).ok()?;
+        (got == b"abc").then_some(())
+    });
     assert_eq!(
-        libc::WEXITSTATUS(status),
-        0,
+        status, 0,
         "the child failed or hit a blocked system call (159)"
     );
 }
@@ -479,26 +465,11 @@ fn sockets_deeper_than_a_unix_address_work_both_ways() {
 
     // The guest-initiated connect through /proc/self/fd passes the VMM thread's filter.
     let deep_listener = UnixListener::bind(short("v.sock_99")).expect("bind");
-    // SAFETY: fork in a test; the child exits with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork");
-    if pid == 0 {
-        let code = (|| {
-            crate::seccomp::install(crate::seccomp::ThreadKind::Vmm, true).ok()?;
-            m.send_pkt(guest_pkt(6000, 99, op::REQUEST, b""));
-            (m.recv_pkt(4096)?.hdr.op == op::RESPONSE).then_some(0)
-        })()
-        .unwrap_or(1);
-        // SAFETY: ending the child.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child status {status:#x}"
-    );
+    let status = crate::seccomp::exit_status_under(crate::seccomp::ThreadKind::Vmm, || {
+        m.send_pkt(guest_pkt(6000, 99, op::REQUEST, b""));
+        (m.recv_pkt(4096)?.hdr.op == op::RESPONSE).then_some(())
+    });
+    assert_eq!(status, 0, "child exit status (159: a blocked system call)");
     assert!(deep_listener.accept().is_ok(), "the child connected");
 }
 
