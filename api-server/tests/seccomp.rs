@@ -24,7 +24,15 @@ impl VmmController for Probe {
             .lock()
             .map_err(|_| ControllerError::new("poisoned"))? = Some(unsafe { libc::gettid() });
         if self.open_a_file {
-            let _ = std::fs::File::open("/etc/hostname");
+            // Opening a file is refused (EPERM) without ending the process...
+            let open = std::fs::File::open("/etc/hostname");
+            if open.err().and_then(|e| e.raw_os_error()) != Some(libc::EPERM) {
+                // SAFETY: ending the forked child with a code the parent does not expect.
+                unsafe { libc::_exit(3) };
+            }
+            // ...a call off the list ends it.
+            // SAFETY: a raw system call the filter stops.
+            unsafe { libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, c"/x".as_ptr(), 0) };
         }
         Ok(ApiResponse::Empty)
     }
@@ -104,7 +112,7 @@ fn the_api_thread_is_filtered_and_blocked_calls_end_the_process() {
             let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
             let _ = s.read(&mut [0u8; 64]);
         }
-        // Not reached when the filter works: the open ended the process.
+        // Not reached when the filter works: the blocked call ended the process.
         unsafe { libc::_exit(0) };
     }
     let mut status = 0;
@@ -115,6 +123,6 @@ fn the_api_thread_is_filtered_and_blocked_calls_end_the_process() {
     assert_eq!(
         libc::WEXITSTATUS(status),
         vmm::seccomp::BLOCKED_SYSCALL_EXIT,
-        "openat on the API thread was blocked"
+        "openat refused and mkdirat blocked on the API thread"
     );
 }

@@ -49,6 +49,7 @@ const NAMES: &[(i64, &str)] = &[
     (libc::SYS_sendmsg, "sendmsg"),
     (libc::SYS_shutdown, "shutdown"),
     (libc::SYS_poll, "poll"),
+    (libc::SYS_openat, "openat"),
     (libc::SYS_ppoll, "ppoll"),
 ];
 

@@ -59,6 +59,12 @@ const COMMON: &[i64] = &[
     libc::SYS_fsync,
 ];
 
+/// Calls every filtered thread is refused with EPERM rather than stopped: glibc's malloc
+/// opens `/proc/sys/vm/overcommit_memory` the first time it trims a thread's arena, which
+/// can happen on any thread and is harmless when the open fails. Anything else opening a
+/// file is refused the same way.
+const REFUSED_WITH_EPERM: &[i64] = &[libc::SYS_openat];
+
 impl FilterSpec {
     /// The calls every thread makes, for a thread called `thread` (in messages). Also
     /// `fcntl(fd, F_GETFD)`: Rust's standard library checks a descriptor is open when it
@@ -129,6 +135,11 @@ impl FilterSpec {
                 }
             })
             .collect();
+        lines.extend(
+            REFUSED_WITH_EPERM
+                .iter()
+                .map(|nr| format!("{} (refused: EPERM)", syscall_name(*nr))),
+        );
         lines.sort();
         lines
     }
@@ -166,10 +177,32 @@ impl FilterSpec {
             };
             rules.insert(*nr, call_rules);
         }
+        // Passed on to the refusing filter, whose EPERM wins over this one's Allow.
+        for nr in REFUSED_WITH_EPERM {
+            rules.entry(*nr).or_default();
+        }
         let filter = SeccompFilter::new(
             rules,
             SeccompAction::Trap,
             SeccompAction::Allow,
+            TargetArch::x86_64,
+        )
+        .map_err(|e| build(e.to_string()))?;
+        BpfProgram::try_from(filter).map_err(|e| build(e.to_string()))
+    }
+
+    /// The filter that refuses [`REFUSED_WITH_EPERM`] (and lets everything else on to the
+    /// main filter).
+    fn compile_refusals(&self) -> Result<BpfProgram, SeccompError> {
+        let build = |e: String| SeccompError::Build(self.thread, e);
+        let rules = REFUSED_WITH_EPERM
+            .iter()
+            .map(|nr| (*nr, Vec::new()))
+            .collect();
+        let filter = SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EPERM as u32),
             TargetArch::x86_64,
         )
         .map_err(|e| build(e.to_string()))?;
@@ -187,7 +220,11 @@ impl FilterSpec {
             return Ok(());
         }
         super::install_sigsys_reporter();
-        let program = self.compile()?;
-        seccompiler::apply_filter(&program).map_err(|e| SeccompError::Install(self.thread, e))
+        let (refusals, program) = (self.compile_refusals()?, self.compile()?);
+        let apply = |p: &BpfProgram| {
+            seccompiler::apply_filter(p).map_err(|e| SeccompError::Install(self.thread, e))
+        };
+        apply(&refusals)?;
+        apply(&program)
     }
 }

@@ -44,6 +44,7 @@ const COMMON_AUDIT: &[&str] = &[
     "mremap",
     "munmap",
     "nanosleep",
+    "openat (refused: EPERM)",
     "read",
     "rt_sigprocmask",
     "rt_sigreturn",
@@ -121,13 +122,21 @@ fn a_filtered_vmm_thread_keeps_allowed_calls_and_loses_others() {
         // Allowed: write(2) (EBADF on fd -1, but the call itself is permitted).
         // SAFETY: a harmless call on an invalid fd.
         unsafe { libc::write(-1, std::ptr::null(), 0) };
-        // Not allowed for the VMM thread: openat.
+        // Opening files is refused, without ending the process (glibc may try).
+        // SAFETY: a raw system call the filter refuses.
+        let fd = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, c"/".as_ptr(), 0) };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        if fd != -1 || errno != Some(libc::EPERM) {
+            // SAFETY: ending the child with a code the parent does not expect.
+            unsafe { libc::_exit(3) };
+        }
+        // Not allowed for the VMM thread: mkdirat.
         // SAFETY: a raw system call the filter stops.
-        unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, c"/".as_ptr(), 0) };
+        unsafe { libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, c"/x".as_ptr(), 0) };
     });
     assert_eq!(
         status, BLOCKED_SYSCALL_EXIT,
-        "openat was blocked and reported"
+        "openat refused with EPERM, then mkdirat blocked and reported"
     );
 }
 
