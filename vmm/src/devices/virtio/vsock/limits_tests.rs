@@ -296,3 +296,23 @@ fn deadlines_fire_under_the_vmm_seccomp_filter() {
     });
     assert_eq!(status, 0, "child exit status (159: a blocked system call)");
 }
+
+/// A driver reset clears the muxer on a vCPU thread, whose filter allows closing sockets
+/// but not re-arming the deadline timer; the timer then fires on the VMM thread harmlessly.
+#[test]
+fn a_reset_with_deadlines_pending_passes_the_vcpu_filter() {
+    let (dir, mut m) = muxer();
+    short_deadlines(&mut m, Duration::from_millis(200), Duration::from_secs(8));
+    let mut client = UnixStream::connect(dir.path().join("v.sock")).expect("connect");
+    client.write_all(b"CONNECT 52\n").expect("write");
+    assert_eq!(next_pkt(&mut m).expect("REQUEST").hdr.op, op::REQUEST);
+    let status = crate::seccomp::exit_status_under(crate::seccomp::ThreadKind::Vcpu, || {
+        m.clear();
+        (m.connection_count() == 0).then_some(())
+    });
+    assert_eq!(status, 0, "child exit status (159: a blocked system call)");
+    m.clear();
+    assert!(wait_readable(&m), "the old deadline still fires");
+    m.process_host_events();
+    assert!(m.recv_pkt(4096).is_none(), "and finds nothing to reset");
+}
