@@ -5,50 +5,14 @@
 
 use crate::api::metrics::{Metrics, FLUSH_INTERVAL};
 use api_server::model::InstanceState;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 use vmm::metrics::VmMetrics;
-
-/// A non-blocking eventfd: what a signal handler can safely write to.
-#[derive(Debug)]
-struct EventFd(OwnedFd);
-
-impl EventFd {
-    fn new() -> std::io::Result<Self> {
-        // SAFETY: plain system call; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is new and ours.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn signal(&self) -> std::io::Result<()> {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a local to our eventfd.
-        if unsafe { libc::write(self.as_raw_fd(), (&one as *const u64).cast(), 8) } != 8 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    fn clear(&self) {
-        let mut count = 0u64;
-        // SAFETY: reading 8 bytes into a local from our eventfd.
-        unsafe { libc::read(self.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
-    }
-}
-
-impl AsRawFd for EventFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
-    }
-}
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// The eventfd SIGUSR1 writes to.
 static FLUSH_FD: AtomicI32 = AtomicI32::new(-1);
@@ -86,7 +50,7 @@ fn wait(flush: &EventFd, stop: &EventFd) -> bool {
     let timeout = FLUSH_INTERVAL.as_millis() as libc::c_int;
     // SAFETY: polling two valid pollfds.
     unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
-    flush.clear();
+    let _ = flush.read();
     fds[1].revents & libc::POLLIN != 0
 }
 
@@ -110,8 +74,8 @@ pub fn start(path: PathBuf, vm: Arc<VmMetrics>) -> Result<MetricsWriter, String>
     metrics.vm = Some(vm);
     metrics.started = Some(Instant::now());
     let err = |e: std::io::Error| format!("cannot set up the metrics writer: {e}");
-    let flush = EventFd::new().map_err(err)?;
-    let stop = Arc::new(EventFd::new().map_err(err)?);
+    let flush = EventFd::new(EFD_NONBLOCK).map_err(err)?;
+    let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(err)?);
     FLUSH_FD.store(flush.as_raw_fd(), Ordering::Relaxed);
     // SAFETY: installing a handler that only performs an async-signal-safe write.
     unsafe {
@@ -140,7 +104,7 @@ pub fn start(path: PathBuf, vm: Arc<VmMetrics>) -> Result<MetricsWriter, String>
 impl MetricsWriter {
     /// Writes the last line (the VM ended) and waits for the writer.
     pub fn finish(self) {
-        if let Err(e) = self.stop.signal() {
+        if let Err(e) = self.stop.write(1) {
             tracing::warn!("metrics: cannot stop the writer: {e}");
             return;
         }
