@@ -77,6 +77,9 @@ fn vmm_filter() -> FilterSpec {
             "TUNSETOFFLOAD",
         )],
     );
+    // virtio-net reads frames from the tap straight into guest buffers (readv; writev, for
+    // transmit, is common).
+    spec.allow(&[libc::SYS_readv]);
     // virtio-vsock's host sockets: accept4 (non-blocking) on the listener, a non-blocking
     // Unix stream socket + connect for guest-initiated connections, recv/send
     // (recvfrom/sendto) and shutdown on connections.

@@ -95,6 +95,7 @@ fn audit_lists_each_threads_calls() {
             "mprotect",
             "pread64",
             "pwrite64",
+            "readv",
             "recvfrom",
             "sendto",
             "shutdown",
