@@ -4,21 +4,27 @@
 //! `virtio_net_hdr_v1`; the tap is opened with the same header size, so headers (checksum
 //! and segmentation offload requests) pass through unchanged in both directions.
 //!
-//! TX: each chain (header + frame, device-readable) is gathered into one buffer and
-//! written to the tap. RX: when the tap is readable, one frame is read and written into
-//! one chain of device-writable buffers (no VIRTIO_NET_F_MRG_RXBUF). A frame that finds
-//! no buffer waits in the device, which stops watching the tap until the driver adds
-//! buffers (its rx queue notification). Optional rate limiters throttle either direction;
-//! a throttled direction resumes when its limiter's timer fires.
+//! Frames move between the tap and guest memory without a copy in the VMM: a TX chain's
+//! buffers go to the tap with one `writev` ([`tx`]), and a frame from the tap is read with
+//! one `readv` straight into the guest's RX buffers ([`rx`]). With
+//! VIRTIO_NET_F_MRG_RXBUF a frame may span several RX chains (`num_buffers` in its header
+//! says how many), so the driver posts small buffers instead of 64 KiB ones. A frame that
+//! cannot be placed yet (too few buffers posted, or the rate limiter says wait) is held in
+//! the device, which stops reading the tap until it is delivered. Optional rate limiters
+//! throttle either direction; a throttled direction resumes when its limiter's timer fires.
 //!
 //! The device polls the tap and its timers through its own epoll set, which the VMM loop
-//! watches as the device's host event fd. Nothing from the guest is trusted: bad chains
-//! are logged and returned with length 0, and sizes are bounded by [`MAX_BUFFER_LEN`].
+//! watches as the device's host event fd. Nothing from the guest is trusted: every
+//! descriptor is checked against guest memory before the host touches it, bad chains are
+//! logged and returned with length 0, and sizes are bounded by [`MAX_BUFFER_LEN`].
 
+pub mod iov;
+mod rx;
 pub mod tap;
+mod tx;
 
 use super::{
-    notify, read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_NET,
+    read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_NET,
     VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemoryMmap;
@@ -27,9 +33,8 @@ use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryError};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryError;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 /// VIRTIO_NET_F_CSUM: the device takes frames with partial checksums.
@@ -48,6 +53,8 @@ pub const VIRTIO_NET_F_GUEST_UFO: u64 = 1 << 10;
 pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
 /// VIRTIO_NET_F_HOST_TSO6: the device takes TCPv6 GSO frames.
 pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
+/// VIRTIO_NET_F_MRG_RXBUF: a received frame may span several RX chains.
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 /// VIRTIO_NET_F_STATUS: the config space holds the link status.
 pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
 /// Link status bit: up.
@@ -100,11 +107,14 @@ pub enum NetError {
     /// A chain larger than [`MAX_BUFFER_LEN`].
     #[error("the TX chain exceeds {MAX_BUFFER_LEN} bytes")]
     TooLarge,
-    /// An RX chain too small for the frame.
+    /// A chain split into more pieces than one vectored system call takes.
+    #[error("the chain has more than {} pieces", iov::MAX_IOVECS)]
+    TooManyPieces,
+    /// An RX chain too small for the frame (or, with mergeable buffers, for a header).
     #[error("the RX chain holds {room} bytes; the frame needs {need}")]
     NoRoom {
         /// Bytes the chain holds.
-        room: u64,
+        room: usize,
         /// Bytes of header and frame.
         need: usize,
     },
@@ -119,6 +129,19 @@ pub trait NetBackend: Send {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Writes one frame (with its vnet header).
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Reads one frame scattered over `bufs` (guest buffers, then perhaps a host tail),
+    /// as `readv` does; `WouldBlock` when there is none. A frame longer than `bufs` is cut.
+    /// The default goes through a buffer and [`Self::read_frame`]; the tap reads directly.
+    fn read_frame_into(&mut self, bufs: &mut iov::FrameBufs<'_>) -> io::Result<usize> {
+        let mut frame = vec![0u8; bufs.len()];
+        let n = self.read_frame(&mut frame)?;
+        Ok(bufs.copy_in(&frame[..n.min(frame.len())]))
+    }
+    /// Writes one frame gathered from `bufs`, as `writev` does. The default gathers it into
+    /// a buffer for [`Self::write_frame`]; the tap writes directly.
+    fn write_frame_from(&mut self, bufs: &iov::FrameBufs<'_>) -> io::Result<()> {
+        self.write_frame(&bufs.to_vec())
+    }
     /// Tells the backend which guest features were accepted (offloads).
     fn set_offload(&mut self, _acked: u64) -> io::Result<()> {
         Ok(())
@@ -147,74 +170,6 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], NetError> {
     Ok(mac)
 }
 
-/// Gathers a TX chain (vnet header + frame) into `buf`; returns its length.
-pub fn read_tx_chain<I: IntoIterator<Item = Descriptor>>(
-    mem: &GuestMemoryMmap,
-    chain: I,
-    buf: &mut [u8],
-) -> Result<usize, NetError> {
-    let mut len = 0usize;
-    let mut more = false;
-    for desc in chain {
-        more = desc.has_next();
-        if desc.is_write_only() {
-            return Err(NetError::WrongDirection("TX"));
-        }
-        let n = desc.len() as usize;
-        let dst = buf
-            .get_mut(len..len.saturating_add(n))
-            .ok_or(NetError::TooLarge)?;
-        mem.read_slice(dst, desc.addr())?;
-        len += n;
-    }
-    if more {
-        // The iterator stopped before the chain ended.
-        return Err(NetError::Unterminated);
-    }
-    if len < VNET_HDR_LEN {
-        return Err(NetError::ShortFrame(len));
-    }
-    Ok(len)
-}
-
-/// Scatters `frame` (vnet header + frame) into an RX chain; returns the bytes written.
-/// The chain is checked whole first, so a bad chain gets nothing.
-pub fn write_rx_chain<I: IntoIterator<Item = Descriptor>>(
-    mem: &GuestMemoryMmap,
-    chain: I,
-    frame: &[u8],
-) -> Result<u32, NetError> {
-    let mut segments = Vec::new();
-    let mut room = 0u64;
-    let mut more = false;
-    for desc in chain {
-        more = desc.has_next();
-        if !desc.is_write_only() {
-            return Err(NetError::WrongDirection("RX"));
-        }
-        if room < frame.len() as u64 {
-            segments.push((desc.addr(), desc.len() as usize));
-        }
-        room += u64::from(desc.len());
-    }
-    if more {
-        return Err(NetError::Unterminated);
-    }
-    if room < frame.len() as u64 {
-        return Err(NetError::NoRoom {
-            room,
-            need: frame.len(),
-        });
-    }
-    let mut done = 0usize;
-    for (addr, len) in segments {
-        let n = len.min(frame.len() - done);
-        mem.write_slice(&frame[done..done + n], addr)?;
-        done += n;
-    }
-    Ok(done as u32)
-}
-
 /// A virtio-net device.
 pub struct Net {
     id: String,
@@ -223,10 +178,10 @@ pub struct Net {
     acked: u64,
     config: [u8; CONFIG_BYTES],
     active: Option<ActiveQueues>,
-    /// A frame read from the backend that found no buffer yet (`rx_len` > 0).
-    rx_buf: Vec<u8>,
-    rx_len: usize,
-    tx_buf: Vec<u8>,
+    /// Receive-side state: the held frame and the chains being filled.
+    rx: rx::RxState,
+    /// The pieces of the TX chain being sent (kept to reuse the allocation).
+    tx_segs: Vec<tx::Segment>,
     rx_limiter: Option<RateLimiter>,
     tx_limiter: Option<RateLimiter>,
     epoll: Epoll,
@@ -260,6 +215,7 @@ impl Net {
             | VIRTIO_NET_F_GUEST_TSO6
             | VIRTIO_NET_F_HOST_TSO4
             | VIRTIO_NET_F_HOST_TSO6
+            | VIRTIO_NET_F_MRG_RXBUF
             | VIRTIO_NET_F_STATUS;
         let mut config = [0u8; CONFIG_BYTES];
         if let Some(mac) = mac {
@@ -289,9 +245,8 @@ impl Net {
             acked: 0,
             config,
             active: None,
-            rx_buf: vec![0; MAX_BUFFER_LEN],
-            rx_len: 0,
-            tx_buf: vec![0; MAX_BUFFER_LEN],
+            rx: rx::RxState::new(),
+            tx_segs: Vec::new(),
             rx_limiter,
             tx_limiter,
             epoll,
@@ -308,7 +263,7 @@ impl Net {
 
     /// Whether a received frame waits for a guest buffer.
     pub fn rx_deferred(&self) -> bool {
-        self.rx_len > 0
+        self.rx.holds_frame()
     }
 
     /// Starts or stops watching the backend for frames.
@@ -346,152 +301,6 @@ impl Net {
                 tracing::warn!("virtio-net {}: cannot set tap offloads: {e}", self.id);
             }
             self.watch_backend(true);
-        }
-    }
-
-    /// Moves frames from the backend into RX buffers until one side runs out.
-    fn process_rx(&mut self) {
-        let Some(active) = &mut self.active else {
-            return;
-        };
-        let Some(queue) = active.queues.get_mut(RX_QUEUE) else {
-            return;
-        };
-        if !queue.ready() {
-            return;
-        }
-        let mut used = 0;
-        let mut watch = true;
-        for _ in 0..MAX_FRAMES_PER_EVENT {
-            if self.rx_len == 0 {
-                match self.backend.read_frame(&mut self.rx_buf) {
-                    Ok(n) if n >= VNET_HDR_LEN => {
-                        self.rx_len = n;
-                        // num_buffers: always one without MRG_RXBUF.
-                        self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
-                    }
-                    Ok(n) => {
-                        tracing::debug!(
-                            "virtio-net {}: dropping a {n}-byte read from the tap",
-                            self.id
-                        );
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::warn!("virtio-net {}: tap read failed: {e}", self.id);
-                        break;
-                    }
-                }
-            }
-            let Some(chain) = queue.pop_descriptor_chain(&active.mem) else {
-                tracing::trace!("virtio-net {}: no RX buffer; frame deferred", self.id);
-                watch = false;
-                // Ask for a notification when the driver adds buffers (or go on at once
-                // if it just did).
-                if notify::rearm(queue, &active.mem) {
-                    active.requeue.mark(RX_QUEUE);
-                }
-                break;
-            };
-            if let Some(limiter) = &mut self.rx_limiter {
-                if !limiter.consume_request(self.rx_len as u64) {
-                    queue.go_to_previous_position();
-                    self.metrics.rx_rate_limiter_throttled.inc();
-                    watch = false;
-                    break;
-                }
-            }
-            let head = chain.head_index();
-            let len = match write_rx_chain(&active.mem, chain, &self.rx_buf[..self.rx_len]) {
-                Ok(len) => {
-                    self.metrics.rx_packets.inc();
-                    self.metrics.rx_bytes.add(u64::from(len));
-                    len
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "virtio-net {}: RX chain {head}: {e}; frame dropped",
-                        self.id
-                    );
-                    self.metrics.dropped.inc();
-                    0
-                }
-            };
-            self.rx_len = 0;
-            match queue.add_used(&active.mem, head, len) {
-                Ok(()) => used += 1,
-                Err(e) => tracing::warn!(
-                    "virtio-net {}: cannot return RX descriptor {head}: {e}",
-                    self.id
-                ),
-            }
-        }
-        if used > 0 && queue.needs_notification(&active.mem).unwrap_or(true) {
-            active.interrupt.signal_used_queue();
-        }
-        self.watch_backend(watch);
-    }
-
-    /// Sends the frames the driver queued for transmission.
-    fn process_tx(&mut self) {
-        let Some(active) = &mut self.active else {
-            return;
-        };
-        let Some(queue) = active.queues.get_mut(TX_QUEUE) else {
-            return;
-        };
-        if !queue.ready() {
-            return;
-        }
-        let mut used = 0;
-        let mut throttled = false;
-        for _ in 0..MAX_FRAMES_PER_EVENT {
-            let Some(chain) = queue.pop_descriptor_chain(&active.mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            match read_tx_chain(&active.mem, chain, &mut self.tx_buf) {
-                Ok(len) => {
-                    if let Some(limiter) = &mut self.tx_limiter {
-                        if !limiter.consume_request(len as u64) {
-                            queue.go_to_previous_position();
-                            self.metrics.tx_rate_limiter_throttled.inc();
-                            throttled = true;
-                            break;
-                        }
-                    }
-                    match self.backend.write_frame(&self.tx_buf[..len]) {
-                        Ok(()) => {
-                            self.metrics.tx_packets.inc();
-                            self.metrics.tx_bytes.add(len as u64);
-                        }
-                        Err(e) => {
-                            tracing::debug!("virtio-net {}: tap write of {len} bytes failed: {e}; frame dropped", self.id);
-                            self.metrics.dropped.inc();
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("virtio-net {}: TX chain {head}: {e}; dropped", self.id);
-                    self.metrics.dropped.inc();
-                }
-            }
-            match queue.add_used(&active.mem, head, 0) {
-                Ok(()) => used += 1,
-                Err(e) => tracing::warn!(
-                    "virtio-net {}: cannot return TX descriptor {head}: {e}",
-                    self.id
-                ),
-            }
-        }
-        if used > 0 && queue.needs_notification(&active.mem).unwrap_or(true) {
-            active.interrupt.signal_used_queue();
-        }
-        // A throttled queue waits for the limiter's timer instead.
-        if !throttled && notify::rearm(queue, &active.mem) {
-            active.requeue.mark(TX_QUEUE);
         }
     }
 }
@@ -585,11 +394,14 @@ impl VirtioDevice for Net {
         // Runs on a vCPU thread: the tap stops being polled at the next event.
         self.setup_pending = false;
         self.active = None;
-        self.rx_len = 0;
+        self.rx.clear();
         self.acked = 0;
     }
 }
 
 #[cfg(test)]
-#[path = "net/tests.rs"]
+mod rx_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tx_tests;

@@ -6,6 +6,7 @@
 //! If the named interface does not exist and the process may create it, TUNSETIFF creates
 //! it for as long as the descriptor stays open. The descriptor is non-blocking.
 
+use super::iov::FrameBufs;
 use super::{NetBackend, VNET_HDR_LEN};
 use super::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
@@ -113,6 +114,16 @@ impl Tap {
         })
     }
 
+    /// A stand-in over any descriptor that reads and writes one frame per call (a datagram
+    /// socket in tests), named `name`; nothing is configured on it.
+    #[cfg(test)]
+    pub(crate) fn from_file(file: File, name: &str) -> Self {
+        Tap {
+            file,
+            name: name.to_string(),
+        }
+    }
+
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
@@ -162,6 +173,40 @@ impl NetBackend for Tap {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!("short tap write: {n} of {} bytes", frame.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn read_frame_into(&mut self, bufs: &mut FrameBufs<'_>) -> io::Result<usize> {
+        let iovs = bufs.iovecs();
+        // SAFETY: the iovecs describe memory `bufs` borrows (checked guest memory, a host
+        // buffer) for as long as it lives, which outlasts the call.
+        let n = unsafe {
+            libc::readv(
+                self.file.as_raw_fd(),
+                iovs.as_ptr(),
+                iovs.len() as libc::c_int,
+            )
+        };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    fn write_frame_from(&mut self, bufs: &FrameBufs<'_>) -> io::Result<()> {
+        let iovs = bufs.iovecs();
+        // SAFETY: as for `readv`; the kernel only reads the buffers.
+        let n = unsafe {
+            libc::writev(
+                self.file.as_raw_fd(),
+                iovs.as_ptr(),
+                iovs.len() as libc::c_int,
+            )
+        };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        if n != bufs.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short tap write: {n} of {} bytes", bufs.len()),
             ));
         }
         Ok(())
