@@ -26,6 +26,14 @@ pub enum MemoryError {
         /// Cause.
         source: vm_memory::mmap::FromRangesError,
     },
+    /// Shareable (memfd) guest memory could not be made.
+    #[error("cannot make {size_mib} MiB of shareable guest memory: {reason}")]
+    Memfd {
+        /// Requested size.
+        size_mib: u64,
+        /// Cause.
+        reason: String,
+    },
     /// A memory file could not be mapped.
     #[error("cannot map {size_mib} MiB of guest memory from its file: {reason}")]
     MapFile {
@@ -96,6 +104,82 @@ pub fn guest_memory_from_file(file: &File, size: u64) -> Result<GuestMemoryMmap,
                 .with_file_offset(FileOffset::new(file, offset))
                 .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
                 .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .build()
+                .map_err(|e| err(e.to_string()))?;
+        regions.push(
+            GuestRegionMmap::new(mapping, start).ok_or_else(|| err("region overflows".into()))?,
+        );
+        offset += len;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| err(e.to_string()))
+}
+
+/// Allocates guest memory of `size` bytes laid out by [`ram_regions`] in one memfd, mapped
+/// shared: a vhost-user backend (virtiofsd) maps the same pages through the descriptor
+/// and offset of each region's [`vm_memory::GuestMemoryRegion::file_offset`]. Only VMs
+/// with such a device get it; the regions lie back to back in the memfd, as in a memory
+/// file.
+pub fn create_shared_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let file = new_memfd(size)?;
+    map_shared(&file, size)
+}
+
+/// Shareable guest memory (as [`create_shared_guest_memory`]) filled from a snapshot's
+/// memory `file`: a restored VM with a vhost-user device cannot map the file privately
+/// (its backend would not see the guest's writes), so the file is copied into a memfd.
+pub fn shared_guest_memory_from_file(
+    file: &File,
+    size: u64,
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let err = |reason: String| MemoryError::MapFile {
+        size_mib: size >> 20,
+        reason,
+    };
+    let memfd = new_memfd(size)?;
+    let mut src = file.try_clone().map_err(|e| err(e.to_string()))?;
+    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(0)).map_err(|e| err(e.to_string()))?;
+    let mut dst = memfd.try_clone().map_err(|e| err(e.to_string()))?;
+    let copied = std::io::copy(&mut std::io::Read::take(src, size), &mut dst)
+        .map_err(|e| err(format!("cannot copy it into shared memory: {e}")))?;
+    if copied != size {
+        return Err(err(format!("it holds {copied} bytes, not {size}")));
+    }
+    map_shared(&memfd, size)
+}
+
+/// A memfd of `size` bytes (holes: pages cost memory once written).
+fn new_memfd(size: u64) -> Result<File, MemoryError> {
+    let err = |reason: String| MemoryError::Memfd {
+        size_mib: size >> 20,
+        reason,
+    };
+    // SAFETY: a constant NUL-terminated name and flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"zvm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(err(std::io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: `fd` is a new descriptor owned by nobody else.
+    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    file.set_len(size).map_err(|e| err(e.to_string()))?;
+    Ok(file)
+}
+
+/// Maps the regions of [`ram_regions`] from `file` (back to back) shared.
+fn map_shared(file: &File, size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let err = |reason: String| MemoryError::Memfd {
+        size_mib: size >> 20,
+        reason,
+    };
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for (start, len) in ram_regions(size) {
+        let len_usize = usize::try_from(len).map_err(|_| err("region too large".into()))?;
+        let file = file.try_clone().map_err(|e| err(e.to_string()))?;
+        let mapping =
+            MmapRegionBuilder::new_with_bitmap(len_usize, AtomicBitmap::with_len(len_usize))
+                .with_file_offset(FileOffset::new(file, offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
                 .build()
                 .map_err(|e| err(e.to_string()))?;
         regions.push(
@@ -203,6 +287,45 @@ mod tests {
         let bitmap = std::ops::Deref::deref(region).bitmap();
         assert!(bitmap.is_addr_set(0x3000), "zvm's writes are tracked");
         assert!(!bitmap.is_addr_set(0x5000));
+    }
+
+    #[test]
+    fn shared_memory_is_a_memfd_the_backend_sees() {
+        use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+        let mem = create_shared_guest_memory(8 << 20).expect("memfd memory");
+        mem.write_obj(0x1234_5678u32, GuestAddress(0x2000))
+            .expect("write");
+        let region = mem.iter().next().expect("region");
+        let fo = region.file_offset().expect("file backed");
+        let mut back = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(fo.file(), &mut back, fo.start() + 0x2000)
+            .expect("read the memfd");
+        assert_eq!(
+            u32::from_le_bytes(back),
+            0x1234_5678,
+            "writes reach the memfd"
+        );
+    }
+
+    #[test]
+    fn shared_memory_from_a_snapshot_file_is_a_copy() {
+        use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+        let file = tempfile::tempfile().expect("file");
+        let size = 8u64 << 20;
+        file.set_len(size).expect("size");
+        std::os::unix::fs::FileExt::write_all_at(&file, &[9u8; 4], 0x7000).expect("write");
+        let mem = shared_guest_memory_from_file(&file, size).expect("copy");
+        let v: u32 = mem.read_obj(GuestAddress(0x7000)).expect("read");
+        assert_eq!(v, 0x0909_0909);
+        mem.write_obj(1u32, GuestAddress(0x7000)).expect("write");
+        let mut back = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut back, 0x7000).expect("read");
+        assert_eq!(back, [9; 4], "the snapshot file is left alone");
+        let region = mem.iter().next().expect("region");
+        assert!(region.file_offset().is_some(), "shareable");
+        let short = tempfile::tempfile().expect("file");
+        short.set_len(4096).expect("size");
+        assert!(shared_guest_memory_from_file(&short, size).is_err());
     }
 
     #[test]
