@@ -141,10 +141,13 @@ impl MicrovmBuilder {
                 .register_irqfd(transport.interrupt_evt(), slot.irq)
                 .map_err(kvm_err("register a virtio irqfd"))?;
         }
+        let vmm_polls_queues = transport.vmm_polls_queues();
         let transport = Arc::new(Mutex::new(transport));
         self.mmio
             .insert(BusRange::new(slot.addr, MMIO_SLOT_SIZE), transport.clone())?;
         self.virtio.push(transport.clone());
+        // A vhost-user device's backend polls them itself.
+        evts.retain(|_| vmm_polls_queues);
         for (index, evt) in evts.into_iter().enumerate() {
             let transport = transport.clone();
             let on_event = Box::new(move || {

@@ -91,6 +91,10 @@ fn vmm_filter() -> FilterSpec {
         libc::SYS_sendto,
         libc::SYS_shutdown,
     ]);
+    // virtio-fs talks vhost-user to its backend (virtiofsd) when the driver starts or
+    // resets the device: messages that carry descriptors (the memfd of guest memory, the
+    // queues' eventfds) over the Unix socket connected at build time.
+    spec.allow(&[libc::SYS_sendmsg, libc::SYS_recvmsg]);
     spec
 }
 

@@ -97,6 +97,8 @@ fn audit_lists_each_threads_calls() {
             "pwrite64",
             "readv",
             "recvfrom",
+            "recvmsg",
+            "sendmsg",
             "sendto",
             "shutdown",
             "socket(0: AF_UNIX)",

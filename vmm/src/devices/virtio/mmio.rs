@@ -61,6 +61,8 @@ pub struct MmioTransport {
     interrupt: Interrupt,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
+    /// The device's backend polls the queue eventfds, not the VMM loop.
+    backend_polls_queues: bool,
     queue_sel: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -86,21 +88,32 @@ impl MmioTransport {
     pub fn new(mem: GuestMemoryMmap, device: Box<dyn VirtioDevice>) -> Result<Self, VirtioError> {
         let mut queues = Vec::new();
         let mut queue_evts = Vec::new();
-        for &size in device.queue_max_sizes() {
+        let backend_evts = device.backend_queue_evts();
+        for (index, &size) in device.queue_max_sizes().iter().enumerate() {
             queues.push(Queue::new(size).map_err(|_| VirtioError::QueueSize(size))?);
-            queue_evts.push(
-                EventFd::new(EFD_NONBLOCK).map_err(|source| VirtioError::EventFd {
-                    what: "queue notification",
-                    source,
-                })?,
-            );
+            let evt = match backend_evts.map(|evts| evts.get(index)) {
+                Some(Some(evt)) => evt.try_clone(),
+                Some(None) => {
+                    return Err(VirtioError::BadQueue {
+                        index,
+                        reason: "the device has no notification eventfd for it".into(),
+                    })
+                }
+                None => EventFd::new(EFD_NONBLOCK),
+            };
+            queue_evts.push(evt.map_err(|source| VirtioError::EventFd {
+                what: "queue notification",
+                source,
+            })?);
         }
+        let backend_polls_queues = backend_evts.is_some();
         Ok(MmioTransport {
             device,
             mem,
             interrupt: Interrupt::new()?,
             queues,
             queue_evts,
+            backend_polls_queues,
             queue_sel: 0,
             device_features_sel: 0,
             driver_features_sel: 0,
@@ -114,6 +127,12 @@ impl MmioTransport {
     /// on QueueNotify with its index as the data match, and poll them.
     pub fn queue_evts(&self) -> &[EventFd] {
         &self.queue_evts
+    }
+
+    /// Whether the VMM loop polls [`Self::queue_evts`] (not when the device's backend
+    /// does: [`VirtioDevice::backend_queue_evts`]).
+    pub fn vmm_polls_queues(&self) -> bool {
+        !self.backend_polls_queues
     }
 
     /// The interrupt eventfd: register it with KVM as the device's irqfd.
@@ -189,6 +208,7 @@ impl MmioTransport {
             QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
             QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
             INTERRUPT_STATUS => self.interrupt.status(),
+            STATUS if self.device.needs_reset() => self.status | status::DEVICE_NEEDS_RESET,
             STATUS => self.status,
             // Changes whenever the device changes its configuration (virtio 1.2, 4.2.2).
             CONFIG_GENERATION => self.interrupt.config_generation(),

@@ -11,6 +11,7 @@
 //! a vCPU thread. The request parsing itself is pure and runs on mock queues in tests.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod notify;
@@ -143,6 +144,17 @@ pub trait VirtioDevice: Send {
     /// The queues the device works with once active: their positions are what a
     /// snapshot saves (the transport's copies stay where the driver set them up).
     fn active_queues(&self) -> Option<&ActiveQueues>;
+    /// Queue notification eventfds the device's backend polls itself (a vhost-user
+    /// device), one per queue: the transport makes them its queues' eventfds (KVM
+    /// ioeventfds) and the VMM loop leaves them alone. Fixed for the device's lifetime.
+    fn backend_queue_evts(&self) -> Option<&[EventFd]> {
+        None
+    }
+    /// The device cannot go on until the driver resets it (its backend went away): the
+    /// transport adds DEVICE_NEEDS_RESET to the status the driver reads.
+    fn needs_reset(&self) -> bool {
+        false
+    }
     /// Called once the device was re-activated from a snapshot, before the vCPUs run:
     /// a device whose host side could not be carried over tells the guest here.
     fn after_restore(&mut self) {}
