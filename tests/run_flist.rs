@@ -5,7 +5,10 @@
 //! are exactly the entrypoint's (issue #19: the guest console and zvm's own messages go to
 //! the `--console file:` log, which holds the kernel's lines), `--env`, `--hostname` and a
 //! `--disk ...,mount=` data disk reach it, and zvm exits with the entrypoint's exit status.
+//! zvm runs its VMM jailed by default for a flist (issue #16): while the guest runs, the
+//! jailed VMM is checked from the host before the entrypoint gets its line.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -37,8 +40,6 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
     pack_flist(&rootfs, &dir.join("store"), &flist);
     let data = dir.join("data.img");
     ext4_image(&data, 16, &[("note.txt", "from-the-data-disk")]);
-    let stdin = dir.join("stdin.txt");
-    std::fs::write(&stdin, "hello-from-stdin\n").expect("stdin file");
 
     let entrypoint =
         "/bin/sh -c 'read line; echo GOT-$line; echo ENV-$GREETING; echo HOST-$(hostname); \
@@ -64,12 +65,32 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
         .arg(format!("file:{}", console.display()))
         .arg("--disk")
         .arg(format!("path={},id=data,mount=/data", data.display()));
+    // The entrypoint's line is written once the jailed VMM has been looked at.
+    let (stdin, mut feed) = std::io::pipe().expect("stdin pipe");
+    let inspector = std::thread::spawn(move || {
+        // zvm's limits for a 256 MiB guest: RAM + 256 MiB, 256 tasks.
+        let limits = jail::CgroupLimits {
+            memory_bytes: 512 << 20,
+            pids: 256,
+            cpus: 2.0,
+        };
+        let checked = jail::inspect::wait_for_jailed(&zvm_binary(), Duration::from_secs(300))
+            .and_then(|pid| jail::inspect::check_jailed(pid, &limits));
+        let _ = feed.write_all(b"hello-from-stdin\n");
+        checked
+    });
     // Generous: a boot takes about a minute on KVM PVM hosts, several on a loaded one.
-    let stdin = Stdio::from(std::fs::File::open(&stdin).expect("open stdin file"));
-    let run = run_to_end(&mut command, stdin, Duration::from_secs(900));
+    let run = run_to_end(&mut command, Stdio::from(stdin), Duration::from_secs(900));
+    let jailed = inspector.join().expect("inspector thread");
     let (stdout, stderr) = (&run.stdout, &run.stderr);
     let log = std::fs::read_to_string(&console).unwrap_or_default();
     let show = format!("stdout:\n{stdout}\nstderr:\n{stderr}\nconsole log:\n{log}");
+    let jailed =
+        jailed.unwrap_or_else(|e| panic!("the VMM is not jailed as it should be: {e}\n{show}"));
+    eprintln!(
+        "jailed VMM: pid {}, uid {}, root holds {:?}",
+        jailed.pid, jailed.uid, jailed.root_entries
+    );
     assert_eq!(
         stdout.as_str(),
         "GOT-hello-from-stdin\nENV-hi there\nHOST-devbox\nDATA-from-the-data-disk\n",

@@ -32,7 +32,10 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod devices;
+mod lock_down;
 mod start;
+
+pub use lock_down::set_lock_down;
 
 use start::register_memory;
 
@@ -93,6 +96,9 @@ pub enum BuildError {
         /// Last device IRQ.
         last: u32,
     },
+    /// The embedder's lock-down step (a jail) failed: the VM is not started.
+    #[error("cannot lock the VMM process down: {0}")]
+    LockDown(String),
     /// Console file, eventfds, threads.
     #[error("cannot {what}: {source}")]
     Io {
@@ -483,6 +489,7 @@ pub fn build_microvm_with_console(
         mc.track_dirty_pages,
     )?;
     attach_devices(&mut builder, resources, sink, input)?;
+    lock_down::run_lock_down()?;
     let entry = builder.load_kernel(resources)?;
     builder.set_resources(resources.clone());
     builder.start(entry)

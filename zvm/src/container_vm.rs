@@ -3,7 +3,9 @@
 //! booted otherwise.
 
 use crate::container_log::ContainerLog;
-use oci_runtime::sandbox::template::{start_from_template, ContainerVm, TemplateSettings};
+use oci_runtime::sandbox::template::{
+    prepare_template as prepare_template_for, start_from_template, ContainerVm, TemplateSettings,
+};
 use oci_runtime::sandbox::GuestArtifacts;
 use vmm::builder::BuildOptions;
 use vmm::{RunningVm, VmResources};
@@ -24,6 +26,33 @@ pub fn start(
         tracing::info!("templates are off; booting the kernel");
     }
     vmm::builder::build_microvm_with_console(resources, opts, log.console_sink(), false)
+}
+
+/// Makes the template of a VM `resources` describe when templates are on and one fits
+/// (a jail's supervisor does, so that its jailed half only restores); failures are left
+/// to [`start`], which then boots.
+pub fn prepare_template(resources: &VmResources) {
+    let settings = TemplateSettings::from_env();
+    if !settings.enabled {
+        return;
+    }
+    let Ok(agent) = GuestArtifacts::locate_agent() else {
+        return;
+    };
+    let artifacts = GuestArtifacts {
+        kernel: resources.boot_source.kernel_image_path.clone(),
+        agent,
+    };
+    let Ok(vm) = ContainerVm::from_resources(resources, &artifacts) else {
+        return;
+    };
+    match prepare_template_for(&settings.cache(), &artifacts, vm.size) {
+        Ok((id, Some(took))) => {
+            tracing::info!("made template {id} in {:.1} s", took.as_secs_f64())
+        }
+        Ok((_, None)) => {}
+        Err(e) => tracing::info!("no template: {e}"),
+    }
 }
 
 fn from_template(

@@ -14,6 +14,7 @@ mod specs;
 mod stop_signals;
 mod template;
 mod terminal;
+mod vm_jail;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -109,6 +109,14 @@ pub fn redirect(path: &Path, max: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// In a child forked from this process (a jail's half), which has no copier thread:
+/// forgets the parent's, so that [`finish`] does not wait for it.
+pub fn forget_copier() {
+    if let Some(copier) = COPIER.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        std::mem::forget(copier);
+    }
+}
+
 /// Closes stdout and stderr (to /dev/null) and waits until everything written to them is
 /// in the file. Does nothing without [`redirect`].
 pub fn finish() {

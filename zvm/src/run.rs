@@ -127,6 +127,8 @@ pub struct RunArgs {
     no_cmdline_devices: bool,
     #[command(flatten)]
     restore: Box<crate::restore::RestoreArgs>,
+    #[command(flatten)]
+    jail: crate::vm_jail::JailArgs,
     /// Print what zvm detects about the host and the VM it builds.
     #[arg(long, short)]
     verbose: bool,
@@ -366,6 +368,12 @@ pub fn run(args: RunArgs, process_start: Instant, logging: &Logging) -> ExitCode
 
 fn run_redirected(args: RunArgs, process_start: Instant, logging: &Logging) -> ExitCode {
     if args.restore.requested() {
+        if args.jail.wanted(false) {
+            eprintln!(
+                "zvm: --jail on does not restore snapshots yet; --jail off restores unjailed"
+            );
+            return ExitCode::from(2);
+        }
         let opts = crate::restore::RestoreOptions {
             console: args.console.as_deref().unwrap_or("stdio"),
             seccomp: args.seccomp == "on",
@@ -448,6 +456,23 @@ fn run_with(
             );
         }
     }
+    match enter_jail(&args, &resources, container.as_ref(), log.as_ref()) {
+        Ok(crate::vm_jail::Entered::Supervisor(status)) => {
+            // The jailed half could not remove what lives outside its jail.
+            if let Some(vsock) = &resources.vsock {
+                vmm::devices::virtio::vsock::remove_socket(&vsock.uds_path);
+            }
+            if let Some(log) = log {
+                log.finish(status != 0 || args.verbose);
+            }
+            return ExitCode::from(u8::try_from(status).unwrap_or(255));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("zvm: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let opts = BuildOptions {
         process_start,
         irqchip: true,
@@ -511,6 +536,30 @@ fn run_with(
             code
         }
     }
+}
+
+/// Splits `zvm run` into a supervisor and a jailed half when it runs jailed; a container
+/// flist's template is made first (a template VM runs the project's own kernel and agent
+/// only, before the split: the jailed half only restores it).
+fn enter_jail(
+    args: &RunArgs,
+    resources: &VmResources,
+    container: Option<&ContainerRun>,
+    log: Option<&ContainerLog>,
+) -> Result<crate::vm_jail::Entered, String> {
+    let flist = args.flist.is_some();
+    if !args.jail.wanted(flist) {
+        return Ok(crate::vm_jail::Entered::Unjailed);
+    }
+    if container.is_some() {
+        crate::container_vm::prepare_template(resources);
+    }
+    let files = crate::vm_jail::JailFiles {
+        readable: log.and_then(ContainerLog::path).into_iter().collect(),
+        writable: args.metrics.as_deref().into_iter().collect(),
+        vsock_dir: args.vsock.is_some(),
+    };
+    crate::vm_jail::enter(&args.jail, flist, resources, &files)
 }
 
 /// A container flist's end: zvm's exit code is the process's exit status; how the VM

@@ -117,6 +117,7 @@ impl MicrovmBuilder {
     /// Starts the vCPU threads and the VMM loop; `paused` keeps the vCPUs parked until a
     /// resume.
     pub(crate) fn launch(self, vcpus: Vec<Vcpu>, paused: bool) -> Result<RunningVm, BuildError> {
+        super::lock_down::run_lock_down()?;
         KICK_HANDLER.call_once(|| {
             if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick) {
                 tracing::error!("cannot install the vCPU kick handler: {e}");
