@@ -65,6 +65,7 @@ fn garbage_in_every_virtio_register_leaves_the_vmm_running() {
             is_root_device: false,
             is_read_only: false,
             rate_limiter: None,
+            io_engine: Default::default(),
         })
         .expect("disk");
     builder.attach_entropy().expect("rng");

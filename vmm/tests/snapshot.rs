@@ -243,6 +243,7 @@ fn an_empty_placeholder_drive_is_replaced_at_restore() {
         is_root_device: false,
         is_read_only: false,
         rate_limiter: None,
+        io_engine: Default::default(),
     });
     let vm =
         build_microvm_with_console(&resources, BuildOptions::default(), ConsoleSink::Off, false)

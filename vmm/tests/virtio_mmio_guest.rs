@@ -196,6 +196,7 @@ fn block_requests_are_served_by_the_vmm_thread() {
         is_root_device: true,
         is_read_only: false,
         rate_limiter: None,
+        io_engine: Default::default(),
     };
     let header = |mem: &GuestMemoryMmap, at: u64, kind: u32, sector: u64| {
         mem.write_obj(kind, GuestAddress(at)).expect("hdr");

@@ -1,10 +1,12 @@
 //! Parsers for the `key=value,...` device specs of `zvm run`.
 
 use std::path::PathBuf;
-use vmm::resources::{DriveConfig, NetConfig, VsockConfig};
+use vmm::resources::{BlockIoEngine, DriveConfig, NetConfig, VsockConfig};
 
-/// Parses a `--disk` spec: `path=FILE[,readonly=on|off][,id=NAME][,root=on|off][,mount=PATH]`.
-/// Disks without an id are named `disk<index>`. Returns the drive and its `mount=PATH`, where
+/// Parses a `--disk` spec:
+/// `path=FILE[,readonly=on|off][,id=NAME][,root=on|off][,mount=PATH][,io=sync|async]`.
+/// Disks without an id are named `disk<index>`; `io=async` (or `io_engine=async`) serves
+/// the disk off the VMM thread (io_uring, or a worker thread where the host has none). Returns the drive and its `mount=PATH`, where
 /// a container flist's entrypoint finds the disk (an ext4 file system).
 pub fn parse_disk(spec: &str, index: usize) -> Result<(DriveConfig, Option<String>), String> {
     let mut mount = None;
@@ -12,15 +14,21 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<(DriveConfig, Option<Strin
     let mut read_only = false;
     let mut root = false;
     let mut id = None;
+    let mut io_engine = BlockIoEngine::Sync;
     for (key, value) in key_values("disk", spec)? {
         match key {
             "path" => path = Some(PathBuf::from(value)),
+            "io" | "io_engine" => {
+                io_engine = value
+                    .parse()
+                    .map_err(|e| format!("invalid disk '{spec}': {e}"))?
+            }
             "readonly" | "ro" => read_only = on_off(spec, key, value)?,
             "root" | "is_root" => root = on_off(spec, key, value)?,
             "id" => id = Some(value.to_string()),
             "mount" if value.starts_with('/') => mount = Some(value.to_string()),
             "mount" => return Err(format!("invalid disk '{spec}': mount={value} is not an absolute path")),
-            other => return Err(format!("invalid disk '{spec}': unknown key '{other}' (use path, readonly, id, root, mount)")),
+            other => return Err(format!("invalid disk '{spec}': unknown key '{other}' (use path, readonly, id, root, mount, io)")),
         }
     }
     let path_on_host =
@@ -31,6 +39,7 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<(DriveConfig, Option<Strin
         is_root_device: root,
         is_read_only: read_only,
         rate_limiter: None,
+        io_engine,
     };
     Ok((drive, mount))
 }
@@ -170,6 +179,23 @@ mod tests {
         assert!(parse_disk("/a.img", 0)
             .expect_err("not kv")
             .contains("not key=value"));
+        assert_eq!(
+            parse_disk("path=/a,io=async", 0)
+                .expect("async")
+                .0
+                .io_engine,
+            BlockIoEngine::Async
+        );
+        assert_eq!(
+            parse_disk("path=/a,io_engine=Sync", 0)
+                .expect("sync")
+                .0
+                .io_engine,
+            BlockIoEngine::Sync
+        );
+        assert!(parse_disk("path=/a,io=fast", 0)
+            .expect_err("unknown engine")
+            .contains("sync or async"));
         assert!(parse_disk("path=/a,mount=data", 0)
             .expect_err("relative")
             .contains("not an absolute path"));

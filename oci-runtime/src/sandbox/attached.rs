@@ -39,6 +39,7 @@ pub fn agent_drives(
             is_root_device: true,
             is_read_only: true,
             rate_limiter: None,
+            io_engine: Default::default(),
         },
         DriveConfig {
             drive_id: ROOTFS_DRIVE.into(),
@@ -46,6 +47,7 @@ pub fn agent_drives(
             is_root_device: false,
             is_read_only: rootfs_readonly,
             rate_limiter: None,
+            io_engine: Default::default(),
         },
     ]
 }

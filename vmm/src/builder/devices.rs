@@ -200,15 +200,17 @@ impl MicrovmBuilder {
     /// A virtio-blk device for `drive`. Drives appear in the guest as `/dev/vda`,
     /// `/dev/vdb`, ... in attach order; a root device adds `root=/dev/vdX ro|rw`.
     pub fn attach_drive(&mut self, drive: &DriveConfig) -> Result<VirtioSlot, BuildError> {
-        let mut block = Block::open(&drive.path_on_host, drive.is_read_only, &drive.drive_id)?;
+        let mut block = Block::open(&drive.path_on_host, drive.is_read_only, &drive.drive_id)?
+            .with_engine(drive.io_engine, self.seccomp)?;
         if let Some(limit) = &drive.rate_limiter {
             block = block.with_rate_limiter(limit)?;
         }
         tracing::debug!(
-            "drive {}: {} sectors, read_only={}",
+            "drive {}: {} sectors, read_only={}, I/O on {}",
             drive.drive_id,
             block.capacity(),
-            drive.is_read_only
+            drive.is_read_only,
+            block.engine_name()
         );
         self.metrics
             .register(&drive.drive_id, DeviceMetrics::Block(block.metrics()));

@@ -15,6 +15,7 @@ fn virtio_devices_get_slots_irqs_and_command_line_args() {
         is_root_device: root,
         is_read_only: true,
         rate_limiter: None,
+        io_engine: Default::default(),
     };
     let first = b.attach_drive(&drive("data", false)).expect("drive");
     let second = b.attach_drive(&drive("root", true)).expect("drive");

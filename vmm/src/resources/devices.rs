@@ -2,6 +2,7 @@
 //! their validation.
 
 use super::{ResourcesError, VmResources, MAX_DRIVES, MAX_NET_INTERFACES};
+pub use crate::devices::virtio::block::BlockIoEngine;
 use crate::rate_limiter::RateLimiterConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,10 @@ pub struct DriveConfig {
     /// Limits on the disk's bandwidth and request rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,
+    /// How requests are served: on the VMM thread (`Sync`, the default) or off it
+    /// (`Async`: io_uring, or a worker thread where the host has none).
+    #[serde(default, skip_serializing_if = "BlockIoEngine::is_sync")]
+    pub io_engine: BlockIoEngine,
 }
 
 /// A virtio entropy device (Firecracker's `entropy`); it has no options yet.
@@ -200,6 +205,7 @@ mod tests {
             is_root_device: root,
             is_read_only: false,
             rate_limiter: None,
+            io_engine: Default::default(),
         }
     }
 

@@ -5,7 +5,7 @@
 
 mod devices;
 
-pub use devices::{DriveConfig, EntropyConfig, NetConfig, VsockConfig};
+pub use devices::{BlockIoEngine, DriveConfig, EntropyConfig, NetConfig, VsockConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

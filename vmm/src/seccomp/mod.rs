@@ -38,6 +38,9 @@ pub enum ThreadKind {
     Vcpu,
     /// The VMM event loop: console input, exit events, stopping vCPUs, virtio queues.
     Vmm,
+    /// A disk's I/O worker (`zvm_blk_io`, the Async engine where io_uring is missing):
+    /// preadv/pwritev/fsync between guest memory and the disk file.
+    BlockIo,
 }
 
 /// The filter of a `kind` thread.
@@ -49,14 +52,30 @@ pub fn filter(kind: ThreadKind) -> FilterSpec {
             spec
         }
         ThreadKind::Vmm => vmm_filter(),
+        ThreadKind::BlockIo => block_io_filter(),
     }
+}
+
+fn block_io_filter() -> FilterSpec {
+    let mut spec = FilterSpec::common("block I/O");
+    // Vectored I/O straight between guest memory and the disk file (fsync is common);
+    // malloc grows this thread's arena heap with mprotect.
+    spec.allow(&[
+        libc::SYS_preadv,
+        libc::SYS_pwritev,
+        libc::SYS_fdatasync,
+        libc::SYS_mprotect,
+    ]);
+    spec
 }
 
 fn vmm_filter() -> FilterSpec {
     let mut spec = FilterSpec::common("vmm");
     // The loop makes its epoll sets and serves virtio queues: disk I/O (pread64/pwrite64,
-    // fsync or fdatasync) and entropy (getrandom, common); malloc grows this thread's arena
-    // heap with mprotect. Rate limiters and vsock deadlines re-arm their timerfds.
+    // preadv/pwritev between guest memory and the file, fsync or fdatasync; io_uring_enter
+    // to submit to and wait on an Async disk's ring, set up before the filter) and entropy
+    // (getrandom, common); malloc grows this thread's arena heap with mprotect. Rate
+    // limiters and vsock deadlines re-arm their timerfds.
     spec.allow(&[
         libc::SYS_epoll_create1,
         libc::SYS_epoll_wait,
@@ -64,6 +83,9 @@ fn vmm_filter() -> FilterSpec {
         libc::SYS_epoll_ctl,
         libc::SYS_pread64,
         libc::SYS_pwrite64,
+        libc::SYS_preadv,
+        libc::SYS_pwritev,
+        libc::SYS_io_uring_enter,
         libc::SYS_fdatasync,
         libc::SYS_mprotect,
         libc::SYS_timerfd_settime,

@@ -35,6 +35,7 @@ const NAMES: &[(i64, &str)] = &[
     (libc::SYS_pwrite64, "pwrite64"),
     (libc::SYS_preadv, "preadv"),
     (libc::SYS_pwritev, "pwritev"),
+    (libc::SYS_io_uring_enter, "io_uring_enter"),
     (libc::SYS_epoll_create1, "epoll_create1"),
     (libc::SYS_epoll_wait, "epoll_wait"),
     (libc::SYS_epoll_pwait, "epoll_pwait"),

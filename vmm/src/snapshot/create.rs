@@ -1,6 +1,7 @@
-//! Taking a snapshot of a paused VM: the vCPUs save their own state while parked, the
-//! devices are read under their locks (the VMM loop serves none while paused), then the
-//! VM's state, the state file and guest memory are written.
+//! Taking a snapshot of a paused VM: the devices finish the requests they have in flight,
+//! the vCPUs save their own state while parked, the devices are read under their locks
+//! (the VMM loop serves none while paused), then the VM's state, the state file and guest
+//! memory are written.
 
 use super::memory as snapmem;
 use super::{file, CreateSnapshotParams, MicrovmState, SnapshotError, SnapshotInfo, SnapshotType};
@@ -90,6 +91,12 @@ impl SnapshotHandle {
             )?),
             SnapshotType::Full => None,
         };
+        // Requests still in flight (asynchronous disks) are finished first, so their
+        // used-ring entries and interrupts are in the memory and irqchip state saved.
+        parts
+            .devices
+            .quiesce()
+            .map_err(|(device, reason)| SnapshotError::Device { device, reason })?;
         let vcpus = parts
             .control
             .save_parked(parts.vcpu_count, VCPU_SAVE_TIMEOUT)

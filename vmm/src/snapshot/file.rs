@@ -159,6 +159,7 @@ mod tests {
             is_root_device: true,
             is_read_only: false,
             rate_limiter: None,
+            io_engine: Default::default(),
         });
         resources.vsock = Some(crate::resources::VsockConfig {
             guest_cid: 3,

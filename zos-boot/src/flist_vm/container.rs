@@ -164,6 +164,7 @@ mod tests {
             is_root_device: false,
             is_read_only: false,
             rate_limiter: None,
+            io_engine: Default::default(),
         }
     }
 

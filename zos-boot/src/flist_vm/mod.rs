@@ -176,6 +176,7 @@ impl BootPlan {
                     is_root_device: true,
                     is_read_only: false,
                     rate_limiter: None,
+                    io_engine: Default::default(),
                 },
             );
         }
@@ -439,6 +440,7 @@ mod tests {
             is_root_device: false,
             is_read_only: false,
             rate_limiter: None,
+            io_engine: Default::default(),
         });
         let plan = BootPlan {
             kind: FlistKind::Container,

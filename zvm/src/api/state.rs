@@ -97,12 +97,6 @@ impl PendingConfig {
                  (Writeback); leave cache_type out or set Writeback",
             ));
         }
-        if d.io_engine == Some(model::IoEngine::Async) {
-            return Err(refuse(
-                "io_engine Async is not supported yet: zvm serves block requests synchronously (Sync); \
-                 leave io_engine out or set Sync",
-            ));
-        }
         match self.drives.iter_mut().find(|x| x.drive_id == d.drive_id) {
             Some(existing) => *existing = d,
             None => self.drives.push(d),
@@ -198,7 +192,7 @@ impl PendingConfig {
                     is_read_only: d.is_read_only,
                     partuuid: None,
                     cache_type: None,
-                    io_engine: None,
+                    io_engine: (!d.io_engine.is_sync()).then_some(model::IoEngine::Async),
                     rate_limiter: d.rate_limiter,
                 })
                 .collect(),
@@ -244,6 +238,10 @@ impl PendingConfig {
                 is_root_device: d.is_root_device,
                 is_read_only: d.is_read_only,
                 rate_limiter: d.rate_limiter,
+                io_engine: match d.io_engine {
+                    Some(model::IoEngine::Async) => resources::BlockIoEngine::Async,
+                    Some(model::IoEngine::Sync) | None => resources::BlockIoEngine::Sync,
+                },
             })
             .collect();
         r.entropy = self.entropy.then(EntropyConfig::default);
@@ -349,14 +347,41 @@ mod tests {
             .put_drive(with("cache_type", "Unsafe"))
             .expect_err("Unsafe");
         assert!(err.message.contains("Writeback"), "{}", err.message);
-        let err = c.put_drive(with("io_engine", "Async")).expect_err("Async");
-        assert!(err.message.contains("Sync"), "{}", err.message);
         assert!(c.drives.is_empty());
         c.put_drive(with("cache_type", "Writeback"))
             .expect("what zvm does");
         c.put_drive(with("io_engine", "Sync"))
             .expect("what zvm does");
         assert_eq!(c.drives.len(), 1);
+    }
+
+    #[test]
+    fn io_engine_async_reaches_the_resources_and_back() {
+        let mut c = PendingConfig {
+            boot_source: Some(BootSource {
+                kernel_image_path: "/proc/self/exe".into(),
+                boot_args: None,
+                initrd_path: None,
+            }),
+            ..Default::default()
+        };
+        for (id, engine) in [("a", Some("Async")), ("s", Some("Sync")), ("d", None)] {
+            let mut d = serde_json::json!({
+                "drive_id": id, "path_on_host": "/proc/self/exe", "is_root_device": false
+            });
+            if let Some(engine) = engine {
+                d["io_engine"] = engine.into();
+            }
+            c.put_drive(serde_json::from_value(d).expect("drive"))
+                .expect("accepted");
+        }
+        let r = c.to_resources().expect("resources");
+        let engines: Vec<_> = r.drives.iter().map(|d| d.io_engine).collect();
+        use resources::BlockIoEngine::{Async, Sync};
+        assert_eq!(engines, [Async, Sync, Sync]);
+        let back = PendingConfig::from_resources(&r);
+        assert_eq!(back.drives[0].io_engine, Some(model::IoEngine::Async));
+        assert_eq!(back.drives[1].io_engine, None, "Sync is the default");
     }
 
     #[test]

@@ -171,6 +171,12 @@ impl MmioTransport {
         }
     }
 
+    /// Finishes the device's requests in flight before a snapshot
+    /// ([`VirtioDevice::quiesce`]).
+    pub fn quiesce(&mut self) -> Result<(), String> {
+        self.device.quiesce()
+    }
+
     /// The device's extra host fd to poll, if it has one ([`VirtioDevice::host_event_fd`]).
     pub fn host_event_fd(&self) -> Option<std::os::fd::RawFd> {
         self.device.host_event_fd()

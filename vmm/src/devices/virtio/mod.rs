@@ -155,6 +155,13 @@ pub trait VirtioDevice: Send {
     fn needs_reset(&self) -> bool {
         false
     }
+    /// Finishes every request the device has in flight (puts it on the used ring and
+    /// interrupts), waiting for it if need be, so that a snapshot taken now loses none.
+    /// Called on a paused VM before its state is saved, off the VMM and vCPU threads. The
+    /// error says what is still in flight.
+    fn quiesce(&mut self) -> Result<(), String> {
+        Ok(())
+    }
     /// Called once the device was re-activated from a snapshot, before the vCPUs run:
     /// a device whose host side could not be carried over tells the guest here.
     fn after_restore(&mut self) {}

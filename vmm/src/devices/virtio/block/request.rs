@@ -1,4 +1,4 @@
-//! virtio-blk requests: parsing a descriptor chain and serving it from a [`BlockBackend`].
+//! virtio-blk requests: parsing a descriptor chain into the I/O it asks for.
 //!
 //! A request is a 16-byte header (type, reserved, sector), data, and a one-byte status the
 //! device writes last (virtio 1.2, section 5.2.6). With VIRTIO_F_VERSION_1 the driver may
@@ -8,14 +8,19 @@
 //!
 //! Everything here comes from the guest: nothing is trusted and nothing panics. A chain
 //! whose status byte cannot be located is returned with length 0; any other problem is
-//! answered with VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP.
+//! answered with VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP. A request that passes every
+//! check becomes an [`IoRequest`]: its data as [`GuestIoVec`]s into guest memory (each
+//! checked to lie in a guest memory region), its byte offset on the disk (checked to lie
+//! within it), and where its status byte goes. An engine ([`super::engine`]) carries it
+//! out, here or on another thread, and [`DiskInfo::complete`] answers it.
 
-use super::BlockBackend;
+use super::backend::GuestIoVec;
 use crate::memory::GuestMemoryMmap;
 use crate::metrics::BlockMetrics;
 use std::sync::Arc;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
 /// Read sectors into device-writable buffers.
 pub const VIRTIO_BLK_T_IN: u32 = 0;
@@ -36,7 +41,7 @@ pub const SECTOR_SIZE: u64 = 512;
 /// Length of the id GET_ID returns.
 pub const ID_BYTES: usize = 20;
 /// Most data bytes one request may move; the device's seg_max and size_max keep Linux
-/// below it, and it bounds the bounce buffer a guest can make the VMM allocate.
+/// below it, and it bounds what one request can keep a disk busy with.
 pub const MAX_DATA_BYTES: u64 = 1 << 20;
 /// Most descriptors one chain may have (the queue size bounds a direct chain; an indirect
 /// table could be longer).
@@ -163,6 +168,35 @@ impl Segments {
             mem.write_slice(&data[range], addr)
         })
     }
+
+    /// `[skip, skip + count)` of the stream as vectors into guest memory, split where a
+    /// guest memory region ends; fails if any byte lies outside guest memory. With
+    /// `device_writes`, the pages are marked dirty (the disk will write them).
+    fn iovecs(
+        &self,
+        mem: &GuestMemoryMmap,
+        skip: u64,
+        count: u64,
+        device_writes: bool,
+    ) -> Result<Vec<GuestIoVec>, GuestMemoryError> {
+        let mut vecs = Vec::with_capacity(self.0.len());
+        self.for_each(skip, count, |addr, range| {
+            for slice in GuestMemoryBackend::get_slices(mem, addr, range.len()) {
+                let slice = slice?;
+                if slice.is_empty() {
+                    continue;
+                }
+                if device_writes {
+                    slice.bitmap().mark_dirty(0, slice.len());
+                }
+                // SAFETY: the slice is mapped guest memory, which the device keeps mapped
+                // (it holds the GuestMemoryMmap) while the request is in flight.
+                vecs.push(unsafe { GuestIoVec::new(slice.ptr_guard_mut().as_ptr(), slice.len()) });
+            }
+            Ok(())
+        })?;
+        Ok(vecs)
+    }
 }
 
 /// A chain split into its parts; `status` is the guest address of the status byte.
@@ -223,22 +257,66 @@ fn split_chain<I: IntoIterator<Item = Descriptor>>(chain: I) -> Result<Parts, Re
     Ok(parts)
 }
 
-/// A disk as the request path sees it: its backend, whether it is read-only, its id.
-pub struct Disk {
-    /// Where sectors live.
-    pub backend: Box<dyn BlockBackend>,
+/// What the disk does for a request that passed every check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    /// Read sectors into guest memory.
+    Read,
+    /// Write guest memory to sectors.
+    Write,
+    /// Make every write completed before it durable.
+    Flush,
+}
+
+/// What answering a request needs once its I/O is done.
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    /// The I/O.
+    pub op: IoOp,
+    /// Data bytes it moves.
+    pub bytes: u64,
+    /// Guest address of the status byte.
+    pub status: GuestAddress,
+}
+
+/// A checked request: I/O for an engine to carry out.
+#[derive(Debug)]
+pub struct IoRequest {
+    /// How to answer it.
+    pub pending: Pending,
+    /// Byte offset on the disk (the data lies within the disk).
+    pub offset: u64,
+    /// The data, in guest memory.
+    pub bufs: Vec<GuestIoVec>,
+}
+
+/// What parsing a chain gave.
+#[derive(Debug)]
+pub enum Parsed {
+    /// The chain has no status byte (or it lies outside guest memory): it goes back to
+    /// the guest with length 0.
+    NoStatus,
+    /// Answered already (refused, or GET_ID): the used length.
+    Answered(u32),
+    /// I/O to carry out.
+    Io(IoRequest),
+}
+
+/// A disk as the request parser sees it: its size, whether it is read-only, its id, its
+/// counters.
+#[derive(Clone)]
+pub struct DiskInfo {
+    /// Size in bytes (fixed for the device's lifetime).
+    pub len: u64,
     /// Refuse OUT requests (the host enforces this whatever the guest negotiated).
     pub read_only: bool,
     /// The GET_ID answer, NUL-padded.
     pub id: [u8; ID_BYTES],
-    /// Bounce buffer of [`MAX_DATA_BYTES`], allocated once, where the disk is created,
-    /// so that serving requests allocates nothing.
-    buf: Vec<u8>,
     /// Requests and bytes served.
     pub metrics: Arc<BlockMetrics>,
 }
 
-impl std::fmt::Debug for Disk {
+impl std::fmt::Debug for DiskInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -249,64 +327,104 @@ impl std::fmt::Debug for Disk {
     }
 }
 
-impl Disk {
-    /// A disk over `backend`; `id` is the drive id, cut to 20 bytes.
-    pub fn new(backend: Box<dyn BlockBackend>, read_only: bool, id: &str) -> Self {
+enum Checked {
+    Io(IoOp, u64, Vec<GuestIoVec>, u64),
+    Id(u64),
+}
+
+impl DiskInfo {
+    /// A disk of `len` bytes; `id` is the drive id, cut to 20 bytes.
+    pub fn new(len: u64, read_only: bool, id: &str) -> Self {
         let mut id_bytes = [0u8; ID_BYTES];
         let n = id.len().min(ID_BYTES);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
-        Disk {
-            backend,
+        DiskInfo {
+            len,
             read_only,
             id: id_bytes,
-            buf: vec![0u8; MAX_DATA_BYTES as usize],
             metrics: Arc::default(),
         }
     }
 
     /// The disk size in sectors (a partial last sector is not addressable).
     pub fn capacity(&self) -> u64 {
-        self.backend.len() / SECTOR_SIZE
+        self.len / SECTOR_SIZE
     }
 
-    /// Serves the request in `chain`; returns the number of bytes written into the chain,
-    /// for the used ring. Never panics, whatever the chain holds.
-    pub fn handle<I: IntoIterator<Item = Descriptor>>(
-        &mut self,
+    /// Parses and checks the request in `chain`: answers it at once if it is refused or
+    /// needs no I/O, else returns the I/O. Never panics, whatever the chain holds.
+    pub fn parse<I: IntoIterator<Item = Descriptor>>(
+        &self,
         mem: &GuestMemoryMmap,
         chain: I,
-    ) -> u32 {
+    ) -> Parsed {
         let parts = match split_chain(chain) {
             Ok(parts) => parts,
             Err(e) => {
                 tracing::warn!("virtio-blk: dropping a malformed request: {e}");
                 self.metrics.failures.inc();
-                return 0;
+                return Parsed::NoStatus;
             }
         };
-        let (status, written) = match self.serve(mem, &parts) {
-            Ok(written) => (VIRTIO_BLK_S_OK, written),
+        match self.check(mem, &parts) {
+            Ok(Checked::Io(op, offset, bufs, bytes)) => Parsed::Io(IoRequest {
+                pending: Pending {
+                    op,
+                    bytes,
+                    status: parts.status,
+                },
+                offset,
+                bufs,
+            }),
+            Ok(Checked::Id(n)) => match write_status(mem, parts.status, VIRTIO_BLK_S_OK, n) {
+                0 => Parsed::NoStatus,
+                len => Parsed::Answered(len),
+            },
             Err(e) => {
                 self.metrics.failures.inc();
-                match &e {
-                    RequestError::Backend(_) => tracing::error!("virtio-blk: {e}"),
-                    _ => tracing::debug!("virtio-blk: refusing a request: {e}"),
+                tracing::debug!("virtio-blk: refusing a request: {e}");
+                match write_status(mem, parts.status, e.status(), 0) {
+                    0 => Parsed::NoStatus,
+                    len => Parsed::Answered(len),
                 }
-                (e.status(), 0)
-            }
-        };
-        match mem.write_obj(status, parts.status) {
-            // `written` is at most MAX_DATA_BYTES.
-            Ok(()) => u32::try_from(written + 1).unwrap_or(u32::MAX),
-            Err(e) => {
-                tracing::warn!("virtio-blk: cannot write the status byte: {e}");
-                0
             }
         }
     }
 
-    /// Carries out the request; returns the data bytes written to the guest.
-    fn serve(&mut self, mem: &GuestMemoryMmap, parts: &Parts) -> Result<u64, RequestError> {
+    /// Answers a request whose I/O ended with `result`: counts it, writes its status byte
+    /// and returns the used length (0 if the status byte could not be written).
+    pub fn complete(&self, mem: &GuestMemoryMmap, p: &Pending, result: std::io::Result<()>) -> u32 {
+        match result {
+            Ok(()) => {
+                let m = &self.metrics;
+                let written = match p.op {
+                    IoOp::Read => {
+                        m.read_count.inc();
+                        m.read_bytes.add(p.bytes);
+                        p.bytes
+                    }
+                    IoOp::Write => {
+                        m.write_count.inc();
+                        m.write_bytes.add(p.bytes);
+                        0
+                    }
+                    IoOp::Flush => {
+                        m.flush_count.inc();
+                        0
+                    }
+                };
+                write_status(mem, p.status, VIRTIO_BLK_S_OK, written)
+            }
+            Err(e) => {
+                self.metrics.failures.inc();
+                tracing::error!("virtio-blk: backend: {e}");
+                write_status(mem, p.status, VIRTIO_BLK_S_IOERR, 0)
+            }
+        }
+    }
+
+    /// Checks the request; returns its I/O, or the GET_ID bytes written.
+    fn check(&self, mem: &GuestMemoryMmap, parts: &Parts) -> Result<Checked, RequestError> {
         if parts.misordered {
             return Err(RequestError::ReadableAfterWritable);
         }
@@ -334,12 +452,8 @@ impl Disk {
             VIRTIO_BLK_T_IN => {
                 wrong(out_bytes)?;
                 let offset = self.check_range(sector, in_bytes)?;
-                let buf = &mut self.buf[..in_bytes as usize];
-                self.backend.read_at(offset, buf)?;
-                parts.writable.write(mem, 0, buf)?;
-                self.metrics.read_count.inc();
-                self.metrics.read_bytes.add(in_bytes);
-                Ok(in_bytes)
+                let bufs = parts.writable.iovecs(mem, 0, in_bytes, true)?;
+                Ok(Checked::Io(IoOp::Read, offset, bufs, in_bytes))
             }
             VIRTIO_BLK_T_OUT => {
                 wrong(in_bytes)?;
@@ -347,18 +461,10 @@ impl Disk {
                     return Err(RequestError::ReadOnly);
                 }
                 let offset = self.check_range(sector, out_bytes)?;
-                let buf = &mut self.buf[..out_bytes as usize];
-                parts.readable.read(mem, HEADER_BYTES, buf)?;
-                self.backend.write_at(offset, buf)?;
-                self.metrics.write_count.inc();
-                self.metrics.write_bytes.add(out_bytes);
-                Ok(0)
+                let bufs = parts.readable.iovecs(mem, HEADER_BYTES, out_bytes, false)?;
+                Ok(Checked::Io(IoOp::Write, offset, bufs, out_bytes))
             }
-            VIRTIO_BLK_T_FLUSH => {
-                self.backend.flush()?;
-                self.metrics.flush_count.inc();
-                Ok(0)
-            }
+            VIRTIO_BLK_T_FLUSH => Ok(Checked::Io(IoOp::Flush, 0, Vec::new(), 0)),
             VIRTIO_BLK_T_GET_ID => {
                 wrong(out_bytes)?;
                 let n = in_bytes.min(ID_BYTES as u64);
@@ -366,7 +472,7 @@ impl Disk {
                     return Err(RequestError::NoIdBuffer);
                 }
                 parts.writable.write(mem, 0, &self.id[..n as usize])?;
-                Ok(n)
+                Ok(Checked::Id(n))
             }
             other => Err(RequestError::Unsupported(other)),
         }
@@ -396,389 +502,19 @@ impl Disk {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::devices::virtio::block::MemBackend;
-    use crate::devices::virtio::test_utils::*;
-    use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::QueueOwnedT;
-
-    const HDR: u64 = DATA;
-    const BUF: u64 = DATA + 0x1000;
-    const STATUS: u64 = DATA + 0x10_0000 + 0x1000;
-
-    struct Fixture {
-        mem: GuestMemoryMmap,
-        backend: MemBackend,
-        disk: Disk,
-    }
-
-    impl Fixture {
-        fn new(read_only: bool) -> Self {
-            let backend = MemBackend::with_len(64 * 512);
-            let disk = Disk::new(Box::new(backend.clone()), read_only, "drive-id");
-            let mem = memory();
-            mem.write_obj(0xffu8, GuestAddress(STATUS)).expect("status");
-            Fixture { mem, backend, disk }
+/// Writes the status byte; returns the used length (`written` data bytes and the status
+/// byte), or 0 if the status byte lies outside guest memory.
+fn write_status(mem: &GuestMemoryMmap, at: GuestAddress, status: u8, written: u64) -> u32 {
+    match mem.write_obj(status, at) {
+        // `written` is at most MAX_DATA_BYTES.
+        Ok(()) => u32::try_from(written + 1).unwrap_or(u32::MAX),
+        Err(e) => {
+            tracing::warn!("virtio-blk: cannot write the status byte: {e}");
+            0
         }
-
-        /// Writes a header at HDR and runs the chain `descs`.
-        fn run(&mut self, kind: u32, sector: u64, descs: &[RawDescriptor]) -> u32 {
-            let mut hdr = [0u8; 16];
-            hdr[0..4].copy_from_slice(&kind.to_le_bytes());
-            hdr[8..16].copy_from_slice(&sector.to_le_bytes());
-            self.mem
-                .write_slice(&hdr, GuestAddress(HDR))
-                .expect("header");
-            let mock = MockSplitQueue::new(&self.mem, MOCK_QUEUE_SIZE);
-            let chain = build_chain(&mock, descs);
-            self.disk.handle(&self.mem, chain)
-        }
-
-        fn status(&self) -> u8 {
-            byte_at(&self.mem, STATUS)
-        }
-
-        fn guest(&self, addr: u64, len: usize) -> Vec<u8> {
-            let mut buf = vec![0u8; len];
-            self.mem
-                .read_slice(&mut buf, GuestAddress(addr))
-                .expect("read");
-            buf
-        }
-    }
-
-    fn hdr() -> RawDescriptor {
-        desc(HDR, 16, 0)
-    }
-
-    fn status() -> RawDescriptor {
-        desc(STATUS, 1, F_WRITE)
-    }
-
-    #[test]
-    fn read_fills_the_buffers_and_reports_the_length() {
-        let mut f = Fixture::new(false);
-        let len = f.run(
-            VIRTIO_BLK_T_IN,
-            2,
-            &[
-                hdr(),
-                desc(BUF, 512, F_WRITE),
-                desc(BUF + 0x800, 1024, F_WRITE),
-                status(),
-            ],
-        );
-        assert_eq!((len, f.status()), (1537, VIRTIO_BLK_S_OK));
-        assert_eq!(f.guest(BUF, 512), f.backend.bytes(1024..1536));
-        assert_eq!(f.guest(BUF + 0x800, 1024), f.backend.bytes(1536..2560));
-    }
-
-    #[test]
-    fn write_stores_the_data() {
-        let mut f = Fixture::new(false);
-        f.mem
-            .write_slice(&[0x5a; 1024], GuestAddress(BUF))
-            .expect("data");
-        let len = f.run(VIRTIO_BLK_T_OUT, 63, &[hdr(), desc(BUF, 512, 0), status()]);
-        assert_eq!((len, f.status()), (1, VIRTIO_BLK_S_OK));
-        assert_eq!(f.backend.bytes(63 * 512..64 * 512), vec![0x5a; 512]);
-    }
-
-    #[test]
-    fn any_layout_header_data_and_status_may_share_descriptors() {
-        let mut f = Fixture::new(false);
-        // Header split 10 + 6, status byte at the end of the data descriptor.
-        let len = f.run(
-            VIRTIO_BLK_T_IN,
-            1,
-            &[
-                desc(HDR, 10, 0),
-                desc(HDR + 10, 6, 0),
-                desc(BUF, 513, F_WRITE),
-            ],
-        );
-        assert_eq!(len, 513);
-        assert_eq!(byte_at(&f.mem, BUF + 512), VIRTIO_BLK_S_OK);
-        assert_eq!(f.guest(BUF, 512), f.backend.bytes(512..1024));
-    }
-
-    #[test]
-    fn flush_reaches_the_backend() {
-        let mut f = Fixture::new(true);
-        assert_eq!(f.run(VIRTIO_BLK_T_FLUSH, 0, &[hdr(), status()]), 1);
-        assert_eq!(f.status(), VIRTIO_BLK_S_OK);
-        assert_eq!(
-            f.backend.flushes.load(std::sync::atomic::Ordering::SeqCst),
-            1
-        );
-    }
-
-    #[test]
-    fn get_id_returns_twenty_bytes() {
-        let mut f = Fixture::new(false);
-        f.mem
-            .write_slice(&[0xee; 32], GuestAddress(BUF))
-            .expect("fill");
-        assert_eq!(
-            f.run(
-                VIRTIO_BLK_T_GET_ID,
-                0,
-                &[hdr(), desc(BUF, 32, F_WRITE), status()]
-            ),
-            21
-        );
-        assert_eq!(f.status(), VIRTIO_BLK_S_OK);
-        assert_eq!(
-            &f.guest(BUF, 21)[..],
-            b"drive-id\0\0\0\0\0\0\0\0\0\0\0\0\xee"
-        );
-        assert_eq!(f.run(VIRTIO_BLK_T_GET_ID, 0, &[hdr(), status()]), 1);
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "no room for the id");
-    }
-
-    #[test]
-    fn read_only_disk_refuses_writes() {
-        let mut f = Fixture::new(true);
-        let before = f.backend.bytes(0..512);
-        assert_eq!(
-            f.run(VIRTIO_BLK_T_OUT, 0, &[hdr(), desc(BUF, 512, 0), status()]),
-            1
-        );
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
-        assert_eq!(f.backend.bytes(0..512), before);
-        assert_eq!(
-            f.run(
-                VIRTIO_BLK_T_IN,
-                0,
-                &[hdr(), desc(BUF, 512, F_WRITE), status()]
-            ),
-            513,
-            "reads still work"
-        );
-    }
-
-    #[test]
-    fn out_of_range_and_overflowing_sectors_fail() {
-        let mut f = Fixture::new(false);
-        for sector in [64, 63 + 1, u64::MAX, u64::MAX / 512 + 1] {
-            assert_eq!(
-                f.run(
-                    VIRTIO_BLK_T_IN,
-                    sector,
-                    &[hdr(), desc(BUF, 512, F_WRITE), status()]
-                ),
-                1,
-                "{sector}"
-            );
-            assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "{sector}");
-        }
-        assert_eq!(
-            f.run(
-                VIRTIO_BLK_T_IN,
-                63,
-                &[hdr(), desc(BUF, 1024, F_WRITE), status()]
-            ),
-            1,
-            "runs past the end"
-        );
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
-        assert_eq!(
-            f.run(
-                VIRTIO_BLK_T_IN,
-                0,
-                &[hdr(), desc(BUF, 100, F_WRITE), status()]
-            ),
-            1,
-            "not whole sectors"
-        );
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
-    }
-
-    #[test]
-    fn unsupported_types_short_headers_and_backend_errors() {
-        let mut f = Fixture::new(false);
-        assert_eq!(
-            f.run(11, 0, &[hdr(), status()]),
-            1,
-            "DISCARD is not offered"
-        );
-        assert_eq!(f.status(), VIRTIO_BLK_S_UNSUPP);
-        assert_eq!(f.run(VIRTIO_BLK_T_IN, 0, &[desc(HDR, 8, 0), status()]), 1);
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "short header");
-        f.disk.backend = Box::new(MemBackend {
-            fail: true,
-            ..MemBackend::with_len(4096)
-        });
-        assert_eq!(
-            f.run(
-                VIRTIO_BLK_T_IN,
-                0,
-                &[hdr(), desc(BUF, 512, F_WRITE), status()]
-            ),
-            1
-        );
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "backend failure");
-    }
-
-    #[test]
-    fn chain_without_status_is_returned_empty() {
-        let mut f = Fixture::new(false);
-        f.mem
-            .write_slice(&[0x11; 512], GuestAddress(BUF))
-            .expect("data");
-        let before = f.backend.bytes(0..512);
-        assert_eq!(f.run(VIRTIO_BLK_T_OUT, 0, &[hdr(), desc(BUF, 512, 0)]), 0);
-        assert_eq!(f.backend.bytes(0..512), before, "nothing was written");
-        assert_eq!(
-            f.run(VIRTIO_BLK_T_IN, 0, &[hdr(), desc(BUF, 0, F_WRITE)]),
-            0,
-            "empty status descriptor"
-        );
-        assert_eq!(f.status(), 0xff);
-    }
-
-    #[test]
-    fn wrong_direction_buffers_are_refused() {
-        let mut f = Fixture::new(false);
-        // IN with a device-readable data buffer.
-        assert_eq!(
-            f.run(VIRTIO_BLK_T_IN, 0, &[hdr(), desc(BUF, 512, 0), status()]),
-            1
-        );
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
-        // OUT with a device-writable data buffer.
-        assert_eq!(
-            f.run(
-                VIRTIO_BLK_T_OUT,
-                0,
-                &[hdr(), desc(BUF, 512, F_WRITE), status()]
-            ),
-            1
-        );
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
-        // Readable after writable.
-        assert_eq!(
-            f.run(
-                VIRTIO_BLK_T_IN,
-                0,
-                &[hdr(), desc(BUF, 512, F_WRITE), desc(BUF, 16, 0), status()]
-            ),
-            1
-        );
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
-    }
-
-    #[test]
-    fn descriptor_loop_ends_without_hanging() {
-        let f = Fixture::new(false);
-        let mut disk = f.disk;
-        let mock = MockSplitQueue::new(&f.mem, MOCK_QUEUE_SIZE);
-        let mut queue = queue_with_raw_chain(
-            &mock,
-            &[
-                linked(HDR, 16, F_NEXT, 1),
-                linked(STATUS, 1, F_WRITE | F_NEXT, 0),
-            ],
-        );
-        let chain = queue.iter(&f.mem).expect("iter").next().expect("chain");
-        assert_eq!(
-            chain.clone().count(),
-            usize::from(MOCK_QUEUE_SIZE),
-            "the iterator bounds the loop"
-        );
-        assert_eq!(disk.handle(&f.mem, chain), 0);
-        assert_eq!(byte_at(&f.mem, STATUS), 0xff);
-    }
-
-    #[test]
-    fn huge_and_out_of_memory_buffers_fail_cleanly() {
-        let mut f = Fixture::new(false);
-        assert_eq!(
-            f.run(
-                VIRTIO_BLK_T_IN,
-                0,
-                &[hdr(), desc(BUF, 0x8000_0000, F_WRITE), status()]
-            ),
-            1
-        );
-        assert_eq!(
-            f.status(),
-            VIRTIO_BLK_S_IOERR,
-            "over the size limit, nothing allocated"
-        );
-        let big = (MAX_DATA_BYTES + 512) as u32;
-        assert_eq!(
-            f.run(VIRTIO_BLK_T_OUT, 0, &[hdr(), desc(BUF, big, 0), status()]),
-            1
-        );
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR);
-        assert_eq!(
-            f.run(
-                VIRTIO_BLK_T_IN,
-                0,
-                &[hdr(), desc(MEM_SIZE - 256, 512, F_WRITE), status()]
-            ),
-            1
-        );
-        assert_eq!(
-            f.status(),
-            VIRTIO_BLK_S_IOERR,
-            "data runs off the end of guest memory"
-        );
-        assert_eq!(
-            f.run(
-                VIRTIO_BLK_T_IN,
-                0,
-                &[hdr(), desc(u64::MAX - 100, 512, F_WRITE), status()]
-            ),
-            1
-        );
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "address wraps");
-        assert_eq!(
-            f.run(
-                VIRTIO_BLK_T_FLUSH,
-                0,
-                &[hdr(), desc(MEM_SIZE + 0x1000, 1, F_WRITE)]
-            ),
-            0,
-            "status outside memory"
-        );
-        assert_eq!(
-            f.run(VIRTIO_BLK_T_FLUSH, 0, &[desc(u64::MAX, 16, 0), status()]),
-            1
-        );
-        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR, "header outside memory");
-    }
-
-    #[test]
-    fn counters_follow_served_requests() {
-        let mut f = Fixture::new(false);
-        f.run(
-            VIRTIO_BLK_T_IN,
-            2,
-            &[hdr(), desc(BUF, 1024, F_WRITE), status()],
-        );
-        f.run(VIRTIO_BLK_T_OUT, 5, &[hdr(), desc(BUF, 512, 0), status()]);
-        f.run(VIRTIO_BLK_T_FLUSH, 0, &[hdr(), status()]);
-        f.run(
-            VIRTIO_BLK_T_IN,
-            64,
-            &[hdr(), desc(BUF, 512, F_WRITE), status()],
-        );
-        f.run(VIRTIO_BLK_T_OUT, 0, &[hdr(), desc(BUF, 512, 0)]);
-        let m = f.disk.metrics.totals();
-        assert_eq!(
-            (m["read_count"].as_u64(), m["read_bytes"].as_u64()),
-            (Some(1), Some(1024))
-        );
-        assert_eq!(
-            (m["write_count"].as_u64(), m["write_bytes"].as_u64()),
-            (Some(1), Some(512))
-        );
-        assert_eq!(m["flush_count"], 1);
-        assert_eq!(m["failures"], 2, "out of range, and no status byte");
     }
 }
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+mod tests;

@@ -1,5 +1,6 @@
 //! virtio-blk device tests: config space, activation, rate limiting, file backends.
 
+use super::backend::MemBackend;
 use super::request::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
@@ -187,22 +188,33 @@ fn file_backend_reads_writes_and_flushes() {
     f.write_all(&[7u8; 4096]).expect("write");
     let mut rw = FileBackend::open(f.path(), false).expect("open");
     assert_eq!(rw.len(), 4096);
-    rw.write_at(512, &[1, 2, 3]).expect("pwrite");
+    assert!(rw.raw_fd().is_some(), "io_uring can serve it");
+    let mut data = [1u8, 2, 3];
+    // SAFETY: the vectors point into local buffers that outlive the calls.
+    let iov = |b: &mut [u8]| unsafe { GuestIoVec::new(b.as_mut_ptr(), b.len()) };
+    rw.write_vectored_at(512, &[iov(&mut data)])
+        .expect("pwritev");
     rw.flush().expect("fsync");
+    let (mut a, mut b) = ([0u8; 1], [0u8; 3]);
+    rw.read_vectored_at(511, &[iov(&mut a), iov(&mut b)])
+        .expect("preadv");
+    assert_eq!((a, b), ([7], [1, 2, 3]));
     let mut buf = [0u8; 4];
-    rw.read_at(511, &mut buf).expect("pread");
-    assert_eq!(buf, [7, 1, 2, 3]);
     assert!(
-        rw.read_at(4094, &mut buf).is_err(),
+        rw.read_vectored_at(4094, &[iov(&mut buf)]).is_err(),
         "a short read is an error"
     );
     let mut ro = FileBackend::open(f.path(), true).expect("open ro");
-    assert!(ro.write_at(0, &[0]).is_err(), "opened read-only");
+    assert!(
+        ro.write_vectored_at(0, &[iov(&mut buf)]).is_err(),
+        "opened read-only"
+    );
     let err = FileBackend::open(Path::new("/nonexistent/disk.img"), true).expect_err("missing");
     assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
     let blk = Block::open(f.path(), true, "a-very-long-drive-identifier-string").expect("block");
     assert_eq!(blk.capacity(), 8);
     assert_eq!(&blk.disk.id, b"a-very-long-drive-id");
+    assert_eq!(blk.engine_name(), "sync");
 }
 
 #[test]
