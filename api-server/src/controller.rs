@@ -5,7 +5,7 @@
 
 use crate::http::StatusCode;
 use crate::model::{
-    ActionType, BootSource, Drive, DriveUpdate, EntropyDevice, Logger, MachineConfig,
+    ActionType, BootSource, Drive, DriveUpdate, EntropyDevice, Fs, Logger, MachineConfig,
     MachineConfigUpdate, Metrics, NetworkInterface, NetworkInterfaceUpdate, SnapshotCreateParams,
     SnapshotLoadParams, VmState, Vsock,
 };
@@ -35,6 +35,8 @@ pub enum ApiRequest {
     PatchNetworkInterface(NetworkInterfaceUpdate),
     /// `PUT /vsock` (guest CID checked to be 3 or more).
     PutVsock(Vsock),
+    /// `PUT /fs/{fs_id}` (validated: tag length, one backend).
+    PutFs(Fs),
     /// `PUT /entropy`.
     PutEntropy(EntropyDevice),
     /// `PUT /logger`.

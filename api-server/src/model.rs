@@ -5,8 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+mod fs;
 mod snapshot;
 
+pub use fs::{Fs, MAX_FS_TAG};
 pub use snapshot::{
     DriveOverride, MemBackend, MemBackendType, NetworkOverride, SnapshotCreateParams,
     SnapshotLoadParams, SnapshotType, VsockOverride,
@@ -27,6 +29,9 @@ pub enum ModelError {
     /// A MAC address not written as six colon-separated hex pairs.
     #[error("invalid MAC address {0:?}: expected the form 06:00:ac:10:00:02")]
     InvalidMac(String),
+    /// A `PUT /fs` body that cannot describe a share.
+    #[error("invalid fs: {0}")]
+    InvalidFs(String),
     /// A vsock guest CID below 3 (0-2 are reserved).
     #[error("invalid guest_cid {0}: the guest CID must be at least 3")]
     InvalidGuestCid(u32),
@@ -479,6 +484,8 @@ pub struct FullVmConfig {
     pub network_interfaces: Vec<NetworkInterface>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<Vsock>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<Fs>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyDevice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

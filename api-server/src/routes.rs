@@ -133,6 +133,13 @@ pub fn route(request: &Request) -> Result<Route, RouteError> {
             ApiRequest::PutVsock(vsock)
         }
         (["vsock"], _) => return not_allowed("PUT"),
+        (["fs", id], Method::Put) => {
+            let fs: model::Fs = parse(body)?;
+            same_id(id, &fs.fs_id)?;
+            fs.validate()?;
+            ApiRequest::PutFs(fs)
+        }
+        (["fs", _], _) => return not_allowed("PUT"),
         (["entropy"], Method::Put) => ApiRequest::PutEntropy(parse(body)?),
         (["entropy"], _) => return not_allowed("PUT"),
         (["logger"], Method::Put) => ApiRequest::PutLogger(parse(body)?),
@@ -282,6 +289,14 @@ mod tests {
                 r#"{"guest_cid":3,"uds_path":"/v.sock"}"#
             ),
             ApiRequest::PutVsock(_)
+        ));
+        assert!(matches!(
+            api(
+                Method::Put,
+                "/fs/data",
+                r#"{"fs_id":"data","tag":"hostdata","shared_dir":"/srv"}"#
+            ),
+            ApiRequest::PutFs(_)
         ));
         assert_eq!(
             api(Method::Put, "/entropy", "{}"),

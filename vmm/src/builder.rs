@@ -32,6 +32,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod devices;
+mod fs;
 mod lock_down;
 mod start;
 
@@ -88,6 +89,14 @@ pub enum BuildError {
     /// The vsock device could not be set up.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// A virtio-fs share's backend could not be reached or set up.
+    #[error("virtio-fs share '{id}': {source}")]
+    Fs {
+        /// The share's id.
+        id: String,
+        /// Cause.
+        source: crate::devices::virtio::fs::FsError,
+    },
     /// Every device IRQ is taken.
     #[error("no IRQ left for another virtio device (IRQs {first} to {last} are taken)")]
     NoFreeIrq {
@@ -480,7 +489,7 @@ pub fn build_microvm_with_console(
     resources.validate()?;
     let mc = &resources.machine_config;
     let mut builder = MicrovmBuilder::with_memory_tracked(
-        create_guest_memory(mc.mem_size_mib << 20)?,
+        fs::guest_memory(resources)?,
         mc.mem_size_mib,
         mc.vcpu_count,
         mc.cpu_template,
@@ -518,6 +527,9 @@ pub(crate) fn attach_devices(
     }
     if let Some(vsock) = &resources.vsock {
         builder.attach_vsock(vsock)?;
+    }
+    for fs in &resources.fs {
+        builder.attach_fs(fs)?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ mod specs;
 mod stop_signals;
 mod template;
 mod terminal;
+mod virtiofs;
 mod vm_jail;
 
 use clap::{Parser, Subcommand};
@@ -58,7 +59,7 @@ enum Command {
     /// The VM ends when the guest powers off or reboots (exit code 0), or when it
     /// triple-faults or KVM fails (an error with the vCPU registers, exit code 1).
     /// Bad arguments, and a snapshot that is refused, exit with code 2.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Report this host's KVM: flavour, API version, capabilities, and whether a stock
     /// guest kernel is expected to reach userspace.
     Doctor,
@@ -166,7 +167,7 @@ fn main() -> ExitCode {
         return api::serve(args, process_start);
     };
     match command {
-        Command::Run(args) => run::run(args, process_start, &logging),
+        Command::Run(args) => run::run(*args, process_start, &logging),
         Command::Setup(args) => setup::run(&args),
         Command::Doctor => {
             print!("{}", vmm::host::HostReport::probe().render());

@@ -99,6 +99,8 @@ pub struct RunArgs {
     /// send `CONNECT <port>\n`; guest connections to host port P reach `PATH_P`.
     #[arg(long, value_name = "SPEC")]
     vsock: Option<String>,
+    #[command(flatten)]
+    fs: Box<crate::virtiofs::FsArgs>,
     /// Track the pages the guest writes (what a later diff snapshot needs; it costs a
     /// little on every first write to a page).
     #[arg(long)]
@@ -284,6 +286,7 @@ impl RunArgs {
                 .as_deref()
                 .map(crate::specs::parse_vsock)
                 .transpose()?,
+            fs: self.fs.configs().map_err(|e| e.to_string())?,
         };
         let mut resources = resources;
         let mut container = None;
@@ -426,7 +429,7 @@ fn run_with(
                 .map_err(|e| e.to_string())?;
             Ok((resources, container, log))
         });
-    let (resources, container, log) = match prepared {
+    let (mut resources, container, log) = match prepared {
         Ok(r) => r,
         Err(e) => {
             logging.release(None);
@@ -456,6 +459,10 @@ fn run_with(
             );
         }
     }
+    if !resources.fs.is_empty() && args.jail.wanted(args.flist.is_some()) {
+        eprintln!("zvm: --fs does not work in a jail yet: add --jail off");
+        return ExitCode::from(2);
+    }
     match enter_jail(&args, &resources, container.as_ref(), log.as_ref()) {
         Ok(crate::vm_jail::Entered::Supervisor(status)) => {
             // The jailed half could not remove what lives outside its jail.
@@ -473,6 +480,14 @@ fn run_with(
             return ExitCode::from(2);
         }
     }
+    // One virtiofsd per --fs share, stopped when this returns.
+    let _fs_daemons = match crate::virtiofs::Daemons::start(&mut resources, &args.fs) {
+        Ok(daemons) => daemons,
+        Err(e) => {
+            eprintln!("zvm: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = BuildOptions {
         process_start,
         irqchip: true,

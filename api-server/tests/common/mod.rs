@@ -146,6 +146,10 @@ impl VmmController for FakeVmm {
                 self.pre_boot()?;
                 self.config.vsock = Some::<Vsock>(v);
             }
+            ApiRequest::PutFs(fs) => {
+                self.pre_boot()?;
+                self.config.fs.push(fs);
+            }
             ApiRequest::PutEntropy(e) => {
                 self.pre_boot()?;
                 self.config.entropy = Some::<EntropyDevice>(e);

@@ -201,6 +201,7 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
             guest_cid: GUEST_CID,
             uds_path: files.vsock.to_path_buf(),
         }),
+        fs: Vec::new(),
     }
 }
 

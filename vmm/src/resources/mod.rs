@@ -4,8 +4,10 @@
 //! [`VmResources`]; [`VmResources::validate`] checks it once; [`crate::build_microvm`] takes it.
 
 mod devices;
+mod fs;
 
 pub use devices::{BlockIoEngine, DriveConfig, EntropyConfig, NetConfig, VsockConfig};
+pub use fs::{FsConfig, MAX_FS};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -111,6 +113,14 @@ pub enum ResourcesError {
         count: usize,
         /// Limit.
         max: usize,
+    },
+    /// A virtio-fs share that cannot be used.
+    #[error("virtio-fs share '{id}': {problem}")]
+    BadFs {
+        /// The share's id.
+        id: String,
+        /// What is wrong.
+        problem: String,
     },
     /// A vsock CID below 3 (0-2 are reserved).
     #[error("invalid vsock guest_cid {0}: it must be at least 3")]
@@ -267,6 +277,9 @@ pub struct VmResources {
     /// A virtio-vsock device.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Host directories shared over virtio-fs (attached after every other device).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<FsConfig>,
 }
 
 fn default_true() -> bool {
@@ -290,6 +303,7 @@ impl VmResources {
             entropy: None,
             net: Vec::new(),
             vsock: None,
+            fs: Vec::new(),
         }
     }
 
@@ -334,12 +348,14 @@ impl VmResources {
         self.validate_drives()?;
         self.validate_net()?;
         self.validate_vsock()?;
+        self.validate_fs()?;
         let len = self.boot_args().len();
         // Room is kept for the parameters zvm appends for its devices.
         let devices = self.drives.len()
             + usize::from(self.entropy.is_some())
             + self.net.len()
-            + usize::from(self.vsock.is_some());
+            + usize::from(self.vsock.is_some())
+            + self.fs.len();
         let max = crate::layout::CMDLINE_MAX_SIZE - 512 - devices * CMDLINE_BYTES_PER_DEVICE;
         if len > max {
             return Err(ResourcesError::CmdlineTooLong { len, max });

@@ -2,6 +2,7 @@
 //! requests a client would send, followed by `InstanceStart`; or, with zvm's
 //! `snapshot-load` section (the body of `PUT /snapshot/load`), by a snapshot load instead.
 
+use api_server::model::Fs;
 use api_server::model::{
     ActionType, BootSource, Drive, EntropyDevice, Logger, MachineConfig, Metrics, NetworkInterface,
     SnapshotLoadParams, Vsock,
@@ -28,6 +29,8 @@ struct ConfigFile {
     network_interfaces: Vec<NetworkInterface>,
     #[serde(default)]
     vsock: Option<Vsock>,
+    #[serde(default)]
+    fs: Vec<Fs>,
     #[serde(default)]
     logger: Option<Logger>,
     #[serde(default)]
@@ -65,6 +68,7 @@ pub fn requests_from_str(text: &str) -> Result<Vec<ApiRequest>, String> {
                 ("entropy", c.entropy.is_some()),
                 ("network-interfaces", !c.network_interfaces.is_empty()),
                 ("vsock", c.vsock.is_some()),
+                ("fs", !c.fs.is_empty()),
             ];
             if let Some((name, _)) = vm_sections.iter().find(|(_, present)| *present) {
                 return Err(format!(
@@ -92,6 +96,10 @@ pub fn requests_from_str(text: &str) -> Result<Vec<ApiRequest>, String> {
     );
     if let Some(v) = c.vsock {
         requests.push(ApiRequest::PutVsock(v));
+    }
+    for fs in c.fs {
+        fs.validate().map_err(|e| format!("fs: {e}"))?;
+        requests.push(ApiRequest::PutFs(fs));
     }
     requests.push(ApiRequest::Action(ActionType::InstanceStart));
     Ok(requests)

@@ -94,6 +94,8 @@ struct Running {
     /// The vsock socket the VM listens on (the restore's override, if any), removed when
     /// the VM ends.
     vsock_uds: Option<PathBuf>,
+    /// The virtiofsd of each share, stopped when the VM ends.
+    _fs_daemons: crate::virtiofs::Daemons,
     origin: Origin,
     _stop: StopHandle,
 }
@@ -211,6 +213,11 @@ impl Monitor {
                 self.config.vsock = Some(v);
                 Ok(ApiResponse::Empty)
             }
+            ApiRequest::PutFs(fs) => {
+                self.before_boot("PUT /fs")?;
+                self.config.put_fs(fs);
+                Ok(ApiResponse::Empty)
+            }
             ApiRequest::PutLogger(l) => {
                 self.logging
                     .configure(&l)
@@ -303,10 +310,16 @@ impl Monitor {
             process_start: self.process_start,
             irqchip: true,
         };
+        let fs_daemons =
+            crate::virtiofs::Daemons::start(&mut resources, &crate::virtiofs::FsArgs::from_env())
+                .map_err(|e| refuse(format!("cannot start the VM: {e}")))?;
         let vm = vmm::build_microvm(&resources, opts)
             .map_err(|e| refuse(format!("cannot start the VM: {e}")))?;
         let vsock_uds = resources.vsock.map(|v| v.uds_path);
         self.adopt(vm, Origin::Booted, vsock_uds)?;
+        if let Some(running) = &mut self.running {
+            running._fs_daemons = fs_daemons;
+        }
         Ok(ApiResponse::Empty)
     }
 
@@ -344,6 +357,7 @@ impl Monitor {
             shutdown,
             snapshot,
             vsock_uds,
+            _fs_daemons: Default::default(),
             origin,
             _stop: stop,
         });
@@ -383,6 +397,7 @@ fn configures_vm(request: &ApiRequest) -> bool {
             | ApiRequest::PutNetworkInterface(_)
             | ApiRequest::PatchNetworkInterface(_)
             | ApiRequest::PutVsock(_)
+            | ApiRequest::PutFs(_)
             | ApiRequest::PutEntropy(_)
     )
 }

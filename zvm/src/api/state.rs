@@ -25,6 +25,8 @@ pub struct PendingConfig {
     pub net: Vec<NetworkInterface>,
     /// `PUT /vsock`.
     pub vsock: Option<Vsock>,
+    /// `PUT /fs/{id}`, in the order first put.
+    pub fs: Vec<model::Fs>,
 }
 
 impl Default for PendingConfig {
@@ -44,6 +46,7 @@ impl Default for PendingConfig {
             entropy: false,
             net: Vec::new(),
             vsock: None,
+            fs: Vec::new(),
         }
     }
 }
@@ -128,6 +131,14 @@ impl PendingConfig {
         }
     }
 
+    /// `PUT /fs/{id}`: a new share, or one that replaces the share with that id.
+    pub fn put_fs(&mut self, fs: model::Fs) {
+        match self.fs.iter_mut().find(|x| x.fs_id == fs.fs_id) {
+            Some(existing) => *existing = fs,
+            None => self.fs.push(fs),
+        }
+    }
+
     /// `PATCH /network-interfaces/{id}` before boot: new rate limiters.
     pub fn patch_net(&mut self, u: NetworkInterfaceUpdate) -> Result<(), ControllerError> {
         let iface = self
@@ -152,6 +163,7 @@ impl PendingConfig {
             machine_config: Some(self.machine.clone()),
             network_interfaces: self.net.clone(),
             vsock: self.vsock.clone(),
+            fs: self.fs.clone(),
             ..Default::default()
         };
         let mut value = serde_json::to_value(full).unwrap_or(serde_json::Value::Null);
@@ -213,6 +225,7 @@ impl PendingConfig {
                 uds_path: path(&v.uds_path),
                 vsock_id: None,
             }),
+            fs: r.fs.iter().map(crate::virtiofs::to_api).collect(),
         }
     }
 
@@ -260,6 +273,7 @@ impl PendingConfig {
             guest_cid: v.guest_cid,
             uds_path: PathBuf::from(&v.uds_path),
         });
+        r.fs = self.fs.iter().map(crate::virtiofs::from_api).collect();
         r.validate().map_err(|e| refuse(e.to_string()))?;
         Ok(r)
     }

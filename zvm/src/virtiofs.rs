@@ -1,0 +1,408 @@
+//! Host directories in the guest over virtio-fs: `--fs` specs, and the virtiofsd daemons
+//! zvm starts for them (one per share, each listening in a private per-VM directory,
+//! stopped when the VM ends; their standard error goes to zvm's log).
+
+use clap::Args;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vmm::resources::{FsConfig, VmResources};
+
+/// How long a virtiofsd gets to listen on its socket.
+pub const START_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Errors finding or starting virtiofsd, or reading `--fs`.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtiofsError {
+    /// A `--fs` spec that does not parse.
+    #[error("invalid fs '{spec}': {problem}")]
+    BadSpec {
+        /// The spec.
+        spec: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// No virtiofsd binary.
+    #[error(
+        "virtiofsd not found (looked at {looked}); install it with `bash scripts/install-virtiofsd.sh` \
+         (or `cargo install virtiofsd`), or name it with --virtiofsd PATH or $ZVM_VIRTIOFSD"
+    )]
+    NotFound {
+        /// Where zvm looked.
+        looked: String,
+    },
+    /// The private socket directory, the process, or its socket.
+    #[error("virtiofsd for share '{id}': {problem}")]
+    Start {
+        /// The share.
+        id: String,
+        /// What went wrong.
+        problem: String,
+    },
+}
+
+/// The `--fs` flags of `zvm run`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FsArgs {
+    /// A host directory shared with the guest over virtio-fs:
+    /// `tag=NAME,path=DIR[,readonly=on][,id=NAME]`; repeatable. zvm starts a virtiofsd
+    /// for each; the guest mounts it with `mount -t virtiofs NAME /mnt`.
+    #[arg(long = "fs", value_name = "SPEC")]
+    pub specs: Vec<String>,
+    /// The virtiofsd binary (default: beside zvm, zvm's cache, /usr/libexec, $PATH).
+    #[arg(long, value_name = "PATH", env = "ZVM_VIRTIOFSD")]
+    pub virtiofsd: Option<PathBuf>,
+    /// virtiofsd's sandbox: namespace (needs root or user namespaces), chroot (root), or
+    /// none.
+    #[arg(long, value_name = "KIND", default_value = "namespace",
+          value_parser = ["namespace", "chroot", "none"])]
+    pub virtiofsd_sandbox: String,
+}
+
+impl FsArgs {
+    /// No `--fs` shares; virtiofsd from $ZVM_VIRTIOFSD or the default places, sandboxed
+    /// in namespaces (the API's and config files' VMs).
+    pub fn from_env() -> Self {
+        FsArgs {
+            specs: Vec::new(),
+            virtiofsd: std::env::var_os("ZVM_VIRTIOFSD").map(PathBuf::from),
+            virtiofsd_sandbox: "namespace".into(),
+        }
+    }
+
+    /// The shares the specs describe.
+    pub fn configs(&self) -> Result<Vec<FsConfig>, VirtiofsError> {
+        self.specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| parse_fs(spec, i))
+            .collect()
+    }
+}
+
+/// Parses `tag=NAME,path=DIR[,readonly=on|off][,id=NAME]` (also Firecracker-style
+/// `shared_dir=`, `read_only=`, `fs_id=`); the id defaults to `fs<index>`.
+pub fn parse_fs(spec: &str, index: usize) -> Result<FsConfig, VirtiofsError> {
+    let bad = |problem: String| VirtiofsError::BadSpec {
+        spec: spec.to_string(),
+        problem,
+    };
+    let mut fs = FsConfig {
+        fs_id: format!("fs{index}"),
+        tag: String::new(),
+        shared_dir: None,
+        read_only: false,
+        socket_path: None,
+    };
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| bad(format!("'{part}' is not key=value")))?;
+        match key {
+            "tag" => fs.tag = value.to_string(),
+            "path" | "shared_dir" => fs.shared_dir = Some(PathBuf::from(value)),
+            "id" | "fs_id" => fs.fs_id = value.to_string(),
+            "readonly" | "read_only" | "ro" => {
+                fs.read_only = match value {
+                    "on" | "true" | "yes" | "1" => true,
+                    "off" | "false" | "no" | "0" => false,
+                    _ => return Err(bad(format!("{key} must be on or off, not '{value}'"))),
+                }
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown key '{other}' (use tag, path, readonly, id)"
+                )))
+            }
+        }
+    }
+    if fs.tag.is_empty() {
+        return Err(bad("tag=NAME is required".into()));
+    }
+    if fs.shared_dir.is_none() {
+        return Err(bad("path=DIR is required".into()));
+    }
+    Ok(fs)
+}
+
+/// A `PUT /fs` body as the VM's share.
+pub fn from_api(fs: &api_server::model::Fs) -> FsConfig {
+    FsConfig {
+        fs_id: fs.fs_id.clone(),
+        tag: fs.tag.clone(),
+        shared_dir: fs.shared_dir.as_ref().map(PathBuf::from),
+        read_only: fs.read_only,
+        socket_path: fs.socket_path.as_ref().map(PathBuf::from),
+    }
+}
+
+/// A VM's share as the API shows it (`GET /vm/config`).
+pub fn to_api(fs: &FsConfig) -> api_server::model::Fs {
+    let path = |p: &PathBuf| p.display().to_string();
+    api_server::model::Fs {
+        fs_id: fs.fs_id.clone(),
+        tag: fs.tag.clone(),
+        shared_dir: fs.shared_dir.as_ref().map(path),
+        read_only: fs.read_only,
+        socket_path: fs
+            .socket_path
+            .as_ref()
+            .filter(|_| fs.shared_dir.is_none())
+            .map(path),
+    }
+}
+
+/// The virtiofsd to run: `explicit` (--virtiofsd or $ZVM_VIRTIOFSD), else the first of:
+/// beside zvm (an install), zvm's cache (scripts/install-virtiofsd.sh), Debian's
+/// /usr/libexec/virtiofsd, `virtiofsd` on $PATH.
+pub fn find_virtiofsd(explicit: Option<&Path>) -> Result<PathBuf, VirtiofsError> {
+    if let Some(path) = explicit {
+        return if path.is_file() {
+            Ok(path.to_path_buf())
+        } else {
+            Err(VirtiofsError::NotFound {
+                looked: path.display().to_string(),
+            })
+        };
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.canonicalize().ok())
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        candidates.push(dir.join("virtiofsd"));
+    }
+    let cache = std::env::var_os("ZVM_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("zvm")))
+        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/zvm")));
+    if let Some(cache) = cache {
+        candidates.push(cache.join("virtiofsd/bin/virtiofsd"));
+    }
+    candidates.push(PathBuf::from("/usr/libexec/virtiofsd"));
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("virtiofsd")));
+    }
+    candidates
+        .iter()
+        .find(|c| c.is_file())
+        .cloned()
+        .ok_or_else(|| VirtiofsError::NotFound {
+            looked: candidates
+                .iter()
+                .take(3)
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+                + " and $PATH",
+        })
+}
+
+/// The virtiofsd processes of one VM; dropping this stops them and removes their
+/// sockets' directory.
+#[derive(Debug, Default)]
+pub struct Daemons {
+    children: Vec<(String, Child)>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Daemons {
+    /// Starts a virtiofsd for every share of `resources` that has a `shared_dir` and no
+    /// backend yet, and points the share at its socket once it listens.
+    pub fn start(resources: &mut VmResources, args: &FsArgs) -> Result<Self, VirtiofsError> {
+        let mut daemons = Daemons::default();
+        let wanted: Vec<usize> = (0..resources.fs.len())
+            .filter(|&i| resources.fs[i].socket_path.is_none())
+            .collect();
+        if wanted.is_empty() {
+            return Ok(daemons);
+        }
+        let binary = find_virtiofsd(args.virtiofsd.as_deref())?;
+        let dir = crate::private_tmp::dir("zvm-fs-").map_err(|e| VirtiofsError::Start {
+            id: resources.fs[wanted[0]].fs_id.clone(),
+            problem: format!("cannot make its private socket directory: {e}"),
+        })?;
+        let dir_path = dir.path().to_path_buf();
+        daemons.dir = Some(dir);
+        for i in wanted {
+            let fs = &mut resources.fs[i];
+            let socket = dir_path.join(format!("{}.sock", fs.fs_id));
+            let child = spawn(&binary, fs, &socket, &args.virtiofsd_sandbox)?;
+            daemons.children.push((fs.fs_id.clone(), child));
+            let Some((_, child)) = daemons.children.last_mut() else {
+                continue;
+            };
+            wait_for_socket(child, &socket, START_DEADLINE).map_err(|problem| {
+                VirtiofsError::Start {
+                    id: fs.fs_id.clone(),
+                    problem,
+                }
+            })?;
+            fs.socket_path = Some(socket);
+        }
+        Ok(daemons)
+    }
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for (id, child) in &mut self.children {
+            if let Ok(None) = child.try_wait() {
+                // SAFETY: signalling our own child, which has not been reaped.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if matches!(child.try_wait(), Ok(None)) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            tracing::debug!("virtiofsd for share {id} stopped");
+        }
+    }
+}
+
+fn spawn(
+    binary: &Path,
+    fs: &FsConfig,
+    socket: &Path,
+    sandbox: &str,
+) -> Result<Child, VirtiofsError> {
+    let start_err = |problem: String| VirtiofsError::Start {
+        id: fs.fs_id.clone(),
+        problem,
+    };
+    let dir = fs
+        .shared_dir
+        .as_ref()
+        .ok_or_else(|| start_err("it has no shared_dir".into()))?;
+    let mut cmd = Command::new(binary);
+    cmd.arg("--shared-dir")
+        .arg(dir)
+        .arg("--socket-path")
+        .arg(socket)
+        .arg("--sandbox")
+        .arg(sandbox)
+        .args(["--cache", "auto", "--log-level", "warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if fs.read_only {
+        cmd.arg("--readonly");
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| start_err(format!("cannot run {}: {e}", binary.display())))?;
+    if let Some(stderr) = child.stderr.take() {
+        let id = fs.fs_id.clone();
+        let relay = move || {
+            for line in BufReader::new(stderr).lines() {
+                match line {
+                    Ok(line) => tracing::warn!("virtiofsd ({id}): {line}"),
+                    Err(_) => break,
+                }
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("zvm_virtiofsd_log".into())
+            .spawn(relay)
+        {
+            tracing::warn!("cannot relay virtiofsd's messages: {e}");
+        }
+    }
+    tracing::debug!(
+        "virtiofsd for share {} ({}): pid {}, socket {}",
+        fs.fs_id,
+        dir.display(),
+        child.id(),
+        socket.display()
+    );
+    Ok(child)
+}
+
+/// Waits until `socket` accepts connections' file exists, `child` having not died.
+fn wait_for_socket(child: &mut Child, socket: &Path, deadline: Duration) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let start = Instant::now();
+    loop {
+        if std::fs::metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "it exited ({status}) before it listened; its messages are in zvm's log"
+            ));
+        }
+        if start.elapsed() > deadline {
+            return Err(format!(
+                "it did not listen on {} within {} s",
+                socket.display(),
+                deadline.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_specs_parse() {
+        let fs = parse_fs("tag=data,path=/srv/data,readonly=on,id=d1", 0).expect("valid");
+        assert_eq!(
+            (fs.fs_id.as_str(), fs.tag.as_str(), fs.read_only),
+            ("d1", "data", true)
+        );
+        assert_eq!(fs.shared_dir.as_deref(), Some(Path::new("/srv/data")));
+        let fs = parse_fs("tag=t,shared_dir=/x", 3).expect("firecracker-style names");
+        assert_eq!(fs.fs_id, "fs3");
+        assert!(!fs.read_only);
+        for bad in [
+            "path=/x",
+            "tag=t",
+            "tag=t,path=/x,readonly=maybe",
+            "tag=t,path=/x,size=1",
+            "tag",
+        ] {
+            assert!(parse_fs(bad, 0).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_missing_virtiofsd_is_a_clear_error() {
+        let err = find_virtiofsd(Some(Path::new("/nonexistent/virtiofsd")))
+            .expect_err("missing")
+            .to_string();
+        assert!(err.contains("install-virtiofsd.sh"), "{err}");
+        assert!(err.contains("ZVM_VIRTIOFSD"), "{err}");
+    }
+
+    #[test]
+    fn a_daemon_that_exits_at_once_is_reported() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut resources = VmResources::new("/k");
+        resources.fs.push(FsConfig {
+            fs_id: "a".into(),
+            tag: "t".into(),
+            shared_dir: Some(dir.path().to_path_buf()),
+            read_only: false,
+            socket_path: None,
+        });
+        let args = FsArgs {
+            specs: Vec::new(),
+            virtiofsd: Some(PathBuf::from("/bin/false")),
+            virtiofsd_sandbox: "none".into(),
+        };
+        let err = Daemons::start(&mut resources, &args)
+            .expect_err("false never listens")
+            .to_string();
+        assert!(err.contains("exited"), "{err}");
+        assert!(resources.fs[0].socket_path.is_none());
+    }
+}
