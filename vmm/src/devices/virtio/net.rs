@@ -400,6 +400,8 @@ impl VirtioDevice for Net {
 }
 
 #[cfg(test)]
+mod restore_tests;
+#[cfg(test)]
 mod rx_tests;
 #[cfg(test)]
 mod tests;
