@@ -290,7 +290,9 @@ fn spawn(
         .args(["--cache", "auto", "--log-level", "warn"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // Its log level is --log-level, not whatever zvm was run with.
+        .env_remove("RUST_LOG");
     if fs.read_only {
         cmd.arg("--readonly");
     }

@@ -271,6 +271,17 @@ fn queue_notifications_go_to_the_backend_not_the_vmm_loop() {
 }
 
 #[test]
+fn a_snapshot_is_refused_with_the_reason() {
+    let (mut fs, _log, _mem, _irq) = running_device(GOOD);
+    let err = fs.quiesce().expect_err("not yet");
+    assert!(
+        err.contains("'shared'") && err.contains("snapshot"),
+        "{err}"
+    );
+    assert!(fs.is_running(), "the device goes on");
+}
+
+#[test]
 fn a_reset_stops_the_rings() {
     let (mut fs, log, _mem, _irq) = running_device(GOOD);
     let before = requests(&log).len();
