@@ -110,7 +110,8 @@ echo vsock-echo-server-done
 fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
     // Through the `zvm` command, as a user runs it: console on stdout, zvm's report on
     // stderr, exit code 0 when the guest ends the VM. One boot checks SMP, a busybox
-    // shell, a read-write and a read-only virtio disk, the virtio entropy device, a
+    // shell, a read-write virtio disk served off the VMM thread (io=async: io_uring here)
+    // and a read-only one served on it, the virtio entropy device, a
     // virtio-net interface on a tap in a network namespace the test owns, and vsock in
     // both directions; the guest finds its CPUs and every device through ACPI alone (no
     // `virtio_mmio.device=` parameters) and ends with an ACPI power-off.
@@ -123,7 +124,7 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
     let initrd = busybox_initramfs(DEVICE_SCRIPT);
     let kernel = guest_kernel();
     let cmdline = format!("{DEFAULT_BOOT_ARGS} zvm.mode=script zvm.end=poweroff");
-    let rw_disk = format!("path={},id=rootless", rw.display());
+    let rw_disk = format!("path={},id=rootless,io=async", rw.display());
     let ro_disk = format!("path={},readonly=on", ro.display());
 
     // The network: a tap in a namespace of our own, a TCP echo peer on its host side.

@@ -2,7 +2,9 @@
 //! an activated block device over an in-memory disk and parsed and served as requests
 //! (header, data in either direction, status byte; flush and GET_ID).
 //!
-//! Input: a flags byte (bit 0 read-only, bit 1 a failing disk), the disk size in sectors
+//! Input: a flags byte (bit 0 read-only, bit 1 a failing disk, bit 2 the Async engine: a
+//! worker thread serves the disk and the requests in flight are drained at the end, as
+//! before a snapshot), the disk size in sectors
 //! (1 byte), the queue ([`virtq::write_queue`]), then the data area.
 #![no_main]
 
@@ -13,7 +15,7 @@ mod virtq;
 
 use backends::MemDisk;
 use virtq::Input;
-use vmm::devices::virtio::block::{Block, QUEUE_SIZE};
+use vmm::devices::virtio::block::{Block, BlockIoEngine, QUEUE_SIZE};
 use vmm::devices::virtio::{Interrupt, VirtioDevice};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -25,6 +27,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let queue = virtq::write_queue(&mem, 0, QUEUE_SIZE, &mut input);
     virtq::fill_data(&mem, input.rest());
     let mut blk = Block::new(Box::new(disk), flags & 1 != 0, "fuzz");
+    if flags & 4 != 0 {
+        blk = blk
+            .with_engine(BlockIoEngine::Async, false)
+            .expect("worker thread");
+    }
     let irq = Interrupt::new().expect("interrupt");
     blk.activate(mem.clone(), vec![queue], irq)
         .expect("activate");
@@ -32,4 +39,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     // pointed its buffers there.
     virtq::process(&mut blk, 0);
     virtq::process(&mut blk, 0);
+    blk.quiesce().expect("every request answered");
 });

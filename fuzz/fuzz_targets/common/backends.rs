@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use vmm::devices::virtio::block::BlockBackend;
+use vmm::devices::virtio::block::{BlockBackend, GuestIoVec};
 use vmm::devices::virtio::net::{NetBackend, MAX_BUFFER_LEN};
 
 /// A disk in memory that may fail every access.
@@ -34,15 +34,29 @@ impl MemDisk {
 }
 
 impl BlockBackend for MemDisk {
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let range = self.range(offset, buf.len())?;
-        buf.copy_from_slice(&self.data[range]);
+    fn read_vectored_at(&mut self, offset: u64, bufs: &[GuestIoVec]) -> io::Result<()> {
+        let mut at = offset;
+        for b in bufs {
+            let range = self.range(at, b.len())?;
+            // SAFETY: the device built the vector over mapped guest memory.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.data[range].as_ptr(), b.as_ptr(), b.len())
+            };
+            at += b.len() as u64;
+        }
         Ok(())
     }
 
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        let range = self.range(offset, buf.len())?;
-        self.data[range].copy_from_slice(buf);
+    fn write_vectored_at(&mut self, offset: u64, bufs: &[GuestIoVec]) -> io::Result<()> {
+        let mut at = offset;
+        for b in bufs {
+            let range = self.range(at, b.len())?;
+            // SAFETY: the device built the vector over mapped guest memory.
+            unsafe {
+                std::ptr::copy_nonoverlapping(b.as_ptr(), self.data[range].as_mut_ptr(), b.len())
+            };
+            at += b.len() as u64;
+        }
         Ok(())
     }
 

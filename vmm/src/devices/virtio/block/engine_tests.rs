@@ -428,3 +428,32 @@ fn a_rate_limited_async_disk_polls_its_timer_and_completions_together() {
         file_bytes(img.path(), 1024..1536)
     );
 }
+
+#[test]
+fn a_full_in_flight_table_leaves_requests_queued_until_a_completion() {
+    let (backend, gate) = MemBackend::with_len(SECTORS as usize * 512).gated();
+    let mut blk = Block::new(Box::new(backend), false, "d")
+        .with_engine(BlockIoEngine::Async, false)
+        .expect("async");
+    blk.in_flight = InFlightTable::new(1);
+    let mem = memory();
+    let mock = MockSplitQueue::new(&mem, MOCK_QUEUE_SIZE);
+    post(
+        &mem,
+        &mock,
+        &[
+            (VIRTIO_BLK_T_IN, 1, 512),
+            (VIRTIO_BLK_T_IN, 2, 512),
+            (VIRTIO_BLK_T_IN, 3, 512),
+        ],
+    );
+    activate(&mut blk, &mem, &mock);
+    blk.process_queue(0);
+    assert_eq!((blk.in_flight(), used_idx(&mem)), (1, 0), "one at a time");
+    for _ in 0..3 {
+        gate.send(()).expect("release");
+    }
+    run_until(&mut blk, &mem, 3);
+    let heads: Vec<u32> = (0..3).map(|n| used(&mem, n).0).collect();
+    assert_eq!(heads, [0, 3, 6], "taken in order as slots freed");
+}
