@@ -1,6 +1,6 @@
 //! Block throughput: the guest writes and reads its virtio-blk disk (a raw sparse image)
-//! with O_DIRECT, measured inside the guest, under zvm and QEMU `-M microvm`; plus the
-//! VMM process's host CPU time per MiB moved.
+//! with O_DIRECT, measured inside the guest, under zvm (its Sync and its Async I/O engine)
+//! and QEMU `-M microvm`; plus the VMM process's host CPU time per MiB moved.
 
 use crate::devices::{self, field, parse_fields, DeviceConfig, Devices, PhaseRun};
 use crate::error::Result;
@@ -44,11 +44,51 @@ pub fn script(size_mib: u64) -> String {
     )
 }
 
+/// What one run measures: zvm with one of its I/O engines, or QEMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// zvm, `io_engine` Sync (requests served on the VMM thread).
+    ZvmSync,
+    /// zvm, `io_engine` Async (io_uring, or a worker thread).
+    ZvmAsync,
+    /// QEMU microvm.
+    Qemu,
+}
+
+impl Variant {
+    /// Name in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::ZvmSync => "zvm",
+            Variant::ZvmAsync => "zvm-async",
+            Variant::Qemu => "qemu",
+        }
+    }
+
+    fn vmm(self) -> Vmm {
+        match self {
+            Variant::Qemu => Vmm::Qemu,
+            _ => Vmm::Zvm,
+        }
+    }
+}
+
+/// The variants of run `run` (0-based), the VMMs alternating as [`order`] has them.
+fn variants(run: usize) -> Vec<Variant> {
+    order(run)
+        .into_iter()
+        .flat_map(|vmm| match vmm {
+            Vmm::Zvm => vec![Variant::ZvmSync, Variant::ZvmAsync],
+            Vmm::Qemu => vec![Variant::Qemu],
+        })
+        .collect()
+}
+
 /// One run.
 #[derive(Debug, Clone)]
 pub struct BlockRun {
-    /// Which VMM.
-    pub vmm: Vmm,
+    /// What ran.
+    pub variant: Variant,
     /// 1-based run.
     pub run: usize,
     /// The guest's figures.
@@ -79,12 +119,12 @@ pub struct BlockMedians {
 }
 
 impl BlockMedians {
-    fn of(runs: &[BlockRun], vmm: Vmm) -> Self {
+    fn of(runs: &[BlockRun], variant: Variant) -> Self {
         let pick = |f: &dyn Fn(&BlockRun) -> Option<f64>| {
             median(
                 &runs
                     .iter()
-                    .filter(|r| r.vmm == vmm)
+                    .filter(|r| r.variant == variant)
                     .filter_map(f)
                     .collect::<Vec<_>>(),
             )
@@ -111,8 +151,10 @@ impl BlockMedians {
 pub struct BlockReport {
     /// Every run.
     pub runs: Vec<BlockRun>,
-    /// zvm medians.
+    /// zvm medians (Sync engine).
     pub zvm: BlockMedians,
+    /// zvm medians (Async engine).
+    pub zvm_async: BlockMedians,
     /// QEMU medians.
     pub qemu: BlockMedians,
     /// Runs without a result.
@@ -125,61 +167,47 @@ impl BlockReport {
         let runs: Vec<_> = self
             .runs
             .iter()
-            .map(|r| serde_json::json!({"vmm": r.vmm.name(), "run": r.run,
+            .map(|r| serde_json::json!({"vmm": r.variant.name(), "run": r.run,
                 "seq_write_mib_s": r.result.map(|b| b.seq_write_mib_s), "seq_read_mib_s": r.result.map(|b| b.seq_read_mib_s),
                 "rand_read_iops": r.result.map(|b| b.rand_read_iops), "host_cpu_ms_per_mib": r.cpu_ms_per_mib,
                 "exits_per_mib": r.exits_per_mib, "irqs_per_mib": r.irqs_per_mib}))
             .collect();
-        let (z, q) = (self.zvm, self.qemu);
-        serde_json::json!({"runs": runs, "median": {"zvm": z.to_json(), "qemu": q.to_json()},
-            "ratio_zvm_qemu": {"seq_write": ratio(z.seq_write, q.seq_write), "seq_read": ratio(z.seq_read, q.seq_read),
+        let (z, a, q) = (self.zvm, self.zvm_async, self.qemu);
+        let ratios = |z: BlockMedians| {
+            serde_json::json!({"seq_write": ratio(z.seq_write, q.seq_write), "seq_read": ratio(z.seq_read, q.seq_read),
                 "rand_read_iops": ratio(z.rand_iops, q.rand_iops), "host_cpu_per_mib": ratio(z.cpu_ms_per_mib, q.cpu_ms_per_mib),
-                "exits_per_mib": ratio(z.exits_per_mib, q.exits_per_mib), "irqs_per_mib": ratio(z.irqs_per_mib, q.irqs_per_mib)},
+                "exits_per_mib": ratio(z.exits_per_mib, q.exits_per_mib), "irqs_per_mib": ratio(z.irqs_per_mib, q.irqs_per_mib)})
+        };
+        serde_json::json!({"runs": runs,
+            "median": {"zvm": z.to_json(), "zvm_async": a.to_json(), "qemu": q.to_json()},
+            "ratio_zvm_qemu": ratios(z), "ratio_zvm_async_qemu": ratios(a),
             "failures": self.failures})
     }
 }
 
 fn print_summary(r: &BlockReport) {
-    let (z, q) = (r.zvm, r.qemu);
+    let (z, a, q) = (r.zvm, r.zvm_async, r.qemu);
     println!();
     println!(
-        "{:<30}  {:>10}  {:>10}  {:>9}  goal",
-        "median", "zvm", "qemu", "zvm/qemu"
+        "{:<26}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  goal",
+        "median", "zvm sync", "zvm async", "qemu", "sync/qemu", "async/qemu"
     );
-    let row = |name: &str, a: Option<f64>, b: Option<f64>, goal: &str| {
+    let row = |name: &str, f: &dyn Fn(BlockMedians) -> Option<f64>, goal: &str| {
         println!(
-            "{name:<30}  {:>10}  {:>10}  {:>9}  {goal}",
-            fmt_opt(a, 1),
-            fmt_opt(b, 1),
-            fmt_opt(ratio(a, b), 3)
+            "{name:<26}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {goal}",
+            fmt_opt(f(z), 1),
+            fmt_opt(f(a), 1),
+            fmt_opt(f(q), 1),
+            fmt_opt(ratio(f(z), f(q)), 3),
+            fmt_opt(ratio(f(a), f(q)), 3)
         );
     };
-    row("seq write, MiB/s", z.seq_write, q.seq_write, ">= 1.0");
-    row("seq read, MiB/s", z.seq_read, q.seq_read, ">= 1.0");
-    row(
-        "4 KiB random read, IOPS",
-        z.rand_iops,
-        q.rand_iops,
-        ">= 1.0",
-    );
-    row(
-        "host CPU, ms per MiB",
-        z.cpu_ms_per_mib,
-        q.cpu_ms_per_mib,
-        "<= 1.0",
-    );
-    row(
-        "KVM exits per MiB",
-        z.exits_per_mib,
-        q.exits_per_mib,
-        "<= 0.5",
-    );
-    row(
-        "KVM interrupts per MiB",
-        z.irqs_per_mib,
-        q.irqs_per_mib,
-        "<= 0.5",
-    );
+    row("seq write, MiB/s", &|m| m.seq_write, ">= 1.0");
+    row("seq read, MiB/s", &|m| m.seq_read, ">= 1.0");
+    row("4 KiB random read, IOPS", &|m| m.rand_iops, ">= 1.0");
+    row("host CPU, ms per MiB", &|m| m.cpu_ms_per_mib, "<= 1.0");
+    row("KVM exits per MiB", &|m| m.exits_per_mib, "<= 0.5");
+    row("KVM interrupts per MiB", &|m| m.irqs_per_mib, "<= 0.5");
 }
 
 /// Runs the block benchmark with `size_mib` MiB of sequential I/O.
@@ -197,30 +225,33 @@ pub fn run(
         cfg.runs
     );
     println!(
-        "   image {} ({} MiB sparse, raw); zvm --disk path=..; qemu virtio-blk-device cache=none aio=threads",
+        "   image {} ({} MiB sparse, raw); zvm --disk path=.. (and ..,io=async); qemu virtio-blk-device cache=none aio=threads",
         image.display(),
         size_mib * 2
     );
     println!(
-        "{:>4}  {:<5}  {:>10}  {:>10}  {:>9}  {:>11}  {:>10}  {:>9}  end",
+        "{:>4}  {:<9}  {:>10}  {:>10}  {:>9}  {:>11}  {:>10}  {:>9}  end",
         "run", "vmm", "write MB/s", "read MB/s", "rand IOPS", "CPU ms/MiB", "exits/MiB", "irqs/MiB"
     );
     let mut runs = Vec::new();
     let mut failures = 0;
     for i in 0..cfg.runs {
-        for vmm in order(i) {
+        for variant in variants(i) {
+            let vmm = variant.vmm();
             devices::sparse_image(&image, size_mib * 2)?;
             let dev = Devices {
-                disk: Some(&image),
+                disk: (variant != Variant::ZvmAsync).then_some(image.as_path()),
                 net: false,
             };
             let probe = devices::kvm_probe(vmm, dir, i);
-            let phase = PhaseRun::run(
-                &mut devices::command(launcher, vmm, &guest, dev, &ns, &probe),
-                &MARKERS,
-                cfg.timeout,
-                &probe,
-            )?;
+            let mut command = devices::command(launcher, vmm, &guest, dev, &ns, &probe);
+            if variant == Variant::ZvmAsync {
+                command.args([
+                    "--disk".to_string(),
+                    format!("path={},io=async", image.display()),
+                ]);
+            }
+            let phase = PhaseRun::run(&mut command, &MARKERS, cfg.timeout, &probe)?;
             let result = phase.line("BLK ").and_then(parse_blk);
             let moved =
                 result.map(|b| 2.0 * size_mib as f64 + b.rand_reads * 4096.0 / f64::from(1 << 20));
@@ -235,13 +266,13 @@ pub fn run(
                 failures += 1;
                 eprintln!(
                     "warning: {} run {} gave no BLK line; {}",
-                    vmm.name(),
+                    variant.name(),
                     i + 1,
                     phase.out.tail(20)
                 );
             }
             let r = BlockRun {
-                vmm,
+                variant,
                 run: i + 1,
                 result,
                 cpu_ms_per_mib,
@@ -249,9 +280,9 @@ pub fn run(
                 irqs_per_mib,
             };
             println!(
-                "{:>4}  {:<5}  {:>10}  {:>10}  {:>9}  {:>11}  {:>10}  {:>9}  {:?}",
+                "{:>4}  {:<9}  {:>10}  {:>10}  {:>9}  {:>11}  {:>10}  {:>9}  {:?}",
                 r.run,
-                vmm.name(),
+                variant.name(),
                 fmt_opt(result.map(|b| b.seq_write_mib_s), 1),
                 fmt_opt(result.map(|b| b.seq_read_mib_s), 1),
                 fmt_opt(result.map(|b| b.rand_read_iops), 0),
@@ -265,8 +296,9 @@ pub fn run(
     }
     drop(ns);
     let report = BlockReport {
-        zvm: BlockMedians::of(&runs, Vmm::Zvm),
-        qemu: BlockMedians::of(&runs, Vmm::Qemu),
+        zvm: BlockMedians::of(&runs, Variant::ZvmSync),
+        zvm_async: BlockMedians::of(&runs, Variant::ZvmAsync),
+        qemu: BlockMedians::of(&runs, Variant::Qemu),
         runs,
         failures,
     };
@@ -293,6 +325,19 @@ mod tests {
         );
         assert!(parse_blk("BLK seq_write_mib_s=1").is_none());
         assert!(parse_blk("NET mib_s=1").is_none());
+    }
+
+    #[test]
+    fn each_run_measures_both_zvm_engines_and_qemu() {
+        assert_eq!(
+            variants(0),
+            [Variant::ZvmSync, Variant::ZvmAsync, Variant::Qemu]
+        );
+        assert_eq!(
+            variants(1),
+            [Variant::Qemu, Variant::ZvmSync, Variant::ZvmAsync]
+        );
+        assert_eq!(Variant::ZvmAsync.name(), "zvm-async");
     }
 
     #[test]
