@@ -377,6 +377,20 @@ mod tests {
     }
 
     #[test]
+    fn api_bodies_become_shares_and_back() {
+        let body: api_server::model::Fs = serde_json::from_str(
+            r#"{"fs_id":"data","tag":"hostdata","shared_dir":"/srv","read_only":true}"#,
+        )
+        .expect("body");
+        let mut fs = from_api(&body);
+        assert_eq!(fs.shared_dir.as_deref(), Some(Path::new("/srv")));
+        assert!(fs.read_only && fs.socket_path.is_none());
+        // The socket zvm's own daemon listens on is not part of what the client asked.
+        fs.socket_path = Some("/tmp/zvm-fs-x/data.sock".into());
+        assert_eq!(to_api(&fs), body);
+    }
+
+    #[test]
     fn a_missing_virtiofsd_is_a_clear_error() {
         let err = find_virtiofsd(Some(Path::new("/nonexistent/virtiofsd")))
             .expect_err("missing")

@@ -22,7 +22,9 @@ mod setup;
 mod tests;
 
 use super::{Interrupt, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1};
-use crate::devices::virtio::notify::RING_FEATURES;
+use crate::devices::virtio::notify::{
+    RING_FEATURES, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
 use crate::memory::GuestMemoryMmap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -31,7 +33,7 @@ use std::time::Duration;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -314,8 +316,16 @@ impl Fs {
             }
         }
         if let Some(act) = self.pending.take() {
+            // The transport keeps the ring features from the device; the queues say
+            // whether the driver took event indices.
+            let event_idx = act.queues.first().is_some_and(|q| q.event_idx_enabled());
             let features = self.acked_features
-                | (self.backend_features & RING_FEATURES)
+                | (self.backend_features & VIRTIO_RING_F_INDIRECT_DESC)
+                | if event_idx {
+                    VIRTIO_RING_F_EVENT_IDX
+                } else {
+                    0
+                }
                 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
             match setup::start_rings(
                 &self.frontend,

@@ -154,6 +154,7 @@ fn driver_queues(mem: &GuestMemoryMmap) -> Vec<Queue> {
             q.set_avail_ring_address(Some((base + 0x1000) as u32), Some(0));
             q.set_used_ring_address(Some((base + 0x2000) as u32), Some(0));
             q.set_ready(true);
+            q.set_event_idx(true);
             assert!(q.is_valid(mem));
             q
         })
