@@ -154,10 +154,23 @@ impl Fs {
         request_queues: usize,
         socket: &Path,
     ) -> Result<Self, FsError> {
-        let sock = UnixStream::connect(socket).map_err(|source| FsError::Connect {
-            path: socket.display().to_string(),
-            source,
-        })?;
+        // A backend that just created its socket may not listen yet: a few tries.
+        let mut tries = 50;
+        let sock = loop {
+            match UnixStream::connect(socket) {
+                Ok(sock) => break sock,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries > 0 => {
+                    tries -= 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(source) => {
+                    return Err(FsError::Connect {
+                        path: socket.display().to_string(),
+                        source,
+                    })
+                }
+            }
+        };
         Self::from_stream(id, tag, request_queues, sock)
     }
 

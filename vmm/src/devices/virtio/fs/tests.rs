@@ -466,3 +466,14 @@ fn activation_and_reset_fit_the_threads_seccomp_filters() {
     );
     assert!(requests(&log).contains(&GET_VRING_BASE));
 }
+
+#[test]
+fn a_missing_backend_socket_is_a_clear_error() {
+    let path = std::path::Path::new("/nonexistent/zvm-fs.sock");
+    let err = Fs::connect("shared", "t", 1, path).expect_err("no socket");
+    assert!(matches!(err, FsError::Connect { .. }), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/zvm-fs.sock"),
+        "{err}"
+    );
+}
