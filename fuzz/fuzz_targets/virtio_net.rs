@@ -1,11 +1,13 @@
-//! virtio-net chains from a guest: TX chains gathered into frames, and RX chains that
-//! frames from the host are scattered into, both popped from fuzzed guest memory by an
-//! activated net device over a backend that hands it frames and takes what it sends.
+//! virtio-net chains from a guest: TX chains written as frames, and RX chains that frames
+//! from the host are read into (one chain each, or several with mergeable buffers), both
+//! popped from fuzzed guest memory by an activated net device over a backend that hands
+//! it frames and takes what it sends.
 //!
-//! Input: a flags byte (bit 0 a MAC address), the number of host frames waiting (1 byte,
-//! at most 7) and each one's length (u32, cut to the device's buffer), the RX queue and
-//! the TX queue ([`virtq::write_queue`]), the order of the notifications (1 byte: 4 times
-//! 2 bits, RX or TX or neither), then the data area.
+//! Input: a flags byte (bit 0 a MAC address, bit 1 mergeable RX buffers accepted), the
+//! number of host frames waiting (1 byte, at most 7) and each one's length (u32, cut to
+//! the device's buffer), the RX queue and the TX queue ([`virtq::write_queue`]), the
+//! order of the notifications (1 byte: 4 times 2 bits, RX or TX or neither), then the
+//! data area.
 #![no_main]
 
 #[path = "common/backends.rs"]
@@ -15,7 +17,7 @@ mod virtq;
 
 use backends::Frames;
 use virtq::Input;
-use vmm::devices::virtio::net::{Net, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use vmm::devices::virtio::net::{Net, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_MRG_RXBUF};
 use vmm::devices::virtio::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -30,7 +32,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     virtq::fill_data(&mem, input.rest());
     let mac = (flags & 1 != 0).then_some([2, 0, 0, 0, 0, 1]);
     let mut net = Net::new("fuzz0", Box::new(frames), mac, None, None).expect("net device");
-    net.ack_features(VIRTIO_F_VERSION_1);
+    let mrg = if flags & 2 != 0 {
+        VIRTIO_NET_F_MRG_RXBUF
+    } else {
+        0
+    };
+    net.ack_features(VIRTIO_F_VERSION_1 | mrg);
     let irq = Interrupt::new().expect("interrupt");
     net.activate(mem.clone(), vec![rxq, txq], irq)
         .expect("activate");
