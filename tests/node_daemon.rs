@@ -313,6 +313,21 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     }
     let pid = v["pid"].as_u64().expect("pid");
     assert!(proc_alive(pid));
+    // Its VMM runs jailed (issue #16), checked from the host: zvm's limits for 256 MiB.
+    let limits = jail::CgroupLimits {
+        memory_bytes: 512 << 20,
+        pids: 256,
+        cpus: 2.0,
+    };
+    match jail::inspect::wait_for_jailed(&zvm_binary(), Duration::from_secs(10))
+        .and_then(|jailed| jail::inspect::check_jailed(jailed, &limits))
+    {
+        Ok(jailed) => eprintln!(
+            "jailed deployment VMM: pid {} (supervisor {pid}), uid {}, root holds {:?}",
+            jailed.pid, jailed.uid, jailed.root_entries
+        ),
+        Err(e) => panic!("the deployment's VMM is not jailed as it should be: {e}"),
+    }
     let (code, body) = request(&sock, "DELETE", "/deployments/hello", None);
     assert_eq!(code, 200, "{body}");
     assert!(!proc_alive(pid), "VM process {pid} still runs after DELETE");

@@ -8,7 +8,9 @@
 //!   status; both were restored (the sandbox says so), none booted a kernel.
 //! - A container that counts in memory and in a file is checkpointed (and so destroyed),
 //!   then restored from the checkpoint: the count goes on from where it was, in memory and
-//!   in the file; a damaged checkpoint is refused with a clear error.
+//!   in the file; a damaged checkpoint is refused with a clear error. Its sandbox runs
+//!   jailed (the default), checked from the host while the guest counts, so the
+//!   checkpoint is written from inside the jail and moved into place by `zvm-runc`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -283,6 +285,23 @@ fn b_a_checkpointed_container_counts_on_after_its_restore() {
     while count("before") < 3 {
         assert!(Instant::now() < deadline, "no ticks: {}", read(&out1));
         std::thread::sleep(Duration::from_millis(300));
+    }
+    // The sandbox runs jailed (issue #16): checked from the host while the guest counts.
+    // zvm-runc's limits for the default VM (256 MiB, 1 vCPU): RAM + 256 MiB, 256 tasks.
+    let limits = jail::CgroupLimits {
+        memory_bytes: 512 << 20,
+        pids: 256,
+        cpus: 2.0,
+    };
+    let runc = zvm_binary().with_file_name("zvm-runc");
+    match jail::inspect::wait_for_jailed(&runc, Duration::from_secs(10))
+        .and_then(|pid| jail::inspect::check_jailed(pid, &limits))
+    {
+        Ok(jailed) => eprintln!(
+            "jailed sandbox: pid {}, uid {}, root holds {:?}",
+            jailed.pid, jailed.uid, jailed.root_entries
+        ),
+        Err(e) => panic!("the sandbox is not jailed as it should be: {e}"),
     }
     // pause/resume freeze the count.
     let ok = |args: &[&str]| {

@@ -217,6 +217,8 @@ fn container_vm_runs_a_busybox_container_from_create_to_exit() {
         },
         launcher,
         restore_from: None,
+        // Jailed, as zvm-runc runs sandboxes by default.
+        jail: oci_runtime::sandbox::jail_wanted(),
     };
     let dir = container_dir.clone();
     let diagnostics = move || {
@@ -441,6 +443,7 @@ fn create_without_a_usable_kernel_names_the_variable_to_set() {
         },
         launcher: vec!["/bin/false".into()],
         restore_from: None,
+        jail: false,
     };
     let err = sandbox::create(&cfg).expect_err("no kernel").to_string();
     assert!(

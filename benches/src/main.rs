@@ -18,6 +18,7 @@ mod deploy;
 mod deploy_node;
 mod devices;
 mod error;
+mod jail_cost;
 mod kvm_stats;
 mod measure;
 mod net;

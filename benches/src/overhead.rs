@@ -148,6 +148,8 @@ pub struct OverheadReport {
     pub qemu_ms: Option<f64>,
     /// Runs that did not print `!`.
     pub failures: usize,
+    /// The jail's cost on the same start, zvm jailed against zvm unjailed.
+    pub jail: crate::jail_cost::JailCost,
 }
 
 impl OverheadReport {
@@ -163,6 +165,7 @@ impl OverheadReport {
             "median_ms": {"zvm": self.zvm_ms, "qemu": self.qemu_ms},
             "ratio_zvm_qemu": ratio(self.zvm_ms, self.qemu_ms),
             "failures": self.failures,
+            "jail": self.jail.to_json(),
         })
     }
 }
@@ -230,11 +233,12 @@ pub fn run(launcher: &Launcher, cfg: &OverheadConfig, dir: &Path) -> Result<Over
             });
         }
     }
-    let report = OverheadReport {
+    let mut report = OverheadReport {
         zvm_ms: medians(&runs, Vmm::Zvm),
         qemu_ms: medians(&runs, Vmm::Qemu),
         runs,
         failures,
+        jail: Default::default(),
     };
     println!();
     println!(
@@ -248,6 +252,7 @@ pub fn run(launcher: &Launcher, cfg: &OverheadConfig, dir: &Path) -> Result<Over
         fmt_opt(report.qemu_ms, 2),
         fmt_opt(ratio(report.zvm_ms, report.qemu_ms), 3)
     );
+    report.jail = crate::jail_cost::run(launcher, &guest, cfg.runs, cfg.timeout)?;
     Ok(report)
 }
 

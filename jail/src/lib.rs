@@ -53,6 +53,13 @@ pub struct JailConfig {
     pub open_files: u64,
     /// RLIMIT_FSIZE: the largest file the VMM may write (a snapshot's memory, a disk).
     pub file_size: u64,
+    /// A host directory as the jail's root (made the jail's uid's), instead of a fresh
+    /// tmpfs: for VMMs that open paths only later (API mode), as Firecracker's jailer's
+    /// chroot directory.
+    pub root_dir: Option<PathBuf>,
+    /// Device nodes of KVM and TUN made in the jail's `/dev`, the jail's uid's, for VMMs
+    /// that open them only later.
+    pub kvm_devices: bool,
 }
 
 impl JailConfig {
@@ -94,7 +101,7 @@ pub enum Side {
     /// give it (128 + the signal when killed).
     Supervisor(i32),
     /// The jailed half: build the VM, then [`Jailed::lock_down`].
-    Jailed(Jailed),
+    Jailed(Box<Jailed>),
 }
 
 /// Errors making a jail.

@@ -15,6 +15,9 @@ pub struct Jailed {
     /// The mount point of the jail's root (its tmpfs exists only in the jail's mount
     /// namespace; on the host it stays an empty directory).
     pub(crate) root: PathBuf,
+    /// Where the supervisor says the jailed half is in its cgroup (one byte; end of file
+    /// when it could not put it there).
+    pub(crate) go: Option<OwnedFd>,
     /// Read end of a pipe whose write end only the supervisor holds: it reads end of file
     /// once the supervisor is gone.
     pub(crate) supervisor: OwnedFd,
@@ -39,9 +42,17 @@ impl Jailed {
     /// Finishes the jail. Must run while the process has one thread (credentials are per
     /// thread): checked. After it the process sees only its exposed paths, is no longer
     /// root, has no capability and cannot gain any.
-    pub fn lock_down(&self) -> Result<(), JailError> {
+    pub fn lock_down(&mut self) -> Result<(), JailError> {
         let started = std::time::Instant::now();
         single_threaded()?;
+        if let Some(go) = self.go.take() {
+            let mut byte = [0u8; 1];
+            if std::io::Read::read_exact(&mut std::fs::File::from(go), &mut byte).is_err() {
+                return Err(JailError::Unavailable(
+                    "the supervisor could not put the jailed half in its cgroup".into(),
+                ));
+            }
+        }
         let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
         if self.config.new_network {
             flags |= libc::CLONE_NEWNET;
@@ -59,25 +70,37 @@ impl Jailed {
             libc::MS_REC | libc::MS_PRIVATE,
             None,
         )?;
-        mount(
-            Some(Path::new("tmpfs")),
-            &self.root,
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            Some("size=1m,mode=0755"),
-        )?;
-        let devices = [
-            Exposed::writable("/dev/null"),
-            Exposed::read_only("/dev/urandom"),
-        ];
-        for exposed in self.config.exposed.iter().chain(&devices) {
+        let plain = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        match &self.config.root_dir {
+            Some(dir) => {
+                mount(Some(dir), &self.root, None, libc::MS_BIND, None)?;
+                mount(
+                    None,
+                    &self.root,
+                    None,
+                    libc::MS_BIND | libc::MS_REMOUNT | plain,
+                    None,
+                )?;
+                chown(&self.root, self.id)?;
+            }
+            None => mount(
+                Some(Path::new("tmpfs")),
+                &self.root,
+                Some("tmpfs"),
+                plain,
+                Some("size=1m,mode=0755"),
+            )?,
+        }
+        self.make_dev()?;
+        for exposed in &self.config.exposed {
             self.bind(exposed)?;
         }
         for path in &self.config.owned {
             chown(path, self.id)?;
         }
+        mount_own_processes(&self.root)?;
         point_directories_at_null()?;
-        enter_root(&self.root)?;
+        enter_root(&self.root, self.config.root_dir.is_none())?;
         // SAFETY: sethostname with a buffer and its length.
         let name = self.config.name.as_bytes();
         if unsafe { libc::sethostname(name.as_ptr().cast(), name.len().min(64)) } != 0 {
@@ -103,6 +126,48 @@ impl Jailed {
             "jail {} locked down",
             self.config.name
         );
+        Ok(())
+    }
+
+    /// The jail's `/dev`: a tmpfs of its own with `/dev/null` and `/dev/urandom` bound in
+    /// and, when asked, KVM's and TUN's nodes made for the jail's uid alone.
+    fn make_dev(&self) -> Result<(), JailError> {
+        let dev = self.root.join("dev");
+        std::fs::create_dir_all(&dev).map_err(JailError::io(format!("make {}", dev.display())))?;
+        mount(
+            Some(Path::new("tmpfs")),
+            &dev,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("size=64k,mode=0755"),
+        )?;
+        for exposed in [
+            Exposed::writable("/dev/null"),
+            Exposed::read_only("/dev/urandom"),
+        ] {
+            self.bind(&exposed)?;
+        }
+        if self.config.kvm_devices {
+            let net = dev.join("net");
+            std::fs::create_dir_all(&net)
+                .map_err(JailError::io(format!("make {}", net.display())))?;
+            for (path, major, minor) in [(dev.join("kvm"), 10, 232), (net.join("tun"), 10, 200)] {
+                let c = CString::new(path.as_os_str().as_bytes())
+                    .map_err(|_| JailError::Unavailable(format!("NUL in {}", path.display())))?;
+                // SAFETY: mknod(2) of a character device at a NUL-terminated path.
+                let made = unsafe {
+                    libc::mknod(
+                        c.as_ptr(),
+                        libc::S_IFCHR | 0o600,
+                        libc::makedev(major, minor),
+                    )
+                };
+                if made != 0 {
+                    return Err(JailError::last_os(format!("make {}", path.display())));
+                }
+                chown(&path, self.id)?;
+            }
+        }
         Ok(())
     }
 
@@ -171,6 +236,30 @@ impl Jailed {
     }
 }
 
+/// `/proc` with the jail's own processes alone (its PID namespace; `subset=pid`: no
+/// `/proc/sys`, no host-wide files), for `/proc/self/fd` (sockets at long paths are
+/// reached through their directory's descriptor). A kernel without `subset=pid` (before
+/// 5.8) gets no `/proc` in the jail.
+fn mount_own_processes(root: &Path) -> Result<(), JailError> {
+    let proc = root.join("proc");
+    std::fs::create_dir_all(&proc).map_err(JailError::io(format!("make {}", proc.display())))?;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    match mount(
+        Some(Path::new("proc")),
+        &proc,
+        Some("proc"),
+        flags,
+        Some("subset=pid,hidepid=invisible"),
+    ) {
+        Err(JailError::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!("this kernel mounts no pid-only /proc: the jail has none");
+            let _ = std::fs::remove_dir(&proc);
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// Credentials are per thread: a second thread would keep root.
 fn single_threaded() -> Result<(), JailError> {
     let threads = std::fs::read_dir("/proc/self/task")
@@ -214,8 +303,8 @@ fn point_directories_at_null() -> Result<(), JailError> {
     Ok(())
 }
 
-/// Makes `root` the process's `/`, the old root detached.
-fn enter_root(root: &Path) -> Result<(), JailError> {
+/// Makes `root` the process's `/`, the old root detached; read-only when `read_only`.
+fn enter_root(root: &Path, read_only: bool) -> Result<(), JailError> {
     std::env::set_current_dir(root).map_err(JailError::io(format!("enter {}", root.display())))?;
     let dot = c".";
     // SAFETY: pivot_root(".", ".") stacks the old root under the new one, at ".".
@@ -230,6 +319,9 @@ fn enter_root(root: &Path) -> Result<(), JailError> {
         return Err(JailError::last_os("detach the host's root"));
     }
     std::env::set_current_dir("/").map_err(JailError::io("enter the jail's root"))?;
+    if !read_only {
+        return Ok(());
+    }
     mount(
         None,
         Path::new("/"),

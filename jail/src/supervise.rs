@@ -1,7 +1,7 @@
 //! Splitting a process into a supervisor and its jailed half.
 
 use crate::{check_host, Cgroup, Hierarchy, IdLease, JailConfig, JailError, Jailed, Side};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -9,14 +9,22 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// The jailed half's pid, for the supervisor's signal handler.
 static JAILED_PID: AtomicI32 = AtomicI32::new(0);
 
-/// The signals the supervisor passes on (stop, power off, metrics).
-const FORWARDED: [libc::c_int; 6] = [
+/// The signals the supervisor passes on: stop and power off, metrics, and what a
+/// container's process gets from a terminal or job control.
+const FORWARDED: [libc::c_int; 13] = [
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGHUP,
     libc::SIGQUIT,
     libc::SIGUSR1,
     libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGCONT,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGPWR,
+    libc::SIGWINCH,
 ];
 
 extern "C" fn forward(sig: libc::c_int) {
@@ -76,24 +84,22 @@ pub fn enter(config: &JailConfig) -> Result<Side, JailError> {
                 0,
             )
         };
-        let mut go = [0u8; 1];
-        if std::fs::File::from(go_read).read_exact(&mut go).is_err() {
-            // The supervisor failed to set the jail up, or is gone.
-            // SAFETY: leaving without running the supervisor's destructors.
-            unsafe { libc::_exit(125) };
-        }
-        return Ok(Side::Jailed(Jailed {
+        // Moving a process between v1 cgroups takes milliseconds (an RCU grace period per
+        // controller): the jailed half builds its VM meanwhile and waits for the
+        // supervisor's go at lock-down, before the guest runs.
+        return Ok(Side::Jailed(Box::new(Jailed {
             config: config.clone(),
             id,
             root,
+            go: Some(go_read),
             supervisor: alive_read,
-        }));
+        })));
     }
     drop((go_read, alive_read));
-    let started = cgroup.add(pid).and_then(|()| {
-        std::fs::File::from(go_write)
-            .write_all(&[1])
-            .map_err(JailError::io("start the jailed half"))
+    // A jailed half that ended already (its VM failed to build) has closed the pipe: its
+    // status says why.
+    let started = cgroup.add(pid).map(|()| {
+        let _ = std::fs::File::from(go_write).write_all(&[1]);
     });
     JAILED_PID.store(pid, Ordering::Relaxed);
     if started.is_ok() {

@@ -25,6 +25,8 @@ fn config(state: &Path, exposed: &Path) -> JailConfig {
         },
         open_files: 64,
         file_size: 1 << 20,
+        root_dir: None,
+        kvm_devices: false,
     }
 }
 
@@ -49,14 +51,15 @@ fn in_jail(config: JailConfig, checks: fn(&Path) -> i32) -> i32 {
     if pid == 0 {
         let code = match jail::enter(&config) {
             Ok(Side::Supervisor(status)) => status,
-            Ok(Side::Jailed(jailed)) => {
-                let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-                if !own.contains(&format!("zvm-{}", jailed.id())) {
-                    // SAFETY: leaving the child.
-                    unsafe { libc::_exit(90) };
-                }
+            Ok(Side::Jailed(mut jailed)) => {
                 let code = match jailed.lock_down() {
-                    Ok(()) => checks(&exposed),
+                    // In its cgroup by then (its own /proc tells).
+                    Ok(()) => match std::fs::read_to_string("/proc/self/cgroup") {
+                        Ok(own) if own.contains(&format!("zvm-{}", jailed.id())) => {
+                            checks(&exposed)
+                        }
+                        _ => 90,
+                    },
                     Err(e) => {
                         eprintln!("lock-down: {e}");
                         91
@@ -123,7 +126,8 @@ fn confined(exposed: &Path) -> i32 {
     // The host's files and devices are not there.
     for path in [
         "/etc/passwd",
-        "/proc/self/status",
+        "/proc/sys",
+        "/proc/cpuinfo",
         "/dev/kvm",
         "/root",
         "/usr",
@@ -131,6 +135,10 @@ fn confined(exposed: &Path) -> i32 {
         if Path::new(path).exists() {
             return 20;
         }
+    }
+    // Its own processes alone in /proc: itself (PID 1) and its descriptors.
+    if !Path::new("/proc/1/fd").exists() || Path::new("/proc/2").exists() {
+        return 27;
     }
     // The root is read-only; the exposed directory is writable.
     if std::fs::write("/new-file", b"x").is_ok() {

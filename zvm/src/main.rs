@@ -47,6 +47,31 @@ struct Cli {
     /// In API/config-file mode: seccomp filters on zvm's threads (on, or off to debug).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     seccomp_level: String,
+    /// In API/config-file mode: run jailed with DIR as the VMM's root, as Firecracker's
+    /// jailer does: --api-sock, --config-file and every path in requests are inside DIR;
+    /// taps must belong to the jail's uid (README: "Jail and threat model"). Needs root.
+    #[arg(long, value_name = "DIR")]
+    jail_root: Option<std::path::PathBuf>,
+    /// With --jail-root: the uids (and gids) jails take theirs from, one per VM.
+    #[arg(
+        long,
+        value_name = "FIRST:COUNT",
+        env = "ZVM_JAIL_IDS",
+        default_value = "900000:65536",
+        requires = "jail_root"
+    )]
+    jail_ids: jail::IdRange,
+    /// With --jail-root: the most guest memory (MiB) and vCPUs the jail's cgroup allows for.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 2048,
+        requires = "jail_root"
+    )]
+    jail_memory_mib: u64,
+    /// With --jail-root: the vCPUs the jail's cgroup gives CPU time for (plus one).
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "jail_root")]
+    jail_cpus: u8,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -156,6 +181,18 @@ fn main() -> ExitCode {
                 "zvm: give a command (see zvm --help), or --api-sock PATH / --config-file FILE"
             );
             return ExitCode::from(2);
+        }
+        if let Some(dir) = &cli.jail_root {
+            match vm_jail::enter_api(dir, cli.jail_ids, cli.jail_memory_mib, cli.jail_cpus) {
+                Ok(vm_jail::Entered::Supervisor(status)) => {
+                    return ExitCode::from(u8::try_from(status).unwrap_or(255))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("zvm: {e}");
+                    return ExitCode::from(2);
+                }
+            }
         }
         let args = api::VmmModeArgs {
             api_sock: cli.api_sock,

@@ -65,6 +65,11 @@ impl RestoreArgs {
         self.restore.is_some()
     }
 
+    /// `--mem`: the snapshot's memory file.
+    pub fn mem_file(&self) -> Option<&std::path::Path> {
+        self.mem.as_deref()
+    }
+
     /// The restore's parameters, with both files found readable.
     fn params(&self, opts: &RestoreOptions<'_>) -> Result<RestoreParams, String> {
         let (Some(state), Some(mem)) = (&self.restore, &self.mem) else {

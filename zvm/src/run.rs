@@ -371,11 +371,16 @@ pub fn run(args: RunArgs, process_start: Instant, logging: &Logging) -> ExitCode
 
 fn run_redirected(args: RunArgs, process_start: Instant, logging: &Logging) -> ExitCode {
     if args.restore.requested() {
-        if args.jail.wanted(false) {
-            eprintln!(
-                "zvm: --jail on does not restore snapshots yet; --jail off restores unjailed"
-            );
-            return ExitCode::from(2);
+        let mem = args.restore.mem_file().unwrap_or(std::path::Path::new(""));
+        match crate::vm_jail::enter_restore(&args.jail, mem) {
+            Ok(crate::vm_jail::Entered::Supervisor(status)) => {
+                return ExitCode::from(u8::try_from(status).unwrap_or(255))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("zvm: {e}");
+                return ExitCode::from(2);
+            }
         }
         let opts = crate::restore::RestoreOptions {
             console: args.console.as_deref().unwrap_or("stdio"),

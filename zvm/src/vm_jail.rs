@@ -16,6 +16,9 @@ const VMM_MEMORY_BYTES: u64 = 256 << 20;
 const PIDS: u64 = 256;
 /// Open descriptors of a jailed VMM (vsock connections are the most).
 const OPEN_FILES: u64 = 4096;
+/// The largest file an API-mode VMM may write (its disks and snapshots are not known when
+/// it is jailed).
+const API_FILE_SIZE: u64 = 1 << 40;
 /// Room above the largest file the VMM writes, for its RLIMIT_FSIZE.
 const FILE_SIZE_ROOM: u64 = 64 << 20;
 
@@ -81,15 +84,90 @@ pub fn enter(
         return Ok(Entered::Unjailed);
     }
     let config = config(args, resources, files)?;
-    match jail::enter(&config).map_err(|e| format!("{e} (--jail off runs without one)"))? {
+    // The vsock socket is made while the VM is built: handed over at lock-down.
+    split(
+        &config,
+        resources.vsock.as_ref().map(|v| v.uds_path.clone()),
+    )
+}
+
+/// The jail of `zvm run --restore --jail on`: the snapshot's devices are attached (its
+/// disks, taps and vsock socket opened) before vmm locks the jailed half down, which then
+/// needs no host path; the memory file's size sets the memory limit.
+pub fn enter_restore(args: &JailArgs, mem_file: &Path) -> Result<Entered, String> {
+    if !args.wanted(false) {
+        return Ok(Entered::Unjailed);
+    }
+    let memory = std::fs::metadata(mem_file)
+        .map(|m| m.len())
+        .map_err(|e| format!("{}: {e}", mem_file.display()))?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let config = JailConfig {
+        name: "zvm".into(),
+        state_dir: args.jail_dir.clone(),
+        ids: args.jail_ids,
+        exposed: Vec::new(),
+        owned: Vec::new(),
+        new_network: true,
+        cgroup: CgroupLimits {
+            memory_bytes: memory + VMM_MEMORY_BYTES,
+            pids: PIDS,
+            cpus,
+        },
+        open_files: OPEN_FILES,
+        file_size: API_FILE_SIZE,
+        root_dir: None,
+        kvm_devices: false,
+    };
+    split(&config, None)
+}
+
+/// Splits the process; the jailed half is locked down by vmm before its VM runs (owning
+/// `socket` then, when given).
+fn split(config: &JailConfig, socket: Option<PathBuf>) -> Result<Entered, String> {
+    match jail::enter(config).map_err(|e| format!("{e} (--jail off runs without one)"))? {
         Side::Supervisor(status) => Ok(Entered::Supervisor(status)),
         Side::Jailed(mut jailed) => {
             crate::output_file::forget_copier();
-            // The vsock socket is made while the VM is built: handed over at lock-down.
-            if let Some(vsock) = &resources.vsock {
-                jailed.own(vsock.uds_path.clone());
+            if let Some(socket) = socket {
+                jailed.own(socket);
             }
             vmm::builder::set_lock_down(move || jailed.lock_down().map_err(|e| e.to_string()));
+            Ok(Entered::Jailed)
+        }
+    }
+}
+
+/// The jail of an API-mode VMM (`zvm --api-sock ... --jail-root DIR`), made and locked
+/// down at once, before the API is served: as with Firecracker's jailer, `dir` becomes the
+/// VMM's root (its uid's), the API socket, the config file and every path the API names
+/// are inside it, `/dev` holds KVM's and TUN's nodes for the jail's uid, and the VMM stays
+/// in the host's network namespace (taps must be owned by the jail's uid:
+/// `ip tuntap add NAME mode tap user UID`; `--jail-ids UID:1` fixes the uid).
+pub fn enter_api(dir: &Path, ids: IdRange, memory_mib: u64, cpus: u8) -> Result<Entered, String> {
+    let config = JailConfig {
+        name: "zvm-api".into(),
+        state_dir: std::env::var_os("ZVM_JAIL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| JailConfig::STATE_DIR.into()),
+        ids,
+        exposed: Vec::new(),
+        owned: Vec::new(),
+        new_network: false,
+        cgroup: CgroupLimits {
+            memory_bytes: (memory_mib << 20) + VMM_MEMORY_BYTES,
+            pids: PIDS,
+            cpus: f64::from(cpus) + 1.0,
+        },
+        open_files: OPEN_FILES,
+        file_size: API_FILE_SIZE,
+        root_dir: Some(absolute(dir)?),
+        kvm_devices: true,
+    };
+    match jail::enter(&config).map_err(|e| e.to_string())? {
+        Side::Supervisor(status) => Ok(Entered::Supervisor(status)),
+        Side::Jailed(mut jailed) => {
+            jailed.lock_down().map_err(|e| e.to_string())?;
             Ok(Entered::Jailed)
         }
     }
@@ -154,6 +232,8 @@ fn config(
         },
         open_files: OPEN_FILES,
         file_size: largest + FILE_SIZE_ROOM,
+        root_dir: None,
+        kvm_devices: false,
     })
 }
 

@@ -55,11 +55,8 @@ fn a_jailed_vmm_is_confined_while_its_guest_runs_and_cleaned_up_after() {
         pids: 256,
         cpus: 2.0,
     };
-    let jailed = jail::inspect::wait_for_jailed(
-        Path::new(env!("CARGO_BIN_EXE_zvm")),
-        Duration::from_secs(10),
-    )
-    .and_then(|pid| jail::inspect::check_jailed(pid, &limits));
+    let jailed = jail::inspect::wait_for_jailed_child(zvm.id(), Duration::from_secs(10))
+        .and_then(|pid| jail::inspect::check_jailed(pid, &limits));
     let jailed = match jailed {
         Ok(j) => j,
         Err(e) => {
@@ -72,8 +69,10 @@ fn a_jailed_vmm_is_confined_while_its_guest_runs_and_cleaned_up_after() {
         "uid {}",
         jailed.uid
     );
-    // Its root: /dev (null, urandom) and the paths of its kernel and metrics file.
+    // Its root: /dev (null, urandom; no KVM: its VM's descriptors are open), its own
+    // /proc, and the paths of its kernel and metrics file.
     assert!(jailed.root_entries.contains(&"dev".to_string()));
+    assert!(!Path::new(&format!("/proc/{}/root/dev/kvm", jailed.pid)).exists());
     let status = std::fs::read_to_string(format!("/proc/{}/status", jailed.pid)).expect("status");
     assert!(
         status.contains("\nNSpid:\t") && status.contains("\t1\n"),
@@ -114,7 +113,112 @@ fn a_jailed_vmm_is_confined_while_its_guest_runs_and_cleaned_up_after() {
 }
 
 #[test]
-fn a_jail_asked_for_a_restore_is_a_clear_error_not_an_unjailed_vm() {
+fn an_api_mode_vmm_jailed_in_its_directory_sees_only_paths_inside_it() {
+    if let Some(why) = no_jail() {
+        println!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).expect("root");
+    std::fs::write(root.join("tiny.elf"), tiny_elf(&guest_code())).expect("kernel");
+    let outside = dir.path().join("outside.elf");
+    std::fs::write(&outside, tiny_elf(&guest_code())).expect("kernel");
+    // Paths are the jail's: the socket is DIR/api.sock on the host.
+    let mut zvm = Command::new(env!("CARGO_BIN_EXE_zvm"))
+        .args(["--api-sock", "/api.sock", "--jail-root"])
+        .arg(&root)
+        .args(["--jail-memory-mib", "64", "--jail-cpus", "1"])
+        .env("ZVM_JAIL_DIR", dir.path().join("jails"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zvm --api-sock");
+    let console = shared_reader(zvm.stdout.take().expect("stdout"));
+    let stderr = shared_reader(zvm.stderr.take().expect("stderr"));
+    let sock = root.join("api.sock");
+    wait_for("the API socket in the jail's directory", || sock.exists());
+    let call = |method: &str, uri: &str, body: &str| -> (u16, String) {
+        let response = api_server::client::request(
+            &sock,
+            method,
+            uri,
+            Some(body.as_bytes()),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{method} {uri}: {e}"));
+        (
+            response.status,
+            String::from_utf8_lossy(&response.body).into_owned(),
+        )
+    };
+    // A host path outside the jail does not exist for the VMM.
+    let host_kernel = format!(r#"{{"kernel_image_path":"{}"}}"#, outside.display());
+    let (code, body) = call("PUT", "/boot-source", &host_kernel);
+    let started = if code < 300 {
+        call("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)
+    } else {
+        (code, body)
+    };
+    assert!(
+        started.0 >= 400,
+        "a kernel outside the jail was used: {started:?}"
+    );
+    for (uri, body) in [
+        ("/boot-source", r#"{"kernel_image_path":"/tiny.elf"}"#),
+        ("/machine-config", r#"{"vcpu_count":1,"mem_size_mib":32}"#),
+        ("/actions", r#"{"action_type":"InstanceStart"}"#),
+    ] {
+        let (code, answer) = call("PUT", uri, body);
+        let errors = String::from_utf8_lossy(&stderr.lock().expect("stderr")).into_owned();
+        assert!(code < 300, "PUT {uri}: {code} {answer}\n{errors}");
+    }
+    wait_for("the guest's first dot", || {
+        console.lock().expect("console").contains(&b'.')
+    });
+    let limits = jail::CgroupLimits {
+        memory_bytes: (64 + 256) << 20,
+        pids: 256,
+        cpus: 2.0,
+    };
+    let jailed = jail::inspect::wait_for_jailed_child(zvm.id(), Duration::from_secs(10))
+        .and_then(|pid| jail::inspect::check_jailed(pid, &limits));
+    // A snapshot, written from inside the jail to paths inside it.
+    let snapshot = [
+        ("PATCH", "/vm", r#"{"state":"Paused"}"#),
+        (
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_type":"Full","snapshot_path":"/snap.state","mem_file_path":"/snap.mem"}"#,
+        ),
+    ];
+    let snapshotted: Vec<(u16, String)> = snapshot
+        .iter()
+        .map(|(method, uri, body)| call(method, uri, body))
+        .collect();
+    let _ = zvm.kill();
+    let _ = zvm.wait();
+    let jailed = jailed.unwrap_or_else(|e| panic!("the API-mode VMM is not jailed: {e}"));
+    assert!(
+        snapshotted.iter().all(|(code, _)| *code < 300),
+        "{snapshotted:?}"
+    );
+    for entry in ["api.sock", "tiny.elf", "dev", "proc"] {
+        assert!(
+            jailed.root_entries.iter().any(|e| e == entry),
+            "{entry} is not in the jail's root: {:?}",
+            jailed.root_entries
+        );
+    }
+    assert!(!jailed.root_entries.iter().any(|e| e == "outside.elf"));
+    // It opens taps only after the start: it stays in the host's network namespace.
+    assert!(!jailed.own_network);
+    assert!(root.join("snap.state").is_file() && root.join("snap.mem").is_file());
+}
+
+#[test]
+fn a_jailed_restore_of_missing_files_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_zvm"))
         .args([
             "run",
@@ -129,7 +233,7 @@ fn a_jail_asked_for_a_restore_is_a_clear_error_not_an_unjailed_vm() {
         .expect("zvm run");
     let errors = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{errors}");
-    assert!(errors.contains("--jail on"), "{errors}");
+    assert!(errors.contains("/nonexistent"), "{errors}");
 }
 
 /// What an attempt made inside the jail came to.
@@ -282,6 +386,8 @@ fn escape_attempts_from_a_jailed_vmm_are_refused() {
         },
         open_files: 256,
         file_size: 1 << 20,
+        root_dir: None,
+        kvm_devices: false,
     };
     let host_pid = std::process::id() as i32;
     // SAFETY: fork in a test; the child makes the jail and leaves with _exit.
@@ -289,7 +395,7 @@ fn escape_attempts_from_a_jailed_vmm_are_refused() {
     if child == 0 {
         let code = match jail::enter(&config) {
             Ok(jail::Side::Supervisor(status)) => status,
-            Ok(jail::Side::Jailed(jailed)) => {
+            Ok(jail::Side::Jailed(mut jailed)) => {
                 // What a VMM holds when it locks down: KVM and its VM.
                 let kvm = std::fs::OpenOptions::new()
                     .read(true)
@@ -334,4 +440,110 @@ fn escape_attempts_from_a_jailed_vmm_are_refused() {
             "an escape worked: {line}\n{text}"
         );
     }
+}
+
+/// Sends one API request to `sock`: the status and the body.
+fn api_call(sock: &Path, method: &str, uri: &str, body: &str) -> (u16, String) {
+    let response = api_server::client::request(
+        sock,
+        method,
+        uri,
+        Some(body.as_bytes()),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{method} {uri}: {e}"));
+    (
+        response.status,
+        String::from_utf8_lossy(&response.body).into_owned(),
+    )
+}
+
+#[test]
+fn a_jailed_restore_runs_the_snapshot_on() {
+    if let Some(why) = no_jail() {
+        println!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let root = dir.path();
+    let kernel = root.join("tiny.elf");
+    std::fs::write(&kernel, tiny_elf(&guest_code())).expect("kernel");
+    // The snapshot, from an unjailed API-mode VM.
+    let sock = root.join("api.sock");
+    let mut vm = Command::new(env!("CARGO_BIN_EXE_zvm"))
+        .arg("--api-sock")
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn zvm --api-sock");
+    let console = shared_reader(vm.stdout.take().expect("stdout"));
+    wait_for("the API socket", || sock.exists());
+    let boot = format!(r#"{{"kernel_image_path":"{}"}}"#, kernel.display());
+    let snapshot = format!(
+        r#"{{"snapshot_type":"Full","snapshot_path":"{}","mem_file_path":"{}"}}"#,
+        root.join("snap.state").display(),
+        root.join("snap.mem").display()
+    );
+    for (method, uri, body) in [
+        ("PUT", "/boot-source", boot.as_str()),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":32}"#,
+        ),
+        ("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#),
+    ] {
+        let (code, answer) = api_call(&sock, method, uri, body);
+        assert!(code < 300, "{method} {uri}: {code} {answer}");
+    }
+    wait_for("the guest's first dot", || {
+        console.lock().expect("console").contains(&b'.')
+    });
+    for (method, uri, body) in [
+        ("PATCH", "/vm", r#"{"state":"Paused"}"#),
+        ("PUT", "/snapshot/create", snapshot.as_str()),
+    ] {
+        let (code, answer) = api_call(&sock, method, uri, body);
+        assert!(code < 300, "{method} {uri}: {code} {answer}");
+    }
+    let _ = vm.kill();
+    let _ = vm.wait();
+
+    // `zvm run --restore --jail on`: the snapshot runs on, jailed (files opened before).
+    let mut restored = Command::new(env!("CARGO_BIN_EXE_zvm"))
+        .args(["run", "--jail", "on", "--console", "stdio", "--restore"])
+        .arg(root.join("snap.state"))
+        .arg("--mem")
+        .arg(root.join("snap.mem"))
+        .env("ZVM_JAIL_DIR", root.join("jails"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zvm run --restore");
+    let console = shared_reader(restored.stdout.take().expect("stdout"));
+    let stderr = shared_reader(restored.stderr.take().expect("stderr"));
+    let jailed = jail::inspect::wait_for_jailed_child(restored.id(), Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !console.lock().expect("console").contains(&b'.') {
+        let errors = String::from_utf8_lossy(&stderr.lock().expect("stderr")).into_owned();
+        assert!(
+            Instant::now() < deadline,
+            "no dots from the restored guest: {errors}; {jailed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let limits = jail::CgroupLimits {
+        memory_bytes: (32 + 256) << 20,
+        pids: 256,
+        cpus: 1.0,
+    };
+    let checked = jailed.and_then(|pid| jail::inspect::check_jailed(pid, &limits));
+    let _ = restored.kill();
+    let _ = restored.wait();
+    let errors = String::from_utf8_lossy(&stderr.lock().expect("stderr")).into_owned();
+    let checked = checked.unwrap_or_else(|e| panic!("the restore is not jailed: {e}\n{errors}"));
+    assert!(checked.own_network);
 }

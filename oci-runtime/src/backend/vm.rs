@@ -48,11 +48,20 @@ impl VmBackend {
             artifacts,
             launcher: self.launcher.clone(),
             restore_from,
+            jail: sandbox::jail_wanted(),
         };
         let pid = sandbox::create(&cfg).map_err(err)?;
         i32::try_from(pid)
             .map_err(|_| BackendError::Sandbox(format!("sandbox pid {pid} out of range")))
     }
+}
+
+/// Whether the sandbox of the container in `dir` runs jailed (its config says so).
+fn sandbox_jailed(dir: &Path) -> bool {
+    std::fs::read(dir.join(sandbox::CONFIG_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_slice::<SandboxConfig>(&text).ok())
+        .is_some_and(|cfg| cfg.jail)
 }
 
 fn err(e: SandboxError) -> BackendError {
@@ -100,7 +109,16 @@ impl ContainerBackend for VmBackend {
     ) -> Result<(), BackendError> {
         let image = std::path::absolute(image)
             .map_err(BackendError::io(format!("resolve {}", image.display())))?;
-        client(c)?.checkpoint(&image, leave_running).map_err(err)
+        if !sandbox_jailed(c.dir) {
+            return client(c)?.checkpoint(&image, leave_running).map_err(err);
+        }
+        // A jailed sandbox writes only in its own directory: the checkpoint is staged there.
+        let staging = sandbox::checkpoint_staging_dir(c.dir);
+        let _ = std::fs::remove_dir_all(&staging);
+        client(c)?
+            .checkpoint(&staging, leave_running)
+            .map_err(err)?;
+        sandbox::collect_staged(&staging, &image).map_err(err)
     }
 
     fn start(&self, c: &ContainerRef<'_>) -> Result<(), BackendError> {

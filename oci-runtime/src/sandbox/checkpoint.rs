@@ -202,6 +202,74 @@ impl VmControl {
     }
 }
 
+/// The directory a jailed sandbox writes a checkpoint into (the only one it can write):
+/// `<container_dir>/checkpoint.staging`, moved into place by [`collect_staged`].
+pub fn staging_dir(container_dir: &Path) -> PathBuf {
+    container_dir.join("checkpoint.staging")
+}
+
+/// Moves the checkpoint a jailed sandbox left in `staging` into `image` (made if missing):
+/// renamed where both are on one file system, else copied (holes kept); the files become
+/// root's, and `staging` is removed. The jailed side owns the directory `staging` is in,
+/// so nothing there is trusted: `staging` is opened without following a link and read
+/// through that descriptor, and only regular files are taken from it, none through a link.
+pub fn collect_staged(staging: &Path, image: &Path) -> Result<(), SandboxError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(staging)
+        .map_err(SandboxError::io(format!("open {}", staging.display())))?;
+    let through = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    std::fs::create_dir_all(image)
+        .map_err(SandboxError::io(format!("create {}", image.display())))?;
+    let entries = std::fs::read_dir(&through)
+        .map_err(SandboxError::io(format!("read {}", staging.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(SandboxError::io(format!("read {}", staging.display())))?;
+        let name = entry.file_name();
+        let to = image.join(&name);
+        let Ok(from) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(through.join(&name))
+        else {
+            continue; // A link, or gone.
+        };
+        let meta = from
+            .metadata()
+            .map_err(SandboxError::io(format!("stat {}", to.display())))?;
+        if !meta.is_file() {
+            continue;
+        }
+        let name_c =
+            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()))
+                .map_err(|_| SandboxError::Sandbox("a staged name holds NUL".into()))?;
+        let to_c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(to.as_os_str()))
+            .map_err(|_| SandboxError::Sandbox(format!("NUL in {}", to.display())))?;
+        // SAFETY: renameat(2) of an entry of the directory we hold open to a path we own.
+        let renamed = unsafe {
+            libc::renameat(
+                dir.as_raw_fd(),
+                name_c.as_ptr(),
+                libc::AT_FDCWD,
+                to_c.as_ptr(),
+            )
+        } == 0;
+        if !renamed {
+            copy_sparse(
+                Path::new(&format!("/proc/self/fd/{}", from.as_raw_fd())),
+                &to,
+            )?;
+        }
+        std::os::unix::fs::lchown(&to, Some(0), Some(0))
+            .map_err(SandboxError::io(format!("give {} to root", to.display())))?;
+    }
+    drop(dir);
+    std::fs::remove_dir_all(staging)
+        .map_err(SandboxError::io(format!("remove {}", staging.display())))
+}
+
 /// Copies `src` to `dst` (replacing it), leaving holes where `src` has them.
 pub(crate) fn copy_sparse(src: &Path, dst: &Path) -> Result<(), SandboxError> {
     let io = |what: &str, path: &Path| SandboxError::io(format!("{what} {}", path.display()));
@@ -320,5 +388,42 @@ mod tests {
         assert!(err.contains("format 99"), "{err}");
         std::fs::write(dir.path().join(CHECKPOINT_MANIFEST), b"{\"format\":").unwrap();
         assert!(CheckpointManifest::read(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_staged_checkpoint_moves_into_place_and_only_its_regular_files_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = staging_dir(dir.path());
+        std::fs::create_dir(&staging).unwrap();
+        std::fs::write(staging.join(CHECKPOINT_STATE), b"state").unwrap();
+        std::fs::write(staging.join(CHECKPOINT_MEMORY), b"memory").unwrap();
+        // What a compromised jailed sandbox could leave there instead of files.
+        let secret = dir.path().join("host-secret");
+        std::fs::write(&secret, b"not yours").unwrap();
+        std::os::unix::fs::symlink(&secret, staging.join(CHECKPOINT_ROOTFS)).unwrap();
+        std::fs::create_dir(staging.join("sub")).unwrap();
+        let image = dir.path().join("out/image");
+        collect_staged(&staging, &image).unwrap();
+        assert_eq!(
+            std::fs::read(image.join(CHECKPOINT_STATE)).unwrap(),
+            b"state"
+        );
+        assert_eq!(
+            std::fs::read(image.join(CHECKPOINT_MEMORY)).unwrap(),
+            b"memory"
+        );
+        assert!(std::fs::symlink_metadata(image.join(CHECKPOINT_ROOTFS)).is_err());
+        assert!(!image.join("sub").exists());
+        assert!(!staging.exists());
+        assert_eq!(std::fs::read(&secret).unwrap(), b"not yours");
+        // A damaged staging area is an error, not a half-moved checkpoint reported whole.
+        assert!(collect_staged(&staging, &image).is_err());
+        // A staging directory that is a link to a host directory is refused.
+        let host = dir.path().join("host-dir");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("passwd"), b"host file").unwrap();
+        std::os::unix::fs::symlink(&host, &staging).unwrap();
+        assert!(collect_staged(&staging, &image).is_err());
+        assert!(host.join("passwd").exists() && !image.join("passwd").exists());
     }
 }

@@ -4,6 +4,7 @@
 use super::agent::{wait_for_agent, AgentConn, Notice};
 use super::checkpoint::VmControl;
 use super::control::{ExitRecord, SandboxStatus};
+use super::jailing::{self, Entered};
 use super::launch::Ready;
 use super::server::{self, Shared, AGENT_TIMEOUT};
 use super::stdio::{pump, OutputSink};
@@ -179,9 +180,6 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     )))?;
     let cfg: SandboxConfig = serde_json::from_slice(&text)
         .map_err(|e| SandboxError::Sandbox(format!("bad {CONFIG_FILE}: {e}")))?;
-    // Before any thread starts, so that every thread has them blocked.
-    let signals =
-        unix::signalfd(unix::FORWARDED_SIGNALS).map_err(SandboxError::io("block signals"))?;
     cfg.artifacts.check()?;
     let size = vm_size(&cfg.spec)?;
     let readonly = cfg
@@ -198,6 +196,30 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     );
     // vmm's vsock device takes a socket path of any length.
     let vsock = dir.join(VSOCK_SOCKET);
+    if cfg.restore_from.is_none() {
+        let rootfs = rootfs_dir(&cfg)?;
+        disk::make_rootfs_image(&rootfs, &image)?;
+        notes.note(&format!(
+            "container {}: {} vCPUs, {} MiB, rootfs {} ({})",
+            cfg.id,
+            size.vcpus,
+            size.memory_mib,
+            rootfs.display(),
+            if readonly { "read-only" } else { "read-write" }
+        ));
+    }
+    // The jail splits the process: the supervisor waits here for the jailed half, which
+    // goes on (and is locked down by vmm once its VM's resources are open).
+    if let Entered::Supervisor(status) = jailing::enter(&cfg, size, &image, &vsock, notes)? {
+        let _ = std::fs::remove_file(dir.join(CONTROL_SOCKET));
+        let _ = std::fs::remove_file(&vsock);
+        return Ok((status & 0xff) as u8);
+    }
+    // Before any thread starts, so that every thread has them blocked.
+    let signals =
+        unix::signalfd(unix::FORWARDED_SIGNALS).map_err(SandboxError::io("block signals"))?;
+    // Before the VM: a jail has neither /dev/ptmx nor the console socket.
+    let tty = open_terminal(&cfg, terminal)?;
     let restored = match &cfg.restore_from {
         Some(from) => {
             let (vm, manifest) = restore_checkpoint(from, dir, &image, &console, &vsock)?;
@@ -214,16 +236,6 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     let (vm, restored) = match restored {
         Some((vm, manifest)) => (vm, Some(manifest)),
         None => {
-            let rootfs = rootfs_dir(&cfg)?;
-            disk::make_rootfs_image(&rootfs, &image)?;
-            notes.note(&format!(
-                "container {}: {} vCPUs, {} MiB, rootfs {} ({})",
-                cfg.id,
-                size.vcpus,
-                size.memory_mib,
-                rootfs.display(),
-                if readonly { "read-only" } else { "read-write" }
-            ));
             let files = VmFiles {
                 kernel: &cfg.artifacts.kernel,
                 agent_image: &agent_image,
@@ -274,7 +286,7 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
         .map_err(SandboxError::io("bind the control socket"))?;
     server::serve(listener, shared.clone())
         .map_err(SandboxError::io("start the control server"))?;
-    let (sink, tty) = connect_stdio(&cfg, terminal, &agent)?;
+    let (sink, tty) = connect_stdio(tty, &agent)?;
     let signal_tx = tx.clone();
     std::thread::Builder::new()
         .name("zvm_signals".into())
@@ -343,31 +355,40 @@ fn watch_vm(vm: vmm::RunningVm, tx: Sender<MainEvent>) -> Result<VmGuard, Sandbo
     Ok(VmGuard { stop, done, ended })
 }
 
-/// Wires the container's stdio: a pty sent to the console socket when `terminal` (and one
-/// is given), else the stdin/stdout/stderr this process inherited. Starts the input relay.
+/// The container's terminal when `terminal` and a console socket are given: a new pty
+/// whose master goes to the console socket; returns its slave.
+fn open_terminal(cfg: &SandboxConfig, terminal: bool) -> Result<Option<File>, SandboxError> {
+    let (Some(socket), true) = (&cfg.console_socket, terminal) else {
+        return Ok(None);
+    };
+    let pty = pty::open_pty().map_err(SandboxError::io("open a pty"))?;
+    pty::send_fd(socket, pty.master.as_fd(), "/dev/ptmx").map_err(SandboxError::io(format!(
+        "send the pty to the console socket {}",
+        socket.display()
+    )))?;
+    if let Err(e) = pty::set_controlling_terminal(pty.slave.as_raw_fd()) {
+        tracing::debug!("no controlling terminal (no resize events): {e}");
+    }
+    Ok(Some(pty.slave))
+}
+
+/// Wires the container's stdio: the pty of [`open_terminal`] when there is one, else the
+/// stdin/stdout/stderr this process inherited. Starts the input relay.
 fn connect_stdio(
-    cfg: &SandboxConfig,
-    terminal: bool,
+    tty: Option<File>,
     agent: &Arc<AgentConn>,
 ) -> Result<(OutputSink, Option<File>), SandboxError> {
     let (mut input, sink, tty): (Box<dyn std::io::Read + Send>, OutputSink, Option<File>) =
-        match (&cfg.console_socket, terminal) {
-            (Some(socket), true) => {
-                let pty = pty::open_pty().map_err(SandboxError::io("open a pty"))?;
-                pty::send_fd(socket, pty.master.as_fd(), "/dev/ptmx").map_err(SandboxError::io(
-                    format!("send the pty to the console socket {}", socket.display()),
-                ))?;
-                if let Err(e) = pty::set_controlling_terminal(pty.slave.as_raw_fd()) {
-                    tracing::debug!("no controlling terminal (no resize events): {e}");
-                }
+        match tty {
+            Some(slave) => {
                 let clone = |f: &File| f.try_clone().map_err(SandboxError::io("clone the pty"));
                 let sink = OutputSink {
-                    stdout: Box::new(clone(&pty.slave)?),
-                    stderr: Box::new(clone(&pty.slave)?),
+                    stdout: Box::new(clone(&slave)?),
+                    stderr: Box::new(clone(&slave)?),
                 };
-                (Box::new(clone(&pty.slave)?), sink, Some(pty.slave))
+                (Box::new(clone(&slave)?), sink, Some(slave))
             }
-            _ => {
+            None => {
                 // SAFETY: dup of fd 0, owned by the new File; an invalid fd 0 gives an error.
                 let stdin = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
                 let input: Box<dyn std::io::Read + Send> = if stdin < 0 {

@@ -278,6 +278,7 @@ mod tests {
             },
             launcher: launcher.iter().map(Into::into).collect(),
             restore_from: None,
+            jail: false,
         }
     }
 

@@ -32,6 +32,7 @@ mod control;
 mod daemon;
 mod detached;
 mod disk;
+mod jailing;
 mod launch;
 pub(crate) mod pty;
 mod seccomp;
@@ -53,13 +54,16 @@ pub use artifacts::{
 pub use attached::{
     agent_drives, guest_disk_device, run_attached, AttachedRun, AGENT_DRIVE, ROOTFS_DRIVE,
 };
-pub use checkpoint::{CheckpointManifest, CHECKPOINT_MANIFEST};
+pub use checkpoint::{
+    collect_staged, staging_dir as checkpoint_staging_dir, CheckpointManifest, CHECKPOINT_MANIFEST,
+};
 pub use control::{
     recorded_exit, ControlReply, ControlRequest, ExecIo, SandboxClient, SandboxStatus,
 };
 pub use daemon::sandbox_main;
 pub use detached::{exec_detached, exec_relay_main, EXEC_RELAY_SUBCOMMAND};
 pub use disk::{make_agent_image, make_rootfs_image, ImageError};
+pub use jailing::{jail_wanted, JAIL_DIR_ENV, JAIL_ENV, JAIL_IDS_ENV};
 pub use launch::{create, READY_FD_ENV};
 pub use vmconfig::{
     vm_resources, vm_size, TranslateError, VmFiles, VmSize, AGENT_BOOT_ARGS, ANNOTATION_MEMORY_MIB,
@@ -108,6 +112,9 @@ pub struct SandboxConfig {
     /// Restore the container from this checkpoint directory instead of creating it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_from: Option<PathBuf>,
+    /// Run the sandbox jailed (see [`jail_wanted`]).
+    #[serde(default)]
+    pub jail: bool,
 }
 
 /// Errors of the sandbox layer.
