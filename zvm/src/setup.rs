@@ -11,6 +11,7 @@
 //! PREFIX/lib/zvm/zvm-oci-agent    the static guest agent (PID 1 of container VMs)
 //! PREFIX/lib/zvm/zvm-guest-init   the static demo/test init, and zvm-init (the node
 //! PREFIX/lib/zvm/zvm-init         image's service manager), when built beside the agent
+//! PREFIX/lib/zvm/virtiofsd        the virtio-fs daemon `--fs` runs, when zvm finds one
 //! PREFIX/bin/zvm -> ../lib/zvm/zvm
 //! PREFIX/bin/zvm-runc -> ../lib/zvm/zvm-runc
 //! ```
@@ -264,7 +265,16 @@ fn sources(args: &SetupArgs) -> Result<Vec<Item>, SetupError> {
             detail: format!("{e}; or give --agent"),
         })?,
     };
-    items(zvm, runc, kernel, agent)
+    let mut items = items(zvm, runc, kernel, agent)?;
+    // virtiofsd (--fs), when this machine has one: an installed zvm finds it beside itself.
+    if let Ok(virtiofsd) = crate::virtiofs::find_virtiofsd(None) {
+        items.push(Item {
+            source: virtiofsd,
+            name: "virtiofsd",
+            executable: true,
+        });
+    }
+    Ok(items)
 }
 
 /// Runs `zvm setup`.
