@@ -495,3 +495,41 @@ fn a_malformed_shutdown_timeout_is_refused() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn bad_fs_shares_are_one_line_and_exit_2() {
+    let f = kernel_file(b"\x7fELF not really");
+    let k = f.path().to_str().expect("utf8");
+    expect_usage_error(
+        &["run", "--kernel", k, "--fs", "tag=data"],
+        "path=DIR is required",
+    );
+    expect_usage_error(
+        &[
+            "run",
+            "--kernel",
+            k,
+            "--fs",
+            "tag=data,path=/nonexistent/zvm-share",
+        ],
+        "is not a directory",
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let share = format!("tag=data,path={}", dir.path().display());
+    expect_usage_error(
+        &["run", "--kernel", k, "--fs", &share, "--fs", &share],
+        "another share has the tag 'data'",
+    );
+    expect_usage_error(
+        &[
+            "run",
+            "--kernel",
+            k,
+            "--fs",
+            &share,
+            "--virtiofsd",
+            "/nonexistent/virtiofsd",
+        ],
+        "install-virtiofsd.sh",
+    );
+}
