@@ -411,7 +411,7 @@ impl AgentConn {
 }
 
 /// `len` bytes from the OS RNG (getrandom(2), allowed under every thread's seccomp filter).
-fn os_random(len: usize) -> std::io::Result<Vec<u8>> {
+pub(crate) fn os_random(len: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut got = 0;
     while got < len {

@@ -57,7 +57,12 @@ impl Shared {
         phase: SandboxStatus,
         id: String,
     ) -> Arc<Shared> {
-        let exec_prefix = format!("exec-{}", std::process::id());
+        // Unique per sandbox: a jailed sandbox is PID 1 of its namespace, and a container
+        // restored from a checkpoint keeps the ids its agent has seen.
+        let nonce = super::agent::os_random(8)
+            .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+            .unwrap_or_else(|_| format!("{}", std::process::id()));
+        let exec_prefix = format!("exec-{nonce}");
         Shared::make(agent, vm, phase, id, exec_prefix)
     }
 

@@ -84,13 +84,16 @@ impl Digests {
             known.drain(..excess);
             // Written whole and renamed: a reader never sees half a file; a lost update
             // only costs reading the file again.
-            let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
+            // A temporary name of its own: jailed sandboxes all have pid 1.
             if let Some(dir) = p.parent() {
                 let _ = std::fs::create_dir_all(dir);
-            }
-            if let Ok(json) = serde_json::to_vec(&known) {
-                if std::fs::write(&tmp, json).is_ok() && std::fs::rename(&tmp, p).is_err() {
-                    let _ = std::fs::remove_file(&tmp);
+                if let (Ok(json), Ok(mut tmp)) = (
+                    serde_json::to_vec(&known),
+                    tempfile::NamedTempFile::new_in(dir),
+                ) {
+                    if std::io::Write::write_all(&mut tmp, &json).is_ok() {
+                        let _ = tmp.persist(p);
+                    }
                 }
             }
         }
