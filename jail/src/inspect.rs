@@ -21,27 +21,9 @@ pub struct JailedVmm {
 /// Finds the jailed half of the supervisor `parent` once it has dropped root, waiting up
 /// to `limit`.
 pub fn wait_for_jailed_child(parent: u32, limit: Duration) -> Result<u32, String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        for entry in std::fs::read_dir("/proc")
-            .map_err(|e| e.to_string())?
-            .flatten()
-        {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let ppid = first_number(&status, "PPid");
-            let uid = first_number(&status, "Uid").unwrap_or(0);
-            if ppid == Some(parent) && uid != 0 {
-                return Ok(pid);
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no jailed child of {parent} after {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_process(limit, &format!("jailed child of {parent}"), |_, status| {
+        first_number(status, "PPid") == Some(parent)
+    })
 }
 
 /// Finds the jailed half of a `binary` process (a process running `binary` that is PID 1
@@ -50,6 +32,21 @@ pub fn wait_for_jailed(binary: &Path, limit: Duration) -> Result<u32, String> {
     let binary = binary
         .canonicalize()
         .unwrap_or_else(|_| binary.to_path_buf());
+    let what = format!("jailed {} process", binary.display());
+    wait_for_process(limit, &what, |pid, status| {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        let nspid = field(status, "NSpid").unwrap_or_default();
+        exe == binary && nspid.split_whitespace().nth(1) == Some("1")
+    })
+}
+
+/// The first process not running as root for which `matches(pid, its status text)`,
+/// waiting up to `limit`.
+fn wait_for_process(
+    limit: Duration,
+    what: &str,
+    matches: impl Fn(u32, &str) -> bool,
+) -> Result<u32, String> {
     let deadline = Instant::now() + limit;
     loop {
         for entry in std::fs::read_dir("/proc")
@@ -59,22 +56,13 @@ pub fn wait_for_jailed(binary: &Path, limit: Duration) -> Result<u32, String> {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-            if exe != binary {
-                continue;
-            }
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let nspid = field(&status, "NSpid").unwrap_or_default();
-            let uid = first_number(&status, "Uid").unwrap_or(0);
-            if nspid.split_whitespace().nth(1) == Some("1") && uid != 0 {
+            if first_number(&status, "Uid").unwrap_or(0) != 0 && matches(pid, &status) {
                 return Ok(pid);
             }
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "no jailed {} process after {limit:?}",
-                binary.display()
-            ));
+            return Err(format!("no {what} after {limit:?}"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

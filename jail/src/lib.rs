@@ -27,7 +27,7 @@ mod supervise;
 pub use cgroup::{Cgroup, CgroupLimits, Hierarchy};
 pub use ids::{IdLease, IdRange};
 pub use lockdown::Jailed;
-pub use supervise::enter;
+pub use supervise::{enter, FORWARDED_SIGNALS};
 
 use std::path::PathBuf;
 

@@ -11,7 +11,7 @@ static JAILED_PID: AtomicI32 = AtomicI32::new(0);
 
 /// The signals the supervisor passes on: stop and power off, metrics, and what a
 /// container's process gets from a terminal or job control.
-const FORWARDED: [libc::c_int; 13] = [
+pub const FORWARDED_SIGNALS: [libc::c_int; 13] = [
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGHUP,
@@ -103,13 +103,13 @@ pub fn enter(config: &JailConfig) -> Result<Side, JailError> {
     });
     JAILED_PID.store(pid, Ordering::Relaxed);
     if started.is_ok() {
-        for sig in FORWARDED {
+        for sig in FORWARDED_SIGNALS {
             // SAFETY: installing a handler that only calls kill(2).
             unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
         }
     }
     let status = wait(pid);
-    for sig in FORWARDED {
+    for sig in FORWARDED_SIGNALS {
         // SAFETY: restoring the default disposition.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }

@@ -49,22 +49,9 @@ pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Signals the sandbox forwards to the container (SIGWINCH resizes its terminal instead).
-pub(crate) const FORWARDED_SIGNALS: &[i32] = &[
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGALRM,
-    libc::SIGCONT,
-    libc::SIGTSTP,
-    libc::SIGTTIN,
-    libc::SIGTTOU,
-    libc::SIGPWR,
-    libc::SIGWINCH,
-];
+/// Signals the sandbox forwards to the container (SIGWINCH resizes its terminal instead):
+/// those a jail's supervisor passes on to the sandbox.
+pub(crate) const FORWARDED_SIGNALS: &[i32] = &jail::FORWARDED_SIGNALS;
 
 /// Blocks `signals` in the calling thread (and the threads it starts later) and returns a
 /// signalfd that reads them.
