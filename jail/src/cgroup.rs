@@ -65,6 +65,8 @@ impl Hierarchy {
 #[derive(Debug)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
+    /// cgroup v1: a single-threaded process joins by itself (see [`Cgroup::join`]).
+    per_controller: bool,
 }
 
 impl Cgroup {
@@ -106,7 +108,10 @@ impl Cgroup {
             }
             make_dir(dir)?;
         }
-        let cgroup = Cgroup { dirs };
+        let cgroup = Cgroup {
+            dirs,
+            per_controller: matches!(hierarchy, Hierarchy::PerController(_)),
+        };
         cgroup.limit(hierarchy, limits)?;
         Ok(cgroup)
     }
@@ -138,6 +143,21 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+
+    /// Moves the calling thread, the only one of its process, into the group, when the
+    /// hierarchy lets it do so cheaply (v1: writing `0` to `tasks` moves the writer alone
+    /// and takes no global lock, where moving a process by pid waits an RCU grace period
+    /// per controller, milliseconds each). Returns whether it did; else the supervisor
+    /// [`Cgroup::add`]s it.
+    pub fn join(&self) -> Result<bool, JailError> {
+        if !self.per_controller {
+            return Ok(false);
+        }
+        for dir in &self.dirs {
+            write(&dir.join("tasks"), "0")?;
+        }
+        Ok(true)
     }
 
     /// Moves process `pid` into the group.

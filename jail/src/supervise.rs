@@ -72,7 +72,6 @@ pub fn enter(config: &JailConfig) -> Result<Side, JailError> {
     }
     if pid == 0 {
         drop((go_write, alive_write, lease));
-        std::mem::forget(cgroup);
         // SAFETY: prctl with integer arguments: die with the supervisor (until the uid
         // change clears it; lock_down sets it again).
         unsafe {
@@ -84,9 +83,14 @@ pub fn enter(config: &JailConfig) -> Result<Side, JailError> {
                 0,
             )
         };
-        // Moving a process between v1 cgroups takes milliseconds (an RCU grace period per
-        // controller): the jailed half builds its VM meanwhile and waits for the
-        // supervisor's go at lock-down, before the guest runs.
+        if let Err(e) = cgroup.join() {
+            eprintln!("{e}");
+            // SAFETY: leaving without running the supervisor's destructors.
+            unsafe { libc::_exit(125) };
+        }
+        std::mem::forget(cgroup);
+        // Where the supervisor moves it (v2), the jailed half builds its VM meanwhile and
+        // waits for the supervisor's go at lock-down, before the guest runs.
         return Ok(Side::Jailed(Box::new(Jailed {
             config: config.clone(),
             id,
@@ -98,7 +102,14 @@ pub fn enter(config: &JailConfig) -> Result<Side, JailError> {
     drop((go_read, alive_read));
     // A jailed half that ended already (its VM failed to build) has closed the pipe: its
     // status says why.
-    let started = cgroup.add(pid).map(|()| {
+    // v1: the jailed half joined by itself.
+    let joined_by_itself = matches!(hierarchy, Hierarchy::PerController(_));
+    let attached = if joined_by_itself {
+        Ok(())
+    } else {
+        cgroup.add(pid)
+    };
+    let started = attached.map(|()| {
         let _ = std::fs::File::from(go_write).write_all(&[1]);
     });
     JAILED_PID.store(pid, Ordering::Relaxed);
