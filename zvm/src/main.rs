@@ -9,6 +9,7 @@ mod private_tmp;
 mod restore;
 mod run;
 mod run_metrics;
+mod run_outcome;
 mod setup;
 mod specs;
 mod stop_signals;

@@ -4,7 +4,7 @@
 //! The VM is resumed at once: without an API nothing could resume a VM restored paused
 //! (restore paused through `PUT /snapshot/load` with `"resume_vm": false`).
 
-use crate::run::report_outcome;
+use crate::run_outcome::report_outcome;
 use crate::terminal::RawTerminal;
 use clap::Args;
 use std::path::{Path, PathBuf};

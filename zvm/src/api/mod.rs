@@ -13,7 +13,7 @@ pub(crate) mod metrics;
 mod snapshot;
 mod state;
 
-use crate::run::report_outcome;
+use crate::run_outcome::report_outcome;
 use crate::stop_signals::install as install_stop_signals;
 use api_server::model::{ActionType, InstanceInfo, InstanceState, VmState};
 use api_server::{
