@@ -179,9 +179,11 @@ fn a_jailed_vmm_is_confined_while_its_guest_runs_and_cleaned_up_after() {
     // And SIGTERM: the VM stops, zvm says so and exits with 130.
     zvm.signal(libc::SIGTERM);
     let code = zvm.child.wait().expect("wait").code();
-    let errors = zvm.errors();
-    assert_eq!(code, Some(130), "{errors}");
-    assert!(errors.contains("stopped by signal"), "{errors}");
+    assert_eq!(code, Some(130), "{}", zvm.errors());
+    // The reader thread may still be taking the last message from the pipe.
+    wait_for("the stop message", || {
+        zvm.errors().contains("stopped by signal")
+    });
     // The jailed half is gone with its cgroup and mount point; its id is free again.
     assert!(!Path::new(&format!("/proc/{}", jailed.pid)).exists());
     let roots = std::fs::read_dir(state.join("roots"))
