@@ -19,6 +19,24 @@ pub struct CgroupLimits {
     pub cpus: f64,
 }
 
+impl CgroupLimits {
+    /// Memory a VMM's jail allows beyond guest RAM: the VMM's own (vsock buffers, queues,
+    /// the page cache of its files).
+    pub const VMM_MEMORY_BYTES: u64 = 256 << 20;
+    /// Threads and processes of a jailed VMM.
+    pub const VMM_PIDS: u64 = 256;
+
+    /// The limits of a VMM whose guest has `guest_memory_bytes` of RAM, given `cpus` of
+    /// CPU time: RAM plus [`CgroupLimits::VMM_MEMORY_BYTES`], [`CgroupLimits::VMM_PIDS`].
+    pub fn for_vmm(guest_memory_bytes: u64, cpus: f64) -> CgroupLimits {
+        CgroupLimits {
+            memory_bytes: guest_memory_bytes + Self::VMM_MEMORY_BYTES,
+            pids: Self::VMM_PIDS,
+            cpus,
+        }
+    }
+}
+
 /// The period CPU quotas are expressed in (100 ms).
 const CPU_PERIOD_US: u64 = 100_000;
 /// The controllers a jail needs.

@@ -9,11 +9,6 @@ use jail::{CgroupLimits, Exposed, IdRange, JailConfig, Side};
 use std::path::{Path, PathBuf};
 use vmm::VmResources;
 
-/// Memory a jail allows beyond guest RAM: the VMM's own (vsock buffers, queues, page
-/// cache of its files).
-const VMM_MEMORY_BYTES: u64 = 256 << 20;
-/// Threads and processes of a jailed VMM.
-const PIDS: u64 = 256;
 /// Open descriptors of a jailed VMM (vsock connections are the most).
 const OPEN_FILES: u64 = 4096;
 /// The largest file an API-mode VMM may write (its disks and snapshots are not known when
@@ -109,11 +104,7 @@ pub fn enter_restore(args: &JailArgs, mem_file: &Path) -> Result<Entered, String
         exposed: Vec::new(),
         owned: Vec::new(),
         new_network: true,
-        cgroup: CgroupLimits {
-            memory_bytes: memory + VMM_MEMORY_BYTES,
-            pids: PIDS,
-            cpus,
-        },
+        cgroup: CgroupLimits::for_vmm(memory, cpus),
         open_files: OPEN_FILES,
         file_size: API_FILE_SIZE,
         root_dir: None,
@@ -154,11 +145,7 @@ pub fn enter_api(dir: &Path, ids: IdRange, memory_mib: u64, cpus: u8) -> Result<
         exposed: Vec::new(),
         owned: Vec::new(),
         new_network: false,
-        cgroup: CgroupLimits {
-            memory_bytes: (memory_mib << 20) + VMM_MEMORY_BYTES,
-            pids: PIDS,
-            cpus: f64::from(cpus) + 1.0,
-        },
+        cgroup: CgroupLimits::for_vmm(memory_mib << 20, f64::from(cpus) + 1.0),
         open_files: OPEN_FILES,
         file_size: API_FILE_SIZE,
         root_dir: Some(absolute(dir)?),
@@ -225,11 +212,7 @@ fn config(
         owned,
         // Taps are open before the lock-down: the VMM needs no host network.
         new_network: true,
-        cgroup: CgroupLimits {
-            memory_bytes: memory + VMM_MEMORY_BYTES,
-            pids: PIDS,
-            cpus: f64::from(mc.vcpu_count) + 1.0,
-        },
+        cgroup: CgroupLimits::for_vmm(memory, f64::from(mc.vcpu_count) + 1.0),
         open_files: OPEN_FILES,
         file_size: largest + FILE_SIZE_ROOM,
         root_dir: None,

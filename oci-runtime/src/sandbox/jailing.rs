@@ -19,10 +19,6 @@ pub const JAIL_IDS_ENV: &str = "ZVM_JAIL_IDS";
 /// Where jails keep their state (default [`JailConfig::STATE_DIR`]).
 pub const JAIL_DIR_ENV: &str = "ZVM_JAIL_DIR";
 
-/// Memory a jail allows beyond guest RAM (the VMM's own, vsock buffers, page cache).
-const VMM_MEMORY_BYTES: u64 = 256 << 20;
-/// Threads and processes of a jailed sandbox.
-const PIDS: u64 = 256;
 /// Room above the largest file the sandbox writes (a checkpoint's memory or disk copy).
 const FILE_SIZE_ROOM: u64 = 64 << 20;
 
@@ -120,11 +116,7 @@ fn config(
         owned: vec![cfg.container_dir.clone()],
         // A container VM has no network interface: its VMM needs no network.
         new_network: true,
-        cgroup: CgroupLimits {
-            memory_bytes: memory + VMM_MEMORY_BYTES,
-            pids: PIDS,
-            cpus: f64::from(size.vcpus) + 1.0,
-        },
+        cgroup: CgroupLimits::for_vmm(memory, f64::from(size.vcpus) + 1.0),
         open_files: 4096,
         file_size: memory.max(rootfs) + FILE_SIZE_ROOM,
         root_dir: None,
