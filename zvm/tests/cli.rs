@@ -533,3 +533,38 @@ fn bad_fs_shares_are_one_line_and_exit_2() {
         "install-virtiofsd.sh",
     );
 }
+
+#[test]
+fn malformed_jail_flags_are_refused_before_anything_runs() {
+    for (args, needle) in [
+        (
+            &["run", "--kernel", "/nonexistent", "--jail", "maybe"][..],
+            "invalid value 'maybe'",
+        ),
+        (
+            &["run", "--kernel", "/nonexistent", "--jail-ids", "0:5"][..],
+            "must start above 0",
+        ),
+        (
+            &["run", "--kernel", "/nonexistent", "--jail-ids", "900000"][..],
+            "expected FIRST:COUNT",
+        ),
+        (
+            &[
+                "--api-sock",
+                "/x.sock",
+                "--jail-root",
+                "/tmp",
+                "--jail-cpus",
+                "many",
+            ][..],
+            "invalid value 'many'",
+        ),
+    ] {
+        let out = zvm(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "args {args:?}: {err}");
+        assert!(err.contains(needle), "args {args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
