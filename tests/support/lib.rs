@@ -190,15 +190,20 @@ pub fn busybox_rootfs(dir: &Path, dirs: &[&str]) {
 }
 
 /// The `zvm` binary of this build (`cargo test --workspace` builds it for zvm's own CLI
-/// tests; `scripts/test.sh` builds it first).
+/// tests; `scripts/test.sh` builds it first), or the one in `$ZVM_TEST_BIN_DIR` when set
+/// (a copy of `zvm` and `zvm-runc` that later builds cannot relink under a running test).
 pub fn zvm_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/<profile>/zvm
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("zvm"))
-        .expect("target dir");
+    let path = match std::env::var_os("ZVM_TEST_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir).join("zvm"),
+        None => {
+            let exe = std::env::current_exe().expect("test binary path");
+            // target/<profile>/deps/<test> -> target/<profile>/zvm
+            exe.parent()
+                .and_then(Path::parent)
+                .map(|d| d.join("zvm"))
+                .expect("target dir")
+        }
+    };
     assert!(
         path.is_file(),
         "{} is missing: build it with `cargo build -p zvm` (scripts/test.sh does)",
