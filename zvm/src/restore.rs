@@ -86,6 +86,7 @@ impl RestoreArgs {
                 .collect(),
             net,
             vsock_uds_path: self.vsock_override.clone(),
+            fs: Vec::new(),
         };
         Ok(RestoreParams {
             snapshot_path: state.clone(),

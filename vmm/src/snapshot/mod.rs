@@ -20,7 +20,7 @@ pub mod restore;
 
 pub use create::SnapshotHandle;
 pub use file::read_state_file;
-pub use restore::restore_microvm;
+pub use restore::{restore_microvm, restore_microvm_with};
 
 use crate::arch::state::{VcpuState, VmState};
 use crate::devices::DevicesState;
@@ -109,6 +109,33 @@ pub struct RestoreOverrides {
     pub net: Vec<(String, String)>,
     /// A new vsock Unix socket path.
     pub vsock_uds_path: Option<PathBuf>,
+    /// virtio-fs shares served from another host directory (or another backend).
+    pub fs: Vec<FsOverride>,
+}
+
+/// A virtio-fs share of the snapshot, changed for this clone (`fs_overrides` of
+/// `PUT /snapshot/load`, `--fs-override` of `zvm run --restore`).
+///
+/// A snapshot of a VM with shares can be taken only while the guest has never sent a
+/// request to any of them (probed, not mounted: a container template); the restore then
+/// starts each share's backend afresh. A share whose backend zvm started (it has a
+/// `shared_dir`) loses the snapshot's socket path: the caller of
+/// [`restore::restore_microvm_with`] starts a new virtiofsd for `shared_dir` and fills
+/// in `socket_path` (zvm does it for `zvm run --restore` and the API); a share that names
+/// only an outside backend (`socket_path`) reconnects to that path unless overridden.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsOverride {
+    /// The share, by its `fs_id` or its `tag` in the snapshot (an id or tag the snapshot
+    /// lacks is an error).
+    pub share: String,
+    /// The host directory the new backend serves; `None` keeps the snapshot's. Must be a
+    /// directory.
+    pub shared_dir: Option<PathBuf>,
+    /// Read-only or read-write; `None` keeps the snapshot's.
+    pub read_only: Option<bool>,
+    /// The socket of a backend the caller started itself; `None`: zvm's caller starts one
+    /// for `shared_dir`.
+    pub socket_path: Option<PathBuf>,
 }
 
 /// What a restore is asked for.
@@ -171,6 +198,9 @@ pub enum SnapshotError {
     /// Rebuilding the VM failed.
     #[error(transparent)]
     Build(#[from] crate::builder::BuildError),
+    /// The backend of a virtio-fs share (virtiofsd) could not be started for the restore.
+    #[error("virtio-fs backend: {0}")]
+    FsBackend(String),
     /// Reading or writing a file.
     #[error("cannot {what} {path}: {source}")]
     Io {

@@ -8,7 +8,7 @@ use super::{
 use crate::arch::state::check_cpuid_compatible;
 use crate::builder::{attach_devices, BuildOptions, MicrovmBuilder};
 use crate::devices::serial::ConsoleSink;
-use crate::memory::guest_memory_from_file;
+use crate::memory::{guest_memory_from_file, shared_guest_memory_from_file};
 use crate::resources::VmResources;
 use crate::vm::RunningVm;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
@@ -41,12 +41,57 @@ pub fn apply_overrides(
             })?;
         iface.host_dev_name = tap.clone();
     }
+    apply_fs_overrides(resources, &overrides.fs)?;
     if let Some(path) = &overrides.vsock_uds_path {
         let vsock = resources
             .vsock
             .as_mut()
             .ok_or_else(|| SnapshotError::BadOverride("the snapshot has no vsock device".into()))?;
         vsock.uds_path = path.clone();
+    }
+    Ok(())
+}
+
+/// Forgets the snapshot's sockets of the backends zvm started (shares with a
+/// `shared_dir`: that virtiofsd is gone), then applies the fs overrides: each names a
+/// share by id or tag; a new directory must exist.
+fn apply_fs_overrides(
+    resources: &mut VmResources,
+    overrides: &[super::FsOverride],
+) -> Result<(), SnapshotError> {
+    for fs in &mut resources.fs {
+        if fs.shared_dir.is_some() {
+            fs.socket_path = None;
+        }
+    }
+    for o in overrides {
+        let fs = resources
+            .fs
+            .iter_mut()
+            .find(|f| f.fs_id == o.share || f.tag == o.share)
+            .ok_or_else(|| {
+                SnapshotError::BadOverride(format!(
+                    "the snapshot has no virtio-fs share '{}' (by id or tag)",
+                    o.share
+                ))
+            })?;
+        if let Some(dir) = &o.shared_dir {
+            if !dir.is_dir() {
+                return Err(SnapshotError::BadOverride(format!(
+                    "virtio-fs share '{}': {} is not a directory",
+                    o.share,
+                    dir.display()
+                )));
+            }
+            fs.shared_dir = Some(dir.clone());
+            fs.socket_path = None;
+        }
+        if let Some(read_only) = o.read_only {
+            fs.read_only = read_only;
+        }
+        if let Some(socket) = &o.socket_path {
+            fs.socket_path = Some(socket.clone());
+        }
     }
     Ok(())
 }
@@ -77,11 +122,32 @@ fn check_state(state: &MicrovmState, kvm: &Kvm) -> Result<(), SnapshotError> {
 
 /// Restores the VM a snapshot describes; it runs at once if `params.resume`, else stays
 /// paused until resumed. The console goes to `console` (stdin forwarded with `input`).
+///
+/// A snapshot with virtio-fs shares needs their backends started: use
+/// [`restore_microvm_with`] (here a share zvm's virtiofsd served has no backend and the
+/// restore fails with [`crate::devices::virtio::fs::FsError::NoBackend`]).
 pub fn restore_microvm(
     params: &RestoreParams,
     opts: BuildOptions,
     console: ConsoleSink,
     input: bool,
+) -> Result<RunningVm, SnapshotError> {
+    restore_microvm_with(params, opts, console, input, &mut |_| Ok(()))
+}
+
+/// [`restore_microvm`], calling `start_backends` with the VM's resources (overrides
+/// applied) before any device is attached: it starts a vhost-user backend (virtiofsd)
+/// for every share in `resources.fs` that has a `shared_dir` and no `socket_path`, and
+/// sets `socket_path` to where it listens. Its error fails the restore
+/// ([`SnapshotError::FsBackend`]). Guest memory of a VM with shares is a memfd filled
+/// from the memory file's data (the backend maps it); any other VM maps the file
+/// privately, copy-on-write.
+pub fn restore_microvm_with(
+    params: &RestoreParams,
+    opts: BuildOptions,
+    console: ConsoleSink,
+    input: bool,
+    start_backends: &mut dyn FnMut(&mut VmResources) -> Result<(), String>,
 ) -> Result<RunningVm, SnapshotError> {
     let start = Instant::now();
     let state = file::read_state_file(&params.snapshot_path)?;
@@ -112,11 +178,22 @@ pub fn restore_microvm(
     let mc = resources.machine_config.clone();
     let mem_bytes = mc.mem_size_mib << 20;
     let mem_file = snapmem::open_memory_file(&params.mem_file_path, mem_bytes)?;
-    let mem =
-        guest_memory_from_file(&mem_file, mem_bytes).map_err(|e| SnapshotError::BadMemoryFile {
-            path: params.mem_file_path.clone(),
-            reason: e.to_string(),
-        })?;
+    let shared = !resources.fs.is_empty();
+    let mem = if shared {
+        // The backends map guest memory: a private file mapping would hide the guest's
+        // writes from them (and theirs from the guest).
+        shared_guest_memory_from_file(&mem_file, mem_bytes)
+    } else {
+        guest_memory_from_file(&mem_file, mem_bytes)
+    }
+    .map_err(|e| SnapshotError::BadMemoryFile {
+        path: params.mem_file_path.clone(),
+        reason: e.to_string(),
+    })?;
+    if shared {
+        tracing::debug!("guest memory copied into a memfd in {:?}", start.elapsed());
+        start_backends(&mut resources).map_err(SnapshotError::FsBackend)?;
+    }
     let opts = BuildOptions {
         irqchip: !state.vm.irqchips.is_empty(),
         ..opts

@@ -135,6 +135,7 @@ pub(super) fn restore_params(
             .vsock_override
             .as_ref()
             .map(|v| PathBuf::from(&v.uds_path)),
+        fs: Vec::new(),
     };
     Ok(RestoreParams {
         snapshot_path: PathBuf::from(&p.snapshot_path),

@@ -388,6 +388,7 @@ pub(crate) fn restore_container_vm(
             ],
             net: Vec::new(),
             vsock_uds_path: Some(vsock.to_path_buf()),
+            fs: Vec::new(),
         },
         resume: true,
         track_dirty_pages: false,
