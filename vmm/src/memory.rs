@@ -127,24 +127,88 @@ pub fn create_shared_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryEr
 /// Shareable guest memory (as [`create_shared_guest_memory`]) filled from a snapshot's
 /// memory `file`: a restored VM with a vhost-user device cannot map the file privately
 /// (its backend would not see the guest's writes), so the file is copied into a memfd.
+/// Only the file's data extents are copied (SEEK_DATA/SEEK_HOLE; a snapshot's memory file
+/// leaves zero pages as holes), straight into the shared mapping, so the time and the
+/// memory it takes follow the pages the guest had written, not its size. A file system
+/// without hole reporting makes the whole file one extent.
 pub fn shared_guest_memory_from_file(
     file: &File,
     size: u64,
 ) -> Result<GuestMemoryMmap, MemoryError> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
     let err = |reason: String| MemoryError::MapFile {
         size_mib: size >> 20,
         reason,
     };
-    let memfd = new_memfd(size)?;
-    let mut src = file.try_clone().map_err(|e| err(e.to_string()))?;
-    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(0)).map_err(|e| err(e.to_string()))?;
-    let mut dst = memfd.try_clone().map_err(|e| err(e.to_string()))?;
-    let copied = std::io::copy(&mut std::io::Read::take(src, size), &mut dst)
-        .map_err(|e| err(format!("cannot copy it into shared memory: {e}")))?;
-    if copied != size {
-        return Err(err(format!("it holds {copied} bytes, not {size}")));
+    let file_len = file.metadata().map_err(|e| err(e.to_string()))?.len();
+    if file_len < size {
+        return Err(err(format!("it holds {file_len} bytes, not {size}")));
     }
-    map_shared(&memfd, size)
+    let memfd = new_memfd(size)?;
+    let mem = map_shared(&memfd, size)?;
+    let mut file_base = 0u64;
+    for region in mem.iter() {
+        let len = region.len();
+        let region_ptr = region.as_ptr();
+        for (start, end) in data_extents(file, file_base, file_base + len)
+            .map_err(|e| err(format!("cannot find its data: {e}")))?
+        {
+            let from = usize::try_from(start - file_base).map_err(|e| err(e.to_string()))?;
+            let count = usize::try_from(end - start).map_err(|e| err(e.to_string()))?;
+            // SAFETY: `from + count <= len`, the region's mapping length; nothing else uses
+            // the new memory yet.
+            let dst = unsafe { std::slice::from_raw_parts_mut(region_ptr.add(from), count) };
+            std::os::unix::fs::FileExt::read_exact_at(file, dst, start)
+                .map_err(|e| err(format!("cannot copy it into shared memory: {e}")))?;
+        }
+        file_base += len;
+    }
+    Ok(mem)
+}
+
+/// The data extents `(start, end)` of `file` within `start..end` (holes left out).
+pub fn data_extents(file: &File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let seek = |offset: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: lseek on our own descriptor; the result is checked. (Reads use pread, so
+        // moving the file position harms nothing.)
+        let at = unsafe { libc::lseek(fd, offset, whence) };
+        if at < 0 {
+            let e = std::io::Error::last_os_error();
+            // ENXIO: no data (or hole) at or after the offset.
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(at as u64))
+    };
+    let mut extents = Vec::new();
+    let mut at = start;
+    while at < end {
+        let data = match seek(at, libc::SEEK_DATA) {
+            Ok(Some(data)) => data,
+            Ok(None) => break,
+            // No hole reporting here: all of it is data.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && extents.is_empty() => {
+                return Ok(vec![(start, end)])
+            }
+            Err(e) => return Err(e),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        if hole <= data {
+            break;
+        }
+        extents.push((data, hole));
+        at = hole;
+    }
+    Ok(extents)
 }
 
 /// A memfd of `size` bytes (holes: pages cost memory once written).
@@ -326,6 +390,43 @@ mod tests {
         let short = tempfile::tempfile().expect("file");
         short.set_len(4096).expect("size");
         assert!(shared_guest_memory_from_file(&short, size).is_err());
+    }
+
+    #[test]
+    fn only_the_data_of_a_sparse_memory_file_is_copied() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+        let file = tempfile::tempfile().expect("file");
+        let size = 16u64 << 20;
+        file.set_len(size).expect("size");
+        let pattern: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 251) as u8 + 1).collect();
+        file.write_all_at(&pattern[..4096], 0x7000).expect("write");
+        file.write_all_at(&pattern, 0x50_0000).expect("write");
+        file.sync_all().expect("sync");
+        let extents = data_extents(&file, 0, size).expect("extents");
+        let data: u64 = extents.iter().map(|(a, b)| b - a).sum();
+        assert!(
+            extents.len() <= 2 && data <= 1 << 20,
+            "the file reports its holes: {extents:x?}"
+        );
+        let mem = shared_guest_memory_from_file(&file, size).expect("copy");
+        let mut back = vec![0u8; pattern.len()];
+        mem.read_slice(&mut back, GuestAddress(0x50_0000))
+            .expect("read");
+        assert_eq!(back, pattern, "contents equal");
+        let page: u32 = mem.read_obj(GuestAddress(0x7000)).expect("read");
+        assert_eq!(page.to_le_bytes(), pattern[..4]);
+        let region = mem.iter().next().expect("region");
+        let memfd = region.file_offset().expect("memfd").file();
+        let resident = memfd.metadata().expect("memfd").blocks() * 512;
+        assert_eq!(resident, data, "only the data extents were copied");
+        assert_eq!(
+            data_extents(memfd, 0, size).expect("memfd extents"),
+            extents,
+            "the memfd has the file's data where the file has it"
+        );
+        let zero: u64 = mem.read_obj(GuestAddress(0x20_0000)).expect("read");
+        assert_eq!(zero, 0, "holes read as zeroes");
     }
 
     #[test]

@@ -23,7 +23,8 @@ pub const MAGIC: [u8; 8] = *b"ZVMSNAP\0";
 /// decode, or decode wrongly).
 ///
 /// 2: each virtio device's state holds its configuration space and ConfigGeneration.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: and the device's own state, if it has one (virtio-fs).
+pub const FORMAT_VERSION: u32 = 3;
 /// The largest payload zvm reads (a VM's state is a few KiB per vCPU and device).
 pub const MAX_PAYLOAD: u64 = 16 << 20;
 const HEADER: usize = 20;
@@ -197,10 +198,10 @@ mod tests {
         let mut magic = bytes.clone();
         magic[0] = b'X';
         refused(&magic, "magic");
-        // The previous format (before the virtio configuration space was saved), and one
-        // from the future; the header is checked before anything is decoded.
-        assert_eq!(FORMAT_VERSION, 2);
-        for other in [1u32, 9] {
+        // The previous formats (before the virtio configuration space and the devices'
+        // own states were saved), and one from the future; the header is checked first.
+        assert_eq!(FORMAT_VERSION, 3);
+        for other in [1u32, 2, 9] {
             let mut version = bytes.clone();
             version[8..12].copy_from_slice(&other.to_le_bytes());
             let crc = crc32fast::hash(&version[..version.len() - 4]);
@@ -208,7 +209,7 @@ mod tests {
             version[at..].copy_from_slice(&crc.to_le_bytes());
             refused(
                 &version,
-                &format!("format version {other}, but this zvm reads version 2 only"),
+                &format!("format version {other}, but this zvm reads version 3 only"),
             );
         }
         let mut huge = bytes.clone();

@@ -229,3 +229,92 @@ pub fn restore_microvm_with(
     );
     Ok(vm)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::FsConfig;
+    use crate::snapshot::FsOverride;
+    use std::path::PathBuf;
+
+    fn share(id: &str, tag: &str, dir: Option<PathBuf>, socket: Option<&str>) -> FsConfig {
+        FsConfig {
+            fs_id: id.into(),
+            tag: tag.into(),
+            shared_dir: dir,
+            read_only: false,
+            socket_path: socket.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn fs_overrides_name_shares_by_id_or_tag_and_drop_dead_sockets() {
+        let old = tempfile::tempdir().expect("dir");
+        let new = tempfile::tempdir().expect("dir");
+        let mut r = VmResources::new("/k");
+        r.fs = vec![
+            share("a", "ta", Some(old.path().into()), Some("/old/a.sock")),
+            share("b", "tb", None, Some("/run/outside.sock")),
+        ];
+        let mut none = r.clone();
+        apply_overrides(&mut none, &RestoreOverrides::default()).expect("no overrides");
+        assert_eq!(none.fs[0].socket_path, None, "zvm's old virtiofsd is gone");
+        assert_eq!(
+            none.fs[1].socket_path.as_deref(),
+            Some(std::path::Path::new("/run/outside.sock")),
+            "an outside backend is reconnected to"
+        );
+
+        let overrides = RestoreOverrides {
+            fs: vec![
+                FsOverride {
+                    share: "ta".into(),
+                    shared_dir: Some(new.path().into()),
+                    read_only: Some(true),
+                    socket_path: None,
+                },
+                FsOverride {
+                    share: "b".into(),
+                    socket_path: Some("/run/other.sock".into()),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        apply_overrides(&mut r, &overrides).expect("by tag and by id");
+        assert_eq!(r.fs[0].shared_dir.as_deref(), Some(new.path()));
+        assert!(r.fs[0].read_only && r.fs[0].socket_path.is_none());
+        assert_eq!(
+            r.fs[1].socket_path.as_deref(),
+            Some(std::path::Path::new("/run/other.sock"))
+        );
+
+        for (o, expected) in [
+            (
+                FsOverride {
+                    share: "c".into(),
+                    ..Default::default()
+                },
+                "no virtio-fs share 'c'",
+            ),
+            (
+                FsOverride {
+                    share: "a".into(),
+                    shared_dir: Some("/nonexistent/zvm-share".into()),
+                    ..Default::default()
+                },
+                "is not a directory",
+            ),
+        ] {
+            let overrides = RestoreOverrides {
+                fs: vec![o],
+                ..Default::default()
+            };
+            let err = apply_overrides(&mut r.clone(), &overrides).expect_err(expected);
+            assert!(
+                matches!(err, SnapshotError::BadOverride(_)) && err.to_string().contains(expected),
+                "{err}"
+            );
+        }
+    }
+}

@@ -16,10 +16,19 @@
 //! A backend that closes its socket, sends a message nobody asked for or answers with
 //! garbage makes the device broken: one error in the log, DEVICE_NEEDS_RESET in the
 //! status register and a configuration-change interrupt; the VM keeps running.
+//!
+//! Snapshots ([`state`]): allowed only while the guest never sent the share a request
+//! (a template whose guest probed the device but never mounted it); the device's
+//! [`FsState`] (tag, driver features, queues) is saved beside its transport's, and a
+//! restore replays the vhost-user set-up on a new backend with the saved queues and vring
+//! bases, in the restored VM's (memfd) memory.
 
 mod setup;
+mod state;
 #[cfg(test)]
 mod tests;
+
+pub use state::{FsQueueState, FsState, FS_STATE_VERSION};
 
 use super::{Interrupt, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1};
 use crate::devices::virtio::notify::{
@@ -131,6 +140,13 @@ pub struct Fs {
     wake: EventFd,
     epoll: Epoll,
     pending: Option<Activation>,
+    /// What the backend runs (kept to tell, at a snapshot, whether the guest used it).
+    active: Option<Activation>,
+    /// Why the guest counts as having used the share (the backend notified, or stopped
+    /// a ring at a non-zero position): a snapshot is refused from then on.
+    used: Option<String>,
+    /// The state a snapshot saved, until the transport re-activates the device with it.
+    restored: Option<FsState>,
     /// Rings the backend runs that must be stopped (after a reset) before anything else.
     stop_rings: bool,
     interrupt: Option<Interrupt>,
@@ -265,6 +281,9 @@ impl Fs {
             wake,
             epoll,
             pending: None,
+            active: None,
+            used: None,
+            restored: None,
             stop_rings: false,
             interrupt: None,
             running: false,
@@ -275,6 +294,15 @@ impl Fs {
     /// The device's name.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The tag the guest mounts the share by.
+    pub fn tag(&self) -> String {
+        let end = self.config[..TAG_LEN]
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(TAG_LEN);
+        String::from_utf8_lossy(&self.config[..end]).into_owned()
     }
 
     /// Why the device stopped working, if it did.
@@ -323,9 +351,18 @@ impl Fs {
         }
         if self.stop_rings {
             self.stop_rings = false;
-            if let Err(e) = setup::stop_rings(&self.frontend, self.queue_sizes.len()) {
-                self.fail(e.to_string());
-                return;
+            match setup::stop_rings(&self.frontend, self.queue_sizes.len()) {
+                Ok(bases) => {
+                    if let Some((index, base)) = bases.iter().enumerate().find(|(_, &b)| b != 0) {
+                        self.used.get_or_insert(format!(
+                            "the backend had taken {base} requests from queue {index}"
+                        ));
+                    }
+                }
+                Err(e) => {
+                    self.fail(e.to_string());
+                    return;
+                }
             }
         }
         if let Some(act) = self.pending.take() {
@@ -351,6 +388,7 @@ impl Fs {
                 Ok(()) => {
                     tracing::debug!("virtio-fs {}: backend runs the queues", self.id);
                     self.running = true;
+                    self.active = Some(act);
                 }
                 Err(e) => self.fail(e.to_string()),
             }
@@ -409,6 +447,8 @@ impl VirtioDevice for Fs {
                 TOKEN_WAKE => self.handle_wake(),
                 TOKEN_CALL => {
                     let _ = self.call.read();
+                    self.used
+                        .get_or_insert_with(|| "the backend notified used buffers".into());
                     if let Some(irq) = self.interrupt.as_ref().filter(|_| self.running) {
                         irq.signal_used_queue();
                     }
@@ -438,6 +478,11 @@ impl VirtioDevice for Fs {
                 self.id
             )));
         }
+        let queues = match self.restored.take() {
+            Some(saved) => state::with_saved_positions(queues, &saved)
+                .map_err(|e| VirtioError::BadState(format!("virtio-fs {}: {e}", self.id)))?,
+            None => queues,
+        };
         self.interrupt = Some(interrupt);
         self.pending = Some(Activation { mem, queues });
         // Runs on a vCPU thread: the socket work waits for the VMM loop.
@@ -451,6 +496,7 @@ impl VirtioDevice for Fs {
 
     fn reset(&mut self) {
         self.pending = None;
+        self.active = None;
         self.interrupt = None;
         if self.running {
             self.running = false;
@@ -464,12 +510,64 @@ impl VirtioDevice for Fs {
     }
 
     fn quiesce(&mut self) -> Result<(), String> {
-        // The queue positions live in the backend, and so do the guest's open files and
-        // the inodes it looked up: a new virtiofsd after a restore would know none of them.
-        Err(format!(
-            "virtio-fs share '{}': a VM with virtio-fs shares cannot be snapshotted yet \
-             (virtiofsd's queue positions and open files are not saved)",
-            self.id
-        ))
+        self.check_unused().map_err(|why| {
+            format!(
+                "virtio-fs share '{}' (tag '{}'): the guest has used it ({why}), so virtiofsd \
+                 holds its FUSE session; a snapshot would need vhost-user device-state \
+                 transfer, which zvm does not do. Snapshot the VM before the guest mounts \
+                 the share",
+                self.id,
+                self.tag()
+            )
+        })
+    }
+
+    fn save_device_state(&self) -> Option<super::mmio::VirtioDeviceState> {
+        Some(super::mmio::VirtioDeviceState::Fs(self.save_state()))
+    }
+
+    fn restore_device_state(
+        &mut self,
+        state: &super::mmio::VirtioDeviceState,
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), String> {
+        let super::mmio::VirtioDeviceState::Fs(state) = state;
+        state.check(self, mem)?;
+        self.acked_features = state.driver_features;
+        self.restored = (!state.queues.is_empty()).then(|| state.clone());
+        Ok(())
+    }
+}
+
+impl Fs {
+    /// Whether a snapshot may be taken: the guest never sent the share a request. The
+    /// error says how it did.
+    pub fn check_unused(&self) -> Result<(), String> {
+        if let Some(why) = &self.used {
+            return Err(why.clone());
+        }
+        match self.active.as_ref().or(self.pending.as_ref()) {
+            Some(act) => match state::rings_in_use(&act.mem, &act.queues)? {
+                Some(why) => Err(why),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// The device's snapshot state.
+    pub fn save_state(&self) -> FsState {
+        FsState {
+            version: FS_STATE_VERSION,
+            tag: self.tag(),
+            request_queues: (self.queue_sizes.len() - 1) as u32,
+            driver_features: self.acked_features,
+            queues: self
+                .active
+                .as_ref()
+                .or(self.pending.as_ref())
+                .map(|act| act.queues.iter().map(FsQueueState::from).collect())
+                .unwrap_or_default(),
+        }
     }
 }

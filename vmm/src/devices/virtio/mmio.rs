@@ -442,4 +442,4 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use state::{MmioTransportState, QueueSnapshot};
+pub use state::{MmioTransportState, QueueSnapshot, VirtioDeviceState};

@@ -162,6 +162,24 @@ pub trait VirtioDevice: Send {
     fn quiesce(&mut self) -> Result<(), String> {
         Ok(())
     }
+    /// The device's own snapshot state, saved beside its transport's (most devices keep
+    /// everything in their queues and have none).
+    fn save_device_state(&self) -> Option<mmio::VirtioDeviceState> {
+        None
+    }
+    /// Takes the device's own state from a snapshot, before the transport re-activates
+    /// the device; `mem` is the restored guest memory. The error says what does not fit;
+    /// a device without a state of its own refuses one.
+    fn restore_device_state(
+        &mut self,
+        _state: &mmio::VirtioDeviceState,
+        _mem: &GuestMemoryMmap,
+    ) -> Result<(), String> {
+        Err(format!(
+            "device type {} keeps no state of its own, but the snapshot has one for it",
+            self.device_type()
+        ))
+    }
     /// Called once the device was re-activated from a snapshot, before the vCPUs run:
     /// a device whose host side could not be carried over tells the guest here.
     fn after_restore(&mut self) {}

@@ -37,7 +37,12 @@ pub(super) fn memory_table(
 
 /// Our address of the guest range `addr..addr + len` (the backend translates it back
 /// through the memory table).
-fn host_address(mem: &GuestMemoryMmap, addr: u64, len: u64, index: usize) -> Result<u64, FsError> {
+pub(super) fn host_address(
+    mem: &GuestMemoryMmap,
+    addr: u64,
+    len: u64,
+    index: usize,
+) -> Result<u64, FsError> {
     let end = addr
         .checked_add(len.saturating_sub(1))
         .ok_or(FsError::BadRing(index))?;
@@ -109,16 +114,20 @@ pub(super) fn start_rings(
     Ok(())
 }
 
-/// Stops every ring (GET_VRING_BASE), as a device reset must.
-pub(super) fn stop_rings(frontend: &Frontend, queues: usize) -> Result<(), FsError> {
+/// Stops every ring (GET_VRING_BASE), as a device reset must; returns where each ring
+/// stopped (the next available entry the backend would have taken).
+pub(super) fn stop_rings(frontend: &Frontend, queues: usize) -> Result<Vec<u32>, FsError> {
     let mut frontend = frontend.clone();
+    let mut bases = Vec::with_capacity(queues);
     for index in 0..queues {
         frontend
             .set_vring_enable(index, false)
             .map_err(proto("SET_VRING_ENABLE"))?;
-        frontend
-            .get_vring_base(index)
-            .map_err(proto("GET_VRING_BASE"))?;
+        bases.push(
+            frontend
+                .get_vring_base(index)
+                .map_err(proto("GET_VRING_BASE"))?,
+        );
     }
-    Ok(())
+    Ok(bases)
 }

@@ -13,6 +13,9 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+#[path = "state_tests.rs"]
+mod state_tests;
+
 const GET_FEATURES: u32 = 1;
 const SET_FEATURES: u32 = 2;
 const SET_OWNER: u32 = 3;
@@ -269,17 +272,6 @@ fn queue_notifications_go_to_the_backend_not_the_vmm_loop() {
     assert!(!transport.vmm_polls_queues());
     transport.queue_evts()[1].write(1).expect("notify");
     assert_eq!(kick.read().expect("same eventfd"), 1);
-}
-
-#[test]
-fn a_snapshot_is_refused_with_the_reason() {
-    let (mut fs, _log, _mem, _irq) = running_device(GOOD);
-    let err = fs.quiesce().expect_err("not yet");
-    assert!(
-        err.contains("'shared'") && err.contains("snapshot"),
-        "{err}"
-    );
-    assert!(fs.is_running(), "the device goes on");
 }
 
 #[test]

@@ -69,6 +69,14 @@ impl From<&QueueSnapshot> for QueueState {
     }
 }
 
+/// A device's own snapshot state, saved beside its transport's
+/// ([`crate::devices::virtio::VirtioDevice::save_device_state`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VirtioDeviceState {
+    /// A virtio-fs share: its tag, negotiated features and queues.
+    Fs(crate::devices::virtio::fs::FsState),
+}
+
 /// A virtio-mmio device's transport state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MmioTransportState {
@@ -91,6 +99,8 @@ pub struct MmioTransportState {
     /// The device configuration space as the guest could read it
     /// ([`crate::devices::virtio::VirtioDevice::config_len`] bytes).
     pub config: Vec<u8>,
+    /// The device's own state, if it keeps one (virtio-fs).
+    pub device: Option<VirtioDeviceState>,
 }
 
 /// The most configuration bytes a device can have: the rest of its MMIO slot.
@@ -134,6 +144,7 @@ impl MmioTransport {
             queues,
             config_generation: self.interrupt.config_generation(),
             config: self.device_config(),
+            device: self.device.save_device_state(),
         }
     }
 
@@ -177,6 +188,11 @@ impl MmioTransport {
                 "driver features {:#x} beyond the offered {offered:#x}",
                 state.driver_features
             )));
+        }
+        if let Some(device_state) = &state.device {
+            self.device
+                .restore_device_state(device_state, &self.mem)
+                .map_err(bad)?;
         }
         let mut queues = Vec::with_capacity(state.queues.len());
         for (index, (saved, current)) in state.queues.iter().zip(&self.queues).enumerate() {
