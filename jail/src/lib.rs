@@ -65,6 +65,19 @@ pub struct JailConfig {
 impl JailConfig {
     /// The default place of jails' state.
     pub const STATE_DIR: &'static str = "/run/zvm/jail";
+    /// The environment variable that moves jails' state elsewhere (tests, hosts whose
+    /// `/run` is not writable).
+    pub const STATE_DIR_ENV: &'static str = "ZVM_JAIL_DIR";
+    /// The environment variable holding the id range jails take their uids from,
+    /// `FIRST:COUNT` (default [`IdRange::DEFAULT`]).
+    pub const IDS_ENV: &'static str = "ZVM_JAIL_IDS";
+
+    /// Jails' state directory: [`Self::STATE_DIR_ENV`]'s value, else [`Self::STATE_DIR`].
+    pub fn state_dir_from_env() -> PathBuf {
+        std::env::var_os(Self::STATE_DIR_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Self::STATE_DIR.into())
+    }
 }
 
 /// A host path made visible in the jail at the same path.

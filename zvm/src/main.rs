@@ -57,7 +57,7 @@ struct Cli {
     #[arg(
         long,
         value_name = "FIRST:COUNT",
-        env = "ZVM_JAIL_IDS",
+        env = jail::JailConfig::IDS_ENV,
         default_value = "900000:65536",
         requires = "jail_root"
     )]

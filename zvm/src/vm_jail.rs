@@ -29,12 +29,12 @@ pub struct JailArgs {
     #[arg(
         long,
         value_name = "FIRST:COUNT",
-        env = "ZVM_JAIL_IDS",
+        env = JailConfig::IDS_ENV,
         default_value = "900000:65536"
     )]
     jail_ids: IdRange,
     /// Where jails keep their id locks and mount points.
-    #[arg(long, value_name = "DIR", env = "ZVM_JAIL_DIR", default_value = JailConfig::STATE_DIR, hide = true)]
+    #[arg(long, value_name = "DIR", env = JailConfig::STATE_DIR_ENV, default_value = JailConfig::STATE_DIR, hide = true)]
     jail_dir: PathBuf,
 }
 
@@ -138,9 +138,7 @@ fn split(config: &JailConfig, socket: Option<PathBuf>) -> Result<Entered, String
 pub fn enter_api(dir: &Path, ids: IdRange, memory_mib: u64, cpus: u8) -> Result<Entered, String> {
     let config = JailConfig {
         name: "zvm-api".into(),
-        state_dir: std::env::var_os("ZVM_JAIL_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| JailConfig::STATE_DIR.into()),
+        state_dir: JailConfig::state_dir_from_env(),
         ids,
         exposed: Vec::new(),
         owned: Vec::new(),
