@@ -14,7 +14,7 @@ use vmm::builder::BuildOptions;
 use vmm::devices::serial::ConsoleSink;
 use vmm::host::KvmFlavour;
 use vmm::resources::ConsoleConfig;
-use vmm::snapshot::{RestoreOverrides, RestoreParams};
+use vmm::snapshot::{FsOverride, RestoreOverrides, RestoreParams};
 
 /// The flags of `zvm run` that restore a snapshot. The VM's shape (kernel, vCPUs, memory,
 /// devices) comes from the snapshot, so the flags that set it conflict with `--restore`.
@@ -26,7 +26,7 @@ pub struct RestoreArgs {
         long,
         value_name = "STATE",
         requires = "mem",
-        conflicts_with_all = ["kernel", "flist", "initrd", "cmdline", "append", "cpus", "memory", "cpu_template", "disks", "nets", "rng", "vsock", "console_timestamps"]
+        conflicts_with_all = ["kernel", "flist", "initrd", "cmdline", "append", "cpus", "memory", "cpu_template", "disks", "nets", "rng", "vsock", "specs", "console_timestamps"]
     )]
     restore: Option<PathBuf>,
     /// With --restore: the snapshot's guest memory file (mapped copy-on-write: clones of
@@ -43,6 +43,16 @@ pub struct RestoreArgs {
     /// snapshot's.
     #[arg(long, value_name = "PATH", requires = "restore")]
     vsock_override: Option<PathBuf>,
+    /// With --restore: the snapshot's virtio-fs share (by id or tag) serves host
+    /// directory DIR, read-only with `,readonly=on`; repeatable. zvm starts a new
+    /// virtiofsd for every share of the snapshot (the guest must not have mounted any
+    /// when it was taken).
+    #[arg(
+        long = "fs-override",
+        value_name = "SHARE=DIR[,readonly=on|off]",
+        requires = "restore"
+    )]
+    fs_overrides: Vec<String>,
 }
 
 /// What `zvm run` settles before a restore, besides [`RestoreArgs`].
@@ -57,6 +67,10 @@ pub struct RestoreOptions<'a> {
     pub verbose: bool,
     /// `--shutdown-timeout`: the guest's grace period on a stop signal.
     pub shutdown_timeout: std::time::Duration,
+    /// `--virtiofsd` and `--virtiofsd-sandbox`, for the snapshot's virtio-fs shares.
+    pub fs: &'a crate::virtiofs::FsArgs,
+    /// The restore runs in a jail (`--jail on`), where zvm cannot start virtiofsd yet.
+    pub jailed: bool,
 }
 
 impl RestoreArgs {
@@ -86,7 +100,7 @@ impl RestoreArgs {
                 .collect(),
             net,
             vsock_uds_path: self.vsock_override.clone(),
-            fs: Vec::new(),
+            fs: fs_overrides(&self.fs_overrides)?,
         };
         Ok(RestoreParams {
             snapshot_path: state.clone(),
@@ -124,6 +138,52 @@ fn pairs(flag: &str, form: &str, values: &[String]) -> Result<Vec<(String, Strin
         out.push((key.to_string(), rest.to_string()));
     }
     Ok(out)
+}
+
+/// Parses `--fs-override SHARE=DIR[,readonly=on|off]` (each share at most once).
+fn fs_overrides(values: &[String]) -> Result<Vec<FsOverride>, String> {
+    let mut out: Vec<FsOverride> = Vec::new();
+    for (share, rest) in pairs("--fs-override", "SHARE=DIR", values)? {
+        let (dir, read_only) = match rest.rsplit_once(",readonly=") {
+            Some((dir, "on")) => (dir, Some(true)),
+            Some((dir, "off")) => (dir, Some(false)),
+            Some((_, other)) => return Err(format!(
+                "invalid --fs-override '{share}={rest}': readonly must be on or off, not '{other}'"
+            )),
+            None => (rest.as_str(), None),
+        };
+        if dir.is_empty() {
+            return Err(format!(
+                "invalid --fs-override '{share}={rest}': expected SHARE=DIR[,readonly=on|off]"
+            ));
+        }
+        out.push(FsOverride {
+            share,
+            shared_dir: Some(PathBuf::from(dir)),
+            read_only,
+            socket_path: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Starts a virtiofsd for every share of the restored VM that needs one (all of them
+/// when zvm served them), keeping them in `daemons` for the VM's life.
+pub(crate) fn start_fs_backends(
+    resources: &mut vmm::resources::VmResources,
+    args: &crate::virtiofs::FsArgs,
+    jailed: bool,
+    daemons: &mut Option<crate::virtiofs::Daemons>,
+) -> Result<(), String> {
+    if jailed && resources.fs.iter().any(|f| f.socket_path.is_none()) {
+        return Err(
+            "the snapshot has virtio-fs shares, and --fs does not work in a jail yet: \
+                    add --jail off"
+                .into(),
+        );
+    }
+    *daemons = Some(crate::virtiofs::Daemons::start(resources, args).map_err(|e| e.to_string())?);
+    Ok(())
 }
 
 /// Where the console goes, and whether stdin is forwarded (only for stdio).
@@ -167,7 +227,14 @@ pub fn run(args: &RestoreArgs, opts: &RestoreOptions<'_>, process_start: Instant
         process_start,
         irqchip: true,
     };
-    let vm = match vmm::snapshot::restore_microvm(&params, build, sink, input) {
+    // The snapshot's virtio-fs shares get new virtiofsd daemons, stopped when this returns.
+    let mut fs_daemons = None;
+    let mut start_backends = |resources: &mut vmm::resources::VmResources| {
+        start_fs_backends(resources, opts.fs, opts.jailed, &mut fs_daemons)
+    };
+    let restored =
+        vmm::snapshot::restore_microvm_with(&params, build, sink, input, &mut start_backends);
+    let vm = match restored {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("zvm: {}", crate::api::snapshot_load_error(&e));
@@ -223,6 +290,27 @@ mod tests {
         assert!(pairs("--drive-override", "ID=PATH", &v(&["a=/x", "a=/y"]))
             .expect_err("twice")
             .contains("'a' is given twice"));
+    }
+
+    #[test]
+    fn fs_overrides_name_a_share_and_a_directory() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let o = fs_overrides(&v(&["share=/srv/a,b", "data=/srv/d,readonly=on"])).expect("valid");
+        assert_eq!(
+            (
+                o[0].share.as_str(),
+                o[0].shared_dir.as_deref(),
+                o[0].read_only
+            ),
+            ("share", Some(Path::new("/srv/a,b")), None)
+        );
+        assert_eq!(o[1].shared_dir.as_deref(), Some(Path::new("/srv/d")));
+        assert_eq!(o[1].read_only, Some(true));
+        assert!(fs_overrides(&v(&["a=/x,readonly=maybe"]))
+            .expect_err("bad readonly")
+            .contains("on or off"));
+        assert!(fs_overrides(&v(&["a=,readonly=on"])).is_err());
+        assert!(fs_overrides(&v(&["a=/x", "a=/y"])).is_err());
     }
 
     #[test]

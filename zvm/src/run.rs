@@ -373,22 +373,24 @@ pub fn run(args: RunArgs, process_start: Instant, logging: &Logging) -> ExitCode
 fn run_redirected(args: RunArgs, process_start: Instant, logging: &Logging) -> ExitCode {
     if args.restore.requested() {
         let mem = args.restore.mem_file().unwrap_or(std::path::Path::new(""));
-        match crate::vm_jail::enter_restore(&args.jail, mem) {
+        let jailed = match crate::vm_jail::enter_restore(&args.jail, mem) {
             Ok(crate::vm_jail::Entered::Supervisor(status)) => {
                 return ExitCode::from(u8::try_from(status).unwrap_or(255))
             }
-            Ok(_) => {}
+            Ok(entered) => matches!(entered, crate::vm_jail::Entered::Jailed),
             Err(e) => {
                 eprintln!("zvm: {e}");
                 return ExitCode::from(2);
             }
-        }
+        };
         let opts = crate::restore::RestoreOptions {
             console: args.console.as_deref().unwrap_or("stdio"),
             seccomp: args.seccomp == "on",
             track_dirty_pages: args.track_dirty_pages,
             verbose: args.verbose,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+            fs: &args.fs,
+            jailed,
         };
         return crate::restore::run(&args.restore, &opts, process_start);
     }

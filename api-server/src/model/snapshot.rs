@@ -1,5 +1,6 @@
 //! `PUT /snapshot/create` and `PUT /snapshot/load` bodies, with Firecracker's field names,
-//! plus zvm's `drive_overrides` on load (clones of one snapshot on their own disks).
+//! plus zvm's `drive_overrides` and `fs_overrides` on load (clones of one snapshot on
+//! their own disks and shared directories).
 
 use super::{validate_id, ModelError};
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,20 @@ pub struct DriveOverride {
     pub path_on_host: String,
 }
 
+/// One of `fs_overrides` (zvm's): the restored virtio-fs share serves another host
+/// directory (a new virtiofsd is started for every share of the snapshot anyway).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsOverride {
+    /// The share, by its `fs_id` or its `tag` in the snapshot.
+    pub fs_id: String,
+    /// The host directory it serves from now on.
+    pub shared_dir: String,
+    /// Read-only (true) or read-write (false); absent keeps the snapshot's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+}
+
 /// `vsock_override`: the restored vsock device listens on another Unix socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +135,9 @@ pub struct SnapshotLoadParams {
     /// Another vsock socket path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_override: Option<VsockOverride>,
+    /// virtio-fs shares that serve another host directory (zvm's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs_overrides: Vec<FsOverride>,
 }
 
 impl SnapshotLoadParams {
@@ -142,6 +160,12 @@ impl SnapshotLoadParams {
         }
         if let Some(v) = &self.vsock_override {
             non_empty("vsock_override.uds_path", &v.uds_path)?;
+        }
+        seen.clear();
+        for o in &self.fs_overrides {
+            non_empty("fs_overrides.fs_id", &o.fs_id)?;
+            non_empty("fs_overrides.shared_dir", &o.shared_dir)?;
+            once("virtio-fs share", &o.fs_id, &mut seen)?;
         }
         Ok(())
     }
@@ -246,9 +270,18 @@ mod tests {
             "snapshot_path": "/s", "mem_file_path": "/m", "track_dirty_pages": true,
             "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap7"}],
             "drive_overrides": [{"drive_id": "rootfs", "path_on_host": "/clone.ext4"}],
-            "vsock_override": {"uds_path": "/v.sock"}
+            "vsock_override": {"uds_path": "/v.sock"},
+            "fs_overrides": [{"fs_id": "share", "shared_dir": "/srv/c1", "read_only": true}]
         }))
         .expect("overrides");
+        assert_eq!(
+            p.fs_overrides,
+            [FsOverride {
+                fs_id: "share".into(),
+                shared_dir: "/srv/c1".into(),
+                read_only: Some(true)
+            }]
+        );
         assert!(p.tracks_dirty_pages());
         assert_eq!(p.network_overrides[0].host_dev_name, "tap7");
         assert_eq!(p.drive_overrides[0].path_on_host, "/clone.ext4");
@@ -310,6 +343,18 @@ mod tests {
             (
                 json!({"snapshot_path": "/s", "mem_file_path": "/m", "drive_overrides": [{"drive_id": "d", "path_on_host": ""}]}),
                 "must not be empty",
+            ),
+            (
+                json!({"snapshot_path": "/s", "mem_file_path": "/m", "fs_overrides": [{"fs_id": "a", "shared_dir": ""}]}),
+                "must not be empty",
+            ),
+            (
+                json!({"snapshot_path": "/s", "mem_file_path": "/m", "fs_overrides": [{"fs_id": "a", "shared_dir": "/x"}, {"fs_id": "a", "shared_dir": "/y"}]}),
+                "virtio-fs share 'a' is overridden twice",
+            ),
+            (
+                json!({"snapshot_path": "/s", "mem_file_path": "/m", "fs_overrides": [{"fs_id": "a", "shared_dir": "/x", "socket_path": "/s"}]}),
+                "unknown field `socket_path`",
             ),
             (
                 json!({"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"uds_path": "/v", "guest_cid": 4}}),

@@ -12,7 +12,7 @@ use std::time::Instant;
 use vmm::builder::BuildOptions;
 use vmm::devices::serial::ConsoleSink;
 use vmm::snapshot::{
-    CreateSnapshotParams, RestoreOverrides, RestoreParams, SnapshotError, SnapshotType,
+    CreateSnapshotParams, FsOverride, RestoreOverrides, RestoreParams, SnapshotError, SnapshotType,
 };
 
 impl Monitor {
@@ -73,9 +73,21 @@ impl Monitor {
             process_start: self.process_start,
             irqchip: true,
         };
+        // The snapshot's virtio-fs shares get new virtiofsd daemons, as InstanceStart's do.
+        let mut fs_daemons = None;
+        let fs_args = crate::virtiofs::FsArgs::from_env();
+        let mut start_backends = |resources: &mut vmm::resources::VmResources| {
+            crate::restore::start_fs_backends(resources, &fs_args, false, &mut fs_daemons)
+        };
         // The console goes where InstanceStart's does: this process's stdout, stdin forwarded.
-        let vm = vmm::snapshot::restore_microvm(&params, opts, ConsoleSink::Stdout, true)
-            .map_err(|e| refuse(load_error(&e)))?;
+        let vm = vmm::snapshot::restore_microvm_with(
+            &params,
+            opts,
+            ConsoleSink::Stdout,
+            true,
+            &mut start_backends,
+        )
+        .map_err(|e| refuse(load_error(&e)))?;
         let took = start.elapsed();
         let vsock_uds = vm
             .resources()
@@ -85,6 +97,9 @@ impl Monitor {
             self.config = PendingConfig::from_resources(r);
         }
         self.adopt(vm, Origin::Restored, vsock_uds)?;
+        if let (Some(running), Some(daemons)) = (&mut self.running, fs_daemons) {
+            running._fs_daemons = daemons;
+        }
         self.metrics.latencies.load_snapshot = took;
         tracing::info!(
             state = %params.snapshot_path.display(),
@@ -135,7 +150,16 @@ pub(super) fn restore_params(
             .vsock_override
             .as_ref()
             .map(|v| PathBuf::from(&v.uds_path)),
-        fs: Vec::new(),
+        fs: p
+            .fs_overrides
+            .iter()
+            .map(|o| FsOverride {
+                share: o.fs_id.clone(),
+                shared_dir: Some(PathBuf::from(&o.shared_dir)),
+                read_only: o.read_only,
+                socket_path: None,
+            })
+            .collect(),
     };
     Ok(RestoreParams {
         snapshot_path: PathBuf::from(&p.snapshot_path),
@@ -178,7 +202,8 @@ mod tests {
             "enable_diff_snapshots": true, "resume_vm": true,
             "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap9"}],
             "drive_overrides": [{"drive_id": "rootfs", "path_on_host": "/clone.ext4"}],
-            "vsock_override": {"uds_path": "/run/clone.sock"}
+            "vsock_override": {"uds_path": "/run/clone.sock"},
+            "fs_overrides": [{"fs_id": "share", "shared_dir": "/srv/c1"}]
         }));
         let r = restore_params(&p, true).expect("valid");
         assert_eq!(
@@ -197,6 +222,15 @@ mod tests {
         assert_eq!(
             r.overrides.vsock_uds_path,
             Some(PathBuf::from("/run/clone.sock"))
+        );
+        assert_eq!(
+            r.overrides.fs,
+            [FsOverride {
+                share: "share".into(),
+                shared_dir: Some("/srv/c1".into()),
+                read_only: None,
+                socket_path: None
+            }]
         );
 
         let missing =
