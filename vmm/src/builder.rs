@@ -26,7 +26,7 @@ use crate::resources::{ConsoleConfig, CpuTemplate, ResourcesError, VmResources};
 use crate::vm::{EventHandler, RunningVm};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -210,10 +210,6 @@ impl std::fmt::Debug for MicrovmBuilder {
         )
     }
 }
-
-static KICK_HANDLER: Once = Once::new();
-
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 impl MicrovmBuilder {
     /// Opens KVM, creates the VM and its memory, and (per `opts`) the irqchip and PIT.

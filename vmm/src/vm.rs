@@ -3,8 +3,8 @@
 //! The loop (thread `zvm_vmm`) waits on an epoll set: vCPU reports, the i8042 reset line,
 //! an external stop request, for a stdio console standard input, and the eventfds of
 //! device [`EventHandler`]s (virtio queue notifications, whose I/O therefore runs on this
-//! thread). It decides the VM's [`VmOutcome`], stops the remaining vCPUs (stop flag + kick
-//! signal) and joins them.
+//! thread). It decides the VM's [`VmOutcome`], stops the remaining vCPUs (stop flag + one
+//! kick each) and joins them.
 
 use crate::devices::boot_timer::{BootTime, BootTimeRecord};
 use crate::devices::i8042::{I8042Device, I8042Error};
@@ -12,7 +12,7 @@ use crate::devices::serial::SerialDevice;
 use crate::metrics::VmMetrics;
 use crate::seccomp::{self, ThreadKind};
 use crate::snapshot::create::{SnapshotHandle, SnapshotParts};
-use crate::vcpu::{VcpuControl, VcpuError, VcpuEvent, VcpuOutcome};
+use crate::vcpu::{kick, VcpuControl, VcpuError, VcpuEvent, VcpuOutcome};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::signal::Killable;
 
 mod shutdown;
 pub use shutdown::ShutdownHandle;
@@ -169,7 +168,7 @@ pub(crate) struct VmmLoop {
     pub shutdown: ShutdownState,
     pub stop_evt: EventFd,
     pub control: Arc<VcpuControl>,
-    /// Written by [`RunningVm::pause`]: the loop kicks the vCPUs until they park.
+    /// Written by [`RunningVm::pause`]: the loop kicks the vCPUs (once) so they park.
     pub pause_evt: EventFd,
     pub console_input: Option<Arc<Mutex<SerialDevice>>>,
     pub seccomp: bool,
@@ -203,11 +202,6 @@ pub struct RunningVm {
     shutdown: ShutdownHandle,
     snapshot: Arc<SnapshotParts>,
     started: Instant,
-}
-
-/// Signal used to kick vCPU threads out of KVM_RUN.
-pub(crate) fn kick_signal() -> i32 {
-    libc::SIGRTMIN()
 }
 
 const TOKEN_VCPU: u64 = 1;
@@ -424,7 +418,7 @@ impl VmmLoop {
                     TOKEN_PAUSE => {
                         let _ = self.pause_evt.read();
                         if self.control.pause_requested() {
-                            self.kick_until_parked();
+                            self.kick_vcpus();
                             if let Some(outcome) = self.wait_while_paused(&mut running)? {
                                 return Ok(outcome);
                             }
@@ -488,7 +482,12 @@ impl VmmLoop {
                 match event.data() {
                     TOKEN_STOP => ended = Some(VmOutcome::Stopped),
                     TOKEN_PAUSE => {
+                        // A resume and the next pause can come as one event: vCPUs that
+                        // ran between them need the new pause's kick.
                         let _ = self.pause_evt.read();
+                        if self.control.pause_requested() {
+                            self.kick_vcpus();
+                        }
                     }
                     TOKEN_VCPU => {
                         // A vCPU can only end while paused if it was stopped or failed.
@@ -526,45 +525,29 @@ impl VmmLoop {
         true
     }
 
-    /// Kicks the running vCPUs out of KVM_RUN until all of them parked for a pause (or a
-    /// deadline passes; the pause then fails and is withdrawn by its requester).
-    fn kick_until_parked(&self) {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let live = || {
-            self.vcpu_threads
-                .iter()
-                .filter(|t| !t.is_finished())
-                .count()
-        };
-        while self.control.pause_requested()
-            && self.control.parked() < live()
-            && Instant::now() < deadline
-        {
-            for thread in self.vcpu_threads.iter().filter(|t| !t.is_finished()) {
-                let _ = thread.kill(kick_signal());
-            }
-            std::thread::sleep(Duration::from_millis(2));
+    /// Kicks every running vCPU out of KVM_RUN once (see [`crate::vcpu::kick`]: a kick is
+    /// never lost, so they all see the request just made).
+    fn kick_vcpus(&self) {
+        for thread in &self.vcpu_threads {
+            kick::kick(thread);
         }
     }
 
-    /// Stops every vCPU thread: sets the flag, kicks them out of KVM_RUN until they have
-    /// all ended (or a deadline passes), then joins them.
+    /// Stops every vCPU thread: sets the flag, kicks each once and joins them. A vCPU
+    /// blocked outside KVM_RUN (in a device call that does not return) is left behind
+    /// after a deadline rather than hanging the VMM.
     fn stop_vcpus(&mut self) {
         self.control.request_stop();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.vcpu_threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
-            for thread in self.vcpu_threads.iter().filter(|t| !t.is_finished()) {
-                if let Err(e) = thread.kill(kick_signal()) {
-                    tracing::debug!("kick failed: {e}");
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        self.kick_vcpus();
+        if !self
+            .control
+            .wait_exited(self.vcpu_threads.len(), Duration::from_secs(5))
+        {
+            tracing::warn!("a vCPU thread did not stop in time; leaving it");
         }
         for thread in self.vcpu_threads.drain(..) {
             if thread.is_finished() {
                 let _ = thread.join();
-            } else {
-                tracing::warn!("a vCPU thread did not stop in time; leaving it");
             }
         }
     }

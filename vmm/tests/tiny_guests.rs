@@ -315,3 +315,66 @@ fn pause_stops_guest_progress_and_resume_restarts_it() {
         .expect("stop");
     assert_eq!(vm.wait(), VmOutcome::Stopped);
 }
+
+/// `out 0x80, al; jmp` back to it, forever: a VM exit every few instructions.
+const EXIT_LOOP: [u8; 4] = [0xe6, 0x80, 0xeb, 0xfc];
+/// `jmp $`: no VM exit at all, only a kick gets the vCPU out of KVM_RUN.
+const SPIN: [u8; 2] = [0xeb, 0xfe];
+
+#[test]
+fn pause_resume_and_stop_many_times_never_hang() {
+    // Each pause kicks every vCPU once and nothing retries: a kick lost between a vCPU's
+    // look at its requests and its next KVM_RUN (a pause right after a resume lands
+    // there) would leave that pause waiting for its bound and failing. (The first
+    // version of this test found a resume and a pause read as one event and never
+    // kicked.)
+    for code in [&SPIN[..], &EXIT_LOOP[..]] {
+        let mut guest = TinyGuest::new(code.to_vec());
+        guest.vcpus = 2;
+        guest.irqchip = false;
+        let (vm, _console) = guest.start();
+        let started = std::time::Instant::now();
+        let mut slowest = Duration::ZERO;
+        for round in 0..300 {
+            let t = std::time::Instant::now();
+            vm.pause()
+                .unwrap_or_else(|e| panic!("pause {round} failed: {e}"));
+            slowest = slowest.max(t.elapsed());
+            assert!(vm.is_paused());
+            vm.resume();
+            // Some rounds pause again at once (the resume and the pause can reach the VMM
+            // as one event), others after the vCPUs are back in the guest.
+            std::thread::sleep(Duration::from_micros(round % 4 * 50));
+        }
+        println!(
+            "{code:02x?}: 300 pause/resume rounds in {:?}, slowest pause {slowest:?}",
+            started.elapsed()
+        );
+        assert!(
+            slowest < Duration::from_secs(1),
+            "slowest pause {slowest:?}"
+        );
+        // A stop while paused ends the VM too.
+        vm.pause().expect("pause");
+        vm.stop_handle()
+            .expect("stop")
+            .request_stop()
+            .expect("stop");
+        assert_eq!(vm.wait(), VmOutcome::Stopped);
+        // Stops right after the start race the vCPU threads' first KVM_RUN.
+        for round in 0..20 {
+            let t = std::time::Instant::now();
+            let (vm, _console) = guest.start();
+            vm.stop_handle()
+                .expect("stop")
+                .request_stop()
+                .expect("stop");
+            assert_eq!(vm.wait(), VmOutcome::Stopped, "round {round}");
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "stop {round} took {:?}",
+                t.elapsed()
+            );
+        }
+    }
+}

@@ -1,14 +1,14 @@
 //! The last build steps: the vCPUs (booted at the kernel entry, or given a snapshot's
 //! state by the caller), their threads and the VMM loop.
 
-use super::{io_err, kvm_err, on_kick, BuildError, MicrovmBuilder, KICK_HANDLER};
+use super::{io_err, kvm_err, BuildError, MicrovmBuilder};
 use crate::arch::regs::{self, BootEntry};
 use crate::arch::{cpuid, state};
 use crate::devices::DeviceRegistry;
 use crate::memory::GuestMemoryMmap;
 use crate::snapshot::create::SnapshotParts;
 use crate::vcpu::{Vcpu, VcpuControl, VcpuSaveContext};
-use crate::vm::{kick_signal, RunningVm, ShutdownState, VmHandles, VmmLoop};
+use crate::vm::{RunningVm, ShutdownState, VmHandles, VmmLoop};
 use kvm_bindings::{
     kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES,
 };
@@ -118,11 +118,7 @@ impl MicrovmBuilder {
     /// resume.
     pub(crate) fn launch(self, vcpus: Vec<Vcpu>, paused: bool) -> Result<RunningVm, BuildError> {
         super::lock_down::run_lock_down()?;
-        KICK_HANDLER.call_once(|| {
-            if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick) {
-                tracing::error!("cannot install the vCPU kick handler: {e}");
-            }
-        });
+        crate::vcpu::kick::install_handler();
         let control = Arc::new(VcpuControl::default());
         if paused {
             control.request_pause();

@@ -126,3 +126,40 @@ fn errors_render_on_one_line() {
         text.contains("emulation failure") && text.contains("0f ae 27") && text.contains("rip=0x1")
     );
 }
+
+#[test]
+fn a_kick_before_kvm_run_makes_it_return_at_once() {
+    use crate::builder::{BuildOptions, MicrovmBuilder};
+    use crate::resources::CpuTemplate;
+    let opts = BuildOptions {
+        irqchip: false,
+        ..Default::default()
+    };
+    let mut b = MicrovmBuilder::new(64, 1, CpuTemplate::Auto, true, opts).expect("VM");
+    // jmp $: without the kick KVM_RUN would spin until a signal interrupts it.
+    let entry = b.load_raw_code(&[0xeb, 0xfe], 0x10_0000).expect("load");
+    let mut vcpu = b.create_vcpus(None).expect("vCPU").remove(0);
+    crate::arch::regs::set_boot_state(&vcpu.fd, entry).expect("boot state");
+    kick::install_handler();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        let target = kick::KickTarget::register(&mut vcpu.fd);
+        // The kick lands after any look at requests and before KVM_RUN.
+        // SAFETY: signals this very thread; the handler only writes its kvm_run.
+        unsafe { libc::pthread_kill(libc::pthread_self(), kick::kick_signal()) };
+        let result = vcpu.fd.run().map(|_| ()).map_err(|e| e.errno());
+        let _ = done_tx.send(());
+        drop(target);
+        result
+    });
+    if done_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .is_err()
+    {
+        // Interrupt the lost run so the test ends, then fail.
+        kick::kick(&runner);
+        panic!("the kick before KVM_RUN was lost");
+    }
+    let result = runner.join().expect("join");
+    assert_eq!(result, Err(libc::EINTR));
+}
