@@ -23,7 +23,7 @@ use crate::loader::{self, LoaderError};
 use crate::memory::{create_guest_memory, GuestMemoryMmap, MemoryError};
 use crate::metrics::VmMetrics;
 use crate::resources::{ConsoleConfig, CpuTemplate, ResourcesError, VmResources};
-use crate::vm::{EventHandler, RunningVm};
+use crate::vm::RunningVm;
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use std::sync::{Arc, Mutex};
@@ -174,8 +174,6 @@ pub struct MicrovmBuilder {
     /// Other device parameters for the kernel command line (the root drive's `root=`),
     /// appended by `load_kernel`.
     device_args: Vec<String>,
-    /// Queue notification handlers for the VMM loop.
-    handlers: Vec<EventHandler>,
     /// The VM's counters.
     metrics: Arc<VmMetrics>,
     /// The i8042, for Ctrl-Alt-Del.
@@ -301,7 +299,6 @@ impl MicrovmBuilder {
             virtio_slots: Vec::new(),
             block_count: 0,
             device_args: Vec::new(),
-            handlers: Vec::new(),
             metrics,
             i8042: None,
             virtio: Vec::new(),

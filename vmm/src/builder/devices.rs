@@ -18,7 +18,6 @@ use crate::devices::EventFdTrigger;
 use crate::layout;
 use crate::metrics::DeviceMetrics;
 use crate::resources::{DriveConfig, NetConfig, VsockConfig};
-use crate::vm::EventHandler;
 use kvm_ioctls::IoEventAddress;
 use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -110,7 +109,7 @@ impl MicrovmBuilder {
 
     /// `device` on the next virtio-mmio page (4 KiB from [`layout::VIRTIO_MMIO_START`])
     /// with the next device IRQ: its queue eventfds become KVM ioeventfds on QueueNotify
-    /// and VMM-loop handlers, its interrupt an irqfd; the ACPI tables (and, unless told
+    /// (the VMM loop polls them and the device's host fd), its interrupt an irqfd; the ACPI tables (and, unless told
     /// otherwise, the kernel command line's `virtio_mmio.device=4K@ADDR:IRQ`) describe it.
     /// Must come before [`Self::load_kernel`].
     pub fn attach_virtio_mmio(
@@ -126,64 +125,21 @@ impl MicrovmBuilder {
         }
         let transport = MmioTransport::new(self.mem.clone(), device)?;
         let notify = IoEventAddress::Mmio(slot.addr + QUEUE_NOTIFY_OFFSET);
-        let mut evts = Vec::with_capacity(transport.queue_evts().len());
         for (index, evt) in transport.queue_evts().iter().enumerate() {
             self.vm
                 .register_ioevent(evt, &notify, index as u32)
                 .map_err(kvm_err("register a virtio queue ioeventfd"))?;
-            evts.push(
-                evt.try_clone()
-                    .map_err(io_err("clone a virtio queue eventfd"))?,
-            );
         }
         if self.opts.irqchip {
             self.vm
                 .register_irqfd(transport.interrupt_evt(), slot.irq)
                 .map_err(kvm_err("register a virtio irqfd"))?;
         }
-        let vmm_polls_queues = transport.vmm_polls_queues();
         let transport = Arc::new(Mutex::new(transport));
         self.mmio
             .insert(BusRange::new(slot.addr, MMIO_SLOT_SIZE), transport.clone())?;
-        self.virtio.push(transport.clone());
-        // A vhost-user device's backend polls them itself.
-        evts.retain(|_| vmm_polls_queues);
-        for (index, evt) in evts.into_iter().enumerate() {
-            let transport = transport.clone();
-            let on_event = Box::new(move || {
-                transport
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .process_queue(index)
-            });
-            self.handlers.push(EventHandler { evt, on_event });
-        }
-        let host_fd = transport
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .host_event_fd();
-        if let Some(fd) = host_fd {
-            // The loop polls a duplicate and reads 8 bytes from it before the handler runs:
-            // that clears a timerfd and fails harmlessly on the device's epoll fd.
-            // SAFETY: dup of a descriptor the device keeps open; the result is checked.
-            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-            if dup < 0 {
-                return Err(BuildError::Io {
-                    what: "duplicate a device event fd",
-                    source: std::io::Error::last_os_error(),
-                });
-            }
-            // SAFETY: `dup` is a new descriptor owned by nobody else.
-            let evt = unsafe { <EventFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
-            let transport = transport.clone();
-            let on_event = Box::new(move || {
-                transport
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .process_host_event()
-            });
-            self.handlers.push(EventHandler { evt, on_event });
-        }
+        // The VMM loop polls the device's fds (see `TransportEvents`).
+        self.virtio.push(transport);
         self.virtio_slots.push(slot);
         Ok(slot)
     }

@@ -173,7 +173,7 @@ impl MicrovmBuilder {
                 None
             },
             seccomp: self.seccomp,
-            handlers: self.handlers,
+            devices: snapshot.devices.virtio.clone(),
             vm,
         };
         tracing::debug!("VM built in {:?}", self.build_start.elapsed());

@@ -436,10 +436,12 @@ impl BusDevice for MmioTransport {
     }
 }
 
+mod events;
 #[cfg(test)]
 mod snapshot_tests;
 mod state;
 #[cfg(test)]
 mod tests;
 
+pub use events::TransportEvents;
 pub use state::{MmioTransportState, QueueSnapshot, VirtioDeviceState};
