@@ -8,6 +8,13 @@
 //! a read-only root take effect, and the createRuntime and poststop hooks run on the host
 //! with the OCI state on stdin. One boot, with templates off: the suite's cold boot of a
 //! container VM.
+//!
+//! The same boot checks the host's files in the container over virtio-fs (issue #14): the
+//! root file system comes over virtio-fs (`zvm.rootfs=virtiofs`, a read-only root whose
+//! bundle lacks /proc and /sys: made as runc makes them), a host directory bind-mounted
+//! read-write (the guest writes, the host reads), one read-only (the write fails, on the
+//! host side too) and a read-only bind-mounted file; the sandbox is jailed, its virtiofsd
+//! beside the jail.
 
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +31,11 @@ echo "cwd=$(pwd)"
 echo "host=$(hostname)"
 echo "uid=$(id -u) gid=$(id -g)"
 touch /root-write 2>/dev/null || echo ro-root
+echo from-guest > /rw/new-file && echo rw-bind
+cat /ro/readme
+{ echo x > /ro/x; } 2>/dev/null || echo ro-bind
+cat /etc/extra-hosts
+{ echo x >> /etc/extra-hosts; } 2>/dev/null || echo ro-file
 exit 7
 "#;
 
@@ -99,10 +111,20 @@ fn installed_runc_runs_a_vm_relays_output_exit_status_and_runs_hooks() {
     }
     install(&prefix);
     let zvm_oci = |root: &Path| installed_runc(&prefix, root, &elsewhere, &home);
-    busybox_rootfs(
-        &bundle.join("rootfs"),
-        &["/work", "/proc", "/sys", "/dev", "/tmp"],
-    );
+    // No /proc or /sys: the agent makes them before it makes the root read-only.
+    busybox_rootfs(&bundle.join("rootfs"), &["/work", "/dev", "/tmp", "/etc"]);
+    let (rw_dir, ro_dir, hosts) = (base.join("rw"), base.join("ro"), base.join("hosts"));
+    std::fs::create_dir_all(&rw_dir).expect("rw dir");
+    std::fs::create_dir_all(&ro_dir).expect("ro dir");
+    // The container runs as uid 1000.
+    std::fs::set_permissions(&rw_dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod rw dir");
+    std::fs::set_permissions(&ro_dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod ro dir");
+    std::fs::write(ro_dir.join("readme"), "host-readme\n").expect("ro/readme");
+    std::fs::write(&hosts, "10.0.0.1 db\n").expect("hosts");
+    std::fs::set_permissions(&hosts, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .expect("chmod hosts");
     let status = zvm_oci(&root)
         .args(["spec", "--bundle"])
         .arg(&bundle)
@@ -123,6 +145,16 @@ fn installed_runc_runs_a_vm_relays_output_exit_status_and_runs_hooks() {
     config["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
     config["hostname"] = "runc-vm".into();
     config["root"]["readonly"] = true.into();
+    config["annotations"] = serde_json::json!({"zvm.rootfs": "virtiofs"});
+    let mounts = config["mounts"].as_array_mut().expect("spec mounts");
+    mounts.push(serde_json::json!({"destination": "/rw", "type": "bind",
+        "source": rw_dir, "options": ["rbind", "rw"]}));
+    mounts.push(serde_json::json!({"destination": "/ro", "type": "bind",
+        "source": ro_dir, "options": ["rbind", "ro"]}));
+    mounts.push(
+        serde_json::json!({"destination": "/etc/extra-hosts", "type": "bind",
+        "source": hosts, "options": ["bind", "ro"]}),
+    );
     config["hooks"] = serde_json::json!({
         "createRuntime": [saving_hook(&created_hook, Some(&root.join("ctr-vm/sandbox.json")))],
         "poststop": [saving_hook(&poststop_hook, None)],
@@ -154,8 +186,30 @@ fn installed_runc_runs_a_vm_relays_output_exit_status_and_runs_hooks() {
 
     assert_eq!(code, Some(7), "the container's exit status\n{context}");
     assert_eq!(
-        stdout, "hello-from-vm\nFOO=bar\ncwd=/work\nhost=runc-vm\nuid=1000 gid=1000\nro-root\n",
+        stdout,
+        "hello-from-vm\nFOO=bar\ncwd=/work\nhost=runc-vm\nuid=1000 gid=1000\nro-root\n\
+         rw-bind\nhost-readme\nro-bind\n10.0.0.1 db\nro-file\n",
         "stdout is the container's alone\n{context}"
+    );
+    // The guest's write reached the host; the read-only ones did not.
+    assert_eq!(
+        std::fs::read_to_string(rw_dir.join("new-file"))
+            .ok()
+            .as_deref(),
+        Some("from-guest\n"),
+        "{context}"
+    );
+    assert!(!ro_dir.join("x").exists(), "{context}");
+    assert_eq!(
+        std::fs::read_to_string(&hosts).ok().as_deref(),
+        Some("10.0.0.1 db\n")
+    );
+    // The root came over virtio-fs: its mount points were made in the bundle, as runc does.
+    let proc_dir = std::fs::metadata(bundle.join("rootfs/proc")).expect("rootfs/proc made");
+    assert!(proc_dir.is_dir(), "{context}");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&proc_dir.permissions()) & 0o7777,
+        0o755
     );
     assert_eq!(
         stderr, "",

@@ -16,7 +16,7 @@ mod messages;
 pub use frame::{encode_frame, read_frame, write_frame, FrameDecoder};
 pub use messages::{
     AgentMessage, Bytes, ContainerStatus, Event, ExitStatus, Hello, Request, RequestBody,
-    ResponseBody, Rootfs,
+    ResponseBody, Rootfs, SHARE_MOUNT,
 };
 
 /// Re-export of the OCI runtime-spec types the messages carry.

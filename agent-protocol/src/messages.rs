@@ -48,18 +48,23 @@ pub struct Request {
     pub body: RequestBody,
 }
 
+/// Where the agent mounts the container's virtio-fs share (see [`RequestBody::Create`]).
+pub const SHARE_MOUNT: &str = "/run/zvm/share";
+
 /// Where the container's root filesystem comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rootfs {
-    /// A block device the agent mounts (read-only when `spec.root.readonly`).
+    /// A block device the agent mounts (read-write: a read-only root is made read-only
+    /// once its mount points exist, as runc does).
     BlockDevice {
         /// Device path in the guest, e.g. `/dev/vda`.
         device: String,
         /// Filesystem type, e.g. `ext4`.
         fstype: String,
     },
-    /// An existing directory (host tests).
+    /// An existing directory: host tests, or a directory of the container's virtio-fs
+    /// share (under [`SHARE_MOUNT`], mounted first).
     Directory {
         /// Absolute path of the directory.
         path: String,
@@ -79,6 +84,12 @@ pub enum RequestBody {
         rootfs: Rootfs,
         /// Give the process a pty (its output arrives as stream `init`, fd 1).
         terminal: bool,
+        /// The tag of the container's virtio-fs share, which the agent mounts on
+        /// [`SHARE_MOUNT`] before anything else: the host puts the sources of the spec's
+        /// bind mounts there (and their `source` names them under [`SHARE_MOUNT`]), and
+        /// the root file system when it comes over virtio-fs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        share: Option<String>,
     },
     /// Releases the created process: it execs `spec.process.args`. Answer: [`ResponseBody::Done`].
     Start,

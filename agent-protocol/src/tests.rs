@@ -52,6 +52,7 @@ fn all_requests() -> Vec<RequestBody> {
                 fstype: "ext4".into(),
             },
             terminal: false,
+            share: None,
         },
         RequestBody::Create {
             spec: Box::new(Spec::default()),
@@ -59,6 +60,7 @@ fn all_requests() -> Vec<RequestBody> {
                 path: "/tmp/rootfs".into(),
             },
             terminal: true,
+            share: Some("zvm-share".into()),
         },
         RequestBody::Start,
         RequestBody::Exec {

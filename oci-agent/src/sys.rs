@@ -192,14 +192,18 @@ impl Sys for LinuxSys {
 
     fn mkdir_all(&mut self, path: &Path) -> io::Result<()> {
         // One mkdir when the directory (or something else: the mount then reports it) exists,
-        // instead of std's mkdir + stat: system calls are expensive in the VM.
-        match std::fs::create_dir(path) {
+        // instead of std's mkdir + stat: system calls are expensive in the VM. Mode 0755
+        // whatever the umask (the setup runs with 0), as runc makes mount points: over
+        // virtio-fs they are made in the bundle's rootfs.
+        use std::os::unix::fs::DirBuilderExt;
+        let create_dir = |path: &Path| std::fs::DirBuilder::new().mode(0o755).create(path);
+        match create_dir(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => match path.parent() {
                 Some(parent) if parent != path => {
                     self.mkdir_all(parent)?;
-                    match std::fs::create_dir(path) {
+                    match create_dir(path) {
                         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
                         _ => Ok(()),
                     }
@@ -211,9 +215,11 @@ impl Sys for LinuxSys {
     }
 
     fn create_file(&mut self, path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o644)
             .open(path)
         {
             Ok(_) => Ok(()),

@@ -403,6 +403,7 @@ fn bad_specs_give_clear_errors() {
             spec: spec("norootfs", |_| {}),
             rootfs,
             terminal: false,
+            share: None,
         })
         .unwrap_err();
     assert!(err.contains("rootfs directory"), "{err}");

@@ -9,7 +9,7 @@ use agent_protocol::{
     AgentMessage, Bytes, ContainerStatus, Event, ExitStatus, ResponseBody, Rootfs, INIT_STREAM,
 };
 
-use super::rootfs::{mount as mount_rootfs, DISK_WAIT, ROOTFS_MOUNT};
+use super::rootfs::{mount as mount_rootfs, mount_share, DISK_WAIT, ROOTFS_MOUNT};
 use super::{cgroup, AgentConfig};
 use crate::fdio;
 use crate::plan::{plan_container, process::plan_process, ContainerPlan};
@@ -166,20 +166,19 @@ impl Container {
     pub fn create(
         spec: &Spec,
         rootfs: &Rootfs,
+        share: Option<&str>,
         terminal: bool,
         cfg: &AgentConfig,
         spare_netns: Option<&std::os::fd::OwnedFd>,
     ) -> Result<Self, String> {
         let cgroup_root = cfg.cgroup_root.as_path();
-        let readonly = spec
-            .root()
-            .as_ref()
-            .and_then(|r| r.readonly())
-            .unwrap_or(false);
         let start = std::time::Instant::now();
         // Plan first against a placeholder so bad specs fail before anything is mounted.
         plan_container(spec, Path::new(ROOTFS_MOUNT), terminal).map_err(|e| e.to_string())?;
-        let (root, mounted) = mount_rootfs(&mut LinuxSys, rootfs, readonly, DISK_WAIT)?;
+        if let Some(tag) = share {
+            mount_share(&mut LinuxSys, tag)?;
+        }
+        let (root, mounted) = mount_rootfs(&mut LinuxSys, rootfs, DISK_WAIT)?;
         let mounted_at = start.elapsed();
         let undo_mount = |mounted: &Option<PathBuf>| {
             if let Some(m) = mounted {

@@ -434,13 +434,21 @@ impl<T: Transport> Agent<T> {
                 spec,
                 rootfs,
                 terminal,
+                share,
             } => {
                 if self.container.is_some() {
                     return Err("a container already exists in this agent".into());
                 }
                 // The spare network namespace serves one create, whatever its outcome.
                 let spare = self.cfg.spare_netns.take();
-                let c = Container::create(&spec, &rootfs, terminal, &self.cfg, spare.as_deref())?;
+                let c = Container::create(
+                    &spec,
+                    &rootfs,
+                    share.as_deref(),
+                    terminal,
+                    &self.cfg,
+                    spare.as_deref(),
+                )?;
                 let pid = c.init_pid;
                 tracing::info!("container created, init pid {pid}");
                 self.container = Some(c);

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent_protocol::Rootfs;
+use agent_protocol::{Rootfs, SHARE_MOUNT};
 
 use crate::sys::Sys;
 
@@ -59,13 +59,24 @@ pub fn wait_for_size(
     }
 }
 
+/// Mounts the container's virtio-fs share `tag` on [`SHARE_MOUNT`].
+pub fn mount_share(sys: &mut impl Sys, tag: &str) -> Result<PathBuf, String> {
+    let target = PathBuf::from(SHARE_MOUNT);
+    sys.mkdir_all(&target)
+        .map_err(|e| format!("create {SHARE_MOUNT}: {e}"))?;
+    sys.mount(Some(Path::new(tag)), &target, Some("virtiofs"), 0, None)
+        .map_err(|e| format!("mount the virtio-fs share {tag:?} on {SHARE_MOUNT}: {e}"))?;
+    Ok(target)
+}
+
 /// Makes `rootfs` available: returns the root directory and, for a block device, the mount
-/// the agent made (to undo). A block device is mounted on [`ROOTFS_MOUNT`] (read-only when
-/// `readonly`) once its size is non-zero, or after `limit` anyway.
+/// the agent made (to undo). A block device is mounted on [`ROOTFS_MOUNT`] once its size is
+/// non-zero, or after `limit` anyway. It is mounted read-write even for a read-only root
+/// (the image is the container's own copy): the container's mount points are made first
+/// and the root is made read-only after (as runc does).
 pub fn mount(
     sys: &mut impl Sys,
     rootfs: &Rootfs,
-    readonly: bool,
     limit: Duration,
 ) -> Result<(PathBuf, Option<PathBuf>), String> {
     match rootfs {
@@ -81,8 +92,15 @@ pub fn mount(
             let target = PathBuf::from(ROOTFS_MOUNT);
             sys.mkdir_all(&target)
                 .map_err(|e| format!("create {ROOTFS_MOUNT}: {e}"))?;
-            let flags = if readonly { libc::MS_RDONLY } else { 0 };
-            sys.mount(Some(Path::new(device)), &target, Some(fstype), flags, None)
+            let device = Path::new(device);
+            // A disk the VMM attached read-only can only be mounted read-only.
+            sys.mount(Some(device), &target, Some(fstype), 0, None)
+                .or_else(|e| match e.raw_os_error() {
+                    Some(libc::EROFS | libc::EACCES) => {
+                        sys.mount(Some(device), &target, Some(fstype), libc::MS_RDONLY, None)
+                    }
+                    _ => Err(e),
+                })
                 .map_err(|e| {
                     let empty = match size {
                         Some(0) => {
@@ -90,7 +108,10 @@ pub fn mount(
                         }
                         _ => String::new(),
                     };
-                    format!("mount rootfs {device} ({fstype}) on {ROOTFS_MOUNT}: {e}{empty}")
+                    format!(
+                        "mount rootfs {} ({fstype}) on {ROOTFS_MOUNT}: {e}{empty}",
+                        device.display()
+                    )
                 })?;
             Ok((target.clone(), Some(target)))
         }
@@ -116,7 +137,7 @@ mod tests {
             block_sizes: [0, 0, 0, 1 << 30].into(),
             ..Default::default()
         };
-        let (root, mounted) = mount(&mut r, &vdb(), true, DISK_WAIT).unwrap();
+        let (root, mounted) = mount(&mut r, &vdb(), DISK_WAIT).unwrap();
         assert_eq!(root, Path::new(ROOTFS_MOUNT));
         assert_eq!(mounted.as_deref(), Some(Path::new(ROOTFS_MOUNT)));
         assert_eq!(
@@ -127,7 +148,7 @@ mod tests {
                 "block_size /dev/vdb",
                 "block_size /dev/vdb",
                 "mkdir /run/zvm/rootfs",
-                "mount /dev/vdb /run/zvm/rootfs ext4 0x1 -",
+                "mount /dev/vdb /run/zvm/rootfs ext4 0x0 -",
             ]
         );
         // A disk that has its size at once is mounted without a pause.
@@ -135,8 +156,19 @@ mod tests {
             block_sizes: [4096].into(),
             ..Default::default()
         };
-        mount(&mut r, &vdb(), false, DISK_WAIT).unwrap();
+        mount(&mut r, &vdb(), DISK_WAIT).unwrap();
         assert_eq!(r.pos("mount /dev/vdb /run/zvm/rootfs ext4 0x0"), 2);
+    }
+
+    #[test]
+    fn a_read_only_disk_is_mounted_read_only() {
+        let mut r = Recorder {
+            block_sizes: [4096].into(),
+            fail_on: Some("mount /dev/vdb /run/zvm/rootfs ext4 0x0".into()),
+            ..Default::default()
+        };
+        mount(&mut r, &vdb(), DISK_WAIT).unwrap();
+        assert_eq!(r.pos("mount /dev/vdb /run/zvm/rootfs ext4 0x1"), 3);
     }
 
     #[test]
@@ -147,7 +179,7 @@ mod tests {
         };
         let limit = Duration::from_millis(40);
         let start = Instant::now();
-        let err = mount(&mut r, &vdb(), false, limit).unwrap_err();
+        let err = mount(&mut r, &vdb(), limit).unwrap_err();
         assert!(start.elapsed() >= limit);
         assert!(
             err.starts_with("mount rootfs /dev/vdb (ext4) on /run/zvm/rootfs: ")
@@ -169,7 +201,7 @@ mod tests {
             fail_on: Some("block_size".into()),
             ..Default::default()
         };
-        mount(&mut r, &vdb(), false, DISK_WAIT).unwrap();
+        mount(&mut r, &vdb(), DISK_WAIT).unwrap();
         assert_eq!(r.calls.len(), 3, "{:?}", r.calls);
         let mut r = Recorder {
             fail_on: Some("block_size".into()),
@@ -183,18 +215,41 @@ mod tests {
     }
 
     #[test]
+    fn the_share_is_mounted_by_its_tag() {
+        let mut r = Recorder::default();
+        let at = mount_share(&mut r, "zvm-share").unwrap();
+        assert_eq!(at, Path::new(SHARE_MOUNT));
+        assert_eq!(
+            r.calls,
+            [
+                "mkdir /run/zvm/share",
+                "mount zvm-share /run/zvm/share virtiofs 0x0 -"
+            ]
+        );
+        let mut r = Recorder {
+            fail_on: Some("mount".into()),
+            ..Default::default()
+        };
+        let err = mount_share(&mut r, "zvm-share").unwrap_err();
+        assert!(
+            err.starts_with("mount the virtio-fs share \"zvm-share\" on /run/zvm/share: "),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_directory_needs_no_mount() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Recorder::default();
         let rootfs = Rootfs::Directory {
             path: dir.path().display().to_string(),
         };
-        let (root, mounted) = mount(&mut r, &rootfs, false, DISK_WAIT).unwrap();
+        let (root, mounted) = mount(&mut r, &rootfs, DISK_WAIT).unwrap();
         assert_eq!((root.as_path(), mounted), (dir.path(), None));
         assert!(r.calls.is_empty());
         let rootfs = Rootfs::Directory {
             path: "relative".into(),
         };
-        assert!(mount(&mut r, &rootfs, false, DISK_WAIT).is_err());
+        assert!(mount(&mut r, &rootfs, DISK_WAIT).is_err());
     }
 }

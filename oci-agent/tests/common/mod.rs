@@ -253,6 +253,7 @@ impl Agent {
             spec,
             rootfs,
             terminal,
+            share: None,
         })
     }
 

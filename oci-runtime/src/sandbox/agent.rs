@@ -309,23 +309,22 @@ impl AgentConn {
         }
     }
 
-    /// Sends `Create` for `spec` with its root file system on the ext4 block `device` (a pty
-    /// when `terminal`) and returns the container's init process (guest pid). When that
-    /// fails, the agent is asked to power the VM off.
+    /// Sends `Create` for `spec` with its root file system `rootfs` and the virtio-fs share
+    /// `share` (its tag; a pty when `terminal`) and returns the container's init process
+    /// (guest pid). When that fails, the agent is asked to power the VM off.
     pub(crate) fn create_container(
         &self,
         spec: oci_spec::runtime::Spec,
-        device: &str,
+        rootfs: Rootfs,
+        share: Option<String>,
         terminal: bool,
         timeout: Duration,
     ) -> Result<i32, AgentError> {
         let create = RequestBody::Create {
             spec: Box::new(spec),
-            rootfs: Rootfs::BlockDevice {
-                device: device.into(),
-                fstype: "ext4".into(),
-            },
+            rootfs,
             terminal,
+            share,
         };
         let failure = match self.request(create, timeout) {
             Ok(ResponseBody::Created { pid }) => return Ok(pid),

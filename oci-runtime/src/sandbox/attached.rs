@@ -114,7 +114,11 @@ pub fn run_attached(
     // A VM restored from a template starts with the template's entropy, clock and name.
     let hostname = run.spec.hostname().clone().filter(|h| !h.is_empty());
     agent.refresh(hostname.as_deref(), CREATE_TIMEOUT)?;
-    agent.create_container(run.spec, &run.rootfs_device, terminal, CREATE_TIMEOUT)?;
+    let rootfs = agent_protocol::Rootfs::BlockDevice {
+        device: run.rootfs_device.clone(),
+        fstype: "ext4".into(),
+    };
+    agent.create_container(run.spec, rootfs, None, terminal, CREATE_TIMEOUT)?;
     if let Err(e) = agent.request_done(RequestBody::Start, CREATE_TIMEOUT) {
         let _ = agent.request_done(RequestBody::Shutdown, Duration::from_secs(10));
         return Err(e.into());

@@ -7,6 +7,8 @@ use super::control::{ExitRecord, SandboxStatus};
 use super::jailing::{self, Entered};
 use super::launch::Ready;
 use super::server::{self, Shared, AGENT_TIMEOUT};
+use super::share::sandbox::ContainerShare;
+use super::share::RootfsMode;
 use super::stdio::{pump, OutputSink};
 use super::vmconfig::{vm_size, VmFiles, ROOTFS_DEVICE};
 use super::vmstart::{restore_checkpoint, start_vm, vm_hostname};
@@ -160,6 +162,14 @@ impl Drop for VmGuard {
     }
 }
 
+/// The root file system on the VM's second disk (an ext4 copy of the bundle's).
+pub(crate) fn block_rootfs() -> agent_protocol::Rootfs {
+    agent_protocol::Rootfs::BlockDevice {
+        device: ROOTFS_DEVICE.into(),
+        fstype: "ext4".into(),
+    }
+}
+
 fn rootfs_dir(cfg: &SandboxConfig) -> Result<PathBuf, SandboxError> {
     let root = cfg
         .spec
@@ -188,6 +198,7 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
         .as_ref()
         .and_then(|r| r.readonly())
         .unwrap_or(false);
+    let rootfs_mode = RootfsMode::from_env(&cfg.spec)?;
     let terminal = crate::bundle::wants_terminal(&cfg.spec);
     let (image, agent_image, console) = (
         dir.join(ROOTFS_IMAGE),
@@ -196,21 +207,38 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     );
     // vmm's vsock device takes a socket path of any length.
     let vsock = dir.join(VSOCK_SOCKET);
+    // Its virtiofsd runs beside the jail (dropped last: after the VM stops).
+    let mut share = None;
     if cfg.restore_from.is_none() {
         let rootfs = rootfs_dir(&cfg)?;
-        disk::make_rootfs_image(&rootfs, &image)?;
+        let started = ContainerShare::start(&cfg, &rootfs, rootfs_mode, notes)?;
+        if started.rootfs_shared() {
+            // The VM keeps its second disk, empty: the agent does not use it.
+            File::create(&image)
+                .map_err(SandboxError::io(format!("create {}", image.display())))?;
+        } else {
+            disk::make_rootfs_image(&rootfs, &image)?;
+        }
         notes.note(&format!(
-            "container {}: {} vCPUs, {} MiB, rootfs {} ({})",
+            "container {}: {} vCPUs, {} MiB, rootfs {} ({}, {})",
             cfg.id,
             size.vcpus,
             size.memory_mib,
             rootfs.display(),
-            if readonly { "read-only" } else { "read-write" }
+            if readonly { "read-only" } else { "read-write" },
+            if started.rootfs_shared() {
+                "over virtio-fs"
+            } else {
+                "ext4 copy"
+            }
         ));
+        share = Some(started);
     }
+    let shared = share.as_ref().is_some_and(ContainerShare::needed);
     // The jail splits the process: the supervisor waits here for the jailed half, which
     // goes on (and is locked down by vmm once its VM's resources are open).
-    if let Entered::Supervisor(status) = jailing::enter(&cfg, size, &image, &vsock, notes)? {
+    if let Entered::Supervisor(status) = jailing::enter(&cfg, size, &image, &vsock, shared, notes)?
+    {
         let _ = std::fs::remove_file(dir.join(CONTROL_SOCKET));
         let _ = std::fs::remove_file(&vsock);
         return Ok((status & 0xff) as u8);
@@ -243,7 +271,11 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
                 console_log: &console,
                 vsock: &vsock,
             };
-            (start_vm(&cfg, size, files, readonly, notes)?, None)
+            let fs = share
+                .as_ref()
+                .map(ContainerShare::fs_configs)
+                .unwrap_or_default();
+            (start_vm(&cfg, size, files, fs, notes)?, None)
         }
     };
     let control = VmControl::of(&vm)?;
@@ -268,12 +300,11 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     agent.refresh(Some(&vm_hostname(&cfg)), CREATE_TIMEOUT)?;
     let phase = match &restored {
         None => {
-            let pid = agent.create_container(
-                cfg.spec.clone(),
-                ROOTFS_DEVICE,
-                terminal,
-                CREATE_TIMEOUT,
-            )?;
+            let (spec, rootfs, tag) = match &share {
+                Some(share) => (share.spec().clone(), share.rootfs(), share.tag()),
+                None => (cfg.spec.clone(), block_rootfs(), None),
+            };
+            let pid = agent.create_container(spec, rootfs, tag, terminal, CREATE_TIMEOUT)?;
             notes.note(&format!("container created (guest pid {pid})"));
             SandboxStatus::Created
         }

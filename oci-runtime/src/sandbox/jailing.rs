@@ -39,19 +39,21 @@ pub(crate) enum Entered {
 
 /// Splits the sandbox when its config says it runs jailed; the container's template is
 /// made first (its VM runs the project's kernel and agent only) so that the jailed half
-/// only restores it.
+/// only restores it. A container with a virtio-fs share (`shared`) boots instead: its
+/// virtiofsd is already running, outside the jail.
 pub(crate) fn enter(
     cfg: &SandboxConfig,
     size: VmSize,
     rootfs_image: &Path,
     vsock: &Path,
+    shared: bool,
     notes: &Notes,
 ) -> Result<Entered, SandboxError> {
     if !cfg.jail {
         return Ok(Entered::Unjailed);
     }
     let settings = TemplateSettings::from_env();
-    let templates = settings.enabled && !template::annotation_disables(&cfg.spec);
+    let templates = settings.enabled && !template::annotation_disables(&cfg.spec) && !shared;
     if templates && cfg.restore_from.is_none() {
         match template::prepare_template(&settings.cache(), &cfg.artifacts, size) {
             Ok((id, Some(took))) => notes.note(&format!(

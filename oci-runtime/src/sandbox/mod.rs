@@ -9,7 +9,9 @@
 //!    disk reads the agent's pages as they are used; an initramfs would first be copied whole
 //!    by emulated kernel code);
 //! 2. boots the project's guest kernel with `vmm` as a library: the agent's disk as the root
-//!    device, the rootfs image as a second virtio-blk disk (read-only when `root.readonly`),
+//!    device, the rootfs image as a second virtio-blk disk (the agent makes a read-only
+//!    root read-only once its mount points exist; with `zvm.rootfs=virtiofs` the disk is
+//!    empty and the root comes over the container's virtio-fs share, see [`share`]),
 //!    virtio-vsock, an entropy device, the serial console to
 //!    `console.log`, vCPUs and memory from `linux.resources` ([`vm_size`]);
 //! 3. connects to the agent over vsock (retrying until it listens), sends `Create`, and tells
@@ -37,6 +39,7 @@ mod launch;
 pub(crate) mod pty;
 mod seccomp;
 mod server;
+pub mod share;
 mod stdio;
 pub mod template;
 mod unix;
@@ -167,6 +170,9 @@ pub enum SandboxError {
     /// The control connection broke or carried something unexpected.
     #[error("sandbox control connection: {0}")]
     Control(String),
+    /// The container's virtio-fs share could not be made or served.
+    #[error(transparent)]
+    Share(#[from] share::ShareError),
 }
 
 impl SandboxError {

@@ -14,16 +14,21 @@ use vmm::devices::serial::ConsoleSink;
 
 /// Starts the container's VM: restored from its template unless templates are off (the
 /// settings, or the container's `zvm.template` annotation); booted when there is no
-/// template and none can be made (the reason is noted).
+/// template and none can be made (the reason is noted). `fs` is the container's
+/// virtio-fs share, if it has one: such a VM boots (templates have no share yet). The
+/// root file system's disk is read-write even for a read-only root (the agent makes the
+/// container's mount points before it makes the root read-only, as runc does).
 pub(crate) fn start_vm(
     cfg: &SandboxConfig,
     size: VmSize,
     files: VmFiles<'_>,
-    readonly: bool,
+    fs: Vec<vmm::resources::FsConfig>,
     notes: &Notes,
 ) -> Result<vmm::RunningVm, SandboxError> {
     let settings = template::TemplateSettings::from_env();
-    if settings.enabled && !template::annotation_disables(&cfg.spec) {
+    if !fs.is_empty() {
+        notes.note("templates have no virtio-fs share yet; booting the kernel");
+    } else if settings.enabled && !template::annotation_disables(&cfg.spec) {
         let vm = template::ContainerVm {
             artifacts: &cfg.artifacts,
             size,
@@ -53,10 +58,9 @@ pub(crate) fn start_vm(
         &cfg.container_dir.join("agent-root"),
         files.agent_image,
     )?;
-    Ok(vmm::build_microvm(
-        &vm_resources(size, files, readonly),
-        BuildOptions::default(),
-    )?)
+    let mut resources = vm_resources(size, files, false);
+    resources.fs = fs;
+    Ok(vmm::build_microvm(&resources, BuildOptions::default())?)
 }
 
 /// Restores the VM of the checkpoint in `image` for the container in `dir`: its disks are
