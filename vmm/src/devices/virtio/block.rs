@@ -30,7 +30,7 @@ pub use engine::BlockIoEngine;
 use engine::{Completion, Engine, EngineError, Job};
 use inflight::{InFlight, InFlightTable};
 use request::{DiskInfo, Parsed, MAX_DATA_BYTES, MAX_DESCRIPTORS, SECTOR_SIZE};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,10 +75,12 @@ pub enum BlockError {
     /// The I/O engine could not be set up.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// The device's epoll set could not be made.
-    #[error("cannot set up the disk's event fds: {0}")]
-    Events(std::io::Error),
 }
+
+/// Token of the engine's completion eventfd among the device's host fds.
+const HOST_COMPLETIONS: u32 = 0;
+/// Token of the rate limiter's timer.
+const HOST_TIMER: u32 = 1;
 
 /// How long a snapshot waits for a disk's requests in flight.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,8 +101,6 @@ pub struct Block {
     /// The queue was left with requests because the in-flight table was full: take them
     /// when a completion frees a slot.
     starved: bool,
-    /// The rate limiter's timer and the engine's eventfd together, when there are both.
-    events: Option<OwnedFd>,
     /// Completions reaped, reused.
     done: Vec<Completion>,
 }
@@ -128,7 +128,6 @@ impl Block {
             in_flight: InFlightTable::new(usize::from(QUEUE_SIZE)),
             epoch: 0,
             starved: false,
-            events: None,
             done: Vec::new(),
         }
     }
@@ -157,7 +156,6 @@ impl Block {
             .trim_end_matches('\0')
             .to_string();
         self.engine = Engine::new(kind, backend, seccomp, &id)?;
-        self.combine_events()?;
         Ok(self)
     }
 
@@ -165,41 +163,7 @@ impl Block {
     /// the limiter is short of tokens, and are served when its timer fires.
     pub fn with_rate_limiter(mut self, config: &RateLimiterConfig) -> Result<Self, BlockError> {
         self.rate_limiter = Some(RateLimiter::new(config)?);
-        self.combine_events()?;
         Ok(self)
-    }
-
-    /// With both a rate limiter and an asynchronous engine, one epoll set holds the
-    /// timer and the completion eventfd, so the loop polls one fd for the device.
-    fn combine_events(&mut self) -> Result<(), BlockError> {
-        let (Some(timer), Some(evt)) = (
-            self.rate_limiter.as_ref().map(RateLimiter::timer_fd),
-            self.engine.event_fd(),
-        ) else {
-            return Ok(());
-        };
-        if self.events.is_some() {
-            return Ok(());
-        }
-        // SAFETY: plain system call; the result is checked before use.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(BlockError::Events(std::io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a new descriptor owned by nobody else.
-        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
-        for watched in [timer, evt] {
-            let mut event = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: watched as u64,
-            };
-            // SAFETY: adding an open fd to our epoll set with a valid event.
-            if unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, watched, &mut event) } < 0 {
-                return Err(BlockError::Events(std::io::Error::last_os_error()));
-            }
-        }
-        self.events = Some(epoll);
-        Ok(())
     }
 
     /// What serves the device's I/O: `sync`, `io_uring` or `worker thread`.
@@ -417,13 +381,31 @@ impl VirtioDevice for Block {
         }
     }
 
-    fn host_event_fd(&self) -> Option<RawFd> {
-        match &self.events {
-            Some(epoll) => Some(epoll.as_raw_fd()),
-            None => self
-                .engine
-                .event_fd()
-                .or(self.rate_limiter.as_ref().map(RateLimiter::timer_fd)),
+    fn host_fds(&self, fds: &mut Vec<(RawFd, u32)>) {
+        fds.extend(self.engine.event_fd().map(|fd| (fd, HOST_COMPLETIONS)));
+        let timer = self.rate_limiter.as_ref().map(RateLimiter::timer_fd);
+        fds.extend(timer.map(|fd| (fd, HOST_TIMER)));
+    }
+
+    fn process_host_fd(&mut self, token: u32) {
+        match token {
+            HOST_COMPLETIONS => {
+                if let Some(fd) = self.engine.event_fd() {
+                    let mut counter = [0u8; 8];
+                    // SAFETY: reads 8 bytes into our buffer from the engine's eventfd.
+                    let _ = unsafe { libc::read(fd, counter.as_mut_ptr().cast(), 8) };
+                }
+                self.complete(None);
+            }
+            _ => {
+                if self
+                    .rate_limiter
+                    .as_mut()
+                    .is_some_and(RateLimiter::on_timer)
+                {
+                    self.process();
+                }
+            }
         }
     }
 

@@ -438,6 +438,8 @@ impl BusDevice for MmioTransport {
 
 mod events;
 #[cfg(test)]
+mod events_tests;
+#[cfg(test)]
 mod snapshot_tests;
 mod state;
 #[cfg(test)]

@@ -119,10 +119,10 @@ pub trait VirtioDevice: Send {
     /// The features the driver accepted (a subset of [`Self::features`]); called before
     /// [`Self::activate`]. Devices whose behaviour does not depend on them ignore it.
     fn ack_features(&mut self, _features: u64) {}
-    /// A host fd (timer, tap, the device's own epoll set) the VMM loop polls besides the
-    /// queue notifications; when it is readable the loop calls [`Self::process_host_event`].
-    /// The loop first reads 8 bytes from it (which clears a timerfd or an eventfd and
-    /// fails harmlessly on an epoll fd). Fixed for the device's lifetime.
+    /// A host fd (timer, eventfd, the device's own epoll set) the VMM loop polls besides
+    /// the queue notifications; when it is readable the loop calls
+    /// [`Self::process_host_event`]. Fixed for the device's lifetime. (A device that
+    /// polls several fds, or changes which, registers them with [`Self::host_fds`].)
     fn host_event_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
@@ -130,6 +130,24 @@ pub trait VirtioDevice: Send {
     /// not active. Runs on the VMM thread, while `activate` and `reset` run on a vCPU
     /// thread (whose seccomp filter allows only KVM ioctls): host-side setup belongs here.
     fn process_host_event(&mut self) {}
+    /// The host fds the device wants the VMM loop to poll now, each with a token of its
+    /// own (below 2^31), appended to `fds`. The loop registers and removes them as this
+    /// set changes: it asks again after every event it hands the device. By default,
+    /// [`Self::host_event_fd`] with token 0.
+    fn host_fds(&self, fds: &mut Vec<(std::os::fd::RawFd, u32)>) {
+        fds.extend(self.host_event_fd().map(|fd| (fd, 0)));
+    }
+    /// Handles the host fd registered with `token` becoming readable; the device reads
+    /// the fd itself. By default: reads 8 bytes from [`Self::host_event_fd`] (clearing a
+    /// timerfd or an eventfd; harmless on an epoll fd), then [`Self::process_host_event`].
+    fn process_host_fd(&mut self, _token: u32) {
+        if let Some(fd) = self.host_event_fd() {
+            let mut counter = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into our buffer from the device's own fd.
+            let _ = unsafe { libc::read(fd, counter.as_mut_ptr().cast(), counter.len()) };
+        }
+        self.process_host_event();
+    }
     /// Starts the device with the queues the driver set up, as the transport validated them.
     fn activate(
         &mut self,

@@ -13,8 +13,8 @@
 //! the device, which stops reading the tap until it is delivered. Optional rate limiters
 //! throttle either direction; a throttled direction resumes when its limiter's timer fires.
 //!
-//! The device polls the tap and its timers through its own epoll set, which the VMM loop
-//! watches as the device's host event fd. Nothing from the guest is trusted: every
+//! The device has the VMM loop poll the tap and its timers directly
+//! ([`VirtioDevice::host_fds`]); the tap only while it can take a frame. Nothing from the guest is trusted: every
 //! descriptor is checked against guest memory before the host touches it, bad chains are
 //! logged and returned with length 0, and sizes are bounded by [`MAX_BUFFER_LEN`].
 
@@ -31,11 +31,10 @@ use crate::memory::GuestMemoryMmap;
 use crate::metrics::NetMetrics;
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryError;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 /// VIRTIO_NET_F_CSUM: the device takes frames with partial checksums.
 pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
@@ -76,9 +75,9 @@ const MAX_FRAMES_PER_EVENT: usize = 2 * QUEUE_SIZE as usize;
 /// Config space: mac[6], status u16, max_virtqueue_pairs u16.
 const CONFIG_BYTES: usize = 10;
 
-const TOKEN_TAP: u64 = 0;
-const TOKEN_RX_TIMER: u64 = 1;
-const TOKEN_TX_TIMER: u64 = 2;
+const TOKEN_TAP: u32 = 0;
+const TOKEN_RX_TIMER: u32 = 1;
+const TOKEN_TX_TIMER: u32 = 2;
 
 /// Errors creating a network device, or handling one of its chains (logged).
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +88,6 @@ pub enum NetError {
     /// A rate limiter could not be made.
     #[error(transparent)]
     RateLimiter(#[from] RateLimiterError),
-    /// The device's epoll set could not be made.
-    #[error("net device epoll: {0}")]
-    Epoll(io::Error),
     /// A MAC address that does not parse.
     #[error("invalid MAC address '{0}': use six hex bytes like 02:00:00:00:00:01")]
     BadMac(String),
@@ -184,8 +180,7 @@ pub struct Net {
     tx_segs: Vec<tx::Segment>,
     rx_limiter: Option<RateLimiter>,
     tx_limiter: Option<RateLimiter>,
-    epoll: Epoll,
-    /// Whether the backend fd is in the epoll set with EPOLLIN.
+    /// Whether the VMM loop should poll the backend fd for frames.
     watching_backend: bool,
     /// Activation happened (on a vCPU thread): offloads and polling are set up on the
     /// VMM thread, at the first event after it.
@@ -224,20 +219,8 @@ impl Net {
         }
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
-        let epoll = Epoll::new().map_err(NetError::Epoll)?;
         let rx_limiter = rx_limit.map(RateLimiter::new).transpose()?;
         let tx_limiter = tx_limit.map(RateLimiter::new).transpose()?;
-        for (limiter, token) in [(&rx_limiter, TOKEN_RX_TIMER), (&tx_limiter, TOKEN_TX_TIMER)] {
-            if let Some(l) = limiter {
-                epoll
-                    .ctl(
-                        ControlOperation::Add,
-                        l.timer_fd(),
-                        EpollEvent::new(EventSet::IN, token),
-                    )
-                    .map_err(NetError::Epoll)?;
-            }
-        }
         Ok(Net {
             id: id.to_string(),
             backend,
@@ -249,7 +232,6 @@ impl Net {
             tx_segs: Vec::new(),
             rx_limiter,
             tx_limiter,
-            epoll,
             watching_backend: false,
             setup_pending: false,
             metrics: Arc::default(),
@@ -266,27 +248,10 @@ impl Net {
         self.rx.holds_frame()
     }
 
-    /// Starts or stops watching the backend for frames.
+    /// Starts or stops having the backend polled for frames (the VMM loop picks the
+    /// change up after the event being handled, see [`VirtioDevice::host_fds`]).
     fn watch_backend(&mut self, on: bool) {
-        let Some(fd) = self.backend.poll_fd() else {
-            return;
-        };
-        if on == self.watching_backend {
-            return;
-        }
-        let (op, events) = if on {
-            (ControlOperation::Add, EventSet::IN)
-        } else {
-            (ControlOperation::Delete, EventSet::empty())
-        };
-        match self.epoll.ctl(op, fd, EpollEvent::new(events, TOKEN_TAP)) {
-            Ok(()) => self.watching_backend = on,
-            Err(e) => tracing::warn!(
-                "virtio-net {}: cannot {} the tap: {e}",
-                self.id,
-                if on { "watch" } else { "unwatch" }
-            ),
-        }
+        self.watching_backend = on;
     }
 
     /// Finishes an activation (on the VMM thread, whose seccomp filter allows the calls):
@@ -358,31 +323,29 @@ impl VirtioDevice for Net {
         }
     }
 
-    fn host_event_fd(&self) -> Option<RawFd> {
-        Some(self.epoll.as_raw_fd())
+    fn host_fds(&self, fds: &mut Vec<(RawFd, u32)>) {
+        if self.watching_backend {
+            fds.extend(self.backend.poll_fd().map(|fd| (fd, TOKEN_TAP)));
+        }
+        for (limiter, token) in [
+            (&self.rx_limiter, TOKEN_RX_TIMER),
+            (&self.tx_limiter, TOKEN_TX_TIMER),
+        ] {
+            fds.extend(limiter.as_ref().map(|l| (l.timer_fd(), token)));
+        }
     }
 
-    fn process_host_event(&mut self) {
+    fn process_host_fd(&mut self, token: u32) {
         self.sync_backend();
-        let mut events = [EpollEvent::default(); 4];
-        let n = match self.epoll.wait(0, &mut events) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!("virtio-net {}: epoll_wait: {e}", self.id);
-                return;
+        match token {
+            TOKEN_TAP => self.process_rx(),
+            TOKEN_RX_TIMER if self.rx_limiter.as_mut().is_some_and(RateLimiter::on_timer) => {
+                self.process_rx()
             }
-        };
-        for event in &events[..n] {
-            match event.data() {
-                TOKEN_TAP => self.process_rx(),
-                TOKEN_RX_TIMER if self.rx_limiter.as_mut().is_some_and(RateLimiter::on_timer) => {
-                    self.process_rx()
-                }
-                TOKEN_TX_TIMER if self.tx_limiter.as_mut().is_some_and(RateLimiter::on_timer) => {
-                    self.process_tx()
-                }
-                _ => {}
+            TOKEN_TX_TIMER if self.tx_limiter.as_mut().is_some_and(RateLimiter::on_timer) => {
+                self.process_tx()
             }
+            _ => {}
         }
     }
 

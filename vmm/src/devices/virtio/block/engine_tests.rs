@@ -72,9 +72,11 @@ fn activate(blk: &mut Block, mem: &GuestMemoryMmap, mock: &MockSplitQueue<'_, Gu
         .expect("activate");
 }
 
-/// Lets the loop serve the device's host events until `n` requests are used.
+/// Serves the device's host fds as the VMM loop would until `n` requests are used.
 fn run_until(blk: &mut Block, mem: &GuestMemoryMmap, n: u16) {
-    let fd = blk.host_event_fd().expect("completion fd");
+    let mut fds = Vec::new();
+    blk.host_fds(&mut fds);
+    assert!(!fds.is_empty(), "the completion fd is polled");
     let deadline = Instant::now() + Duration::from_secs(10);
     while used_idx(mem) < n {
         assert!(
@@ -82,14 +84,21 @@ fn run_until(blk: &mut Block, mem: &GuestMemoryMmap, n: u16) {
             "{} of {n} answered",
             used_idx(mem)
         );
-        let mut pfd = [libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: polling one valid pollfd.
-        unsafe { libc::poll(pfd.as_mut_ptr(), 1, 100) };
-        blk.process_host_event();
+        let mut pfds: Vec<libc::pollfd> = fds
+            .iter()
+            .map(|&(fd, _)| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: polling valid pollfds.
+        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 100) };
+        for (pfd, &(_, token)) in pfds.iter().zip(&fds) {
+            if pfd.revents & libc::POLLIN != 0 {
+                blk.process_host_fd(token);
+            }
+        }
     }
 }
 
@@ -411,7 +420,14 @@ fn a_rate_limited_async_disk_polls_its_timer_and_completions_together() {
     let mut blk = device("io_uring", img.path())
         .with_rate_limiter(&limit)
         .expect("limiter");
-    assert!(blk.events.is_some(), "one epoll set for both");
+    let mut fds = Vec::new();
+    blk.host_fds(&mut fds);
+    let tokens: Vec<u32> = fds.iter().map(|&(_, token)| token).collect();
+    assert_eq!(
+        tokens,
+        [HOST_COMPLETIONS, HOST_TIMER],
+        "both polled, told apart"
+    );
     let mem = memory();
     let mock = MockSplitQueue::new(&mem, MOCK_QUEUE_SIZE);
     post(

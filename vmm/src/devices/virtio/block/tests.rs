@@ -122,7 +122,9 @@ fn rate_limited_requests_wait_for_the_timer() {
     let mut blk = Block::new(Box::new(backend), false, "d")
         .with_rate_limiter(&limit)
         .expect("limiter");
-    let fd = blk.host_event_fd().expect("timer fd");
+    let mut fds = Vec::new();
+    blk.host_fds(&mut fds);
+    let fd = fds.first().expect("timer fd").0;
     for (i, at) in [DATA, DATA + 0x100].into_iter().enumerate() {
         mem.write_slice(&header(VIRTIO_BLK_T_IN, i as u64), GuestAddress(at))
             .expect("hdr");
