@@ -2,18 +2,36 @@
 # Builds the guest programs (init, zvm-vsock-tool, zvm-init, zvm-oci-agent) as static binaries
 # and prints the path of the init binary (always the last line); the other programs land in the
 # same directory, e.g. target/x86_64-unknown-linux-gnu/release/zvm-oci-agent (the OCI guest
-# agent, a host workspace crate built in target/host-ws and copied there).
+# agent, a host workspace crate).
+#
+# They are compiled in cargo target directories kept in zvm's cache
+# (scripts/cached-target-dir.sh), so a fresh clone on a machine that built them before
+# compiles only the project's own crates, and copied here when their content changed.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 target=x86_64-unknown-linux-gnu
+guest_build=$(bash "$here/../scripts/cached-target-dir.sh" guest)
+host_build=$(bash "$here/../scripts/cached-target-dir.sh" guest-host-ws)
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
-  --manifest-path "$here/Cargo.toml" --target "$target" >&2
-# zvm-init, the node image's service manager (a host workspace crate, service-manager/),
-# lands beside the init.
+  --manifest-path "$here/Cargo.toml" --target "$target" --target-dir "$guest_build" >&2
+# zvm-init, the node image's service manager (a host workspace crate, service-manager/).
 CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
-  --manifest-path "$here/../service-manager/Cargo.toml" --target "$target" --target-dir "$here/target" >&2
+  --manifest-path "$here/../service-manager/Cargo.toml" --target "$target" --target-dir "$guest_build" >&2
 # zvm-oci-agent, PID 1 of OCI container VMs (host workspace crate oci-agent/).
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p oci-agent \
-  --manifest-path "$here/../Cargo.toml" --target "$target" --target-dir "$here/target/host-ws" >&2
-cp -f "$here/target/host-ws/$target/release/zvm-oci-agent" "$here/target/$target/release/zvm-oci-agent"
-echo "$here/target/$target/release/zvm-guest-init"
+  --manifest-path "$here/../Cargo.toml" --target "$target" --target-dir "$host_build" >&2
+out="$here/target/$target/release"
+mkdir -p "$out"
+install_program() { # FROM: replaced in one rename, and only when it changed
+  local from=$1 to
+  to="$out/$(basename "$from")"
+  if ! cmp -s "$from" "$to"; then
+    cp -f "$from" "$to.tmp-$$"
+    mv -f "$to.tmp-$$" "$to"
+  fi
+}
+for program in zvm-guest-init zvm-vsock-tool zvm-init; do
+  install_program "$guest_build/$target/release/$program"
+done
+install_program "$host_build/$target/release/zvm-oci-agent"
+echo "$out/zvm-guest-init"
