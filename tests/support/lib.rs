@@ -338,115 +338,12 @@ pub fn read_from_ext4(image: &Path, name: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A minimal HTTP/1.1 client over a Unix socket, for driving `zvm --api-sock`.
-pub mod api_client {
-    use std::io::{Read, Write};
-    use std::os::unix::net::UnixStream;
-    use std::path::Path;
-    use std::time::{Duration, Instant};
+pub mod api_client;
+mod netns;
+mod vsock;
 
-    /// Waits until `path` accepts connections (or panics after `limit`).
-    pub fn wait_for_socket(path: &Path, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while UnixStream::connect(path).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{} never accepted a connection",
-                path.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Sends one request on a fresh connection; returns (status, body).
-    pub fn request(path: &Path, method: &str, uri: &str, body: Option<&str>) -> (u16, String) {
-        let mut stream = UnixStream::connect(path).expect("connect to the API socket");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let body = body.unwrap_or("");
-        let req = format!(
-            "{method} {uri} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(req.as_bytes()).expect("send");
-        let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
-    }
-}
-
-/// A network namespace the test owns, deleted on drop.
-#[derive(Debug)]
-pub struct NetNs {
-    /// Its name (under /var/run/netns).
-    pub name: String,
-}
-
-impl NetNs {
-    /// Creates `zvm<tag>-<pid>` with loopback up.
-    pub fn new(tag: &str) -> NetNs {
-        let name = format!("zvm{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let ns = NetNs { name };
-        ns.ip(&["netns", "add", &ns.name]);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .expect("ip (iproute2)");
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Runs a command inside the namespace and asserts it succeeded.
-    pub fn exec(&self, cmd: &[&str]) {
-        let mut args = vec!["netns", "exec", self.name.as_str()];
-        args.extend_from_slice(cmd);
-        self.ip(&args);
-    }
-
-    /// Runs `f` on a thread that has entered the namespace (for host-side peers).
-    pub fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open the netns");
-            // SAFETY: setns on this thread with a valid namespace fd.
-            let rc =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
+pub use netns::NetNs;
+pub use vsock::{vsock_connect, vsock_request};
 
 /// A zvm process watched while it runs (`zvm --api-sock` or `zvm run`): its console
 /// (stdout) and its own messages (stderr) are collected as they arrive; killed on drop.
@@ -598,66 +495,6 @@ impl Drop for LiveZvm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Opens a host-initiated vsock connection to guest `port` through zvm's Unix socket
-/// `uds` (Firecracker's `CONNECT <port>\n` handshake, answered `OK <host port>\n`).
-pub fn vsock_connect(uds: &Path, port: u32) -> std::io::Result<std::os::unix::net::UnixStream> {
-    use std::io::Write;
-    let mut conn = std::os::unix::net::UnixStream::connect(uds)?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    conn.write_all(format!("CONNECT {port}\n").as_bytes())?;
-    // Byte by byte, so nothing after the handshake line is consumed here.
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.last() != Some(&b'\n') {
-        if std::io::Read::read(&mut conn, &mut byte)? == 0 {
-            break;
-        }
-        line.push(byte[0]);
-    }
-    let line = String::from_utf8_lossy(&line);
-    if !line.starts_with("OK ") {
-        return Err(std::io::Error::other(format!(
-            "handshake answered {line:?}"
-        )));
-    }
-    Ok(conn)
-}
-
-/// Sends `request` to guest vsock `port` through `uds`, half-closes and returns the whole
-/// answer. Retries the connection (every 20 ms) until it is accepted or `limit` passes.
-pub fn vsock_request(
-    uds: &Path,
-    port: u32,
-    request: &str,
-    limit: Duration,
-) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + limit;
-    let mut last = String::from("never tried");
-    while Instant::now() < deadline {
-        match vsock_connect(uds, port) {
-            Ok(mut conn) => {
-                conn.set_read_timeout(Some(limit))
-                    .map_err(|e| e.to_string())?;
-                conn.write_all(request.as_bytes())
-                    .map_err(|e| format!("send: {e}"))?;
-                conn.shutdown(std::net::Shutdown::Write)
-                    .map_err(|e| format!("half-close: {e}"))?;
-                let mut answer = String::new();
-                conn.read_to_string(&mut answer)
-                    .map_err(|e| format!("read the answer: {e}"))?;
-                return Ok(answer);
-            }
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(format!(
-        "no vsock connection to port {port} through {} within {limit:?}: {last}",
-        uds.display()
-    ))
 }
 
 /// The template cache this test run's container VMs share (`ZVM_TEMPLATE_DIR`): one
