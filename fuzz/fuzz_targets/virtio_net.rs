@@ -6,8 +6,8 @@
 //! Input: a flags byte (bit 0 a MAC address, bit 1 mergeable RX buffers accepted), the
 //! number of host frames waiting (1 byte, at most 7) and each one's length (u32, cut to
 //! the device's buffer), the RX queue and the TX queue ([`virtq::write_queue`]), the
-//! order of the notifications (1 byte: 4 times 2 bits, RX or TX or neither), then the
-//! data area.
+//! order of the events (1 byte: 4 times 2 bits, an RX or TX notification, the tap
+//! readable, or nothing), then the data area.
 #![no_main]
 
 #[path = "common/backends.rs"]
@@ -45,7 +45,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         match (order >> (2 * step)) & 3 {
             0 => virtq::process(&mut net, RX_QUEUE),
             1 => virtq::process(&mut net, TX_QUEUE),
-            2 => net.process_host_event(),
+            // The tap (host fd token 0) became readable.
+            2 => net.process_host_fd(0),
             _ => {}
         }
     }

@@ -177,15 +177,16 @@ impl MmioTransport {
         self.device.quiesce()
     }
 
-    /// The device's extra host fd to poll, if it has one ([`VirtioDevice::host_event_fd`]).
-    pub fn host_event_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.device.host_event_fd()
-    }
-
-    /// Lets the device handle its host fd becoming readable, active or not (a device
-    /// that was reset may have to stop polling something).
+    /// Lets the device handle each of its host fds ([`VirtioDevice::host_fds`]) as if it
+    /// had become readable, active or not (a device that was reset may have to stop
+    /// polling something). The VMM loop serves them one by one as they fire
+    /// ([`TransportEvents`]); tests and fuzz targets use this.
     pub fn process_host_event(&mut self) {
-        self.device.process_host_event();
+        let mut fds = Vec::new();
+        self.device.host_fds(&mut fds);
+        for (_, token) in fds {
+            self.device.process_host_fd(token);
+        }
         self.notify_requeued();
     }
 
