@@ -6,11 +6,12 @@
 //! The container's stdout and stderr alone reach the caller (the guest console stays in the
 //! container's console.log), the exit status is the container's, env/cwd/user/hostname and
 //! a read-only root take effect, and the createRuntime and poststop hooks run on the host
-//! with the OCI state on stdin. One boot, with templates off: the suite's cold boot of a
-//! container VM.
+//! with the OCI state on stdin. One boot: the suite's cold boot of a container VM's kernel,
+//! which makes the installed zvm-runc's template of the flavour with a virtio-fs share in
+//! the test's own HOME; the container's VM is then restored from it.
 //!
-//! The same boot checks the host's files in the container over virtio-fs (issue #14): the
-//! root file system comes over virtio-fs (`zvm.rootfs=virtiofs`, a read-only root whose
+//! The same container checks the host's files in the container over virtio-fs (issue #14):
+//! the root file system comes over virtio-fs (`zvm.rootfs=virtiofs`, a read-only root whose
 //! bundle lacks /proc and /sys: made as runc makes them), a host directory bind-mounted
 //! read-write (the guest writes, the host reads), one read-only (the write fails, on the
 //! host side too) and a read-only bind-mounted file; the sandbox is jailed, its virtiofsd
@@ -92,9 +93,6 @@ fn installed_runc(prefix: &Path, root: &Path, cwd: &Path, home: &Path) -> Comman
             command.env_remove(key);
         }
     }
-    // The suite's one real cold boot of a container VM: the kernel boots for this
-    // container (the other container tests restore a template).
-    command.env("ZVM_TEMPLATES", "off");
     command
 }
 
@@ -138,6 +136,7 @@ fn installed_runc_runs_a_vm_relays_output_exit_status_and_runs_hooks() {
             .expect("spec JSON");
     let created_hook = base.join("create-runtime.json");
     let poststop_hook = base.join("poststop.json");
+    let log_hook = base.join("log.json");
     config["process"]["terminal"] = false.into();
     config["process"]["args"] = serde_json::json!(["/bin/sh", "-c", SCRIPT]);
     config["process"]["env"] = serde_json::json!(["PATH=/bin", "FOO=bar"]);
@@ -156,7 +155,10 @@ fn installed_runc_runs_a_vm_relays_output_exit_status_and_runs_hooks() {
         "source": hosts, "options": ["bind", "ro"]}),
     );
     config["hooks"] = serde_json::json!({
-        "createRuntime": [saving_hook(&created_hook, Some(&root.join("ctr-vm/sandbox.json")))],
+        "createRuntime": [
+            saving_hook(&created_hook, Some(&root.join("ctr-vm/sandbox.json"))),
+            saving_hook(&log_hook, Some(&root.join("ctr-vm/sandbox.log"))),
+        ],
         "poststop": [saving_hook(&poststop_hook, None)],
     });
     std::fs::write(
@@ -203,6 +205,24 @@ fn installed_runc_runs_a_vm_relays_output_exit_status_and_runs_hooks() {
     assert_eq!(
         std::fs::read_to_string(&hosts).ok().as_deref(),
         Some("10.0.0.1 db\n")
+    );
+    // The container's VM came from the template flavour with a share, made for it.
+    let log = std::fs::read_to_string(log_hook.with_extension("json.copy")).unwrap_or_default();
+    assert!(
+        log.contains("VM restored from template") && log.contains("share zvm-share: 4 entries"),
+        "sandbox.log:\n{log}"
+    );
+    let manifests: Vec<String> = std::fs::read_dir(home.join(".cache/zvm/templates"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("template.json")).ok())
+        .collect();
+    assert!(
+        manifests
+            .iter()
+            .any(|m| m.replace(' ', "").contains("\"share\":\"zvm-share\"")),
+        "{manifests:?}"
     );
     // The root came over virtio-fs: its mount points were made in the bundle, as runc does.
     let proc_dir = std::fs::metadata(bundle.join("rootfs/proc")).expect("rootfs/proc made");

@@ -39,8 +39,8 @@ pub(crate) enum Entered {
 
 /// Splits the sandbox when its config says it runs jailed; the container's template is
 /// made first (its VM runs the project's kernel and agent only) so that the jailed half
-/// only restores it. A container with a virtio-fs share (`shared`) boots instead: its
-/// virtiofsd is already running, outside the jail.
+/// only restores it (the flavour with a virtio-fs share when `shared`: the container's
+/// virtiofsd already runs, outside the jail).
 pub(crate) fn enter(
     cfg: &SandboxConfig,
     size: VmSize,
@@ -53,9 +53,10 @@ pub(crate) fn enter(
         return Ok(Entered::Unjailed);
     }
     let settings = TemplateSettings::from_env();
-    let templates = settings.enabled && !template::annotation_disables(&cfg.spec) && !shared;
+    let templates = settings.enabled && !template::annotation_disables(&cfg.spec);
     if templates && cfg.restore_from.is_none() {
-        match template::prepare_template(&settings.cache(), &cfg.artifacts, size) {
+        let cache = settings.cache();
+        match template::prepare_template_flavour(&cache, &cfg.artifacts, size, shared) {
             Ok((id, Some(took))) => notes.note(&format!(
                 "built template {id} in {:.1} s",
                 took.as_secs_f64()

@@ -15,7 +15,8 @@ use vmm::devices::serial::ConsoleSink;
 /// Starts the container's VM: restored from its template unless templates are off (the
 /// settings, or the container's `zvm.template` annotation); booted when there is no
 /// template and none can be made (the reason is noted). `fs` is the container's
-/// virtio-fs share, if it has one: such a VM boots (templates have no share yet). The
+/// virtio-fs share, if it has one (served by the container's virtiofsd): its template is
+/// the flavour with a share. The
 /// root file system's disk is read-write even for a read-only root (the agent makes the
 /// container's mount points before it makes the root read-only, as runc does).
 pub(crate) fn start_vm(
@@ -26,14 +27,13 @@ pub(crate) fn start_vm(
     notes: &Notes,
 ) -> Result<vmm::RunningVm, SandboxError> {
     let settings = template::TemplateSettings::from_env();
-    if !fs.is_empty() {
-        notes.note("templates have no virtio-fs share yet; booting the kernel");
-    } else if settings.enabled && !template::annotation_disables(&cfg.spec) {
+    if settings.enabled && !template::annotation_disables(&cfg.spec) {
         let vm = template::ContainerVm {
             artifacts: &cfg.artifacts,
             size,
             rootfs_image: files.rootfs_image,
             vsock: files.vsock,
+            share: fs.first().and_then(|f| f.socket_path.as_deref()),
         };
         let console = || std::fs::File::create(files.console_log).map(ConsoleSink::File);
         match template::start_from_template(&settings.cache(), &vm, &console) {
@@ -88,6 +88,7 @@ pub(crate) fn restore_checkpoint(
         &agent_disk,
         rootfs_image,
         vsock,
+        None,
         ConsoleSink::File(console),
     )
     .map_err(|e| {

@@ -36,6 +36,8 @@ use std::path::{Path, PathBuf};
 
 /// The guest tag of a container's share.
 pub const SHARE_TAG: &str = "zvm-share";
+/// The share's device id in the VM.
+pub const SHARE_ID: &str = "share";
 /// The share's directory in the container directory.
 pub const SHARE_DIR: &str = "share";
 /// The entry of the root file system in the share.
@@ -97,6 +99,17 @@ pub enum ShareError {
     /// No virtiofsd, or it did not start.
     #[error("virtiofsd: {0}")]
     Virtiofsd(String),
+}
+
+/// The VM's virtio-fs device for the share whose virtiofsd listens on `socket`.
+pub fn fs_device(socket: &Path) -> vmm::resources::FsConfig {
+    vmm::resources::FsConfig {
+        fs_id: SHARE_ID.into(),
+        tag: SHARE_TAG.into(),
+        shared_dir: None,
+        read_only: false,
+        socket_path: Some(socket.to_path_buf()),
+    }
 }
 
 /// Where the container's root file system comes from.

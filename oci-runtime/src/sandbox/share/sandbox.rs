@@ -3,7 +3,7 @@
 //! sandbox; the jailed VMM only connects to its socket while the VM is built).
 
 use super::host::{find_virtiofsd, prepare, Virtiofsd};
-use super::{plan_share, RootfsMode, SharePlan, SHARE_DIR, SHARE_TAG};
+use super::{fs_device, plan_share, RootfsMode, SharePlan, SHARE_DIR, SHARE_TAG};
 use crate::sandbox::daemon::Notes;
 use crate::sandbox::{SandboxConfig, SandboxError, ROOTFS_DEVICE};
 use agent_protocol::Rootfs;
@@ -87,15 +87,6 @@ impl ContainerShare {
 
     /// The VM's virtio-fs device, when there is a share.
     pub(crate) fn fs_configs(&self) -> Vec<FsConfig> {
-        self.daemon
-            .iter()
-            .map(|d| FsConfig {
-                fs_id: "share".into(),
-                tag: SHARE_TAG.into(),
-                shared_dir: None,
-                read_only: false,
-                socket_path: Some(d.socket().to_path_buf()),
-            })
-            .collect()
+        self.daemon.iter().map(|d| fs_device(d.socket())).collect()
     }
 }

@@ -6,6 +6,8 @@ use super::{ContainerVm, TemplateError};
 use crate::sandbox::agent::wait_for_agent;
 use crate::sandbox::daemon::AGENT_DEADLINE;
 use crate::sandbox::disk::make_agent_image;
+use crate::sandbox::share::host::{find_virtiofsd, prepare, Virtiofsd};
+use crate::sandbox::share::{fs_device, ShareError};
 use crate::sandbox::vmconfig::{vm_resources, VmFiles};
 use agent_protocol::AGENT_VSOCK_PORT;
 use std::path::Path;
@@ -21,13 +23,18 @@ pub const BUILD_CONSOLE: &str = "console.log";
 const PLACEHOLDER: &str = "rootfs.placeholder";
 /// The template VM's vsock socket while it runs.
 const BUILD_VSOCK: &str = "vsock.sock";
+/// The empty directory the template VM's share serves while it boots.
+const EMPTY_SHARE: &str = "share";
+/// That virtiofsd's messages (kept in the template).
+const BUILD_VIRTIOFSD_LOG: &str = "virtiofsd.log";
 /// How long the agent gets to see the connection go before the VM is paused: a clone then
 /// starts with an agent already listening again (the restore resets every vsock
 /// connection anyway, so this only saves a clone some guest work).
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// Boots the template VM for `vm`'s kernel, agent and size in `dir` and leaves its
-/// snapshot there (`vmstate`, `memory`, `agent.ext4`); the VM is stopped afterwards.
+/// Boots the template VM for `vm`'s kernel, agent and size (and share, when it has one)
+/// in `dir` and leaves its snapshot there (`vmstate`, `memory`, `agent.ext4`); the VM is
+/// stopped afterwards.
 pub(crate) fn build_template(dir: &Path, vm: &ContainerVm<'_>) -> Result<Duration, TemplateError> {
     let start = Instant::now();
     let agent_disk = dir.join(AGENT_DISK);
@@ -45,11 +52,19 @@ pub(crate) fn build_template(dir: &Path, vm: &ContainerVm<'_>) -> Result<Duratio
         console_log: &console,
         vsock: &vsock,
     };
-    let running = vmm::build_microvm(
-        &vm_resources(vm.size, files, false),
-        BuildOptions::default(),
-    )
-    .map_err(|e| TemplateError::Build(format!("cannot boot the template VM: {e}")))?;
+    // The flavour with a share: its device is probed by the guest, never mounted, and
+    // served meanwhile by a virtiofsd on an empty directory; each clone's own virtiofsd
+    // takes over at the restore.
+    let backend = match vm.share {
+        Some(_) => Some(start_empty_share(dir)?),
+        None => None,
+    };
+    let mut resources = vm_resources(vm.size, files, false);
+    if let Some(backend) = &backend {
+        resources.fs = vec![fs_device(backend.socket())];
+    }
+    let running = vmm::build_microvm(&resources, BuildOptions::default())
+        .map_err(|e| TemplateError::Build(format!("cannot boot the template VM: {e}")))?;
     let handle_err = |e: std::io::Error| TemplateError::Build(format!("VM handle: {e}"));
     let pause = running.pause_handle().map_err(handle_err)?;
     let snapshot = running.snapshot_handle().map_err(handle_err)?;
@@ -90,8 +105,22 @@ pub(crate) fn build_template(dir: &Path, vm: &ContainerVm<'_>) -> Result<Duratio
     })();
     let _ = stop.request_stop();
     let _ = waiter.join();
+    drop(backend);
     for scratch in [&vsock, &placeholder] {
         let _ = std::fs::remove_file(scratch);
     }
+    let _ = std::fs::remove_dir_all(dir.join(EMPTY_SHARE));
     made.map(|()| start.elapsed())
+}
+
+/// A virtiofsd serving an empty directory in `dir`, for the template VM's share.
+fn start_empty_share(dir: &Path) -> Result<Virtiofsd, TemplateError> {
+    let failed = |e: ShareError| TemplateError::Build(format!("the template's share: {e}"));
+    let prepared = prepare(&dir.join(EMPTY_SHARE), &[]).map_err(failed)?;
+    Virtiofsd::start(
+        &find_virtiofsd().map_err(failed)?,
+        prepared,
+        &dir.join(BUILD_VIRTIOFSD_LOG),
+    )
+    .map_err(failed)
 }

@@ -20,6 +20,12 @@ pub struct TemplateKey {
     pub boot_args: String,
     /// This program's version and the snapshot format it writes.
     pub zvm: String,
+    /// The tag of the virtio-fs share the VM has (unused in the template; each clone's
+    /// own virtiofsd serves it), for containers with host bind mounts or their root over
+    /// virtio-fs; `None`: no share (and the key, and so the id, of templates before
+    /// shares existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
 }
 
 /// Identifies a file by where it is and what it looks like on disk: replacing it changes
@@ -123,6 +129,7 @@ impl TemplateKey {
                 env!("CARGO_PKG_VERSION"),
                 vmm::snapshot::file::FORMAT_VERSION
             ),
+            share: None,
         })
     }
 
@@ -170,6 +177,10 @@ mod tests {
         other(key(&k, &a, 2, 256, "console=ttyS0").unwrap());
         other(key(&k, &a, 1, 512, "console=ttyS0").unwrap());
         other(key(&k, &a, 1, 256, "quiet").unwrap());
+        other(TemplateKey {
+            share: Some("zvm-share".into()),
+            ..base.clone()
+        });
         std::fs::write(&a, b"a new agent").unwrap();
         other(key(&k, &a, 1, 256, "console=ttyS0").unwrap());
         std::fs::write(&k2, b"another kernel").unwrap();

@@ -23,13 +23,14 @@ pub use key::{Digests, TemplateKey};
 
 use super::agent::AgentError;
 use super::disk::ImageError;
+use super::share::{SHARE_ID, SHARE_TAG};
 use super::vmconfig::{VmSize, AGENT_DRIVE_ID, ROOTFS_DRIVE_ID};
 use super::GuestArtifacts;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use vmm::builder::BuildOptions;
 use vmm::devices::serial::ConsoleSink;
-use vmm::snapshot::{RestoreOverrides, RestoreParams, SnapshotError};
+use vmm::snapshot::{FsOverride, RestoreOverrides, RestoreParams, SnapshotError};
 use vmm::{RunningVm, VmResources};
 
 /// `off` turns templates off (every container VM boots its kernel).
@@ -144,6 +145,9 @@ pub struct ContainerVm<'a> {
     pub rootfs_image: &'a Path,
     /// The VM's vsock socket.
     pub vsock: &'a Path,
+    /// The vhost-user socket of the virtiofsd serving the container's share, when it has
+    /// one: its template is the flavour with a share ([`TemplateKey::share`]).
+    pub share: Option<&'a Path>,
 }
 
 impl<'a> ContainerVm<'a> {
@@ -195,13 +199,14 @@ impl<'a> ContainerVm<'a> {
             size,
             rootfs_image: &rootfs.path_on_host,
             vsock: &vsock.uds_path,
+            share: None,
         })
     }
 
     /// The template key of this VM (file digests remembered in `cache`).
     pub fn key(&self, cache: &TemplateCache) -> Result<TemplateKey, TemplateError> {
         let boot_args = super::vmconfig::container_boot_args();
-        TemplateKey::new(
+        let mut key = TemplateKey::new(
             &Digests::in_dir(Some(cache.root())),
             &self.artifacts.kernel,
             &self.artifacts.agent,
@@ -212,7 +217,9 @@ impl<'a> ContainerVm<'a> {
         .map_err(|source| TemplateError::Io {
             what: "read the kernel's and the agent's metadata".into(),
             source,
-        })
+        })?;
+        key.share = self.share.map(|_| SHARE_TAG.to_string());
+        Ok(key)
     }
 }
 
@@ -322,12 +329,24 @@ pub fn prepare_template(
     artifacts: &GuestArtifacts,
     size: VmSize,
 ) -> Result<(String, Option<Duration>), TemplateError> {
+    prepare_template_flavour(cache, artifacts, size, false)
+}
+
+/// [`prepare_template`] of the flavour with a virtio-fs share when `share` (for
+/// containers with host bind mounts or their root over virtio-fs).
+pub fn prepare_template_flavour(
+    cache: &TemplateCache,
+    artifacts: &GuestArtifacts,
+    size: VmSize,
+    share: bool,
+) -> Result<(String, Option<Duration>), TemplateError> {
     let placeholder = Path::new("");
     let vm = ContainerVm {
         artifacts,
         size,
         rootfs_image: placeholder,
         vsock: placeholder,
+        share: share.then_some(placeholder),
     };
     let key = vm.key(cache)?;
     let id = key.id();
@@ -363,21 +382,34 @@ fn restore_clone(
         &files.agent_disk,
         vm.rootfs_image,
         vm.vsock,
+        vm.share,
         console,
     )
 }
 
 /// Restores a container VM from the snapshot in `state` and `memory` (a template's or a
 /// checkpoint's) with `agent_disk` and `rootfs_image` as its two drives, `vsock` as its
-/// vsock socket and `console` as its console, running at once.
+/// vsock socket, `share` as the socket of its virtio-fs share's backend (a template with
+/// a share; its memory is then copied into a memfd the backend maps) and `console` as
+/// its console, running at once.
 pub(crate) fn restore_container_vm(
     state: &Path,
     memory: &Path,
     agent_disk: &Path,
     rootfs_image: &Path,
     vsock: &Path,
+    share: Option<&Path>,
     console: ConsoleSink,
 ) -> Result<RunningVm, SnapshotError> {
+    let fs = share
+        .map(|socket| FsOverride {
+            share: SHARE_ID.into(),
+            shared_dir: None,
+            read_only: None,
+            socket_path: Some(socket.to_path_buf()),
+        })
+        .into_iter()
+        .collect();
     let params = RestoreParams {
         snapshot_path: state.to_path_buf(),
         mem_file_path: memory.to_path_buf(),
@@ -388,7 +420,7 @@ pub(crate) fn restore_container_vm(
             ],
             net: Vec::new(),
             vsock_uds_path: Some(vsock.to_path_buf()),
-            fs: Vec::new(),
+            fs,
         },
         resume: true,
         track_dirty_pages: false,
