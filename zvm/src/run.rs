@@ -467,10 +467,16 @@ fn run_with(
             );
         }
     }
-    if !resources.fs.is_empty() && args.jail.wanted(args.flist.is_some()) {
-        eprintln!("zvm: --fs does not work in a jail yet: add --jail off");
-        return ExitCode::from(2);
-    }
+    // One virtiofsd per --fs share, started before a jail is made: the jailed half only
+    // talks to them over the sockets it connects while the VM is built. They stop when
+    // the process that started them (the supervisor, or this one unjailed) returns.
+    let fs_daemons = match crate::virtiofs::Daemons::start(&mut resources, &args.fs) {
+        Ok(daemons) => daemons,
+        Err(e) => {
+            eprintln!("zvm: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match enter_jail(&args, &resources, container.as_ref(), log.as_ref()) {
         Ok(crate::vm_jail::Entered::Supervisor(status)) => {
             // The jailed half could not remove what lives outside its jail.
@@ -482,20 +488,13 @@ fn run_with(
             }
             return ExitCode::from(u8::try_from(status).unwrap_or(255));
         }
-        Ok(_) => {}
+        Ok(crate::vm_jail::Entered::Jailed) => fs_daemons.leave_to_supervisor(),
+        Ok(crate::vm_jail::Entered::Unjailed) => {}
         Err(e) => {
             eprintln!("zvm: {e}");
             return ExitCode::from(2);
         }
     }
-    // One virtiofsd per --fs share, stopped when this returns.
-    let _fs_daemons = match crate::virtiofs::Daemons::start(&mut resources, &args.fs) {
-        Ok(daemons) => daemons,
-        Err(e) => {
-            eprintln!("zvm: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let opts = BuildOptions {
         process_start,
         irqchip: true,

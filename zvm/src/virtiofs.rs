@@ -4,6 +4,7 @@
 
 use clap::Args;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -244,6 +245,17 @@ impl Daemons {
         }
         Ok(daemons)
     }
+
+    /// Called in the jailed half of a split process: the daemons are the supervisor's
+    /// children, which it stops when it returns; this half neither signals nor waits
+    /// for them.
+    pub fn leave_to_supervisor(mut self) {
+        self.children.clear();
+        if let Some(dir) = self.dir.take() {
+            // The directory is removed by the supervisor's copy.
+            let _ = dir.keep();
+        }
+    }
 }
 
 impl Drop for Daemons {
@@ -296,6 +308,17 @@ fn spawn(
     if fs.read_only {
         cmd.arg("--readonly");
     }
+    // It dies with the process that started it, even one killed without a chance to
+    // stop it (a jail's supervisor, or zvm itself).
+    // SAFETY: prctl only, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
     let mut child = cmd
         .spawn()
         .map_err(|e| start_err(format!("cannot run {}: {e}", binary.display())))?;

@@ -361,3 +361,110 @@ fn a_jailed_restore_runs_the_snapshot_on() {
         .unwrap_or_else(|e| panic!("the restore is not jailed: {e}\n{}", restored.errors()));
     assert!(jailed.own_network);
 }
+
+/// The virtiofsd zvm would run, if this host has one where zvm looks (`bash
+/// scripts/install-virtiofsd.sh` puts it in zvm's cache; `scripts/test.sh` runs it).
+fn virtiofsd_installed() -> bool {
+    let cache = std::env::var_os("ZVM_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/zvm")));
+    let mut candidates: Vec<std::path::PathBuf> = std::env::var_os("ZVM_VIRTIOFSD")
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    candidates.extend(cache.map(|c| c.join("virtiofsd/bin/virtiofsd")));
+    candidates.push("/usr/libexec/virtiofsd".into());
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("virtiofsd")));
+    }
+    candidates.iter().any(|c| c.is_file())
+}
+
+/// The pids whose parent is `parent`, with their command names.
+fn children_of(parent: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map_or("", |(_, c)| c).to_string();
+        let ppid = tail.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid == Some(parent) {
+            found.push((pid, comm));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_jailed_vmm_reaches_its_virtiofs_share_through_a_daemon_outside_the_jail() {
+    if let Some(why) = no_jail() {
+        println!("skipped: {why}");
+        return;
+    }
+    if !virtiofsd_installed() {
+        println!("skipped: virtiofsd is not installed (bash scripts/install-virtiofsd.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let kernel = dir.path().join("tiny.elf");
+    tiny_kernel(&kernel);
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("share");
+    let fs = format!("tag=data,path={}", share.display());
+    let state = dir.path().join("jails");
+    let args = [
+        "run",
+        "--jail",
+        "on",
+        "--kernel",
+        arg(&kernel),
+        "--memory",
+        "32M",
+        "--console",
+        "stdio",
+        "--fs",
+        &fs,
+    ];
+    let mut zvm = Zvm::spawn(&args, &state);
+    zvm.wait_for_dot();
+    // The VMM connected to virtiofsd while its VM was built, then locked itself down.
+    let jailed = zvm
+        .jailed(&limits(32, 2.0))
+        .unwrap_or_else(|e| panic!("the VMM is not jailed as it should be: {e}"));
+    let inside = |path: &Path| {
+        Path::new(&format!("/proc/{}/root", jailed.pid))
+            .join(path.strip_prefix("/").unwrap_or(path))
+    };
+    assert!(!inside(&share).exists(), "the share is visible in the jail");
+    let sockets: Vec<_> = std::fs::read_dir(inside(Path::new("/tmp")))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !sockets
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with("zvm-fs-")),
+        "virtiofsd's socket directory is visible in the jail: {sockets:?}"
+    );
+    // virtiofsd is the supervisor's child, beside the jailed half, not in the jail.
+    let children = children_of(zvm.child.id());
+    let daemon = children
+        .iter()
+        .find(|(_, comm)| comm == "virtiofsd")
+        .map(|(pid, _)| *pid)
+        .unwrap_or_else(|| panic!("no virtiofsd under the supervisor: {children:?}"));
+    assert!(children.iter().any(|(pid, _)| *pid == jailed.pid));
+    zvm.signal(libc::SIGTERM);
+    let code = zvm.child.wait().expect("wait").code();
+    assert_eq!(code, Some(130), "{}", zvm.errors());
+    wait_for("virtiofsd to end with the supervisor", || {
+        !Path::new(&format!("/proc/{daemon}")).exists()
+    });
+}
