@@ -258,3 +258,53 @@ fn read_only_entries_are_read_only_on_the_host_side() {
         .map(|o| o.status.success());
     assert_ne!(status.ok(), Some(true), "no host mount left behind");
 }
+
+#[test]
+fn a_source_that_vanishes_after_preparation_is_still_the_one_checked() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("vol");
+    std::fs::create_dir(&source).unwrap();
+    std::fs::write(source.join("a"), b"checked").unwrap();
+    let share_dir = tmp.path().join("share");
+    let prepared = prepare(&share_dir, &[entry("m0", &source, false)]).unwrap();
+    // Swapped for a link to somewhere else after the check: the copy made at the check
+    // is what gets mounted, not what the path names now.
+    std::fs::rename(&source, tmp.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink("/etc", &source).unwrap();
+    let out = prepared
+        .command(Path::new("/bin/sh"))
+        .args(["-c", "cat m0/a; ls m0"])
+        .current_dir(&share_dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "checkeda\n",
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_virtiofsd_that_does_not_start_is_a_clear_error() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("virtiofsd.log");
+    let start = |binary: &Path| {
+        let prepared = prepare(&tmp.path().join("share"), &[]).unwrap();
+        super::host::Virtiofsd::start(binary, prepared, &log)
+            .unwrap_err()
+            .to_string()
+    };
+    let err = start(Path::new("/bin/false"));
+    assert!(
+        err.contains("exited") && err.contains("before it listened"),
+        "{err}"
+    );
+    let err = start(&tmp.path().join("no-virtiofsd"));
+    assert!(err.contains("cannot start"), "{err}");
+}
