@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 /// `off` runs sandboxes unjailed (anything else, or nothing: jailed).
 pub const JAIL_ENV: &str = "ZVM_JAIL";
 /// The uid range of jails, `FIRST:COUNT` (default [`IdRange::DEFAULT`]).
-pub const JAIL_IDS_ENV: &str = "ZVM_JAIL_IDS";
+pub const JAIL_IDS_ENV: &str = JailConfig::IDS_ENV;
 /// Where jails keep their state (default [`JailConfig::STATE_DIR`]).
-pub const JAIL_DIR_ENV: &str = "ZVM_JAIL_DIR";
+pub const JAIL_DIR_ENV: &str = JailConfig::STATE_DIR_ENV;
 
 /// Room above the largest file the sandbox writes (a checkpoint's memory or disk copy).
 const FILE_SIZE_ROOM: u64 = 64 << 20;
@@ -95,9 +95,7 @@ fn config(
             .map_err(|e| SandboxError::Sandbox(format!("{JAIL_IDS_ENV}: {e}")))?,
         Err(_) => IdRange::DEFAULT,
     };
-    let state_dir = std::env::var_os(JAIL_DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| JailConfig::STATE_DIR.into());
+    let state_dir = JailConfig::state_dir_from_env();
     let memory = size.memory_mib << 20;
     let rootfs = std::fs::metadata(rootfs_image)
         .map(|m| m.len())
