@@ -133,8 +133,9 @@ pub struct FsOverride {
     pub shared_dir: Option<PathBuf>,
     /// Read-only or read-write; `None` keeps the snapshot's.
     pub read_only: Option<bool>,
-    /// The socket of a backend the caller started itself; `None`: zvm's caller starts one
-    /// for `shared_dir`.
+    /// The socket of a backend the caller started itself (the snapshot's `shared_dir` is
+    /// then dropped unless this override names one); `None`: the caller of
+    /// [`restore::restore_microvm_with`] starts one for `shared_dir` in its hook.
     pub socket_path: Option<PathBuf>,
 }
 

@@ -90,7 +90,12 @@ fn apply_fs_overrides(
             fs.read_only = read_only;
         }
         if let Some(socket) = &o.socket_path {
+            // The caller's backend serves the share: the snapshot's directory (a
+            // template's placeholder, perhaps gone) no longer matters.
             fs.socket_path = Some(socket.clone());
+            if o.shared_dir.is_none() {
+                fs.shared_dir = None;
+            }
         }
     }
     Ok(())
@@ -287,6 +292,21 @@ mod tests {
         assert_eq!(
             r.fs[1].socket_path.as_deref(),
             Some(std::path::Path::new("/run/other.sock"))
+        );
+        let mut r2 = VmResources::new("/k");
+        r2.fs = vec![share("a", "ta", Some("/gone/placeholder".into()), None)];
+        let by_socket = RestoreOverrides {
+            fs: vec![FsOverride {
+                share: "a".into(),
+                socket_path: Some("/run/mine.sock".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        apply_overrides(&mut r2, &by_socket).expect("a backend of the caller's");
+        assert_eq!(
+            r2.fs[0].shared_dir, None,
+            "the snapshot's directory is dropped"
         );
 
         for (o, expected) in [
