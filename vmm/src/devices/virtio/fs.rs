@@ -538,36 +538,3 @@ impl VirtioDevice for Fs {
         Ok(())
     }
 }
-
-impl Fs {
-    /// Whether a snapshot may be taken: the guest never sent the share a request. The
-    /// error says how it did.
-    pub fn check_unused(&self) -> Result<(), String> {
-        if let Some(why) = &self.used {
-            return Err(why.clone());
-        }
-        match self.active.as_ref().or(self.pending.as_ref()) {
-            Some(act) => match state::rings_in_use(&act.mem, &act.queues)? {
-                Some(why) => Err(why),
-                None => Ok(()),
-            },
-            None => Ok(()),
-        }
-    }
-
-    /// The device's snapshot state.
-    pub fn save_state(&self) -> FsState {
-        FsState {
-            version: FS_STATE_VERSION,
-            tag: self.tag(),
-            request_queues: (self.queue_sizes.len() - 1) as u32,
-            driver_features: self.acked_features,
-            queues: self
-                .active
-                .as_ref()
-                .or(self.pending.as_ref())
-                .map(|act| act.queues.iter().map(FsQueueState::from).collect())
-                .unwrap_or_default(),
-        }
-    }
-}
