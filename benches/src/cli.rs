@@ -31,6 +31,9 @@ pub enum Cmd {
     /// Node daemon: deploy of a container flist to its output, cold and warm flist cache,
     /// with VM templates and without, beside the plain boot under QEMU and zvm.
     Deploy(DeployArgs),
+    /// Containers' files over virtio-fs against virtio-blk under zvm-runc: create with the
+    /// root over virtio-fs against the ext4 copy, and sequential I/O in the guest.
+    OciFs(OciFsArgs),
     /// OCI runtime lifecycle (create + start + wait + delete of /bin/true) under zvm-runc
     /// with VM templates, zvm-runc without, and runc, same run; then checkpoint + restore of
     /// a running container under zvm-runc.
@@ -318,6 +321,38 @@ pub struct OciArgs {
     #[arg(long)]
     pub agent: Option<PathBuf>,
     /// Time limit of one command or wait, seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Options of the virtio-fs container benchmark.
+#[derive(Debug, Args)]
+pub struct OciFsArgs {
+    /// Counted creates per root kind (after one that makes its template).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// MiB of files in the container's rootfs for the create test.
+    #[arg(long, default_value_t = 200)]
+    pub size_mib: u64,
+    /// MiB written and read in the guest for the throughput test.
+    #[arg(long, default_value_t = 64)]
+    pub io_mib: u64,
+    /// The zvm-runc binary (default: beside this program, else target/release/zvm-runc).
+    #[arg(long)]
+    pub zvm_runc: Option<PathBuf>,
+    /// busybox-static for the rootfs.
+    #[arg(long, default_value = "/bin/busybox")]
+    pub busybox: PathBuf,
+    /// Guest kernel of the container VMs (default: guest-kernel/build.sh).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Static guest agent (default: guest/build.sh's zvm-oci-agent).
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
+    /// Time limit of one command, seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
     /// Also write the results as JSON to this file.

@@ -27,6 +27,7 @@ mod node;
 mod oci;
 mod oci_checkpoint;
 mod oci_cmd;
+mod oci_fs;
 mod oci_report;
 mod overhead;
 mod rate;
@@ -225,6 +226,24 @@ fn execute(cli: Cli) -> Result<usize> {
                 &serde_json::json!({"oci": report.to_json()}),
             )?;
             Ok(report.failures)
+        }
+        Cmd::OciFs(a) => {
+            let cfg = oci_fs::OciFsConfig {
+                runs: a.runs,
+                size_mib: a.size_mib,
+                io_mib: a.io_mib,
+                zvm_runc: find_zvm_runc(a.zvm_runc.as_deref()),
+                busybox: a.busybox.clone(),
+                kernel: a.kernel.clone(),
+                agent: a.agent.clone(),
+                timeout: Duration::from_secs(a.timeout),
+            };
+            let report = oci_fs::run(&cfg, dir.path())?;
+            write_json(
+                a.json.as_deref(),
+                &serde_json::json!({"oci_fs": report.to_json()}),
+            )?;
+            Ok(report.errors.len())
         }
         Cmd::Node(a) => {
             let cfg = node::NodeConfig {
