@@ -97,6 +97,12 @@ fn the_root_is_an_entry_when_it_comes_over_virtio_fs() {
     // No binds and an image root: no share at all.
     let proc_only = spec(vec![mount("/proc", "proc", "proc", &[])]);
     assert!(!plan_share(&proc_only, Path::new("/b"), None).needed());
+    // podman's masks with the VM's own /dev/null need no share (nor its template flavour).
+    let masks = spec(vec![
+        mount("/etc/hostname", "bind", "/dev/null", &["bind", "ro"]),
+        mount("/run/.containerenv", "bind", "/dev/null", &["bind", "ro"]),
+    ]);
+    assert!(!plan_share(&masks, Path::new("/b"), None).needed());
 }
 
 #[test]
