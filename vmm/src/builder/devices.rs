@@ -109,9 +109,10 @@ impl MicrovmBuilder {
 
     /// `device` on the next virtio-mmio page (4 KiB from [`layout::VIRTIO_MMIO_START`])
     /// with the next device IRQ: its queue eventfds become KVM ioeventfds on QueueNotify
-    /// (the VMM loop polls them and the device's host fd), its interrupt an irqfd; the ACPI tables (and, unless told
-    /// otherwise, the kernel command line's `virtio_mmio.device=4K@ADDR:IRQ`) describe it.
-    /// Must come before [`Self::load_kernel`].
+    /// (the VMM loop polls them and the device's host fds), its interrupt an irqfd; the
+    /// ACPI tables (and, unless told otherwise, the kernel command line's
+    /// `virtio_mmio.device=4K@ADDR:IRQ`) describe it. Must come before
+    /// [`Self::load_kernel`].
     pub fn attach_virtio_mmio(
         &mut self,
         device: Box<dyn VirtioDevice>,
