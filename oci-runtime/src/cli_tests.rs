@@ -177,3 +177,92 @@ fn podmans_checkpoint_and_restore_command_lines_parse() {
         ));
     }
 }
+
+#[test]
+fn conmons_and_the_containerd_shims_command_lines_parse() {
+    // conmon 2.1 (podman 4.3): create with a console socket for -t, exec of a process file.
+    let a = parse(&[
+        "create",
+        "--bundle",
+        "/b/userdata",
+        "--pid-file",
+        "/r/pidfile",
+        "--console-socket",
+        "/tmp/conmon-term.X",
+        "c1",
+    ]);
+    let Some(OciCommand::Create(c)) = a.command else {
+        panic!("not a create");
+    };
+    assert_eq!(
+        c.console_socket.as_deref(),
+        Some(Path::new("/tmp/conmon-term.X"))
+    );
+    let a = parse(&[
+        "exec",
+        "--pid-file",
+        "/b/exec_pid",
+        "--process",
+        "/b/exec-process-1",
+        "--detach",
+        "--tty",
+        "--console-socket",
+        "/tmp/conmon-term.Y",
+        "c1",
+    ]);
+    let Some(OciCommand::Exec(e)) = a.command else {
+        panic!("not an exec");
+    };
+    assert!(e.detach && e.tty && e.command.is_empty());
+    assert_eq!(e.process.as_deref(), Some(Path::new("/b/exec-process-1")));
+    // containerd 1.6's runc v2 shim (go-runc): global --root/--log/--log-format json, and
+    // --systemd-cgroup when its options say SystemdCgroup.
+    let a = parse(&[
+        "--root",
+        "/run/containerd/runc/default",
+        "--log",
+        "/b/log.json",
+        "--log-format",
+        "json",
+        "--systemd-cgroup",
+        "create",
+        "--bundle",
+        "/b",
+        "--pid-file",
+        "/b/init.pid",
+        "--no-pivot",
+        "c1",
+    ]);
+    assert!(a.systemd_cgroup && a.log_format == LogFormat::Json);
+    assert!(matches!(
+        a.command,
+        Some(OciCommand::Create(CreateArgs { no_pivot: true, .. }))
+    ));
+    let a = parse(&[
+        "exec",
+        "--detach",
+        "--pid-file",
+        "/b/e1.pid",
+        "--process",
+        "/tmp/runc-process1",
+        "c1",
+    ]);
+    assert!(matches!(
+        a.command,
+        Some(OciCommand::Exec(ExecArgs { detach: true, .. }))
+    ));
+    for argv in [
+        &["ps", "--format", "json", "c1"][..],
+        &["kill", "--all", "c1", "9"],
+        &["kill", "c1", "15"],
+        &["delete", "--force", "c1"],
+        &["state", "c1"],
+        &["start", "c1"],
+    ] {
+        assert!(
+            TestCli::try_parse_from(std::iter::once("zvm-runc").chain(argv.iter().copied()))
+                .is_ok(),
+            "{argv:?}"
+        );
+    }
+}
