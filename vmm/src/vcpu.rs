@@ -220,7 +220,7 @@ impl Vcpu {
     }
 
     /// Runs the guest until it stops or a stop is requested through `control` (after a
-    /// kick, see [`kick`]); parks while a pause is requested.
+    /// kick, see `vcpu::kick`); parks while a pause is requested.
     pub fn run(&mut self, control: &VcpuControl) -> VcpuOutcome {
         let target = kick::KickTarget::register(&mut self.fd);
         let outcome = self.run_loop(control);

@@ -1,6 +1,6 @@
 //! A running micro-VM: its vCPU threads and the VMM event loop thread that watches them.
 //!
-//! The loop (thread `zvm_vmm`, see [`event_loop`]) serves vCPU reports, the i8042 reset
+//! The loop (thread `zvm_vmm`, see `vm::event_loop`) serves vCPU reports, the i8042 reset
 //! line, stop, pause and shutdown requests, a stdio console's standard input and every
 //! virtio device's fds (queue notifications, whose I/O therefore runs on this thread). It
 //! decides the VM's [`VmOutcome`], stops the remaining vCPUs (stop flag + one kick each)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 /// Stop and pause requests shared by the VMM and its vCPU threads.
 ///
 /// A request only takes effect when a vCPU is outside KVM_RUN, so the VMM kicks the vCPU
-/// threads after making one ([`super::kick`]): one kick is enough, none is lost.
+/// threads after making one (`vcpu::kick`): one kick is enough, none is lost.
 #[derive(Debug, Default)]
 pub struct VcpuControl {
     stop: AtomicBool,
