@@ -356,3 +356,64 @@ fn macs_parse() {
         assert!(parse_mac(bad).is_err(), "{bad:?}");
     }
 }
+
+/// A mock backend with an fd to poll, as a tap has.
+struct Pollable(MockBackend, vmm_sys_util::eventfd::EventFd);
+
+impl NetBackend for Pollable {
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_frame(buf)
+    }
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.0.write_frame(frame)
+    }
+    fn poll_fd(&self) -> Option<RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(&self.1))
+    }
+}
+
+#[test]
+fn the_tap_is_polled_from_the_first_event_after_activation_until_a_reset() {
+    let mem = memory();
+    let backend = MockBackend::default();
+    let evt = vmm_sys_util::eventfd::EventFd::new(0).expect("eventfd");
+    let tap = std::os::fd::AsRawFd::as_raw_fd(&evt);
+    let limit = RateLimiterConfig {
+        bandwidth: None,
+        ops: Some(TokenBucketConfig {
+            size: 1,
+            one_time_burst: None,
+            refill_time: 10_000,
+        }),
+    };
+    let pollable = Pollable(backend.clone(), evt);
+    let mut r = rig_with(&mem, Box::new(pollable), 0, Some(limit), None, backend);
+    let host_fds = |net: &Net| {
+        let mut fds = Vec::new();
+        net.host_fds(&mut fds);
+        fds
+    };
+    let timer = host_fds(&r.net)[0];
+    assert_eq!(
+        timer.1, TOKEN_RX_TIMER,
+        "the limiter's timer is always polled"
+    );
+    assert_eq!(
+        host_fds(&r.net).len(),
+        1,
+        "activated on a vCPU: not yet the tap"
+    );
+    // With a buffer to receive into, the first event has the tap polled.
+    r.rxq
+        .add_desc_chains(&[desc(DATA, 2048, F_WRITE)], 0)
+        .expect("chain");
+    r.net.process_queue(RX_QUEUE);
+    assert_eq!(host_fds(&r.net), [(tap, TOKEN_TAP), timer]);
+    r.net.reset();
+    r.net.process_host_fd(TOKEN_RX_TIMER);
+    assert_eq!(
+        host_fds(&r.net),
+        [timer],
+        "a reset device stops reading the tap"
+    );
+}
