@@ -147,9 +147,11 @@ fn fs_overrides(values: &[String]) -> Result<Vec<FsOverride>, String> {
         let (dir, read_only) = match rest.rsplit_once(",readonly=") {
             Some((dir, "on")) => (dir, Some(true)),
             Some((dir, "off")) => (dir, Some(false)),
-            Some((_, other)) => return Err(format!(
+            Some((_, other)) => {
+                return Err(format!(
                 "invalid --fs-override '{share}={rest}': readonly must be on or off, not '{other}'"
-            )),
+            ))
+            }
             None => (rest.as_str(), None),
         };
         if dir.is_empty() {
