@@ -7,7 +7,7 @@
 //!   (`zvm.rootfs=image`: `mkfs.ext4 -d` at create), alternating;
 //! - sequential write (`dd ... conv=fsync`) and read (page cache dropped first) of
 //!   `io_mib` MiB inside the guest, in a host directory bind-mounted over virtio-fs and in
-//!   the container's ext4 root on virtio-blk, as busybox `dd` reports them.
+//!   the container's ext4 root on virtio-blk, timed with the guest's /proc/uptime.
 
 use crate::error::{io_err, BenchError, Result};
 use crate::oci_cmd::RuntimeCli;
@@ -136,7 +136,7 @@ fn bundle(
         std::fs::create_dir_all(&p).map_err(io_err("create", &p))?;
     }
     std::fs::copy(busybox, rootfs.join("bin/busybox")).map_err(io_err("copy", busybox))?;
-    for name in ["sh", "dd", "sed", "echo", "true", "rm", "tail", "cat"] {
+    for name in ["sh", "dd", "cut", "echo", "true", "rm", "cat"] {
         let link = rootfs.join("bin").join(name);
         std::os::unix::fs::symlink("busybox", &link).map_err(io_err("link", &link))?;
     }
@@ -174,29 +174,25 @@ fn time_create(
     made.map(|()| took)
 }
 
-/// The MB/s of busybox dd's last line ("... copied, 0.5 seconds, 128.0MB/s").
+/// The MB/s of a line `MIB START END` (the guest's /proc/uptime around one dd: Debian's
+/// busybox dd prints no rate).
 pub fn dd_rate(line: &str) -> Option<f64> {
-    let rate = line.rsplit(", ").next()?.trim();
-    let (number, unit) = rate.split_at(rate.find(|c: char| c.is_ascii_alphabetic())?);
-    let value: f64 = number.trim().parse().ok()?;
-    match unit.trim() {
-        "B/s" => Some(value / 1e6),
-        "kB/s" | "KB/s" => Some(value / 1e3),
-        "MB/s" => Some(value),
-        "GB/s" => Some(value * 1e3),
-        _ => None,
-    }
+    let mut fields = line.split_whitespace().map(|f| f.parse::<f64>().ok());
+    let (mib, start, end) = (fields.next()??, fields.next()??, fields.next()??);
+    (end > start).then(|| mib * 1.048_576 / (end - start))
 }
 
-/// The throughput script: write and read `mib` MiB in `dir`, each dd's rate line tagged.
+/// The throughput script: write and read `mib` MiB in each directory, each dd timed with
+/// the guest's /proc/uptime and reported as `TAG: MIB START END`.
 fn io_script(mib: u64) -> String {
+    let up = "$(cut -d' ' -f1 /proc/uptime)";
     let mut s = String::new();
     for (tag, dir) in [("virtiofs", "/data"), ("virtio-blk", "/blk")] {
         s.push_str(&format!(
-            "dd if=/dev/zero of={dir}/f bs=1M count={mib} conv=fsync 2>&1 | tail -1 | \
-             sed 's/^/{tag}-write: /'; echo 3 > /proc/sys/vm/drop_caches; \
-             dd if={dir}/f of=/dev/null bs=1M 2>&1 | tail -1 | sed 's/^/{tag}-read: /'; \
-             rm -f {dir}/f; "
+            "s={up}; dd if=/dev/zero of={dir}/f bs=1M count={mib} conv=fsync 2>/dev/null; \
+             echo \"{tag}-write: {mib} $s {up}\"; echo 3 > /proc/sys/vm/drop_caches; \
+             s={up}; dd if={dir}/f of=/dev/null bs=1M 2>/dev/null; \
+             echo \"{tag}-read: {mib} $s {up}\"; rm -f {dir}/f; "
         ));
     }
     s
@@ -332,10 +328,9 @@ mod tests {
 
     #[test]
     fn dd_rates_are_read_in_mb_per_second() {
-        let line = "67108864 bytes (64.0MB) copied, 0.512000 seconds, 125.0MB/s";
-        assert_eq!(dd_rate(line), Some(125.0));
-        assert_eq!(dd_rate("1 bytes copied, 1 seconds, 2.5GB/s"), Some(2500.0));
-        assert_eq!(dd_rate("x, 512.0KB/s"), Some(0.512));
+        assert_eq!(dd_rate("8 10.00 12.00"), Some(8.0 * 1.048_576 / 2.0));
+        assert_eq!(dd_rate("8 10.00 10.00"), None);
+        assert_eq!(dd_rate("64+0 records out"), None);
         assert_eq!(dd_rate("garbage"), None);
     }
 
@@ -345,6 +340,11 @@ mod tests {
         let c = config("true", Path::new("rootfs"), "virtiofs", &[m]);
         assert_eq!(c["annotations"]["zvm.rootfs"], "virtiofs");
         assert_eq!(c["mounts"][2]["destination"], "/data");
-        assert!(io_script(8).contains("of=/data/f bs=1M count=8 conv=fsync"));
+        let script = io_script(8);
+        assert!(
+            script.contains("of=/data/f bs=1M count=8 conv=fsync"),
+            "{script}"
+        );
+        assert!(script.contains("echo \"virtio-blk-read: 8 $s $(cut -d' ' -f1 /proc/uptime)\""));
     }
 }
