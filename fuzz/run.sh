@@ -16,11 +16,10 @@ flags+=" -Cllvm-args=-sanitizer-coverage-inline-8bit-counters"
 flags+=" -Cllvm-args=-sanitizer-coverage-pc-table"
 flags+=" -Cllvm-args=-sanitizer-coverage-trace-compares"
 # --target keeps the instrumentation off build scripts; the target directory is kept in
-# zvm's cache (scripts/cached-target-dir.sh), so a fresh clone rebuilds only the
+# zvm's cache (scripts/cached-build.sh), so a fresh clone rebuilds only the
 # project's own crates.
-build=$(bash "$here/../scripts/cached-target-dir.sh" fuzz)
-RUSTFLAGS="$flags" cargo build --release --quiet --manifest-path "$here/Cargo.toml" \
-  --target "$target" --target-dir "$build" >&2
+build=$(RUSTFLAGS="$flags" bash "$here/../scripts/cached-build.sh" fuzz "$here/Cargo.toml" \
+  --release --quiet --target "$target")
 bin="$build/$target/release"
 run() {
   local name=$1; shift

@@ -5,21 +5,20 @@
 # agent, a host workspace crate).
 #
 # They are compiled in cargo target directories kept in zvm's cache
-# (scripts/cached-target-dir.sh), so a fresh clone on a machine that built them before
+# (scripts/cached-build.sh), so a fresh clone on a machine that built them before
 # compiles only the project's own crates, and copied here when their content changed.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 target=x86_64-unknown-linux-gnu
-guest_build=$(bash "$here/../scripts/cached-target-dir.sh" guest)
-host_build=$(bash "$here/../scripts/cached-target-dir.sh" guest-host-ws)
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
-  --manifest-path "$here/Cargo.toml" --target "$target" --target-dir "$guest_build" >&2
+static="-C target-feature=+crt-static"
+guest_build=$(RUSTFLAGS="$static" bash "$here/../scripts/cached-build.sh" guest \
+  "$here/Cargo.toml" --quiet --release --target "$target")
 # zvm-init, the node image's service manager (a host workspace crate, service-manager/).
-CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
-  --manifest-path "$here/../service-manager/Cargo.toml" --target "$target" --target-dir "$guest_build" >&2
+init_build=$(CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="$static" bash "$here/../scripts/cached-build.sh" \
+  service-manager "$here/../service-manager/Cargo.toml" --quiet --release --target "$target")
 # zvm-oci-agent, PID 1 of OCI container VMs (host workspace crate oci-agent/).
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p oci-agent \
-  --manifest-path "$here/../Cargo.toml" --target "$target" --target-dir "$host_build" >&2
+agent_build=$(RUSTFLAGS="$static" bash "$here/../scripts/cached-build.sh" oci-agent \
+  "$here/../Cargo.toml" --quiet --release -p oci-agent --target "$target")
 out="$here/target/$target/release"
 mkdir -p "$out"
 install_program() { # FROM: replaced in one rename, and only when it changed
@@ -30,8 +29,9 @@ install_program() { # FROM: replaced in one rename, and only when it changed
     mv -f "$to.tmp-$$" "$to"
   fi
 }
-for program in zvm-guest-init zvm-vsock-tool zvm-init; do
+for program in zvm-guest-init zvm-vsock-tool; do
   install_program "$guest_build/$target/release/$program"
 done
-install_program "$host_build/$target/release/zvm-oci-agent"
+install_program "$init_build/$target/release/zvm-init"
+install_program "$agent_build/$target/release/zvm-oci-agent"
 echo "$out/zvm-guest-init"

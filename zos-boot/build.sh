@@ -6,17 +6,17 @@
 # The static zvm is a release build without LTO (it is rebuilt whenever zvm changes, and
 # LTO over the whole of zvm takes many minutes on a small machine), stripped. Its cargo
 # target directory lives in zvm's cache ($ZVM_CACHE_DIR/build/node-zvm), like the guest
-# kernel (scripts/cached-target-dir.sh), so a fresh clone on a machine that built it
+# kernel (scripts/cached-build.sh), so a fresh clone on a machine that built it
 # before compiles only the workspace's own crates, not every dependency again.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 target=x86_64-unknown-linux-gnu
 bash "$repo/guest/build.sh" >/dev/null
-build_dir=$(bash "$repo/scripts/cached-target-dir.sh" node-zvm)
-CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_STRIP=symbols \
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
-  --manifest-path "$repo/zvm/Cargo.toml" --bin zvm --target "$target" --target-dir "$build_dir" >&2
+build_dir=$(CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+  CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" \
+  bash "$repo/scripts/cached-build.sh" node-zvm "$repo/zvm/Cargo.toml" --quiet --release \
+  --bin zvm --target "$target")
 out="$repo/guest/target/$target/release"
 mkdir -p "$out"
 # Beside zvm-init, replaced in one rename (a test may be reading the old one).
