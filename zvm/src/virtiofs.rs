@@ -154,9 +154,9 @@ pub fn to_api(fs: &FsConfig) -> api_server::model::Fs {
     }
 }
 
-/// The virtiofsd to run: `explicit` (--virtiofsd or $ZVM_VIRTIOFSD), else the first of:
-/// beside zvm (an install), zvm's cache (scripts/install-virtiofsd.sh), Debian's
-/// /usr/libexec/virtiofsd, `virtiofsd` on $PATH.
+/// The virtiofsd to run: `explicit` (--virtiofsd or $ZVM_VIRTIOFSD), else the first of
+/// the places zvm-runc looks too (`virtiofsd_candidates`: beside zvm, an install's
+/// `lib/zvm/`, zvm's cache, Debian's /usr/libexec/virtiofsd, `$PATH`).
 pub fn find_virtiofsd(explicit: Option<&Path>) -> Result<PathBuf, VirtiofsError> {
     if let Some(path) = explicit {
         return if path.is_file() {
@@ -167,25 +167,7 @@ pub fn find_virtiofsd(explicit: Option<&Path>) -> Result<PathBuf, VirtiofsError>
             })
         };
     }
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.canonicalize().ok())
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-    {
-        candidates.push(dir.join("virtiofsd"));
-    }
-    let cache = std::env::var_os("ZVM_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("zvm")))
-        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/zvm")));
-    if let Some(cache) = cache {
-        candidates.push(cache.join("virtiofsd/bin/virtiofsd"));
-    }
-    candidates.push(PathBuf::from("/usr/libexec/virtiofsd"));
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("virtiofsd")));
-    }
+    let candidates = oci_runtime::sandbox::share::host::virtiofsd_candidates();
     candidates
         .iter()
         .find(|c| c.is_file())
@@ -193,7 +175,7 @@ pub fn find_virtiofsd(explicit: Option<&Path>) -> Result<PathBuf, VirtiofsError>
         .ok_or_else(|| VirtiofsError::NotFound {
             looked: candidates
                 .iter()
-                .take(3)
+                .take(4)
                 .map(|c| c.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")

@@ -167,6 +167,21 @@ pub fn find_virtiofsd() -> Result<PathBuf, ShareError> {
             )))
         };
     }
+    virtiofsd_candidates()
+        .into_iter()
+        .find(|c| c.is_file())
+        .ok_or_else(|| {
+            ShareError::Virtiofsd(format!(
+                "not found; install it with `bash scripts/install-virtiofsd.sh` or `zvm setup`, \
+             or name it with {VIRTIOFSD_ENV}"
+            ))
+        })
+}
+
+/// Where a virtiofsd is looked for when none is named, in order: beside the running
+/// executable, in an install's `lib/zvm/`, zvm's cache (scripts/install-virtiofsd.sh),
+/// Debian's `/usr/libexec/virtiofsd`, then `$PATH`.
+pub fn virtiofsd_candidates() -> Vec<PathBuf> {
     let mut candidates = Vec::new();
     if let Some(dir) = std::env::current_exe()
         .ok()
@@ -188,12 +203,7 @@ pub fn find_virtiofsd() -> Result<PathBuf, ShareError> {
     if let Some(path) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&path).map(|d| d.join("virtiofsd")));
     }
-    candidates.into_iter().find(|c| c.is_file()).ok_or_else(|| {
-        ShareError::Virtiofsd(format!(
-            "not found; install it with `bash scripts/install-virtiofsd.sh` or `zvm setup`, \
-             or name it with {VIRTIOFSD_ENV}"
-        ))
-    })
+    candidates
 }
 
 /// `struct mount_attr` of mount_setattr(2).
