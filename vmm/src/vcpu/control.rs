@@ -35,6 +35,30 @@ impl VcpuControl {
         self.pause.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Waits on `changed` while `waiting(state)`; None once `timeout` has passed or
+    /// `give_up(state)` holds while still waiting, else the lock again.
+    fn wait_while<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, PauseState>,
+        timeout: Duration,
+        waiting: impl Fn(&PauseState) -> bool,
+        give_up: impl Fn(&PauseState) -> bool,
+    ) -> Option<MutexGuard<'a, PauseState>> {
+        let deadline = Instant::now() + timeout;
+        while waiting(&state) {
+            let now = Instant::now();
+            if now >= deadline || give_up(&state) {
+                return None;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Some(state)
+    }
+
     /// Asks every vCPU to stop (also releases paused ones).
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);
@@ -66,20 +90,13 @@ impl VcpuControl {
 
     /// Waits until the VMM loop is idle for a pause; false after `timeout`.
     pub fn wait_vmm_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.state();
-        while !state.vmm_idle {
-            let now = Instant::now();
-            if now >= deadline || self.stop_requested() || !state.requested {
-                return false;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
+        self.wait_while(
+            self.state(),
+            timeout,
+            |s| !s.vmm_idle,
+            |s| self.stop_requested() || !s.requested,
+        )
+        .is_some()
     }
 
     /// Whether the VM is paused: the pause was asked for and the VMM loop went idle.
@@ -107,20 +124,8 @@ impl VcpuControl {
     /// Waits until `count` vCPU threads have ended their run loops; false after `timeout`
     /// (a vCPU blocked outside KVM_RUN, in a device that does not return).
     pub(crate) fn wait_exited(&self, count: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.state();
-        while state.exited < count {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
+        self.wait_while(self.state(), timeout, |s| s.exited < count, |_| false)
+            .is_some()
     }
 
     /// Parks the calling vCPU thread while a pause is requested (and no stop). While
@@ -154,7 +159,6 @@ impl VcpuControl {
     /// Has each of the `count` parked vCPUs save its state; returns them by index. Fails
     /// unless all of them are parked, or if they do not answer within `timeout`.
     pub fn save_parked(&self, count: usize, timeout: Duration) -> Result<Vec<VcpuState>, String> {
-        let deadline = Instant::now() + timeout;
         let mut state = self.state();
         if !state.requested || state.parked < count {
             return Err("the vCPUs are not paused".into());
@@ -162,17 +166,14 @@ impl VcpuControl {
         state.save_generation += 1;
         state.saved.clear();
         self.changed.notify_all();
-        while state.saved.len() < count {
-            let now = Instant::now();
-            if now >= deadline || self.stop_requested() {
-                return Err("the vCPUs did not save their state in time".into());
-            }
-            state = self
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let mut state = self
+            .wait_while(
+                state,
+                timeout,
+                |s| s.saved.len() < count,
+                |_| self.stop_requested(),
+            )
+            .ok_or("the vCPUs did not save their state in time")?;
         let mut saved = std::mem::take(&mut state.saved);
         saved.sort_by_key(|(index, _)| *index);
         saved
@@ -184,19 +185,12 @@ impl VcpuControl {
     /// Waits until each of the `count` vCPUs is parked or has ended; false after `timeout`
     /// (a vCPU blocked outside KVM_RUN, in a device that does not return) or on a stop.
     pub fn wait_parked(&self, count: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.state();
-        while state.parked + state.exited < count {
-            let now = Instant::now();
-            if now >= deadline || self.stop_requested() {
-                return false;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
+        self.wait_while(
+            self.state(),
+            timeout,
+            |s| s.parked + s.exited < count,
+            |_| self.stop_requested(),
+        )
+        .is_some()
     }
 }
