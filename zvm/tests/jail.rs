@@ -362,22 +362,13 @@ fn a_jailed_restore_runs_the_snapshot_on() {
     assert!(jailed.own_network);
 }
 
-/// The virtiofsd zvm would run, if this host has one where zvm looks (`bash
-/// scripts/install-virtiofsd.sh` puts it in zvm's cache; `scripts/test.sh` runs it).
+/// Whether this host has a virtiofsd where zvm looks (`bash scripts/install-virtiofsd.sh`
+/// puts it in zvm's cache; `scripts/test.sh` runs it).
 fn virtiofsd_installed() -> bool {
-    let cache = std::env::var_os("ZVM_CACHE_DIR")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/zvm")));
-    let mut candidates: Vec<std::path::PathBuf> = std::env::var_os("ZVM_VIRTIOFSD")
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    candidates.extend(cache.map(|c| c.join("virtiofsd/bin/virtiofsd")));
-    candidates.push("/usr/libexec/virtiofsd".into());
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("virtiofsd")));
-    }
-    candidates.iter().any(|c| c.is_file())
+    std::env::var_os("ZVM_VIRTIOFSD").is_some_and(|p| Path::new(&p).is_file())
+        || oci_runtime::sandbox::share::host::virtiofsd_candidates()
+            .iter()
+            .any(|c| c.is_file())
 }
 
 /// The pids whose parent is `parent`, with their command names.
