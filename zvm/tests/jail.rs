@@ -10,6 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Whether the API server listens on `sock`: the file appears at bind(), before listen().
+fn listening(sock: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(sock).is_ok()
+}
+
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ok() {
@@ -226,7 +231,9 @@ fn an_api_mode_vmm_jailed_in_its_directory_sees_only_paths_inside_it() {
     ];
     let zvm = Zvm::spawn(&args, &dir.path().join("jails"));
     let sock = root.join("api.sock");
-    wait_for("the API socket in the jail's directory", || sock.exists());
+    wait_for("the API socket in the jail's directory", || {
+        listening(&sock)
+    });
     // A host path outside the jail does not exist for the VMM.
     let host_kernel = format!(r#"{{"kernel_image_path":"{}"}}"#, outside.display());
     let (code, body) = api_call(&sock, "PUT", "/boot-source", &host_kernel);
@@ -313,7 +320,7 @@ fn a_jailed_restore_runs_the_snapshot_on() {
     // The snapshot, from an unjailed API-mode VM.
     let sock = root.join("api.sock");
     let vm = Zvm::spawn(&["--api-sock", arg(&sock)], &jails);
-    wait_for("the API socket", || sock.exists());
+    wait_for("the API socket", || listening(&sock));
     let boot = format!(r#"{{"kernel_image_path":"{}"}}"#, kernel.display());
     let (state, mem) = (root.join("snap.state"), root.join("snap.mem"));
     let snapshot = format!(
