@@ -12,6 +12,7 @@
 
 mod frame;
 mod messages;
+pub mod network;
 
 pub use frame::{encode_frame, read_frame, write_frame, FrameDecoder};
 pub use messages::{
@@ -26,8 +27,8 @@ use std::io::{Read, Write};
 
 /// Version of this protocol; both ends must speak the same one.
 ///
-/// 2: [`RequestBody::Refresh`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 2: [`RequestBody::Refresh`]. 3: [`RequestBody::Network`].
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Fewest entropy bytes a [`RequestBody::Refresh`] may carry: 256 bits, what Linux needs to
 /// call its CRNG initialised, so the forced reseed always takes.

@@ -158,6 +158,15 @@ pub enum RequestBody {
         #[serde(default)]
         hostname: Option<String>,
     },
+    /// Gives a VM restored from a template its own network: each named interface gets its
+    /// MAC (set while it is down), its address and is brought up; the gateway, when given,
+    /// becomes the default route. The host sends it after [`RequestBody::Refresh`], before
+    /// Create. Both ends refuse a request [`crate::network::check`] refuses, before
+    /// changing anything. Answer: [`ResponseBody::Done`].
+    Network {
+        /// The interfaces to configure.
+        interfaces: Vec<crate::network::NetInterface>,
+    },
 }
 
 /// Lifecycle state of the container in the agent.

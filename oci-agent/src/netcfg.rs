@@ -109,6 +109,104 @@ pub fn apply(a: &InterfaceAddress) -> io::Result<()> {
     result
 }
 
+/// An ifreq naming `name` (checked by the caller: shorter than IFNAMSIZ).
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: a zeroed ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req
+}
+
+/// A datagram socket for interface ioctls, closed on drop.
+fn ioctl_socket() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments.
+    let fd = check(
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }.into(),
+    )? as i32;
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+fn ifioctl(
+    fd: &std::os::fd::OwnedFd,
+    request: libc::c_ulong,
+    req: &mut libc::ifreq,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: each request used here reads or writes only the ifreq.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), request, req as *mut libc::ifreq) }.into())
+        .map(|_| ())
+}
+
+/// Configures one interface of a VM restored from a template
+/// ([`agent_protocol::RequestBody::Network`], already checked): down, its MAC, its address
+/// and netmask, up, and the default route through its gateway. Each failure names its
+/// step; the interface may be left down.
+pub fn configure(iface: &agent_protocol::network::NetInterface) -> Result<(), String> {
+    let name = &iface.name;
+    let step = |what: &str| {
+        let what = what.to_string();
+        move |e: io::Error| format!("network: {name}: {what}: {e}")
+    };
+    let fd = ioctl_socket().map_err(step("open a socket"))?;
+    let mut req = ifreq(name);
+    ifioctl(&fd, libc::SIOCGIFFLAGS, &mut req).map_err(step("read its flags"))?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags & !(libc::IFF_UP as libc::c_short);
+    ifioctl(&fd, libc::SIOCSIFFLAGS, &mut req).map_err(step("bring it down"))?;
+    let mut hw = ifreq(name);
+    // SAFETY: writing plain data into the union's sockaddr member.
+    unsafe {
+        hw.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (d, s) in hw.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(iface.mac) {
+            *d = s as libc::c_char;
+        }
+    }
+    ifioctl(&fd, libc::SIOCSIFHWADDR, &mut hw).map_err(step("set its MAC"))?;
+    if let Some((ip, prefix)) = iface.address {
+        let mut a = ifreq(name);
+        a.ifr_ifru.ifru_addr = sockaddr(ip);
+        ifioctl(&fd, libc::SIOCSIFADDR, &mut a).map_err(step("set its address"))?;
+        a.ifr_ifru.ifru_netmask = sockaddr(netmask(prefix));
+        ifioctl(&fd, libc::SIOCSIFNETMASK, &mut a).map_err(step("set its netmask"))?;
+    }
+    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    ifioctl(&fd, libc::SIOCSIFFLAGS, &mut req).map_err(step("bring it up"))?;
+    if let Some(gw) = iface.gateway {
+        add_default_route(&fd, name, gw).map_err(step("add the default route"))?;
+    }
+    Ok(())
+}
+
+fn add_default_route(fd: &std::os::fd::OwnedFd, name: &str, gw: Ipv4Addr) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut dev: Vec<libc::c_char> = name.bytes().map(|b| b as libc::c_char).collect();
+    dev.push(0);
+    // SAFETY: a zeroed rtentry is valid; the fields are plain data but rt_dev, which points
+    // at `dev`, alive and NUL-terminated for the call.
+    let result = unsafe {
+        let mut rt: libc::rtentry = std::mem::zeroed();
+        rt.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
+        rt.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
+        rt.rt_gateway = sockaddr(gw);
+        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        rt.rt_dev = dev.as_mut_ptr();
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::SIOCADDRT,
+            &mut rt as *mut libc::rtentry,
+        )
+    };
+    match check(result.into()) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -138,6 +236,18 @@ mod tests {
         assert_eq!(netmask(0), Ipv4Addr::new(0, 0, 0, 0));
         assert_eq!(netmask(32), Ipv4Addr::new(255, 255, 255, 255));
         assert_eq!(netmask(17), Ipv4Addr::new(255, 255, 128, 0));
+    }
+
+    #[test]
+    fn configuring_a_missing_interface_is_an_error_not_a_crash() {
+        let e = configure(&agent_protocol::network::NetInterface {
+            name: "zvmnoif0".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            address: Some((Ipv4Addr::new(10, 9, 9, 9), 24)),
+            gateway: Some(Ipv4Addr::new(10, 9, 9, 1)),
+        })
+        .unwrap_err();
+        assert!(e.contains("zvmnoif0: read its flags"), "{e}");
     }
 
     #[test]

@@ -179,6 +179,9 @@ impl Container {
             mount_share(&mut LinuxSys, tag)?;
         }
         let (root, mounted) = mount_rootfs(&mut LinuxSys, rootfs, DISK_WAIT)?;
+        if let Some(mounts) = spec.mounts() {
+            super::rootfs::wait_for_disk_mounts(&mut LinuxSys, mounts, DISK_WAIT);
+        }
         let mounted_at = start.elapsed();
         let undo_mount = |mounted: &Option<PathBuf>| {
             if let Some(m) = mounted {

@@ -489,6 +489,18 @@ impl<T: Transport> Agent<T> {
                 }
                 Ok(ResponseBody::Done)
             }
+            RequestBody::Network { interfaces } => {
+                agent_protocol::network::check(&interfaces)?;
+                if self.cfg.in_vm {
+                    for iface in &interfaces {
+                        crate::netcfg::configure(iface)?;
+                    }
+                    tracing::info!("configured {} network interfaces", interfaces.len());
+                } else {
+                    tracing::info!("network checked, not applied (host process)");
+                }
+                Ok(ResponseBody::Done)
+            }
         }
     }
 }

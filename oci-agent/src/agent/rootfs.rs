@@ -59,6 +59,35 @@ pub fn wait_for_size(
     }
 }
 
+/// Waits, as for the root, for the size of every virtio disk (`/dev/vd*`) the spec's
+/// `mounts` mount to become non-zero: a clone's data disks were 0-byte placeholders in its
+/// template too. One deadline, `limit`, for all of them; a disk still empty then is left
+/// to its mount to fail.
+pub fn wait_for_disk_mounts(
+    sys: &mut impl Sys,
+    mounts: &[oci_spec::runtime::Mount],
+    limit: Duration,
+) {
+    let start = Instant::now();
+    for m in mounts {
+        let Some(source) = m.source().as_deref() else {
+            continue;
+        };
+        let is_virtio_disk = source
+            .to_str()
+            .and_then(|s| s.strip_prefix("/dev/vd"))
+            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_lowercase()));
+        if is_virtio_disk {
+            wait_for_size(
+                sys,
+                source,
+                limit.saturating_sub(start.elapsed()),
+                DISK_POLL,
+            );
+        }
+    }
+}
+
 /// Mounts the container's virtio-fs share `tag` on [`SHARE_MOUNT`].
 pub fn mount_share(sys: &mut impl Sys, tag: &str) -> Result<PathBuf, String> {
     let target = PathBuf::from(SHARE_MOUNT);
@@ -212,6 +241,43 @@ mod tests {
             wait_for_size(&mut r, Path::new("/dev/x"), DISK_WAIT, DISK_POLL),
             None
         );
+    }
+
+    #[test]
+    fn data_disks_are_mounted_once_they_have_a_size() {
+        let mount = |source: &str, typ: &str| {
+            let mut m = oci_spec::runtime::Mount::default();
+            m.set_source(Some(source.into()));
+            m.set_typ(Some(typ.into()));
+            m
+        };
+        let mounts = [
+            mount("proc", "proc"),
+            mount("/dev/vdc", "ext4"),
+            mount("/dev/vdc1", "ext4"),
+            mount("/dev/vd", "ext4"),
+            mount("/dev/../etc/vdx", "ext4"),
+            mount("/dev/vdd", "ext4"),
+        ];
+        let mut r = Recorder {
+            block_sizes: [0, 4096, 8192].into(),
+            ..Default::default()
+        };
+        wait_for_disk_mounts(&mut r, &mounts, DISK_WAIT);
+        assert_eq!(
+            r.calls,
+            [
+                "block_size /dev/vdc",
+                "block_size /dev/vdc",
+                "block_size /dev/vdd"
+            ]
+        );
+        // Disks that stay empty share one deadline.
+        let mut r = Recorder::default();
+        let limit = Duration::from_millis(40);
+        let start = Instant::now();
+        wait_for_disk_mounts(&mut r, &mounts, limit);
+        assert!(start.elapsed() < limit * 3, "{:?}", start.elapsed());
     }
 
     #[test]
