@@ -322,11 +322,13 @@ type Ended = Arc<Mutex<Option<String>>>;
 impl ContainerRun {
     /// Runs the process on a thread of its own (seccomp-filtered as a relay once connected
     /// to the agent); on failure the VM is stopped. The thread's result is the process's
-    /// exit status.
+    /// exit status. `network` is what the agent of a VM restored from a template gives its
+    /// interfaces (empty: nothing to do).
     fn spawn(
         self,
         vm: &vmm::RunningVm,
         vm_ended: Ended,
+        network: Vec<agent_protocol::network::NetInterface>,
     ) -> Result<JoinHandle<Result<ExitStatus, String>>, String> {
         let stop = vm
             .stop_handle()
@@ -346,8 +348,8 @@ impl ContainerRun {
                     seccomp,
                 };
                 let gone = || vm_ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let result =
-                    oci_runtime::sandbox::run_attached(run, &gone).map_err(|e| e.to_string());
+                let result = oci_runtime::sandbox::run_attached_with_network(run, &network, &gone)
+                    .map_err(|e| e.to_string());
                 if result.is_err() {
                     let _ = stop.request_stop();
                 }
@@ -499,8 +501,15 @@ fn run_with(
         process_start,
         irqchip: true,
     };
+    // The network a clone of a template with interfaces gets through its agent.
+    let mut clone_network = Vec::new();
     let built = match &log {
-        Some(log) if container.is_some() => crate::container_vm::start(&resources, opts, log),
+        Some(log) if container.is_some() => {
+            crate::container_vm::start(&resources, opts, log).map(|(vm, network)| {
+                clone_network = network;
+                vm
+            })
+        }
         Some(log) => {
             vmm::builder::build_microvm_with_console(&resources, opts, log.console_sink(), false)
         }
@@ -527,9 +536,10 @@ fn run_with(
     let metrics = crate::run_metrics::start_for(args.metrics.clone(), &vm);
     let vm_ended: Ended = Arc::default();
     let container = container.map(|c| {
-        c.spawn(&vm, vm_ended.clone()).inspect_err(|_| {
-            let _ = vm.stop_handle().and_then(|s| s.request_stop());
-        })
+        c.spawn(&vm, vm_ended.clone(), clone_network)
+            .inspect_err(|_| {
+                let _ = vm.stop_handle().and_then(|s| s.request_stop());
+            })
     });
     let (outcome, boot_time) = vm.wait_with_boot_time();
     if let Some(writer) = metrics {

@@ -84,6 +84,7 @@ pub(crate) fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::Ps => "Ps",
         RequestBody::Shutdown => "Shutdown",
         RequestBody::Refresh { .. } => "Refresh",
+        RequestBody::Network { .. } => "Network",
     }
 }
 
@@ -363,6 +364,23 @@ impl AgentConn {
         self.request_done(refresh, timeout)
     }
 
+    /// Sends `Network` to a VM restored from a template: each interface's MAC, address and
+    /// gateway. Checked here first ([`agent_protocol::network::check`]), as the agent does.
+    pub(crate) fn configure_network(
+        &self,
+        interfaces: &[agent_protocol::network::NetInterface],
+        timeout: Duration,
+    ) -> Result<(), AgentError> {
+        agent_protocol::network::check(interfaces).map_err(|message| AgentError::Prepare {
+            request: "Network",
+            message,
+        })?;
+        let body = RequestBody::Network {
+            interfaces: interfaces.to_vec(),
+        };
+        self.request_done(body, timeout)
+    }
+
     /// Routes the events of `stream` to the returned receiver (until [`Self::unsubscribe`]
     /// or the end of the connection, which disconnects it).
     pub(crate) fn subscribe(&self, stream: &str) -> Receiver<Event> {
@@ -578,6 +596,35 @@ pub(crate) mod tests {
             seen.push(entropy);
         }
         assert_ne!(seen[0], seen[1], "each refresh draws new bytes");
+    }
+
+    #[test]
+    fn network_requests_are_checked_before_they_are_sent() {
+        use agent_protocol::network::NetInterface;
+        let (mut agent, conn, _init) = pair();
+        let eth0 = NetInterface {
+            name: "eth0".into(),
+            mac: [2, 1, 2, 3, 4, 5],
+            address: Some(("10.0.0.5".parse().unwrap(), 24)),
+            gateway: Some("10.0.0.1".parse().unwrap()),
+        };
+        let hostile = NetInterface {
+            name: "../eth0".into(),
+            ..eth0.clone()
+        };
+        let err = conn
+            .configure_network(&[hostile], Duration::from_secs(5))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("interface name"), "{err}");
+        let c = conn.clone();
+        let sent = vec![eth0];
+        let t = std::thread::spawn(move || c.configure_network(&sent, Duration::from_secs(5)));
+        let RequestBody::Network { interfaces } = reply(&mut agent, Ok(ResponseBody::Done)) else {
+            panic!("not a Network request")
+        };
+        t.join().unwrap().unwrap();
+        assert_eq!(interfaces[0].mac, [2, 1, 2, 3, 4, 5]);
     }
 
     #[test]

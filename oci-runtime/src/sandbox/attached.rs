@@ -92,6 +92,17 @@ pub fn run_attached(
     run: AttachedRun<'_>,
     gone: &dyn Fn() -> Option<String>,
 ) -> Result<ExitStatus, SandboxError> {
+    run_attached_with_network(run, &[], gone)
+}
+
+/// [`run_attached`] in a VM restored from a template with network interfaces: after the
+/// refresh, the agent gives each interface of `network` its MAC, address and gateway
+/// (empty: nothing is sent, as [`run_attached`]).
+pub fn run_attached_with_network(
+    run: AttachedRun<'_>,
+    network: &[agent_protocol::network::NetInterface],
+    gone: &dyn Fn() -> Option<String>,
+) -> Result<ExitStatus, SandboxError> {
     let stream = wait_for_agent(
         run.vsock_uds,
         AGENT_VSOCK_PORT,
@@ -114,6 +125,9 @@ pub fn run_attached(
     // A VM restored from a template starts with the template's entropy, clock and name.
     let hostname = run.spec.hostname().clone().filter(|h| !h.is_empty());
     agent.refresh(hostname.as_deref(), CREATE_TIMEOUT)?;
+    if !network.is_empty() {
+        agent.configure_network(network, CREATE_TIMEOUT)?;
+    }
     let rootfs = agent_protocol::Rootfs::BlockDevice {
         device: run.rootfs_device.clone(),
         fstype: "ext4".into(),

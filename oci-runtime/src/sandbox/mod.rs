@@ -55,7 +55,8 @@ pub use artifacts::{
     GuestArtifacts, AGENT_BINARY, AGENT_ENV, INSTALL_DIR, KERNEL_ENV, KERNEL_FILE,
 };
 pub use attached::{
-    agent_drives, guest_disk_device, run_attached, AttachedRun, AGENT_DRIVE, ROOTFS_DRIVE,
+    agent_drives, guest_disk_device, run_attached, run_attached_with_network, AttachedRun,
+    AGENT_DRIVE, ROOTFS_DRIVE,
 };
 pub use checkpoint::{
     collect_staged, staging_dir as checkpoint_staging_dir, CheckpointManifest, CHECKPOINT_MANIFEST,

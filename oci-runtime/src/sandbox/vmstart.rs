@@ -34,6 +34,7 @@ pub(crate) fn start_vm(
             rootfs_image: files.rootfs_image,
             vsock: files.vsock,
             share: fs.first().and_then(|f| f.socket_path.as_deref()),
+            extras: Default::default(),
         };
         let console = || std::fs::File::create(files.console_log).map(ConsoleSink::File);
         match template::start_from_template(&settings.cache(), &vm, &console) {

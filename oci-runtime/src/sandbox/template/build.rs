@@ -63,6 +63,7 @@ pub(crate) fn build_template(dir: &Path, vm: &ContainerVm<'_>) -> Result<Duratio
     if let Some(backend) = &backend {
         resources.fs = vec![fs_device(backend.socket())];
     }
+    let shape_scratch = vm.extras.add_to_template(&mut resources, dir)?;
     let running = vmm::build_microvm(&resources, BuildOptions::default())
         .map_err(|e| TemplateError::Build(format!("cannot boot the template VM: {e}")))?;
     let handle_err = |e: std::io::Error| TemplateError::Build(format!("VM handle: {e}"));
@@ -106,7 +107,7 @@ pub(crate) fn build_template(dir: &Path, vm: &ContainerVm<'_>) -> Result<Duratio
     let _ = stop.request_stop();
     let _ = waiter.join();
     drop(backend);
-    for scratch in [&vsock, &placeholder] {
+    for scratch in [&vsock, &placeholder].into_iter().chain(&shape_scratch) {
         let _ = std::fs::remove_file(scratch);
     }
     let _ = std::fs::remove_dir_all(dir.join(EMPTY_SHARE));

@@ -26,6 +26,18 @@ pub struct TemplateKey {
     /// shares existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<String>,
+    /// Network interfaces the VM has (on the template's own taps; each clone's are its
+    /// own); 0 (and the key, and so the id, of templates before interfaces) without.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nics: u8,
+    /// Data disks after the agent's and the container's (empty placeholders in the
+    /// template); 0 (and the key of templates before data disks) without.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub data_disks: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// Identifies a file by where it is and what it looks like on disk: replacing it changes
@@ -130,6 +142,8 @@ impl TemplateKey {
                 vmm::snapshot::file::FORMAT_VERSION
             ),
             share: None,
+            nics: 0,
+            data_disks: 0,
         })
     }
 
@@ -181,6 +195,21 @@ mod tests {
             share: Some("zvm-share".into()),
             ..base.clone()
         });
+        other(TemplateKey {
+            nics: 1,
+            ..base.clone()
+        });
+        other(TemplateKey {
+            data_disks: 1,
+            ..base.clone()
+        });
+        // Keys without interfaces or data disks are those of templates made before either
+        // existed: the same ids, the same templates.
+        let json = serde_json::to_string(&base).unwrap();
+        assert!(
+            !json.contains("nics") && !json.contains("data_disks"),
+            "{json}"
+        );
         std::fs::write(&a, b"a new agent").unwrap();
         other(key(&k, &a, 1, 256, "console=ttyS0").unwrap());
         std::fs::write(&k2, b"another kernel").unwrap();

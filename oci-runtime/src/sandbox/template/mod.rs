@@ -17,6 +17,7 @@
 mod build;
 mod cache;
 mod key;
+pub mod shape;
 
 pub use cache::{Manifest, TemplateCache, TemplateFiles};
 pub use key::{Digests, TemplateKey};
@@ -148,6 +149,9 @@ pub struct ContainerVm<'a> {
     /// The vhost-user socket of the virtiofsd serving the container's share, when it has
     /// one: its template is the flavour with a share ([`TemplateKey::share`]).
     pub share: Option<&'a Path>,
+    /// Its network interfaces and data disks, when it has any: its template is the shape
+    /// with as many ([`shape`]).
+    pub extras: shape::Extras<'a>,
 }
 
 impl<'a> ContainerVm<'a> {
@@ -164,7 +168,7 @@ impl<'a> ContainerVm<'a> {
             vcpus: mc.vcpu_count,
             memory_mib: mc.mem_size_mib,
         };
-        let [agent, rootfs] = resources.drives.as_slice() else {
+        let [agent, rootfs, ..] = resources.drives.as_slice() else {
             return Err(format!(
                 "{} disks (a template has the agent's and the container's)",
                 resources.drives.len()
@@ -188,8 +192,13 @@ impl<'a> ContainerVm<'a> {
         if resources.boot_source.kernel_image_path != artifacts.kernel {
             return Err("another kernel".into());
         }
-        if !resources.net.is_empty() {
-            return Err("network interfaces (a template has none)".into());
+        let extras = shape::Extras::of(resources)?;
+        expected.net = resources.net.clone();
+        expected.drives.extend_from_slice(extras.data_disks);
+        if shape::added_network_words(expected.boot_args(), resources.boot_args()).is_some() {
+            // What the clone's agent must be told instead must be understood now.
+            shape::guest_network(resources)?;
+            expected.boot_source.boot_args = resources.boot_source.boot_args.clone();
         }
         if resources != &expected {
             return Err("a different VM (command line, devices or CPU template)".into());
@@ -199,6 +208,7 @@ impl<'a> ContainerVm<'a> {
             size,
             rootfs_image: &rootfs.path_on_host,
             vsock: &vsock.uds_path,
+            extras,
             share: None,
         })
     }
@@ -219,6 +229,8 @@ impl<'a> ContainerVm<'a> {
             source,
         })?;
         key.share = self.share.map(|_| SHARE_TAG.to_string());
+        key.nics = self.extras.nets.len() as u8;
+        key.data_disks = self.extras.data_disks.len() as u8;
         Ok(key)
     }
 }
@@ -347,6 +359,7 @@ pub fn prepare_template_flavour(
         rootfs_image: placeholder,
         vsock: placeholder,
         share: share.then_some(placeholder),
+        extras: Default::default(),
     };
     let key = vm.key(cache)?;
     let id = key.id();
@@ -376,7 +389,7 @@ fn restore_clone(
         path: vm.vsock.to_path_buf(),
         source,
     })?;
-    restore_container_vm(
+    restore_container_vm_with(
         &files.state,
         &files.memory,
         &files.agent_disk,
@@ -384,6 +397,7 @@ fn restore_clone(
         vm.vsock,
         vm.share,
         console,
+        &vm.extras,
     )
 }
 
@@ -401,6 +415,33 @@ pub(crate) fn restore_container_vm(
     share: Option<&Path>,
     console: ConsoleSink,
 ) -> Result<RunningVm, SnapshotError> {
+    let extras = shape::Extras::NONE;
+    restore_container_vm_with(
+        state,
+        memory,
+        agent_disk,
+        rootfs_image,
+        vsock,
+        share,
+        console,
+        &extras,
+    )
+}
+
+/// [`restore_container_vm`] with `extras`' data disks and taps in place of the
+/// template's placeholders.
+#[allow(clippy::too_many_arguments)]
+fn restore_container_vm_with(
+    state: &Path,
+    memory: &Path,
+    agent_disk: &Path,
+    rootfs_image: &Path,
+    vsock: &Path,
+    share: Option<&Path>,
+    console: ConsoleSink,
+    extras: &shape::Extras<'_>,
+) -> Result<RunningVm, SnapshotError> {
+    let (data_disks, net) = extras.overrides();
     let fs = share
         .map(|socket| FsOverride {
             share: SHARE_ID.into(),
@@ -417,8 +458,11 @@ pub(crate) fn restore_container_vm(
             drives: vec![
                 (AGENT_DRIVE_ID.to_string(), agent_disk.to_path_buf()),
                 (ROOTFS_DRIVE_ID.to_string(), rootfs_image.to_path_buf()),
-            ],
-            net: Vec::new(),
+            ]
+            .into_iter()
+            .chain(data_disks)
+            .collect(),
+            net,
             vsock_uds_path: Some(vsock.to_path_buf()),
             fs,
         },
@@ -483,11 +527,11 @@ mod tests {
                     iface_id: "eth0".into(),
                     host_dev_name: "tap0".into(),
                     guest_mac: None,
-                    rx_rate_limiter: None,
+                    rx_rate_limiter: Some(Default::default()),
                     tx_rate_limiter: None,
                 })
             },
-            "network",
+            "rate limiter",
         );
     }
 }
