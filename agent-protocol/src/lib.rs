@@ -27,8 +27,10 @@ use std::io::{Read, Write};
 
 /// Version of this protocol; both ends must speak the same one.
 ///
-/// 2: [`RequestBody::Refresh`]. 3: [`RequestBody::Network`].
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 2: [`RequestBody::Refresh`]. [`RequestBody::Network`] came later without a new
+/// version: an agent without it answers it with a "bad request" error, and only clones of
+/// a template (whose agent is this build's) are sent one.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Fewest entropy bytes a [`RequestBody::Refresh`] may carry: 256 bits, what Linux needs to
 /// call its CRNG initialised, so the forced reseed always takes.
