@@ -282,6 +282,7 @@ fn spawn(
         .arg("--sandbox")
         .arg(sandbox)
         .args(["--cache", "auto", "--log-level", "warn"])
+        .args(vmm::devices::virtio::fs::VIRTIOFSD_MIGRATION_ARGS)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -61,6 +61,14 @@ impl DeviceRegistry {
         Ok(())
     }
 
+    /// Lets every virtio device go on after a snapshot attempt, taken or not (their
+    /// backends stopped for it start again); the VM must be paused.
+    pub fn resume_after_snapshot(&self) {
+        for transport in &self.virtio {
+            lock(transport).resume_after_snapshot();
+        }
+    }
+
     /// Puts freshly attached devices (the same ones, in the same order) in `state`;
     /// the error names the device that does not fit.
     pub fn restore(&self, state: &DevicesState) -> Result<(), (String, String)> {

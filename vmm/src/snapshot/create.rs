@@ -92,11 +92,29 @@ impl SnapshotHandle {
             SnapshotType::Full => None,
         };
         // Requests still in flight (asynchronous disks) are finished first, so their
-        // used-ring entries and interrupts are in the memory and irqchip state saved.
-        parts
+        // used-ring entries and interrupts are in the memory and irqchip state saved;
+        // backends that stopped for it (virtio-fs) start again afterwards, whatever
+        // became of the snapshot.
+        let quiesced = parts
             .devices
             .quiesce()
-            .map_err(|(device, reason)| SnapshotError::Device { device, reason })?;
+            .map_err(|(device, reason)| SnapshotError::Device { device, reason });
+        let result = quiesced.and_then(|()| self.save_quiesced(params, resources, diff_base));
+        parts.devices.resume_after_snapshot();
+        result.map(|written| SnapshotInfo {
+            duration: start.elapsed(),
+            ..written
+        })
+    }
+
+    /// The rest of [`Self::create`], once the devices are quiesced.
+    fn save_quiesced(
+        &self,
+        params: &CreateSnapshotParams,
+        resources: VmResources,
+        diff_base: Option<std::fs::File>,
+    ) -> Result<SnapshotInfo, SnapshotError> {
+        let parts = &self.parts;
         let vcpus = parts
             .control
             .save_parked(parts.vcpu_count, VCPU_SAVE_TIMEOUT)
@@ -129,7 +147,7 @@ impl SnapshotHandle {
             state_bytes,
             pages_written: written.pages,
             mem_bytes_written: written.bytes,
-            duration: start.elapsed(),
+            duration: Duration::ZERO,
         })
     }
 }

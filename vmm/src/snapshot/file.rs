@@ -24,9 +24,11 @@ pub const MAGIC: [u8; 8] = *b"ZVMSNAP\0";
 ///
 /// 2: each virtio device's state holds its configuration space and ConfigGeneration.
 /// 3: and the device's own state, if it has one (virtio-fs).
-pub const FORMAT_VERSION: u32 = 3;
-/// The largest payload zvm reads (a VM's state is a few KiB per vCPU and device).
-pub const MAX_PAYLOAD: u64 = 16 << 20;
+/// 4: a virtio-fs device's state carries its backend's (virtiofsd's) state.
+pub const FORMAT_VERSION: u32 = 4;
+/// The largest payload zvm reads (a VM's state is a few KiB per vCPU and device, plus up
+/// to 16 MiB of backend state per virtio-fs share the guest used).
+pub const MAX_PAYLOAD: u64 = 64 << 20;
 const HEADER: usize = 20;
 
 fn codec() -> impl Options {
@@ -198,10 +200,11 @@ mod tests {
         let mut magic = bytes.clone();
         magic[0] = b'X';
         refused(&magic, "magic");
-        // The previous formats (before the virtio configuration space and the devices'
-        // own states were saved), and one from the future; the header is checked first.
-        assert_eq!(FORMAT_VERSION, 3);
-        for other in [1u32, 2, 9] {
+        // The previous formats (before the virtio configuration space, the devices' own
+        // states and virtiofsd's were saved), and one from the future; the header is
+        // checked first.
+        assert_eq!(FORMAT_VERSION, 4);
+        for other in [1u32, 2, 3, 9] {
             let mut version = bytes.clone();
             version[8..12].copy_from_slice(&other.to_le_bytes());
             let crc = crc32fast::hash(&version[..version.len() - 4]);
@@ -209,7 +212,7 @@ mod tests {
             version[at..].copy_from_slice(&crc.to_le_bytes());
             refused(
                 &version,
-                &format!("format version {other}, but this zvm reads version 3 only"),
+                &format!("format version {other}, but this zvm reads version 4 only"),
             );
         }
         let mut huge = bytes.clone();

@@ -344,6 +344,7 @@ impl Virtiofsd {
             .arg("--socket-path")
             .arg(&socket)
             .args(["--sandbox", "namespace", "--cache", "auto"])
+            .args(vmm::devices::virtio::fs::VIRTIOFSD_MIGRATION_ARGS)
             .args(["--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -17,18 +17,23 @@
 //! garbage makes the device broken: one error in the log, DEVICE_NEEDS_RESET in the
 //! status register and a configuration-change interrupt; the VM keeps running.
 //!
-//! Snapshots ([`state`]): allowed only while the guest never sent the share a request
-//! (a template whose guest probed the device but never mounted it); the device's
-//! [`FsState`] (tag, driver features, queues) is saved beside its transport's, and a
-//! restore replays the vhost-user set-up on a new backend with the saved queues and vring
-//! bases, in the restored VM's (memfd) memory.
+//! Snapshots ([`state`]): the device's [`FsState`] (tag, driver features, queues and,
+//! once the guest used the share, the backend's own state read by vhost-user
+//! device-state transfer, [`transfer`]) is saved beside its transport's, and a restore
+//! loads the backend's state into a new backend and replays the vhost-user set-up with
+//! the saved queues and vring bases, in the restored VM's (memfd) memory. A backend
+//! without device-state transfer can be snapshotted only while the guest never sent the
+//! share a request (a template whose guest probed the device but never mounted it).
 
+mod carry;
 mod setup;
 mod state;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 pub use state::{FsQueueState, FsState, FS_STATE_VERSION};
+pub use transfer::{MAX_BACKEND_STATE, TRANSFER_TIMEOUT};
 
 use super::{Interrupt, VirtioDevice, VirtioError, VIRTIO_F_VERSION_1};
 use crate::devices::virtio::notify::{
@@ -52,13 +57,24 @@ pub const TYPE_FS: u32 = 26;
 pub const QUEUE_SIZE: u16 = 1024;
 /// Bytes of the tag in the configuration space (not NUL-terminated when full).
 pub const TAG_LEN: usize = 36;
+/// The virtiofsd flags that shape the state a snapshot carries: find-paths, each inode
+/// the guest holds sent as its path in the shared directory (found through
+/// /proc/self/fd). file-handles would need CAP_DAC_READ_SEARCH in the restoring
+/// virtiofsd and the very same file system. --migration-verify-handles (which works
+/// unprivileged: name_to_handle_at) is left out on purpose: it would tie a restore to
+/// the same file system too, so a checkpoint could not move to another host with the
+/// same paths, and a host file replaced by rename (editors, package managers) would fail
+/// the whole restore; without it such a path simply names the new file.
+pub const VIRTIOFSD_MIGRATION_ARGS: [&str; 2] = ["--migration-mode", "find-paths"];
 /// How long zvm waits for any answer of the backend before it gives up on it.
 pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The protocol features zvm uses when the backend has them: MQ (to check it serves as
-/// many queues as the guest gets) and REPLY_ACK (so a refused memory table is an error).
-const WANTED_PROTOCOL: VhostUserProtocolFeatures =
-    VhostUserProtocolFeatures::MQ.union(VhostUserProtocolFeatures::REPLY_ACK);
+/// many queues as the guest gets), REPLY_ACK (so a refused memory table is an error) and
+/// DEVICE_STATE (to snapshot a share the guest used).
+const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ
+    .union(VhostUserProtocolFeatures::REPLY_ACK)
+    .union(VhostUserProtocolFeatures::DEVICE_STATE);
 
 const TOKEN_WAKE: u64 = 0;
 const TOKEN_CALL: u64 = 1;
@@ -97,6 +113,9 @@ pub enum FsError {
         /// Cause.
         source: vhost::Error,
     },
+    /// Moving the backend's state for a snapshot failed (too large, too slow, empty).
+    #[error("virtio-fs backend state transfer: {0}")]
+    StateTransfer(String),
     /// The backend lacks a feature zvm needs.
     #[error("virtio-fs backend does not offer {0}")]
     MissingFeature(&'static str),
@@ -147,6 +166,12 @@ pub struct Fs {
     used: Option<String>,
     /// The state a snapshot saved, until the transport re-activates the device with it.
     restored: Option<FsState>,
+    /// The backend does vhost-user device-state transfer (DEVICE_STATE acked).
+    device_state: bool,
+    /// What a snapshot in progress took from the backend, until it is resumed.
+    carried: Option<carry::Carried>,
+    /// How long a state transfer may take ([`TRANSFER_TIMEOUT`]; shorter in tests).
+    transfer_timeout: Duration,
     /// Rings the backend runs that must be stopped (after a reset) before anything else.
     stop_rings: bool,
     interrupt: Option<Interrupt>,
@@ -284,6 +309,9 @@ impl Fs {
             active: None,
             used: None,
             restored: None,
+            device_state: acked.contains(VhostUserProtocolFeatures::DEVICE_STATE),
+            carried: None,
+            transfer_timeout: TRANSFER_TIMEOUT,
             stop_rings: false,
             interrupt: None,
             running: false,
@@ -510,16 +538,11 @@ impl VirtioDevice for Fs {
     }
 
     fn quiesce(&mut self) -> Result<(), String> {
-        self.check_unused().map_err(|why| {
-            format!(
-                "virtio-fs share '{}' (tag '{}'): the guest has used it ({why}), so virtiofsd \
-                 holds its FUSE session; a snapshot would need vhost-user device-state \
-                 transfer, which zvm does not do. Snapshot the VM before the guest mounts \
-                 the share",
-                self.id,
-                self.tag()
-            )
-        })
+        self.prepare_snapshot()
+    }
+
+    fn resume_after_snapshot(&mut self) {
+        self.resume_rings();
     }
 
     fn save_device_state(&self) -> Option<super::mmio::VirtioDeviceState> {
@@ -534,6 +557,9 @@ impl VirtioDevice for Fs {
         let super::mmio::VirtioDeviceState::Fs(state) = state;
         state.check(self, mem)?;
         self.acked_features = state.driver_features;
+        if let Some(backend) = &state.backend_state {
+            self.load_backend_state(backend)?;
+        }
         self.restored = (!state.queues.is_empty()).then(|| state.clone());
         Ok(())
     }

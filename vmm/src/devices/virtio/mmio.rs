@@ -177,6 +177,11 @@ impl MmioTransport {
         self.device.quiesce()
     }
 
+    /// Lets the device go on after a snapshot ([`VirtioDevice::resume_after_snapshot`]).
+    pub fn resume_after_snapshot(&mut self) {
+        self.device.resume_after_snapshot()
+    }
+
     /// Lets the device handle each of its host fds ([`VirtioDevice::host_fds`]) as if it
     /// had become readable, active or not (a device that was reset may have to stop
     /// polling something). The VMM loop serves them one by one as they fire

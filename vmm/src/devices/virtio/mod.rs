@@ -180,6 +180,10 @@ pub trait VirtioDevice: Send {
     fn quiesce(&mut self) -> Result<(), String> {
         Ok(())
     }
+    /// Called after every snapshot attempt that quiesced the device, taken or not (the VM
+    /// still paused, off the VMM and vCPU threads): a device whose backend stopped for the
+    /// snapshot (virtio-fs) starts it again, so the VM can resume.
+    fn resume_after_snapshot(&mut self) {}
     /// The device's own snapshot state, saved beside its transport's (most devices keep
     /// everything in their queues and have none).
     fn save_device_state(&self) -> Option<mmio::VirtioDeviceState> {

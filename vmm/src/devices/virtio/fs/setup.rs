@@ -69,7 +69,7 @@ pub(super) fn start_rings(
     kicks: &[vmm_sys_util::eventfd::EventFd],
     call: &vmm_sys_util::eventfd::EventFd,
 ) -> Result<(), FsError> {
-    let mut frontend = frontend.clone();
+    let frontend = frontend.clone();
     frontend
         .set_features(features)
         .map_err(proto("SET_FEATURES"))?;
@@ -77,6 +77,20 @@ pub(super) fn start_rings(
     frontend
         .set_mem_table(&table)
         .map_err(proto("SET_MEM_TABLE"))?;
+    start_queues(&frontend, mem, queues, kicks, call)
+}
+
+/// Starts every ready queue (the features and memory table already sent): the driver's
+/// addresses, the queue's next available index, and the device's eventfds. Also what
+/// starts rings again after a snapshot stopped them.
+pub(super) fn start_queues(
+    frontend: &Frontend,
+    mem: &GuestMemoryMmap,
+    queues: &[Queue],
+    kicks: &[vmm_sys_util::eventfd::EventFd],
+    call: &vmm_sys_util::eventfd::EventFd,
+) -> Result<(), FsError> {
+    let mut frontend = frontend.clone();
     for (index, (queue, kick)) in queues.iter().zip(kicks).enumerate() {
         if !queue.ready() {
             continue;

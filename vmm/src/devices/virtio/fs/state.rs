@@ -1,26 +1,31 @@
 //! A virtio-fs device's snapshot state, and what decides whether it may be taken.
 //!
 //! The FUSE session (the guest's INIT, the inodes it looked up, its open files) lives in
-//! the backend, and carrying it to a new virtiofsd would need vhost-user device-state
-//! transfer, which zvm does not do. A snapshot is therefore allowed only while the guest
-//! has never sent the share a request: no buffer was ever made available on any queue
-//! (hiprio included), the backend never used one nor notified, and no ring the backend
-//! ran was stopped at a non-zero position. That is a container template: the guest
-//! probed the device (its queues are set up) but never mounted it. The restored device
-//! then replays the vhost-user set-up on a new backend with the saved queues.
+//! the backend. While the guest has never sent the share a request (no buffer was ever
+//! made available on any queue, hiprio included, the backend never used one nor
+//! notified, and no ring the backend ran was stopped at a non-zero position: a container
+//! template, whose guest probed the device but never mounted it) there is nothing to
+//! carry, and the restored device only replays the vhost-user set-up on a new backend
+//! with the saved queues. Once the guest used the share, the backend's state is carried
+//! too, by vhost-user device-state transfer ([`super::transfer`]): the rings are stopped
+//! where the backend got to, the state read into [`FsState::backend_state`], and the
+//! rings started again once the snapshot is written ([`Fs::resume_after_snapshot`]). A
+//! backend without the DEVICE_STATE protocol feature keeps the old rule: a used share
+//! refuses the snapshot.
 //!
 //! [`FsState`] is saved beside the device, in its transport's state (see
 //! [`crate::devices::virtio::mmio::VirtioDeviceState`]).
 
 use super::setup::host_address;
+use super::transfer::MAX_BACKEND_STATE;
 use super::{Fs, QUEUE_SIZE};
 use crate::memory::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-/// The [`FsState`] layout this zvm writes and reads.
-pub const FS_STATE_VERSION: u32 = 1;
+/// The [`FsState`] layout this zvm writes and reads (2: with the backend's state).
+pub const FS_STATE_VERSION: u32 = 2;
 
 /// One queue as the driver handed it over: where its rings are and the positions the
 /// backend starts from (its vring base).
@@ -67,9 +72,12 @@ pub struct FsState {
     pub request_queues: u32,
     /// The device features the driver accepted.
     pub driver_features: u64,
-    /// The queues the driver started the device with (hiprio first); empty if the driver
-    /// had not started it.
+    /// The queues the driver started the device with (hiprio first), at the positions
+    /// the backend got to; empty if the driver had not started it.
     pub queues: Vec<FsQueueState>,
+    /// The backend's own state (vhost-user device-state transfer), if the guest had used
+    /// the share; at most [`MAX_BACKEND_STATE`] bytes.
+    pub backend_state: Option<Vec<u8>>,
 }
 
 impl FsState {
@@ -97,6 +105,21 @@ impl FsState {
                 self.request_queues,
                 nqueues - 1
             ));
+        }
+        if let Some(backend) = &self.backend_state {
+            if backend.is_empty() || backend.len() > MAX_BACKEND_STATE {
+                return Err(format!(
+                    "{} bytes of backend state; 1 to {MAX_BACKEND_STATE} are allowed",
+                    backend.len()
+                ));
+            }
+            if !fs.device_state {
+                return Err(format!(
+                    "the snapshot carries the backend's state of share '{tag}' (the guest \
+                     had used it), but this backend does not offer vhost-user device-state \
+                     transfer (VHOST_USER_PROTOCOL_F_DEVICE_STATE): use virtiofsd 1.10 or later"
+                ));
+            }
         }
         if !self.queues.is_empty() && self.queues.len() != nqueues {
             return Err(format!(
@@ -201,19 +224,22 @@ impl Fs {
         }
     }
 
-    /// The device's snapshot state.
+    /// The device's snapshot state (after [`Fs::prepare_snapshot`], with the rings'
+    /// positions and the state the backend gave).
     pub fn save_state(&self) -> FsState {
+        let queues = self
+            .active
+            .as_ref()
+            .or(self.pending.as_ref())
+            .map(|act| act.queues.iter().map(FsQueueState::from).collect())
+            .unwrap_or_default();
         FsState {
             version: FS_STATE_VERSION,
             tag: self.tag(),
             request_queues: (self.queue_sizes.len() - 1) as u32,
             driver_features: self.acked_features,
-            queues: self
-                .active
-                .as_ref()
-                .or(self.pending.as_ref())
-                .map(|act| act.queues.iter().map(FsQueueState::from).collect())
-                .unwrap_or_default(),
+            queues,
+            backend_state: self.carried.as_ref().map(|c| c.state.clone()),
         }
     }
 }

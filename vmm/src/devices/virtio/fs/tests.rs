@@ -13,6 +13,8 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+#[path = "carry_tests.rs"]
+mod carry_tests;
 #[path = "state_tests.rs"]
 mod state_tests;
 
@@ -30,12 +32,33 @@ const GET_PROTOCOL_FEATURES: u32 = 15;
 const SET_PROTOCOL_FEATURES: u32 = 16;
 const GET_QUEUE_NUM: u32 = 17;
 const SET_VRING_ENABLE: u32 = 18;
+const SET_DEVICE_STATE_FD: u32 = 42;
+const CHECK_DEVICE_STATE: u32 = 43;
 const NEED_REPLY: u32 = 0x8;
 
 const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
 const GOOD_FEATURES: u64 = VIRTIO_F_VERSION_1 | RING_FEATURES | PROTOCOL_FEATURES_BIT;
 const MQ: u64 = 1 << 0;
 const REPLY_ACK: u64 = 1 << 3;
+const DEVICE_STATE: u64 = 1 << 19;
+
+/// What the fake backend does with device-state transfers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StateTransfer {
+    /// Writes [`BACKEND_STATE`] when saving; takes only a state starting with it at load.
+    Good,
+    /// Writes some state but never closes the pipe.
+    NeverCloses,
+    /// Writes half its state, then dies (closes pipe and socket).
+    DiesMidway,
+    /// Writes more than a snapshot takes.
+    Oversized,
+    /// Writes its state, then says the transfer failed.
+    FailsCheck,
+}
+
+/// The state the fake backend saves.
+const BACKEND_STATE: &[u8] = b"fake virtiofsd state: 3 inodes, 1 open file";
 
 /// One message the fake backend received.
 #[derive(Debug)]
@@ -64,6 +87,8 @@ struct Script {
     queue_num: u64,
     /// Answer this request with a non-zero ack (a refusal).
     refuse: Option<u32>,
+    /// Device-state transfers (offered when `protocol` has [`DEVICE_STATE`]).
+    transfer: StateTransfer,
 }
 
 const GOOD: Script = Script {
@@ -71,6 +96,13 @@ const GOOD: Script = Script {
     protocol: MQ | REPLY_ACK,
     queue_num: 2,
     refuse: None,
+    transfer: StateTransfer::Good,
+};
+
+/// A backend like virtiofsd 1.10 and later, which transfers its state.
+const WITH_STATE: Script = Script {
+    protocol: MQ | REPLY_ACK | DEVICE_STATE,
+    ..GOOD
 };
 
 type Log = Arc<Mutex<Vec<Msg>>>;
@@ -84,8 +116,64 @@ fn reply(sock: &mut UnixStream, request: u32, body: &[u8]) {
     sock.write_all(&out).expect("reply");
 }
 
+/// A device-state transfer in progress: the thread writing or reading the pipe.
+type Transfer = std::thread::JoinHandle<Vec<u8>>;
+
+/// Starts the fake backend's side of SET_DEVICE_STATE_FD on `pipe`; `true` if the
+/// backend then dies.
+fn start_transfer(
+    script: Script,
+    body: &[u8],
+    pipe: File,
+    transfer: &mut Option<Transfer>,
+) -> bool {
+    let load = body.first() == Some(&1);
+    let behaviour = script.transfer;
+    *transfer = Some(std::thread::spawn(move || {
+        let mut pipe = pipe;
+        if load {
+            let mut got = Vec::new();
+            let _ = pipe.read_to_end(&mut got);
+            return got;
+        }
+        match behaviour {
+            StateTransfer::Good | StateTransfer::FailsCheck => {
+                let _ = pipe.write_all(BACKEND_STATE);
+            }
+            StateTransfer::NeverCloses => {
+                let _ = pipe.write_all(BACKEND_STATE);
+                std::mem::forget(pipe);
+            }
+            StateTransfer::DiesMidway => {
+                let _ = pipe.write_all(&BACKEND_STATE[..BACKEND_STATE.len() / 2]);
+            }
+            StateTransfer::Oversized => {
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..=MAX_BACKEND_STATE >> 20 {
+                    if pipe.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        Vec::new()
+    }));
+    !load && behaviour == StateTransfer::DiesMidway
+}
+
+/// Whether a finished transfer went well in the fake backend's eyes.
+fn check_transfer(script: Script, transfer: Option<Transfer>) -> bool {
+    let Some(handle) = transfer else {
+        return false;
+    };
+    let loaded = handle.join().unwrap_or_default();
+    script.transfer != StateTransfer::FailsCheck
+        && (loaded.is_empty() || loaded.starts_with(BACKEND_STATE))
+}
+
 /// Serves `sock` per `script` until the frontend goes away.
 fn serve(mut sock: UnixStream, script: Script, log: Log) {
+    let mut transfer = None;
     loop {
         let mut hdr = [0u8; 12];
         let mut fds = [-1; 8];
@@ -116,8 +204,18 @@ fn serve(mut sock: UnixStream, script: Script, log: Log) {
             GET_PROTOCOL_FEATURES => Some(script.protocol.to_le_bytes().to_vec()),
             GET_QUEUE_NUM => Some(script.queue_num.to_le_bytes().to_vec()),
             GET_VRING_BASE => Some([&body[..4], &7u32.to_le_bytes()[..]].concat()),
+            // No pipe of its own: the frontend's is used.
+            SET_DEVICE_STATE_FD => Some(0x100u64.to_le_bytes().to_vec()),
+            CHECK_DEVICE_STATE => {
+                let ok = check_transfer(script, transfer.take());
+                Some(u64::from(!ok).to_le_bytes().to_vec())
+            }
             _ => None,
         };
+        let mut files: Vec<File> = files;
+        let dies = request == SET_DEVICE_STATE_FD
+            && !files.is_empty()
+            && start_transfer(script, &body, files.remove(0), &mut transfer);
         log.lock().expect("log").push(Msg {
             request,
             body,
@@ -130,6 +228,12 @@ fn serve(mut sock: UnixStream, script: Script, log: Log) {
                 reply(&mut sock, request, &code.to_le_bytes());
             }
             None => {}
+        }
+        if dies {
+            if let Some(handle) = transfer.take() {
+                let _ = handle.join();
+            }
+            return;
         }
     }
 }
