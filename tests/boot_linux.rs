@@ -346,6 +346,10 @@ fn a_tinyconfig_kernel_brings_up_two_vcpus() {
         "2",
         "--cmdline",
         &cmdline,
+        // Without kvmclock it calibrates its clocks against the PIT (and panics with
+        // "IO-APIC + timer doesn't work!" without one).
+        "--pit",
+        "on",
     ];
     let run = run_zvm(&args, BOOT_LIMIT);
     let show = || {

@@ -6,8 +6,9 @@
 //!     cargo build --release -p vmm --example lean_vmm
 //!     target/release/examples/lean_vmm RESOURCES.json
 //!
-//! `LEAN_VMM_NO_IRQCHIP=1` builds the VM without the in-kernel irqchip and PIT (only
-//! for tiny guests that need no interrupts), to measure what those cost at teardown.
+//! `LEAN_VMM_NO_IRQCHIP=1` builds the VM without the in-kernel irqchip (only for tiny
+//! guests that need no interrupts), to measure what it costs at teardown; the PIT
+//! follows the resources' `machine-config` (`"pit": true`).
 
 fn main() {
     let Some(path) = std::env::args().nth(1) else {

@@ -131,9 +131,12 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
 pub struct BuildOptions {
     /// When the process started, for boot-time reports.
     pub process_start: Instant,
-    /// Create the in-kernel irqchip and PIT (tiny test guests may go without, so that
-    /// HLT exits to userspace).
+    /// Create the in-kernel irqchip (tiny test guests may go without, so that HLT exits
+    /// to userspace).
     pub irqchip: bool,
+    /// With the irqchip, also create the in-kernel PIT ([`build_microvm`] takes it from
+    /// the resources' [`crate::resources::MachineConfig::pit`]).
+    pub pit: bool,
 }
 
 impl Default for BuildOptions {
@@ -141,6 +144,7 @@ impl Default for BuildOptions {
         BuildOptions {
             process_start: Instant::now(),
             irqchip: true,
+            pit: false,
         }
     }
 }
@@ -259,6 +263,8 @@ impl MicrovmBuilder {
         if opts.irqchip {
             vm.create_irq_chip()
                 .map_err(kvm_err("create the in-kernel irqchip"))?;
+        }
+        if opts.irqchip && opts.pit {
             let pit = kvm_pit_config {
                 flags: KVM_PIT_SPEAKER_DUMMY,
                 ..Default::default()
@@ -487,7 +493,10 @@ pub fn build_microvm_with_console(
         mc.vcpu_count,
         mc.cpu_template,
         resources.seccomp,
-        opts,
+        BuildOptions {
+            pit: mc.pit,
+            ..opts
+        },
         mc.track_dirty_pages,
     )?;
     attach_devices(&mut builder, resources, sink, input)?;

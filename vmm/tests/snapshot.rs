@@ -409,3 +409,48 @@ fn a_diff_into_a_missing_or_foreign_base_is_refused_and_loses_no_pages() {
         "base + diff == full"
     );
 }
+
+#[test]
+fn a_vm_keeps_its_pit_or_lack_of_one_across_snapshots() {
+    let files = Files {
+        dir: tempfile::tempdir().expect("dir"),
+    };
+    let kernel = files.path("counter.elf");
+    std::fs::write(&kernel, elf(&counter_code())).expect("kernel");
+    for pit in [false, true] {
+        let mut resources = VmResources::new(&kernel);
+        resources.machine_config.mem_size_mib = 32;
+        resources.machine_config.pit = pit;
+        let vm = build_microvm_with_console(
+            &resources,
+            BuildOptions::default(),
+            ConsoleSink::Off,
+            false,
+        )
+        .expect("boot");
+        run_then_pause(&vm);
+        let (state1, mem1) = (files.path("pit-s1"), files.path("pit-m1"));
+        snapshot(&vm, SnapshotType::Full, &state1, &mem1);
+        end(vm);
+        let saved = read_state_file(&state1).expect("state");
+        assert_eq!(
+            saved.vm.pit.is_some(),
+            pit,
+            "PIT state saved iff the VM had one"
+        );
+        assert!(!saved.vm.irqchips.is_empty());
+
+        // The restored VM is given the PIT its snapshot holds (older snapshots all hold
+        // one, whatever their resources say), and a snapshot of it holds it again.
+        let vm = restore(&state1, &mem1, true).expect("restore");
+        let before = read_u64(&mem1, COUNTER);
+        run_then_pause(&vm);
+        let (state2, mem2) = (files.path("pit-s2"), files.path("pit-m2"));
+        snapshot(&vm, SnapshotType::Full, &state2, &mem2);
+        end(vm);
+        assert!(read_u64(&mem2, COUNTER) > before, "the guest ran on");
+        let saved = read_state_file(&state2).expect("state");
+        assert_eq!(saved.vm.pit.is_some(), pit);
+        assert_eq!(saved.resources.machine_config.pit, pit);
+    }
+}

@@ -227,7 +227,7 @@ pub fn run(args: &RestoreArgs, opts: &RestoreOptions<'_>, process_start: Instant
     }
     let build = BuildOptions {
         process_start,
-        irqchip: true,
+        ..BuildOptions::default()
     };
     // The snapshot's virtio-fs shares get new virtiofsd daemons, stopped when this returns.
     let mut fs_daemons = None;

@@ -123,6 +123,11 @@ pub struct RunArgs {
     /// own vCPU counters) to FILE: every 60 s, on SIGUSR1 and when the VM ends.
     #[arg(long, value_name = "FILE")]
     metrics: Option<PathBuf>,
+    /// Give the guest an i8254 PIT (KVM's in-kernel one): on for kernels without kvmclock
+    /// (`CONFIG_KVM_GUEST`), which calibrate their clocks against it; off (the default)
+    /// makes VMs cheaper to create and to end.
+    #[arg(long, value_name = "on|off", default_value = "off", value_parser = ["on", "off"])]
+    pit: String,
     /// Leave the `virtio_mmio.device=` parameters off the kernel command line: a kernel
     /// with ACPI finds the devices in the ACPI tables (a kernel without ACPI then finds
     /// none).
@@ -265,6 +270,7 @@ impl RunArgs {
                     .map_err(|e| e.to_string())?,
                 track_dirty_pages: self.track_dirty_pages,
                 cmdline_devices: !self.no_cmdline_devices,
+                pit: self.pit == "on",
             },
             console: self
                 .console
@@ -499,7 +505,7 @@ fn run_with(
     }
     let opts = BuildOptions {
         process_start,
-        irqchip: true,
+        ..BuildOptions::default()
     };
     // The network a clone of a template with interfaces gets through its agent.
     let mut clone_network = Vec::new();

@@ -190,6 +190,8 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
             track_dirty_pages: false,
             // The project's kernel finds the devices through ACPI.
             cmdline_devices: false,
+            // and times itself with kvmclock and the local APIC timer.
+            pit: false,
         },
         console: ConsoleConfig::File(files.console_log.to_path_buf()),
         console_timestamps: false,

@@ -255,7 +255,7 @@ impl VcpuState {
 pub struct VmState {
     /// PIC master, PIC slave and IOAPIC, in that order (empty without an irqchip).
     pub irqchips: Vec<kvm_irqchip>,
-    /// The PIT (absent without an irqchip).
+    /// The PIT (absent without an irqchip, or when the VM was built without one).
     pub pit: Option<kvm_pit_state2>,
     /// kvmclock.
     pub clock: kvm_clock_data,
@@ -268,7 +268,8 @@ const IRQCHIPS: [u32; 3] = [
 ];
 
 impl VmState {
-    /// Saves a paused VM's state; `irqchip` says whether it has the in-kernel irqchip and PIT.
+    /// Saves a paused VM's state; `irqchip` says whether it has the in-kernel irqchip (and
+    /// maybe a PIT).
     pub fn save(vm: &VmFd, irqchip: bool) -> Result<Self, StateError> {
         let mut irqchips = Vec::new();
         let mut pit = None;
@@ -281,7 +282,12 @@ impl VmState {
                 vm.get_irqchip(&mut chip).map_err(kvm("read the irqchip"))?;
                 irqchips.push(chip);
             }
-            pit = Some(vm.get_pit2().map_err(kvm("read the PIT"))?);
+            // A VM may have the irqchip without a PIT: KVM answers ENXIO then.
+            pit = match vm.get_pit2() {
+                Ok(state) => Some(state),
+                Err(e) if e.errno() == libc::ENXIO => None,
+                Err(e) => return Err(kvm("read the PIT")(e)),
+            };
         }
         let clock = vm.get_clock().map_err(kvm("read kvmclock"))?;
         Ok(VmState {

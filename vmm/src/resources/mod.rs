@@ -202,6 +202,17 @@ pub struct MachineConfig {
     /// "failed to claim resource" line for it).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub cmdline_devices: bool,
+    /// Give the guest KVM's in-kernel i8254 PIT. Linux guests with kvmclock
+    /// (`CONFIG_KVM_GUEST`) time themselves with kvmclock and the local APIC timer and
+    /// never need it; kernels without (a `tinyconfig` one) calibrate the TSC and the
+    /// APIC timer against it and hang without. Without a PIT a VM is created and torn
+    /// down faster (benches/README.md, "Footprint of a lean VMM").
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pit: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 fn is_true(value: &bool) -> bool {
@@ -216,6 +227,7 @@ impl Default for MachineConfig {
             cpu_template: CpuTemplate::Auto,
             track_dirty_pages: false,
             cmdline_devices: true,
+            pit: false,
         }
     }
 }

@@ -174,6 +174,7 @@ pub fn restore_microvm_with(
     // resources say what it does, so a later diff snapshot of it is refused unless it
     // tracks, and a snapshot of it records its own setting.
     resources.machine_config.track_dirty_pages = params.track_dirty_pages;
+    resources.machine_config.pit = state.vm.pit.is_some();
     resources
         .validate()
         .map_err(|e| SnapshotError::BadStateFile {
@@ -199,8 +200,11 @@ pub fn restore_microvm_with(
         tracing::debug!("guest memory copied into a memfd in {:?}", start.elapsed());
         start_backends(&mut resources).map_err(SnapshotError::FsBackend)?;
     }
+    // A snapshot's VM gets the in-kernel devices it was saved with: a PIT only if the
+    // snapshot holds one (snapshots made before the PIT became optional all do).
     let opts = BuildOptions {
         irqchip: !state.vm.irqchips.is_empty(),
+        pit: state.vm.pit.is_some(),
         ..opts
     };
     let mut builder = MicrovmBuilder::with_memory_tracked(

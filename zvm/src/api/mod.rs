@@ -308,7 +308,7 @@ impl Monitor {
         resources.seccomp = self.seccomp;
         let opts = BuildOptions {
             process_start: self.process_start,
-            irqchip: true,
+            ..BuildOptions::default()
         };
         let fs_daemons =
             crate::virtiofs::Daemons::start(&mut resources, &crate::virtiofs::FsArgs::from_env())

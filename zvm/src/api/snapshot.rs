@@ -71,7 +71,7 @@ impl Monitor {
         let start = Instant::now();
         let opts = BuildOptions {
             process_start: self.process_start,
-            irqchip: true,
+            ..BuildOptions::default()
         };
         // The snapshot's virtio-fs shares get new virtiofsd daemons, as InstanceStart's do.
         let mut fs_daemons = None;
