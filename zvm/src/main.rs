@@ -3,6 +3,9 @@
 mod api;
 mod container_log;
 mod container_vm;
+// zvm writes the hand-over, zvm-vmm reads it.
+#[allow(dead_code)]
+mod handover;
 mod kernel;
 mod output_file;
 mod private_tmp;
@@ -16,7 +19,9 @@ mod stop_signals;
 mod template;
 mod terminal;
 mod virtiofs;
+mod vm_end;
 mod vm_jail;
+mod vmm_exec;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

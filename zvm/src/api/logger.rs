@@ -273,6 +273,11 @@ impl Logging {
         Ok(())
     }
 
+    /// The level (or filter) the log was set up with.
+    pub fn level(&self) -> &str {
+        &self.level
+    }
+
     /// Keeps log lines in memory (uncoloured) until [`Self::release`]: while zvm cannot
     /// tell yet whether they belong on the terminal or in a container's log file.
     pub fn hold(&self) {

@@ -1,0 +1,63 @@
+//! `zvm run` hands a plain VM to the lean VMM executable, `zvm-vmm` (src/vmm_main.rs):
+//! once the front end has parsed the flags and built the VM's resources, it `exec`s
+//! `zvm-vmm` in its own process (same PID, terminal, signals and exit code), passing the
+//! resources through an inherited memfd ([`crate::handover`]). The VM's process then
+//! carries only the VMM's code: not the flist, OCI, node, API and client code of zvm,
+//! nor their libraries (benches/README.md, "Footprint of a lean VMM").
+//!
+//! `zvm-vmm` is found beside zvm (`ZVM_VMM=PATH` overrides; `ZVM_VMM=none` keeps every VM
+//! in zvm). Runs that need zvm around the VM after it ends or beside it keep it in
+//! zvm: flists (their work directory is removed, their container talked to), jails
+//! (the supervisor's half), virtio-fs shares (their virtiofsd stops with zvm), `--output`
+//! (a thread of zvm copies it), and log filters other than a plain level.
+
+use crate::handover::{Handover, FD_FLAG, LOG_LEVELS};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The environment variable naming the lean executable (or `none`).
+pub const VMM_ENV: &str = "ZVM_VMM";
+/// The lean executable's name, beside zvm.
+pub const VMM_BINARY: &str = "zvm-vmm";
+
+/// The lean executable to run VMs in: `$ZVM_VMM`, else `zvm-vmm` beside this zvm; None
+/// when there is none (or `ZVM_VMM=none`).
+pub fn find() -> Option<PathBuf> {
+    match std::env::var_os(VMM_ENV) {
+        Some(v) if v == "none" => None,
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ => {
+            let beside = std::env::current_exe().ok()?.with_file_name(VMM_BINARY);
+            beside.is_file().then_some(beside)
+        }
+    }
+}
+
+/// Runs the VM in `zvm-vmm` when it can: returns only if it cannot (nothing found, a log
+/// filter it does not take, virtio-fs shares) or the `exec` failed (a warning then; the
+/// caller runs the VM itself).
+pub fn exec(handover: &Handover, process_start: Instant) -> Option<std::io::Error> {
+    if !handover.resources.fs.is_empty() || !LOG_LEVELS.contains(&handover.log_level.as_str()) {
+        return None;
+    }
+    let path = find()?;
+    let handover = Handover {
+        started_ns_ago: u64::try_from(process_start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        ..handover.clone()
+    };
+    let fd = match handover.to_memfd() {
+        Ok(fd) => fd,
+        Err(e) => return Some(std::io::Error::other(e.to_string())),
+    };
+    tracing::debug!("handing the VM to {}", path.display());
+    let err = std::process::Command::new(&path)
+        .arg(FD_FLAG)
+        .arg(fd.as_raw_fd().to_string())
+        .exec();
+    Some(std::io::Error::new(
+        err.kind(),
+        format!("cannot run {}: {err}", path.display()),
+    ))
+}
