@@ -193,6 +193,10 @@ impl<'a> ContainerVm<'a> {
             return Err("another kernel".into());
         }
         let extras = shape::Extras::of(resources)?;
+        // Whether the devices are named on the command line only shapes a boot's command
+        // line (zvm run's default; the template's kernel finds them through ACPI): a
+        // restore boots nothing.
+        expected.machine_config.cmdline_devices = resources.machine_config.cmdline_devices;
         expected.net = resources.net.clone();
         expected.drives.extend_from_slice(extras.data_disks);
         if shape::added_network_words(expected.boot_args(), resources.boot_args()).is_some() {
@@ -201,7 +205,10 @@ impl<'a> ContainerVm<'a> {
             expected.boot_source.boot_args = resources.boot_source.boot_args.clone();
         }
         if resources != &expected {
-            return Err("a different VM (command line, devices or CPU template)".into());
+            return Err(format!(
+                "a different VM (command line, devices or CPU template): {} differ",
+                shape::differences(resources, &expected)
+            ));
         }
         Ok(ContainerVm {
             artifacts,

@@ -195,6 +195,48 @@ pub fn added_network_words<'b>(base: &str, boot_args: &'b str) -> Option<Vec<&'b
         .then_some(words)
 }
 
+/// The settings of `resources` that differ from `expected`'s, named as in their JSON (a
+/// section's own fields when both have it), for the log line that says why a VM boots.
+pub fn differences(resources: &VmResources, expected: &VmResources) -> String {
+    use serde_json::Value;
+    fn walk(a: &Value, b: &Value, path: &str, depth: usize, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) if depth < 2 => {
+                let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let (x, y) = (a.get(k), b.get(k));
+                    if x != y {
+                        let inner = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        walk(
+                            x.unwrap_or(&Value::Null),
+                            y.unwrap_or(&Value::Null),
+                            &inner,
+                            depth + 1,
+                            out,
+                        );
+                    }
+                }
+            }
+            _ => out.push(path.to_string()),
+        }
+    }
+    let (Ok(a), Ok(b)) = (
+        serde_json::to_value(resources),
+        serde_json::to_value(expected),
+    ) else {
+        return String::new();
+    };
+    let mut out = Vec::new();
+    walk(&a, &b, "", 0, &mut out);
+    out.join(", ")
+}
+
 /// A random locally administered unicast MAC.
 fn random_mac() -> Result<[u8; 6], String> {
     let bytes = crate::sandbox::agent::os_random(6).map_err(|e| format!("getrandom: {e}"))?;

@@ -258,3 +258,17 @@ fn the_template_build_gets_placeholders_and_taps_of_its_own() {
         Some("02:7a:76:6d:00:00")
     );
 }
+
+#[test]
+fn device_naming_on_the_command_line_does_not_matter_and_misfits_are_named() {
+    let artifacts = artifacts();
+    let mut r = deployment(&artifacts);
+    // zvm run's default: only a boot's command line differs.
+    r.machine_config.cmdline_devices = true;
+    ContainerVm::from_resources(&r, &artifacts).unwrap();
+    r.machine_config.cpu_template = vmm::resources::CpuTemplate::None;
+    r.entropy = None;
+    let err = ContainerVm::from_resources(&r, &artifacts).unwrap_err();
+    assert!(err.contains("cpu_template") && err.contains("entropy"), "{err}");
+    assert!(!err.contains("drives"), "{err}");
+}
