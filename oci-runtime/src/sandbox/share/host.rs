@@ -118,6 +118,23 @@ fn open_source(entry: &ShareEntry) -> Result<(OwnedFd, bool), ShareError> {
 /// entry's source and makes an empty directory or file of the same kind as its
 /// placeholder. Nothing is mounted yet.
 pub fn prepare(dir: &Path, entries: &[ShareEntry]) -> Result<PreparedShare, ShareError> {
+    prepare_with_root(dir, entries, None)
+}
+
+/// [`prepare`], with `root` (a detached mount, e.g. a copy-on-write overlay made by
+/// [`super::overlay::OverlayDirs::mount_detached`]) attached on the [`super::ROOT_ENTRY`]
+/// directory; `entries` must then not name that entry.
+pub fn prepare_with_root(
+    dir: &Path,
+    entries: &[ShareEntry],
+    root: Option<OwnedFd>,
+) -> Result<PreparedShare, ShareError> {
+    if root.is_some() && entries.iter().any(|e| e.name == super::ROOT_ENTRY) {
+        return Err(ShareError::Io {
+            what: format!("share a root and an entry named {}", super::ROOT_ENTRY),
+            source: std::io::Error::from_raw_os_error(libc::EEXIST),
+        });
+    }
     // Check every source before anything is made.
     let opened = entries
         .iter()
@@ -133,7 +150,15 @@ pub fn prepare(dir: &Path, entries: &[ShareEntry]) -> Result<PreparedShare, Shar
         .mode(0o755)
         .create(dir)
         .map_err(io(format!("create {dir:?}")))?;
-    let mut mounts = Vec::with_capacity(opened.len());
+    let mut mounts = Vec::with_capacity(opened.len() + 1);
+    if let Some(tree) = root {
+        let target = dir.join(super::ROOT_ENTRY);
+        std::fs::create_dir(&target).map_err(io(format!("create {target:?}")))?;
+        mounts.push(PreparedMount {
+            tree,
+            target: cstring(&target)?,
+        });
+    }
     for (entry, fd, is_dir) in opened {
         let target = dir.join(&entry.name);
         if is_dir {

@@ -25,6 +25,7 @@
 //! `/dev/null`) stay bind mounts of the guest's node: a device cannot cross virtio-fs.
 
 pub mod host;
+pub mod overlay;
 pub(crate) mod sandbox;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
