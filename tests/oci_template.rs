@@ -6,9 +6,10 @@
 //!   other waits (one template, whole), and both are clones: each sees its own host name,
 //!   its own disk and its own entropy, the clock is the host's, and each exits with its own
 //!   status; both were restored (the sandbox says so), none booted a kernel.
-//! - A container that counts in memory and in a file is checkpointed (and so destroyed),
-//!   then restored from the checkpoint: the count goes on from where it was, in memory and
-//!   in the file; a damaged checkpoint is refused with a clear error. Its sandbox runs
+//! - A container that counts in memory, in a file and in a file it holds open on a bind
+//!   mount (over virtio-fs) is checkpointed (and so destroyed), then restored from the
+//!   checkpoint: the count goes on from where it was, in memory and in both files; a
+//!   damaged checkpoint is refused with a clear error. Its sandbox runs
 //!   jailed (the default), checked from the host while the guest counts, so the
 //!   checkpoint is written from inside the jail and moved into place by `zvm-runc`.
 
@@ -245,11 +246,40 @@ fn a_two_containers_racing_for_one_template_are_separate_clones() {
     let _ = std::fs::remove_dir_all(&base);
 }
 
+/// Counts in memory, into a file on its disk and, through a file it holds open, into a
+/// file on a bind-mounted host directory (over virtio-fs).
 const COUNTER: &str = r#"i=0
+exec 3>>/data/count
 while true; do
-  i=$((i+1)); echo $i > /count; echo "tick $i"; sleep 0.3
+  i=$((i+1)); echo $i > /count; echo $i >&3; echo "tick $i"; sleep 0.3
 done
 "#;
+
+/// Bind-mounts the host directory `data` on the container's `/data`.
+fn bind_data(bundle: &Path, data: &Path) {
+    std::fs::create_dir_all(data).expect("data dir");
+    let path = bundle.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("config.json")).expect("JSON");
+    if let Some(mounts) = config["mounts"].as_array_mut() {
+        mounts.push(serde_json::json!({
+            "destination": "/data",
+            "type": "bind",
+            "source": data,
+            "options": ["rbind", "rw"],
+        }));
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("encode")).expect("write");
+}
+
+/// The last number in the host file `path` (0 if none yet).
+fn last_count(path: &Path) -> u64 {
+    read(path)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .last()
+        .unwrap_or(0)
+}
 
 #[test]
 fn b_a_checkpointed_container_counts_on_after_its_restore() {
@@ -257,6 +287,8 @@ fn b_a_checkpointed_container_counts_on_after_its_restore() {
     let base = scratch_dir().join("checkpoint");
     let root = base.join("state");
     let b = bundle(&base.join("bundle"), COUNTER, "0");
+    let data = base.join("data");
+    bind_data(&b, &data);
     let image = base.join("image");
     let (out1, out2) = (base.join("before.out"), base.join("after.out"));
     let id = "counter";
@@ -410,6 +442,18 @@ fn b_a_checkpointed_container_counts_on_after_its_restore() {
         }
     }
     assert!(in_file >= after[0], "file {in_file}, ticks {after:?}");
+    // And so does the count in the bind-mounted host directory, written through the file
+    // the container held open across the checkpoint (virtiofsd's state went with it).
+    let deadline = Instant::now() + LIMIT;
+    while last_count(&data.join("count")) <= last_tick {
+        assert!(
+            Instant::now() < deadline,
+            "the count on the bind mount stopped at {} (last tick {last_tick}): {}",
+            last_count(&data.join("count")),
+            read(&root.join(id).join("sandbox.log"))
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     ok(&["kill", id, "KILL"]);
     wait_stopped(&root, id, &|| read(&out2));
     ok(&["delete", id]);

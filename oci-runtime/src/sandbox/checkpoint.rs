@@ -4,7 +4,8 @@
 //! ```text
 //! <image-path>/checkpoint.json   what the checkpoint holds (format, container, state)
 //! <image-path>/vmstate, memory   the VM's snapshot
-//! <image-path>/rootfs.ext4       the container's root disk as it was (sparse copy)
+//! <image-path>/rootfs.ext4       the container's root disk as it was (sparse copy;
+//!                                empty when the root came over virtio-fs)
 //! <image-path>/agent.ext4        the agent's boot disk
 //! ```
 
@@ -78,7 +79,9 @@ impl CheckpointManifest {
         ] {
             let meta =
                 std::fs::metadata(image.join(name)).map_err(|e| bad(format!("{name}: {e}")))?;
-            if !meta.is_file() || meta.len() == 0 {
+            // A root over virtio-fs leaves the VM's root disk empty (the files stay in
+            // the bundle's rootfs, which the restore shares again).
+            if !meta.is_file() || (meta.len() == 0 && name != CHECKPOINT_ROOTFS) {
                 return Err(bad(format!("{name} is empty or not a file")));
             }
         }
@@ -380,6 +383,9 @@ mod tests {
             .to_string();
         assert!(err.contains("memory is empty"), "{err}");
         std::fs::write(dir.path().join(CHECKPOINT_MEMORY), b"x").unwrap();
+        // The root disk of a container whose root came over virtio-fs is empty.
+        std::fs::write(dir.path().join(CHECKPOINT_ROOTFS), b"").unwrap();
+        assert_eq!(CheckpointManifest::read(dir.path()).unwrap(), m);
         m.format = 99;
         write(&m);
         let err = CheckpointManifest::read(dir.path())

@@ -207,11 +207,12 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     );
     // vmm's vsock device takes a socket path of any length.
     let vsock = dir.join(VSOCK_SOCKET);
-    // Its virtiofsd runs beside the jail (dropped last: after the VM stops).
-    let mut share = None;
+    // Its virtiofsd runs beside the jail (dropped last: after the VM stops). A restored
+    // container gets one too, on the share laid out as at create: the checkpoint's
+    // virtiofsd state names the files its guest held by their paths in it.
+    let rootfs = rootfs_dir(&cfg)?;
+    let started = ContainerShare::start(&cfg, &rootfs, rootfs_mode, notes)?;
     if cfg.restore_from.is_none() {
-        let rootfs = rootfs_dir(&cfg)?;
-        let started = ContainerShare::start(&cfg, &rootfs, rootfs_mode, notes)?;
         if started.rootfs_shared() {
             // The VM keeps its second disk, empty: the agent does not use it.
             File::create(&image)
@@ -232,8 +233,8 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
                 "ext4 copy"
             }
         ));
-        share = Some(started);
     }
+    let share = Some(started);
     let shared = share.as_ref().is_some_and(ContainerShare::needed);
     // The jail splits the process: the supervisor waits here for the jailed half, which
     // goes on (and is locked down by vmm once its VM's resources are open).
@@ -250,7 +251,12 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     let tty = open_terminal(&cfg, terminal)?;
     let restored = match &cfg.restore_from {
         Some(from) => {
-            let (vm, manifest) = restore_checkpoint(from, dir, &image, &console, &vsock)?;
+            let socket = share
+                .iter()
+                .flat_map(ContainerShare::fs_configs)
+                .find_map(|fs| fs.socket_path);
+            let (vm, manifest) =
+                restore_checkpoint(from, dir, &image, &console, &vsock, socket.as_deref())?;
             notes.note(&format!(
                 "container {} restored from the checkpoint in {} (of {})",
                 cfg.id,

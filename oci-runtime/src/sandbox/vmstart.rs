@@ -66,14 +66,16 @@ pub(crate) fn start_vm(
 
 /// Restores the VM of the checkpoint in `image` for the container in `dir`: its disks are
 /// copied into `dir` first (so the checkpoint can be restored again), the console goes to
-/// `console_log` and the vsock socket is `vsock`. Returns the VM and the checkpoint's
-/// description.
+/// `console_log` and the vsock socket is `vsock`; its virtio-fs share, if it had one, is
+/// served by the virtiofsd listening on `share`, which takes the checkpoint's state of
+/// it. Returns the VM and the checkpoint's description.
 pub(crate) fn restore_checkpoint(
     image: &Path,
     dir: &Path,
     rootfs_image: &Path,
     console_log: &Path,
     vsock: &Path,
+    share: Option<&Path>,
 ) -> Result<(vmm::RunningVm, CheckpointManifest), SandboxError> {
     let manifest = CheckpointManifest::read(image)?;
     copy_sparse(&image.join(CHECKPOINT_ROOTFS), rootfs_image)?;
@@ -89,7 +91,7 @@ pub(crate) fn restore_checkpoint(
         &agent_disk,
         rootfs_image,
         vsock,
-        None,
+        share,
         ConsoleSink::File(console),
     )
     .map_err(|e| {
