@@ -198,7 +198,7 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 /// Makes the default container VM's template on a thread of its own; says how it went.
 fn prepare_default_template(kernel: Option<PathBuf>) {
-    use oci_runtime::sandbox::template::{prepare_template, TemplateSettings};
+    use oci_runtime::sandbox::template::{prepare_template_flavour, TemplateSettings};
     use oci_runtime::sandbox::{GuestArtifacts, VmSize, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
     let spawned = std::thread::Builder::new()
         .name("zvm_template".into())
@@ -214,7 +214,9 @@ fn prepare_default_template(kernel: Option<PathBuf>) {
                 memory_mib: DEFAULT_MEMORY_MIB,
             };
             let made = artifacts.map_err(|e| e.to_string()).and_then(|a| {
-                prepare_template(&TemplateSettings::from_env().cache(), &a, size)
+                // The flavour with a share: a container's root comes over virtio-fs
+                // unless its deployment asks for ext4.
+                prepare_template_flavour(&TemplateSettings::from_env().cache(), &a, size, true)
                     .map_err(|e| e.to_string())
             });
             match made {

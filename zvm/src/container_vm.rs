@@ -6,7 +6,7 @@ use crate::container_log::ContainerLog;
 use agent_protocol::network::NetInterface;
 use oci_runtime::sandbox::template::shape;
 use oci_runtime::sandbox::template::{
-    prepare_template as prepare_template_for, start_from_template, ContainerVm, TemplateSettings,
+    prepare_template_flavour, start_from_template, ContainerVm, TemplateSettings,
 };
 use oci_runtime::sandbox::GuestArtifacts;
 use vmm::builder::BuildOptions;
@@ -62,7 +62,9 @@ pub fn prepare_template(resources: &VmResources) {
         }
         return;
     }
-    match prepare_template_for(&settings.cache(), &artifacts, vm.size) {
+    // The flavour with a share for a root over virtio-fs or volumes.
+    let share = vm.share.is_some();
+    match prepare_template_flavour(&settings.cache(), &artifacts, vm.size, share) {
         Ok((id, Some(took))) => {
             tracing::info!("made template {id} in {:.1} s", took.as_secs_f64())
         }

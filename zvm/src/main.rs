@@ -2,6 +2,7 @@
 
 mod api;
 mod container_log;
+mod container_share;
 mod container_vm;
 // zvm writes the hand-over, zvm-vmm reads it.
 #[allow(dead_code)]

@@ -51,6 +51,15 @@ pub struct RunArgs {
     /// With --flist: root disk size in bytes for a container flist.
     #[arg(long, value_name = "BYTES", requires = "flist")]
     root_size: Option<u64>,
+    /// With --flist: where a container's root comes from: virtiofs (the flist unpacked
+    /// once into --flist-cache, copy-on-write in the work directory, over virtio-fs) or
+    /// ext4 (a private copy on a disk of --root-size).
+    #[arg(long, value_name = "virtiofs|ext4", default_value = "virtiofs")]
+    root_fs: zos_boot::flist_vm::cow_root::RootFs,
+    /// With a container flist: a host directory the container sees at a path, over
+    /// virtio-fs: `HOST_DIR:CONTAINER_PATH[:ro]`; repeatable.
+    #[arg(long = "volume", value_name = "HOST:CTR[:ro]", requires = "flist")]
+    volumes: Vec<zos_boot::flist_vm::container::VolumeMount>,
     /// With --flist: the container's host name (default: the flist's name).
     #[arg(long, requires = "flist", value_parser = parse_hostname)]
     hostname: Option<String>,
@@ -188,22 +197,30 @@ impl RunArgs {
             root_size: self.root_size,
             kernel: self.kernel.clone(),
             hostname: self.hostname.clone(),
+            root_fs: self.root_fs,
         };
         let plan = zos_boot::flist_vm::prepare(&opts).map_err(|e| e.to_string())?;
         tracing::info!(kind = ?plan.kind, kernel = %plan.kernel.display(), "booting flist {flist}");
         plan.apply(resources);
         let Some(boot) = &plan.container else {
+            if !self.volumes.is_empty() {
+                return Err("--volume needs a container flist".into());
+            }
             return Ok(None);
         };
         // A terminal on our stdin gives the container a pty (an interactive shell works).
         let terminal = std::io::stdin().is_terminal();
-        let spec = zos_boot::flist_vm::container::container_spec(
+        let mut spec = zos_boot::flist_vm::container::container_spec(
             boot,
             &resources.drives,
             mounts,
             terminal,
         )
         .map_err(|e| e.to_string())?;
+        zos_boot::flist_vm::container::add_volumes(&mut spec, &self.volumes);
+        let virtiofsd = self.fs.virtiofsd.as_deref();
+        let (view, share) =
+            crate::container_share::start(boot, spec, work_dir, virtiofsd, resources)?;
         // The container's stdin is ours; the console and zvm's messages go aside.
         let console = ContainerConsole::choose(
             self.console.as_deref(),
@@ -221,7 +238,10 @@ impl RunArgs {
             .map(|v| v.uds_path.clone())
             .unwrap_or_else(|| boot.vsock_uds.clone());
         Ok(Some(ContainerRun {
-            spec,
+            spec: view.spec,
+            rootfs: view.rootfs,
+            share_tag: view.tag,
+            share,
             vsock_uds,
             terminal,
             seccomp: resources.seccomp,
@@ -314,6 +334,12 @@ impl RunArgs {
 /// A container flist's process, run through the guest agent once the VM is up.
 struct ContainerRun {
     spec: oci_spec::runtime::Spec,
+    /// Where the agent finds the root file system.
+    rootfs: agent_protocol::Rootfs,
+    /// The container's share's tag, when it has one.
+    share_tag: Option<String>,
+    /// Its virtiofsd, kept by `zvm run` for the VM's life.
+    share: Option<crate::container_share::ShareGuard>,
     vsock_uds: PathBuf,
     terminal: bool,
     /// The VM's seccomp setting, also applied to the threads talking to the agent.
@@ -341,7 +367,7 @@ impl ContainerRun {
             .map_err(|e| format!("cannot get the VM's stop handle: {e}"))?;
         let seccomp = self.seccomp;
         let uds = self.vsock_uds;
-        let spec = self.spec;
+        let (spec, rootfs, share_tag) = (self.spec, self.rootfs, self.share_tag);
         std::thread::Builder::new()
             .name("zvm_container".into())
             .spawn(move || {
@@ -350,7 +376,8 @@ impl ContainerRun {
                     // The failure report quotes the console itself.
                     console_log: None,
                     spec,
-                    rootfs_device: oci_runtime::sandbox::ROOTFS_DEVICE.into(),
+                    rootfs,
+                    share_tag,
                     seccomp,
                 };
                 let gone = || vm_ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -445,7 +472,7 @@ fn run_with(
                 .map_err(|e| e.to_string())?;
             Ok((resources, container, log))
         });
-    let (mut resources, container, log) = match prepared {
+    let (mut resources, mut container, log) = match prepared {
         Ok(r) => r,
         Err(e) => {
             logging.release(None);
@@ -453,6 +480,8 @@ fn run_with(
             return ExitCode::from(2);
         }
     };
+    // A container's share lives until this returns (in the supervisor, or unjailed).
+    let _share = container.as_mut().and_then(|c| c.share.take());
     if args.flist.is_some() {
         logging.release(log.as_ref().and_then(ContainerLog::logger_target));
     }

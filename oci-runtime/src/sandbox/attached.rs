@@ -70,8 +70,12 @@ pub struct AttachedRun<'a> {
     pub console_log: Option<&'a Path>,
     /// The container; `process.terminal` asks for a pty.
     pub spec: oci_spec::runtime::Spec,
-    /// Guest block device holding the root file system (ext4).
-    pub rootfs_device: String,
+    /// Where the agent finds the container's root file system: a guest block device
+    /// (ext4), or a directory of the share when the root comes over virtio-fs.
+    pub rootfs: agent_protocol::Rootfs,
+    /// The tag of the VM's virtio-fs share (see [`super::share`]), which the agent mounts
+    /// before anything else, when the container has one.
+    pub share_tag: Option<String>,
     /// Run the threads that handle what the guest sends under the relay seccomp filter
     /// (see [`run_attached`]).
     pub seccomp: bool,
@@ -128,11 +132,13 @@ pub fn run_attached_with_network(
     if !network.is_empty() {
         agent.configure_network(network, CREATE_TIMEOUT)?;
     }
-    let rootfs = agent_protocol::Rootfs::BlockDevice {
-        device: run.rootfs_device.clone(),
-        fstype: "ext4".into(),
-    };
-    agent.create_container(run.spec, rootfs, None, terminal, CREATE_TIMEOUT)?;
+    agent.create_container(
+        run.spec,
+        run.rootfs,
+        run.share_tag,
+        terminal,
+        CREATE_TIMEOUT,
+    )?;
     if let Err(e) = agent.request_done(RequestBody::Start, CREATE_TIMEOUT) {
         let _ = agent.request_done(RequestBody::Shutdown, Duration::from_secs(10));
         return Err(e.into());
@@ -297,7 +303,11 @@ mod tests {
             vsock_uds: uds,
             console_log: None,
             spec: oci_spec::runtime::Spec::default(),
-            rootfs_device: "/dev/vdb".into(),
+            rootfs: agent_protocol::Rootfs::BlockDevice {
+                device: "/dev/vdb".into(),
+                fstype: "ext4".into(),
+            },
+            share_tag: None,
             seccomp: true,
         };
         // The filters land on this thread: keep them off the test harness's threads.

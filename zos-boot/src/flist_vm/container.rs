@@ -18,8 +18,11 @@ use vmm::resources::DriveConfig;
 pub struct ContainerBoot {
     /// The agent's boot disk (root device, read-only).
     pub agent_image: PathBuf,
-    /// The container's root file system (ext4).
+    /// The container's root file system (ext4), or an empty placeholder disk when it
+    /// comes over virtio-fs (`rootfs_overlay`).
     pub rootfs_image: PathBuf,
+    /// The copy-on-write layers of a root over virtio-fs ([`super::cow_root`]).
+    pub rootfs_overlay: Option<oci_runtime::sandbox::share::overlay::OverlayDirs>,
     /// The VM's vsock socket, through which zvm drives the agent.
     pub vsock_uds: PathBuf,
     /// The container's process: arguments, environment, working directory, user.
@@ -35,6 +38,66 @@ pub struct DiskMount {
     pub drive_id: String,
     /// Absolute path in the container.
     pub mountpoint: String,
+}
+
+/// A host directory the container sees at `mountpoint`, over the VM's virtio-fs share
+/// (Zero-OS's volumes; `zvm run --volume`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// The host directory (absolute).
+    pub source: PathBuf,
+    /// Absolute path in the container.
+    pub mountpoint: String,
+    /// Read-only, on the host side too.
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for VolumeMount {
+    type Err = String;
+
+    /// `HOST_DIR:CONTAINER_PATH[:ro|:rw]`, both absolute.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("invalid volume '{text}': {why}");
+        let mut parts = text.split(':');
+        let (Some(source), Some(mountpoint)) = (parts.next(), parts.next()) else {
+            return Err(bad("expected HOST_DIR:CONTAINER_PATH[:ro]"));
+        };
+        let read_only = match parts.next() {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(other) => return Err(bad(&format!("`{other}` is neither ro nor rw"))),
+        };
+        if parts.next().is_some() {
+            return Err(bad("too many ':'"));
+        }
+        if !source.starts_with('/') || !mountpoint.starts_with('/') {
+            return Err(bad("both paths must be absolute"));
+        }
+        if mountpoint.split('/').any(|c| c == "..") || mountpoint.trim_end_matches('/').is_empty() {
+            return Err(bad("the container path may not be / or contain .."));
+        }
+        Ok(VolumeMount {
+            source: PathBuf::from(source),
+            mountpoint: mountpoint.to_string(),
+            read_only,
+        })
+    }
+}
+
+/// Adds `volumes` to `spec` as bind mounts of their host directories, which the share
+/// then carries into the VM ([`oci_runtime::sandbox::share::plan_share`]).
+pub fn add_volumes(spec: &mut Spec, volumes: &[VolumeMount]) {
+    let mut all = spec.mounts().clone().unwrap_or_default();
+    for v in volumes {
+        let mut mount = Mount::default();
+        mount.set_destination(PathBuf::from(&v.mountpoint));
+        mount.set_typ(Some("bind".into()));
+        mount.set_source(Some(v.source.clone()));
+        let access = if v.read_only { "ro" } else { "rw" };
+        mount.set_options(Some(vec!["rbind".into(), access.into(), "nodev".into()]));
+        all.push(mount);
+    }
+    spec.set_mounts(Some(all));
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FlistVmError + '_ {
@@ -146,6 +209,7 @@ mod tests {
         ContainerBoot {
             agent_image: "/w/agent.ext4".into(),
             rootfs_image: "/w/root.ext4".into(),
+            rootfs_overlay: None,
             vsock_uds: "/w/vsock.sock".into(),
             process: process(
                 vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
@@ -213,6 +277,34 @@ mod tests {
         }];
         let e = container_spec(&boot(), &drives, &relative, false).unwrap_err();
         assert!(e.to_string().contains("not an absolute path"), "{e}");
+    }
+
+    #[test]
+    fn volumes_parse_and_become_bind_mounts() {
+        let v: VolumeMount = "/srv/v:/data:ro".parse().unwrap();
+        assert_eq!(
+            (v.source.as_path(), v.mountpoint.as_str(), v.read_only),
+            (Path::new("/srv/v"), "/data", true)
+        );
+        for bad in [
+            "/a",
+            "a:/b",
+            "/a:b",
+            "/a:/b:rx",
+            "/a:/b:ro:x",
+            "/a:/",
+            "/a:/x/../y",
+        ] {
+            assert!(bad.parse::<VolumeMount>().is_err(), "{bad} accepted");
+        }
+        let mut spec = container_spec(&boot(), &[], &[], false).unwrap();
+        add_volumes(&mut spec, &[v]);
+        let m = spec.mounts().as_ref().unwrap().last().unwrap().clone();
+        let plan = oci_runtime::sandbox::share::plan_share(&spec, Path::new("/"), None);
+        assert_eq!(plan.entries.len(), 1);
+        assert_eq!(plan.entries[0].source, PathBuf::from("/srv/v"));
+        assert!(plan.entries[0].read_only);
+        assert_eq!(m.destination(), &PathBuf::from("/data"));
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //!   kernel boots, with the unpacked flist's initrd;
 //! - a **raw image** flist holds `/image.raw`: the project's kernel boots with that image
 //!   as its root disk;
-//! - anything else is a **container** flist: its tree becomes an ext4 root disk and the
-//!   project's kernel boots the OCI guest agent as PID 1, which runs the entrypoint with
+//! - anything else is a **container** flist: its tree is the root over virtio-fs,
+//!   copy-on-write per VM ([`cow_root`]), or with [`cow_root::RootFs::Ext4`] an ext4 root
+//!   disk; the project's kernel boots the OCI guest agent as PID 1, which runs the entrypoint with
 //!   `env` in it (see [`container`]). When an image from `zvm flist from-oci` carries
 //!   `/.zvm/image-config.json`, its entrypoint, environment, working directory and user
 //!   are the defaults.
@@ -18,6 +19,7 @@
 
 pub mod cmdline;
 pub mod container;
+pub mod cow_root;
 mod fetch;
 mod image_config;
 
@@ -76,6 +78,9 @@ pub enum FlistVmError {
     /// Making the container's root disk failed.
     #[error("root disk: {0}")]
     RootDisk(#[from] flist_fetcher::ext4::Error),
+    /// Making the VM's copy-on-write layers of the root failed.
+    #[error("root layers: {0}")]
+    RootDir(String),
     /// Making the agent's boot disk failed.
     #[error("agent disk: {0}")]
     AgentDisk(String),
@@ -122,6 +127,8 @@ pub struct FlistBootOptions {
     pub kernel: Option<PathBuf>,
     /// The container's host name (default: the flist's file name without `.fl`).
     pub hostname: Option<String>,
+    /// Where a container's root comes from ([`cow_root`]).
+    pub root_fs: cow_root::RootFs,
 }
 
 /// How to boot the VM an flist describes.
@@ -282,9 +289,17 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
             }
             let cwd = image_config.cwd.as_deref().unwrap_or("/");
             let process = container::process(argv, &env, cwd, image_config.user);
-            let disk = opts.work_dir.join("root.ext4");
+            let mut rootfs_overlay = None;
+            let disk = if opts.root_fs == cow_root::RootFs::Virtiofs {
+                let lower = cow_root::lower_tree(&fl, &reader, &tree, &opts.cache_dir, &unpack)?;
+                let (dirs, placeholder) = cow_root::vm_layers(&lower, &opts.work_dir)?;
+                rootfs_overlay = Some(dirs);
+                placeholder
+            } else {
+                opts.work_dir.join("root.ext4")
+            };
             let done = opts.work_dir.join("root.ext4.done");
-            if !(disk.is_file() && done.exists()) {
+            if rootfs_overlay.is_none() && !(disk.is_file() && done.exists()) {
                 let content = tree.total_size();
                 // Sizes come from the flist: saturate rather than overflow.
                 let size = opts
@@ -327,6 +342,7 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
                 container: Some(container::ContainerBoot {
                     agent_image,
                     rootfs_image: disk,
+                    rootfs_overlay,
                     // At any depth: vmm's vsock device and oci-runtime's client both
                     // reach a long path through its directory.
                     vsock_uds: opts.work_dir.join("vsock.sock"),
@@ -418,6 +434,7 @@ mod tests {
             root_size: None,
             kernel: None,
             hostname: Some("bad name".into()),
+            root_fs: Default::default(),
         };
         let err = prepare(&opts).map(|_| ()).unwrap_err();
         assert!(matches!(err, FlistVmError::BadHostname(_)), "{err}");
@@ -451,6 +468,7 @@ mod tests {
             container: Some(container::ContainerBoot {
                 agent_image: "/w/agent.ext4".into(),
                 rootfs_image: "/w/root.ext4".into(),
+                rootfs_overlay: None,
                 vsock_uds: "/w/vsock.sock".into(),
                 process: container::process(vec!["/bin/true".into()], &[], "/", (0, 0)),
                 hostname: "h".into(),

@@ -7,8 +7,11 @@
 //! <state>/vms/<name>/console.log    the VM's console and zvm's messages
 //! <state>/vms/<name>/vm.pid         pid, start time and marker of the VM process
 //! <state>/vms/<name>/disks/*.img    sparse extra disks
-//! <state>/vms/<name>/work/          unpacked flist / root disk
+//! <state>/vms/<name>/work/          unpacked flist / root disk, or the root's own layer
+//! <state>/vms/<name>/work/rootfs/upper/   its writes to a root over virtio-fs
+//! <state>/vms/<name>/volumes/<vol>/ its volumes (shared into the container)
 //! <state>/cache/                    flist-fetcher block cache and downloaded flists
+//! <state>/cache/trees/<sha256>/     unpacked container flists (lower layers, read-only)
 //! ```
 
 pub mod api;

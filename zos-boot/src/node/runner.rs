@@ -24,8 +24,10 @@ pub struct VmPaths {
     pub pid_file: PathBuf,
     /// Sparse files of the extra disks.
     pub disks: PathBuf,
-    /// The unpacked flist and root disk.
+    /// The unpacked flist and root disk, or the root's copy-on-write layers.
     pub work: PathBuf,
+    /// The volumes' directories (`<name>` each).
+    pub volumes: PathBuf,
 }
 
 impl VmPaths {
@@ -37,6 +39,7 @@ impl VmPaths {
             pid_file: dir.join("vm.pid"),
             disks: dir.join("disks"),
             work: dir.join("work"),
+            volumes: dir.join("volumes"),
             dir,
         }
     }
@@ -114,6 +117,7 @@ impl ProcessRunner {
             root_size: spec.size.map(|s| s.0),
             kernel: self.kernel.clone(),
             hostname: Some(spec.name.clone()),
+            root_fs: spec.rootfs,
         }
     }
 
@@ -161,6 +165,17 @@ impl ProcessRunner {
         }
         if let Some(size) = spec.size {
             args.extend(["--root-size".into(), size.0.to_string()]);
+        }
+        args.extend(["--root-fs".into(), spec.rootfs.to_string()]);
+        for volume in &spec.volumes {
+            args.extend([
+                "--volume".into(),
+                format!(
+                    "{}:{}",
+                    path_str(&paths.volumes.join(&volume.name)),
+                    volume.mountpoint
+                ),
+            ]);
         }
         for disk in &spec.disks {
             args.extend([
@@ -211,6 +226,34 @@ fn format_disk(path: &Path, label: &str) -> Result<(), String> {
     })
 }
 
+/// Makes each volume's directory in the deployment's own `volumes/` (names are checked
+/// file names; an existing directory is kept, anything else in its place refused).
+fn make_volumes(record: &DeploymentRecord, paths: &VmPaths) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if record.spec.volumes.is_empty() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&paths.volumes)
+        .map_err(|e| format!("{}: {e}", paths.volumes.display()))?;
+    for volume in &record.spec.volumes {
+        let dir = paths.volumes.join(&volume.name);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(_) => return Err(format!("{}: not a directory", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -240,6 +283,7 @@ impl WorkloadRunner for ProcessRunner {
                 format_disk(&path, &disk.name)?;
             }
         }
+        make_volumes(record, paths)?;
         flist_vm::prepare(&self.boot_options(record, paths))
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -398,7 +442,8 @@ mod tests {
             br#"{"name":"web","flist":"http://hub/web.fl","compute":{"cpu":2,"memory":"512M"},"size":"1G",
                 "disks":[{"name":"data","size":"1G","mountpoint":"/data"}],
                 "network":{"interfaces":[{"network":"lan"},{"network":"lan"}]},
-                "entrypoint":"/bin/web --port 80","env":{"A":"b c"},"kernel_args":"quiet"}"#,
+                "entrypoint":"/bin/web --port 80","env":{"A":"b c"},"kernel_args":"quiet",
+                "volumes":[{"name":"shared","mountpoint":"/srv/shared"}]}"#,
         )
         .unwrap();
         let addr = |ip: &str, tap: &str| Address {
@@ -426,8 +471,8 @@ mod tests {
         let paths = VmPaths::new(Path::new("/s"), "web");
         let args = runner.command_args(&record, &paths).join(" ");
         let want = "run --flist http://hub/web.fl --flist-cache /c --flist-work /s/vms/web/work --cpus 2 --memory 512M \
-            --console stdio --output /s/vms/web/console.log --output-max 16M --shutdown-timeout 9 --kernel /k --hostname web --entrypoint /bin/web --port 80 --env A=b c --root-size 1073741824 \
-            --disk path=/s/vms/web/disks/data.img,id=data,mount=/data --net tap=t0,id=eth0 --net tap=t1,id=eth1 \
+            --console stdio --output /s/vms/web/console.log --output-max 16M --shutdown-timeout 9 --kernel /k --hostname web --entrypoint /bin/web --port 80 --env A=b c --root-size 1073741824 --root-fs virtiofs \
+            --volume /s/vms/web/volumes/shared:/srv/shared --disk path=/s/vms/web/disks/data.img,id=data,mount=/data --net tap=t0,id=eth0 --net tap=t1,id=eth1 \
             --append ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off zvm.ip.eth1=10.0.0.3/24 zvm.mount.data=/data quiet";
         assert_eq!(args, want);
     }
@@ -435,7 +480,7 @@ mod tests {
     #[test]
     fn prepare_makes_sparse_disks() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = WorkloadSpec::from_json(br#"{"name":"d","flist":"/nonexistent.fl","compute":{"cpu":1,"memory":"256M"},"disks":[{"name":"data","size":"1G","mountpoint":"/d"}]}"#).unwrap();
+        let spec = WorkloadSpec::from_json(br#"{"name":"d","flist":"/nonexistent.fl","compute":{"cpu":1,"memory":"256M"},"disks":[{"name":"data","size":"1G","mountpoint":"/d"}],"volumes":[{"name":"v","mountpoint":"/v"}]}"#).unwrap();
         let record = DeploymentRecord {
             spec,
             created_at: 0,
@@ -455,6 +500,9 @@ mod tests {
         // The flist is missing, so preparing fails after the disks are made.
         let e = runner.prepare(&record, &paths).unwrap_err();
         assert!(e.contains("is not reachable"), "{e}");
+        // The volume is a directory inside the deployment's own.
+        let volume = paths.volumes.join("v");
+        assert!(volume.is_dir() && volume.starts_with(&paths.dir));
         let img = paths.disks.join("data.img");
         let meta = std::fs::metadata(&img).unwrap();
         assert_eq!(meta.len(), 1 << 30);

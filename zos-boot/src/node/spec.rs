@@ -4,6 +4,7 @@
 //! {"name": "web", "flist": "https://hub.example/web.fl",
 //!  "compute": {"cpu": 1, "memory": "512M"}, "size": "2G",
 //!  "disks": [{"name": "data", "size": "1G", "mountpoint": "/data"}],
+//!  "volumes": [{"name": "shared", "mountpoint": "/srv"}], "rootfs": "virtiofs",
 //!  "network": {"interfaces": [{"network": "lan", "ip": "10.20.0.5"}]},
 //!  "entrypoint": "/bin/server --port 80", "env": {"MODE": "prod"}, "kernel_args": "quiet"}
 //! ```
@@ -74,6 +75,50 @@ pub struct WorkloadSpec {
     /// Extra kernel command-line arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_args: Option<String>,
+    /// Directories of the node shared into the container over virtio-fs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeSpec>,
+    /// Where a container flist's root comes from: `virtiofs` (the cache's unpacked flist,
+    /// copy-on-write per deployment; the default) or `ext4` (a copy on a disk of `size`).
+    #[serde(default)]
+    pub rootfs: crate::flist_vm::cow_root::RootFs,
+}
+
+/// A volume: a directory the node makes in the deployment's own storage
+/// (`<state>/vms/<deployment>/volumes/<name>`), shared into the container over virtio-fs,
+/// removed with the deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    /// Unique name within the workload; names the directory.
+    pub name: String,
+    /// Where the container sees it (absolute path).
+    pub mountpoint: String,
+}
+
+/// The most volumes a workload has.
+pub const MAX_VOLUMES: usize = 16;
+
+/// Checks a mount point in the container: absolute, not `/`, no `..`, nothing that would
+/// split the `zvm run` argument or the kernel command line it travels in.
+fn check_mountpoint(field: &str, path: &str) -> Result<(), SpecError> {
+    if !path.starts_with('/') {
+        return Err(invalid(field, format!("`{path}` is not an absolute path")));
+    }
+    check_text(field, path, 4096)?;
+    if path.contains([',', ':', ' ', '\t', '\n', '"', '\\']) {
+        return Err(invalid(
+            field,
+            format!("`{path}` may not contain commas, colons, blanks, quotes or backslashes"),
+        ));
+    }
+    if path.split('/').any(|c| c == "..") || path.trim_end_matches('/').is_empty() {
+        return Err(invalid(
+            field,
+            format!("`{path}` may not be / or contain .."),
+        ));
+    }
+    Ok(())
 }
 
 /// vCPUs and memory of a workload.
@@ -255,6 +300,7 @@ impl WorkloadSpec {
                 ));
             }
         }
+        self.validate_volumes()?;
         let max_nics = vmm::resources::MAX_NET_INTERFACES;
         if self.network.interfaces.len() > max_nics {
             return Err(invalid(
@@ -308,6 +354,40 @@ impl WorkloadSpec {
         }
         if let Some(args) = &self.kernel_args {
             check_text("kernel_args", args, MAX_KERNEL_ARGS)?;
+        }
+        Ok(())
+    }
+
+    fn validate_volumes(&self) -> Result<(), SpecError> {
+        if self.volumes.len() > MAX_VOLUMES {
+            return Err(invalid(
+                "volumes",
+                format!(
+                    "{} volumes given; at most {MAX_VOLUMES}",
+                    self.volumes.len()
+                ),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut mountpoints: HashSet<&str> =
+            self.disks.iter().map(|d| d.mountpoint.as_str()).collect();
+        for (i, volume) in self.volumes.iter().enumerate() {
+            let field = format!("volumes[{i}]");
+            // A file name: the volume's directory cannot be anywhere but its own.
+            check_name(&format!("{field}.name"), &volume.name)?;
+            if !names.insert(volume.name.as_str()) {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("`{}` is used by another volume", volume.name),
+                ));
+            }
+            check_mountpoint(&format!("{field}.mountpoint"), &volume.mountpoint)?;
+            if !mountpoints.insert(volume.mountpoint.as_str()) {
+                return Err(invalid(
+                    format!("{field}.mountpoint"),
+                    format!("`{}` is used by another disk or volume", volume.mountpoint),
+                ));
+            }
         }
         Ok(())
     }
@@ -425,6 +505,61 @@ mod tests {
         assert!(err(&s).contains("disks[0].name"), "{}", err(&s));
         s.disks = vec![disk("root", MIB, "/d")];
         assert!(err(&s).contains("reserved"), "{}", err(&s));
+    }
+
+    #[test]
+    fn hostile_volumes_are_refused() {
+        let volume = |name: &str, mp: &str| VolumeSpec {
+            name: name.into(),
+            mountpoint: mp.into(),
+        };
+        let mut s = spec("a");
+        s.volumes = vec![volume("data", "/data")];
+        s.validate(&[]).unwrap();
+        for (name, mp, why) in [
+            ("../../etc", "/d", "volumes[0].name"),
+            ("a/b", "/d", "volumes[0].name"),
+            ("..", "/d", "volumes[0].name"),
+            (".", "/d", "volumes[0].name"),
+            ("", "/d", "volumes[0].name"),
+            ("d", "d", "not an absolute path"),
+            ("d", "/", "may not be /"),
+            ("d", "//", "may not be /"),
+            ("d", "/x/../../etc", "contain .."),
+            ("d", "/a:/b", "colons"),
+            ("d", "/a,b", "commas"),
+            ("d", "/a b", "blanks"),
+            ("d", "/a\0b", "NUL"),
+        ] {
+            s.volumes = vec![volume(name, mp)];
+            let e = err(&s);
+            assert!(e.contains(why), "{name:?} {mp:?}: {e}");
+        }
+        s.volumes = vec![volume("a", "/d"), volume("a", "/e")];
+        assert!(err(&s).contains("used by another volume"), "{}", err(&s));
+        s.volumes = vec![volume("a", "/d"), volume("b", "/d")];
+        assert!(err(&s).contains("used by another disk or volume"));
+        s.volumes = (0..=MAX_VOLUMES)
+            .map(|i| volume(&format!("v{i}"), &format!("/v{i}")))
+            .collect();
+        assert!(err(&s).contains("at most 16"), "{}", err(&s));
+        let parsed = WorkloadSpec::from_json(
+            br#"{"name":"a","flist":"x","compute":{"cpu":1,"memory":"256M"},"rootfs":"ext4",
+                "volumes":[{"name":"v","mountpoint":"/v"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.rootfs, crate::flist_vm::cow_root::RootFs::Ext4);
+        let e = WorkloadSpec::from_json(
+            br#"{"name":"a","flist":"x","compute":{"cpu":1,"memory":"256M"},"rootfs":"/etc"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown variant"), "{e}");
+        let e = WorkloadSpec::from_json(
+            br#"{"name":"a","flist":"x","compute":{"cpu":1,"memory":"256M"},
+                "volumes":[{"name":"v","mountpoint":"/v","path":"/etc"}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field `path`"), "{e}");
     }
 
     #[test]

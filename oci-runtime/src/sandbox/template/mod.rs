@@ -204,6 +204,8 @@ impl<'a> ContainerVm<'a> {
             shape::guest_network(resources)?;
             expected.boot_source.boot_args = resources.boot_source.boot_args.clone();
         }
+        let share = container_share(resources)?;
+        expected.fs = resources.fs.clone();
         if resources != &expected {
             return Err(format!(
                 "a different VM (command line, devices or CPU template): {} differ",
@@ -216,7 +218,7 @@ impl<'a> ContainerVm<'a> {
             rootfs_image: &rootfs.path_on_host,
             vsock: &vsock.uds_path,
             extras,
-            share: None,
+            share,
         })
     }
 
@@ -239,6 +241,22 @@ impl<'a> ContainerVm<'a> {
         key.nics = self.extras.nets.len() as u8;
         key.data_disks = self.extras.data_disks.len() as u8;
         Ok(key)
+    }
+}
+
+/// The socket of the container's own share among `resources`' virtio-fs devices (the
+/// share flavour of a template has that one device), `None` without shares; other shares
+/// do not fit a template.
+fn container_share(resources: &VmResources) -> Result<Option<&Path>, String> {
+    match resources.fs.as_slice() {
+        [] => Ok(None),
+        [fs] if fs.fs_id == SHARE_ID && fs.tag == SHARE_TAG && !fs.read_only => fs
+            .socket_path
+            .as_deref()
+            .filter(|_| fs.shared_dir.is_none())
+            .map(Some)
+            .ok_or_else(|| "a share without its own backend socket".to_string()),
+        _ => Err("virtio-fs shares other than the container's own".into()),
     }
 }
 
@@ -528,6 +546,21 @@ mod tests {
         );
         misfit(&|r| r.entropy = None, "different VM");
         misfit(&|r| r.drives[1].is_read_only = true, "different VM");
+        // The container's own share fits the share flavour; any other share does not.
+        let mut shared = resources.clone();
+        shared
+            .fs
+            .push(crate::sandbox::share::fs_device(Path::new("/w/fs.sock")));
+        let vm = ContainerVm::from_resources(&shared, &artifacts).unwrap();
+        assert_eq!(vm.share, Some(Path::new("/w/fs.sock")));
+        misfit(
+            &|r| {
+                let mut fs = crate::sandbox::share::fs_device(Path::new("/w/fs.sock"));
+                fs.tag = "other".into();
+                r.fs.push(fs)
+            },
+            "shares other than",
+        );
         misfit(
             &|r| {
                 r.net.push(vmm::resources::NetConfig {

@@ -1,0 +1,112 @@
+//! A container flist's virtio-fs share in `zvm run`: its root over virtio-fs (the cache's
+//! unpacked flist, copy-on-write in the work directory; see
+//! [`zos_boot::flist_vm::cow_root`]) and its `--volume` directories, all in ONE share
+//! (oci-runtime's [`oci_runtime::sandbox::share`]) served by one virtiofsd that this
+//! process starts before any jail is made, and that dies with it.
+
+use oci_runtime::sandbox::share::host::{prepare_with_root, Virtiofsd};
+use oci_runtime::sandbox::share::{fs_device, plan_share, SHARE_TAG};
+use oci_runtime::sandbox::ROOTFS_DEVICE;
+use std::fs::File;
+use std::path::Path;
+use vmm::VmResources;
+use zos_boot::flist_vm::container::ContainerBoot;
+
+/// The share's directory in the work directory (placeholders only: the mounts are
+/// virtiofsd's alone).
+pub const SHARE_DIR: &str = "share";
+/// virtiofsd's messages, in the work directory.
+pub const VIRTIOFSD_LOG: &str = "virtiofsd.log";
+
+/// What the agent is told about the container's root and share.
+pub struct AgentView {
+    /// The spec, each shared bind mount's source under the share's mount point.
+    pub spec: oci_spec::runtime::Spec,
+    /// Where the root file system is.
+    pub rootfs: agent_protocol::Rootfs,
+    /// The share's tag, when there is one.
+    pub tag: Option<String>,
+}
+
+/// The share's virtiofsd and the lock on the root's upper directory, kept for the VM's
+/// life: dropping this (in the process that started it) stops virtiofsd, and with it the
+/// overlay and the volumes' mounts, which only its mount namespace had.
+pub struct ShareGuard {
+    _daemon: Virtiofsd,
+    _lock: Option<File>,
+}
+
+/// Plans the container's share from `spec` (its volumes are bind mounts of host
+/// directories) and `boot`'s overlay; when there is anything to share, makes the
+/// overlay, starts virtiofsd (`virtiofsd`, or found as for `--fs`) with its files in
+/// `work_dir`, and adds the share's device to `resources`.
+pub fn start(
+    boot: &ContainerBoot,
+    spec: oci_spec::runtime::Spec,
+    work_dir: &Path,
+    virtiofsd: Option<&Path>,
+    resources: &mut VmResources,
+) -> Result<(AgentView, Option<ShareGuard>), String> {
+    let plan = plan_share(&spec, Path::new("/"), None);
+    let block = agent_protocol::Rootfs::BlockDevice {
+        device: ROOTFS_DEVICE.into(),
+        fstype: "ext4".into(),
+    };
+    let overlay = boot.rootfs_overlay.as_ref();
+    if plan.entries.is_empty() && overlay.is_none() {
+        let view = AgentView {
+            spec,
+            rootfs: block,
+            tag: None,
+        };
+        return Ok((view, None));
+    }
+    let binary = crate::virtiofs::find_virtiofsd(virtiofsd).map_err(|e| e.to_string())?;
+    let (lock, tree) = match overlay {
+        Some(dirs) => {
+            let lock = dirs.lock().map_err(|e| e.to_string())?;
+            (
+                Some(lock),
+                Some(dirs.mount_detached().map_err(|e| e.to_string())?),
+            )
+        }
+        None => (None, None),
+    };
+    let prepared = prepare_with_root(&work_dir.join(SHARE_DIR), &plan.entries, tree)
+        .map_err(|e| e.to_string())?;
+    let daemon = Virtiofsd::start(&binary, prepared, &work_dir.join(VIRTIOFSD_LOG))
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        "share {SHARE_TAG}: root {}, {} volumes, virtiofsd pid {}",
+        if overlay.is_some() {
+            "over virtio-fs (copy-on-write)"
+        } else {
+            "on ext4"
+        },
+        plan.entries.len(),
+        daemon.pid()
+    );
+    resources.fs.push(fs_device(daemon.socket()));
+    let rootfs = match overlay {
+        Some(_) => agent_protocol::Rootfs::Directory {
+            path: format!(
+                "{}/{}",
+                agent_protocol::SHARE_MOUNT,
+                oci_runtime::sandbox::share::ROOT_ENTRY
+            ),
+        },
+        None => block,
+    };
+    let view = AgentView {
+        spec: plan.spec,
+        rootfs,
+        tag: Some(SHARE_TAG.to_string()),
+    };
+    Ok((
+        view,
+        Some(ShareGuard {
+            _daemon: daemon,
+            _lock: lock,
+        }),
+    ))
+}
