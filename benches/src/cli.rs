@@ -21,6 +21,8 @@ pub enum Cmd {
     Overhead(OverheadArgs),
     /// VM creation rate: tiny-guest VMs started per second through a pool of workers.
     Rate(RateArgs),
+    /// What the VMM process keeps resident without guest RAM while a tiny guest idles.
+    Footprint(OverheadArgs),
     /// Sequential and random O_DIRECT I/O on a virtio-blk disk, measured in the guest.
     Block(BlockArgs),
     /// TCP throughput both ways over virtio-net on a tap, measured in the guest.

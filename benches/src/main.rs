@@ -18,6 +18,7 @@ mod deploy;
 mod deploy_node;
 mod devices;
 mod error;
+mod footprint;
 mod jail_cost;
 mod kvm_stats;
 mod measure;
@@ -160,6 +161,19 @@ fn execute(cli: Cli) -> Result<usize> {
             write_json(
                 a.common.json.as_deref(),
                 &serde_json::json!({"overhead": report.to_json()}),
+            )?;
+            Ok(report.failures)
+        }
+        Cmd::Footprint(a) => {
+            let report = footprint::run(
+                &launcher(&a.common)?,
+                a.runs,
+                Duration::from_secs(a.timeout),
+                dir.path(),
+            )?;
+            write_json(
+                a.common.json.as_deref(),
+                &serde_json::json!({"footprint": report.to_json()}),
             )?;
             Ok(report.failures)
         }

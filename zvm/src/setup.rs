@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! PREFIX/lib/zvm/zvm              this zvm
+//! PREFIX/lib/zvm/zvm-vmm          the lean VMM executable beside it, when built
 //! PREFIX/lib/zvm/zvm-runc         the zvm-runc beside it
 //! PREFIX/lib/zvm/vmlinux          the guest kernel
 //! PREFIX/lib/zvm/zvm-oci-agent    the static guest agent (PID 1 of container VMs)
@@ -223,12 +224,17 @@ pub fn items(
         name,
         executable,
     };
+    // zvm run hands plain VMs to the zvm-vmm beside it (crate::vmm_exec).
+    let lean_vmm = zvm.with_file_name(crate::vmm_exec::VMM_BINARY);
     let mut items = vec![
         item(zvm, "zvm", true),
         item(runc, RUNC_BINARY, true),
         item(kernel, KERNEL_FILE, false),
         item(agent.clone(), AGENT_BINARY, true),
     ];
+    if lean_vmm.is_file() {
+        items.push(item(lean_vmm, crate::vmm_exec::VMM_BINARY, true));
+    }
     for name in OPTIONAL_GUEST_PROGRAMS {
         let path = agent.with_file_name(name);
         if path.is_file() && is_static(&path) {
@@ -328,6 +334,7 @@ mod tests {
         let src = dir.path().join("src");
         file(&src.join("zvm"), "zvm v1");
         file(&src.join("zvm-runc"), "runc v1");
+        file(&src.join("zvm-vmm"), "vmm v1");
         file(&src.join("k/vmlinux"), "kernel");
         elf(&src.join("guest/zvm-oci-agent"), false);
         elf(&src.join("guest/zvm-guest-init"), false);
@@ -348,6 +355,7 @@ mod tests {
                 "zvm-runc",
                 "vmlinux",
                 "zvm-oci-agent",
+                "zvm-vmm",
                 "zvm-guest-init"
             ]
         );

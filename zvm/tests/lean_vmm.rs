@@ -1,0 +1,125 @@
+//! `zvm run` hands a plain VM to the lean executable `zvm-vmm` in the same process: the
+//! running VM's process is zvm-vmm (unless `ZVM_VMM=none`), it holds no hand-over fd,
+//! and zvm-vmm refuses a hand-over it cannot trust with one line and exit code 2.
+
+mod common;
+
+use common::{guest_code, no_kvm, shared_reader, tiny_elf};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the tiny guest with `vmm_env` as `ZVM_VMM` (None: unset) until its first
+/// output; returns the VM process's executable and fd targets, then stops it.
+fn running_vm(kernel: &Path, vmm_env: Option<&str>) -> (String, Vec<String>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zvm"));
+    cmd.args(["run", "--kernel"])
+        .arg(kernel)
+        .args(["--memory", "32M", "--console", "stdio"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    match vmm_env {
+        Some(v) => cmd.env("ZVM_VMM", v),
+        None => cmd.env_remove("ZVM_VMM"),
+    };
+    let mut zvm = cmd.spawn().expect("spawn zvm run");
+    let console = shared_reader(zvm.stdout.take().expect("stdout"));
+    let stderr = shared_reader(zvm.stderr.take().expect("stderr"));
+    wait_for("the guest's first output", || {
+        console.lock().expect("console").contains(&b'B')
+    });
+    let proc_dir = format!("/proc/{}", zvm.id());
+    let exe = std::fs::read_link(format!("{proc_dir}/exe"))
+        .expect("exe")
+        .display()
+        .to_string();
+    let fds = std::fs::read_dir(format!("{proc_dir}/fd"))
+        .expect("fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(zvm.id() as libc::pid_t, libc::SIGTERM) };
+    let status = zvm.wait().expect("wait");
+    let errors = || String::from_utf8_lossy(&stderr.lock().expect("stderr")).into_owned();
+    // The reader thread may still be reading the last line.
+    wait_for("zvm's last message", || {
+        errors().contains("zvm: stopped by signal")
+    });
+    let errors = errors();
+    assert_eq!(status.code(), Some(130), "{errors}");
+    (exe, fds, errors)
+}
+
+#[test]
+fn a_plain_vm_runs_in_zvm_vmm_without_the_hand_over_fd() {
+    if let Some(why) = no_kvm() {
+        println!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let kernel = dir.path().join("tiny.elf");
+    std::fs::write(&kernel, tiny_elf(&guest_code())).expect("kernel");
+    let (exe, fds, errors) = running_vm(&kernel, None);
+    assert!(exe.ends_with("/zvm-vmm"), "{exe}");
+    assert!(
+        !fds.iter().any(|f| f.contains("zvm-handover")),
+        "the hand-over fd is closed once read: {fds:?}"
+    );
+    assert!(!errors.contains("WARN"), "{errors}");
+    // ZVM_VMM=none keeps the VM in zvm; a ZVM_VMM that cannot run warns and does too.
+    let (exe, _, _) = running_vm(&kernel, Some("none"));
+    assert!(exe.ends_with("/zvm"), "{exe}");
+    let missing = dir.path().join("no-such-vmm");
+    let (exe, _, errors) = running_vm(&kernel, missing.to_str());
+    assert!(exe.ends_with("/zvm"), "{exe}");
+    assert!(errors.contains("the VM runs in zvm"), "{errors}");
+}
+
+#[test]
+fn zvm_vmm_refuses_a_hand_over_it_cannot_trust() {
+    let vmm = Path::new(env!("CARGO_BIN_EXE_zvm")).with_file_name("zvm-vmm");
+    let refused = |args: &[&str], stdin: Stdio| {
+        let out = Command::new(&vmm)
+            .args(args)
+            .stdin(stdin)
+            .output()
+            .expect("run zvm-vmm");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("zvm-vmm: "), "{err}");
+        err
+    };
+    assert!(refused(&[], Stdio::null()).contains("usage"));
+    assert!(refused(&["--handover-fd", "x"], Stdio::null()).contains("usage"));
+    assert!(refused(&["--handover-fd", "77"], Stdio::null()).contains("hand-over fd 77"));
+    // Garbage on an inherited file: its fd is 3 in the child when it is the only one
+    // beside stdio (std opens everything else close-on-exec).
+    let dir = tempfile::tempdir().expect("dir");
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"{\"resources\": 1}").expect("junk");
+    let script = format!(
+        "exec 3<{} && exec {} --handover-fd 3",
+        junk.display(),
+        vmm.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("zvm-vmm: invalid hand-over"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
