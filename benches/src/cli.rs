@@ -196,6 +196,10 @@ pub struct DeployArgs {
     /// busybox-static for the container's root file system.
     #[arg(long, default_value = "/bin/busybox")]
     pub busybox: PathBuf,
+    /// Give each deployment a network interface (on a node network in a network namespace
+    /// of the daemon's own) and a 64 MiB data disk: the template shape with both.
+    #[arg(long)]
+    pub nic_disk: bool,
     #[command(flatten)]
     pub guest: GuestArgs,
     #[command(flatten)]

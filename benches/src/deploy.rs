@@ -50,6 +50,9 @@ pub struct DeployConfig {
     pub busybox: PathBuf,
     /// Time limit of one deployment, boot or template build.
     pub timeout: Duration,
+    /// Each deployment has a network interface and a data disk ([`deployment`]); the
+    /// template of that shape is made by a first deployment, timed apart.
+    pub nic_disk: bool,
 }
 
 /// How one deployment's VM started.
@@ -150,16 +153,24 @@ impl DeployReport {
     }
 }
 
-/// The workload's spec: 1 vCPU, 256 MiB, prints the marker and its name, then idles.
-pub fn deployment(name: &str, flist: &Path) -> String {
-    serde_json::json!({
+/// The node network of `--nic-disk` deployments.
+pub const NODE_NETWORK: &str = "bench=10.78.0.0/24";
+
+/// The workload's spec: 1 vCPU, 256 MiB, prints the marker and its name, then idles; with
+/// `nic_disk`, an interface on [`NODE_NETWORK`] and a 64 MiB data disk on `/data`.
+pub fn deployment(name: &str, flist: &Path, nic_disk: bool) -> String {
+    let mut spec = serde_json::json!({
         "name": name,
         "flist": flist.display().to_string(),
         "compute": {"cpu": 1, "memory": "256M"},
         "entrypoint": format!("/bin/sh -c 'echo {MARKER}-$NAME; exec sleep 100000'"),
         "env": {"NAME": name},
-    })
-    .to_string()
+    });
+    if nic_disk {
+        spec["disks"] = serde_json::json!([{"name": "data", "size": "64M", "mountpoint": "/data"}]);
+        spec["network"] = serde_json::json!({"interfaces": [{"network": "bench"}]});
+    }
+    spec.to_string()
 }
 
 /// Whether a `GET /deployments/NAME` answer shows `name`'s marker.
@@ -239,7 +250,13 @@ fn deploy_pair(
     let tag = if on { "tmpl" } else { "boot" };
     let node_dir = dir.join(format!("node-{run}-{tag}"));
     std::fs::create_dir_all(&node_dir).map_err(io_err("create", &node_dir))?;
-    let node = Node::start(zvm, &files.kernel, &node_dir, &mode.env(files))?;
+    let node = Node::start(
+        zvm,
+        &files.kernel,
+        &node_dir,
+        &mode.env(files),
+        cfg.nic_disk,
+    )?;
     let mut deploy = |name: String| {
         let result = node.deploy_to_output(&name, flist, cfg.timeout);
         let start = vm_start(&node.console(&name));
@@ -268,6 +285,32 @@ fn deploy_pair(
     let cold = deploy(format!("{tag}cold{run}"));
     let warm = deploy(format!("{tag}warm{run}"));
     Ok((cold, warm))
+}
+
+/// Makes the template of the `--nic-disk` shape with a first deployment on a daemon of its
+/// own (its VM makes the template, then is a clone of it), timed apart.
+fn shape_template(
+    zvm: &Path,
+    files: &GuestFiles,
+    flist: &Path,
+    dir: &Path,
+    cfg: &DeployConfig,
+    on: &Templates,
+) -> Result<()> {
+    let node_dir = dir.join("node-shape");
+    std::fs::create_dir_all(&node_dir).map_err(io_err("create", &node_dir))?;
+    let node = Node::start(zvm, &files.kernel, &node_dir, &on.env(files), true)?;
+    let result = node.deploy_to_output("shape", flist, cfg.timeout);
+    let start = vm_start(&node.console("shape"));
+    match result {
+        Ok(d) => println!(
+            "   the interface-and-disk template made by a first deployment: {:.0} ms to its output, VM {}",
+            ms(d),
+            start.describe()
+        ),
+        Err(e) => eprintln!("warning: the first interface-and-disk deployment: {e}"),
+    }
+    Ok(())
 }
 
 /// Runs the benchmark and prints the results.
@@ -302,6 +345,9 @@ pub fn run(launcher: &Launcher, cfg: &DeployConfig, dir: &Path) -> Result<Deploy
     };
     if let Some(t) = &report.template {
         println!("   {}", t.describe());
+    }
+    if cfg.nic_disk {
+        shape_template(&launcher.zvm, &files, &flist, dir, cfg, &on)?;
     }
     let setup = Setup {
         zvm: &launcher.zvm,
@@ -433,7 +479,7 @@ mod tests {
     #[test]
     fn the_workload_prints_its_marker_and_the_answer_is_recognised() {
         let spec: serde_json::Value =
-            serde_json::from_str(&deployment("cold0", Path::new("/b/bench.fl"))).unwrap();
+            serde_json::from_str(&deployment("cold0", Path::new("/b/bench.fl"), false)).unwrap();
         assert_eq!(spec["flist"], "/b/bench.fl");
         assert_eq!(spec["env"]["NAME"], "cold0");
         assert!(spec["entrypoint"]

@@ -14,6 +14,8 @@ pub struct Node {
     child: Child,
     sock: PathBuf,
     state: PathBuf,
+    /// Its deployments have an interface and a data disk.
+    nic_disk: bool,
 }
 
 fn script_err(zvm: &Path, reason: String) -> BenchError {
@@ -25,8 +27,16 @@ fn script_err(zvm: &Path, reason: String) -> BenchError {
 
 impl Node {
     /// Starts `zvm node serve` in `dir` with `kernel` for container flists and `env` added
-    /// to ours; waits for `/health`.
-    pub fn start(zvm: &Path, kernel: &Path, dir: &Path, env: &[(String, String)]) -> Result<Node> {
+    /// to ours; waits for `/health`. With `nic_disk` the daemon serves
+    /// [`super::deploy::NODE_NETWORK`] in a network namespace of its own (its bridge, taps
+    /// and VMs live there, gone with it) and its deployments have an interface and a disk.
+    pub fn start(
+        zvm: &Path,
+        kernel: &Path,
+        dir: &Path,
+        env: &[(String, String)],
+        nic_disk: bool,
+    ) -> Result<Node> {
         let (state, sock, log) = (
             dir.join("state"),
             dir.join("node.sock"),
@@ -34,8 +44,24 @@ impl Node {
         );
         let log = std::fs::File::create(&log).map_err(io_err("create", &log))?;
         let log2 = log.try_clone().map_err(io_err("clone", dir))?;
-        let child = Command::new(zvm)
-            .args(["node", "serve", "--stop-grace", "2", "--state-dir"])
+        let mut command = Command::new(zvm);
+        if nic_disk {
+            command.args(["node", "serve", "--network", super::deploy::NODE_NETWORK]);
+            // SAFETY: unshare(2) in the child before exec touches no memory of ours.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                    if libc::unshare(libc::CLONE_NEWNET) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        } else {
+            command.args(["node", "serve"]);
+        }
+        let child = command
+            .args(["--stop-grace", "2", "--state-dir"])
             .arg(&state)
             .arg("--api-sock")
             .arg(&sock)
@@ -50,7 +76,12 @@ impl Node {
                 program: zvm.display().to_string(),
                 source,
             })?;
-        let node = Node { child, sock, state };
+        let node = Node {
+            child,
+            sock,
+            state,
+            nic_disk,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while node.request("GET", "/health", None).is_err() {
             if Instant::now() > deadline {
@@ -89,7 +120,8 @@ impl Node {
         timeout: Duration,
     ) -> std::result::Result<Duration, String> {
         let start = Instant::now();
-        let answer = self.request("POST", "/deployments", Some(&deployment(name, flist)))?;
+        let spec = deployment(name, flist, self.nic_disk);
+        let answer = self.request("POST", "/deployments", Some(&spec))?;
         if !(200..300).contains(&answer.status) {
             return Err(format!(
                 "POST /deployments answered {}: {}",

@@ -281,6 +281,7 @@ fn execute(cli: Cli) -> Result<usize> {
                 agent: a.agent.clone(),
                 busybox: a.busybox.clone(),
                 timeout: Duration::from_secs(a.timeout),
+                nic_disk: a.nic_disk,
             };
             let report = deploy::run(&launcher(&a.common)?, &cfg, dir.path())?;
             write_json(
