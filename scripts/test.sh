@@ -30,11 +30,23 @@ export ZVM_TEMPLATE_DIR="${ZVM_TEMPLATE_DIR:-$PWD/target/test-templates}"
 rm -rf "$ZVM_TEMPLATE_DIR"
 # Linux guests boot one at a time: on hosts where guest kernel code is emulated (KVM PVM),
 # guests sharing the two cores starve each other's vCPUs, and boots stall (seen at
-# secondary CPU bring-up and after "NET: Registered PF_NETLINK"). cargo-nextest, when
-# installed, runs each test in its own process and reports each one's time.
+# secondary CPU bring-up and after "NET: Registered PF_NETLINK"). A one-vCPU guest leaves
+# the other core mostly idle, so the node image's static zvm (whose test then finds it
+# built) and the fuzz targets build and run there meanwhile, one job at a time.
+alongside_log=$(mktemp)
+(bash zos-boot/build.sh >/dev/null && bash fuzz/run.sh) >"$alongside_log" 2>&1 &
+alongside=$!
+# cargo-nextest, when installed, runs each test in its own process and reports each
+# one's time.
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run -p zvm-integration-tests --no-fail-fast --test-threads 1 \
-    --status-level all --final-status-level slow 2>&1
+    --status-level all --final-status-level slow 2>&1 || status=$?
 else
-  cargo test -p zvm-integration-tests --no-fail-fast -- --test-threads=1 2>&1
+  cargo test -p zvm-integration-tests --no-fail-fast -- --test-threads=1 2>&1 || status=$?
 fi
+echo "zvm: fuzz targets, ${ZVM_FUZZ_SECONDS:-6} s each on their corpus (run beside the guests)" >&2
+wait "$alongside" || status=$?
+cat "$alongside_log" >&2
+rm -f "$alongside_log"
+exit "$status"
