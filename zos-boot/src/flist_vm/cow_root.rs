@@ -121,7 +121,10 @@ pub fn lower_tree(
 /// The VM's layers over `lower` in `work_dir` (made if missing, kept if there), and its
 /// placeholder second disk.
 pub fn vm_layers(lower: &Path, work_dir: &Path) -> Result<(OverlayDirs, PathBuf), FlistVmError> {
-    let dirs = OverlayDirs::in_dir(lower, &work_dir.join(ROOTFS_LAYERS));
+    // overlayfs takes absolute paths (`--flist-cache` and `--flist-work` may be relative).
+    let lower = std::path::absolute(lower).map_err(io(lower))?;
+    let layers = std::path::absolute(work_dir.join(ROOTFS_LAYERS)).map_err(io(work_dir))?;
+    let dirs = OverlayDirs::in_dir(&lower, &layers);
     dirs.create()
         .map_err(|e| FlistVmError::RootDir(e.to_string()))?;
     let placeholder = work_dir.join(ROOTFS_PLACEHOLDER);
