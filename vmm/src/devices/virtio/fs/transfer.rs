@@ -53,14 +53,20 @@ fn pipe(ours_is_read: bool) -> Result<(File, OwnedFd), FsError> {
     Ok((nonblocking(File::from(ours))?, theirs))
 }
 
-/// Waits until `fd` is ready for `events` or `deadline` passes.
-fn wait_ready(fd: &File, events: libc::c_short, deadline: Instant) -> Result<(), FsError> {
+/// Waits until `fd` is ready for `events` or the transfer's `timeout`, which ends at
+/// `deadline`, runs out.
+fn wait_ready(
+    fd: &File,
+    events: libc::c_short,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(), FsError> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(FsError::StateTransfer(format!(
-                "the backend did not finish its state transfer within {} s",
-                TRANSFER_TIMEOUT.as_secs()
+                "the backend did not finish its state transfer within {:.1} s",
+                timeout.as_secs_f64()
             )));
         }
         let mut pfd = libc::pollfd {
@@ -116,7 +122,7 @@ pub(super) fn save(frontend: &Frontend, timeout: Duration) -> Result<Vec<u8>, Fs
                 state.extend_from_slice(&chunk[..n]);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                wait_ready(&pipe, libc::POLLIN, deadline)?
+                wait_ready(&pipe, libc::POLLIN, deadline, timeout)?
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io("read the backend's state")(e)),
@@ -160,7 +166,7 @@ pub(super) fn load(frontend: &Frontend, state: &[u8], timeout: Duration) -> Resu
             }
             Ok(n) => rest = &rest[n..],
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                wait_ready(&pipe, libc::POLLOUT, deadline)?
+                wait_ready(&pipe, libc::POLLOUT, deadline, timeout)?
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io("write the backend's state")(e)),
