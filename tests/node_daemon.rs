@@ -11,6 +11,13 @@
 //! deployment's name as host name, its data disk (formatted by the node) mounted and its two
 //! interfaces on the node's bridge addressed. The daemon, its bridge and taps, its VMs and
 //! the flist's HTTP server run in a network namespace the test creates.
+//!
+//! Both deployments have two interfaces and a data disk: the first makes the template of
+//! that shape (one boot) and is restored from it, the second is another clone (issue #13).
+//! Each clone's log says it was restored, its agent gave its interfaces their own MACs
+//! (never the template's, never its sibling's) and addresses, it fetches a file from the
+//! test's server through the bridge, and its data disk has the clone's size and takes
+//! writes.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -22,9 +29,11 @@ use zvm_integration_tests::{
     busybox_rootfs, guest_init, guest_kernel, pack_flist, zvm_binary, NetNs,
 };
 
-/// Serves the files of `root` over HTTP/1.0 (GET and HEAD) on a loopback port.
+/// Serves the files of `root` over HTTP/1.0 (GET and HEAD) on a port of every address of
+/// the network namespace it runs in (the test's own: its loopback, and the node's bridge
+/// for the guests).
 fn serve_dir(root: PathBuf) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = TcpListener::bind("0.0.0.0:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
@@ -150,6 +159,48 @@ fn wait_for(
     }
 }
 
+/// Checks that deployment `name` was restored from a template (its log says so and that
+/// the agent set its network) and what its entrypoint printed in `tail`: its data disk's
+/// size (64 MiB) and a write, a file fetched from the gateway; returns its MACs (never the
+/// template builds' placeholder ones).
+fn check_clone(state: &Path, name: &str, tail: &str) -> String {
+    let log = std::fs::read_to_string(state.join("vms").join(name).join("console.log"))
+        .unwrap_or_default();
+    let show = format!("console tail:\n{tail}\nlog:\n{log}");
+    assert!(
+        log.contains("VM restored from template"),
+        "{name} booted: {show}"
+    );
+    assert!(!log.contains("booting the kernel"), "{name} booted: {show}");
+    assert!(
+        log.contains("the agent sets the clone's network: eth0 "),
+        "{show}"
+    );
+    assert!(tail.contains("DATA-SECTORS-131072-END"), "{name}: {show}");
+    assert!(tail.contains("DATA-WROTE-clone"), "{name}: {show}");
+    assert!(
+        tail.contains("GATEWAY-SERVED"),
+        "{name}: nothing came from the gateway: {show}"
+    );
+    let macs = tail
+        .split("MAC-")
+        .nth(1)
+        .and_then(|rest| rest.split("-END").next())
+        .unwrap_or_else(|| panic!("{name} printed no MACs: {show}"))
+        .to_string();
+    assert!(
+        !macs.contains("02:7a:76:6d:00"),
+        "{name} kept the template's MAC: {macs}"
+    );
+    let (eth0, eth1) = macs.split_once('-').unwrap_or_default();
+    assert!(
+        eth0.len() == 17 && eth1.len() == 17 && eth0 != eth1,
+        "{name}: {macs}"
+    );
+    eprintln!("{name}: restored from a template; MACs eth0-eth1 {macs}");
+    macs
+}
+
 #[test]
 fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     let kvm_ok = std::fs::OpenOptions::new()
@@ -266,9 +317,12 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     // One real boot: the entrypoint's output reaches the console tail; it runs with the
     // deployment's name as host name, sees its disk mounted, and both its interfaces have
     // their addresses (eth0 from the kernel's ip=, eth1 from the agent).
-    let hello = format!(
-        r#"{{"name":"hello","flist":"{flist}","compute":{{"cpu":1,"memory":"256M"}},"disks":[{{"name":"data","size":"64M","mountpoint":"/data"}}],"network":{{"interfaces":[{{"network":"lan"}},{{"network":"lan"}}]}},"entrypoint":"/bin/sh -c 'echo NODE-MARKER-$MODE; grep -q \" /data ext4 \" /proc/mounts && echo DATA-MOUNTED-$(hostname); busybox ip -4 -o addr; echo NET-LISTED; while true; do sleep 1000; done'","env":{{"MODE":"hello"}}}}"#
-    );
+    let shaped = |name: &str| {
+        format!(
+            r#"{{"name":"{name}","flist":"{flist}","compute":{{"cpu":1,"memory":"256M"}},"disks":[{{"name":"data","size":"64M","mountpoint":"/data"}}],"network":{{"interfaces":[{{"network":"lan"}},{{"network":"lan"}}]}},"entrypoint":"/bin/sh -c 'echo NODE-MARKER-$MODE; grep -q \" /data ext4 \" /proc/mounts && echo DATA-MOUNTED-$(hostname); busybox ip -4 -o addr; d=$(grep \" /data \" /proc/mounts | cut -d\" \" -f1); echo DATA-SECTORS-$(cat /sys/class/block/${{d#/dev/}}/size)-END; echo clone > /data/f && echo DATA-WROTE-$(cat /data/f); echo MAC-$(cat /sys/class/net/eth0/address)-$(cat /sys/class/net/eth1/address)-END; wget -q -O /dev/null http://10.77.0.1:{port}/tiny.fl && echo GATEWAY-SERVED; echo NET-LISTED; while true; do sleep 1000; done'","env":{{"MODE":"{name}"}}}}"#
+        )
+    };
+    let hello = shaped("hello");
     let (code, body) = request(&sock, "POST", "/deployments", Some(&hello));
     assert_eq!(code, 202, "{body}");
     let v = wait_for(
@@ -311,6 +365,7 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
             "{dev} lacks {ip}: {tail}"
         );
     }
+    let hello_macs = check_clone(&state, "hello", tail);
     let pid = v["pid"].as_u64().expect("pid");
     assert!(proc_alive(pid));
     // Its VMM runs jailed (issue #16), checked from the host: zvm's limits for 256 MiB.
@@ -334,21 +389,27 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     assert!(!state.join("vms/hello").exists());
     assert_eq!(request(&sock, "GET", "/deployments/hello", None).0, 404);
 
-    // Deploy again, kill the daemon, start it again: re-adopted, not duplicated.
-    let (code, body) = request(
-        &sock,
-        "POST",
-        "/deployments",
-        Some(&deploy("again", "256M", &flist)),
-    );
+    // Deploy again (a second clone of the template), kill the daemon, start it again:
+    // re-adopted, not duplicated.
+    let (code, body) = request(&sock, "POST", "/deployments", Some(&shaped("again")));
     assert_eq!(code, 202, "{body}");
     let v = wait_for(
         &sock,
         "again",
         Duration::from_secs(300),
-        "a running VM process",
-        |v| v["state"] == "running" && v["pid"].is_u64(),
+        "a running VM process and its checks",
+        |v| {
+            assert_ne!(v["state"], "failed", "{v:#}");
+            v["state"] == "running"
+                && v["pid"].is_u64()
+                && v["console_tail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("NET-LISTED")
+        },
     );
+    let again_macs = check_clone(&state, "again", v["console_tail"].as_str().unwrap_or(""));
+    assert_ne!(hello_macs, again_macs, "two clones share their MACs");
     let pid = v["pid"].as_u64().expect("pid");
     daemon.kill();
     assert!(proc_alive(pid), "the VM died with the daemon");
