@@ -12,7 +12,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work"/root/{dev,proc,sys,tmp,bin}
 cp "$init" "$work/root/init"
-./target/release/zvm initramfs "$work/root" -o "$work/initramfs.cpio.gz"
+./target/release/zvm initramfs --uncompressed "$work/root" -o "$work/initramfs.cpio"
 echo "zvm: booting $kernel (on a KVM PVM host this takes a minute or two; on VMX/SVM well under a second)" >&2
-./target/release/zvm run --kernel "$kernel" --initrd "$work/initramfs.cpio.gz" --cpus 2 --memory 256M \
+./target/release/zvm run --kernel "$kernel" --initrd "$work/initramfs.cpio" --cpus 2 --memory 256M \
   --console-timestamps --cmdline "console=ttyS0 reboot=k panic=1 zvm.mode=syscalls" --verbose

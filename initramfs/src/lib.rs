@@ -234,9 +234,22 @@ pub fn pack_uncompressed(entries: &[Entry]) -> Result<Vec<u8>, InitramfsError> {
     Ok(cpio.finish()?)
 }
 
-/// Packs the directory `root` into a gzip-compressed newc archive at `out`.
-pub fn pack_dir(root: &Path, out: &Path) -> Result<(), InitramfsError> {
-    let bytes = pack(&entries_from_dir(root)?)?;
+/// How an archive is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// gzip-compressed: a smaller file, inflated by the guest kernel at boot.
+    Gzip,
+    /// Uncompressed: larger, no inflate work at boot.
+    Plain,
+}
+
+/// Packs the directory `root` into a newc archive at `out`, stored as `packing` says.
+pub fn pack_dir(root: &Path, out: &Path, packing: Packing) -> Result<(), InitramfsError> {
+    let entries = entries_from_dir(root)?;
+    let bytes = match packing {
+        Packing::Gzip => pack(&entries)?,
+        Packing::Plain => pack_uncompressed(&entries)?,
+    };
     fs::write(out, bytes)?;
     Ok(())
 }
@@ -321,7 +334,16 @@ mod tests {
             matches!(&entries[2], Entry::Symlink { path, target } if path == "init" && target == "bin/tool")
         );
         let out = dir.path().join("out.cpio.gz");
-        pack_dir(dir.path(), &out).expect("pack");
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        let plain = elsewhere.path().join("out.cpio");
+        pack_dir(dir.path(), &plain, Packing::Plain).expect("pack");
+        pack_dir(dir.path(), &out, Packing::Gzip).expect("pack");
+        let gz = std::fs::read(&out).expect("read");
+        let mut inflated = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut inflated)
+            .expect("inflate");
+        assert_eq!(std::fs::read(&plain).expect("read"), inflated);
         // Debian's cpio, when present, reads what we wrote.
         if Path::new("/usr/bin/cpio").exists() {
             let listing = std::process::Command::new("sh")

@@ -127,13 +127,17 @@ enum Command {
         #[command(subcommand)]
         command: template::TemplateCommand,
     },
-    /// Pack a directory into a gzip-compressed newc cpio initramfs.
+    /// Pack a directory into a newc cpio initramfs, gzip-compressed unless --uncompressed.
     Initramfs {
         /// Directory whose contents become the root of the initramfs.
         dir: PathBuf,
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
+        /// Store the archive uncompressed: a larger file, but the guest kernel has nothing
+        /// to inflate at boot (where guest kernel code is emulated, tens of seconds per boot).
+        #[arg(long)]
+        uncompressed: bool,
     },
 }
 
@@ -233,7 +237,19 @@ fn main() -> ExitCode {
             oci_runtime::cli::self_launcher(&["oci", "__sandbox"]),
         ),
         Command::Template { command } => template::run(command),
-        Command::Initramfs { dir, output } => match initramfs::pack_dir(&dir, &output) {
+        Command::Initramfs {
+            dir,
+            output,
+            uncompressed,
+        } => match initramfs::pack_dir(
+            &dir,
+            &output,
+            if uncompressed {
+                initramfs::Packing::Plain
+            } else {
+                initramfs::Packing::Gzip
+            },
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("zvm: {e}");
