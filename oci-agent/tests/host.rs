@@ -455,6 +455,76 @@ fn seccomp_profile_holds_for_init_and_exec() {
 }
 
 #[test]
+fn network_requests_are_checked_and_hostile_ones_refused() {
+    use agent_protocol::network::NetInterface;
+    let mut a = Agent::start();
+    let eth0 = NetInterface {
+        name: "eth0".into(),
+        mac: [2, 0, 0, 0, 0, 7],
+        address: Some(("10.9.0.5".parse().unwrap(), 24)),
+        gateway: Some("10.9.0.1".parse().unwrap()),
+    };
+    let network = |interfaces: Vec<NetInterface>| RequestBody::Network { interfaces };
+    // Checked, not applied, by a host process: the host's interfaces stay as they are.
+    assert_eq!(
+        a.request(network(vec![eth0.clone()])),
+        Ok(ResponseBody::Done)
+    );
+    let hostile = [
+        (
+            NetInterface {
+                name: "../../etc".into(),
+                ..eth0.clone()
+            },
+            "interface name",
+        ),
+        (
+            NetInterface {
+                name: "x".repeat(4096),
+                ..eth0.clone()
+            },
+            "interface name",
+        ),
+        (
+            NetInterface {
+                mac: [0xff; 6],
+                ..eth0.clone()
+            },
+            "unicast",
+        ),
+        (
+            NetInterface {
+                address: Some(("10.9.0.5".parse().unwrap(), 200)),
+                ..eth0.clone()
+            },
+            "over 32",
+        ),
+        (
+            NetInterface {
+                gateway: Some("192.168.1.1".parse().unwrap()),
+                ..eth0.clone()
+            },
+            "gateway",
+        ),
+    ];
+    for (iface, why) in hostile {
+        let err = a.request(network(vec![iface])).unwrap_err();
+        assert!(err.contains(why), "{why}: {err}");
+    }
+    let err = a.request(network(vec![eth0.clone(); 9])).unwrap_err();
+    assert!(err.contains("9 interfaces"), "{err}");
+    let err = a.request(network(Vec::new())).unwrap_err();
+    assert!(err.contains("0 interfaces"), "{err}");
+    // Malformed JSON for the request is a bad request, and the agent goes on.
+    let bad =
+        r#"{"id": 777, "body": {"network": {"interfaces": [{"name": "eth0", "mac": [1, 2]}]}}}"#;
+    let err = a.raw_request(777, bad).unwrap_err();
+    assert!(err.contains("bad request"), "{err}");
+    assert_eq!(a.request(network(vec![eth0])), Ok(ResponseBody::Done));
+    a.shutdown();
+}
+
+#[test]
 fn refresh_is_checked_but_not_applied_by_a_host_process() {
     let mut a = Agent::start();
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
