@@ -276,8 +276,8 @@ fn bind_data(bundle: &Path, data: &Path) {
 fn last_count(path: &Path) -> u64 {
     read(path)
         .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
         .unwrap_or(0)
 }
 
