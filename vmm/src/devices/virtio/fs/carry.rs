@@ -123,9 +123,10 @@ impl Fs {
         transfer::load(&self.frontend, state, self.transfer_timeout).map_err(|e| {
             format!(
                 "virtio-fs share '{}' (tag '{}'): the new virtiofsd did not take the \
-                 snapshot's state of the share ({e}); it needs the shared directory the \
-                 snapshot's share had, with the files the guest held at the same paths \
-                 (virtiofsd's messages in the log say which)",
+                 snapshot's state of the share ({e}): the state is corrupt, or the shared \
+                 directory lacks files the guest held at their paths (it must be the \
+                 snapshot's directory, or hold the same files at the same paths); \
+                 virtiofsd's messages in the log say which",
                 self.id,
                 self.tag()
             )
