@@ -72,6 +72,9 @@ impl Fs {
 
     /// Stops the running rings and records where the backend got to in the active
     /// queues (the next available entry it takes; the used index as guest memory has it).
+    /// virtiofsd as zvm starts it (no `--thread-pool-size`) works a queue under that
+    /// queue's lock, which GET_VRING_BASE takes too: every request it had taken is on the
+    /// used ring when the answer comes, so the memory saved next holds no half-served one.
     fn stop_for_snapshot(&mut self) -> Result<(), super::FsError> {
         let bases = setup::stop_rings(&self.frontend, self.queue_sizes.len())?;
         self.running = false;
