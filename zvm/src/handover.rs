@@ -48,12 +48,66 @@ pub enum HandoverError {
     Write(std::io::Error),
 }
 
+/// The VM to run: booted, or restored from a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Job {
+    /// A VM booted from these resources, as `zvm run` built and validated them.
+    Boot(VmResources),
+    /// `zvm run --restore`.
+    Restore(RestoreJob),
+}
+
+/// `zvm run --restore`'s parameters (a snapshot without virtio-fs shares: those need
+/// virtiofsd started beside the VM, which zvm does).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreJob {
+    /// The state file.
+    pub snapshot_path: PathBuf,
+    /// The memory file.
+    pub mem_file_path: PathBuf,
+    /// `--drive-override ID=PATH`.
+    pub drives: Vec<(String, PathBuf)>,
+    /// `--net-override IFACE=TAP`.
+    pub net: Vec<(String, String)>,
+    /// `--vsock-override`.
+    pub vsock_uds_path: Option<PathBuf>,
+    /// `--track-dirty-pages`.
+    pub track_dirty_pages: bool,
+    /// `--seccomp on`.
+    pub seccomp: bool,
+    /// `--console`: stdio, off or file:PATH.
+    pub console: String,
+    /// `--verbose`.
+    pub verbose: bool,
+}
+
+impl RestoreJob {
+    /// The vmm crate's parameters (resumed at once, as `zvm run --restore` does).
+    pub fn params(&self) -> vmm::snapshot::RestoreParams {
+        vmm::snapshot::RestoreParams {
+            snapshot_path: self.snapshot_path.clone(),
+            mem_file_path: self.mem_file_path.clone(),
+            overrides: vmm::snapshot::RestoreOverrides {
+                drives: self.drives.clone(),
+                net: self.net.clone(),
+                vsock_uds_path: self.vsock_uds_path.clone(),
+                fs: Vec::new(),
+            },
+            resume: true,
+            track_dirty_pages: self.track_dirty_pages,
+            seccomp: self.seccomp,
+        }
+    }
+}
+
 /// The VM and how to run it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Handover {
-    /// The VM, as `zvm run` built and validated it.
-    pub resources: VmResources,
+    /// The VM.
+    pub job: Job,
     /// `--metrics FILE`.
     pub metrics: Option<PathBuf>,
     /// `--shutdown-timeout`, in seconds.
@@ -66,11 +120,21 @@ pub struct Handover {
 }
 
 impl Handover {
-    /// Checks what JSON alone cannot: the resources as `zvm run` checks them, the level.
+    /// Checks what JSON alone cannot: the resources as `zvm run` checks them (a restore's
+    /// snapshot is checked when it is read), the console, the level.
     fn validate(&self) -> Result<(), HandoverError> {
-        self.resources
-            .validate()
-            .map_err(|e| HandoverError::Invalid(e.to_string()))?;
+        match &self.job {
+            Job::Boot(resources) => resources
+                .validate()
+                .map_err(|e| HandoverError::Invalid(e.to_string()))?,
+            // The restore reads and checks the snapshot itself, as for zvm run.
+            Job::Restore(restore) => {
+                restore
+                    .console
+                    .parse::<vmm::resources::ConsoleConfig>()
+                    .map_err(|e| HandoverError::Invalid(e.to_string()))?;
+            }
+        }
         if !LOG_LEVELS.contains(&self.log_level.as_str()) {
             return Err(HandoverError::Invalid(format!(
                 "log level {:?} is not one of {LOG_LEVELS:?}",
@@ -155,7 +219,9 @@ mod tests {
     fn sample() -> Handover {
         Handover {
             // Any readable file passes as the kernel until the VM is built.
-            resources: VmResources::new(std::env::current_exe().expect("test binary")),
+            job: Job::Boot(VmResources::new(
+                std::env::current_exe().expect("test binary"),
+            )),
             metrics: Some("/tmp/m".into()),
             shutdown_timeout_secs: 3,
             log_level: "info".into(),
@@ -183,7 +249,10 @@ mod tests {
     fn a_handover_crosses_a_memfd() {
         let fd = sample().to_memfd().expect("memfd");
         let got = Handover::from_args(args(&fd.into_raw_fd().to_string())).expect("read");
-        assert_eq!(got.resources, sample().resources);
+        let (Job::Boot(got_vm), Job::Boot(vm)) = (&got.job, &sample().job) else {
+            panic!("a boot: {got:?}");
+        };
+        assert_eq!(got_vm, vm);
         assert_eq!(got.metrics, sample().metrics);
         assert_eq!(got.shutdown_timeout(), Duration::from_secs(3));
         assert_eq!(got.started_ns_ago, 1_500_000);
@@ -206,7 +275,9 @@ mod tests {
         json["log_level"] = "vmm=debug".into();
         assert!(refused(fd_with(json.to_string().as_bytes())).contains("log level"));
         let mut bad = sample();
-        bad.resources.machine_config.vcpu_count = 0;
+        if let Job::Boot(vm) = &mut bad.job {
+            vm.machine_config.vcpu_count = 0;
+        }
         let text = refused(fd_with(&serde_json::to_vec(&bad).expect("json")));
         assert!(text.starts_with("invalid hand-over"), "{text}");
         let big = vec![b' '; (MAX_BYTES + 1) as usize];
@@ -220,5 +291,43 @@ mod tests {
         let text = refused(OwnedFd::from(dir).into_raw_fd().to_string());
         assert!(text.contains("not a regular file"), "{text}");
         assert!(Handover::from_args(std::iter::empty()).is_err());
+    }
+
+    #[test]
+    fn a_restore_crosses_too_and_its_console_is_checked() {
+        let restore = RestoreJob {
+            snapshot_path: "/s".into(),
+            mem_file_path: "/m".into(),
+            drives: vec![("root".into(), "/d".into())],
+            net: vec![("eth0".into(), "tap1".into())],
+            vsock_uds_path: Some("/v".into()),
+            track_dirty_pages: true,
+            seccomp: true,
+            console: "off".into(),
+            verbose: false,
+        };
+        let handover = Handover {
+            job: Job::Restore(restore.clone()),
+            ..sample()
+        };
+        let fd = handover.to_memfd().expect("memfd");
+        let got = Handover::from_args(args(&fd.into_raw_fd().to_string())).expect("read");
+        let Job::Restore(got) = got.job else {
+            panic!("a restore");
+        };
+        assert_eq!(got, restore);
+        let params = got.params();
+        assert!(params.resume && params.overrides.fs.is_empty());
+        assert_eq!(params.overrides.net, restore.net);
+        let bad = Handover {
+            job: Job::Restore(RestoreJob {
+                console: "tty".into(),
+                ..restore
+            }),
+            ..sample()
+        };
+        let fd = bad.to_memfd().expect("memfd");
+        let err = Handover::from_args(args(&fd.into_raw_fd().to_string())).expect_err("bad");
+        assert!(err.to_string().starts_with("invalid hand-over"), "{err}");
     }
 }

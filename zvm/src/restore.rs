@@ -71,6 +71,8 @@ pub struct RestoreOptions<'a> {
     pub fs: &'a crate::virtiofs::FsArgs,
     /// The restore runs in a jail (`--jail on`), where zvm cannot start virtiofsd yet.
     pub jailed: bool,
+    /// zvm's log level (for zvm-vmm, which takes plain levels only).
+    pub log_level: &'a str,
 }
 
 impl RestoreArgs {
@@ -204,9 +206,39 @@ fn console_sink(console: &str) -> Result<(ConsoleSink, bool), String> {
     }
 }
 
+/// What zvm-vmm needs to restore the VM as [`run`] does.
+fn hand_over(params: RestoreParams, opts: &RestoreOptions<'_>) -> crate::handover::Handover {
+    crate::handover::Handover {
+        job: crate::handover::Job::Restore(crate::handover::RestoreJob {
+            snapshot_path: params.snapshot_path,
+            mem_file_path: params.mem_file_path,
+            drives: params.overrides.drives,
+            net: params.overrides.net,
+            vsock_uds_path: params.overrides.vsock_uds_path,
+            track_dirty_pages: params.track_dirty_pages,
+            seccomp: params.seccomp,
+            console: opts.console.to_string(),
+            verbose: opts.verbose,
+        }),
+        metrics: None,
+        shutdown_timeout_secs: opts.shutdown_timeout.as_secs(),
+        log_level: opts.log_level.to_string(),
+        started_ns_ago: 0,
+    }
+}
+
 /// Restores the VM and runs it to its end: exit 0 when the guest ends it, 1 on failure,
 /// 2 (one `zvm: ...` line, no VM started) for bad flags or a snapshot that is refused.
 pub fn run(args: &RestoreArgs, opts: &RestoreOptions<'_>, process_start: Instant) -> ExitCode {
+    // Unjailed, a restore without virtio-fs shares runs in the lean zvm-vmm
+    // (crate::vmm_exec); zvm goes on only where it cannot.
+    if !opts.jailed && args.fs_overrides.is_empty() {
+        if let Ok(params) = args.params(opts) {
+            if let Some(e) = crate::vmm_exec::exec(&hand_over(params, opts), process_start) {
+                tracing::warn!("{e}; the VM runs in zvm");
+            }
+        }
+    }
     let prepared = args
         .params(opts)
         .and_then(|params| console_sink(opts.console).map(|console| (params, console)));

@@ -426,6 +426,7 @@ fn run_redirected(args: RunArgs, process_start: Instant, logging: &Logging) -> E
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
             fs: &args.fs,
             jailed,
+            log_level: logging.level(),
         };
         return crate::restore::run(&args.restore, &opts, process_start);
     }
@@ -536,7 +537,7 @@ fn run_with(
     // zvm goes on only where it cannot.
     if args.flist.is_none() && args.output.is_none() && !args.jail.wanted(false) {
         let handover = crate::handover::Handover {
-            resources: resources.clone(),
+            job: crate::handover::Job::Boot(resources.clone()),
             metrics: args.metrics.clone(),
             shutdown_timeout_secs: args.shutdown_timeout,
             log_level: logging.level().to_string(),

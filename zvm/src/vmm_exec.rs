@@ -8,10 +8,11 @@
 //! `zvm-vmm` is found beside zvm (`ZVM_VMM=PATH` overrides; `ZVM_VMM=none` keeps every VM
 //! in zvm). Runs that need zvm around the VM after it ends or beside it keep it in
 //! zvm: flists (their work directory is removed, their container talked to), jails
-//! (the supervisor's half), virtio-fs shares (their virtiofsd stops with zvm), `--output`
-//! (a thread of zvm copies it), and log filters other than a plain level.
+//! (the supervisor's half), virtio-fs shares, also a snapshot's (their virtiofsd stops
+//! with zvm), `--output` (a thread of zvm copies it), and log filters other than a plain
+//! level. Restores (`zvm run --restore`) are handed over as boots are.
 
-use crate::handover::{Handover, FD_FLAG, LOG_LEVELS};
+use crate::handover::{Handover, Job, FD_FLAG, LOG_LEVELS};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -39,7 +40,13 @@ pub fn find() -> Option<PathBuf> {
 /// filter it does not take, virtio-fs shares) or the `exec` failed (a warning then; the
 /// caller runs the VM itself).
 pub fn exec(handover: &Handover, process_start: Instant) -> Option<std::io::Error> {
-    if !handover.resources.fs.is_empty() || !LOG_LEVELS.contains(&handover.log_level.as_str()) {
+    let shares = match &handover.job {
+        Job::Boot(resources) => !resources.fs.is_empty(),
+        // A snapshot zvm cannot read stays with zvm, which reports why.
+        Job::Restore(restore) => vmm::snapshot::read_state_file(&restore.snapshot_path)
+            .map_or(true, |state| !state.resources.fs.is_empty()),
+    };
+    if shares || !LOG_LEVELS.contains(&handover.log_level.as_str()) {
         return None;
     }
     let path = find()?;

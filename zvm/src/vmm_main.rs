@@ -33,10 +33,11 @@ mod terminal;
 #[allow(dead_code)]
 mod vm_end;
 
-use handover::Handover;
+use handover::{Handover, Job, RestoreJob};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmm::builder::BuildOptions;
+use vmm::devices::serial::ConsoleSink;
 use vmm::resources::ConsoleConfig;
 
 fn main() -> ExitCode {
@@ -51,37 +52,97 @@ fn main() -> ExitCode {
     let process_start = Instant::now()
         .checked_sub(Duration::from_nanos(handover.started_ns_ago))
         .unwrap_or_else(Instant::now);
-    run(&handover, process_start)
-}
-
-/// Builds and runs the VM; the rest is `zvm run`'s end of a VM without a container.
-fn run(handover: &Handover, process_start: Instant) -> ExitCode {
-    let resources = &handover.resources;
     let opts = BuildOptions {
         process_start,
         ..BuildOptions::default()
     };
-    let vm = match vmm::build_microvm(resources, opts) {
-        Ok(vm) => vm,
-        Err(e) => {
-            eprintln!("zvm: {e}");
-            return ExitCode::from(2);
+    let started = match &handover.job {
+        Job::Boot(resources) => vmm::build_microvm(resources, opts)
+            .map(|vm| (vm, resources.console == ConsoleConfig::Stdio))
+            .map_err(|e| (format!("zvm: {e}"), 2)),
+        Job::Restore(restore) => restore_vm(restore, opts),
+    };
+    match started {
+        Ok((vm, interactive)) => run(&handover, vm, interactive),
+        Err((message, code)) => {
+            eprintln!("{message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Restores the VM as `zvm run --restore` does (zvm's restore module), with the same
+/// messages and exit codes; returns it and whether its console is on this terminal.
+fn restore_vm(
+    restore: &RestoreJob,
+    opts: BuildOptions,
+) -> Result<(vmm::RunningVm, bool), (String, u8)> {
+    let (sink, input) = match restore.console.parse::<ConsoleConfig>() {
+        Ok(ConsoleConfig::Stdio) => (ConsoleSink::Stdout, true),
+        Ok(ConsoleConfig::File(path)) => match std::fs::File::create(&path) {
+            Ok(file) => (ConsoleSink::File(file), false),
+            Err(e) => {
+                let what = format!("cannot create the console file {}: {e}", path.display());
+                return Err((format!("zvm: {what}"), 2));
+            }
+        },
+        Ok(ConsoleConfig::Off) => (ConsoleSink::Off, false),
+        Err(e) => return Err((format!("zvm: {e}"), 2)),
+    };
+    let params = restore.params();
+    if restore.verbose {
+        let flavour = vmm::host::KvmFlavour::detect();
+        eprintln!("zvm: host KVM flavour: {}", flavour.describe());
+        eprintln!(
+            "zvm: restoring {} (memory {})",
+            params.snapshot_path.display(),
+            params.mem_file_path.display()
+        );
+    }
+    // zvm hands over only snapshots without virtio-fs shares.
+    let mut no_backends = |resources: &mut vmm::VmResources| {
+        if resources.fs.is_empty() {
+            Ok(())
+        } else {
+            Err("virtio-fs shares need zvm (ZVM_VMM=none)".to_string())
         }
     };
-    let interactive = resources.console == ConsoleConfig::Stdio;
+    let vm = vmm::snapshot::restore_microvm_with(&params, opts, sink, input, &mut no_backends)
+        .map_err(|e| {
+            let code = if e.is_bad_input() { 2 } else { 1 };
+            (format!("zvm: cannot load the snapshot: {e}"), code)
+        })?;
+    if restore.verbose {
+        eprintln!(
+            "zvm: restored and running {:.1} ms after process start",
+            opts.process_start.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    Ok((vm, input))
+}
+
+/// Runs the VM to its end as `zvm run` runs one without a container: signals, terminal,
+/// metrics, the outcome's lines and exit code.
+fn run(handover: &Handover, vm: vmm::RunningVm, interactive: bool) -> ExitCode {
     let raw = interactive.then(terminal::RawTerminal::enable).flatten();
     if let Ok(stop) = vm.stop_handle() {
         stop_signals::install_for(stop, vm.shutdown_handle().ok(), handover.shutdown_timeout());
     }
     let metrics = run_metrics::start_for(handover.metrics.clone(), &vm);
+    // The socket the VM listens on (a restore's override, else its snapshot's; a boot's
+    // own), removed at its end.
+    let vsock_uds = vm
+        .resources()
+        .and_then(|r| r.vsock.as_ref())
+        .map(|v| v.uds_path.clone());
     let (outcome, boot_time) = vm.wait_with_boot_time();
     if let Some(writer) = metrics {
         writer.finish();
     }
     let (lines, code) = vm_end::outcome_lines(&outcome, boot_time);
     drop(raw);
-    if let Some(vsock) = &resources.vsock {
-        vmm::devices::virtio::vsock::remove_socket(&vsock.uds_path);
+    if let Some(uds) = vsock_uds {
+        vmm::devices::virtio::vsock::remove_socket(&uds);
     }
     lines.iter().for_each(|l| eprintln!("zvm: {l}"));
     code

@@ -437,6 +437,8 @@ fn a_counting_guest_continues_after_full_and_diff_snapshots_in_new_processes() {
     }
     let still_running = run.try_wait().expect("wait").is_none();
     let listening = listens(&d("4.vsock"));
+    // zvm ran it in the lean executable (zvm/src/vmm_exec.rs), in the same process.
+    let exe = std::fs::read_link(format!("/proc/{}/exe", run.id())).unwrap_or_default();
     let _ = run.kill();
     let _ = run.wait();
     let text = String::from_utf8_lossy(&console.lock().expect("console")).into_owned();
@@ -453,6 +455,7 @@ fn a_counting_guest_continues_after_full_and_diff_snapshots_in_new_processes() {
         listening,
         "--vsock-override: the device listens there: {errors}"
     );
+    assert!(exe.ends_with("zvm-vmm"), "{} ran it", exe.display());
 
     // 5. Damaged snapshots are refused, from the command line (exit 2, one line, no VM)
     // and through the API (400; the process has no VM afterwards).
