@@ -269,6 +269,9 @@ fn device_naming_on_the_command_line_does_not_matter_and_misfits_are_named() {
     r.machine_config.cpu_template = vmm::resources::CpuTemplate::None;
     r.entropy = None;
     let err = ContainerVm::from_resources(&r, &artifacts).unwrap_err();
-    assert!(err.contains("cpu_template") && err.contains("entropy"), "{err}");
+    assert!(
+        err.contains("cpu_template") && err.contains("entropy"),
+        "{err}"
+    );
     assert!(!err.contains("drives"), "{err}");
 }
