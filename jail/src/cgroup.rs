@@ -9,7 +9,8 @@ use crate::JailError;
 use std::path::{Path, PathBuf};
 
 /// The limits of one jail's cgroup.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CgroupLimits {
     /// Memory in bytes: guest RAM and the VMM's own.
     pub memory_bytes: u64,

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 /// The ids jails take their uid and gid from: `first`, `first + 1`, ... (`count` of them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IdRange {
     /// The first id.
     pub first: u32,

@@ -19,12 +19,14 @@
 //! the jail's root holds no kernel, disk or device the VM does not need to open again.
 
 mod cgroup;
+mod handover;
 mod ids;
 pub mod inspect;
 mod lockdown;
 mod supervise;
 
 pub use cgroup::{Cgroup, CgroupLimits, Hierarchy};
+pub use handover::JailedHandover;
 pub use ids::{IdLease, IdRange};
 pub use lockdown::Jailed;
 pub use supervise::{enter, FORWARDED_SIGNALS};
@@ -32,7 +34,8 @@ pub use supervise::{enter, FORWARDED_SIGNALS};
 use std::path::PathBuf;
 
 /// What a jail is made of.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JailConfig {
     /// A short name: the jail's host name, and in its messages.
     pub name: String,
@@ -81,7 +84,8 @@ impl JailConfig {
 }
 
 /// A host path made visible in the jail at the same path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Exposed {
     /// The path (a file, directory, socket or device node).
     pub path: PathBuf,

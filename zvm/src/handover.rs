@@ -117,6 +117,10 @@ pub struct Handover {
     /// How long before the hand-over zvm's process started (boot times and console
     /// timestamps count from there), in nanoseconds.
     pub started_ns_ago: u64,
+    /// In a jail's jailed half: the jail, locked down by zvm-vmm once the VM's devices
+    /// are open (`zvm run --jail on`).
+    #[serde(default)]
+    pub jail: Option<jail::JailedHandover>,
 }
 
 impl Handover {
@@ -226,6 +230,7 @@ mod tests {
             shutdown_timeout_secs: 3,
             log_level: "info".into(),
             started_ns_ago: 1_500_000,
+            jail: None,
         }
     }
 

@@ -224,15 +224,16 @@ fn hand_over(params: RestoreParams, opts: &RestoreOptions<'_>) -> crate::handove
         shutdown_timeout_secs: opts.shutdown_timeout.as_secs(),
         log_level: opts.log_level.to_string(),
         started_ns_ago: 0,
+        jail: None,
     }
 }
 
 /// Restores the VM and runs it to its end: exit 0 when the guest ends it, 1 on failure,
 /// 2 (one `zvm: ...` line, no VM started) for bad flags or a snapshot that is refused.
 pub fn run(args: &RestoreArgs, opts: &RestoreOptions<'_>, process_start: Instant) -> ExitCode {
-    // Unjailed, a restore without virtio-fs shares runs in the lean zvm-vmm
-    // (crate::vmm_exec); zvm goes on only where it cannot.
-    if !opts.jailed && args.fs_overrides.is_empty() {
+    // A restore without virtio-fs shares runs in the lean zvm-vmm (crate::vmm_exec;
+    // jailed, in the jailed half, which it locks down); zvm goes on only where it cannot.
+    if args.fs_overrides.is_empty() {
         if let Ok(params) = args.params(opts) {
             if let Some(e) = crate::vmm_exec::exec(&hand_over(params, opts), process_start) {
                 tracing::warn!("{e}; the VM runs in zvm");

@@ -533,15 +533,16 @@ fn run_with(
             return ExitCode::from(2);
         }
     }
-    // A plain VM runs in the lean executable zvm-vmm, in this process (crate::vmm_exec);
-    // zvm goes on only where it cannot.
-    if args.flist.is_none() && args.output.is_none() && !args.jail.wanted(false) {
+    // A plain VM runs in the lean executable zvm-vmm, in this process (crate::vmm_exec;
+    // jailed, in the jailed half, which it locks down); zvm goes on only where it cannot.
+    if args.flist.is_none() && args.output.is_none() {
         let handover = crate::handover::Handover {
             job: crate::handover::Job::Boot(resources.clone()),
             metrics: args.metrics.clone(),
             shutdown_timeout_secs: args.shutdown_timeout,
             log_level: logging.level().to_string(),
             started_ns_ago: 0,
+            jail: None,
         };
         if let Some(e) = crate::vmm_exec::exec(&handover, process_start) {
             tracing::warn!("{e}; the VM runs in zvm");

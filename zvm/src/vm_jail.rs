@@ -5,8 +5,9 @@
 //! the kernel is read or any VM thread starts.
 
 use clap::Args;
-use jail::{CgroupLimits, Exposed, IdRange, JailConfig, Side};
+use jail::{CgroupLimits, Exposed, IdRange, JailConfig, Jailed, Side};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use vmm::VmResources;
 
 /// Open descriptors of a jailed VMM (vsock connections are the most).
@@ -113,6 +114,25 @@ pub fn enter_restore(args: &JailArgs, mem_file: &Path) -> Result<Entered, String
     split(&config, None)
 }
 
+/// The jailed half's jail, from the split until vmm locks it down here or zvm hands it
+/// to zvm-vmm ([`take_jailed`]).
+static PENDING: Mutex<Option<Box<Jailed>>> = Mutex::new(None);
+
+fn pending() -> std::sync::MutexGuard<'static, Option<Box<Jailed>>> {
+    PENDING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// In the jailed half: its jail, to be handed to zvm-vmm (which locks it down); give it
+/// back with [`put_back_jailed`] if the hand-over fails. None when not jailed.
+pub fn take_jailed() -> Option<Box<Jailed>> {
+    pending().take()
+}
+
+/// Gives back a jail [`take_jailed`] took: vmm locks it down here after all.
+pub fn put_back_jailed(jailed: Box<Jailed>) {
+    *pending() = Some(jailed);
+}
+
 /// Splits the process; the jailed half is locked down by vmm before its VM runs (owning
 /// `socket` then, when given).
 fn split(config: &JailConfig, socket: Option<PathBuf>) -> Result<Entered, String> {
@@ -123,7 +143,11 @@ fn split(config: &JailConfig, socket: Option<PathBuf>) -> Result<Entered, String
             if let Some(socket) = socket {
                 jailed.own(socket);
             }
-            vmm::builder::set_lock_down(move || jailed.lock_down().map_err(|e| e.to_string()));
+            put_back_jailed(jailed);
+            vmm::builder::set_lock_down(|| match take_jailed() {
+                Some(mut jailed) => jailed.lock_down().map_err(|e| e.to_string()),
+                None => Err("the jail was handed to zvm-vmm".into()),
+            });
             Ok(Entered::Jailed)
         }
     }

@@ -7,13 +7,14 @@
 //!
 //! `zvm-vmm` is found beside zvm (`ZVM_VMM=PATH` overrides; `ZVM_VMM=none` keeps every VM
 //! in zvm). Runs that need zvm around the VM after it ends or beside it keep it in
-//! zvm: flists (their work directory is removed, their container talked to), jails
-//! (the supervisor's half), virtio-fs shares, also a snapshot's (their virtiofsd stops
-//! with zvm), `--output` (a thread of zvm copies it), and log filters other than a plain
-//! level. Restores (`zvm run --restore`) are handed over as boots are.
+//! zvm: flists (their work directory is removed, their container talked to), virtio-fs
+//! shares, also a snapshot's (their virtiofsd stops with zvm), `--output` (a thread of
+//! zvm copies it), and log filters other than a plain level. Restores (`zvm run
+//! --restore`) are handed over as boots are; with `--jail on` the jailed half is (its
+//! supervisor stays zvm) and zvm-vmm locks the jail down.
 
 use crate::handover::{Handover, Job, FD_FLAG, LOG_LEVELS};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -39,6 +40,9 @@ pub fn find() -> Option<PathBuf> {
 /// Runs the VM in `zvm-vmm` when it can: returns only if it cannot (nothing found, a log
 /// filter it does not take, virtio-fs shares) or the `exec` failed (a warning then; the
 /// caller runs the VM itself).
+///
+/// In a jail's jailed half the jail goes along ([`crate::vm_jail::take_jailed`]; back
+/// if the `exec` fails) and zvm-vmm locks it down.
 pub fn exec(handover: &Handover, process_start: Instant) -> Option<std::io::Error> {
     let shares = match &handover.job {
         Job::Boot(resources) => !resources.fs.is_empty(),
@@ -50,21 +54,47 @@ pub fn exec(handover: &Handover, process_start: Instant) -> Option<std::io::Erro
         return None;
     }
     let path = find()?;
-    let handover = Handover {
+    let mut handover = Handover {
         started_ns_ago: u64::try_from(process_start.elapsed().as_nanos()).unwrap_or(u64::MAX),
         ..handover.clone()
     };
+    // The jail's pipes stay open (and owned here) until the exec.
+    let mut jail_fds = Vec::new();
+    if let Some(jailed) = crate::vm_jail::take_jailed() {
+        match jailed.into_handover() {
+            Ok((jail, fds)) => {
+                handover.jail = Some(jail);
+                jail_fds = fds;
+            }
+            Err(e) => return Some(std::io::Error::other(e.to_string())),
+        }
+    }
+    let err = exec_with(&path, &handover);
+    if let Some(jail) = handover.jail.take() {
+        // The exec failed: the jail is this process's to lock down after all.
+        jail_fds.into_iter().for_each(|fd| {
+            let _ = fd.into_raw_fd();
+        });
+        // SAFETY: the descriptors are the ones into_handover left open, released just
+        // above, so nothing else owns them.
+        match unsafe { jail::Jailed::from_handover(jail) } {
+            Ok(jailed) => crate::vm_jail::put_back_jailed(Box::new(jailed)),
+            Err(e) => return Some(std::io::Error::other(e.to_string())),
+        }
+    }
+    Some(err)
+}
+
+/// `exec`s `path` with `handover`; returns only on failure.
+fn exec_with(path: &std::path::Path, handover: &Handover) -> std::io::Error {
     let fd = match handover.to_memfd() {
         Ok(fd) => fd,
-        Err(e) => return Some(std::io::Error::other(e.to_string())),
+        Err(e) => return std::io::Error::other(e.to_string()),
     };
     tracing::debug!("handing the VM to {}", path.display());
-    let err = std::process::Command::new(&path)
+    let err = std::process::Command::new(path)
         .arg(FD_FLAG)
         .arg(fd.as_raw_fd().to_string())
         .exec();
-    Some(std::io::Error::new(
-        err.kind(),
-        format!("cannot run {}: {err}", path.display()),
-    ))
+    std::io::Error::new(err.kind(), format!("cannot run {}: {err}", path.display()))
 }

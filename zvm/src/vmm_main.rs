@@ -41,7 +41,7 @@ use vmm::devices::serial::ConsoleSink;
 use vmm::resources::ConsoleConfig;
 
 fn main() -> ExitCode {
-    let handover = match Handover::from_args(std::env::args_os().skip(1)) {
+    let mut handover = match Handover::from_args(std::env::args_os().skip(1)) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("zvm-vmm: {e}");
@@ -49,6 +49,20 @@ fn main() -> ExitCode {
         }
     };
     lean_log::init(&handover.log_level);
+    // A jailed half: vmm locks it down once the VM's devices are open, as in zvm.
+    if let Some(jail) = handover.jail.take() {
+        // SAFETY: zvm left exactly these descriptors open for this process, and nothing
+        // here has taken them (from_handover checks that they are open pipes).
+        match unsafe { jail::Jailed::from_handover(jail) } {
+            Ok(mut jailed) => {
+                vmm::builder::set_lock_down(move || jailed.lock_down().map_err(|e| e.to_string()))
+            }
+            Err(e) => {
+                eprintln!("zvm-vmm: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let process_start = Instant::now()
         .checked_sub(Duration::from_nanos(handover.started_ns_ago))
         .unwrap_or_else(Instant::now);

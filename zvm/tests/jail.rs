@@ -172,6 +172,18 @@ fn a_jailed_vmm_is_confined_while_its_guest_runs_and_cleaned_up_after() {
         status.contains("\nNSpid:\t") && status.contains("\t1\n"),
         "{status}"
     );
+    // The jailed half runs the lean zvm-vmm (zvm/src/vmm_exec.rs); the supervisor is zvm.
+    let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    assert!(
+        exe(jailed.pid).ends_with("zvm-vmm"),
+        "{:?}",
+        exe(jailed.pid)
+    );
+    assert!(
+        exe(zvm.child.id()).ends_with("zvm"),
+        "{:?}",
+        exe(zvm.child.id())
+    );
     // The supervisor passes SIGUSR1 on: the jailed half writes a metrics line.
     zvm.signal(libc::SIGUSR1);
     wait_for("a metrics line", || {
