@@ -6,7 +6,11 @@
 //! the `--console file:` log, which says the VM, data disk and all, was restored from a
 //! template), `--env`, `--hostname` and a `--disk ...,mount=` data disk reach it, and zvm exits with the entrypoint's exit status.
 //! zvm runs its VMM jailed by default for a flist (issue #16): while the guest runs, the
-//! jailed VMM is checked from the host before the entrypoint gets its line.
+//! jailed VMM is checked from the host before the entrypoint gets its line. The container's
+//! root comes over virtio-fs (issue #14): the flist unpacked once in the cache, the run's
+//! writes in its own upper layer (the cache's tree stays as it was), and a `--volume` host
+//! directory is shared too (the guest reads the host's file and writes one the host reads);
+//! nothing stays mounted or running afterwards.
 
 use std::io::Write;
 use std::path::Path;
@@ -40,10 +44,16 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
     pack_flist(&rootfs, &dir.join("store"), &flist);
     let data = dir.join("data.img");
     ext4_image(&data, 16, &[("note.txt", "from-the-data-disk")]);
+    let volume = dir.join("volume");
+    std::fs::create_dir_all(&volume).expect("volume dir");
+    std::fs::write(volume.join("in.txt"), "from-the-host\n").expect("volume file");
 
     let entrypoint =
         "/bin/sh -c 'read line; echo GOT-$line; echo ENV-$GREETING; echo HOST-$(hostname); \
-                      echo DATA-$(cat /data/note.txt); echo to-stderr >&2; exit 7'";
+                      echo DATA-$(cat /data/note.txt); echo VOL-$(cat /vol/in.txt); \
+                      echo guest-wrote > /vol/out.txt; echo cow > /cow-note; \
+                      grep -q \" / virtiofs \" /proc/mounts && echo ROOT-VIRTIOFS-$(cat /cow-note); \
+                      echo to-stderr >&2; exit 7'";
     let console = dir.join("console.log");
     let mut command = Command::new(zvm_binary());
     command
@@ -64,7 +74,9 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
         .arg("--console")
         .arg(format!("file:{}", console.display()))
         .arg("--disk")
-        .arg(format!("path={},id=data,mount=/data", data.display()));
+        .arg(format!("path={},id=data,mount=/data", data.display()))
+        .arg("--volume")
+        .arg(format!("{}:/vol", volume.display()));
     // The entrypoint's line is written once the jailed VMM has been looked at.
     let (stdin, mut feed) = std::io::pipe().expect("stdin pipe");
     let inspector = std::thread::spawn(move || {
@@ -93,7 +105,8 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
     );
     assert_eq!(
         stdout.as_str(),
-        "GOT-hello-from-stdin\nENV-hi there\nHOST-devbox\nDATA-from-the-data-disk\n",
+        "GOT-hello-from-stdin\nENV-hi there\nHOST-devbox\nDATA-from-the-data-disk\n\
+         VOL-from-the-host\nROOT-VIRTIOFS-cow\n",
         "stdout is the entrypoint's output alone: {show}"
     );
     assert_eq!(
@@ -123,5 +136,30 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
     // The work directory was temporary, and no temporary log was made.
     assert!(!Path::new(&format!("/tmp/zvm-flist-{}", run.pid)).exists());
     assert!(!Path::new(&format!("/tmp/zvm-flist-{}.log", run.pid)).exists());
+    // The guest's write in the volume is on the host; its write in the root went to the
+    // run's upper layer (gone with the temporary work directory), not to the cache's tree.
+    assert_eq!(
+        std::fs::read_to_string(volume.join("out.txt")).unwrap_or_default(),
+        "guest-wrote\n",
+        "{show}"
+    );
+    let trees: Vec<_> = std::fs::read_dir(dir.join("cache/trees"))
+        .expect("the flist's tree in the cache")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(trees.len(), 1, "{trees:?}");
+    assert!(trees[0].join("bin").is_dir(), "{trees:?}");
+    assert!(
+        !trees[0].join("cow-note").exists(),
+        "the cache's tree was written"
+    );
+    // Nothing of the run stays mounted or running.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    assert!(!mounts.contains(dir.to_str().unwrap_or("?")), "{mounts}");
+    assert!(
+        !zvm_integration_tests::processes_mentioning(dir.to_str().unwrap_or("?")),
+        "a process of the run is left"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

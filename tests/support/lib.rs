@@ -340,9 +340,11 @@ pub fn read_from_ext4(image: &Path, name: &str) -> String {
 
 pub mod api_client;
 mod netns;
+mod procs;
 mod vsock;
 
 pub use netns::NetNs;
+pub use procs::processes_mentioning;
 pub use vsock::{vsock_connect, vsock_request};
 
 /// A zvm process watched while it runs (`zvm --api-sock` or `zvm run`): its console

@@ -1,7 +1,8 @@
-//! Container flists: the flist's tree becomes an ext4 root file system disk, and the
-//! project's kernel boots the OCI guest agent (`zvm-oci-agent`) as PID 1 from its own small
-//! read-only disk, exactly as oci-runtime's sandboxes do. The agent mounts the root file
-//! system (`/dev/vdb`) and runs the entrypoint in it as an OCI container ([`container_spec`]:
+//! Container flists: the flist's tree is the root over virtio-fs ([`super::cow_root`]) or
+//! an ext4 root file system disk, and the project's kernel boots the OCI guest agent
+//! (`zvm-oci-agent`) as PID 1 from its own small read-only disk, exactly as oci-runtime's
+//! sandboxes do. The agent mounts the root file system (the share's `rootfs` entry, or
+//! `/dev/vdb`) and runs the entrypoint in it as an OCI container ([`container_spec`]:
 //! runc's defaults, sharing the VM's network so that the interfaces the kernel configured
 //! from `ip=` are the container's), driven over vsock by
 //! [`oci_runtime::sandbox::run_attached`] in the zvm process that runs the VM.
