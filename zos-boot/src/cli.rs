@@ -11,6 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use oci_runtime::sandbox::template::TemplateShape;
+use oci_runtime::sandbox::{VmSize, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
+
 /// Node commands.
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -70,10 +73,67 @@ pub struct ServeArgs {
     /// $ZVM_TEMPLATE_DIR says otherwise); `off` boots every deployment's kernel.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub templates: String,
-    /// Make the template of the default container VM (1 vCPU, 256 MiB) in the background
-    /// when the node starts, so that no deployment of that size waits for a kernel boot.
+    /// Make templates in the background when the node starts, so that no deployment of
+    /// their shapes waits for a kernel boot: those of `--prepare-shape`, else the default
+    /// deployment's (1 vCPU, 256 MiB, the share flavour of a root over virtio-fs, no
+    /// interface, no data disk).
     #[arg(long)]
     pub prepare_template: bool,
+    /// A deployment shape `--prepare-template` makes the template of:
+    /// `[cpus=N][,memory=MIB][,nics=N][,disks=N][,share=on|off]` (defaults 1, 256, 0, 0,
+    /// on: the share flavour serves a root over virtio-fs or volumes; off only for an
+    /// ext4 root without volumes). nics counts the deployment's interfaces, disks its
+    /// data disks. Repeatable; made in order.
+    #[arg(long = "prepare-shape", value_name = "SHAPE", value_parser = parse_shape)]
+    pub prepare_shapes: Vec<TemplateShape>,
+}
+
+/// The template shape of a node deployment with no options: 1 vCPU, 256 MiB, its root over
+/// virtio-fs (the share flavour), no interface, no data disk.
+pub fn default_deployment_shape() -> TemplateShape {
+    TemplateShape {
+        share: true,
+        ..TemplateShape::plain(VmSize {
+            vcpus: DEFAULT_VCPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+        })
+    }
+}
+
+/// Parses a `--prepare-shape` (see [`ServeArgs::prepare_shapes`]).
+pub fn parse_shape(spec: &str) -> Result<TemplateShape, String> {
+    let mut shape = default_deployment_shape();
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("'{part}' is not key=value"))?;
+        let number = |max: u64| -> Result<u64, String> {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("{key} must be a number up to {max}, not '{value}'"))
+        };
+        match key {
+            "cpus" => shape.size.vcpus = number(u64::from(u8::MAX))?.max(1) as u8,
+            "memory" => shape.size.memory_mib = number(1 << 20)?,
+            "nics" => shape.nics = number(TemplateShape::NICS_MAX as u64)? as usize,
+            "disks" => shape.data_disks = number(TemplateShape::DATA_DISKS_MAX as u64)? as usize,
+            "share" => {
+                shape.share = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("share must be on or off, not '{value}'")),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown key '{other}' (use cpus, memory, nics, disks, share)"
+                ))
+            }
+        }
+    }
+    Ok(shape)
 }
 
 /// The node id in `path`: one word of hex digits.
@@ -140,7 +200,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         );
     }
     if args.prepare_template && args.templates == "on" {
-        prepare_default_template(args.kernel.clone());
+        let shapes = if args.prepare_shapes.is_empty() {
+            vec![default_deployment_shape()]
+        } else {
+            args.prepare_shapes.clone()
+        };
+        prepare_templates(args.kernel.clone(), shapes);
     }
     let runner = ProcessRunner {
         zvm,
@@ -196,10 +261,11 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// Makes the default container VM's template on a thread of its own; says how it went.
-fn prepare_default_template(kernel: Option<PathBuf>) {
-    use oci_runtime::sandbox::template::{prepare_template_flavour, TemplateSettings};
-    use oci_runtime::sandbox::{GuestArtifacts, VmSize, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
+/// Makes the templates of `shapes` one after the other on a thread of its own; says how
+/// each went.
+fn prepare_templates(kernel: Option<PathBuf>, shapes: Vec<TemplateShape>) {
+    use oci_runtime::sandbox::template::{prepare_template_shape, TemplateSettings};
+    use oci_runtime::sandbox::GuestArtifacts;
     let spawned = std::thread::Builder::new()
         .name("zvm_template".into())
         .spawn(move || {
@@ -209,22 +275,22 @@ fn prepare_default_template(kernel: Option<PathBuf>) {
                 }
                 None => GuestArtifacts::locate(),
             };
-            let size = VmSize {
-                vcpus: DEFAULT_VCPUS,
-                memory_mib: DEFAULT_MEMORY_MIB,
-            };
-            let made = artifacts.map_err(|e| e.to_string()).and_then(|a| {
-                // The flavour with a share: a container's root comes over virtio-fs
-                // unless its deployment asks for ext4.
-                prepare_template_flavour(&TemplateSettings::from_env().cache(), &a, size, true)
-                    .map_err(|e| e.to_string())
-            });
-            match made {
-                Ok((id, Some(took))) => {
-                    eprintln!("zvm: template {id} made in {:.1} s", took.as_secs_f64())
+            let artifacts = match artifacts {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("zvm: no template prepared: {e}");
+                    return;
                 }
-                Ok((id, None)) => eprintln!("zvm: template {id} is ready"),
-                Err(e) => eprintln!("zvm: no template prepared: {e}"),
+            };
+            let cache = TemplateSettings::from_env().cache();
+            for shape in shapes {
+                match prepare_template_shape(&cache, &artifacts, &shape) {
+                    Ok((id, Some(took))) => {
+                        eprintln!("zvm: template {id} made in {:.1} s", took.as_secs_f64())
+                    }
+                    Ok((id, None)) => eprintln!("zvm: template {id} is ready"),
+                    Err(e) => eprintln!("zvm: no template prepared for {shape:?}: {e}"),
+                }
             }
         });
     if let Err(e) = spawned {
@@ -236,6 +302,117 @@ fn prepare_default_template(kernel: Option<PathBuf>) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn prepare_shapes_parse_into_template_shapes() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            Serve::try_parse_from(
+                ["serve", "--state-dir", "/s", "--api-sock", "/s/api.sock"]
+                    .iter()
+                    .chain(extra),
+            )
+            .map(|s| s.args.prepare_shapes)
+        };
+        assert!(parse(&[]).unwrap().is_empty());
+        let shapes = parse(&[
+            "--prepare-shape",
+            "nics=1,disks=2",
+            "--prepare-shape",
+            "cpus=2,memory=512,share=off",
+        ])
+        .unwrap();
+        let first = TemplateShape {
+            nics: 1,
+            data_disks: 2,
+            ..default_deployment_shape()
+        };
+        assert_eq!(shapes[0], first);
+        assert_eq!(
+            shapes[1],
+            TemplateShape::plain(VmSize {
+                vcpus: 2,
+                memory_mib: 512
+            })
+        );
+        assert_eq!(parse_shape("").unwrap(), default_deployment_shape());
+        for bad in [
+            "nics=9",
+            "disks=9",
+            "nics=-1",
+            "memory=lots",
+            "share=maybe",
+            "gpus=1",
+            "nics",
+        ] {
+            assert!(parse_shape(bad).is_err(), "{bad}");
+            assert!(parse(&["--prepare-shape", bad]).is_err(), "{bad}");
+        }
+    }
+
+    /// The key the node's default shape asks for is the one a default deployment's VM (its
+    /// root over virtio-fs: the container's share) looks up; with `nics=1,disks=1`, the one
+    /// of a deployment with an interface and a data disk.
+    #[test]
+    fn prepared_shapes_have_the_keys_deployments_look_up() {
+        use oci_runtime::sandbox::template::{shape_key, ContainerVm, TemplateCache};
+        use oci_runtime::sandbox::GuestArtifacts;
+        let dir = tempfile::tempdir().unwrap();
+        let (kernel, agent) = (dir.path().join("vmlinux"), dir.path().join("agent"));
+        std::fs::write(&kernel, b"kernel").unwrap();
+        std::fs::write(&agent, b"agent").unwrap();
+        let artifacts = GuestArtifacts { kernel, agent };
+        let cache = TemplateCache::new(dir.path().join("templates"), 4);
+        let files = oci_runtime::sandbox::VmFiles {
+            kernel: &artifacts.kernel,
+            agent_image: Path::new("/v/agent.ext4"),
+            rootfs_image: Path::new("/v/rootfs.ext4"),
+            console_log: Path::new("/v/console.log"),
+            vsock: Path::new("/v/vsock.sock"),
+        };
+        let size = default_deployment_shape().size;
+        let mut r = oci_runtime::sandbox::vm_resources(size, files, false);
+        r.fs.push(oci_runtime::sandbox::share::fs_device(Path::new(
+            "/v/fs.sock",
+        )));
+        let key_of = |r: &vmm::VmResources| {
+            ContainerVm::from_resources(r, &artifacts)
+                .unwrap()
+                .key(&cache)
+                .unwrap()
+        };
+        let prepared = shape_key(&cache, &artifacts, &default_deployment_shape()).unwrap();
+        assert_eq!(prepared, key_of(&r));
+        r.net.push(vmm::resources::NetConfig {
+            iface_id: "eth0".into(),
+            host_dev_name: "zvmdep0".into(),
+            guest_mac: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        });
+        r.drives.push(vmm::resources::DriveConfig {
+            drive_id: "data".into(),
+            path_on_host: "/v/disks/data.img".into(),
+            is_root_device: false,
+            is_read_only: false,
+            rate_limiter: None,
+            io_engine: Default::default(),
+        });
+        let args = format!(
+            "{} ip=10.20.0.5::10.20.0.1:255.255.255.0::eth0:off zvm.mount.data=/data",
+            r.boot_args()
+        );
+        r.boot_source.boot_args = Some(args);
+        let shape = parse_shape("nics=1,disks=1").unwrap();
+        let prepared = shape_key(&cache, &artifacts, &shape).unwrap();
+        assert_eq!(prepared, key_of(&r));
+    }
 
     #[test]
     fn node_id_files_hold_one_hex_word() {

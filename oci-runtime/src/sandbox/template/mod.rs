@@ -17,10 +17,12 @@
 mod build;
 mod cache;
 mod key;
+mod prewarm;
 pub mod shape;
 
 pub use cache::{Manifest, TemplateCache, TemplateFiles};
 pub use key::{Digests, TemplateKey};
+pub use prewarm::{prepare_template_shape, shape_key, TemplateShape};
 
 use super::agent::AgentError;
 use super::disk::ImageError;
