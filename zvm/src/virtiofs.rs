@@ -47,8 +47,10 @@ pub enum VirtiofsError {
 #[derive(Debug, Clone, Default, Args)]
 pub struct FsArgs {
     /// A host directory shared with the guest over virtio-fs:
-    /// `tag=NAME,path=DIR[,readonly=on][,id=NAME]`; repeatable. zvm starts a virtiofsd
-    /// for each; the guest mounts it with `mount -t virtiofs NAME /mnt`.
+    /// `tag=NAME,path=DIR[,readonly=on][,xattr=on][,id=NAME]`; repeatable. zvm starts a
+    /// virtiofsd for each (with `--xattr` for `xattr=on`: the files' extended attributes,
+    /// file capabilities among them, reach the guest); the guest mounts it with
+    /// `mount -t virtiofs NAME /mnt`.
     #[arg(long = "fs", value_name = "SPEC")]
     pub specs: Vec<String>,
     /// The virtiofsd binary (default: beside zvm, zvm's cache, /usr/libexec, $PATH).
@@ -82,8 +84,9 @@ impl FsArgs {
     }
 }
 
-/// Parses `tag=NAME,path=DIR[,readonly=on|off][,id=NAME]` (also Firecracker-style
-/// `shared_dir=`, `read_only=`, `fs_id=`); the id defaults to `fs<index>`.
+/// Parses `tag=NAME,path=DIR[,readonly=on|off][,xattr=on|off][,id=NAME]` (also
+/// Firecracker-style `shared_dir=`, `read_only=`, `fs_id=`); the id defaults to
+/// `fs<index>`.
 pub fn parse_fs(spec: &str, index: usize) -> Result<FsConfig, VirtiofsError> {
     let bad = |problem: String| VirtiofsError::BadSpec {
         spec: spec.to_string(),
@@ -94,7 +97,13 @@ pub fn parse_fs(spec: &str, index: usize) -> Result<FsConfig, VirtiofsError> {
         tag: String::new(),
         shared_dir: None,
         read_only: false,
+        xattr: false,
         socket_path: None,
+    };
+    let on_off = |key: &str, value: &str| match value {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(bad(format!("{key} must be on or off, not '{value}'"))),
     };
     for part in spec.split(',').filter(|p| !p.is_empty()) {
         let (key, value) = part
@@ -104,16 +113,11 @@ pub fn parse_fs(spec: &str, index: usize) -> Result<FsConfig, VirtiofsError> {
             "tag" => fs.tag = value.to_string(),
             "path" | "shared_dir" => fs.shared_dir = Some(PathBuf::from(value)),
             "id" | "fs_id" => fs.fs_id = value.to_string(),
-            "readonly" | "read_only" | "ro" => {
-                fs.read_only = match value {
-                    "on" | "true" | "yes" | "1" => true,
-                    "off" | "false" | "no" | "0" => false,
-                    _ => return Err(bad(format!("{key} must be on or off, not '{value}'"))),
-                }
-            }
+            "readonly" | "read_only" | "ro" => fs.read_only = on_off(key, value)?,
+            "xattr" => fs.xattr = on_off(key, value)?,
             other => {
                 return Err(bad(format!(
-                    "unknown key '{other}' (use tag, path, readonly, id)"
+                    "unknown key '{other}' (use tag, path, readonly, xattr, id)"
                 )))
             }
         }
@@ -134,6 +138,7 @@ pub fn from_api(fs: &api_server::model::Fs) -> FsConfig {
         tag: fs.tag.clone(),
         shared_dir: fs.shared_dir.as_ref().map(PathBuf::from),
         read_only: fs.read_only,
+        xattr: fs.xattr,
         socket_path: fs.socket_path.as_ref().map(PathBuf::from),
     }
 }
@@ -146,6 +151,7 @@ pub fn to_api(fs: &FsConfig) -> api_server::model::Fs {
         tag: fs.tag.clone(),
         shared_dir: fs.shared_dir.as_ref().map(path),
         read_only: fs.read_only,
+        xattr: fs.xattr,
         socket_path: fs
             .socket_path
             .as_ref()
@@ -270,27 +276,7 @@ fn spawn(
         id: fs.fs_id.clone(),
         problem,
     };
-    let dir = fs
-        .shared_dir
-        .as_ref()
-        .ok_or_else(|| start_err("it has no shared_dir".into()))?;
-    let mut cmd = Command::new(binary);
-    cmd.arg("--shared-dir")
-        .arg(dir)
-        .arg("--socket-path")
-        .arg(socket)
-        .arg("--sandbox")
-        .arg(sandbox)
-        .args(["--cache", "auto", "--log-level", "warn"])
-        .args(vmm::devices::virtio::fs::VIRTIOFSD_MIGRATION_ARGS)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        // Its log level is --log-level, not whatever zvm was run with.
-        .env_remove("RUST_LOG");
-    if fs.read_only {
-        cmd.arg("--readonly");
-    }
+    let mut cmd = command(binary, fs, socket, sandbox)?;
     // It dies with the process that started it, even one killed without a chance to
     // stop it (a jail's supervisor, or zvm itself).
     // SAFETY: prctl only, async-signal-safe, between fork and exec.
@@ -323,13 +309,47 @@ fn spawn(
         }
     }
     tracing::debug!(
-        "virtiofsd for share {} ({}): pid {}, socket {}",
+        "virtiofsd for share {} ({:?}): pid {}, socket {}",
         fs.fs_id,
-        dir.display(),
+        fs.shared_dir,
         child.id(),
         socket.display()
     );
     Ok(child)
+}
+
+/// The virtiofsd command line serving `fs` on `socket` with `sandbox`.
+fn command(
+    binary: &Path,
+    fs: &FsConfig,
+    socket: &Path,
+    sandbox: &str,
+) -> Result<Command, VirtiofsError> {
+    let dir = fs.shared_dir.as_ref().ok_or_else(|| VirtiofsError::Start {
+        id: fs.fs_id.clone(),
+        problem: "it has no shared_dir".into(),
+    })?;
+    let mut cmd = Command::new(binary);
+    cmd.arg("--shared-dir")
+        .arg(dir)
+        .arg("--socket-path")
+        .arg(socket)
+        .arg("--sandbox")
+        .arg(sandbox)
+        .args(["--cache", "auto", "--log-level", "warn"])
+        .args(vmm::devices::virtio::fs::VIRTIOFSD_MIGRATION_ARGS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // Its log level is --log-level, not whatever zvm was run with.
+        .env_remove("RUST_LOG");
+    if fs.read_only {
+        cmd.arg("--readonly");
+    }
+    if fs.xattr {
+        cmd.arg("--xattr");
+    }
+    Ok(cmd)
 }
 
 /// Waits until `socket` accepts connections' file exists, `child` having not died.
@@ -370,11 +390,14 @@ mod tests {
         assert_eq!(fs.shared_dir.as_deref(), Some(Path::new("/srv/data")));
         let fs = parse_fs("tag=t,shared_dir=/x", 3).expect("firecracker-style names");
         assert_eq!(fs.fs_id, "fs3");
-        assert!(!fs.read_only);
+        assert!(!fs.read_only && !fs.xattr);
+        assert!(parse_fs("tag=t,path=/x,xattr=on", 0).expect("xattr").xattr);
+        assert!(!parse_fs("tag=t,path=/x,xattr=off", 0).expect("xattr").xattr);
         for bad in [
             "path=/x",
             "tag=t",
             "tag=t,path=/x,readonly=maybe",
+            "tag=t,path=/x,xattr=maybe",
             "tag=t,path=/x,size=1",
             "tag",
         ] {
@@ -414,6 +437,7 @@ mod tests {
             tag: "t".into(),
             shared_dir: Some(dir.path().to_path_buf()),
             read_only: false,
+            xattr: false,
             socket_path: None,
         });
         let args = FsArgs {
@@ -426,5 +450,34 @@ mod tests {
             .to_string();
         assert!(err.contains("exited"), "{err}");
         assert!(resources.fs[0].socket_path.is_none());
+    }
+
+    #[test]
+    fn virtiofsd_gets_xattr_only_for_shares_that_ask() {
+        let args = |spec: &str| -> Vec<String> {
+            let fs = parse_fs(spec, 0).expect("valid");
+            let cmd = command(Path::new("/v"), &fs, Path::new("/s/fs0.sock"), "namespace")
+                .expect("command");
+            cmd.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let plain = args("tag=t,path=/srv/x");
+        assert!(!plain.iter().any(|a| a == "--xattr"), "{plain:?}");
+        let with = args("tag=t,path=/srv/x,xattr=on,readonly=on");
+        assert!(with.iter().any(|a| a == "--xattr"), "{with:?}");
+        assert!(with.iter().any(|a| a == "--readonly"), "{with:?}");
+        let at = with.iter().position(|a| a == "--shared-dir").expect("dir");
+        assert_eq!(with[at + 1], "/srv/x");
+        // The API's and config files' field.
+        let body: api_server::model::Fs =
+            serde_json::from_str(r#"{"fs_id":"a","tag":"t","shared_dir":"/srv","xattr":true}"#)
+                .expect("body");
+        let fs = from_api(&body);
+        assert!(fs.xattr);
+        assert_eq!(to_api(&fs), body);
+        let json = serde_json::to_string(&to_api(&parse_fs("tag=t,path=/x", 0).expect("ok")))
+            .expect("json");
+        assert!(!json.contains("xattr"), "{json}");
     }
 }

@@ -21,6 +21,10 @@ pub struct Fs {
     /// The guest may read but not change the share.
     #[serde(default)]
     pub read_only: bool,
+    /// The guest sees and may set the files' extended attributes (file capabilities,
+    /// ACLs, `user.*`): virtiofsd runs with `--xattr`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub xattr: bool,
     /// Instead of `shared_dir`: the vhost-user socket of a backend started by someone
     /// else.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -24,6 +24,10 @@ pub struct FsConfig {
     /// The guest may read the share but not change it.
     #[serde(default)]
     pub read_only: bool,
+    /// The guest sees and may set the files' extended attributes (virtiofsd's `--xattr`):
+    /// file capabilities (`security.capability`), ACLs, `user.*`. Off: none are visible.
+    #[serde(default, skip_serializing_if = "super::is_false")]
+    pub xattr: bool,
     /// The vhost-user socket of the backend: one started outside zvm, or (filled in by
     /// zvm) the one it started for `shared_dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +102,7 @@ mod tests {
             tag: tag.into(),
             shared_dir: Some(std::env::temp_dir()),
             read_only: false,
+            xattr: false,
             socket_path: None,
         }
     }

@@ -252,6 +252,7 @@ mod tests {
             tag: tag.into(),
             shared_dir: dir,
             read_only: false,
+            xattr: false,
             socket_path: socket.map(PathBuf::from),
         }
     }

@@ -343,6 +343,29 @@ fn bind_sources(mounts: &[(libc::c_int, CString)]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The arguments of the virtiofsd serving a container's share `dir` on `socket`. With
+/// `--xattr`: as under runc, the container sees its files' extended attributes, file
+/// capabilities (`security.capability`, which the guest kernel honours at exec) among
+/// them; without it an image's `setcap` binaries would run without their capabilities.
+/// What the container may set is bounded by the guest kernel as runc's are by the host's
+/// (`trusted.*` needs CAP_SYS_ADMIN in the guest).
+pub fn virtiofsd_args(dir: &Path, socket: &Path) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--shared-dir".into(),
+        dir.into(),
+        "--socket-path".into(),
+        socket.into(),
+    ];
+    args.extend(
+        ["--sandbox", "namespace", "--cache", "auto", "--xattr"]
+            .into_iter()
+            .chain(vmm::devices::virtio::fs::VIRTIOFSD_MIGRATION_ARGS)
+            .chain(["--log-level", "warn"])
+            .map(Into::into),
+    );
+    args
+}
+
 /// The virtiofsd serving a container's share; stopped (and its socket's directory
 /// removed) when dropped by the process that started it.
 #[derive(Debug)]
@@ -364,13 +387,7 @@ impl Virtiofsd {
         let socket = socket_dir.join("fs.sock");
         let stderr = File::create(log).map_err(io(format!("create {log:?}")))?;
         let mut cmd = share.command(binary);
-        cmd.arg("--shared-dir")
-            .arg(&share.dir)
-            .arg("--socket-path")
-            .arg(&socket)
-            .args(["--sandbox", "namespace", "--cache", "auto"])
-            .args(vmm::devices::virtio::fs::VIRTIOFSD_MIGRATION_ARGS)
-            .args(["--log-level", "warn"])
+        cmd.args(virtiofsd_args(&share.dir, &socket))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

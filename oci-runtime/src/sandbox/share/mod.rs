@@ -109,6 +109,8 @@ pub fn fs_device(socket: &Path) -> vmm::resources::FsConfig {
         tag: SHARE_TAG.into(),
         shared_dir: None,
         read_only: false,
+        // Its virtiofsd is zvm-runc's own (with --xattr: see `host::virtiofsd_args`).
+        xattr: false,
         socket_path: Some(socket.to_path_buf()),
     }
 }

@@ -314,3 +314,35 @@ fn a_virtiofsd_that_does_not_start_is_a_clear_error() {
     let err = start(&tmp.path().join("no-virtiofsd"));
     assert!(err.contains("cannot start"), "{err}");
 }
+
+/// Containers' shares keep their files' extended attributes (file capabilities), as runc's
+/// rootfs does: virtiofsd runs with `--xattr`, which the installed one accepts.
+#[test]
+fn container_shares_run_virtiofsd_with_xattr() {
+    let args: Vec<String> =
+        super::host::virtiofsd_args(Path::new("/b/share"), Path::new("/s/fs.sock"))
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+    assert_eq!(
+        args[..4],
+        ["--shared-dir", "/b/share", "--socket-path", "/s/fs.sock"]
+    );
+    assert!(args.iter().any(|a| a == "--xattr"), "{args:?}");
+    assert!(
+        args.windows(2).any(|w| w == ["--sandbox", "namespace"]),
+        "{args:?}"
+    );
+    let Ok(binary) = super::host::find_virtiofsd() else {
+        eprintln!("skipped starting virtiofsd: none installed");
+        return;
+    };
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let prepared = prepare(&tmp.path().join("share"), &[]).unwrap();
+    let log = tmp.path().join("virtiofsd.log");
+    super::host::Virtiofsd::start(&binary, prepared, &log)
+        .unwrap_or_else(|e| panic!("virtiofsd --xattr: {e}"));
+}
