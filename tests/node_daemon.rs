@@ -18,6 +18,12 @@
 //! (never the template's, never its sibling's) and addresses, it fetches a file from the
 //! test's server through the bridge, and its data disk has the clone's size and takes
 //! writes.
+//!
+//! Their roots come over virtio-fs (issue #14): the flist unpacked once in the node's cache,
+//! each deployment's writes in its own upper layer. Each writes to its root and to a volume
+//! (a directory of the deployment shared over virtio-fs); the host reads hello's writes in
+//! its upper layer and volume; `again`, started while hello runs, does not see hello's write;
+//! the cache's tree is never written; deleting hello leaves no mount or virtiofsd behind.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -319,7 +325,7 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     // their addresses (eth0 from the kernel's ip=, eth1 from the agent).
     let shaped = |name: &str| {
         format!(
-            r#"{{"name":"{name}","flist":"{flist}","compute":{{"cpu":1,"memory":"256M"}},"disks":[{{"name":"data","size":"64M","mountpoint":"/data"}}],"network":{{"interfaces":[{{"network":"lan"}},{{"network":"lan"}}]}},"entrypoint":"/bin/sh -c 'echo NODE-MARKER-$MODE; grep -q \" /data ext4 \" /proc/mounts && echo DATA-MOUNTED-$(hostname); busybox ip -4 -o addr; d=$(grep \" /data \" /proc/mounts | cut -d\" \" -f1); echo DATA-SECTORS-$(cat /sys/class/block/${{d#/dev/}}/size)-END; echo clone > /data/f && echo DATA-WROTE-$(cat /data/f); echo MAC-$(cat /sys/class/net/eth0/address)-$(cat /sys/class/net/eth1/address)-END; wget -q -O /dev/null http://10.77.0.1:{port}/tiny.fl && echo GATEWAY-SERVED; echo NET-LISTED; while true; do sleep 1000; done'","env":{{"MODE":"{name}"}}}}"#
+            r#"{{"name":"{name}","flist":"{flist}","compute":{{"cpu":1,"memory":"256M"}},"disks":[{{"name":"data","size":"64M","mountpoint":"/data"}}],"volumes":[{{"name":"shared","mountpoint":"/shared"}}],"network":{{"interfaces":[{{"network":"lan"}},{{"network":"lan"}}]}},"entrypoint":"/bin/sh -c 'echo NODE-MARKER-$MODE; test -e /cow-note && echo SAW-COW; echo cow-$MODE > /cow-note; echo vol-$MODE > /shared/note; grep -q \" / virtiofs \" /proc/mounts && echo ROOT-VIRTIOFS; grep -q \" /data ext4 \" /proc/mounts && echo DATA-MOUNTED-$(hostname); busybox ip -4 -o addr; d=$(grep \" /data \" /proc/mounts | cut -d\" \" -f1); echo DATA-SECTORS-$(cat /sys/class/block/${{d#/dev/}}/size)-END; echo clone > /data/f && echo DATA-WROTE-$(cat /data/f); echo MAC-$(cat /sys/class/net/eth0/address)-$(cat /sys/class/net/eth1/address)-END; wget -q -O /dev/null http://10.77.0.1:{port}/tiny.fl && echo GATEWAY-SERVED; echo NET-LISTED; while true; do sleep 1000; done'","env":{{"MODE":"{name}"}}}}"#
         )
     };
     let hello = shaped("hello");
@@ -366,6 +372,26 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
         );
     }
     let hello_macs = check_clone(&state, "hello", tail);
+    // Its root's write is in its own upper layer, its volume's in its directory; the
+    // cache's tree of the flist is as it was.
+    assert!(
+        tail.contains("ROOT-VIRTIOFS") && !tail.contains("SAW-COW"),
+        "{tail}"
+    );
+    let hello_dir = state.join("vms/hello");
+    let read = |path: PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    assert_eq!(
+        read(hello_dir.join("work/rootfs/upper/cow-note")),
+        "cow-hello\n"
+    );
+    assert_eq!(read(hello_dir.join("volumes/shared/note")), "vol-hello\n");
+    let trees: Vec<PathBuf> = std::fs::read_dir(state.join("cache/trees"))
+        .expect("the flist's tree in the node's cache")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(trees.len(), 1, "{trees:?}");
+    assert!(trees[0].join("bin").is_dir() && !trees[0].join("cow-note").exists());
     let pid = v["pid"].as_u64().expect("pid");
     assert!(proc_alive(pid));
     // Its VMM runs jailed (issue #16), checked from the host: zvm's limits for 256 MiB.
@@ -383,11 +409,6 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
         ),
         Err(e) => panic!("the deployment's VMM is not jailed as it should be: {e}"),
     }
-    let (code, body) = request(&sock, "DELETE", "/deployments/hello", None);
-    assert_eq!(code, 200, "{body}");
-    assert!(!proc_alive(pid), "VM process {pid} still runs after DELETE");
-    assert!(!state.join("vms/hello").exists());
-    assert_eq!(request(&sock, "GET", "/deployments/hello", None).0, 404);
 
     // Deploy again (a second clone of the template), kill the daemon, start it again:
     // re-adopted, not duplicated.
@@ -410,6 +431,23 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     );
     let again_macs = check_clone(&state, "again", v["console_tail"].as_str().unwrap_or(""));
     assert_ne!(hello_macs, again_macs, "two clones share their MACs");
+    // Started while hello runs, of the same flist: none of hello's writes in its root.
+    let again_tail = v["console_tail"].as_str().unwrap_or("");
+    assert!(
+        again_tail.contains("ROOT-VIRTIOFS") && !again_tail.contains("SAW-COW"),
+        "{again_tail}"
+    );
+    let (code, body) = request(&sock, "DELETE", "/deployments/hello", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(!proc_alive(pid), "VM process {pid} still runs after DELETE");
+    assert!(!state.join("vms/hello").exists());
+    assert_eq!(request(&sock, "GET", "/deployments/hello", None).0, 404);
+    // Nothing of hello stays mounted or running (its overlay and volume were mounted in
+    // its virtiofsd's namespace alone).
+    let hello_path = hello_dir.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    assert!(!mounts.contains(&hello_path), "{mounts}");
+    assert!(!zvm_integration_tests::processes_mentioning(&hello_path));
     let pid = v["pid"].as_u64().expect("pid");
     daemon.kill();
     assert!(proc_alive(pid), "the VM died with the daemon");
