@@ -349,7 +349,9 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     let v = wait_for(
         &sock,
         "hello",
-        Duration::from_secs(60),
+        // A limit against hangs only: each command of the entrypoint execs from the root
+        // over virtio-fs, and a loaded PVM host takes minutes for the lot.
+        Duration::from_secs(300),
         "the disk and network checks",
         |v| {
             let tail = v["console_tail"].as_str().unwrap_or("");
