@@ -3,6 +3,7 @@
 //! error, filtered by one level, without tracing-subscriber's filter and formatting
 //! machinery (which would be most of the lean executable's resident code).
 
+use crate::log_output::level_colour;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use tracing::field::{Field, Visit};
@@ -31,16 +32,6 @@ pub fn init(level: &str) {
         colour: std::io::stderr().is_terminal(),
     };
     let _ = tracing::subscriber::set_global_default(log);
-}
-
-fn level_colour(level: Level) -> &'static str {
-    match level {
-        Level::ERROR => "\x1b[31m",
-        Level::WARN => "\x1b[33m",
-        Level::INFO => "\x1b[32m",
-        Level::DEBUG => "\x1b[34m",
-        Level::TRACE => "\x1b[35m",
-    }
 }
 
 /// Writes an event's fields as tracing-subscriber's default format does: the message,

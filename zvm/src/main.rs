@@ -8,6 +8,7 @@ mod container_vm;
 #[allow(dead_code)]
 mod handover;
 mod kernel;
+mod log_output;
 mod output_file;
 mod private_tmp;
 mod restore;

@@ -7,22 +7,14 @@
 #[allow(dead_code)]
 mod handover;
 mod lean_log;
+mod log_output;
 // zvm's modules the run needs; zvm uses the rest of them.
 #[allow(dead_code)]
 mod api {
     pub mod metrics;
     /// The one function of zvm's logger module the metrics writer uses.
     pub mod logger {
-        /// Opens `path` for appending, as zvm's logger does.
-        pub fn open_append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(path)
-        }
+        pub use crate::log_output::open_append;
     }
 }
 #[allow(dead_code)]

@@ -2,14 +2,15 @@
 //! file's `logger` section) moves it to a file or named pipe and sets its level, module
 //! filter and line prefixes, as Firecracker's logger does.
 
+use crate::log_output::level_colour;
+pub use crate::log_output::open_append;
 use api_server::model::{LogLevel, Logger};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
@@ -102,16 +103,6 @@ struct LineFormat {
     colour: Arc<AtomicBool>,
 }
 
-fn level_colour(level: Level) -> &'static str {
-    match level {
-        Level::ERROR => "\x1b[31m",
-        Level::WARN => "\x1b[33m",
-        Level::INFO => "\x1b[32m",
-        Level::DEBUG => "\x1b[34m",
-        Level::TRACE => "\x1b[35m",
-    }
-}
-
 impl<S, N> FormatEvent<S, N> for LineFormat
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -159,18 +150,6 @@ impl std::fmt::Debug for Logging {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Logging(level {}, module {:?})", self.level, self.module)
     }
-}
-
-/// Opens a log or metrics destination for appending without blocking: a regular file is
-/// created if missing; a named pipe is opened read-write so that opening never waits for a
-/// reader, and a full pipe drops lines instead of stalling zvm.
-pub fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
 }
 
 fn level_name(level: LogLevel) -> &'static str {
