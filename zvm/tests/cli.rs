@@ -568,3 +568,57 @@ fn malformed_jail_flags_are_refused_before_anything_runs() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn malformed_pit_root_volume_and_xattr_values_are_refused() {
+    let f = kernel_file(b"\x7fELF not really");
+    let k = f.path().to_str().expect("utf8");
+    let dir = tempfile::tempdir().expect("dir");
+    let share = format!("tag=data,path={},xattr=maybe", dir.path().display());
+    for (args, needle) in [
+        (
+            &["run", "--kernel", k, "--pit", "maybe"][..],
+            "invalid value 'maybe'",
+        ),
+        (
+            &["run", "--kernel", k, "--root-fs", "zfs"][..],
+            "use virtiofs or ext4",
+        ),
+        (
+            &["run", "--flist", "/nonexistent.fl", "--volume", "relative"][..],
+            "expected HOST_DIR:CONTAINER_PATH[:ro]",
+        ),
+        (
+            &["run", "--flist", "/nonexistent.fl", "--volume", "/tmp:rel"][..],
+            "both paths must be absolute",
+        ),
+        (
+            &["run", "--kernel", k, "--fs", &share][..],
+            "xattr must be on or off, not 'maybe'",
+        ),
+    ] {
+        let out = zvm(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "args {args:?}: {err}");
+        assert!(err.contains(needle), "args {args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn initramfs_uncompressed_is_a_plain_newc_archive() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("init"), b"#!/bin/sh\n").expect("write");
+    let out_path = dir.path().with_extension("cpio");
+    let out = zvm(&[
+        "initramfs",
+        "--uncompressed",
+        dir.path().to_str().expect("utf8"),
+        "-o",
+        out_path.to_str().expect("utf8"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(&out_path).expect("archive");
+    let _ = std::fs::remove_file(&out_path);
+    assert_eq!(&bytes[..6], b"070701", "newc magic, not gzip");
+}
