@@ -2,6 +2,8 @@
 //! to watch its output.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
