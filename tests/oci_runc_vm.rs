@@ -15,7 +15,8 @@
 //! bundle lacks /proc and /sys: made as runc makes them), a host directory bind-mounted
 //! read-write (the guest writes, the host reads), one read-only (the write fails, on the
 //! host side too) and a read-only bind-mounted file; the sandbox is jailed, its virtiofsd
-//! beside the jail.
+//! beside the jail. What the container writes to the read-write one just before it exits
+//! is on the host once `run` returns (the VM is stopped after the guest synced).
 
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ cat /ro/readme
 { echo x > /ro/x; } 2>/dev/null || echo ro-bind
 cat /etc/extra-hosts
 { echo x >> /etc/extra-hosts; } 2>/dev/null || echo ro-file
+seq 1 40000 > /rw/last-words
 exit 7
 "#;
 
@@ -199,6 +201,14 @@ fn installed_runc_runs_a_vm_relays_output_exit_status_and_runs_hooks() {
             .ok()
             .as_deref(),
         Some("from-guest\n"),
+        "{context}"
+    );
+    // What it wrote just before it exited too: the sandbox stops the VM as soon as the
+    // guest has synced, without waiting for it to power off, and nothing is lost.
+    let last_words = std::fs::read_to_string(rw_dir.join("last-words")).unwrap_or_default();
+    assert_eq!(
+        (last_words.lines().count(), last_words.lines().last()),
+        (40000, Some("40000")),
         "{context}"
     );
     assert!(!ro_dir.join("x").exists(), "{context}");

@@ -29,7 +29,8 @@ use std::io::{Read, Write};
 ///
 /// 2: [`RequestBody::Refresh`]. [`RequestBody::Network`] came later without a new
 /// version: an agent without it answers it with a "bad request" error, and only clones of
-/// a template (whose agent is this build's) are sent one.
+/// a template (whose agent is this build's) are sent one. [`RequestBody::Sync`] too: the
+/// host falls back to a power-off with a grace period when an agent refuses it.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Fewest entropy bytes a [`RequestBody::Refresh`] may carry: 256 bits, what Linux needs to

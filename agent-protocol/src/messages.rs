@@ -139,6 +139,14 @@ pub enum RequestBody {
     /// Syncs, unmounts and powers the VM off (a host-process agent just exits). Answer:
     /// [`ResponseBody::Done`], sent before the power-off.
     Shutdown,
+    /// Writes everything the guest holds for its file systems out (`sync(2)`): data the
+    /// container wrote to shares (virtio-fs) and disks has reached the host once the answer
+    /// comes, so the host may then stop the VM at once instead of waiting for it to power
+    /// off. A host-process agent (tests) changes nothing system-wide. Answer:
+    /// [`ResponseBody::Done`], sent after the sync. Added without a new version: an older
+    /// agent answers it with a "bad request" error, and the host then falls back to
+    /// [`RequestBody::Shutdown`] and a grace period.
+    Sync,
     /// Makes a VM restored from a snapshot its own: mixes `entropy` into the kernel's pool
     /// (credited) and reseeds the kernel's CRNG, sets the wall clock, and sets the host name
     /// when given. Valid with or without a container; the host sends it right after a restore,

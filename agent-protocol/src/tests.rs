@@ -87,6 +87,7 @@ fn all_requests() -> Vec<RequestBody> {
         RequestBody::State,
         RequestBody::Ps,
         RequestBody::Shutdown,
+        RequestBody::Sync,
         RequestBody::Refresh {
             entropy: Bytes((0..64).collect()),
             realtime_ns: 1_700_000_000_123_456_789,

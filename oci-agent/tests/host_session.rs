@@ -118,6 +118,30 @@ fn refresh_is_checked_but_not_applied_by_a_host_process() {
 }
 
 #[test]
+fn sync_is_answered_after_the_sync_and_the_agent_serves_on() {
+    require_namespaces!();
+    let mut a = Agent::start();
+    // Without a container, and with one that has exited: the host sends it before it stops
+    // the VM.
+    assert_eq!(a.request(RequestBody::Sync), Ok(ResponseBody::Done));
+    a.create(spec("synced", |v| sh(v, "echo out; exit 3")), false)
+        .unwrap();
+    a.request(RequestBody::Start).unwrap();
+    let outcome = a.wait(INIT_STREAM);
+    assert_eq!(outcome.status, Some(ExitStatus::exited(3)));
+    assert_eq!(outcome.stdout, "out\n");
+    assert_eq!(a.request(RequestBody::Sync), Ok(ResponseBody::Done));
+    assert!(matches!(
+        a.request(RequestBody::State),
+        Ok(ResponseBody::State {
+            status: ContainerStatus::Stopped,
+            ..
+        })
+    ));
+    a.shutdown();
+}
+
+#[test]
 fn exits_while_no_host_is_connected_reach_the_next_host() {
     require_namespaces!();
     let mut a = Agent::start_with(&["--keep-listening"]);

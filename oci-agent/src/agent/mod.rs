@@ -471,6 +471,17 @@ impl<T: Transport> Agent<T> {
                 pids: self.container()?.pids(),
             }),
             RequestBody::Shutdown => Ok(ResponseBody::Done),
+            RequestBody::Sync => {
+                if self.cfg.in_vm {
+                    let start = std::time::Instant::now();
+                    // SAFETY: sync(2) has no preconditions.
+                    unsafe { libc::sync() };
+                    tracing::debug!("synced in {:?}", start.elapsed());
+                } else {
+                    tracing::debug!("sync: nothing to do (host process)");
+                }
+                Ok(ResponseBody::Done)
+            }
             RequestBody::Refresh {
                 entropy,
                 realtime_ns,

@@ -83,6 +83,7 @@ pub(crate) fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::State => "State",
         RequestBody::Ps => "Ps",
         RequestBody::Shutdown => "Shutdown",
+        RequestBody::Sync => "Sync",
         RequestBody::Refresh { .. } => "Refresh",
         RequestBody::Network { .. } => "Network",
     }

@@ -10,6 +10,7 @@ use super::server::{self, Shared, AGENT_TIMEOUT};
 use super::share::sandbox::ContainerShare;
 use super::share::RootfsMode;
 use super::stdio::{pump, OutputSink};
+use super::vm_guard::{end_exited_vm, watch_vm};
 use super::vmconfig::{vm_size, VmFiles, ROOTFS_DEVICE};
 use super::vmstart::{restore_checkpoint, start_vm, vm_hostname};
 use super::{disk, pty, unix, SandboxConfig, SandboxError};
@@ -24,21 +25,15 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vmm::vm::StopHandle;
 
 /// How long the agent has to start listening (boots take 50-60 s here, several minutes
 /// when the machine is busy).
 pub(crate) const AGENT_DEADLINE: Duration = Duration::from_secs(360);
 /// How long the agent has to create the container.
 pub(crate) const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a VM may take to end by itself after the agent acknowledged Shutdown before the
-/// sandbox stops it. Short on purpose: the guest's clean reboot (unmount, sync, reset) takes
-/// about 8 s here, and nothing is lost by cutting it (the VM's disks are scratch copies made
-/// for this container), while `run` and `wait` wait for the sandbox process to exit.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// What the sandbox's main loop waits for.
 #[derive(Debug)]
@@ -119,46 +114,6 @@ impl Notes {
         if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             let _ = writeln!(f, "[{:8.3}] {msg}", self.start.elapsed().as_secs_f64());
         }
-    }
-}
-
-/// Stops the VM when dropped, unless it ended already; waits for its threads.
-struct VmGuard {
-    stop: StopHandle,
-    done: Receiver<()>,
-    ended: Arc<Mutex<Option<String>>>,
-}
-
-impl VmGuard {
-    fn ended(&self) -> Option<String> {
-        self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Waits up to `grace` for the VM to end by itself, then stops it; says which.
-    fn finish(&self, grace: Duration) -> String {
-        let start = Instant::now();
-        if self.ended().is_none() && self.done.recv_timeout(grace).is_err() {
-            self.stop_now();
-            return format!("VM stopped: it did not end by itself within {grace:?}");
-        }
-        format!(
-            "VM ended by itself after {:.1} s: {}",
-            start.elapsed().as_secs_f64(),
-            self.ended().unwrap_or_default()
-        )
-    }
-
-    fn stop_now(&self) {
-        if self.ended().is_none() {
-            let _ = self.stop.request_stop();
-            let _ = self.done.recv_timeout(Duration::from_secs(10));
-        }
-    }
-}
-
-impl Drop for VmGuard {
-    fn drop(&mut self) {
-        self.stop_now();
     }
 }
 
@@ -355,41 +310,13 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     shared.set_phase(SandboxStatus::Stopped { exit });
     notes.note(&format!("container exited: {exit}"));
     if outcome.is_ok() && !shared.vm_killed.load(Ordering::Acquire) {
-        if let Err(e) = agent.request_done(RequestBody::Shutdown, Duration::from_secs(30)) {
-            notes.note(&format!("shutdown: {e}"));
-        }
-        notes.note(&guard.finish(SHUTDOWN_GRACE));
+        notes.note(&end_exited_vm(&agent, &guard));
     }
     drop(guard);
     let _ = std::fs::remove_file(dir.join(CONTROL_SOCKET));
     let _ = std::fs::remove_file(dir.join(VSOCK_SOCKET));
     notes.note(&format!("exiting with {exit}"));
     Ok((exit & 0xff) as u8)
-}
-
-/// Waits for the VM on its own thread: the main loop hears when it ends.
-fn watch_vm(vm: vmm::RunningVm, tx: Sender<MainEvent>) -> Result<VmGuard, SandboxError> {
-    let stop = vm
-        .stop_handle()
-        .map_err(SandboxError::io("get the VM's stop handle"))?;
-    let ended = Arc::new(Mutex::new(None));
-    let (done_tx, done) = mpsc::sync_channel(1);
-    let flag = ended.clone();
-    std::thread::Builder::new()
-        .name("zvm_vm_wait".into())
-        .spawn(move || {
-            let outcome = vm.wait();
-            let how = format!("{outcome:?}");
-            *flag.lock().unwrap_or_else(|p| p.into_inner()) = Some(how.clone());
-            let event = match outcome {
-                vmm::VmOutcome::Poweroff => MainEvent::VmPoweredOff,
-                _ => MainEvent::VmEnded(how),
-            };
-            let _ = tx.send(event);
-            let _ = done_tx.send(());
-        })
-        .map_err(SandboxError::io("start the VM watcher"))?;
-    Ok(VmGuard { stop, done, ended })
 }
 
 /// The container's terminal when `terminal` and a console socket are given: a new pty

@@ -44,6 +44,7 @@ mod stdio;
 pub mod template;
 mod unix;
 mod vmconfig;
+mod vm_guard;
 mod vmstart;
 
 #[cfg(test)]
