@@ -10,10 +10,11 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::fdio::{self, pipe, set_nonblocking};
 use crate::plan::{ContainerPlan, NamespacePlan, ProcessPlan};
-use crate::setup::{apply_process, setup_container, SetupContext};
+use crate::setup::{apply_process, setup_container_marked, SetupContext};
 use crate::sys::{check, LinuxSys, Sys};
 
 /// Why a process could not be created.
@@ -210,7 +211,8 @@ fn run_child(
 }
 
 enum Report {
-    Ready,
+    /// Ready to exec, with the child's step times (text, for the agent's log).
+    Ready(String),
     Failed(String),
     Eof,
 }
@@ -220,9 +222,40 @@ fn read_report(fd: &OwnedFd) -> io::Result<Report> {
     let n = fdio::read(fd.as_raw_fd(), &mut buf)?;
     Ok(match n {
         0 => Report::Eof,
-        _ if buf[0] == b'R' => Report::Ready,
+        _ if buf[0] == b'R' => Report::Ready(String::from_utf8_lossy(&buf[1..n]).into_owned()),
         _ => Report::Failed(String::from_utf8_lossy(&buf[1..n]).into_owned()),
     })
+}
+
+/// Times a child's setup steps against the agent's clock (`CLOCK_MONOTONIC`, which the
+/// child shares), from an instant taken before the clone.
+struct StepTimes {
+    since: Instant,
+    text: String,
+}
+
+impl StepTimes {
+    fn new(since: Instant) -> StepTimes {
+        StepTimes {
+            since,
+            text: String::new(),
+        }
+    }
+
+    /// Records that `step` ended now.
+    fn mark(&mut self, step: &str) {
+        use std::fmt::Write;
+        let sep = if self.text.is_empty() { "" } else { ", " };
+        let _ = write!(self.text, "{sep}{step} {:?}", self.since.elapsed());
+    }
+
+    /// The `R` report: ready, then the step times (short enough for one atomic write).
+    fn ready_report(&self) -> Vec<u8> {
+        let mut report = Vec::with_capacity(self.text.len() + 1);
+        report.push(b'R');
+        report.extend_from_slice(&self.text.as_bytes()[..self.text.len().min(1000)]);
+        report
+    }
 }
 
 /// Blocks until `pid` is gone (it is exiting after a failed setup).
@@ -252,16 +285,21 @@ pub fn spawn_init(
         console,
         spare_netns,
     };
+    let before_clone = Instant::now();
     let pid = clone_fork(flags).map_err(io_err("clone the container process"))?;
     if pid == 0 {
         // The parent's ends are close-on-exec; closing them here would only cost system calls.
         let (report, start) = (report_w.as_raw_fd(), start_r.as_raw_fd());
         run_child(report, &plan.process.args, &plan.process.env, || {
+            let mut times = StepTimes::new(before_clone);
+            times.mark("cloned");
             child_stdio(&ends).map_err(|e| format!("set up stdio: {e}"))?;
             // The originals are close-on-exec: no need to spend system calls closing them.
             std::mem::forget(ends);
-            let exe = setup_container(&mut LinuxSys, plan, &ctx).map_err(|e| e.to_string())?;
-            fdio::write_all(report, b"R").map_err(|e| e.to_string())?;
+            let exe =
+                setup_container_marked(&mut LinuxSys, plan, &ctx, &mut |step| times.mark(step))
+                    .map_err(|e| e.to_string())?;
+            fdio::write_all(report, &times.ready_report()).map_err(|e| e.to_string())?;
             let mut b = [0u8; 1];
             match fdio::read(start, &mut b) {
                 Ok(1) => Ok(exe),
@@ -271,6 +309,7 @@ pub fn spawn_init(
             }
         });
     }
+    let clone_returned = before_clone.elapsed();
     drop((ends, report_w, start_r));
     if let Some(score) = plan.process.oom_score_adj {
         let _ = LinuxSys.write_file(
@@ -279,11 +318,18 @@ pub fn spawn_init(
         );
     }
     match read_report(&report_r) {
-        Ok(Report::Ready) => Ok(ParkedInit {
-            spawned: Spawned { pid, io },
-            start: start_w,
-            report: report_r,
-        }),
+        Ok(Report::Ready(times)) => {
+            tracing::debug!(
+                "init process: clone returned after {clone_returned:?}; in the child: {times}; \
+                 parked, seen after {:?}",
+                before_clone.elapsed()
+            );
+            Ok(ParkedInit {
+                spawned: Spawned { pid, io },
+                start: start_w,
+                report: report_r,
+            })
+        }
         Ok(Report::Failed(msg)) => {
             reap(pid);
             Err(SpawnError::Child(msg))
@@ -299,14 +345,21 @@ impl ParkedInit {
     /// Lets the process exec; returns once execve succeeded or with its error (the process then
     /// exits with 127 and is reaped by the caller's loop).
     pub fn start(self) -> Result<Spawned, (Spawned, String)> {
+        let released = Instant::now();
         if let Err(e) = fdio::write_all(self.start.as_raw_fd(), b"S") {
             return Err((self.spawned, format!("release the container process: {e}")));
         }
         drop(self.start);
         match read_report(&self.report) {
-            Ok(Report::Eof) => Ok(self.spawned),
+            Ok(Report::Eof) => {
+                tracing::debug!(
+                    "init process exec'd {:?} after its release",
+                    released.elapsed()
+                );
+                Ok(self.spawned)
+            }
             Ok(Report::Failed(msg)) => Err((self.spawned, msg)),
-            Ok(Report::Ready) => Err((
+            Ok(Report::Ready(_)) => Err((
                 self.spawned,
                 "unexpected report from the container process".into(),
             )),
@@ -396,7 +449,7 @@ pub fn spawn_exec(
             reap(pid);
             Err(SpawnError::Child(msg))
         }
-        Ok(Report::Ready) | Err(_) => {
+        Ok(Report::Ready(_)) | Err(_) => {
             reap(pid);
             Err(SpawnError::Died)
         }

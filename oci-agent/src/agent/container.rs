@@ -157,6 +157,8 @@ pub struct Container {
     pub init_exit: Option<ExitStatus>,
     /// Exec ids used so far.
     pub exec_ids: Vec<String>,
+    /// When Start released the init process (for the log's timings).
+    pub started_at: Option<std::time::Instant>,
 }
 
 impl Container {
@@ -232,6 +234,7 @@ impl Container {
                 procs: Vec::new(),
                 init_exit: None,
                 exec_ids: Vec::new(),
+                started_at: None,
             }),
             Err(e) => {
                 if let Some(d) = &cgroup_dir {
@@ -249,6 +252,7 @@ impl Container {
             return Err(format!("container is {}, not created", self.status));
         };
         self.status = ContainerStatus::Running;
+        self.started_at = Some(std::time::Instant::now());
         match parked.start() {
             Ok(s) => {
                 self.procs.push(Proc::new(INIT_STREAM, s)?);
@@ -412,7 +416,8 @@ impl Container {
             return;
         }
         if pid == self.init_pid {
-            tracing::info!("container init {pid} ended: {status:?}");
+            let since_start = self.started_at.map(|t| t.elapsed());
+            tracing::info!("container init {pid} ended: {status:?} ({since_start:?} after Start)");
             self.status = ContainerStatus::Stopped;
             self.init_exit = Some(status);
         }

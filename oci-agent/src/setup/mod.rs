@@ -378,9 +378,26 @@ pub fn setup_container<S: Sys>(
     plan: &ContainerPlan,
     ctx: &SetupContext,
 ) -> Result<std::ffi::CString, SetupError> {
+    setup_container_marked(sys, plan, ctx, &mut |_| {})
+}
+
+/// [`setup_container`], calling `mark` with each step's name as it completes (the agent
+/// times the steps with it).
+pub fn setup_container_marked<S: Sys>(
+    sys: &mut S,
+    plan: &ContainerPlan,
+    ctx: &SetupContext,
+    mark: &mut dyn FnMut(&'static str),
+) -> Result<std::ffi::CString, SetupError> {
     enter_namespaces(sys, plan, ctx)?;
+    mark("namespaces");
     prepare_rootfs(sys, plan, ctx)?;
+    mark("mounts");
     enter_rootfs(sys, plan)?;
+    mark("pivot_root");
     finish_rootfs(sys, plan)?;
-    apply_process(sys, &plan.process)
+    mark("masks");
+    let exe = apply_process(sys, &plan.process)?;
+    mark("process");
+    Ok(exe)
 }

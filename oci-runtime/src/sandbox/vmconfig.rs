@@ -207,9 +207,31 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
     }
 }
 
-/// The kernel command line of a container VM.
+/// The kernel command line of a container VM. With [`AGENT_LOG_ENV`] set (to a plain
+/// tracing filter such as `debug`), the guest agent logs at that level on the VM's console
+/// (the kernel hands `NAME=value` words to init as its environment); the line is part of
+/// the template key, so such VMs get their own template.
 pub(crate) fn container_boot_args() -> String {
-    format!("{DEFAULT_BOOT_ARGS} {AGENT_BOOT_ARGS}")
+    let base = format!("{DEFAULT_BOOT_ARGS} {AGENT_BOOT_ARGS}");
+    match std::env::var(AGENT_LOG_ENV)
+        .ok()
+        .and_then(|v| agent_log_word(&v))
+    {
+        Some(word) => format!("{base} {word}"),
+        None => base,
+    }
+}
+
+/// Host environment variable that sets the guest agent's log filter (`ZVM_AGENT_LOG`, the
+/// variable the agent reads).
+pub const AGENT_LOG_ENV: &str = "ZVM_AGENT_LOG";
+
+/// The kernel command-line word `ZVM_AGENT_LOG=<filter>`, when `filter` is short and holds
+/// nothing that could split or quote the line (else none: the agent logs at info).
+fn agent_log_word(filter: &str) -> Option<String> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_,=:.".contains(c);
+    (!filter.is_empty() && filter.len() <= 64 && filter.chars().all(plain))
+        .then(|| format!("{AGENT_LOG_ENV}={filter}"))
 }
 
 /// The guest device the rootfs image appears as (the agent's disk is `/dev/vda`).
@@ -221,6 +243,21 @@ pub const AGENT_BOOT_ARGS: &str = "rootfstype=ext4 init=/init";
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agents_log_filter_reaches_the_command_line_only_when_plain() {
+        assert_eq!(
+            agent_log_word("debug").as_deref(),
+            Some("ZVM_AGENT_LOG=debug")
+        );
+        assert_eq!(
+            agent_log_word("info,oci_agent=debug").as_deref(),
+            Some("ZVM_AGENT_LOG=info,oci_agent=debug")
+        );
+        for hostile in ["", "debug init=/bin/sh", "a\"b", "x\ny", &"d".repeat(65)] {
+            assert_eq!(agent_log_word(hostile), None, "{hostile:?}");
+        }
+    }
     use oci_spec::runtime::{
         LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, SpecBuilder,
     };
