@@ -59,6 +59,11 @@ pub struct ServeArgs {
     /// Flist cache directory (default: <state-dir>/cache).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// The most the cache's unpacked flist trees (the roots over virtio-fs) take, e.g.
+    /// 20G; trees no VM uses are evicted, least recently used first (default:
+    /// $ZVM_TREE_CACHE_SIZE, else 20 GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_tree_cache_size)]
+    pub tree_cache_size: Option<u64>,
     /// Memory kept for the node itself, e.g. 1G (default: a tenth of the host, >= 256M).
     #[arg(long, value_parser = parse_size)]
     pub reserved_memory: Option<ByteSize>,
@@ -98,6 +103,11 @@ pub fn default_deployment_shape() -> TemplateShape {
             memory_mib: DEFAULT_MEMORY_MIB,
         })
     }
+}
+
+/// Parses `--tree-cache-size` (at least 1 MiB).
+fn parse_tree_cache_size(text: &str) -> Result<u64, String> {
+    crate::flist_vm::tree_cache::parse_limit(text).map_err(|e| e.to_string())
 }
 
 /// Parses a `--prepare-shape` (see [`ServeArgs::prepare_shapes`]).
@@ -189,8 +199,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         .cache_dir
         .clone()
         .unwrap_or_else(|| state_dir.join("cache"));
-    // The deployments' `zvm run` processes inherit the template settings; set before any
-    // thread starts.
+    // The deployments' `zvm run` processes inherit the template and tree cache settings;
+    // set before any thread starts.
+    if let Some(size) = args.tree_cache_size {
+        std::env::set_var(crate::flist_vm::tree_cache::LIMIT_ENV, size.to_string());
+    }
     if args.templates == "off" {
         std::env::set_var(oci_runtime::sandbox::template::TEMPLATES_ENV, "off");
     } else if std::env::var_os(oci_runtime::sandbox::template::TEMPLATE_DIR_ENV).is_none() {

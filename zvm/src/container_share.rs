@@ -10,7 +10,8 @@ use oci_runtime::sandbox::ROOTFS_DEVICE;
 use std::fs::File;
 use std::path::Path;
 use vmm::VmResources;
-use zos_boot::flist_vm::container::ContainerBoot;
+use zos_boot::flist_vm::container::{mount_image_volumes, ContainerBoot, MountedVolume};
+use zos_boot::flist_vm::tree_cache::TreeLease;
 
 /// The share's directory in the work directory (placeholders only: the mounts are
 /// virtiofsd's alone).
@@ -28,25 +29,30 @@ pub struct AgentView {
     pub tag: Option<String>,
 }
 
-/// The share's virtiofsd and the lock on the root's upper directory, kept for the VM's
-/// life: dropping this (in the process that started it) stops virtiofsd, and with it the
-/// overlay and the volumes' mounts, which only its mount namespace had.
+/// The share's virtiofsd, the lock on the root's store, the lease on its cached tree and
+/// the image volumes' stores, kept for the VM's life: dropping this (in the process that
+/// started it) stops virtiofsd, and with it the overlay and the volumes' mounts, which only
+/// its mount namespace had, and lets the tree be evicted.
 pub struct ShareGuard {
     _daemon: Virtiofsd,
     _lock: Option<File>,
+    _lease: Option<TreeLease>,
+    _volumes: Vec<MountedVolume>,
 }
 
 /// Plans the container's share from `spec` (its volumes are bind mounts of host
-/// directories) and `boot`'s overlay; when there is anything to share, makes the
-/// overlay, starts virtiofsd (`virtiofsd`, or found as for `--fs`) with its files in
+/// directories, or of image volumes' stores, mounted here) and `boot`'s overlay (its writes
+/// in the root's store); when there is anything to share, makes the overlay, starts
+/// virtiofsd (`virtiofsd`, or found as for `--fs`) with its files in
 /// `work_dir`, and adds the share's device to `resources`.
 pub fn start(
     boot: &ContainerBoot,
-    spec: oci_spec::runtime::Spec,
+    mut spec: oci_spec::runtime::Spec,
     work_dir: &Path,
     virtiofsd: Option<&Path>,
     resources: &mut VmResources,
 ) -> Result<(AgentView, Option<ShareGuard>), String> {
+    let volumes = mount_image_volumes(&mut spec).map_err(|e| e.to_string())?;
     let plan = plan_share(&spec, Path::new("/"), None);
     let block = agent_protocol::Rootfs::BlockDevice {
         device: ROOTFS_DEVICE.into(),
@@ -63,12 +69,9 @@ pub fn start(
     }
     let binary = crate::virtiofs::find_virtiofsd(virtiofsd).map_err(|e| e.to_string())?;
     let (lock, tree) = match overlay {
-        Some(dirs) => {
-            let lock = dirs.lock().map_err(|e| e.to_string())?;
-            (
-                Some(lock),
-                Some(dirs.mount_detached().map_err(|e| e.to_string())?),
-            )
+        Some(root) => {
+            let (lock, tree) = root.mount().map_err(|e| e.to_string())?;
+            (Some(lock), Some(tree))
         }
         None => (None, None),
     };
@@ -79,7 +82,7 @@ pub fn start(
     tracing::info!(
         "share {SHARE_TAG}: root {}, {} volumes, virtiofsd pid {}",
         if overlay.is_some() {
-            "over virtio-fs (copy-on-write)"
+            "over virtio-fs (copy-on-write, bounded store)"
         } else {
             "on ext4"
         },
@@ -107,6 +110,8 @@ pub fn start(
         Some(ShareGuard {
             _daemon: daemon,
             _lock: lock,
+            _lease: overlay.map(|root| root.lease.clone()),
+            _volumes: volumes,
         }),
     ))
 }

@@ -23,7 +23,7 @@ pub struct ContainerBoot {
     /// comes over virtio-fs (`rootfs_overlay`).
     pub rootfs_image: PathBuf,
     /// The copy-on-write layers of a root over virtio-fs ([`super::cow_root`]).
-    pub rootfs_overlay: Option<oci_runtime::sandbox::share::overlay::OverlayDirs>,
+    pub rootfs_overlay: Option<super::cow_root::CowRoot>,
     /// The VM's vsock socket, through which zvm drives the agent.
     pub vsock_uds: PathBuf,
     /// The container's process: arguments, environment, working directory, user.
@@ -42,32 +42,50 @@ pub struct DiskMount {
 }
 
 /// A host directory the container sees at `mountpoint`, over the VM's virtio-fs share
-/// (Zero-OS's volumes; `zvm run --volume`).
+/// (Zero-OS's volumes; `zvm run --volume`). A directory is the user's own, unbounded; an
+/// `image` volume is a bounded store ([`super::bounded_store`]: the node's volumes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeMount {
-    /// The host directory (absolute).
+    /// The host directory, or the store's image file (absolute).
     pub source: PathBuf,
     /// Absolute path in the container.
     pub mountpoint: String,
     /// Read-only, on the host side too.
     pub read_only: bool,
+    /// `source` is an ext4 image the VM mounts (detached, for virtiofsd only).
+    pub image: bool,
 }
+
+/// The mount option [`add_volumes`] marks an image volume's bind mount with, until
+/// [`mount_image_volumes`] replaces its source by the mounted store.
+pub const IMAGE_OPTION: &str = "x-zvm-image";
 
 impl std::str::FromStr for VolumeMount {
     type Err = String;
 
-    /// `HOST_DIR:CONTAINER_PATH[:ro|:rw]`, both absolute.
+    /// `HOST:CONTAINER_PATH[:ro|:rw][:image]`, both absolute; with `image`, HOST is an ext4
+    /// image (a bounded store) rather than a directory.
     fn from_str(text: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("invalid volume '{text}': {why}");
         let mut parts = text.split(':');
         let (Some(source), Some(mountpoint)) = (parts.next(), parts.next()) else {
             return Err(bad("expected HOST_DIR:CONTAINER_PATH[:ro]"));
         };
-        let read_only = match parts.next() {
-            None | Some("rw") => false,
-            Some("ro") => true,
-            Some(other) => return Err(bad(&format!("`{other}` is neither ro nor rw"))),
-        };
+        let (mut read_only, mut image, mut access_given) = (false, false, false);
+        for flag in parts.by_ref().take(2) {
+            match flag {
+                "rw" | "ro" if !access_given => {
+                    read_only = flag == "ro";
+                    access_given = true;
+                }
+                "image" if !image => image = true,
+                other => {
+                    return Err(bad(&format!(
+                        "`{other}` is not ro, rw or image (each at most once)"
+                    )))
+                }
+            }
+        }
         if parts.next().is_some() {
             return Err(bad("too many ':'"));
         }
@@ -81,6 +99,7 @@ impl std::str::FromStr for VolumeMount {
             source: PathBuf::from(source),
             mountpoint: mountpoint.to_string(),
             read_only,
+            image,
         })
     }
 }
@@ -95,10 +114,51 @@ pub fn add_volumes(spec: &mut Spec, volumes: &[VolumeMount]) {
         mount.set_typ(Some("bind".into()));
         mount.set_source(Some(v.source.clone()));
         let access = if v.read_only { "ro" } else { "rw" };
-        mount.set_options(Some(vec!["rbind".into(), access.into(), "nodev".into()]));
+        let mut options = vec!["rbind".into(), access.into(), "nodev".into()];
+        if v.image {
+            options.push(IMAGE_OPTION.into());
+        }
+        mount.set_options(Some(options));
         all.push(mount);
     }
     spec.set_mounts(Some(all));
+}
+
+/// A mounted image volume, kept for the VM's life: the store's lock and its detached mount.
+#[derive(Debug)]
+pub struct MountedVolume {
+    _lock: std::fs::File,
+    _mount: std::os::fd::OwnedFd,
+}
+
+/// Mounts every image volume of `spec` ([`IMAGE_OPTION`]): takes its store for this VM,
+/// mounts it detached and makes the bind mount's source the mount
+/// ([`super::bounded_store::proc_path`]), which the share then carries like a directory.
+/// Keep what it returns until the share's virtiofsd runs (or the VM ends).
+pub fn mount_image_volumes(spec: &mut Spec) -> Result<Vec<MountedVolume>, FlistVmError> {
+    let Some(mut mounts) = spec.mounts().clone() else {
+        return Ok(Vec::new());
+    };
+    let mut mounted = Vec::new();
+    for m in &mut mounts {
+        let mut options = m.options().clone().unwrap_or_default();
+        let Some(at) = options.iter().position(|o| o == IMAGE_OPTION) else {
+            continue;
+        };
+        let source = m.source().clone().unwrap_or_default();
+        let store = super::bounded_store::StoreImage::open(&source)?;
+        let lock = store.lock()?;
+        let mount = store.mount_detached()?;
+        m.set_source(Some(super::bounded_store::proc_path(&mount)));
+        options.remove(at);
+        m.set_options(Some(options));
+        mounted.push(MountedVolume {
+            _lock: lock,
+            _mount: mount,
+        });
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(mounted)
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FlistVmError + '_ {
@@ -287,12 +347,20 @@ mod tests {
             (v.source.as_path(), v.mountpoint.as_str(), v.read_only),
             (Path::new("/srv/v"), "/data", true)
         );
+        let i: VolumeMount = "/v/x.ext4:/data:image".parse().unwrap();
+        assert!(i.image && !i.read_only);
+        let i: VolumeMount = "/v/x.ext4:/data:ro:image".parse().unwrap();
+        assert!(i.image && i.read_only);
+        assert!(!v.image);
         for bad in [
             "/a",
             "a:/b",
             "/a:b",
             "/a:/b:rx",
             "/a:/b:ro:x",
+            "/a:/b:ro:rw",
+            "/a:/b:image:image",
+            "/a:/b:ro:image:x",
             "/a:/",
             "/a:/x/../y",
         ] {

@@ -3,18 +3,24 @@
 //! The flist's tree is unpacked ONCE into the cache, `<cache>/trees/<sha256 of the .fl>/`,
 //! and never written again: every VM (deployment, `zvm run`) of that flist has it as the
 //! read-only lower layer of an overlayfs whose upper layer is the VM's own
-//! `<work>/rootfs/upper` ([`oci_runtime::sandbox::share::overlay`]). The VM process makes
+//! `rootfs/upper` in its own store, `<work>/rootfs/store.ext4`, an ext4 image of the root's
+//! size that bounds what the VM can write ([`super::bounded_store`];
+//! [`oci_runtime::sandbox::share::overlay`]). The cache itself is bounded too: unused trees
+//! are evicted least recently used first ([`super::tree_cache`]). The VM process makes
 //! the overlay as a detached mount and virtiofsd, in its own mount namespace, serves it as
 //! the container's share's `rootfs` entry: the host's mount table never has it, and it is
 //! gone when virtiofsd is (the VM ended, crashed or was killed). The VM's writes stay in
 //! its work directory for its life (a restart finds them) and go with it; two VMs of one
 //! flist never see each other's writes.
 
+use super::bounded_store::{self, RootAttrs, StoreImage};
+use super::tree_cache::{self, TreeLease};
 use super::FlistVmError;
 use flist_fetcher::meta::Reader;
 use flist_fetcher::tree::Tree;
 use oci_runtime::sandbox::share::overlay::OverlayDirs;
 use sha2::{Digest, Sha256};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 /// Where a container's root file system comes from.
@@ -52,6 +58,8 @@ impl std::fmt::Display for RootFs {
 
 /// The directory of a VM's own layers in its work directory.
 pub const ROOTFS_LAYERS: &str = "rootfs";
+/// The store of the VM's writes to its root, in [`ROOTFS_LAYERS`].
+pub const ROOT_STORE: &str = "store.ext4";
 /// The VM's second disk when its root comes over virtio-fs: empty, unused by the agent
 /// (the VM keeps the shape its template has).
 pub const ROOTFS_PLACEHOLDER: &str = "rootfs.placeholder";
@@ -71,65 +79,90 @@ pub fn tree_dir(fl: &Path, cache_dir: &Path) -> Result<PathBuf, FlistVmError> {
     Ok(cache_dir.join("trees").join(hex))
 }
 
-/// Makes sure the cache holds the unpacked tree of `fl` (loaded as `tree`): unpacked into
-/// a staging directory and renamed into place whole, so that a tree in place is always
-/// complete, and another process unpacking the same flist at the same time loses nothing.
+/// Makes sure the cache holds the unpacked tree of `fl` (loaded as `tree`) and returns a
+/// lease on it ([`super::tree_cache`]: unpacked into a staging directory and renamed into
+/// place whole, after unused trees were evicted to keep the cache within its size).
 pub fn lower_tree(
     fl: &Path,
     reader: &Reader,
     tree: &Tree,
     cache_dir: &Path,
     unpack: &flist_fetcher::UnpackOptions,
-) -> Result<PathBuf, FlistVmError> {
+) -> Result<TreeLease, FlistVmError> {
     let target = tree_dir(fl, cache_dir)?;
-    if target.is_dir() {
-        return Ok(target);
-    }
-    let trees = target.parent().unwrap_or(cache_dir).to_path_buf();
-    std::fs::create_dir_all(&trees).map_err(io(&trees))?;
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let staging = trees.join(format!(".{name}.{}.staging", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    tracing::info!(tree = %target.display(), "unpacking the container flist into the cache");
-    let unpacked = flist_fetcher::unpack::unpack_tree(
-        tree,
-        &super::cache(unpack)?,
-        &super::router(reader)?,
-        &staging,
-        unpack,
-    );
-    if let Err(e) = unpacked {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(FlistVmError::Flist {
-            flist: fl.display().to_string(),
-            source: Box::new(e.into()),
-        });
-    }
-    if let Err(e) = std::fs::rename(&staging, &target) {
-        let _ = std::fs::remove_dir_all(&staging);
-        // Another process put the same tree in place first.
-        if !target.is_dir() {
-            return Err(io(&target)(e));
-        }
-    }
-    Ok(target)
+    let limit = tree_cache::limit()?;
+    let entries = u64::try_from(tree.entries.len()).unwrap_or(u64::MAX);
+    let lease = tree_cache::ensure_tree(&target, tree.total_size(), entries, limit, |staging| {
+        tracing::info!(tree = %target.display(), "unpacking the container flist into the cache");
+        let _ = std::fs::remove_dir_all(staging);
+        let unpacked = flist_fetcher::unpack::unpack_tree(
+            tree,
+            &super::cache(unpack).map_err(|e| e.to_string())?,
+            &super::router(reader).map_err(|e| e.to_string())?,
+            staging,
+            unpack,
+        );
+        unpacked
+            .map(|_| ())
+            .map_err(|e| format!("flist `{}`: {e}", fl.display()))
+    })?;
+    Ok(lease)
 }
 
-/// The VM's layers over `lower` in `work_dir` (made if missing, kept if there), and its
-/// placeholder second disk.
-pub fn vm_layers(lower: &Path, work_dir: &Path) -> Result<(OverlayDirs, PathBuf), FlistVmError> {
+/// A container's root over virtio-fs: the cache's tree (leased for the VM's life: it is not
+/// evicted while the VM runs) under the VM's writes, which go to a store of their own of a
+/// fixed size ([`super::bounded_store`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CowRoot {
+    /// The cache's tree, the overlay's lower layer.
+    pub lower: PathBuf,
+    /// The store of the VM's writes (`<work>/rootfs/store.ext4`).
+    pub store: StoreImage,
+    /// The lease on `lower`.
+    pub lease: TreeLease,
+}
+
+impl CowRoot {
+    /// Takes the store for this VM (a lock held while the returned file is open), mounts
+    /// it detached, makes the overlay's upper and work directories in it (kept if there:
+    /// a restarted VM finds its writes) and returns the overlay as a detached mount.
+    pub fn mount(&self) -> Result<(std::fs::File, OwnedFd), FlistVmError> {
+        let lock = self.store.lock()?;
+        let store = self.store.mount_detached()?;
+        let dirs = OverlayDirs::in_dir(&self.lower, &bounded_store::proc_path(&store));
+        dirs.create()
+            .map_err(|e| FlistVmError::RootDir(e.to_string()))?;
+        let overlay = dirs
+            .mount_detached()
+            .map_err(|e| FlistVmError::RootDir(format!("{e} (a root over virtio-fs with a bounded store needs Linux 6.15 or later; --root-fs ext4 does not)")))?;
+        // The overlay holds its own reference to the store's mount.
+        drop(store);
+        Ok((lock, overlay))
+    }
+}
+
+/// The VM's layers over the leased tree in `work_dir`: its store of `size` bytes (made if
+/// missing, kept with its data and size if there), and its placeholder second disk.
+pub fn vm_layers(
+    lease: TreeLease,
+    work_dir: &Path,
+    size: u64,
+) -> Result<(CowRoot, PathBuf), FlistVmError> {
     // overlayfs takes absolute paths (`--flist-cache` and `--flist-work` may be relative).
-    let lower = std::path::absolute(lower).map_err(io(lower))?;
+    let lower = std::path::absolute(lease.tree()).map_err(io(lease.tree()))?;
     let layers = std::path::absolute(work_dir.join(ROOTFS_LAYERS)).map_err(io(work_dir))?;
-    let dirs = OverlayDirs::in_dir(&lower, &layers);
-    dirs.create()
-        .map_err(|e| FlistVmError::RootDir(e.to_string()))?;
+    std::fs::create_dir_all(&layers).map_err(io(&layers))?;
+    let store = StoreImage::ensure(&layers.join(ROOT_STORE), size, RootAttrs::default())?;
     let placeholder = work_dir.join(ROOTFS_PLACEHOLDER);
     std::fs::File::create(&placeholder).map_err(io(&placeholder))?;
-    Ok((dirs, placeholder))
+    Ok((
+        CowRoot {
+            lower,
+            store,
+            lease,
+        },
+        placeholder,
+    ))
 }
 
 #[cfg(test)]
@@ -160,9 +193,20 @@ mod tests {
         assert!(ta.starts_with(cache.join("trees")));
         std::fs::write(&b, b"two").unwrap();
         assert_ne!(ta, tree_dir(&b, &cache).unwrap());
-        let (dirs, placeholder) = vm_layers(dir.path(), &dir.path().join("work")).unwrap();
-        assert!(dirs.upper.starts_with(dir.path().join("work")));
-        assert!(dirs.work.starts_with(dir.path().join("work")));
+        if flist_fetcher::ext4::find_mkfs().is_none() {
+            return;
+        }
+        let lease = tree_cache::lease(dir.path()).unwrap();
+        let work = dir.path().join("work");
+        let (root, placeholder) = vm_layers(lease, &work, 2 << 20).unwrap();
+        assert!(root.store.path().starts_with(&work));
+        assert_eq!(std::fs::metadata(root.store.path()).unwrap().len(), 2 << 20);
+        assert_eq!(root.lower, dir.path());
         assert_eq!(std::fs::metadata(placeholder).unwrap().len(), 0);
+        // A hostile size is refused before anything is made.
+        let lease = tree_cache::lease(dir.path()).unwrap();
+        let err = vm_layers(lease, &dir.path().join("w2"), 0).unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+        assert!(!dir.path().join("w2/rootfs/store.ext4").exists());
     }
 }

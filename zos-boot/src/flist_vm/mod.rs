@@ -17,11 +17,13 @@
 //! The result is a [`BootPlan`] that [`BootPlan::apply`] turns into [`vmm::VmResources`];
 //! for a container the caller then drives the agent ([`BootPlan::container`]).
 
+pub mod bounded_store;
 pub mod cmdline;
 pub mod container;
 pub mod cow_root;
 mod fetch;
 mod image_config;
+pub mod tree_cache;
 
 pub use fetch::{check_reachable, fetch_flist};
 
@@ -81,6 +83,12 @@ pub enum FlistVmError {
     /// Making the VM's copy-on-write layers of the root failed.
     #[error("root layers: {0}")]
     RootDir(String),
+    /// A bounded store (a virtio-fs root's writes, a volume) cannot be made or mounted.
+    #[error("{0}")]
+    Store(#[from] bounded_store::StoreError),
+    /// The cache of unpacked trees cannot take the flist's tree.
+    #[error("{0}")]
+    TreeCache(#[from] tree_cache::TreeCacheError),
     /// Making the agent's boot disk failed.
     #[error("agent disk: {0}")]
     AgentDisk(String),
@@ -121,7 +129,9 @@ pub struct FlistBootOptions {
     pub entrypoint: Option<String>,
     /// Container environment (added to the image's).
     pub env: Vec<(String, String)>,
-    /// Root disk size for container flists (default: content * 1.5 + 64 MiB).
+    /// A container flist's root size: the ext4 disk's (default: content * 1.5 + 64 MiB),
+    /// or with a root over virtio-fs the store of its writes (default
+    /// [`bounded_store::DEFAULT_ROOT_SIZE`], 1 MiB to 16 TiB).
     pub root_size: Option<u64>,
     /// The project's kernel (for container and raw-image flists); located when `None`.
     pub kernel: Option<PathBuf>,
@@ -291,9 +301,13 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
             let process = container::process(argv, &env, cwd, image_config.user);
             let mut rootfs_overlay = None;
             let disk = if opts.root_fs == cow_root::RootFs::Virtiofs {
-                let lower = cow_root::lower_tree(&fl, &reader, &tree, &opts.cache_dir, &unpack)?;
-                let (dirs, placeholder) = cow_root::vm_layers(&lower, &opts.work_dir)?;
-                rootfs_overlay = Some(dirs);
+                let size = bounded_store::check_size(
+                    "the root's size",
+                    opts.root_size.unwrap_or(bounded_store::DEFAULT_ROOT_SIZE),
+                )?;
+                let lease = cow_root::lower_tree(&fl, &reader, &tree, &opts.cache_dir, &unpack)?;
+                let (root, placeholder) = cow_root::vm_layers(lease, &opts.work_dir, size)?;
+                rootfs_overlay = Some(root);
                 placeholder
             } else {
                 opts.work_dir.join("root.ext4")
@@ -352,6 +366,37 @@ pub fn prepare(opts: &FlistBootOptions) -> Result<BootPlan, FlistVmError> {
             })
         }
     }
+}
+
+/// The owner and mode of the directory at each of `paths` (absolute, in the container) in
+/// the flist's tree, `None` where it has no directory (missing, or not a directory): what a
+/// new volume mounted there takes, as Docker's named volumes do.
+pub fn image_dir_attrs(
+    flist: &str,
+    cache_dir: &Path,
+    paths: &[&str],
+) -> Result<Vec<Option<bounded_store::RootAttrs>>, FlistVmError> {
+    let flist_err = |source: flist_fetcher::Error| FlistVmError::Flist {
+        flist: flist.to_string(),
+        source: Box::new(source),
+    };
+    let fl = fetch_flist(flist, cache_dir)?;
+    let reader = Reader::open(&fl).map_err(|e| flist_err(e.into()))?;
+    let tree = Tree::load(&reader).map_err(|e| flist_err(e.into()))?;
+    Ok(paths.iter().map(|p| dir_attrs(&tree, p)).collect())
+}
+
+/// The owner and mode of the directory at `path` in `tree` (see [`image_dir_attrs`]).
+pub fn dir_attrs(tree: &Tree, path: &str) -> Option<bounded_store::RootAttrs> {
+    let relative = Path::new(path.trim_matches('/'));
+    tree.entries
+        .iter()
+        .find(|e| e.path == relative && e.kind == Kind::Dir)
+        .map(|e| bounded_store::RootAttrs {
+            uid: e.inode.uid,
+            gid: e.inode.gid,
+            mode: e.inode.mode & 0o7777,
+        })
 }
 
 /// Checks a container's host name before anything is fetched or booted, by the rules of

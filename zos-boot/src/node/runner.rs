@@ -26,7 +26,7 @@ pub struct VmPaths {
     pub disks: PathBuf,
     /// The unpacked flist and root disk, or the root's copy-on-write layers.
     pub work: PathBuf,
-    /// The volumes' directories (`<name>` each).
+    /// The volumes' stores (`<name>.ext4` each; see [`VmPaths::volume`]).
     pub volumes: PathBuf,
 }
 
@@ -42,6 +42,16 @@ impl VmPaths {
             volumes: dir.join("volumes"),
             dir,
         }
+    }
+
+    /// Volume `name`'s store, `volumes/<name>.ext4`; or `volumes/<name>`, a directory an
+    /// earlier zvm made (unbounded), when that is what is there.
+    pub fn volume(&self, name: &str) -> (PathBuf, bool) {
+        let old = self.volumes.join(name);
+        if std::fs::symlink_metadata(&old).is_ok_and(|m| m.is_dir()) {
+            return (old, false);
+        }
+        (self.volumes.join(format!("{name}.ext4")), true)
     }
 }
 
@@ -168,13 +178,11 @@ impl ProcessRunner {
         }
         args.extend(["--root-fs".into(), spec.rootfs.to_string()]);
         for volume in &spec.volumes {
+            let (path, image) = paths.volume(&volume.name);
+            let kind = if image { ":image" } else { "" };
             args.extend([
                 "--volume".into(),
-                format!(
-                    "{}:{}",
-                    path_str(&paths.volumes.join(&volume.name)),
-                    volume.mountpoint
-                ),
+                format!("{}:{}{kind}", path_str(&path), volume.mountpoint),
             ]);
         }
         for disk in &spec.disks {
@@ -226,9 +234,16 @@ fn format_disk(path: &Path, label: &str) -> Result<(), String> {
     })
 }
 
-/// Makes each volume's directory in the deployment's own `volumes/` (names are checked
-/// file names; an existing directory is kept, anything else in its place refused).
-fn make_volumes(record: &DeploymentRecord, paths: &VmPaths) -> Result<(), String> {
+/// Makes each missing volume's store in the deployment's own `volumes/` (names are checked
+/// file names; an existing store is kept with its data, anything else in its place
+/// refused): of the volume's size, its root owned as the image's directory at the mount
+/// point (root 0755 when the image has none).
+fn make_volumes(
+    record: &DeploymentRecord,
+    paths: &VmPaths,
+    cache_dir: &Path,
+) -> Result<(), String> {
+    use crate::flist_vm::bounded_store::StoreImage;
     use std::os::unix::fs::DirBuilderExt;
     if record.spec.volumes.is_empty() {
         return Ok(());
@@ -238,18 +253,31 @@ fn make_volumes(record: &DeploymentRecord, paths: &VmPaths) -> Result<(), String
         .mode(0o700)
         .create(&paths.volumes)
         .map_err(|e| format!("{}: {e}", paths.volumes.display()))?;
+    let missing: Vec<_> = record
+        .spec
+        .volumes
+        .iter()
+        .filter(|v| {
+            let (path, _) = paths.volume(&v.name);
+            std::fs::symlink_metadata(path).is_err()
+        })
+        .collect();
     for volume in &record.spec.volumes {
-        let dir = paths.volumes.join(&volume.name);
-        match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => continue,
-            Ok(_) => return Err(format!("{}: not a directory", dir.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        let (path, image) = paths.volume(&volume.name);
+        if image && !missing.iter().any(|m| m.name == volume.name) {
+            StoreImage::open(&path).map_err(|e| format!("volume `{}`: {e}", volume.name))?;
         }
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mountpoints: Vec<&str> = missing.iter().map(|v| v.mountpoint.as_str()).collect();
+    let attrs = flist_vm::image_dir_attrs(&record.spec.flist, cache_dir, &mountpoints)
+        .map_err(|e| e.to_string())?;
+    for (volume, attrs) in missing.iter().zip(attrs) {
+        let (path, _) = paths.volume(&volume.name);
+        StoreImage::ensure(&path, volume.bytes(), attrs.unwrap_or_default())
+            .map_err(|e| format!("volume `{}`: {e}", volume.name))?;
     }
     Ok(())
 }
@@ -283,10 +311,8 @@ impl WorkloadRunner for ProcessRunner {
                 format_disk(&path, &disk.name)?;
             }
         }
-        make_volumes(record, paths)?;
-        flist_vm::prepare(&self.boot_options(record, paths))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        flist_vm::prepare(&self.boot_options(record, paths)).map_err(|e| e.to_string())?;
+        make_volumes(record, paths, &self.cache_dir)
     }
 
     fn start(
@@ -472,7 +498,7 @@ mod tests {
         let args = runner.command_args(&record, &paths).join(" ");
         let want = "run --flist http://hub/web.fl --flist-cache /c --flist-work /s/vms/web/work --cpus 2 --memory 512M \
             --console stdio --output /s/vms/web/console.log --output-max 16M --shutdown-timeout 9 --kernel /k --hostname web --entrypoint /bin/web --port 80 --env A=b c --root-size 1073741824 --root-fs virtiofs \
-            --volume /s/vms/web/volumes/shared:/srv/shared --disk path=/s/vms/web/disks/data.img,id=data,mount=/data --net tap=t0,id=eth0 --net tap=t1,id=eth1 \
+            --volume /s/vms/web/volumes/shared.ext4:/srv/shared:image --disk path=/s/vms/web/disks/data.img,id=data,mount=/data --net tap=t0,id=eth0 --net tap=t1,id=eth1 \
             --append ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off zvm.ip.eth1=10.0.0.3/24 zvm.mount.data=/data quiet";
         assert_eq!(args, want);
     }
@@ -497,12 +523,11 @@ mod tests {
             shutdown_timeout: 0,
         };
         let paths = VmPaths::new(dir.path(), "d");
-        // The flist is missing, so preparing fails after the disks are made.
+        // The flist is missing, so preparing fails after the disks are made, before the
+        // volumes (whose roots take after the image's directories).
         let e = runner.prepare(&record, &paths).unwrap_err();
         assert!(e.contains("is not reachable"), "{e}");
-        // The volume is a directory inside the deployment's own.
-        let volume = paths.volumes.join("v");
-        assert!(volume.is_dir() && volume.starts_with(&paths.dir));
+        assert!(!paths.volumes.join("v.ext4").exists());
         let img = paths.disks.join("data.img");
         let meta = std::fs::metadata(&img).unwrap();
         assert_eq!(meta.len(), 1 << 30);
@@ -520,5 +545,88 @@ mod tests {
             "not sparse: {} blocks",
             meta.blocks()
         );
+    }
+
+    #[test]
+    fn volumes_are_bounded_stores_owned_as_the_images_mount_points() {
+        use std::os::unix::fs::PermissionsExt;
+        if flist_fetcher::ext4::find_mkfs().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("srv/data")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/file"), b"x").unwrap();
+        std::os::unix::fs::chown(root.join("srv/data"), Some(1000), Some(1001)).unwrap();
+        std::fs::set_permissions(
+            root.join("srv/data"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        let fl = dir.path().join("app.fl");
+        let opts = flist_fetcher::PackOptions {
+            stores: vec![format!("dir://{}", dir.path().join("blocks").display())],
+            ..Default::default()
+        };
+        flist_fetcher::pack(&root, &fl, &opts).unwrap();
+        let spec = format!(
+            r#"{{"name":"d","flist":"{}","compute":{{"cpu":1,"memory":"256M"}},
+                "volumes":[{{"name":"data","size":"2M","mountpoint":"/srv/data/"}},
+                           {{"name":"none","mountpoint":"/nowhere"}},
+                           {{"name":"file","mountpoint":"/etc/file"}}]}}"#,
+            fl.display()
+        );
+        let record = DeploymentRecord {
+            spec: WorkloadSpec::from_json(spec.as_bytes()).unwrap(),
+            created_at: 0,
+            state: DeploymentState::Pending,
+            restarts: 0,
+            addresses: vec![],
+            error: None,
+        };
+        let paths = VmPaths::new(dir.path(), "d");
+        make_volumes(&record, &paths, &dir.path().join("cache")).unwrap();
+        let stat = |name: &str| {
+            let out = std::process::Command::new("debugfs")
+                .args(["-R", "ls -l /"])
+                .arg(paths.volumes.join(name))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert_eq!(
+            std::fs::metadata(paths.volumes.join("data.ext4"))
+                .unwrap()
+                .len(),
+            2 << 20
+        );
+        assert!(
+            stat("data.ext4").contains("40750 (2)   1000   1001"),
+            "{}",
+            stat("data.ext4")
+        );
+        // No directory there in the image (missing, or a file): root 0755, 1 GiB.
+        for name in ["none.ext4", "file.ext4"] {
+            assert!(
+                stat(name).contains("40755 (2)      0      0"),
+                "{}",
+                stat(name)
+            );
+            let len = std::fs::metadata(paths.volumes.join(name)).unwrap().len();
+            assert_eq!(len, 1 << 30);
+        }
+        // Made again: kept, the image is not read (its flist may be gone meanwhile).
+        std::fs::remove_file(&fl).unwrap();
+        make_volumes(&record, &paths, &dir.path().join("cache")).unwrap();
+        // Something else in a store's place is refused.
+        std::fs::remove_file(paths.volumes.join("none.ext4")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", paths.volumes.join("none.ext4")).unwrap();
+        let e = make_volumes(&record, &paths, &dir.path().join("cache")).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        // A volume directory of an earlier zvm is kept as it is (unbounded).
+        std::fs::create_dir(paths.volumes.join("old")).unwrap();
+        assert_eq!(paths.volume("old"), (paths.volumes.join("old"), false));
+        assert_eq!(paths.volume("new"), (paths.volumes.join("new.ext4"), true));
     }
 }

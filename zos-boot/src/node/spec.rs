@@ -4,7 +4,7 @@
 //! {"name": "web", "flist": "https://hub.example/web.fl",
 //!  "compute": {"cpu": 1, "memory": "512M"}, "size": "2G",
 //!  "disks": [{"name": "data", "size": "1G", "mountpoint": "/data"}],
-//!  "volumes": [{"name": "shared", "mountpoint": "/srv"}], "rootfs": "virtiofs",
+//!  "volumes": [{"name": "shared", "size": "1G", "mountpoint": "/srv"}], "rootfs": "virtiofs",
 //!  "network": {"interfaces": [{"network": "lan", "ip": "10.20.0.5"}]},
 //!  "entrypoint": "/bin/server --port 80", "env": {"MODE": "prod"}, "kernel_args": "quiet"}
 //! ```
@@ -57,7 +57,9 @@ pub struct WorkloadSpec {
     pub flist: String,
     /// vCPUs and memory.
     pub compute: Compute,
-    /// Root disk size for a container flist (default: content plus a margin).
+    /// A container flist's root size: with `rootfs: virtiofs`, the most its writes take on
+    /// the node (their own store; default 1 GiB); with `ext4`, the disk's size (default:
+    /// content plus a margin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<ByteSize>,
     /// Extra disks: sparse files on the node, attached as virtio-blk.
@@ -84,16 +86,29 @@ pub struct WorkloadSpec {
     pub rootfs: crate::flist_vm::cow_root::RootFs,
 }
 
-/// A volume: a directory the node makes in the deployment's own storage
-/// (`<state>/vms/<deployment>/volumes/<name>`), shared into the container over virtio-fs,
-/// removed with the deployment.
+/// A volume: storage of `size` bytes the node makes in the deployment's own directory
+/// (`<state>/vms/<deployment>/volumes/<name>.ext4`, a bounded store: the container gets
+/// ENOSPC when it is full), shared into the container over virtio-fs, kept across restarts,
+/// removed with the deployment. A new volume's root takes the owner and mode of the
+/// image's directory at its mount point (root 0755 when the image has none).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
-    /// Unique name within the workload; names the directory.
+    /// Unique name within the workload; names the store.
     pub name: String,
+    /// The most the volume holds (1 MiB to 16 TiB; default 1 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<ByteSize>,
     /// Where the container sees it (absolute path).
     pub mountpoint: String,
+}
+
+impl VolumeSpec {
+    /// The volume's size: the spec's, else the default.
+    pub fn bytes(&self) -> u64 {
+        self.size
+            .map_or(crate::flist_vm::bounded_store::DEFAULT_VOLUME_SIZE, |s| s.0)
+    }
 }
 
 /// The most volumes a workload has.
@@ -381,6 +396,14 @@ impl WorkloadSpec {
                     format!("`{}` is used by another volume", volume.name),
                 ));
             }
+            if let Some(size) = volume.size {
+                if size.0 < MIN_DISK || size.0 > MAX_DISK {
+                    return Err(invalid(
+                        format!("{field}.size"),
+                        format!("{size} is out of range (1 MiB to 16 TiB)"),
+                    ));
+                }
+            }
             check_mountpoint(&format!("{field}.mountpoint"), &volume.mountpoint)?;
             if !mountpoints.insert(volume.mountpoint.as_str()) {
                 return Err(invalid(
@@ -397,9 +420,21 @@ impl WorkloadSpec {
         self.compute.memory.mib()
     }
 
-    /// Bytes of node storage the extra disks take (at most, being sparse).
+    /// Bytes of node storage the extra disks, volumes and a virtio-fs root's store take
+    /// (at most, being sparse).
     pub fn disk_bytes(&self) -> u64 {
-        self.disks.iter().map(|d| d.size.0).sum::<u64>() + self.size.map_or(0, |s| s.0)
+        let root = match (self.size, self.rootfs) {
+            (Some(s), _) => s.0,
+            (None, crate::flist_vm::cow_root::RootFs::Virtiofs) => {
+                crate::flist_vm::bounded_store::DEFAULT_ROOT_SIZE
+            }
+            (None, crate::flist_vm::cow_root::RootFs::Ext4) => 0,
+        };
+        self.disks
+            .iter()
+            .map(|d| d.size.0)
+            .chain(self.volumes.iter().map(VolumeSpec::bytes))
+            .fold(root, u64::saturating_add)
     }
 }
 
@@ -511,6 +546,7 @@ mod tests {
     fn hostile_volumes_are_refused() {
         let volume = |name: &str, mp: &str| VolumeSpec {
             name: name.into(),
+            size: None,
             mountpoint: mp.into(),
         };
         let mut s = spec("a");
@@ -560,6 +596,50 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("unknown field `path`"), "{e}");
+    }
+
+    #[test]
+    fn volume_sizes_are_checked_and_counted() {
+        let mut s = spec("a");
+        let sized = |size: u64| VolumeSpec {
+            name: "v".into(),
+            size: Some(ByteSize(size)),
+            mountpoint: "/v".into(),
+        };
+        for bad in [0, MIB - 1, MAX_DISK + 1, u64::MAX] {
+            s.volumes = vec![sized(bad)];
+            let e = err(&s);
+            assert!(
+                e.contains("volumes[0].size") && e.contains("out of range"),
+                "{e}"
+            );
+        }
+        s.volumes = vec![sized(2 * MIB)];
+        s.validate(&[]).unwrap();
+        // The default virtio-fs root's store (1 GiB) and the volume.
+        assert_eq!(s.disk_bytes(), (1 << 30) + 2 * MIB);
+        s.size = Some(ByteSize(64 * MIB));
+        assert_eq!(s.disk_bytes(), 66 * MIB);
+        s.volumes = vec![VolumeSpec {
+            size: None,
+            ..sized(0)
+        }];
+        assert_eq!(s.disk_bytes(), 64 * MIB + (1 << 30));
+        for (json, why) in [
+            (r#""size":"lots""#, "invalid size"),
+            (r#""size":-1"#, "negative"),
+            (r#""size":"99999999999T""#, "too large"),
+            (r#""size":1.5"#, "whole number"),
+        ] {
+            let text = format!(
+                r#"{{"name":"a","flist":"x","compute":{{"cpu":1,"memory":"256M"}},
+                    "volumes":[{{"name":"v","mountpoint":"/v",{json}}}]}}"#
+            );
+            let e = WorkloadSpec::from_json(text.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{json}: {e}");
+        }
     }
 
     #[test]
