@@ -1,6 +1,7 @@
 //! `zvm --api-sock`: Firecracker's REST API served by a real zvm process, first without a
 //! guest (configuration, logger, the `zvm api` client), then driving one Linux boot from
-//! configuration through pause, resume and Ctrl-Alt-Del to exit.
+//! configuration through pause, resume and Ctrl-Alt-Del to exit. zvm hands API mode to
+//! the lean zvm-vmm beside it: the process serving the API is zvm-vmm.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -30,6 +31,15 @@ impl ZvmProcess {
         ZvmProcess { child, sock }
     }
 
+    /// The executable of the process serving the API: zvm hands API mode to the lean
+    /// zvm-vmm beside it (same pid).
+    fn exe(&self) -> String {
+        std::fs::read_link(format!("/proc/{}/exe", self.child.id()))
+            .expect("the API process's exe")
+            .display()
+            .to_string()
+    }
+
     fn call(&self, method: &str, uri: &str, body: Option<&str>) -> (u16, serde_json::Value) {
         let (status, body) = request(&self.sock, method, uri, body);
         let json = if body.trim().is_empty() {
@@ -56,6 +66,7 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
     assert_eq!(info["state"], "Not started");
     assert_eq!(info["id"], "api-config");
     assert_eq!(info["app_name"], "zvm");
+    assert!(zvm.exe().ends_with("/zvm-vmm"), "{}", zvm.exe());
     assert_eq!(zvm.call("GET", "/version", None).0, 200);
 
     assert_eq!(
@@ -425,6 +436,11 @@ fn api_drives_a_linux_boot_through_pause_resume_and_the_power_button() {
         204
     );
     assert_eq!(zvm.call("GET", "/", None).1["state"], "Running");
+    assert!(
+        zvm.exe().ends_with("/zvm-vmm"),
+        "the VM's process is the lean VMM: {}",
+        zvm.exe()
+    );
     assert_eq!(
         zvm.call("PUT", "/boot-source", Some(&boot.to_string())).0,
         400,

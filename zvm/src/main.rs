@@ -2,28 +2,22 @@
 
 mod api;
 mod container_log;
+mod container_run;
 mod container_share;
 mod container_vm;
-// zvm writes the hand-over, zvm-vmm reads it.
-#[allow(dead_code)]
-mod handover;
 mod kernel;
-mod log_output;
 mod output_file;
-mod private_tmp;
 mod restore;
 mod run;
-mod run_metrics;
 mod run_outcome;
 mod setup;
 mod specs;
-mod stop_signals;
 mod template;
-mod terminal;
-mod virtiofs;
-mod vm_end;
 mod vm_jail;
 mod vmm_exec;
+
+// What zvm shares with zvm-vmm.
+use vm_runner::{handover, private_tmp, run_metrics, stop_signals, terminal, virtiofs, vm_end};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -194,26 +188,19 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(2);
         }
-        if let Some(dir) = &cli.jail_root {
-            match vm_jail::enter_api(dir, cli.jail_ids, cli.jail_memory_mib, cli.jail_cpus) {
-                Ok(vm_jail::Entered::Supervisor(status)) => {
-                    return ExitCode::from(u8::try_from(status).unwrap_or(255))
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("zvm: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-        let args = api::VmmModeArgs {
+        let job = handover::ApiJob {
             api_sock: cli.api_sock,
             config_file: cli.config_file,
             id: cli.id,
             seccomp: cli.seccomp_level == "on",
-            logging,
         };
-        return api::serve(args, process_start);
+        let jail = cli.jail_root.as_deref().map(|dir| api::ApiJail {
+            dir,
+            ids: cli.jail_ids,
+            memory_mib: cli.jail_memory_mib,
+            cpus: cli.jail_cpus,
+        });
+        return api::run(job, jail, logging, process_start);
     };
     match command {
         Command::Run(args) => run::run(*args, process_start, &logging),

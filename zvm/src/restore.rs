@@ -171,25 +171,6 @@ fn fs_overrides(values: &[String]) -> Result<Vec<FsOverride>, String> {
     Ok(out)
 }
 
-/// Starts a virtiofsd for every share of the restored VM that needs one (all of them
-/// when zvm served them), keeping them in `daemons` for the VM's life.
-pub(crate) fn start_fs_backends(
-    resources: &mut vmm::resources::VmResources,
-    args: &crate::virtiofs::FsArgs,
-    jailed: bool,
-    daemons: &mut Option<crate::virtiofs::Daemons>,
-) -> Result<(), String> {
-    if jailed && resources.fs.iter().any(|f| f.socket_path.is_none()) {
-        return Err(
-            "the snapshot has virtio-fs shares, and --fs does not work in a jail yet: \
-                    add --jail off"
-                .into(),
-        );
-    }
-    *daemons = Some(crate::virtiofs::Daemons::start(resources, args).map_err(|e| e.to_string())?);
-    Ok(())
-}
-
 /// Where the console goes, and whether stdin is forwarded (only for stdio).
 fn console_sink(console: &str) -> Result<(ConsoleSink, bool), String> {
     match console
@@ -265,14 +246,14 @@ pub fn run(args: &RestoreArgs, opts: &RestoreOptions<'_>, process_start: Instant
     // The snapshot's virtio-fs shares get new virtiofsd daemons, stopped when this returns.
     let mut fs_daemons = None;
     let mut start_backends = |resources: &mut vmm::resources::VmResources| {
-        start_fs_backends(resources, opts.fs, opts.jailed, &mut fs_daemons)
+        crate::virtiofs::start_fs_backends(resources, opts.fs, opts.jailed, &mut fs_daemons)
     };
     let restored =
         vmm::snapshot::restore_microvm_with(&params, build, sink, input, &mut start_backends);
     let vm = match restored {
         Ok(vm) => vm,
         Err(e) => {
-            eprintln!("zvm: {}", crate::api::snapshot_load_error(&e));
+            eprintln!("zvm: {}", vm_runner::api::snapshot_load_error(&e));
             return ExitCode::from(if e.is_bad_input() { 2 } else { 1 });
         }
     };

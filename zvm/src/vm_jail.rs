@@ -175,10 +175,20 @@ pub fn enter_api(dir: &Path, ids: IdRange, memory_mib: u64, cpus: u8) -> Result<
     };
     match jail::enter(&config).map_err(|e| e.to_string())? {
         Side::Supervisor(status) => Ok(Entered::Supervisor(status)),
-        Side::Jailed(mut jailed) => {
-            jailed.lock_down().map_err(|e| e.to_string())?;
+        Side::Jailed(jailed) => {
+            // Locked down by zvm-vmm (crate::vmm_exec), else by lock_down_api.
+            put_back_jailed(jailed);
             Ok(Entered::Jailed)
         }
+    }
+}
+
+/// In an API-mode jail's jailed half that zvm serves itself: locks the jail down, before
+/// anything is served. Nothing to do when not jailed.
+pub fn lock_down_api() -> Result<(), String> {
+    match take_jailed() {
+        Some(mut jailed) => jailed.lock_down().map_err(|e| e.to_string()),
+        None => Ok(()),
     }
 }
 

@@ -1,6 +1,6 @@
-//! `zvm run` hands a plain VM to the lean VMM executable, `zvm-vmm` (src/vmm_main.rs):
-//! once the front end has parsed the flags and built the VM's resources, it `exec`s
-//! `zvm-vmm` in its own process (same PID, terminal, signals and exit code), passing the
+//! zvm hands a plain VM and API mode to the lean VMM executable, `zvm-vmm`
+//! (src/vmm_main.rs): once the front end has parsed the flags and built the VM's resources
+//! (or, in API mode, entered the jail if asked), it `exec`s `zvm-vmm` in its own process (same PID, terminal, signals and exit code), passing the
 //! resources through an inherited memfd ([`crate::handover`]). The VM's process then
 //! carries only the VMM's code: not the flist, OCI, node, API and client code of zvm,
 //! nor their libraries (benches/README.md, "Footprint of a lean VMM").
@@ -11,7 +11,9 @@
 //! shares, also a snapshot's (their virtiofsd stops with zvm), `--output` (a thread of
 //! zvm copies it), and log filters other than a plain level. Restores (`zvm run
 //! --restore`) are handed over as boots are; with `--jail on` the jailed half is (its
-//! supervisor stays zvm) and zvm-vmm locks the jail down.
+//! supervisor stays zvm) and zvm-vmm locks the jail down. API mode (`zvm --api-sock`,
+//! `--config-file`, jailed with `--jail-root`) is handed over whole: zvm-vmm serves the
+//! API, virtio-fs shares included (vm-runner starts their virtiofsd).
 
 use crate::handover::{Handover, Job, FD_FLAG, LOG_LEVELS};
 use std::os::fd::{AsRawFd, IntoRawFd};
@@ -49,6 +51,8 @@ pub fn exec(handover: &Handover, process_start: Instant) -> Option<std::io::Erro
         // A snapshot zvm cannot read stays with zvm, which reports why.
         Job::Restore(restore) => vmm::snapshot::read_state_file(&restore.snapshot_path)
             .map_or(true, |state| !state.resources.fs.is_empty()),
+        // zvm-vmm starts the API's virtiofsd itself.
+        Job::Api(_) => false,
     };
     if shares || !LOG_LEVELS.contains(&handover.log_level.as_str()) {
         return None;

@@ -1,33 +1,14 @@
-//! `zvm-vmm`: the lean VMM executable `zvm run` hands plain VMs to (zvm's `vmm_exec`
-//! module). It reads the VM's resources from the hand-over fd ([`handover`]), builds and runs the
-//! VM as `zvm run` does (console, signals, metrics, seccomp, exit code and messages), and
-//! links nothing else of zvm's, so the VM's process keeps little but the VMM resident.
+//! `zvm-vmm`: the lean VMM executable zvm hands its VMs to (zvm's `vmm_exec` module): plain
+//! `zvm run` boots and restores, and API mode (`zvm --api-sock`, `--config-file`). It
+//! reads the job from the hand-over fd ([`handover`]), then builds and runs the VM as
+//! `zvm run` does (console, signals, metrics, seccomp, exit code and messages) or serves
+//! the API as zvm does ([`vm_runner::api`]). It links the VMM and vm-runner, nothing else
+//! of zvm's, so the VM's process keeps little but the VMM resident.
 
-// zvm writes the hand-over, zvm-vmm reads it.
-#[allow(dead_code)]
-mod handover;
-mod lean_log;
-mod log_output;
-// zvm's modules the run needs; zvm uses the rest of them.
-#[allow(dead_code)]
-mod api {
-    pub mod metrics;
-    /// The one function of zvm's logger module the metrics writer uses.
-    pub mod logger {
-        pub use crate::log_output::open_append;
-    }
-}
-#[allow(dead_code)]
-mod run_metrics;
-#[allow(dead_code)]
-mod stop_signals;
-mod terminal;
-#[allow(dead_code)]
-mod vm_end;
-
-use handover::{Handover, Job, RestoreJob};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use vm_runner::handover::{Handover, Job, RestoreJob};
+use vm_runner::{lean_log, run_metrics, stop_signals, terminal, vm_end};
 use vmm::builder::BuildOptions;
 use vmm::devices::serial::ConsoleSink;
 use vmm::resources::ConsoleConfig;
@@ -40,12 +21,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    lean_log::init(&handover.log_level);
-    // A jailed half: vmm locks it down once the VM's devices are open, as in zvm.
+    let log = lean_log::init(&handover.log_level);
+    let process_start = Instant::now()
+        .checked_sub(Duration::from_nanos(handover.started_ns_ago))
+        .unwrap_or_else(Instant::now);
+    // A jailed half: vmm locks it down once the VM's devices are open, as in zvm; API
+    // mode's jail at once, before anything is served (as zvm does).
     if let Some(jail) = handover.jail.take() {
         // SAFETY: zvm left exactly these descriptors open for this process, and nothing
         // here has taken them (from_handover checks that they are open pipes).
         match unsafe { jail::Jailed::from_handover(jail) } {
+            Ok(mut jailed) if matches!(handover.job, Job::Api(_)) => {
+                if let Err(e) = jailed.lock_down() {
+                    eprintln!("zvm: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             Ok(mut jailed) => {
                 vmm::builder::set_lock_down(move || jailed.lock_down().map_err(|e| e.to_string()))
             }
@@ -55,9 +46,9 @@ fn main() -> ExitCode {
             }
         }
     }
-    let process_start = Instant::now()
-        .checked_sub(Duration::from_nanos(handover.started_ns_ago))
-        .unwrap_or_else(Instant::now);
+    if let Job::Api(api) = &handover.job {
+        return vm_runner::api::serve(api.mode_args(Box::new(log)), process_start);
+    }
     let opts = BuildOptions {
         process_start,
         ..BuildOptions::default()
@@ -67,6 +58,7 @@ fn main() -> ExitCode {
             .map(|vm| (vm, resources.console == ConsoleConfig::Stdio))
             .map_err(|e| (format!("zvm: {e}"), 2)),
         Job::Restore(restore) => restore_vm(restore, opts),
+        Job::Api(_) => return ExitCode::from(2),
     };
     match started {
         Ok((vm, interactive)) => run(&handover, vm, interactive),

@@ -280,8 +280,17 @@ fn an_api_mode_vmm_jailed_in_its_directory_sees_only_paths_inside_it() {
         api_call(&sock, "PATCH", "/vm", r#"{"state":"Paused"}"#),
         api_call(&sock, "PUT", "/snapshot/create", snapshot),
     ];
+    // The jailed half serves the API from the lean zvm-vmm (zvm/src/vmm_exec.rs).
+    let exe = jailed.as_ref().ok().map(|j| {
+        std::fs::read_link(format!("/proc/{}/exe", j.pid))
+            .unwrap_or_default()
+            .display()
+            .to_string()
+    });
     drop(zvm);
     let jailed = jailed.unwrap_or_else(|e| panic!("the API-mode VMM is not jailed: {e}"));
+    let exe = exe.unwrap_or_default();
+    assert!(exe.ends_with("zvm-vmm"), "the jailed API server runs {exe}");
     assert!(
         snapshotted.iter().all(|(code, _)| *code < 300),
         "{snapshotted:?}"

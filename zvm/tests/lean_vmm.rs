@@ -1,6 +1,7 @@
 //! `zvm run` hands a plain VM to the lean executable `zvm-vmm` in the same process: the
 //! running VM's process is zvm-vmm (unless `ZVM_VMM=none`), it holds no hand-over fd,
-//! and zvm-vmm refuses a hand-over it cannot trust with one line and exit code 2.
+//! and zvm-vmm refuses a hand-over it cannot trust with one line and exit code 2. API mode
+//! (`zvm --api-sock`) is served by zvm-vmm too.
 
 mod common;
 
@@ -122,4 +123,106 @@ fn zvm_vmm_refuses_a_hand_over_it_cannot_trust() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.starts_with("zvm-vmm: invalid hand-over"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Starts `zvm --api-sock` with `vmm_env` as `ZVM_VMM` (None: unset), asks `GET /`;
+/// returns the API process's executable and the answer, then stops it.
+fn api_process(dir: &Path, vmm_env: Option<&str>) -> (String, String) {
+    use std::io::{Read, Write};
+    let sock = dir.join("api.sock");
+    let _ = std::fs::remove_file(&sock);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zvm"));
+    cmd.arg("--api-sock")
+        .arg(&sock)
+        .args(["--id", "lean-api"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    match vmm_env {
+        Some(v) => cmd.env("ZVM_VMM", v),
+        None => cmd.env_remove("ZVM_VMM"),
+    };
+    let mut zvm = cmd.spawn().expect("spawn zvm --api-sock");
+    let mut stream = None;
+    wait_for("the API socket", || {
+        stream = std::os::unix::net::UnixStream::connect(&sock).ok();
+        stream.is_some()
+    });
+    let mut stream = stream.expect("connected");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let exe = std::fs::read_link(format!("/proc/{}/exe", zvm.id()))
+        .expect("exe")
+        .display()
+        .to_string();
+    let _ = zvm.kill();
+    let _ = zvm.wait();
+    (exe, answer)
+}
+
+#[test]
+fn api_mode_is_served_by_zvm_vmm() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (exe, answer) = api_process(dir.path(), None);
+    assert!(exe.ends_with("/zvm-vmm"), "{exe}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"id\":\"lean-api\""), "{answer}");
+    let (exe, answer) = api_process(dir.path(), Some("none"));
+    assert!(exe.ends_with("/zvm"), "{exe}");
+    assert!(answer.contains("\"id\":\"lean-api\""), "{answer}");
+}
+
+#[test]
+fn zvm_vmm_refuses_a_hostile_api_hand_over() {
+    let vmm = Path::new(env!("CARGO_BIN_EXE_zvm")).with_file_name("zvm-vmm");
+    let dir = tempfile::tempdir().expect("dir");
+    let handover = |job: &str| {
+        format!(
+            r#"{{"job":{{"api":{job}}},"metrics":null,"shutdown_timeout_secs":0,"log_level":"info","started_ns_ago":0}}"#
+        )
+    };
+    let long_id = "x".repeat(5000);
+    for (job, why) in [
+        (
+            r#"{"api_sock":null,"config_file":null,"id":"a","seccomp":true}"#.to_string(),
+            "API socket or a config file",
+        ),
+        (
+            r#"{"api_sock":"","config_file":null,"id":"a","seccomp":true}"#.to_string(),
+            "empty path",
+        ),
+        (
+            format!(r#"{{"api_sock":"/s","config_file":null,"id":"{long_id}","seccomp":true}}"#),
+            "too long",
+        ),
+        (
+            r#"{"api_sock":"/s","config_file":null,"id":"a","seccomp":true,"jailer":1}"#
+                .to_string(),
+            "unknown field",
+        ),
+    ] {
+        let file = dir.path().join("handover");
+        std::fs::write(&file, handover(&job)).expect("hand-over");
+        let script = format!(
+            "exec 3<{} && exec {} --handover-fd 3",
+            file.display(),
+            vmm.display()
+        );
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .output()
+            .expect("sh");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("zvm-vmm: invalid hand-over"), "{err}");
+        assert!(err.contains(why), "{why}: {err}");
+    }
 }

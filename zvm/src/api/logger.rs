@@ -2,12 +2,9 @@
 //! file's `logger` section) moves it to a file or named pipe and sets its level, module
 //! filter and line prefixes, as Firecracker's logger does.
 
-use crate::log_output::level_colour;
-pub use crate::log_output::open_append;
-use api_server::model::{LogLevel, Logger};
+use api_server::model::Logger;
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::{Event, Subscriber};
@@ -15,27 +12,10 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{reload, EnvFilter, Registry};
-
-/// Errors configuring the logger.
-#[derive(Debug, thiserror::Error)]
-pub enum LoggerError {
-    /// The log file or pipe could not be opened.
-    #[error("cannot open log file {path}: {source}")]
-    Open {
-        /// The path given.
-        path: String,
-        /// Cause.
-        source: io::Error,
-    },
-    /// A module name or level the filter does not take.
-    #[error("invalid log filter '{filter}': {reason}")]
-    Filter {
-        /// The filter built from the request.
-        filter: String,
-        /// Why it was refused.
-        reason: String,
-    },
-}
+use vm_runner::api::LogControl;
+use vm_runner::log_output::{
+    check_module_path, level_colour, level_name, open_log_path, LoggerError,
+};
 
 /// Where log lines go: standard error until a log path is set; held in memory while
 /// [`Logging::hold`] is in force.
@@ -152,17 +132,6 @@ impl std::fmt::Debug for Logging {
     }
 }
 
-fn level_name(level: LogLevel) -> &'static str {
-    match level {
-        LogLevel::Error => "error",
-        LogLevel::Warning => "warn",
-        LogLevel::Info => "info",
-        LogLevel::Debug => "debug",
-        LogLevel::Trace => "trace",
-        LogLevel::Off => "off",
-    }
-}
-
 impl Logging {
     /// Installs the global subscriber: standard error, `level` (an `EnvFilter` directive,
     /// `info` if it does not parse), levels shown, origins not.
@@ -197,30 +166,39 @@ impl Logging {
         }
     }
 
-    /// Applies a `PUT /logger` request. Nothing changes if any part of it is refused.
-    pub fn configure(&mut self, request: &Logger) -> Result<(), LoggerError> {
-        let file = match &request.log_path {
-            Some(path) => {
-                Some(
-                    open_append(Path::new(path)).map_err(|source| LoggerError::Open {
-                        path: path.clone(),
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
+    /// The level (or filter) the log was set up with.
+    pub fn level(&self) -> &str {
+        &self.level
+    }
+
+    /// Keeps log lines in memory (uncoloured) until [`Self::release`]: while zvm cannot
+    /// tell yet whether they belong on the terminal or in a container's log file.
+    pub fn hold(&self) {
+        self.format.colour.store(false, Ordering::Relaxed);
+        self.sink.state().held.get_or_insert_with(Vec::new);
+    }
+
+    /// Ends [`Self::hold`]: the lines held go to `to` (which then takes every later line)
+    /// or, with None, to where they went before.
+    pub fn release(&self, to: Option<File>) {
+        let to_file = to.is_some();
+        self.sink.release(to);
+        let on_stderr = !to_file && self.sink.state().file.is_none();
+        self.format
+            .colour
+            .store(self.stderr_is_terminal && on_stderr, Ordering::Relaxed);
+    }
+}
+
+impl LogControl for Logging {
+    fn configure(&mut self, request: &Logger) -> Result<(), LoggerError> {
+        let file = open_log_path(request.log_path.as_ref())?;
         let level = request
             .level
             .map_or_else(|| self.level.clone(), |l| level_name(l).to_string());
         let module = request.module.clone().or_else(|| self.module.clone());
         if let Some(m) = &module {
-            if !is_module_path(m) {
-                return Err(LoggerError::Filter {
-                    filter: m.clone(),
-                    reason: "a module is a Rust path such as vmm::devices".into(),
-                });
-            }
+            check_module_path(m)?;
         }
         let directive = filter_directive(&level, module.as_deref());
         let filter = EnvFilter::try_new(&directive).map_err(|e| LoggerError::Filter {
@@ -251,58 +229,6 @@ impl Logging {
         );
         Ok(())
     }
-
-    /// The level (or filter) the log was set up with.
-    pub fn level(&self) -> &str {
-        &self.level
-    }
-
-    /// Keeps log lines in memory (uncoloured) until [`Self::release`]: while zvm cannot
-    /// tell yet whether they belong on the terminal or in a container's log file.
-    pub fn hold(&self) {
-        self.format.colour.store(false, Ordering::Relaxed);
-        self.sink.state().held.get_or_insert_with(Vec::new);
-    }
-
-    /// Ends [`Self::hold`]: the lines held go to `to` (which then takes every later line)
-    /// or, with None, to where they went before.
-    pub fn release(&self, to: Option<File>) {
-        let to_file = to.is_some();
-        self.sink.release(to);
-        let on_stderr = !to_file && self.sink.state().file.is_none();
-        self.format
-            .colour
-            .store(self.stderr_is_terminal && on_stderr, Ordering::Relaxed);
-    }
-}
-
-/// Whether `module` looks like a Rust module path (`crate::module::...`).
-fn is_module_path(module: &str) -> bool {
-    !module.is_empty()
-        && module.split("::").all(|part| {
-            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
-}
-
-#[cfg(test)]
-impl Logging {
-    /// Logging that is not the global subscriber, for tests of the monitor (which owns one).
-    pub fn detached() -> Logging {
-        let (_layer, filter) = reload::Layer::<EnvFilter, Registry>::new(EnvFilter::new("info"));
-        let format = LineFormat {
-            show_level: Arc::new(AtomicBool::new(true)),
-            show_origin: Arc::new(AtomicBool::new(false)),
-            colour: Arc::new(AtomicBool::new(false)),
-        };
-        Logging {
-            filter,
-            level: "info".into(),
-            module: None,
-            format,
-            sink: Sink::default(),
-            stderr_is_terminal: false,
-        }
-    }
 }
 
 /// The filter for `level`, restricted to `module` (a module path prefix such as
@@ -325,12 +251,7 @@ mod tests {
             filter_directive("warn", Some("vmm::devices")),
             "off,vmm::devices=warn"
         );
-        assert_eq!(level_name(LogLevel::Warning), "warn");
         assert!(EnvFilter::try_new(filter_directive("info", Some("vmm::vm"))).is_ok());
-        assert!(is_module_path("vmm::devices::i8042") && is_module_path("api_server"));
-        for bad in ["", "a b", "vmm::", "::vmm", "vmm=debug", "a,b"] {
-            assert!(!is_module_path(bad), "{bad:?}");
-        }
     }
 
     #[test]
@@ -341,31 +262,11 @@ mod tests {
         sink.state().held = Some(Vec::new());
         sink.write_all(b"one\n").expect("held");
         assert!(!path.exists());
-        sink.release(Some(open_append(&path).expect("log file")));
+        sink.release(Some(
+            vm_runner::log_output::open_append(&path).expect("log file"),
+        ));
         sink.write_all(b"two\n").expect("to the file");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "one\ntwo\n");
         assert!(sink.state().held.is_none());
-    }
-
-    #[test]
-    fn destinations_open_without_blocking() {
-        let dir = tempfile::tempdir().expect("dir");
-        let file = dir.path().join("log");
-        let mut f = open_append(&file).expect("created");
-        f.write_all(b"one\n").expect("write");
-        let mut f = open_append(&file).expect("reopened");
-        f.write_all(b"two\n").expect("write");
-        assert_eq!(
-            std::fs::read_to_string(&file).expect("read"),
-            "one\ntwo\n",
-            "appended"
-        );
-        let fifo = dir.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.to_str().expect("utf8")).expect("cstr");
-        // SAFETY: mkfifo on a path in our temporary directory.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let mut pipe = open_append(&fifo).expect("a pipe without a reader opens at once");
-        pipe.write_all(b"line\n").expect("buffered in the pipe");
-        assert!(open_append(Path::new("/nonexistent/dir/log")).is_err());
     }
 }

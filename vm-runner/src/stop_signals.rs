@@ -30,7 +30,7 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 }
 
 /// Makes the stop signals stop the VM whose stop eventfd is `fd`.
-pub(crate) fn install(fd: i32) {
+pub fn install(fd: i32) {
     STOP_FD.store(fd, Ordering::Relaxed);
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: installing a handler that only performs an async-signal-safe write.
@@ -40,7 +40,7 @@ pub(crate) fn install(fd: i32) {
 
 /// Makes the stop signals end the VM: at once when `grace` is zero, else through its
 /// power button with `grace` to power off. The handles stay open for the process's life.
-pub(crate) fn install_for(stop: StopHandle, shutdown: Option<ShutdownHandle>, grace: Duration) {
+pub fn install_for(stop: StopHandle, shutdown: Option<ShutdownHandle>, grace: Duration) {
     if let Some(shutdown) = shutdown.filter(|_| !grace.is_zero()) {
         shutdown.set_grace(grace);
         SHUTDOWN_FD.store(shutdown.raw_fd(), Ordering::Relaxed);
@@ -51,6 +51,6 @@ pub(crate) fn install_for(stop: StopHandle, shutdown: Option<ShutdownHandle>, gr
 }
 
 /// Whether a stop signal came.
-pub(crate) fn signalled() -> bool {
+pub fn signalled() -> bool {
     SIGNALLED.load(Ordering::Relaxed)
 }

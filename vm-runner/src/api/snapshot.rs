@@ -77,7 +77,7 @@ impl Monitor {
         let mut fs_daemons = None;
         let fs_args = crate::virtiofs::FsArgs::from_env();
         let mut start_backends = |resources: &mut vmm::resources::VmResources| {
-            crate::restore::start_fs_backends(resources, &fs_args, false, &mut fs_daemons)
+            crate::virtiofs::start_fs_backends(resources, &fs_args, false, &mut fs_daemons)
         };
         // The console goes where InstanceStart's does: this process's stdout, stdin forwarded.
         let vm = vmm::snapshot::restore_microvm_with(
@@ -172,12 +172,12 @@ pub(super) fn restore_params(
 }
 
 /// Refuses a snapshot file that is missing or not a regular file, before the VMM looks.
-pub(crate) fn check_snapshot_file(what: &str, path: &str) -> Result<(), ControllerError> {
+pub fn check_snapshot_file(what: &str, path: &str) -> Result<(), ControllerError> {
     super::state::check_readable(what, path)
 }
 
 /// A restore failure, said as such.
-pub(crate) fn load_error(e: &SnapshotError) -> String {
+pub fn load_error(e: &SnapshotError) -> String {
     format!("cannot load the snapshot: {e}")
 }
 
@@ -262,7 +262,7 @@ mod tests {
             configured: false,
             running: None,
             metrics: Default::default(),
-            logging: super::super::logger::Logging::detached(),
+            logging: Box::new(crate::lean_log::LineLogControl::detached()),
             process_start: Instant::now(),
             events,
         }

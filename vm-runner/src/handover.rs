@@ -1,5 +1,6 @@
-//! What `zvm run` hands the lean VMM executable (`zvm-vmm`) across `exec`: the VM's
-//! resources and the run's options, as JSON in a memfd the new image inherits (the only
+//! What zvm hands the lean VMM executable (`zvm-vmm`) across `exec`: the VM's resources
+//! and the run's options (`zvm run`), or API mode's options (`zvm --api-sock`,
+//! `--config-file`), as JSON in a memfd the new image inherits (the only
 //! descriptor made inheritable on purpose; Rust opens everything else close-on-exec).
 //! The fd's number is `zvm-vmm`'s only argument: `zvm-vmm --handover-fd N`.
 //!
@@ -27,7 +28,7 @@ pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "tra
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
     /// The arguments are not `--handover-fd N`.
-    #[error("usage: zvm-vmm --handover-fd N (zvm run starts it; it is not run by hand)")]
+    #[error("usage: zvm-vmm --handover-fd N (zvm starts it; it is not run by hand)")]
     Usage,
     /// The fd is not an open file.
     #[error("hand-over fd {fd}: {source}")]
@@ -48,7 +49,7 @@ pub enum HandoverError {
     Write(std::io::Error),
 }
 
-/// The VM to run: booted, or restored from a snapshot.
+/// The VM to run: booted, restored from a snapshot, or configured through the API.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Job {
@@ -56,6 +57,55 @@ pub enum Job {
     Boot(VmResources),
     /// `zvm run --restore`.
     Restore(RestoreJob),
+    /// API mode: `zvm --api-sock PATH` and/or `--config-file FILE`.
+    Api(ApiJob),
+}
+
+/// API mode's options ([`crate::api::VmmModeArgs`] but the log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiJob {
+    /// `--api-sock`.
+    pub api_sock: Option<PathBuf>,
+    /// `--config-file`.
+    pub config_file: Option<PathBuf>,
+    /// `--id`.
+    pub id: String,
+    /// `--seccomp-level on`.
+    pub seccomp: bool,
+}
+
+/// The longest instance id a hand-over carries (zvm's `--id`).
+pub const MAX_ID_BYTES: usize = 4096;
+
+impl ApiJob {
+    /// Checks what zvm's command line guarantees: a socket or a file, non-empty paths,
+    /// a bounded id.
+    fn validate(&self) -> Result<(), HandoverError> {
+        let invalid = |what: &str| Err(HandoverError::Invalid(what.to_string()));
+        if self.api_sock.is_none() && self.config_file.is_none() {
+            return invalid("API mode needs an API socket or a config file");
+        }
+        let paths = self.api_sock.iter().chain(&self.config_file);
+        if paths.into_iter().any(|p| p.as_os_str().is_empty()) {
+            return invalid("an empty path");
+        }
+        if self.id.len() > MAX_ID_BYTES {
+            return invalid("the instance id is too long");
+        }
+        Ok(())
+    }
+
+    /// The monitor's options, with `logging` as the process's log.
+    pub fn mode_args(&self, logging: Box<dyn crate::api::LogControl>) -> crate::api::VmmModeArgs {
+        crate::api::VmmModeArgs {
+            api_sock: self.api_sock.clone(),
+            config_file: self.config_file.clone(),
+            id: self.id.clone(),
+            seccomp: self.seccomp,
+            logging,
+        }
+    }
 }
 
 /// `zvm run --restore`'s parameters (a snapshot without virtio-fs shares: those need
@@ -138,6 +188,7 @@ impl Handover {
                     .parse::<vmm::resources::ConsoleConfig>()
                     .map_err(|e| HandoverError::Invalid(e.to_string()))?;
             }
+            Job::Api(api) => api.validate()?,
         }
         if !LOG_LEVELS.contains(&self.log_level.as_str()) {
             return Err(HandoverError::Invalid(format!(
@@ -334,5 +385,62 @@ mod tests {
         let fd = bad.to_memfd().expect("memfd");
         let err = Handover::from_args(args(&fd.into_raw_fd().to_string())).expect_err("bad");
         assert!(err.to_string().starts_with("invalid hand-over"), "{err}");
+    }
+
+    #[test]
+    fn api_mode_crosses_and_hostile_api_jobs_are_refused() {
+        let job = ApiJob {
+            api_sock: Some("/run/a.sock".into()),
+            config_file: None,
+            id: "vm-1".into(),
+            seccomp: true,
+        };
+        let handover = Handover {
+            job: Job::Api(job.clone()),
+            metrics: None,
+            ..sample()
+        };
+        let fd = handover.to_memfd().expect("memfd");
+        let got = Handover::from_args(args(&fd.into_raw_fd().to_string())).expect("read");
+        let Job::Api(got) = got.job else {
+            panic!("API mode");
+        };
+        assert_eq!(got, job);
+        let args_of = got.mode_args(Box::new(crate::lean_log::LineLogControl::detached()));
+        assert_eq!(args_of.api_sock, job.api_sock);
+        assert!(args_of.seccomp && args_of.config_file.is_none());
+
+        let refused = |job: ApiJob| {
+            let bad = Handover {
+                job: Job::Api(job),
+                ..sample()
+            };
+            let fd = bad.to_memfd().expect("memfd");
+            Handover::from_args(args(&fd.into_raw_fd().to_string()))
+                .expect_err("refused")
+                .to_string()
+        };
+        let neither = refused(ApiJob {
+            api_sock: None,
+            ..job.clone()
+        });
+        assert!(neither.contains("API socket or a config file"), "{neither}");
+        let empty = refused(ApiJob {
+            config_file: Some("".into()),
+            ..job.clone()
+        });
+        assert!(empty.contains("empty path"), "{empty}");
+        let long = refused(ApiJob {
+            id: "x".repeat(MAX_ID_BYTES + 1),
+            ..job.clone()
+        });
+        assert!(long.contains("id is too long"), "{long}");
+        // Unknown fields inside the job are refused too.
+        let mut json = serde_json::to_value(&handover).expect("json");
+        json["job"]["api"]["jailer"] = true.into();
+        let text = Handover::from_args(args(&fd_with(json.to_string().as_bytes())))
+            .expect_err("unknown field")
+            .to_string();
+        assert!(text.contains("unknown field"), "{text}");
     }
 }

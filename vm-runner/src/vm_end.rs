@@ -6,7 +6,7 @@ use vmm::VmOutcome;
 
 /// Prints how the VM ended (and the guest's boot time) and maps it to zvm's exit code:
 /// 0 when the guest ended the VM, 130 when stopped by a signal, 1 on failure.
-pub(crate) fn report_outcome(
+pub fn report_outcome(
     outcome: &VmOutcome,
     boot_time: Option<vmm::devices::boot_timer::BootTime>,
 ) -> ExitCode {
@@ -17,7 +17,7 @@ pub(crate) fn report_outcome(
 
 /// How the VM ended (the last line; after the guest's boot time, when known) and zvm's
 /// exit code for it (see [`report_outcome`]).
-pub(crate) fn outcome_lines(
+pub fn outcome_lines(
     outcome: &VmOutcome,
     boot_time: Option<vmm::devices::boot_timer::BootTime>,
 ) -> (Vec<String>, ExitCode) {

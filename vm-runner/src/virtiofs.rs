@@ -160,9 +160,38 @@ pub fn to_api(fs: &FsConfig) -> api_server::model::Fs {
     }
 }
 
+/// Where a virtiofsd is looked for, in order: beside the running executable, an install's
+/// `lib/zvm/` (scripts/install.sh, `zvm setup`), zvm's cache (`$ZVM_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/zvm` or `~/.cache/zvm`: scripts/install-virtiofsd.sh), Debian's
+/// /usr/libexec/virtiofsd, then `$PATH`. zvm-runc's sandbox looks in the same places
+/// (oci-runtime's `virtiofsd_candidates`).
+pub fn virtiofsd_candidates() -> Vec<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        candidates.push(dir.join("virtiofsd"));
+        if let Some(prefix) = dir.parent() {
+            candidates.push(prefix.join("lib/zvm/virtiofsd"));
+        }
+    }
+    let cache = std::env::var_os("ZVM_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("zvm")))
+        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/zvm")));
+    if let Some(cache) = cache {
+        candidates.push(cache.join("virtiofsd/bin/virtiofsd"));
+    }
+    candidates.push(PathBuf::from("/usr/libexec/virtiofsd"));
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("virtiofsd")));
+    }
+    candidates
+}
+
 /// The virtiofsd to run: `explicit` (--virtiofsd or $ZVM_VIRTIOFSD), else the first of
-/// the places zvm-runc looks too (`virtiofsd_candidates`: beside zvm, an install's
-/// `lib/zvm/`, zvm's cache, Debian's /usr/libexec/virtiofsd, `$PATH`).
+/// [`virtiofsd_candidates`].
 pub fn find_virtiofsd(explicit: Option<&Path>) -> Result<PathBuf, VirtiofsError> {
     if let Some(path) = explicit {
         return if path.is_file() {
@@ -173,7 +202,7 @@ pub fn find_virtiofsd(explicit: Option<&Path>) -> Result<PathBuf, VirtiofsError>
             })
         };
     }
-    let candidates = oci_runtime::sandbox::share::host::virtiofsd_candidates();
+    let candidates = virtiofsd_candidates();
     candidates
         .iter()
         .find(|c| c.is_file())
@@ -374,6 +403,25 @@ fn wait_for_socket(child: &mut Child, socket: &Path, deadline: Duration) -> Resu
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Starts a virtiofsd for every share of the restored VM that needs one (all of them
+/// when zvm served them), keeping them in `daemons` for the VM's life.
+pub fn start_fs_backends(
+    resources: &mut vmm::resources::VmResources,
+    args: &FsArgs,
+    jailed: bool,
+    daemons: &mut Option<Daemons>,
+) -> Result<(), String> {
+    if jailed && resources.fs.iter().any(|f| f.socket_path.is_none()) {
+        return Err(
+            "the snapshot has virtio-fs shares, and --fs does not work in a jail yet: \
+                    add --jail off"
+                .into(),
+        );
+    }
+    *daemons = Some(Daemons::start(resources, args).map_err(|e| e.to_string())?);
+    Ok(())
 }
 
 #[cfg(test)]

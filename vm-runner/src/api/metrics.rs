@@ -11,7 +11,7 @@
 //! are totals, as KVM and QEMU's `query-stats` give them; latencies are the last value
 //! (0 until the operation first ran).
 
-use super::logger::open_append;
+use crate::log_output::open_append;
 use api_server::model::InstanceState;
 use std::fs::File;
 use std::io::Write;
