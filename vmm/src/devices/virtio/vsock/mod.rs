@@ -147,13 +147,19 @@ impl Inner {
     /// Fills RX buffers while the muxer has packets for the guest.
     fn process_rx(&mut self) {
         if let Some(sent) = self.reset_sent {
-            if sent.at.elapsed() < RESET_ACK_TIMEOUT {
+            if self.event_avail_idx() != Some(sent.avail_idx) {
+                // Handled, though the guest did not say so (with event indices it only
+                // notifies when asked to).
+                self.reset_sent = None;
+                tracing::debug!("vsock: the guest handled the transport reset");
+            } else if sent.at.elapsed() < RESET_ACK_TIMEOUT {
                 return;
+            } else {
+                tracing::warn!(
+                    "vsock: the guest did not handle the transport reset; delivering packets anyway"
+                );
+                self.reset_sent = None;
             }
-            tracing::warn!(
-                "vsock: the guest did not handle the transport reset; delivering packets anyway"
-            );
-            self.reset_sent = None;
         }
         let Some(ActiveQueues {
             mem,
@@ -360,6 +366,9 @@ impl VirtioDevice for Vsock {
         };
         match queue.add_used(&*mem, head, len) {
             Ok(()) => {
+                // With event indices the guest notifies only past the index the device
+                // asks for: ask for the buffer it gives back once it handled the event.
+                notify::rearm(queue, mem);
                 interrupt.signal_used_queue();
                 let avail_idx = queue.avail_idx(&*mem, Ordering::Acquire).map_or(0, |i| i.0);
                 self.inner.reset_sent = Some(ResetSent {

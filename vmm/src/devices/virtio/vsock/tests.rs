@@ -501,3 +501,52 @@ fn clients_that_never_send_connect_cannot_hold_every_slot() {
     assert_eq!((req.hdr.op, req.hdr.dst_port), (op::REQUEST, 52));
     drop(silent);
 }
+
+/// After a restore, packets for the guest wait until it has taken the transport reset in;
+/// a guest that gives the event buffer back without notifying (with event indices it need
+/// not) gets them as soon as the device sees the buffer, not after the 5 s timeout.
+#[test]
+fn packets_wait_for_the_transport_reset_and_flow_once_its_buffer_is_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut dev = Vsock::new(CID, &dir.path().join("v.sock")).expect("device");
+    let mem = memory();
+    let [rx, tx, ev] = queues(&mem);
+    rx.add_desc_chains(&[linked(DATA, 256, F_WRITE, 0)], 0)
+        .expect("rx");
+    ev.add_desc_chains(&[linked(DATA + 0x3000, 8, F_WRITE, 0)], 0)
+        .expect("event");
+    let irq = Interrupt::new().expect("irq");
+    dev.activate(
+        mem.clone(),
+        vec![ready_queue(&rx), ready_queue(&tx), ready_queue(&ev)],
+        irq,
+    )
+    .expect("activate");
+    // The transport kicks the queues once after a restore.
+    dev.process_queue(RX_QUEUE);
+    dev.after_restore();
+    assert_eq!(used_idx(&mem, &ev), 1, "the reset event is delivered");
+    let mut client = UnixStream::connect(dir.path().join("v.sock")).expect("connect");
+    client.write_all(b"CONNECT 1024\n").expect("write");
+    let pump = |dev: &mut Vsock, for_: Duration| {
+        let start = std::time::Instant::now();
+        while used_idx(&mem, &rx) == 0 && start.elapsed() < for_ {
+            dev.process_host_event();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    pump(&mut dev, Duration::from_millis(200));
+    assert_eq!(
+        used_idx(&mem, &rx),
+        0,
+        "held while the reset is not handled"
+    );
+    // The guest handled it: its buffer is back, with no notification of the event queue.
+    ev.add_desc_chains(&[linked(DATA + 0x3000, 8, F_WRITE, 0)], 1)
+        .expect("event again");
+    let start = std::time::Instant::now();
+    pump(&mut dev, Duration::from_secs(2));
+    assert_eq!(used_idx(&mem, &rx), 1, "delivered once the buffer is back");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(rx_hdr(&mem, DATA).op, op::REQUEST);
+}
