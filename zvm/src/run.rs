@@ -48,7 +48,8 @@ pub struct RunArgs {
     /// (default: a temporary directory removed afterwards).
     #[arg(long, value_name = "DIR", requires = "flist")]
     flist_work: Option<PathBuf>,
-    /// With --flist: root disk size in bytes for a container flist.
+    /// With --flist: a container's root size in bytes: the ext4 disk's, or with a root over
+    /// virtio-fs the most its writes take on the host (a store of that size; default 1 GiB).
     #[arg(long, value_name = "BYTES", requires = "flist")]
     root_size: Option<u64>,
     /// With --flist: where a container's root comes from: virtiofs (the flist unpacked
@@ -57,7 +58,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "virtiofs|ext4", default_value = "virtiofs")]
     root_fs: zos_boot::flist_vm::cow_root::RootFs,
     /// With a container flist: a host directory the container sees at a path, over
-    /// virtio-fs: `HOST_DIR:CONTAINER_PATH[:ro]`; repeatable.
+    /// virtio-fs: `HOST_DIR:CONTAINER_PATH[:ro]` (the user's own directory, not bounded),
+    /// or `IMAGE:CONTAINER_PATH[:ro]:image`, an ext4 image bounded by its size; repeatable.
     #[arg(long = "volume", value_name = "HOST:CTR[:ro]", requires = "flist")]
     volumes: Vec<zos_boot::flist_vm::container::VolumeMount>,
     /// With --flist: the container's host name (default: the flist's name).
