@@ -132,13 +132,95 @@ impl CowRoot {
         let dirs = OverlayDirs::in_dir(&self.lower, &bounded_store::proc_path(&store));
         dirs.create()
             .map_err(|e| FlistVmError::RootDir(e.to_string()))?;
-        let overlay = dirs
-            .mount_detached()
-            .map_err(|e| FlistVmError::RootDir(format!("{e} (a root over virtio-fs with a bounded store needs Linux 6.15 or later; --root-fs ext4 does not)")))?;
-        // The overlay holds its own reference to the store's mount.
-        drop(store);
+        let overlay = match dirs.mount_detached() {
+            // The overlay holds its own reference to the store's mount.
+            Ok(overlay) => overlay,
+            // Linux before 6.15 takes an upper layer only from a mount of the caller's
+            // namespace.
+            Err(direct) => {
+                let attach_at = self.store.path().with_file_name(STORE_MOUNT_POINT);
+                overlay_in_private_namespace(&self.lower, store, &attach_at).map_err(|e| {
+                    FlistVmError::RootDir(format!(
+                        "{direct}; in a mount namespace of its own: {e} (--root-fs ext4 needs neither)"
+                    ))
+                })?
+            }
+        };
         Ok((lock, overlay))
     }
+}
+
+/// Where [`overlay_in_private_namespace`] attaches a root's store, beside it.
+pub const STORE_MOUNT_POINT: &str = "store.mnt";
+
+/// The overlay over `lower` with its upper and work directories in `store` (a detached
+/// mount), made by a thread of this process in a mount namespace of its own, where `store`
+/// is attached on `attach_at` (an empty directory, made if missing) for as long as the
+/// thread lives: the overlay keeps its own reference to the store's mount, the thread's
+/// namespace and its attachment go with the thread, and the host's mount table never has
+/// either. For kernels that take an overlay's upper layer only from a mount in the caller's
+/// namespace (before 6.15).
+pub fn overlay_in_private_namespace(
+    lower: &Path,
+    store: OwnedFd,
+    attach_at: &Path,
+) -> Result<OwnedFd, String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(attach_at) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(format!("create {}: {e}", attach_at.display()))
+        }
+        _ => {}
+    }
+    let target = std::ffi::CString::new(attach_at.as_os_str().as_encoded_bytes())
+        .map_err(|e| e.to_string())?;
+    let lower = lower.to_path_buf();
+    let attach_at = attach_at.to_path_buf();
+    let worker = move || -> Result<OwnedFd, String> {
+        let last = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+        // SAFETY: unshare of this thread's file system attributes and mount namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+            return Err(last("unshare the mount namespace"));
+        }
+        // SAFETY: a propagation change of this thread's own namespace copy.
+        let private = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        };
+        if private != 0 {
+            return Err(last("make the namespace's mounts private"));
+        }
+        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+        // SAFETY: move_mount of a detached mount we own onto a NUL-terminated path.
+        let moved = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                store.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if moved != 0 {
+            return Err(last("attach the store (move_mount)"));
+        }
+        let dirs = OverlayDirs::in_dir(&lower, &attach_at);
+        dirs.create().map_err(|e| e.to_string())?;
+        dirs.mount_detached().map_err(|e| e.to_string())
+    };
+    std::thread::Builder::new()
+        .name("zvm_overlay_ns".into())
+        .spawn(worker)
+        .map_err(|e| format!("start a thread: {e}"))?
+        .join()
+        .map_err(|_| "its thread panicked".to_string())?
 }
 
 /// The VM's layers over the leased tree in `work_dir`: its store of `size` bytes (made if
@@ -205,8 +287,46 @@ mod tests {
         assert_eq!(std::fs::metadata(placeholder).unwrap().len(), 0);
         // A hostile size is refused before anything is made.
         let lease = tree_cache::lease(dir.path()).unwrap();
-        let err = vm_layers(lease, &dir.path().join("w2"), 0).unwrap_err();
+        let err = vm_layers(lease.clone(), &dir.path().join("w2"), 0).unwrap_err();
         assert!(err.to_string().contains("out of range"), "{err}");
         assert!(!dir.path().join("w2/rootfs/store.ext4").exists());
+    }
+
+    #[test]
+    fn older_kernels_get_the_overlay_from_a_private_namespace() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || flist_fetcher::ext4::find_mkfs().is_none() {
+            eprintln!("skipping: needs root and mkfs.ext4");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let lower = dir.path().join("tree");
+        std::fs::create_dir_all(lower.join("etc")).unwrap();
+        std::fs::write(lower.join("etc/os"), "flist\n").unwrap();
+        let work = dir.path().join("work");
+        let (root, _) = vm_layers(tree_cache::lease(&lower).unwrap(), &work, 2 << 20).unwrap();
+        let _lock = root.store.lock().unwrap();
+        let store = root.store.mount_detached().unwrap();
+        let attach_at = work.join("rootfs").join(STORE_MOUNT_POINT);
+        let overlay = overlay_in_private_namespace(&root.lower, store, &attach_at).unwrap();
+        let merged = PathBuf::from(format!("/proc/self/fd/{}", {
+            use std::os::fd::AsRawFd;
+            overlay.as_raw_fd()
+        }));
+        assert_eq!(
+            std::fs::read_to_string(merged.join("etc/os")).unwrap(),
+            "flist\n"
+        );
+        std::fs::write(merged.join("new"), "mine\n").unwrap();
+        // Nothing is attached in this process's namespace; the mount point stays empty.
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!table.contains(work.to_str().unwrap()), "{table}");
+        assert!(std::fs::read_dir(&attach_at).unwrap().next().is_none());
+        assert!(!lower.join("new").exists());
+        drop(overlay);
+        // The write went to the store: a direct mount of it shows the upper layer.
+        let store = root.store.mount_detached().unwrap();
+        let upper = bounded_store::proc_path(&store).join("upper/new");
+        assert_eq!(std::fs::read_to_string(upper).unwrap(), "mine\n");
     }
 }
