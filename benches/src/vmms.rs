@@ -123,7 +123,21 @@ pub fn zvm_args(guest: &GuestSpec) -> Vec<String> {
         "--console".into(),
         "stdio".into(),
     ]);
+    args.extend(irqchip_args(std::env::var(IRQCHIP_ENV).ok().as_deref()));
     args
+}
+
+/// Environment variable choosing zvm's irqchip in every benchmark (`split` or `kernel`,
+/// passed on as `zvm run --irqchip`; unset: zvm's default), to compare the two in one
+/// host state.
+pub const IRQCHIP_ENV: &str = "ZVM_BENCH_IRQCHIP";
+
+/// `--irqchip KIND` for a `ZVM_BENCH_IRQCHIP` value (nothing when unset or empty).
+fn irqchip_args(kind: Option<&str>) -> Vec<String> {
+    match kind {
+        Some(kind) if !kind.is_empty() => vec!["--irqchip".into(), kind.into()],
+        _ => Vec::new(),
+    }
 }
 
 /// QEMU's arguments for `guest`: `-M microvm`, KVM, serial console on stdout, no default
@@ -207,6 +221,13 @@ mod tests {
         assert_eq!(order(0), [Vmm::Zvm, Vmm::Qemu]);
         assert_eq!(order(1), [Vmm::Qemu, Vmm::Zvm]);
         assert_eq!(order(2), order(0));
+    }
+
+    #[test]
+    fn the_irqchip_is_passed_on_when_chosen() {
+        assert!(irqchip_args(None).is_empty());
+        assert!(irqchip_args(Some("")).is_empty());
+        assert_eq!(irqchip_args(Some("kernel")), ["--irqchip", "kernel"]);
     }
 
     #[test]

@@ -7,9 +7,10 @@ use crate::arch::acpi::{self, AcpiError, AcpiMachine, MmioDevice};
 use crate::arch::cpuid;
 use crate::arch::mptable::{write_mptable, MptableError};
 use crate::arch::regs::{self, BootEntry, RegsError};
-use crate::bus::{BusError, MmioBus, PioBus};
+use crate::bus::{BusError, BusRange, MmioBus, PioBus};
 use crate::devices::boot_timer::BootTimeRecord;
 use crate::devices::i8042::{self, I8042Device};
+use crate::devices::ioapic::{self, bus::IoapicDevice};
 use crate::devices::serial::{ConsoleSink, SerialDevice};
 use crate::devices::virtio::block::BlockError;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_SLOT_SIZE};
@@ -22,9 +23,9 @@ use crate::layout;
 use crate::loader::{self, LoaderError};
 use crate::memory::{create_guest_memory, GuestMemoryMmap, MemoryError};
 use crate::metrics::VmMetrics;
-use crate::resources::{ConsoleConfig, CpuTemplate, ResourcesError, VmResources};
+use crate::resources::{ConsoleConfig, CpuTemplate, IrqchipKind, ResourcesError, VmResources};
 use crate::vm::RunningVm;
-use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_enable_cap, kvm_pit_config, KVM_CAP_SPLIT_IRQCHIP, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -137,6 +138,22 @@ pub struct BuildOptions {
     /// With the irqchip, also create the in-kernel PIT ([`build_microvm`] takes it from
     /// the resources' [`crate::resources::MachineConfig::pit`]).
     pub pit: bool,
+    /// Make the irqchip a split one (local APICs in KVM, zvm's IOAPIC, no PIC) unless
+    /// the VM has a PIT, which needs KVM's own ([`build_microvm`] takes it from the
+    /// resources' [`crate::resources::MachineConfig::irqchip_kind`]).
+    pub split_irqchip: bool,
+}
+
+impl BuildOptions {
+    /// Whether the VM gets a split irqchip.
+    pub fn split(&self) -> bool {
+        self.irqchip && self.split_irqchip && !self.pit
+    }
+
+    /// Whether the VM gets KVM's full in-kernel irqchip (PIC, IOAPIC, local APICs).
+    pub fn kernel_irqchip(&self) -> bool {
+        self.irqchip && !self.split()
+    }
 }
 
 impl Default for BuildOptions {
@@ -145,6 +162,7 @@ impl Default for BuildOptions {
             process_start: Instant::now(),
             irqchip: true,
             pit: false,
+            split_irqchip: true,
         }
     }
 }
@@ -152,7 +170,7 @@ impl Default for BuildOptions {
 /// A micro-VM under construction.
 pub struct MicrovmBuilder {
     kvm: Kvm,
-    vm: VmFd,
+    vm: Arc<VmFd>,
     mem: GuestMemoryMmap,
     mem_size: u64,
     vcpu_count: u8,
@@ -184,6 +202,8 @@ pub struct MicrovmBuilder {
     i8042: Option<Arc<Mutex<I8042Device>>>,
     /// Every virtio-mmio transport, in attach order (their snapshot order).
     virtio: Vec<Arc<Mutex<MmioTransport>>>,
+    /// zvm's IOAPIC (a split irqchip).
+    ioapic: Option<Arc<Mutex<IoapicDevice>>>,
     /// What the VM was built from, kept for snapshots.
     resources: Option<VmResources>,
     /// KVM logs the pages the guest writes (for diff snapshots).
@@ -253,18 +273,37 @@ impl MicrovmBuilder {
     ) -> Result<Self, BuildError> {
         let build_start = Instant::now();
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
-        let vm = kvm.create_vm().map_err(kvm_err("create the VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create the VM"))?);
         let mem_size = mem_mib << 20;
         register_memory(&vm, &mem, track_dirty_pages)?;
         vm.set_tss_address(layout::KVM_TSS_START as usize)
             .map_err(kvm_err("set the TSS address"))?;
         vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_START)
             .map_err(kvm_err("set the identity map address"))?;
-        if opts.irqchip {
+        let mut mmio = MmioBus::new();
+        let mut ioapic = None;
+        if opts.split() {
+            let mut cap = kvm_enable_cap {
+                cap: KVM_CAP_SPLIT_IRQCHIP,
+                ..Default::default()
+            };
+            cap.args[0] = ioapic::NUM_PINS as u64;
+            vm.enable_cap(&cap)
+                .map_err(kvm_err("enable the split irqchip"))?;
+            // The IOAPIC's id, as the MP table and the MADT give it.
+            let id = vcpu_count.saturating_add(1);
+            let router: Arc<dyn ioapic::bus::GsiRouter> = vm.clone();
+            let device = Arc::new(Mutex::new(IoapicDevice::new(id, router)));
+            mmio.insert(
+                BusRange::new(layout::IOAPIC_START, ioapic::MMIO_LEN),
+                device.clone(),
+            )?;
+            ioapic = Some(device);
+        } else if opts.irqchip {
             vm.create_irq_chip()
                 .map_err(kvm_err("create the in-kernel irqchip"))?;
         }
-        if opts.irqchip && opts.pit {
+        if opts.kernel_irqchip() && opts.pit {
             let pit = kvm_pit_config {
                 flags: KVM_PIT_SPEAKER_DUMMY,
                 ..Default::default()
@@ -294,7 +333,7 @@ impl MicrovmBuilder {
             opts,
             build_start,
             pio: PioBus::new(),
-            mmio: MmioBus::new(),
+            mmio,
             serial: None,
             console_input: false,
             reset_evt: EventFd::new(EFD_NONBLOCK).map_err(io_err("create the reset eventfd"))?,
@@ -308,6 +347,7 @@ impl MicrovmBuilder {
             metrics,
             i8042: None,
             virtio: Vec::new(),
+            ioapic,
             resources: None,
             track_dirty_pages,
             memory_registrations: 1,
@@ -339,6 +379,7 @@ impl MicrovmBuilder {
             serial: self.serial.clone(),
             i8042: self.i8042.clone(),
             virtio: self.virtio.clone(),
+            ioapic: self.ioapic.clone(),
         }
     }
 
@@ -495,6 +536,7 @@ pub fn build_microvm_with_console(
         resources.seccomp,
         BuildOptions {
             pit: mc.pit,
+            split_irqchip: mc.irqchip_kind() == IrqchipKind::Split,
             ..opts
         },
         mc.track_dirty_pages,

@@ -7,12 +7,13 @@
 
 use crate::arch::state::VcpuState;
 use crate::bus::{MmioBus, PioBus};
+use crate::devices::ioapic::bus::IoapicDevice;
 use crate::memory::GuestMemoryMmap;
 use crate::metrics::VcpuMetrics;
 use crate::seccomp::{self, ThreadKind};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -129,6 +130,8 @@ pub struct Vcpu {
     pub metrics: Arc<VcpuMetrics>,
     /// What saving this vCPU's state needs.
     pub save: VcpuSaveContext,
+    /// zvm's IOAPIC (a split irqchip), told of EOIs of level-triggered vectors.
+    pub ioapic: Option<Arc<Mutex<IoapicDevice>>>,
 }
 
 /// What a vCPU needs to save its state for a snapshot.
@@ -279,6 +282,14 @@ impl Vcpu {
                 VcpuExit::MmioWrite(addr, data) => {
                     metrics.exit_mmio_write.inc();
                     self.mmio.write(addr, data);
+                }
+                VcpuExit::IoapicEoi(vector) => {
+                    if let Some(ioapic) = &self.ioapic {
+                        ioapic
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .end_of_interrupt(vector);
+                    }
                 }
                 VcpuExit::Hlt => {
                     metrics.exit_hlt.inc();

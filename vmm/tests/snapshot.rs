@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vmm::builder::{build_microvm_with_console, BuildOptions};
 use vmm::devices::serial::ConsoleSink;
+use vmm::resources::IrqchipKind;
 use vmm::snapshot::{
     read_state_file, restore_microvm, CreateSnapshotParams, RestoreOverrides, RestoreParams,
     SnapshotError, SnapshotType,
@@ -417,10 +418,16 @@ fn a_vm_keeps_its_pit_or_lack_of_one_across_snapshots() {
     };
     let kernel = files.path("counter.elf");
     std::fs::write(&kernel, elf(&counter_code())).expect("kernel");
-    for pit in [false, true] {
+    // No PIT: a split irqchip unless KVM's is asked for; a PIT: KVM's irqchip.
+    for (pit, irqchip, split) in [
+        (false, None, true),
+        (false, Some(IrqchipKind::Kernel), false),
+        (true, None, false),
+    ] {
         let mut resources = VmResources::new(&kernel);
         resources.machine_config.mem_size_mib = 32;
         resources.machine_config.pit = pit;
+        resources.machine_config.irqchip = irqchip;
         let vm = build_microvm_with_console(
             &resources,
             BuildOptions::default(),
@@ -438,7 +445,8 @@ fn a_vm_keeps_its_pit_or_lack_of_one_across_snapshots() {
             pit,
             "PIT state saved iff the VM had one"
         );
-        assert!(!saved.vm.irqchips.is_empty());
+        assert_eq!(saved.vm.irqchips.is_empty(), split, "KVM's irqchip saved");
+        assert_eq!(saved.devices.ioapic.is_some(), split, "zvm's IOAPIC saved");
 
         // The restored VM is given the PIT its snapshot holds (older snapshots all hold
         // one, whatever their resources say), and a snapshot of it holds it again.
@@ -452,5 +460,18 @@ fn a_vm_keeps_its_pit_or_lack_of_one_across_snapshots() {
         let saved = read_state_file(&state2).expect("state");
         assert_eq!(saved.vm.pit.is_some(), pit);
         assert_eq!(saved.resources.machine_config.pit, pit);
+        assert_eq!(
+            saved.devices.ioapic.is_some(),
+            split,
+            "the same irqchip again"
+        );
+        assert_eq!(
+            saved.resources.machine_config.irqchip_kind(),
+            if split {
+                IrqchipKind::Split
+            } else {
+                IrqchipKind::Kernel
+            }
+        );
     }
 }

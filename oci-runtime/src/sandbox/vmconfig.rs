@@ -192,6 +192,8 @@ pub fn vm_resources(size: VmSize, files: VmFiles<'_>, readonly: bool) -> VmResou
             cmdline_devices: false,
             // and times itself with kvmclock and the local APIC timer.
             pit: false,
+            // A split irqchip: no PIT, so the VM ends without tearing KVM's PIC down.
+            irqchip: None,
         },
         console: ConsoleConfig::File(files.console_log.to_path_buf()),
         console_timestamps: false,

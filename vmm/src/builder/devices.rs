@@ -7,6 +7,7 @@ use crate::bus::BusRange;
 use crate::devices::acpi_pm::AcpiPmDevice;
 use crate::devices::boot_timer::BootTimerDevice;
 use crate::devices::i8042::{I8042Device, KBD_IRQ};
+use crate::devices::ioapic::bus::LevelLine;
 use crate::devices::serial::{ConsoleSink, SerialDevice};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_SLOT_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -135,6 +136,20 @@ impl MicrovmBuilder {
             self.vm
                 .register_irqfd(transport.interrupt_evt(), slot.irq)
                 .map_err(kvm_err("register a virtio irqfd"))?;
+        }
+        if let Some(ioapic) = &self.ioapic {
+            // A guest that makes the pin level-triggered gets it raised again after its
+            // EOI while InterruptStatus still has bits set.
+            let interrupt = transport.interrupt();
+            let raise = interrupt
+                .eventfd()
+                .try_clone()
+                .map_err(io_err("clone a virtio irqfd"))?;
+            let line = LevelLine::new(Box::new(move || interrupt.status() != 0), raise);
+            ioapic
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_line(slot.irq, line);
         }
         let transport = Arc::new(Mutex::new(transport));
         self.mmio

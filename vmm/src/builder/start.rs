@@ -109,6 +109,7 @@ impl MicrovmBuilder {
                 mem,
                 metrics,
                 save,
+                ioapic: self.ioapic.clone(),
             });
         }
         Ok(vcpus)
@@ -135,7 +136,7 @@ impl MicrovmBuilder {
                 .map_err(io_err("start a vCPU thread"))?;
             threads.push(thread);
         }
-        let vm = Arc::new(self.vm);
+        let vm = self.vm;
         let snapshot = SnapshotParts {
             vm: vm.clone(),
             control: control.clone(),
@@ -145,10 +146,11 @@ impl MicrovmBuilder {
                 serial: self.serial.clone(),
                 i8042: self.i8042.clone(),
                 virtio: self.virtio,
+                ioapic: self.ioapic.clone(),
             },
             resources: self.resources,
             track_dirty_pages: self.track_dirty_pages,
-            irqchip: self.opts.irqchip,
+            irqchip: self.opts.kernel_irqchip(),
         };
         let vmm = VmmLoop {
             vcpu_threads: threads,

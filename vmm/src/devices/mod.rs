@@ -3,10 +3,12 @@
 pub mod acpi_pm;
 pub mod boot_timer;
 pub mod i8042;
+pub mod ioapic;
 pub mod serial;
 pub mod virtio;
 
 use i8042::{I8042Device, I8042State};
+use ioapic::{bus::IoapicDevice, IoapicState};
 use serde::{Deserialize, Serialize};
 use serial::{SerialDevice, SerialDeviceState};
 use std::io;
@@ -23,6 +25,10 @@ pub struct DevicesState {
     pub i8042: Option<I8042State>,
     /// Every virtio-mmio device, in attach order.
     pub virtio: Vec<MmioTransportState>,
+    /// zvm's IOAPIC (VMs with a split irqchip; KVM's irqchip state is in the VM's state
+    /// otherwise). Last: a state file of format 4, which ends before it, reads as
+    /// `None` once a zero byte is appended (`snapshot::file`).
+    pub ioapic: Option<IoapicState>,
 }
 
 /// The devices of a VM whose state a snapshot saves.
@@ -34,6 +40,8 @@ pub struct DeviceRegistry {
     pub i8042: Option<Arc<Mutex<I8042Device>>>,
     /// The virtio-mmio transports, in attach order.
     pub virtio: Vec<Arc<Mutex<MmioTransport>>>,
+    /// zvm's IOAPIC (a split irqchip).
+    pub ioapic: Option<Arc<Mutex<IoapicDevice>>>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -47,6 +55,7 @@ impl DeviceRegistry {
             serial: self.serial.as_ref().map(|d| lock(d).save_state()),
             i8042: self.i8042.as_ref().map(|d| lock(d).save_state()),
             virtio: self.virtio.iter().map(|t| lock(t).save_state()).collect(),
+            ioapic: self.ioapic.as_ref().map(|d| lock(d).save_state()),
         }
     }
 
@@ -81,6 +90,20 @@ impl DeviceRegistry {
             lock(dev)
                 .restore_state(s)
                 .map_err(|e| ("i8042".to_string(), e))?;
+        }
+        match (&self.ioapic, &state.ioapic) {
+            (Some(dev), Some(s)) => lock(dev)
+                .restore_state(s)
+                .map_err(|e| ("IOAPIC".to_string(), e.to_string()))?,
+            (None, None) => {}
+            (dev, _) => {
+                let reason = if dev.is_some() {
+                    "the VM has a split irqchip, the snapshot KVM's"
+                } else {
+                    "the snapshot has a split irqchip, the VM KVM's"
+                };
+                return Err(("IOAPIC".to_string(), reason.to_string()));
+            }
         }
         if state.virtio.len() != self.virtio.len() {
             let reason = format!(

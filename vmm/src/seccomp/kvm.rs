@@ -2,8 +2,8 @@
 
 use super::NamedValue;
 use kvm_bindings::{
-    kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_regs, kvm_sregs,
-    kvm_translation, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    kvm_debugregs, kvm_fpu, kvm_irq_routing, kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_regs,
+    kvm_sregs, kvm_translation, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use std::mem::size_of;
 
@@ -40,10 +40,14 @@ pub const KVM_GET_DEBUGREGS: u64 = ioc(READ, 0xa1, size_of::<kvm_debugregs>());
 pub const KVM_GET_XSAVE: u64 = ioc(READ, 0xa4, size_of::<kvm_xsave>());
 /// KVM_GET_XCRS.
 pub const KVM_GET_XCRS: u64 = ioc(READ, 0xa6, size_of::<kvm_xcrs>());
+/// KVM_SET_GSI_ROUTING (a VM ioctl: the split irqchip's IOAPIC installs its routes from
+/// the vCPU thread whose guest write changed them).
+pub const KVM_SET_GSI_ROUTING: u64 = ioc(WRITE, 0x6a, size_of::<kvm_irq_routing>());
 
 /// What a vCPU thread asks of KVM: running, and reading its state when parked for a
 /// snapshot (`VcpuState::save`) or when it failed (the register dump and the bytes at the
-/// instruction pointer). Setting state happens before the threads start.
+/// instruction pointer), and setting the VM's GSI routes when the guest reprograms the
+/// userspace IOAPIC. Setting state happens before the threads start.
 pub const VCPU_IOCTLS: &[NamedValue] = &[
     (KVM_RUN, "KVM_RUN"),
     (KVM_GET_REGS, "KVM_GET_REGS"),
@@ -57,4 +61,5 @@ pub const VCPU_IOCTLS: &[NamedValue] = &[
     (KVM_GET_DEBUGREGS, "KVM_GET_DEBUGREGS"),
     (KVM_GET_XSAVE, "KVM_GET_XSAVE"),
     (KVM_GET_XCRS, "KVM_GET_XCRS"),
+    (KVM_SET_GSI_ROUTING, "KVM_SET_GSI_ROUTING"),
 ];

@@ -10,7 +10,7 @@
 //! A disallowed system call raises SIGSYS; zvm's handler names the call and ends the
 //! process, so a missing rule is a clear message rather than a mystery.
 
-mod kvm;
+pub(crate) mod kvm;
 mod names;
 mod spec;
 

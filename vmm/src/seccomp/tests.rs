@@ -19,6 +19,7 @@ fn vcpu_ioctl_numbers_are_the_kernels() {
     assert_eq!(KVM_GET_MSRS, 0xc008_ae88);
     assert_eq!(KVM_GET_FPU, 0x81a0_ae8c);
     assert_eq!(KVM_GET_LAPIC, 0x8400_ae8e);
+    assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
     assert_eq!(KVM_GET_MP_STATE, 0x8004_ae98);
     assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_ae9f);
     assert_eq!(KVM_GET_DEBUGREGS, 0x8080_aea1);
@@ -84,7 +85,7 @@ fn audit_lists_each_threads_calls() {
         expected(&[
             "ioctl(1: KVM_GET_DEBUGREGS | KVM_GET_FPU | KVM_GET_LAPIC | KVM_GET_MP_STATE \
              | KVM_GET_MSRS | KVM_GET_REGS | KVM_GET_SREGS | KVM_GET_VCPU_EVENTS \
-             | KVM_GET_XCRS | KVM_GET_XSAVE | KVM_RUN | KVM_TRANSLATE)"
+             | KVM_GET_XCRS | KVM_GET_XSAVE | KVM_RUN | KVM_SET_GSI_ROUTING | KVM_TRANSLATE)"
         ])
     );
     assert_eq!(

@@ -25,7 +25,12 @@ pub const MAGIC: [u8; 8] = *b"ZVMSNAP\0";
 /// 2: each virtio device's state holds its configuration space and ConfigGeneration.
 /// 3: and the device's own state, if it has one (virtio-fs).
 /// 4: a virtio-fs device's state carries its backend's (virtiofsd's) state.
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: the devices' state ends with zvm's IOAPIC's (VMs with a split irqchip). Format 4
+///    files are still read: their payload is format 5's without that last field, which
+///    decodes as absent (their VMs have KVM's irqchip) once a zero byte is appended.
+pub const FORMAT_VERSION: u32 = 5;
+/// The oldest format this zvm reads ([`FORMAT_VERSION`] - 1).
+pub const OLDEST_FORMAT_VERSION: u32 = 4;
 /// The largest payload zvm reads (a VM's state is a few KiB per vCPU and device, plus up
 /// to 16 MiB of backend state per virtio-fs share the guest used).
 pub const MAX_PAYLOAD: u64 = 64 << 20;
@@ -64,10 +69,11 @@ pub fn decode(bytes: &[u8]) -> Result<MicrovmState, String> {
         return Err("not a zvm snapshot state file (bad magic)".into());
     }
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(format!(
-            "format version {version}, but this zvm reads version {FORMAT_VERSION} only \
-             (take the snapshot again with this zvm)"
+            "format version {version}, but this zvm reads versions \
+             {OLDEST_FORMAT_VERSION}-{FORMAT_VERSION} only (take the snapshot again with \
+             this zvm)"
         ));
     }
     let mut len = [0u8; 8];
@@ -91,9 +97,15 @@ pub fn decode(bytes: &[u8]) -> Result<MicrovmState, String> {
     if crc32fast::hash(&bytes[..body]) != u32::from_le_bytes(crc) {
         return Err("checksum mismatch: the file is corrupt".into());
     }
-    codec()
-        .deserialize(&bytes[HEADER..body])
-        .map_err(|e| format!("cannot decode the state: {e}"))
+    let decoded = if version == FORMAT_VERSION {
+        codec().deserialize(&bytes[HEADER..body])
+    } else {
+        // Format 4: no IOAPIC state at the end (`None` is one zero byte).
+        let mut payload = bytes[HEADER..body].to_vec();
+        payload.push(0);
+        codec().deserialize(&payload)
+    };
+    decoded.map_err(|e| format!("cannot decode the state: {e}"))
 }
 
 /// Writes the state file atomically (a temporary file beside it, synced, then renamed);
@@ -203,7 +215,7 @@ mod tests {
         // The previous formats (before the virtio configuration space, the devices' own
         // states and virtiofsd's were saved), and one from the future; the header is
         // checked first.
-        assert_eq!(FORMAT_VERSION, 4);
+        assert_eq!(FORMAT_VERSION, 5);
         for other in [1u32, 2, 3, 9] {
             let mut version = bytes.clone();
             version[8..12].copy_from_slice(&other.to_le_bytes());
@@ -212,7 +224,7 @@ mod tests {
             version[at..].copy_from_slice(&crc.to_le_bytes());
             refused(
                 &version,
-                &format!("format version {other}, but this zvm reads version 4 only"),
+                &format!("format version {other}, but this zvm reads versions 4-5 only"),
             );
         }
         let mut huge = bytes.clone();
@@ -227,6 +239,38 @@ mod tests {
         let crc = crc32fast::hash(&garbage);
         garbage.extend_from_slice(&crc.to_le_bytes());
         refused(&garbage, "cannot decode");
+    }
+
+    /// A format 4 file: the payload without the IOAPIC state at its end.
+    fn format_4_file(state: &MicrovmState) -> Vec<u8> {
+        let mut payload = codec().serialize(state).expect("encode");
+        assert_eq!(
+            payload.pop(),
+            Some(0),
+            "no IOAPIC state: one zero byte at the end"
+        );
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&4u32.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn format_4_files_read_as_vms_with_the_kernel_irqchip() {
+        let mut old = state();
+        old.vm.irqchips.push(Default::default());
+        let back = decode(&format_4_file(&old)).expect("format 4 decodes");
+        assert_eq!(back.devices.ioapic, None);
+        assert_eq!(back.vm.irqchips.len(), 1);
+        assert_eq!(back.resources, old.resources);
+        // A format 5 file with an IOAPIC state round-trips it.
+        let mut split = state();
+        split.devices.ioapic = Some(crate::devices::ioapic::Ioapic::new(2).save_state());
+        let back = decode(&encode(&split).expect("encode")).expect("decode");
+        assert_eq!(back.devices.ioapic, split.devices.ioapic);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::arch::state::check_cpuid_compatible;
 use crate::builder::{attach_devices, BuildOptions, MicrovmBuilder};
 use crate::devices::serial::ConsoleSink;
 use crate::memory::{guest_memory_from_file, shared_guest_memory_from_file};
-use crate::resources::VmResources;
+use crate::resources::{IrqchipKind, VmResources};
 use crate::vm::RunningVm;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::Kvm;
@@ -175,6 +175,14 @@ pub fn restore_microvm_with(
     // tracks, and a snapshot of it records its own setting.
     resources.machine_config.track_dirty_pages = params.track_dirty_pages;
     resources.machine_config.pit = state.vm.pit.is_some();
+    // The snapshot says which irqchip it has: zvm's IOAPIC state (split), KVM's irqchip
+    // state (kernel; every snapshot made before split irqchips existed), or neither.
+    let split = state.devices.ioapic.is_some();
+    resources.machine_config.irqchip = match (split, state.vm.irqchips.is_empty()) {
+        (true, _) => Some(IrqchipKind::Split),
+        (false, false) => Some(IrqchipKind::Kernel),
+        (false, true) => None,
+    };
     resources
         .validate()
         .map_err(|e| SnapshotError::BadStateFile {
@@ -201,10 +209,12 @@ pub fn restore_microvm_with(
         start_backends(&mut resources).map_err(SnapshotError::FsBackend)?;
     }
     // A snapshot's VM gets the in-kernel devices it was saved with: a PIT only if the
-    // snapshot holds one (snapshots made before the PIT became optional all do).
+    // snapshot holds one (snapshots made before the PIT became optional all do), the
+    // irqchip of the kind it saved.
     let opts = BuildOptions {
-        irqchip: !state.vm.irqchips.is_empty(),
+        irqchip: split || !state.vm.irqchips.is_empty(),
         pit: state.vm.pit.is_some(),
+        split_irqchip: split,
         ..opts
     };
     let mut builder = MicrovmBuilder::with_memory_tracked(

@@ -135,6 +135,11 @@ impl MmioTransport {
         !self.backend_polls_queues
     }
 
+    /// The device's interrupt (InterruptStatus and its irqfd), shared.
+    pub fn interrupt(&self) -> Interrupt {
+        self.interrupt.clone()
+    }
+
     /// The interrupt eventfd: register it with KVM as the device's irqfd.
     pub fn interrupt_evt(&self) -> &EventFd {
         self.interrupt.eventfd()
