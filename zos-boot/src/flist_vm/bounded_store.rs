@@ -10,8 +10,9 @@
 //! system is. A store is mounted by one VM at a time ([`StoreImage::lock`]): two ext4 mounts
 //! of one image would corrupt it.
 //!
-//! Needs Linux 6.15 or later for a root store (an overlay whose upper layer is in a detached
-//! mount) and loop devices (`/dev/loop-control`).
+//! Needs loop devices (`/dev/loop-control`); a volume's store is shared as a copy of its
+//! detached mount, which needs Linux 6.15 or later (a root's overlay has a fallback for
+//! older kernels: [`super::cow_root::overlay_in_private_namespace`]).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
