@@ -303,7 +303,7 @@ fn malformed_jail_flags_are_refused_before_anything_runs() {
 }
 
 #[test]
-fn malformed_pit_root_volume_and_xattr_values_are_refused() {
+fn malformed_pit_irqchip_root_volume_and_xattr_values_are_refused() {
     let f = kernel_file(b"\x7fELF not really");
     let k = f.path().to_str().expect("utf8");
     let dir = tempfile::tempdir().expect("dir");
@@ -312,6 +312,14 @@ fn malformed_pit_root_volume_and_xattr_values_are_refused() {
         (
             &["run", "--kernel", k, "--pit", "maybe"][..],
             "invalid value 'maybe'",
+        ),
+        (
+            &["run", "--kernel", k, "--irqchip", "pic"][..],
+            "invalid value 'pic'",
+        ),
+        (
+            &["run", "--kernel", k, "--pit", "on", "--irqchip", "split"][..],
+            "a split irqchip cannot have a PIT: KVM's PIT needs",
         ),
         (
             &["run", "--kernel", k, "--root-fs", "zfs"][..],
