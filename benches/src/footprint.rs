@@ -3,9 +3,11 @@
 //! after its `!` instead of resetting, so the VM stays up to be measured. The VMM is
 //! sampled `SETTLE` after the `!` (`/proc/PID/smaps`, as `boot` samples it: every mapping
 //! but the guest RAM), then killed. For zvm the process measured is the one `zvm run`
-//! became: the lean `zvm-vmm` it hands plain VMs to.
+//! became: the lean `zvm-vmm` it hands plain VMs to. Each run also measures an API-mode
+//! VM (`zvm --api-sock`, [`crate::footprint_api`]) served by zvm-vmm and by zvm itself.
 
 use crate::error::{io_err, Result};
+use crate::footprint_api::{self, ApiSample, Server};
 use crate::measure::{median, ratio, run_watched, Watch};
 use crate::overhead::{pvh_elf, LOAD_ADDR};
 use crate::smaps::{parse_smaps, vmm_memory, VmmMemory};
@@ -16,7 +18,7 @@ use std::time::Duration;
 /// How long after its first output the VMM is sampled (its set-up is over by then).
 const SETTLE: Duration = Duration::from_millis(300);
 /// Guest memory of the measured VMs.
-const MEM_MIB: u64 = 256;
+pub const MEM_MIB: u64 = 256;
 
 /// The guest: `GUEST_CODE` without the reset, so the vCPU halts (in KVM, with the
 /// in-kernel irqchip) after printing `!`:
@@ -43,6 +45,8 @@ pub struct Sample {
 pub struct FootprintReport {
     /// Every sample.
     pub samples: Vec<Sample>,
+    /// The API-mode samples.
+    pub api: Vec<ApiSample>,
     /// Runs without a sample.
     pub failures: usize,
 }
@@ -76,13 +80,19 @@ impl FootprintReport {
         serde_json::json!({
             "zvm": per(Vmm::Zvm), "qemu": per(Vmm::Qemu),
             "ratio_zvm_qemu": ratio(self.rss_kib(Vmm::Zvm), self.rss_kib(Vmm::Qemu)),
+            "api": footprint_api::to_json(&self.api, Server::Lean),
+            "api_in_zvm": footprint_api::to_json(&self.api, Server::Zvm),
+            "ratio_api_qemu": ratio(
+                footprint_api::rss_kib(&self.api, Server::Lean),
+                self.rss_kib(Vmm::Qemu)
+            ),
             "failures": self.failures,
         })
     }
 }
 
 /// Samples `pid` after [`SETTLE`].
-fn sample(vmm: Vmm, pid: u32) -> Result<Sample> {
+pub fn sample(vmm: Vmm, pid: u32) -> Result<Sample> {
     std::thread::sleep(SETTLE);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.display().to_string())
@@ -163,13 +173,41 @@ pub fn run(
                 }
             }
         }
+        for server in [Server::Lean, Server::Zvm] {
+            match footprint_api::run_one(&launcher.zvm, &guest.kernel, dir, server, timeout) {
+                Ok(s) => {
+                    println!(
+                        "{:>4}  {:<5}  {:>9}  {:>12}  {:>12}  {} (spawn to '!' {:.1} ms, InstanceStart to '!' {:.1} ms)",
+                        i + 1,
+                        server.name(),
+                        s.sample.memory.rss_kib,
+                        s.sample.memory.private_kib,
+                        s.sample.exe_kib,
+                        s.sample.exe,
+                        crate::measure::ms(s.spawn_to_output),
+                        crate::measure::ms(s.start_to_output),
+                    );
+                    report.api.push(s);
+                }
+                Err(e) => {
+                    report.failures += 1;
+                    eprintln!("warning: {} run {}: {e}", server.name(), i + 1);
+                }
+            }
+        }
     }
     let (z, q) = (report.rss_kib(Vmm::Zvm), report.rss_kib(Vmm::Qemu));
+    let kib = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
     println!(
         "median Rss without guest RAM: zvm {} KiB, QEMU {} KiB, zvm/QEMU {}",
-        z.map_or("-".into(), |v| format!("{v:.0}")),
-        q.map_or("-".into(), |v| format!("{v:.0}")),
+        kib(z),
+        kib(q),
         ratio(z, q).map_or("-".into(), |r| format!("{r:.3}"))
+    );
+    println!(
+        "API mode, after InstanceStart: served by zvm-vmm {} KiB, by zvm (ZVM_VMM=none) {} KiB",
+        kib(footprint_api::rss_kib(&report.api, Server::Lean)),
+        kib(footprint_api::rss_kib(&report.api, Server::Zvm)),
     );
     Ok(report)
 }

@@ -19,6 +19,7 @@ mod deploy_node;
 mod devices;
 mod error;
 mod footprint;
+mod footprint_api;
 mod jail_cost;
 mod kvm_stats;
 mod measure;

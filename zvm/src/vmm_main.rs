@@ -46,9 +46,6 @@ fn main() -> ExitCode {
             }
         }
     }
-    if let Job::Api(api) = &handover.job {
-        return vm_runner::api::serve(api.mode_args(Box::new(log)), process_start);
-    }
     let opts = BuildOptions {
         process_start,
         ..BuildOptions::default()
@@ -58,7 +55,7 @@ fn main() -> ExitCode {
             .map(|vm| (vm, resources.console == ConsoleConfig::Stdio))
             .map_err(|e| (format!("zvm: {e}"), 2)),
         Job::Restore(restore) => restore_vm(restore, opts),
-        Job::Api(_) => return ExitCode::from(2),
+        Job::Api(api) => return vm_runner::api::serve(api.mode_args(Box::new(log)), process_start),
     };
     match started {
         Ok((vm, interactive)) => run(&handover, vm, interactive),
