@@ -179,6 +179,7 @@ impl StoreImage {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&self.path)
             .map_err(io(&self.path, "open it"))?;
+        wait_for_release(&self.path, RELEASE_WAIT)?;
         let (loop_path, loop_dev) =
             attach_loop(&image).map_err(io(&self.path, "attach a loop device"))?;
         drop(image);
@@ -266,6 +267,47 @@ fn make(path: &Path, size: u64, root: RootAttrs) -> Result<(), StoreError> {
         });
     }
     Ok(())
+}
+
+/// How long a mount waits for the loop device of a VM that ended to let go of the image.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The loop devices bound to `image` (their sysfs `backing_file` names it).
+fn loops_backed_by(image: &Path) -> Vec<String> {
+    let Ok(image) = std::fs::canonicalize(image) else {
+        return Vec::new();
+    };
+    let Ok(devices) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    devices
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("loop"))
+        .filter(|d| {
+            std::fs::read_to_string(d.path().join("loop/backing_file"))
+                .is_ok_and(|f| Path::new(f.trim_end_matches('\n')) == image)
+        })
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Waits (at most `wait`) until no loop device is bound to `image`: the store's lock is
+/// free as soon as a VM's process is gone, but its virtiofsd's mount, and with it the file
+/// system and its loop device, may take a moment longer to go; a second mount of the image
+/// meanwhile would corrupt it.
+fn wait_for_release(image: &Path, wait: std::time::Duration) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let bound = loops_backed_by(image);
+        if bound.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(image = %image.display(), devices = ?bound, "the store is still mounted");
+            return Err(StoreError::Busy(image.to_path_buf()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;

@@ -139,10 +139,19 @@ fn a_full_store_says_enospc_and_the_host_file_stays_within_its_size() {
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!table.contains(path.to_str().unwrap()));
     assert!(!table.contains(dir.path().to_str().unwrap()));
+    // While it is mounted, a second mount waits for it to go, then gives up.
+    let bound = loops_backed_by(&path);
+    assert_eq!(bound.len(), 1, "{bound:?}");
+    let started = std::time::Instant::now();
+    let err = wait_for_release(&path, std::time::Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(err, StoreError::Busy(_)), "{err}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
     // Space comes back when the file goes.
     std::fs::remove_file(root.join("big")).unwrap();
     std::fs::write(root.join("small"), b"kept").unwrap();
     drop(mount);
+    // The loop device lets go once the mount is gone (a moment later).
+    wait_for_release(&path, std::time::Duration::from_secs(10)).unwrap();
     // Mounted again, the data is there.
     let mount = store.mount_detached().unwrap();
     assert_eq!(
