@@ -289,19 +289,22 @@ pub fn wait_pid(pid: i32, start_time: Option<u64>, on_signal: &mut dyn FnMut(i32
             _ => break,
         }
     }
-    // Not our child: watch /proc.
+    // Not our child: watch it through a pidfd (or /proc), looking for signals every 20 ms.
+    let exit = ExitWatch::new(pid);
     while crate::host::process_alive(pid, start_time) {
         if let Some(sig) = crate::forward::take_pending() {
             on_signal(sig);
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        exit.sleep(std::time::Duration::from_millis(20));
     }
     None
 }
 
 /// Waits up to `limit` for `pid` to end (reaping it if it is our child); whether it ended.
+/// Wakes as the process ends (a pidfd), not at the next poll of `/proc`.
 pub fn wait_gone(pid: i32, start_time: Option<u64>, limit: std::time::Duration) -> bool {
     let deadline = std::time::Instant::now() + limit;
+    let exit = ExitWatch::new(pid);
     loop {
         let mut status = 0;
         // SAFETY: waitpid(2) with WNOHANG and a valid out pointer.
@@ -309,10 +312,47 @@ pub fn wait_gone(pid: i32, start_time: Option<u64>, limit: std::time::Duration) 
         if !crate::host::process_alive(pid, start_time) {
             return true;
         }
-        if std::time::Instant::now() >= deadline {
+        let now = std::time::Instant::now();
+        if now >= deadline {
             return false;
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        exit.sleep((deadline - now).min(std::time::Duration::from_millis(500)));
+    }
+}
+
+/// Waits for a process's end without polling: a pidfd (Linux 5.3 and later) becomes
+/// readable when the process exits. Without one (older kernels), a 10 ms sleep.
+struct ExitWatch(Option<std::os::fd::OwnedFd>);
+
+impl ExitWatch {
+    fn new(pid: i32) -> ExitWatch {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open(2) takes a pid and flags; the result is a new descriptor.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        ExitWatch(
+            i32::try_from(fd)
+                .ok()
+                .filter(|fd| *fd >= 0)
+                // SAFETY: a fresh descriptor nobody else owns.
+                .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
+        )
+    }
+
+    /// Sleeps up to `limit`, less when the process ends first.
+    fn sleep(&self, limit: std::time::Duration) {
+        use std::os::fd::AsRawFd;
+        let Some(fd) = &self.0 else {
+            std::thread::sleep(limit.min(std::time::Duration::from_millis(10)));
+            return;
+        };
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX).max(1);
+        // SAFETY: poll(2) on one valid pollfd. An early return (a signal) just loops.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
     }
 }
 
@@ -379,5 +419,25 @@ mod tests {
             None,
             std::time::Duration::from_secs(30)
         ));
+    }
+
+    #[test]
+    fn wait_gone_wakes_as_a_process_it_cannot_reap_ends() {
+        // The sleeper is a grandchild through a shell that does not wait for it: not ours
+        // to reap, as a sandbox is not the child of `delete`.
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 0.3 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .unwrap();
+        let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let start = std::time::Instant::now();
+        assert!(!wait_gone(pid, None, std::time::Duration::from_millis(50)));
+        assert!(wait_gone(pid, None, std::time::Duration::from_secs(30)));
+        let took = start.elapsed();
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+        // Gone already: at once.
+        let start = std::time::Instant::now();
+        assert!(wait_gone(pid, None, std::time::Duration::from_secs(30)));
+        assert!(start.elapsed() < std::time::Duration::from_millis(100));
     }
 }
