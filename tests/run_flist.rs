@@ -10,9 +10,12 @@
 //! root comes over virtio-fs (issue #14): the flist unpacked once in the cache, the run's
 //! writes in its own upper layer (the cache's tree stays as it was), and a `--volume` host
 //! directory is shared too (the guest reads the host's file and writes one the host reads);
-//! nothing stays mounted or running afterwards.
+//! nothing stays mounted or running afterwards. The root's writes and an `:image` volume are
+//! bounded stores of 2 MiB: past it the guest gets ENOSPC and carries on (the host's file
+//! never grows past its size).
 
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -47,12 +50,20 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
     let volume = dir.join("volume");
     std::fs::create_dir_all(&volume).expect("volume dir");
     std::fs::write(volume.join("in.txt"), "from-the-host\n").expect("volume file");
+    // A bounded volume (an ext4 store, as the node makes them) of 2 MiB; the root's store
+    // is 2 MiB too (--root-size).
+    let bounded = dir.join("bounded.ext4");
+    ext4_image(&bounded, 2, &[]);
 
     let entrypoint =
         "/bin/sh -c 'read line; echo GOT-$line; echo ENV-$GREETING; echo HOST-$(hostname); \
                       echo DATA-$(cat /data/note.txt); echo VOL-$(cat /vol/in.txt); \
                       echo guest-wrote > /vol/out.txt; echo cow > /cow-note; \
                       grep -q \" / virtiofs \" /proc/mounts && echo ROOT-VIRTIOFS-$(cat /cow-note); \
+                      dd if=/dev/zero of=/fill bs=64k count=64 2>&1 | grep -q \"No space left\" && echo ROOT-ENOSPC; \
+                      rm -f /fill; echo again > /after && echo ROOT-WRITABLE-$(cat /after); \
+                      dd if=/dev/zero of=/bounded/fill bs=64k count=64 2>&1 | grep -q \"No space left\" && echo VOL-ENOSPC; \
+                      rm -f /bounded/fill; echo kept > /bounded/kept; \
                       echo to-stderr >&2; exit 7'";
     let console = dir.join("console.log");
     let mut command = Command::new(zvm_binary());
@@ -76,8 +87,12 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
         .arg("--disk")
         .arg(format!("path={},id=data,mount=/data", data.display()))
         .arg("--volume")
-        .arg(format!("{}:/vol", volume.display()));
+        .arg(format!("{}:/vol", volume.display()))
+        .arg("--volume")
+        .arg(format!("{}:/bounded:image", bounded.display()))
+        .args(["--root-size", "2097152"]);
     // The entrypoint's line is written once the jailed VMM has been looked at.
+    let trees_dir = dir.join("cache/trees");
     let (stdin, mut feed) = std::io::pipe().expect("stdin pipe");
     let inspector = std::thread::spawn(move || {
         // zvm's limits for a 256 MiB guest: RAM + 256 MiB, 256 tasks.
@@ -88,12 +103,35 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
         };
         let checked = jail::inspect::wait_for_jailed(&zvm_binary(), Duration::from_secs(300))
             .and_then(|pid| jail::inspect::check_jailed(pid, &limits));
+        // The running VM holds its lease on the cache's tree: no eviction may take it.
+        let leased = std::fs::read_dir(&trees_dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    // `<sha256>.lock`, not the cache-wide `.cache.lock`.
+                    .filter(|p| {
+                        p.extension().is_some_and(|x| x == "lock")
+                            && !p
+                                .file_name()
+                                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                    })
+                    .map(|p| {
+                        Command::new("flock")
+                            .args(["-n", "-x"])
+                            .arg(&p)
+                            .arg("true")
+                            .status()
+                            .is_ok_and(|s| s.code() == Some(1))
+                    })
+                    .collect::<Vec<bool>>()
+            })
+            .unwrap_or_default();
         let _ = feed.write_all(b"hello-from-stdin\n");
-        checked
+        (checked, leased)
     });
     // Generous: a boot takes about a minute on KVM PVM hosts, several on a loaded one.
     let run = run_to_end(&mut command, Stdio::from(stdin), Duration::from_secs(900));
-    let jailed = inspector.join().expect("inspector thread");
+    let (jailed, leased) = inspector.join().expect("inspector thread");
     let (stdout, stderr) = (&run.stdout, &run.stderr);
     let log = std::fs::read_to_string(&console).unwrap_or_default();
     let show = format!("stdout:\n{stdout}\nstderr:\n{stderr}\nconsole log:\n{log}");
@@ -104,9 +142,14 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
         jailed.pid, jailed.uid, jailed.root_entries
     );
     assert_eq!(
+        leased,
+        [true],
+        "the tree's lock is not held while the VM runs: {show}"
+    );
+    assert_eq!(
         stdout.as_str(),
         "GOT-hello-from-stdin\nENV-hi there\nHOST-devbox\nDATA-from-the-data-disk\n\
-         VOL-from-the-host\nROOT-VIRTIOFS-cow\n",
+         VOL-from-the-host\nROOT-VIRTIOFS-cow\nROOT-ENOSPC\nROOT-WRITABLE-again\nVOL-ENOSPC\n",
         "stdout is the entrypoint's output alone: {show}"
     );
     assert_eq!(
@@ -143,10 +186,22 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
         "guest-wrote\n",
         "{show}"
     );
+    // The bounded volume kept the guest's file and never took more than its size.
+    let kept = Command::new("debugfs")
+        .args(["-R", "cat /kept"])
+        .arg(&bounded)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert_eq!(kept, "kept\n", "{show}");
+    let allocated = std::fs::metadata(&bounded).map_or(0, |m| m.blocks() * 512);
+    assert!(allocated <= 2 << 20, "{allocated} bytes");
+    // (The cache also holds the trees' lock and size files.)
     let trees: Vec<_> = std::fs::read_dir(dir.join("cache/trees"))
         .expect("the flist's tree in the cache")
         .filter_map(Result::ok)
         .map(|e| e.path())
+        .filter(|p| p.is_dir())
         .collect();
     assert_eq!(trees.len(), 1, "{trees:?}");
     assert!(trees[0].join("bin").is_dir(), "{trees:?}");
