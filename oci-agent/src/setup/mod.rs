@@ -64,8 +64,8 @@ pub struct SetupContext {
     pub cgroup_procs: Option<PathBuf>,
     /// The pty slave to bind on /dev/console, when the process has a terminal.
     pub console: Option<PathBuf>,
-    /// A fresh network namespace to join in place of the one the plan's clone flags ask
-    /// for (the process was cloned without `CLONE_NEWNET` then).
+    /// A fresh network namespace, its loopback up, to join in place of the one the plan's
+    /// clone flags ask for (the process was cloned without `CLONE_NEWNET` then).
     pub spare_netns: Option<PathBuf>,
 }
 
@@ -96,7 +96,8 @@ pub fn enter_namespaces<S: Sys>(
             format!("join namespace {}", path.display())
         })?;
     }
-    if plan.namespaces.clone_flags & libc::CLONE_NEWNET != 0 {
+    // A spare namespace's loopback came up when it was made (in the template).
+    if plan.namespaces.clone_flags & libc::CLONE_NEWNET != 0 && ctx.spare_netns.is_none() {
         step(sys.loopback_up(), || "bring up lo".into())?;
     }
     for (key, value) in &plan.sysctl {
