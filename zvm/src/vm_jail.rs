@@ -153,8 +153,9 @@ fn split(config: &JailConfig, socket: Option<PathBuf>) -> Result<Entered, String
     }
 }
 
-/// The jail of an API-mode VMM (`zvm --api-sock ... --jail-root DIR`), made and locked
-/// down at once, before the API is served: as with Firecracker's jailer, `dir` becomes the
+/// The jail of an API-mode VMM (`zvm --api-sock ... --jail-root DIR`), made here and
+/// locked down before the API is served (by zvm-vmm, to which the jailed half hands
+/// itself, else by [`lock_down_api`]): as with Firecracker's jailer, `dir` becomes the
 /// VMM's root (its uid's), the API socket, the config file and every path the API names
 /// are inside it, `/dev` holds KVM's and TUN's nodes for the jail's uid, and the VMM stays
 /// in the host's network namespace (taps must be owned by the jail's uid:
