@@ -21,10 +21,21 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 /// Runs the tiny guest with `vmm_env` as `ZVM_VMM` (None: unset) until its first
 /// output; returns the VM process's executable and fd targets, then stops it.
 fn running_vm(kernel: &Path, vmm_env: Option<&str>) -> (String, Vec<String>, String) {
+    let args = ["run", "--kernel", path_arg(kernel)];
+    running_zvm(
+        &[&args[..], &["--memory", "32M", "--console", "stdio"]].concat(),
+        vmm_env,
+    )
+}
+
+fn path_arg(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
+/// Runs zvm with `args` (a VM of the tiny guest on stdout) as [`running_vm`] does.
+fn running_zvm(args: &[&str], vmm_env: Option<&str>) -> (String, Vec<String>, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zvm"));
-    cmd.args(["run", "--kernel"])
-        .arg(kernel)
-        .args(["--memory", "32M", "--console", "stdio"])
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -35,8 +46,11 @@ fn running_vm(kernel: &Path, vmm_env: Option<&str>) -> (String, Vec<String>, Str
     let mut zvm = cmd.spawn().expect("spawn zvm run");
     let console = shared_reader(zvm.stdout.take().expect("stdout"));
     let stderr = shared_reader(zvm.stderr.take().expect("stderr"));
+    // A dot after the 'B': the VM has run a while, its stop signals are installed (the
+    // VMM installs them once the VM is built, as the guest starts printing).
     wait_for("the guest's first output", || {
-        console.lock().expect("console").contains(&b'B')
+        let console = console.lock().expect("console");
+        console.contains(&b'B') && console.contains(&b'.')
     });
     let proc_dir = format!("/proc/{}", zvm.id());
     let exe = std::fs::read_link(format!("{proc_dir}/exe"))
@@ -176,6 +190,30 @@ fn api_mode_is_served_by_zvm_vmm() {
     let (exe, answer) = api_process(dir.path(), Some("none"));
     assert!(exe.ends_with("/zvm"), "{exe}");
     assert!(answer.contains("\"id\":\"lean-api\""), "{answer}");
+}
+
+#[test]
+fn a_config_file_vm_runs_in_zvm_vmm_and_ends_on_a_signal_as_before() {
+    if let Some(why) = no_kvm() {
+        println!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let kernel = dir.path().join("tiny.elf");
+    std::fs::write(&kernel, tiny_elf(&guest_code())).expect("kernel");
+    let config = dir.path().join("vm.json");
+    let json = serde_json::json!({
+        "boot-source": {"kernel_image_path": kernel},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 32},
+    });
+    std::fs::write(&config, json.to_string()).expect("config");
+    let args = ["--config-file", path_arg(&config), "--no-api"];
+    let (exe, fds, errors) = running_zvm(&args, None);
+    assert!(exe.ends_with("/zvm-vmm"), "{exe}");
+    assert!(!fds.iter().any(|f| f.contains("zvm-handover")), "{fds:?}");
+    assert!(!errors.contains("WARN"), "{errors}");
+    let (exe, _, _) = running_zvm(&args, Some("none"));
+    assert!(exe.ends_with("/zvm"), "{exe}");
 }
 
 #[test]
