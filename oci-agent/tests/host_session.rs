@@ -142,6 +142,32 @@ fn sync_is_answered_after_the_sync_and_the_agent_serves_on() {
 }
 
 #[test]
+fn stdin_sent_before_start_reaches_the_init_process() {
+    require_namespaces!();
+    let mut a = Agent::start();
+    a.create(spec("early", |v| sh(v, "cat; echo eof")), false)
+        .unwrap();
+    // The host relays its stdin from the create on: data and its end come before Start.
+    let stdin = |data: &str| RequestBody::Stdin {
+        stream: INIT_STREAM.into(),
+        data: Bytes::from(data),
+    };
+    assert_eq!(a.request(stdin("early ")), Ok(ResponseBody::Done));
+    assert_eq!(a.request(stdin("words\n")), Ok(ResponseBody::Done));
+    let close = RequestBody::CloseStdin {
+        stream: INIT_STREAM.into(),
+    };
+    assert_eq!(a.request(close.clone()), Ok(ResponseBody::Done));
+    let err = a.request(stdin("late")).unwrap_err();
+    assert!(err.contains("closed"), "{err}");
+    a.request(RequestBody::Start).unwrap();
+    let outcome = a.wait(INIT_STREAM);
+    assert_eq!(outcome.stdout, "early words\neof\n");
+    assert_eq!(outcome.status, Some(ExitStatus::exited(0)));
+    a.shutdown();
+}
+
+#[test]
 fn exits_while_no_host_is_connected_reach_the_next_host() {
     require_namespaces!();
     let mut a = Agent::start_with(&["--keep-listening"]);

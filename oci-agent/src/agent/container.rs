@@ -20,6 +20,8 @@ use crate::sys::{LinuxSys, Sys};
 const CHUNK: usize = 64 * 1024;
 /// EOT: what closing stdin means on a pty.
 const VEOF: u8 = 4;
+/// Most stdin bytes the agent keeps for the init process before Start (a pipe's worth).
+const EARLY_STDIN_MAX: usize = 1 << 20;
 
 /// A running process of the container, with the agent's ends of its stdio.
 #[derive(Debug)]
@@ -159,6 +161,9 @@ pub struct Container {
     pub exec_ids: Vec<String>,
     /// When Start released the init process (for the log's timings).
     pub started_at: Option<std::time::Instant>,
+    /// stdin for the init process sent before Start (and whether it was closed): the host
+    /// relays its stdin from the create on, as a pipe would hold it.
+    pub early_stdin: (Vec<u8>, bool),
 }
 
 impl Container {
@@ -235,6 +240,7 @@ impl Container {
                 init_exit: None,
                 exec_ids: Vec::new(),
                 started_at: None,
+                early_stdin: (Vec::new(), false),
             }),
             Err(e) => {
                 if let Some(d) = &cgroup_dir {
@@ -255,7 +261,12 @@ impl Container {
         self.started_at = Some(std::time::Instant::now());
         match parked.start() {
             Ok(s) => {
-                self.procs.push(Proc::new(INIT_STREAM, s)?);
+                let mut init = Proc::new(INIT_STREAM, s)?;
+                let (data, close) = std::mem::take(&mut self.early_stdin);
+                init.stdin_buf = data;
+                init.close_after_flush = close;
+                init.flush_stdin();
+                self.procs.push(init);
                 Ok(ResponseBody::Done)
             }
             Err((s, msg)) => {
@@ -350,6 +361,21 @@ impl Container {
         data: &[u8],
         close: bool,
     ) -> Result<ResponseBody, String> {
+        if stream == INIT_STREAM && self.parked.is_some() {
+            // Kept for Start (up to EARLY_STDIN_MAX bytes), as a pipe would hold it.
+            let (buf, closed) = &mut self.early_stdin;
+            if *closed {
+                return Err(format!("stdin of {stream:?} is closed"));
+            }
+            if buf.len() + data.len() > EARLY_STDIN_MAX {
+                return Err(format!(
+                    "more than {EARLY_STDIN_MAX} bytes of stdin before Start"
+                ));
+            }
+            buf.extend_from_slice(data);
+            *closed |= close;
+            return Ok(ResponseBody::Done);
+        }
         let p = self
             .procs
             .iter_mut()
