@@ -38,9 +38,10 @@ impl From<NodeError> for ApiError {
         let status = match &e {
             NodeError::Invalid(_) | NodeError::Unreachable(_) => StatusCode::BAD_REQUEST,
             NodeError::Network(NetError::OutOfRange { .. }) => StatusCode::BAD_REQUEST,
-            NodeError::Exists(_) | NodeError::Overcommit { .. } | NodeError::Network(_) => {
-                StatusCode::CONFLICT
-            }
+            NodeError::Exists(_)
+            | NodeError::Overcommit { .. }
+            | NodeError::DiskOvercommit { .. }
+            | NodeError::Network(_) => StatusCode::CONFLICT,
             NodeError::NotFound(_) => StatusCode::NOT_FOUND,
             NodeError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -41,6 +41,18 @@ pub enum NodeError {
         /// What the node offers in all (total minus reserved).
         offered_mib: u64,
     },
+    /// Not enough disk for the deployment's stores and disks, reserved in full (409).
+    #[error("not enough disk: `{name}` takes up to {needed_mib} MiB (root store, volumes, disks) but only {free_mib} MiB of the node's {total_mib} MiB are not promised to deployments")]
+    DiskOvercommit {
+        /// The deployment.
+        name: String,
+        /// What its stores and disks may take.
+        needed_mib: u64,
+        /// What is left.
+        free_mib: u64,
+        /// The state directory's file system.
+        total_mib: u64,
+    },
     /// An address cannot be given (409, or 400 when out of range).
     #[error("network: {0}")]
     Network(#[from] network::NetError),
@@ -270,6 +282,19 @@ impl Node {
                 needed_mib: needed >> 20,
                 free_mib: free >> 20,
                 offered_mib: offered >> 20,
+            });
+        }
+        // Stores and disks are sparse, but each may fill up to its size: together they
+        // never promise more than the node's disk (unknown: not checked).
+        let disk_total = capacity::disk_total(&self.inner.cfg.state_dir);
+        let disk_free = disk_total.saturating_sub(used(&map).disk);
+        let disk_needed = spec.disk_bytes();
+        if disk_total > 0 && disk_needed > disk_free {
+            return Err(NodeError::DiskOvercommit {
+                name: spec.name,
+                needed_mib: disk_needed >> 20,
+                free_mib: disk_free >> 20,
+                total_mib: disk_total >> 20,
             });
         }
         let mut addresses = Vec::new();

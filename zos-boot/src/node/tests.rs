@@ -454,3 +454,30 @@ async fn a_deployment_deleted_while_preparing_is_never_started() {
 
 mod hostile;
 mod http;
+
+#[tokio::test]
+async fn stores_and_disks_never_promise_more_than_the_nodes_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = Arc::new(World::default());
+    let node = Node::start(config(dir.path(), &world)).unwrap();
+    let total = super::capacity::disk_total(dir.path());
+    assert!(total > 0);
+    // A volume larger than the node's whole disk (16 TiB is the most a spec may ask).
+    let huge = format!(
+        r#"{{"name":"big","flist":"fake://run","compute":{{"cpu":1,"memory":"256M"}},
+            "volumes":[{{"name":"v","size":"16T","mountpoint":"/v"}}]}}"#
+    );
+    if total >= 16 << 40 {
+        eprintln!("skipping: this disk holds 16 TiB");
+        return;
+    }
+    let e = node.create(huge.as_bytes()).await.unwrap_err();
+    assert!(matches!(e, NodeError::DiskOvercommit { .. }), "{e}");
+    assert!(e.to_string().contains("not enough disk: `big`"), "{e}");
+    assert!(persisted(dir.path()).is_empty());
+    // A plain deployment promises its root's default store (1 GiB).
+    node.create(spec("a", "fake://run", "256M").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(node.capacity().used.disk, 1 << 30);
+}
