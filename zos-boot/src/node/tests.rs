@@ -463,10 +463,8 @@ async fn stores_and_disks_never_promise_more_than_the_nodes_disk() {
     let total = super::capacity::disk_total(dir.path());
     assert!(total > 0);
     // A volume larger than the node's whole disk (16 TiB is the most a spec may ask).
-    let huge = format!(
-        r#"{{"name":"big","flist":"fake://run","compute":{{"cpu":1,"memory":"256M"}},
-            "volumes":[{{"name":"v","size":"16T","mountpoint":"/v"}}]}}"#
-    );
+    let huge = r#"{"name":"big","flist":"fake://run","compute":{"cpu":1,"memory":"256M"},
+            "volumes":[{"name":"v","size":"16T","mountpoint":"/v"}]}"#;
     if total >= 16 << 40 {
         eprintln!("skipping: this disk holds 16 TiB");
         return;
