@@ -50,6 +50,9 @@ fn main() -> ExitCode {
         process_start,
         ..BuildOptions::default()
     };
+    if !matches!(handover.job, Job::Api(_)) {
+        stop_signals::catch_early();
+    }
     let started = match &handover.job {
         Job::Boot(resources) => vmm::build_microvm(resources, opts)
             .map(|vm| (vm, resources.console == ConsoleConfig::Stdio))
