@@ -1,9 +1,10 @@
 //! zvm hands a plain VM and API mode to the lean VMM executable, `zvm-vmm`
 //! (src/vmm_main.rs): once the front end has parsed the flags and built the VM's resources
-//! (or, in API mode, entered the jail if asked), it `exec`s `zvm-vmm` in its own process (same PID, terminal, signals and exit code), passing the
-//! resources through an inherited memfd ([`crate::handover`]). The VM's process then
-//! carries only the VMM's code: not the flist, OCI, node, API and client code of zvm,
-//! nor their libraries (benches/README.md, "Footprint of a lean VMM").
+//! (or, in API mode, entered the jail if asked), it `exec`s `zvm-vmm` in its own process
+//! (same PID, terminal, signals and exit code), passing the job through an inherited memfd
+//! ([`crate::handover`]). The VM's process then carries only the VMM's code and
+//! vm-runner's: not the flist, OCI, node and client code of zvm, nor their libraries
+//! (benches/README.md, "The lean VMM in use", "API mode in the lean VMM").
 //!
 //! `zvm-vmm` is found beside zvm (`ZVM_VMM=PATH` overrides; `ZVM_VMM=none` keeps every VM
 //! in zvm). Runs that need zvm around the VM after it ends or beside it keep it in
@@ -14,6 +15,22 @@
 //! supervisor stays zvm) and zvm-vmm locks the jail down. API mode (`zvm --api-sock`,
 //! `--config-file`, jailed with `--jail-root`) is handed over whole: zvm-vmm serves the
 //! API, virtio-fs shares included (vm-runner starts their virtiofsd).
+//!
+//! Still in a process with more than the VMM: `zvm run --flist` container VMs (the VM and
+//! the thread that talks to the agent) and zvm-runc's sandbox (the VM, the agent client,
+//! the stdio relay, checkpoints). Splitting them as Kata splits its shim from the
+//! hypervisor would mean: the front end stays as the shim and starts `zvm-vmm` as a child
+//! (fork + exec, not exec in place) with an API job on a socket in the work or container
+//! directory, console to a file; the agent is reached as now, through the VM's vsock
+//! socket; the shim's in-process handles become API calls (stop: `Shutdown`/kill; pause
+//! and checkpoints: `PATCH /vm`, `PUT /snapshot/create`; template clones and checkpoint
+//! restores: `PUT /snapshot/load`, whose `fs_overrides` would then need a
+//! `socket_path`, the virtiofsd the shim started); the VM's end is the child's exit code
+//! (vm-runner's vm_end codes) instead of a `VmOutcome` (the sandbox's ACPI power-off event
+//! included, which shares code 0 with a reboot); the sandbox's jail is handed to the child
+//! as `zvm run --jail` hands it. The VM's process would keep about 2.8 MiB, but each
+//! container would cost the shim's memory on top (zvm's 7.6 MiB today, unless the shim is
+//! slimmed too), so the sum per container grows.
 
 use crate::handover::{Handover, Job, FD_FLAG, LOG_LEVELS};
 use std::os::fd::{AsRawFd, IntoRawFd};
