@@ -513,12 +513,21 @@ fn packets_wait_for_the_transport_reset_and_flow_once_its_buffer_is_back() {
     let [rx, tx, ev] = queues(&mem);
     rx.add_desc_chains(&[linked(DATA, 256, F_WRITE, 0)], 0)
         .expect("rx");
-    ev.add_desc_chains(&[linked(DATA + 0x3000, 8, F_WRITE, 0)], 0)
-        .expect("event");
+    // Two event buffers: the device keeps one after using the other, as with a real driver.
+    ev.add_desc_chains(
+        &[
+            linked(DATA + 0x3000, 8, F_WRITE, 0),
+            linked(DATA + 0x3100, 8, F_WRITE, 0),
+        ],
+        0,
+    )
+    .expect("event");
     let irq = Interrupt::new().expect("irq");
+    let mut event_queue = ready_queue(&ev);
+    event_queue.set_event_idx(true);
     dev.activate(
         mem.clone(),
-        vec![ready_queue(&rx), ready_queue(&tx), ready_queue(&ev)],
+        vec![ready_queue(&rx), ready_queue(&tx), event_queue],
         irq,
     )
     .expect("activate");
@@ -526,6 +535,14 @@ fn packets_wait_for_the_transport_reset_and_flow_once_its_buffer_is_back() {
     dev.process_queue(RX_QUEUE);
     dev.after_restore();
     assert_eq!(used_idx(&mem, &ev), 1, "the reset event is delivered");
+    // The guest is asked to notify as soon as it gives a buffer back: avail_event (after
+    // the used ring's entries) is the available index the device saw, not what it used.
+    let avail_event: u16 = mem
+        .read_obj(GuestAddress(
+            ev.used_addr().0 + 4 + 8 * u64::from(MOCK_QUEUE_SIZE),
+        ))
+        .expect("avail_event");
+    assert_eq!(avail_event, 2);
     let mut client = UnixStream::connect(dir.path().join("v.sock")).expect("connect");
     client.write_all(b"CONNECT 1024\n").expect("write");
     let pump = |dev: &mut Vsock, for_: Duration| {
@@ -542,7 +559,7 @@ fn packets_wait_for_the_transport_reset_and_flow_once_its_buffer_is_back() {
         "held while the reset is not handled"
     );
     // The guest handled it: its buffer is back, with no notification of the event queue.
-    ev.add_desc_chains(&[linked(DATA + 0x3000, 8, F_WRITE, 0)], 1)
+    ev.add_desc_chains(&[linked(DATA + 0x3000, 8, F_WRITE, 0)], 2)
         .expect("event again");
     let start = std::time::Instant::now();
     pump(&mut dev, Duration::from_secs(2));
