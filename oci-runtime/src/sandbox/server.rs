@@ -160,6 +160,7 @@ pub(crate) fn handle_client(mut stream: UnixStream, shared: &Shared) {
                 return;
             }
         };
+        let kill_after = ends_the_vm(&req);
         let reply = match req {
             ControlRequest::Exec { process } => {
                 run_exec(stream, shared, *process);
@@ -167,10 +168,32 @@ pub(crate) fn handle_client(mut stream: UnixStream, shared: &Shared) {
             }
             other => answer(shared, other),
         };
-        if write_frame(&mut stream, &reply).is_err() {
+        let written = write_frame(&mut stream, &reply);
+        // The VM is stopped only once the client has its answer: the sandbox process ends
+        // with the VM (at once, with a split irqchip), and would otherwise leave the
+        // client with a closed connection instead of the answer.
+        if let (true, ControlReply::Ok, Some(vm)) = (kill_after, &reply, &shared.vm) {
+            shared.kill_vm(vm);
+        }
+        if written.is_err() {
             return;
         }
     }
+}
+
+/// Whether `req`, answered `Ok`, ends the container's VM: SIGKILL, and a checkpoint that
+/// does not leave the container running.
+fn ends_the_vm(req: &ControlRequest) -> bool {
+    matches!(
+        req,
+        ControlRequest::Kill {
+            signal: libc::SIGKILL,
+            ..
+        } | ControlRequest::Checkpoint {
+            leave_running: false,
+            ..
+        }
+    )
 }
 
 fn answer(shared: &Shared, req: ControlRequest) -> ControlReply {
@@ -205,8 +228,8 @@ fn answer(shared: &Shared, req: ControlRequest) -> ControlReply {
             // SIGKILL to the container's process ends the container: stop the VM at once
             // rather than wait seconds for the guest to report the death (podman gives a
             // killed container 5 s to go).
-            if let (libc::SIGKILL, Some(vm)) = (signal, &shared.vm) {
-                shared.kill_vm(vm);
+            // (`handle_client` stops it once this answer is out.)
+            if let (libc::SIGKILL, Some(_)) = (signal, &shared.vm) {
                 return ControlReply::Ok;
             }
             // The agent answers only while the VM runs: a signal to a paused container
@@ -266,9 +289,9 @@ fn answer_vm(shared: &Shared, req: ControlRequest) -> ControlReply {
             let was_paused = vm.is_paused();
             let started = phase == SandboxStatus::Running;
             let made = vm.checkpoint(&image_path, &shared.id, started);
-            if made.is_ok() && !leave_running {
-                shared.kill_vm(vm);
-            } else if !was_paused {
+            // Made and not to be left running: `handle_client` stops the VM once the
+            // answer is out.
+            if (made.is_err() || leave_running) && !was_paused {
                 vm.resume();
             }
             made
