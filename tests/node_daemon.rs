@@ -21,9 +21,12 @@
 //!
 //! Their roots come over virtio-fs (issue #14): the flist unpacked once in the node's cache,
 //! each deployment's writes in its own upper layer. Each writes to its root and to a volume
-//! (a directory of the deployment shared over virtio-fs); the host reads hello's writes in
-//! its upper layer and volume; `again`, started while hello runs, does not see hello's write;
-//! the cache's tree is never written; deleting hello leaves no mount or virtiofsd behind.
+//! (a bounded store of the deployment shared over virtio-fs); the host reads hello's writes
+//! in the stores of its upper layer and volume; `again`, started while hello runs, does not
+//! see hello's write; the cache's tree is never written; deleting hello leaves no mount or
+//! virtiofsd behind. The volume is 2 MiB: the guest writes past it, gets ENOSPC and carries
+//! on, and the host's file stays within 2 MiB; its root takes the owner and mode of the
+//! image's `/shared` (1000:0, 0775).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -128,6 +131,34 @@ impl Daemon {
     }
 }
 
+/// When the test fails, kills what it started that still runs (the daemon survives a
+/// panic, and its VMs outlive it by design): every process whose command line names the
+/// test's directory (their virtiofsd and jailed halves die with them).
+struct KillLeftoversOnPanic(PathBuf);
+
+impl Drop for KillLeftoversOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let text = self.0.to_string_lossy().into_owned();
+        let me = std::process::id().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&text) {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+        }
+    }
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -222,6 +253,7 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     }
     let tmp = std::env::temp_dir().join(format!("zvm-node-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
+    let _leftovers = KillLeftoversOnPanic(tmp.clone());
     let (rootfs, www, state, sock, log) = (
         tmp.join("rootfs"),
         tmp.join("www"),
@@ -240,6 +272,14 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     );
     std::fs::create_dir_all(&www).expect("www");
     busybox_rootfs(&rootfs, &[]);
+    // The image's directory where the volume goes: a new volume takes its owner and mode.
+    let shared = rootfs.join("shared");
+    std::fs::create_dir_all(&shared).expect("/shared");
+    // (Group 0 writable: the container's root has runc's default capabilities, without
+    // CAP_DAC_OVERRIDE.)
+    std::os::unix::fs::chown(&shared, Some(1000), Some(0)).expect("chown /shared");
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o775))
+        .expect("chmod /shared");
     pack_flist(&rootfs, &www.join("store"), &www.join("tiny.fl"));
     // The daemon (its bridge, taps and VMs) and the flist's HTTP server live in a network
     // namespace of the test's own.
@@ -325,7 +365,7 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
     // their addresses (eth0 from the kernel's ip=, eth1 from the agent).
     let shaped = |name: &str| {
         format!(
-            r#"{{"name":"{name}","flist":"{flist}","compute":{{"cpu":1,"memory":"256M"}},"disks":[{{"name":"data","size":"64M","mountpoint":"/data"}}],"volumes":[{{"name":"shared","mountpoint":"/shared"}}],"network":{{"interfaces":[{{"network":"lan"}},{{"network":"lan"}}]}},"entrypoint":"/bin/sh -c 'echo NODE-MARKER-$MODE; test -e /cow-note && echo SAW-COW; echo cow-$MODE > /cow-note; echo vol-$MODE > /shared/note; grep -q \" / virtiofs \" /proc/mounts && echo ROOT-VIRTIOFS; grep -q \" /data ext4 \" /proc/mounts && echo DATA-MOUNTED-$(hostname); busybox ip -4 -o addr; d=$(grep \" /data \" /proc/mounts | cut -d\" \" -f1); echo DATA-SECTORS-$(cat /sys/class/block/${{d#/dev/}}/size)-END; echo clone > /data/f && echo DATA-WROTE-$(cat /data/f); echo MAC-$(cat /sys/class/net/eth0/address)-$(cat /sys/class/net/eth1/address)-END; wget -q -O /dev/null http://10.77.0.1:{port}/tiny.fl && echo GATEWAY-SERVED; echo NET-LISTED; while true; do sleep 1000; done'","env":{{"MODE":"{name}"}}}}"#
+            r#"{{"name":"{name}","flist":"{flist}","compute":{{"cpu":1,"memory":"256M"}},"disks":[{{"name":"data","size":"64M","mountpoint":"/data"}}],"volumes":[{{"name":"shared","size":"2M","mountpoint":"/shared"}}],"network":{{"interfaces":[{{"network":"lan"}},{{"network":"lan"}}]}},"entrypoint":"/bin/sh -c 'echo NODE-MARKER-$MODE; test -e /cow-note && echo SAW-COW; echo cow-$MODE > /cow-note; echo VOLMODE-$(stat -c %u-%g-%a /shared)-END; dd if=/dev/zero of=/shared/fill bs=64k count=64 2>&1 | grep -q \"No space left\" && echo VOL-ENOSPC; rm -f /shared/fill; echo vol-$MODE > /shared/note; grep -q \" / virtiofs \" /proc/mounts && echo ROOT-VIRTIOFS; grep -q \" /data ext4 \" /proc/mounts && echo DATA-MOUNTED-$(hostname); busybox ip -4 -o addr; d=$(grep \" /data \" /proc/mounts | cut -d\" \" -f1); echo DATA-SECTORS-$(cat /sys/class/block/${{d#/dev/}}/size)-END; echo clone > /data/f && echo DATA-WROTE-$(cat /data/f); echo MAC-$(cat /sys/class/net/eth0/address)-$(cat /sys/class/net/eth1/address)-END; wget -q -O /dev/null http://10.77.0.1:{port}/tiny.fl && echo GATEWAY-SERVED; echo NET-LISTED; while true; do sleep 1000; done'","env":{{"MODE":"{name}"}}}}"#
         )
     };
     let hello = shaped("hello");
@@ -374,23 +414,42 @@ fn node_daemon_deploys_a_container_flist_and_reconciles_after_a_kill() {
         );
     }
     let hello_macs = check_clone(&state, "hello", tail);
-    // Its root's write is in its own upper layer, its volume's in its directory; the
-    // cache's tree of the flist is as it was.
+    // Its root's write is in its own upper layer, its volume's in its store; the cache's
+    // tree of the flist is as it was. The volume's root is the image's /shared's; past its
+    // 2 MiB the guest got ENOSPC and went on (the lines after it are there).
     assert!(
         tail.contains("ROOT-VIRTIOFS") && !tail.contains("SAW-COW"),
         "{tail}"
     );
+    assert!(tail.contains("VOLMODE-1000-0-775-END"), "{tail}");
+    assert!(tail.contains("VOL-ENOSPC"), "{tail}");
     let hello_dir = state.join("vms/hello");
-    let read = |path: PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    // The stores are mounted in hello's virtiofsd alone: read them as ext4 images once
+    // what the kernel holds of them is written out.
+    let _ = Command::new("sync").status();
+    let read = |image: PathBuf, file: &str| {
+        Command::new("debugfs")
+            .args(["-R", &format!("cat {file}")])
+            .arg(image)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
     assert_eq!(
-        read(hello_dir.join("work/rootfs/upper/cow-note")),
+        read(hello_dir.join("work/rootfs/store.ext4"), "/upper/cow-note"),
         "cow-hello\n"
     );
-    assert_eq!(read(hello_dir.join("volumes/shared/note")), "vol-hello\n");
+    let volume = hello_dir.join("volumes/shared.ext4");
+    assert_eq!(read(volume.clone(), "/note"), "vol-hello\n");
+    let allocated =
+        std::fs::metadata(&volume).map_or(0, |m| std::os::unix::fs::MetadataExt::blocks(&m) * 512);
+    assert!(allocated <= 2 << 20, "the volume takes {allocated} bytes");
+    // (The cache also holds the trees' lock and size files.)
     let trees: Vec<PathBuf> = std::fs::read_dir(state.join("cache/trees"))
         .expect("the flist's tree in the node's cache")
         .filter_map(Result::ok)
         .map(|e| e.path())
+        .filter(|p| p.is_dir())
         .collect();
     assert_eq!(trees.len(), 1, "{trees:?}");
     assert!(trees[0].join("bin").is_dir() && !trees[0].join("cow-note").exists());
