@@ -43,8 +43,8 @@ pub mod share;
 mod stdio;
 pub mod template;
 mod unix;
-mod vmconfig;
 mod vm_guard;
+mod vmconfig;
 mod vmstart;
 
 #[cfg(test)]
