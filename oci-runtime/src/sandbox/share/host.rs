@@ -205,31 +205,8 @@ pub fn find_virtiofsd() -> Result<PathBuf, ShareError> {
 
 /// Where a virtiofsd is looked for when none is named, in order: beside the running
 /// executable, in an install's `lib/zvm/`, zvm's cache (scripts/install-virtiofsd.sh),
-/// Debian's `/usr/libexec/virtiofsd`, then `$PATH`.
-pub fn virtiofsd_candidates() -> Vec<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        candidates.push(dir.join("virtiofsd"));
-        if let Some(prefix) = dir.parent() {
-            candidates.push(prefix.join(crate::sandbox::INSTALL_DIR).join("virtiofsd"));
-        }
-    }
-    let cache = std::env::var_os("ZVM_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("zvm")))
-        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/zvm")));
-    if let Some(cache) = cache {
-        candidates.push(cache.join("virtiofsd/bin/virtiofsd"));
-    }
-    candidates.push(PathBuf::from("/usr/libexec/virtiofsd"));
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("virtiofsd")));
-    }
-    candidates
-}
+/// Debian's `/usr/libexec/virtiofsd`, then `$PATH`: the same places `zvm` looks.
+pub use vm_runner::virtiofs::virtiofsd_candidates;
 
 /// `struct mount_attr` of mount_setattr(2).
 #[repr(C)]
