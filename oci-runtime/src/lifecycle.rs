@@ -20,14 +20,13 @@
 
 use crate::backend::{
     BackendError, BackendKind, BackendStatus, ContainerBackend, ContainerRef, CreateOptions,
-    ExecOutcome, ExecRequest,
 };
 use crate::bundle::{Bundle, BundleError};
 use crate::hooks::{run_hooks, run_hooks_warn, HookError, HookKind};
 use crate::host::{process_alive, rfc3339, write_pid_file, ProcStat};
 use crate::state::ContainerState;
 use crate::state::{ContainerLock, ContainerRecord, StateError, StateStore, SPEC_FILE};
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::Spec;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -513,86 +512,6 @@ impl Runtime {
         }
         Ok(out)
     }
-
-    /// `ps`: pids of a created or running container's processes.
-    pub fn ps(&self, id: &str) -> Result<Vec<i32>, LifecycleError> {
-        let c = self.loaded(self.store.load(id)?)?;
-        let backend = self.backend_of(Some(&c.rec.backend))?;
-        let status = self.live_status(&c, backend.as_ref());
-        if !matches!(status, ContainerState::Created | ContainerState::Running) {
-            return Err(LifecycleError::WrongState {
-                id: id.into(),
-                status,
-                op: "ps",
-                needed: "created or running",
-            });
-        }
-        Ok(backend.ps(&c.cref())?)
-    }
-
-    /// The process of the container's config (the base of `exec` processes).
-    pub fn process_of(&self, id: &str) -> Result<Process, LifecycleError> {
-        let c = self.loaded(self.store.load(id)?)?;
-        Ok(c.spec.process().clone().unwrap_or_default())
-    }
-
-    /// `exec`: runs `process` in a created or running container.
-    pub fn exec(&self, id: &str, req: &ExecRequest<'_>) -> Result<ExecOutcome, LifecycleError> {
-        let c = self.loaded(self.store.load(id)?)?;
-        let backend = self.backend_of(Some(&c.rec.backend))?;
-        let status = self.live_status(&c, backend.as_ref());
-        if !matches!(status, ContainerState::Created | ContainerState::Running) {
-            return Err(LifecycleError::WrongState {
-                id: id.into(),
-                status,
-                op: "exec",
-                needed: "created or running",
-            });
-        }
-        let _forward = (!req.detach).then(crate::forward::install);
-        Ok(backend.exec(&c.cref(), req)?)
-    }
-
-    /// `run`: create, start, and (unless detached) wait for the container, forwarding
-    /// signals to it, then delete it. Returns the container's exit status (0 when detached).
-    pub fn run(&self, id: &str, req: &CreateRequest) -> Result<i32, LifecycleError> {
-        let _forward = (!req.detached).then(crate::forward::install);
-        self.create(id, req)?;
-        if let Err(e) = self.start(id) {
-            if let Err(d) = self.delete(id, true) {
-                tracing::warn!("{d}");
-            }
-            return Err(e);
-        }
-        if req.detached {
-            return Ok(0);
-        }
-        self.wait_and_delete(id)
-    }
-
-    /// Waits for the container's process to end, deletes the container and returns its
-    /// exit status.
-    fn wait_and_delete(&self, id: &str) -> Result<i32, LifecycleError> {
-        let c = self.loaded(self.store.load(id)?)?;
-        let backend = self.backend_of(Some(&c.rec.backend))?;
-        let waited = backend.wait(&c.cref());
-        let exit = match waited {
-            Ok(Some(code)) => code,
-            Ok(None) => match backend.status(&c.cref()) {
-                Ok(BackendStatus::Stopped(Some(code))) => code,
-                _ => {
-                    tracing::warn!("the exit status of container {id} is unknown");
-                    255
-                }
-            },
-            Err(e) => {
-                let _ = self.delete(id, true);
-                return Err(e.into());
-            }
-        };
-        self.delete(id, true)?;
-        Ok(exit)
-    }
 }
 
 /// What the container's process and the backend say: stopped when the process is gone,
@@ -615,6 +534,8 @@ fn backend_view(c: &Loaded, backend: &dyn ContainerBackend) -> Option<BackendSta
 
 #[path = "lifecycle_checkpoint.rs"]
 mod checkpoint;
+#[path = "lifecycle_processes.rs"]
+mod processes;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -2,6 +2,7 @@
 //! append to the same log the fake backend writes, so the log shows the order of everything.
 
 use super::*;
+use crate::backend::{ExecOutcome, ExecRequest};
 use crate::cli::exec_process;
 use std::io::Write;
 use std::sync::Mutex;
