@@ -1,13 +1,18 @@
 //! `ps`, `exec` and `run`: the container's processes once it exists.
 
-use super::{CreateRequest, LifecycleError, Runtime};
-use crate::backend::{BackendStatus, ExecOutcome, ExecRequest};
+use super::{CreateRequest, LifecycleError, Loaded, Runtime};
+use crate::backend::{BackendStatus, ContainerBackend, ExecOutcome, ExecRequest};
 use crate::state::ContainerState;
 use oci_spec::runtime::Process;
+use std::sync::Arc;
 
 impl Runtime {
-    /// `ps`: pids of a created or running container's processes.
-    pub fn ps(&self, id: &str) -> Result<Vec<i32>, LifecycleError> {
+    /// Container `id` and its backend, if it is created or running (else `op` is refused).
+    fn created_or_running(
+        &self,
+        id: &str,
+        op: &'static str,
+    ) -> Result<(Loaded, Arc<dyn ContainerBackend>), LifecycleError> {
         let c = self.loaded(self.store.load(id)?)?;
         let backend = self.backend_of(Some(&c.rec.backend))?;
         let status = self.live_status(&c, backend.as_ref());
@@ -15,10 +20,16 @@ impl Runtime {
             return Err(LifecycleError::WrongState {
                 id: id.into(),
                 status,
-                op: "ps",
+                op,
                 needed: "created or running",
             });
         }
+        Ok((c, backend))
+    }
+
+    /// `ps`: pids of a created or running container's processes.
+    pub fn ps(&self, id: &str) -> Result<Vec<i32>, LifecycleError> {
+        let (c, backend) = self.created_or_running(id, "ps")?;
         Ok(backend.ps(&c.cref())?)
     }
 
@@ -30,17 +41,7 @@ impl Runtime {
 
     /// `exec`: runs `process` in a created or running container.
     pub fn exec(&self, id: &str, req: &ExecRequest<'_>) -> Result<ExecOutcome, LifecycleError> {
-        let c = self.loaded(self.store.load(id)?)?;
-        let backend = self.backend_of(Some(&c.rec.backend))?;
-        let status = self.live_status(&c, backend.as_ref());
-        if !matches!(status, ContainerState::Created | ContainerState::Running) {
-            return Err(LifecycleError::WrongState {
-                id: id.into(),
-                status,
-                op: "exec",
-                needed: "created or running",
-            });
-        }
+        let (c, backend) = self.created_or_running(id, "exec")?;
         let _forward = (!req.detach).then(crate::forward::install);
         Ok(backend.exec(&c.cref(), req)?)
     }
