@@ -335,8 +335,10 @@ pub fn run(launcher: &Launcher, cfg: &DeployConfig, dir: &Path) -> Result<Deploy
         dir.join("templates").display()
     );
     let mut report = DeployReport {
+        // Deployments' roots come over virtio-fs: their template is the share flavour.
         template: Some(templates::prepare(
             &launcher.zvm,
+            &["--share"],
             &on.env(&files),
             dir,
             cfg.timeout,

@@ -197,7 +197,7 @@ fn runtimes(cfg: &OciConfig, dir: &Path) -> Result<(Clis, Option<templates::Temp
         files.agent.display(),
         dir.join("templates").display()
     );
-    let build = templates::prepare(zvm, &on, dir, cfg.timeout)?;
+    let build = templates::prepare(zvm, &[], &on, dir, cfg.timeout)?;
     println!("   {}", build.describe());
     let list = vec![
         cli(Runtime::ZvmTemplates, &cfg.zvm_runc, on),

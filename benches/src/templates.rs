@@ -128,10 +128,12 @@ pub fn parse_prepare(stdout: &str) -> Option<(String, Option<f64>)> {
     Some((id.to_string(), Some(secs.trim().parse().ok()?)))
 }
 
-/// Runs `zvm template prepare` (default VM size) with `env`, its output in files in
-/// `dir`; kills it after `timeout`.
+/// Runs `zvm template prepare` (default VM size) with `flavour` (e.g. `--share` for the
+/// containers whose root comes over virtio-fs, as node deployments' do) and `env`, its
+/// output in files in `dir`; kills it after `timeout`.
 pub fn prepare(
     zvm: &Path,
+    flavour: &[&str],
     env: &[(String, String)],
     dir: &Path,
     timeout: Duration,
@@ -146,6 +148,7 @@ pub fn prepare(
     let start = Instant::now();
     let mut child = Command::new(zvm)
         .args(["template", "prepare"])
+        .args(flavour)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out)
