@@ -70,11 +70,39 @@ pub fn guest_init() -> PathBuf {
         .clone()
 }
 
-/// A scratch directory for this test run's images.
+/// The prefix of the scratch directories' names; the test process's pid follows it.
+const SCRATCH_PREFIX: &str = "zvm-test-images-";
+
+/// A scratch directory for this test run's images. The first call in a process removes
+/// the scratch directories of test processes that have ended (each holds tens of MiB of
+/// images, and nothing else would remove them).
 pub fn scratch_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zvm-test-images-{}", std::process::id()));
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    let tmp = std::env::temp_dir();
+    SWEPT.get_or_init(|| remove_ended_scratch_dirs(&tmp));
+    let dir = tmp.join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
+}
+
+/// Removes `tmp`'s scratch directories whose process no longer runs.
+fn remove_ended_scratch_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn base_entries() -> Vec<Entry> {
