@@ -100,6 +100,21 @@ fn a_plain_vm_runs_in_zvm_vmm_without_the_hand_over_fd() {
     assert!(errors.contains("the VM runs in zvm"), "{errors}");
 }
 
+/// Runs `vmm` with `file` open as its hand-over fd: fd 3, the only one beside stdio (std
+/// opens everything else close-on-exec), as zvm leaves its memfd.
+fn vmm_reading_hand_over_file(vmm: &Path, file: &Path) -> std::process::Output {
+    let script = format!(
+        "exec 3<{} && exec {} --handover-fd 3",
+        file.display(),
+        vmm.display()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh")
+}
+
 #[test]
 fn zvm_vmm_refuses_a_hand_over_it_cannot_trust() {
     let vmm = Path::new(env!("CARGO_BIN_EXE_zvm")).with_file_name("zvm-vmm");
@@ -118,21 +133,11 @@ fn zvm_vmm_refuses_a_hand_over_it_cannot_trust() {
     assert!(refused(&[], Stdio::null()).contains("usage"));
     assert!(refused(&["--handover-fd", "x"], Stdio::null()).contains("usage"));
     assert!(refused(&["--handover-fd", "77"], Stdio::null()).contains("hand-over fd 77"));
-    // Garbage on an inherited file: its fd is 3 in the child when it is the only one
-    // beside stdio (std opens everything else close-on-exec).
+    // Garbage on the hand-over fd.
     let dir = tempfile::tempdir().expect("dir");
     let junk = dir.path().join("junk");
     std::fs::write(&junk, b"{\"resources\": 1}").expect("junk");
-    let script = format!(
-        "exec 3<{} && exec {} --handover-fd 3",
-        junk.display(),
-        vmm.display()
-    );
-    let out = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .output()
-        .expect("sh");
+    let out = vmm_reading_hand_over_file(&vmm, &junk);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.starts_with("zvm-vmm: invalid hand-over"), "{err}");
@@ -247,16 +252,7 @@ fn zvm_vmm_refuses_a_hostile_api_hand_over() {
     ] {
         let file = dir.path().join("handover");
         std::fs::write(&file, handover(&job)).expect("hand-over");
-        let script = format!(
-            "exec 3<{} && exec {} --handover-fd 3",
-            file.display(),
-            vmm.display()
-        );
-        let out = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .output()
-            .expect("sh");
+        let out = vmm_reading_hand_over_file(&vmm, &file);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
