@@ -53,3 +53,26 @@ pub fn rearm(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         }
     }
 }
+
+/// Asks the guest to notify the queue once it makes a buffer available past `avail_idx`.
+/// With event indices the guest notifies only when the available index passes the
+/// `avail_event` the device wrote, which normally trails at what the device has consumed:
+/// a queue that still holds the guest's other buffers (vsock's event queue) would never
+/// notify when the guest gives one back. Without event indices, notifications are simply
+/// switched on.
+pub fn ask_notification_past(queue: &mut Queue, mem: &GuestMemoryMmap, avail_idx: u16) {
+    if !queue.event_idx_enabled() {
+        rearm(queue, mem);
+        return;
+    }
+    use vm_memory::Bytes;
+    // avail_event follows the used ring's header (4 bytes) and entries (8 bytes each).
+    let at = queue.used_ring() + 4 + 8 * u64::from(queue.size());
+    if let Err(e) = mem.store(
+        avail_idx.to_le(),
+        vm_memory::GuestAddress(at),
+        Ordering::SeqCst,
+    ) {
+        tracing::warn!("virtio: cannot ask for a notification past {avail_idx}: {e}");
+    }
+}

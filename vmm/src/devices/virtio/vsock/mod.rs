@@ -102,28 +102,6 @@ struct ResetSent {
 /// How long packets for the guest wait for it to handle a transport reset, at most.
 const RESET_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Asks the guest to notify the queue once it makes a buffer available past `avail_idx`.
-/// With event indices the guest notifies only when the available index passes the
-/// `avail_event` the device wrote, which normally trails at what the device has consumed:
-/// the event queue still holds the guest's other buffers, so giving one back would never
-/// notify. Without event indices, notifications are simply switched on.
-fn ask_notification_past(queue: &mut Queue, mem: &GuestMemoryMmap, avail_idx: u16) {
-    if !queue.event_idx_enabled() {
-        notify::rearm(queue, mem);
-        return;
-    }
-    use vm_memory::Bytes;
-    // avail_event follows the used ring's header (4 bytes) and entries (8 bytes each).
-    let at = queue.used_ring() + 4 + 8 * u64::from(queue.size());
-    if let Err(e) = mem.store(
-        avail_idx.to_le(),
-        vm_memory::GuestAddress(at),
-        Ordering::SeqCst,
-    ) {
-        tracing::warn!("vsock: cannot ask for the event queue's notification: {e}");
-    }
-}
-
 /// Counts connections set up and reset by a packet in either direction.
 fn count_connection(metrics: &VsockMetrics, pkt: &Packet) {
     match pkt.hdr.op {
@@ -390,7 +368,7 @@ impl VirtioDevice for Vsock {
             Ok(()) => {
                 let avail_idx = queue.avail_idx(&*mem, Ordering::Acquire).map_or(0, |i| i.0);
                 // Before the interrupt: the guest may give the buffer back at once.
-                ask_notification_past(queue, mem, avail_idx);
+                notify::ask_notification_past(queue, mem, avail_idx);
                 interrupt.signal_used_queue();
                 self.inner.reset_sent = Some(ResetSent {
                     at: Instant::now(),
