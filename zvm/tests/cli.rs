@@ -337,6 +337,14 @@ fn malformed_pit_irqchip_root_volume_and_xattr_values_are_refused() {
             &["run", "--kernel", k, "--fs", &share][..],
             "xattr must be on or off, not 'maybe'",
         ),
+        (
+            &["run", "--flist", "/nonexistent.fl", "--root-size", "abc"][..],
+            "invalid value 'abc' for '--root-size",
+        ),
+        (
+            &["node", "serve", "--tree-cache-size", "nope"][..],
+            "ZVM_TREE_CACHE_SIZE=`nope` is not a size",
+        ),
     ] {
         let out = zvm(args);
         let err = stderr(&out);
