@@ -4,59 +4,11 @@
 //! the lean zvm-vmm beside it: the process serving the API is zvm-vmm.
 
 use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use vmm::resources::DEFAULT_BOOT_ARGS;
-use zvm_integration_tests::api_client::{request, wait_for_socket};
+use zvm_integration_tests::api_client::{ConsoleReader, ZvmProcess};
 use zvm_integration_tests::{guest_kernel, scratch_dir, test_initramfs, zvm_binary};
-
-struct ZvmProcess {
-    child: Child,
-    sock: PathBuf,
-}
-
-impl ZvmProcess {
-    fn start(name: &str) -> ZvmProcess {
-        let sock = scratch_dir().join(format!("{name}.sock"));
-        let child = Command::new(zvm_binary())
-            .args(["--api-sock", sock.to_str().expect("utf8"), "--id", name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn zvm");
-        wait_for_socket(&sock, Duration::from_secs(10));
-        ZvmProcess { child, sock }
-    }
-
-    /// The executable of the process serving the API: zvm hands API mode to the lean
-    /// zvm-vmm beside it (same pid).
-    fn exe(&self) -> String {
-        std::fs::read_link(format!("/proc/{}/exe", self.child.id()))
-            .expect("the API process's exe")
-            .display()
-            .to_string()
-    }
-
-    fn call(&self, method: &str, uri: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-        let (status, body) = request(&self.sock, method, uri, body);
-        let json = if body.trim().is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body))
-        };
-        (status, json)
-    }
-}
-
-impl Drop for ZvmProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn api_configures_a_vm_and_refuses_bad_requests() {
@@ -323,48 +275,6 @@ fn zvm_api_client_prints_status_and_body_and_fails_on_errors() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
-}
-
-/// A guest console read as it arrives.
-struct ConsoleReader(Arc<Mutex<String>>);
-
-impl ConsoleReader {
-    fn start(child: &mut Child) -> ConsoleReader {
-        let text = Arc::new(Mutex::new(String::new()));
-        let mut out = child.stdout.take().expect("stdout");
-        let sink = text.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("console")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        ConsoleReader(text)
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().expect("console").clone()
-    }
-
-    fn wait_for(&self, marker: &str, zvm: &mut ZvmProcess, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.text().contains(marker) {
-            if let Some(status) = zvm.child.try_wait().expect("wait") {
-                panic!("zvm exited ({status}) before {marker:?}:\n{}", self.text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {marker:?} in time:\n{}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
 }
 
 fn sum(lines: &[serde_json::Value], group: &str, counter: &str) -> u64 {
