@@ -29,9 +29,9 @@ pub type Ended = Arc<Mutex<Option<String>>>;
 
 impl ContainerRun {
     /// Runs the process on a thread of its own (seccomp-filtered as a relay once connected
-    /// to the agent); on failure the VM is stopped. The thread's result is the process's
-    /// exit status. `network` is what the agent of a VM restored from a template gives its
-    /// interfaces (empty: nothing to do).
+    /// to the agent); the VM is stopped once the process exited and the guest synced, or
+    /// on failure. The thread's result is the process's exit status. `network` is what the
+    /// agent of a VM restored from a template gives its interfaces (empty: nothing to do).
     pub fn spawn(
         self,
         vm: &vmm::RunningVm,
@@ -57,8 +57,13 @@ impl ContainerRun {
                     seccomp,
                 };
                 let gone = || vm_ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let result = oci_runtime::sandbox::run_attached_with_network(run, &network, &gone)
-                    .map_err(|e| e.to_string());
+                // Once the process exited and the guest synced: no guest power-off.
+                let stop_vm = || {
+                    let _ = stop.request_stop();
+                };
+                let result =
+                    oci_runtime::sandbox::run_attached_with_network(run, &network, &gone, &stop_vm)
+                        .map_err(|e| e.to_string());
                 if result.is_err() {
                     let _ = stop.request_stop();
                 }

@@ -202,6 +202,15 @@ pub(crate) enum Notice {
 
 type Pending = HashMap<u64, SyncSender<Result<ResponseBody, String>>>;
 
+/// A request on its way to the agent ([`AgentConn::send`]); [`AgentConn::answer`] waits
+/// for its response.
+#[derive(Debug)]
+pub(crate) struct SentRequest {
+    id: u64,
+    name: &'static str,
+    rx: Receiver<Result<ResponseBody, String>>,
+}
+
 /// A live agent connection shared by the sandbox's threads.
 #[derive(Debug)]
 pub(crate) struct AgentConn {
@@ -258,6 +267,14 @@ impl AgentConn {
         body: RequestBody,
         timeout: Duration,
     ) -> Result<ResponseBody, AgentError> {
+        let sent = self.send(body)?;
+        self.answer(sent, timeout)
+    }
+
+    /// Sends `body` without waiting for its response: [`Self::answer`] waits for it. The
+    /// agent handles requests in the order they were sent, so several can be on the way
+    /// at once (see [`Self::refresh_and_create`]).
+    pub(crate) fn send(&self, body: RequestBody) -> Result<SentRequest, AgentError> {
         let name = request_name(&body);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
@@ -278,6 +295,16 @@ impl AgentConn {
             self.forget(id);
             return Err(e.into());
         }
+        Ok(SentRequest { id, name, rx })
+    }
+
+    /// Waits up to `timeout` for the response to a request [`Self::send`] sent.
+    pub(crate) fn answer(
+        &self,
+        sent: SentRequest,
+        timeout: Duration,
+    ) -> Result<ResponseBody, AgentError> {
+        let SentRequest { id, name, rx } = sent;
         match rx.recv_timeout(timeout) {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(message)) => Err(AgentError::Refused {
@@ -311,35 +338,6 @@ impl AgentConn {
         }
     }
 
-    /// Sends `Create` for `spec` with its root file system `rootfs` and the virtio-fs share
-    /// `share` (its tag; a pty when `terminal`) and returns the container's init process
-    /// (guest pid). When that fails, the agent is asked to power the VM off.
-    pub(crate) fn create_container(
-        &self,
-        spec: oci_spec::runtime::Spec,
-        rootfs: Rootfs,
-        share: Option<String>,
-        terminal: bool,
-        timeout: Duration,
-    ) -> Result<i32, AgentError> {
-        let create = RequestBody::Create {
-            spec: Box::new(spec),
-            rootfs,
-            terminal,
-            share,
-        };
-        let failure = match self.request(create, timeout) {
-            Ok(ResponseBody::Created { pid }) => return Ok(pid),
-            Ok(answer) => AgentError::Unexpected {
-                request: "Create",
-                answer,
-            },
-            Err(e) => e,
-        };
-        let _ = self.request_done(RequestBody::Shutdown, Duration::from_secs(10));
-        Err(failure)
-    }
-
     /// Sends `Refresh` to a VM restored from a snapshot: 64 bytes from the host's RNG for the
     /// guest kernel's pool, the host's wall clock, and `hostname` when given.
     pub(crate) fn refresh(
@@ -347,39 +345,7 @@ impl AgentConn {
         hostname: Option<&str>,
         timeout: Duration,
     ) -> Result<(), AgentError> {
-        let prepare = |message: String| AgentError::Prepare {
-            request: "Refresh",
-            message,
-        };
-        let entropy = os_random(64).map_err(|e| prepare(format!("getrandom: {e}")))?;
-        let realtime_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .and_then(|d| u64::try_from(d.as_nanos()).ok())
-            .ok_or_else(|| prepare("the host's clock is before 1970 or after 2554".into()))?;
-        let refresh = RequestBody::Refresh {
-            entropy: entropy.into(),
-            realtime_ns,
-            hostname: hostname.map(str::to_owned),
-        };
-        self.request_done(refresh, timeout)
-    }
-
-    /// Sends `Network` to a VM restored from a template: each interface's MAC, address and
-    /// gateway. Checked here first ([`agent_protocol::network::check`]), as the agent does.
-    pub(crate) fn configure_network(
-        &self,
-        interfaces: &[agent_protocol::network::NetInterface],
-        timeout: Duration,
-    ) -> Result<(), AgentError> {
-        agent_protocol::network::check(interfaces).map_err(|message| AgentError::Prepare {
-            request: "Network",
-            message,
-        })?;
-        let body = RequestBody::Network {
-            interfaces: interfaces.to_vec(),
-        };
-        self.request_done(body, timeout)
+        self.request_done(refresh_request(hostname)?, timeout)
     }
 
     /// Routes the events of `stream` to the returned receiver (until [`Self::unsubscribe`]
@@ -426,6 +392,54 @@ impl AgentConn {
             .clone()
             .unwrap_or_else(|| "closed".into())
     }
+}
+
+/// The `Create` request for `spec` with its root file system `rootfs` and the virtio-fs
+/// share `share` (its tag); a pty when `terminal`.
+pub(crate) fn create_request(
+    spec: oci_spec::runtime::Spec,
+    rootfs: Rootfs,
+    share: Option<String>,
+    terminal: bool,
+) -> RequestBody {
+    RequestBody::Create {
+        spec: Box::new(spec),
+        rootfs,
+        terminal,
+        share,
+    }
+}
+
+/// The `Refresh` request: 64 fresh bytes of the host's RNG, its wall clock, `hostname`.
+pub(crate) fn refresh_request(hostname: Option<&str>) -> Result<RequestBody, AgentError> {
+    let prepare = |message: String| AgentError::Prepare {
+        request: "Refresh",
+        message,
+    };
+    let entropy = os_random(64).map_err(|e| prepare(format!("getrandom: {e}")))?;
+    let realtime_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_nanos()).ok())
+        .ok_or_else(|| prepare("the host's clock is before 1970 or after 2554".into()))?;
+    Ok(RequestBody::Refresh {
+        entropy: entropy.into(),
+        realtime_ns,
+        hostname: hostname.map(str::to_owned),
+    })
+}
+
+/// The `Network` request for `interfaces`, checked as the agent checks it.
+pub(crate) fn network_request(
+    interfaces: &[agent_protocol::network::NetInterface],
+) -> Result<RequestBody, AgentError> {
+    agent_protocol::network::check(interfaces).map_err(|message| AgentError::Prepare {
+        request: "Network",
+        message,
+    })?;
+    Ok(RequestBody::Network {
+        interfaces: interfaces.to_vec(),
+    })
 }
 
 /// `len` bytes from the OS RNG (getrandom(2), allowed under every thread's seccomp filter).
@@ -496,6 +510,8 @@ fn read_loop(
         }
     }
 }
+
+mod pipeline;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

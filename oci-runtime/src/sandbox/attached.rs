@@ -6,10 +6,14 @@
 //! container's root file system on another disk ([`agent_drives`] describes both), with a
 //! vsock device; [`run_attached`] then waits for the agent, creates and starts the process,
 //! relays standard input to it (closing it at end of input) and its output to standard
-//! output and error, and once it exits asks the agent to power the VM off.
+//! output and error, and once it exits ends the VM as zvm-runc's sandbox does: the agent
+//! syncs (what the container wrote reaches the host's disks and shares), then the VM is
+//! stopped at once, without the guest's own power-off (seconds of emulated kernel work
+//! on slow hosts). An agent older than `Sync` is asked to power the VM off instead.
 
-use super::agent::{wait_for_agent, AgentConn, AgentError, Notice};
+use super::agent::{create_request, wait_for_agent, AgentConn, AgentError, Notice};
 use super::daemon::{AGENT_DEADLINE, CREATE_TIMEOUT};
+use super::vm_guard::SYNC_TIMEOUT;
 use super::SandboxError;
 use agent_protocol::{Bytes, Event, ExitStatus, RequestBody, AGENT_VSOCK_PORT, INIT_STREAM};
 use std::io::{Read, Write};
@@ -87,7 +91,8 @@ enum Main {
 }
 
 /// Runs `run.spec`'s process through the agent (see the module docs) and returns how it
-/// ended. `gone` says why the VM ended, once it has (the wait for the agent stops then).
+/// ended. `gone` says why the VM ended, once it has (the wait for the agent stops then);
+/// `stop_vm` stops the VM at once (called once the process exited and the guest synced).
 ///
 /// With `run.seccomp`, once connected the calling thread and the threads this starts (the
 /// agent reader, the stdin relay) run under [`super::seccomp::relay_filter`]: call it
@@ -95,8 +100,9 @@ enum Main {
 pub fn run_attached(
     run: AttachedRun<'_>,
     gone: &dyn Fn() -> Option<String>,
+    stop_vm: &dyn Fn(),
 ) -> Result<ExitStatus, SandboxError> {
-    run_attached_with_network(run, &[], gone)
+    run_attached_with_network(run, &[], gone, stop_vm)
 }
 
 /// [`run_attached`] in a VM restored from a template with network interfaces: after the
@@ -106,6 +112,7 @@ pub fn run_attached_with_network(
     run: AttachedRun<'_>,
     network: &[agent_protocol::network::NetInterface],
     gone: &dyn Fn() -> Option<String>,
+    stop_vm: &dyn Fn(),
 ) -> Result<ExitStatus, SandboxError> {
     let stream = wait_for_agent(
         run.vsock_uds,
@@ -126,29 +133,42 @@ pub fn run_attached_with_network(
         .install(run.seccomp)
         .map_err(|e| SandboxError::Sandbox(e.to_string()))?;
     let terminal = crate::bundle::wants_terminal(&run.spec);
-    // A VM restored from a template starts with the template's entropy, clock and name.
+    // A VM restored from a template starts with the template's entropy, clock and name;
+    // the refresh, the interfaces and the create go out together.
     let hostname = run.spec.hostname().clone().filter(|h| !h.is_empty());
-    agent.refresh(hostname.as_deref(), CREATE_TIMEOUT)?;
-    if !network.is_empty() {
-        agent.configure_network(network, CREATE_TIMEOUT)?;
-    }
-    agent.create_container(
-        run.spec,
-        run.rootfs,
-        run.share_tag,
-        terminal,
-        CREATE_TIMEOUT,
-    )?;
+    let create = create_request(run.spec, run.rootfs, run.share_tag, terminal);
+    agent.refresh_and_create(hostname.as_deref(), network, create, CREATE_TIMEOUT)?;
     if let Err(e) = agent.request_done(RequestBody::Start, CREATE_TIMEOUT) {
         let _ = agent.request_done(RequestBody::Shutdown, Duration::from_secs(10));
         return Err(e.into());
     }
     let _ = release_stdin.send(());
     let status = relay_output(&rx);
-    if let Err(e) = agent.request_done(RequestBody::Shutdown, Duration::from_secs(30)) {
+    if status.is_ok() {
+        end_vm(&agent, stop_vm);
+    } else if let Err(e) = agent.request_done(RequestBody::Shutdown, Duration::from_secs(30)) {
         tracing::warn!("asking the agent to power off: {e}");
     }
     status
+}
+
+/// Ends the VM of a process that exited: `Sync`, then `stop_vm` at once; an agent that
+/// cannot sync (older than the request: "bad request") is asked to power the VM off,
+/// which the caller waits for as before.
+fn end_vm(agent: &AgentConn, stop_vm: &dyn Fn()) {
+    let start = Instant::now();
+    match agent.request_done(RequestBody::Sync, SYNC_TIMEOUT) {
+        Ok(()) => {
+            tracing::debug!("guest synced in {:?}; stopping the VM", start.elapsed());
+            stop_vm();
+        }
+        Err(e) => {
+            tracing::info!("no sync ({e}): asking the agent to power the VM off");
+            if let Err(e) = agent.request_done(RequestBody::Shutdown, Duration::from_secs(30)) {
+                tracing::warn!("asking the agent to power off: {e}");
+            }
+        }
+    }
 }
 
 /// Copies the process's output to ours until it exits.
@@ -248,6 +268,8 @@ mod tests {
         RefusesCreate,
         /// The connection drops after Start.
         DiesAfterStart,
+        /// As RunsAndExits, but older than `Sync`: refuses it as a bad request.
+        CannotSync,
     }
 
     /// A fake VMM vsock socket with a fake agent behind it; returns the names of the
@@ -270,6 +292,9 @@ mod tests {
                 seen.push(name);
                 let result = match (name, script) {
                     ("Create", Script::RefusesCreate) => Err("no such file: /bin/app".to_string()),
+                    ("Sync", Script::CannotSync) => {
+                        Err("bad request: unknown variant `Sync`".to_string())
+                    }
                     ("Create", _) => Ok(ResponseBody::Created { pid: 9 }),
                     _ => Ok(ResponseBody::Done),
                 };
@@ -291,14 +316,15 @@ mod tests {
                             status: ExitStatus::exited(3),
                         });
                     }
-                    ("Shutdown", _) => return seen,
+                    ("Shutdown", _) | ("Sync", Script::RunsAndExits) => return seen,
                     _ => {}
                 }
             }
         })
     }
 
-    fn run(uds: &Path) -> Result<ExitStatus, SandboxError> {
+    /// Runs against the fake agent at `uds`; also says whether the VM was stopped.
+    fn run(uds: &Path) -> (Result<ExitStatus, SandboxError>, bool) {
         let run = AttachedRun {
             vsock_uds: uds,
             console_log: None,
@@ -310,19 +336,42 @@ mod tests {
             share_tag: None,
             seccomp: true,
         };
+        let stopped = std::sync::atomic::AtomicBool::new(false);
+        let stop = || stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         // The filters land on this thread: keep them off the test harness's threads.
-        std::thread::scope(|s| s.spawn(|| run_attached(run, &|| None)).join().unwrap())
+        let result = std::thread::scope(|s| {
+            s.spawn(|| run_attached(run, &|| None, &stop))
+                .join()
+                .unwrap()
+        });
+        (result, stopped.into_inner())
     }
 
     #[test]
-    fn the_process_runs_to_its_exit_status_and_the_vm_is_powered_off() {
+    fn the_process_runs_to_its_exit_status_and_the_vm_is_stopped_once_synced() {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("vsock.sock");
         let agent = fake_agent(&uds, Script::RunsAndExits);
-        assert_eq!(run(&uds).unwrap(), ExitStatus::exited(3));
-        let seen = agent.join().unwrap();
-        assert_eq!(&seen[..3], ["Refresh", "Create", "Start"]);
-        assert_eq!(seen.last(), Some(&"Shutdown"));
+        let (result, stopped) = run(&uds);
+        assert_eq!(result.unwrap(), ExitStatus::exited(3));
+        assert!(stopped, "the VM is stopped once the guest synced");
+        // The stdin relay's CloseStdin may come anywhere after Start.
+        let mut seen = agent.join().unwrap();
+        seen.retain(|r| *r != "CloseStdin");
+        assert_eq!(seen, ["Refresh", "Create", "Start", "Sync"]);
+    }
+
+    #[test]
+    fn an_agent_without_sync_powers_the_vm_off_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let agent = fake_agent(&uds, Script::CannotSync);
+        let (result, stopped) = run(&uds);
+        assert_eq!(result.unwrap(), ExitStatus::exited(3));
+        assert!(!stopped, "left to power off by itself");
+        let mut seen = agent.join().unwrap();
+        seen.retain(|r| *r != "CloseStdin");
+        assert_eq!(seen, ["Refresh", "Create", "Start", "Sync", "Shutdown"]);
     }
 
     #[test]
@@ -330,11 +379,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("vsock.sock");
         let agent = fake_agent(&uds, Script::RefusesCreate);
-        let err = run(&uds).unwrap_err().to_string();
+        let (result, stopped) = run(&uds);
+        let err = result.unwrap_err().to_string();
         assert_eq!(
             err,
             "the guest agent refused Create: no such file: /bin/app"
         );
+        assert!(!stopped);
         assert_eq!(agent.join().unwrap(), ["Refresh", "Create", "Shutdown"]);
     }
 
@@ -343,7 +394,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("vsock.sock");
         let agent = fake_agent(&uds, Script::DiesAfterStart);
-        let err = run(&uds).unwrap_err().to_string();
+        let err = run(&uds).0.unwrap_err().to_string();
         assert!(err.contains("connection was lost"), "{err}");
         assert_eq!(agent.join().unwrap(), ["Refresh", "Create", "Start"]);
     }

@@ -1,7 +1,7 @@
 //! The sandbox process: boots the container's VM, creates the container through the agent,
 //! then relays stdio and signals until the container's process exits.
 
-use super::agent::{wait_for_agent, AgentConn, Notice};
+use super::agent::{create_request, wait_for_agent, AgentConn, Notice};
 use super::checkpoint::VmControl;
 use super::control::{ExitRecord, SandboxStatus};
 use super::jailing::{self, Entered};
@@ -258,19 +258,27 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     })
     .map_err(SandboxError::io("start the agent reader"))?;
     notes.note("agent connected");
-    agent.refresh(Some(&vm_hostname(&cfg)), CREATE_TIMEOUT)?;
+    let hostname = vm_hostname(&cfg);
     let phase = match &restored {
         None => {
             let (spec, rootfs, tag) = match &share {
                 Some(share) => (share.spec().clone(), share.rootfs(), share.tag()),
                 None => (cfg.spec.clone(), block_rootfs(), None),
             };
-            let pid = agent.create_container(spec, rootfs, tag, terminal, CREATE_TIMEOUT)?;
+            // Refresh and Create go out together: the agent finds Create waiting.
+            let create = create_request(spec, rootfs, tag, terminal);
+            let pid = agent.refresh_and_create(Some(&hostname), &[], create, CREATE_TIMEOUT)?;
             notes.note(&format!("container created (guest pid {pid})"));
             SandboxStatus::Created
         }
-        Some(manifest) if manifest.started => SandboxStatus::Running,
-        Some(_) => SandboxStatus::Created,
+        Some(manifest) => {
+            agent.refresh(Some(&hostname), CREATE_TIMEOUT)?;
+            if manifest.started {
+                SandboxStatus::Running
+            } else {
+                SandboxStatus::Created
+            }
+        }
     };
 
     let shared = Shared::with_vm(agent.clone(), Some(control), phase, cfg.id.clone());

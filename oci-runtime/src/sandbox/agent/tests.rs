@@ -101,7 +101,6 @@ fn refresh_sends_fresh_entropy_the_clock_and_the_name() {
 #[test]
 fn network_requests_are_checked_before_they_are_sent() {
     use agent_protocol::network::NetInterface;
-    let (mut agent, conn, _init) = pair();
     let eth0 = NetInterface {
         name: "eth0".into(),
         mac: [2, 1, 2, 3, 4, 5],
@@ -112,18 +111,11 @@ fn network_requests_are_checked_before_they_are_sent() {
         name: "../eth0".into(),
         ..eth0.clone()
     };
-    let err = conn
-        .configure_network(&[hostile], Duration::from_secs(5))
-        .unwrap_err()
-        .to_string();
+    let err = super::network_request(&[hostile]).unwrap_err().to_string();
     assert!(err.contains("interface name"), "{err}");
-    let c = conn.clone();
-    let sent = vec![eth0];
-    let t = std::thread::spawn(move || c.configure_network(&sent, Duration::from_secs(5)));
-    let RequestBody::Network { interfaces } = reply(&mut agent, Ok(ResponseBody::Done)) else {
+    let RequestBody::Network { interfaces } = super::network_request(&[eth0]).unwrap() else {
         panic!("not a Network request")
     };
-    t.join().unwrap().unwrap();
     assert_eq!(interfaces[0].mac, [2, 1, 2, 3, 4, 5]);
 }
 
@@ -216,4 +208,152 @@ fn vsock_connect_speaks_the_connect_line_and_retries_until_listening() {
     .unwrap();
     assert_eq!(t.join().unwrap(), "zvm-sandbox");
     drop(stream);
+}
+
+/// Reads one request as the agent, failing (not hanging) when none comes within 5 s.
+fn next_request(agent: &mut UnixStream) -> Request {
+    agent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    read_frame(agent).expect("the next request, without waiting for an answer")
+}
+
+fn created_spec() -> RequestBody {
+    super::create_request(
+        oci_spec::runtime::Spec::default(),
+        Rootfs::BlockDevice {
+            device: "/dev/vdb".into(),
+            fstype: "ext4".into(),
+        },
+        None,
+        false,
+    )
+}
+
+#[test]
+fn refresh_network_and_create_go_out_before_any_answer() {
+    use agent_protocol::network::NetInterface;
+    let (mut agent, conn, _init) = pair();
+    let eth0 = NetInterface {
+        name: "eth0".into(),
+        mac: [2, 1, 2, 3, 4, 5],
+        address: None,
+        gateway: None,
+    };
+    let c = conn.clone();
+    let t = std::thread::spawn(move || {
+        c.refresh_and_create(Some("c1"), &[eth0], created_spec(), Duration::from_secs(5))
+    });
+    // All three are read before the first is answered.
+    let requests: Vec<Request> = (0..3).map(|_| next_request(&mut agent)).collect();
+    let names: Vec<&str> = requests.iter().map(|r| request_name(&r.body)).collect();
+    assert_eq!(names, ["Refresh", "Network", "Create"]);
+    let RequestBody::Refresh { hostname, .. } = &requests[0].body else {
+        panic!("not a Refresh")
+    };
+    assert_eq!(hostname.as_deref(), Some("c1"));
+    for (r, result) in requests.iter().zip([
+        Ok(ResponseBody::Done),
+        Ok(ResponseBody::Done),
+        Ok(ResponseBody::Created { pid: 42 }),
+    ]) {
+        write_frame(&mut agent, &AgentMessage::Response { id: r.id, result }).unwrap();
+    }
+    assert_eq!(t.join().unwrap().unwrap(), 42);
+    // Without interfaces, no Network request.
+    let c = conn.clone();
+    let t = std::thread::spawn(move || {
+        c.refresh_and_create(None, &[], created_spec(), Duration::from_secs(5))
+    });
+    let (refresh, create) = (next_request(&mut agent), next_request(&mut agent));
+    assert_eq!(
+        (request_name(&refresh.body), request_name(&create.body)),
+        ("Refresh", "Create")
+    );
+    for (id, result) in [
+        (refresh.id, Ok(ResponseBody::Done)),
+        (create.id, Ok(ResponseBody::Created { pid: 7 })),
+    ] {
+        write_frame(&mut agent, &AgentMessage::Response { id, result }).unwrap();
+    }
+    assert_eq!(t.join().unwrap().unwrap(), 7);
+}
+
+#[test]
+fn a_refused_refresh_is_the_error_and_the_vm_is_powered_off() {
+    let (mut agent, conn, _init) = pair();
+    let c = conn.clone();
+    let t = std::thread::spawn(move || {
+        c.refresh_and_create(Some("c1"), &[], created_spec(), Duration::from_secs(5))
+    });
+    let (refresh, create) = (next_request(&mut agent), next_request(&mut agent));
+    for (id, result) in [
+        (
+            refresh.id,
+            Err("sethostname: Operation not permitted".to_string()),
+        ),
+        (create.id, Ok(ResponseBody::Created { pid: 9 })),
+    ] {
+        write_frame(&mut agent, &AgentMessage::Response { id, result }).unwrap();
+    }
+    assert_eq!(
+        request_name(&reply(&mut agent, Ok(ResponseBody::Done))),
+        "Shutdown"
+    );
+    let err = t.join().unwrap().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "the guest agent refused Refresh: sethostname: Operation not permitted"
+    );
+    // A refused Create after a good Refresh names Create; so does an answer of the wrong kind.
+    for (answer, want) in [
+        (
+            Err("no such file: /bin/app".to_string()),
+            "the guest agent refused Create: no such file: /bin/app",
+        ),
+        (
+            Ok(ResponseBody::Done),
+            "the guest agent answered Create with Done",
+        ),
+    ] {
+        let c = conn.clone();
+        let t = std::thread::spawn(move || {
+            c.refresh_and_create(None, &[], created_spec(), Duration::from_secs(5))
+        });
+        let (refresh, create) = (next_request(&mut agent), next_request(&mut agent));
+        for (id, result) in [(refresh.id, Ok(ResponseBody::Done)), (create.id, answer)] {
+            write_frame(&mut agent, &AgentMessage::Response { id, result }).unwrap();
+        }
+        assert_eq!(
+            request_name(&reply(&mut agent, Ok(ResponseBody::Done))),
+            "Shutdown"
+        );
+        assert_eq!(t.join().unwrap().unwrap_err().to_string(), want);
+    }
+}
+
+#[test]
+fn a_silent_agent_fails_the_set_up_once() {
+    let (mut agent, conn, _init) = pair();
+    let c = conn.clone();
+    let start = Instant::now();
+    let t = std::thread::spawn(move || {
+        c.refresh_and_create(None, &[], created_spec(), Duration::from_millis(200))
+    });
+    let _ = (next_request(&mut agent), next_request(&mut agent));
+    let err = t.join().unwrap().unwrap_err().to_string();
+    assert_eq!(err, "the guest agent did not answer Refresh within 200ms");
+    // Create is not waited for after Refresh timed out, nor a Shutdown sent.
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    agent
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    assert!(
+        read_frame::<_, Request>(&mut agent).is_err(),
+        "nothing more"
+    );
 }
