@@ -191,6 +191,8 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     }
     let share = Some(started);
     let shared = share.as_ref().is_some_and(ContainerShare::needed);
+    // Only a share's writes outlive the VM: its exit waits for the guest's sync then.
+    let sync_at_exit = shared;
     // The jail splits the process: the supervisor waits here for the jailed half, which
     // goes on (and is locked down by vmm once its VM's resources are open).
     if let Entered::Supervisor(status) = jailing::enter(&cfg, size, &image, &vsock, shared, notes)?
@@ -318,7 +320,7 @@ fn run(dir: &Path, ready: &mut Ready, notes: &Notes) -> Result<u8, SandboxError>
     shared.set_phase(SandboxStatus::Stopped { exit });
     notes.note(&format!("container exited: {exit}"));
     if outcome.is_ok() && !shared.vm_killed.load(Ordering::Acquire) {
-        notes.note(&end_exited_vm(&agent, &guard));
+        notes.note(&end_exited_vm(&agent, &guard, sync_at_exit));
     }
     drop(guard);
     let _ = std::fs::remove_file(dir.join(CONTROL_SOCKET));

@@ -1,12 +1,14 @@
 //! The container's VM as the sandbox holds it: a thread that waits for it to end, a guard
 //! that stops it when dropped, and how the VM of a container that exited is ended.
 //!
-//! A container's VM is ended as soon as nothing can be lost: the agent is asked to `Sync`
-//! (the guest writes everything it holds for shares and disks out, and answers once it is
-//! done), then the VM is stopped at once. The guest's own power-off (unmount, sync, reset:
-//! seconds of emulated kernel work on slow hosts) is not waited for. An agent that refuses
-//! `Sync` (one older than the request) gets the old way: `Shutdown` and a short grace for
-//! the VM to end by itself.
+//! A container's VM is ended as soon as nothing can be lost: with a virtio-fs share, the
+//! agent is asked to `Sync` (the guest writes everything it holds for the share out, and
+//! answers once it is done), then the VM is stopped at once; without one, nothing the
+//! guest holds outlives the VM (its disks are the container's own copy of its root, which
+//! goes with the container, and the agent's read-only boot disk), so it is stopped at once.
+//! The guest's own power-off (unmount, sync, reset: seconds of emulated kernel work on
+//! slow hosts) is not waited for. An agent that refuses `Sync` (one older than the
+//! request) gets the old way: `Shutdown` and a short grace for the VM to end by itself.
 
 use super::agent::AgentConn;
 use super::daemon::MainEvent;
@@ -78,10 +80,15 @@ impl Drop for VmGuard {
     }
 }
 
-/// Ends the VM of a container whose process exited: `Sync`, then stop at once; with an
-/// agent that refuses `Sync`, `Shutdown` and [`SHUTDOWN_GRACE`]. Says what happened, for
-/// the sandbox's notes.
-pub(crate) fn end_exited_vm(agent: &AgentConn, vm: &dyn VmEnding) -> String {
+/// Ends the VM of a container whose process exited. With `share` (the VM has a virtio-fs
+/// share, whose writes the guest may still hold): `Sync`, then stop at once; with an agent
+/// that refuses `Sync`, `Shutdown` and [`SHUTDOWN_GRACE`]. Without: stop at once. Says
+/// what happened, for the sandbox's notes.
+pub(crate) fn end_exited_vm(agent: &AgentConn, vm: &dyn VmEnding, share: bool) -> String {
+    if !share {
+        vm.stop_now();
+        return "VM stopped at once: no share, nothing in the guest outlives it".into();
+    }
     let start = Instant::now();
     match agent.request_done(RequestBody::Sync, SYNC_TIMEOUT) {
         Ok(()) => {
@@ -183,7 +190,7 @@ mod tests {
     fn a_synced_guest_is_stopped_at_once_without_a_grace() {
         let (conn, thread) = agent(true);
         let vm = FakeVm::default();
-        let note = end_exited_vm(&conn, &vm);
+        let note = end_exited_vm(&conn, &vm, true);
         assert!(note.starts_with("guest synced in "), "{note}");
         assert_eq!(*vm.calls.lock().unwrap(), ["stop_now"]);
         assert_eq!(thread.join().unwrap(), ["Sync"]);
@@ -193,7 +200,7 @@ mod tests {
     fn an_agent_without_sync_gets_shutdown_and_the_grace() {
         let (conn, thread) = agent(false);
         let vm = FakeVm::default();
-        let note = end_exited_vm(&conn, &vm);
+        let note = end_exited_vm(&conn, &vm, true);
         assert!(
             note.contains("no sync") && note.contains("unknown variant"),
             "{note}"
@@ -211,8 +218,27 @@ mod tests {
         drop(guest);
         let conn = AgentConn::start(host, false, |_| {}).unwrap();
         let vm = FakeVm::default();
-        let note = end_exited_vm(&conn, &vm);
+        let note = end_exited_vm(&conn, &vm, true);
         assert!(note.contains("no sync"), "{note}");
         assert_eq!(vm.calls.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_vm_without_a_share_is_stopped_without_asking_the_guest() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let conn = AgentConn::start(host, false, |_| {}).unwrap();
+        let vm = FakeVm::default();
+        let note = end_exited_vm(&conn, &vm, false);
+        assert!(note.contains("no share"), "{note}");
+        assert_eq!(*vm.calls.lock().unwrap(), ["stop_now"]);
+        drop(conn);
+        let mut guest = guest;
+        guest
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        assert!(
+            read_frame::<_, Request>(&mut guest).is_err(),
+            "no request reached the agent"
+        );
     }
 }
