@@ -203,8 +203,10 @@ fn vms_with_shares_are_snapshotted_before_and_after_use_and_their_clones_go_on()
         .devices
         .virtio
         .iter()
-        .filter_map(|t| t.device.clone())
-        .map(|vmm::devices::virtio::mmio::VirtioDeviceState::Fs(fs)| fs)
+        .filter_map(|t| match t.device.clone() {
+            Some(vmm::devices::virtio::mmio::VirtioDeviceState::Fs(fs)) => Some(fs),
+            _ => None,
+        })
         .collect();
     let tags: Vec<&str> = fs_states.iter().map(|f| f.tag.as_str()).collect();
     assert_eq!(tags, ["hostrw", "hostro"], "{base_show}");
@@ -303,10 +305,12 @@ fn vms_with_shares_are_snapshotted_before_and_after_use_and_their_clones_go_on()
         .devices
         .virtio
         .iter()
-        .filter_map(|t| t.device.clone())
-        .map(|vmm::devices::virtio::mmio::VirtioDeviceState::Fs(fs)| {
-            let bytes = fs.backend_state.as_ref().map_or(0, Vec::len);
-            (fs.tag, bytes)
+        .filter_map(|t| match t.device.clone() {
+            Some(vmm::devices::virtio::mmio::VirtioDeviceState::Fs(fs)) => {
+                let bytes = fs.backend_state.as_ref().map_or(0, Vec::len);
+                Some((fs.tag, bytes))
+            }
+            _ => None,
         })
         .collect();
     assert!(

@@ -30,7 +30,7 @@ pub enum ApiRequest {
     /// `PATCH /drives/{drive_id}`.
     PatchDrive(DriveUpdate),
     /// `PUT /network-interfaces/{iface_id}`.
-    PutNetworkInterface(NetworkInterface),
+    PutNetworkInterface(Box<NetworkInterface>),
     /// `PATCH /network-interfaces/{iface_id}`.
     PatchNetworkInterface(NetworkInterfaceUpdate),
     /// `PUT /vsock` (guest CID checked to be 3 or more).

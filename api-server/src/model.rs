@@ -281,6 +281,10 @@ pub struct NetworkInterface {
     /// Transmit rate limiter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiter>,
+    /// Receive and transmit queue pairs (virtio-net multiqueue; absent: 1). At most one per
+    /// vCPU; the tap must be multiqueue, or zvm must be able to create it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_pairs: Option<u16>,
 }
 
 /// `PATCH /network-interfaces/{iface_id}`: new rate limiters.

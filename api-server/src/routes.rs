@@ -117,7 +117,7 @@ pub fn route(request: &Request) -> Result<Route, RouteError> {
             if let Some(mac) = &iface.guest_mac {
                 model::validate_mac(mac)?;
             }
-            ApiRequest::PutNetworkInterface(iface)
+            ApiRequest::PutNetworkInterface(Box::new(iface))
         }
         (["network-interfaces", id], Method::Patch) => {
             let update: model::NetworkInterfaceUpdate = parse(body)?;

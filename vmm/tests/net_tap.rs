@@ -17,7 +17,10 @@ struct Netns(String);
 
 impl Netns {
     fn create() -> Option<Netns> {
-        let name = format!("zvmtest-{}", std::process::id());
+        // Tests run in parallel: each gets a namespace of its own.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("zvmtest-{}-{n}", std::process::id());
         let ok = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
@@ -226,4 +229,37 @@ fn frames_cross_the_tap_both_ways() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+#[test]
+fn a_multiqueue_tap_opens_a_queue_per_pair_that_can_be_detached() {
+    if !usable() {
+        eprintln!("skipped: needs root, iproute2 and /dev/net/tun");
+        return;
+    }
+    let Some(ns) = Netns::create() else {
+        eprintln!("skipped: cannot create a network namespace");
+        return;
+    };
+    std::thread::spawn(move || {
+        ns.enter().expect("setns");
+        let mut taps = Tap::open_queues("zvmmq0", 2).expect("two queues");
+        assert_eq!(taps.len(), 2);
+        assert!(taps.iter().all(|t| t.name() == "zvmmq0"));
+        assert!(
+            Tap::open("zvmmq0").is_err(),
+            "the tap is multiqueue: a single-queue open is refused"
+        );
+        taps[1].set_queue_enabled(false).expect("detach");
+        assert!(
+            taps[1].set_queue_enabled(false).is_err(),
+            "already detached"
+        );
+        taps[1].set_queue_enabled(true).expect("attach again");
+        let single = Tap::open_queues("zvmsq0", 1).expect("one queue");
+        assert_eq!(single.len(), 1);
+        drop(ns);
+    })
+    .join()
+    .expect("namespace thread");
 }

@@ -408,6 +408,7 @@ mod tests {
             guest_mac: None,
             rx_rate_limiter: None,
             tx_rate_limiter: None,
+            queue_pairs: 1,
         });
         r.drives.push(vmm::resources::DriveConfig {
             drive_id: "data".into(),

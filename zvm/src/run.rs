@@ -100,8 +100,10 @@ pub struct RunArgs {
     /// flist, `mount=PATH` mounts it (ext4) at PATH in the container.
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
-    /// A virtio-net interface on a host tap: `tap=NAME[,mac=02:..][,id=NAME]`; repeat for
-    /// several. The tap is created (for zvm's lifetime) if it does not exist and zvm may.
+    /// A virtio-net interface on a host tap: `tap=NAME[,mac=02:..][,id=NAME][,queues=N]`;
+    /// repeat for several. The tap is created (for zvm's lifetime) if it does not exist and
+    /// zvm may. `queues=N`: N queue pairs (multiqueue, at most one per vCPU; a tap made
+    /// beforehand must then be `multi_queue`).
     #[arg(long = "net", value_name = "SPEC")]
     nets: Vec<String>,
     /// A virtio entropy device backed by the host's getrandom (the guest's /dev/hwrng).

@@ -44,20 +44,27 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<(DriveConfig, Option<Strin
     Ok((drive, mount))
 }
 
-/// Parses a `--net` spec: `tap=NAME[,mac=02:..][,id=NAME]`. Interfaces without an id are
-/// named `eth<index>`.
+/// Parses a `--net` spec: `tap=NAME[,mac=02:..][,id=NAME][,queues=N]`. Interfaces without
+/// an id are named `eth<index>`; `queues=N` asks for N queue pairs (multiqueue; 1 by
+/// default), which the VM's validation bounds by its vCPUs.
 pub fn parse_net(spec: &str, index: usize) -> Result<NetConfig, String> {
     let mut tap = None;
     let mut mac = None;
     let mut id = None;
+    let mut queue_pairs = 1;
     for (key, value) in key_values("net", spec)? {
         match key {
             "tap" => tap = Some(value.to_string()),
             "mac" => mac = Some(value.to_string()),
             "id" => id = Some(value.to_string()),
+            "queues" | "queue_pairs" => {
+                queue_pairs = value.parse::<u16>().ok().filter(|&n| n >= 1).ok_or_else(|| {
+                    format!("invalid net '{spec}': queues must be a number of queue pairs, 1 or more, not '{value}'")
+                })?
+            }
             other => {
                 return Err(format!(
-                    "invalid net '{spec}': unknown key '{other}' (use tap, mac, id)"
+                    "invalid net '{spec}': unknown key '{other}' (use tap, mac, id, queues)"
                 ))
             }
         }
@@ -69,6 +76,7 @@ pub fn parse_net(spec: &str, index: usize) -> Result<NetConfig, String> {
         guest_mac: mac,
         rx_rate_limiter: None,
         tx_rate_limiter: None,
+        queue_pairs,
     })
 }
 
@@ -163,6 +171,16 @@ mod tests {
         assert!(parse_net("tap0", 0)
             .expect_err("not kv")
             .contains("not key=value"));
+        assert_eq!(parse_net("tap=t", 0).expect("valid").queue_pairs, 1);
+        assert_eq!(
+            parse_net("tap=t,queues=2", 0).expect("valid").queue_pairs,
+            2
+        );
+        for bad in ["0", "-1", "two", "70000", ""] {
+            assert!(parse_net(&format!("tap=t,queues={bad}"), 0)
+                .expect_err(bad)
+                .contains("queues must be a number of queue pairs"));
+        }
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl VmmController for FakeVmm {
                 self.pre_boot()?;
                 let nets: &mut Vec<NetworkInterface> = &mut self.config.network_interfaces;
                 nets.retain(|x| x.iface_id != n.iface_id);
-                nets.push(n);
+                nets.push(*n);
             }
             ApiRequest::PatchNetworkInterface(u) => {
                 self.post_boot()?;

@@ -92,7 +92,7 @@ pub fn requests_from_str(text: &str) -> Result<Vec<ApiRequest>, String> {
     requests.extend(
         c.network_interfaces
             .into_iter()
-            .map(ApiRequest::PutNetworkInterface),
+            .map(|n| ApiRequest::PutNetworkInterface(Box::new(n))),
     );
     if let Some(v) = c.vsock {
         requests.push(ApiRequest::PutVsock(v));

@@ -205,7 +205,7 @@ impl Monitor {
             }
             ApiRequest::PutNetworkInterface(n) => {
                 self.before_boot("PUT /network-interfaces")?;
-                self.config.put_net(n);
+                self.config.put_net(*n);
                 Ok(ApiResponse::Empty)
             }
             ApiRequest::PatchNetworkInterface(u) => {

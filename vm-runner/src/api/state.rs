@@ -218,6 +218,7 @@ impl PendingConfig {
                     guest_mac: n.guest_mac.clone(),
                     rx_rate_limiter: n.rx_rate_limiter,
                     tx_rate_limiter: n.tx_rate_limiter,
+                    queue_pairs: (n.queue_pairs != 1).then_some(n.queue_pairs),
                 })
                 .collect(),
             vsock: r.vsock.as_ref().map(|v| Vsock {
@@ -267,6 +268,7 @@ impl PendingConfig {
                 guest_mac: n.guest_mac.clone(),
                 rx_rate_limiter: n.rx_rate_limiter,
                 tx_rate_limiter: n.tx_rate_limiter,
+                queue_pairs: n.queue_pairs.unwrap_or(1),
             })
             .collect();
         r.vsock = self.vsock.as_ref().map(|v| VsockConfig {
@@ -466,6 +468,30 @@ mod tests {
             Some(1000)
         );
         assert!(r.net[0].rx_rate_limiter.is_some());
+        assert_eq!(r.net[0].queue_pairs, 1, "one queue pair unless asked");
+        // Multiqueue is opt-in through the interface's body and bounded by the vCPUs.
+        let mq: NetworkInterface = serde_json::from_value(serde_json::json!({
+            "iface_id": "eth0", "host_dev_name": "tap0", "queue_pairs": 2
+        }))
+        .expect("iface");
+        c.put_net(mq);
+        let err = c.to_resources().expect_err("1 vCPU, 2 pairs").to_string();
+        assert!(err.contains("2 queue pairs; use 1 to 1"), "{err}");
+        c.machine.vcpu_count = 2;
+        let r = c.to_resources().expect("valid");
+        assert_eq!(r.net[0].queue_pairs, 2);
+        let back = PendingConfig::from_resources(&r);
+        assert_eq!(
+            back.net[0].queue_pairs,
+            Some(2),
+            "GET /vm/config shows them"
+        );
+        c.machine.vcpu_count = 1;
+        c.put_net(serde_json::from_value(serde_json::json!({
+            "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:00:00:00:00:01",
+            "rx_rate_limiter": {}, "tx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}
+        }))
+        .expect("iface"));
         assert_eq!(r.vsock.as_ref().map(|v| v.guest_cid), Some(3));
         assert!(!r.machine_config.track_dirty_pages);
         c.patch_machine(MachineConfigUpdate {

@@ -198,7 +198,8 @@ impl MicrovmBuilder {
     }
 
     /// A virtio-net device on the host tap `net.host_dev_name` (opened, or created when
-    /// it does not exist and zvm may create it; a created tap lasts as long as zvm).
+    /// it does not exist and zvm may create it; a created tap lasts as long as zvm), with
+    /// one tap queue per queue pair.
     pub fn attach_net(&mut self, net: &NetConfig) -> Result<VirtioSlot, BuildError> {
         let err = |source: NetError| BuildError::Net {
             id: net.iface_id.clone(),
@@ -210,11 +211,21 @@ impl MicrovmBuilder {
             .map(parse_mac)
             .transpose()
             .map_err(err)?;
-        let tap = Tap::open(&net.host_dev_name).map_err(|e| err(e.into()))?;
-        tracing::debug!("network interface {}: tap {}", net.iface_id, tap.name());
-        let device = Net::new(
+        let taps = Tap::open_queues(&net.host_dev_name, usize::from(net.queue_pairs))
+            .map_err(|e| err(e.into()))?;
+        tracing::debug!(
+            "network interface {}: tap {}, {} queue pair(s)",
+            net.iface_id,
+            taps.first().map_or("", Tap::name),
+            taps.len()
+        );
+        let backends = taps
+            .into_iter()
+            .map(|tap| Box::new(tap) as Box<dyn crate::devices::virtio::net::NetBackend>)
+            .collect();
+        let device = Net::with_pairs(
             &net.iface_id,
-            Box::new(tap),
+            backends,
             mac,
             net.rx_rate_limiter.as_ref(),
             net.tx_rate_limiter.as_ref(),

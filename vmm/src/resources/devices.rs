@@ -1,7 +1,7 @@
 //! Device entries of [`VmResources`]: drives, entropy, network interfaces, vsock, and
 //! their validation.
 
-use super::{ResourcesError, VmResources, MAX_DRIVES, MAX_NET_INTERFACES};
+use super::{ResourcesError, VmResources, MAX_DRIVES, MAX_NET_INTERFACES, MAX_NET_QUEUE_PAIRS};
 pub use crate::devices::virtio::block::BlockIoEngine;
 use crate::rate_limiter::RateLimiterConfig;
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,19 @@ pub struct NetConfig {
     /// Limits on what the guest sends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
+    /// Receive and transmit queue pairs (virtio-net multiqueue, opt-in): 1, the default,
+    /// is a single-queue device; more (at most one per vCPU) need a multiqueue tap. The
+    /// rate limiters cover the interface, all its pairs together.
+    #[serde(default = "one_pair", skip_serializing_if = "is_one_pair")]
+    pub queue_pairs: u16,
+}
+
+fn one_pair() -> u16 {
+    1
+}
+
+fn is_one_pair(pairs: &u16) -> bool {
+    *pairs == 1
 }
 
 /// A virtio-vsock device (Firecracker's `vsock`): guest `AF_VSOCK` streams reach host Unix
@@ -137,6 +150,14 @@ impl VmResources {
             if let Some(mac) = &net.guest_mac {
                 crate::devices::virtio::net::parse_mac(mac)
                     .map_err(|_| ResourcesError::BadMac(mac.clone()))?;
+            }
+            let max = MAX_NET_QUEUE_PAIRS.min(u16::from(self.machine_config.vcpu_count));
+            if !(1..=max.max(1)).contains(&net.queue_pairs) {
+                return Err(ResourcesError::BadNetQueuePairs {
+                    iface: id.clone(),
+                    pairs: net.queue_pairs,
+                    max: max.max(1),
+                });
             }
         }
         Ok(())
@@ -305,7 +326,45 @@ mod tests {
             guest_mac: mac.map(Into::into),
             rx_rate_limiter: None,
             tx_rate_limiter: None,
+            queue_pairs: 1,
         }
+    }
+
+    #[test]
+    fn queue_pairs_are_opt_in_and_bounded_by_vcpus() {
+        let (_f, mut r) = with_kernel();
+        r.net = vec![net("eth0", "tap0", None)];
+        let json = serde_json::to_string(&r.net[0]).expect("json");
+        assert!(
+            !json.contains("queue_pairs"),
+            "one pair is left out: {json}"
+        );
+        r.machine_config.vcpu_count = 2;
+        r.net[0].queue_pairs = 2;
+        assert_eq!(r.validate(), Ok(()));
+        let json = serde_json::to_string(&r.net[0]).expect("json");
+        let back: NetConfig = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back.queue_pairs, 2);
+        for (vcpus, pairs, max) in [
+            (2, 3, 2),
+            (2, 0, 2),
+            (32, 9, MAX_NET_QUEUE_PAIRS),
+            (1, 2, 1),
+        ] {
+            r.machine_config.vcpu_count = vcpus;
+            r.net[0].queue_pairs = pairs;
+            assert_eq!(
+                r.validate(),
+                Err(ResourcesError::BadNetQueuePairs {
+                    iface: "eth0".into(),
+                    pairs,
+                    max
+                }),
+                "{vcpus} vCPUs, {pairs} pairs"
+            );
+        }
+        let err = r.validate().expect_err("refused").to_string();
+        assert!(err.contains("use 1 to 1"), "{err}");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 nomodule";
 pub const MAX_DRIVES: usize = 16;
 /// The most network interfaces one VM gets.
 pub const MAX_NET_INTERFACES: usize = 8;
+/// The most queue pairs one network interface gets (and never more than vCPUs).
+pub const MAX_NET_QUEUE_PAIRS: u16 = crate::devices::virtio::net::MAX_QUEUE_PAIRS;
 /// Command-line bytes zvm may append per virtio device (`virtio_mmio.device=4K@0x...:N`).
 const CMDLINE_BYTES_PER_DEVICE: usize = 40;
 
@@ -114,6 +116,16 @@ pub enum ResourcesError {
     /// Two network interfaces on one tap.
     #[error("tap '{0}' is used by two network interfaces")]
     DuplicateTap(String),
+    /// A number of queue pairs a network interface cannot have.
+    #[error("network interface '{iface}': {pairs} queue pairs; use 1 to {max} (at most one per vCPU, {MAX_NET_QUEUE_PAIRS} at most)")]
+    BadNetQueuePairs {
+        /// The interface.
+        iface: String,
+        /// Pairs asked for.
+        pairs: u16,
+        /// The most this VM's interfaces may have.
+        max: u16,
+    },
     /// Too many network interfaces.
     #[error("at most {max} network interfaces are supported ({count} given)")]
     TooManyNetInterfaces {

@@ -90,14 +90,18 @@ fn vmm_filter() -> FilterSpec {
         libc::SYS_mprotect,
         libc::SYS_timerfd_settime,
     ]);
-    // virtio-net sets the tap offloads the driver accepted.
+    // virtio-net sets the tap offloads the driver accepted, and attaches or detaches the
+    // queues of a multiqueue tap as the driver chooses how many pairs it uses.
     spec.allow_arg(
         libc::SYS_ioctl,
         1,
-        &[(
-            crate::devices::virtio::net::tap::TUNSETOFFLOAD,
-            "TUNSETOFFLOAD",
-        )],
+        &[
+            (
+                crate::devices::virtio::net::tap::TUNSETOFFLOAD,
+                "TUNSETOFFLOAD",
+            ),
+            (crate::devices::virtio::net::tap::TUNSETQUEUE, "TUNSETQUEUE"),
+        ],
     );
     // virtio-net reads frames from the tap straight into guest buffers (readv; writev, for
     // transmit, is common).

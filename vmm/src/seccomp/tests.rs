@@ -99,7 +99,7 @@ fn audit_lists_each_threads_calls() {
             "epoll_wait",
             "fdatasync",
             "io_uring_enter",
-            "ioctl(1: TUNSETOFFLOAD)",
+            "ioctl(1: TUNSETOFFLOAD | TUNSETQUEUE)",
             "mprotect",
             "pread64",
             "preadv",

@@ -571,6 +571,7 @@ mod tests {
                     guest_mac: None,
                     rx_rate_limiter: Some(Default::default()),
                     tx_rate_limiter: None,
+                    queue_pairs: 1,
                 })
             },
             "rate limiter",

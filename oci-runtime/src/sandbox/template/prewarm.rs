@@ -68,6 +68,7 @@ impl TemplateShape {
                 guest_mac: None,
                 rx_rate_limiter: None,
                 tx_rate_limiter: None,
+                queue_pairs: 1,
             })
             .collect();
         let disks = (0..self.data_disks)
@@ -181,6 +182,7 @@ mod tests {
                 guest_mac: None,
                 rx_rate_limiter: None,
                 tx_rate_limiter: None,
+                queue_pairs: 1,
             });
             words.push(if i == 0 {
                 "ip=10.20.0.5::10.20.0.1:255.255.255.0::eth0:off".to_string()

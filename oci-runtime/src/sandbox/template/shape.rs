@@ -128,6 +128,7 @@ impl<'a> Extras<'a> {
                 guest_mac: Some(agent_protocol::network::format_mac(&template_mac(i))),
                 rx_rate_limiter: None,
                 tx_rate_limiter: None,
+                queue_pairs: 1,
             })
             .collect();
         Ok(scratch)

@@ -17,6 +17,7 @@ fn nic(i: usize, mac: Option<&str>) -> NetConfig {
         guest_mac: mac.map(str::to_string),
         rx_rate_limiter: None,
         tx_rate_limiter: None,
+        queue_pairs: 1,
     }
 }
 

@@ -554,7 +554,9 @@ impl VirtioDevice for Fs {
         state: &super::mmio::VirtioDeviceState,
         mem: &GuestMemoryMmap,
     ) -> Result<(), String> {
-        let super::mmio::VirtioDeviceState::Fs(state) = state;
+        let super::mmio::VirtioDeviceState::Fs(state) = state else {
+            return Err("a virtio-fs device, but the snapshot has another device's state".into());
+        };
         state.check(self, mem)?;
         self.acked_features = state.driver_features;
         if let Some(backend) = &state.backend_state {

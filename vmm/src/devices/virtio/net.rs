@@ -1,6 +1,8 @@
 //! virtio-net: an Ethernet interface for the guest, backed by a host tap device.
 //!
-//! Two queues: receive (0) and transmit (1). Every buffer starts with the 12-byte
+//! Two queues: receive (0) and transmit (1); with multiqueue ([`Net::with_pairs`], opt-in),
+//! one receive and transmit queue per pair (2k, 2k + 1) over one tap queue each, and a
+//! control queue after them ([`ctrl`]). Every buffer starts with the 12-byte
 //! `virtio_net_hdr_v1`; the tap is opened with the same header size, so headers (checksum
 //! and segmentation offload requests) pass through unchanged in both directions.
 //!
@@ -18,11 +20,15 @@
 //! descriptor is checked against guest memory before the host touches it, bad chains are
 //! logged and returned with length 0, and sizes are bounded by [`MAX_BUFFER_LEN`].
 
+mod ctrl;
 pub mod iov;
 mod rx;
 pub mod tap;
 mod tx;
 
+pub use ctrl::NetState;
+
+use super::mmio::VirtioDeviceState;
 use super::{
     read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VirtioError, TYPE_NET,
     VIRTIO_F_VERSION_1,
@@ -56,6 +62,12 @@ pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 /// VIRTIO_NET_F_STATUS: the config space holds the link status.
 pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+/// VIRTIO_NET_F_CTRL_VQ: the device has a control queue.
+pub const VIRTIO_NET_F_CTRL_VQ: u64 = 1 << 17;
+/// VIRTIO_NET_F_MQ: several queue pairs, chosen through the control queue.
+pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
+/// Most queue pairs a device may have.
+pub const MAX_QUEUE_PAIRS: u16 = 8;
 /// Link status bit: up.
 pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
 
@@ -64,9 +76,9 @@ pub const VNET_HDR_LEN: usize = 12;
 /// Largest header plus frame either direction moves (64 KiB GSO frame, Ethernet and VLAN
 /// headers, vnet header), as in Firecracker.
 pub const MAX_BUFFER_LEN: usize = 65562;
-/// Receive queue index.
+/// Receive queue index (of the first pair; pair k's is 2k).
 pub const RX_QUEUE: usize = 0;
-/// Transmit queue index.
+/// Transmit queue index (of the first pair; pair k's is 2k + 1).
 pub const TX_QUEUE: usize = 1;
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -78,6 +90,16 @@ const CONFIG_BYTES: usize = 10;
 const TOKEN_TAP: u32 = 0;
 const TOKEN_RX_TIMER: u32 = 1;
 const TOKEN_TX_TIMER: u32 = 2;
+/// Pair k > 0 polls its tap queue with token `TOKEN_TAP_PAIRS + k`.
+const TOKEN_TAP_PAIRS: u32 = 2;
+
+/// The host fd token of pair `pair`'s tap queue.
+fn tap_token(pair: usize) -> u32 {
+    match pair {
+        0 => TOKEN_TAP,
+        k => TOKEN_TAP_PAIRS + k as u32,
+    }
+}
 
 /// Errors creating a network device, or handling one of its chains (logged).
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +139,9 @@ pub enum NetError {
     /// A buffer outside guest memory.
     #[error("guest memory: {0}")]
     Memory(#[from] GuestMemoryError),
+    /// A number of queue pairs the device cannot have.
+    #[error("{0} queue pairs: a network interface has 1 to {MAX_QUEUE_PAIRS}")]
+    BadQueuePairs(usize),
 }
 
 /// Where frames go to and come from.
@@ -146,6 +171,11 @@ pub trait NetBackend: Send {
     fn poll_fd(&self) -> Option<RawFd> {
         None
     }
+    /// Attaches (`true`) or detaches this queue of a multiqueue tap, so the host steers
+    /// frames only to the queues the driver uses.
+    fn set_queue_enabled(&mut self, _enabled: bool) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -166,22 +196,35 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], NetError> {
     Ok(mac)
 }
 
-/// A virtio-net device.
-pub struct Net {
-    id: String,
+/// One queue pair: its backend (a tap queue) and what its queues carry over batches.
+struct Pair {
     backend: Box<dyn NetBackend>,
-    features: u64,
-    acked: u64,
-    config: [u8; CONFIG_BYTES],
-    active: Option<ActiveQueues>,
     /// Receive-side state: the held frame and the chains being filled.
     rx: rx::RxState,
     /// The pieces of the TX chain being sent (kept to reuse the allocation).
     tx_segs: Vec<tx::Segment>,
+    /// Whether the VMM loop should poll the backend fd for frames.
+    watching: bool,
+    /// Whether the backend queue is attached (multiqueue taps only detach).
+    attached: bool,
+}
+
+/// A virtio-net device.
+pub struct Net {
+    id: String,
+    features: u64,
+    acked: u64,
+    config: [u8; CONFIG_BYTES],
+    active: Option<ActiveQueues>,
+    /// The queue pairs (one unless multiqueue), each over its own backend.
+    pairs: Vec<Pair>,
+    /// The pairs the driver uses (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET; 1 until it says).
+    active_pairs: usize,
+    /// Queue sizes: two per pair, then the control queue with multiqueue.
+    queue_sizes: Vec<u16>,
+    /// Limiters of the interface, shared by its pairs.
     rx_limiter: Option<RateLimiter>,
     tx_limiter: Option<RateLimiter>,
-    /// Whether the VMM loop should poll the backend fd for frames.
-    watching_backend: bool,
     /// Activation happened (on a vCPU thread): offloads and polling are set up on the
     /// VMM thread, at the first event after it.
     setup_pending: bool,
@@ -203,6 +246,24 @@ impl Net {
         rx_limit: Option<&RateLimiterConfig>,
         tx_limit: Option<&RateLimiterConfig>,
     ) -> Result<Self, NetError> {
+        Self::with_pairs(id, vec![backend], mac, rx_limit, tx_limit)
+    }
+
+    /// A device with one queue pair per backend (the queues of one multiqueue tap). With
+    /// one backend it is [`Self::new`]'s device; with more it also offers
+    /// VIRTIO_NET_F_MQ and VIRTIO_NET_F_CTRL_VQ and has a control queue.
+    pub fn with_pairs(
+        id: &str,
+        backends: Vec<Box<dyn NetBackend>>,
+        mac: Option<[u8; 6]>,
+        rx_limit: Option<&RateLimiterConfig>,
+        tx_limit: Option<&RateLimiterConfig>,
+    ) -> Result<Self, NetError> {
+        let count = backends.len();
+        let pairs = u16::try_from(count)
+            .ok()
+            .filter(|n| (1..=MAX_QUEUE_PAIRS).contains(n))
+            .ok_or(NetError::BadQueuePairs(count))?;
         let mut features = VIRTIO_F_VERSION_1
             | VIRTIO_NET_F_CSUM
             | VIRTIO_NET_F_GUEST_CSUM
@@ -218,21 +279,35 @@ impl Net {
             config[..6].copy_from_slice(&mac);
         }
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
-        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        config[8..10].copy_from_slice(&pairs.to_le_bytes());
+        let mut queue_sizes = vec![QUEUE_SIZE; 2 * count];
+        if count > 1 {
+            features |= VIRTIO_NET_F_CTRL_VQ | VIRTIO_NET_F_MQ;
+            queue_sizes.push(ctrl::CTRL_QUEUE_SIZE);
+        }
         let rx_limiter = rx_limit.map(RateLimiter::new).transpose()?;
         let tx_limiter = tx_limit.map(RateLimiter::new).transpose()?;
+        let pairs = backends
+            .into_iter()
+            .map(|backend| Pair {
+                backend,
+                rx: rx::RxState::new(),
+                tx_segs: Vec::new(),
+                watching: false,
+                attached: true,
+            })
+            .collect();
         Ok(Net {
             id: id.to_string(),
-            backend,
             features,
             acked: 0,
             config,
             active: None,
-            rx: rx::RxState::new(),
-            tx_segs: Vec::new(),
+            pairs,
+            active_pairs: 1,
+            queue_sizes,
             rx_limiter,
             tx_limiter,
-            watching_backend: false,
             setup_pending: false,
             metrics: Arc::default(),
         })
@@ -245,27 +320,62 @@ impl Net {
 
     /// Whether a received frame waits for a guest buffer.
     pub fn rx_deferred(&self) -> bool {
-        self.rx.holds_frame()
+        self.pairs.iter().any(|p| p.rx.holds_frame())
     }
 
-    /// Starts or stops having the backend polled for frames (the VMM loop picks the
-    /// change up after the event being handled, see [`VirtioDevice::host_fds`]).
-    fn watch_backend(&mut self, on: bool) {
-        self.watching_backend = on;
+    /// How many queue pairs the device has.
+    pub fn queue_pairs(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// How many queue pairs the driver uses.
+    pub fn active_pairs(&self) -> usize {
+        self.active_pairs
     }
 
     /// Finishes an activation (on the VMM thread, whose seccomp filter allows the calls):
-    /// sets the tap offloads and starts polling it; after a reset, stops polling it.
+    /// sets the tap offloads, attaches the tap queues of the pairs in use (detaching the
+    /// others) and starts polling them; after a reset, stops polling.
     fn sync_backend(&mut self) {
         if self.active.is_none() {
-            self.watch_backend(false);
+            for pair in &mut self.pairs {
+                pair.watching = false;
+            }
             return;
         }
         if std::mem::take(&mut self.setup_pending) {
-            if let Err(e) = self.backend.set_offload(self.acked) {
-                tracing::warn!("virtio-net {}: cannot set tap offloads: {e}", self.id);
+            for pair in &mut self.pairs {
+                if let Err(e) = pair.backend.set_offload(self.acked) {
+                    tracing::warn!("virtio-net {}: cannot set tap offloads: {e}", self.id);
+                }
             }
-            self.watch_backend(true);
+            self.use_pairs(self.active_pairs);
+        }
+    }
+
+    /// Serves the first `count` pairs from now on: their tap queues are attached and
+    /// polled, the others' detached (a multiqueue tap then steers no frame to them) and
+    /// their held frames dropped (the driver does not read their receive queues).
+    fn use_pairs(&mut self, count: usize) {
+        self.active_pairs = count;
+        let multi = self.pairs.len() > 1;
+        for (k, pair) in self.pairs.iter_mut().enumerate() {
+            let on = k < count;
+            if multi && pair.attached != on {
+                match pair.backend.set_queue_enabled(on) {
+                    Ok(()) => pair.attached = on,
+                    Err(e) => tracing::warn!(
+                        "virtio-net {}: cannot {} tap queue {k}: {e}",
+                        self.id,
+                        if on { "attach" } else { "detach" }
+                    ),
+                }
+            }
+            pair.watching = on;
+            if !on && pair.rx.holds_frame() {
+                pair.rx.clear();
+                self.metrics.dropped.inc();
+            }
         }
     }
 }
@@ -276,7 +386,7 @@ impl VirtioDevice for Net {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE, QUEUE_SIZE]
+        &self.queue_sizes
     }
 
     fn features(&self) -> u64 {
@@ -301,31 +411,43 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), VirtioError> {
-        self.active = Some(ActiveQueues::new(mem, queues, interrupt, 2)?);
+        let expected = self.queue_sizes.len();
+        self.active = Some(ActiveQueues::new(mem, queues, interrupt, expected)?);
         self.setup_pending = true;
         tracing::debug!(
-            "virtio-net {} activated, features {:#x}",
+            "virtio-net {} activated, features {:#x}, {} of {} queue pairs",
             self.id,
-            self.acked
+            self.acked,
+            self.active_pairs,
+            self.pairs.len()
         );
         Ok(())
     }
 
     fn process_queue(&mut self, index: usize) {
         self.sync_backend();
-        match index {
-            RX_QUEUE => self.process_rx(),
-            TX_QUEUE => self.process_tx(),
-            _ => tracing::warn!(
+        if Some(index) == self.ctrl_queue() {
+            self.process_ctrl(index);
+            return;
+        }
+        let pair = index / 2;
+        match index % 2 {
+            _ if pair >= self.pairs.len() => tracing::warn!(
                 "virtio-net {}: notification for queue {index}, which does not exist",
                 self.id
             ),
+            // The driver reads only the receive queues of the pairs in use.
+            0 if pair < self.active_pairs => self.process_rx(pair),
+            0 => {}
+            _ => self.process_tx(pair),
         }
     }
 
     fn host_fds(&self, fds: &mut Vec<(RawFd, u32)>) {
-        if self.watching_backend {
-            fds.extend(self.backend.poll_fd().map(|fd| (fd, TOKEN_TAP)));
+        for (k, pair) in self.pairs.iter().enumerate() {
+            if pair.watching {
+                fds.extend(pair.backend.poll_fd().map(|fd| (fd, tap_token(k))));
+            }
         }
         for (limiter, token) in [
             (&self.rx_limiter, TOKEN_RX_TIMER),
@@ -337,13 +459,17 @@ impl VirtioDevice for Net {
 
     fn process_host_fd(&mut self, token: u32) {
         self.sync_backend();
+        let pairs = self.active_pairs.min(self.pairs.len());
         match token {
-            TOKEN_TAP => self.process_rx(),
+            TOKEN_TAP => self.process_rx(0),
             TOKEN_RX_TIMER if self.rx_limiter.as_mut().is_some_and(RateLimiter::on_timer) => {
-                self.process_rx()
+                (0..pairs).for_each(|k| self.process_rx(k))
             }
             TOKEN_TX_TIMER if self.tx_limiter.as_mut().is_some_and(RateLimiter::on_timer) => {
-                self.process_tx()
+                (0..self.pairs.len()).for_each(|k| self.process_tx(k))
+            }
+            t if t > TOKEN_TAP_PAIRS && ((t - TOKEN_TAP_PAIRS) as usize) < pairs => {
+                self.process_rx((t - TOKEN_TAP_PAIRS) as usize)
             }
             _ => {}
         }
@@ -357,11 +483,28 @@ impl VirtioDevice for Net {
         // Runs on a vCPU thread: the tap stops being polled at the next event.
         self.setup_pending = false;
         self.active = None;
-        self.rx.clear();
+        for pair in &mut self.pairs {
+            pair.rx.clear();
+        }
+        self.active_pairs = 1;
         self.acked = 0;
+    }
+
+    fn save_device_state(&self) -> Option<VirtioDeviceState> {
+        ctrl::save_state(self)
+    }
+
+    fn restore_device_state(
+        &mut self,
+        state: &VirtioDeviceState,
+        _mem: &GuestMemoryMmap,
+    ) -> Result<(), String> {
+        ctrl::restore_state(self, state)
     }
 }
 
+#[cfg(test)]
+mod ctrl_tests;
 #[cfg(test)]
 mod restore_tests;
 #[cfg(test)]

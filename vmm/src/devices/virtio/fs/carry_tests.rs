@@ -13,7 +13,7 @@ const AVAIL_RING_1: u64 = 0x11_0000 + 0x1000;
 fn saved(fs: &Fs) -> FsState {
     match fs.save_device_state() {
         Some(VirtioDeviceState::Fs(state)) => state,
-        None => panic!("a virtio-fs device saves its state"),
+        other => panic!("a virtio-fs device saves its state, not {other:?}"),
     }
 }
 

@@ -75,6 +75,8 @@ impl From<&QueueSnapshot> for QueueState {
 pub enum VirtioDeviceState {
     /// A virtio-fs share: its tag, negotiated features and queues.
     Fs(crate::devices::virtio::fs::FsState),
+    /// A multiqueue network device: its queue pairs and how many the driver uses.
+    Net(crate::devices::virtio::net::NetState),
 }
 
 /// A virtio-mmio device's transport state.
@@ -99,7 +101,7 @@ pub struct MmioTransportState {
     /// The device configuration space as the guest could read it
     /// ([`crate::devices::virtio::VirtioDevice::config_len`] bytes).
     pub config: Vec<u8>,
-    /// The device's own state, if it keeps one (virtio-fs).
+    /// The device's own state, if it keeps one (virtio-fs, multiqueue virtio-net).
     pub device: Option<VirtioDeviceState>,
 }
 

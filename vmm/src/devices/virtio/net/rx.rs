@@ -1,4 +1,5 @@
-//! Receive: frames from the tap go straight into the guest's RX buffers with one `readv`.
+//! Receive: frames from the tap go straight into the guest's RX buffers with one `readv`
+//! (each queue pair's from its own tap queue).
 //!
 //! The device pops and checks RX chains (device-writable, terminated, at least a vnet
 //! header long, every buffer inside guest memory) into a pool, reads the next frame over
@@ -85,6 +86,8 @@ struct Batch<'a> {
     id: &'a str,
     mem: &'a GuestMemoryMmap,
     queue: &'a mut Queue,
+    /// The queue's index in the device.
+    index: usize,
     backend: &'a mut dyn NetBackend,
     limiter: Option<&'a mut RateLimiter>,
     metrics: &'a NetMetrics,
@@ -433,7 +436,7 @@ impl Batch<'_> {
     fn out_of_buffers(&mut self) -> Step {
         tracing::trace!("virtio-net {}: out of RX buffers", self.id);
         if notify::rearm(self.queue, self.mem) {
-            self.requeue.mark(RX_QUEUE);
+            self.requeue.mark(self.index);
         }
         Step::Stop { watch: false }
     }
@@ -532,25 +535,27 @@ fn needs_interrupt(queue: &Queue, mem: &GuestMemoryMmap, old: u16) -> bool {
 }
 
 impl Net {
-    /// Moves frames from the backend into RX buffers until one side runs out.
-    pub(super) fn process_rx(&mut self) {
+    /// Moves frames from pair `pair`'s backend into its RX buffers until one side runs out.
+    pub(super) fn process_rx(&mut self, pair: usize) {
         let mrg = self.acked & VIRTIO_NET_F_MRG_RXBUF != 0;
-        let Some(active) = &mut self.active else {
+        let index = 2 * pair + RX_QUEUE;
+        let (Some(active), Some(p)) = (&mut self.active, self.pairs.get_mut(pair)) else {
             return;
         };
-        let Some(queue) = active.queues.get_mut(RX_QUEUE) else {
+        let Some(queue) = active.queues.get_mut(index) else {
             return;
         };
         if !queue.ready() {
             return;
         }
         let start = queue.next_used();
-        let rx = &mut self.rx;
+        let rx = &mut p.rx;
         let mut b = Batch {
             id: &self.id,
             mem: &active.mem,
             queue,
-            backend: self.backend.as_mut(),
+            index,
+            backend: p.backend.as_mut(),
             limiter: self.rx_limiter.as_mut(),
             metrics: &self.metrics,
             requeue: &active.requeue,
@@ -573,6 +578,6 @@ impl Net {
             active.interrupt.signal_used_queue();
         }
         // A held frame waits for buffers or the limiter; the tap is not read meanwhile.
-        self.watch_backend(watch && !self.rx.holds_frame());
+        p.watching = watch && !p.rx.holds_frame();
     }
 }

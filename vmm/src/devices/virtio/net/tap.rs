@@ -5,6 +5,12 @@
 //! `virtio_net_hdr_v1` the guest uses: the device passes headers through untouched.
 //! If the named interface does not exist and the process may create it, TUNSETIFF creates
 //! it for as long as the descriptor stays open. The descriptor is non-blocking.
+//!
+//! A multiqueue interface ([`Tap::open_queues`]) is opened once per queue with
+//! IFF_MULTI_QUEUE: each descriptor is one queue the kernel steers flows to, and
+//! TUNSETQUEUE detaches the queues the guest does not use (and attaches them again). A tap
+//! made beforehand must have been made multiqueue (`ip tuntap add ... multi_queue`) for
+//! this, and single-queue for one queue: the kernel refuses a mismatch.
 
 use super::iov::FrameBufs;
 use super::{NetBackend, VNET_HDR_LEN};
@@ -25,7 +31,12 @@ const TUNSETIFF: u64 = 0x4004_54ca;
 /// TUNSETOFFLOAD: which offloads the reader (zvm, for the guest) accepts.
 pub const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
+/// TUNSETQUEUE: attaches or detaches one queue of a multiqueue tap.
+pub const TUNSETQUEUE: u64 = 0x4004_54d9;
 const IFF_TAP: libc::c_short = 0x0002;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_ATTACH_QUEUE: libc::c_short = 0x0200;
+const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 const TUN_F_CSUM: u32 = 0x01;
@@ -71,6 +82,27 @@ pub struct Tap {
 impl Tap {
     /// Opens (or, with CAP_NET_ADMIN, creates) the tap interface `name`.
     pub fn open(name: &str) -> Result<Self, TapError> {
+        Self::open_flags(name, 0)
+    }
+
+    /// Opens `count` queues of the tap interface `name` (creating it, multiqueue, when it
+    /// does not exist and the process may): one queue is [`Self::open`]'s tap; more need a
+    /// multiqueue interface. All are attached.
+    pub fn open_queues(name: &str, count: usize) -> Result<Vec<Self>, TapError> {
+        if count <= 1 {
+            return Ok(vec![Self::open(name)?]);
+        }
+        let first = Self::open_flags(name, IFF_MULTI_QUEUE)?;
+        // A `%d` pattern was resolved by the first open: the others join that interface.
+        let actual = first.name.clone();
+        let mut taps = vec![first];
+        for _ in 1..count {
+            taps.push(Self::open_flags(&actual, IFF_MULTI_QUEUE)?);
+        }
+        Ok(taps)
+    }
+
+    fn open_flags(name: &str, extra: libc::c_short) -> Result<Self, TapError> {
         if name.is_empty() || name.len() > IFNAME_MAX || name.bytes().any(|b| b == 0) {
             return Err(TapError::BadName(name.to_string()));
         }
@@ -82,7 +114,7 @@ impl Tap {
             .map_err(TapError::OpenTun)?;
         let mut req = IfReq {
             name: [0; 16],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | extra,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -223,6 +255,28 @@ impl NetBackend for Tap {
 
     fn poll_fd(&self) -> Option<RawFd> {
         Some(self.file.as_raw_fd())
+    }
+
+    fn set_queue_enabled(&mut self, enabled: bool) -> io::Result<()> {
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: if enabled {
+                IFF_ATTACH_QUEUE
+            } else {
+                IFF_DETACH_QUEUE
+            },
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNSETQUEUE reads an ifreq (its flags), which `req` is.
+        self.ioctl(
+            "TUNSETQUEUE",
+            TUNSETQUEUE,
+            &mut req as *mut IfReq as libc::c_ulong,
+        )
+        .map_err(|e| match e {
+            TapError::Ioctl { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        })
     }
 }
 

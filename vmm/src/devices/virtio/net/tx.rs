@@ -63,12 +63,13 @@ fn tx_bufs<'a>(mem: &'a GuestMemoryMmap, segs: &[Segment]) -> Result<FrameBufs<'
 }
 
 impl Net {
-    /// Sends the frames the driver queued for transmission.
-    pub(super) fn process_tx(&mut self) {
-        let Some(active) = &mut self.active else {
+    /// Sends the frames the driver queued for transmission on pair `pair`, to its tap queue.
+    pub(super) fn process_tx(&mut self, pair: usize) {
+        let index = 2 * pair + TX_QUEUE;
+        let (Some(active), Some(p)) = (&mut self.active, self.pairs.get_mut(pair)) else {
             return;
         };
-        let Some(queue) = active.queues.get_mut(TX_QUEUE) else {
+        let Some(queue) = active.queues.get_mut(index) else {
             return;
         };
         if !queue.ready() {
@@ -82,14 +83,14 @@ impl Net {
                 break;
             };
             let head = chain.head_index();
-            let sent = parse_tx_chain(mem, chain, &mut self.tx_segs).and_then(|len| {
-                let bufs = tx_bufs(mem, &self.tx_segs)?;
+            let sent = parse_tx_chain(mem, chain, &mut p.tx_segs).and_then(|len| {
+                let bufs = tx_bufs(mem, &p.tx_segs)?;
                 if let Some(limiter) = &mut self.tx_limiter {
                     if !limiter.consume_request(len as u64) {
                         return Ok(None);
                     }
                 }
-                Ok(Some((len, self.backend.write_frame_from(&bufs))))
+                Ok(Some((len, p.backend.write_frame_from(&bufs))))
             });
             match sent {
                 Ok(None) => {
@@ -127,7 +128,7 @@ impl Net {
         }
         // A throttled queue waits for the limiter's timer instead.
         if !throttled && notify::rearm(queue, mem) {
-            active.requeue.mark(TX_QUEUE);
+            active.requeue.mark(index);
         }
     }
 }
