@@ -156,8 +156,51 @@ fn run_flist(command: FlistCommand) -> Result<(), String> {
     }
 }
 
+/// `zvm run`'s command line alone: what [`Cli`] parses when the first argument is `run`,
+/// without building every other subcommand's parser (OCI, flist, node, ...). Building
+/// those cost about a tenth of a plain VM's whole life in CPU time (benches/README.md,
+/// "VM creation rate"), paid before zvm hands the VM to zvm-vmm.
+#[derive(Debug, Parser)]
+#[command(name = "zvm", version, about, long_about = None)]
+struct RunCli {
+    /// Log level for zvm's own messages (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "info", env = "ZVM_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: RunCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunCommand {
+    /// Boot a kernel in a micro-VM (see `zvm run --help`).
+    Run(Box<run::RunArgs>),
+}
+
+/// Parses `args` (the program name first) as [`RunCli`] when they are a `zvm run` command
+/// line [`Cli`] would take the same way: the first argument `run`, and no environment
+/// variable that only [`Cli`] reads (`ZVM_JAIL_IDS`, which it checks whatever the
+/// command). None otherwise, and on any error, help or version request, so that [`Cli`]
+/// answers those with its own words.
+fn parse_run_only<I, T>(args: I, jail_ids_env: bool) -> Option<RunCli>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    if jail_ids_env || args.get(1).map(|a| a.as_os_str()) != Some("run".as_ref()) {
+        return None;
+    }
+    RunCli::try_parse_from(args).ok()
+}
+
 fn main() -> ExitCode {
     let process_start = Instant::now();
+    let jail_ids_env = std::env::var_os(jail::JailConfig::IDS_ENV).is_some();
+    if let Some(cli) = parse_run_only(std::env::args_os(), jail_ids_env) {
+        let logging = api::logger::Logging::init(&cli.log_level);
+        let RunCommand::Run(args) = cli.command;
+        return run::run(*args, process_start, &logging);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -244,5 +287,69 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(args: &[&str]) -> Option<String> {
+        let cli = Cli::try_parse_from(args).ok()?;
+        match cli.command? {
+            Command::Run(a) => Some(format!("{} {a:?}", cli.log_level)),
+            _ => None,
+        }
+    }
+
+    fn fast(args: &[&str]) -> Option<String> {
+        let cli = parse_run_only(args, false)?;
+        let RunCommand::Run(a) = cli.command;
+        Some(format!("{} {a:?}", cli.log_level))
+    }
+
+    #[test]
+    fn run_only_parses_as_the_whole_command_line_does() {
+        for args in [
+            &["zvm", "run", "--kernel", "k.elf"][..],
+            &[
+                "zvm",
+                "run",
+                "--kernel",
+                "k",
+                "--cmdline",
+                "console=ttyS0",
+                "--cpus",
+                "2",
+                "--memory",
+                "128M",
+                "--console",
+                "stdio",
+                "--log-level",
+                "debug",
+            ],
+            &["zvm", "run", "--restore", "snap", "--mem", "mem"],
+        ] {
+            let expected = full(args);
+            assert!(expected.is_some(), "{args:?}");
+            assert_eq!(fast(args), expected, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn everything_else_goes_to_the_whole_command_line() {
+        for args in [
+            &["zvm", "run", "--help"][..],
+            &["zvm", "run", "--no-such-flag"],
+            &["zvm", "run", "--cpus", "many", "--kernel", "k"],
+            &["zvm", "--log-level", "debug", "run", "--kernel", "k"],
+            &["zvm", "--version"],
+            &["zvm", "doctor"],
+            &["zvm"],
+        ] {
+            assert!(fast(args).is_none(), "{args:?}");
+        }
+        // ZVM_JAIL_IDS is checked by the whole command line only.
+        assert!(parse_run_only(["zvm", "run", "--kernel", "k"], true).is_none());
     }
 }
