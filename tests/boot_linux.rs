@@ -99,7 +99,8 @@ echo "hwrng: $(cat /sys/devices/virtual/misc/hw_random/rng_current)"
 echo "hwrng-count: $(head -c 32 /dev/hwrng | wc -c)"
 ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && echo net-up
-echo "tcp-reply: $(zvm-vsock-tool tcp-send 10.0.2.1:7777 ping-over-tap)"
+echo "net-queues: $(ls /sys/class/net/eth0/queues | tr '\n' ' ')"
+echo "tcp-reply: $(taskset 2 zvm-vsock-tool tcp-send 10.0.2.1:7777 ping-over-tap)"
 timeout 120 zvm-vsock-tool echo-server 5000 &
 echo "vsock-reply: $(zvm-vsock-tool send 2 6000 ping-from-guest)"
 wait
@@ -111,8 +112,9 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
     // Through the `zvm` command, as a user runs it: console on stdout, zvm's report on
     // stderr, exit code 0 when the guest ends the VM. One boot checks SMP, a busybox
     // shell, a read-write virtio disk served off the VMM thread (io=async: io_uring here)
-    // and a read-only one served on it, the virtio entropy device, a
-    // virtio-net interface on a tap in a network namespace the test owns, and vsock in
+    // and a read-only one served on it, the virtio entropy device, a multiqueue
+    // virtio-net interface (two queue pairs, the guest's TCP sent from its second vCPU)
+    // on a tap in a network namespace the test owns, and vsock in
     // both directions; the guest finds its CPUs and every device through ACPI alone (no
     // `virtio_mmio.device=` parameters) and ends with an ACPI power-off.
     let dir = zvm_integration_tests::scratch_dir();
@@ -130,7 +132,15 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
     // The network: a tap in a namespace of our own, a TCP echo peer on its host side.
     let ns = NetNs::new("boot");
     ns.exec(&[
-        "ip", "tuntap", "add", "dev", "zvmtap0", "mode", "tap", "vnet_hdr",
+        "ip",
+        "tuntap",
+        "add",
+        "dev",
+        "zvmtap0",
+        "mode",
+        "tap",
+        "vnet_hdr",
+        "multi_queue",
     ]);
     ns.exec(&["ip", "addr", "add", "10.0.2.1/24", "dev", "zvmtap0"]);
     ns.exec(&["ip", "link", "set", "zvmtap0", "up"]);
@@ -180,7 +190,7 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
         &ro_disk,
         "--rng",
         "--net",
-        "tap=zvmtap0,mac=02:00:00:00:00:05",
+        "tap=zvmtap0,mac=02:00:00:00:00:05,queues=2",
         "--vsock",
         &vsock,
         "--no-cmdline-devices",
@@ -215,6 +225,7 @@ fn zvm_run_boots_two_vcpus_with_disks_rng_net_and_vsock() {
         "hwrng: virtio_rng.0",
         "hwrng-count: 32",
         "net-up",
+        "net-queues: rx-0 rx-1 tx-0 tx-1 ",
         "tcp-reply: echo:ping-over-tap",
         "vsock-reply: host-echo:ping-from-guest",
         "vsock-echo-server-done",
