@@ -156,6 +156,13 @@ pub struct NetArgs {
     /// Time limit of one run (boot included), seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Compare these numbers of virtio-net queue pairs (e.g. `1,2`), each VMM booted once
+    /// per entry in every run, with `--cpus` vCPUs and `--streams` TCP streams each way.
+    #[arg(long, value_name = "LIST", value_parser = crate::net_mq::parse_pairs)]
+    pub queue_pairs: Option<std::vec::Vec<u16>>,
+    /// TCP streams each way at once, with `--queue-pairs` (stream k on vCPU k mod cpus).
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
     #[command(flatten)]
     pub guest: GuestArgs,
     #[command(flatten)]

@@ -24,6 +24,7 @@ mod jail_cost;
 mod kvm_stats;
 mod measure;
 mod net;
+mod net_mq;
 mod netns;
 mod node;
 mod oci;
@@ -202,6 +203,25 @@ fn execute(cli: Cli) -> Result<usize> {
             write_json(
                 a.common.json.as_deref(),
                 &serde_json::json!({"block": report.to_json()}),
+            )?;
+            Ok(report.failures)
+        }
+        Cmd::Net(a) if a.queue_pairs.is_some() => {
+            let mq = net_mq::MqConfig {
+                pairs: a.queue_pairs.clone().unwrap_or_default(),
+                cpus: a.guest.cpus,
+                streams: a.streams,
+            };
+            let report = net_mq::run(
+                &launcher(&a.common)?,
+                &device_config(a.runs, a.timeout, &a.guest),
+                &mq,
+                a.size_mib,
+                dir.path(),
+            )?;
+            write_json(
+                a.common.json.as_deref(),
+                &serde_json::json!({"net_mq": report.to_json()}),
             )?;
             Ok(report.failures)
         }

@@ -42,6 +42,12 @@ impl NetNs {
     /// Creates namespace `zvmbench<tag>-<pid>` with loopback up and a `vnet_hdr` tap
     /// device `zbtap0` at [`HOST_IP`]/24.
     pub fn create(tag: &str) -> Result<NetNs> {
+        Self::create_queues(tag, false)
+    }
+
+    /// As [`Self::create`], the tap made `multi_queue` if asked (a VMM then opens it once
+    /// per queue pair; a single-queue open of it fails, and the other way round).
+    pub fn create_queues(tag: &str, multi_queue: bool) -> Result<NetNs> {
         let name = format!("zvmbench{tag}-{}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         ip(&["netns", "add", &name])?;
@@ -51,9 +57,13 @@ impl NetNs {
             tap: "zbtap0".into(),
         };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        ns.exec(&[
+        let mut add = vec![
             "ip", "tuntap", "add", "dev", &ns.tap, "mode", "tap", "vnet_hdr",
-        ])?;
+        ];
+        if multi_queue {
+            add.push("multi_queue");
+        }
+        ns.exec(&add)?;
         ns.exec(&[
             "ip",
             "addr",
