@@ -4,13 +4,26 @@
 
 use crate::devices::{self, field, parse_fields, DeviceConfig, Devices, PhaseRun};
 use crate::error::Result;
+use crate::kvm_breakdown::{
+    closing_script, idle_script, Breakdown, CounterRates, IDLE_MARKERS, IO_MARKERS, IRQS_END,
+};
 use crate::measure::{fmt_opt, median, ratio};
 use crate::netns::NetNs;
 use crate::vmms::{order, Launcher, Vmm};
 use std::path::Path;
 
-/// Markers around the measured part of the guest script.
-const MARKERS: [&str; 2] = ["BENCH-START", "BENCH-END"];
+/// Markers around the idle window and the measured part of the guest script, and after
+/// the guest's last interrupt counts.
+const MARKERS: [&str; 5] = [
+    IDLE_MARKERS[0],
+    IDLE_MARKERS[1],
+    IO_MARKERS[0],
+    IO_MARKERS[1],
+    IRQS_END,
+];
+/// The idle window's and the I/O's markers (indexes into [`MARKERS`]).
+const IDLE: (usize, usize) = (0, 1);
+const IO: (usize, usize) = (2, 3);
 
 /// The guest's result line, parsed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,11 +49,14 @@ pub fn parse_blk(line: &str) -> Option<BlkResult> {
     })
 }
 
-/// The guest script.
+/// The guest script: the idle window, then the measurement.
 pub fn script(size_mib: u64) -> String {
     format!(
-        "echo {}\nzvm-vsock-tool blk-bench /dev/vda {size_mib}\necho {}\n",
-        MARKERS[0], MARKERS[1]
+        "{}echo {}\nzvm-vsock-tool blk-bench /dev/vda {size_mib}\necho {}\n{}",
+        idle_script(),
+        MARKERS[IO.0],
+        MARKERS[IO.1],
+        closing_script()
     )
 }
 
@@ -99,6 +115,8 @@ pub struct BlockRun {
     pub exits_per_mib: Option<f64>,
     /// Interrupts KVM injected between the markers, per MiB moved.
     pub irqs_per_mib: Option<f64>,
+    /// Every KVM counter, per MiB and per second (I/O and idle).
+    pub counters: CounterRates,
 }
 
 /// Medians of one VMM.
@@ -159,6 +177,8 @@ pub struct BlockReport {
     pub qemu: BlockMedians,
     /// Runs without a result.
     pub failures: usize,
+    /// Every KVM counter, medians per variant.
+    pub breakdown: Breakdown,
 }
 
 impl BlockReport {
@@ -181,7 +201,7 @@ impl BlockReport {
         serde_json::json!({"runs": runs,
             "median": {"zvm": z.to_json(), "zvm_async": a.to_json(), "qemu": q.to_json()},
             "ratio_zvm_qemu": ratios(z), "ratio_zvm_async_qemu": ratios(a),
-            "failures": self.failures})
+            "kvm_counters": self.breakdown.to_json(), "failures": self.failures})
     }
 }
 
@@ -259,9 +279,10 @@ pub fn run(
                 (Some(v), Some(m)) if m > 0.0 => Some(v / m),
                 _ => None,
             };
-            let cpu_ms_per_mib = per_mib(phase.cpu_between(0, 1).map(|c| c * 1000.0));
-            let exits_per_mib = per_mib(phase.kvm_between(0, 1, "exits"));
-            let irqs_per_mib = per_mib(phase.kvm_between(0, 1, "irq_injections"));
+            let cpu_ms_per_mib = per_mib(phase.cpu_between(IO.0, IO.1).map(|c| c * 1000.0));
+            let exits_per_mib = per_mib(phase.kvm_between(IO.0, IO.1, "exits"));
+            let irqs_per_mib = per_mib(phase.kvm_between(IO.0, IO.1, "irq_injections"));
+            let counters = CounterRates::of(&phase, IDLE, IO, moved.unwrap_or(0.0));
             if result.is_none() || !phase.complete() {
                 failures += 1;
                 eprintln!(
@@ -278,6 +299,7 @@ pub fn run(
                 cpu_ms_per_mib,
                 exits_per_mib,
                 irqs_per_mib,
+                counters,
             };
             println!(
                 "{:>4}  {:<9}  {:>10}  {:>10}  {:>9}  {:>11}  {:>10}  {:>9}  {:?}",
@@ -295,14 +317,23 @@ pub fn run(
         }
     }
     drop(ns);
+    let labelled: Vec<(&str, &CounterRates)> = runs
+        .iter()
+        .map(|r| (r.variant.name(), &r.counters))
+        .collect();
+    let names = [Variant::ZvmSync, Variant::ZvmAsync, Variant::Qemu].map(Variant::name);
+    let breakdown = Breakdown::of(&labelled, &names);
     let report = BlockReport {
         zvm: BlockMedians::of(&runs, Variant::ZvmSync),
         zvm_async: BlockMedians::of(&runs, Variant::ZvmAsync),
         qemu: BlockMedians::of(&runs, Variant::Qemu),
         runs,
         failures,
+        breakdown,
     };
     print_summary(&report);
+    report.breakdown.print(names[0], names[2]);
+    report.breakdown.print(names[1], names[2]);
     Ok(report)
 }
 
@@ -343,7 +374,7 @@ mod tests {
     #[test]
     fn script_runs_the_tool_between_markers() {
         let s = script(64);
-        assert!(s.contains("blk-bench /dev/vda 64"));
-        assert!(s.starts_with("echo BENCH-START") && s.trim_end().ends_with("echo BENCH-END"));
+        assert!(s.contains("echo BENCH-START\nzvm-vsock-tool blk-bench /dev/vda 64\n"));
+        assert!(s.starts_with(&idle_script()) && s.ends_with(&closing_script()));
     }
 }

@@ -246,6 +246,24 @@ impl PhaseRun {
         kvm_stats::grew(&self.sample(a)?.1, &self.sample(b)?.1, name)
     }
 
+    /// How much every KVM counter grew between markers `a` and `b`.
+    pub fn kvm_growth(
+        &self,
+        a: usize,
+        b: usize,
+    ) -> Option<std::collections::BTreeMap<String, f64>> {
+        kvm_stats::growth(&self.sample(a)?.1, &self.sample(b)?.1)
+    }
+
+    /// Seconds between markers `a` and `b` (as the console showed them).
+    pub fn secs_between(&self, a: usize, b: usize) -> Option<f64> {
+        let (a, b) = (
+            self.out.marks.get(a)?.as_ref()?,
+            self.out.marks.get(b)?.as_ref()?,
+        );
+        Some(b.saturating_sub(*a).as_secs_f64())
+    }
+
     /// The first console line containing `prefix`, from `prefix` on.
     pub fn line(&self, prefix: &str) -> Option<&str> {
         self.out

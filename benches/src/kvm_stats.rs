@@ -138,9 +138,26 @@ pub fn grew(a: &Option<KvmCounters>, b: &Option<KvmCounters>, name: &str) -> Opt
     Some(b.saturating_sub(*a) as f64)
 }
 
+/// How much every counter both samples have grew between them.
+pub fn growth(a: &Option<KvmCounters>, b: &Option<KvmCounters>) -> Option<BTreeMap<String, f64>> {
+    let (a, b) = (a.as_ref()?, b.as_ref()?);
+    Some(
+        b.iter()
+            .filter_map(|(name, after)| {
+                let before = a.get(name)?;
+                Some((name.clone(), after.saturating_sub(*before) as f64))
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn zvm_only_exits() -> KvmCounters {
+        KvmCounters::from([("exits".to_string(), 1)])
+    }
 
     #[test]
     fn zvm_lines_and_qmp_answers_give_the_same_shape() {
@@ -162,7 +179,15 @@ mod tests {
         assert_eq!(q.get("exits"), Some(&12));
         assert_eq!(q.get("irq_injections"), Some(&3));
         assert!(!q.contains_key("halt_wait_hist"));
-        assert_eq!(grew(&Some(zvm.clone()), &Some(q), "exits"), Some(2.0));
-        assert_eq!(grew(&Some(zvm), &None, "exits"), None);
+        assert_eq!(grew(&Some(zvm.clone()), &Some(q.clone()), "exits"), Some(2.0));
+        assert_eq!(grew(&Some(zvm.clone()), &None, "exits"), None);
+        let g = growth(&Some(zvm), &Some(q)).expect("growth");
+        assert_eq!(g.get("exits"), Some(&2.0));
+        assert_eq!(
+            g.get("irq_injections"),
+            Some(&0.0),
+            "a counter never shrinks"
+        );
+        assert_eq!(growth(&None, &Some(zvm_only_exits())), None);
     }
 }

@@ -4,6 +4,9 @@
 
 use crate::devices::{self, field, parse_fields, DeviceConfig, Devices, PhaseRun};
 use crate::error::Result;
+use crate::kvm_breakdown::{
+    closing_script, idle_script, Breakdown, CounterRates, IDLE_MARKERS, IO_MARKERS, IRQS_END,
+};
 use crate::measure::{fmt_opt, median, ratio};
 use crate::netns::{NetNs, GUEST_IP, HOST_IP};
 use crate::vmms::{order, Launcher, Vmm};
@@ -15,8 +18,21 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Markers: before the guest sends, between sending and receiving, after receiving.
-const MARKERS: [&str; 3] = ["BENCH-START", "BENCH-MID", "BENCH-END"];
+/// Markers: around the idle window, before the guest sends, between sending and
+/// receiving, after receiving, after the guest's last interrupt counts.
+const MARKERS: [&str; 6] = [
+    IDLE_MARKERS[0],
+    IDLE_MARKERS[1],
+    IO_MARKERS[0],
+    "BENCH-MID",
+    IO_MARKERS[1],
+    IRQS_END,
+];
+/// Indexes into [`MARKERS`]: the idle window, then start, middle and end of the I/O.
+const IDLE: (usize, usize) = (0, 1);
+const START: usize = 2;
+const MID: usize = 3;
+const END: usize = 4;
 /// Host port of the guest-to-host stream.
 const SEND_PORT: u16 = 7000;
 /// Host port of the host-to-guest stream.
@@ -45,13 +61,18 @@ pub fn parse_net(line: &str, dir: &str) -> Option<NetResult> {
     })
 }
 
-/// The guest script.
+/// The guest script: the idle window (eth0 still down, so nothing moves), then eth0's
+/// set-up and both directions.
 pub fn script(size_mib: u64) -> String {
     format!(
-        "ip addr add {GUEST_IP}/24 dev eth0\nip link set eth0 up\necho {}\n\
+        "{}ip addr add {GUEST_IP}/24 dev eth0\nip link set eth0 up\necho {}\n\
          zvm-vsock-tool tcp-bench send {HOST_IP}:{SEND_PORT} {size_mib}\necho {}\n\
-         zvm-vsock-tool tcp-bench recv {HOST_IP}:{RECV_PORT} {size_mib}\necho {}\n",
-        MARKERS[0], MARKERS[1], MARKERS[2]
+         zvm-vsock-tool tcp-bench recv {HOST_IP}:{RECV_PORT} {size_mib}\necho {}\n{}",
+        idle_script(),
+        MARKERS[START],
+        MARKERS[MID],
+        MARKERS[END],
+        closing_script()
     )
 }
 
@@ -113,7 +134,7 @@ fn source(listener: TcpListener, bytes: usize, stop: Arc<AtomicBool>) -> JoinHan
 }
 
 /// One run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NetRun {
     /// Which VMM.
     pub vmm: Vmm,
@@ -135,6 +156,8 @@ pub struct NetRun {
     pub exits: Option<f64>,
     /// Interrupts KVM injected per MiB, both ways.
     pub irqs: Option<f64>,
+    /// Every KVM counter, per MiB (both ways) and per second (I/O and idle).
+    pub counters: CounterRates,
 }
 
 /// Reads one figure of a run.
@@ -158,6 +181,8 @@ pub struct NetReport {
     pub runs: Vec<NetRun>,
     /// Runs without both guest results.
     pub failures: usize,
+    /// Every KVM counter, medians per VMM.
+    pub breakdown: Breakdown,
 }
 
 impl NetReport {
@@ -205,7 +230,7 @@ impl NetReport {
         serde_json::json!({"runs": runs,
             "median": {"zvm": obj(&|c| self.median(Vmm::Zvm, c)), "qemu": obj(&|c| self.median(Vmm::Qemu, c))},
             "ratio_zvm_qemu": obj(&|c| ratio(self.median(Vmm::Zvm, c), self.median(Vmm::Qemu, c))),
-            "failures": self.failures})
+            "kvm_counters": self.breakdown.to_json(), "failures": self.failures})
     }
 
     fn print_summary(&self) {
@@ -298,11 +323,16 @@ pub fn run(
                 rx: guest_line("recv").map(|n| n.mib_s),
                 host_tx,
                 host_rx,
-                cpu_tx: per_mib(phase.cpu_between(0, 1), size_mib),
-                cpu_rx: per_mib(phase.cpu_between(1, 2), size_mib),
-                exits: per_mib(phase.kvm_between(0, 2, "exits"), 2 * size_mib).map(|x| x / 1000.0),
-                irqs: per_mib(phase.kvm_between(0, 2, "irq_injections"), 2 * size_mib)
+                cpu_tx: per_mib(phase.cpu_between(START, MID), size_mib),
+                cpu_rx: per_mib(phase.cpu_between(MID, END), size_mib),
+                exits: per_mib(phase.kvm_between(START, END, "exits"), 2 * size_mib)
                     .map(|x| x / 1000.0),
+                irqs: per_mib(
+                    phase.kvm_between(START, END, "irq_injections"),
+                    2 * size_mib,
+                )
+                .map(|x| x / 1000.0),
+                counters: CounterRates::of(&phase, IDLE, (START, END), 2.0 * size_mib as f64),
             };
             if r.tx.is_none() || r.rx.is_none() {
                 failures += 1;
@@ -331,8 +361,17 @@ pub fn run(
         }
     }
     drop(ns);
-    let report = NetReport { runs, failures };
+    let labelled: Vec<(&str, &CounterRates)> =
+        runs.iter().map(|r| (r.vmm.name(), &r.counters)).collect();
+    let names = [Vmm::Zvm.name(), Vmm::Qemu.name()];
+    let breakdown = Breakdown::of(&labelled, &names);
+    let report = NetReport {
+        runs,
+        failures,
+        breakdown,
+    };
     report.print_summary();
+    report.breakdown.print(names[0], names[1]);
     Ok(report)
 }
 
@@ -363,5 +402,7 @@ mod tests {
             s.contains("tcp-bench send 10.0.2.1:7000 32")
                 && s.contains("tcp-bench recv 10.0.2.1:7001 32")
         );
+        assert!(s.starts_with(&format!("{}ip addr add", idle_script())));
+        assert!(s.ends_with(&closing_script()));
     }
 }
