@@ -179,7 +179,10 @@ mod tests {
         assert_eq!(q.get("exits"), Some(&12));
         assert_eq!(q.get("irq_injections"), Some(&3));
         assert!(!q.contains_key("halt_wait_hist"));
-        assert_eq!(grew(&Some(zvm.clone()), &Some(q.clone()), "exits"), Some(2.0));
+        assert_eq!(
+            grew(&Some(zvm.clone()), &Some(q.clone()), "exits"),
+            Some(2.0)
+        );
         assert_eq!(grew(&Some(zvm.clone()), &None, "exits"), None);
         let g = growth(&Some(zvm), &Some(q)).expect("growth");
         assert_eq!(g.get("exits"), Some(&2.0));
