@@ -96,20 +96,40 @@ fn accept(listener: &TcpListener, stop: &AtomicBool) -> Option<TcpStream> {
     None
 }
 
+/// Reads a guest's stream to its end; returns the bytes.
+pub(crate) fn read_stream(mut s: TcpStream) -> Option<usize> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(total),
+            Ok(n) => total += n,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Writes `bytes` to a guest, half-closes and waits for it to close; returns the bytes.
+pub(crate) fn write_stream(mut s: TcpStream, bytes: usize) -> Option<usize> {
+    let buf = vec![0xa5u8; 256 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = buf.len().min(left);
+        s.write_all(&buf[..n]).ok()?;
+        left -= n;
+    }
+    s.shutdown(std::net::Shutdown::Write).ok()?;
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    Some(bytes)
+}
+
 /// Host side of guest-to-host: reads to end of stream, then closes. Returns MiB/s.
 fn sink(listener: TcpListener, stop: Arc<AtomicBool>) -> JoinHandle<Option<f64>> {
     std::thread::spawn(move || {
-        let mut s = accept(&listener, &stop)?;
+        let s = accept(&listener, &stop)?;
         let start = Instant::now();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0usize;
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => total += n,
-                Err(_) => return None,
-            }
-        }
+        let total = read_stream(s)?;
         Some(total as f64 / MIB / start.elapsed().as_secs_f64().max(1e-9))
     })
 }
@@ -117,18 +137,9 @@ fn sink(listener: TcpListener, stop: Arc<AtomicBool>) -> JoinHandle<Option<f64>>
 /// Host side of host-to-guest: writes `bytes`, half-closes, waits for the guest to close.
 fn source(listener: TcpListener, bytes: usize, stop: Arc<AtomicBool>) -> JoinHandle<Option<f64>> {
     std::thread::spawn(move || {
-        let mut s = accept(&listener, &stop)?;
+        let s = accept(&listener, &stop)?;
         let start = Instant::now();
-        let buf = vec![0xa5u8; 256 * 1024];
-        let mut left = bytes;
-        while left > 0 {
-            let n = buf.len().min(left);
-            s.write_all(&buf[..n]).ok()?;
-            left -= n;
-        }
-        s.shutdown(std::net::Shutdown::Write).ok()?;
-        let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest);
+        let bytes = write_stream(s, bytes)?;
         Some(bytes as f64 / MIB / start.elapsed().as_secs_f64().max(1e-9))
     })
 }

@@ -13,10 +13,9 @@ use crate::devices::{self, DeviceConfig, PhaseRun};
 use crate::error::Result;
 use crate::kvm_stats::KvmProbe;
 use crate::measure::{fmt_opt, median, ratio};
-use crate::net::parse_net;
+use crate::net::{self, parse_net};
 use crate::netns::{NetNs, GUEST_IP, GUEST_MAC, HOST_IP};
 use crate::vmms::{order, qemu_args, zvm_args, GuestSpec, Launcher, Vmm};
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -102,34 +101,6 @@ fn serve_all(
         let secs = start?.elapsed().as_secs_f64().max(1e-9);
         Some(total as f64 / MIB / secs)
     })
-}
-
-/// Reads a guest's stream to its end; returns the bytes.
-fn sink(mut s: TcpStream, _bytes: usize) -> Option<usize> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0;
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return Some(total),
-            Ok(n) => total += n,
-            Err(_) => return None,
-        }
-    }
-}
-
-/// Writes `bytes` to a guest, half-closes and waits for it to close; returns the bytes.
-fn source(mut s: TcpStream, bytes: usize) -> Option<usize> {
-    let buf = vec![0xa5u8; 256 * 1024];
-    let mut left = bytes;
-    while left > 0 {
-        let n = buf.len().min(left);
-        s.write_all(&buf[..n]).ok()?;
-        left -= n;
-    }
-    s.shutdown(std::net::Shutdown::Write).ok()?;
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
-    Some(bytes)
 }
 
 /// One run of one VMM with one number of queue pairs.
@@ -357,14 +328,14 @@ pub fn run(
                     ns.listen(format!("{HOST_IP}:{SEND_PORT}"))?,
                     streams,
                     stop.clone(),
-                    sink,
+                    |s, _| net::read_stream(s),
                     bytes,
                 );
                 let rx_host = serve_all(
                     ns.listen(format!("{HOST_IP}:{RECV_PORT}"))?,
                     streams,
                     stop.clone(),
-                    source,
+                    net::write_stream,
                     bytes,
                 );
                 let probe = devices::kvm_probe(vmm, dir, i);
