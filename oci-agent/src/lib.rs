@@ -9,10 +9,9 @@
 //! - `spawn`: clones the container process (parked until Start) and exec'd processes;
 //! - [`agent`]: the single-threaded poll loop (connection, signalfd, stdio relay, reaping);
 //! - [`transport`]: vsock or Unix listener; [`pid1`]: the VM init duties ([`netcfg`]: the
-//!   further interfaces' addresses); [`deferred_log`]: log lines written after the answers.
+//!   further interfaces' addresses).
 
 pub mod agent;
-pub mod deferred_log;
 mod fdio;
 pub mod netcfg;
 pub mod pid1;

@@ -52,17 +52,11 @@ fn main() -> ExitCode {
     } else {
         pid1::ensure_stdio();
     }
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        oci_agent::deferred_log::flush();
-        default_hook(info);
-    }));
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Lines wait until the host has what it was owed (see deferred_log).
-        .with_writer(oci_agent::deferred_log::DeferredStderr)
+        .with_writer(std::io::stderr)
         .with_ansi(false)
         .without_time()
         .with_target(false)
@@ -104,7 +98,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    oci_agent::deferred_log::flush();
     if pid1 {
         pid1::power_off();
     }

@@ -160,14 +160,11 @@ impl<T: Transport> Agent<T> {
         self.container = None;
         self.outbox.extend(out);
         self.flush();
-        crate::deferred_log::flush();
         Ok(exit)
     }
 
-    /// One poll and everything it reported. The log lines of the previous turn are written
-    /// first: after its answers went out, before this one waits.
+    /// One poll and everything it reported.
     fn turn(&mut self) -> Result<Option<Exit>, AgentError> {
-        crate::deferred_log::flush();
         let mut fds = Vec::new();
         let mut slots = Vec::new();
         let mut add = |fd: RawFd, events: i16, slot: Slot| {
