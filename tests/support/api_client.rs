@@ -106,21 +106,7 @@ pub struct ConsoleReader(Arc<Mutex<String>>);
 impl ConsoleReader {
     /// Reads `child`'s stdout on a thread of its own.
     pub fn start(child: &mut Child) -> ConsoleReader {
-        let text = Arc::new(Mutex::new(String::new()));
-        let mut out = child.stdout.take().expect("stdout");
-        let sink = text.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("console")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        ConsoleReader(text)
+        ConsoleReader(crate::collect(child.stdout.take().expect("stdout")))
     }
 
     /// Everything read so far.

@@ -387,7 +387,8 @@ pub struct LiveZvm {
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
-fn collect(
+/// Collects what `from` gives, as text, on a thread of its own.
+pub(crate) fn collect(
     mut from: impl std::io::Read + Send + 'static,
 ) -> std::sync::Arc<std::sync::Mutex<String>> {
     let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
