@@ -16,9 +16,9 @@
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use zvm_integration_tests::{
     busybox_rootfs, ext4_image, guest_init, guest_kernel, pack_flist, run_to_end, scratch_dir,
     zvm_binary,
@@ -103,29 +103,42 @@ fn zvm_run_flist_runs_a_container_entrypoint_through_the_guest_agent() {
         };
         let checked = jail::inspect::wait_for_jailed(&zvm_binary(), Duration::from_secs(300))
             .and_then(|pid| jail::inspect::check_jailed(pid, &limits));
-        // The running VM holds its lease on the cache's tree: no eviction may take it.
-        let leased = std::fs::read_dir(&trees_dir)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.path())
-                    // `<sha256>.lock`, not the cache-wide `.cache.lock`.
-                    .filter(|p| {
-                        p.extension().is_some_and(|x| x == "lock")
-                            && !p
-                                .file_name()
-                                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-                    })
-                    .map(|p| {
-                        Command::new("flock")
-                            .args(["-n", "-x"])
-                            .arg(&p)
-                            .arg("true")
-                            .status()
-                            .is_ok_and(|s| s.code() == Some(1))
-                    })
-                    .collect::<Vec<bool>>()
-            })
-            .unwrap_or_default();
+        // The running VM holds its lease on the cache's tree: no eviction may take it. The
+        // jailed VMM found first may be the template's builder, before the flist's tree is
+        // unpacked and leased; the container blocks on its stdin until this thread has
+        // looked, so the lease, once it exists, is looked at while the VM runs.
+        let tree_locks = || -> Vec<PathBuf> {
+            std::fs::read_dir(&trees_dir)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .map(|e| e.path())
+                        // `<sha256>.lock`, not the cache-wide `.cache.lock`.
+                        .filter(|p| {
+                            p.extension().is_some_and(|x| x == "lock")
+                                && !p
+                                    .file_name()
+                                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let held = |lock: &PathBuf| {
+            Command::new("flock")
+                .args(["-n", "-x"])
+                .arg(lock)
+                .arg("true")
+                .status()
+                .is_ok_and(|s| s.code() == Some(1))
+        };
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let leased = loop {
+            let leased: Vec<bool> = tree_locks().iter().map(held).collect();
+            if (!leased.is_empty() && leased.iter().all(|h| *h)) || Instant::now() > deadline {
+                break leased;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         let _ = feed.write_all(b"hello-from-stdin\n");
         (checked, leased)
     });
