@@ -142,8 +142,8 @@ fn build_image(launcher: &Launcher, kernel: &Path, static_zvm: &Path, dir: &Path
         .arg(static_zvm)
         .arg("--init")
         .arg(static_zvm.with_file_name("zvm-init"))
-        // Stored gzip blocks: where the guest kernel is emulated, inflate dominates boot.
-        .args(["--gzip-level", "0"])
+        // Uncompressed: where the guest kernel is emulated, inflate dominates boot.
+        .arg("--uncompressed")
         .output()
         .map_err(|source| BenchError::Spawn {
             program: launcher.zvm.display().to_string(),
@@ -192,7 +192,7 @@ pub fn run(launcher: &Launcher, cfg: &NodeConfig, dir: &Path) -> Result<NodeRepo
     build_image(launcher, &kernel, &static_zvm, &image)?;
     let node = GuestSpec {
         kernel: image.join("vmlinux"),
-        initrd: Some(image.join("initramfs.cpio.gz")),
+        initrd: Some(image.join("initramfs.cpio")),
         cmdline: format!("{CMDLINE} zos.runmode=test"),
         cpus: 1,
         mem_mib: NODE_MEM_MIB,

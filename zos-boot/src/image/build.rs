@@ -1,5 +1,6 @@
 //! Builds the bootable pair: `DIR/vmlinux` and `DIR/initramfs.cpio.gz` (gzip newc cpio,
-//! made with the project's `initramfs` crate).
+//! made with the project's `initramfs` crate), or `DIR/initramfs.cpio` (the same archive
+//! uncompressed).
 //!
 //! The initramfs holds only what the node needs: `/sbin/init` (the service manager,
 //! zvm-init), `/usr/bin/zvm` (static; the node daemon and its helpers live in it), the
@@ -23,12 +24,42 @@ pub struct ImageInputs {
     pub init: PathBuf,
     /// mke2fs on this host (copied with its libraries).
     pub mkfs: PathBuf,
-    /// gzip level of the initramfs, 0 (stored: no inflate work at boot) to 9.
-    pub gzip_level: u32,
+    /// How the initramfs is packed.
+    pub packing: InitramfsPacking,
 }
 
 /// The default gzip level.
 pub const DEFAULT_GZIP_LEVEL: u32 = 6;
+
+/// How the initramfs archive is packed, which also names its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitramfsPacking {
+    /// gzip at a level 0 (stored blocks) to 9: `initramfs.cpio.gz`.
+    Gzip(u32),
+    /// The newc archive as it is: `initramfs.cpio`. The kernel copies it into its root file
+    /// system without running its inflate code; several times the size of a compressed
+    /// image, but the fastest to boot where the guest kernel's code is slow to run.
+    Uncompressed,
+}
+
+impl InitramfsPacking {
+    /// The initramfs's file name in the image directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Gzip(_) => "initramfs.cpio.gz",
+            Self::Uncompressed => "initramfs.cpio",
+        }
+    }
+
+    /// Packs `entries` this way.
+    pub fn pack(self, entries: &[Entry]) -> Result<Vec<u8>, ImageError> {
+        match self {
+            Self::Gzip(level) => pack_gzip(entries, level),
+            Self::Uncompressed => initramfs::pack_uncompressed(entries)
+                .map_err(|e| ImageError::Input(format!("cannot pack the initramfs: {e}"))),
+        }
+    }
+}
 
 /// Packs `entries` as a gzip-compressed newc archive at `level` (0-9).
 pub fn pack_gzip(entries: &[Entry], level: u32) -> Result<Vec<u8>, ImageError> {
@@ -56,7 +87,7 @@ pub fn pack_gzip(entries: &[Entry], level: u32) -> Result<Vec<u8>, ImageError> {
 pub struct ImageOutput {
     /// `DIR/vmlinux`.
     pub kernel: PathBuf,
-    /// `DIR/initramfs.cpio.gz`.
+    /// `DIR/initramfs.cpio.gz` or `DIR/initramfs.cpio`.
     pub initramfs: PathBuf,
     /// Paths inside the initramfs (files and links), for a listing.
     pub files: Vec<String>,
@@ -228,7 +259,9 @@ pub fn entries(inputs: &ImageInputs) -> Result<Vec<Entry>, ImageError> {
     Ok(entries)
 }
 
-/// Builds `out/vmlinux` and `out/initramfs.cpio.gz`.
+/// Builds `out/vmlinux` and `out/initramfs.cpio.gz` (or `out/initramfs.cpio`); an initramfs
+/// of the other packing left in `out` by an earlier build is removed, so the directory
+/// holds one image.
 pub fn build(inputs: &ImageInputs, out: &Path) -> Result<ImageOutput, ImageError> {
     let kernel_bytes = read(&inputs.kernel)?;
     if kernel_bytes.get(..4) != Some(b"\x7fELF") {
@@ -238,7 +271,7 @@ pub fn build(inputs: &ImageInputs, out: &Path) -> Result<ImageOutput, ImageError
         )));
     }
     let entries = entries(inputs)?;
-    let packed = pack_gzip(&entries, inputs.gzip_level)?;
+    let packed = inputs.packing.pack(&entries)?;
     std::fs::create_dir_all(out).map_err(|source| ImageError::Io {
         what: format!("create {}", out.display()),
         source,
@@ -255,7 +288,21 @@ pub fn build(inputs: &ImageInputs, out: &Path) -> Result<ImageOutput, ImageError
         Ok(path)
     };
     let kernel = write("vmlinux", &kernel_bytes)?;
-    let initramfs = write("initramfs.cpio.gz", &packed)?;
+    let initramfs = write(inputs.packing.file_name(), &packed)?;
+    for other in [InitramfsPacking::Gzip(0), InitramfsPacking::Uncompressed] {
+        let stale = out.join(other.file_name());
+        if other.file_name() != inputs.packing.file_name() {
+            match std::fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ImageError::Io {
+                        what: format!("remove the earlier {}", stale.display()),
+                        source: e,
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
     let files = entries
         .iter()
         .filter_map(|e| match e {
@@ -335,6 +382,22 @@ mod tests {
     }
 
     #[test]
+    fn uncompressed_packing_is_the_plain_archive_under_its_own_name() {
+        let entries = vec![Entry::File {
+            path: "big".into(),
+            mode: 0o644,
+            data: vec![7u8; 4096],
+        }];
+        let plain = InitramfsPacking::Uncompressed.pack(&entries).unwrap();
+        assert_eq!(&plain[..6], b"070701");
+        assert_eq!(plain, initramfs::pack_uncompressed(&entries).unwrap());
+        assert_eq!(InitramfsPacking::Uncompressed.file_name(), "initramfs.cpio");
+        assert_eq!(InitramfsPacking::Gzip(0).file_name(), "initramfs.cpio.gz");
+        let gz = InitramfsPacking::Gzip(1).pack(&entries).unwrap();
+        assert_eq!(&gz[..2], b"\x1f\x8b");
+    }
+
+    #[test]
     fn bad_inputs_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let dynamic = ImageInputs {
@@ -342,7 +405,7 @@ mod tests {
             zvm: "/bin/sh".into(),
             init: "/bin/sh".into(),
             mkfs: "/bin/sh".into(),
-            gzip_level: DEFAULT_GZIP_LEVEL,
+            packing: InitramfsPacking::Gzip(DEFAULT_GZIP_LEVEL),
         };
         let e = entries(&dynamic).unwrap_err().to_string();
         assert!(

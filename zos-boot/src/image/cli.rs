@@ -2,7 +2,7 @@
 //! `launch`, `report` (run by the node image's services inside the guest).
 
 use super::boot::{self, API_SOCK, CACHE_DIR, MKFS, STATE_DIR};
-use super::build::{self, ImageInputs};
+use super::build::{self, ImageInputs, InitramfsPacking};
 use super::settings::BootSettings;
 use super::ImageError;
 use clap::Args;
@@ -13,7 +13,7 @@ use std::process::ExitCode;
 /// Flags of `zvm node image`.
 #[derive(Debug, Args)]
 pub struct ImageArgs {
-    /// Output directory (gets vmlinux and initramfs.cpio.gz).
+    /// Output directory (gets vmlinux and initramfs.cpio.gz, or initramfs.cpio).
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
     /// Guest kernel (default: $ZVM_KERNEL, else `zvm kernel path`, which builds it once).
@@ -30,10 +30,15 @@ pub struct ImageArgs {
     /// mke2fs to copy into the image with its libraries (default: /sbin/mke2fs).
     #[arg(long, value_name = "PATH")]
     pub mkfs: Option<PathBuf>,
-    /// gzip level of the initramfs: 1-9, or 0 for stored blocks (a larger file, but no
-    /// inflate work at boot: much faster where the guest kernel's code is emulated).
+    /// gzip level of the initramfs: 1-9, or 0 for stored blocks (a larger file, less
+    /// inflate work at boot).
     #[arg(long, default_value_t = build::DEFAULT_GZIP_LEVEL, value_parser = clap::value_parser!(u32).range(0..=9))]
     pub gzip_level: u32,
+    /// Write the initramfs uncompressed, as DIR/initramfs.cpio: several times larger, but
+    /// the kernel runs no inflate code at boot (the fastest boot where guest kernel code is
+    /// emulated, as on KVM PVM hosts).
+    #[arg(long, conflicts_with = "gzip_level")]
+    pub uncompressed: bool,
 }
 
 /// Flags of `zvm node prepare`.
@@ -132,7 +137,11 @@ fn build_image(args: ImageArgs) -> Result<build::ImageOutput, ImageError> {
             zvm,
             init,
             mkfs,
-            gzip_level: args.gzip_level,
+            packing: if args.uncompressed {
+                InitramfsPacking::Uncompressed
+            } else {
+                InitramfsPacking::Gzip(args.gzip_level)
+            },
         },
         &args.output,
     )
