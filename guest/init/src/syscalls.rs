@@ -1,5 +1,7 @@
-//! A self-check that makes a few thousand system calls of different kinds and verifies
-//! every result, to show the kernel's system-call path is correct, not just alive.
+//! A self-check that makes a few hundred system calls of different kinds and verifies
+//! every result, to show the kernel's system-call path is correct, not just alive. Kept to
+//! hundreds: where guest kernel code is emulated (KVM PVM hosts) each call costs ~17 ms,
+//! and four thousand of them took 71 s of a boot test.
 
 use std::ffi::CString;
 
@@ -13,20 +15,20 @@ fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     if cond { Ok(()) } else { Err(what()) }
 }
 
-/// getpid through the raw system call, 1000 times.
+/// getpid through the raw system call, 100 times.
 fn getpid_loop() -> Check {
-    for _ in 0..1000 {
+    for _ in 0..100 {
         // SAFETY: raw getpid.
         let pid = unsafe { libc::syscall(libc::SYS_getpid) };
         ensure(pid == 1, || format!("getpid returned {pid}, expected 1"))?;
     }
-    Ok(1000)
+    Ok(100)
 }
 
 /// clock_gettime through the raw system call (not the vDSO), monotonic.
 fn clock_loop() -> Check {
     let mut last = (0i64, 0i64);
-    for _ in 0..1000 {
+    for _ in 0..100 {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: ts is a valid timespec.
         let rc = unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts) };
@@ -35,14 +37,14 @@ fn clock_loop() -> Check {
         ensure(now >= last, || format!("clock went backwards: {last:?} -> {now:?}"))?;
         last = now;
     }
-    Ok(1000)
+    Ok(100)
 }
 
 /// Create, write, seek, read, fstat, close, unlink on tmpfs.
 fn file_io_loop() -> Check {
     let mut calls = 0;
     let mut buf = vec![0u8; 4096];
-    for i in 0..150u32 {
+    for i in 0..20u32 {
         let path = CString::new(format!("/tmp/zvm-check-{i}")).map_err(|e| e.to_string())?;
         let data: Vec<u8> = (0..4096u32).map(|j| (i.wrapping_mul(31).wrapping_add(j) % 251) as u8).collect();
         // SAFETY: path, data and buf are valid for the lengths passed.
@@ -71,7 +73,7 @@ fn pipe_loop() -> Check {
     // SAFETY: fds has room for two descriptors.
     ensure(unsafe { libc::pipe(fds.as_mut_ptr()) } == 0, || format!("pipe: {}", errno()))?;
     let mut calls = 1;
-    for i in 0..200u32 {
+    for i in 0..25u32 {
         let msg = i.to_le_bytes();
         let mut back = [0u8; 4];
         // SAFETY: buffers valid for 4 bytes.
@@ -92,7 +94,7 @@ fn pipe_loop() -> Check {
 
 /// fork, child exits with a code, parent waits and checks it.
 fn fork_loop() -> Check {
-    for i in 0..20 {
+    for i in 0..5 {
         // SAFETY: the child only calls _exit.
         let pid = unsafe { libc::fork() };
         ensure(pid >= 0, || format!("fork: {}", errno()))?;
@@ -106,13 +108,13 @@ fn fork_loop() -> Check {
         ensure(waited == pid, || format!("waitpid returned {waited}: {}", errno()))?;
         ensure(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == i + 3, || format!("child status {status:#x}, expected exit {}", i + 3))?;
     }
-    Ok(40)
+    Ok(10)
 }
 
 /// Anonymous mappings: map, touch, check, unmap.
 fn mmap_loop() -> Check {
     const LEN: usize = 64 * 1024;
-    for i in 0..200usize {
+    for i in 0..20usize {
         // SAFETY: a fresh private anonymous mapping we own until munmap.
         unsafe {
             let p = libc::mmap(std::ptr::null_mut(), LEN, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
@@ -125,7 +127,7 @@ fn mmap_loop() -> Check {
             ensure(libc::munmap(p, LEN) == 0, || format!("munmap: {}", errno()))?;
         }
     }
-    Ok(400)
+    Ok(40)
 }
 
 /// Runs every check; returns the number of system calls made.
