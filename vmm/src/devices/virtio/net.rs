@@ -414,6 +414,11 @@ impl VirtioDevice for Net {
         let expected = self.queue_sizes.len();
         self.active = Some(ActiveQueues::new(mem, queues, interrupt, expected)?);
         self.setup_pending = true;
+        if self.acked & VIRTIO_NET_F_MQ == 0 {
+            // A driver without multiqueue uses the first pair only, whatever a restored
+            // snapshot said (its queue 2 may be the control queue, not pair 1's receive).
+            self.active_pairs = 1;
+        }
         tracing::debug!(
             "virtio-net {} activated, features {:#x}, {} of {} queue pairs",
             self.id,

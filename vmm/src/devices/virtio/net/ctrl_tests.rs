@@ -455,3 +455,44 @@ fn the_pairs_in_use_survive_a_snapshot_and_a_reset_forgets_them() {
         "a reset driver starts with one pair"
     );
 }
+
+#[test]
+fn a_restored_pair_count_without_mq_falls_back_to_one_pair() {
+    // Found by the virtio_net_mq fuzz target: a snapshot saying 2 pairs in use, restored
+    // into a device whose driver accepted CTRL_VQ but not MQ, had pair 1 receive into
+    // queue 2, the control queue.
+    let mem = memory();
+    let mut r = mq_rig(&mem, VIRTIO_NET_F_CTRL_VQ, None);
+    r.net.reset();
+    let state = VirtioDeviceState::Net(NetState {
+        queue_pairs: 2,
+        active_pairs: 2,
+    });
+    r.net.restore_device_state(&state, &mem).expect("restore");
+    r.net
+        .ack_features(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_CTRL_VQ);
+    let ready = r.queues.iter().map(ready_queue).collect();
+    r.net
+        .activate(mem.clone(), ready, Interrupt::new().expect("irq"))
+        .expect("activate");
+    r.frames[1].rx.lock().expect("rx").push_back(frame(100, 5));
+    r.net.process_host_fd(tap_token(1));
+    assert_eq!(r.net.active_pairs(), 1);
+    assert_eq!(r.polled_taps(), [r.fds[0]]);
+    assert_eq!(
+        r.attach[1].lock().expect("attach").last(),
+        Some(&false),
+        "tap queue 1 stays detached"
+    );
+    assert_eq!(
+        r.command(
+            &mem,
+            2,
+            VIRTIO_NET_CTRL_MQ,
+            VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+            &[2, 0]
+        ),
+        (1, VIRTIO_NET_ERR),
+        "queue 2 is still the control queue"
+    );
+}
