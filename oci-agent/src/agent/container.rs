@@ -9,6 +9,7 @@ use agent_protocol::{
     AgentMessage, Bytes, ContainerStatus, Event, ExitStatus, ResponseBody, Rootfs, INIT_STREAM,
 };
 
+use super::held_ns::HeldNamespaces;
 use super::rootfs::{mount as mount_rootfs, mount_share, DISK_WAIT, ROOTFS_MOUNT};
 use super::{cgroup, AgentConfig};
 use crate::fdio;
@@ -164,6 +165,10 @@ pub struct Container {
     /// stdin for the init process sent before Start (and whether it was closed): the host
     /// relays its stdin from the create on, as a pipe would hold it.
     pub early_stdin: (Vec<u8>, bool),
+    /// The container's namespaces, let go of once its exit has been reported.
+    pub held_namespaces: HeldNamespaces,
+    /// The log line of init's exit, written once the exit has been reported.
+    pub exit_log: Option<String>,
 }
 
 impl Container {
@@ -229,6 +234,8 @@ impl Container {
         match spawned {
             Ok(parked) => Ok(Self {
                 init_pid: parked.spawned.pid,
+                held_namespaces: HeldNamespaces::open(parked.spawned.pid, &plan.namespaces),
+                exit_log: None,
                 plan,
                 cgroup_dir,
                 cgroup_root: cgroup_root.to_path_buf(),
@@ -443,7 +450,10 @@ impl Container {
         }
         if pid == self.init_pid {
             let since_start = self.started_at.map(|t| t.elapsed());
-            tracing::info!("container init {pid} ended: {status:?} ({since_start:?} after Start)");
+            // Logged once the event is out: a console line is slow guest work on some hosts.
+            self.exit_log = Some(format!(
+                "container init {pid} ended: {status:?} ({since_start:?} after Start)"
+            ));
             self.status = ContainerStatus::Stopped;
             self.init_exit = Some(status);
         }
@@ -467,8 +477,20 @@ impl Container {
         }
     }
 
+    /// Once init's exit has been sent or kept for the host: writes its log line and lets go
+    /// of the container's namespaces (whose teardown the host need not wait for).
+    pub fn after_exit_reported(&mut self) {
+        if let Some(line) = self.exit_log.take() {
+            tracing::info!("{line}");
+        }
+        if self.status == ContainerStatus::Stopped {
+            self.held_namespaces.release();
+        }
+    }
+
     /// Removes the cgroup and unmounts the root filesystem (after `kill_all`).
     pub fn cleanup(&mut self) {
+        self.held_namespaces.release();
         if let Some(d) = self.cgroup_dir.take() {
             cgroup::remove(&self.cgroup_root, &d);
         }

@@ -5,6 +5,7 @@
 mod backlog;
 mod cgroup;
 mod container;
+mod held_ns;
 pub mod refresh;
 pub mod rootfs;
 
@@ -156,6 +157,7 @@ impl<T: Transport> Agent<T> {
         if let Some(c) = &mut self.container {
             c.kill_all(&mut out);
             c.cleanup();
+            c.after_exit_reported();
         }
         self.container = None;
         self.outbox.extend(out);
@@ -237,6 +239,11 @@ impl<T: Transport> Agent<T> {
             }
         }
         self.flush();
+        // An exit has gone out (or into the backlog): its log line and the namespaces'
+        // teardown follow.
+        if let Some(c) = &mut self.container {
+            c.after_exit_reported();
+        }
         Ok(exit)
     }
 
