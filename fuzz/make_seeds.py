@@ -158,6 +158,139 @@ def gen_mmio():
     write("virtio_mmio", "net", bytes([2]) + rx + tx + seq + area)
 
 
+# virtio_net_mq: control commands and their chains.
+CTRL_MQ, PAIRS_SET = 4, 0
+CTRL_AT = 0x0  # commands, data and status bytes at the start of the data area
+
+
+def desc_abs(addr, length, flags=0, nxt=0):
+    """A descriptor with a raw 64-bit address (anywhere, outside memory too)."""
+    return struct.pack("<BQHB", 3 | flags << 2, addr, length, nxt)
+
+
+def pairs_set(n):
+    return struct.pack("<BBH", CTRL_MQ, PAIRS_SET, n)
+
+
+def mq_pair_queue(q):
+    """Queue q of the pairs: an RX queue (a 2 KiB buffer, a split one) or a TX queue
+    (header + frame), each pair's buffers apart."""
+    k = q // 2
+    if q % 2 == 0:
+        return queue(4, [desc(0x4000 + k * 0x1000, 2048, WRITE),
+                         desc(0x4800 + k * 0x1000, 12, WRITE | NEXT, 2),
+                         desc(0x4900 + k * 0x1000, 1514, WRITE)], [0, 1])
+    return queue(4, [desc(0x800 + k * 0x100, 12, NEXT, 1), desc(0x880 + k * 0x100, 60)], [0])
+
+
+def mq_tx_frames(pairs):
+    return {0x880 + k * 0x100: b"\xff" * 6 + bytes([2, 0, 0, 0, 0, k]) + b"\x08\x00"
+            for k in range(pairs)}
+
+
+def op(kind, arg=0):
+    return bytes([kind | arg << 3])
+
+
+def mq_seed(setup, feats, pairs, ctrl, ops_, args=b"", chunks=None, ctrl_at=None):
+    """A virtio_net_mq input: `ctrl` is the control queue's description, written where
+    the driver puts it (`ctrl_at`, default after the pairs); other queues are the pairs'."""
+    frames = b"".join(bytes([2]) + struct.pack("<II", 60, 1526) for _ in range(pairs))
+    nqueues = 2 * pairs + 1
+    ctrl_at = 2 * pairs if ctrl_at is None else ctrl_at
+    descs = [ctrl if q == ctrl_at else mq_pair_queue(q) if q < 2 * pairs else queue(0, [], [])
+             for q in range(nqueues)]
+    ops_ = b"".join(ops_)
+    args = args.ljust(4 * len(ops_), b"\0")
+    area = dict(mq_tx_frames(pairs))
+    area.update(chunks or {})
+    return (bytes([setup, feats]) + frames + b"".join(descs) + bytes([len(ops_)]) + ops_
+            + args + data(area, max(at + len(blob) for at, blob in area.items())))
+
+
+F_CTRL, F_MQ, F_MRG = 1, 2, 4
+
+
+def gen_net_mq():
+    c = CTRL_AT
+    # VQ_PAIRS_SET 2 as header + data + status, traffic on both pairs; then (after the
+    # guest rewrites the count to 1 and makes the chain available again) the same chain
+    # says 1; a snapshot, a reset and a restart.
+    ctrl = queue(4, [desc(c, 2, NEXT, 1), desc(c + 0x10, 2, NEXT, 2), desc(c + 0x20, 1, WRITE),
+                     desc(c + 0x40, 4, NEXT, 4), desc(c + 0x50, 1, WRITE)], [0])
+    chunks = {c: pairs_set(2)[:2], c + 0x10: struct.pack("<H", 2), c + 0x40: pairs_set(1)}
+    traffic = [op(0, 3), op(0, 2), op(1, 3), op(1, 0), op(0, 1), op(0, 0)]
+    write("virtio_net_mq", "pairs_set", mq_seed(
+        0, F_CTRL | F_MQ | F_MRG, 2, ctrl,
+        [op(2)] + traffic + [op(4), op(3, 4), op(2), op(0, 2), op(1, 3), op(7), op(5), op(6)],
+        args=struct.pack("<HI", c + 0x10, 1) + bytes([1, F_CTRL | F_MQ]), chunks=chunks))
+    # Four pairs: 4, traffic on pair 3, then 3 (the guest rewrites the command; pair 3's
+    # queues go quiet), traffic on pair 3 again, a snapshot.
+    ctrl = queue(4, [desc(c, 4, NEXT, 1), desc(c + 0x10, 1, WRITE)], [0])
+    write("virtio_net_mq", "four_pairs", mq_seed(
+        2, F_CTRL | F_MQ, 4, ctrl,
+        [op(2), op(0, 7), op(0, 6), op(1, 5), op(4), op(3, 8), op(2), op(0, 7), op(0, 6),
+         op(1, 5), op(7), op(0, 6), op(1, 4), op(0, 8)],
+        args=struct.pack("<HIB", c + 2, 3, 1), chunks={c: pairs_set(4)}))
+    # Wrong classes and commands: RX mode (0), MAC (1), MQ's RSS (4/1), VQ_PAIRS_SET with
+    # 0, 9 and 0xffff pairs, with 3 data bytes.
+    cmds = [bytes([0, 0, 1]), bytes([1, 1]) + bytes(6), bytes([4, 1]) + bytes(8), pairs_set(0),
+            pairs_set(9), pairs_set(0xFFFF), pairs_set(2) + b"\0"]
+    descs, heads, chunks = [], [], {}
+    for i, cmd in enumerate(cmds):
+        at = c + 0x40 * i
+        heads.append(len(descs))
+        descs += [desc(at, len(cmd), NEXT, len(descs) + 1), desc(at + 0x30, 1, WRITE)]
+        chunks[at] = cmd
+    ctrl = queue(4, descs, heads)
+    write("virtio_net_mq", "wrong_class", mq_seed(
+        1, F_CTRL | F_MQ, 3, ctrl, [op(2), op(0, 5), op(1, 4), op(2)], chunks=chunks))
+    # Short and long chains: a 1-byte command, a 100-byte one (over the 64 the device
+    # reads), no status byte, a readable buffer after the status, a zero-length status,
+    # a status outside guest memory, a descriptor loop.
+    descs = [
+        desc(c, 1, NEXT, 1), desc(c + 0x30, 1, WRITE),                       # 0
+        desc(c + 0x100, 100, NEXT, 3), desc(c + 0x1f0, 1, WRITE),            # 2
+        desc(c + 0x200, 4),                                                  # 4
+        desc(c + 0x240, 2, NEXT, 6), desc(c + 0x270, 1, WRITE | NEXT, 7),    # 5
+        desc(c + 0x250, 2),                                                  # 7
+        desc(c + 0x280, 4, NEXT, 9), desc(c + 0x2b0, 0, WRITE),              # 8
+        desc(c + 0x2c0, 4, NEXT, 11), desc_abs(0x1_0000_0000, 1, WRITE),     # 10
+        desc(c + 0x300, 4, NEXT, 13), desc(c + 0x310, 1, WRITE | NEXT, 12),  # 12 (loop)
+    ]
+    chunks = {c: b"\x04", c + 0x100: pairs_set(2) + bytes(96), c + 0x200: pairs_set(2),
+              c + 0x240: pairs_set(2)[:2], c + 0x250: pairs_set(2)[2:],
+              c + 0x280: pairs_set(2), c + 0x2c0: pairs_set(2), c + 0x300: pairs_set(2)}
+    ctrl = queue(5, descs, [0, 2, 4, 5, 8, 10, 12])
+    write("virtio_net_mq", "short_long", mq_seed(
+        0, F_CTRL | F_MQ | F_MRG, 2, ctrl, [op(2), op(0, 4), op(0, 9), op(0, 30)],
+        chunks=chunks))
+    # The header in a device-writable descriptor (alone, and before a readable one).
+    descs = [desc(c, 4, WRITE | NEXT, 1), desc(c + 0x30, 1, WRITE),
+             desc(c + 0x40, 2, WRITE | NEXT, 3), desc(c + 0x50, 2, NEXT, 4),
+             desc(c + 0x60, 1, WRITE)]
+    chunks = {c: pairs_set(2), c + 0x40: pairs_set(2)[:2], c + 0x50: pairs_set(2)[2:]}
+    write("virtio_net_mq", "write_only_header", mq_seed(
+        0, F_CTRL | F_MQ, 2, queue(4, descs, [0, 2]), [op(2), op(0, 3), op(1, 3)],
+        chunks=chunks))
+    # Control queue without MQ: it sits at index 2; VQ_PAIRS_SET is refused.
+    ctrl = queue(4, [desc(c, 4, NEXT, 1), desc(c + 0x10, 1, WRITE)], [0])
+    write("virtio_net_mq", "ctrl_without_mq", mq_seed(
+        0, F_CTRL, 2, ctrl, [op(2), op(0, 2), op(0, 4), op(1, 3)], chunks={c: pairs_set(2)},
+        ctrl_at=2))
+    # Three pairs, the command in an indirect table; the tap refuses TUNSETQUEUE; then a
+    # restart with a restored state (2 of 3 pairs) and the same features.
+    table = raw_desc(DATA + c, 4, NEXT, 1) + raw_desc(DATA + c + 0x10, 1, WRITE)
+    ctrl = queue(4, [desc(c + 0x100, len(table), INDIRECT)], [0])
+    chunks = {c: pairs_set(3), c + 0x100: table}
+    write("virtio_net_mq", "indirect_refused", mq_seed(
+        1 | 8, F_CTRL | F_MQ, 3, ctrl, [op(2), op(0, 5), op(6, 1), op(0, 3), op(1, 4)],
+        args=bytes([3, 2, F_CTRL | F_MQ]), chunks=chunks))
+    write("virtio_net_mq", "indirect", mq_seed(
+        1, F_CTRL | F_MQ, 3, ctrl, [op(2), op(0, 5), op(6, 1), op(0, 3), op(1, 4), op(2)],
+        args=bytes([3, 2, F_CTRL | F_MQ | F_MRG]), chunks=chunks))
+
+
 API_BODIES = {
     "vm": b'{"state":"Paused"}',
     "boot_source": b'{"kernel_image_path":"/k","boot_args":"console=ttyS0","initrd_path":"/i"}',
@@ -187,6 +320,7 @@ def gen_api():
 if __name__ == "__main__":
     gen_blk()
     gen_net()
+    gen_net_mq()
     gen_vsock()
     gen_mmio()
     gen_api()

@@ -45,6 +45,6 @@ if [ $# -gt 0 ]; then
   exit
 fi
 for name in http_request api_body agent_frame snapshot_state oci_config flist_meta \
-  virtio_blk virtio_net virtio_vsock virtio_mmio oci_layout oci_layer; do
+  virtio_blk virtio_net virtio_net_mq virtio_vsock virtio_mmio oci_layout oci_layer; do
   run "$name" -max_total_time="${ZVM_FUZZ_SECONDS:-6}"
 done

@@ -5,6 +5,8 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use vmm::devices::virtio::block::{BlockBackend, GuestIoVec};
 use vmm::devices::virtio::net::{NetBackend, MAX_BUFFER_LEN};
 
@@ -95,6 +97,56 @@ impl NetBackend for Frames {
 
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
         assert!(frame.len() <= MAX_BUFFER_LEN, "a TX frame over the limit");
+        Ok(())
+    }
+}
+
+/// One queue of a multiqueue tap: frames as [`Frames`], attached and detached by the
+/// device (TUNSETQUEUE), and, like a real tap queue, failing every read and write with
+/// EBADFD while detached. With `refuse`, attaching and detaching fail.
+pub struct TapQueue {
+    frames: Frames,
+    attached: Arc<AtomicBool>,
+    refuse: bool,
+}
+
+impl TapQueue {
+    /// A queue over `frames`, attached; `attached` tells the target whether it still is.
+    pub fn new(frames: Frames, refuse: bool) -> (Self, Arc<AtomicBool>) {
+        let attached = Arc::new(AtomicBool::new(true));
+        let queue = TapQueue {
+            frames,
+            attached: Arc::clone(&attached),
+            refuse,
+        };
+        (queue, attached)
+    }
+
+    fn check_attached(&self) -> io::Result<()> {
+        if self.attached.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(77)) // EBADFD
+        }
+    }
+}
+
+impl NetBackend for TapQueue {
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.check_attached()?;
+        self.frames.read_frame(buf)
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.check_attached()?;
+        self.frames.write_frame(frame)
+    }
+
+    fn set_queue_enabled(&mut self, enabled: bool) -> io::Result<()> {
+        if self.refuse {
+            return Err(io::Error::from_raw_os_error(22)); // EINVAL
+        }
+        self.attached.store(enabled, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -117,10 +117,22 @@ fn addr_from(mode: u8, input: &mut Input) -> u64 {
 ///
 /// Returns the queue, set up and ready, as a driver would leave it.
 pub fn write_queue(mem: &GuestMemoryMmap, index: usize, max_size: u16, input: &mut Input) -> Queue {
+    write_queue_at(mem, ring_addresses(index), max_size, max_size, input)
+}
+
+/// [`write_queue`] with the rings at `rings` (descriptor table, available and used ring)
+/// and at most `cap` entries (for layouts that pack more queues below [`DATA`]).
+pub fn write_queue_at(
+    mem: &GuestMemoryMmap,
+    rings: (u64, u64, u64),
+    max_size: u16,
+    cap: u16,
+    input: &mut Input,
+) -> Queue {
     let size_byte = input.u8();
-    let size = size_from(size_byte, max_size);
+    let size = size_from(size_byte, max_size.min(cap));
     let event_idx = size_byte & 0x80 != 0;
-    let (desc_table, avail, used) = ring_addresses(index);
+    let (desc_table, avail, used) = rings;
     if event_idx {
         let used_event = input.u16();
         mem.write_obj(used_event, GuestAddress(avail + 4 + 2 * u64::from(size)))
