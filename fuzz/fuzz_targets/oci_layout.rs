@@ -78,7 +78,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
 
     let layer = LAYER.get_or_init(layer_blob);
     let mut subs = vec![
-        ("@L", blob(&dir, &layer)),
+        ("@L", blob(&dir, layer)),
         ("@l", layer.len().to_string()),
     ];
     let config = fill(config, &subs);
