@@ -5,7 +5,7 @@
 #
 # The static zvm is a release build without LTO (it is rebuilt whenever zvm changes, and
 # LTO over the whole of zvm takes many minutes on a small machine), stripped, optimised for
-# size (11.5 MB against 14.3 at opt-level 3: it lives in every node's initramfs, in RAM,
+# size (11.7 MB against 14.3 at opt-level 3: it lives in every node's initramfs, in RAM,
 # and each MB costs ~5 s of unpacking where guest kernel code is emulated), with the
 # hashing, cipher and compression crates still optimised for speed. Its cargo
 # target directory lives in zvm's cache ($ZVM_CACHE_DIR/build/node-zvm), like the guest

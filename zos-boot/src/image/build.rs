@@ -51,6 +51,14 @@ impl InitramfsPacking {
         }
     }
 
+    /// The packing whose file an earlier build may have left beside this one's.
+    fn other(self) -> InitramfsPacking {
+        match self {
+            Self::Gzip(_) => Self::Uncompressed,
+            Self::Uncompressed => Self::Gzip(DEFAULT_GZIP_LEVEL),
+        }
+    }
+
     /// Packs `entries` this way.
     pub fn pack(self, entries: &[Entry]) -> Result<Vec<u8>, ImageError> {
         match self {
@@ -289,19 +297,15 @@ pub fn build(inputs: &ImageInputs, out: &Path) -> Result<ImageOutput, ImageError
     };
     let kernel = write("vmlinux", &kernel_bytes)?;
     let initramfs = write(inputs.packing.file_name(), &packed)?;
-    for other in [InitramfsPacking::Gzip(0), InitramfsPacking::Uncompressed] {
-        let stale = out.join(other.file_name());
-        if other.file_name() != inputs.packing.file_name() {
-            match std::fs::remove_file(&stale) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(ImageError::Io {
-                        what: format!("remove the earlier {}", stale.display()),
-                        source: e,
-                    })
-                }
-                _ => {}
-            }
+    let stale = out.join(inputs.packing.other().file_name());
+    match std::fs::remove_file(&stale) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(ImageError::Io {
+                what: format!("remove the earlier {}", stale.display()),
+                source: e,
+            })
         }
+        _ => {}
     }
     let files = entries
         .iter()
