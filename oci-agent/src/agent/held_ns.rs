@@ -9,7 +9,7 @@
 //! drained before the exit was reported, and the host's next request (Sync, Shutdown) is read
 //! only after the teardown, by this single-threaded agent.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use crate::plan::NamespacePlan;
@@ -39,23 +39,11 @@ impl HeldNamespaces {
             if !ns.has(flag) {
                 continue;
             }
-            let path = format!("/proc/{pid}/ns/{name}\0");
-            // SAFETY: open(2) of a NUL-terminated path; the descriptor is ours.
-            let fd = unsafe {
-                libc::open(
-                    path.as_ptr().cast(),
-                    libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
-                )
-            };
-            if fd < 0 {
-                tracing::debug!(
-                    "not holding the container's {name} namespace: {}",
-                    std::io::Error::last_os_error()
-                );
-                continue;
+            // Read-only and close-on-exec, as std opens every file.
+            match std::fs::File::open(format!("/proc/{pid}/ns/{name}")) {
+                Ok(file) => held.push(OwnedFd::from(file)),
+                Err(e) => tracing::debug!("not holding the container's {name} namespace: {e}"),
             }
-            // SAFETY: a fresh descriptor nobody else owns.
-            held.push(unsafe { OwnedFd::from_raw_fd(fd) });
         }
         HeldNamespaces(held)
     }
