@@ -256,4 +256,11 @@ fn node_image_refuses_bad_inputs() {
     ]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("/nonexistent/zvm"), "{err}");
+    // An uncompressed image has no gzip level.
+    let (code, err) = run(&["--uncompressed", "--gzip-level", "3"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("'--uncompressed' cannot be used with '--gzip-level"),
+        "{err}"
+    );
 }
