@@ -1,14 +1,12 @@
-//! `zvm --api-sock`: Firecracker's REST API served by a real zvm process, first without a
-//! guest (configuration, logger, the `zvm api` client), then driving one Linux boot from
-//! configuration through pause, resume and Ctrl-Alt-Del to exit. zvm hands API mode to
-//! the lean zvm-vmm beside it: the process serving the API is zvm-vmm.
+//! `zvm --api-sock`: Firecracker's REST API served by a real zvm process without a guest
+//! (configuration, logger, the `zvm api` client). zvm hands API mode to the lean zvm-vmm
+//! beside it: the process serving the API is zvm-vmm. The API driving a Linux guest
+//! through start, pause, snapshot, resume, metrics and the power button is checked on
+//! the snapshot test's boot (snapshot_linux.rs), so the suite boots one kernel for both.
 
-use std::io::Read;
 use std::process::Command;
-use std::time::{Duration, Instant};
-use vmm::resources::DEFAULT_BOOT_ARGS;
-use zvm_integration_tests::api_client::{ConsoleReader, ZvmProcess};
-use zvm_integration_tests::{guest_kernel, scratch_dir, test_initramfs, zvm_binary};
+use zvm_integration_tests::api_client::ZvmProcess;
+use zvm_integration_tests::{scratch_dir, zvm_binary};
 
 #[test]
 fn api_configures_a_vm_and_refuses_bad_requests() {
@@ -143,6 +141,25 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
         400,
         "nothing to pause before start"
     );
+    assert_eq!(
+        zvm.call(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#)
+        )
+        .0,
+        400,
+        "no VM to send keys to yet"
+    );
+    let (status, fault) = zvm.call("PUT", "/actions", Some(r#"{"action_type": "Shutdown"}"#));
+    assert_eq!(status, 400, "no VM to shut down yet");
+    assert!(
+        fault["fault_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("InstanceStart"),
+        "{fault}"
+    );
 
     let disk = scratch_dir().join("api-disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk");
@@ -275,245 +292,4 @@ fn zvm_api_client_prints_status_and_body_and_fails_on_errors() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
-}
-
-fn sum(lines: &[serde_json::Value], group: &str, counter: &str) -> u64 {
-    lines
-        .iter()
-        .filter_map(|l| l[group][counter].as_u64())
-        .sum()
-}
-
-#[test]
-fn api_drives_a_linux_boot_through_pause_resume_and_the_power_button() {
-    let mut zvm = ZvmProcess::start("api-boot");
-    let console = ConsoleReader::start(&mut zvm.child);
-    let metrics = scratch_dir().join("api-boot.metrics");
-    let _ = std::fs::remove_file(&metrics);
-    let boot = serde_json::json!({
-        "kernel_image_path": guest_kernel(),
-        "initrd_path": test_initramfs(),
-        "boot_args": format!("{DEFAULT_BOOT_ARGS} zvm.mode=wait"),
-    });
-    assert_eq!(
-        zvm.call("PUT", "/boot-source", Some(&boot.to_string())).0,
-        204
-    );
-    assert_eq!(
-        zvm.call(
-            "PUT",
-            "/machine-config",
-            Some(r#"{"vcpu_count": 1, "mem_size_mib": 256}"#)
-        )
-        .0,
-        204
-    );
-    let disk = scratch_dir().join("api-boot-disk.img");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk");
-    let drive = serde_json::json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false, "is_read_only": true});
-    assert_eq!(
-        zvm.call("PUT", "/drives/data", Some(&drive.to_string())).0,
-        204
-    );
-    let metrics_body = serde_json::json!({"metrics_path": metrics}).to_string();
-    assert_eq!(zvm.call("PUT", "/metrics", Some(&metrics_body)).0, 204);
-    let (status, fault) = zvm.call(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
-    );
-    assert_eq!(status, 400, "no VM to send keys to yet");
-    assert_eq!(
-        zvm.call("PUT", "/actions", Some(r#"{"action_type": "Shutdown"}"#))
-            .0,
-        400,
-        "no VM to shut down yet"
-    );
-    assert!(
-        fault["fault_message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("InstanceStart"),
-        "{fault}"
-    );
-    assert_eq!(
-        zvm.call(
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "InstanceStart"}"#)
-        )
-        .0,
-        204
-    );
-    assert_eq!(zvm.call("GET", "/", None).1["state"], "Running");
-    assert!(
-        zvm.exe().ends_with("/zvm-vmm"),
-        "the VM's process is the lean VMM: {}",
-        zvm.exe()
-    );
-    assert_eq!(
-        zvm.call("PUT", "/boot-source", Some(&boot.to_string())).0,
-        400,
-        "no reconfiguration after start"
-    );
-    assert_eq!(
-        zvm.call(
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "InstanceStart"}"#)
-        )
-        .0,
-        400,
-        "only one start"
-    );
-
-    // The guest's init reaches userspace and waits for Ctrl-Alt-Del.
-    console.wait_for(
-        "zvm-guest: waiting for ctrl-alt-del",
-        &mut zvm,
-        Duration::from_secs(900),
-    );
-    assert_eq!(
-        zvm.call("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
-        204
-    );
-    assert_eq!(zvm.call("GET", "/", None).1["state"], "Paused");
-    let (status, fault) = zvm.call(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "SendPowerButton"}"#),
-    );
-    assert_eq!(status, 400, "a paused guest cannot answer the button");
-    assert!(
-        fault["fault_message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("paused"),
-        "{fault}"
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        zvm.call("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,
-        204
-    );
-    assert_eq!(zvm.call("GET", "/", None).1["state"], "Running");
-    assert_eq!(
-        zvm.call(
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "FlushMetrics"}"#)
-        )
-        .0,
-        204
-    );
-
-    // A graceful shutdown: the ACPI power button makes the kernel signal init, which
-    // powers off through ACPI well within the grace period.
-    assert_eq!(
-        zvm.call(
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "Shutdown", "timeout_ms": 3600001}"#)
-        )
-        .0,
-        400,
-        "a grace period over an hour"
-    );
-    assert_eq!(
-        zvm.call(
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "Shutdown", "timeout_ms": 600000}"#)
-        )
-        .0,
-        204
-    );
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = zvm.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest did not power off after the power button:\n{}",
-            console.text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut errors = String::new();
-    if let Some(mut err) = zvm.child.stderr.take() {
-        let _ = err.read_to_string(&mut errors);
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let text = console.text();
-    assert!(
-        text.contains("i8042.dumbkbd"),
-        "zvm added the i8042 switches:\n{text}"
-    );
-    assert!(
-        text.contains("zvm-guest: power button, powering off"),
-        "{errors}\n{text}"
-    );
-    assert!(errors.contains("zvm: guest powered off"), "{errors}");
-    assert_eq!(status.code(), Some(0), "{errors}");
-
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
-        .expect("metrics written")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
-    assert!(
-        lines.len() >= 2,
-        "FlushMetrics and the final flush: {lines:?}"
-    );
-    let booted = |l: &&serde_json::Value| {
-        l["vmm"]["state"] == "Running" && l["vmm"]["boot_time_us"].as_u64().is_some()
-    };
-    assert!(
-        lines.iter().any(|l| booted(&l)),
-        "a line while running shows the guest's boot time: {lines:?}"
-    );
-    // Counters are increases since the previous line, so they add up over the lines.
-    assert!(sum(&lines, "api_server", "requests") >= 14, "{lines:?}");
-    assert!(sum(&lines, "api_server", "refused") >= 3, "{lines:?}");
-    assert!(
-        sum(&lines, "vcpu", "exit_io_out") > 0,
-        "serial output is port I/O: {lines:?}"
-    );
-    assert!(
-        sum(&lines, "vcpu", "exit_mmio_write") > 0,
-        "virtio and the boot timer are MMIO: {lines:?}"
-    );
-    // KVM's own counters are totals: they only grow from line to line.
-    let kvm = |l: &serde_json::Value, name: &str| l["kvm"][name].as_u64().unwrap_or(0);
-    if lines
-        .iter()
-        .all(|l| l["kvm"].as_object().is_some_and(|m| m.is_empty()))
-    {
-        println!("KVM's counters not checked: this kernel has no KVM_GET_STATS_FD");
-    } else {
-        let last = lines.last().expect("a line");
-        for name in ["exits", "mmio_exits", "irq_injections"] {
-            assert!(kvm(last, name) > 0, "{name}: {last}");
-        }
-        assert!(
-            lines
-                .windows(2)
-                .all(|w| kvm(&w[1], "exits") >= kvm(&w[0], "exits")),
-            "{lines:?}"
-        );
-    }
-    assert!(
-        sum(&lines, "block_data", "read_bytes") > 0,
-        "the kernel read the partition table: {lines:?}"
-    );
-    assert_eq!(
-        sum(&lines, "block_data", "write_count"),
-        0,
-        "a read-only disk"
-    );
-    assert!(
-        !zvm.sock.exists(),
-        "the API socket is removed when zvm exits"
-    );
 }

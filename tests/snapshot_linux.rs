@@ -4,7 +4,10 @@
 //! each on its own copy of the disk and its own vsock socket. Each clone answers over
 //! vsock (a guest-side server started before the snapshot), writes its own data to its
 //! own disk, and its console goes on; the host then reads both disks. Damaged snapshot
-//! files are refused. A Linux boot takes 20-60 s on KVM PVM hosts, so there is one.
+//! files are refused. A Linux boot takes 20-60 s on KVM PVM hosts, so there is one, and
+//! it also checks the API on a running guest: no reconfiguration or second start, a
+//! paused guest refuses the power button, resume, metrics (zvm's counters and KVM's), and a
+//! graceful `Shutdown` through the ACPI power button that ends the process with status 0.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -107,6 +110,120 @@ fn clone_work(
     })
 }
 
+/// A started VM's API: the process is the lean VMM, running; no reconfiguration, one start.
+fn check_started(base: &LiveZvm, boot: &serde_json::Value) {
+    assert_eq!(base.call("GET", "/", None).1["state"], "Running");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", base.child.id())).expect("exe");
+    assert!(
+        exe.ends_with("zvm-vmm"),
+        "the VM's process is the lean VMM: {}",
+        exe.display()
+    );
+    let status = base.call("PUT", "/boot-source", Some(boot)).0;
+    assert_eq!(status, 400, "no reconfiguration after start");
+    let start = serde_json::json!({"action_type": "InstanceStart"});
+    assert_eq!(
+        base.call("PUT", "/actions", Some(&start)).0,
+        400,
+        "one start"
+    );
+}
+
+/// The paused base VM: it refuses the power button while paused; resumed, it flushes its
+/// metrics, refuses a grace period over an hour, and powers off through the ACPI power
+/// button (the kernel signals init, which powers off through ACPI), exit status 0.
+fn power_off_through_the_api(base: &mut LiveZvm) {
+    let action = |kind: &str| serde_json::json!({ "action_type": kind });
+    let (status, fault) = base.call("PUT", "/actions", Some(&action("SendPowerButton")));
+    assert_eq!(status, 400, "a paused guest cannot answer the button");
+    let message = fault["fault_message"].as_str().unwrap_or_default();
+    assert!(message.contains("paused"), "{fault}");
+    base.ok("PATCH", "/vm", serde_json::json!({"state": "Resumed"}));
+    assert_eq!(base.call("GET", "/", None).1["state"], "Running");
+    base.ok("PUT", "/actions", action("FlushMetrics"));
+    let too_long = serde_json::json!({"action_type": "Shutdown", "timeout_ms": 3_600_001});
+    let status = base.call("PUT", "/actions", Some(&too_long)).0;
+    assert_eq!(status, 400, "a grace period over an hour");
+    base.ok(
+        "PUT",
+        "/actions",
+        serde_json::json!({"action_type": "Shutdown", "timeout_ms": 600_000}),
+    );
+    let status = base.wait_exit(ANSWER_LIMIT);
+    let show = base.show();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{show}");
+    let console = base.console();
+    assert!(
+        console.contains("i8042.dumbkbd"),
+        "zvm added the i8042 switches: {show}"
+    );
+    assert!(
+        console.contains("zvm-guest: power button, powering off"),
+        "{show}"
+    );
+    assert!(base.stderr().contains("zvm: guest powered off"), "{show}");
+    let sock = base.sock.as_deref().expect("an API socket");
+    assert!(!sock.exists(), "the API socket is removed when zvm exits");
+}
+
+/// The base VM's metrics lines: FlushMetrics' and the final one; zvm's counters are
+/// increases since the previous line, KVM's totals that only grow.
+fn check_metrics(path: &Path) {
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(path)
+        .expect("metrics written")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(
+        lines.len() >= 2,
+        "FlushMetrics and the final flush: {lines:?}"
+    );
+    let sum = |group: &str, counter: &str| -> u64 {
+        lines
+            .iter()
+            .filter_map(|l| l[group][counter].as_u64())
+            .sum()
+    };
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["vmm"]["state"] == "Running" && l["vmm"]["boot_time_us"].as_u64().is_some()),
+        "a line while running shows the guest's boot time: {lines:?}"
+    );
+    assert!(sum("api_server", "requests") >= 14, "{lines:?}");
+    assert!(sum("api_server", "refused") >= 3, "{lines:?}");
+    assert!(
+        sum("vcpu", "exit_io_out") > 0,
+        "serial output is port I/O: {lines:?}"
+    );
+    assert!(
+        sum("vcpu", "exit_mmio_write") > 0,
+        "virtio is MMIO: {lines:?}"
+    );
+    assert!(
+        sum("block_data", "read_bytes") > 0,
+        "the guest read its disk: {lines:?}"
+    );
+    let kvm = |l: &serde_json::Value, name: &str| l["kvm"][name].as_u64().unwrap_or(0);
+    if lines
+        .iter()
+        .all(|l| l["kvm"].as_object().is_some_and(|m| m.is_empty()))
+    {
+        eprintln!("KVM's counters not checked: this kernel has no KVM_GET_STATS_FD");
+        return;
+    }
+    let last = lines.last().expect("a line");
+    for name in ["exits", "mmio_exits", "irq_injections"] {
+        assert!(kvm(last, name) > 0, "{name}: {last}");
+    }
+    assert!(
+        lines
+            .windows(2)
+            .all(|w| kvm(&w[1], "exits") >= kvm(&w[0], "exits")),
+        "{lines:?}"
+    );
+}
+
 /// `zvm run --restore` with these files must exit 2 with one `zvm: ` line naming `needle`.
 fn cli_refuses(state: &Path, mem: &Path, needle: &str) {
     let out = Command::new(zvm_binary())
@@ -152,7 +269,7 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
         "initrd_path": busybox_initramfs(SCRIPT),
         "boot_args": format!("{DEFAULT_BOOT_ARGS} zvm.mode=script"),
     });
-    base.ok("PUT", "/boot-source", boot);
+    base.ok("PUT", "/boot-source", boot.clone());
     base.ok(
         "PUT",
         "/machine-config",
@@ -169,12 +286,19 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
         "/vsock",
         serde_json::json!({"guest_cid": 3, "uds_path": base_uds}),
     );
+    let metrics = d("base.metrics");
+    base.ok(
+        "PUT",
+        "/metrics",
+        serde_json::json!({"metrics_path": metrics}),
+    );
     let t = Instant::now();
     base.ok(
         "PUT",
         "/actions",
         serde_json::json!({"action_type": "InstanceStart"}),
     );
+    check_started(&base, &boot);
     base.wait_for(READY, BOOT_LIMIT);
     let boot_time = t.elapsed();
     assert!(
@@ -207,9 +331,11 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
         serde_json::json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
     );
     let snapshot_time = t.elapsed();
+    drop(held);
+    power_off_through_the_api(&mut base);
+    check_metrics(&metrics);
     let base_console = base.console();
     drop(base);
-    drop(held);
     let mem_meta = std::fs::metadata(&mem).expect("memory file");
     let state_len = std::fs::metadata(&state).expect("state file").len();
     assert_eq!(

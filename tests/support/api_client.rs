@@ -6,7 +6,6 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Waits until `path` accepts connections (or panics after `limit`).
@@ -97,36 +96,5 @@ impl Drop for ZvmProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A guest console read as it arrives.
-pub struct ConsoleReader(Arc<Mutex<String>>);
-
-impl ConsoleReader {
-    /// Reads `child`'s stdout on a thread of its own.
-    pub fn start(child: &mut Child) -> ConsoleReader {
-        ConsoleReader(crate::collect(child.stdout.take().expect("stdout")))
-    }
-
-    /// Everything read so far.
-    pub fn text(&self) -> String {
-        self.0.lock().expect("console").clone()
-    }
-
-    /// Waits up to `limit` for `marker`; panics if zvm exits first.
-    pub fn wait_for(&self, marker: &str, zvm: &mut ZvmProcess, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.text().contains(marker) {
-            if let Some(status) = zvm.child.try_wait().expect("wait") {
-                panic!("zvm exited ({status}) before {marker:?}:\n{}", self.text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {marker:?} in time:\n{}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
     }
 }
