@@ -4,23 +4,28 @@
 //! through start, pause, snapshot, resume, metrics and the power button is checked on
 //! the snapshot test's boot (snapshot_linux.rs), so the suite boots one kernel for both.
 
+use std::path::Path;
 use std::process::Command;
-use zvm_integration_tests::api_client::ZvmProcess;
-use zvm_integration_tests::{scratch_dir, zvm_binary};
+use zvm_integration_tests::{scratch_dir, zvm_binary, LiveZvm};
+
+/// `zvm --api-sock SCRATCH/NAME.sock --id NAME`, once its socket answers.
+fn api_zvm(name: &str) -> LiveZvm {
+    LiveZvm::api(&scratch_dir().join(format!("{name}.sock")), name)
+}
 
 #[test]
 fn api_configures_a_vm_and_refuses_bad_requests() {
-    let zvm = ZvmProcess::start("api-config");
-    let (status, info) = zvm.call("GET", "/", None);
+    let zvm = api_zvm("api-config");
+    let (status, info) = zvm.call_text("GET", "/", None);
     assert_eq!(status, 200);
     assert_eq!(info["state"], "Not started");
     assert_eq!(info["id"], "api-config");
     assert_eq!(info["app_name"], "zvm");
-    assert!(zvm.exe().ends_with("/zvm-vmm"), "{}", zvm.exe());
-    assert_eq!(zvm.call("GET", "/version", None).0, 200);
+    assert!(zvm.exe().ends_with("zvm-vmm"), "{}", zvm.exe().display());
+    assert_eq!(zvm.call_text("GET", "/version", None).0, 200);
 
     assert_eq!(
-        zvm.call(
+        zvm.call_text(
             "PUT",
             "/machine-config",
             Some(r#"{"vcpu_count": 2, "mem_size_mib": 256}"#)
@@ -29,11 +34,11 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
         204
     );
     assert_eq!(
-        zvm.call("PATCH", "/machine-config", Some(r#"{"mem_size_mib": 512}"#))
+        zvm.call_text("PATCH", "/machine-config", Some(r#"{"mem_size_mib": 512}"#))
             .0,
         204
     );
-    let (status, mc) = zvm.call("GET", "/machine-config", None);
+    let (status, mc) = zvm.call_text("GET", "/machine-config", None);
     assert_eq!(
         (
             status,
@@ -43,7 +48,7 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
         (200, Some(2), Some(512))
     );
 
-    let (status, fault) = zvm.call(
+    let (status, fault) = zvm.call_text(
         "PUT",
         "/boot-source",
         Some(r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#),
@@ -56,7 +61,7 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
             .contains("cannot be read"),
         "{fault}"
     );
-    let (status, fault) = zvm.call(
+    let (status, fault) = zvm.call_text(
         "PUT",
         "/actions",
         Some(r#"{"action_type": "InstanceStart"}"#),
@@ -69,7 +74,7 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
             .contains("boot source"),
         "{fault}"
     );
-    let (status, fault) = zvm.call(
+    let (status, fault) = zvm.call_text(
         "PUT",
         "/machine-config",
         Some(r#"{"vcpu_count": 1, "mem_size_mib": 128, "bogus": 1}"#),
@@ -83,7 +88,7 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
         "{fault}"
     );
     assert_eq!(
-        zvm.call(
+        zvm.call_text(
             "PUT",
             "/machine-config",
             Some(r#"{"vcpu_count": 1, "mem_size_mib": "#)
@@ -93,7 +98,7 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
         "truncated JSON"
     );
     assert_eq!(
-        zvm.call(
+        zvm.call_text(
             "PUT",
             "/machine-config",
             Some(r#"{"vcpu_count": 1, "mem_size_mib": 128, "smt": true}"#)
@@ -102,7 +107,7 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
         400
     );
     assert_eq!(
-        zvm.call(
+        zvm.call_text(
             "PUT",
             "/network-interfaces/eth0",
             Some(
@@ -113,7 +118,7 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
         204
     );
     assert_eq!(
-        zvm.call(
+        zvm.call_text(
             "PUT",
             "/network-interfaces/eth1",
             Some(r#"{"iface_id": "eth1", "host_dev_name": "tap1", "guest_mac": "not-a-mac"}"#)
@@ -124,9 +129,9 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
     let vsock =
         serde_json::json!({"guest_cid": 3, "uds_path": scratch_dir().join("api-config.vsock")})
             .to_string();
-    assert_eq!(zvm.call("PUT", "/vsock", Some(&vsock)).0, 204);
+    assert_eq!(zvm.call_text("PUT", "/vsock", Some(&vsock)).0, 204);
     assert_eq!(
-        zvm.call(
+        zvm.call_text(
             "PUT",
             "/vsock",
             Some(r#"{"guest_cid": 2, "uds_path": "/tmp/x.sock"}"#)
@@ -135,14 +140,15 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
         400,
         "CID 2 is the host"
     );
-    assert_eq!(zvm.call("GET", "/nowhere", None).0, 404);
+    assert_eq!(zvm.call_text("GET", "/nowhere", None).0, 404);
     assert_eq!(
-        zvm.call("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        zvm.call_text("PATCH", "/vm", Some(r#"{"state": "Paused"}"#))
+            .0,
         400,
         "nothing to pause before start"
     );
     assert_eq!(
-        zvm.call(
+        zvm.call_text(
             "PUT",
             "/actions",
             Some(r#"{"action_type": "SendCtrlAltDel"}"#)
@@ -151,7 +157,7 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
         400,
         "no VM to send keys to yet"
     );
-    let (status, fault) = zvm.call("PUT", "/actions", Some(r#"{"action_type": "Shutdown"}"#));
+    let (status, fault) = zvm.call_text("PUT", "/actions", Some(r#"{"action_type": "Shutdown"}"#));
     assert_eq!(status, 400, "no VM to shut down yet");
     assert!(
         fault["fault_message"]
@@ -167,14 +173,14 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
         r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": true}}"#,
         disk.display()
     );
-    assert_eq!(zvm.call("PUT", "/drives/data", Some(&drive)).0, 204);
+    assert_eq!(zvm.call_text("PUT", "/drives/data", Some(&drive)).0, 204);
     assert_eq!(
-        zvm.call("PUT", "/drives/other", Some(&drive)).0,
+        zvm.call_text("PUT", "/drives/other", Some(&drive)).0,
         400,
         "path and body ids differ"
     );
-    assert_eq!(zvm.call("PUT", "/entropy", Some("{}")).0, 204);
-    let (status, config) = zvm.call("GET", "/vm/config", None);
+    assert_eq!(zvm.call_text("PUT", "/entropy", Some("{}")).0, 204);
+    let (status, config) = zvm.call_text("GET", "/vm/config", None);
     assert_eq!(status, 200);
     assert_eq!(config["drives"][0]["drive_id"], "data");
     assert_eq!(config["machine-config"]["mem_size_mib"], 512);
@@ -182,17 +188,17 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
     assert_eq!(config["network-interfaces"][0]["host_dev_name"], "tap0");
     assert_eq!(config["vsock"]["guest_cid"], 3);
     // Still serving after all of that.
-    assert_eq!(zvm.call("GET", "/", None).0, 200);
+    assert_eq!(zvm.call_text("GET", "/", None).0, 200);
 }
 
 #[test]
 fn logger_moves_zvm_log_to_a_file_with_level_and_origin() {
-    let zvm = ZvmProcess::start("api-logger");
+    let zvm = api_zvm("api-logger");
     let log = scratch_dir().join("api-logger.log");
     let _ = std::fs::remove_file(&log);
     let body = serde_json::json!({"log_path": log, "level": "Debug", "show_level": true, "show_log_origin": true}).to_string();
-    assert_eq!(zvm.call("PUT", "/logger", Some(&body)).0, 204);
-    assert_eq!(zvm.call("GET", "/machine-config", None).0, 200);
+    assert_eq!(zvm.call_text("PUT", "/logger", Some(&body)).0, 204);
+    assert_eq!(zvm.call_text("GET", "/machine-config", None).0, 200);
     let text = std::fs::read_to_string(&log).expect("log file written");
     let line = text
         .lines()
@@ -202,16 +208,16 @@ fn logger_moves_zvm_log_to_a_file_with_level_and_origin() {
     assert!(line.contains("routes.rs:"), "the origin is shown: {line}");
 
     let body = serde_json::json!({"level": "Warning", "show_level": false}).to_string();
-    assert_eq!(zvm.call("PUT", "/logger", Some(&body)).0, 204);
+    assert_eq!(zvm.call_text("PUT", "/logger", Some(&body)).0, 204);
     let before = std::fs::read_to_string(&log).expect("log").len();
-    assert_eq!(zvm.call("GET", "/machine-config", None).0, 200);
+    assert_eq!(zvm.call_text("GET", "/machine-config", None).0, 200);
     assert_eq!(
         std::fs::read_to_string(&log).expect("log").len(),
         before,
         "debug lines are filtered out now"
     );
 
-    let (status, fault) = zvm.call(
+    let (status, fault) = zvm.call_text(
         "PUT",
         "/logger",
         Some(r#"{"log_path": "/nonexistent/dir/zvm.log"}"#),
@@ -225,17 +231,19 @@ fn logger_moves_zvm_log_to_a_file_with_level_and_origin() {
         "{fault}"
     );
     assert_eq!(
-        zvm.call("PUT", "/logger", Some(r#"{"level": "Loud"}"#)).0,
+        zvm.call_text("PUT", "/logger", Some(r#"{"level": "Loud"}"#))
+            .0,
         400,
         "unknown level"
     );
     assert_eq!(
-        zvm.call("PUT", "/logger", Some(r#"{"module": "a b"}"#)).0,
+        zvm.call_text("PUT", "/logger", Some(r#"{"module": "a b"}"#))
+            .0,
         400,
         "not a module path"
     );
     assert_eq!(
-        zvm.call(
+        zvm.call_text(
             "PUT",
             "/logger",
             Some(r#"{"module": "api_server", "level": "Debug"}"#)
@@ -243,13 +251,13 @@ fn logger_moves_zvm_log_to_a_file_with_level_and_origin() {
         .0,
         204
     );
-    assert_eq!(zvm.call("GET", "/", None).0, 200, "still serving");
+    assert_eq!(zvm.call_text("GET", "/", None).0, 200, "still serving");
 }
 
 #[test]
 fn zvm_api_client_prints_status_and_body_and_fails_on_errors() {
-    let zvm = ZvmProcess::start("api-client");
-    let sock = zvm.sock.to_str().expect("utf8");
+    let zvm = api_zvm("api-client");
+    let sock = zvm.sock.as_deref().and_then(Path::to_str).expect("utf8");
     let run = |args: &[&str]| {
         Command::new(zvm_binary())
             .arg("api")
@@ -273,7 +281,7 @@ fn zvm_api_client_prints_status_and_body_and_fails_on_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 204 No Content"));
     assert!(out.stdout.is_empty(), "no body");
     assert_eq!(
-        zvm.call("GET", "/machine-config", None).1["vcpu_count"],
+        zvm.call_text("GET", "/machine-config", None).1["vcpu_count"],
         2,
         "the request took effect"
     );

@@ -113,7 +113,7 @@ fn clone_work(
 /// A started VM's API: the process is the lean VMM, running; no reconfiguration, one start.
 fn check_started(base: &LiveZvm, boot: &serde_json::Value) {
     assert_eq!(base.call("GET", "/", None).1["state"], "Running");
-    let exe = std::fs::read_link(format!("/proc/{}/exe", base.child.id())).expect("exe");
+    let exe = base.exe();
     assert!(
         exe.ends_with("zvm-vmm"),
         "the VM's process is the lean VMM: {}",

@@ -459,6 +459,12 @@ impl LiveZvm {
         )
     }
 
+    /// The executable of the process: zvm hands VMM and API mode to the lean zvm-vmm
+    /// beside it (same pid).
+    pub fn exe(&self) -> PathBuf {
+        std::fs::read_link(format!("/proc/{}/exe", self.child.id())).expect("the process's exe")
+    }
+
     /// One API request; returns the status and the JSON body (`Null` when empty).
     pub fn call(
         &self,
@@ -466,9 +472,20 @@ impl LiveZvm {
         uri: &str,
         body: Option<&serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let sock = self.sock.as_deref().expect("this zvm serves no API");
         let text = body.map(serde_json::Value::to_string);
-        let (status, answer) = api_client::request(sock, method, uri, text.as_deref());
+        self.call_text(method, uri, text.as_deref())
+    }
+
+    /// One API request with a body sent as it is (bad JSON included); returns the status
+    /// and the body parsed as JSON (a string when it is not, `Null` when empty).
+    pub fn call_text(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let sock = self.sock.as_deref().expect("this zvm serves no API");
+        let (status, answer) = api_client::request(sock, method, uri, body);
         let json = if answer.trim().is_empty() {
             serde_json::Value::Null
         } else {
