@@ -189,6 +189,47 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
     assert_eq!(config["vsock"]["guest_cid"], 3);
     // Still serving after all of that.
     assert_eq!(zvm.call_text("GET", "/", None).0, 200);
+
+    // Metrics count every request, those the router refuses (bad JSON, an unknown path,
+    // a Shutdown timeout over an hour) as well as those the VMM refuses.
+    let metrics = scratch_dir().join("api-config.metrics");
+    let _ = std::fs::remove_file(&metrics);
+    let body = serde_json::json!({ "metrics_path": metrics }).to_string();
+    assert_eq!(zvm.call_text("PUT", "/metrics", Some(&body)).0, 204);
+    let flush = Some(r#"{"action_type": "FlushMetrics"}"#);
+    assert_eq!(zvm.call_text("PUT", "/actions", flush).0, 204);
+    for (method, uri, body) in [
+        ("PUT", "/actions", Some("{not json")),
+        ("GET", "/no-such-resource", None),
+        (
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "Shutdown", "timeout_ms": 3600001}"#),
+        ),
+        (
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+        ),
+    ] {
+        let status = zvm.call_text(method, uri, body).0;
+        assert!((400..500).contains(&status), "{method} {uri}: {status}");
+    }
+    assert_eq!(zvm.call_text("PUT", "/actions", flush).0, 204);
+    let text = std::fs::read_to_string(&metrics).expect("metrics file");
+    let last: serde_json::Value = text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .expect("a JSON metrics line");
+    assert_eq!(
+        (
+            &last["api_server"]["requests"],
+            &last["api_server"]["refused"]
+        ),
+        (&serde_json::json!(5), &serde_json::json!(4)),
+        "four refused requests and the flush since the last line: {text}"
+    );
 }
 
 #[test]

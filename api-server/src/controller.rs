@@ -102,10 +102,19 @@ impl ControllerError {
 pub trait VmmController {
     /// Carries out one request.
     fn handle(&mut self, request: ApiRequest) -> Result<ApiResponse, ControllerError>;
+
+    /// Learns of a request the server refused itself, before it became an [`ApiRequest`]
+    /// (an unknown path, a method not allowed, a body that does not parse or validate),
+    /// so that request metrics count it. Does nothing by default.
+    fn refused(&mut self) {}
 }
 
 impl<T: VmmController + ?Sized> VmmController for Box<T> {
     fn handle(&mut self, request: ApiRequest) -> Result<ApiResponse, ControllerError> {
         (**self).handle(request)
+    }
+
+    fn refused(&mut self) {
+        (**self).refused()
     }
 }

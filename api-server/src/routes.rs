@@ -191,7 +191,10 @@ pub fn handle<C: VmmController + ?Sized>(controller: &mut C, request: &Request) 
                 Err(e) => Response::fault(e.status, e.message),
             }
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            controller.refused();
+            e.into_response()
+        }
     };
     tracing::debug!(method = %request.method, path = %request.path, status = response.status.0, "API response");
     response
@@ -527,6 +530,49 @@ mod tests {
         ] {
             assert_eq!(api(Method::Put, "/actions", body), expected, "{body}");
         }
+    }
+
+    /// Answers as [`Echo`] does and counts the requests refused before reaching it.
+    #[derive(Default)]
+    struct Counting {
+        handled: usize,
+        refused: usize,
+    }
+    impl VmmController for Counting {
+        fn handle(&mut self, request: ApiRequest) -> Result<ApiResponse, crate::ControllerError> {
+            self.handled += 1;
+            Echo.handle(request)
+        }
+        fn refused(&mut self) {
+            self.refused += 1;
+        }
+    }
+
+    #[test]
+    fn requests_refused_by_the_router_reach_the_controller_as_refusals() {
+        let mut c = Counting::default();
+        for (method, path, body) in [
+            (
+                Method::Put,
+                "/actions",
+                r#"{"action_type":"Shutdown","timeout_ms":3600001}"#,
+            ),
+            (Method::Put, "/actions", "{not json"),
+            (Method::Patch, "/actions", ""),
+            (Method::Get, "/no-such-thing", ""),
+            (Method::Put, "/drives/a", r#"{"drive_id":"b"}"#),
+        ] {
+            let r = handle(&mut c, &req(method, path, body));
+            assert!(r.status.0 >= 400, "{path} {body}: {}", r.status.0);
+        }
+        assert_eq!((c.handled, c.refused), (0, 5));
+        handle(&mut c, &req(Method::Get, "/", ""));
+        handle(&mut c, &req(Method::Get, "/version", ""));
+        assert_eq!(
+            (c.handled, c.refused),
+            (1, 5),
+            "the version is the server's own"
+        );
     }
 
     struct Echo;

@@ -56,6 +56,8 @@ pub struct VmmModeArgs {
 enum Message {
     Api(ApiRequest, SyncSender<Result<ApiResponse, ControllerError>>),
     VmEnded(VmOutcome, Option<BootTime>),
+    /// The API server refused a request before it reached the monitor (it is counted).
+    Refused,
 }
 
 /// The API thread's side: forwards each request to the main thread and waits.
@@ -72,6 +74,11 @@ impl VmmController for Bridge {
         };
         self.0.send(Message::Api(request, tx)).map_err(|_| gone())?;
         rx.recv().map_err(|_| gone())?
+    }
+
+    fn refused(&mut self) {
+        // Only counted: a monitor that is gone has no metrics left to count it in.
+        let _ = self.0.send(Message::Refused);
     }
 }
 
@@ -472,6 +479,10 @@ fn main_loop(monitor: &mut Monitor, rx: &Receiver<Message>) -> ExitCode {
             Ok(Message::Api(request, reply)) => {
                 let answer = monitor.handle(request);
                 let _ = reply.send(answer);
+            }
+            Ok(Message::Refused) => {
+                monitor.metrics.requests.inc();
+                monitor.metrics.refused.inc();
             }
             Ok(Message::VmEnded(outcome, boot_time)) => {
                 if let Some(uds) = monitor.running.take().and_then(|r| r.vsock_uds) {
