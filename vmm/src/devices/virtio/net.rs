@@ -335,9 +335,12 @@ impl Net {
 
     /// Finishes an activation (on the VMM thread, whose seccomp filter allows the calls):
     /// sets the tap offloads, attaches the tap queues of the pairs in use (detaching the
-    /// others) and starts polling them; after a reset, stops polling.
+    /// others) and starts polling them; after a reset, stops polling and leaves only the
+    /// first tap queue attached, so frames wait there (as for a driver without multiqueue)
+    /// rather than in queues the next driver may never read.
     fn sync_backend(&mut self) {
         if self.active.is_none() {
+            self.attach_pairs(1);
             for pair in &mut self.pairs {
                 pair.watching = false;
             }
@@ -353,15 +356,15 @@ impl Net {
         }
     }
 
-    /// Serves the first `count` pairs from now on: their tap queues are attached and
-    /// polled, the others' detached (a multiqueue tap then steers no frame to them) and
-    /// their held frames dropped (the driver does not read their receive queues).
-    fn use_pairs(&mut self, count: usize) {
-        self.active_pairs = count;
-        let multi = self.pairs.len() > 1;
+    /// Attaches the tap queues of the first `count` pairs and detaches the others' (a
+    /// single-queue tap is left as it is).
+    fn attach_pairs(&mut self, count: usize) {
+        if self.pairs.len() < 2 {
+            return;
+        }
         for (k, pair) in self.pairs.iter_mut().enumerate() {
             let on = k < count;
-            if multi && pair.attached != on {
+            if pair.attached != on {
                 match pair.backend.set_queue_enabled(on) {
                     Ok(()) => pair.attached = on,
                     Err(e) => tracing::warn!(
@@ -371,6 +374,17 @@ impl Net {
                     ),
                 }
             }
+        }
+    }
+
+    /// Serves the first `count` pairs from now on: their tap queues are attached and
+    /// polled, the others' detached (a multiqueue tap then steers no frame to them) and
+    /// their held frames dropped (the driver does not read their receive queues).
+    fn use_pairs(&mut self, count: usize) {
+        self.active_pairs = count;
+        self.attach_pairs(count);
+        for (k, pair) in self.pairs.iter_mut().enumerate() {
+            let on = k < count;
             pair.watching = on;
             if !on && pair.rx.holds_frame() {
                 pair.rx.clear();

@@ -448,11 +448,22 @@ fn the_pairs_in_use_survive_a_snapshot_and_a_reset_forgets_them() {
         "one pair, not two"
     );
 
+    r.net.process_queue(TX_QUEUE);
+    assert_eq!(r.polled_taps(), r.fds);
     r.net.reset();
     assert_eq!(
         r.net.active_pairs(),
         1,
         "a reset driver starts with one pair"
+    );
+    // The next event on the VMM thread stops polling and detaches the second tap queue,
+    // so the host steers no frame to a queue nobody may read again.
+    r.net.process_host_fd(tap_token(1));
+    assert!(r.polled_taps().is_empty());
+    assert_eq!(r.attach[1].lock().expect("attach").last(), Some(&false));
+    assert!(
+        r.attach[0].lock().expect("attach").is_empty(),
+        "queue 0 stays"
     );
 }
 
