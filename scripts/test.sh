@@ -31,10 +31,11 @@ rm -rf "$ZVM_TEMPLATE_DIR"
 # Linux guests boot one at a time: on hosts where guest kernel code is emulated (KVM PVM),
 # guests sharing the two cores starve each other's vCPUs, and boots stall (seen at
 # secondary CPU bring-up and after "NET: Registered PF_NETLINK"). A one-vCPU guest leaves
-# the other core mostly idle, so the node image's static zvm (whose test then finds it
-# built) and the fuzz targets build and run there meanwhile, one job at a time, at the
-# lowest priority: a two-vCPU guest needs both cores (the two-vCPU tinyconfig boot took
-# 133 s in CI beside the build at equal priority, 70 s without it).
+# the other core mostly idle, so the node image's static zvm (whose test nextest runs
+# last, .config/nextest.toml, to find it built) and the fuzz targets build and run there
+# meanwhile, one job at a time, at the lowest priority: a two-vCPU guest needs both cores
+# (the two-vCPU tinyconfig boot took 133 s in CI beside the build at equal priority, 70 s
+# without it).
 alongside_log=$(mktemp)
 (nice -n 19 bash zos-boot/build.sh >/dev/null && nice -n 19 bash fuzz/run.sh) \
   >"$alongside_log" 2>&1 &
