@@ -8,6 +8,12 @@ use std::path::Path;
 use std::process::Command;
 use zvm_integration_tests::{scratch_dir, zvm_binary, LiveZvm};
 
+/// Asserts that a refusal's `fault_message` contains `needle` (the fault shown if not).
+fn assert_fault_mentions(fault: &serde_json::Value, needle: &str) {
+    let message = fault["fault_message"].as_str().unwrap_or("");
+    assert!(message.contains(needle), "no {needle:?} in {fault}");
+}
+
 /// `zvm --api-sock SCRATCH/NAME.sock --id NAME`, once its socket answers.
 fn api_zvm(name: &str) -> LiveZvm {
     LiveZvm::api(&scratch_dir().join(format!("{name}.sock")), name)
@@ -54,39 +60,21 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
         Some(r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#),
     );
     assert_eq!(status, 400);
-    assert!(
-        fault["fault_message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("cannot be read"),
-        "{fault}"
-    );
+    assert_fault_mentions(&fault, "cannot be read");
     let (status, fault) = zvm.call_text(
         "PUT",
         "/actions",
         Some(r#"{"action_type": "InstanceStart"}"#),
     );
     assert_eq!(status, 400, "no boot source yet");
-    assert!(
-        fault["fault_message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("boot source"),
-        "{fault}"
-    );
+    assert_fault_mentions(&fault, "boot source");
     let (status, fault) = zvm.call_text(
         "PUT",
         "/machine-config",
         Some(r#"{"vcpu_count": 1, "mem_size_mib": 128, "bogus": 1}"#),
     );
     assert_eq!(status, 400);
-    assert!(
-        fault["fault_message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("bogus"),
-        "{fault}"
-    );
+    assert_fault_mentions(&fault, "bogus");
     assert_eq!(
         zvm.call_text(
             "PUT",
@@ -159,13 +147,7 @@ fn api_configures_a_vm_and_refuses_bad_requests() {
     );
     let (status, fault) = zvm.call_text("PUT", "/actions", Some(r#"{"action_type": "Shutdown"}"#));
     assert_eq!(status, 400, "no VM to shut down yet");
-    assert!(
-        fault["fault_message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("InstanceStart"),
-        "{fault}"
-    );
+    assert_fault_mentions(&fault, "InstanceStart");
 
     let disk = scratch_dir().join("api-disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk");
@@ -264,13 +246,7 @@ fn logger_moves_zvm_log_to_a_file_with_level_and_origin() {
         Some(r#"{"log_path": "/nonexistent/dir/zvm.log"}"#),
     );
     assert_eq!(status, 400);
-    assert!(
-        fault["fault_message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("/nonexistent/dir/zvm.log"),
-        "{fault}"
-    );
+    assert_fault_mentions(&fault, "/nonexistent/dir/zvm.log");
     assert_eq!(
         zvm.call_text("PUT", "/logger", Some(r#"{"level": "Loud"}"#))
             .0,
