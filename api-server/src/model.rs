@@ -150,6 +150,14 @@ pub struct MachineConfig {
     /// false for kernels with ACPI, which find them in the DSDT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline_devices: Option<bool>,
+    /// zvm: give the guest KVM's i8254 PIT (default false), for kernels without kvmclock,
+    /// which calibrate their clocks against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pit: Option<bool>,
+    /// zvm: which interrupt controllers KVM emulates, `split` or `kernel` (default: split,
+    /// or kernel with a PIT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub irqchip: Option<IrqchipKind>,
 }
 
 impl MachineConfig {
@@ -184,6 +192,10 @@ pub struct MachineConfigUpdate {
     pub huge_pages: Option<HugePages>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline_devices: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pit: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub irqchip: Option<IrqchipKind>,
 }
 
 impl MachineConfigUpdate {
@@ -206,6 +218,7 @@ impl MachineConfigUpdate {
 /// already follow Firecracker's JSON (`bandwidth`/`ops`, `size`, `one_time_burst`,
 /// `refill_time`; unknown fields refused).
 pub use vmm::rate_limiter::{RateLimiterConfig as RateLimiter, TokenBucketConfig as TokenBucket};
+pub use vmm::resources::IrqchipKind;
 
 /// Block device cache policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -574,6 +587,8 @@ mod tests {
             cpu_template: None,
             huge_pages: None,
             cmdline_devices: None,
+            pit: None,
+            irqchip: None,
         };
         assert_eq!(mc.validate(), Err(ModelError::NoVcpus));
     }

@@ -501,6 +501,8 @@ mod tests {
         for body in [
             r#"{"vcpu_count":1,"mem_size_mib":128,"cmdline_devices":"no"}"#,
             r#"{"vcpu_count":1,"mem_size_mib":128,"cmdline_devices":0}"#,
+            r#"{"vcpu_count":1,"mem_size_mib":128,"pit":"on"}"#,
+            r#"{"vcpu_count":1,"mem_size_mib":128,"irqchip":"userspace"}"#,
         ] {
             assert!(
                 matches!(

@@ -33,6 +33,8 @@ impl Default for FakeVmm {
             cpu_template: None,
             huge_pages: None,
             cmdline_devices: None,
+            pit: None,
+            irqchip: None,
         };
         FakeVmm {
             state: InstanceState::NotStarted,
