@@ -77,6 +77,10 @@ fn boot(dir: &Path, disk: &Path) -> ZvmRun {
         &disk_spec,
         "--memory",
         "512M",
+        // Two vCPUs, as a node has: the kernel unpacks the initramfs (the static zvm, most
+        // of it) on one while the other runs the rest of its start-up.
+        "--cpus",
+        "2",
         "--cmdline",
         &cmdline,
     ];
