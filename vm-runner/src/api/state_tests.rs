@@ -50,16 +50,21 @@ fn drive_settings_zvm_does_not_honour_are_refused_not_ignored() {
     assert_eq!(c.drives.len(), 1);
 }
 
-#[test]
-fn io_engine_async_reaches_the_resources_and_back() {
-    let mut c = PendingConfig {
+/// A configuration whose boot source is a file that exists (this test program).
+fn with_a_readable_kernel() -> PendingConfig {
+    PendingConfig {
         boot_source: Some(BootSource {
             kernel_image_path: "/proc/self/exe".into(),
             boot_args: None,
             initrd_path: None,
         }),
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn io_engine_async_reaches_the_resources_and_back() {
+    let mut c = with_a_readable_kernel();
     for (id, engine) in [("a", Some("Async")), ("s", Some("Sync")), ("d", None)] {
         let mut d = serde_json::json!({
             "drive_id": id, "path_on_host": "/proc/self/exe", "is_root_device": false
@@ -102,14 +107,7 @@ fn unsupported_machine_settings_are_refused() {
 #[test]
 fn a_pit_and_the_irqchip_reach_the_resources_and_back() {
     use resources::IrqchipKind;
-    let mut c = PendingConfig {
-        boot_source: Some(BootSource {
-            kernel_image_path: "/proc/self/exe".into(),
-            boot_args: None,
-            initrd_path: None,
-        }),
-        ..Default::default()
-    };
+    let mut c = with_a_readable_kernel();
     let m = c.to_resources().expect("valid").machine_config;
     assert_eq!((m.pit, m.irqchip_kind()), (false, IrqchipKind::Split));
     let pit = |pit, irqchip| MachineConfigUpdate {
