@@ -322,11 +322,8 @@ fn check_machine(m: &MachineConfig) -> Result<(), ControllerError> {
             resources::MAX_VCPUS
         )));
     }
-    if m.pit == Some(true) && m.irqchip == Some(resources::IrqchipKind::Split) {
-        return Err(refuse(
-            resources::ResourcesError::SplitIrqchipWithPit.to_string(),
-        ));
-    }
+    resources::check_pit_and_irqchip(m.pit.unwrap_or(false), m.irqchip)
+        .map_err(|e| refuse(e.to_string()))?;
     if m.mem_size_mib < resources::MIN_MEM_MIB {
         return Err(refuse(format!(
             "mem_size_mib must be at least {}",

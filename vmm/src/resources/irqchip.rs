@@ -25,6 +25,19 @@ impl std::str::FromStr for IrqchipKind {
     }
 }
 
+/// Refuses KVM's PIT with a split irqchip: the PIT needs KVM's in-kernel PIC and IOAPIC.
+/// The one rule for every way a VM is described (resources, the API's machine
+/// configuration).
+pub fn check_pit_and_irqchip(
+    pit: bool,
+    irqchip: Option<IrqchipKind>,
+) -> Result<(), ResourcesError> {
+    if pit && irqchip == Some(IrqchipKind::Split) {
+        return Err(ResourcesError::SplitIrqchipWithPit);
+    }
+    Ok(())
+}
+
 impl MachineConfig {
     /// The irqchip the VM gets: the one asked for, else split unless it has a PIT.
     pub fn irqchip_kind(&self) -> IrqchipKind {

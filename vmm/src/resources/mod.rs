@@ -9,7 +9,7 @@ mod irqchip;
 
 pub use devices::{BlockIoEngine, DriveConfig, EntropyConfig, NetConfig, VsockConfig};
 pub use fs::{FsConfig, MAX_FS};
-pub use irqchip::IrqchipKind;
+pub use irqchip::{check_pit_and_irqchip, IrqchipKind};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -366,9 +366,7 @@ impl VmResources {
                 max: MAX_VCPUS,
             });
         }
-        if mc.pit && mc.irqchip == Some(IrqchipKind::Split) {
-            return Err(ResourcesError::SplitIrqchipWithPit);
-        }
+        check_pit_and_irqchip(mc.pit, mc.irqchip)?;
         if mc.mem_size_mib < MIN_MEM_MIB {
             return Err(ResourcesError::MemoryTooSmall {
                 requested: mc.mem_size_mib,
