@@ -20,13 +20,13 @@
 //! writes.
 //!
 //! Their roots come over virtio-fs (issue #14): the flist unpacked once in the node's cache,
-//! each deployment's writes in its own upper layer. Each writes to its root and to a volume
-//! (a bounded store of the deployment shared over virtio-fs); the host reads hello's writes
-//! in the stores of its upper layer and volume; `again`, started while hello runs, does not
-//! see hello's write; the cache's tree is never written; deleting hello leaves no mount or
-//! virtiofsd behind. The volume is 2 MiB: the guest writes past it, gets ENOSPC and carries
-//! on, and the host's file stays within 2 MiB; its root takes the owner and mode of the
-//! image's `/shared` (1000:0, 0775).
+//! each deployment's writes in its own upper layer, cached by the guest as its own files. Each
+//! writes to its root and to a volume (a bounded store of the deployment shared over
+//! virtio-fs); the host reads hello's writes in the stores of its upper layer and volume;
+//! `again`, started while hello runs, does not see hello's write; the cache's tree is never
+//! written; deleting hello leaves no mount or virtiofsd behind. The volume is 2 MiB: the guest
+//! writes past it, gets ENOSPC and carries on, and the host's file stays within 2 MiB; its root
+//! takes the owner and mode of the image's `/shared` (1000:0, 0775).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -209,6 +209,11 @@ fn check_clone(state: &Path, name: &str, tail: &str) -> String {
         "{name} booted: {show}"
     );
     assert!(!log.contains("booting the kernel"), "{name} booted: {show}");
+    // Its root and volume are its own: the guest keeps what it read of the share.
+    assert!(
+        log.contains("guest cache kept (the VM's own files)"),
+        "{show}"
+    );
     assert!(
         log.contains("the agent sets the clone's network: eth0 "),
         "{show}"

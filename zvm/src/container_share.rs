@@ -4,7 +4,7 @@
 //! (oci-runtime's [`oci_runtime::sandbox::share`]) served by one virtiofsd that this
 //! process starts before any jail is made, and that dies with it.
 
-use oci_runtime::sandbox::share::host::{prepare_with_root, Virtiofsd};
+use oci_runtime::sandbox::share::host::{prepare_with_root, ShareCache, Virtiofsd};
 use oci_runtime::sandbox::share::{fs_device, plan_share, SHARE_TAG};
 use oci_runtime::sandbox::ROOTFS_DEVICE;
 use std::fs::File;
@@ -75,18 +75,27 @@ pub fn start(
         }
         None => (None, None),
     };
+    // The root's overlay and the image volumes' stores are this VM's alone: unless a host
+    // directory is shared too, the guest may keep what it read.
+    let owned: Vec<&Path> = volumes.iter().map(MountedVolume::source).collect();
+    let cache = ShareCache::for_entries(&plan.entries, &owned);
     let prepared = prepare_with_root(&work_dir.join(SHARE_DIR), &plan.entries, tree)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .with_cache(cache);
     let daemon = Virtiofsd::start(&binary, prepared, &work_dir.join(VIRTIOFSD_LOG))
         .map_err(|e| e.to_string())?;
     tracing::info!(
-        "share {SHARE_TAG}: root {}, {} volumes, virtiofsd pid {}",
+        "share {SHARE_TAG}: root {}, {} volumes, guest cache {}, virtiofsd pid {}",
         if overlay.is_some() {
             "over virtio-fs (copy-on-write, bounded store)"
         } else {
             "on ext4"
         },
         plan.entries.len(),
+        match cache {
+            ShareCache::Exclusive => "kept (the VM's own files)",
+            ShareCache::Auto => "close-to-open (host files)",
+        },
         daemon.pid()
     );
     resources.fs.push(fs_device(daemon.socket()));

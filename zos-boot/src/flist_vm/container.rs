@@ -129,6 +129,14 @@ pub fn add_volumes(spec: &mut Spec, volumes: &[VolumeMount]) {
 pub struct MountedVolume {
     _lock: std::fs::File,
     _mount: std::os::fd::OwnedFd,
+    source: PathBuf,
+}
+
+impl MountedVolume {
+    /// The bind mount's source now: the store's mount, which this VM alone has.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
 }
 
 /// Mounts every image volume of `spec` ([`IMAGE_OPTION`]): takes its store for this VM,
@@ -149,12 +157,14 @@ pub fn mount_image_volumes(spec: &mut Spec) -> Result<Vec<MountedVolume>, FlistV
         let store = super::bounded_store::StoreImage::open(&source)?;
         let lock = store.lock()?;
         let mount = store.mount_detached()?;
-        m.set_source(Some(super::bounded_store::proc_path(&mount)));
+        let source = super::bounded_store::proc_path(&mount);
+        m.set_source(Some(source.clone()));
         options.remove(at);
         m.set_options(Some(options));
         mounted.push(MountedVolume {
             _lock: lock,
             _mount: mount,
+            source,
         });
     }
     spec.set_mounts(Some(mounts));

@@ -27,17 +27,65 @@ struct PreparedMount {
     target: CString,
 }
 
+/// How the guest's kernel may cache a share's files (virtiofsd's `--cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShareCache {
+    /// Close-to-open consistency (`auto`): every open drops the file's cached pages, so the
+    /// guest sees what the host changed between two opens. For shares holding host files
+    /// that others may change: bind mounts, a bundle's root directory.
+    #[default]
+    Auto,
+    /// The guest keeps what it has read (`always`), as virtiofsd allows for a directory
+    /// only this guest changes: a flist's copy-on-write root and the VM's own volume
+    /// stores. Each exec then finds its binary's pages cached, and the processes running
+    /// the same binary keep theirs (with `auto` every open of a shared binary, a busybox
+    /// image's every command, unmaps and re-reads it).
+    Exclusive,
+}
+
+impl ShareCache {
+    /// The policy for a share of `entries` (its root, if any, being a private
+    /// copy-on-write tree): [`ShareCache::Exclusive`] when every entry's source is one of
+    /// `owned`, the stores this VM alone mounts; [`ShareCache::Auto`] otherwise.
+    pub fn for_entries(entries: &[super::ShareEntry], owned: &[&Path]) -> ShareCache {
+        if entries.iter().all(|e| owned.contains(&e.source.as_path())) {
+            ShareCache::Exclusive
+        } else {
+            ShareCache::Auto
+        }
+    }
+
+    /// virtiofsd's name for it.
+    fn virtiofsd_policy(self) -> &'static str {
+        match self {
+            ShareCache::Auto => "auto",
+            ShareCache::Exclusive => "always",
+        }
+    }
+}
+
 /// A share's directory with its sources opened and checked, ready for [`Virtiofsd::start`].
 #[derive(Debug)]
 pub struct PreparedShare {
     dir: PathBuf,
     mounts: Vec<PreparedMount>,
+    cache: ShareCache,
 }
 
 impl PreparedShare {
     /// The share's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The same share, its files cached by the guest as `cache` says (default: `Auto`).
+    pub fn with_cache(self, cache: ShareCache) -> PreparedShare {
+        PreparedShare { cache, ..self }
+    }
+
+    /// How the guest may cache its files.
+    pub fn cache(&self) -> ShareCache {
+        self.cache
     }
 
     /// A command that runs `program` where the share's sources are mounted on their
@@ -174,6 +222,7 @@ pub fn prepare_with_root(
     Ok(PreparedShare {
         dir: dir.to_path_buf(),
         mounts,
+        cache: ShareCache::Auto,
     })
 }
 
@@ -325,16 +374,17 @@ fn bind_sources(mounts: &[(libc::c_int, CString)]) -> std::io::Result<()> {
 /// capabilities (`security.capability`, which the guest kernel honours at exec) among
 /// them; without it an image's `setcap` binaries would run without their capabilities.
 /// What the container may set is bounded by the guest kernel as runc's are by the host's
-/// (`trusted.*` needs CAP_SYS_ADMIN in the guest).
-pub fn virtiofsd_args(dir: &Path, socket: &Path) -> Vec<std::ffi::OsString> {
+/// (`trusted.*` needs CAP_SYS_ADMIN in the guest). `cache`: see [`ShareCache`].
+pub fn virtiofsd_args(dir: &Path, socket: &Path, cache: ShareCache) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = vec![
         "--shared-dir".into(),
         dir.into(),
         "--socket-path".into(),
         socket.into(),
     ];
+    let policy = cache.virtiofsd_policy();
     args.extend(
-        ["--sandbox", "namespace", "--cache", "auto", "--xattr"]
+        ["--sandbox", "namespace", "--cache", policy, "--xattr"]
             .into_iter()
             .chain(vmm::devices::virtio::fs::VIRTIOFSD_MIGRATION_ARGS)
             .chain(["--log-level", "warn"])
@@ -364,7 +414,7 @@ impl Virtiofsd {
         let socket = socket_dir.join("fs.sock");
         let stderr = File::create(log).map_err(io(format!("create {log:?}")))?;
         let mut cmd = share.command(binary);
-        cmd.args(virtiofsd_args(&share.dir, &socket))
+        cmd.args(virtiofsd_args(&share.dir, &socket, share.cache))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -1,4 +1,4 @@
-use super::host::prepare;
+use super::host::{prepare, ShareCache};
 use super::*;
 use oci_spec::runtime::{Mount, MountBuilder, SpecBuilder};
 use std::path::Path;
@@ -319,11 +319,7 @@ fn a_virtiofsd_that_does_not_start_is_a_clear_error() {
 /// rootfs does: virtiofsd runs with `--xattr`, which the installed one accepts.
 #[test]
 fn container_shares_run_virtiofsd_with_xattr() {
-    let args: Vec<String> =
-        super::host::virtiofsd_args(Path::new("/b/share"), Path::new("/s/fs.sock"))
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+    let args = virtiofsd_args(ShareCache::Auto);
     assert_eq!(
         args[..4],
         ["--shared-dir", "/b/share", "--socket-path", "/s/fs.sock"]
@@ -331,6 +327,10 @@ fn container_shares_run_virtiofsd_with_xattr() {
     assert!(args.iter().any(|a| a == "--xattr"), "{args:?}");
     assert!(
         args.windows(2).any(|w| w == ["--sandbox", "namespace"]),
+        "{args:?}"
+    );
+    assert!(
+        args.windows(2).any(|w| w == ["--cache", "auto"]),
         "{args:?}"
     );
     let Ok(binary) = super::host::find_virtiofsd() else {
@@ -345,4 +345,50 @@ fn container_shares_run_virtiofsd_with_xattr() {
     let log = tmp.path().join("virtiofsd.log");
     super::host::Virtiofsd::start(&binary, prepared, &log)
         .unwrap_or_else(|e| panic!("virtiofsd --xattr: {e}"));
+    // The guest's cache of a share only it changes: the installed virtiofsd takes it too.
+    let prepared = prepare(&tmp.path().join("own"), &[]).unwrap();
+    let prepared = prepared.with_cache(ShareCache::Exclusive);
+    assert_eq!(prepared.cache(), ShareCache::Exclusive);
+    super::host::Virtiofsd::start(&binary, prepared, &log)
+        .unwrap_or_else(|e| panic!("virtiofsd --cache always: {e}"));
+}
+
+fn virtiofsd_args(cache: ShareCache) -> Vec<String> {
+    super::host::virtiofsd_args(Path::new("/b/share"), Path::new("/s/fs.sock"), cache)
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A share the guest alone changes lets it keep what it read (`--cache always`); one with
+/// any host file others may change keeps close-to-open consistency (`--cache auto`).
+#[test]
+fn a_share_is_cached_by_the_guest_only_when_it_owns_every_entry() {
+    let entry = |source: &str| ShareEntry {
+        name: "m0".into(),
+        source: source.into(),
+        destination: "/v".into(),
+        read_only: false,
+        recursive: false,
+    };
+    let store = Path::new("/proc/self/fd/7");
+    assert_eq!(ShareCache::for_entries(&[], &[]), ShareCache::Exclusive);
+    assert_eq!(
+        ShareCache::for_entries(&[entry("/proc/self/fd/7")], &[store]),
+        ShareCache::Exclusive
+    );
+    assert_eq!(
+        ShareCache::for_entries(&[entry("/proc/self/fd/7"), entry("/srv/v")], &[store]),
+        ShareCache::Auto
+    );
+    assert_eq!(
+        ShareCache::for_entries(&[entry("/srv/v")], &[]),
+        ShareCache::Auto
+    );
+    assert_eq!(ShareCache::default(), ShareCache::Auto);
+    let args = virtiofsd_args(ShareCache::Exclusive);
+    assert!(
+        args.windows(2).any(|w| w == ["--cache", "always"]),
+        "{args:?}"
+    );
 }
