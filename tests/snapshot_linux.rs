@@ -1,14 +1,35 @@
-//! Snapshots of a Linux guest: one boot to userspace (with a disk and vsock) through
-//! `zvm --api-sock`, a full snapshot, the VM ended; then two clones restored at once from
-//! that snapshot, one through `PUT /snapshot/load` and one through `zvm run --restore`,
-//! each on its own copy of the disk and its own vsock socket. Each clone answers over
-//! vsock (a guest-side server started before the snapshot), writes its own data to its
-//! own disk, and its console goes on; the host then reads both disks. Damaged snapshot
-//! files are refused. A Linux boot takes 20-60 s on KVM PVM hosts, so there is one, and
-//! it also checks the API on a running guest: no reconfiguration or second start, a
-//! paused guest refuses the power button, resume, metrics (zvm's counters and KVM's), and a
-//! graceful `Shutdown` through the ACPI power button that ends the process with status 0.
+//! Snapshots of a Linux guest: one boot to userspace (with a disk, vsock and two host
+//! directories over virtio-fs, a read-write and a read-only one) through `zvm --api-sock`,
+//! a full snapshot, the VM ended; then two clones restored at once from that snapshot, one
+//! through `PUT /snapshot/load` and one through `zvm run --restore`, each on its own copy of
+//! the disk, its own vsock socket and its own read-write directory (a new virtiofsd per
+//! share). Each clone answers over vsock (a guest-side server started before the
+//! snapshot), writes its own data to its own disk, mounts the shares and uses them (the
+//! read-only one refuses writes), and its console goes on; the host then reads both disks
+//! and finds each clone's files in its own directory. The guest's kernel probes the
+//! virtio-fs devices at boot but nothing mounts them, as in a container template, so the
+//! paused VM may be snapshotted. Clone a's guest then keeps its shares mounted with a
+//! process counting into a file it holds open, and is snapshotted: virtiofsd's state goes
+//! into the snapshot (vhost-user device-state transfer), clone a resumes and keeps using
+//! its share; clone c, restored from that snapshot, finds the files its guest knew and the
+//! counter writing on through its open file. zvm stops every virtiofsd it started.
+//! Damaged snapshot files and a share the snapshot lacks are refused. A Linux boot takes
+//! 20-60 s on KVM PVM hosts, so there is one, and it also checks the API on a running
+//! guest: no reconfiguration or second start, a paused guest refuses the power button,
+//! resume, metrics (zvm's counters and KVM's), and a graceful `Shutdown` through the ACPI
+//! power button that ends the process with status 0.
 
+#[path = "snapshot_linux/api_checks.rs"]
+mod api_checks;
+#[path = "snapshot_linux/shares.rs"]
+mod shares;
+
+use api_checks::{check_metrics, check_started, cli_refuses, power_off_through_the_api};
+use shares::{
+    assert_no_virtiofsd_for, check_clone_a_used_its_shares, check_clone_b_used_its_share,
+    check_clone_c, check_unused_shares_saved, snapshot_after_use, ShareDirs, USE_RW_SHARE,
+    USE_SHARES,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -27,10 +48,11 @@ const PORT: u32 = 5000;
 /// Its line once it listens.
 const READY: &str = "serve: listening on vsock port 5000";
 
-/// The guest: check the disk, start the command server (zvm-vsock-tool serve), wait.
+/// The guest: check the disk, start the command server (zvm-vsock-tool serve), wait; the
+/// shares are mounted after the restore.
 const SCRIPT: &str = r#"
 dmesg -n 1
-mkdir -p /mnt/d
+mkdir -p /mnt/d /mnt/rw /mnt/ro
 mount -t ext4 /dev/vda /mnt/d && echo "disk says: $(cat /mnt/d/hello.txt)"
 umount /mnt/d
 zvm-vsock-tool serve 5000 &
@@ -52,7 +74,8 @@ fn no_kvm() -> Option<String> {
     }
 }
 
-fn load_body(state: &Path, mem: &Path, disk: &Path, uds: &Path) -> serde_json::Value {
+/// `PUT /snapshot/load`'s body: the clone's own disk, vsock socket and read-write share.
+fn load_body(state: &Path, mem: &Path, disk: &Path, uds: &Path, rw: &Path) -> serde_json::Value {
     serde_json::json!({
         "snapshot_path": state,
         "mem_backend": {"backend_type": "File", "backend_path": mem},
@@ -60,11 +83,12 @@ fn load_body(state: &Path, mem: &Path, disk: &Path, uds: &Path) -> serde_json::V
         "resume_vm": true,
         "drive_overrides": [{"drive_id": "data", "path_on_host": disk}],
         "vsock_override": {"uds_path": uds},
+        "fs_overrides": [{"fs_id": "rw", "shared_dir": rw}],
     })
 }
 
 /// What a clone does once restored: answer (`ping`, which the guest's server answers
-/// itself, then a shell command), then write its own file to its own disk.
+/// itself, then a shell command), write its own file to its own disk, then use its shares.
 struct CloneRun {
     pong: Result<String, String>,
     answered_after: Duration,
@@ -73,12 +97,14 @@ struct CloneRun {
     answer: Result<String, String>,
     disk_answer: Result<String, String>,
     disk_after: Duration,
+    share_answer: Result<String, String>,
 }
 
 fn clone_work(
     name: &'static str,
     uds: PathBuf,
     since: Instant,
+    use_shares: &'static str,
 ) -> std::thread::JoinHandle<CloneRun> {
     std::thread::spawn(move || {
         let mut pong = vsock_request(&uds, PORT, "ping", ANSWER_LIMIT);
@@ -99,158 +125,21 @@ fn clone_work(
              && echo clone-{name}-wrote-its-disk; echo clone-{name}-console-line > /dev/console"
         );
         let disk_answer = vsock_request(&uds, PORT, &write, ANSWER_LIMIT);
+        let disk_after = since.elapsed();
         CloneRun {
             pong,
             answered_after,
             first_reset,
             answer,
             disk_answer,
-            disk_after: since.elapsed(),
+            disk_after,
+            share_answer: vsock_request(&uds, PORT, use_shares, ANSWER_LIMIT),
         }
     })
 }
 
-/// A started VM's API: the process is the lean VMM, running; no reconfiguration, one start.
-fn check_started(base: &LiveZvm, boot: &serde_json::Value) {
-    assert_eq!(base.call("GET", "/", None).1["state"], "Running");
-    let exe = base.exe();
-    assert!(
-        exe.ends_with("zvm-vmm"),
-        "the VM's process is the lean VMM: {}",
-        exe.display()
-    );
-    let status = base.call("PUT", "/boot-source", Some(boot)).0;
-    assert_eq!(status, 400, "no reconfiguration after start");
-    let start = serde_json::json!({"action_type": "InstanceStart"});
-    assert_eq!(
-        base.call("PUT", "/actions", Some(&start)).0,
-        400,
-        "one start"
-    );
-}
-
-/// The paused base VM: it refuses the power button while paused; resumed, it flushes its
-/// metrics, refuses a grace period over an hour, and powers off through the ACPI power
-/// button (the kernel signals init, which powers off through ACPI), exit status 0.
-fn power_off_through_the_api(base: &mut LiveZvm) {
-    let action = |kind: &str| serde_json::json!({ "action_type": kind });
-    let (status, fault) = base.call("PUT", "/actions", Some(&action("SendPowerButton")));
-    assert_eq!(status, 400, "a paused guest cannot answer the button");
-    let message = fault["fault_message"].as_str().unwrap_or_default();
-    assert!(message.contains("paused"), "{fault}");
-    base.ok("PATCH", "/vm", serde_json::json!({"state": "Resumed"}));
-    assert_eq!(base.call("GET", "/", None).1["state"], "Running");
-    base.ok("PUT", "/actions", action("FlushMetrics"));
-    let too_long = serde_json::json!({"action_type": "Shutdown", "timeout_ms": 3_600_001});
-    let status = base.call("PUT", "/actions", Some(&too_long)).0;
-    assert_eq!(status, 400, "a grace period over an hour");
-    base.ok(
-        "PUT",
-        "/actions",
-        serde_json::json!({"action_type": "Shutdown", "timeout_ms": 600_000}),
-    );
-    let status = base.wait_exit(ANSWER_LIMIT);
-    let show = base.show();
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{show}");
-    let console = base.console();
-    assert!(
-        console.contains("i8042.dumbkbd"),
-        "zvm added the i8042 switches: {show}"
-    );
-    assert!(
-        console.contains("zvm-guest: power button, powering off"),
-        "{show}"
-    );
-    assert!(base.stderr().contains("zvm: guest powered off"), "{show}");
-    let sock = base.sock.as_deref().expect("an API socket");
-    assert!(!sock.exists(), "the API socket is removed when zvm exits");
-}
-
-/// The base VM's metrics lines: FlushMetrics' and the final one; zvm's counters are
-/// increases since the previous line, KVM's totals that only grow.
-fn check_metrics(path: &Path) {
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(path)
-        .expect("metrics written")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
-    assert!(
-        lines.len() >= 2,
-        "FlushMetrics and the final flush: {lines:?}"
-    );
-    let sum = |group: &str, counter: &str| -> u64 {
-        lines
-            .iter()
-            .filter_map(|l| l[group][counter].as_u64())
-            .sum()
-    };
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["vmm"]["state"] == "Running" && l["vmm"]["boot_time_us"].as_u64().is_some()),
-        "a line while running shows the guest's boot time: {lines:?}"
-    );
-    assert!(sum("api_server", "requests") >= 14, "{lines:?}");
-    assert!(sum("api_server", "refused") >= 3, "{lines:?}");
-    assert!(
-        sum("vcpu", "exit_io_out") > 0,
-        "serial output is port I/O: {lines:?}"
-    );
-    assert!(
-        sum("vcpu", "exit_mmio_write") > 0,
-        "virtio is MMIO: {lines:?}"
-    );
-    assert!(
-        sum("block_data", "read_bytes") > 0,
-        "the guest read its disk: {lines:?}"
-    );
-    let kvm = |l: &serde_json::Value, name: &str| l["kvm"][name].as_u64().unwrap_or(0);
-    if lines
-        .iter()
-        .all(|l| l["kvm"].as_object().is_some_and(|m| m.is_empty()))
-    {
-        eprintln!("KVM's counters not checked: this kernel has no KVM_GET_STATS_FD");
-        return;
-    }
-    let last = lines.last().expect("a line");
-    for name in ["exits", "mmio_exits", "irq_injections"] {
-        assert!(kvm(last, name) > 0, "{name}: {last}");
-    }
-    assert!(
-        lines
-            .windows(2)
-            .all(|w| kvm(&w[1], "exits") >= kvm(&w[0], "exits")),
-        "{lines:?}"
-    );
-}
-
-/// `zvm run --restore` with these files must exit 2 with one `zvm: ` line naming `needle`.
-fn cli_refuses(state: &Path, mem: &Path, needle: &str) {
-    let out = Command::new(zvm_binary())
-        .args(["run", "--restore"])
-        .arg(state)
-        .arg("--mem")
-        .arg(mem)
-        .output()
-        .expect("run zvm");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    let what = format!(
-        "{} + {}: exit {:?}, stderr:\n{err}",
-        state.display(),
-        mem.display(),
-        out.status.code()
-    );
-    assert_eq!(out.status.code(), Some(2), "{what}");
-    assert!(
-        lines.len() == 1 && lines[0].starts_with("zvm: ") && lines[0].contains(needle),
-        "{what}"
-    );
-    assert!(out.stdout.is_empty(), "no guest ran: {what}");
-}
-
 #[test]
-fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_consoles() {
+fn two_clones_of_one_linux_snapshot_use_their_own_disks_and_shares_and_a_third_goes_on() {
     if let Some(reason) = no_kvm() {
         eprintln!("skipped: {reason}");
         return;
@@ -261,6 +150,7 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
     let d = |name: &str| dir.join(name);
     let disk = d("base.ext4");
     ext4_image(&disk, 16, &[("hello.txt", "hello from the host")]);
+    let dirs = ShareDirs::make(&dir);
 
     // The base VM: boot to the guest's command server, through the API.
     let mut base = LiveZvm::api(&d("base.sock"), "snap-base");
@@ -280,6 +170,7 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
         "/drives/data",
         serde_json::json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false, "is_read_only": false}),
     );
+    dirs.attach(&base);
     let base_uds = d("base.vsock");
     base.ok(
         "PUT",
@@ -332,6 +223,7 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
     );
     let snapshot_time = t.elapsed();
     drop(held);
+    check_unused_shares_saved(&state, &base.show());
     power_off_through_the_api(&mut base);
     check_metrics(&metrics);
     let base_console = base.console();
@@ -370,7 +262,9 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
         .arg(&mem);
     run_b
         .arg("--drive-override")
-        .arg(format!("data={}", disk_b.display()));
+        .arg(format!("data={}", disk_b.display()))
+        .arg("--fs-override")
+        .arg(format!("hostrw={}", dirs.rw_b.display()));
     run_b.arg("--vsock-override").arg(&uds_b).args([
         "--console",
         "stdio",
@@ -378,16 +272,16 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
         "600",
     ]);
     let mut clone_b = LiveZvm::spawn(&mut run_b, None);
-    let work_b = clone_work("b", uds_b.clone(), b_started);
+    let work_b = clone_work("b", uds_b.clone(), b_started, USE_RW_SHARE);
     let a_started = Instant::now();
     let (status, answer) = clone_a.call(
         "PUT",
         "/snapshot/load",
-        Some(&load_body(&state, &mem, &disk_a, &uds_a)),
+        Some(&load_body(&state, &mem, &disk_a, &uds_a, &dirs.rw_a)),
     );
     let load_time = a_started.elapsed();
     assert_eq!(status, 204, "load: {answer}{}", clone_a.show());
-    let work_a = clone_work("a", uds_a.clone(), a_started);
+    let work_a = clone_work("a", uds_a.clone(), a_started, USE_SHARES);
     assert_eq!(clone_a.call("GET", "/", None).1["state"], "Running");
     let (a, b) = (
         work_a.join().expect("clone a"),
@@ -454,6 +348,11 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
         !base_console.contains("clone-"),
         "the base VM saw nothing of the clones"
     );
+    check_clone_a_used_its_shares(&a.share_answer, &dirs, &clone_a.show());
+    check_clone_b_used_its_share(&b.share_answer, &dirs, &clone_b.show());
+    let (used_state, used_mem) = (d("used.state"), d("used.mem"));
+    let (used_snapshot_time, carried) =
+        snapshot_after_use(&clone_a, &uds_a, &dirs, &used_state, &used_mem);
 
     // Ctrl-Alt-Del reaches clone a's restored i8042 and init: it shuts down cleanly.
     clone_a.ok(
@@ -489,6 +388,12 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
         "{}",
         clone_b.show()
     );
+    for clone in [&clone_a, &clone_b] {
+        assert!(!clone.stderr().contains("broken"), "{}", clone.show());
+    }
+    for share in [&dirs.rw_a, &dirs.rw_b, &dirs.ro] {
+        assert_no_virtiofsd_for(share);
+    }
 
     // Each disk holds its own clone's file; the base disk neither.
     assert_eq!(read_from_ext4(&disk_a, "clone.txt").trim(), "from-clone-a");
@@ -504,6 +409,44 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
         "",
         "the base disk was not written"
     );
+
+    // Clone c, from clone a's snapshot after use (on clone a's disk and directories).
+    let uds_c = d("clone-c.vsock");
+    let mut run_c = Command::new(zvm_binary());
+    run_c
+        .args(["run", "--restore"])
+        .arg(&used_state)
+        .arg("--mem")
+        .arg(&used_mem)
+        .arg("--vsock-override")
+        .arg(&uds_c)
+        .args(["--console", "stdio", "--shutdown-timeout", "600"]);
+    let c_started = Instant::now();
+    let mut clone_c = LiveZvm::spawn(&mut run_c, None);
+    let pong = vsock_request(&uds_c, PORT, "ping", ANSWER_LIMIT);
+    let pong = match pong {
+        // The guest reset the first connection (see below): once more.
+        Ok(p) if p.trim().is_empty() => vsock_request(&uds_c, PORT, "ping", ANSWER_LIMIT),
+        other => other,
+    };
+    let c_answered = c_started.elapsed();
+    assert!(pong.is_ok(), "{pong:?}{}", clone_c.show());
+    check_clone_c(&clone_c, &uds_c, &dirs);
+    eprintln!(
+        "snapshot after use (two shares, virtiofsd state {carried:?} bytes): {}; \
+         zvm run --restore of it to the first answer: {}",
+        ms(used_snapshot_time),
+        ms(c_answered)
+    );
+    let pid = i32::try_from(clone_c.child.id()).expect("a pid");
+    // SAFETY: kill(2) of our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = clone_c.wait_exit(ANSWER_LIMIT);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", clone_c.show());
+    assert!(!clone_c.stderr().contains("broken"), "{}", clone_c.show());
+    for share in [&dirs.rw_a, &dirs.ro] {
+        assert_no_virtiofsd_for(share);
+    }
 
     // A corrupt state file and a truncated memory file are refused: exit 2 from the
     // command line; 400 from the API, and that process has no VM.
@@ -523,7 +466,13 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
         (&corrupt, &mem, "corrupt.state"),
         (&state, &short, "short.mem"),
     ] {
-        let body = load_body(state_file, mem_file, &disk_a, &d("refused.vsock"));
+        let body = load_body(
+            state_file,
+            mem_file,
+            &disk_a,
+            &d("refused.vsock"),
+            &dirs.rw_a,
+        );
         let (status, fault) = refused.call("PUT", "/snapshot/load", Some(&body));
         let message = fault["fault_message"].as_str().unwrap_or_default();
         assert_eq!(status, 400, "{fault}{}", refused.show());
@@ -539,6 +488,19 @@ fn two_clones_of_one_linux_snapshot_answer_write_their_own_disks_and_keep_their_
         );
     }
     assert!(refused.console().is_empty(), "{}", refused.show());
+    // A share the snapshot lacks is refused before anything runs.
+    let out = Command::new(zvm_binary())
+        .args(["run", "--restore"])
+        .arg(&state)
+        .arg("--mem")
+        .arg(&mem)
+        .arg("--fs-override")
+        .arg(format!("nosuch={}", dirs.rw_b.display()))
+        .output()
+        .expect("run zvm");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no virtio-fs share 'nosuch'"), "{err}");
 
     // The first connection made after the restore must be answered: the guest resets
     // every connection it has when it handles the transport-reset event, so zvm must not
