@@ -1,6 +1,8 @@
 //! Containers started from a VM template, and a container checkpointed and restored, through
-//! `zvm-runc` (issue #13). The template is made once per test run (one boot, by the first
-//! test that needs it); every container here is a clone of it.
+//! `zvm-runc` (issue #13). Each template shape is made once per test run (one boot, by the
+//! first test that needs it): the plain one by the race below, the one with the container's
+//! share (which the checkpointed container restores) by the engines' tests before these, or
+//! here when run alone. Every container here is a clone.
 //!
 //! - Two containers created at the same time with no template yet: one makes it while the
 //!   other waits (one template, whole), and both are clones: each sees its own host name,
@@ -22,17 +24,18 @@ use zvm_integration_tests::{busybox_rootfs, scratch_dir, template_dir, zvm_binar
 /// in seconds, but the guest's work is emulated: be generous.
 const LIMIT: Duration = Duration::from_secs(600);
 
-/// Makes (or finds) the template for the default container VM, as a node would ahead of
-/// time.
-fn prepare_template() {
+/// Makes (or finds) the template of the default container VM with the container's share,
+/// as a node would ahead of time (the checkpointed container has a bind mount; the engines'
+/// tests, earlier in a run, made it already).
+fn prepare_share_template() {
     let status = Command::new(zvm_binary())
-        .args(["template", "prepare"])
+        .args(["template", "prepare", "--share"])
         .env("ZVM_KERNEL", zvm_integration_tests::guest_kernel())
         .env("ZVM_OCI_AGENT", zvm_integration_tests::oci_agent())
         .env("ZVM_TEMPLATE_DIR", template_dir())
         .status()
         .expect("zvm template prepare");
-    assert!(status.success(), "zvm template prepare failed");
+    assert!(status.success(), "zvm template prepare --share failed");
 }
 
 /// A bundle in `dir` running `script` in busybox, without a host name of its own (so the
@@ -127,22 +130,33 @@ echo written > /written
 exit $(cat /marker)
 "#;
 
-/// The template ids of the default container VM (1 vCPU, 256 MiB) in the test run's cache.
-fn default_templates() -> Vec<String> {
+/// The template ids of the plain default container VM (1 vCPU, 256 MiB, no share, network
+/// interface or data disk) in the test run's cache: the shape the racing creates make (the
+/// run's other shapes stay, for the tests that restore them).
+fn plain_default_templates() -> Vec<String> {
     let out = Command::new(zvm_binary())
         .args(["template", "list"])
         .env("ZVM_TEMPLATE_DIR", template_dir())
         .output()
         .expect("zvm template list");
+    let plain = |id: &str| {
+        let meta = std::fs::read(template_dir().join(id).join("template.json")).unwrap_or_default();
+        let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap_or_default();
+        let key = &meta["key"];
+        ["share", "nics", "data_disks"]
+            .iter()
+            .all(|field| key[field].is_null() || key[field] == 0)
+    };
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with("1cpu-256mib-"))
         .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .filter(|id| plain(id))
         .collect()
 }
 
-// The tests run in name order (`a_`, `b_`): the first makes the run's template by a race,
-// the others restore it (each also works alone).
+// The tests run in name order (`a_`, `b_`): the first makes the run's plain template by a
+// race, the second restores the run's share template (each also works alone).
 #[test]
 fn a_two_containers_racing_for_one_template_are_separate_clones() {
     let base = scratch_dir().join("template-clones");
@@ -155,7 +169,7 @@ fn a_two_containers_racing_for_one_template_are_separate_clones() {
         .collect();
     // No template yet (a clean run has none; an earlier run's is removed): the two
     // creates race to make it, one builds while the other waits.
-    for id in default_templates() {
+    for id in plain_default_templates() {
         let _ = Command::new(zvm_binary())
             .args(["template", "rm", &id])
             .env("ZVM_TEMPLATE_DIR", template_dir())
@@ -236,7 +250,12 @@ fn a_two_containers_racing_for_one_template_are_separate_clones() {
     }
     // One of the two made the template, the other waited for it: one template, whole.
     assert_eq!(built, 1, "templates built by the two creates");
-    assert_eq!(default_templates().len(), 1, "{:?}", default_templates());
+    assert_eq!(
+        plain_default_templates().len(),
+        1,
+        "{:?}",
+        plain_default_templates()
+    );
     assert_eq!(rands[0].len(), 32, "{rands:?}");
     assert_ne!(rands[0], rands[1], "the clones share their entropy");
     // Each wrote to its own disk; the bundles' trees are untouched (the disks are copies).
@@ -283,7 +302,7 @@ fn last_count(path: &Path) -> u64 {
 
 #[test]
 fn b_a_checkpointed_container_counts_on_after_its_restore() {
-    prepare_template();
+    prepare_share_template();
     let base = scratch_dir().join("checkpoint");
     let root = base.join("state");
     let b = bundle(&base.join("bundle"), COUNTER, "0");
