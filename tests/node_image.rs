@@ -75,8 +75,11 @@ fn boot(dir: &Path, disk: &Path) -> ZvmRun {
         initrd.to_str().expect("utf8"),
         "--disk",
         &disk_spec,
+        // 256 MiB: the kernel initialises and frees the page structures of all of it
+        // (~7 s per 256 MiB where guest kernel code is emulated); the node's 16 MB image and
+        // its daemon fit.
         "--memory",
-        "512M",
+        "256M",
         // Two vCPUs, as a node has: the kernel unpacks the initramfs (the static zvm, most
         // of it) on one while the other runs the rest of its start-up.
         "--cpus",
