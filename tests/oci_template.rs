@@ -134,24 +134,19 @@ exit $(cat /marker)
 /// interface or data disk) in the test run's cache: the shape the racing creates make (the
 /// run's other shapes stay, for the tests that restore them).
 fn plain_default_templates() -> Vec<String> {
-    let out = Command::new(zvm_binary())
-        .args(["template", "list"])
-        .env("ZVM_TEMPLATE_DIR", template_dir())
-        .output()
-        .expect("zvm template list");
-    let plain = |id: &str| {
-        let meta = std::fs::read(template_dir().join(id).join("template.json")).unwrap_or_default();
-        let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap_or_default();
-        let key = &meta["key"];
-        ["share", "nics", "data_disks"]
-            .iter()
-            .all(|field| key[field].is_null() || key[field] == 0)
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("1cpu-256mib-"))
-        .filter_map(|l| l.split_whitespace().next().map(String::from))
-        .filter(|id| plain(id))
+    // The cache's own listing (a fixed size limit is only for eviction, which list skips).
+    oci_runtime::sandbox::template::TemplateCache::new(template_dir(), usize::MAX)
+        .list()
+        .into_iter()
+        .filter_map(|(id, manifest, _)| {
+            let key = manifest?.key;
+            let plain = key.vcpus == 1
+                && key.memory_mib == 256
+                && key.share.is_none()
+                && key.nics == 0
+                && key.data_disks == 0;
+            plain.then_some(id)
+        })
         .collect()
 }
 

@@ -16,6 +16,7 @@
 //! nothing stays mounted or running afterwards. The root's writes and an `:image` volume are
 //! bounded stores of 2 MiB: past it the guest gets ENOSPC and carries on (the host's file
 //! never grows past its size).
+
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
