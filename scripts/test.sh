@@ -28,23 +28,23 @@ bash scripts/check-no-test-backend.sh "$bins"
 # that needs it boots it); zvm-runc's installed-copy test and the node image boot their own.
 export ZVM_TEMPLATE_DIR="${ZVM_TEMPLATE_DIR:-$PWD/target/test-templates}"
 rm -rf "$ZVM_TEMPLATE_DIR"
-# Linux guests boot one at a time: on hosts where guest kernel code is emulated (KVM PVM),
-# guests sharing the two cores starve each other's vCPUs, and boots stall (seen at
-# secondary CPU bring-up and after "NET: Registered PF_NETLINK"). A one-vCPU guest leaves
-# the other core mostly idle, so the node image's static zvm (whose test nextest runs
-# last, .config/nextest.toml, to find it built) and the fuzz targets build and run there
-# meanwhile, one job at a time, at the lowest priority: a two-vCPU guest needs both cores
-# (the two-vCPU tinyconfig boot took 133 s in CI beside the build at equal priority, 70 s
-# without it).
+# Linux guests run two at a time where that pays (.config/nextest.toml): on hosts where
+# guest kernel code is emulated (KVM PVM) a one-vCPU guest keeps one core busy, so two of
+# them share a two-core host, while a two-vCPU guest runs alone (guests sharing cores
+# starve each other's vCPUs, and SMP boots stall at secondary CPU bring-up). The node
+# image's static zvm and the fuzz targets build and run beside them, one job at a time,
+# at the lowest priority, mostly on the core the two-vCPU guests (run first) leave idle
+# once their CPUs are up (the two-vCPU tinyconfig boot took 133 s in CI beside the build
+# at equal priority, 70 s without it).
 alongside_log=$(mktemp)
 (nice -n 19 bash zos-boot/build.sh >/dev/null && nice -n 19 bash fuzz/run.sh) \
   >"$alongside_log" 2>&1 &
 alongside=$!
-# cargo-nextest, when installed, runs each test in its own process and reports each
-# one's time.
+# cargo-nextest, when installed, runs each test in its own process, pairs them as its
+# settings say and reports each one's time; cargo test runs them one at a time.
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run -p zvm-integration-tests --no-fail-fast --test-threads 1 \
+  cargo nextest run -p zvm-integration-tests --no-fail-fast --test-threads 2 \
     --status-level all --final-status-level slow 2>&1 || status=$?
 else
   cargo test -p zvm-integration-tests --no-fail-fast -- --test-threads=1 2>&1 || status=$?
