@@ -1,11 +1,13 @@
 //! The virtio-mmio register file as a guest driver programs it: a fuzzed sequence of
 //! reads and writes (any offset in the slot, any width, any value) against a transport
-//! with a real device behind it (rng, block over an in-memory disk, or net), with queue
+//! with a real device behind it (rng, block over an in-memory disk, net, or multiqueue net
+//! with two queue pairs over tap queues and a control queue), with queue
 //! notifications, snapshots of the transport restored into a fresh one, and guest memory
 //! holding fuzzed rings and buffers, so that once the driver starts the device its chains
 //! are parsed.
 //!
-//! Input: the device (1 byte: rng, block, net), one queue description per device queue
+//! Input: the device (1 byte: rng, block, net, multiqueue net), one queue description per
+//! device queue
 //! ([`virtq::write_queue`], written at that queue's ring addresses), the number of
 //! operations (1 byte) and the operations, then the data area. An operation is a kind
 //! byte (bits 0-2 the operation, bits 3-4 the access width 4, 1, 2 or 8 bytes) and its
@@ -28,13 +30,13 @@ mod backends;
 #[path = "common/virtq.rs"]
 mod virtq;
 
-use backends::{Frames, MemDisk};
+use backends::{Frames, MemDisk, TapQueue};
 use virtio_queue::QueueT;
 use virtq::Input;
 use vmm::bus::BusDevice;
 use vmm::devices::virtio::block::Block;
 use vmm::devices::virtio::mmio::{MmioTransport, CONFIG_OFFSET, MMIO_MAGIC, MMIO_VERSION};
-use vmm::devices::virtio::net::Net;
+use vmm::devices::virtio::net::{Net, NetBackend};
 use vmm::devices::virtio::rng::Rng;
 use vmm::devices::virtio::{status, VirtioDevice};
 use vmm::memory::GuestMemoryMmap;
@@ -47,9 +49,23 @@ const REGISTERS: [u64; 28] = [
 ];
 
 fn device(kind: u8) -> Box<dyn VirtioDevice> {
-    match kind % 3 {
+    match kind % 4 {
         0 => Box::new(Rng::new()),
         1 => Box::new(Block::new(Box::new(MemDisk::new(16, false)), false, "fuzz")),
+        // Five queues (two pairs, then the control queue): as many as the layout holds
+        // below the data area.
+        3 => {
+            let pairs: Vec<Box<dyn NetBackend>> = (0..2)
+                .map(|_| {
+                    let (queue, _) = TapQueue::new(Frames::new(2, || 60), false);
+                    Box::new(queue) as Box<dyn NetBackend>
+                })
+                .collect();
+            Box::new(
+                Net::with_pairs("fuzz0", pairs, Some([2, 0, 0, 0, 0, 1]), None, None)
+                    .expect("multiqueue net device"),
+            )
+        }
         _ => Box::new(
             Net::new(
                 "fuzz0",
