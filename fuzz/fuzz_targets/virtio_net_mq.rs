@@ -8,7 +8,12 @@
 //!
 //! After every notification or host event of an active device whose tap accepts
 //! attach/detach requests, the tap queues attached must be exactly the pairs in use; after
-//! a host event of a reset device (a tap fd still polled), only the first.
+//! a host event of a reset device (a tap fd still polled), only the first. Every chain the
+//! device returns on the control queue has a used length of 0 (unanswered) or 1 (its
+//! status byte); the harness reads each answered chain back itself and checks the status:
+//! VIRTIO_NET_OK exactly for a 4-byte VQ_PAIRS_SET within the device's pairs when
+//! multiqueue was accepted, VIRTIO_NET_ERR for anything else (chains through indirect
+//! tables, or touching what the device wrote in the same batch, are not judged).
 //!
 //! Input: a setup byte (bits 0-1 the pairs, 2 + value % 3; bit 2 a MAC address; bit 3 the
 //! tap refuses to attach or detach queues), the features byte the driver accepts first
@@ -41,6 +46,7 @@ mod virtq;
 use backends::{Frames, TapQueue};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use virtio_bindings::{virtio_net, virtio_ring};
 use virtio_queue::{Queue, QueueState};
 use virtq::Input;
 use vm_memory::{Bytes, GuestAddress};
@@ -88,6 +94,78 @@ fn features(byte: u8) -> u64 {
     acked
 }
 
+// The control queue's values and the descriptor flags from the spec's headers
+// (virtio-bindings), not from the device's code.
+const VIRTIO_NET_CTRL_MQ: u8 = virtio_net::VIRTIO_NET_CTRL_MQ as u8;
+const VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET: u8 = virtio_net::VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET as u8;
+const VIRTIO_NET_OK: u8 = virtio_net::VIRTIO_NET_OK as u8;
+const VIRTIO_NET_ERR: u8 = virtio_net::VIRTIO_NET_ERR as u8;
+const DESC_NEXT: u16 = virtio_ring::VRING_DESC_F_NEXT as u16;
+const DESC_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
+const DESC_INDIRECT: u16 = virtio_ring::VRING_DESC_F_INDIRECT as u16;
+/// Device-readable bytes of a command the device looks at.
+const COMMAND_BYTES: usize = 64;
+
+/// A control chain read back by the harness, as a driver wrote it.
+struct CtrlChain {
+    /// Its device-readable bytes (the first [`COMMAND_BYTES`]) and their total length.
+    command: Vec<u8>,
+    readable: usize,
+    /// Where its status byte is (its first non-empty device-writable buffer).
+    status: u64,
+    /// Guest memory the device read for it: descriptors and readable buffers.
+    read: Vec<(u64, u64)>,
+}
+
+/// Reads the chain at `head` of a queue's descriptor table; `None` for one the harness
+/// does not judge: through an indirect table, or one the device cannot answer (no status
+/// byte, a readable buffer after it, no end within the queue's size).
+fn read_ctrl_chain(mem: &GuestMemoryMmap, table: u64, size: u16, head: u16) -> Option<CtrlChain> {
+    let mut chain = CtrlChain {
+        command: Vec::new(),
+        readable: 0,
+        status: 0,
+        read: Vec::new(),
+    };
+    let mut status = None;
+    let mut index = head;
+    for _ in 0..size {
+        if index >= size {
+            return None;
+        }
+        let at = table + 16 * u64::from(index);
+        chain.read.push((at, 16));
+        let addr: u64 = mem.read_obj(GuestAddress(at)).ok()?;
+        let len: u32 = mem.read_obj(GuestAddress(at + 8)).ok()?;
+        let flags: u16 = mem.read_obj(GuestAddress(at + 12)).ok()?;
+        let next: u16 = mem.read_obj(GuestAddress(at + 14)).ok()?;
+        if flags & DESC_INDIRECT != 0 {
+            return None;
+        }
+        if flags & DESC_WRITE != 0 {
+            if len > 0 && status.is_none() {
+                status = Some(addr);
+            }
+        } else {
+            if status.is_some() {
+                return None;
+            }
+            let take = (len as usize).min(COMMAND_BYTES.saturating_sub(chain.command.len()));
+            let mut bytes = vec![0u8; take];
+            mem.read_slice(&mut bytes, GuestAddress(addr)).ok()?;
+            chain.command.extend_from_slice(&bytes);
+            chain.read.push((addr, take as u64));
+            chain.readable = chain.readable.saturating_add(len as usize);
+        }
+        if flags & DESC_NEXT == 0 {
+            chain.status = status?;
+            return Some(chain);
+        }
+        index = next;
+    }
+    None
+}
+
 struct Rig {
     net: Net,
     mem: GuestMemoryMmap,
@@ -97,6 +175,8 @@ struct Rig {
     refuse: bool,
     acked: u64,
     active: bool,
+    /// The control queue's used index the device has reached, as far as checked.
+    ctrl_used: u16,
 }
 
 impl Rig {
@@ -113,6 +193,14 @@ impl Rig {
             .activate(self.mem.clone(), queues, irq)
             .expect("activate");
         self.active = true;
+        // The driver's rings start afresh: its used ring too.
+        if let Some(ctrl) = self.ctrl_queue() {
+            self.ctrl_used = self.queues[ctrl].next_used;
+            let (_, _, used) = rings(ctrl);
+            self.mem
+                .write_obj(self.ctrl_used, GuestAddress(used + 2))
+                .expect("used idx");
+        }
     }
 
     fn reset(&mut self) {
@@ -130,6 +218,80 @@ impl Rig {
                 2
             }
         })
+    }
+
+    /// The chains the device returned on the control queue since the last look: each
+    /// unanswered (length 0) or answered (length 1), and when `judge` (the event served
+    /// the control queue alone, so the device wrote nothing else) with the status its
+    /// command calls for.
+    fn check_ctrl(&mut self, judge: bool) {
+        let Some(ctrl) = self.ctrl_queue().filter(|_| self.active) else {
+            return;
+        };
+        let (table, _, used) = rings(ctrl);
+        let size = self.queues[ctrl].size;
+        let now: u16 = self.mem.read_obj(GuestAddress(used + 2)).expect("used idx");
+        let count = now.wrapping_sub(self.ctrl_used);
+        // Only the last `size` entries are still in the ring (a batch may return more).
+        let first = self.ctrl_used.wrapping_add(count.saturating_sub(size));
+        let mut judge = judge && count <= size;
+        let mut answered = Vec::new();
+        for k in 0..count.min(size) {
+            let slot = u64::from(first.wrapping_add(k) % size);
+            let id: u32 = self
+                .mem
+                .read_obj(GuestAddress(used + 4 + 8 * slot))
+                .expect("id");
+            let len: u32 = self
+                .mem
+                .read_obj(GuestAddress(used + 8 + 8 * slot))
+                .expect("len");
+            assert!(len <= 1, "a control chain's used length {len}");
+            assert!(id < u32::from(size), "used id {id} on a queue of {size}");
+            if len == 1 {
+                match read_ctrl_chain(&self.mem, table, size, id as u16) {
+                    Some(chain) => answered.push(chain),
+                    // Its status byte is somewhere the harness does not know.
+                    None => judge = false,
+                }
+            }
+        }
+        self.ctrl_used = now;
+        if !judge {
+            return;
+        }
+        // What the device wrote in this batch: status bytes and the used ring.
+        let mut written: Vec<(u64, u64)> = answered.iter().map(|c| (c.status, 1)).collect();
+        written.push((used, 4 + 8 * u64::from(size)));
+        let overlaps = |(a, n): (u64, u64)| {
+            written
+                .iter()
+                .any(|&(b, m)| a < b.saturating_add(m) && b < a.saturating_add(n))
+        };
+        let pairs = self.net.queue_pairs();
+        let mq = self.acked & self.net.features() & VIRTIO_NET_F_MQ != 0;
+        for (i, chain) in answered.iter().enumerate() {
+            let shared = answered[i + 1..].iter().any(|c| c.status == chain.status);
+            if shared || chain.read.iter().any(|&r| overlaps(r)) {
+                continue;
+            }
+            let c = &chain.command;
+            let valid = chain.readable == 4
+                && c[0] == VIRTIO_NET_CTRL_MQ
+                && c[1] == VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET
+                && mq
+                && (1..=pairs).contains(&usize::from(u16::from_le_bytes([c[2], c[3]])));
+            let want = if valid { VIRTIO_NET_OK } else { VIRTIO_NET_ERR };
+            let got: u8 = self
+                .mem
+                .read_obj(GuestAddress(chain.status))
+                .expect("status byte");
+            assert_eq!(
+                got, want,
+                "status of command {c:?} ({} bytes)",
+                chain.readable
+            );
+        }
     }
 
     /// After an event: the pairs in use are sane, one without multiqueue, and (if the tap
@@ -195,6 +357,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         refuse,
         acked: 0,
         active: false,
+        ctrl_used: 0,
     };
     rig.activate(first_features);
     let nqueues = sizes.len();
@@ -203,10 +366,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         // Whether the device saw a notification or host event (and so caught up with an
         // activation).
         let mut event = false;
+        // Whether that event served the control queue and nothing else.
+        let mut ctrl_alone = false;
         match op & 7 {
             0 if rig.active => {
-                virtq::process(&mut rig.net, a % (nqueues + 2));
+                let queue = a % (nqueues + 2);
+                virtq::process(&mut rig.net, queue);
                 event = true;
+                ctrl_alone = rig.ctrl_queue() == Some(queue);
             }
             1 => {
                 rig.net.process_host_fd(a as u32 % 8);
@@ -216,6 +383,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 if let Some(ctrl) = rig.ctrl_queue() {
                     virtq::process(&mut rig.net, ctrl);
                     event = true;
+                    ctrl_alone = true;
                 }
             }
             3 => {
@@ -262,6 +430,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
         if event {
             rig.check();
+            rig.check_ctrl(ctrl_alone);
         }
     }
     if rig.active {
@@ -269,5 +438,6 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             virtq::process(&mut rig.net, queue);
         }
         rig.check();
+        rig.check_ctrl(false);
     }
 });
