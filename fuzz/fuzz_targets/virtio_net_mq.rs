@@ -46,7 +46,8 @@ mod virtq;
 use backends::{Frames, TapQueue};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use virtio_bindings::{virtio_net, virtio_ring};
+use virtio_bindings::virtio_net;
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueState};
 use virtq::Input;
 use vm_memory::{Bytes, GuestAddress};
@@ -94,15 +95,12 @@ fn features(byte: u8) -> u64 {
     acked
 }
 
-// The control queue's values and the descriptor flags from the spec's headers
-// (virtio-bindings), not from the device's code.
+// The control queue's values from the spec's headers (virtio-bindings), not from the
+// device's code.
 const VIRTIO_NET_CTRL_MQ: u8 = virtio_net::VIRTIO_NET_CTRL_MQ as u8;
 const VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET: u8 = virtio_net::VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET as u8;
 const VIRTIO_NET_OK: u8 = virtio_net::VIRTIO_NET_OK as u8;
 const VIRTIO_NET_ERR: u8 = virtio_net::VIRTIO_NET_ERR as u8;
-const DESC_NEXT: u16 = virtio_ring::VRING_DESC_F_NEXT as u16;
-const DESC_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
-const DESC_INDIRECT: u16 = virtio_ring::VRING_DESC_F_INDIRECT as u16;
 /// Device-readable bytes of a command the device looks at.
 const COMMAND_BYTES: usize = 64;
 
@@ -121,12 +119,7 @@ struct CtrlChain {
 /// does not judge: through an indirect table, or one the device cannot answer (no status
 /// byte, a readable buffer after it, no end within the queue's size).
 fn read_ctrl_chain(mem: &GuestMemoryMmap, table: u64, size: u16, head: u16) -> Option<CtrlChain> {
-    let mut chain = CtrlChain {
-        command: Vec::new(),
-        readable: 0,
-        status: 0,
-        read: Vec::new(),
-    };
+    let (mut command, mut readable, mut read) = (Vec::new(), 0usize, Vec::new());
     let mut status = None;
     let mut index = head;
     for _ in 0..size {
@@ -134,34 +127,36 @@ fn read_ctrl_chain(mem: &GuestMemoryMmap, table: u64, size: u16, head: u16) -> O
             return None;
         }
         let at = table + 16 * u64::from(index);
-        chain.read.push((at, 16));
-        let addr: u64 = mem.read_obj(GuestAddress(at)).ok()?;
-        let len: u32 = mem.read_obj(GuestAddress(at + 8)).ok()?;
-        let flags: u16 = mem.read_obj(GuestAddress(at + 12)).ok()?;
-        let next: u16 = mem.read_obj(GuestAddress(at + 14)).ok()?;
-        if flags & DESC_INDIRECT != 0 {
+        read.push((at, 16));
+        let desc: Descriptor = mem.read_obj(GuestAddress(at)).ok()?;
+        let len = desc.len() as usize;
+        if desc.refers_to_indirect_table() {
             return None;
         }
-        if flags & DESC_WRITE != 0 {
+        if desc.is_write_only() {
             if len > 0 && status.is_none() {
-                status = Some(addr);
+                status = Some(desc.addr().0);
             }
         } else {
             if status.is_some() {
                 return None;
             }
-            let take = (len as usize).min(COMMAND_BYTES.saturating_sub(chain.command.len()));
+            let take = len.min(COMMAND_BYTES.saturating_sub(command.len()));
             let mut bytes = vec![0u8; take];
-            mem.read_slice(&mut bytes, GuestAddress(addr)).ok()?;
-            chain.command.extend_from_slice(&bytes);
-            chain.read.push((addr, take as u64));
-            chain.readable = chain.readable.saturating_add(len as usize);
+            mem.read_slice(&mut bytes, desc.addr()).ok()?;
+            command.extend_from_slice(&bytes);
+            read.push((desc.addr().0, take as u64));
+            readable = readable.saturating_add(len);
         }
-        if flags & DESC_NEXT == 0 {
-            chain.status = status?;
-            return Some(chain);
+        if !desc.has_next() {
+            return Some(CtrlChain {
+                command,
+                readable,
+                status: status?,
+                read,
+            });
         }
-        index = next;
+        index = desc.next();
     }
     None
 }
