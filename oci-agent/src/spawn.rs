@@ -228,7 +228,8 @@ fn read_report(fd: &OwnedFd) -> io::Result<Report> {
 }
 
 /// Page faults this process has taken so far (minor and major): where guest kernel code is
-/// emulated each costs milliseconds, so the debug timings count them beside the steps.
+/// emulated each costs milliseconds, so the debug timings count them beside the steps. Only
+/// counted when those timings are logged: the count is a system call, itself such a cost.
 fn page_faults() -> u64 {
     // SAFETY: getrusage fills the struct it is given.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -242,13 +243,16 @@ fn page_faults() -> u64 {
 struct StepTimes {
     since: Instant,
     text: String,
+    /// Whether the report also gives the page faults taken.
+    count_faults: bool,
 }
 
 impl StepTimes {
-    fn new(since: Instant) -> StepTimes {
+    fn new(since: Instant, count_faults: bool) -> StepTimes {
         StepTimes {
             since,
             text: String::new(),
+            count_faults,
         }
     }
 
@@ -263,7 +267,9 @@ impl StepTimes {
     fn ready_report(&self) -> Vec<u8> {
         let mut report = Vec::with_capacity(self.text.len() + 32);
         report.push(b'R');
-        report.extend_from_slice(format!("{} page faults; ", page_faults()).as_bytes());
+        if self.count_faults {
+            report.extend_from_slice(format!("{} page faults; ", page_faults()).as_bytes());
+        }
         report.extend_from_slice(&self.text.as_bytes()[..self.text.len().min(1000)]);
         report
     }
@@ -296,13 +302,15 @@ pub fn spawn_init(
         console,
         spare_netns,
     };
-    let (before_clone, faults_before) = (Instant::now(), page_faults());
+    let count_faults = tracing::enabled!(tracing::Level::DEBUG);
+    let faults_before = if count_faults { page_faults() } else { 0 };
+    let before_clone = Instant::now();
     let pid = clone_fork(flags).map_err(io_err("clone the container process"))?;
     if pid == 0 {
         // The parent's ends are close-on-exec; closing them here would only cost system calls.
         let (report, start) = (report_w.as_raw_fd(), start_r.as_raw_fd());
         run_child(report, &plan.process.args, &plan.process.env, || {
-            let mut times = StepTimes::new(before_clone);
+            let mut times = StepTimes::new(before_clone, count_faults);
             times.mark("cloned");
             child_stdio(&ends).map_err(|e| format!("set up stdio: {e}"))?;
             // The originals are close-on-exec: no need to spend system calls closing them.
@@ -470,7 +478,23 @@ pub fn spawn_exec(
 
 #[cfg(test)]
 mod tests {
-    use super::page_faults;
+    use super::{page_faults, StepTimes};
+    use std::time::Instant;
+
+    #[test]
+    fn the_ready_report_counts_faults_only_when_asked() {
+        let mut quiet = StepTimes::new(Instant::now(), false);
+        quiet.mark("cloned");
+        let report = String::from_utf8(quiet.ready_report()).expect("text");
+        assert!(report.starts_with("Rcloned "), "{report}");
+        let mut counting = StepTimes::new(Instant::now(), true);
+        counting.mark("cloned");
+        let report = String::from_utf8(counting.ready_report()).expect("text");
+        assert!(
+            report.starts_with('R') && report.contains(" page faults; cloned "),
+            "{report}"
+        );
+    }
 
     #[test]
     fn page_faults_count_first_touches() {
